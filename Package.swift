@@ -1,0 +1,78 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+// One module per concern; see README.md ("Module map").
+let package = Package(
+    name: "erofs-mount",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "mount.erofs", targets: ["MountErofsTool"]),
+        .executable(name: "erofs", targets: ["ErofsTool"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
+    targets: [
+        // C shim: only what Swift cannot reach (variadic ioctl with unsigned long, _IO codes, CMSG).
+        .target(name: "CShim"),
+
+        // System libraries for the decompressors (Debian -dev packages).
+        .systemLibrary(name: "CLZMA", pkgConfig: "liblzma", providers: [.apt(["liblzma-dev"])]),
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+
+        // Thin, typed wrappers over syscalls: SystemError, file descriptors, mount, loop devices.
+        .target(name: "SystemCalls", dependencies: [
+            "CShim",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        // EROFS on-disk structures, decoded byte by byte (little-endian).
+        .target(name: "EROFSFormat", dependencies: []),
+        // Decompressors: LZ4 in Swift; MicroLZMA, raw DEFLATE, ZSTD through system libraries.
+        .target(name: "Compression", dependencies: ["CLZMA", "CZstd", "CZlib"]),
+        // The filesystem reader over a random-access source.
+        .target(name: "EROFSReader", dependencies: ["EROFSFormat", "Compression", "SystemCalls"]),
+        // The corpus manifest format: entries, exact JSON form, walking a mounted tree.
+        .target(name: "Manifest", dependencies: ["SystemCalls"]),
+        // NBD wire protocol: requests, replies, handshake options (no I/O).
+        .target(name: "NBDProtocol", dependencies: []),
+        // The NBD serving loop: kernel mode (socketpair) and network mode (handshake).
+        .target(name: "NBDServer", dependencies: [
+            "NBDProtocol", "SystemCalls",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // Kernel attachment of local images: mount(2), loop devices, the mount table.
+        .target(name: "KernelAttach", dependencies: ["SystemCalls", "CShim"]),
+        // Generic netlink client (no libnl).
+        .target(name: "Netlink", dependencies: ["SystemCalls"]),
+        // Attaching nbd devices: the netlink `nbd` family and the ioctl fallback.
+        .target(name: "NBDKernel", dependencies: ["Netlink", "SystemCalls", "CShim"]),
+        // Mount backends: local (file-backed or loop), nbd, fuse.
+        .target(name: "Backends", dependencies: [
+            "SystemCalls", "EROFSFormat", "KernelAttach", "CShim",
+            .product(name: "SystemPackage", package: "swift-system"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // mount(8)-compatible command line: options, -o parsing into MS_* flags and data.
+        .target(name: "MountCLI", dependencies: [
+            "Backends", "SystemCalls", "EROFSFormat", "KernelAttach", "CShim",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .executableTarget(name: "MountErofsTool", dependencies: ["MountCLI"]),
+        .executableTarget(name: "ErofsTool", dependencies: [
+            "EROFSFormat", "EROFSReader", "Manifest", "NBDServer", "SystemCalls",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+
+        .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls"]),
+        .testTarget(name: "EROFSFormatTests", dependencies: ["EROFSFormat"]),
+        .testTarget(name: "ManifestTests", dependencies: ["Manifest"]),
+        .testTarget(name: "MountCLITests", dependencies: ["MountCLI"]),
+        .testTarget(name: "KernelAttachTests", dependencies: ["KernelAttach"]),
+        .testTarget(name: "MountTests", dependencies: ["Manifest", "SystemCalls", "KernelAttach"]),
+    ]
+)

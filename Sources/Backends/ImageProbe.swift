@@ -1,0 +1,78 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CShim
+import EROFSFormat
+import SystemCalls
+import SystemPackage
+
+/// What a mount source is, checked before anything is set up: it exists, it is a regular file
+/// or a block device, and it holds a valid EROFS superblock that fits in it.
+public struct ImageProbe: Sendable {
+    public enum SourceKind: Sendable, Equatable { case regularFile, blockDevice }
+
+    public var path: String
+    public var kind: SourceKind
+    public var size: UInt64
+    public var superblock: Superblock
+
+    /// Opens and validates `path`. Errors name the path and say what is wrong.
+    public static func probe(_ path: String) throws(MountFailure) -> ImageProbe {
+        let status: FileStatus
+        do { status = try FileStatus.stat(path) } catch {
+            throw MountFailure("cannot open source \(path)", cause: error)
+        }
+        let kind: SourceKind
+        switch status.kind {
+        case .file: kind = .regularFile
+        case .block: kind = .blockDevice
+        case .dir: throw MountFailure("source \(path) is a directory, not an EROFS image or block device")
+        default: throw MountFailure("source \(path) is not a regular file or block device")
+        }
+        let fd: FileDescriptor
+        do { fd = try FileDescriptor.open(path: path, .readOnly) } catch {
+            throw MountFailure("cannot open source \(path)", cause: error)
+        }
+        defer { try? fd.close() }
+
+        var size = UInt64(max(0, status.size))
+        if kind == .blockDevice {
+            var bytes: UInt64 = 0
+            if cshim_ioctl_ptr(fd.rawValue, CSHIM_BLKGETSIZE64, &bytes) == 0 { size = bytes }
+        }
+        let head: [UInt8]
+        do { head = try fd.read(exactly: Superblock.offset + 64 * 1024, at: 0, path: path) } catch {
+            throw MountFailure("cannot read source \(path)", cause: error)
+        }
+        let superblock: Superblock
+        do {
+            superblock = try Superblock(decoding: head.dropFirst(Superblock.offset))
+            try superblock.verifyChecksum(firstBlockFromSuperblock: Array(head.dropFirst(Superblock.offset)))
+        } catch {
+            throw MountFailure("\(path): \(error)")
+        }
+        let needed = superblock.blocks * UInt64(superblock.blockSize)
+        if needed > size {
+            throw MountFailure(
+                "\(path): truncated EROFS image: the superblock says \(superblock.blocks) blocks of \(superblock.blockSize) bytes (\(needed) bytes), the source has \(size)")
+        }
+        return ImageProbe(path: path, kind: kind, size: size, superblock: superblock)
+    }
+}
+
+/// A mount that could not be done: mount(8)'s exit status 32. The message is for the user.
+public struct MountFailure: Error, CustomStringConvertible, Sendable {
+    public var message: String
+    public var cause: SystemError?
+
+    public init(_ message: String, cause: SystemError? = nil) {
+        self.message = message
+        self.cause = cause
+    }
+
+    public var description: String {
+        guard let cause else { return message }
+        if let errno = cause.errno { return "\(message): \(String(cString: strerror(errno.rawValue)))" }
+        return "\(message): \(cause)"
+    }
+}

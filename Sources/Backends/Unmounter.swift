@@ -1,0 +1,66 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import KernelAttach
+import Logging
+import SystemCalls
+import SystemPackage
+
+/// `mount.erofs -u TARGET`: unmounts and releases what the mount set up.
+public struct Unmounter: Sendable {
+    let logger: Logger
+
+    public init(logger: Logger) { self.logger = logger }
+
+    public struct Result: Sendable, Equatable {
+        public var mountPoint: String
+        public var source: String
+        /// A loop device that autoclear did not free and we released.
+        public var releasedLoopDevice: String?
+    }
+
+    public func unmount(_ target: String) throws(MountFailure) -> Result {
+        let mountPoint = canonicalPath(target)
+        let entry: MountInfoEntry?
+        do { entry = try MountTable.mount(at: mountPoint) } catch {
+            throw MountFailure("cannot read the mount table", cause: error)
+        }
+        guard let entry else { throw MountFailure("\(target) is not mounted") }
+        guard entry.fsType == "erofs" || entry.fsType.hasPrefix("fuse.erofs") || entry.fsType == "fuse" && entry.source.contains("erofs") else {
+            throw MountFailure("\(target) is not an EROFS mount (it is \(entry.fsType) from \(entry.source))")
+        }
+        do { try Mount.unmount(mountPoint) } catch {
+            throw MountFailure("cannot unmount \(mountPoint)", cause: error)
+        }
+        var result = Result(mountPoint: mountPoint, source: entry.source)
+        if let loop = LoopDevice.device(major: entry.major, minor: entry.minor) {
+            result.releasedLoopDevice = try releaseIfUnused(loop)
+        }
+        return result
+    }
+
+    /// Autoclear frees a loop device once its last user is gone, possibly a moment after the
+    /// unmount; one that stays bound and is mounted nowhere else is released here.
+    private func releaseIfUnused(_ loop: LoopDevice) throws(MountFailure) -> String? {
+        for _ in 0..<50 {
+            if loop.backingFile == nil { return nil }
+            usleep(10_000)
+        }
+        let stillMounted = (try? MountTable.read())?.contains { $0.source == loop.path } ?? true
+        guard !stillMounted else { return nil }
+        do { try loop.detach() } catch {
+            if error.errno == .noSuchAddressOrDevice || error.errno == .operationNotSupportedByDevice { return nil }  // freed meanwhile
+            throw MountFailure("unmounted, but cannot release \(loop.path)", cause: error)
+        }
+        logger.debug("released \(loop.path)")
+        return loop.path
+    }
+}
+
+/// The absolute, symlink-free form of `path` when it exists (as /proc/self/mountinfo shows
+/// mountpoints), else `path` unchanged.
+public func canonicalPath(_ path: String) -> String {
+    guard let resolved = realpath(path, nil) else { return path }
+    defer { free(resolved) }
+    return String(cString: resolved)
+}

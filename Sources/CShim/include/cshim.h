@@ -1,0 +1,41 @@
+// The few things Swift cannot reach on Linux: ioctl with an `unsigned long` argument,
+// function-like request-code macros (_IO/_IOR), and the CMSG_* macros.
+#ifndef CSHIM_H
+#define CSHIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/xattr.h>
+#include <linux/loop.h>
+
+// ioctl(fd, request, (unsigned long)arg): Glibc's Swift overlay only offers an `int` argument,
+// which truncates NBD_SET_SIZE_BLOCKS and friends.
+int cshim_ioctl_ulong(int fd, unsigned long request, unsigned long arg);
+// ioctl(fd, request, pointer).
+int cshim_ioctl_ptr(int fd, unsigned long request, void *arg);
+
+// Request codes built with _IO/_IOR, which do not import into Swift.
+extern const unsigned long CSHIM_BLKGETSIZE64;
+extern const unsigned long CSHIM_BLKROSET;
+extern const unsigned long CSHIM_NBD_SET_SOCK;
+extern const unsigned long CSHIM_NBD_SET_BLKSIZE;
+extern const unsigned long CSHIM_NBD_SET_SIZE;
+extern const unsigned long CSHIM_NBD_DO_IT;
+extern const unsigned long CSHIM_NBD_CLEAR_SOCK;
+extern const unsigned long CSHIM_NBD_CLEAR_QUE;
+extern const unsigned long CSHIM_NBD_PRINT_DEBUG;
+extern const unsigned long CSHIM_NBD_SET_SIZE_BLOCKS;
+extern const unsigned long CSHIM_NBD_DISCONNECT;
+extern const unsigned long CSHIM_NBD_SET_TIMEOUT;
+extern const unsigned long CSHIM_NBD_SET_FLAGS;
+
+// Passing one file descriptor over a Unix socket (SCM_RIGHTS). Return what sendmsg/recvmsg
+// return; *received_fd is -1 when no descriptor came with the message.
+ssize_t cshim_send_fd(int socket, const void *data, size_t length, int fd);
+ssize_t cshim_recv_fd(int socket, void *data, size_t length, int *received_fd);
+
+// setns(fd, CLONE_NEWNS): enter a mount namespace (needs _GNU_SOURCE, so not in Glibc's overlay).
+int cshim_setns_mount(int fd);
+
+#endif

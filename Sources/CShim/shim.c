@@ -1,0 +1,70 @@
+#define _GNU_SOURCE
+#include "cshim.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <linux/fs.h>
+#include <linux/nbd.h>
+
+int cshim_ioctl_ulong(int fd, unsigned long request, unsigned long arg) {
+    return ioctl(fd, request, arg);
+}
+
+int cshim_ioctl_ptr(int fd, unsigned long request, void *arg) {
+    return ioctl(fd, request, arg);
+}
+
+const unsigned long CSHIM_BLKGETSIZE64 = BLKGETSIZE64;
+const unsigned long CSHIM_BLKROSET = BLKROSET;
+const unsigned long CSHIM_NBD_SET_SOCK = NBD_SET_SOCK;
+const unsigned long CSHIM_NBD_SET_BLKSIZE = NBD_SET_BLKSIZE;
+const unsigned long CSHIM_NBD_SET_SIZE = NBD_SET_SIZE;
+const unsigned long CSHIM_NBD_DO_IT = NBD_DO_IT;
+const unsigned long CSHIM_NBD_CLEAR_SOCK = NBD_CLEAR_SOCK;
+const unsigned long CSHIM_NBD_CLEAR_QUE = NBD_CLEAR_QUE;
+const unsigned long CSHIM_NBD_PRINT_DEBUG = NBD_PRINT_DEBUG;
+const unsigned long CSHIM_NBD_SET_SIZE_BLOCKS = NBD_SET_SIZE_BLOCKS;
+const unsigned long CSHIM_NBD_DISCONNECT = NBD_DISCONNECT;
+const unsigned long CSHIM_NBD_SET_TIMEOUT = NBD_SET_TIMEOUT;
+const unsigned long CSHIM_NBD_SET_FLAGS = NBD_SET_FLAGS;
+
+ssize_t cshim_send_fd(int socket, const void *data, size_t length, int fd) {
+    struct iovec iov = { .iov_base = (void *)data, .iov_len = length };
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    memset(&control, 0, sizeof(control));
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
+                          .msg_control = control.buf, .msg_controllen = sizeof(control.buf) };
+    struct cmsghdr *cmsg = CMSG_FIRSTHDR(&msg);
+    cmsg->cmsg_level = SOL_SOCKET;
+    cmsg->cmsg_type = SCM_RIGHTS;
+    cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+    ssize_t n;
+    do { n = sendmsg(socket, &msg, MSG_NOSIGNAL); } while (n < 0 && errno == EINTR);
+    return n;
+}
+
+ssize_t cshim_recv_fd(int socket, void *data, size_t length, int *received_fd) {
+    struct iovec iov = { .iov_base = data, .iov_len = length };
+    union { char buf[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1,
+                          .msg_control = control.buf, .msg_controllen = sizeof(control.buf) };
+    *received_fd = -1;
+    ssize_t n;
+    do { n = recvmsg(socket, &msg, MSG_CMSG_CLOEXEC); } while (n < 0 && errno == EINTR);
+    if (n < 0) return n;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c != NULL; c = CMSG_NXTHDR(&msg, c)) {
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len >= CMSG_LEN(sizeof(int))) {
+            memcpy(received_fd, CMSG_DATA(c), sizeof(int));
+            break;
+        }
+    }
+    return n;
+}
+
+int cshim_setns_mount(int fd) {
+    return setns(fd, CLONE_NEWNS);
+}

@@ -1,0 +1,155 @@
+/// The EROFS superblock: 128 bytes at offset 1024, plus `extensionSlots` × 16 bytes.
+/// Field offsets follow erofs-utils 1.9.3's `include/erofs_fs.h`.
+public struct Superblock: Sendable, Equatable {
+    public static let offset = 1024
+    public static let magic: UInt32 = 0xE0F5_E1E2
+    /// Bytes to read to decode any superblock this code knows (128 + one extension slot).
+    public static let maximumSize = 144
+
+    public var checksum: UInt32
+    public var featureCompat: CompatFeatures
+    public var featureIncompat: IncompatFeatures
+    public var blockSizeBits: UInt8
+    public var extensionSlots: UInt8
+    public var rootNid: UInt64
+    public var inodeCount: UInt64
+    public var epoch: UInt64
+    public var fixedNanoseconds: UInt32
+    public var blocks: UInt64
+    public var metaBlockAddress: UInt32
+    public var xattrBlockAddress: UInt32
+    public var uuid: [UInt8]
+    public var volumeName: String
+    /// Bitmap of compression algorithms, or LZ4's max distance when COMPR_CFGS is off.
+    public var availableCompressionAlgorithms: UInt16
+    public var extraDevices: UInt16
+    public var deviceTableSlotOffset: UInt16
+    public var directoryBlockSizeBits: UInt8
+    public var xattrPrefixCount: UInt8
+    public var xattrPrefixStart: UInt32
+    public var packedNid: UInt64
+    public var xattrFilterReserved: UInt8
+    public var ishareXattrPrefixId: UInt8
+    public var buildTime: UInt32
+    public var metaboxNid: UInt64
+
+    public var blockSize: Int { 1 << Int(blockSizeBits) }
+    public var size: Int { 128 + Int(extensionSlots) * 16 }
+
+    /// Decodes and validates the superblock from the bytes at offset 1024 (at least 128 bytes).
+    public init(decoding bytes: some Collection<UInt8>) throws(FormatError) {
+        let raw = Array(bytes)
+        guard raw.count >= 128 else {
+            throw FormatError(
+                "not an EROFS image: too short for a superblock (\(Superblock.offset + raw.count) bytes)")
+        }
+        let magic = raw.le32(at: 0)
+        guard magic == Superblock.magic else {
+            throw FormatError(
+                "not an EROFS image: bad magic 0x\(String(magic, radix: 16, uppercase: true)) at offset 1024")
+        }
+        checksum = raw.le32(at: 4)
+        featureCompat = CompatFeatures(rawValue: raw.le32(at: 8))
+        blockSizeBits = raw[12]
+        extensionSlots = raw[13]
+        featureIncompat = IncompatFeatures(rawValue: raw.le32(at: 80))
+        let unknown = featureIncompat.subtracting(.all)
+        guard unknown.isEmpty else {
+            throw FormatError(
+                "unsupported EROFS image: unknown incompatible feature bits 0x\(String(unknown.rawValue, radix: 16))")
+        }
+        guard (9...16).contains(blockSizeBits) else {
+            throw FormatError("corrupt EROFS superblock: block size 2^\(blockSizeBits) out of range (512 to 65536)")
+        }
+        let is48Bit = featureIncompat.contains(.bits48)
+        guard 128 + Int(extensionSlots) * 16 <= raw.count || !is48Bit else {
+            throw FormatError("corrupt EROFS superblock: \(extensionSlots) extension slots but image too short")
+        }
+        let extended = raw.count >= 144 ? raw : raw + [UInt8](repeating: 0, count: 144 - raw.count)
+        rootNid = is48Bit ? extended.le64(at: 112) : UInt64(raw.le16(at: 14))
+        blocks = UInt64(raw.le32(at: 36)) | (is48Bit ? UInt64(raw.le16(at: 14)) << 32 : 0)
+        inodeCount = raw.le64(at: 16)
+        epoch = raw.le64(at: 24)
+        fixedNanoseconds = raw.le32(at: 32)
+        metaBlockAddress = raw.le32(at: 40)
+        xattrBlockAddress = raw.le32(at: 44)
+        uuid = Array(raw[48..<64])
+        let nameBytes = raw[64..<80].prefix { $0 != 0 }
+        volumeName = String(decoding: nameBytes, as: UTF8.self)
+        availableCompressionAlgorithms = raw.le16(at: 84)
+        extraDevices = raw.le16(at: 86)
+        deviceTableSlotOffset = raw.le16(at: 88)
+        directoryBlockSizeBits = raw[90]
+        xattrPrefixCount = raw[91]
+        xattrPrefixStart = raw.le32(at: 92)
+        packedNid = raw.le64(at: 96)
+        xattrFilterReserved = raw[104]
+        ishareXattrPrefixId = raw[105]
+        buildTime = raw.le32(at: 108)
+        metaboxNid = featureIncompat.contains(.metabox) ? extended.le64(at: 128) : 0
+    }
+
+    /// Checks the crc32c when the image says it has one. `bytes` starts at offset 1024 and
+    /// covers the rest of the superblock's block (a whole block when blocks are 1 KiB or less).
+    public func verifyChecksum(firstBlockFromSuperblock bytes: [UInt8]) throws(FormatError) {
+        guard featureCompat.contains(.superblockChecksum) else { return }
+        let length = blockSize > Superblock.offset ? blockSize - Superblock.offset : blockSize
+        guard bytes.count >= length else {
+            throw FormatError("truncated EROFS image: superblock block needs \(length) bytes after offset 1024")
+        }
+        var covered = Array(bytes[0..<length])
+        covered.replaceSubrange(4..<8, with: [0, 0, 0, 0])
+        let computed = CRC32C.update(~0, covered)
+        guard computed == checksum else {
+            throw FormatError(
+                "corrupt EROFS superblock: checksum 0x\(String(checksum, radix: 16)) does not match computed 0x\(String(computed, radix: 16))",
+                offset: UInt64(Superblock.offset + 4))
+        }
+    }
+}
+
+public struct CompatFeatures: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    public static let superblockChecksum = CompatFeatures(rawValue: 0x01)
+    public static let mtime = CompatFeatures(rawValue: 0x02)
+    public static let xattrFilter = CompatFeatures(rawValue: 0x04)
+    public static let sharedXattrsInMetabox = CompatFeatures(rawValue: 0x08)
+    public static let plainXattrPrefixes = CompatFeatures(rawValue: 0x10)
+    public static let ishareXattrs = CompatFeatures(rawValue: 0x20)
+
+    public static let names: [(CompatFeatures, String)] = [
+        (.superblockChecksum, "sb_csum"), (.mtime, "mtime"), (.xattrFilter, "xattr_filter"),
+        (.sharedXattrsInMetabox, "shared_ea_in_metabox"), (.plainXattrPrefixes, "plain_xattr_pfx"),
+        (.ishareXattrs, "ishare_xattrs"),
+    ]
+}
+
+public struct IncompatFeatures: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt32
+    public init(rawValue: UInt32) { self.rawValue = rawValue }
+
+    public static let zeroPadding = IncompatFeatures(rawValue: 0x01)
+    /// Also BIG_PCLUSTER: the same bit.
+    public static let compressionConfigs = IncompatFeatures(rawValue: 0x02)
+    public static let chunkedFile = IncompatFeatures(rawValue: 0x04)
+    /// Also COMPR_HEAD2: the same bit.
+    public static let deviceTable = IncompatFeatures(rawValue: 0x08)
+    public static let ztailpacking = IncompatFeatures(rawValue: 0x10)
+    /// Also DEDUPE: the same bit.
+    public static let fragments = IncompatFeatures(rawValue: 0x20)
+    public static let xattrPrefixes = IncompatFeatures(rawValue: 0x40)
+    public static let bits48 = IncompatFeatures(rawValue: 0x80)
+    public static let metabox = IncompatFeatures(rawValue: 0x100)
+
+    /// Every incompatible feature this reader understands (erofs-utils 1.9.3's set).
+    public static let all = IncompatFeatures(rawValue: 0x1FF)
+
+    public static let names: [(IncompatFeatures, String)] = [
+        (.zeroPadding, "0padding"), (.compressionConfigs, "compr_cfgs/big_pcluster"),
+        (.chunkedFile, "chunked_file"), (.deviceTable, "device_table/compr_head2"),
+        (.ztailpacking, "ztailpacking"), (.fragments, "fragments/dedupe"),
+        (.xattrPrefixes, "xattr_prefixes"), (.bits48, "48bit"), (.metabox, "metabox"),
+    ]
+}

@@ -1,0 +1,131 @@
+/// One path of a filesystem tree as the corpus manifests describe it
+/// (../shared/corpus/README.md): what the kernel shows for it, in a form that can be diffed.
+public struct ManifestEntry: Sendable, Equatable {
+    public enum Kind: String, Sendable {
+        case file, dir, symlink, char, block, fifo, socket
+    }
+
+    public var path: String
+    public var kind: Kind
+    /// Permission bits including setuid, setgid and sticky (`st_mode & 0o7777`).
+    public var permissions: UInt32
+    public var uid: UInt32
+    public var gid: UInt32
+    public var size: UInt64
+    public var mtimeNanoseconds: Int64
+    public var linkCount: UInt64
+    /// Major and minor, for character and block devices only.
+    public var rdev: (major: UInt32, minor: UInt32)?
+    /// For symlinks only.
+    public var target: String?
+    /// Attribute name to raw value.
+    public var xattrs: [String: [UInt8]]
+    /// Lowercase hex SHA-256 of the contents, for regular files only.
+    public var sha256: String?
+
+    public init(
+        path: String, kind: Kind, permissions: UInt32, uid: UInt32, gid: UInt32, size: UInt64,
+        mtimeNanoseconds: Int64, linkCount: UInt64, rdev: (major: UInt32, minor: UInt32)? = nil,
+        target: String? = nil, xattrs: [String: [UInt8]] = [:], sha256: String? = nil
+    ) {
+        self.path = path
+        self.kind = kind
+        self.permissions = permissions
+        self.uid = uid
+        self.gid = gid
+        self.size = size
+        self.mtimeNanoseconds = mtimeNanoseconds
+        self.linkCount = linkCount
+        self.rdev = rdev
+        self.target = target
+        self.xattrs = xattrs
+        self.sha256 = sha256
+    }
+
+    public static func == (lhs: ManifestEntry, rhs: ManifestEntry) -> Bool {
+        lhs.jsonLine == rhs.jsonLine
+    }
+
+    /// The entry as one line of JSON, exactly as Python's
+    /// `json.dumps(entry, sort_keys=True, ensure_ascii=False)` writes it.
+    public var jsonLine: String {
+        // Keys in sorted order: gid, mode, mtime_ns, nlink, path, rdev, sha256, size, target, type, uid, xattrs.
+        var members: [String] = [
+            "\"gid\": \(gid)",
+            "\"mode\": \"\(octal4(permissions))\"",
+            "\"mtime_ns\": \(mtimeNanoseconds)",
+            "\"nlink\": \(linkCount)",
+            "\"path\": \(JSONText.quoted(path))",
+        ]
+        if let rdev { members.append("\"rdev\": [\(rdev.major), \(rdev.minor)]") }
+        if let sha256 { members.append("\"sha256\": \"\(sha256)\"") }
+        members.append("\"size\": \(size)")
+        if let target { members.append("\"target\": \(JSONText.quoted(target))") }
+        members.append("\"type\": \"\(kind.rawValue)\"")
+        members.append("\"uid\": \(uid)")
+        let attributes = xattrs.keys.sorted(by: JSONText.codePointOrder).map { name in
+            "\(JSONText.quoted(name)): \"\(Hex.encode(xattrs[name]!))\""
+        }
+        members.append("\"xattrs\": {\(attributes.joined(separator: ", "))}")
+        return "{" + members.joined(separator: ", ") + "}"
+    }
+
+    private func octal4(_ value: UInt32) -> String {
+        let digits = String(value, radix: 8)
+        return String(repeating: "0", count: max(0, 4 - digits.count)) + digits
+    }
+}
+
+extension Array where Element == ManifestEntry {
+    /// Sorted by path, comparing Unicode code points (UTF-8 byte order), root first.
+    public func sortedByPath() -> [ManifestEntry] {
+        sorted { JSONText.codePointOrder($0.path, $1.path) }
+    }
+
+    /// The whole manifest: one line per entry, each ending in a newline.
+    public var manifestText: String {
+        map { $0.jsonLine + "\n" }.joined()
+    }
+}
+
+public enum Hex {
+    private static let digits = Array("0123456789abcdef".utf8)
+
+    public static func encode(_ bytes: some Sequence<UInt8>) -> String {
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.underestimatedCount * 2)
+        for byte in bytes {
+            out.append(digits[Int(byte >> 4)])
+            out.append(digits[Int(byte & 0xf)])
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
+/// JSON text as Python's json module writes it with `ensure_ascii=False`.
+public enum JSONText {
+    public static func quoted(_ text: String) -> String {
+        var out = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case "\u{08}": out += "\\b"
+            case "\u{0C}": out += "\\f"
+            case _ where scalar.value < 0x20:
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out + "\""
+    }
+
+    /// Code-point order (Swift's `<` on String uses canonical equivalence instead).
+    public static func codePointOrder(_ lhs: String, _ rhs: String) -> Bool {
+        lhs.utf8.lexicographicallyPrecedes(rhs.utf8)
+    }
+}

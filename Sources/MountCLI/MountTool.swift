@@ -1,0 +1,168 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Backends
+import CShim
+import KernelAttach
+import Logging
+import SystemCalls
+
+/// mount.erofs: parses the command line, runs the chosen mode, and maps the outcome to
+/// mount(8)'s exit statuses (0 success, 1 bad usage, 32 mount failure).
+public enum MountTool {
+    public static let version = "0.1.0"
+
+    public enum ExitStatus: Int32 {
+        case success = 0
+        case usage = 1
+        case systemError = 2
+        case mountFailure = 32
+    }
+
+    public static func main(_ arguments: [String]) -> Int32 {
+        let line: MountCommandLine
+        do { line = try MountCommandLine.parse(arguments) } catch {
+            printError("\(error)")
+            printError("Try 'mount.erofs --help' for more information.")
+            return ExitStatus.usage.rawValue
+        }
+        let logger = makeLogger(level: line.debugLevel)
+        if line.debugLevel >= 2 {
+            for warning in line.options.warnings { printError("warning: \(warning)") }
+        }
+        do {
+            try run(line, logger: logger)
+            return ExitStatus.success.rawValue
+        } catch let failure as MountFailure {
+            printError(failure.description)
+            return ExitStatus.mountFailure.rawValue
+        } catch let usage as UsageError {
+            printError(usage.description)
+            return ExitStatus.usage.rawValue
+        } catch {
+            printError("\(error)")
+            return ExitStatus.systemError.rawValue
+        }
+    }
+
+    static func run(_ line: MountCommandLine, logger: Logger) throws {
+        switch line.mode {
+        case .help:
+            print(helpText)
+        case .version:
+            print("mount.erofs (erofs-mount) \(version)")
+        case .mount:
+            try enterNamespace(line.namespace)
+            try mount(line, logger: logger)
+        case .unmount:
+            try enterNamespace(line.namespace)
+            let result = try Unmounter(logger: logger).unmount(line.target!)
+            logger.info("unmounted \(result.mountPoint) (\(result.source))")
+        case .reattach, .disconnect, .list:
+            throw MountFailure("--\(line.mode.rawValue) applies to nbd mounts, which this build does not support yet")
+        }
+    }
+
+    static func mount(_ line: MountCommandLine, logger: Logger) throws {
+        let source = line.source!, target = line.target!
+        let backend = line.backend ?? .local
+        switch backend {
+        case .local:
+            if line.options.flags.contains(.remount) {
+                throw UsageError("`remount` is not supported: unmount and mount again")
+            }
+            let request = LocalBackend.Request(
+                source: source, mountPoint: target, flags: line.options.flags.rawValue,
+                data: line.options.kernelDataString, forceLoop: line.options.forceLoop, fake: line.fake)
+            let outcome = try LocalBackend(logger: logger).mount(request)
+            switch outcome {
+            case .loopDevice(let device): logger.info("mounted \(source) on \(target) through \(device)")
+            case .fileBacked: logger.info("mounted \(source) on \(target) (file-backed)")
+            case .blockDevice: logger.info("mounted \(source) on \(target)")
+            case .fake: logger.info("\(source) is a valid EROFS image; not mounted (-f)")
+            }
+        case .nbd, .fuse:
+            throw MountFailure("the \(backend.rawValue) backend is not available in this build yet")
+        }
+    }
+
+    static func enterNamespace(_ namespace: String?) throws {
+        guard let namespace else { return }
+        let path = Int(namespace) != nil ? "/proc/\(namespace)/ns/mnt" : namespace
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw MountFailure("cannot open mount namespace", cause: .lastErrno("open", path: path)) }
+        defer { close(fd) }
+        guard cshim_setns_mount(fd) == 0 else {
+            throw MountFailure("cannot enter mount namespace", cause: .lastErrno("setns", path: path))
+        }
+    }
+
+    static func makeLogger(level: Int) -> Logger {
+        var logger = Logger(label: "mount.erofs") { label in
+            StderrLogHandler(label: label)
+        }
+        logger.logLevel = switch level {
+        case 0: .critical
+        case 1: .error
+        case 2, 3: .warning
+        case 4, 5: .info
+        case 6, 7: .debug
+        default: .trace
+        }
+        return logger
+    }
+
+    static let helpText = """
+        Usage: mount.erofs [OPTIONS] SOURCE MOUNTPOINT
+               mount.erofs -u TARGET
+        Mount an EROFS image (a file or a block device) on MOUNTPOINT.
+
+        Options:
+          -t erofs[.SUBTYPE]   backend: local (kernel mount; default), nbd, fuse
+          -o OPTIONS           comma-separated mount options (see below)
+          -u TARGET            unmount TARGET and release what the mount set up
+              --reattach TARGET   give an nbd device a new serving daemon
+              --disconnect TARGET abort an nbd device forcibly
+              --list           show the devices mount.erofs manages
+          -d 0-9               verbosity: 0 quiet, 2 warnings (default), 9 everything
+          -v                   verbose (same as -d 4)
+          -f                   check the source and mountpoint, mount nothing
+          -n, -s               accepted for mount(8); no effect
+          -N NAMESPACE         mount in that mount namespace (/proc/PID/ns/mnt or a PID)
+          -V, --version        print the version and exit
+          -h, --help           print this help and exit
+
+        Mount options:
+          ro (default), rw (ignored with a warning: EROFS is read-only), nosuid, suid,
+          nodev, dev, noexec, exec, noatime, atime, nodiratime, diratime, relatime,
+          norelatime, strictatime, lazytime, sync, dirsync, silent
+          loop                 use a loop device instead of a file-backed mount
+          anything else        passed to the kernel's EROFS (device=, domain_id=, fsid=,
+                               dax, user_xattr, acl, cache_strategy=, ...)
+
+        Exit status: 0 success, 1 bad usage, 32 mount failure.
+        """
+}
+
+/// Prints one line to standard error.
+func printError(_ text: String) {
+    var line = "mount.erofs: " + text + "\n"
+    line.withUTF8 { _ = write(2, $0.baseAddress, $0.count) }
+}
+
+/// Log lines as plain `mount.erofs: message` on stderr: this is a command, not a service.
+struct StderrLogHandler: LogHandler {
+    let label: String
+    var logLevel: Logger.Level = .warning
+    var metadata: Logger.Metadata = [:]
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        let prefix = event.level >= .warning ? "\(event.level): " : ""
+        printError(prefix + "\(event.message)")
+    }
+}

@@ -1,0 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MountCLI
+
+exit(MountTool.main(Array(CommandLine.arguments.dropFirst())))

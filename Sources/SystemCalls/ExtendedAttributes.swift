@@ -1,0 +1,35 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CShim
+
+/// Extended attributes of a path, without following a final symlink.
+public enum ExtendedAttributes {
+    /// Names from `llistxattr(2)`, in the order the kernel gives them.
+    public static func names(_ path: String) throws(SystemError) -> [String] {
+        while true {
+            let size = try retryingOnInterrupt("llistxattr", path: path) { llistxattr(path, nil, 0) }
+            if size == 0 { return [] }
+            var buffer = [CChar](repeating: 0, count: size)
+            let got = llistxattr(path, &buffer, size)
+            if got == -1 && errno == ERANGE { continue }  // grew between the two calls
+            if got == -1 { throw .lastErrno("llistxattr", path: path) }
+            return buffer[..<got].split(separator: 0).map {
+                String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            }
+        }
+    }
+
+    /// The value of one attribute from `lgetxattr(2)`.
+    public static func value(_ path: String, name: String) throws(SystemError) -> [UInt8] {
+        while true {
+            let size = try retryingOnInterrupt("lgetxattr \(name)", path: path) { lgetxattr(path, name, nil, 0) }
+            if size == 0 { return [] }
+            var buffer = [UInt8](repeating: 0, count: size)
+            let got = lgetxattr(path, name, &buffer, size)
+            if got == -1 && errno == ERANGE { continue }
+            if got == -1 { throw .lastErrno("lgetxattr \(name)", path: path) }
+            return Array(buffer[..<got])
+        }
+    }
+}
