@@ -29,19 +29,24 @@ let package = Package(
             "CShim",
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
+        // Random-access sources of image bytes: local files now, HTTP/OCI/S3 later.
+        .target(name: "ImageSources", dependencies: [
+            "SystemCalls", "CShim",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         // EROFS on-disk structures, decoded byte by byte (little-endian).
         .target(name: "EROFSFormat", dependencies: []),
         // Decompressors: LZ4 in Swift; MicroLZMA, raw DEFLATE, ZSTD through system libraries.
         .target(name: "Compression", dependencies: ["CLZMA", "CZstd", "CZlib"]),
         // The filesystem reader over a random-access source.
-        .target(name: "EROFSReader", dependencies: ["EROFSFormat", "Compression", "SystemCalls"]),
+        .target(name: "EROFSReader", dependencies: ["EROFSFormat", "Compression", "ImageSources", "SystemCalls"]),
         // The corpus manifest format: entries, exact JSON form, walking a mounted tree.
         .target(name: "Manifest", dependencies: ["SystemCalls"]),
         // NBD wire protocol: requests, replies, handshake options (no I/O).
         .target(name: "NBDProtocol", dependencies: []),
         // The NBD serving loop: kernel mode (socketpair) and network mode (handshake).
         .target(name: "NBDServer", dependencies: [
-            "NBDProtocol", "SystemCalls",
+            "NBDProtocol", "ImageSources", "SystemCalls",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Kernel attachment of local images: mount(2), loop devices, the mount table.
