@@ -73,11 +73,18 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
 
-        .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls"]),
-        .testTarget(name: "EROFSFormatTests", dependencies: ["EROFSFormat"]),
+        // Shared by the test targets: the corpus, walk-and-compare, running our binaries.
+        .target(name: "TestSupport", dependencies: ["Manifest"]),
+
+        .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls", "CShim"]),
+        .testTarget(name: "EROFSFormatTests", dependencies: ["EROFSFormat", "TestSupport"]),
         .testTarget(name: "ManifestTests", dependencies: ["Manifest"]),
         .testTarget(name: "MountCLITests", dependencies: ["MountCLI"]),
         .testTarget(name: "KernelAttachTests", dependencies: ["KernelAttach"]),
-        .testTarget(name: "MountTests", dependencies: ["Manifest", "SystemCalls", "KernelAttach"]),
+        .testTarget(name: "MountTests", dependencies: [
+            "Manifest", "SystemCalls", "KernelAttach", "TestSupport",
+            // Built for the tests, which run the real binaries.
+            "MountErofsTool", "ErofsTool",
+        ]),
     ]
 )

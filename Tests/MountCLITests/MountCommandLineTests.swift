@@ -1,0 +1,102 @@
+import MountCLI
+import Testing
+
+@Suite struct MountCommandLineTests {
+    @Test func mountHelperConventions() throws {
+        // What mount(8) runs: operands first, then its flags and -o.
+        let line = try MountCommandLine.parse(["/img.erofs", "/mnt", "-s", "-f", "-n", "-v", "-o", "ro,nodev"])
+        #expect(line.mode == .mount)
+        #expect(line.source == "/img.erofs")
+        #expect(line.target == "/mnt")
+        #expect(line.sloppy && line.fake && line.noMtab && line.verbose)
+        #expect(line.options.flags == [.readOnly, .noDev])
+        #expect(line.backend == nil)
+    }
+
+    @Test func clusteredAndAttachedShortOptions() throws {
+        let line = try MountCommandLine.parse(["-fnvoro,noexec", "-terofs.local", "-d7", "a", "b"])
+        #expect(line.fake && line.noMtab && line.verbose)
+        #expect(line.options.flags == [.readOnly, .noExec])
+        #expect(line.backend == .local)
+        #expect(line.debugLevel == 7)
+    }
+
+    @Test func namespaceTakesAValue() throws {
+        let line = try MountCommandLine.parse(["-N", "/proc/1/ns/mnt", "img", "dir"])
+        #expect(line.namespace == "/proc/1/ns/mnt")
+        #expect(line.source == "img" && line.target == "dir")
+    }
+
+    @Test func standardFlagsAndKernelData() throws {
+        var options = MountOptions()
+        try options.parse("nosuid,nodev,noexec,noatime,nodiratime,sync,dirsync,silent,lazytime")
+        #expect(options.flags == [.readOnly, .noSuid, .noDev, .noExec, .noAtime, .noDirAtime, .synchronous,
+                                  .dirSync, .silent, .lazyTime])
+        try options.parse("suid,dev,exec,atime,diratime,relatime")
+        #expect(options.flags == [.readOnly, .synchronous, .dirSync, .silent, .lazyTime, .relAtime])
+        try options.parse("strictatime")
+        #expect(options.flags.contains(.strictAtime) && !options.flags.contains(.relAtime))
+        try options.parse("device=/dev/sdb,domain_id=d,fsid=f,dax,user_xattr,acl,cache_strategy=readahead")
+        #expect(options.kernelDataString == "device=/dev/sdb,domain_id=d,fsid=f,dax,user_xattr,acl,cache_strategy=readahead")
+    }
+
+    @Test func rwIsIgnoredWithAWarning() throws {
+        var options = MountOptions()
+        try options.parse("rw")
+        #expect(options.flags.contains(.readOnly))
+        #expect(options.warnings.count == 1)
+        #expect(options.warnings[0].contains("read-only"))
+    }
+
+    @Test func userspaceOptionsAreNotKernelData() throws {
+        var options = MountOptions()
+        try options.parse("defaults,auto,noauto,nofail,_netdev,user,x-systemd.automount,comment=x,loop")
+        #expect(options.kernelData.isEmpty)
+        #expect(options.forceLoop)
+    }
+
+    @Test func backendOptionsAreSeparated() throws {
+        let line = try MountCommandLine.parse(["-t", "erofs.nbd", "-o", "nbd.ioctl,oci.platform=linux/arm64", "s", "t"])
+        #expect(line.options.kernelData.isEmpty)
+        #expect(line.options.backendOption("nbd.ioctl") == .some(nil))
+        #expect(line.options.backendOption("oci.platform") == .some("linux/arm64"))
+    }
+
+    @Test(arguments: [
+        (["-t", "erofs.foo", "a", "b"], "invalid filesystem subtype `foo`"),
+        (["-t", "ext4", "a", "b"], "unsupported filesystem type `ext4`"),
+        (["-t", "erofs.ublk", "a", "b"], "not built into"),
+        (["-t", "erofs.nbd", "-o", "loop", "a", "b"], "conflicting options"),
+        (["-t", "erofs.fuse", "-o", "nbd.ioctl", "a", "b"], "conflicting options"),
+        (["-o", "loop,oci.blob=sha256:00", "a", "b"], "conflicting options"),
+        (["-o", "oci.blob=x,oci.layer=1", "a", "b"], "oci.blob and oci.layer"),
+        (["-u", "--reattach", "x"], "conflicting options"),
+        (["-u", "--disconnect", "x"], "conflicting options"),
+        (["img"], "missing argument: MOUNTPOINT"),
+        ([], "missing argument: SOURCE"),
+        (["a", "b", "c"], "unexpected argument: c"),
+        (["-u"], "missing argument: TARGET"),
+        (["-d", "12", "a", "b"], "invalid debug level"),
+        (["-x", "a", "b"], "unknown option `-x`"),
+        (["--bogus", "a", "b"], "unknown option `--bogus`"),
+        (["-o"], "needs a value"),
+        (["-o", "offset=4096", "a", "b"], "not supported"),
+    ])
+    func usageErrors(arguments: [String], message: String) {
+        #expect {
+            _ = try MountCommandLine.parse(arguments)
+        } throws: { error in
+            "\(error)".contains(message)
+        }
+    }
+
+    @Test func modes() throws {
+        #expect(try MountCommandLine.parse(["-u", "/mnt"]).mode == .unmount)
+        #expect(try MountCommandLine.parse(["--reattach", "/dev/nbd0"]).mode == .reattach)
+        #expect(try MountCommandLine.parse(["--disconnect", "/dev/nbd0"]).mode == .disconnect)
+        #expect(try MountCommandLine.parse(["--list"]).mode == .list)
+        #expect(try MountCommandLine.parse(["-h"]).mode == .help)
+        #expect(try MountCommandLine.parse(["-V"]).mode == .version)
+        #expect(try MountCommandLine.parse(["--", "-img", "dir"]).source == "-img")
+    }
+}
