@@ -75,7 +75,10 @@ public struct MountOptions: Sendable, Equatable {
         for option in list.split(separator: ",", omittingEmptySubsequences: true).map(String.init) {
             let lowered = option.lowercased()
             if lowered == "rw" {
-                warnings.append("EROFS is read-only: ignoring `rw`, mounting read-only")
+                // mount(8) passes a lone `-o rw` when the user asked for nothing: not worth a warning.
+                if list.lowercased() != "rw" {
+                    warnings.append("EROFS is read-only: ignoring `rw`, mounting read-only")
+                }
             } else if lowered == "loop" {
                 forceLoop = true
             } else if let change = MountOptions.flagOptions[lowered] {

@@ -42,10 +42,14 @@ import Testing
 
     @Test func rwIsIgnoredWithAWarning() throws {
         var options = MountOptions()
-        try options.parse("rw")
+        try options.parse("rw,nodev")
         #expect(options.flags.contains(.readOnly))
         #expect(options.warnings.count == 1)
         #expect(options.warnings[0].contains("read-only"))
+        // What mount(8) passes when the user gave no options at all.
+        var implicit = MountOptions()
+        try implicit.parse("rw")
+        #expect(implicit.flags.contains(.readOnly) && implicit.warnings.isEmpty)
     }
 
     @Test func userspaceOptionsAreNotKernelData() throws {

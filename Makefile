@@ -1,0 +1,36 @@
+# Entry points; README.md explains them. Most targets need root (they mount filesystems).
+PREFIX ?= /usr/local
+SBINDIR ?= /sbin
+SWIFT ?= swift
+
+.PHONY: build demo test test-unit test-vm install uninstall clean
+
+build:
+	$(SWIFT) build
+
+# The whole job on a built-in sample (build, mkfs.erofs, mount, list, unmount).
+demo:
+	scripts/demo.sh
+
+# Everything CI runs: unit and real-mount tests on this kernel, then the VM (nbd) tests.
+test: test-unit test-vm
+
+test-unit:
+	scripts/install-deps.sh
+	$(SWIFT) build --build-tests
+	$(SWIFT) test
+
+test-vm:
+	@if [ -x tests/vm/test.sh ]; then tests/vm/test.sh; else echo "tests/vm/test.sh: not present, skipped"; fi
+
+install:
+	$(SWIFT) build -c release --product mount.erofs
+	$(SWIFT) build -c release --product erofs
+	install -D -m 0755 "$$($(SWIFT) build -c release --show-bin-path)/mount.erofs" $(DESTDIR)$(SBINDIR)/mount.erofs
+	install -D -m 0755 "$$($(SWIFT) build -c release --show-bin-path)/erofs" $(DESTDIR)$(PREFIX)/bin/erofs
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/mount.erofs $(DESTDIR)$(PREFIX)/bin/erofs
+
+clean:
+	rm -rf .build

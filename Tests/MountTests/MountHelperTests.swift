@@ -1,0 +1,44 @@
+import Foundation
+import Testing
+import TestSupport
+
+/// util-linux mount(8) runs /sbin/mount.<type> when it exists. In a private mount namespace,
+/// a copy of /usr/sbin with our binary as mount.erofs is bound over the real one, so the test
+/// installs nothing on the machine, and `mount -t erofs` must then go through our helper.
+@Suite(.serialized) struct MountHelperTests {
+    let harness = MountHarness()
+
+    @Test(arguments: [[String](), ["-o", "ro,nodev"], ["-o", "loop"]])
+    func mountEightPicksUpTheHelper(options: [String]) throws {
+        let image = try #require(Corpus.imagesOrEmpty.first { $0.name == "lz4" })
+        let scratch = try MountHarness.scratchDirectory("helper")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let copy = scratch + "/image.erofs"
+        try FileManager.default.copyItem(atPath: image.path, toPath: copy)
+        let mountPoint = scratch + "/mnt"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: false)
+        let sbin = URL(fileURLWithPath: "/sbin").resolvingSymlinksInPath().path
+
+        let script = """
+            set -e
+            d=$(mktemp -d)
+            cp -a \(sbin)/. "$d"/
+            cp '\(harness.mountErofs)' "$d"/mount.erofs
+            mount --bind "$d" \(sbin)
+            mount -v -t erofs \(options.joined(separator: " ")) '\(copy)' '\(mountPoint)'
+            '\(harness.erofs)' walk '\(mountPoint)' > '\(scratch)/walk.jsonl'
+            grep ' \(mountPoint) ' /proc/self/mountinfo > '\(scratch)/mountinfo'
+            '\(sbin)/mount.erofs' -u '\(mountPoint)'
+            """
+        let result = try runProgram("/usr/bin/unshare", ["--mount", "--propagation", "private", "/bin/sh", "-c", script])
+        #expect(result.status == 0, "stderr: \(result.standardError)")
+        // Our helper ran: it reports the mount on stderr because mount(8) passed -v through.
+        #expect(result.standardError.contains("mount.erofs: mounted "), "stderr: \(result.standardError)")
+        let mountInfo = try String(contentsOfFile: scratch + "/mountinfo", encoding: .utf8)
+        #expect(mountInfo.contains(" - erofs "))
+        if options.contains("ro,nodev") { #expect(mountInfo.contains("nodev")) }
+        let walked = try String(contentsOfFile: scratch + "/walk.jsonl", encoding: .utf8)
+        #expect(manifestDifference(actual: walked, expected: try image.expectedManifest()) == nil)
+        try MountHarness.expectNothingLeft(mountPoint: mountPoint, image: copy)
+    }
+}
