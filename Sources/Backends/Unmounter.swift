@@ -19,13 +19,21 @@ public struct Unmounter: Sendable {
         public var releasedLoopDevice: String?
     }
 
+    /// `target` is a mountpoint, or (as umount(8) allows) the mounted image or device.
     public func unmount(_ target: String) throws(MountFailure) -> Result {
-        let mountPoint = canonicalPath(target)
-        let entry: MountInfoEntry?
-        do { entry = try MountTable.mount(at: mountPoint) } catch {
+        let canonical = canonicalPath(target)
+        let table: [MountInfoEntry]
+        do { table = try MountTable.read() } catch {
             throw MountFailure("cannot read the mount table", cause: error)
         }
-        guard let entry else { throw MountFailure("\(target) is not mounted") }
+        let bySource = { (entry: MountInfoEntry) -> Bool in
+            entry.source == canonical
+                || LoopDevice.device(major: entry.major, minor: entry.minor)?.backingFile == canonical
+        }
+        guard let entry = table.last(where: { $0.mountPoint == canonical }) ?? table.last(where: bySource) else {
+            throw MountFailure("\(target) is not mounted")
+        }
+        let mountPoint = entry.mountPoint
         guard entry.fsType == "erofs" || entry.fsType.hasPrefix("fuse.erofs") || entry.fsType == "fuse" && entry.source.contains("erofs") else {
             throw MountFailure("\(target) is not an EROFS mount (it is \(entry.fsType) from \(entry.source))")
         }
@@ -40,12 +48,14 @@ public struct Unmounter: Sendable {
     }
 
     /// Autoclear frees a loop device once its last user is gone, possibly a moment after the
-    /// unmount; one that stays bound and is mounted nowhere else is released here.
+    /// unmount; one set up for autoclear (by us or by mount(8)) that stays bound and is mounted
+    /// nowhere else is released here. Loop devices set up by hand (no autoclear) are left alone.
     private func releaseIfUnused(_ loop: LoopDevice) throws(MountFailure) -> String? {
         for _ in 0..<50 {
             if loop.backingFile == nil { return nil }
             usleep(10_000)
         }
+        guard loop.autoclear else { return nil }
         let stillMounted = (try? MountTable.read())?.contains { $0.source == loop.path } ?? true
         guard !stillMounted else { return nil }
         do { try loop.detach() } catch {

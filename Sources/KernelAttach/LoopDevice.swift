@@ -67,6 +67,11 @@ public struct LoopDevice: Sendable, Equatable {
         return trimmed.isEmpty ? nil : trimmed
     }
 
+    /// Whether the kernel frees the device when its last user closes it.
+    public var autoclear: Bool {
+        (try? readTextFile("/sys/block/loop\(index)/loop/autoclear"))?.hasPrefix("1") ?? false
+    }
+
     /// Every loop device bound to a file, with that file.
     public static func attached() -> [(device: LoopDevice, backingFile: String)] {
         guard let directory = opendir("/sys/block") else { return [] }

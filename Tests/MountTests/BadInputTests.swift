@@ -144,3 +144,41 @@ import TestSupport
         #expect(version.status == 0 && version.standardOutput.hasPrefix("mount.erofs "))
     }
 }
+
+@Suite(.serialized) struct UnmountTests {
+    let harness = MountHarness()
+
+    @Test func unmountByImagePath() throws {
+        let scratch = try MountHarness.scratchDirectory("unmount")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let image = scratch + "/image.erofs"
+        try BadInputTests.copy("plain", to: image)
+        let mountPoint = scratch + "/mnt"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: false)
+        for options in [[], ["-o", "loop"]] {
+            #expect(try harness.run(options + [image, mountPoint]).status == 0)
+            let result = try harness.run(["-u", image])
+            #expect(result.status == 0, "stderr: \(result.standardError)")
+            try MountHarness.expectNothingLeft(mountPoint: mountPoint, image: image)
+        }
+    }
+
+    @Test func loopDeviceSetUpByHandIsLeftAlone() throws {
+        // losetup without autoclear: -u unmounts but must not take the user's device away.
+        let scratch = try MountHarness.scratchDirectory("losetup")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let image = scratch + "/image.erofs"
+        try BadInputTests.copy("plain", to: image)
+        let mountPoint = scratch + "/mnt"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: false)
+        let losetup = try runProgram("/usr/sbin/losetup", ["-r", "-f", "--show", image])
+        try #require(losetup.status == 0, "losetup: \(losetup.standardError)")
+        let device = losetup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+        defer { _ = try? runProgram("/usr/sbin/losetup", ["-d", device]) }
+        #expect(try harness.run([device, mountPoint]).status == 0)
+        #expect(try MountHarness.mounts(at: mountPoint).first?.source == device)
+        #expect(try harness.run(["-u", mountPoint]).status == 0)
+        #expect(try MountHarness.mounts(at: mountPoint).isEmpty)
+        #expect(MountHarness.loopDevices(backing: image) == [device])
+    }
+}
