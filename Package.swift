@@ -80,6 +80,7 @@ let package = Package(
         .testTarget(name: "EROFSFormatTests", dependencies: ["EROFSFormat", "TestSupport"]),
         .testTarget(name: "ManifestTests", dependencies: ["Manifest"]),
         .testTarget(name: "MountCLITests", dependencies: ["MountCLI"]),
+        .testTarget(name: "BackendsTests", dependencies: ["Backends", "SystemCalls"]),
         .testTarget(name: "KernelAttachTests", dependencies: ["KernelAttach"]),
         .testTarget(name: "MountTests", dependencies: [
             "Manifest", "SystemCalls", "KernelAttach", "TestSupport",

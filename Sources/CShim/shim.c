@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <sched.h>
+#include <spawn.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
@@ -64,6 +65,12 @@ ssize_t cshim_recv_fd(int socket, void *data, size_t length, int *received_fd) {
     }
     return n;
 }
+
+int cshim_spawn_closefrom(posix_spawn_file_actions_t *actions, int from) {
+    return posix_spawn_file_actions_addclosefrom_np(actions, from);
+}
+
+const short CSHIM_POSIX_SPAWN_SETSID = POSIX_SPAWN_SETSID;
 
 int cshim_setns_mount(int fd) {
     return setns(fd, CLONE_NEWNS);

@@ -35,6 +35,14 @@ extern const unsigned long CSHIM_NBD_SET_FLAGS;
 ssize_t cshim_send_fd(int socket, const void *data, size_t length, int fd);
 ssize_t cshim_recv_fd(int socket, void *data, size_t length, int *received_fd);
 
+// posix_spawn_file_actions_addclosefrom_np (glibc 2.34+, _GNU_SOURCE): a daemon must not
+// inherit descriptors its parent opened without O_CLOEXEC.
+#include <spawn.h>
+int cshim_spawn_closefrom(posix_spawn_file_actions_t *actions, int from);
+
+// POSIX_SPAWN_SETSID needs _GNU_SOURCE to be visible.
+extern const short CSHIM_POSIX_SPAWN_SETSID;
+
 // setns(fd, CLONE_NEWNS): enter a mount namespace (needs _GNU_SOURCE, so not in Glibc's overlay).
 int cshim_setns_mount(int fd);
 

@@ -1,0 +1,106 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CShim
+import KernelAttach
+import SystemCalls
+
+/// A serving daemon: started by re-executing our own binary (never fork once threads may
+/// exist), in its own session, with no inherited stdio, and given its descriptors at fixed
+/// numbers.
+public struct DaemonProcess: Sendable, Equatable {
+    public var pid: Int32
+    /// Clock ticks since boot at which the process started (/proc/PID/stat field 22).
+    public var startTime: UInt64
+
+    public init(pid: Int32, startTime: UInt64) {
+        self.pid = pid
+        self.startTime = startTime
+    }
+
+    /// Spawns `executable arguments...` (by default our own binary) with `descriptors[i]` as
+    /// descriptor 3 + i, stdin from /dev/null and stdout/stderr to `logFile` (or /dev/null).
+    public static func spawn(
+        executable: String = "/proc/self/exe", arguments: [String], descriptors: [Int32], logFile: String?
+    ) throws(SystemError) -> DaemonProcess {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        if let logFile {
+            posix_spawn_file_actions_addopen(&actions, 1, logFile, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        }
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        for (offset, fd) in descriptors.enumerated() {
+            // dup2 onto itself would keep CLOEXEC set; go through a high number first.
+            posix_spawn_file_actions_adddup2(&actions, fd, 100 + Int32(offset))
+        }
+        for offset in descriptors.indices {
+            posix_spawn_file_actions_adddup2(&actions, 100 + Int32(offset), 3 + Int32(offset))
+            posix_spawn_file_actions_addclose(&actions, 100 + Int32(offset))
+        }
+        cshim_spawn_closefrom(&actions, 3 + Int32(descriptors.count))
+
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        var defaultSignals = sigset_t()
+        sigfillset(&defaultSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        posix_spawnattr_setsigdefault(&attributes, &defaultSignals)
+        posix_spawnattr_setflags(
+            &attributes, Int16(Int32(POSIX_SPAWN_SETSIGMASK) | Int32(POSIX_SPAWN_SETSIGDEF) | Int32(CSHIM_POSIX_SPAWN_SETSID)))
+
+        var argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        var pid: pid_t = 0
+        let result = posix_spawn(&pid, executable, &actions, &attributes, &argv, environ)
+        guard result == 0 else {
+            throw SystemError("spawn the serving daemon", path: executable, errno: .init(rawValue: result))
+        }
+        return DaemonProcess(pid: pid, startTime: DaemonProcess.startTime(of: pid) ?? 0)
+    }
+
+    /// Whether this exact process (not a later one with a reused pid) is still alive.
+    public var isAlive: Bool {
+        guard kill(pid, 0) == 0 || errno == EPERM else { return false }
+        guard let now = DaemonProcess.startTime(of: pid) else { return false }
+        guard !DaemonProcess.isZombie(pid) else { return false }
+        return startTime == 0 || now == startTime
+    }
+
+    static func isZombie(_ pid: Int32) -> Bool {
+        guard let stat = try? readTextFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return false }
+        return stat[stat.index(close, offsetBy: 2)...].hasPrefix("Z")
+    }
+
+    /// Field 22 of /proc/PID/stat; the command name (field 2) may hold spaces and parentheses,
+    /// so count from the last ')'.
+    public static func startTime(of pid: Int32) -> UInt64? {
+        guard let stat = try? readTextFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        // fields[0] is field 3 (state); field 22 is fields[19].
+        guard fields.count > 19 else { return nil }
+        return UInt64(fields[19])
+    }
+
+    /// Sends `signal` and waits up to `timeout` seconds for the process to be gone.
+    @discardableResult
+    public func terminate(signal: Int32 = SIGTERM, timeout: Double = 5) -> Bool {
+        guard isAlive else { return true }
+        kill(pid, signal)
+        var waited = 0.0
+        while waited < timeout {
+            var status: Int32 = 0
+            if waitpid(pid, &status, WNOHANG) == pid { return true }  // our child: reaped
+            if !isAlive { return true }
+            usleep(20_000)
+            waited += 0.02
+        }
+        return !isAlive
+    }
+}

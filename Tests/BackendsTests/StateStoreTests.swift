@@ -1,0 +1,100 @@
+import Backends
+import Foundation
+import Glibc
+import SystemCalls
+import Testing
+
+@Suite struct StateStoreTests {
+    static func sample(index: Int = 3) -> DeviceState {
+        DeviceState(
+            index: index, source: "/images/a.erofs", sizeBytes: 4_050_944, blockSize: 4096,
+            backendIdentifier: "erofs-mount:0f3c", attachMethod: .netlink, deadConnectionTimeout: 60,
+            daemonPID: 4242, daemonStartTime: 99, mountPoint: "/mnt/a", mountOptions: "ro",
+            createdAt: Date(timeIntervalSince1970: 1_800_000_000))
+    }
+
+    func freshStore() -> StateStore {
+        StateStore(directory: NSTemporaryDirectory() + "state-test-\(UUID().uuidString)/run/nbd")
+    }
+
+    @Test func roundTripWithPrivatePermissions() throws {
+        let store = freshStore()
+        defer { try? FileManager.default.removeItem(atPath: store.directory) }
+        try store.save(Self.sample())
+        #expect(try store.load(device: 3) == Self.sample())
+        #expect(try FileStatus.stat(store.path(forDevice: 3)).permissions == 0o600)
+        #expect(try FileStatus.stat(store.directory).permissions == 0o700)
+        #expect(try store.load(device: 4) == nil)
+        #expect(store.all().map(\.index) == [3])
+        try store.remove(device: 3)
+        #expect(try store.load(device: 3) == nil)
+        try store.remove(device: 3)  // removing what is gone is fine
+    }
+
+    @Test func overwriteIsAtomicAndLeavesNoTemporaryFiles() throws {
+        let store = freshStore()
+        defer { try? FileManager.default.removeItem(atPath: store.directory) }
+        var state = Self.sample()
+        try store.save(state)
+        state.daemonPID = 5151
+        try store.save(state)
+        #expect(try store.load(device: 3)?.daemonPID == 5151)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: store.directory) == ["nbd3.json"])
+    }
+
+    @Test func corruptStateIsReportedWithItsPath() throws {
+        let store = freshStore()
+        defer { try? FileManager.default.removeItem(atPath: store.directory) }
+        try store.save(Self.sample(index: 1))
+        try Data("{not json".utf8).write(to: URL(fileURLWithPath: store.path(forDevice: 1)))
+        #expect {
+            try store.load(device: 1)
+        } throws: { error in
+            "\(error)".contains(store.path(forDevice: 1)) && "\(error)".contains("not a valid state file")
+        }
+        guard case .failure = store.all().first?.state else {
+            Issue.record("a corrupt state must be listed as a failure")
+            return
+        }
+    }
+}
+
+@Suite struct DaemonProcessTests {
+    @Test func spawnsInItsOwnSessionWithOnlyTheGivenDescriptors() throws {
+        var pipeEnds: [Int32] = [0, 0]
+        #expect(pipe(&pipeEnds) == 0)
+        let log = NSTemporaryDirectory() + "daemon-\(UUID().uuidString).log"
+        defer { unlink(log) }
+        // The child reports its session id, pid, and what fds 0 and 3 are, then exits.
+        let script = "echo sid=$(cut -d' ' -f6 /proc/$$/stat) pid=$$ fd0=$(readlink /proc/$$/fd/0) >&3; ls /proc/$$/fd | tr '\\n' ' ' >&3; echo to-log"
+        let daemon = try DaemonProcess.spawn(
+            executable: "/bin/sh", arguments: ["-c", script], descriptors: [pipeEnds[1]], logFile: log)
+        close(pipeEnds[1])
+        var output = [UInt8](repeating: 0, count: 4096)
+        var total = 0
+        while true {
+            let n = read(pipeEnds[0], &output[total], output.count - total)
+            if n <= 0 { break }
+            total += n
+        }
+        close(pipeEnds[0])
+        var status: Int32 = 0
+        waitpid(daemon.pid, &status, 0)
+        let report = String(decoding: output[..<total], as: UTF8.self)
+        #expect(report.contains("sid=\(daemon.pid) pid=\(daemon.pid)"), "\(report)")
+        #expect(report.contains("fd0=/dev/null"), "\(report)")
+        // Only 0, 1, 2, 3 (and the fd ls itself opens for /proc/PID/fd) are open.
+        let fds = report.split(separator: "\n").last.map { $0.split(separator: " ").compactMap { Int($0) } } ?? []
+        #expect(Set(fds).isSubset(of: [0, 1, 2, 3, 4]), "\(report)")
+        #expect(try String(contentsOfFile: log, encoding: .utf8) == "to-log\n")
+        #expect(daemon.startTime > 0)
+        #expect(!daemon.isAlive)
+    }
+
+    @Test func pidReuseIsNotMistakenForOurDaemon() {
+        let me = DaemonProcess(pid: getpid(), startTime: DaemonProcess.startTime(of: getpid()) ?? 0)
+        #expect(me.isAlive)
+        let impostor = DaemonProcess(pid: getpid(), startTime: me.startTime + 1)
+        #expect(!impostor.isAlive)
+    }
+}
