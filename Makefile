@@ -24,10 +24,10 @@ test-vm:
 	@if [ -x tests/vm/test.sh ]; then tests/vm/test.sh; else echo "tests/vm/test.sh: not present, skipped"; fi
 
 install:
-	$(SWIFT) build -c release --product mount.erofs
-	$(SWIFT) build -c release --product erofs
-	install -D -m 0755 "$$($(SWIFT) build -c release --show-bin-path)/mount.erofs" $(DESTDIR)$(SBINDIR)/mount.erofs
-	install -D -m 0755 "$$($(SWIFT) build -c release --show-bin-path)/erofs" $(DESTDIR)$(PREFIX)/bin/erofs
+	$(SWIFT) build -c release --static-swift-stdlib --product mount.erofs
+	$(SWIFT) build -c release --static-swift-stdlib --product erofs
+	install -D -s -m 0755 "$$($(SWIFT) build -c release --static-swift-stdlib --show-bin-path)/mount.erofs" $(DESTDIR)$(SBINDIR)/mount.erofs
+	install -D -s -m 0755 "$$($(SWIFT) build -c release --static-swift-stdlib --show-bin-path)/erofs" $(DESTDIR)$(PREFIX)/bin/erofs
 
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/mount.erofs $(DESTDIR)$(PREFIX)/bin/erofs

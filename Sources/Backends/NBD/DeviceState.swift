@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 /// What `mount.erofs` records about an nbd device it manages: enough for `-u`, `--list`,
 /// `--disconnect` and `--reattach` to act on the device later, from another process.
