@@ -98,3 +98,43 @@ import Testing
         #expect(!impostor.isAlive)
     }
 }
+
+@Suite struct DaemonReportTests {
+    func pipePair() -> (read: Int32, write: Int32) {
+        var ends: [Int32] = [0, 0]
+        _ = pipe(&ends)
+        return (ends[0], ends[1])
+    }
+
+    @Test(arguments: [
+        DaemonReport.ready(index: 7, method: .netlink), .ready(index: 0, method: .ioctl),
+        .failed("cannot open /x: No such file or directory"),
+    ])
+    func roundTrip(report: DaemonReport) throws {
+        let (readEnd, writeEnd) = pipePair()
+        defer { close(readEnd) }
+        report.send(to: writeEnd)
+        #expect(try DaemonReport.receive(from: readEnd, timeout: 2) == report)
+    }
+
+    @Test func silentDeathIsNil() throws {
+        let (readEnd, writeEnd) = pipePair()
+        defer { close(readEnd) }
+        close(writeEnd)
+        #expect(try DaemonReport.receive(from: readEnd, timeout: 2) == nil)
+    }
+
+    @Test func garbageIsNil() throws {
+        let (readEnd, writeEnd) = pipePair()
+        defer { close(readEnd) }
+        _ = write(writeEnd, "ready x netlink\n", 16)
+        close(writeEnd)
+        #expect(try DaemonReport.receive(from: readEnd, timeout: 2) == nil)
+    }
+
+    @Test func silenceTimesOut() throws {
+        let (readEnd, writeEnd) = pipePair()
+        defer { close(readEnd); close(writeEnd) }
+        #expect(throws: SystemError.self) { try DaemonReport.receive(from: readEnd, timeout: 0.2) }
+    }
+}

@@ -1,0 +1,82 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import SystemCalls
+
+/// How a starting daemon tells the `mount.erofs` that started it how attaching went: one line
+/// on a pipe, then the pipe is closed. A daemon that dies first leaves the pipe empty, which
+/// the parent reports with the daemon's exit status and log.
+public enum DaemonReport: Equatable, Sendable {
+    case ready(index: Int, method: DeviceState.AttachMethod)
+    case failed(String)
+
+    var line: String {
+        switch self {
+        case .ready(let index, let method): "ready \(index) \(method.rawValue)\n"
+        case .failed(let message): "error " + message.split(separator: "\n").joined(separator: " ") + "\n"
+        }
+    }
+
+    init?(line: String) {
+        let parts = line.split(separator: " ", maxSplits: 1)
+        guard let word = parts.first else { return nil }
+        switch word {
+        case "ready":
+            let fields = parts.count > 1 ? parts[1].split(separator: " ") : []
+            guard fields.count == 2, let index = Int(fields[0]),
+                  let method = DeviceState.AttachMethod(rawValue: String(fields[1])) else { return nil }
+            self = .ready(index: index, method: method)
+        case "error":
+            self = .failed(parts.count > 1 ? String(parts[1]) : "unknown error")
+        default:
+            return nil
+        }
+    }
+
+    /// Writes the report to `fd` (the daemon's end) and closes it.
+    public func send(to fd: Int32) {
+        var text = line
+        text.withUTF8 { bytes in
+            var written = 0
+            while written < bytes.count {
+                let n = write(fd, bytes.baseAddress! + written, bytes.count - written)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { break }
+                written += n
+            }
+        }
+        close(fd)
+    }
+
+    /// Reads one report from `fd` (the parent's end), waiting at most `timeout` seconds.
+    /// nil: the daemon closed the pipe without a word (it died) or said something unreadable.
+    public static func receive(from fd: Int32, timeout: Double) throws(SystemError) -> DaemonReport? {
+        var collected: [UInt8] = []
+        let deadline = monotonicSeconds() + timeout
+        while !collected.contains(UInt8(ascii: "\n")) {
+            let remaining = deadline - monotonicSeconds()
+            guard remaining > 0 else {
+                throw SystemError("wait for the serving daemon", detail: "no answer within \(Int(timeout)) s")
+            }
+            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            let ready = poll(&poller, 1, Int32(min(remaining, 1) * 1000))
+            if ready < 0 && errno == EINTR { continue }
+            if ready < 0 { throw .lastErrno("poll the serving daemon's status pipe") }
+            if ready == 0 { continue }
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            let n = read(fd, &chunk, chunk.count)
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { throw .lastErrno("read the serving daemon's status pipe") }
+            if n == 0 { break }
+            collected.append(contentsOf: chunk[..<n])
+        }
+        guard let end = collected.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
+        return DaemonReport(line: String(decoding: collected[..<end], as: UTF8.self))
+    }
+}
+
+func monotonicSeconds() -> Double {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+}
