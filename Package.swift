@@ -82,6 +82,7 @@ let package = Package(
         .testTarget(name: "MountCLITests", dependencies: ["MountCLI"]),
         .testTarget(name: "BackendsTests", dependencies: ["Backends", "SystemCalls"]),
         .testTarget(name: "KernelAttachTests", dependencies: ["KernelAttach"]),
+        .testTarget(name: "CompressionTests", dependencies: ["Compression", "CLZ4", "CLZMA", "CZlib", "CZstd"]),
         .testTarget(name: "MountTests", dependencies: [
             "Manifest", "SystemCalls", "KernelAttach", "TestSupport",
             // Built for the tests, which run the real binaries.
