@@ -5,11 +5,14 @@
 /// ends before every access; wide copies may write up to 16 bytes past the current sequence, but
 /// only when those bytes are inside the output (later sequences overwrite them).
 enum LZ4BlockDecoder {
-    /// The block format's end rules: the last 5 bytes are literals, and the last match starts
-    /// at least 12 bytes before the end; liblz4 rejects a non-final sequence whose literals end
-    /// within 8 bytes (2 offset + 1 token + 5 literals) of the input end.
+    /// The block format's end rules, checked as liblz4 (and the kernel) check them: the last 5
+    /// output bytes are literals; a non-final sequence's literals end at least 8 bytes (2 offset
+    /// + 1 token + 5 literals) before the input end; a literal length extension ends at least 15
+    /// bytes, a match length extension at least 4 bytes, before the input end.
     static let lastLiterals = 5
     static let minimumSequenceTail = 8
+    static let literalExtensionTail = 15
+    static let matchExtensionTail = lastLiterals - 1
     static let minimumMatchLength = 4
 
     /// Decodes `input` into `output`; returns how many bytes were produced. In full mode the
@@ -45,21 +48,24 @@ enum LZ4BlockDecoder {
                 op &+= literalLength
             } else {
                 if literalLength == 15 {
-                    literalLength &+= try readLengthExtension(source, &ip, inputEnd, what: "literal length")
+                    literalLength &+= try readLengthExtension(
+                        source, &ip, limit: inputEnd &- literalExtensionTail, what: "literal length")
                 }
                 // Both positions are at most the buffer sizes and the extension at most 255 times
                 // the input size, so these sums cannot overflow.
                 let literalEnd = ip &+ literalLength
-                guard literalEnd <= inputEnd else {
-                    throw failure("truncated input: \(literalLength) literals at \(ip) run past the input end \(inputEnd)")
-                }
                 if partial {
-                    let count = min(literalLength, outputEnd &- op)
+                    // Like LZ4_decompress_safe_partial, literals cut by the input end decode as
+                    // far as they go; the output must still fill up.
+                    let count = min(literalLength, outputEnd &- op, inputEnd &- ip)
                     (target + op).copyMemory(from: source + ip, byteCount: count)
                     op &+= count
-                    ip = literalEnd
+                    ip = min(literalEnd, inputEnd)
                     if op == outputEnd || ip &+ 2 > inputEnd { return op }
                 } else {
+                    guard literalEnd <= inputEnd else {
+                        throw failure("truncated input: \(literalLength) literals at \(ip) run past the input end \(inputEnd)")
+                    }
                     guard literalLength <= outputEnd &- op else {
                         throw failure("\(literalLength) literals at output \(op) overflow the output size \(outputEnd)")
                     }
@@ -86,7 +92,8 @@ enum LZ4BlockDecoder {
             }
             var matchLength = token & 15
             if matchLength == 15 {
-                matchLength &+= try readLengthExtension(source, &ip, inputEnd, what: "match length")
+                matchLength &+= try readLengthExtension(
+                    source, &ip, limit: inputEnd &- matchExtensionTail, what: "match length")
             }
             matchLength &+= minimumMatchLength
             let room = outputEnd &- op
@@ -109,14 +116,17 @@ enum LZ4BlockDecoder {
         DecompressionError(algorithm: .lz4, message: message)
     }
 
-    /// Reads the 255-continued length bytes that follow a nibble of 15.
+    /// Reads the 255-continued length bytes that follow a nibble of 15; the position after each
+    /// byte may not pass `limit` (at most the input end).
     @inline(__always)
     private static func readLengthExtension(
-        _ source: UnsafeRawPointer, _ ip: inout Int, _ inputEnd: Int, what: String
+        _ source: UnsafeRawPointer, _ ip: inout Int, limit: Int, what: String
     ) throws(DecompressionError) -> Int {
         var total = 0
         while true {
-            guard ip < inputEnd else { throw failure("truncated input: \(what) runs past the input end") }
+            guard ip < limit else {
+                throw failure("truncated input: \(what) at \(ip) runs too close to the input end")
+            }
             let byte = Int(source.load(fromByteOffset: ip, as: UInt8.self))
             ip &+= 1
             total &+= byte
