@@ -8,6 +8,7 @@ let package = Package(
     products: [
         .executable(name: "mount.erofs", targets: ["MountErofsTool"]),
         .executable(name: "erofs", targets: ["ErofsTool"]),
+        .executable(name: "lz4-bench", targets: ["LZ4Bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -82,6 +83,8 @@ let package = Package(
         .testTarget(name: "MountCLITests", dependencies: ["MountCLI"]),
         .testTarget(name: "BackendsTests", dependencies: ["Backends", "SystemCalls"]),
         .testTarget(name: "KernelAttachTests", dependencies: ["KernelAttach"]),
+        // LZ4 throughput: the Swift decoder against liblz4 (release build).
+        .executableTarget(name: "LZ4Bench", dependencies: ["Compression", "CLZ4"]),
         .testTarget(name: "CompressionTests", dependencies: ["Compression", "CLZ4", "CLZMA", "CZlib", "CZstd"]),
         .testTarget(name: "MountTests", dependencies: [
             "Manifest", "SystemCalls", "KernelAttach", "TestSupport",
