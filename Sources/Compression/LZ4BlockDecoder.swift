@@ -91,6 +91,17 @@ enum LZ4BlockDecoder {
                 throw failure("match offset \(offset) at output \(op) reaches before the output start")
             }
             var matchLength = token & 15
+            if matchLength != 15 && offset >= 8 && op &+ 24 <= outputEnd {
+                // Common case: a match of at most 18 bytes that overlaps itself by no less than
+                // 8 bytes, far from the output end: three 8-byte copies cover it.
+                let from = target + (op &- offset)
+                let to = target + op
+                copy8(to: to, from: from)
+                copy8(to: to + 8, from: from + 8)
+                copy8(to: to + 16, from: from + 16)
+                op &+= matchLength &+ minimumMatchLength
+                continue
+            }
             if matchLength == 15 {
                 matchLength &+= try readLengthExtension(
                     source, &ip, limit: inputEnd &- matchExtensionTail, what: "match length")
@@ -175,6 +186,22 @@ enum LZ4BlockDecoder {
                                   toByteOffset: destination, as: UInt8.self)
                 destination &+= 1
             }
+        }
+        if offset < 16 && count >= 32 {
+            // A long run of a short period: once the first 16 bytes are right, store them as one
+            // pattern at every multiple of the period (the first 24 bytes are inside the match).
+            while destination < position &+ 16 {
+                copy8(to: target + destination, from: target + (destination &- distance))
+                destination &+= 8
+            }
+            let pattern = (target + position).loadUnaligned(as: SIMD16<UInt8>.self)
+            distance = 16 &- 16 % offset  // a multiple of the period, at least 8
+            destination = position &+ distance
+            while destination < end && destination &+ 16 <= outputEnd {
+                (target + destination).storeBytes(of: pattern, as: SIMD16<UInt8>.self)
+                destination &+= distance
+            }
+            // The tail near the output end continues below, from the same period multiple.
         }
         if distance >= 16 {
             while destination < end && destination &+ 16 <= outputEnd {
