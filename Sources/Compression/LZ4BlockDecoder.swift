@@ -6,7 +6,8 @@
 /// only when those bytes are inside the output (later sequences overwrite them).
 enum LZ4BlockDecoder {
     /// The block format's end rules, checked as liblz4 (and the kernel) check them: the last 5
-    /// output bytes are literals; a non-final sequence's literals end at least 8 bytes (2 offset
+    /// output bytes are literals; the last match starts at least 12 bytes before the output end;
+    /// a non-final sequence's literals end at least 8 bytes (2 offset
     /// + 1 token + 5 literals) before the input end; a literal length extension ends at least 15
     /// bytes, a match length extension at least 4 bytes, before the input end.
     static let lastLiterals = 5
@@ -14,6 +15,8 @@ enum LZ4BlockDecoder {
     static let literalExtensionTail = 15
     static let matchExtensionTail = lastLiterals - 1
     static let minimumMatchLength = 4
+    /// The last match starts at least 12 bytes before the end of the output.
+    static let lastMatchStartLimit = 12
 
     /// Decodes `input` into `output`; returns how many bytes were produced. In full mode the
     /// block must end where the input ends; in partial mode decoding stops when output is full.
@@ -41,7 +44,7 @@ enum LZ4BlockDecoder {
 
             // Literals.
             var literalLength = token &>> 4
-            if literalLength != 15 && ip &+ 16 &+ minimumSequenceTail <= inputEnd && op &+ 16 <= outputEnd {
+            if literalLength != 15 && ip &+ 16 &+ minimumSequenceTail <= inputEnd && op &+ 32 <= outputEnd {
                 // Common case: a short run well inside both buffers; copy 16 bytes blindly.
                 copy16(to: target + op, from: source + ip)
                 ip &+= literalLength
@@ -61,7 +64,8 @@ enum LZ4BlockDecoder {
                     (target + op).copyMemory(from: source + ip, byteCount: count)
                     op &+= count
                     ip = min(literalEnd, inputEnd)
-                    if op == outputEnd || ip &+ 2 > inputEnd { return op }
+                    // liblz4 also ends the block when no offset and token can follow.
+                    if op == outputEnd || ip &+ 2 >= inputEnd { return op }
                 } else {
                     guard literalEnd <= inputEnd else {
                         throw failure("truncated input: \(literalLength) literals at \(ip) run past the input end \(inputEnd)")
@@ -69,10 +73,11 @@ enum LZ4BlockDecoder {
                     guard literalLength <= outputEnd &- op else {
                         throw failure("\(literalLength) literals at output \(op) overflow the output size \(outputEnd)")
                     }
-                    (target + op).copyMemory(from: source + ip, byteCount: literalLength)
+                    copyLiterals(to: target + op, from: source + ip, count: literalLength,
+                                 wideCopyAllowed: literalEnd &+ 16 <= inputEnd && op &+ literalLength &+ 16 <= outputEnd)
                     op &+= literalLength
-                    if literalEnd &+ minimumSequenceTail > inputEnd {
-                        // Only the final sequence may end this close to the input end.
+                    if literalEnd &+ minimumSequenceTail > inputEnd || op &+ lastMatchStartLimit > outputEnd {
+                        // Only the final sequence may end this close to either end.
                         guard literalEnd == inputEnd else {
                             throw failure("sequence at \(ip) ends \(inputEnd &- literalEnd) bytes before the input end")
                         }
@@ -86,9 +91,11 @@ enum LZ4BlockDecoder {
             guard ip &+ 2 <= inputEnd else { throw failure("truncated input: missing match offset at \(ip)") }
             let offset = Int(UInt16(littleEndian: source.loadUnaligned(fromByteOffset: ip, as: UInt16.self)))
             ip &+= 2
-            guard offset != 0 else { throw failure("zero match offset at input \(ip &- 2)") }
-            guard offset <= op else {
-                throw failure("match offset \(offset) at output \(op) reaches before the output start")
+            // One unsigned comparison for both 0 < offset and offset <= op.
+            guard UInt(bitPattern: offset &- 1) < UInt(bitPattern: op) else {
+                throw failure(offset == 0
+                    ? "zero match offset at input \(ip &- 2)"
+                    : "match offset \(offset) at output \(op) reaches before the output start")
             }
             var matchLength = token & 15
             if matchLength != 15 && offset >= 8 && op &+ 24 <= outputEnd {
@@ -145,6 +152,23 @@ enum LZ4BlockDecoder {
         }
     }
 
+    /// Copies a literal run; with room past its end in both buffers, short and medium runs go in
+    /// 16-byte steps instead of a memcpy call.
+    @inline(__always)
+    private static func copyLiterals(
+        to destination: UnsafeMutableRawPointer, from source: UnsafeRawPointer, count: Int, wideCopyAllowed: Bool
+    ) {
+        if wideCopyAllowed && count <= 128 {
+            var copied = 0
+            repeat {
+                copy16(to: destination + copied, from: source + copied)
+                copied &+= 16
+            } while copied < count
+        } else {
+            destination.copyMemory(from: source, byteCount: count)
+        }
+    }
+
     @inline(__always)
     private static func copy8(to destination: UnsafeMutableRawPointer, from source: UnsafeRawPointer) {
         destination.storeBytes(of: source.loadUnaligned(as: UInt64.self), as: UInt64.self)
@@ -178,13 +202,28 @@ enum LZ4BlockDecoder {
         let end = position &+ count
         var distance = offset
         if offset < 8 {
-            // Lay down the first pattern period byte by byte, then copy it from a wider distance.
+            // Lay down the first 8 bytes of the repeating period, then copy 8 bytes at a time from
+            // a multiple of the period that is at least 8 back.
             distance = patternDistance(offset)
-            let prefixEnd = min(end, position &+ distance)
-            while destination < prefixEnd {
-                target.storeBytes(of: target.load(fromByteOffset: destination &- offset, as: UInt8.self),
-                                  toByteOffset: destination, as: UInt8.self)
-                destination &+= 1
+            if position &+ 8 <= outputEnd {
+                // Widen the period's bytes into one 8-byte word (bytes past the period are masked
+                // off; any bytes written past the match end are rewritten by later sequences).
+                let period = UInt64(littleEndian: target.loadUnaligned(fromByteOffset: position &- offset, as: UInt64.self))
+                var pattern = period & ((1 &<< UInt64(offset &* 8)) &- 1)
+                var filled = offset
+                while filled < 8 {
+                    pattern |= pattern &<< UInt64(filled &* 8)
+                    filled &*= 2
+                }
+                target.storeBytes(of: pattern.littleEndian, toByteOffset: position, as: UInt64.self)
+                destination = position &+ 8
+            } else {
+                let prefixEnd = min(end, position &+ distance)
+                while destination < prefixEnd {
+                    target.storeBytes(of: target.load(fromByteOffset: destination &- offset, as: UInt8.self),
+                                      toByteOffset: destination, as: UInt8.self)
+                    destination &+= 1
+                }
             }
         }
         if offset < 16 && count >= 32 {
