@@ -100,12 +100,12 @@ enum LZ4BlockDecoder {
             var matchLength = token & 15
             if matchLength != 15 && offset >= 8 && op &+ 24 <= outputEnd {
                 // Common case: a match of at most 18 bytes that overlaps itself by no less than
-                // 8 bytes, far from the output end: three 8-byte copies cover it.
+                // 8 bytes, far from the output end: copies of 8, 8 and 2 bytes cover it.
                 let from = target + (op &- offset)
                 let to = target + op
                 copy8(to: to, from: from)
                 copy8(to: to + 8, from: from + 8)
-                copy8(to: to + 16, from: from + 16)
+                (to + 16).storeBytes(of: (from + 16).loadUnaligned(as: UInt16.self), as: UInt16.self)
                 op &+= matchLength &+ minimumMatchLength
                 continue
             }
