@@ -25,6 +25,25 @@ import Testing
         }
     }
 
+    /// Blocks cut the way mkfs.erofs cuts pclusters: each fills 4096 compressed bytes and
+    /// decodes to a variable size; readers decode them whole or up to a page boundary.
+    @Test(arguments: [DataKind.text, .mixed, .shortPeriods])
+    func erofsStylePclusters(kind: DataKind) throws {
+        let data = TestData.make(kind, count: 400_000, seed: 11)
+        var start = 0
+        var blocks = 0
+        while start < data.count {
+            let (block, consumed) = ReferenceEncoder.lz4DestSize(data[start...], capacity: 4096)
+            let original = Array(data[start..<start + consumed])
+            #expect(try decompress(.lz4, block, outputSize: consumed, partial: false) == original)
+            let page = min(consumed, 4096)
+            #expect(try decompress(.lz4, block, outputSize: page, partial: true) == Array(original[..<page]))
+            start += consumed
+            blocks += 1
+        }
+        #expect(blocks > 1)
+    }
+
     @Test func emptyBlock() throws {
         #expect(try decompress(.lz4, [0x00], outputSize: 0, partial: false) == [])
         #expect(throws: DecompressionError.self) { try decompress(.lz4, [], outputSize: 0, partial: false) }

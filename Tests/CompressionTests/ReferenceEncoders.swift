@@ -26,6 +26,22 @@ enum ReferenceEncoder {
         return Array(out[..<Int(written)])
     }
 
+    /// mkfs.erofs's way: compress as much of `data` as fits in `capacity` bytes; returns the
+    /// block and how many input bytes it holds.
+    static func lz4DestSize(_ data: ArraySlice<UInt8>, capacity: Int) -> (block: [UInt8], consumed: Int) {
+        var out = [UInt8](repeating: 0, count: capacity)
+        var consumed = Int32(data.count)
+        let written = Array(data).withUnsafeBytes { src in
+            out.withUnsafeMutableBytes { dst in
+                LZ4_compress_destSize(src.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                      dst.baseAddress!.assumingMemoryBound(to: CChar.self),
+                                      &consumed, Int32(capacity))
+            }
+        }
+        precondition(written > 0 && consumed > 0, "LZ4_compress_destSize failed")
+        return (Array(out[..<Int(written)]), Int(consumed))
+    }
+
     /// liblz4's own decoder, the oracle: the decoded bytes, or nil when it reports an error.
     static func lz4Decode(_ input: [UInt8], outputSize: Int, partial: Bool) -> [UInt8]? {
         var out = [UInt8](repeating: 0, count: outputSize + 1)
