@@ -16,12 +16,12 @@ if [[ -f $image && $image -nt $VM_DIR/init && $image -nt $kdir/modules.load && $
     echo "$image"; exit 0
 fi
 stage=$(mktemp -d)
-trap 'rm -rf "$stage"' EXIT
+trap 'rm -rf "$stage" "$image.$$"' EXIT
 mkdir -p "$stage"/{bin,dev,proc,sys,lib/modules}
 cp "$busybox" "$stage/bin/busybox"
 install -m 755 "$VM_DIR/init" "$stage/init"
 cp -r "$kdir/modules/." "$stage/lib/modules/"
 cp "$kdir/modules.load" "$stage/modules.load"
-(cd "$stage" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | gzip -1) > "$image.tmp"
-mv "$image.tmp" "$image"
+(cd "$stage" && find . | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0 | gzip -1) > "$image.$$"
+mv "$image.$$" "$image"
 echo "$image"

@@ -1,5 +1,5 @@
 # Shared settings for the VM harness scripts (sourced, not run).
-REPO=$(git -C "$(dirname "${BASH_SOURCE[0]}")" rev-parse --show-toplevel)
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VM_CACHE=${VM_CACHE:-$REPO/.vmcache}
 VM_DIR=$REPO/tests/vm
 

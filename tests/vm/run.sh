@@ -34,7 +34,9 @@ trap cleanup EXIT
 {
     echo "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root"
     echo "export REPO=$(printf %q "$REPO")"
-    [[ -n ${EROFS_CORPUS:-} ]] && echo "export EROFS_CORPUS=$(printf %q "$EROFS_CORPUS")"
+    for name in $(compgen -e | grep '^EROFS_'); do  # EROFS_CORPUS, EROFS_BIN, ...
+        echo "export $name=$(printf %q "${!name}")"
+    done
     echo "cd \"\$REPO\""
     printf 'exec'; printf ' %q' "$@"; echo
 } > "$out/cmd"
@@ -57,7 +59,8 @@ sleep 0.2  # let tail print the last lines
 kill "$tail_pid" 2>/dev/null || true; wait "$tail_pid" 2>/dev/null || true; tail_pid=
 
 if (( qemu_status == 124 || qemu_status == 137 )); then
-    die "timed out after ${timeout}s (kernel $kernel); console log: $log"
+    echo "run.sh: timed out after ${timeout}s (kernel $kernel); console log: $log" >&2
+    exit 124
 elif (( qemu_status != 0 )); then
     die "qemu failed with status $qemu_status (kernel $kernel); console log: $log"
 elif [[ ! -f $out/status ]]; then

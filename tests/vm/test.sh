@@ -5,7 +5,7 @@ set -euo pipefail
 source "$(dirname "$0")/common.sh"
 KERNELS=(${VM_KERNELS:-6.1 6.12})
 
-if [[ ! -x ${EROFS_BIN:-$REPO/.build/debug/erofs} ]]; then
+if [[ -z ${EROFS_BIN:-} && ! -x $REPO/.build/debug/erofs ]]; then
     echo "== building the erofs walker"
     (cd "$REPO" && swift build --product erofs)
 fi
