@@ -3,6 +3,7 @@
 # vmlinuz, the modules the VM needs (uncompressed, with their dependencies) and
 # modules.load, the insmod order. Names 6.1 and 6.12 are symlinks to those dirs.
 # Idempotent: a kernel already extracted is not fetched again.
+# Needs apt lists (apt-get update) and Debian's mirrors, only when fetching.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 need apt-get apt-cache dpkg-deb depmod xz
@@ -74,6 +75,12 @@ fetch_kernel() {
 }
 
 mkdir -p "$VM_CACHE/kernels"
+# Both present: nothing to do (no apt query, works offline). VM_REFRESH=1 looks
+# for a newer 6.12 (or 6.1 ABI) and fetches it.
+if [[ ${VM_REFRESH:-0} != 1 ]] && kernel_dir 6.1 >/dev/null && kernel_dir 6.12 >/dev/null; then
+    echo "kernels cached: $(readlink "$VM_CACHE/kernels/6.1"), $(readlink "$VM_CACHE/kernels/6.12")"
+    exit 0
+fi
 kernel61=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-6\.1\./ { print $2; exit }')
 [[ -n $kernel61 ]] || die "apt-cache depends linux-image-amd64 names no linux-image-6.1.* (run apt-get update?)"
 kernel612=$(apt-cache search --names-only '^linux-image-6\.12\.[0-9]+\+deb12-amd64-unsigned$' | awk '{ print $1 }' | sort -V | tail -n 1)
