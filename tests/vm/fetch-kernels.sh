@@ -47,7 +47,8 @@ fetch_kernel() {
         echo "kernel $version: fetching $package"
         local work; work=$(mktemp -d)
         trap 'rm -rf "$work"' EXIT
-        chmod 755 "$work"  # apt-get downloads as user _apt
+        # As root, apt-get drops to user _apt to download: let it write there.
+        if (( EUID == 0 )) && id _apt >/dev/null 2>&1; then chown _apt "$work"; fi
         (cd "$work" && apt-get download -q "$package") || die "apt-get download $package failed"
         dpkg-deb -x "$work"/*.deb "$work/root"
         local src=$work/root/lib/modules/$version

@@ -28,9 +28,14 @@ log=${log:-$VM_CACHE/logs/console-$kernel.log}
 mkdir -p "$(dirname "$log")"
 
 out=$(mktemp -d)
-tail_pid=
-cleanup() { [[ -n $tail_pid ]] && kill "$tail_pid" 2>/dev/null; rm -rf "$out"; }
+qemu_pid= tail_pid=
+cleanup() {
+    [[ -n $qemu_pid ]] && kill "$qemu_pid" 2>/dev/null  # timeout passes it on to QEMU
+    [[ -n $tail_pid ]] && kill "$tail_pid" 2>/dev/null
+    rm -rf "$out"
+}
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 {
     echo "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root"
     echo "export REPO=$(printf %q "$REPO")"
@@ -42,10 +47,6 @@ trap cleanup EXIT
 } > "$out/cmd"
 : > "$out/output"
 
-# The command's output arrives on the 9p share while it runs; stream it.
-tail -n +1 -F --pid=$$ "$out/output" 2>/dev/null &
-tail_pid=$!
-
 qemu_status=0
 timeout -k 5 "$timeout" qemu-system-x86_64 \
     -accel tcg -cpu max -m 2G -smp 2 -nographic -no-reboot -nic none \
@@ -54,9 +55,14 @@ timeout -k 5 "$timeout" qemu-system-x86_64 \
     -append "console=ttyS0 panic=-1 quiet loglevel=4" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
     -virtfs "local,path=$out,mount_tag=out,security_model=none" \
-    < /dev/null || qemu_status=$?
-sleep 0.2  # let tail print the last lines
-kill "$tail_pid" 2>/dev/null || true; wait "$tail_pid" 2>/dev/null || true; tail_pid=
+    < /dev/null &
+qemu_pid=$!
+# The command's output arrives on the 9p share while it runs: stream it. tail
+# reads what is left and exits once QEMU (its timeout wrapper) has exited.
+tail -n +1 -s 0.2 -F --pid=$qemu_pid "$out/output" 2>/dev/null &
+tail_pid=$!
+wait "$qemu_pid" || qemu_status=$?; qemu_pid=
+wait "$tail_pid" || true; tail_pid=
 
 if (( qemu_status == 124 || qemu_status == 137 )); then
     echo "run.sh: timed out after ${timeout}s (kernel $kernel); console log: $log" >&2
