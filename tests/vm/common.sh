@@ -1,0 +1,15 @@
+# Shared settings for the VM harness scripts (sourced, not run).
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+VM_CACHE=${VM_CACHE:-$REPO/.vmcache}
+VM_DIR=$REPO/tests/vm
+
+die() { echo "${0##*/}: $*" >&2; exit 1; }
+need() { local tool; for tool; do command -v "$tool" >/dev/null || die "missing tool '$tool' (install it: see tests/vm/README.md)"; done; }
+
+# Resolves a kernel name given by the user (6.1, 6.12 or a full version) to the
+# directory fetch-kernels.sh made for it.
+kernel_dir() {
+    local dir=$VM_CACHE/kernels/$1
+    [[ -f $dir/vmlinuz && -f $dir/modules.load ]] || return 1
+    readlink -f "$dir"
+}

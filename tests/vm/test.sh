@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The VM test suite CI runs: tests/vm/smoke.sh on Debian's 6.1 and 6.12
+# kernels. Exits non-zero on any failure; the last line is "N passed, N failed".
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+KERNELS=(${VM_KERNELS:-6.1 6.12})
+
+if [[ -z ${EROFS_BIN:-} && ! -x $REPO/.build/debug/erofs ]]; then
+    echo "== building the erofs walker"
+    (cd "$REPO" && swift build --product erofs)
+fi
+"$VM_DIR/fetch-kernels.sh"
+
+output=$(mktemp)
+trap 'rm -f "$output"' EXIT
+passed=0 failed=0
+for kernel in "${KERNELS[@]}"; do
+    echo "== kernel $kernel"
+    started=$SECONDS
+    status=0
+    "$VM_DIR/run.sh" --kernel "$kernel" --timeout "${VM_TIMEOUT:-300}" -- tests/vm/smoke.sh | tee "$output" || status=$?
+    echo "== kernel $kernel: status $status in $((SECONDS - started)) s"
+    passed=$((passed + $(grep -c '^ok - ' "$output" || true)))
+    failed=$((failed + $(grep -c '^not ok - ' "$output" || true)))
+    # A VM that died or timed out, or a smoke test that failed without saying
+    # which check, still counts as a failure.
+    if (( status != 0 )) && ! grep -q '^not ok - ' "$output"; then
+        echo "not ok - [$kernel] the VM run failed (status $status)"
+        failed=$((failed + 1))
+    fi
+done
+echo "$passed passed, $failed failed"
+(( failed == 0 ))
