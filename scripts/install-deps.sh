@@ -11,7 +11,7 @@ packages=(
   # real NBD peers for tests and benchmarks
   libnbd-bin python3-libnbd nbdkit nbd-server qemu-utils fio
   # the VM harness: software-emulated qemu, a busybox initramfs, module unpacking
-  qemu-system-x86 busybox-static cpio xz-utils kmod zstd
+  qemu-system-x86 busybox-static cpio gzip xz-utils kmod zstd python3
 )
 
 missing=()
