@@ -82,6 +82,13 @@ let package = Package(
         .testTarget(name: "MountCLITests", dependencies: ["MountCLI"]),
         .testTarget(name: "BackendsTests", dependencies: ["Backends", "SystemCalls"]),
         .testTarget(name: "KernelAttachTests", dependencies: ["KernelAttach"]),
+        .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
+        .testTarget(name: "NBDServerTests", dependencies: [
+            "NBDServer", "NBDProtocol", "ImageSources", "SystemCalls", "TestSupport",
+            .product(name: "Logging", package: "swift-log"),
+            // Built for the tests, which run `erofs serve` against real NBD clients.
+            "ErofsTool",
+        ]),
         .testTarget(name: "MountTests", dependencies: [
             "Manifest", "SystemCalls", "KernelAttach", "TestSupport",
             // Built for the tests, which run the real binaries.
