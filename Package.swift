@@ -46,7 +46,7 @@ let package = Package(
         .target(name: "NBDProtocol", dependencies: []),
         // The NBD serving loop: kernel mode (socketpair) and network mode (handshake).
         .target(name: "NBDServer", dependencies: [
-            "NBDProtocol", "ImageSources", "SystemCalls",
+            "NBDProtocol", "ImageSources", "SystemCalls", "CShim",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Kernel attachment of local images: mount(2), loop devices, the mount table.

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CShim
 import ImageSources
 import Logging
 import NBDProtocol
@@ -72,6 +73,8 @@ final class TransmissionLoop: @unchecked Sendable {
 
     private func readLoop() throws(SystemError) -> ServingEnd {
         let size = source.size
+        var inlineScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(Self.inlineCopyLimit), alignment: 4096)
+        defer { inlineScratch.deallocate() }
         while true {
             if writer.failed != nil { return .peerClosed }
             guard let header = try reader.readBytes(Request.size, atBoundary: true, what: "NBD request") else {
@@ -94,7 +97,22 @@ final class TransmissionLoop: @unchecked Sendable {
                     try reply(to: request, error: .invalid, "read of \(request.length) bytes at \(request.offset) is outside the export (\(size) bytes)")
                     continue
                 }
-                enqueue(request)
+                guard let descriptor = source.localFileDescriptor else {
+                    enqueue(request)
+                    continue
+                }
+                // Hand-offs to a worker cost more than serving a cached block, so this thread
+                // serves what cannot block: small reads the page cache holds (one copy), and a
+                // lone request (QD1) by sendfile. Everything else goes to the workers.
+                if request.length <= Self.inlineCopyLimit,
+                   tryInlineCachedRead(request, descriptor: descriptor.rawValue, buffer: inlineScratch) {
+                    continue
+                }
+                if !reader.hasBufferedBytes && queueIsEmpty {
+                    do { try serveRead(request, scratch: &inlineScratch) } catch { reportWriteFailure(error) }
+                } else {
+                    enqueue(request)
+                }
             case .write, .trim, .writeZeroes:
                 if request.type.carriesPayload {
                     try reader.discard(Int(request.length), what: "NBD write payload")
@@ -109,6 +127,28 @@ final class TransmissionLoop: @unchecked Sendable {
             }
         }
     }
+
+    /// The largest READ the reader copies from the page cache itself; larger ones go by sendfile.
+    static let inlineCopyLimit: UInt32 = 64 << 10
+
+    /// Serves `request` from the page cache without blocking on the disk; false (nothing sent)
+    /// when the data is not all cached.
+    private func tryInlineCachedRead(_ request: Request, descriptor: Int32, buffer: UnsafeMutableRawBufferPointer) -> Bool {
+        let length = Int(request.length)
+        let got = cshim_pread_nowait(descriptor, buffer.baseAddress, length, off_t(bitPattern: UInt(request.offset)))
+        guard got == length else { return false }
+        let header = structuredReplies
+            ? StructuredReplyChunkHeader.offsetData(cookie: request.cookie, offset: request.offset, dataLength: request.length)
+            : SimpleReply(cookie: request.cookie).encoded()
+        do {
+            try writer.send(header: header, data: UnsafeRawBufferPointer(rebasing: buffer[0..<length]))
+        } catch {
+            reportWriteFailure(error)
+        }
+        return true
+    }
+
+    private var queueIsEmpty: Bool { queueState.withLock { queueHead == queue.count } }
 
     private func enqueue(_ request: Request) {
         queueState.withLock {
