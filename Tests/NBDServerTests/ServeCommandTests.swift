@@ -188,3 +188,47 @@ final class UnixClient {
         return got == count ? bytes : nil
     }
 }
+
+/// A TCP port that was free a moment ago (bound to port 0, then released).
+func freeTCPPort() throws -> UInt16 {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { pointer in
+            bind(fd, pointer, length) == 0 && getsockname(fd, pointer, &length) == 0
+        }
+    }
+    try #require(bound, "cannot find a free port: errno \(errno)")
+    return UInt16(bigEndian: address.sin_port)
+}
+
+@Suite struct ServeOverTCPTests {
+    @Test func nbdcopyOverTCPCopiesTheImage() throws {
+        let image = try corpusImagePath("lz4hc-bigpcluster")
+        let port = try freeTCPPort()
+        let binary = builtProductsDirectory() + "/erofs"
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: binary)
+        process.arguments = ["serve", image, "--tcp", "127.0.0.1:\(port)", "--export-name", "tcp"]
+        process.standardError = FileHandle.nullDevice
+        try process.run()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        let directory = try #require(String(validatingCString: mkdtemp(strdup("/tmp/nbdtcp.XXXXXX"))))
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let copy = directory + "/copy.img"
+        var result = try runProgram("/usr/bin/nbdcopy", ["nbd://127.0.0.1:\(port)/tcp", copy])
+        for _ in 0..<50 where result.status != 0 {  // until the server listens
+            usleep(100_000)
+            result = try runProgram("/usr/bin/nbdcopy", ["nbd://127.0.0.1:\(port)/tcp", copy])
+        }
+        #expect(result.status == 0, "\(result.standardError)")
+        #expect(FileManager.default.contentsEqual(atPath: copy, andPath: image))
+        process.terminate()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+    }
+}
