@@ -155,12 +155,11 @@ final class ReplyWriter: @unchecked Sendable {
         }
     }
 
-    /// Header and data from memory.
+    /// Header and data from memory, gathered into one sendmsg(2) where the socket takes it all.
     func send(header: [UInt8], data: UnsafeRawBufferPointer) throws(SystemError) {
         try lock.withLock { () throws(SystemError) in
             try checkHealthy()
-            try record(header.withUnsafeBytes { writeAll($0, more: true) })
-            try record(writeAll(data, more: false))
+            try record(header.withUnsafeBytes { gatherAll(header: $0, data: data) })
         }
     }
 
@@ -173,6 +172,31 @@ final class ReplyWriter: @unchecked Sendable {
         guard let error else { return }
         failure = error
         throw error
+    }
+
+    private func gatherAll(header: UnsafeRawBufferPointer, data: UnsafeRawBufferPointer) -> SystemError? {
+        var vectors = [
+            iovec(iov_base: UnsafeMutableRawPointer(mutating: header.baseAddress), iov_len: header.count),
+            iovec(iov_base: UnsafeMutableRawPointer(mutating: data.baseAddress), iov_len: data.count),
+        ]
+        let total = header.count + data.count
+        let sent = vectors.withUnsafeMutableBufferPointer { buffer -> Int in
+            var message = msghdr()
+            message.msg_iov = buffer.baseAddress
+            message.msg_iovlen = 2
+            while true {
+                let got = sendmsg(socket, &message, Int32(MSG_NOSIGNAL))
+                if got >= 0 || errno != EINTR { return got }
+            }
+        }
+        if sent < 0 { return SystemError("send reply", errno: Errno(rawValue: errno)) }
+        if sent == total { return nil }
+        // A partial send (socket buffer full): finish the rest with plain sends.
+        if sent < header.count {
+            if let error = writeAll(UnsafeRawBufferPointer(rebasing: header[sent...]), more: true) { return error }
+            return writeAll(data, more: false)
+        }
+        return writeAll(UnsafeRawBufferPointer(rebasing: data[(sent - header.count)...]), more: false)
     }
 
     private func writeAll(_ bytes: UnsafeRawBufferPointer, more: Bool) -> SystemError? {

@@ -203,6 +203,22 @@ func corpusImagePath(_ name: String = "plain") throws -> String {
         #expect(try harness.end()?.get() == .disconnectRequested)
     }
 
+    /// Replies far bigger than the socket buffer go out in pieces and must arrive intact.
+    @Test func largeReadsThroughTheCopyingPathArriveIntact() throws {
+        let source = MemorySource(count: 12 << 20)
+        let harness = try KernelModeHarness(source: source)
+        harness.client.send(Request(type: .read, cookie: 1, offset: 1 << 20, length: 4 << 20).encoded()
+            + Request(type: .read, cookie: 2, offset: 7, length: 8 << 20).encoded())
+        for _ in 0..<2 {
+            let reply = try #require(try harness.client.receiveReply())
+            let (offset, length) = reply.cookie == 1 ? (1 << 20, 4 << 20) : (7, 8 << 20)
+            let data = try #require(harness.client.receive(length))
+            #expect(data[...] == source.bytes[offset..<(offset + length)])
+        }
+        harness.client.send(Request(type: .disconnect, cookie: 3, offset: 0, length: 0))
+        #expect(try harness.end()?.get() == .disconnectRequested)
+    }
+
     @Test func badMagicClosesTheConnection() throws {
         let harness = try KernelModeHarness(source: MemorySource(count: 4096))
         var bytes = Request(type: .read, cookie: 1, offset: 0, length: 512).encoded()
