@@ -47,7 +47,7 @@ let package = Package(
         .target(name: "NBDProtocol", dependencies: []),
         // The NBD serving loop: kernel mode (socketpair) and network mode (handshake).
         .target(name: "NBDServer", dependencies: [
-            "NBDProtocol", "ImageSources", "SystemCalls",
+            "NBDProtocol", "ImageSources", "SystemCalls", "CShim",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Kernel attachment of local images: mount(2), loop devices, the mount table.
@@ -86,6 +86,13 @@ let package = Package(
         // LZ4 throughput: the Swift decoder against liblz4 (release build).
         .executableTarget(name: "LZ4Bench", dependencies: ["Compression", "CLZ4"]),
         .testTarget(name: "CompressionTests", dependencies: ["Compression", "CLZ4", "CLZMA", "CZlib", "CZstd"]),
+        .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
+        .testTarget(name: "NBDServerTests", dependencies: [
+            "NBDServer", "NBDProtocol", "ImageSources", "SystemCalls", "TestSupport",
+            .product(name: "Logging", package: "swift-log"),
+            // Built for the tests, which run `erofs serve` against real NBD clients.
+            "ErofsTool",
+        ]),
         .testTarget(name: "MountTests", dependencies: [
             "Manifest", "SystemCalls", "KernelAttach", "TestSupport",
             // Built for the tests, which run the real binaries.

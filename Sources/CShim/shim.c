@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <linux/fs.h>
 #include <linux/nbd.h>
 
@@ -74,4 +75,9 @@ const short CSHIM_POSIX_SPAWN_SETSID = POSIX_SPAWN_SETSID;
 
 int cshim_setns_mount(int fd) {
     return setns(fd, CLONE_NEWNS);
+}
+
+ssize_t cshim_pread_nowait(int fd, void *buffer, size_t count, off_t offset) {
+    struct iovec iov = { .iov_base = buffer, .iov_len = count };
+    return preadv2(fd, &iov, 1, offset, RWF_NOWAIT);
 }

@@ -46,4 +46,8 @@ extern const short CSHIM_POSIX_SPAWN_SETSID;
 // setns(fd, CLONE_NEWNS): enter a mount namespace (needs _GNU_SOURCE, so not in Glibc's overlay).
 int cshim_setns_mount(int fd);
 
+// preadv2(..., RWF_NOWAIT) of one buffer: reads only what the page cache already holds; -1 with
+// errno EAGAIN when the read would block on the disk. Needs _GNU_SOURCE, so not in Glibc's overlay.
+ssize_t cshim_pread_nowait(int fd, void *buffer, size_t count, off_t offset);
+
 #endif

@@ -1,0 +1,91 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import ImageSources
+import Logging
+import NBDServer
+import SystemCalls
+
+/// `erofs serve IMAGE (--unix PATH | --tcp HOST:PORT)`: serves the image read-only over NBD until
+/// SIGTERM or SIGINT, then lets connections finish their in-flight replies and removes the socket.
+struct ServeCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serve an image read-only over NBD (fixed newstyle, multi-conn) until SIGTERM/SIGINT.")
+
+    @Argument(help: "The image file (or block device) to serve.")
+    var image: String
+
+    @Option(name: .customLong("unix"), help: "Listen on this Unix socket path.")
+    var unixPath: String?
+
+    @Option(name: .customLong("tcp"), help: "Listen on HOST:PORT ([ADDR]:PORT for IPv6).")
+    var tcpAddress: String?
+
+    @Option(name: .customLong("export-name"), help: "The export's name (the empty name reaches it too).")
+    var exportName: String = ""
+
+    @Option(name: .customLong("workers"), help: "Worker threads per connection.")
+    var workers: Int = 4
+
+    @Flag(name: .customLong("verbose"), help: "Log every connection and refused request.")
+    var verbose = false
+
+    func validate() throws {
+        guard (unixPath == nil) != (tcpAddress == nil) else {
+            throw ValidationError("give exactly one of --unix PATH and --tcp HOST:PORT")
+        }
+        guard (1...256).contains(workers) else { throw ValidationError("--workers must be between 1 and 256") }
+    }
+
+    func run() throws {
+        // Block the stop signals before any thread exists, so every thread inherits the mask
+        // and sigwait below is the one place they arrive.
+        var stopSignals = sigset_t()
+        sigemptyset(&stopSignals)
+        sigaddset(&stopSignals, SIGTERM)
+        sigaddset(&stopSignals, SIGINT)
+        pthread_sigmask(SIG_BLOCK, &stopSignals, nil)
+
+        var logger = Logger(label: "erofs.serve")
+        logger.logLevel = verbose ? .debug : .info
+        let address: ListenAddress = if let unixPath { .unix(path: unixPath) } else { try .parseTCP(tcpAddress ?? "") }
+        let source = try FileSource(path: image)
+        let server = try NetworkServer(
+            source: source, address: address,
+            options: .init(exportName: exportName, exportDescription: "EROFS image \(image)", workersPerConnection: workers),
+            logger: logger)
+        logger.info("serving", metadata: ["image": "\(image)", "size": "\(source.size)", "address": "\(address)"])
+
+        let outcome = ServeOutcome()
+        let serving = try JoinableThread {
+            do throws(SystemError) { try server.serve() } catch { outcome.set(error) }
+            // Wake the main thread if serving ended on its own (a listener failure).
+            kill(getpid(), SIGTERM)
+        }
+        var received: Int32 = 0
+        sigwait(&stopSignals, &received)
+        logger.info("stopping", metadata: ["signal": "\(received)"])
+        server.stop()
+        serving.join()
+        if let error = outcome.error { throw error }
+    }
+}
+
+/// The serving thread's error, handed to the main thread.
+private final class ServeOutcome: @unchecked Sendable {
+    private var stored: SystemError?
+    private var lock = pthread_mutex_t()
+    init() { pthread_mutex_init(&lock, nil) }
+    func set(_ error: SystemError) {
+        pthread_mutex_lock(&lock)
+        stored = error
+        pthread_mutex_unlock(&lock)
+    }
+    var error: SystemError? {
+        pthread_mutex_lock(&lock)
+        defer { pthread_mutex_unlock(&lock) }
+        return stored
+    }
+}

@@ -1,0 +1,40 @@
+import ImageSources
+import Logging
+import NBDProtocol
+import SystemCalls
+import SystemPackage
+
+/// Serves the kernel's nbd driver over one end of a socketpair. There is no handshake in this
+/// mode (the size and flags went to the kernel through netlink or ioctl); the kernel pipelines
+/// requests and accepts replies in any order.
+///
+/// `run()` returns when the kernel sends NBD_CMD_DISC, when the socket closes, or after `stop()`
+/// once every request already read has been answered; a stop never takes bytes of a later
+/// request off the socket, so another process can take the socket over (hot upgrade). The
+/// socket stays open: the caller owns it.
+public final class KernelModeServer: Sendable {
+    public let socket: FileDescriptor
+    public let source: any RandomAccessSource
+    private let logger: Logger
+    private let workers: Int
+    private let stopSignal: StopSignal
+
+    public init(socket: FileDescriptor, source: any RandomAccessSource, logger: Logger, workers: Int = 4) throws(SystemError) {
+        self.socket = socket
+        self.source = source
+        self.logger = logger
+        self.workers = workers
+        stopSignal = try StopSignal()
+    }
+
+    public func run() throws(SystemError) -> ServingEnd {
+        let loop = TransmissionLoop(
+            reader: MessageReader(socket: socket.rawValue, stop: stopSignal), source: source, structuredReplies: false,
+            configuration: .init(workers: workers), logger: logger)
+        return try loop.run()
+    }
+
+    /// Asks `run()` to finish the requests it has read and return. Safe from any thread, and
+    /// more than once.
+    public func stop() { stopSignal.raise() }
+}

@@ -1,0 +1,216 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import NBDProtocol
+import SystemCalls
+import SystemPackage
+
+/// Reads NBD messages from a socket through a buffer, so a pipelined burst of requests costs
+/// one read(2). Every wait also watches a `StopSignal`: a stop that arrives between messages
+/// ends reading cleanly, without taking bytes of a later message off the socket.
+final class MessageReader {
+    enum Result: Equatable {
+        case message
+        /// The peer closed the connection between messages.
+        case endOfStream
+        /// Stop was requested between messages.
+        case stopped
+    }
+
+    let socket: Int32
+    let stop: StopSignal?
+    private var buffer: UnsafeMutableRawBufferPointer
+    private var start = 0
+    private var end = 0
+    /// How long a message already begun may take to arrive in full once stop was requested.
+    private let completionTimeoutMilliseconds: Int32 = 5000
+
+    init(socket: Int32, stop: StopSignal?, capacity: Int = 256 << 10) {
+        self.socket = socket
+        self.stop = stop
+        buffer = .allocate(byteCount: capacity, alignment: 16)
+    }
+
+    deinit { buffer.deallocate() }
+
+    var hasBufferedBytes: Bool { start < end }
+
+    /// Fills `destination` with the next `destination.count` bytes. `atBoundary` says that no
+    /// byte of this message has been read yet, so EOF or stop here are clean.
+    func read(into destination: UnsafeMutableRawBufferPointer, atBoundary: Bool, what: String) throws(SystemError) -> Result {
+        var filled = 0
+        while filled < destination.count {
+            if start == end {
+                let outcome = try fill(cleanStopAllowed: atBoundary && filled == 0, what: what)
+                if outcome != .message {
+                    if atBoundary && filled == 0 { return outcome }
+                    throw SystemError("read \(what)", detail: "connection ended in the middle of the message")
+                }
+            }
+            let count = min(end - start, destination.count - filled)
+            if let target = destination.baseAddress, let source = buffer.baseAddress {
+                (target + filled).copyMemory(from: source + start, byteCount: count)
+            }
+            start += count
+            filled += count
+        }
+        return .message
+    }
+
+    /// Reads `count` bytes into a new array; nil when the stream ended or stop came at a boundary.
+    func readBytes(_ count: Int, atBoundary: Bool, what: String) throws(SystemError) -> [UInt8]? {
+        var bytes = [UInt8](repeating: 0, count: count)
+        let outcome = try bytes.withUnsafeMutableBytes { destination in
+            Swift.Result { () throws(SystemError) -> Result in try read(into: destination, atBoundary: atBoundary, what: what) }
+        }.get()
+        return outcome == .message ? bytes : nil
+    }
+
+    /// Consumes and drops `count` bytes (a refused WRITE's payload), keeping the stream in step.
+    func discard(_ count: Int, what: String) throws(SystemError) {
+        var left = count
+        while left > 0 {
+            if start == end {
+                guard try fill(cleanStopAllowed: false, what: what) == .message else {
+                    throw SystemError("read \(what)", detail: "connection ended in the middle of the payload")
+                }
+            }
+            let taken = min(left, end - start)
+            start += taken
+            left -= taken
+        }
+    }
+
+    private func fill(cleanStopAllowed: Bool, what: String) throws(SystemError) -> Result {
+        start = 0
+        end = 0
+        var stopSeen = stop?.isRaised ?? false
+        while true {
+            if stopSeen && cleanStopAllowed { return .stopped }
+            var fds = [pollfd(fd: socket, events: Int16(POLLIN), revents: 0)]
+            if let stop, !stopSeen { fds.append(pollfd(fd: stop.descriptor, events: Int16(POLLIN), revents: 0)) }
+            let timeout: Int32 = stopSeen ? completionTimeoutMilliseconds : -1
+            let ready = try retryingOnInterrupt("poll", path: what) { poll(&fds, nfds_t(fds.count), timeout) }
+            if ready == 0 {
+                throw SystemError("read \(what)", detail: "peer did not finish the message after stop was requested")
+            }
+            if fds.count > 1 && fds[1].revents != 0 {
+                stopSeen = true
+                if fds[0].revents == 0 { continue }
+            }
+            guard fds[0].revents != 0 else { continue }
+            let got = Glibc.read(socket, buffer.baseAddress, buffer.count)
+            if got > 0 {
+                end = got
+                return .message
+            }
+            if got == 0 { return .endOfStream }
+            let code = errno
+            if code == EINTR || code == EAGAIN { continue }
+            if code == ECONNRESET { return .endOfStream }
+            throw SystemError("read \(what)", errno: Errno(rawValue: code))
+        }
+    }
+}
+
+/// The one writer of a connection's replies. Each reply (header and payload) goes out under
+/// one lock, so concurrent workers never interleave bytes of two replies.
+final class ReplyWriter: @unchecked Sendable {
+    let socket: Int32
+    private let lock = ConditionLock()
+    private var failure: SystemError?
+
+    init(socket: Int32) { self.socket = socket }
+
+    /// The first write error; after it, nothing more is sent.
+    var failed: SystemError? { lock.withLock { failure } }
+
+    func send(_ bytes: [UInt8]) throws(SystemError) {
+        try lock.withLock { () throws(SystemError) in
+            try checkHealthy()
+            try record(bytes.withUnsafeBytes { writeAll($0, more: false) })
+        }
+    }
+
+    /// Header, then `length` bytes of `file` from `offset` through sendfile(2): the data goes from
+    /// the page cache to the socket without a copy through userspace.
+    func sendFile(header: [UInt8], file: Int32, offset: UInt64, length: Int) throws(SystemError) {
+        try lock.withLock { () throws(SystemError) in
+            try checkHealthy()
+            try record(header.withUnsafeBytes { writeAll($0, more: true) })
+            var position = off_t(bitPattern: UInt(offset))
+            var left = length
+            while left > 0 {
+                let sent = Glibc.sendfile(socket, file, &position, left)
+                if sent < 0 {
+                    if errno == EINTR { continue }
+                    try record(SystemError("sendfile", errno: Errno(rawValue: errno)))
+                }
+                if sent == 0 {
+                    // The file shrank under us; the reply already promised the bytes.
+                    try record(SystemError("sendfile", detail: "image ended at \(position), \(left) bytes short"))
+                }
+                left -= sent
+            }
+        }
+    }
+
+    /// Header and data from memory, gathered into one sendmsg(2) where the socket takes it all.
+    func send(header: [UInt8], data: UnsafeRawBufferPointer) throws(SystemError) {
+        try lock.withLock { () throws(SystemError) in
+            try checkHealthy()
+            try record(header.withUnsafeBytes { gatherAll(header: $0, data: data) })
+        }
+    }
+
+    private func checkHealthy() throws(SystemError) {
+        if let failure { throw failure }
+    }
+
+    /// Remembers the first failure so later replies are not attempted on a broken stream.
+    private func record(_ error: SystemError?) throws(SystemError) {
+        guard let error else { return }
+        failure = error
+        throw error
+    }
+
+    private func gatherAll(header: UnsafeRawBufferPointer, data: UnsafeRawBufferPointer) -> SystemError? {
+        var vectors = [
+            iovec(iov_base: UnsafeMutableRawPointer(mutating: header.baseAddress), iov_len: header.count),
+            iovec(iov_base: UnsafeMutableRawPointer(mutating: data.baseAddress), iov_len: data.count),
+        ]
+        let total = header.count + data.count
+        let sent = vectors.withUnsafeMutableBufferPointer { buffer -> Int in
+            var message = msghdr()
+            message.msg_iov = buffer.baseAddress
+            message.msg_iovlen = 2
+            while true {
+                let got = sendmsg(socket, &message, Int32(MSG_NOSIGNAL))
+                if got >= 0 || errno != EINTR { return got }
+            }
+        }
+        if sent < 0 { return SystemError("send reply", errno: Errno(rawValue: errno)) }
+        if sent == total { return nil }
+        // A partial send (socket buffer full): finish the rest with plain sends.
+        if sent < header.count {
+            if let error = writeAll(UnsafeRawBufferPointer(rebasing: header[sent...]), more: true) { return error }
+            return writeAll(data, more: false)
+        }
+        return writeAll(UnsafeRawBufferPointer(rebasing: data[(sent - header.count)...]), more: false)
+    }
+
+    private func writeAll(_ bytes: UnsafeRawBufferPointer, more: Bool) -> SystemError? {
+        guard let base = bytes.baseAddress else { return nil }
+        var sent = 0
+        let flags = Int32(MSG_NOSIGNAL) | (more ? Int32(MSG_MORE) : 0)
+        while sent < bytes.count {
+            let got = Glibc.send(socket, base + sent, bytes.count - sent, flags)
+            if got < 0 {
+                if errno == EINTR { continue }
+                return SystemError("send reply", errno: Errno(rawValue: errno))
+            }
+            sent += got
+        }
+        return nil
+    }
+}

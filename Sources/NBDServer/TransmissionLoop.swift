@@ -1,0 +1,238 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CShim
+import ImageSources
+import Logging
+import NBDProtocol
+import SystemCalls
+import SystemPackage
+
+/// How a serving loop ended.
+public enum ServingEnd: Equatable, Sendable {
+    /// The client sent NBD_CMD_DISC (never replied to).
+    case disconnectRequested
+    /// The client closed the socket, or vanished while a reply was being sent.
+    case peerClosed
+    /// `stop()` was called: every request read was answered, no byte of a later one was taken.
+    case stopped
+}
+
+/// The transmission phase of one connection, shared by kernel mode (no handshake) and network
+/// mode (after the handshake). One thread reads requests, a small fixed pool of workers serves
+/// READs concurrently and replies as each completes (out of order), and a `ReplyWriter` keeps
+/// every reply atomic on the socket.
+final class TransmissionLoop: @unchecked Sendable {
+    struct Configuration: Sendable {
+        var workers: Int = 4
+        /// READs read but not yet taken by a worker; the reader waits when it is full, so a
+        /// client cannot make the server buffer unbounded work.
+        var queueCapacity: Int = 128
+    }
+
+    private let reader: MessageReader
+    private let writer: ReplyWriter
+    private let source: any RandomAccessSource
+    private let structuredReplies: Bool
+    private let configuration: Configuration
+    private let logger: Logger
+
+    private let queueState = ConditionLock()
+    private var queue: [Request] = []
+    private var queueHead = 0
+    private var closing = false
+
+    init(
+        reader: MessageReader, source: any RandomAccessSource, structuredReplies: Bool,
+        configuration: Configuration, logger: Logger
+    ) {
+        self.reader = reader
+        self.writer = ReplyWriter(socket: reader.socket)
+        self.source = source
+        self.structuredReplies = structuredReplies
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    func run() throws(SystemError) -> ServingEnd {
+        // sendfile(2) has no MSG_NOSIGNAL: a vanished peer must give EPIPE, not kill the process.
+        signal(SIGPIPE, SIG_IGN)
+        var workers: [JoinableThread] = []
+        defer {
+            queueState.withLock {
+                closing = true
+                queueState.broadcast()
+            }
+            for worker in workers { worker.join() }
+        }
+        for _ in 0..<max(1, configuration.workers) {
+            workers.append(try JoinableThread { [self] in workerLoop() })
+        }
+        return try readLoop()
+    }
+
+    private func readLoop() throws(SystemError) -> ServingEnd {
+        let size = source.size
+        var inlineScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(Self.inlineCopyLimit), alignment: 4096)
+        defer { inlineScratch.deallocate() }
+        while true {
+            if writer.failed != nil { return .peerClosed }
+            guard let header = try reader.readBytes(Request.size, atBoundary: true, what: "NBD request") else {
+                return reader.stop?.isRaised == true && writer.failed == nil ? .stopped : .peerClosed
+            }
+            let request: Request
+            do { request = try Request(decoding: header) } catch {
+                throw SystemError("NBD request", detail: "\(error); closing the connection")
+            }
+            if request.length > NBDLimits.maximumRequestLength
+                && (request.type == .read || request.type.carriesPayload) {
+                throw SystemError(
+                    "NBD \(request.type) request",
+                    detail: "length \(request.length) exceeds \(NBDLimits.maximumRequestLength); closing the connection")
+            }
+            switch request.type {
+            case .read:
+                let (end, overflow) = request.offset.addingReportingOverflow(UInt64(request.length))
+                guard request.length > 0, !overflow, end <= size else {
+                    try reply(to: request, error: .invalid, "read of \(request.length) bytes at \(request.offset) is outside the export (\(size) bytes)")
+                    continue
+                }
+                guard let descriptor = source.localFileDescriptor else {
+                    enqueue(request)
+                    continue
+                }
+                // Hand-offs to a worker cost more than serving a cached block, so this thread
+                // serves what cannot block: small reads the page cache holds (one copy), and a
+                // lone request (QD1) by sendfile. Everything else goes to the workers.
+                if request.length <= Self.inlineCopyLimit,
+                   tryInlineCachedRead(request, descriptor: descriptor.rawValue, buffer: inlineScratch) {
+                    continue
+                }
+                if !reader.hasBufferedBytes && queueIsEmpty {
+                    do { try serveRead(request, scratch: &inlineScratch) } catch { reportWriteFailure(error) }
+                } else {
+                    enqueue(request)
+                }
+            case .write, .trim, .writeZeroes:
+                if request.type.carriesPayload {
+                    try reader.discard(Int(request.length), what: "NBD write payload")
+                }
+                try reply(to: request, error: .notPermitted, "the export is read-only")
+            case .flush:
+                try replySuccess(to: request)
+            case .disconnect:
+                return .disconnectRequested
+            default:
+                try reply(to: request, error: .invalid, "\(request.type) is not supported")
+            }
+        }
+    }
+
+    /// The largest READ the reader copies from the page cache itself; larger ones go by sendfile.
+    static let inlineCopyLimit: UInt32 = 64 << 10
+
+    /// Serves `request` from the page cache without blocking on the disk; false (nothing sent)
+    /// when the data is not all cached.
+    private func tryInlineCachedRead(_ request: Request, descriptor: Int32, buffer: UnsafeMutableRawBufferPointer) -> Bool {
+        let length = Int(request.length)
+        let got = cshim_pread_nowait(descriptor, buffer.baseAddress, length, off_t(bitPattern: UInt(request.offset)))
+        guard got == length else { return false }
+        let header = structuredReplies
+            ? StructuredReplyChunkHeader.offsetData(cookie: request.cookie, offset: request.offset, dataLength: request.length)
+            : SimpleReply(cookie: request.cookie).encoded()
+        do {
+            try writer.send(header: header, data: UnsafeRawBufferPointer(rebasing: buffer[0..<length]))
+        } catch {
+            reportWriteFailure(error)
+        }
+        return true
+    }
+
+    private var queueIsEmpty: Bool { queueState.withLock { queueHead == queue.count } }
+
+    private func enqueue(_ request: Request) {
+        queueState.withLock {
+            while queue.count - queueHead >= configuration.queueCapacity && writer.failed == nil {
+                queueState.wait()
+            }
+            if queueHead > 0 && queueHead == queue.count {
+                queue.removeAll(keepingCapacity: true)
+                queueHead = 0
+            }
+            queue.append(request)
+            queueState.broadcast()
+        }
+    }
+
+    private func nextRequest() -> Request? {
+        queueState.withLock {
+            while queueHead == queue.count && !closing { queueState.wait() }
+            guard queueHead < queue.count else { return nil }
+            defer { queueHead += 1 }
+            queueState.broadcast()  // room for the reader
+            return queue[queueHead]
+        }
+    }
+
+    private func workerLoop() {
+        var scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 0, alignment: 4096)
+        defer { scratch.deallocate() }
+        while let request = nextRequest() {
+            guard writer.failed == nil else { continue }  // drain without sending
+            do {
+                try serveRead(request, scratch: &scratch)
+            } catch {
+                reportWriteFailure(error)
+            }
+        }
+    }
+
+    private func serveRead(_ request: Request, scratch: inout UnsafeMutableRawBufferPointer) throws(SystemError) {
+        let length = Int(request.length)
+        let header = structuredReplies
+            ? StructuredReplyChunkHeader.offsetData(cookie: request.cookie, offset: request.offset, dataLength: request.length)
+            : SimpleReply(cookie: request.cookie).encoded()
+        if let descriptor = source.localFileDescriptor {
+            try writer.sendFile(header: header, file: descriptor.rawValue, offset: request.offset, length: length)
+            return
+        }
+        if scratch.count < length {
+            scratch.deallocate()
+            scratch = .allocate(byteCount: length, alignment: 4096)
+        }
+        let data = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<length])
+        let got: Int
+        do { got = try source.read(into: data, at: request.offset) } catch {
+            try reply(to: request, error: .ioError, "\(error)")
+            return
+        }
+        guard got == length else {
+            try reply(to: request, error: .ioError, "short read from \(source.displayName): \(got) of \(length) bytes")
+            return
+        }
+        try writer.send(header: header, data: UnsafeRawBufferPointer(data))
+    }
+
+    private func replySuccess(to request: Request) throws(SystemError) {
+        try send(structuredReplies ? StructuredReplyChunkHeader.done(cookie: request.cookie) : SimpleReply(cookie: request.cookie).encoded())
+    }
+
+    private func reply(to request: Request, error: NBDErrorCode, _ message: String) throws(SystemError) {
+        logger.debug("NBD \(request.type) refused", metadata: ["error": "\(error.rawValue)", "reason": "\(message)"])
+        try send(structuredReplies
+            ? StructuredReplyChunkHeader.error(cookie: request.cookie, error: error, message: message)
+            : SimpleReply(cookie: request.cookie, error: error).encoded())
+    }
+
+    /// Sends a reply from the reader thread; a failed write ends reading as "peer closed".
+    private func send(_ bytes: [UInt8]) throws(SystemError) {
+        do { try writer.send(bytes) } catch { reportWriteFailure(error) }
+    }
+
+    private func reportWriteFailure(_ error: SystemError) {
+        logger.debug("NBD reply not delivered", metadata: ["error": "\(error)"])
+        // Wake the reader (blocked in poll/read, or waiting for queue room) so the loop ends.
+        shutdown(reader.socket, Int32(SHUT_RDWR))
+        queueState.withLock { queueState.broadcast() }
+    }
+}
