@@ -53,9 +53,13 @@ let package = Package(
         // Kernel attachment of local images: mount(2), loop devices, the mount table.
         .target(name: "KernelAttach", dependencies: ["SystemCalls", "CShim"]),
         // Generic netlink client (no libnl).
-        .target(name: "Netlink", dependencies: ["SystemCalls"]),
+        .target(name: "Netlink", dependencies: [
+            "SystemCalls", "CShim", .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         // Attaching nbd devices: the netlink `nbd` family and the ioctl fallback.
-        .target(name: "NBDKernel", dependencies: ["Netlink", "SystemCalls", "CShim"]),
+        .target(name: "NBDKernel", dependencies: [
+            "Netlink", "SystemCalls", "CShim", .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         // Mount backends: local (file-backed or loop), nbd, fuse.
         .target(name: "Backends", dependencies: [
             "SystemCalls", "EROFSFormat", "KernelAttach", "CShim",
@@ -86,6 +90,8 @@ let package = Package(
         // LZ4 throughput: the Swift decoder against liblz4 (release build).
         .executableTarget(name: "LZ4Bench", dependencies: ["Compression", "CLZ4"]),
         .testTarget(name: "CompressionTests", dependencies: ["Compression", "CLZ4", "CLZMA", "CZlib", "CZstd"]),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "SystemCalls"]),
+        .testTarget(name: "NBDKernelTests", dependencies: ["NBDKernel", "Netlink", "SystemCalls"]),
         .testTarget(name: "MountTests", dependencies: [
             "Manifest", "SystemCalls", "KernelAttach", "TestSupport",
             // Built for the tests, which run the real binaries.

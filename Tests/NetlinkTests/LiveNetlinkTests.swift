@@ -1,0 +1,48 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Netlink
+import SystemCalls
+import SystemPackage
+import Testing
+
+/// Against this host's kernel: no mocks.
+@Suite struct LiveNetlinkTests {
+    @Test func controllerResolvesItself() throws {
+        let family = try GenericNetlinkClient().resolveFamily("nlctrl")
+        #expect(family.id == GenericNetlinkController.familyID)
+        #expect(family.name == "nlctrl")
+        #expect(family.multicastGroups["notify"] != nil)
+    }
+
+    @Test func missingFamilyGivesAClearError() throws {
+        // A name no kernel has (GENL_NAMSIZ allows 15 characters); "nbd" too when its module
+        // is absent, as on this host.
+        var names = ["erofsnofamily"]
+        if !FileStatus.exists("/sys/module/nbd") { names.append("nbd") }
+        for name in names {
+            let error = #expect(throws: SystemError.self) { try GenericNetlinkClient().resolveFamily(name) }
+            #expect(error?.errno == .noSuchFileOrDirectory)
+            #expect(error?.description.hasPrefix("resolve generic netlink family \"\(name)\": ") == true)
+            #expect(error?.description.contains("the kernel has no such family (is its module loaded?)") == true)
+        }
+    }
+
+    @Test func socketIsCloseOnExecAndBound() throws {
+        let socket = try NetlinkSocket()
+        #expect(socket.portID != 0)
+        let flags = fcntl(socket.descriptor, F_GETFD)
+        #expect(flags & FD_CLOEXEC != 0)
+    }
+}
+
+extension FileStatus {
+    static func exists(_ path: String) -> Bool { (try? FileStatus.lstat(path)) != nil }
+}
+
+extension LiveNetlinkTests {
+    @Test func overlongFamilyNameIsRefusedBeforeAsking() {
+        let error = #expect(throws: SystemError.self) { try GenericNetlinkClient().resolveFamily("erofs-no-such-family") }
+        #expect(error?.detail == "family names have 1 to 15 bytes")
+    }
+}
