@@ -90,8 +90,10 @@ let package = Package(
         // LZ4 throughput: the Swift decoder against liblz4 (release build).
         .executableTarget(name: "LZ4Bench", dependencies: ["Compression", "CLZ4"]),
         .testTarget(name: "CompressionTests", dependencies: ["Compression", "CLZ4", "CLZMA", "CZlib", "CZstd"]),
-        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "SystemCalls"]),
-        .testTarget(name: "NBDKernelTests", dependencies: ["NBDKernel", "Netlink", "SystemCalls"]),
+        // Canned netlink replies and a recording transport, shared by the two netlink test targets.
+        .target(name: "NetlinkTestSupport", dependencies: ["Netlink", "SystemCalls"], path: "Tests/NetlinkTestSupport"),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetlinkTestSupport", "SystemCalls"]),
+        .testTarget(name: "NBDKernelTests", dependencies: ["NBDKernel", "Netlink", "NetlinkTestSupport", "SystemCalls"]),
         .testTarget(name: "MountTests", dependencies: [
             "Manifest", "SystemCalls", "KernelAttach", "TestSupport",
             // Built for the tests, which run the real binaries.

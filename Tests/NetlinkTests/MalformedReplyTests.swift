@@ -1,4 +1,5 @@
 import Netlink
+import NetlinkTestSupport
 import SystemCalls
 import Testing
 
@@ -34,7 +35,7 @@ import Testing
     @Test func mutatedRepliesNeverTrap() throws {
         let samples: [[UInt8]] = [
             NetlinkEncodingTests.nbdFamilyReply,
-            NetlinkEncodingTests.ack(sequence: 1),
+            ackFixture(sequence: 1),
             NetlinkMessage(
                 type: 2, flags: .ackTLVs, sequence: 1,
                 payload: [UInt8](hex: "eaffffff" + "14000000" + "1a000500" + "01000000" + "78563412")

@@ -1,4 +1,5 @@
 import Netlink
+import NetlinkTestSupport
 import SystemCalls
 import Testing
 
@@ -11,7 +12,7 @@ import Testing
             "1c000000" + "1000" + "0500" + "01000000" + "78563412"  // nlmsghdr: 28 B, GENL_ID_CTRL, REQUEST|ACK, seq 1, port
             + "03020000"  // genlmsghdr: CTRL_CMD_GETFAMILY, version 2
             + "08000200" + "6e626400"  // CTRL_ATTR_FAMILY_NAME "nbd\0" (8 B, no padding needed)
-        let transport = RecordingTransport(replies: [Self.nbdFamilyReply, Self.ack(sequence: 1)])
+        let transport = RecordingTransport(replies: [Self.nbdFamilyReply, ackFixture(sequence: 1)])
         let family = try GenericNetlinkClient(transport: transport).resolveFamily("nbd")
         #expect(transport.sent.map(\.hex) == [expected])
         #expect(family == GenericNetlinkFamily(name: "nbd", id: 0x1a, version: 1, multicastGroups: ["nbd_mc_group": 5]))
@@ -31,14 +32,6 @@ import Testing
         + "1100" + "0100" + "6e62645f6d635f67726f757000" + "000000"  //     NAME "nbd_mc_group\0" + 3 B pad
         + "0800" + "0200" + "05000000"  //     ID 5
     )
-
-    static func ack(sequence: UInt32, port: String = "78563412") -> [UInt8] {
-        let seq = String(format32: sequence)
-        return [UInt8](hex:
-            "24000000" + "0200" + "0001" + seq + port  // NLMSG_ERROR, NLM_F_CAPPED
-            + "00000000"  // error 0: ACK
-            + "14000000" + "1000" + "0500" + seq + port)  // echoed request header
-    }
 
     @Test func nestedAttributesArePaddedAndFlagged() {
         let attribute = NetlinkAttribute.nested(7, [.nested(1, [.u32(1, 9)]), .u8(2, 0xab)])
@@ -66,16 +59,6 @@ import Testing
         #expect(decoded[5].type == 6)
         #expect(try decoded[5].nested() == [.u32(1, 42)])
         #expect(throws: SystemError.self) { try decoded[2].u64() }  // wrong width is an error
-    }
-}
-
-extension String {
-    /// A u32 as little-endian hex, for building fixtures.
-    init(format32 value: UInt32) {
-        self = (0..<4).map { shift in
-            let byte = UInt8(truncatingIfNeeded: value >> (8 * shift))
-            return (byte < 16 ? "0" : "") + String(byte, radix: 16)
-        }.joined()
     }
 }
 

@@ -1,4 +1,5 @@
 import Netlink
+import NetlinkTestSupport
 import SystemCalls
 import SystemPackage
 import Testing
@@ -9,7 +10,7 @@ import Testing
     let request = GenericNetlinkMessage(command: 5, version: 1, attributes: [.u32(1, 3)])
 
     @Test func ackEndsARoundTripWithoutReplies() throws {
-        let transport = RecordingTransport(replies: [NetlinkEncodingTests.ack(sequence: 1)])
+        let transport = RecordingTransport(replies: [ackFixture(sequence: 1)])
         let replies = try GenericNetlinkClient(transport: transport).request(family: 0x1a, request, operation: "test")
         #expect(replies.isEmpty)
     }
@@ -60,7 +61,7 @@ import Testing
     }
 
     @Test func sequenceNumbersAdvance() throws {
-        let transport = RecordingTransport(replies: [NetlinkEncodingTests.ack(sequence: 7), NetlinkEncodingTests.ack(sequence: 8)])
+        let transport = RecordingTransport(replies: [ackFixture(sequence: 7), ackFixture(sequence: 8)])
         let client = GenericNetlinkClient(transport: transport, firstSequence: 7)
         try client.request(family: 0x1a, request, operation: "one")
         try client.request(family: 0x1a, request, operation: "two")
