@@ -88,8 +88,11 @@ public final class NBDIoctlAttachment: @unchecked Sendable {
             }
             do {
                 return try attach(device: device, socket: socket, configuration: configuration)
-            } catch where error.errno == .resourceBusy || error.errno == .invalidArgument && error.operation == "NBD_SET_SOCK" {
-                skipped.append("nbd\(device.index) claimed by another task")
+            } catch where error.operation == "NBD_SET_SOCK" && error.errno == .resourceBusy {
+                skipped.append("nbd\(device.index) being set up by another task")
+            } catch where error.operation == "NBD_SET_SOCK" && error.errno == .invalidArgument {
+                // The kernel refuses ioctls on a device CONNECTed over netlink meanwhile.
+                skipped.append("nbd\(device.index) refused NBD_SET_SOCK (bound over netlink?)")
             }
         }
         throw SystemError(

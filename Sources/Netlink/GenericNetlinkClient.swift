@@ -92,6 +92,20 @@ public final class GenericNetlinkClient {
         do { return try GenericNetlinkController.family(from: reply) } catch { throw context(error, operation) }
     }
 
+    /// Every registered family: a GETFAMILY dump, answered in several parts.
+    public func families() throws(SystemError) -> [GenericNetlinkFamily] {
+        let operation = "list generic netlink families"
+        let replies = try request(
+            family: GenericNetlinkController.familyID,
+            GenericNetlinkMessage(command: GenericNetlinkController.Command.getFamily, version: GenericNetlinkController.version),
+            flags: .dump, operation: operation)
+        var families: [GenericNetlinkFamily] = []
+        for reply in replies where reply.command == GenericNetlinkController.Command.newFamily {
+            do { families.append(try GenericNetlinkController.family(from: reply)) } catch { throw context(error, operation) }
+        }
+        return families
+    }
+
     private func context(_ error: SystemError, _ operation: String) -> SystemError {
         var error = error
         error.operation = "\(operation): \(error.operation)"

@@ -83,15 +83,16 @@ import Testing
         #expect(transport.sent.map(\.hex) == [expected])
     }
 
-    /// STATUS reply for nbd0 (connected) and nbd1 (not).
+    /// STATUS reply for nbd0 (connected) and nbd1 (not). The kernel nests with
+    /// nla_nest_start_noflag: no NLA_F_NESTED bit on DEVICE_LIST or DEVICE_ITEM.
     static let statusReply = [UInt8](hex:
         "40000000" + "1a00" + "0000" + "01000000" + "78563412"  // nlmsghdr: 64 B
         + "05010000"  // genl: NBD_CMD_STATUS
-        + "2c00" + "0980"  // DEVICE_LIST, nested, 44 B
-        + "1400" + "0180"  //   DEVICE_ITEM, nested, 20 B
+        + "2c00" + "0900"  // DEVICE_LIST, 44 B
+        + "1400" + "0100"  //   DEVICE_ITEM, 20 B
         + "0800" + "0100" + "00000000"  //     DEVICE_INDEX 0
         + "0500" + "0200" + "01" + "000000"  //     DEVICE_CONNECTED 1 (u8 + pad)
-        + "1400" + "0180"  //   DEVICE_ITEM
+        + "1400" + "0100"  //   DEVICE_ITEM
         + "0800" + "0100" + "01000000"  //     DEVICE_INDEX 1
         + "0500" + "0200" + "00" + "000000"  //     DEVICE_CONNECTED 0
     )

@@ -46,3 +46,23 @@ extension LiveNetlinkTests {
         #expect(error?.detail == "family names have 1 to 15 bytes")
     }
 }
+
+extension LiveNetlinkTests {
+    /// A dump comes back as NLM_F_MULTI parts ending in NLMSG_DONE, in datagrams larger than
+    /// a page: this exercises the multi-part loop and the peeked buffer sizes on a real kernel.
+    @Test func familyDumpGathersEveryPart() throws {
+        let families = try GenericNetlinkClient().families()
+        #expect(families.count > 1)
+        #expect(families.contains { $0.name == "nlctrl" && $0.id == GenericNetlinkController.familyID })
+        #expect(Set(families.map(\.id)).count == families.count)
+    }
+
+    @Test func joiningAMulticastGroupWorks() throws {
+        let client = try GenericNetlinkClient()
+        let controller = try client.resolveFamily("nlctrl")
+        let group = try #require(controller.multicastGroups["notify"])
+        let socket = try NetlinkSocket()
+        try socket.joinMulticastGroup(group)
+        #expect(throws: SystemError.self) { try socket.joinMulticastGroup(0xffff) }  // no such group
+    }
+}
