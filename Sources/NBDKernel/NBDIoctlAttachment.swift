@@ -10,8 +10,11 @@ import SystemPackage
 /// I/O fails (there is no reattach on this path).
 public final class NBDIoctlAttachment: @unchecked Sendable {
     public let device: NBDDevice
-    /// The open `/dev/nbdN`; NBD_DO_IT and NBD_DISCONNECT go through it.
-    public let descriptor: Int32
+    /// The open `/dev/nbdN`; NBD_DO_IT and NBD_DISCONNECT go through it. It holds a reference
+    /// on the device's configuration: the device is free for others only once it is closed,
+    /// which `waitUntilFinished` does after NBD_DO_IT returned.
+    private let descriptor: Int32
+    private var descriptorClosed = false
     private var thread: pthread_t?
     private let outcome = DoItOutcome()
 
@@ -66,7 +69,13 @@ public final class NBDIoctlAttachment: @unchecked Sendable {
                 throw error
             }
             let attachment = NBDIoctlAttachment(device: device, descriptor: fd)
-            try attachment.startDoIt()
+            do {
+                try attachment.startDoIt()
+            } catch {
+                _ = cshim_ioctl_ulong(fd, CSHIM_NBD_CLEAR_SOCK, 0)
+                attachment.descriptorClosed = true  // closed just below, not again in deinit
+                throw error
+            }
             return attachment
         } catch {
             close(fd)
@@ -177,22 +186,36 @@ public final class NBDIoctlAttachment: @unchecked Sendable {
     /// Whether NBD_DO_IT has returned (nil while the device is served).
     public var finished: Result<Void, SystemError>? { outcome.current }
 
-    /// NBD_DISCONNECT: asks the kernel to send NBD_CMD_DISC and end NBD_DO_IT; then waits for it.
-    public func disconnect() throws(SystemError) -> Result<Void, SystemError> {
+    /// NBD_DISCONNECT: the kernel sends NBD_CMD_DISC, and NBD_DO_IT returns once the server
+    /// closes its end. A server that does not close within `grace` is cut off with
+    /// NBD_CLEAR_SOCK (as nbd-client does), so this never waits on the server forever.
+    public func disconnect(grace: Duration = .seconds(5)) throws(SystemError) -> Result<Void, SystemError> {
+        guard outcome.current == nil else { return waitUntilFinished() }
+        try retryingOnInterrupt("NBD_DISCONNECT", path: device.path) {
+            cshim_ioctl_ulong(descriptor, CSHIM_NBD_DISCONNECT, 0)
+        }
+        let clock = ContinuousClock()
+        let deadline = clock.now.advanced(by: grace)
+        while outcome.current == nil && clock.now < deadline { usleep(10_000) }
         if outcome.current == nil {
-            try retryingOnInterrupt("NBD_DISCONNECT", path: device.path) {
-                cshim_ioctl_ulong(descriptor, CSHIM_NBD_DISCONNECT, 0)
+            try retryingOnInterrupt("NBD_CLEAR_SOCK", path: device.path) {
+                cshim_ioctl_ulong(descriptor, CSHIM_NBD_CLEAR_SOCK, 0)
             }
         }
         return waitUntilFinished()
     }
 
-    /// Waits for NBD_DO_IT to return and joins its thread.
+    /// Waits for NBD_DO_IT to return, joins its thread and closes the device, which frees it
+    /// (its `pid` file goes away). Call it from one thread.
     public func waitUntilFinished() -> Result<Void, SystemError> {
         let result = outcome.wait()
         if let handle = thread {
             pthread_join(handle, nil)
             thread = nil
+        }
+        if !descriptorClosed {
+            close(descriptor)
+            descriptorClosed = true
         }
         return result
     }
@@ -200,6 +223,6 @@ public final class NBDIoctlAttachment: @unchecked Sendable {
     deinit {
         // The last reference may go on the NBD_DO_IT thread itself: detach rather than join.
         if let handle = thread { pthread_detach(handle) }
-        close(descriptor)
+        if !descriptorClosed { close(descriptor) }
     }
 }
