@@ -34,6 +34,7 @@ public final class GenericNetlinkClient {
         try transport.send(request.encoded())
 
         var replies: [GenericNetlinkMessage] = []
+        var interrupted = false
         while true {
             let datagram = try transport.receive()
             let messages: [NetlinkMessage]
@@ -50,13 +51,25 @@ public final class GenericNetlinkClient {
                         operation, errno: Errno(rawValue: status.error == Int32.min ? Int32.max : -status.error),
                         detail: status.message.map { "kernel: \($0)" })
                 case NetlinkMessage.ControlType.done:
-                    // End of a multi-part answer. A dump is not followed by an ACK.
+                    // End of a multi-part answer (a dump is not followed by an ACK). Its payload,
+                    // when present, is the dump's status: negative means it failed.
+                    if let status = reply.payload.native(Int32.self, at: 0), status < 0 {
+                        throw SystemError(
+                            operation, errno: Errno(rawValue: status == Int32.min ? Int32.max : -status),
+                            detail: "the kernel ended the dump with an error")
+                    }
+                    if reply.flags.contains(.dumpInterrupted) || interrupted {
+                        throw SystemError(
+                            operation, errno: .resourceTemporarilyUnavailable,
+                            detail: "the dump changed while it was read (NLM_F_DUMP_INTR); ask again")
+                    }
                     return replies
                 case NetlinkMessage.ControlType.noop:
                     continue
                 case NetlinkMessage.ControlType.overrun:
                     throw SystemError(operation, errno: .noBufferSpace, detail: "netlink reported data lost (NLMSG_OVERRUN)")
                 default:
+                    if reply.flags.contains(.dumpInterrupted) { interrupted = true }
                     guard reply.type == family else {
                         throw context(malformed("reply of type \(reply.type), expected family \(family)"), operation)
                     }

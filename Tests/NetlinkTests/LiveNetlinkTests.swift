@@ -66,3 +66,20 @@ extension LiveNetlinkTests {
         #expect(throws: SystemError.self) { try socket.joinMulticastGroup(0xffff) }  // no such group
     }
 }
+
+extension LiveNetlinkTests {
+    /// An attribute shorter than its policy allows: the kernel refuses it and says why in an
+    /// extended ack, which must reach the error.
+    @Test func kernelsExtendedAckReachesTheError() throws {
+        let client = try GenericNetlinkClient()
+        let badRequest = GenericNetlinkMessage(
+            command: GenericNetlinkController.Command.getFamily, version: GenericNetlinkController.version,
+            attributes: [.u8(GenericNetlinkController.Attribute.familyID, 1)])  // policy: u16
+        let error = #expect(throws: SystemError.self) {
+            try client.request(family: GenericNetlinkController.familyID, badRequest, operation: "bad GETFAMILY")
+        }
+        // 6.18 answers ERANGE; the errno differs between kernels, the text is the point.
+        #expect(error?.errno != nil)
+        #expect(error?.detail == "kernel: Attribute failed policy validation")
+    }
+}

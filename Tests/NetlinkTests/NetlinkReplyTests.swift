@@ -70,3 +70,26 @@ import Testing
 }
 
 #endif
+
+#if _endian(little)
+extension NetlinkReplyTests {
+    @Test func failedOrInterruptedDumpsAreErrors() throws {
+        let part = NetlinkMessage(
+            type: 0x1a, flags: [.multi, .dumpInterrupted], sequence: 1, portID: 0x1234_5678,
+            payload: GenericNetlinkMessage(command: 5, version: 1).encodedPayload()).encoded()
+        let done = [UInt8](hex: "14000000" + "0300" + "0200" + "01000000" + "78563412" + "00000000")
+        let interrupted = #expect(throws: SystemError.self) {
+            try GenericNetlinkClient(transport: RecordingTransport(replies: [part, done]))
+                .request(family: 0x1a, request, flags: .dump, operation: "dump")
+        }
+        #expect(interrupted?.errno == .resourceTemporarilyUnavailable)
+
+        let failedDone = [UInt8](hex: "14000000" + "0300" + "0200" + "01000000" + "78563412" + "f4ffffff")  // -ENOMEM
+        let failed = #expect(throws: SystemError.self) {
+            try GenericNetlinkClient(transport: RecordingTransport(replies: [failedDone]))
+                .request(family: 0x1a, request, flags: .dump, operation: "dump")
+        }
+        #expect(failed?.errno == .noMemory)
+    }
+}
+#endif
