@@ -7,7 +7,8 @@ import SystemPackage
 
 /// The ioctl way to attach an nbd device, for kernels or setups without the netlink family.
 /// The device lives while a thread sits in NBD_DO_IT; when the serving process dies, queued
-/// I/O fails (there is no reattach on this path).
+/// I/O fails (there is no reattach on this path). `disconnect` and `waitUntilFinished` are
+/// for one thread at a time; `finished` may be read from any.
 public final class NBDIoctlAttachment: @unchecked Sendable {
     public let device: NBDDevice
     /// The open `/dev/nbdN`; NBD_DO_IT and NBD_DISCONNECT go through it. It holds a reference
@@ -50,6 +51,9 @@ public final class NBDIoctlAttachment: @unchecked Sendable {
         device: NBDDevice, socket: Int32, configuration: Configuration
     ) throws(SystemError) -> NBDIoctlAttachment {
         let blocks = try configuration.sizeInBlocks()
+        guard socket >= 0 else {
+            throw SystemError("nbd ioctl setup", path: device.path, errno: .badFileDescriptor, detail: "socket \(socket) is not a descriptor")
+        }
         let path = device.path
         let fd = try retryingOnInterrupt("open", path: path) { open(path, O_RDWR | O_CLOEXEC) }
         do throws(SystemError) {

@@ -4,7 +4,8 @@ import SystemPackage
 /// Request/acknowledge round trips over a generic netlink transport. Each request carries a
 /// fresh sequence number and NLM_F_REQUEST|NLM_F_ACK; replies are gathered (multi-part ones
 /// until NLMSG_DONE) until the kernel's ACK, and a kernel error becomes a `SystemError` that
-/// carries the errno and the extended-ack text.
+/// carries the errno and the extended-ack text. Not for concurrent use: give each thread its
+/// own client (sockets are cheap).
 public final class GenericNetlinkClient {
     public let transport: any NetlinkTransport
     private var nextSequence: UInt32

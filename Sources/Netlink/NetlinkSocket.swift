@@ -16,7 +16,8 @@ public protocol NetlinkTransport: AnyObject {
 }
 
 /// An AF_NETLINK socket, close-on-exec, bound to a kernel-assigned port id, with extended
-/// acks and capped acks turned on.
+/// acks and capped acks turned on. One user at a time: a request and its replies must not
+/// interleave with another's.
 public final class NetlinkSocket: NetlinkTransport {
     public let descriptor: Int32
     public let portID: UInt32
