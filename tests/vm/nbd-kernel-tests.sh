@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs the netlink and nbd device tests (Tests/NetlinkTests, Tests/NBDKernelTests) inside the
+# test VM, where the nbd module is loaded and KernelNBDTests really attach devices (netlink
+# CONNECT/STATUS/LINK_DEAD/RECONFIGURE/DISCONNECT and the ioctl path), on each kernel.
+# Fails if KernelNBDTests did not run. KERNELS="6.1 6.12" by default; VM_HARNESS names the
+# directory holding run.sh (default: this one).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+harness=${VM_HARNESS:-$here}
+repo=$(git -C "$here" rev-parse --show-toplevel)
+[[ -x $harness/run.sh ]] || { echo "${0##*/}: needs the VM harness ($harness/run.sh)" >&2; exit 2; }
+
+cd "$repo"
+swift build --build-tests >&2
+tests=$(swift build --show-bin-path)/erofs-mountPackageTests.xctest
+status=0
+for kernel in ${KERNELS:-6.1 6.12}; do
+    echo "== kernel $kernel"
+    output=$("$harness/run.sh" --kernel "$kernel" --timeout 600 -- \
+        "$tests" --testing-library swift-testing --filter 'NetlinkTests|NBDKernelTests' 2>&1) || status=1
+    grep -E '^(✔|✘|➜) (Suite|Test run)|✘ Test' <<<"$output" || true
+    if ! grep -q 'Suite KernelNBDTests passed' <<<"$output"; then
+        echo "kernel $kernel: KernelNBDTests did not pass" >&2
+        grep -E 'rror|skipped' <<<"$output" | tail -20 >&2 || true
+        status=1
+    fi
+done
+exit "$status"
