@@ -49,14 +49,14 @@ public final class GenericNetlinkClient {
                     do { status = try NetlinkErrorReply(reply) } catch { throw context(error, operation) }
                     if status.error == 0 { return replies }
                     throw SystemError(
-                        operation, errno: Errno(rawValue: status.error == Int32.min ? Int32.max : -status.error),
+                        operation, errno: kernelErrno(status.error),
                         detail: status.message.map { "kernel: \($0)" })
                 case NetlinkMessage.ControlType.done:
                     // End of a multi-part answer (a dump is not followed by an ACK). Its payload,
                     // when present, is the dump's status: negative means it failed.
                     if let status = reply.payload.native(Int32.self, at: 0), status < 0 {
                         throw SystemError(
-                            operation, errno: Errno(rawValue: status == Int32.min ? Int32.max : -status),
+                            operation, errno: kernelErrno(status),
                             detail: "the kernel ended the dump with an error")
                     }
                     if reply.flags.contains(.dumpInterrupted) || interrupted {
@@ -118,6 +118,11 @@ public final class GenericNetlinkClient {
             do { families.append(try GenericNetlinkController.family(from: reply)) } catch { throw context(error, operation) }
         }
         return families
+    }
+
+    /// The kernel sends errors as negative errno values.
+    private func kernelErrno(_ negated: Int32) -> Errno {
+        Errno(rawValue: Int32(truncatingIfNeeded: negated.magnitude))
     }
 
     private func context(_ error: SystemError, _ operation: String) -> SystemError {

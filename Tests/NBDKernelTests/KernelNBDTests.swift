@@ -104,6 +104,27 @@ struct KernelNBDTests {
         try Self.waitUntil("nbd\(index) released") { device.serverPID == nil }
     }
 
+    /// The recipe for DISCONNECT_ON_CLOSE: set it by RECONFIGURE once a user (the mount) holds
+    /// the device; the last close then disconnects it, and the server gets NBD_CMD_DISC.
+    @Test func disconnectOnCloseSetByReconfigure() throws {
+        let nbd = try NBDNetlink.open()
+        let (responder, kernelEnd) = try TinyNBDResponder.pair(image: Self.image)
+        let index = try nbd.connect(NBDConnectRequest(
+            sizeBytes: UInt64(Self.image.count), serverFlags: [.hasFlags, .readOnly], sockets: [kernelEnd]))
+        close(kernelEnd)
+        let device = NBDDevice(index: index)
+        try device.waitUntilInService(timeout: .seconds(10))
+
+        let holder = try retryingOnInterrupt("open", path: device.path) { open(device.path, O_RDONLY | O_CLOEXEC) }
+        try nbd.reconfigure(index: index, clientFlags: .disconnectOnClose)
+        usleep(100_000)
+        #expect(device.isInService)  // still held
+        close(holder)
+        responder.join()
+        #expect(responder.sawDisconnect)
+        try Self.waitUntil("nbd\(index) released") { device.serverPID == nil }
+    }
+
     @Test(arguments: [true, false])
     func ioctlAttachReadDisconnect(serverClosesOnDisconnect: Bool) throws {
         let (responder, kernelEnd) = try TinyNBDResponder.pair(image: Self.image, closesOnDisconnect: serverClosesOnDisconnect)
