@@ -93,7 +93,9 @@ let package = Package(
         // Canned netlink replies and a recording transport, shared by the two netlink test targets.
         .target(name: "NetlinkTestSupport", dependencies: ["Netlink", "SystemCalls"], path: "Tests/NetlinkTestSupport"),
         .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetlinkTestSupport", "SystemCalls"]),
-        .testTarget(name: "NBDKernelTests", dependencies: ["NBDKernel", "Netlink", "NetlinkTestSupport", "SystemCalls"]),
+        .testTarget(name: "NBDKernelTests", dependencies: [
+            "NBDKernel", "Netlink", "NetlinkTestSupport", "SystemCalls", "TestSupport", "Manifest", "KernelAttach",
+        ]),
         .testTarget(name: "MountTests", dependencies: [
             "Manifest", "SystemCalls", "KernelAttach", "TestSupport",
             // Built for the tests, which run the real binaries.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the netlink and nbd device tests (Tests/NetlinkTests, Tests/NBDKernelTests) inside the
 # test VM, where the nbd module is loaded and KernelNBDTests really attach devices (netlink
-# CONNECT/STATUS/LINK_DEAD/RECONFIGURE/DISCONNECT and the ioctl path), on each kernel.
-# Fails if KernelNBDTests did not run. KERNELS="6.1 6.12" by default; VM_HARNESS names the
+# CONNECT/STATUS/LINK_DEAD/RECONFIGURE/DISCONNECT and the ioctl path) and
+# KernelNBDMountTests mount corpus images from them, on each kernel. Fails if either suite
+# did not run and pass. KERNELS="6.1 6.12" by default; VM_HARNESS names the
 # directory holding run.sh (default: this one).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -16,13 +17,15 @@ tests=$(swift build --show-bin-path)/erofs-mountPackageTests.xctest
 status=0
 for kernel in ${KERNELS:-6.1 6.12}; do
     echo "== kernel $kernel"
-    output=$("$harness/run.sh" --kernel "$kernel" --timeout 600 -- \
+    output=$("$harness/run.sh" --kernel "$kernel" --timeout 900 -- \
         "$tests" --testing-library swift-testing --filter 'NetlinkTests|NBDKernelTests' 2>&1) || status=1
     grep -E '^(✔|✘|➜) (Suite|Test run)|✘ Test' <<<"$output" || true
-    if ! grep -q 'Suite KernelNBDTests passed' <<<"$output"; then
-        echo "kernel $kernel: KernelNBDTests did not pass" >&2
-        grep -E 'rror|skipped' <<<"$output" | tail -20 >&2 || true
-        status=1
-    fi
+    for suite in KernelNBDTests KernelNBDMountTests; do
+        if ! grep -q "Suite $suite passed" <<<"$output"; then
+            echo "kernel $kernel: $suite did not pass" >&2
+            grep -E 'rror|skipped' <<<"$output" | tail -20 >&2 || true
+            status=1
+        fi
+    done
 done
 exit "$status"
