@@ -104,19 +104,20 @@ public final class NetlinkSocket: NetlinkTransport {
     /// Receives one datagram into a buffer sized by peeking at its real length
     /// (MSG_PEEK|MSG_TRUNC), so no reply is ever cut to a guessed buffer size.
     public func receive() throws(SystemError) -> [UInt8] {
-        while true {
-            let length = try retryingOnInterrupt("recv \(protocolName) (peek)") {
-                recv(descriptor, nil, 0, Int32(MSG_PEEK | MSG_TRUNC))
-            }
-            var buffer = [UInt8](repeating: 0, count: max(length, 1))
-            let got = try retryingOnInterrupt("recv \(protocolName)") {
-                buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, Int32(MSG_TRUNC)) }
-            }
-            // The datagram we peeked is the one we read (one reader per socket); a bigger one
-            // would mean another thread read ours: peek again rather than return a cut one.
-            if got > buffer.count { continue }
-            return Array(buffer[..<got])
+        let length = try retryingOnInterrupt("recv \(protocolName) (peek)") {
+            recv(descriptor, nil, 0, Int32(MSG_PEEK | MSG_TRUNC))
         }
+        var buffer = [UInt8](repeating: 0, count: max(length, 1))
+        let got = try retryingOnInterrupt("recv \(protocolName)") {
+            buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress, $0.count, Int32(MSG_TRUNC)) }
+        }
+        // Larger than peeked: another reader took the peeked datagram and this one was cut.
+        guard got <= buffer.count else {
+            throw SystemError(
+                "recv \(protocolName)", errno: .messageTooLong,
+                detail: "a \(got)-byte datagram arrived in a \(buffer.count)-byte buffer (two readers on one socket?)")
+        }
+        return Array(buffer[..<got])
     }
 
     /// Waits until a datagram is ready or `milliseconds` pass (-1: forever). False on timeout.
