@@ -53,9 +53,13 @@ let package = Package(
         // Kernel attachment of local images: mount(2), loop devices, the mount table.
         .target(name: "KernelAttach", dependencies: ["SystemCalls", "CShim"]),
         // Generic netlink client (no libnl).
-        .target(name: "Netlink", dependencies: ["SystemCalls"]),
+        .target(name: "Netlink", dependencies: [
+            "SystemCalls", "CShim", .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         // Attaching nbd devices: the netlink `nbd` family and the ioctl fallback.
-        .target(name: "NBDKernel", dependencies: ["Netlink", "SystemCalls", "CShim"]),
+        .target(name: "NBDKernel", dependencies: [
+            "Netlink", "SystemCalls", "CShim", .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         // Mount backends: local (file-backed or loop), nbd, fuse.
         .target(name: "Backends", dependencies: [
             "SystemCalls", "EROFSFormat", "KernelAttach", "CShim",
@@ -92,6 +96,12 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             // Built for the tests, which run `erofs serve` against real NBD clients.
             "ErofsTool",
+        ]),
+        // Canned netlink replies and a recording transport, shared by the two netlink test targets.
+        .target(name: "NetlinkTestSupport", dependencies: ["Netlink", "SystemCalls"], path: "Tests/NetlinkTestSupport"),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetlinkTestSupport", "SystemCalls"]),
+        .testTarget(name: "NBDKernelTests", dependencies: [
+            "NBDKernel", "Netlink", "NetlinkTestSupport", "SystemCalls", "TestSupport", "Manifest", "KernelAttach",
         ]),
         .testTarget(name: "MountTests", dependencies: [
             "Manifest", "SystemCalls", "KernelAttach", "TestSupport",

@@ -8,6 +8,7 @@
 #include <sys/types.h>
 #include <sys/xattr.h>
 #include <linux/loop.h>
+#include <linux/netlink.h>  // struct sockaddr_nl
 
 // ioctl(fd, request, (unsigned long)arg): Glibc's Swift overlay only offers an `int` argument,
 // which truncates NBD_SET_SIZE_BLOCKS and friends.
