@@ -21,7 +21,8 @@ test-unit:
 	$(SWIFT) test
 
 test-vm:
-	@if [ -x tests/vm/test.sh ]; then tests/vm/test.sh; else echo "tests/vm/test.sh: not present, skipped"; fi
+	tests/vm/test.sh
+	tests/vm/nbd-kernel-tests.sh
 
 install:
 	$(SWIFT) build -c release --static-swift-stdlib --product mount.erofs

@@ -62,7 +62,7 @@ let package = Package(
         ]),
         // Mount backends: local (file-backed or loop), nbd, fuse.
         .target(name: "Backends", dependencies: [
-            "SystemCalls", "EROFSFormat", "KernelAttach", "CShim",
+            "SystemCalls", "EROFSFormat", "KernelAttach", "CShim", "NBDKernel", "NBDServer", "ImageSources",
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),

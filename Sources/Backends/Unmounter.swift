@@ -44,6 +44,12 @@ public struct Unmounter: Sendable {
         if let loop = LoopDevice.device(major: entry.major, minor: entry.minor) {
             result.releasedLoopDevice = try releaseIfUnused(loop)
         }
+        if let index = nbdIndex(entry.source), let state = try? StateStore().load(device: index) {
+            let problems = NBDTeardown(logger: logger).release(state)
+            if !problems.isEmpty {
+                throw MountFailure("unmounted \(mountPoint), but: \(problems.joined(separator: "; "))")
+            }
+        }
         return result
     }
 
@@ -65,6 +71,12 @@ public struct Unmounter: Sendable {
         logger.debug("released \(loop.path)")
         return loop.path
     }
+}
+
+/// N of a path /dev/nbdN, else nil.
+public func nbdIndex(_ path: String) -> Int? {
+    guard path.hasPrefix("/dev/nbd") else { return nil }
+    return Int(path.dropFirst("/dev/nbd".count))
 }
 
 /// The absolute, symlink-free form of `path` when it exists (as /proc/self/mountinfo shows

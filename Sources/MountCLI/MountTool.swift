@@ -20,6 +20,7 @@ public enum MountTool {
     }
 
     public static func main(_ arguments: [String]) -> Int32 {
+        if arguments.first == NBDDaemon.flag { return NBDDaemon.main(arguments) }
         let line: MountCommandLine
         do { line = try MountCommandLine.parse(arguments) } catch {
             printError("\(error)")
@@ -58,8 +59,12 @@ public enum MountTool {
             try enterNamespace(line.namespace)
             let result = try Unmounter(logger: logger).unmount(line.target!)
             logger.info("unmounted \(result.mountPoint) (\(result.source))")
-        case .reattach, .disconnect, .list:
-            throw MountFailure("--\(line.mode.rawValue) applies to nbd mounts, which this build does not support yet")
+        case .disconnect:
+            try disconnect(line.target!, logger: logger)
+        case .list:
+            list()
+        case .reattach:
+            throw MountFailure("--reattach is not implemented yet")
         }
     }
 
@@ -81,8 +86,59 @@ public enum MountTool {
             case .blockDevice: logger.info("mounted \(source) on \(target)")
             case .fake: logger.info("\(source) is a valid EROFS image; not mounted (-f)")
             }
-        case .nbd, .fuse:
-            throw MountFailure("the \(backend.rawValue) backend is not available in this build yet")
+        case .nbd:
+            var forceIoctl = false
+            var deadTimeout: UInt64 = 60
+            for (name, value) in line.options.backendOptions {
+                switch (name, value) {
+                case ("nbd.ioctl", nil): forceIoctl = true
+                case ("nbd.dead_timeout", let text?) where UInt64(text) != nil: deadTimeout = UInt64(text)!
+                default:
+                    if name.hasPrefix("nbd.") {
+                        throw UsageError("unknown or malformed nbd option `\(name)\(value.map { "=" + $0 } ?? "")` (nbd.ioctl, nbd.dead_timeout=SECONDS)")
+                    }
+                    throw UsageError("`\(name)` sources are not supported yet")
+                }
+            }
+            let request = NBDBackend.Request(
+                source: source, mountPoint: target, flags: line.options.flags.rawValue,
+                data: line.options.kernelDataString, forceIoctl: forceIoctl, deadConnectionTimeout: deadTimeout,
+                fake: line.fake)
+            if let state = try NBDBackend(logger: logger).mount(request) {
+                logger.info("mounted \(source) on \(target) through \(state.devicePath) (\(state.attachMethod.rawValue), daemon \(state.daemonPID))")
+            } else {
+                logger.info("\(source) is a valid EROFS image; not mounted (-f)")
+            }
+        case .fuse:
+            throw MountFailure("the fuse backend is not available in this build yet")
+        }
+    }
+
+    /// `--disconnect TARGET` (/dev/nbdN or a mountpoint): aborts the device forcibly and cleans
+    /// up as -u does; a mount on it then fails its reads instead of hanging.
+    static func disconnect(_ target: String, logger: Logger) throws {
+        var index = nbdIndex(target)
+        if index == nil, let entry = try MountTable.mount(at: canonicalPath(target)) { index = nbdIndex(entry.source) }
+        guard let index else { throw MountFailure("\(target) is neither /dev/nbdN nor mounted from one") }
+        guard let state = try StateStore().load(device: index) else {
+            throw MountFailure("/dev/nbd\(index) is not managed by mount.erofs (no state in \(StateStore().directory))")
+        }
+        let problems = NBDTeardown(logger: logger).release(state)
+        guard problems.isEmpty else { throw MountFailure("/dev/nbd\(index): \(problems.joined(separator: "; "))") }
+        logger.info("disconnected /dev/nbd\(index)")
+    }
+
+    /// `--list`: every nbd device mount.erofs manages.
+    static func list() {
+        print("DEVICE\tMETHOD\tDAEMON\tALIVE\tMOUNTPOINT\tSOURCE")
+        for (index, result) in StateStore().all() {
+            switch result {
+            case .success(let state):
+                let alive = DaemonProcess(pid: state.daemonPID, startTime: state.daemonStartTime).isAlive
+                print("\(state.devicePath)\t\(state.attachMethod.rawValue)\t\(state.daemonPID)\t\(alive ? "yes" : "no")\t\(state.mountPoint ?? "-")\t\(state.source)")
+            case .failure(let error):
+                print("/dev/nbd\(index)\t?\t?\t?\t?\t(unreadable state: \(error))")
+            }
         }
     }
 
@@ -120,10 +176,11 @@ public enum MountTool {
         Options:
           -t erofs[.SUBTYPE]   backend: local (kernel mount; default), nbd, fuse
           -o OPTIONS           comma-separated mount options (see below)
-          -u TARGET            unmount TARGET and release what the mount set up
-              --reattach TARGET   give an nbd device a new serving daemon
-              --disconnect TARGET abort an nbd device forcibly
-              --list           show the devices mount.erofs manages
+          -u TARGET            unmount TARGET (mountpoint or image) and release what the
+                               mount set up (loop device; nbd device, daemon and state)
+              --disconnect TARGET abort an nbd device (/dev/nbdN or its mountpoint) forcibly
+              --list           show the nbd devices mount.erofs manages
+              --reattach TARGET   (not implemented yet)
           -d 0-9               verbosity: 0 quiet, 2 warnings (default), 9 everything
           -v                   verbose (same as -d 4)
           -f                   check the source and mountpoint, mount nothing
@@ -137,6 +194,9 @@ public enum MountTool {
           nodev, dev, noexec, exec, noatime, atime, nodiratime, diratime, relatime,
           norelatime, strictatime, lazytime, sync, dirsync, silent
           loop                 use a loop device instead of a file-backed mount
+          nbd.ioctl            (-t erofs.nbd) attach with the ioctl interface, not netlink
+          nbd.dead_timeout=S   (-t erofs.nbd) seconds the kernel holds I/O while no daemon
+                               serves the device (default 60)
           anything else        passed to the kernel's EROFS (device=, domain_id=, fsid=,
                                dax, user_xattr, acl, cache_strategy=, ...)
 

@@ -87,7 +87,8 @@ public struct StateStore: Sendable {
         }.sorted { $0.0 < $1.0 }
     }
 
-    private func ensureDirectory() throws(SystemError) {
+    /// Creates the directory (0700) if needed.
+    public func ensureDirectory() throws(SystemError) {
         var path = ""
         for component in directory.split(separator: "/") {
             path += "/" + component

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Runs inside the test VM: mount.erofs -t erofs.nbd end to end on a real kernel nbd, over
+# netlink and over the ioctl interface. Each mount must equal its manifest; -u and --disconnect
+# must leave nothing (device size 0, no server pid, no daemon, no state file).
+# Prints "ok - ..." / "not ok - ..." lines, then "N passed, N failed".
+set -uo pipefail
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=${EROFS_BIN_DIR:-$REPO/.build/debug}
+CORPUS=${EROFS_CORPUS:-$REPO/../shared/corpus}
+STATE=/run/erofs-mount/nbd
+kernel=$(uname -r)
+passed=0 failed=0
+ok() { echo "ok - [$kernel] $*"; passed=$((passed + 1)); }
+not_ok() { echo "not ok - [$kernel] $*"; failed=$((failed + 1)); }
+work=$(mktemp -d /tmp/nbd-mount.XXXXXX)
+
+images=(plain lz4 lz4hc-bigpcluster chunked blocksize512 ztailpacking-fragments-dedupe)
+case $kernel in 6.1.*) ;; *) images+=(lzma deflate zstd) ;; esac
+
+device_of() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); print $(i + 2) }' /proc/self/mountinfo | tail -n 1; }
+
+# Everything mount.erofs set up for nbd device $1 (daemon pid $2) is gone.
+left_nothing() {
+    local n=${1#/dev/nbd} pid=$2 size
+    size=$(cat /sys/block/nbd$n/size)
+    [[ $size == 0 ]] || { echo "nbd$n size $size"; return 1; }
+    [[ ! -e /sys/block/nbd$n/pid ]] || { echo "nbd$n still has a pid"; return 1; }
+    [[ ! -e $STATE/nbd$n.json ]] || { echo "state file left"; return 1; }
+    ! kill -0 "$pid" 2>/dev/null || { echo "daemon $pid alive"; return 1; }
+}
+
+# mount, compare, check the attach method, unmount, check nothing is left
+round_trip() {
+    local image=$1 method=$2 mnt=$work/mnt-$1-$2 options=() dev pid
+    mkdir -p "$mnt"
+    [[ $method == ioctl ]] && options=(-o nbd.ioctl)
+    if ! "$BIN/mount.erofs" -t erofs.nbd "${options[@]}" "$CORPUS/$image.erofs" "$mnt" 2>"$work/err"; then
+        not_ok "$method $image: mount failed: $(cat "$work/err")"; return
+    fi
+    dev=$(device_of "$mnt")
+    pid=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['daemonPID'])" "$STATE/${dev#/dev/}.json")
+    if "$BIN/erofs" walk "$mnt" | cmp -s - "$CORPUS/$image.manifest.jsonl"; then
+        ok "$method $image: $dev walk equals the manifest"
+    else
+        not_ok "$method $image: $dev walk differs from the manifest"
+    fi
+    if [[ $method == netlink ]]; then
+        id=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['backendIdentifier'])" "$STATE/${dev#/dev/}.json")
+        if [[ $(cat /sys/block/${dev#/dev/}/backend 2>/dev/null) == "$id" ]]; then ok "$method $image: sysfs backend is ours"
+        else not_ok "$method $image: sysfs backend is not $id"; fi
+    fi
+    if ! "$BIN/mount.erofs" -u "$mnt" 2>"$work/err"; then not_ok "$method $image: -u failed: $(cat "$work/err")"; return; fi
+    if why=$(left_nothing "$dev" "$pid"); then ok "$method $image: -u left nothing"; else not_ok "$method $image: -u left: $why"; fi
+}
+
+for method in netlink ioctl; do
+    for image in "${images[@]}"; do round_trip "$image" "$method"; done
+done
+
+# Four at once: four devices, unmounted independently.
+devices=()
+for i in 1 2 3 4; do
+    mkdir -p "$work/four$i"
+    "$BIN/mount.erofs" -t erofs.nbd "$CORPUS/${images[i % ${#images[@]}]}.erofs" "$work/four$i" && devices+=("$(device_of "$work/four$i")")
+done
+if [[ $(printf '%s\n' "${devices[@]}" | sort -u | wc -l) == 4 ]]; then ok "four mounts at once on four devices"; else not_ok "four mounts: devices ${devices[*]}"; fi
+for i in 2 4 1 3; do "$BIN/mount.erofs" -u "$work/four$i" || not_ok "unmount four$i"; done
+if ls "$STATE"/nbd*.json >/dev/null 2>&1; then not_ok "state left after four unmounts: $(ls "$STATE")"; else ok "four unmounts left no state"; fi
+
+# --disconnect on a mounted device: reads then fail (not hang), and the mount can go.
+mkdir -p "$work/disc"
+if "$BIN/mount.erofs" -t erofs.nbd "$CORPUS/plain.erofs" "$work/disc"; then
+    dev=$(device_of "$work/disc")
+    pid=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['daemonPID'])" "$STATE/${dev#/dev/}.json")
+    echo 3 > /proc/sys/vm/drop_caches
+    if "$BIN/mount.erofs" --disconnect "$dev" && left_nothing "$dev" "$pid"; then ok "--disconnect left nothing"; else not_ok "--disconnect"; fi
+    if timeout 60 cat "$work/disc/sizes/random-4097" >/dev/null 2>&1; then not_ok "a read after --disconnect succeeded"
+    else ok "a read after --disconnect fails cleanly"; fi
+    umount "$work/disc" && ok "the disconnected mount unmounts" || not_ok "umount after --disconnect"
+else
+    not_ok "mount for --disconnect"
+fi
+
+# A bad image leaves nothing: no state, no device in use.
+head -c 8192 /dev/zero > "$work/bad.erofs"; mkdir -p "$work/bad"
+before=$(cat /sys/block/nbd*/size | grep -vc '^0$')
+"$BIN/mount.erofs" -t erofs.nbd "$work/bad.erofs" "$work/bad" 2>"$work/err"; status=$?
+after=$(cat /sys/block/nbd*/size | grep -vc '^0$')
+if [[ $status == 32 ]] && grep -q "not an EROFS image" "$work/err" && [[ $before == "$after" ]] && ! ls "$STATE"/nbd*.json >/dev/null 2>&1; then
+    ok "a bad image is refused and leaves nothing"
+else
+    not_ok "bad image: status $status, $(cat "$work/err"), devices in use $before -> $after"
+fi
+
+echo "$passed passed, $failed failed"
+(( failed == 0 ))
