@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The VM test suite CI runs: tests/vm/smoke.sh on Debian's 6.1 and 6.12
-# kernels. Exits non-zero on any failure; the last line is "N passed, N failed".
+# The VM test suite CI runs: tests/vm/smoke.sh and tests/vm/nbd-mount.sh on Debian's 6.1 and
+# 6.12 kernels, one boot per kernel. Exits non-zero on any failure; the last line is "N passed, N failed".
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 KERNELS=(${VM_KERNELS:-6.1 6.12})
 
-if [[ -z ${EROFS_BIN:-} && ! -x $REPO/.build/debug/erofs ]]; then
-    echo "== building the erofs walker"
-    (cd "$REPO" && swift build --product erofs)
+if [[ -z ${EROFS_BIN:-} ]]; then
+    echo "== building erofs and mount.erofs"
+    (cd "$REPO" && swift build --product erofs && swift build --product mount.erofs) >/dev/null
 fi
 "$VM_DIR/fetch-kernels.sh"
 
@@ -18,7 +18,8 @@ for kernel in "${KERNELS[@]}"; do
     echo "== kernel $kernel"
     started=$SECONDS
     status=0
-    "$VM_DIR/run.sh" --kernel "$kernel" --timeout "${VM_TIMEOUT:-300}" -- tests/vm/smoke.sh | tee "$output" || status=$?
+    "$VM_DIR/run.sh" --kernel "$kernel" --timeout "${VM_TIMEOUT:-900}" -- \
+        sh -c 'tests/vm/smoke.sh; smoke=$?; tests/vm/nbd-mount.sh && exit $smoke' | tee "$output" || status=$?
     echo "== kernel $kernel: status $status in $((SECONDS - started)) s"
     passed=$((passed + $(grep -c '^ok - ' "$output" || true)))
     failed=$((failed + $(grep -c '^not ok - ' "$output" || true)))
