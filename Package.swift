@@ -89,8 +89,8 @@ let package = Package(
         .testTarget(name: "KernelAttachTests", dependencies: ["KernelAttach"]),
         // LZ4 throughput: the Swift decoder against liblz4 (release build).
         .executableTarget(name: "LZ4Bench", dependencies: ["Compression", "CLZ4"]),
-        .testTarget(name: "CompressionTests", dependencies: ["Compression", "CLZ4", "CLZMA", "CZlib", "CZstd"]),
-        .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
+        .testTarget(name: "CompressionTests", dependencies: ["Compression", "CLZ4", "CLZMA", "CZlib", "CZstd", "TestSupport"]),
+        .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol", "TestSupport"]),
         .testTarget(name: "NBDServerTests", dependencies: [
             "NBDServer", "NBDProtocol", "ImageSources", "SystemCalls", "TestSupport",
             .product(name: "Logging", package: "swift-log"),
@@ -99,7 +99,7 @@ let package = Package(
         ]),
         // Canned netlink replies and a recording transport, shared by the two netlink test targets.
         .target(name: "NetlinkTestSupport", dependencies: ["Netlink", "SystemCalls"], path: "Tests/NetlinkTestSupport"),
-        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetlinkTestSupport", "SystemCalls"]),
+        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetlinkTestSupport", "SystemCalls", "TestSupport"]),
         .testTarget(name: "NBDKernelTests", dependencies: [
             "NBDKernel", "Netlink", "NetlinkTestSupport", "SystemCalls", "TestSupport", "Manifest", "KernelAttach",
         ]),

@@ -4,6 +4,7 @@ import NetlinkTestSupport
 import SystemCalls
 import SystemPackage
 import Testing
+import TestSupport
 
 #if _endian(little)
 
@@ -166,14 +167,7 @@ import Testing
     @Test func mutatedRepliesNeverTrap() {
         var outcomes = (decoded: 0, rejected: 0)
         for sample in [Self.statusReply, Self.connectReply(index: 3)] {
-            var variants: [[UInt8]] = (0..<sample.count).map { Array(sample[..<$0]) }
-            for index in sample.indices {
-                for replacement in [UInt8(0), 0xff, sample[index] &+ 1, sample[index] &- 1] {
-                    var mutated = sample
-                    mutated[index] = replacement
-                    variants.append(mutated)
-                }
-            }
+            let variants = truncationsAndByteMutations(of: sample)
             for variant in variants {
                 do {
                     let replies = try NetlinkMessage.decode(datagram: variant).map { message throws(SystemError) in

@@ -1,17 +1,6 @@
 import NBDProtocol
 import Testing
-
-/// SplitMix64: a seeded generator, so every run mutates the same way and a failure reproduces.
-struct SplitMix64: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+import TestSupport
 
 func mutate(_ seed: [UInt8], using generator: inout SplitMix64) -> [UInt8] {
     var bytes = seed
@@ -42,7 +31,7 @@ func mutate(_ seed: [UInt8], using generator: inout SplitMix64) -> [UInt8] {
 /// decodes or throws a typed error, never traps; every negotiator reply stays well-formed.
 @Suite struct MutationFuzzTests {
     @Test func requestAndReplyDecodersNeverTrap() {
-        var generator = SplitMix64(state: 0x5EED)
+        var generator = SplitMix64(seed: 0x5EED)
         let seeds = [
             Request(type: .read, cookie: 1, offset: 4096, length: 4096).encoded(),
             Request(type: .write, flags: .fua, cookie: .max, offset: .max, length: .max).encoded(),
@@ -64,7 +53,7 @@ func mutate(_ seed: [UInt8], using generator: inout SplitMix64) -> [UInt8] {
     }
 
     @Test func negotiatorAnswersMutatedOptionsWithWellFormedReplies() throws {
-        var generator = SplitMix64(state: 0xF00D)
+        var generator = SplitMix64(seed: 0xF00D)
         let export = ExportDescription(name: "e", size: 1 << 20)
         let seeds: [(OptionCode, [UInt8])] = [
             (.go, InfoRequest(exportName: "e", requested: [.blockSize, .name]).encoded()),

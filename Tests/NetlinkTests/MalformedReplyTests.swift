@@ -2,6 +2,7 @@ import Netlink
 import NetlinkTestSupport
 import SystemCalls
 import Testing
+import TestSupport
 
 #if _endian(little)
 
@@ -45,14 +46,7 @@ import Testing
         var decodedCount = 0
         var rejectedCount = 0
         for sample in samples {
-            var variants: [[UInt8]] = (0..<sample.count).map { Array(sample[..<$0]) }
-            for index in sample.indices {
-                for replacement in [UInt8(0), 0xff, sample[index] &+ 1, sample[index] &- 1] {
-                    var mutated = sample
-                    mutated[index] = replacement
-                    variants.append(mutated)
-                }
-            }
+            let variants = truncationsAndByteMutations(of: sample)
             for variant in variants {
                 if Self.decodeEverything(variant) { decodedCount += 1 } else { rejectedCount += 1 }
             }
