@@ -1,0 +1,36 @@
+import EROFSReader
+import Foundation
+import Manifest
+import Testing
+import TestSupport
+
+/// The kernel is the oracle: the corpus manifests are what Linux shows for each image.
+@Suite struct CorpusTests {
+    static let images: [Corpus.Image] = (try? Corpus.locate()?.images()) ?? []
+
+    @Test(arguments: images)
+    func manifestMatchesKernel(image: Corpus.Image) throws {
+        // Compressed data needs the Compression module (branch `compression`), not merged yet.
+        if !CorpusTests.readableWithoutCompression.contains(image.name) {
+            withKnownIssue("compressed images need the Compression module") {
+                try compare(image)
+            }
+            return
+        }
+        try compare(image)
+    }
+
+    static let readableWithoutCompression: Set<String> = ["plain", "chunked", "blocksize512"]
+
+    func compare(_ image: Corpus.Image) throws {
+        let filesystem = try EROFSFilesystem(path: image.path)
+        let ours = try filesystem.manifest(sha256: true).manifestText
+        let expected = try image.expectedManifest()
+        if ours != expected {
+            let ourLines = ours.split(separator: "\n")
+            let theirLines = expected.split(separator: "\n")
+            let firstDifference = zip(ourLines, theirLines).first { $0 != $1 }
+            Issue.record("\(image.name): manifests differ (\(ourLines.count) vs \(theirLines.count) lines); first: ours \(firstDifference.map { String($0.0) } ?? "-") kernel \(firstDifference.map { String($0.1) } ?? "-")")
+        }
+    }
+}
