@@ -84,7 +84,10 @@ let package = Package(
         .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls", "CShim"]),
         .testTarget(name: "EROFSFormatTests", dependencies: ["EROFSFormat", "TestSupport"]),
         .testTarget(name: "ManifestTests", dependencies: ["Manifest"]),
-        .testTarget(name: "ReaderTests", dependencies: ["EROFSReader", "EROFSFormat", "Manifest", "TestSupport"]),
+        .testTarget(name: "ReaderTests", dependencies: [
+            "EROFSReader", "EROFSFormat", "ImageSources", "SystemCalls", "Manifest", "TestSupport",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
         .testTarget(name: "MountCLITests", dependencies: ["MountCLI"]),
         .testTarget(name: "BackendsTests", dependencies: ["Backends", "SystemCalls"]),
         .testTarget(name: "KernelAttachTests", dependencies: ["KernelAttach"]),

@@ -36,6 +36,10 @@ public final class EROFSFilesystem: Sendable {
         blockSize = superblock.blockSize
         metadataBlocks = BoundedCache(capacity: 1024)
         inodes = BoundedCache(capacity: 4096)
+        let (claimedBytes, overflow) = superblock.blocks.multipliedReportingOverflow(by: UInt64(blockSize))
+        if overflow || claimedBytes > source.size {
+            throw EROFSError(.corrupt, "image truncated: the superblock says \(superblock.blocks) blocks of \(blockSize) bytes, the image has \(source.size) bytes")
+        }
         if superblock.featureIncompat.contains(.metabox) && superblock.metaboxNid == 0 {
             throw EROFSError(.corrupt, "metabox feature without a metabox inode")
         }
