@@ -15,6 +15,11 @@ public final class EROFSFilesystem: Sendable {
     let blockSize: Int
     let metadataBlocks: BoundedCache<UInt64, [UInt8]>
     let inodes: BoundedCache<UInt64, Inode>
+    let compressionInfos: BoundedCache<UInt64, CompressionInfo>
+    /// Decompressed extents, by inode and logical start (each at most 12 MiB, usually 4-64 KiB).
+    let decodedExtents: BoundedCache<ExtentKey, [UInt8]>
+    var compressionSettings: CompressionSettings { compressionSettingsStorage.withLock { $0 } }
+    let compressionSettingsStorage = Mutex(CompressionSettings(availableAlgorithms: 1, decompression: .init()))
 
     /// Reads and validates the superblock (and its checksum), the long xattr prefix table.
     public init(source: any RandomAccessSource) throws(EROFSError) {
@@ -36,6 +41,8 @@ public final class EROFSFilesystem: Sendable {
         blockSize = superblock.blockSize
         metadataBlocks = BoundedCache(capacity: 1024)
         inodes = BoundedCache(capacity: 4096)
+        compressionInfos = BoundedCache(capacity: 4096)
+        decodedExtents = BoundedCache(capacity: 64)
         let (claimedBytes, overflow) = superblock.blocks.multipliedReportingOverflow(by: UInt64(blockSize))
         if overflow || claimedBytes > source.size {
             throw EROFSError(.corrupt, "image truncated: the superblock says \(superblock.blocks) blocks of \(blockSize) bytes, the image has \(source.size) bytes")
@@ -43,7 +50,8 @@ public final class EROFSFilesystem: Sendable {
         if superblock.featureIncompat.contains(.metabox) && superblock.metaboxNid == 0 {
             throw EROFSError(.corrupt, "metabox feature without a metabox inode")
         }
-        longXattrPrefixTable.withLock { $0 = [] }
+        let settings = try readCompressionSettings()
+        compressionSettingsStorage.withLock { $0 = settings }
         let prefixes = try readLongXattrPrefixes()
         longXattrPrefixTable.withLock { $0 = prefixes }
     }
