@@ -166,15 +166,26 @@ extension EROFSFilesystem {
             }
             output = Array(raw[0..<length])
         case .interlaced:
-            guard length <= raw.count, raw.count <= blockSize else {
+            // The first (block size - offset in block) bytes of the extent sit at the end of the
+            // pcluster's block, the rest at its start. Like the Linux kernel, the first part is
+            // taken relative to the pcluster's end, also for inline (ztailpacking) pclusters
+            // shorter than a block, where it starts before the inline data.
+            guard length <= raw.count || raw.count < blockSize, raw.count <= blockSize else {
                 throw EROFSError(.corrupt, "interlaced pcluster of \(raw.count) bytes holds \(length)", nid: inode.nid, offset: extent.logicalStart)
             }
-            let rotation = Int(extent.logicalStart % UInt64(blockSize))
-            let right = min(blockSize - rotation, length)
-            guard rotation + right <= raw.count else {
+            let toBlockEnd = blockSize - Int(extent.logicalStart % UInt64(blockSize))
+            let first = min(toBlockEnd, length)
+            let firstStart = Int64(raw.count) - Int64(toBlockEnd)
+            let firstPart: [UInt8]
+            if firstStart >= 0 && firstStart + Int64(first) <= Int64(raw.count) {
+                firstPart = Array(raw[Int(firstStart)..<(Int(firstStart) + first)])
+            } else {
+                firstPart = try bytesAround(extent.source, relative: firstStart, count: first, nid: inode.nid)
+            }
+            guard length - first <= raw.count else {
                 throw EROFSError(.corrupt, "interlaced pcluster too short", nid: inode.nid, offset: extent.logicalStart)
             }
-            output = Array(raw[rotation..<(rotation + right)]) + Array(raw[0..<(length - right)])
+            output = firstPart + Array(raw[0..<(length - first)])
         case .algorithm(let algorithm):
             let padding = raw.firstIndex { $0 != 0 } ?? raw.count
             guard padding < raw.count else {
@@ -200,6 +211,24 @@ extension EROFSFilesystem {
         }
         decodedExtents.insert(output, for: key)
         return output
+    }
+
+    /// Bytes at a signed offset from a pcluster's start, in the pcluster's own address space.
+    private func bytesAround(_ source: CompressedExtent.Source, relative: Int64, count: Int, nid: UInt64) throws(EROFSError) -> [UInt8] {
+        let start: UInt64
+        switch source {
+        case .image(let physical), .metadata(let physical, _):
+            guard relative >= 0 || UInt64(-relative) <= physical else {
+                throw EROFSError(.corrupt, "interlaced data before the start of the image", nid: nid)
+            }
+            start = relative >= 0 ? physical + UInt64(relative) : physical - UInt64(-relative)
+        case .fragment:
+            throw EROFSError(.corrupt, "fragment extent decoded as a pcluster", nid: nid)
+        }
+        if case .metadata(_, let inMetabox) = source {
+            return try metadataBytes(at: start, count: count, inMetabox: inMetabox)
+        }
+        return try imageBytes(at: start, count: count)
     }
 
     // MARK: Mapping
