@@ -25,6 +25,10 @@ struct CompressionInfo: Sendable {
     var tailHeadLcn: UInt64?
     /// The whole file is a fragment of the packed inode.
     var wholeFileFragment: Bool
+    /// Extent records instead of lcluster indexes (full layout with Z_EROFS_ADVISE_EXTENTS):
+    /// the record size (4, 8, 16 or 32 bytes), 0 when not used.
+    var extentRecordSize: Int = 0
+    var extentCount: UInt64 = 0
 
     var hasFragment: Bool { advise & CompressionInfo.adviseFragmentPcluster != 0 }
 }
@@ -56,6 +60,8 @@ struct CompressedExtent {
         case interlaced
     }
     enum Source {
+        /// Not stored: reads as zeros.
+        case hole
         case image(UInt64)
         case metadata(UInt64, inMetabox: Bool)
         case fragment(UInt64)
@@ -156,6 +162,7 @@ extension EROFSFilesystem {
         case .metadata(let physical, let inMetabox):
             raw = try metadataBytes(at: physical, count: extent.physicalLength, inMetabox: inMetabox)
         case .fragment: throw EROFSError(.corrupt, "fragment extent decoded as a pcluster", nid: inode.nid)
+        case .hole: return [UInt8](repeating: 0, count: Int(extent.logicalLength))
         }
         let length = Int(extent.logicalLength)
         var output = [UInt8](repeating: 0, count: length)
@@ -222,7 +229,7 @@ extension EROFSFilesystem {
                 throw EROFSError(.corrupt, "interlaced data before the start of the image", nid: nid)
             }
             start = relative >= 0 ? physical + UInt64(relative) : physical - UInt64(-relative)
-        case .fragment:
+        case .fragment, .hole:
             throw EROFSError(.corrupt, "fragment extent decoded as a pcluster", nid: nid)
         }
         if case .metadata(_, let inMetabox) = source {
@@ -247,7 +254,16 @@ extension EROFSFilesystem {
             let advise = header.le16(at: 4)
             let clusterBits = Int(superblock.blockSizeBits) + Int(header[7] & 15)
             if inode.layout == .compressedFull && advise & CompressionInfo.adviseExtents != 0 {
-                throw EROFSError(.unsupported, "extent-based compressed indexes (48-bit layout) are not supported", nid: inode.nid)
+                info = CompressionInfo(
+                    advise: advise, logicalClusterBits: clusterBits, headAlgorithms: (0, 0), inlineSize: 0,
+                    fragmentOffset: 0, inlineLocation: 0, tailHeadLcn: nil, wholeFileFragment: false,
+                    extentRecordSize: 4 << Int((advise >> 1) & 3),
+                    extentCount: UInt64(header.le32(at: 0)) | UInt64(header.le16(at: 6)) << 32)
+                guard clusterBits <= 30 else {
+                    throw EROFSError(.corrupt, "logical cluster size 2^\(clusterBits) too large", nid: inode.nid, offset: headerOffset)
+                }
+                compressionInfos.insert(info, for: inode.nid)
+                return info
             }
             info = CompressionInfo(
                 advise: advise, logicalClusterBits: clusterBits, headAlgorithms: (header[6] & 15, header[6] >> 4),
@@ -286,6 +302,9 @@ extension EROFSFilesystem {
             return CompressedExtent(
                 logicalStart: 0, logicalLength: inode.size, source: .fragment(info.fragmentOffset), physicalLength: 0,
                 format: .shifted, partial: false)
+        }
+        if info.extentRecordSize > 0 {
+            return try mapExtentRecords(inode, info, at: offset)
         }
         let mapper = ClusterMapper(filesystem: self, inode: inode, info: info)
         let bits = UInt64(info.logicalClusterBits)
@@ -338,6 +357,116 @@ extension EROFSFilesystem {
         return CompressedExtent(
             logicalStart: logicalStart, logicalLength: logicalLength, source: source, physicalLength: physicalLength,
             format: format, partial: head.partialReference)
+    }
+}
+
+extension EROFSFilesystem {
+    static let extentLengthMask: UInt64 = (1 << 21) - 1
+
+    /// Maps an offset through extent records (z_erofs_extent): short records (4 or 8 bytes) hold
+    /// one pcluster per lcluster, long ones (16 or 32 bytes) are sorted by logical start and
+    /// searched.
+    func mapExtentRecords(_ inode: Inode, _ info: CompressionInfo, at offset: UInt64) throws(EROFSError) -> CompressedExtent {
+        let recordSize = UInt64(info.extentRecordSize)
+        let headerEnd = ((inode.payloadLocation + 7) & ~7) + 8
+        var position = (headerEnd + recordSize - 1) / recordSize * recordSize
+        let clusterSize = UInt64(1) << UInt64(info.logicalClusterBits)
+        var logicalEnd = inode.size
+        var logicalStart: UInt64
+        var encodedLength: UInt64 = 0
+        var physical: UInt64 = 0
+        let last: Bool
+        func record(at where_: UInt64) throws(EROFSError) -> [UInt8] {
+            try metadataBytes(at: where_, count: Int(recordSize), inMetabox: inode.inMetabox)
+        }
+        if recordSize <= 8 {
+            var runningPhysical: UInt64?
+            if recordSize <= 4 {
+                runningPhysical = try metadataBytes(at: position, count: 8, inMetabox: inode.inMetabox).le64(at: 0)
+                position += 8
+                logicalStart = 0
+            } else {
+                logicalStart = offset / clusterSize * clusterSize
+                position = try checkedSum(position, (logicalStart / clusterSize) * recordSize, "extent record")
+            }
+            var steps: UInt64 = 0
+            while logicalStart <= offset {
+                steps += 1
+                guard steps <= (1 << 24) else { throw EROFSError(.corrupt, "too many extent records", nid: inode.nid) }
+                let bytes = try record(at: position)
+                encodedLength = UInt64(bytes.le32(at: 0))
+                if let running = runningPhysical {
+                    physical = running
+                    runningPhysical = try checkedSum(running, encodedLength & EROFSFilesystem.extentLengthMask, "extent address")
+                } else {
+                    physical = UInt64(bytes.le32(at: 4))
+                }
+                position += recordSize
+                logicalStart += clusterSize
+            }
+            last = logicalStart >= (logicalEnd + clusterSize - 1) / clusterSize * clusterSize
+            logicalEnd = min(logicalStart, logicalEnd)
+            logicalStart -= clusterSize
+        } else {
+            logicalStart = logicalEnd
+            var low: UInt64 = 0
+            var high = info.extentCount
+            var steps = 0
+            while low < high {
+                steps += 1
+                guard steps <= 64 else { throw EROFSError(.corrupt, "extent search does not converge", nid: inode.nid) }
+                let middle = low + (high - low) / 2
+                let bytes = try record(at: try checkedSum(position, try checkedProduct(middle, recordSize, "extent index"), "extent record"))
+                var start = UInt64(bytes.le32(at: 12))
+                if recordSize > 16 { start |= UInt64(bytes.le32(at: 16)) << 32 }
+                if start > offset {
+                    high = middle
+                    guard start <= logicalEnd else { throw EROFSError(.corrupt, "extent records out of order", nid: inode.nid) }
+                    logicalEnd = start
+                } else {
+                    low = middle + 1
+                    if start == offset { high = min(low + 1, high) }
+                    logicalStart = start
+                    encodedLength = UInt64(bytes.le32(at: 0))
+                    physical = UInt64(bytes.le32(at: 4)) | UInt64(bytes.le32(at: 8)) << 32
+                }
+            }
+            last = low >= info.extentCount
+        }
+        guard logicalStart < logicalEnd, logicalStart <= offset, offset < logicalEnd else {
+            throw EROFSError(.corrupt, "no extent record covers offset \(offset)", nid: inode.nid)
+        }
+        let length = logicalEnd - logicalStart
+        if last && info.hasFragment {
+            var fragmentOffset = encodedLength
+            if recordSize > 4 { fragmentOffset |= physical << 32 }
+            return CompressedExtent(
+                logicalStart: logicalStart, logicalLength: length, source: .fragment(fragmentOffset), physicalLength: 0,
+                format: .shifted, partial: false)
+        }
+        let physicalLength = encodedLength & EROFSFilesystem.extentLengthMask
+        guard physicalLength > 0 else {
+            return CompressedExtent(
+                logicalStart: logicalStart, logicalLength: length, source: .hole, physicalLength: 0, format: .shifted, partial: false)
+        }
+        guard physicalLength <= UInt64(EROFSFilesystem.maximumPhysicalCluster), length <= EROFSFilesystem.maximumLogicalExtent else {
+            throw EROFSError(.corrupt, "absurd extent: \(physicalLength) bytes for \(length)", nid: inode.nid, offset: logicalStart)
+        }
+        let formatNumber = encodedLength >> 28
+        let format: CompressedExtent.Format
+        if formatNumber > 0 {
+            guard let algorithm = CompressionAlgorithm(rawValue: UInt8(formatNumber - 1)) else {
+                throw EROFSError(.unsupported, "unknown compression algorithm \(formatNumber - 1)", nid: inode.nid, offset: logicalStart)
+            }
+            format = .algorithm(algorithm)
+        } else if info.advise & CompressionInfo.adviseInterlacedPcluster != 0 && (physical | physicalLength) & UInt64(blockSize - 1) == 0 {
+            format = .interlaced
+        } else {
+            format = .shifted
+        }
+        return CompressedExtent(
+            logicalStart: logicalStart, logicalLength: length, source: .image(physical), physicalLength: Int(physicalLength),
+            format: format, partial: encodedLength & (1 << 27) != 0)
     }
 }
 

@@ -10,17 +10,8 @@ import TestSupport
 
     @Test(arguments: images)
     func manifestMatchesKernel(image: Corpus.Image) throws {
-        // Extent-based compressed indexes (the metabox of `mkfs.erofs -m`) are not read yet.
-        if CorpusTests.knownUnsupported.contains(image.name) {
-            withKnownIssue("extent-based compressed indexes are not implemented") {
-                try compare(image)
-            }
-            return
-        }
         try compare(image)
     }
-
-    static let knownUnsupported: Set<String> = ["metadata-compressed"]
 
     func compare(_ image: Corpus.Image) throws {
         let filesystem = try EROFSFilesystem(path: image.path)
