@@ -73,7 +73,7 @@ let package = Package(
         ]),
         .executableTarget(name: "MountErofsTool", dependencies: ["MountCLI"]),
         .executableTarget(name: "ErofsTool", dependencies: [
-            "EROFSFormat", "EROFSReader", "Manifest", "NBDServer", "SystemCalls",
+            "EROFSFormat", "EROFSReader", "Manifest", "NBDServer", "SystemCalls", "CShim",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
