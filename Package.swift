@@ -87,6 +87,8 @@ let package = Package(
         .testTarget(name: "ReaderTests", dependencies: [
             "EROFSReader", "EROFSFormat", "ImageSources", "SystemCalls", "Manifest", "TestSupport",
             .product(name: "SystemPackage", package: "swift-system"),
+            // Built for the tests, which run the real binary.
+            "ErofsTool",
         ]),
         .testTarget(name: "MountCLITests", dependencies: ["MountCLI"]),
         .testTarget(name: "BackendsTests", dependencies: ["Backends", "SystemCalls"]),
