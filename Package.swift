@@ -88,7 +88,7 @@ let package = Package(
             "EROFSReader", "EROFSFormat", "ImageSources", "SystemCalls", "Manifest", "TestSupport",
             .product(name: "SystemPackage", package: "swift-system"),
             // Built for the tests, which run the real binary.
-            "ErofsTool",
+            "ErofsTool", "CShim",
         ]),
         .testTarget(name: "MountCLITests", dependencies: ["MountCLI"]),
         .testTarget(name: "BackendsTests", dependencies: ["Backends", "SystemCalls"]),
