@@ -44,13 +44,13 @@ final class MemorySource: RandomAccessSource {
 
     /// Reads all metadata (inodes, directories, xattrs, links) and small files only: fast
     /// enough in debug builds for hundreds of mutations.
-    static func readsMetadataWithError(_ bytes: [UInt8]) -> Bool {
+    static func readsMetadataWithError(_ bytes: [UInt8], fileLimit: UInt64 = 8192) -> Bool {
         do {
             let filesystem = try EROFSFilesystem(source: MemorySource(bytes))
             try filesystem.walk { (path, inode) throws(EROFSError) in
                 _ = try filesystem.xattrs(inode)
                 if inode.kind == .symlink { _ = try filesystem.readLink(inode) }
-                if inode.kind == .file && inode.size < 8192 { _ = try filesystem.read(inode, at: 0, count: 8192) }
+                if inode.kind == .file && inode.size < fileLimit { _ = try filesystem.read(inode, at: 0, count: Int(fileLimit)) }
             }
             return false
         } catch {
@@ -103,6 +103,25 @@ final class MemorySource: RandomAccessSource {
         }
         // The property is that we got here (no trap, no hang). Many single-byte changes are
         // legal (a time, an id, a name byte), so only some of them can be reported.
+        #expect(reported > 0)
+    }
+
+    /// Damage anywhere in compressed images (indexes, pclusters, inline tails, fragments):
+    /// every read ends, with data or with an error.
+    @Test(arguments: ["lz4", "lzma", "ztailpacking-fragments-dedupe", "metadata-compressed"])
+    func compressedImageMutationsNeverCrash(name: String) throws {
+        let corpus = try #require(Corpus.locate())
+        let image = Array(try Data(contentsOf: URL(fileURLWithPath: "\(corpus.directory)/\(name).erofs")))
+        var generator = SplitMix64(seed: 0xC0FFEE)
+        var reported = 0
+        for _ in 0..<40 {
+            var damaged = image
+            for _ in 0..<4 {
+                let position = 4096 + Int(generator.next() % UInt64(image.count - 4096))
+                damaged[position] ^= UInt8(truncatingIfNeeded: generator.next() | 1)
+            }
+            if Self.readsMetadataWithError(damaged, fileLimit: 1 << 17) { reported += 1 }
+        }
         #expect(reported > 0)
     }
 
