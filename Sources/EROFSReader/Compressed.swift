@@ -80,7 +80,34 @@ struct CompressionSettings: Sendable {
     var decompression: DecompressionSettings
 }
 
+/// The image's compression algorithms and their settings, for display.
+public struct CompressionDescription: Sendable {
+    /// Algorithm names ("lz4", "lzma", "deflate", "zstd"); empty for an uncompressed image.
+    public var algorithms: [String]
+    public var lzmaDictionarySize: UInt32?
+    public var deflateWindowBits: UInt8?
+    public var zstdWindowLog: UInt8?
+}
+
 extension EROFSFilesystem {
+    public var compressionDescription: CompressionDescription {
+        let settings = compressionSettings
+        var description = CompressionDescription(algorithms: [])
+        let compressed = superblock.featureIncompat.contains(.compressionConfigs)
+            || superblock.featureIncompat.contains(.zeroPadding) || superblock.availableCompressionAlgorithms != 0
+        guard compressed else { return description }
+        for algorithm in CompressionAlgorithm.allCases where settings.availableAlgorithms & (1 << UInt16(algorithm.rawValue)) != 0 {
+            description.algorithms.append("\(algorithm)")
+            switch algorithm {
+            case .lzma: description.lzmaDictionarySize = settings.decompression.lzmaDictionarySize
+            case .deflate: description.deflateWindowBits = settings.decompression.deflateWindowBits
+            case .zstd: description.zstdWindowLog = settings.decompression.zstdWindowLog
+            case .lz4: break
+            }
+        }
+        return description
+    }
+
     static let maximumPhysicalCluster = 1 << 20
     static let maximumLogicalExtent: UInt64 = 12 << 20
 

@@ -48,7 +48,7 @@ struct InspectCommand: ParsableCommand {
         let compat = CompatFeatures.names.filter { block.featureCompat.contains($0.0) }.map(\.1)
         let incompat = IncompatFeatures.names.filter { block.featureIncompat.contains($0.0) }.map(\.1)
         let uuid = Hex.encode(block.uuid)
-        let fields: [(String, String, Bool)] = [
+        var fields: [(String, String, Bool)] = [
             ("block_size", "\(block.blockSize)", false),
             ("blocks", "\(block.blocks)", false),
             ("inodes", "\(block.inodeCount)", false),
@@ -62,9 +62,13 @@ struct InspectCommand: ParsableCommand {
             ("packed_nid", "\(block.packedNid)", false),
             ("metabox_nid", "\(block.metaboxNid)", false),
             ("xattr_prefixes", "\(block.xattrPrefixCount)", false),
-            ("compression_algorithms_or_lz4_distance", "\(block.availableCompressionAlgorithms)", false),
             ("image_bytes", "\(filesystem.source.size)", false),
         ]
+        let compression = filesystem.compressionDescription
+        fields.append(("compression", compression.algorithms.joined(separator: ","), true))
+        if let lzma = compression.lzmaDictionarySize { fields.append(("lzma_dict_size", "\(lzma)", false)) }
+        if let window = compression.deflateWindowBits { fields.append(("deflate_window_bits", "\(window)", false)) }
+        if let window = compression.zstdWindowLog { fields.append(("zstd_window_log", "\(window)", false)) }
         if json {
             var members = fields.map { "\(JSONText.quoted($0.0)): \($0.2 ? JSONText.quoted($0.1) : $0.1)" }
             members.append("\"compat_features\": [\(compat.map(JSONText.quoted).joined(separator: ", "))]")

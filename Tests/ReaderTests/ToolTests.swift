@@ -63,6 +63,16 @@ import TestSupport
         #expect(Array(result.standardOutput.utf8) == expected)
     }
 
+    @Test func inspectShowsSuperblockAndCompression() throws {
+        let image = try #require(Self.images.first { $0.name == "lzma" })
+        let result = try runProgram(Self.erofs, ["inspect", "--json", image.path])
+        #expect(result.status == 0)
+        #expect(result.standardOutput.contains("\"block_size\": 4096"))
+        #expect(result.standardOutput.contains("\"inodes\": 509"))
+        #expect(result.standardOutput.contains("\"compression\": \"lzma\""))
+        #expect(result.standardOutput.contains("\"compr_cfgs/big_pcluster\""))
+    }
+
     @Test func missingPathIsAClearError() throws {
         let image = try #require(Self.images.first)
         let result = try runProgram(Self.erofs, ["cat", image.path, "/no/such/file"])
