@@ -431,7 +431,7 @@ extension EROFSFilesystem {
                 position += recordSize
                 logicalStart += clusterSize
             }
-            last = logicalStart >= (logicalEnd + clusterSize - 1) / clusterSize * clusterSize
+            last = logicalStart / clusterSize >= dividingRoundingUp(logicalEnd, clusterSize)
             logicalEnd = min(logicalStart, logicalEnd)
             logicalStart -= clusterSize
         } else {
@@ -509,7 +509,7 @@ struct ClusterMapper {
     let info: CompressionInfo
 
     var bits: UInt64 { UInt64(info.logicalClusterBits) }
-    var clusterCount: UInt64 { (inode.size + (1 << bits) - 1) >> bits }
+    var clusterCount: UInt64 { dividingRoundingUp(inode.size, 1 << bits) }
     var bigPcluster1: Bool { info.advise & CompressionInfo.adviseBigPcluster1 != 0 }
     var bigPcluster2: Bool { info.advise & CompressionInfo.adviseBigPcluster2 != 0 }
 

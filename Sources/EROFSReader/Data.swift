@@ -78,8 +78,8 @@ extension EROFSFilesystem {
             if !tailPacked && inode.startBlock == Inode.nullAddress {
                 return DataExtent(logicalStart: offset, length: inode.size - offset, location: .hole)
             }
-            let blockCount = inode.size / blockSize + (inode.size % blockSize == 0 ? 0 : 1)
-            let blockedBytes = (blockCount - (tailPacked ? 1 : 0)) * blockSize
+            let blockCount = dividingRoundingUp(inode.size, blockSize)
+            let blockedBytes = try checkedProduct(blockCount - (tailPacked ? 1 : 0), blockSize, "data size of nid \(inode.nid)")
             if offset < blockedBytes {
                 let base = try checkedProduct(inode.startBlock, blockSize, "start block of nid \(inode.nid)")
                 return DataExtent(logicalStart: 0, length: blockedBytes, location: .image(base))
@@ -110,7 +110,8 @@ extension EROFSFilesystem {
         let entry = try metadataBytes(at: entryOffset, count: Int(unit), inMetabox: inode.inMetabox)
         let start = chunkNumber << chunkBits
         let remaining = inode.size - start
-        let length = min(UInt64(1) << chunkBits, (remaining + blockSize - 1) / blockSize * blockSize)
+        let chunkSize = UInt64(1) << chunkBits
+        let length = remaining >= chunkSize ? chunkSize : dividingRoundingUp(remaining, blockSize) * blockSize
         var block: UInt64?
         if usesIndexes {
             let addressMask: UInt64 = inode.chunkFormat & 0x40 != 0 ? (1 << 48) - 1 : (1 << 32) - 1

@@ -65,3 +65,9 @@ func checkedProduct(_ lhs: UInt64, _ rhs: UInt64, _ what: @autoclosure () -> Str
     if overflow { throw EROFSError(.corrupt, "\(what()) overflows 64 bits") }
     return product
 }
+
+/// ⌈value / divisor⌉ without the overflow of `(value + divisor - 1) / divisor`.
+@inline(__always)
+func dividingRoundingUp(_ value: UInt64, _ divisor: UInt64) -> UInt64 {
+    value / divisor + (value % divisor == 0 ? 0 : 1)
+}

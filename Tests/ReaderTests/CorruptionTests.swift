@@ -125,6 +125,21 @@ final class MemorySource: RandomAccessSource {
         #expect(reported > 0)
     }
 
+    /// A file whose size field says 4 GiB (compact) or 2^64-1 (extended): an error, quickly.
+    @Test(arguments: ["plain", "lz4"])
+    func absurdFileSizeIsAnError(name: String) throws {
+        let corpus = try #require(Corpus.locate())
+        var image = Array(try Data(contentsOf: URL(fileURLWithPath: "\(corpus.directory)/\(name).erofs")))
+        let filesystem = try EROFSFilesystem(source: MemorySource(image))
+        let file = try filesystem.lookup(path: "/sizes/mixed-131089")
+        let location = Int(file.location)
+        let (offset, width) = file.isExtended ? (8, 8) : (8, 4)
+        for byte in 0..<width { image[location + offset + byte] = 0xFF }
+        if location < 4096 { Self.resealSuperblock(&image) }
+        let damaged = try EROFSFilesystem(source: MemorySource(image))
+        #expect(throws: EROFSError.self) { try damaged.manifest(sha256: true) }
+    }
+
     @Test func directoryCycleIsReported() throws {
         var image = try Self.plainImage()
         let filesystem = try EROFSFilesystem(source: MemorySource(image))
