@@ -157,6 +157,9 @@ struct ListCommand: ParsableCommand {
         guard !seen.contains(inode.nid) else { throw EROFSError(.corrupt, "directory cycle", path: path, nid: inode.nid) }
         let seenHere = seen.union([inode.nid])
         for entry in try filesystem.readDirectory(inode) where entry.name != [0x2e] && entry.name != [0x2e, 0x2e] {
+            guard !entry.name.contains(0x2f) else {
+                throw EROFSError(.corrupt, "directory entry name contains '/'", path: path, nid: inode.nid)
+            }
             let child = try filesystem.inode(nid: entry.nid)
             try collect(filesystem, (path == "/" ? "" : path) + "/" + entry.nameString, child, &entries, seen: seenHere)
         }

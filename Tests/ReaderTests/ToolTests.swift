@@ -73,6 +73,30 @@ import TestSupport
         #expect(result.standardOutput.contains("\"compr_cfgs/big_pcluster\""))
     }
 
+    /// A directory entry renamed to "d/v" in the image: listing reports it, extraction skips it
+    /// with a warning and exit status 2, and nothing appears outside the destination.
+    @Test func extractSkipsNamesWithSlashes() throws {
+        let image = try #require(Self.images.first { $0.name == "plain" })
+        var bytes = Array(try Data(contentsOf: URL(fileURLWithPath: image.path)))
+        let needle = Array("devlevel0".utf8)  // "dev" followed by the next name in the root's block
+        let start = try #require(findBytes(needle, in: bytes))
+        bytes[start + 1] = UInt8(ascii: "/")
+        CorruptionTests.resealSuperblock(&bytes)
+        let scratch = try temporaryDirectory("unsafe")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        try Data(bytes).write(to: URL(fileURLWithPath: scratch + "/damaged.erofs"))
+        let listed = try runProgram(Self.erofs, ["ls", "--recursive", "--json", scratch + "/damaged.erofs"])
+        #expect(listed.status == 1)
+        #expect(listed.standardError.contains("contains '/'") || listed.standardError.contains("d/v"))
+        let extracted = try runProgram(Self.erofs, ["extract", scratch + "/damaged.erofs", scratch + "/out"])
+        #expect(extracted.status == 2)
+        #expect(extracted.standardError.contains("skipped unsafe name"))
+        let created = try FileManager.default.contentsOfDirectory(atPath: scratch).sorted()
+        #expect(created == ["damaged.erofs", "out"])
+        #expect(!FileManager.default.fileExists(atPath: scratch + "/out/d"))
+        #expect(FileManager.default.fileExists(atPath: scratch + "/out/level0"))
+    }
+
     @Test func missingPathIsAClearError() throws {
         let image = try #require(Self.images.first)
         let result = try runProgram(Self.erofs, ["cat", image.path, "/no/such/file"])
@@ -86,4 +110,12 @@ func temporaryDirectory(_ label: String) throws -> String {
     let path = NSTemporaryDirectory() + "reader-tests-\(label)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
     try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
     return path
+}
+
+func findBytes(_ needle: [UInt8], in haystack: [UInt8]) -> Int? {
+    guard needle.count <= haystack.count else { return nil }
+    for start in 0...(haystack.count - needle.count) where haystack[start] == needle[0] {
+        if haystack[start..<(start + needle.count)].elementsEqual(needle) { return start }
+    }
+    return nil
 }
