@@ -243,7 +243,9 @@ extension EROFSFilesystem {
                 throw EROFSError(.corrupt, "\(failure) (pcluster of \(raw.count) bytes for \(length) bytes at file offset \(extent.logicalStart))", nid: inode.nid)
             }
         }
-        decodedExtents.insert(output, for: key)
+        // 64 cached extents of at most 1 MiB each bound the cache at 64 MiB; larger extents
+        // (up to 12 MiB) are decoded again when read again.
+        if output.count <= 1 << 20 { decodedExtents.insert(output, for: key) }
         return output
     }
 

@@ -16,7 +16,7 @@ public final class EROFSFilesystem: Sendable {
     let metadataBlocks: BoundedCache<UInt64, [UInt8]>
     let inodes: BoundedCache<UInt64, Inode>
     let compressionInfos: BoundedCache<UInt64, CompressionInfo>
-    /// Decompressed extents, by inode and logical start (each at most 12 MiB, usually 4-64 KiB).
+    /// Decompressed extents, by inode and logical start (only those up to 1 MiB are kept).
     let decodedExtents: BoundedCache<ExtentKey, [UInt8]>
     var compressionSettings: CompressionSettings { compressionSettingsStorage.withLock { $0 } }
     let compressionSettingsStorage = Mutex(CompressionSettings(availableAlgorithms: 1, decompression: .init()))
