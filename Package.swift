@@ -40,7 +40,7 @@ let package = Package(
         // Decompressors: LZ4 in Swift; MicroLZMA, raw DEFLATE, ZSTD through system libraries.
         .target(name: "Compression", dependencies: ["CLZMA", "CZstd", "CZlib"]),
         // The filesystem reader over a random-access source.
-        .target(name: "EROFSReader", dependencies: ["EROFSFormat", "Compression", "ImageSources", "SystemCalls"]),
+        .target(name: "EROFSReader", dependencies: ["EROFSFormat", "Compression", "ImageSources", "SystemCalls", "Manifest"]),
         // The corpus manifest format: entries, exact JSON form, walking a mounted tree.
         .target(name: "Manifest", dependencies: ["SystemCalls"]),
         // NBD wire protocol: requests, replies, handshake options (no I/O).
@@ -73,7 +73,7 @@ let package = Package(
         ]),
         .executableTarget(name: "MountErofsTool", dependencies: ["MountCLI"]),
         .executableTarget(name: "ErofsTool", dependencies: [
-            "EROFSFormat", "EROFSReader", "Manifest", "NBDServer", "SystemCalls",
+            "EROFSFormat", "EROFSReader", "Manifest", "NBDServer", "SystemCalls", "CShim",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -84,6 +84,12 @@ let package = Package(
         .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls", "CShim"]),
         .testTarget(name: "EROFSFormatTests", dependencies: ["EROFSFormat", "TestSupport"]),
         .testTarget(name: "ManifestTests", dependencies: ["Manifest"]),
+        .testTarget(name: "ReaderTests", dependencies: [
+            "EROFSReader", "EROFSFormat", "ImageSources", "SystemCalls", "Manifest", "TestSupport",
+            .product(name: "SystemPackage", package: "swift-system"),
+            // Built for the tests, which run the real binary.
+            "ErofsTool", "CShim",
+        ]),
         .testTarget(name: "MountCLITests", dependencies: ["MountCLI"]),
         .testTarget(name: "BackendsTests", dependencies: ["Backends", "SystemCalls"]),
         .testTarget(name: "KernelAttachTests", dependencies: ["KernelAttach"]),

@@ -1,0 +1,740 @@
+import Compression
+import EROFSFormat
+
+/// The per-inode compression header (z_erofs_map_header) and what follows from it.
+struct CompressionInfo: Sendable {
+    static let adviseCompacted2B: UInt16 = 0x0001
+    static let adviseExtents: UInt16 = 0x0001
+    static let adviseBigPcluster1: UInt16 = 0x0002
+    static let adviseBigPcluster2: UInt16 = 0x0004
+    static let adviseInlinePcluster: UInt16 = 0x0008
+    static let adviseInterlacedPcluster: UInt16 = 0x0010
+    static let adviseFragmentPcluster: UInt16 = 0x0020
+
+    var advise: UInt16
+    var logicalClusterBits: Int
+    /// Algorithms of HEAD1 and HEAD2 lclusters.
+    var headAlgorithms: (UInt8, UInt8)
+    /// ztailpacking: size of the inline (tail) pcluster; 0 when none.
+    var inlineSize: Int
+    /// Fragments: offset of the tail (or whole file) in the packed inode.
+    var fragmentOffset: UInt64
+    /// ztailpacking: where the inline pcluster sits in the metadata space.
+    var inlineLocation: UInt64
+    /// The lcluster that heads the tail extent (inline or fragment); nil when not looked up.
+    var tailHeadLcn: UInt64?
+    /// The whole file is a fragment of the packed inode.
+    var wholeFileFragment: Bool
+    /// Extent records instead of lcluster indexes (full layout with Z_EROFS_ADVISE_EXTENTS):
+    /// the record size (4, 8, 16 or 32 bytes), 0 when not used.
+    var extentRecordSize: Int = 0
+    var extentCount: UInt64 = 0
+
+    var hasFragment: Bool { advise & CompressionInfo.adviseFragmentPcluster != 0 }
+}
+
+/// What one logical cluster index says (decoded from the full or the compacted form).
+struct LogicalCluster {
+    enum Kind: UInt8 { case plain = 0, head1 = 1, nonhead = 2, head2 = 3 }
+    var lcn: UInt64
+    var kind: Kind
+    var clusterOffset: UInt64 = 0
+    /// NONHEAD: distance back to the head, and forward to the next head.
+    var delta: (UInt64, UInt64) = (0, 0)
+    /// HEAD: physical block of the pcluster.
+    var physicalBlock: UInt64 = 0
+    /// NONHEAD with CBLKCNT: compressed block count of the pcluster.
+    var compressedBlocks: UInt64 = 0
+    var partialReference = false
+    /// Offset just after this index's pack (where inline tail data starts).
+    var nextPackOffset: UInt64 = 0
+}
+
+/// One decompressed extent of a compressed file.
+struct CompressedExtent {
+    enum Format {
+        case algorithm(CompressionAlgorithm)
+        /// Stored uncompressed at the start of the pcluster.
+        case shifted
+        /// Stored uncompressed, rotated by the logical offset within a block.
+        case interlaced
+    }
+    enum Source {
+        /// Not stored: reads as zeros.
+        case hole
+        case image(UInt64)
+        case metadata(UInt64, inMetabox: Bool)
+        case fragment(UInt64)
+    }
+    var logicalStart: UInt64
+    var logicalLength: UInt64
+    var source: Source
+    var physicalLength: Int
+    var format: Format
+    var partial: Bool
+}
+
+/// Configuration of the decompressors from the superblock (COMPR_CFGS records).
+struct CompressionSettings: Sendable {
+    var availableAlgorithms: UInt16
+    var decompression: DecompressionSettings
+}
+
+/// The image's compression algorithms and their settings, for display.
+public struct CompressionDescription: Sendable {
+    /// Algorithm names ("lz4", "lzma", "deflate", "zstd"); empty for an uncompressed image.
+    public var algorithms: [String]
+    public var lzmaDictionarySize: UInt32?
+    public var deflateWindowBits: UInt8?
+    public var zstdWindowLog: UInt8?
+}
+
+extension EROFSFilesystem {
+    public var compressionDescription: CompressionDescription {
+        let settings = compressionSettings
+        var description = CompressionDescription(algorithms: [])
+        let compressed = superblock.featureIncompat.contains(.compressionConfigs)
+            || superblock.featureIncompat.contains(.zeroPadding) || superblock.availableCompressionAlgorithms != 0
+        guard compressed else { return description }
+        for algorithm in CompressionAlgorithm.allCases where settings.availableAlgorithms & (1 << UInt16(algorithm.rawValue)) != 0 {
+            description.algorithms.append("\(algorithm)")
+            switch algorithm {
+            case .lzma: description.lzmaDictionarySize = settings.decompression.lzmaDictionarySize
+            case .deflate: description.deflateWindowBits = settings.decompression.deflateWindowBits
+            case .zstd: description.zstdWindowLog = settings.decompression.zstdWindowLog
+            case .lz4: break
+            }
+        }
+        return description
+    }
+
+    static let maximumPhysicalCluster = 1 << 20
+    static let maximumLogicalExtent: UInt64 = 12 << 20
+
+    /// Reads the COMPR_CFGS records after the superblock (or the LZ4-only defaults).
+    func readCompressionSettings() throws(EROFSError) -> CompressionSettings {
+        guard superblock.featureIncompat.contains(.compressionConfigs) else {
+            return CompressionSettings(availableAlgorithms: 1, decompression: DecompressionSettings())
+        }
+        let algorithms = superblock.availableCompressionAlgorithms
+        guard algorithms & ~0xF == 0 else {
+            throw EROFSError(.unsupported, "unknown compression algorithms 0x\(String(algorithms, radix: 16))", offset: 1024 + 84)
+        }
+        var settings = DecompressionSettings()
+        var position = UInt64(Superblock.offset + superblock.size)
+        for algorithm in 0..<4 where algorithms & (1 << algorithm) != 0 {
+            position = (position + 3) & ~3
+            let length = Int(try imageBytes(at: position, count: 2).le16(at: 0))
+            guard length > 0, length <= 256 else {
+                throw EROFSError(.corrupt, "compression config of \(length) bytes", offset: position)
+            }
+            let record = try imageBytes(at: position + 2, count: length)
+            position += 2 + UInt64(length)
+            switch algorithm {
+            case 1 where record.count >= 4: settings.lzmaDictionarySize = record.le32(at: 0)
+            case 2 where record.count >= 1: settings.deflateWindowBits = record[0]
+            case 3 where record.count >= 2: settings.zstdWindowLog = record[1] &+ 10
+            default: break
+            }
+        }
+        return CompressionSettings(availableAlgorithms: algorithms, decompression: settings)
+    }
+
+    // MARK: Reading
+
+    func readCompressed(_ inode: Inode, at offset: UInt64, count: Int) throws(EROFSError) -> [UInt8] {
+        let info = try compressionInfo(inode)
+        var result: [UInt8] = []
+        result.reserveCapacity(count)
+        var position = offset
+        let end = offset + UInt64(count)
+        while position < end {
+            let extent = try mapCompressed(inode, info, at: position)
+            guard extent.logicalStart <= position, position - extent.logicalStart < extent.logicalLength else {
+                throw EROFSError(.corrupt, "compressed map does not cover offset \(position)", nid: inode.nid)
+            }
+            let skip = Int(position - extent.logicalStart)
+            let take = Int(min(extent.logicalLength - UInt64(skip), end - position))
+            if case .fragment(let fragmentStart) = extent.source {
+                let bytes = try readFragment(inode, at: try checkedSum(fragmentStart, UInt64(skip), "fragment offset"), count: take)
+                result.append(contentsOf: bytes)
+            } else {
+                let data = try decodedExtent(inode, extent)
+                result.append(contentsOf: data[skip..<(skip + take)])
+            }
+            position += UInt64(take)
+        }
+        return result
+    }
+
+    private func readFragment(_ inode: Inode, at offset: UInt64, count: Int) throws(EROFSError) -> [UInt8] {
+        guard superblock.packedNid != 0, inode.nid != superblock.packedNid else {
+            throw EROFSError(.corrupt, "fragment without a packed inode", nid: inode.nid)
+        }
+        let packed = try self.inode(nid: superblock.packedNid)
+        let bytes = try read(packed, at: offset, count: count)
+        guard bytes.count == count else {
+            throw EROFSError(.corrupt, "fragment beyond the end of the packed inode", nid: inode.nid, offset: offset)
+        }
+        return bytes
+    }
+
+    /// The decompressed bytes of a whole extent, from the cache or decoded now.
+    private func decodedExtent(_ inode: Inode, _ extent: CompressedExtent) throws(EROFSError) -> [UInt8] {
+        let key = ExtentKey(nid: inode.nid, logicalStart: extent.logicalStart)
+        if let cached = decodedExtents.value(for: key) { return cached }
+        let raw: [UInt8]
+        switch extent.source {
+        case .image(let physical): raw = try imageBytes(at: physical, count: extent.physicalLength)
+        case .metadata(let physical, let inMetabox):
+            raw = try metadataBytes(at: physical, count: extent.physicalLength, inMetabox: inMetabox)
+        case .fragment: throw EROFSError(.corrupt, "fragment extent decoded as a pcluster", nid: inode.nid)
+        case .hole: return [UInt8](repeating: 0, count: Int(extent.logicalLength))
+        }
+        let length = Int(extent.logicalLength)
+        var output = [UInt8](repeating: 0, count: length)
+        switch extent.format {
+        case .shifted:
+            guard length <= raw.count else {
+                throw EROFSError(.corrupt, "uncompressed pcluster of \(raw.count) bytes holds \(length)", nid: inode.nid, offset: extent.logicalStart)
+            }
+            output = Array(raw[0..<length])
+        case .interlaced:
+            // The first (block size - offset in block) bytes of the extent sit at the end of the
+            // pcluster's block, the rest at its start. Like the Linux kernel, the first part is
+            // taken relative to the pcluster's end, also for inline (ztailpacking) pclusters
+            // shorter than a block, where it starts before the inline data.
+            guard length <= raw.count || raw.count < blockSize, raw.count <= blockSize else {
+                throw EROFSError(.corrupt, "interlaced pcluster of \(raw.count) bytes holds \(length)", nid: inode.nid, offset: extent.logicalStart)
+            }
+            let toBlockEnd = blockSize - Int(extent.logicalStart % UInt64(blockSize))
+            let first = min(toBlockEnd, length)
+            let firstStart = Int64(raw.count) - Int64(toBlockEnd)
+            let firstPart: [UInt8]
+            if firstStart >= 0 && firstStart + Int64(first) <= Int64(raw.count) {
+                firstPart = Array(raw[Int(firstStart)..<(Int(firstStart) + first)])
+            } else {
+                firstPart = try bytesAround(extent.source, relative: firstStart, count: first, nid: inode.nid)
+            }
+            guard length - first <= raw.count else {
+                throw EROFSError(.corrupt, "interlaced pcluster too short", nid: inode.nid, offset: extent.logicalStart)
+            }
+            output = firstPart + Array(raw[0..<(length - first)])
+        case .algorithm(let algorithm):
+            let padding = raw.firstIndex { $0 != 0 } ?? raw.count
+            guard padding < raw.count else {
+                throw EROFSError(.corrupt, "\(algorithm) pcluster is all zeros", nid: inode.nid, offset: extent.logicalStart)
+            }
+            let settings = compressionSettings.decompression
+            let partial = extent.partial
+            let failure: DecompressionError? = raw.withUnsafeBytes { input -> DecompressionError? in
+                output.withUnsafeMutableBytes { out -> DecompressionError? in
+                    do throws(DecompressionError) {
+                        try Decompressor.decompress(
+                            algorithm, input: UnsafeRawBufferPointer(rebasing: input[padding...]), output: out,
+                            partial: partial, settings: settings)
+                        return nil
+                    } catch {
+                        return error
+                    }
+                }
+            }
+            if let failure {
+                throw EROFSError(.corrupt, "\(failure) (pcluster of \(raw.count) bytes for \(length) bytes at file offset \(extent.logicalStart))", nid: inode.nid)
+            }
+        }
+        // 64 cached extents of at most 1 MiB each bound the cache at 64 MiB; larger extents
+        // (up to 12 MiB) are decoded again when read again.
+        if output.count <= 1 << 20 { decodedExtents.insert(output, for: key) }
+        return output
+    }
+
+    /// Bytes at a signed offset from a pcluster's start, in the pcluster's own address space.
+    private func bytesAround(_ source: CompressedExtent.Source, relative: Int64, count: Int, nid: UInt64) throws(EROFSError) -> [UInt8] {
+        let start: UInt64
+        switch source {
+        case .image(let physical), .metadata(let physical, _):
+            guard relative >= 0 || UInt64(-relative) <= physical else {
+                throw EROFSError(.corrupt, "interlaced data before the start of the image", nid: nid)
+            }
+            start = relative >= 0 ? physical + UInt64(relative) : physical - UInt64(-relative)
+        case .fragment, .hole:
+            throw EROFSError(.corrupt, "fragment extent decoded as a pcluster", nid: nid)
+        }
+        if case .metadata(_, let inMetabox) = source {
+            return try metadataBytes(at: start, count: count, inMetabox: inMetabox)
+        }
+        return try imageBytes(at: start, count: count)
+    }
+
+    // MARK: Mapping
+
+    func compressionInfo(_ inode: Inode) throws(EROFSError) -> CompressionInfo {
+        if let cached = compressionInfos.value(for: inode.nid) { return cached }
+        let headerOffset = (inode.payloadLocation + 7) & ~7
+        let header = try metadataBytes(at: headerOffset, count: 8, inMetabox: inode.inMetabox)
+        var info: CompressionInfo
+        if header[7] & 0x80 != 0 {
+            info = CompressionInfo(
+                advise: CompressionInfo.adviseFragmentPcluster, logicalClusterBits: 0, headAlgorithms: (0, 0),
+                inlineSize: 0, fragmentOffset: header.le64(at: 0) ^ (1 << 63), inlineLocation: 0,
+                tailHeadLcn: 0, wholeFileFragment: true)
+        } else {
+            let advise = header.le16(at: 4)
+            let clusterBits = Int(superblock.blockSizeBits) + Int(header[7] & 15)
+            if inode.layout == .compressedFull && advise & CompressionInfo.adviseExtents != 0 {
+                info = CompressionInfo(
+                    advise: advise, logicalClusterBits: clusterBits, headAlgorithms: (0, 0), inlineSize: 0,
+                    fragmentOffset: 0, inlineLocation: 0, tailHeadLcn: nil, wholeFileFragment: false,
+                    extentRecordSize: 4 << Int((advise >> 1) & 3),
+                    extentCount: UInt64(header.le32(at: 0)) | UInt64(header.le16(at: 6)) << 32)
+                guard clusterBits <= 30 else {
+                    throw EROFSError(.corrupt, "logical cluster size 2^\(clusterBits) too large", nid: inode.nid, offset: headerOffset)
+                }
+                compressionInfos.insert(info, for: inode.nid)
+                return info
+            }
+            info = CompressionInfo(
+                advise: advise, logicalClusterBits: clusterBits, headAlgorithms: (header[6] & 15, header[6] >> 4),
+                inlineSize: 0, fragmentOffset: 0, inlineLocation: 0, tailHeadLcn: nil, wholeFileFragment: false)
+            if info.hasFragment {
+                info.fragmentOffset = UInt64(header.le32(at: 0))
+            } else if advise & CompressionInfo.adviseInlinePcluster != 0 {
+                info.inlineSize = Int(header.le16(at: 2))
+            }
+            guard clusterBits <= 20 else {
+                throw EROFSError(.corrupt, "logical cluster size 2^\(clusterBits) too large", nid: inode.nid, offset: headerOffset)
+            }
+            if inode.layout == .compressedCompact
+                && (advise & CompressionInfo.adviseBigPcluster1 != 0) != (advise & CompressionInfo.adviseBigPcluster2 != 0) {
+                throw EROFSError(.corrupt, "compact indexes with inconsistent big pcluster flags", nid: inode.nid, offset: headerOffset)
+            }
+            if (info.inlineSize > 0 || info.hasFragment) && inode.size > 0 {
+                // Find the extent holding the last byte: its head lcluster is the tail extent.
+                let finder = ClusterMapper(filesystem: self, inode: inode, info: info)
+                let last = try finder.load(lcn: (inode.size - 1) >> UInt64(clusterBits), lookahead: false)
+                let inlineLocation = last.nextPackOffset
+                let head = try finder.findHead(from: last, offsetInCluster: (inode.size - 1) & ((1 << UInt64(clusterBits)) - 1))
+                info.tailHeadLcn = head.cluster.lcn
+                info.inlineLocation = inlineLocation
+                if info.hasFragment && inode.layout == .compressedFull {
+                    info.fragmentOffset |= head.cluster.physicalBlock << 32
+                }
+            }
+        }
+        compressionInfos.insert(info, for: inode.nid)
+        return info
+    }
+
+    func mapCompressed(_ inode: Inode, _ info: CompressionInfo, at offset: UInt64) throws(EROFSError) -> CompressedExtent {
+        if info.wholeFileFragment || (info.hasFragment && info.tailHeadLcn == 0) {
+            return CompressedExtent(
+                logicalStart: 0, logicalLength: inode.size, source: .fragment(info.fragmentOffset), physicalLength: 0,
+                format: .shifted, partial: false)
+        }
+        if info.extentRecordSize > 0 {
+            return try mapExtentRecords(inode, info, at: offset)
+        }
+        let mapper = ClusterMapper(filesystem: self, inode: inode, info: info)
+        let bits = UInt64(info.logicalClusterBits)
+        let initial = try mapper.load(lcn: offset >> bits, lookahead: false)
+        let found = try mapper.findHead(from: initial, offsetInCluster: offset & ((1 << bits) - 1))
+        let head = found.cluster
+        let logicalStart = found.logicalStart
+        let isTail = head.lcn == info.tailHeadLcn
+        var source: CompressedExtent.Source
+        var physicalLength: Int
+        if isTail && info.inlineSize > 0 {
+            source = .metadata(info.inlineLocation, inMetabox: inode.inMetabox)
+            physicalLength = info.inlineSize
+            if info.inlineLocation % UInt64(blockSize) + UInt64(physicalLength) > UInt64(blockSize) {
+                throw EROFSError(.corrupt, "inline pcluster crosses a block boundary", nid: inode.nid, offset: info.inlineLocation)
+            }
+        } else if isTail && info.hasFragment {
+            let length = try mapper.decompressedLength(head: head, logicalStart: logicalStart)
+            return CompressedExtent(
+                logicalStart: logicalStart, logicalLength: length, source: .fragment(info.fragmentOffset),
+                physicalLength: 0, format: .shifted, partial: false)
+        } else {
+            let physical = try checkedProduct(head.physicalBlock, UInt64(blockSize), "pcluster address")
+            source = .image(physical)
+            let blocks = try mapper.compressedBlocks(head: head)
+            physicalLength = Int(blocks) * blockSize
+        }
+        let logicalLength = try mapper.decompressedLength(head: head, logicalStart: logicalStart)
+        guard physicalLength <= EROFSFilesystem.maximumPhysicalCluster, logicalLength <= EROFSFilesystem.maximumLogicalExtent,
+            logicalLength > 0
+        else {
+            throw EROFSError(.corrupt, "absurd pcluster: \(physicalLength) bytes for \(logicalLength)", nid: inode.nid, offset: logicalStart)
+        }
+        let format: CompressedExtent.Format
+        switch head.kind {
+        case .plain:
+            format = info.advise & CompressionInfo.adviseInterlacedPcluster != 0 ? .interlaced : .shifted
+        case .head1, .head2:
+            let number = head.kind == .head1 ? info.headAlgorithms.0 : info.headAlgorithms.1
+            guard let algorithm = CompressionAlgorithm(rawValue: number) else {
+                throw EROFSError(.unsupported, "unknown compression algorithm \(number)", nid: inode.nid, offset: logicalStart)
+            }
+            guard compressionSettings.availableAlgorithms & (1 << UInt16(number)) != 0 else {
+                throw EROFSError(.corrupt, "algorithm \(algorithm) not announced by the superblock", nid: inode.nid, offset: logicalStart)
+            }
+            format = .algorithm(algorithm)
+        case .nonhead:
+            throw EROFSError(.corrupt, "extent head is a NONHEAD lcluster", nid: inode.nid, offset: logicalStart)
+        }
+        return CompressedExtent(
+            logicalStart: logicalStart, logicalLength: logicalLength, source: source, physicalLength: physicalLength,
+            format: format, partial: head.partialReference)
+    }
+}
+
+extension EROFSFilesystem {
+    static let extentLengthMask: UInt64 = (1 << 21) - 1
+
+    /// Maps an offset through extent records (z_erofs_extent): short records (4 or 8 bytes) hold
+    /// one pcluster per lcluster, long ones (16 or 32 bytes) are sorted by logical start and
+    /// searched.
+    func mapExtentRecords(_ inode: Inode, _ info: CompressionInfo, at offset: UInt64) throws(EROFSError) -> CompressedExtent {
+        let recordSize = UInt64(info.extentRecordSize)
+        let headerEnd = ((inode.payloadLocation + 7) & ~7) + 8
+        var position = (headerEnd + recordSize - 1) / recordSize * recordSize
+        let clusterSize = UInt64(1) << UInt64(info.logicalClusterBits)
+        var logicalEnd = inode.size
+        var logicalStart: UInt64
+        var encodedLength: UInt64 = 0
+        var physical: UInt64 = 0
+        let last: Bool
+        func record(at where_: UInt64) throws(EROFSError) -> [UInt8] {
+            try metadataBytes(at: where_, count: Int(recordSize), inMetabox: inode.inMetabox)
+        }
+        if recordSize <= 8 {
+            var runningPhysical: UInt64?
+            if recordSize <= 4 {
+                runningPhysical = try metadataBytes(at: position, count: 8, inMetabox: inode.inMetabox).le64(at: 0)
+                position += 8
+                logicalStart = 0
+            } else {
+                logicalStart = offset / clusterSize * clusterSize
+                position = try checkedSum(position, (logicalStart / clusterSize) * recordSize, "extent record")
+            }
+            var steps: UInt64 = 0
+            while logicalStart <= offset {
+                steps += 1
+                guard steps <= (1 << 24) else { throw EROFSError(.corrupt, "too many extent records", nid: inode.nid) }
+                let bytes = try record(at: position)
+                encodedLength = UInt64(bytes.le32(at: 0))
+                if let running = runningPhysical {
+                    physical = running
+                    runningPhysical = try checkedSum(running, encodedLength & EROFSFilesystem.extentLengthMask, "extent address")
+                } else {
+                    physical = UInt64(bytes.le32(at: 4))
+                }
+                position += recordSize
+                logicalStart += clusterSize
+            }
+            last = logicalStart / clusterSize >= dividingRoundingUp(logicalEnd, clusterSize)
+            logicalEnd = min(logicalStart, logicalEnd)
+            logicalStart -= clusterSize
+        } else {
+            logicalStart = logicalEnd
+            var low: UInt64 = 0
+            var high = info.extentCount
+            var steps = 0
+            while low < high {
+                steps += 1
+                guard steps <= 64 else { throw EROFSError(.corrupt, "extent search does not converge", nid: inode.nid) }
+                let middle = low + (high - low) / 2
+                let bytes = try record(at: try checkedSum(position, try checkedProduct(middle, recordSize, "extent index"), "extent record"))
+                var start = UInt64(bytes.le32(at: 12))
+                if recordSize > 16 { start |= UInt64(bytes.le32(at: 16)) << 32 }
+                if start > offset {
+                    high = middle
+                    guard start <= logicalEnd else { throw EROFSError(.corrupt, "extent records out of order", nid: inode.nid) }
+                    logicalEnd = start
+                } else {
+                    low = middle + 1
+                    if start == offset { high = min(low + 1, high) }
+                    logicalStart = start
+                    encodedLength = UInt64(bytes.le32(at: 0))
+                    physical = UInt64(bytes.le32(at: 4)) | UInt64(bytes.le32(at: 8)) << 32
+                }
+            }
+            last = low >= info.extentCount
+        }
+        guard logicalStart < logicalEnd, logicalStart <= offset, offset < logicalEnd else {
+            throw EROFSError(.corrupt, "no extent record covers offset \(offset)", nid: inode.nid)
+        }
+        let length = logicalEnd - logicalStart
+        if last && info.hasFragment {
+            var fragmentOffset = encodedLength
+            if recordSize > 4 { fragmentOffset |= physical << 32 }
+            return CompressedExtent(
+                logicalStart: logicalStart, logicalLength: length, source: .fragment(fragmentOffset), physicalLength: 0,
+                format: .shifted, partial: false)
+        }
+        let physicalLength = encodedLength & EROFSFilesystem.extentLengthMask
+        guard physicalLength > 0 else {
+            return CompressedExtent(
+                logicalStart: logicalStart, logicalLength: length, source: .hole, physicalLength: 0, format: .shifted, partial: false)
+        }
+        guard physicalLength <= UInt64(EROFSFilesystem.maximumPhysicalCluster), length <= EROFSFilesystem.maximumLogicalExtent else {
+            throw EROFSError(.corrupt, "absurd extent: \(physicalLength) bytes for \(length)", nid: inode.nid, offset: logicalStart)
+        }
+        let formatNumber = encodedLength >> 28
+        let format: CompressedExtent.Format
+        if formatNumber > 0 {
+            guard let algorithm = CompressionAlgorithm(rawValue: UInt8(formatNumber - 1)) else {
+                throw EROFSError(.unsupported, "unknown compression algorithm \(formatNumber - 1)", nid: inode.nid, offset: logicalStart)
+            }
+            format = .algorithm(algorithm)
+        } else if info.advise & CompressionInfo.adviseInterlacedPcluster != 0 && (physical | physicalLength) & UInt64(blockSize - 1) == 0 {
+            format = .interlaced
+        } else {
+            format = .shifted
+        }
+        return CompressedExtent(
+            logicalStart: logicalStart, logicalLength: length, source: .image(physical), physicalLength: Int(physicalLength),
+            format: format, partial: encodedLength & (1 << 27) != 0)
+    }
+}
+
+struct ExtentKey: Hashable, Sendable {
+    var nid: UInt64
+    var logicalStart: UInt64
+}
+
+/// Walks an inode's lcluster indexes (full 8-byte records or compacted 2B/4B packs).
+struct ClusterMapper {
+    let filesystem: EROFSFilesystem
+    let inode: Inode
+    let info: CompressionInfo
+
+    var bits: UInt64 { UInt64(info.logicalClusterBits) }
+    var clusterCount: UInt64 { dividingRoundingUp(inode.size, 1 << bits) }
+    var bigPcluster1: Bool { info.advise & CompressionInfo.adviseBigPcluster1 != 0 }
+    var bigPcluster2: Bool { info.advise & CompressionInfo.adviseBigPcluster2 != 0 }
+
+    func corrupt(_ message: String, lcn: UInt64) -> EROFSError {
+        EROFSError(.corrupt, "\(message) at lcluster \(lcn)", nid: inode.nid)
+    }
+
+    func load(lcn: UInt64, lookahead: Bool) throws(EROFSError) -> LogicalCluster {
+        guard lcn < clusterCount else { throw corrupt("lcluster beyond the end of the file", lcn: lcn) }
+        var cluster = inode.layout == .compressedCompact
+            ? try loadCompact(lcn: lcn, lookahead: lookahead) : try loadFull(lcn: lcn)
+        if cluster.kind != .nonhead && cluster.clusterOffset >= 1 << bits {
+            throw corrupt("cluster offset \(cluster.clusterOffset) beyond the lcluster", lcn: lcn)
+        }
+        cluster.lcn = lcn
+        return cluster
+    }
+
+    private func loadFull(lcn: UInt64) throws(EROFSError) -> LogicalCluster {
+        let base = ((inode.payloadLocation + 7) & ~7) + 16
+        let position = try checkedSum(base, lcn * 8, "lcluster index")
+        let record = try filesystem.metadataBytes(at: position, count: 8, inMetabox: inode.inMetabox)
+        let advise = record.le16(at: 0)
+        var cluster = LogicalCluster(lcn: lcn, kind: LogicalCluster.Kind(rawValue: UInt8(advise & 3))!)
+        cluster.nextPackOffset = position + 8
+        if cluster.kind == .nonhead {
+            cluster.clusterOffset = 1 << bits
+            var delta0 = UInt64(record.le16(at: 4))
+            if delta0 & 0x800 != 0 {
+                guard bigPcluster1 || bigPcluster2 else { throw corrupt("CBLKCNT without big pclusters", lcn: lcn) }
+                cluster.compressedBlocks = delta0 & ~0x800
+                delta0 = 1
+            }
+            cluster.delta = (delta0, UInt64(record.le16(at: 6)))
+        } else {
+            cluster.partialReference = advise & 0x8000 != 0
+            cluster.clusterOffset = UInt64(record.le16(at: 2))
+            cluster.physicalBlock = UInt64(record.le32(at: 4))
+        }
+        return cluster
+    }
+
+    /// Reads `bits` bits (lo value and 2-bit type) at bit `position` of a pack.
+    private func decodeCompacted(_ pack: [UInt8], loBits: Int, bitPosition: Int) -> (lo: UInt64, kind: LogicalCluster.Kind) {
+        let byte = bitPosition / 8
+        var word: UInt32 = 0
+        for index in 0..<4 where byte + index < pack.count { word |= UInt32(pack[byte + index]) << (8 * UInt32(index)) }
+        let value = word >> UInt32(bitPosition & 7)
+        let lo = UInt64(value & ((1 << UInt32(loBits)) - 1))
+        return (lo, LogicalCluster.Kind(rawValue: UInt8((value >> UInt32(loBits)) & 3))!)
+    }
+
+    private func loadCompact(lcn requested: UInt64, lookahead: Bool) throws(EROFSError) -> LogicalCluster {
+        let base = ((inode.payloadLocation + 7) & ~7) + 8
+        guard bits <= 14 else { throw corrupt("compacted indexes with lcluster size 2^\(bits)", lcn: requested) }
+        let total = clusterCount
+        let initial4B = ((32 - base % 32) / 4) & 7
+        var compacted2B: UInt64 = 0
+        if info.advise & CompressionInfo.adviseCompacted2B != 0 && initial4B < total {
+            compacted2B = (total - initial4B) / 16 * 16
+        }
+        var lcn = requested
+        var position = base
+        var shift: UInt64 = 2
+        if lcn >= initial4B {
+            position += initial4B * 4
+            lcn -= initial4B
+            if lcn < compacted2B {
+                shift = 1
+            } else {
+                position += compacted2B * 2
+                lcn -= compacted2B
+            }
+        }
+        position += lcn << shift
+        let count: Int
+        if shift == 2 {
+            count = 2
+        } else if bits <= 12 {
+            count = 16
+        } else {
+            throw EROFSError(.unsupported, "compacted 2B indexes with lcluster size 2^\(bits)", nid: inode.nid)
+        }
+        let packSize = UInt64(count) << shift
+        let packStart = position / packSize * packSize
+        let pack = try filesystem.metadataBytes(at: packStart, count: Int(packSize), inMetabox: inode.inMetabox)
+        let loBits = max(Int(bits), 12)
+        let encodeBits = Int((packSize - 4) * 8) / count
+        var index = Int((position - packStart) >> shift)
+        var cluster = LogicalCluster(lcn: requested, kind: .plain)
+        cluster.nextPackOffset = packStart + packSize
+        let (lo, kind) = decodeCompacted(pack, loBits: loBits, bitPosition: encodeBits * index)
+        cluster.kind = kind
+        if kind == .nonhead {
+            cluster.clusterOffset = 1 << bits
+            if lookahead {
+                // Distance to the next head: count NONHEADs to the pack's end; the last item's
+                // lo holds the rest of the distance.
+                var distance: UInt64 = 0
+                var item = index
+                var lastLo: UInt64 = 0
+                var reachedHead = false
+                while item < count {
+                    let decoded = decodeCompacted(pack, loBits: loBits, bitPosition: encodeBits * item)
+                    lastLo = decoded.lo
+                    if decoded.kind != .nonhead { reachedHead = true; break }
+                    distance += 1
+                    item += 1
+                }
+                if !reachedHead && lastLo & 0x800 == 0 { distance += lastLo &- 1 }
+                cluster.delta.1 = distance
+            }
+            if lo & 0x800 != 0 {
+                guard bigPcluster1 else { throw corrupt("CBLKCNT without big pclusters", lcn: requested) }
+                cluster.compressedBlocks = lo & ~0x800
+                cluster.delta.0 = 1
+                return cluster
+            } else if index + 1 != count {
+                cluster.delta.0 = lo
+                return cluster
+            }
+            // The last item of a pack stores delta[1]; delta[0] comes from the previous item.
+            let previous = decodeCompacted(pack, loBits: loBits, bitPosition: encodeBits * (index - 1))
+            var previousLo = previous.lo
+            if previous.kind != .nonhead { previousLo = 0 } else if previousLo & 0x800 != 0 { previousLo = 1 }
+            cluster.delta.0 = previousLo + 1
+            return cluster
+        }
+        cluster.clusterOffset = lo
+        // The head's block: the pack's base block plus the blocks of the pclusters before it.
+        var blocks: UInt64 = 0
+        if !bigPcluster1 {
+            blocks = 1
+            while index > 0 {
+                index -= 1
+                let decoded = decodeCompacted(pack, loBits: loBits, bitPosition: encodeBits * index)
+                if decoded.kind == .nonhead { index -= Int(decoded.lo) }
+                if index >= 0 { blocks += 1 }
+            }
+        } else {
+            while index > 0 {
+                index -= 1
+                let decoded = decodeCompacted(pack, loBits: loBits, bitPosition: encodeBits * index)
+                if decoded.kind == .nonhead {
+                    if decoded.lo & 0x800 != 0 {
+                        index -= 1
+                        blocks += decoded.lo & ~0x800
+                        continue
+                    }
+                    guard decoded.lo > 1 else { throw corrupt("big pcluster with delta 1", lcn: requested) }
+                    index -= Int(decoded.lo) - 2
+                    continue
+                }
+                blocks += 1
+            }
+        }
+        cluster.physicalBlock = UInt64(pack.le32(at: Int(packSize) - 4)) &+ blocks
+        return cluster
+    }
+
+    /// The head lcluster of the extent holding `offsetInCluster` of `cluster`, and where the
+    /// extent starts in the file.
+    func findHead(from cluster: LogicalCluster, offsetInCluster: UInt64) throws(EROFSError) -> (cluster: LogicalCluster, logicalStart: UInt64) {
+        var current = cluster
+        var distance: UInt64
+        switch current.kind {
+        case .plain, .head1, .head2:
+            if offsetInCluster >= current.clusterOffset {
+                return (current, current.lcn << bits | current.clusterOffset)
+            }
+            guard current.lcn > 0 else { throw corrupt("data before the first extent", lcn: 0) }
+            distance = 1
+        case .nonhead:
+            distance = current.delta.0
+        }
+        var steps = 0
+        while current.lcn >= distance, distance > 0 {
+            steps += 1
+            guard steps <= 1 << 16 else { throw corrupt("lookback loop", lcn: current.lcn) }
+            current = try load(lcn: current.lcn - distance, lookahead: false)
+            if current.kind == .nonhead {
+                distance = current.delta.0
+                continue
+            }
+            return (current, current.lcn << bits | current.clusterOffset)
+        }
+        throw corrupt("bogus lookback distance \(distance)", lcn: current.lcn)
+    }
+
+    /// The pcluster size in blocks of the extent headed by `head`.
+    func compressedBlocks(head: LogicalCluster) throws(EROFSError) -> UInt64 {
+        let next = head.lcn + 1
+        let big = head.kind == .head1 ? bigPcluster1 : bigPcluster2
+        if !big || next << bits >= inode.size { return 1 }
+        let cluster = try load(lcn: next, lookahead: false)
+        if cluster.kind == .nonhead {
+            guard cluster.delta.0 == 1 else { throw corrupt("bogus CBLKCNT", lcn: next) }
+            guard cluster.compressedBlocks > 0 else { throw corrupt("missing CBLKCNT", lcn: next) }
+            return cluster.compressedBlocks
+        }
+        return 1
+    }
+
+    /// The decompressed length of the extent headed by `head`: up to the next head lcluster.
+    func decompressedLength(head: LogicalCluster, logicalStart: UInt64) throws(EROFSError) -> UInt64 {
+        var lcn = head.lcn
+        var steps = 0
+        while true {
+            if lcn << bits >= inode.size { return inode.size - logicalStart }
+            steps += 1
+            guard steps <= 1 << 16 else { throw corrupt("extent length loop", lcn: lcn) }
+            let cluster = try load(lcn: lcn, lookahead: true)
+            var step: UInt64
+            if cluster.kind == .nonhead {
+                step = max(cluster.delta.1, 1)
+            } else if lcn != head.lcn {
+                let end = lcn << bits + cluster.clusterOffset
+                guard end > logicalStart else { throw corrupt("extent ends before it starts", lcn: lcn) }
+                return min(end, inode.size) - logicalStart
+            } else {
+                step = 1
+            }
+            lcn = try checkedSum(lcn, step, "lcluster number")
+        }
+    }
+}

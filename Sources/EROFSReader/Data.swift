@@ -1,0 +1,134 @@
+import EROFSFormat
+
+/// Where one stretch of an inode's data lives.
+struct DataExtent {
+    enum Location {
+        /// Not stored: reads as zeros.
+        case hole
+        /// In the image (device 0) at this byte offset.
+        case image(UInt64)
+        /// In the metadata space (tail-packed data right after the inode).
+        case metadata(UInt64, inMetabox: Bool)
+    }
+    /// Logical start of the extent in the file.
+    var logicalStart: UInt64
+    var length: UInt64
+    var location: Location
+}
+
+extension EROFSFilesystem {
+    /// Up to `count` bytes of the inode's data from `offset` (fewer only at end of file).
+    public func read(_ inode: Inode, at offset: UInt64, count: Int) throws(EROFSError) -> [UInt8] {
+        guard offset < inode.size, count > 0 else { return [] }
+        let wanted = Int(min(UInt64(count), inode.size - offset))
+        if inode.layout.isCompressed {
+            return try withContext(nid: inode.nid) { () throws(EROFSError) -> [UInt8] in
+                try readCompressed(inode, at: offset, count: wanted)
+            }
+        }
+        var result: [UInt8] = []
+        result.reserveCapacity(wanted)
+        var position = offset
+        while result.count < wanted {
+            let extent = try withContext(nid: inode.nid) { () throws(EROFSError) -> DataExtent in
+                try mapUncompressed(inode, at: position)
+            }
+            guard extent.logicalStart <= position, position - extent.logicalStart < extent.length else {
+                throw EROFSError(.corrupt, "data map does not cover offset \(position)", nid: inode.nid)
+            }
+            let skip = position - extent.logicalStart
+            let take = Int(min(extent.length - skip, UInt64(wanted - result.count)))
+            switch extent.location {
+            case .hole:
+                result.append(contentsOf: repeatElement(0, count: take))
+            case .image(let physical):
+                let start = try checkedSum(physical, skip, "data offset")
+                result.append(contentsOf: try withContext(nid: inode.nid) { () throws(EROFSError) -> [UInt8] in
+                    try imageBytes(at: start, count: take)
+                })
+            case .metadata(let physical, let inMetabox):
+                let start = try checkedSum(physical, skip, "inline data offset")
+                result.append(contentsOf: try withContext(nid: inode.nid) { () throws(EROFSError) -> [UInt8] in
+                    try metadataBytes(at: start, count: take, inMetabox: inMetabox)
+                })
+            }
+            position += UInt64(take)
+        }
+        return result
+    }
+
+    /// The whole data of a (small) inode, for directories, symlinks and metadata files.
+    func readAll(_ inode: Inode, limit: UInt64) throws(EROFSError) -> [UInt8] {
+        guard inode.size <= limit else {
+            throw EROFSError(.corrupt, "absurd size \(inode.size) (limit \(limit))", nid: inode.nid)
+        }
+        let data = try read(inode, at: 0, count: Int(inode.size))
+        guard data.count == Int(inode.size) else {
+            throw EROFSError(.corrupt, "data shorter than the inode size", nid: inode.nid)
+        }
+        return data
+    }
+
+    /// Maps the logical offset of an uncompressed inode (flat or chunk-based) to its extent.
+    func mapUncompressed(_ inode: Inode, at offset: UInt64) throws(EROFSError) -> DataExtent {
+        let blockSize = UInt64(self.blockSize)
+        switch inode.layout {
+        case .flatPlain, .flatInline:
+            let tailPacked = inode.layout == .flatInline
+            if !tailPacked && inode.startBlock == Inode.nullAddress {
+                return DataExtent(logicalStart: offset, length: inode.size - offset, location: .hole)
+            }
+            let blockCount = dividingRoundingUp(inode.size, blockSize)
+            let blockedBytes = try checkedProduct(blockCount - (tailPacked ? 1 : 0), blockSize, "data size of nid \(inode.nid)")
+            if offset < blockedBytes {
+                let base = try checkedProduct(inode.startBlock, blockSize, "start block of nid \(inode.nid)")
+                return DataExtent(logicalStart: 0, length: blockedBytes, location: .image(base))
+            }
+            // The tail sits right after the inode and its xattrs and may not cross a block.
+            let tailStart = inode.payloadLocation
+            let tailLength = inode.size - blockedBytes
+            if tailStart % blockSize + tailLength > blockSize {
+                throw EROFSError(.corrupt, "tail-packed data crosses a block boundary", nid: inode.nid, offset: tailStart)
+            }
+            return DataExtent(logicalStart: blockedBytes, length: tailLength, location: .metadata(tailStart, inMetabox: inode.inMetabox))
+        case .chunkBased:
+            return try mapChunk(inode, at: offset)
+        case .compressedFull, .compressedCompact:
+            throw EROFSError(.corrupt, "compressed inode mapped as uncompressed", nid: inode.nid)
+        }
+    }
+
+    private func mapChunk(_ inode: Inode, at offset: UInt64) throws(EROFSError) -> DataExtent {
+        let blockSize = UInt64(self.blockSize)
+        let chunkBits = UInt64(superblock.blockSizeBits) + UInt64(inode.chunkFormat & 0x1F)
+        guard chunkBits < 48 else { throw EROFSError(.corrupt, "absurd chunk size 2^\(chunkBits)", nid: inode.nid) }
+        let usesIndexes = inode.chunkFormat & 0x20 != 0
+        let unit: UInt64 = usesIndexes ? 8 : 4
+        let chunkNumber = offset >> chunkBits
+        let tableStart = (inode.payloadLocation + unit - 1) / unit * unit
+        let entryOffset = try checkedSum(tableStart, chunkNumber * unit, "chunk table of nid \(inode.nid)")
+        let entry = try metadataBytes(at: entryOffset, count: Int(unit), inMetabox: inode.inMetabox)
+        let start = chunkNumber << chunkBits
+        let remaining = inode.size - start
+        let chunkSize = UInt64(1) << chunkBits
+        let length = remaining >= chunkSize ? chunkSize : dividingRoundingUp(remaining, blockSize) * blockSize
+        var block: UInt64?
+        if usesIndexes {
+            let addressMask: UInt64 = inode.chunkFormat & 0x40 != 0 ? (1 << 48) - 1 : (1 << 32) - 1
+            let address = (UInt64(entry.le16(at: 0)) << 32 | UInt64(entry.le32(at: 4))) & addressMask
+            if (address ^ Inode.nullAddress) & addressMask != 0 {
+                let deviceID = entry.le16(at: 2)
+                if deviceID != 0 && superblock.extraDevices != 0 {
+                    throw EROFSError(.unsupported, "chunk \(chunkNumber) is on extra device \(deviceID); only the primary image is available", nid: inode.nid, offset: entryOffset)
+                }
+                block = address
+            }
+        } else {
+            let address = entry.le32(at: 0)
+            if address != UInt32.max { block = UInt64(address) }
+        }
+        guard let block else { return DataExtent(logicalStart: start, length: length, location: .hole) }
+        let physical = try checkedProduct(block, blockSize, "chunk address of nid \(inode.nid)")
+        return DataExtent(logicalStart: start, length: length, location: .image(physical))
+    }
+}

@@ -1,0 +1,110 @@
+import EROFSFormat
+
+/// One name in a directory.
+public struct DirectoryEntry: Sendable, Equatable {
+    public var name: [UInt8]
+    /// The target inode (bit 63: in the metabox).
+    public var nid: UInt64
+    /// EROFS_FT_* hint from the dirent (1 file, 2 dir, 3 chr, 4 blk, 5 fifo, 6 sock, 7 symlink).
+    public var fileType: UInt8
+
+    public var nameString: String { String(decoding: name, as: UTF8.self) }
+}
+
+extension EROFSFilesystem {
+
+    /// Every entry of a directory in on-disk (sorted) order, "." and ".." included when present.
+    public func readDirectory(_ directory: Inode) throws(EROFSError) -> [DirectoryEntry] {
+        guard directory.kind == .directory else {
+            throw EROFSError(.notDirectory, "not a directory", nid: directory.nid)
+        }
+        let data = try readAll(directory, limit: ReaderLimits.directory)
+        let blockSize = self.blockSize
+        var entries: [DirectoryEntry] = []
+        var blockStart = 0
+        while blockStart < data.count {
+            let blockEnd = min(blockStart + blockSize, data.count)
+            let block = Array(data[blockStart..<blockEnd])
+            try decodeDirectoryBlock(block, into: &entries, nid: directory.nid, at: UInt64(blockStart))
+            blockStart = blockEnd
+        }
+        return entries
+    }
+
+    private func decodeDirectoryBlock(
+        _ block: [UInt8], into entries: inout [DirectoryEntry], nid: UInt64, at logical: UInt64
+    ) throws(EROFSError) {
+        guard block.count >= 12 else {
+            throw EROFSError(.corrupt, "directory block too short (\(block.count) bytes)", nid: nid, offset: logical)
+        }
+        let firstNameOffset = Int(block.le16(at: 8))
+        guard firstNameOffset >= 12, firstNameOffset % 12 == 0, firstNameOffset < block.count else {
+            throw EROFSError(.corrupt, "bad first name offset \(firstNameOffset) in directory block", nid: nid, offset: logical)
+        }
+        let count = firstNameOffset / 12
+        var previousName: [UInt8]?
+        for index in 0..<count {
+            let base = index * 12
+            let nameStart = Int(block.le16(at: base + 8))
+            var nameEnd = index + 1 < count ? Int(block.le16(at: base + 20)) : block.count
+            guard nameStart >= firstNameOffset, nameStart <= nameEnd, nameEnd <= block.count else {
+                throw EROFSError(.corrupt, "bad name offsets \(nameStart)..<\(nameEnd) in directory block", nid: nid, offset: logical + UInt64(base))
+            }
+            if index + 1 == count, let zero = block[nameStart..<nameEnd].firstIndex(of: 0) { nameEnd = zero }
+            let name = Array(block[nameStart..<nameEnd])
+            guard !name.isEmpty, name.count <= 255 else {
+                throw EROFSError(.corrupt, "directory entry name of \(name.count) bytes", nid: nid, offset: logical + UInt64(nameStart))
+            }
+            if let previousName, !previousName.lexicographicallyPrecedes(name) {
+                throw EROFSError(.corrupt, "directory entries out of order", nid: nid, offset: logical + UInt64(nameStart))
+            }
+            previousName = name
+            entries.append(DirectoryEntry(name: name, nid: block.le64(at: base), fileType: block[base + 10]))
+        }
+    }
+
+    /// The nid named `name` in `directory`, or nil.
+    public func lookup(_ name: [UInt8], in directory: Inode) throws(EROFSError) -> UInt64? {
+        let entries = try readDirectory(directory)
+        // Entries are sorted by name bytes, so a binary search finds the name.
+        var low = 0
+        var high = entries.count
+        while low < high {
+            let middle = (low + high) / 2
+            if entries[middle].name == name { return entries[middle].nid }
+            if entries[middle].name.lexicographicallyPrecedes(name) { low = middle + 1 } else { high = middle }
+        }
+        return nil
+    }
+
+    /// The inode at an absolute path ("/" is the root). Symlinks are not followed.
+    public func lookup(path: String) throws(EROFSError) -> Inode {
+        var current = try withContext(path: "/") { () throws(EROFSError) -> Inode in try inode(nid: rootNid) }
+        var walked = ""
+        for component in path.split(separator: "/", omittingEmptySubsequences: true) {
+            walked += "/" + component
+            guard current.kind == .directory else {
+                throw EROFSError(.notDirectory, "not a directory", path: walked)
+            }
+            let here = current
+            let walkedSoFar = walked
+            guard let nid = try withContext(path: walkedSoFar, { () throws(EROFSError) -> UInt64? in
+                try lookup(Array(component.utf8), in: here)
+            }) else {
+                throw EROFSError(.notFound, "no such file or directory", path: walked)
+            }
+            current = try withContext(path: walkedSoFar) { () throws(EROFSError) -> Inode in try inode(nid: nid) }
+        }
+        return current
+    }
+
+    /// The target of a symbolic link.
+    public func readLink(_ inode: Inode) throws(EROFSError) -> [UInt8] {
+        guard inode.kind == .symlink else { throw EROFSError(.notSymlink, "not a symbolic link", nid: inode.nid) }
+        return try readAll(inode, limit: 4096)
+    }
+}
+
+enum ReaderLimits {
+    static let directory: UInt64 = 1 << 30
+}
