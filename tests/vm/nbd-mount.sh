@@ -73,10 +73,18 @@ if "$BIN/mount.erofs" -t erofs.nbd "$CORPUS/plain.erofs" "$work/disc"; then
     dev=$(device_of "$work/disc")
     pid=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['daemonPID'])" "$STATE/${dev#/dev/}.json")
     echo 3 > /proc/sys/vm/drop_caches
-    if "$BIN/mount.erofs" --disconnect "$dev" && left_nothing "$dev" "$pid"; then ok "--disconnect left nothing"; else not_ok "--disconnect"; fi
+    # The mount still holds the device, so the kernel keeps its capacity until the unmount
+    # (seen on 6.1); the daemon, the server pid and the state go at once.
+    if "$BIN/mount.erofs" --disconnect "$dev" && [[ ! -e $STATE/${dev#/dev/}.json ]] && ! kill -0 "$pid" 2>/dev/null \
+        && [[ ! -e /sys/block/${dev#/dev/}/pid ]]; then
+        ok "--disconnect stopped the daemon and removed the state"
+    else
+        not_ok "--disconnect: state $(ls "$STATE"), pid file $(cat /sys/block/${dev#/dev/}/pid 2>&1)"
+    fi
     if timeout 60 cat "$work/disc/sizes/random-4097" >/dev/null 2>&1; then not_ok "a read after --disconnect succeeded"
     else ok "a read after --disconnect fails cleanly"; fi
     umount "$work/disc" && ok "the disconnected mount unmounts" || not_ok "umount after --disconnect"
+    if why=$(left_nothing "$dev" "$pid"); then ok "--disconnect then umount left nothing"; else not_ok "--disconnect then umount left: $why"; fi
 else
     not_ok "mount for --disconnect"
 fi
