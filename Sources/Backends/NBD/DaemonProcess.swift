@@ -93,10 +93,15 @@ public struct DaemonProcess: Sendable, Equatable {
     public func terminate(signal: Int32 = SIGTERM, timeout: Double = 5) -> Bool {
         guard isAlive else { return true }
         kill(pid, signal)
+        return waitForExit(timeout: timeout)
+    }
+
+    /// Waits up to `timeout` seconds for the process to be gone (reaping it if it is our child).
+    public func waitForExit(timeout: Double) -> Bool {
         var waited = 0.0
         while waited < timeout {
             var status: Int32 = 0
-            if waitpid(pid, &status, WNOHANG) == pid { return true }  // our child: reaped
+            if waitpid(pid, &status, WNOHANG) == pid { return true }
             if !isAlive { return true }
             usleep(20_000)
             waited += 0.02

@@ -150,25 +150,13 @@ public struct NBDTeardown: Sendable {
             }
         }
         // The daemon ends by itself once the kernel disconnects; a daemon that does not is stopped.
-        if !waitForExit(daemon, seconds: 5) && !daemon.terminate(signal: SIGTERM, timeout: 3) {
+        if !daemon.waitForExit(timeout: 5) && !daemon.terminate(signal: SIGTERM, timeout: 3) {
             daemon.terminate(signal: SIGKILL, timeout: 3)
         }
         if daemon.isAlive { problems.append("daemon \(state.daemonPID) is still running") }
         do { try store.remove(device: state.index) } catch { problems.append("\(error)") }
         unlink("\(store.directory)/\(state.backendIdentifier).log")
         return problems
-    }
-
-    private func waitForExit(_ daemon: DaemonProcess, seconds: Double) -> Bool {
-        var waited = 0.0
-        while waited < seconds {
-            var status: Int32 = 0
-            if waitpid(daemon.pid, &status, WNOHANG) == daemon.pid { return true }
-            if !daemon.isAlive { return true }
-            usleep(20_000)
-            waited += 0.02
-        }
-        return false
     }
 }
 
