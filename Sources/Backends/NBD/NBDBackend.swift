@@ -150,8 +150,10 @@ public struct NBDTeardown: Sendable {
             }
         }
         // The daemon ends by itself once the kernel disconnects; a daemon that does not is stopped.
-        if !daemon.waitForExit(timeout: 5) && !daemon.terminate(signal: SIGTERM, timeout: 3) {
-            daemon.terminate(signal: SIGKILL, timeout: 3)
+        // On the ioctl path its NBD_DO_IT can take seconds to return under emulation (seen once
+        // past 11 s on 6.12), during which no signal ends it: be patient before giving up.
+        if !daemon.waitForExit(timeout: 10) && !daemon.terminate(signal: SIGTERM, timeout: 5) {
+            daemon.terminate(signal: SIGKILL, timeout: 15)
         }
         if daemon.isAlive { problems.append("daemon \(state.daemonPID) is still running") }
         do { try store.remove(device: state.index) } catch { problems.append("\(error)") }
