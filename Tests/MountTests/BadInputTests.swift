@@ -108,12 +108,9 @@ import TestSupport
 
     @Test func busyMountpointStillMountsOnTop() throws {
         // mount(2) stacks mounts; -u then removes only ours.
-        let scratch = try MountHarness.scratchDirectory("stack")
-        defer { try? FileManager.default.removeItem(atPath: scratch) }
-        let image = scratch + "/image.erofs"
-        try Self.copy("plain", to: image)
-        let mountPoint = scratch + "/mnt"
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: false)
+        let workspace = try MountHarness.Workspace("stack", copying: BadInputTests.corpusImage("plain"))
+        defer { workspace.remove() }
+        let (image, mountPoint) = (workspace.image, workspace.mountPoint)
         #expect(try harness.run([image, mountPoint]).status == 0)
         #expect(try harness.run([image, mountPoint]).status == 0)
         #expect(try MountHarness.mounts(at: mountPoint).count == 2)
@@ -124,12 +121,9 @@ import TestSupport
     }
 
     @Test func fakeMountChecksButMountsNothing() throws {
-        let scratch = try MountHarness.scratchDirectory("fake")
-        defer { try? FileManager.default.removeItem(atPath: scratch) }
-        let image = scratch + "/image.erofs"
-        try Self.copy("lz4", to: image)
-        let mountPoint = scratch + "/mnt"
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: false)
+        let workspace = try MountHarness.Workspace("fake", copying: BadInputTests.corpusImage("lz4"))
+        defer { workspace.remove() }
+        let (image, mountPoint) = (workspace.image, workspace.mountPoint)
         let result = try harness.run(["-f", "-v", image, mountPoint])
         #expect(result.status == 0)
         #expect(result.standardError.contains("not mounted (-f)"))
@@ -149,12 +143,9 @@ import TestSupport
     let harness = MountHarness()
 
     @Test func unmountByImagePath() throws {
-        let scratch = try MountHarness.scratchDirectory("unmount")
-        defer { try? FileManager.default.removeItem(atPath: scratch) }
-        let image = scratch + "/image.erofs"
-        try BadInputTests.copy("plain", to: image)
-        let mountPoint = scratch + "/mnt"
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: false)
+        let workspace = try MountHarness.Workspace("unmount", copying: BadInputTests.corpusImage("plain"))
+        defer { workspace.remove() }
+        let (image, mountPoint) = (workspace.image, workspace.mountPoint)
         for options in [[], ["-o", "loop"]] {
             #expect(try harness.run(options + [image, mountPoint]).status == 0)
             let result = try harness.run(["-u", image])
@@ -165,12 +156,9 @@ import TestSupport
 
     @Test func loopDeviceSetUpByHandIsLeftAlone() throws {
         // losetup without autoclear: -u unmounts but must not take the user's device away.
-        let scratch = try MountHarness.scratchDirectory("losetup")
-        defer { try? FileManager.default.removeItem(atPath: scratch) }
-        let image = scratch + "/image.erofs"
-        try BadInputTests.copy("plain", to: image)
-        let mountPoint = scratch + "/mnt"
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: false)
+        let workspace = try MountHarness.Workspace("losetup", copying: BadInputTests.corpusImage("plain"))
+        defer { workspace.remove() }
+        let (image, mountPoint) = (workspace.image, workspace.mountPoint)
         let losetup = try runProgram("/usr/sbin/losetup", ["-r", "-f", "--show", image])
         try #require(losetup.status == 0, "losetup: \(losetup.standardError)")
         let device = losetup.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)

@@ -11,13 +11,9 @@ import TestSupport
 
     @Test(arguments: Corpus.imagesOrEmpty, Mode.allCases)
     func mountWalkUnmount(image: Corpus.Image, mode: Mode) throws {
-        let scratch = try MountHarness.scratchDirectory("corpus")
-        defer { try? FileManager.default.removeItem(atPath: scratch) }
-        // A private copy, so that the loop-device check cannot see anyone else's use of the image.
-        let copy = scratch + "/" + image.name + ".erofs"
-        try FileManager.default.copyItem(atPath: image.path, toPath: copy)
-        let mountPoint = scratch + "/mnt"
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: false)
+        let workspace = try MountHarness.Workspace("corpus", copying: image.path, as: image.name + ".erofs")
+        defer { workspace.remove() }
+        let (copy, mountPoint) = (workspace.image, workspace.mountPoint)
 
         let arguments = mode == .loop ? ["-o", "loop", copy, mountPoint] : [copy, mountPoint]
         let mounted = try harness.run(arguments)

@@ -19,6 +19,24 @@ struct MountHarness {
         return path
     }
 
+    /// A scratch directory holding a private copy of an image and an empty mountpoint `mnt`.
+    struct Workspace {
+        let directory: String
+        let image: String
+        var mountPoint: String { directory + "/mnt" }
+
+        /// `source`: the image file to copy (a private copy, so that the leftover checks see no
+        /// one else's use of the corpus image).
+        init(_ label: String, copying source: String, as name: String = "image.erofs") throws {
+            directory = try MountHarness.scratchDirectory(label)
+            image = directory + "/" + name
+            try FileManager.default.copyItem(atPath: source, toPath: image)
+            try FileManager.default.createDirectory(atPath: directory + "/mnt", withIntermediateDirectories: false)
+        }
+
+        func remove() { try? FileManager.default.removeItem(atPath: directory) }
+    }
+
     func run(_ arguments: [String]) throws -> ProcessResult {
         try runProgram(mountErofs, arguments)
     }

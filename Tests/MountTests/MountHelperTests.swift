@@ -11,12 +11,9 @@ import TestSupport
     @Test(arguments: [[String](), ["-o", "ro,nodev"], ["-o", "loop"]])
     func mountEightPicksUpTheHelper(options: [String]) throws {
         let image = try #require(Corpus.imagesOrEmpty.first { $0.name == "lz4" })
-        let scratch = try MountHarness.scratchDirectory("helper")
-        defer { try? FileManager.default.removeItem(atPath: scratch) }
-        let copy = scratch + "/image.erofs"
-        try FileManager.default.copyItem(atPath: image.path, toPath: copy)
-        let mountPoint = scratch + "/mnt"
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: false)
+        let workspace = try MountHarness.Workspace("helper", copying: image.path)
+        defer { workspace.remove() }
+        let (scratch, copy, mountPoint) = (workspace.directory, workspace.image, workspace.mountPoint)
         let sbin = URL(fileURLWithPath: "/sbin").resolvingSymlinksInPath().path
 
         let script = """
