@@ -68,7 +68,7 @@ let package = Package(
         ]),
         // mount(8)-compatible command line: options, -o parsing into MS_* flags and data.
         .target(name: "MountCLI", dependencies: [
-            "Backends", "SystemCalls", "EROFSFormat", "KernelAttach", "CShim",
+            "Backends", "SystemCalls", "EROFSFormat", "KernelAttach", "NBDKernel", "CShim",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "MountErofsTool", dependencies: ["MountCLI"]),

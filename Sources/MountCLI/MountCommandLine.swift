@@ -12,7 +12,7 @@ public enum BackendKind: String, Sendable, CaseIterable {
 /// mount(8) passes them after (`mount.erofs IMG DIR -o ro -s`), and `--` ends options.
 public struct MountCommandLine: Sendable, Equatable {
     public enum Mode: String, Sendable {
-        case mount, unmount, reattach, disconnect, list, help, version
+        case mount, unmount, reattach, upgrade, disconnect, list, help, version
     }
 
     public var mode: Mode = .mount
@@ -61,6 +61,7 @@ public struct MountCommandLine: Sendable, Equatable {
                 case "--help": modes.append((.help, name))
                 case "--version": modes.append((.version, name))
                 case "--reattach": modes.append((.reattach, name))
+                case "--upgrade": modes.append((.upgrade, name))
                 case "--disconnect": modes.append((.disconnect, name))
                 case "--list": modes.append((.list, name))
                 case "--options":
@@ -155,7 +156,7 @@ public struct MountCommandLine: Sendable, Equatable {
             guard operands.count == 2 else { throw UsageError("unexpected argument: \(operands[2])") }
             source = operands[0]
             target = operands[1]
-        case .unmount, .reattach, .disconnect:
+        case .unmount, .reattach, .upgrade, .disconnect:
             guard operands.count >= 1 else { throw UsageError("missing argument: TARGET") }
             guard operands.count == 1 else { throw UsageError("unexpected argument: \(operands[1])") }
             target = operands[0]

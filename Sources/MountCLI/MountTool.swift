@@ -5,6 +5,7 @@ import Backends
 import CShim
 import KernelAttach
 import Logging
+import NBDKernel
 import SystemCalls
 
 /// mount.erofs: parses the command line, runs the chosen mode, and maps the outcome to
@@ -21,6 +22,7 @@ public enum MountTool {
 
     public static func main(_ arguments: [String]) -> Int32 {
         if arguments.first == NBDDaemon.flag { return NBDDaemon.main(arguments) }
+        if arguments.first == NBDSupervisor.flag { return NBDSupervisor.main(arguments) }
         let line: MountCommandLine
         do { line = try MountCommandLine.parse(arguments) } catch {
             printError("\(error)")
@@ -64,7 +66,11 @@ public enum MountTool {
         case .list:
             list()
         case .reattach:
-            throw MountFailure("--reattach is not implemented yet")
+            let state = try NBDRecovery(logger: logger).reattach(line.target!)
+            logger.info("\(state.devicePath) is served again by daemon \(state.daemonPID)")
+        case .upgrade:
+            let state = try NBDRecovery(logger: logger).upgrade(line.target!)
+            logger.info("\(state.devicePath) is served by worker \(state.servingPID.map(String.init) ?? "?") of the installed binary")
         }
     }
 
@@ -89,13 +95,19 @@ public enum MountTool {
         case .nbd:
             var forceIoctl = false
             var deadTimeout: UInt64 = 60
+            var automaticRecovery = true
+            var requeueMilliseconds: UInt32 = 250
             for (name, value) in line.options.backendOptions {
                 switch (name, value) {
                 case ("nbd.ioctl", nil): forceIoctl = true
                 case ("nbd.dead_timeout", let text?) where UInt64(text) != nil: deadTimeout = UInt64(text)!
+                case ("nbd.recovery", "auto"): automaticRecovery = true
+                case ("nbd.recovery", "manual"): automaticRecovery = false
+                case ("nbd.requeue_ms", let text?) where UInt32(text).map({ (1...600_000).contains($0) }) == true:
+                    requeueMilliseconds = UInt32(text)!
                 default:
                     if name.hasPrefix("nbd.") {
-                        throw UsageError("unknown or malformed nbd option `\(name)\(value.map { "=" + $0 } ?? "")` (nbd.ioctl, nbd.dead_timeout=SECONDS)")
+                        throw UsageError("unknown or malformed nbd option `\(name)\(value.map { "=" + $0 } ?? "")` (nbd.ioctl, nbd.dead_timeout=SECONDS, nbd.recovery=auto|manual, nbd.requeue_ms=1-600000)")
                     }
                     throw UsageError("`\(name)` sources are not supported yet")
                 }
@@ -103,7 +115,7 @@ public enum MountTool {
             let request = NBDBackend.Request(
                 source: source, mountPoint: target, flags: line.options.flags.rawValue,
                 data: line.options.kernelDataString, forceIoctl: forceIoctl, deadConnectionTimeout: deadTimeout,
-                fake: line.fake)
+                automaticRecovery: automaticRecovery, requeueMilliseconds: requeueMilliseconds, fake: line.fake)
             if let state = try NBDBackend(logger: logger).mount(request) {
                 logger.info("mounted \(source) on \(target) through \(state.devicePath) (\(state.attachMethod.rawValue), daemon \(state.daemonPID))")
             } else {
@@ -117,9 +129,7 @@ public enum MountTool {
     /// `--disconnect TARGET` (/dev/nbdN or a mountpoint): aborts the device forcibly and cleans
     /// up as -u does; a mount on it then fails its reads instead of hanging.
     static func disconnect(_ target: String, logger: Logger) throws {
-        var index = nbdIndex(target)
-        if index == nil, let entry = try MountTable.mount(at: canonicalPath(target)) { index = nbdIndex(entry.source) }
-        guard let index else { throw MountFailure("\(target) is neither /dev/nbdN nor mounted from one") }
+        let index = try NBDRecovery.deviceIndex(of: target)
         guard let state = try StateStore().load(device: index) else {
             throw MountFailure("/dev/nbd\(index) is not managed by mount.erofs (no state in \(StateStore().directory))")
         }
@@ -128,16 +138,28 @@ public enum MountTool {
         logger.info("disconnected /dev/nbd\(index)")
     }
 
-    /// `--list`: every nbd device mount.erofs manages.
+    /// `--list`: every nbd device mount.erofs manages, with what the kernel says of its link.
     static func list() {
-        print("DEVICE\tMETHOD\tDAEMON\tALIVE\tMOUNTPOINT\tSOURCE")
+        let kernel = (try? NBDNetlink.open().status()).map { Dictionary($0.map { (Int($0.index), $0.connected) }, uniquingKeysWith: { $1 }) }
+        print("DEVICE\tBACKEND\tMETHOD\tRECOVERY\tDAEMON\tWORKER\tLINK\tMOUNTPOINT\tSOURCE")
         for (index, result) in StateStore().all() {
             switch result {
             case .success(let state):
-                let alive = DaemonProcess(pid: state.daemonPID, startTime: state.daemonStartTime).isAlive
-                print("\(state.devicePath)\t\(state.attachMethod.rawValue)\t\(state.daemonPID)\t\(alive ? "yes" : "no")\t\(state.mountPoint ?? "-")\t\(state.source)")
+                let daemon = DaemonProcess(pid: state.daemonPID, startTime: state.daemonStartTime)
+                let worker = state.servingPID.map { DaemonProcess(pid: $0, startTime: state.servingStartTime ?? 0) } ?? daemon
+                let recovery = state.attachMethod == .ioctl ? "none (ioctl)" : state.supervised == true ? "auto" : "manual"
+                let link: String
+                switch kernel?[index] {
+                case nil: link = NBDDevice(index: UInt32(index)).isInService ? "in service" : "not connected"
+                case false?: link = "disconnected"
+                case true?: link = worker.isAlive ? "connected" : "dead, waiting for a daemon"
+                }
+                let describe = { (process: DaemonProcess) in "\(process.pid)\(process.isAlive ? "" : " (gone)")" }
+                print([state.devicePath, "nbd", state.attachMethod.rawValue, recovery, describe(daemon),
+                       state.servingPID == nil ? "-" : describe(worker), link, state.mountPoint ?? "-", state.source]
+                    .joined(separator: "\t"))
             case .failure(let error):
-                print("/dev/nbd\(index)\t?\t?\t?\t?\t(unreadable state: \(error))")
+                print("/dev/nbd\(index)\tnbd\t?\t?\t?\t?\t?\t?\t(unreadable state: \(error))")
             }
         }
     }
@@ -179,8 +201,12 @@ public enum MountTool {
           -u TARGET            unmount TARGET (mountpoint or image) and release what the
                                mount set up (loop device; nbd device, daemon and state)
               --disconnect TARGET abort an nbd device (/dev/nbdN or its mountpoint) forcibly
-              --list           show the nbd devices mount.erofs manages
-              --reattach TARGET   (not implemented yet)
+              --list           show the nbd devices mount.erofs manages, their daemons and
+                               the kernel's view of their link
+              --reattach TARGET   start a new daemon for an nbd device (/dev/nbdN or its
+                               mountpoint) whose daemon died; refused while one lives
+              --upgrade TARGET    replace the serving worker of an nbd device with the binary
+                               now installed, without failing a request
           -d 0-9               verbosity: 0 quiet, 2 warnings (default), 9 everything
           -v                   verbose (same as -d 4)
           -f                   check the source and mountpoint, mount nothing
@@ -197,6 +223,12 @@ public enum MountTool {
           nbd.ioctl            (-t erofs.nbd) attach with the ioctl interface, not netlink
           nbd.dead_timeout=S   (-t erofs.nbd) seconds the kernel holds I/O while no daemon
                                serves the device (default 60)
+          nbd.recovery=auto|manual  (-t erofs.nbd) auto (default): a supervisor replaces a
+                               serving worker that dies within a second; manual: run
+                               --reattach. The ioctl interface cannot recover at all.
+          nbd.requeue_ms=N     (-t erofs.nbd) the device's request timer (default 250): a
+                               request the dead worker had read is resent to the new one
+                               when it expires. It never fails a slow request.
           anything else        passed to the kernel's EROFS (device=, domain_id=, fsid=,
                                dax, user_xattr, acl, cache_strategy=, ...)
 

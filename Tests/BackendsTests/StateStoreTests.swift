@@ -107,7 +107,7 @@ import Testing
     }
 
     @Test(arguments: [
-        DaemonReport.ready(index: 7, method: .netlink), .ready(index: 0, method: .ioctl),
+        DaemonReport.ready(index: 7, method: .netlink, pid: 4321), .ready(index: 0, method: .ioctl, pid: 1),
         .failed("cannot open /x: No such file or directory"),
     ])
     func roundTrip(report: DaemonReport) throws {

@@ -19,20 +19,24 @@ public struct DaemonProcess: Sendable, Equatable {
     }
 
     /// Spawns `executable arguments...` (by default our own binary) with `descriptors[i]` as
-    /// descriptor 3 + i, stdin from /dev/null and stdout/stderr to `logFile` (or /dev/null).
+    /// descriptor 3 + i, stdin from /dev/null and stdout/stderr to `logFile` (or /dev/null), or
+    /// left as ours with `inheritOutput`.
     public static func spawn(
-        executable: String = "/proc/self/exe", arguments: [String], descriptors: [Int32], logFile: String?
+        executable: String = "/proc/self/exe", arguments: [String], descriptors: [Int32], logFile: String?,
+        inheritOutput: Bool = false
     ) throws(SystemError) -> DaemonProcess {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        if let logFile {
-            posix_spawn_file_actions_addopen(&actions, 1, logFile, O_WRONLY | O_CREAT | O_APPEND, 0o600)
-        } else {
-            posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+        if !inheritOutput {
+            if let logFile {
+                posix_spawn_file_actions_addopen(&actions, 1, logFile, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+            } else {
+                posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+            }
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
         }
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
         for (offset, fd) in descriptors.enumerated() {
             // dup2 onto itself would keep CLOEXEC set; go through a high number first.
             posix_spawn_file_actions_adddup2(&actions, fd, 100 + Int32(offset))

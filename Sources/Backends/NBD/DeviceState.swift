@@ -33,6 +33,16 @@ public struct DeviceState: Codable, Sendable, Equatable {
     /// The daemon's start time in clock ticks since boot (/proc/PID/stat field 22), so that a
     /// reused pid is never mistaken for our daemon.
     public var daemonStartTime: UInt64
+    /// The serving worker under a supervisor (`daemonPID`); nil when the daemon serves itself.
+    public var servingPID: Int32?
+    public var servingStartTime: UInt64?
+    /// Whether a supervisor brings a new worker when the serving one dies (nil: older state).
+    public var supervised: Bool?
+    /// The block layer's request timer on the device, in ms (see `NBDDaemon.Settings`).
+    public var requeueMilliseconds: UInt32?
+    public var recoveries: Int?
+    public var lastRecoveryMilliseconds: Int?
+    public var upgrades: Int?
     public var mountPoint: String?
     /// Kernel mount data and flags, for messages and --list.
     public var mountOptions: String
@@ -41,8 +51,13 @@ public struct DeviceState: Codable, Sendable, Equatable {
     public init(
         index: Int, source: String, sizeBytes: UInt64, blockSize: UInt32, backendIdentifier: String,
         attachMethod: AttachMethod, deadConnectionTimeout: UInt64, daemonPID: Int32, daemonStartTime: UInt64,
-        mountPoint: String?, mountOptions: String, createdAt: Date = Date()
+        servingPID: Int32? = nil, servingStartTime: UInt64? = nil, supervised: Bool? = nil,
+        requeueMilliseconds: UInt32? = nil, mountPoint: String?, mountOptions: String, createdAt: Date = Date()
     ) {
+        self.servingPID = servingPID
+        self.servingStartTime = servingStartTime
+        self.supervised = supervised
+        self.requeueMilliseconds = requeueMilliseconds
         self.index = index
         self.source = source
         self.sizeBytes = sizeBytes

@@ -17,16 +17,22 @@ public struct NBDBackend: Sendable {
         public var data: String
         public var forceIoctl: Bool
         public var deadConnectionTimeout: UInt64
+        /// A supervisor replaces a worker that dies (netlink only); off, `--reattach` does it.
+        public var automaticRecovery: Bool
+        public var requeueMilliseconds: UInt32
         public var fake: Bool
 
         public init(source: String, mountPoint: String, flags: UInt, data: String, forceIoctl: Bool,
-                    deadConnectionTimeout: UInt64, fake: Bool) {
+                    deadConnectionTimeout: UInt64, automaticRecovery: Bool = true, requeueMilliseconds: UInt32 = 250,
+                    fake: Bool) {
             self.source = source
             self.mountPoint = mountPoint
             self.flags = flags
             self.data = data
             self.forceIoctl = forceIoctl
             self.deadConnectionTimeout = deadConnectionTimeout
+            self.automaticRecovery = automaticRecovery
+            self.requeueMilliseconds = requeueMilliseconds
             self.fake = fake
         }
     }
@@ -46,22 +52,68 @@ public struct NBDBackend: Sendable {
         if request.fake { return nil }
         let source = canonicalPath(request.source)
         let identifier = "erofs-mount-" + randomHex(bytes: 8)
+        let settings = NBDDaemon.Settings(
+            source: source, identifier: identifier, deadConnectionTimeout: request.deadConnectionTimeout,
+            forceIoctl: request.forceIoctl, requeueMilliseconds: request.requeueMilliseconds)
+        let supervised = request.automaticRecovery && !request.forceIoctl
+        let started = try DaemonLauncher(store: store).start(settings, supervised: supervised)
+
+        let device = NBDDevice(index: UInt32(started.index))
+        let state = DeviceState(
+            index: started.index, source: source, sizeBytes: image.size, blockSize: 512, backendIdentifier: identifier,
+            attachMethod: started.method, deadConnectionTimeout: request.deadConnectionTimeout,
+            daemonPID: started.daemon.pid, daemonStartTime: started.daemon.startTime,
+            servingPID: started.serving?.pid, servingStartTime: started.serving?.startTime,
+            supervised: supervised && started.method == .netlink, requeueMilliseconds: request.requeueMilliseconds,
+            mountPoint: canonicalPath(request.mountPoint), mountOptions: request.data)
+        do {
+            try store.save(state)
+            try device.waitUntilInService(timeout: .seconds(30))
+            try Mount.mount(source: device.path, target: request.mountPoint, type: "erofs", flags: request.flags, data: request.data)
+        } catch {
+            NBDTeardown(logger: logger, store: store).release(state)
+            throw MountFailure("cannot mount \(source) through \(device.path)", cause: error)
+        }
+        if started.method == .netlink {
+            // Now that the mount holds the device, its last close (the unmount) may disconnect it.
+            do {
+                try NBDNetlink.open().reconfigure(index: UInt32(started.index), identifier: identifier, clientFlags: [.disconnectOnClose])
+            } catch {
+                logger.warning("\(device.path): cannot turn on disconnect-on-close: \(error)")
+            }
+        } else {
+            logger.warning("\(device.path) is attached through the ioctl interface: it cannot be recovered if its daemon dies")
+        }
+        return state
+    }
+}
+
+/// Starts the process that serves a device (a supervisor with its worker, or a lone worker)
+/// and waits for its report. Failures come back as one message with the daemon's own words.
+struct DaemonLauncher {
+    struct Started {
+        var daemon: DaemonProcess
+        /// The worker, when `daemon` is its supervisor.
+        var serving: DaemonProcess?
+        var index: Int
+        var method: DeviceState.AttachMethod
+    }
+
+    let store: StateStore
+
+    func start(_ settings: NBDDaemon.Settings, supervised: Bool) throws(MountFailure) -> Started {
         do { try store.ensureDirectory() } catch {
             throw MountFailure("cannot prepare the state directory", cause: error)
         }
-
         var statusEnds: [Int32] = [-1, -1]
-        guard pipe(&statusEnds) == 0 else {
+        guard closeOnExecPipe(&statusEnds) else {
             throw MountFailure("cannot start the serving daemon", cause: .lastErrno("pipe"))
         }
-        for end in statusEnds { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
-        let settings = NBDDaemon.Settings(
-            source: source, identifier: identifier, deadConnectionTimeout: request.deadConnectionTimeout,
-            forceIoctl: request.forceIoctl)
-        let logFile = "\(store.directory)/\(identifier).log"
+        let arguments = supervised ? NBDSupervisor.arguments(for: settings) : settings.arguments
+        let logFile = "\(store.directory)/\(settings.identifier).log"
         let daemon: DaemonProcess
         do {
-            daemon = try DaemonProcess.spawn(arguments: settings.arguments, descriptors: [statusEnds[1]], logFile: logFile)
+            daemon = try DaemonProcess.spawn(arguments: arguments, descriptors: [statusEnds[1]], logFile: logFile)
         } catch {
             close(statusEnds[0]); close(statusEnds[1])
             throw MountFailure("cannot start the serving daemon", cause: error)
@@ -75,45 +127,18 @@ public struct NBDBackend: Sendable {
             unlink(logFile)
             throw MountFailure("the serving daemon did not start", cause: error)
         }
-        guard case .ready(let index, let method)? = report else {
+        guard case .ready(let index, let method, let servingPID)? = report else {
             var status: Int32 = 0
             waitpid(daemon.pid, &status, 0)
             let log = (try? readTextFile(logFile)) ?? ""
             unlink(logFile)
-            if case .failed(let message)? = report { throw MountFailure("cannot serve \(source): \(message)") }
+            if case .failed(let message)? = report { throw MountFailure("cannot serve \(settings.source): \(message)") }
             throw MountFailure("the serving daemon exited before attaching a device (\(describe(waitStatus: status)))"
                 + (log.isEmpty ? "" : "; its log: \(log.split(separator: "\n").suffix(3).joined(separator: " | "))"))
         }
-
-        let device = NBDDevice(index: UInt32(index))
-        let state = DeviceState(
-            index: index, source: source, sizeBytes: image.size, blockSize: 512, backendIdentifier: identifier,
-            attachMethod: method, deadConnectionTimeout: request.deadConnectionTimeout, daemonPID: daemon.pid,
-            daemonStartTime: daemon.startTime, mountPoint: canonicalPath(request.mountPoint), mountOptions: request.data)
-        do {
-            try store.save(state)
-            try device.waitUntilInService(timeout: .seconds(30))
-            try Mount.mount(source: device.path, target: request.mountPoint, type: "erofs", flags: request.flags, data: request.data)
-        } catch {
-            NBDTeardown(logger: logger, store: store).release(state)
-            throw MountFailure("cannot mount \(source) through \(device.path)", cause: error)
-        }
-        if method == .netlink {
-            // Now that the mount holds the device, its last close (the unmount) may disconnect it.
-            do {
-                try NBDNetlink.open().reconfigure(index: UInt32(index), identifier: identifier, clientFlags: [.disconnectOnClose])
-            } catch {
-                logger.warning("\(device.path): cannot turn on disconnect-on-close: \(error)")
-            }
-        } else {
-            logger.warning("\(device.path) is attached through the ioctl interface: it cannot be recovered if its daemon dies")
-        }
-        return state
-    }
-
-    private func describe(waitStatus status: Int32) -> String {
-        if status & 0x7f == 0 { return "exit status \((status >> 8) & 0xff)" }
-        return "killed by signal \(status & 0x7f)"
+        let serving = servingPID == daemon.pid
+            ? nil : DaemonProcess(pid: servingPID, startTime: DaemonProcess.startTime(of: servingPID) ?? 0)
+        return Started(daemon: daemon, serving: serving, index: index, method: method)
     }
 }
 
@@ -133,6 +158,8 @@ public struct NBDTeardown: Sendable {
         var problems: [String] = []
         let device = NBDDevice(index: UInt32(state.index))
         let daemon = DaemonProcess(pid: state.daemonPID, startTime: state.daemonStartTime)
+        // A supervisor told to stop brings no new worker when the disconnect ends the current one.
+        if state.supervised == true && daemon.isAlive { kill(daemon.pid, SIGTERM) }
         if device.isInService || device.serverPID != nil {
             switch state.attachMethod {
             case .netlink:
@@ -156,6 +183,11 @@ public struct NBDTeardown: Sendable {
             daemon.terminate(signal: SIGKILL, timeout: 15)
         }
         if daemon.isAlive { problems.append("daemon \(state.daemonPID) is still running") }
+        if let pid = state.servingPID {
+            let worker = DaemonProcess(pid: pid, startTime: state.servingStartTime ?? 0)
+            if !worker.waitForExit(timeout: 5) { worker.terminate(signal: SIGKILL, timeout: 5) }
+            if worker.isAlive { problems.append("serving worker \(pid) is still running") }
+        }
         do { try store.remove(device: state.index) } catch { problems.append("\(error)") }
         unlink("\(store.directory)/\(state.backendIdentifier).log")
         return problems

@@ -9,93 +9,297 @@ import NBDServer
 import SystemCalls
 import SystemPackage
 
-/// The serving daemon of one nbd device, run as `mount.erofs --serve-nbd-device ...` by the
-/// backend: it opens the source, attaches a socketpair's kernel end to a device (netlink
-/// CONNECT; the ioctl interface where the netlink family is missing or when asked), reports the
-/// device on descriptor 3, and serves until the kernel disconnects.
+/// A serving worker of one nbd device, run as `mount.erofs --serve-nbd-device ...` by the
+/// backend or by the supervisor: it opens the source, gets a socket to the kernel (CONNECT a new
+/// device, RECONFIGURE a device whose link is dead, or a live socket handed over by the previous
+/// worker), reports on descriptor 3, and serves until the kernel disconnects.
+///
+/// Descriptors: 3, the status pipe (one `DaemonReport` once attached); 4, when supervised, the
+/// control channel (`ControlMessage`). SIGUSR2 asks a supervised worker to hand its socket over:
+/// it stops at a request boundary, sends every reply it owes, and passes the socket back.
 public enum NBDDaemon {
     public static let flag = "--serve-nbd-device"
     static let statusDescriptor: Int32 = 3
+    static let controlDescriptor: Int32 = 4
+
+    /// How the worker gets its socket.
+    public enum Mode: Sendable, Equatable {
+        /// CONNECT a free device (a new mount).
+        case connect
+        /// RECONFIGURE device N, whose link is dead (`--reattach`, or a recovery without standby).
+        case reattach(UInt32)
+        /// Open the source, say `prepared`, and wait for the supervisor's word for device N.
+        case standby(UInt32)
+
+        var argument: String {
+            switch self {
+            case .connect: "connect"
+            case .reattach(let index): "reattach:\(index)"
+            case .standby(let index): "standby:\(index)"
+            }
+        }
+
+        init?(argument: String) {
+            if argument == "connect" { self = .connect; return }
+            let parts = argument.split(separator: ":")
+            guard parts.count == 2, let index = UInt32(parts[1]) else { return nil }
+            switch parts[0] {
+            case "reattach": self = .reattach(index)
+            case "standby": self = .standby(index)
+            default: return nil
+            }
+        }
+    }
+
+    /// How a worker ended, as its exit status: the supervisor decides from it whether the device
+    /// still needs a server.
+    public enum Exit: Int32 {
+        /// The kernel sent NBD_CMD_DISC (unmount with disconnect-on-close, `-u`, `--disconnect`).
+        case disconnected = 0
+        case failed = 1
+        case badArguments = 2
+        /// The socket died under the worker (the kernel dropped it).
+        case socketClosed = 3
+        /// Stopped by SIGUSR2 and handed the live socket to the supervisor.
+        case handedOff = 4
+    }
 
     public struct Settings: Sendable, Equatable {
         public var source: String
         public var identifier: String
         public var deadConnectionTimeout: UInt64
         public var forceIoctl: Bool
+        public var mode: Mode
+        /// The block layer's per-request timer (/sys/block/nbdN/queue/io_timeout). With no nbd
+        /// TIMEOUT the kernel never fails a slow request on expiry, it only re-arms the timer;
+        /// but expiry is also when a request sent on a socket that died is moved to the new
+        /// socket. A short timer bounds the stall of a recovery.
+        public var requeueMilliseconds: UInt32
 
         var arguments: [String] {
-            [NBDDaemon.flag, source, identifier, String(deadConnectionTimeout), forceIoctl ? "ioctl" : "netlink"]
+            [NBDDaemon.flag, source, identifier, String(deadConnectionTimeout), forceIoctl ? "ioctl" : "netlink",
+             mode.argument, String(requeueMilliseconds)]
         }
 
-        init(source: String, identifier: String, deadConnectionTimeout: UInt64, forceIoctl: Bool) {
+        public init(source: String, identifier: String, deadConnectionTimeout: UInt64, forceIoctl: Bool,
+                    mode: Mode = .connect, requeueMilliseconds: UInt32 = 250) {
             self.source = source
             self.identifier = identifier
             self.deadConnectionTimeout = deadConnectionTimeout
             self.forceIoctl = forceIoctl
+            self.mode = mode
+            self.requeueMilliseconds = requeueMilliseconds
         }
 
         init?(arguments: [String]) {
-            guard arguments.count == 5, arguments[0] == NBDDaemon.flag, let timeout = UInt64(arguments[3]),
-                  ["ioctl", "netlink"].contains(arguments[4]) else { return nil }
+            guard arguments.count == 7, arguments[0] == NBDDaemon.flag, let timeout = UInt64(arguments[3]),
+                  ["ioctl", "netlink"].contains(arguments[4]), let mode = Mode(argument: arguments[5]),
+                  let requeue = UInt32(arguments[6]) else { return nil }
             self.init(source: arguments[1], identifier: arguments[2], deadConnectionTimeout: timeout,
-                      forceIoctl: arguments[4] == "ioctl")
+                      forceIoctl: arguments[4] == "ioctl", mode: mode, requeueMilliseconds: requeue)
         }
     }
 
-    /// The daemon's whole life; returns its exit status.
+    /// The worker's whole life; returns its exit status.
     public static func main(_ arguments: [String]) -> Int32 {
         var logger = Logger(label: "erofs-nbd-daemon")
         logger.logLevel = .info
         guard let settings = Settings(arguments: arguments) else {
             DaemonReport.failed("internal error: bad daemon arguments \(arguments)").send(to: statusDescriptor)
-            return 2
+            return Exit.badArguments.rawValue
         }
         // A disconnect closes the socket under a reply in flight: that is an error to handle, not a signal.
         signal(SIGPIPE, SIG_IGN)
+        // Blocked here, before any thread exists, so only the watcher below ever takes it.
+        var handOffSignal = sigset_t()
+        sigemptyset(&handOffSignal)
+        sigaddset(&handOffSignal, SIGUSR2)
+        pthread_sigmask(SIG_BLOCK, &handOffSignal, nil)
         do {
-            return try serve(settings, logger: logger)
+            return try serve(settings, logger: logger).rawValue
         } catch {
+            logger.error("\(error)")
             DaemonReport.failed("\(error)").send(to: statusDescriptor)
-            return 1
+            return Exit.failed.rawValue
         }
     }
 
-    static func serve(_ settings: Settings, logger: Logger) throws(SystemError) -> Int32 {
+    static func serve(_ settings: Settings, logger: Logger) throws(SystemError) -> Exit {
         let source = try FileSource(path: settings.source)
+        let control: ControlChannel? = fcntl(controlDescriptor, F_GETFD) >= 0 ? ControlChannel(descriptor: controlDescriptor) : nil
+
+        var ioctlAttachment: NBDIoctlAttachment?
+        let socket: Int32
+        let index: UInt32
+        let method: DeviceState.AttachMethod
+        switch settings.mode {
+        case .connect:
+            let serverEnd: Int32
+            (serverEnd, index, method, ioctlAttachment) = try connect(settings, size: source.size)
+            socket = serverEnd
+        case .reattach(let device):
+            socket = try reconnect(device: device, settings: settings)
+            (index, method) = (device, .netlink)
+        case .standby(let device):
+            guard let control else {
+                throw SystemError("standby for /dev/nbd\(device)", detail: "no control channel on descriptor \(controlDescriptor)")
+            }
+            // Everything that can be done before the word comes is done now: the family
+            // resolved, the code paged in. Taking over is then one RECONFIGURE.
+            let netlink = try NBDNetlink.open()
+            try control.send(.prepared)
+            switch try control.receive() {
+            case .serveSocket(let handedOver)?:
+                socket = handedOver
+            case .reconnect?:
+                socket = try reconnect(device: device, settings: settings, netlink: netlink)
+            case let other:
+                throw SystemError("standby for /dev/nbd\(device)", detail: "unexpected word from the supervisor: \(String(describing: other))")
+            }
+            (index, method) = (device, .netlink)
+        }
+        logger.info("serving \(settings.source) on /dev/nbd\(index) over \(method.rawValue) (\(settings.mode.argument))")
+        guard DaemonReport.ready(index: Int(index), method: method, pid: getpid()).send(to: statusDescriptor) else {
+            // Whoever started us died before learning of the device: nobody will mount or
+            // release it, so it must not outlive us.
+            logger.error("/dev/nbd\(index): nobody took the report; releasing the device")
+            if settings.mode == .connect { releaseUnclaimed(index: index, method: method, ioctl: ioctlAttachment) }
+            close(socket)
+            return .failed
+        }
+
+        let server = try KernelModeServer(socket: FileDescriptor(rawValue: socket), source: source, logger: logger)
+        if control != nil {
+            _ = try JoinableThread {
+                var set = sigset_t()
+                sigemptyset(&set)
+                sigaddset(&set, SIGUSR2)
+                var received: Int32 = 0
+                while sigwait(&set, &received) != 0 {}
+                server.stop()
+            }
+        }
+        let end = try server.run()
+        logger.info("/dev/nbd\(index): serving ended (\(end))")
+        switch end {
+        case .stopped:
+            if let control {
+                try control.send(.handOff(socket))
+                close(socket)
+                return .handedOff
+            }
+            close(socket)
+            return .socketClosed
+        case .disconnectRequested:
+            close(socket)
+            if let ioctlAttachment { _ = ioctlAttachment.waitUntilFinished() }
+            return .disconnected
+        case .peerClosed:
+            close(socket)
+            if let ioctlAttachment { _ = ioctlAttachment.waitUntilFinished() }
+            return .socketClosed
+        }
+    }
+
+    static func releaseUnclaimed(index: UInt32, method: DeviceState.AttachMethod, ioctl: NBDIoctlAttachment?) {
+        switch method {
+        case .netlink:
+            try? NBDNetlink.open().disconnect(index: index)
+        case .ioctl:
+            let fd = open("/dev/nbd\(index)", O_RDWR | O_CLOEXEC)
+            if fd >= 0 {
+                _ = cshimDisconnect(fd)
+                close(fd)
+            }
+            _ = ioctl?.waitUntilFinished()
+        }
+    }
+
+    /// A new device: netlink CONNECT (the ioctl interface where the family is missing or when
+    /// asked). Returns our end of the socketpair.
+    static func connect(_ settings: Settings, size: UInt64) throws(SystemError)
+        -> (socket: Int32, index: UInt32, method: DeviceState.AttachMethod, ioctl: NBDIoctlAttachment?)
+    {
+        let (kernelEnd, serverEnd) = try socketPair()
+        // The kernel holds its own reference once attached: keeping ours would keep a dead link looking alive.
+        defer { close(kernelEnd) }
+        let flags: NBDServerFlags = [.hasFlags, .readOnly, .sendFlush]
+        do {
+            if !settings.forceIoctl, let netlink = try? NBDNetlink.open() {
+                let index = try netlink.connect(NBDConnectRequest(
+                    sizeBytes: size, blockSizeBytes: 512, serverFlags: flags,
+                    deadConnectionTimeoutSeconds: settings.deadConnectionTimeout,
+                    backendIdentifier: settings.identifier, sockets: [kernelEnd]))
+                setRequeueTimer(device: index, milliseconds: settings.requeueMilliseconds)
+                return (serverEnd, index, .netlink, nil)
+            }
+            let attachment = try NBDIoctlAttachment.attachToFreeDevice(
+                socket: kernelEnd, configuration: .init(sizeBytes: size, blockSizeBytes: 512, serverFlags: flags))
+            return (serverEnd, attachment.device.index, .ioctl, attachment)
+        } catch {
+            close(serverEnd)
+            throw error
+        }
+    }
+
+    /// Gives device `index`, whose link is dead, a new socket with RECONFIGURE, and makes sure
+    /// the kernel kept it: when no socket of the device is dead the kernel returns success and
+    /// drops the new one, which shows as a hang-up on our end.
+    static func reconnect(device index: UInt32, settings: Settings, netlink: NBDNetlink? = nil) throws(SystemError) -> Int32 {
+        let netlink = if let netlink { netlink } else { try NBDNetlink.open() }
+        // The kernel marks the old socket dead from its receive worker, a moment after the old
+        // server's end closed: a socket it drops that early is worth a few more tries.
+        var attempt = 0
+        while true {
+            attempt += 1
+            let (kernelEnd, serverEnd) = try socketPair()
+            do {
+                try netlink.reconfigure(index: index, sockets: [kernelEnd], identifier: settings.identifier)
+            } catch {
+                close(kernelEnd)
+                close(serverEnd)
+                throw error
+            }
+            close(kernelEnd)
+            // The request timer set at CONNECT stays; setting it now would freeze the queue,
+            // which waits for the very requests that wait for this socket.
+            if !isHungUp(serverEnd) { return serverEnd }
+            close(serverEnd)
+            guard attempt < 20 else {
+                throw SystemError(
+                    "nbd RECONFIGURE /dev/nbd\(index)",
+                    detail: "the kernel did not take the new socket: the device has no dead connection (is its daemon still serving?)")
+            }
+            usleep(50_000)
+        }
+    }
+
+    static func socketPair() throws(SystemError) -> (kernelEnd: Int32, serverEnd: Int32) {
         var ends: [Int32] = [-1, -1]
         guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
             throw .lastErrno("socketpair")
         }
-        let (kernelEnd, serverEnd) = (ends[0], ends[1])
-        let flags: NBDServerFlags = [.hasFlags, .readOnly, .sendFlush]
+        return (ends[0], ends[1])
+    }
 
-        var ioctlAttachment: NBDIoctlAttachment?
-        let index: UInt32
-        let method: DeviceState.AttachMethod
-        if !settings.forceIoctl, let netlink = try? NBDNetlink.open() {
-            index = try netlink.connect(NBDConnectRequest(
-                sizeBytes: source.size, blockSizeBytes: 512, serverFlags: flags,
-                deadConnectionTimeoutSeconds: settings.deadConnectionTimeout,
-                backendIdentifier: settings.identifier, sockets: [kernelEnd]))
-            method = .netlink
-        } else {
-            let attachment = try NBDIoctlAttachment.attachToFreeDevice(
-                socket: kernelEnd, configuration: .init(sizeBytes: source.size, blockSizeBytes: 512, serverFlags: flags))
-            ioctlAttachment = attachment
-            index = attachment.device.index
-            method = .ioctl
-        }
-        // The kernel holds its own reference now: keeping ours would keep a dead link looking alive.
-        close(kernelEnd)
-        logger.info("serving \(settings.source) on /dev/nbd\(index) over \(method.rawValue)")
-        DaemonReport.ready(index: Int(index), method: method).send(to: statusDescriptor)
+    /// Whether the other end of a socketpair is gone (every reference closed).
+    static func isHungUp(_ socket: Int32) -> Bool {
+        // A Unix stream socket whose peer is closed has both directions shut: POLLHUP.
+        var poller = pollfd(fd: socket, events: Int16(POLLIN), revents: 0)
+        guard poll(&poller, 1, 0) > 0 else { return false }
+        return poller.revents & Int16(POLLHUP) != 0
+    }
 
-        let server = try KernelModeServer(socket: FileDescriptor(rawValue: serverEnd), source: source, logger: logger)
-        let end = try server.run()
-        logger.info("/dev/nbd\(index): serving ended (\(end))")
-        close(serverEnd)
-        if let ioctlAttachment { _ = ioctlAttachment.waitUntilFinished() }
-        return 0
+    /// Best effort: a kernel without the attribute keeps its 30 s default, which only makes a
+    /// recovery slower. Only while no request is in flight: the write freezes the queue.
+    static func setRequeueTimer(device index: UInt32, milliseconds: UInt32) {
+        guard milliseconds > 0 else { return }
+        let path = "/sys/block/nbd\(index)/queue/io_timeout"
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        var text = "\(milliseconds)\n"
+        text.withUTF8 { _ = write(fd, $0.baseAddress, $0.count) }
+        close(fd)
     }
 }
 

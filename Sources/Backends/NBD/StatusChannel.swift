@@ -7,12 +7,13 @@ import SystemCalls
 /// on a pipe, then the pipe is closed. A daemon that dies first leaves the pipe empty, which
 /// the parent reports with the daemon's exit status and log.
 public enum DaemonReport: Equatable, Sendable {
-    case ready(index: Int, method: DeviceState.AttachMethod)
+    /// Attached and serving; `pid` is the serving worker's.
+    case ready(index: Int, method: DeviceState.AttachMethod, pid: Int32)
     case failed(String)
 
     var line: String {
         switch self {
-        case .ready(let index, let method): "ready \(index) \(method.rawValue)\n"
+        case .ready(let index, let method, let pid): "ready \(index) \(method.rawValue) \(pid)\n"
         case .failed(let message): "error " + message.split(separator: "\n").joined(separator: " ") + "\n"
         }
     }
@@ -23,9 +24,9 @@ public enum DaemonReport: Equatable, Sendable {
         switch word {
         case "ready":
             let fields = parts.count > 1 ? parts[1].split(separator: " ") : []
-            guard fields.count == 2, let index = Int(fields[0]),
-                  let method = DeviceState.AttachMethod(rawValue: String(fields[1])) else { return nil }
-            self = .ready(index: index, method: method)
+            guard fields.count == 3, let index = Int(fields[0]),
+                  let method = DeviceState.AttachMethod(rawValue: String(fields[1])), let pid = Int32(fields[2]) else { return nil }
+            self = .ready(index: index, method: method, pid: pid)
         case "error":
             self = .failed(parts.count > 1 ? String(parts[1]) : "unknown error")
         default:
@@ -33,19 +34,23 @@ public enum DaemonReport: Equatable, Sendable {
         }
     }
 
-    /// Writes the report to `fd` (the daemon's end) and closes it.
-    public func send(to fd: Int32) {
+    /// Writes the report to `fd` (the daemon's end) and closes it. False when nobody read it
+    /// (the reader died): whatever the report announced has no owner.
+    @discardableResult
+    public func send(to fd: Int32) -> Bool {
         var text = line
-        text.withUTF8 { bytes in
+        let complete = text.withUTF8 { bytes in
             var written = 0
             while written < bytes.count {
                 let n = write(fd, bytes.baseAddress! + written, bytes.count - written)
                 if n < 0 && errno == EINTR { continue }
-                if n <= 0 { break }
+                if n <= 0 { return false }
                 written += n
             }
+            return true
         }
         close(fd)
+        return complete
     }
 
     /// Reads one report from `fd` (the parent's end), waiting at most `timeout` seconds.
@@ -79,4 +84,11 @@ func monotonicSeconds() -> Double {
     var now = timespec()
     clock_gettime(CLOCK_MONOTONIC, &now)
     return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
+}
+
+/// pipe(2) with both ends close-on-exec (pipe2 is out of Glibc's Swift overlay).
+func closeOnExecPipe(_ ends: inout [Int32]) -> Bool {
+    guard pipe(&ends) == 0 else { return false }
+    for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+    return true
 }

@@ -32,7 +32,7 @@ extern const unsigned long CSHIM_NBD_SET_TIMEOUT;
 extern const unsigned long CSHIM_NBD_SET_FLAGS;
 
 // Passing one file descriptor over a Unix socket (SCM_RIGHTS). Return what sendmsg/recvmsg
-// return; *received_fd is -1 when no descriptor came with the message.
+// return; *received_fd is -1 when no descriptor came with the message. fd < 0 sends data only.
 ssize_t cshim_send_fd(int socket, const void *data, size_t length, int fd);
 ssize_t cshim_recv_fd(int socket, void *data, size_t length, int *received_fd);
 

@@ -1,0 +1,356 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import KernelAttach
+import NBDKernel
+import SystemCalls
+
+/// The supervisor of one netlink-attached nbd device, run as `mount.erofs --supervise-nbd-device
+/// ...`: it serves no I/O itself. It keeps one worker serving and one standby worker that has
+/// already opened the source, and waits for signals, nothing else:
+/// - SIGCHLD, the serving worker died (any signal, any crash): the standby gives the device a
+///   new socket with RECONFIGURE at once, and a new standby starts. The kernel held the I/O
+///   meanwhile (dead-connection timeout); requests the dead worker had read are resent by the
+///   kernel when their timer next fires (`requeueMilliseconds`).
+/// - SIGUSR1, hot upgrade: a standby from the binary now installed opens the source, the serving
+///   worker stops at a request boundary with every reply sent and hands over its live socket,
+///   the new worker serves it. The kernel never sees a dead link.
+/// - SIGTERM: stop supervising (`-u`, `--disconnect`); the worker ends with the device.
+/// A worker that ends because the kernel disconnected ends the supervisor.
+public enum NBDSupervisor {
+    public static let flag = "--supervise-nbd-device"
+
+    struct Worker {
+        var process: DaemonProcess
+        var status: Int32
+        var control: ControlChannel
+
+        func release() {
+            close(status)
+            control.close()
+        }
+    }
+
+    public static func arguments(for settings: NBDDaemon.Settings) -> [String] {
+        [flag] + settings.arguments.dropFirst()
+    }
+
+    public static func main(_ arguments: [String]) -> Int32 {
+        guard let settings = NBDDaemon.Settings(arguments: [NBDDaemon.flag] + arguments.dropFirst()),
+              arguments.first == flag, !settings.forceIoctl else {
+            DaemonReport.failed("internal error: bad supervisor arguments \(arguments)").send(to: NBDDaemon.statusDescriptor)
+            return NBDDaemon.Exit.badArguments.rawValue
+        }
+        signal(SIGPIPE, SIG_IGN)
+        var supervisor = Supervisor(settings: settings)
+        return supervisor.run()
+    }
+
+    struct Supervisor {
+        let settings: NBDDaemon.Settings
+        let signals: sigset_t
+        var active: Worker?
+        var standby: Worker?
+        var index: UInt32 = 0
+        var stopping = false
+        var standbyRetryAt = 0.0
+        /// Only a netlink device can take a new socket; an ioctl one dies with its worker.
+        var recovers = false
+
+        init(settings: NBDDaemon.Settings) {
+            self.settings = settings
+            var set = sigset_t()
+            sigemptyset(&set)
+            for signal in [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1] { sigaddset(&set, signal) }
+            sigprocmask(SIG_BLOCK, &set, nil)
+            signals = set
+        }
+
+        mutating func run() -> Int32 {
+            // The first worker's report goes, as is, to whoever started us.
+            let first: Worker
+            let report: DaemonReport
+            do {
+                (first, report) = try start(mode: settings.mode)
+            } catch {
+                DaemonReport.failed("\(error)").send(to: NBDDaemon.statusDescriptor)
+                return NBDDaemon.Exit.failed.rawValue
+            }
+            let delivered = report.send(to: NBDDaemon.statusDescriptor)
+            guard case .ready(let device, let method, _) = report else {
+                first.release()
+                _ = first.process.waitForExit(timeout: 10)
+                return NBDDaemon.Exit.failed.rawValue
+            }
+            active = first
+            index = UInt32(device)
+            guard delivered else {
+                // Whoever started us died before learning of the device: release it.
+                log("/dev/nbd\(index): nobody took the report; releasing the device")
+                stopping = true
+                NBDDaemon.releaseUnclaimed(index: index, method: method, ioctl: nil)
+                _ = first.process.waitForExit(timeout: 30)
+                first.release()
+                return NBDDaemon.Exit.failed.rawValue
+            }
+            log("supervising /dev/nbd\(index) (\(method.rawValue)), worker \(first.process.pid)")
+            recovers = method == .netlink
+            if recovers { replaceStandby() }
+
+            while true {
+                var info = siginfo_t()
+                var wait = timespec(tv_sec: 1, tv_nsec: 0)
+                var set = signals
+                let signal = sigtimedwait(&set, &info, &wait)
+                switch signal {
+                case SIGCHLD:
+                    if let status = reapWorkers() { return status }
+                case SIGTERM, SIGINT, SIGHUP:
+                    stopping = true
+                    stopStandby()
+                    if active == nil { return NBDDaemon.Exit.disconnected.rawValue }
+                case SIGUSR1:
+                    upgrade()
+                default:
+                    break
+                }
+                if standby == nil, !stopping, active != nil, recovers, monotonicSeconds() >= standbyRetryAt {
+                    replaceStandby()
+                }
+            }
+        }
+
+        /// Reaps every exited child; returns the supervisor's exit status when it should end.
+        mutating func reapWorkers() -> Int32? {
+            while true {
+                var status: Int32 = 0
+                let pid = waitpid(-1, &status, WNOHANG)
+                guard pid > 0 else { return nil }
+                if pid == standby?.process.pid {
+                    log("standby worker \(pid) ended (\(describe(waitStatus: status)))")
+                    standby?.release()
+                    standby = nil
+                    standbyRetryAt = monotonicSeconds() + 1
+                    continue
+                }
+                guard pid == active?.process.pid, let ended = active else { continue }
+                ended.release()
+                active = nil
+                let exitedCleanly = status & 0x7f == 0 && (status >> 8) & 0xff == NBDDaemon.Exit.disconnected.rawValue
+                if stopping || exitedCleanly || !recovers || !deviceIsOurs() {
+                    log("/dev/nbd\(index): worker \(pid) ended (\(describe(waitStatus: status))); done")
+                    stopStandby()
+                    if !stopping { forgetDevice() }
+                    return NBDDaemon.Exit.disconnected.rawValue
+                }
+                log("/dev/nbd\(index): worker \(pid) died (\(describe(waitStatus: status))); recovering")
+                recover()
+                if active == nil {
+                    stopStandby()
+                    return NBDDaemon.Exit.failed.rawValue
+                }
+            }
+        }
+
+        /// A new worker on the dead link: the standby if there is one, else a fresh one; retried
+        /// while the device still waits for us.
+        mutating func recover() {
+            let started = monotonicSeconds()
+            if let candidate = standby {
+                standby = nil
+                do {
+                    try candidate.control.send(.reconnect)
+                    if case .ready? = try DaemonReport.receive(from: candidate.status, timeout: 10) {
+                        active = candidate
+                    }
+                } catch {
+                    log("standby \(candidate.process.pid) could not take over: \(error)")
+                }
+                if active == nil {
+                    candidate.release()
+                    candidate.process.terminate(signal: SIGKILL, timeout: 5)
+                }
+            }
+            while active == nil && !stopping && deviceIsOurs() {
+                do {
+                    let (worker, report) = try start(mode: .reattach(index))
+                    if case .ready = report { active = worker; break }
+                    worker.release()
+                    log("/dev/nbd\(index): a new worker failed: \(report)")
+                } catch {
+                    log("/dev/nbd\(index): cannot start a new worker: \(error)")
+                }
+                usleep(500_000)
+            }
+            guard let active else { return }
+            let milliseconds = Int((monotonicSeconds() - started) * 1000)
+            log("/dev/nbd\(index): worker \(active.process.pid) serves again after \(milliseconds) ms")
+            record { state in
+                state.recoveries = (state.recoveries ?? 0) + 1
+                state.lastRecoveryMilliseconds = milliseconds
+            }
+            replaceStandby()
+        }
+
+        /// Hot upgrade: the installed binary's standby takes the live socket from the worker.
+        mutating func upgrade() {
+            guard let old = active, !stopping else { return }
+            let started = monotonicSeconds()
+            stopStandby()
+            let fresh: Worker
+            do { fresh = try startStandby(executable: installedExecutable()) } catch {
+                log("/dev/nbd\(index): upgrade failed, the current worker keeps serving: \(error)")
+                replaceStandby()
+                return
+            }
+            kill(old.process.pid, SIGUSR2)
+            var handedOver: Int32?
+            do {
+                if case .handOff(let socket)? = try old.control.receive(timeout: 30) { handedOver = socket }
+            } catch {
+                log("/dev/nbd\(index): worker \(old.process.pid) did not hand over its socket: \(error)")
+            }
+            do {
+                if let handedOver {
+                    try fresh.control.send(.serveSocket(handedOver))
+                    close(handedOver)
+                } else {
+                    // It died on the way: its socket is dead, so this is a recovery.
+                    try fresh.control.send(.reconnect)
+                }
+                guard case .ready? = try DaemonReport.receive(from: fresh.status, timeout: 10) else {
+                    throw SystemError("upgrade", detail: "the new worker did not start serving")
+                }
+            } catch {
+                log("/dev/nbd\(index): upgrade failed: \(error)")
+                fresh.release()
+                fresh.process.terminate(signal: SIGKILL, timeout: 5)
+                // The old worker is gone or going; the SIGCHLD path recovers the device.
+                return
+            }
+            old.release()
+            active = fresh
+            let milliseconds = Int((monotonicSeconds() - started) * 1000)
+            log("/dev/nbd\(index): upgraded to worker \(fresh.process.pid) in \(milliseconds) ms")
+            record { state in state.upgrades = (state.upgrades ?? 0) + 1 }
+            replaceStandby()
+        }
+
+        mutating func replaceStandby() {
+            stopStandby()
+            do { standby = try startStandby(executable: "/proc/self/exe") } catch {
+                log("/dev/nbd\(index): no standby worker: \(error)")
+                standbyRetryAt = monotonicSeconds() + 1
+            }
+        }
+
+        mutating func stopStandby() {
+            guard let old = standby else { return }
+            standby = nil
+            old.release()  // a standby waiting for its word ends when the channel closes
+            old.process.terminate(signal: SIGTERM, timeout: 2)
+        }
+
+        func startStandby(executable: String) throws(SystemError) -> Worker {
+            let worker = try spawn(mode: .standby(index), executable: executable)
+            guard case .prepared? = try worker.control.receive(timeout: 30) else {
+                worker.release()
+                worker.process.terminate(signal: SIGKILL, timeout: 5)
+                throw SystemError("start a standby worker", detail: "it ended before opening \(settings.source)")
+            }
+            return worker
+        }
+
+        /// Starts a worker that attaches at once, and waits for its report.
+        func start(mode: NBDDaemon.Mode) throws(SystemError) -> (Worker, DaemonReport) {
+            let worker = try spawn(mode: mode, executable: "/proc/self/exe")
+            let report = try DaemonReport.receive(from: worker.status, timeout: 30)
+            guard let report else {
+                var status: Int32 = 0
+                waitpid(worker.process.pid, &status, 0)
+                worker.release()
+                return (worker, .failed("the serving worker exited before attaching a device (\(describe(waitStatus: status)))"))
+            }
+            return (worker, report)
+        }
+
+        func spawn(mode: NBDDaemon.Mode, executable: String) throws(SystemError) -> Worker {
+            var statusEnds: [Int32] = [-1, -1]
+            guard closeOnExecPipe(&statusEnds) else { throw .lastErrno("pipe") }
+            let control: (supervisor: ControlChannel, worker: ControlChannel)
+            do { control = try ControlChannel.pair() } catch {
+                close(statusEnds[0]); close(statusEnds[1])
+                throw error
+            }
+            defer {
+                close(statusEnds[1])
+                control.worker.close()
+            }
+            var workerSettings = settings
+            workerSettings.mode = mode
+            let process: DaemonProcess
+            do {
+                // Our own stdout is the device's log file: the worker appends to the same one.
+                process = try DaemonProcess.spawn(
+                    executable: executable, arguments: workerSettings.arguments,
+                    descriptors: [statusEnds[1], control.worker.descriptor], logFile: nil, inheritOutput: true)
+            } catch {
+                close(statusEnds[0])
+                control.supervisor.close()
+                throw error
+            }
+            return Worker(process: process, status: statusEnds[0], control: control.supervisor)
+        }
+
+        /// Whether the device still waits for a server of ours: the kernel still shows our
+        /// identifier (or, before 5.14, still has a capacity).
+        func deviceIsOurs() -> Bool {
+            let device = NBDDevice(index: index)
+            if device.hasBackendIdentifierSupport { return device.backendIdentifier == settings.identifier }
+            return (device.sizeSectors ?? 0) > 0
+        }
+
+        /// The device went away without `-u` (a plain umount with disconnect-on-close): its
+        /// state and log go with it.
+        func forgetDevice() {
+            let store = StateStore()
+            if let state = try? store.load(device: Int(index)), state.backendIdentifier == settings.identifier {
+                try? store.remove(device: Int(index))
+                unlink("\(store.directory)/\(settings.identifier).log")
+            }
+        }
+
+        /// Updates the device's state file with the serving worker, if the file is still ours.
+        func record(_ change: (inout DeviceState) -> Void) {
+            let store = StateStore()
+            guard var state = try? store.load(device: Int(index)), state.backendIdentifier == settings.identifier else { return }
+            if let active {
+                state.servingPID = active.process.pid
+                state.servingStartTime = active.process.startTime
+            }
+            change(&state)
+            do { try store.save(state) } catch { log("cannot update the state of /dev/nbd\(index): \(error)") }
+        }
+
+        func log(_ message: String) {
+            var line = "erofs-nbd-supervisor[\(getpid())]: \(message)\n"
+            line.withUTF8 { _ = write(1, $0.baseAddress, $0.count) }
+        }
+    }
+
+    /// The binary installed where ours was started from: after an upgrade replaced the file,
+    /// /proc/self/exe still names the old one, with " (deleted)" appended.
+    static func installedExecutable() -> String {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard length > 0 else { return "/proc/self/exe" }
+        var path = String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        if path.hasSuffix(" (deleted)") { path.removeLast(" (deleted)".count) }
+        return access(path, X_OK) == 0 ? path : "/proc/self/exe"
+    }
+}
+
+func describe(waitStatus status: Int32) -> String {
+    if status & 0x7f == 0 { return "exit status \((status >> 8) & 0xff)" }
+    return "killed by signal \(status & 0x7f)"
+}

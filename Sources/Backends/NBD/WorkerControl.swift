@@ -1,0 +1,101 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CShim
+import SystemCalls
+
+/// The channel between the supervisor and one serving worker: a SOCK_SEQPACKET socketpair, one
+/// byte per message, with a descriptor attached where the message carries a socket. Messages
+/// are few and tiny, so the supervisor stays a handful of syscalls.
+public enum ControlMessage: Equatable, Sendable {
+    /// Worker → supervisor: the standby has opened the source and waits for a device.
+    case prepared
+    /// Supervisor → standby: serve this socket, the kernel's live connection handed over by the
+    /// previous worker (hot upgrade; the kernel never sees a change).
+    case serveSocket(Int32)
+    /// Supervisor → standby: the link is dead; give the device a new socket with RECONFIGURE.
+    case reconnect
+    /// Worker → supervisor: stopped at a request boundary with every reply sent; here is the
+    /// live socket for the next worker.
+    case handOff(Int32)
+
+    var code: UInt8 {
+        switch self {
+        case .prepared: UInt8(ascii: "P")
+        case .serveSocket: UInt8(ascii: "S")
+        case .reconnect: UInt8(ascii: "R")
+        case .handOff: UInt8(ascii: "H")
+        }
+    }
+
+    var descriptor: Int32 {
+        switch self {
+        case .serveSocket(let fd), .handOff(let fd): fd
+        case .prepared, .reconnect: -1
+        }
+    }
+
+    init?(code: UInt8, descriptor: Int32) {
+        switch (code, descriptor >= 0) {
+        case (UInt8(ascii: "P"), false): self = .prepared
+        case (UInt8(ascii: "R"), false): self = .reconnect
+        case (UInt8(ascii: "S"), true): self = .serveSocket(descriptor)
+        case (UInt8(ascii: "H"), true): self = .handOff(descriptor)
+        default: return nil
+        }
+    }
+}
+
+public struct ControlChannel: Sendable {
+    public let descriptor: Int32
+
+    public init(descriptor: Int32) { self.descriptor = descriptor }
+
+    /// A connected pair: the first end for the supervisor, the second for the worker.
+    public static func pair() throws(SystemError) -> (supervisor: ControlChannel, worker: ControlChannel) {
+        var ends: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
+            throw .lastErrno("socketpair (worker control)")
+        }
+        return (ControlChannel(descriptor: ends[0]), ControlChannel(descriptor: ends[1]))
+    }
+
+    public func send(_ message: ControlMessage) throws(SystemError) {
+        var code = message.code
+        let sent = try retryingOnInterrupt("send on the worker control channel") {
+            cshim_send_fd(descriptor, &code, 1, message.descriptor)
+        }
+        guard sent == 1 else { throw SystemError("send on the worker control channel", detail: "short send") }
+    }
+
+    /// The next message, waiting at most `timeout` seconds (nil: forever). Returns nil when the
+    /// peer closed its end (it exited).
+    public func receive(timeout: Double? = nil) throws(SystemError) -> ControlMessage? {
+        if let timeout {
+            var poller = pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0)
+            let ready = try retryingOnInterrupt("poll the worker control channel") {
+                poll(&poller, 1, Int32(timeout * 1000))
+            }
+            guard ready > 0 else {
+                throw SystemError("wait on the worker control channel", detail: "no message within \(timeout) s")
+            }
+        }
+        var code: UInt8 = 0
+        var received: Int32 = -1
+        let got = try retryingOnInterrupt("receive on the worker control channel") {
+            cshim_recv_fd(descriptor, &code, 1, &received)
+        }
+        if received >= 0 { _ = fcntl(received, F_SETFD, FD_CLOEXEC) }
+        guard got == 1 else {
+            if received >= 0 { Glibc.close(received) }
+            return nil
+        }
+        guard let message = ControlMessage(code: code, descriptor: received) else {
+            if received >= 0 { Glibc.close(received) }
+            throw SystemError("receive on the worker control channel", detail: "unexpected message \(code)")
+        }
+        return message
+    }
+
+    public func close() { _ = Glibc.close(descriptor) }
+}
