@@ -99,5 +99,44 @@ else
     not_ok "bad image: status $status, $(cat "$work/err"), devices in use $before -> $after"
 fi
 
+in_use() { cat /sys/block/nbd*/size | grep -vc '^0$'; }
+daemons() { pgrep -f -- '--s(erve|upervise)-nbd-device' | wc -l; }
+
+# mount(2) fails after the device was attached (EROFS refuses an option): nothing stays.
+mkdir -p "$work/late"
+before=$(in_use)
+"$BIN/mount.erofs" -t erofs.nbd -o cache_strategy=bogus "$CORPUS/plain.erofs" "$work/late" 2>"$work/err"; status=$?
+if [[ $status == 32 ]] && grep -q "cannot mount .* through /dev/nbd" "$work/err" && [[ $(in_use) == "$before" ]] \
+    && [[ $(daemons) == 0 ]] && ! ls "$STATE"/nbd*.json >/dev/null 2>&1 && ! mountpoint -q "$work/late"; then
+    ok "a mount(2) failure after attaching leaves nothing: $(cat "$work/err")"
+else
+    not_ok "late mount failure: status $status, $(cat "$work/err"), devices $before -> $(in_use), daemons $(daemons)"
+fi
+
+# The daemon killed while mount.erofs waits for it: the mount fails saying why, or (when the
+# kill came after the device was in service) succeeds; either way -u or the failure leaves nothing.
+for which in supervise serve; do
+    mkdir -p "$work/killed-$which"
+    before=$(in_use)
+    "$BIN/mount.erofs" -t erofs.nbd "$CORPUS/plain.erofs" "$work/killed-$which" 2>"$work/err" & mounter=$!
+    victim=
+    for _ in $(seq 500); do victim=$(pgrep -f -- "--$which-nbd-device" | head -n 1); [[ -n $victim ]] && break; done
+    [[ -n $victim ]] && kill -9 "$victim"
+    wait "$mounter"; status=$?
+    if [[ $status == 0 ]]; then
+        "$BIN/mount.erofs" -u "$work/killed-$which" 2>>"$work/err"
+        outcome="mounted anyway (killed after attaching), then unmounted"
+    else
+        outcome="failed: $(cat "$work/err")"
+    fi
+    sleep 1
+    if [[ -n $victim ]] && [[ $(in_use) == "$before" ]] && [[ $(daemons) == 0 ]] && ! ls "$STATE"/nbd*.json >/dev/null 2>&1 \
+        && ! mountpoint -q "$work/killed-$which" && { [[ $status == 0 ]] || grep -q . "$work/err"; }; then
+        ok "the $which daemon killed during the mount leaves nothing ($outcome)"
+    else
+        not_ok "$which daemon killed during the mount (pid ${victim:-not found}): $outcome; devices $before -> $(in_use), daemons $(daemons), state $(ls "$STATE")"
+    fi
+done
+
 echo "$passed passed, $failed failed"
 (( failed == 0 ))

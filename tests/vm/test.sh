@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The VM test suite CI runs: tests/vm/smoke.sh and tests/vm/nbd-mount.sh on Debian's 6.1 and
-# 6.12 kernels, one boot per kernel. Exits non-zero on any failure; the last line is "N passed, N failed".
+# The VM test suite CI runs: tests/vm/smoke.sh, tests/vm/nbd-mount.sh and tests/vm/recovery.sh
+# on Debian's 6.1 and 6.12 kernels, one boot per kernel. Exits non-zero on any failure; the last line is "N passed, N failed".
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 KERNELS=(${VM_KERNELS:-6.1 6.12})
@@ -19,7 +19,7 @@ for kernel in "${KERNELS[@]}"; do
     started=$SECONDS
     status=0
     "$VM_DIR/run.sh" --kernel "$kernel" --timeout "${VM_TIMEOUT:-900}" -- \
-        sh -c 'tests/vm/smoke.sh; smoke=$?; tests/vm/nbd-mount.sh && exit $smoke' | tee "$output" || status=$?
+        sh -c 'tests/vm/smoke.sh; smoke=$?; tests/vm/nbd-mount.sh; nbd=$?; tests/vm/recovery.sh && [ $nbd = 0 ] && exit $smoke' | tee "$output" || status=$?
     echo "== kernel $kernel: status $status in $((SECONDS - started)) s"
     passed=$((passed + $(grep -c '^ok - ' "$output" || true)))
     failed=$((failed + $(grep -c '^not ok - ' "$output" || true)))

@@ -1,0 +1,181 @@
+#!/usr/bin/env bash
+# Runs inside the test VM: crash recovery, --reattach and hot upgrade of the nbd daemon under a
+# load of two readers that check every file they read against the manifest (issue 6).
+#   1. the serving worker is killed with SIGKILL $KILLS times; the supervisor recovers it;
+#   2. recovery is manual: the daemon is killed and `--reattach` runs 2 s later, $REATTACHES times;
+#   3. the daemon is hot-upgraded $UPGRADES times to a freshly installed binary.
+# Each run must have zero read errors and zero mismatches; the stalls go to BENCHMARKS.md.
+# Then the refusals: stale or missing state, a foreign backend identifier, an ioctl device, a
+# live daemon; each must say why and change nothing. Prints "ok - ..." / "not ok - ..." lines,
+# "STALLS {json}" lines, then "N passed, N failed".
+set -uo pipefail
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=${EROFS_BIN_DIR:-$REPO/.build/debug}
+CORPUS=${EROFS_CORPUS:-$REPO/../shared/corpus}
+STATE=/run/erofs-mount/nbd
+KILLS=${KILLS:-20} REATTACHES=${REATTACHES:-5} UPGRADES=${UPGRADES:-10}
+IMAGE=${IMAGE:-lz4}
+kernel=$(uname -r)
+passed=0 failed=0
+ok() { echo "ok - [$kernel] $*"; passed=$((passed + 1)); }
+not_ok() { echo "not ok - [$kernel] $*"; failed=$((failed + 1)); }
+work=$(mktemp -d /tmp/recovery.XXXXXX)
+# Upgrades replace this copy the way a package manager does (a new file renamed over the old).
+install -m 0755 "$BIN/mount.erofs" "$work/mount.erofs"
+MOUNT=$work/mount.erofs
+manifest=$CORPUS/$IMAGE.manifest.jsonl
+
+field() { python3 -c "import json,sys; v=json.load(open(sys.argv[1])).get(sys.argv[2]); print('' if v is None else v)" "$STATE/nbd$1.json" "$2" 2>/dev/null; }
+uptime_now() { cut -d' ' -f1 /proc/uptime; }
+device_of() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); print $(i + 2) }' /proc/self/mountinfo | tail -n 1; }
+# Waits up to $2 s for command $1 to succeed.
+wait_for() { local deadline=$((SECONDS + $2)); until eval "$1"; do (( SECONDS < deadline )) || return 1; sleep 0.05; done; }
+
+start_load() {
+    rm -f "$work/stop"
+    for seed in 1 2; do
+        python3 "$REPO/tests/vm/read-load.py" "$1" "$manifest" "$work/stop" "$seed$RANDOM" --drop-caches >"$work/load$seed.json" &
+    done
+    sleep 1
+}
+stop_load() { touch "$work/stop"; wait; }
+report() {  # NAME: prints the summary and checks errors and mismatches
+    local summary
+    summary=$(python3 "$REPO/tests/vm/stall-report.py" "$1" "$work/events" "$work/load1.json" "$work/load2.json") || { not_ok "$1: no load report"; return; }
+    echo "STALLS [$kernel] $summary"
+    if python3 -c "import json,sys; s=json.loads(sys.argv[1]); sys.exit(0 if s['errors'] == 0 and s['mismatches'] == 0 and s['reads'] > 0 else 1)" "$summary"; then
+        ok "$1: $(python3 -c "import json,sys; s=json.loads(sys.argv[1]); print(f\"{s['reads']} reads, 0 errors, 0 mismatches; stall median {s['stall_median_ms']} ms, worst {s['stall_worst_ms']} ms\")" "$summary")"
+    else
+        not_ok "$1: read errors or mismatches: $summary"
+    fi
+}
+left_nothing() {  # DEVICE INDEX, PIDS...: nothing of the device remains
+    local n=$1; shift
+    [[ $(cat /sys/block/nbd$n/size) == 0 ]] || { echo "nbd$n size $(cat /sys/block/nbd$n/size)"; return 1; }
+    [[ ! -e $STATE/nbd$n.json ]] || { echo "state file left"; return 1; }
+    for pid in "$@"; do ! kill -0 "$pid" 2>/dev/null || { echo "process $pid alive"; return 1; }; done
+    ! pgrep -f "erofs-mount-.* .*:$n " >/dev/null || { echo "a worker for nbd$n is alive"; return 1; }
+}
+
+# 1. Automatic recovery from SIGKILL of the serving worker.
+mnt=$work/auto; mkdir -p "$mnt"; : >"$work/events"
+if "$MOUNT" -t erofs.nbd "$CORPUS/$IMAGE.erofs" "$mnt"; then
+    dev=$(device_of "$mnt"); n=${dev#/dev/nbd}; supervisor=$(field "$n" daemonPID)
+    start_load "$mnt"
+    recovered=0
+    for i in $(seq "$KILLS"); do
+        sleep "0.$((RANDOM % 8 + 2))"
+        worker=$(field "$n" servingPID)
+        uptime_now >>"$work/events"
+        kill -9 "$worker"
+        if wait_for "[[ \$(field $n servingPID) != $worker ]] && kill -0 \$(field $n servingPID) 2>/dev/null" 10; then
+            recovered=$((recovered + 1))
+        else
+            echo "# kill $i: no new worker"; cat "$STATE"/*.log | tail -5
+        fi
+    done
+    stop_load
+    [[ $recovered == "$KILLS" && $(field "$n" recoveries) == "$KILLS" ]] && ok "auto: $KILLS SIGKILLs of the serving worker, $KILLS recoveries" \
+        || not_ok "auto: $recovered of $KILLS recovered (state says $(field "$n" recoveries))"
+    report "auto recovery ($KILLS x SIGKILL)"
+    "$BIN/erofs" walk "$mnt" | cmp -s - "$manifest" && ok "auto: the walk equals the manifest after the recoveries" || not_ok "auto: walk differs"
+    "$MOUNT" -u "$mnt" && why=$(left_nothing "$n" "$supervisor") && ok "auto: -u after $KILLS recoveries left nothing" || not_ok "auto: -u left: ${why:-failed}"
+else
+    not_ok "auto: mount failed"
+fi
+
+# 2. Manual recovery: kill, wait 2 s, --reattach.
+mnt=$work/manual; mkdir -p "$mnt"; : >"$work/events"
+if "$MOUNT" -t erofs.nbd -o nbd.recovery=manual "$CORPUS/$IMAGE.erofs" "$mnt"; then
+    dev=$(device_of "$mnt"); n=${dev#/dev/nbd}
+    [[ -z $(field "$n" servingPID) && $(field "$n" supervised) == False ]] && ok "manual: no supervisor" || not_ok "manual: state $(cat "$STATE/nbd$n.json")"
+    # A live daemon is not replaced by --reattach.
+    before=$(cat "$STATE/nbd$n.json")
+    if ! "$MOUNT" --reattach "$mnt" 2>"$work/err" && grep -q "is still served by process $(field "$n" daemonPID)" "$work/err" \
+        && [[ $(cat "$STATE/nbd$n.json") == "$before" ]]; then ok "manual: --reattach refuses a live daemon and changes nothing"
+    else not_ok "manual: --reattach with a live daemon: $(cat "$work/err")"; fi
+    start_load "$mnt"
+    reattached=0
+    for i in $(seq "$REATTACHES"); do
+        sleep 0.5
+        daemon=$(field "$n" daemonPID)
+        uptime_now >>"$work/events"
+        kill -9 "$daemon"
+        sleep 2
+        if "$MOUNT" --reattach "$dev" 2>"$work/err" && [[ $(field "$n" daemonPID) != "$daemon" ]]; then reattached=$((reattached + 1))
+        else echo "# reattach $i: $(cat "$work/err")"; fi
+    done
+    stop_load
+    [[ $reattached == "$REATTACHES" ]] && ok "manual: $REATTACHES kills each followed by --reattach 2 s later" || not_ok "manual: $reattached of $REATTACHES reattached"
+    report "manual --reattach 2 s after SIGKILL ($REATTACHES x)"
+    daemon=$(field "$n" daemonPID)
+    "$MOUNT" -u "$mnt" && why=$(left_nothing "$n" "$daemon") && ok "manual: -u after $REATTACHES reattaches left nothing" || not_ok "manual: -u left: ${why:-failed}"
+else
+    not_ok "manual: mount failed"
+fi
+
+# 3. Hot upgrade to a newly installed binary.
+mnt=$work/upgrade; mkdir -p "$mnt"; : >"$work/events"
+if "$MOUNT" -t erofs.nbd "$CORPUS/$IMAGE.erofs" "$mnt"; then
+    dev=$(device_of "$mnt"); n=${dev#/dev/nbd}; supervisor=$(field "$n" daemonPID)
+    start_load "$mnt"
+    upgraded=0
+    for i in $(seq "$UPGRADES"); do
+        sleep "0.$((RANDOM % 5 + 1))"
+        install -m 0755 "$BIN/mount.erofs" "$work/mount.erofs.new" && mv -f "$work/mount.erofs.new" "$MOUNT"
+        old=$(field "$n" servingPID)
+        uptime_now >>"$work/events"
+        if "$MOUNT" --upgrade "$mnt" 2>"$work/err"; then
+            new=$(field "$n" servingPID)
+            exe=$(readlink "/proc/$new/exe")
+            if [[ $new != "$old" && $exe == "$MOUNT" ]] && ! kill -0 "$old" 2>/dev/null; then upgraded=$((upgraded + 1))
+            else echo "# upgrade $i: worker $old -> $new ($exe)"; fi
+        else
+            echo "# upgrade $i: $(cat "$work/err")"
+        fi
+    done
+    stop_load
+    [[ $upgraded == "$UPGRADES" ]] && ok "upgrade: $UPGRADES hot upgrades, each to the newly installed binary" || not_ok "upgrade: $upgraded of $UPGRADES"
+    report "hot upgrade ($UPGRADES x)"
+    "$MOUNT" -u "$mnt" && why=$(left_nothing "$n" "$supervisor") && ok "upgrade: -u after $UPGRADES upgrades left nothing" || not_ok "upgrade: -u left: ${why:-failed}"
+else
+    not_ok "upgrade: mount failed"
+fi
+
+# 4. Refusals that change nothing.
+refuses() {  # NAME EXPECTED-MESSAGE-PART TARGET [MODE]
+    local before after
+    before=$(cat "$STATE"/*.json 2>/dev/null | md5sum)
+    if "$MOUNT" "${4:---reattach}" "$3" 2>"$work/err"; then not_ok "$1: accepted"; return; fi
+    after=$(cat "$STATE"/*.json 2>/dev/null | md5sum)
+    if grep -q -- "$2" "$work/err" && [[ $before == "$after" ]]; then ok "$1: $(cat "$work/err")"
+    else not_ok "$1: got '$(cat "$work/err")', state changed: $([[ $before == "$after" ]] && echo no || echo yes)"; fi
+}
+mnt=$work/refuse; mkdir -p "$mnt"
+if "$MOUNT" -t erofs.nbd "$CORPUS/$IMAGE.erofs" "$mnt"; then
+    dev=$(device_of "$mnt"); n=${dev#/dev/nbd}
+    free=$(for d in /sys/block/nbd*; do [[ $(cat "$d/size") == 0 && ! -e $STATE/${d##*/}.json ]] && { echo "${d##*/nbd}"; break; }; done)
+    refuses "no state" "is not managed by mount.erofs" "/dev/nbd$free"
+    sed "s/\"index\" : $n,/\"index\" : $free,/" "$STATE/nbd$n.json" >"$STATE/nbd$free.json"
+    refuses "stale state" "is not connected: the state $STATE/nbd$free.json is stale" "/dev/nbd$free"
+    rm -f "$STATE/nbd$free.json"
+    cp "$STATE/nbd$n.json" "$work/saved.json"
+    sed -i 's/"backendIdentifier" : "erofs-mount-/"backendIdentifier" : "someone-else-/' "$STATE/nbd$n.json"
+    refuses "foreign identifier" "is connected to backend \`erofs-mount-" "$mnt"
+    cp "$work/saved.json" "$STATE/nbd$n.json"
+    refuses "live daemon" "is still served by process" "$mnt"
+    refuses "not an nbd target" "is neither /dev/nbdN nor mounted from one" "$work"
+    "$MOUNT" -u "$mnt" || not_ok "refuse: -u"
+fi
+mnt=$work/ioctl; mkdir -p "$mnt"
+if "$MOUNT" -t erofs.nbd -o nbd.ioctl "$CORPUS/$IMAGE.erofs" "$mnt" 2>"$work/mount-err"; then
+    grep -q "cannot be recovered" "$work/mount-err" && ok "ioctl: the mount warns that it cannot recover" || not_ok "ioctl: no warning at mount: $(cat "$work/mount-err")"
+    "$MOUNT" --list | grep -q "none (ioctl)" && ok "ioctl: --list says it cannot recover" || not_ok "ioctl: --list: $("$MOUNT" --list)"
+    daemon=$(field "$(device_of "$mnt" | tr -dc 0-9)" daemonPID)
+    kill -9 "$daemon"; sleep 1
+    refuses "ioctl device" "cannot be reattached" "$mnt"
+    timeout 60 "$MOUNT" -u "$mnt" && ok "ioctl: -u after its daemon died does not hang" || not_ok "ioctl: -u after the daemon died"
+fi
+
+echo "$passed passed, $failed failed"
+(( failed == 0 ))
