@@ -91,7 +91,9 @@ let package = Package(
             "ErofsTool", "CShim",
         ]),
         .testTarget(name: "MountCLITests", dependencies: ["MountCLI"]),
-        .testTarget(name: "BackendsTests", dependencies: ["Backends", "SystemCalls"]),
+        .testTarget(name: "BackendsTests", dependencies: [
+            "Backends", "SystemCalls", .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "KernelAttachTests", dependencies: ["KernelAttach"]),
         // LZ4 throughput: the Swift decoder against liblz4 (release build).
         .executableTarget(name: "LZ4Bench", dependencies: ["Compression", "CLZ4"]),

@@ -97,6 +97,8 @@ import Testing
     @Test func modes() throws {
         #expect(try MountCommandLine.parse(["-u", "/mnt"]).mode == .unmount)
         #expect(try MountCommandLine.parse(["--reattach", "/dev/nbd0"]).mode == .reattach)
+        #expect(try MountCommandLine.parse(["--upgrade", "/mnt/x"]).target == "/mnt/x")
+        #expect(try MountCommandLine.parse(["--upgrade", "/mnt/x"]).mode == .upgrade)
         #expect(try MountCommandLine.parse(["--disconnect", "/dev/nbd0"]).mode == .disconnect)
         #expect(try MountCommandLine.parse(["--list"]).mode == .list)
         #expect(try MountCommandLine.parse(["-h"]).mode == .help)
