@@ -93,7 +93,7 @@ public struct NBDRecovery: Sendable {
         let supervisor = DaemonProcess(pid: state.daemonPID, startTime: state.daemonStartTime)
         guard state.supervised == true, supervisor.isAlive else {
             if let alive = livingDaemon(of: state) {
-                throw MountFailure("\(state.devicePath) has no supervisor (mounted with nbd.recovery=manual): stop its daemon \(alive) and run `mount.erofs --reattach \(target)`")
+                throw MountFailure("\(state.devicePath) has no supervisor (mounted with nbd.recovery=manual, or the supervisor died): stop its daemon \(alive) and run `mount.erofs --reattach \(target)`")
             }
             throw MountFailure("no daemon serves \(state.devicePath): `mount.erofs --reattach \(target)` starts one")
         }
