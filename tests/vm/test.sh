@@ -18,7 +18,7 @@ for kernel in "${KERNELS[@]}"; do
     echo "== kernel $kernel"
     started=$SECONDS
     status=0
-    "$VM_DIR/run.sh" --kernel "$kernel" --timeout "${VM_TIMEOUT:-900}" -- \
+    "$VM_DIR/run.sh" --kernel "$kernel" --timeout "${VM_TIMEOUT:-1200}" -- \
         sh -c 'tests/vm/smoke.sh; smoke=$?; tests/vm/nbd-mount.sh; nbd=$?; tests/vm/recovery.sh && [ $nbd = 0 ] && exit $smoke' | tee "$output" || status=$?
     echo "== kernel $kernel: status $status in $((SECONDS - started)) s"
     passed=$((passed + $(grep -c '^ok - ' "$output" || true)))
