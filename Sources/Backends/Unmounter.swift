@@ -45,6 +45,11 @@ public struct Unmounter: Sendable {
             result.releasedLoopDevice = try releaseIfUnused(loop)
         }
         if let index = nbdIndex(entry.source), let state = try? StateStore().load(device: index) {
+            // Mounted elsewhere too (a bind mount, another namespace's view): the device stays.
+            if let others = try? MountTable.read(), others.contains(where: { $0.source == entry.source }) {
+                logger.info("\(entry.source) is still mounted elsewhere; it stays attached")
+                return result
+            }
             let problems = NBDTeardown(logger: logger).release(state)
             if !problems.isEmpty {
                 throw MountFailure("unmounted \(mountPoint), but: \(problems.joined(separator: "; "))")

@@ -99,6 +99,31 @@ else
     not_ok "bad image: status $status, $(cat "$work/err"), devices in use $before -> $after"
 fi
 
+# A busy mountpoint: -u fails saying why and changes nothing; once the file is closed it works.
+mkdir -p "$work/busy"
+if "$BIN/mount.erofs" -t erofs.nbd "$CORPUS/plain.erofs" "$work/busy"; then
+    dev=$(device_of "$work/busy"); n=${dev#/dev/nbd}
+    before=$(cat "$STATE/nbd$n.json")
+    exec 7<"$work/busy/sizes/random-4097"
+    "$BIN/mount.erofs" -u "$work/busy" 2>"$work/err"; status=$?
+    if [[ $status == 32 ]] && grep -q "cannot unmount $work/busy" "$work/err" && grep -qi "busy" "$work/err" && mountpoint -q "$work/busy" \
+        && [[ $(cat "$STATE/nbd$n.json") == "$before" ]] && cat "$work/busy/sizes/random-4097" >/dev/null; then
+        ok "-u of a busy mountpoint fails and changes nothing: $(cat "$work/err")"
+    else
+        not_ok "-u of a busy mountpoint: status $status, $(cat "$work/err")"
+    fi
+    exec 7<&-
+    # A bind mount of it keeps the device when the first mount goes.
+    mkdir -p "$work/busy-bind"; mount --bind "$work/busy" "$work/busy-bind"
+    "$BIN/mount.erofs" -u "$work/busy" && [[ -e $STATE/nbd$n.json ]] && cat "$work/busy-bind/sizes/random-4097" >/dev/null \
+        && ok "-u keeps the device while a bind mount of it remains" || not_ok "-u with a bind mount left: $(ls "$STATE")"
+    pid=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['daemonPID'])" "$STATE/nbd$n.json")
+    "$BIN/mount.erofs" -u "$work/busy-bind" && why=$(left_nothing "$dev" "$pid") && ok "then -u of the bind mount left nothing" \
+        || not_ok "-u of the bind mount left: ${why:-failed}"
+else
+    not_ok "mount for the busy mountpoint test"
+fi
+
 in_use() { cat /sys/block/nbd*/size | grep -vc '^0$'; }
 daemons() { pgrep -f -- '--s(erve|upervise)-nbd-device' | wc -l; }
 
