@@ -19,6 +19,10 @@ case $kernel in 6.1.*) ;; *) images+=(lzma deflate zstd) ;; esac
 
 device_of() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); print $(i + 2) }' /proc/self/mountinfo | tail -n 1; }
 
+# Process $1 has exited (a zombie waiting for PID 1 to reap it counts as gone; a leader that
+# exited while a thread is still in the kernel does not).
+gone() { [[ ! -e /proc/$1 ]] || { [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) == Z ]] && [[ $(ls "/proc/$1/task" 2>/dev/null | wc -l) -le 1 ]]; }; }
+
 # Everything mount.erofs set up for nbd device $1 (daemon pid $2) is gone.
 left_nothing() {
     local n=${1#/dev/nbd} pid=$2 size
@@ -26,7 +30,7 @@ left_nothing() {
     [[ $size == 0 ]] || { echo "nbd$n size $size"; return 1; }
     [[ ! -e /sys/block/nbd$n/pid ]] || { echo "nbd$n still has a pid"; return 1; }
     [[ ! -e $STATE/nbd$n.json ]] || { echo "state file left"; return 1; }
-    ! kill -0 "$pid" 2>/dev/null || { echo "daemon $pid alive"; return 1; }
+    gone "$pid" || { echo "daemon $pid alive"; return 1; }
 }
 
 # mount, compare, check the attach method, unmount, check nothing is left

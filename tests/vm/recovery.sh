@@ -15,6 +15,7 @@ CORPUS=${EROFS_CORPUS:-$REPO/../shared/corpus}
 STATE=/run/erofs-mount/nbd
 KILLS=${KILLS:-20} REATTACHES=${REATTACHES:-5} UPGRADES=${UPGRADES:-10}
 IMAGE=${IMAGE:-lz4}
+NBD_OPTIONS=${NBD_OPTIONS:-}  # extra -o options for every mount, e.g. nbd.requeue_ms=100
 kernel=$(uname -r)
 passed=0 failed=0
 ok() { echo "ok - [$kernel] $*"; passed=$((passed + 1)); }
@@ -49,17 +50,19 @@ report() {  # NAME: prints the summary and checks errors and mismatches
         not_ok "$1: read errors or mismatches: $summary"
     fi
 }
+# Process $1 has exited (a zombie waiting for PID 1 to reap it counts as gone).
+gone() { [[ ! -e /proc/$1 ]] || { [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) == Z ]] && [[ $(ls "/proc/$1/task" 2>/dev/null | wc -l) -le 1 ]]; }; }
 left_nothing() {  # DEVICE INDEX, PIDS...: nothing of the device remains
     local n=$1; shift
     [[ $(cat /sys/block/nbd$n/size) == 0 ]] || { echo "nbd$n size $(cat /sys/block/nbd$n/size)"; return 1; }
     [[ ! -e $STATE/nbd$n.json ]] || { echo "state file left"; return 1; }
-    for pid in "$@"; do ! kill -0 "$pid" 2>/dev/null || { echo "process $pid alive"; return 1; }; done
+    for pid in "$@"; do gone "$pid" || { echo "process $pid alive"; return 1; }; done
     ! pgrep -f "erofs-mount-.* .*:$n " >/dev/null || { echo "a worker for nbd$n is alive"; return 1; }
 }
 
 # 1. Automatic recovery from SIGKILL of the serving worker.
 mnt=$work/auto; mkdir -p "$mnt"; : >"$work/events"
-if "$MOUNT" -t erofs.nbd "$CORPUS/$IMAGE.erofs" "$mnt"; then
+if "$MOUNT" -t erofs.nbd ${NBD_OPTIONS:+-o "$NBD_OPTIONS"} "$CORPUS/$IMAGE.erofs" "$mnt"; then
     dev=$(device_of "$mnt"); n=${dev#/dev/nbd}; supervisor=$(field "$n" daemonPID)
     start_load "$mnt"
     recovered=0
@@ -78,6 +81,8 @@ if "$MOUNT" -t erofs.nbd "$CORPUS/$IMAGE.erofs" "$mnt"; then
     [[ $recovered == "$KILLS" && $(field "$n" recoveries) == "$KILLS" ]] && ok "auto: $KILLS SIGKILLs of the serving worker, $KILLS recoveries" \
         || not_ok "auto: $recovered of $KILLS recovered (state says $(field "$n" recoveries))"
     report "auto recovery ($KILLS x SIGKILL)"
+    # The supervisor's own view: from reaping the dead worker to the new one serving.
+    echo "TAKEOVERS [$kernel] $(grep -o 'serves again after [0-9]* ms' "$STATE"/*.log | grep -o '[0-9]*' | sort -n | tr '\n' ' ')"
     "$BIN/erofs" walk "$mnt" | cmp -s - "$manifest" && ok "auto: the walk equals the manifest after the recoveries" || not_ok "auto: walk differs"
     "$MOUNT" -u "$mnt" && why=$(left_nothing "$n" "$supervisor") && ok "auto: -u after $KILLS recoveries left nothing" || not_ok "auto: -u left: ${why:-failed}"
 else
@@ -128,7 +133,7 @@ if "$MOUNT" -t erofs.nbd "$CORPUS/$IMAGE.erofs" "$mnt"; then
         if "$MOUNT" --upgrade "$mnt" 2>"$work/err"; then
             new=$(field "$n" servingPID)
             exe=$(readlink "/proc/$new/exe")
-            if [[ $new != "$old" && $exe == "$MOUNT" ]] && ! kill -0 "$old" 2>/dev/null; then upgraded=$((upgraded + 1))
+            if [[ $new != "$old" && $exe == "$MOUNT" ]] && gone "$old"; then upgraded=$((upgraded + 1))
             else echo "# upgrade $i: worker $old -> $new ($exe)"; fi
         else
             echo "# upgrade $i: $(cat "$work/err")"
@@ -137,6 +142,7 @@ if "$MOUNT" -t erofs.nbd "$CORPUS/$IMAGE.erofs" "$mnt"; then
     stop_load
     [[ $upgraded == "$UPGRADES" ]] && ok "upgrade: $UPGRADES hot upgrades, each to the newly installed binary" || not_ok "upgrade: $upgraded of $UPGRADES"
     report "hot upgrade ($UPGRADES x)"
+    echo "UPGRADES [$kernel] $(grep -o 'upgraded to worker [0-9]* in [0-9]* ms' "$STATE"/*.log | grep -o '[0-9]* ms' | grep -o '[0-9]*' | sort -n | tr '\n' ' ')"
     "$MOUNT" -u "$mnt" && why=$(left_nothing "$n" "$supervisor") && ok "upgrade: -u after $UPGRADES upgrades left nothing" || not_ok "upgrade: -u left: ${why:-failed}"
 else
     not_ok "upgrade: mount failed"

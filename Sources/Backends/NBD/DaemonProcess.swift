@@ -1,6 +1,11 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
 import CShim
 import KernelAttach
 import SystemCalls
@@ -77,9 +82,13 @@ public struct DaemonProcess: Sendable, Equatable {
         return startTime == 0 || now == startTime
     }
 
+    /// Dead and waiting to be reaped. A leader that exited while another of its threads is
+    /// still in the kernel (an NBD_DO_IT returning) shows Z too, but is not gone yet.
     static func isZombie(_ pid: Int32) -> Bool {
         guard let stat = try? readTextFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return false }
-        return stat[stat.index(close, offsetBy: 2)...].hasPrefix("Z")
+        guard stat[stat.index(close, offsetBy: 2)...].hasPrefix("Z") else { return false }
+        let threads = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task"))?.count ?? 1
+        return threads <= 1
     }
 
     /// Field 22 of /proc/PID/stat; the command name (field 2) may hold spaces and parentheses,
