@@ -110,7 +110,7 @@ final class TransmissionLoop: @unchecked Sendable {
                 // serves what cannot block: small reads the page cache holds (copied into the
                 // batch, sent together), and a lone request (QD1) by sendfile. Everything else
                 // goes to the workers.
-                if request.length <= Self.inlineCopyLimit {
+                if request.length <= Self.inlineCopyLimit && nonBlockingReadsWork {
                     if batch.space(for: Int(request.length)) == nil { sendBatch(batch) }
                     if addCachedRead(request, descriptor: descriptor.rawValue, to: batch) { continue }
                 }
@@ -147,13 +147,20 @@ final class TransmissionLoop: @unchecked Sendable {
         let length = Int(request.length)
         guard let space = batch.space(for: length) else { return false }
         let got = cshim_pread_nowait(descriptor, space.baseAddress, length, off_t(bitPattern: UInt(request.offset)))
-        guard got == length else { return false }
+        guard got == length else {
+            // Filesystems without RWF_NOWAIT (9p, some FUSE) refuse every such read: stop asking.
+            if got < 0 && errno == EOPNOTSUPP { nonBlockingReadsWork = false }
+            return false
+        }
         let header = structuredReplies
             ? StructuredReplyChunkHeader.offsetData(cookie: request.cookie, offset: request.offset, dataLength: request.length)
             : SimpleReply(cookie: request.cookie).encoded()
         batch.append(header: header, length: length)
         return true
     }
+
+    /// False once the source's filesystem refused RWF_NOWAIT: every READ then goes by sendfile.
+    private var nonBlockingReadsWork = true
 
     private func sendBatch(_ batch: ReplyBatch) {
         guard !batch.isEmpty else { return }
@@ -204,7 +211,11 @@ final class TransmissionLoop: @unchecked Sendable {
         let header = structuredReplies
             ? StructuredReplyChunkHeader.offsetData(cookie: request.cookie, offset: request.offset, dataLength: request.length)
             : SimpleReply(cookie: request.cookie).encoded()
-        if let descriptor = source.localFileDescriptor {
+        // Big reads from a local file go by sendfile (no copy through userspace). Small ones are
+        // copied and sent with their header in one sendmsg: header and data then reach the
+        // peer together (one wake-up of the kernel's receiver instead of two), and no reply
+        // is split around a read from the disk.
+        if let descriptor = source.localFileDescriptor, request.length > Self.inlineCopyLimit {
             try writer.sendFile(header: header, file: descriptor.rawValue, offset: request.offset, length: length)
             return
         }
