@@ -138,8 +138,9 @@ final class TransmissionLoop: @unchecked Sendable {
 
     /// The largest READ the reader copies from the page cache itself; larger ones go by sendfile.
     static let inlineCopyLimit: UInt32 = 64 << 10
-    /// The data one batch of replies holds at most.
-    static let batchDataCapacity = 1 << 20
+    /// The data one batch of replies holds at most: about what a socket buffer takes, so a
+    /// batch of big replies does not hold back reading the next requests for long.
+    static let batchDataCapacity = 256 << 10
 
     /// Copies `request`'s data from the page cache into `batch` without blocking on the disk;
     /// false (nothing added) when the data is not all cached or the batch has no room.
