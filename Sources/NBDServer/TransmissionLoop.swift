@@ -108,8 +108,8 @@ final class TransmissionLoop: @unchecked Sendable {
                 }
                 // Hand-offs to a worker cost more than serving a cached block, so this thread
                 // serves what cannot block: small reads the page cache holds (copied into the
-                // batch, sent together), and a lone request (QD1) by sendfile. Everything else
-                // goes to the workers.
+                // batch, sent together), and a lone request (QD1), for which there is nothing
+                // else to do. Everything else goes to the workers.
                 if request.length <= Self.inlineCopyLimit && nonBlockingReadsWork {
                     if batch.space(for: Int(request.length)) == nil { sendBatch(batch) }
                     if addCachedRead(request, descriptor: descriptor.rawValue, to: batch) { continue }
@@ -160,7 +160,8 @@ final class TransmissionLoop: @unchecked Sendable {
         return true
     }
 
-    /// False once the source's filesystem refused RWF_NOWAIT: every READ then goes by sendfile.
+    /// False once the source's filesystem refused RWF_NOWAIT: READs then skip the batch and go
+    /// through `serveRead` (inline when alone, else to the workers).
     private var nonBlockingReadsWork = true
 
     private func sendBatch(_ batch: ReplyBatch) {
