@@ -35,6 +35,10 @@ final class MessageReader {
 
     var hasBufferedBytes: Bool { start < end }
 
+    /// Bytes read from the socket and not yet consumed: when fewer than a request header, the
+    /// next read may block.
+    var bufferedByteCount: Int { end - start }
+
     /// Fills `destination` with the next `destination.count` bytes. `atBoundary` says that no
     /// byte of this message has been read yet, so EOF or stop here are clean.
     func read(into destination: UnsafeMutableRawBufferPointer, atBoundary: Bool, what: String) throws(SystemError) -> Result {
@@ -122,6 +126,9 @@ final class ReplyWriter: @unchecked Sendable {
 
     init(socket: Int32) { self.socket = socket }
 
+    /// IOV_MAX on Linux: the most vectors one sendmsg(2) takes.
+    static let maximumVectors = 1024
+
     /// The first write error; after it, nothing more is sent.
     var failed: SystemError? { lock.withLock { failure } }
 
@@ -157,9 +164,28 @@ final class ReplyWriter: @unchecked Sendable {
 
     /// Header and data from memory, gathered into one sendmsg(2) where the socket takes it all.
     func send(header: [UInt8], data: UnsafeRawBufferPointer) throws(SystemError) {
-        try lock.withLock { () throws(SystemError) in
-            try checkHealthy()
-            try record(header.withUnsafeBytes { gatherAll(header: $0, data: data) })
+        let error = header.withUnsafeBytes { header in
+            var vectors = (
+                iovec(iov_base: UnsafeMutableRawPointer(mutating: header.baseAddress), iov_len: header.count),
+                iovec(iov_base: UnsafeMutableRawPointer(mutating: data.baseAddress), iov_len: data.count))
+            return withUnsafeMutableBytes(of: &vectors) { deliver($0.bindMemory(to: iovec.self)) }
+        }
+        if let error { throw error }
+    }
+
+    /// Several complete replies at once, in order: one sendmsg(2) where the socket takes it all,
+    /// so a burst of cached READs costs one syscall and one wake-up of the peer. `vectors` is
+    /// consumed (advanced past what was sent).
+    func send(gathering vectors: UnsafeMutableBufferPointer<iovec>) throws(SystemError) {
+        if let error = deliver(vectors) { throw error }
+    }
+
+    private func deliver(_ vectors: UnsafeMutableBufferPointer<iovec>) -> SystemError? {
+        lock.withLock {
+            if let failure { return failure }
+            let error = sendAll(vectors)
+            if let error { failure = error }
+            return error
         }
     }
 
@@ -174,29 +200,29 @@ final class ReplyWriter: @unchecked Sendable {
         throw error
     }
 
-    private func gatherAll(header: UnsafeRawBufferPointer, data: UnsafeRawBufferPointer) -> SystemError? {
-        var vectors = [
-            iovec(iov_base: UnsafeMutableRawPointer(mutating: header.baseAddress), iov_len: header.count),
-            iovec(iov_base: UnsafeMutableRawPointer(mutating: data.baseAddress), iov_len: data.count),
-        ]
-        let total = header.count + data.count
-        let sent = vectors.withUnsafeMutableBufferPointer { buffer -> Int in
+    /// sendmsg(2) until every vector went out; a partial send (socket buffer full) resumes in
+    /// the middle of the vector where it stopped.
+    private func sendAll(_ vectors: UnsafeMutableBufferPointer<iovec>) -> SystemError? {
+        var first = 0
+        while first < vectors.count {
+            if vectors[first].iov_len == 0 { first += 1; continue }
             var message = msghdr()
-            message.msg_iov = buffer.baseAddress
-            message.msg_iovlen = 2
-            while true {
-                let got = sendmsg(socket, &message, Int32(MSG_NOSIGNAL))
-                if got >= 0 || errno != EINTR { return got }
+            message.msg_iov = vectors.baseAddress.map { $0 + first }
+            message.msg_iovlen = min(vectors.count - first, Self.maximumVectors)
+            var sent = sendmsg(socket, &message, Int32(MSG_NOSIGNAL))
+            if sent < 0 {
+                if errno == EINTR { continue }
+                return SystemError("send reply", errno: Errno(rawValue: errno))
+            }
+            while sent > 0 {
+                let taken = min(sent, vectors[first].iov_len)
+                vectors[first].iov_base = vectors[first].iov_base.map { $0 + taken }
+                vectors[first].iov_len -= taken
+                sent -= taken
+                if vectors[first].iov_len == 0 { first += 1 }
             }
         }
-        if sent < 0 { return SystemError("send reply", errno: Errno(rawValue: errno)) }
-        if sent == total { return nil }
-        // A partial send (socket buffer full): finish the rest with plain sends.
-        if sent < header.count {
-            if let error = writeAll(UnsafeRawBufferPointer(rebasing: header[sent...]), more: true) { return error }
-            return writeAll(data, more: false)
-        }
-        return writeAll(UnsafeRawBufferPointer(rebasing: data[(sent - header.count)...]), more: false)
+        return nil
     }
 
     private func writeAll(_ bytes: UnsafeRawBufferPointer, more: Bool) -> SystemError? {

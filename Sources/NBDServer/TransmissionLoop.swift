@@ -75,8 +75,13 @@ final class TransmissionLoop: @unchecked Sendable {
         let size = source.size
         var inlineScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(Self.inlineCopyLimit), alignment: 4096)
         defer { inlineScratch.deallocate() }
+        let batch = ReplyBatch(dataCapacity: Self.batchDataCapacity)
+        // Every request read gets its reply, however reading ends (stop, disconnect, bad input).
+        defer { sendBatch(batch) }
         while true {
             if writer.failed != nil { return .peerClosed }
+            // The next read may block: no reply may wait behind it.
+            if reader.bufferedByteCount < Request.size { sendBatch(batch) }
             guard let header = try reader.readBytes(Request.size, atBoundary: true, what: "NBD request") else {
                 return reader.stop?.isRaised == true && writer.failed == nil ? .stopped : .peerClosed
             }
@@ -102,12 +107,14 @@ final class TransmissionLoop: @unchecked Sendable {
                     continue
                 }
                 // Hand-offs to a worker cost more than serving a cached block, so this thread
-                // serves what cannot block: small reads the page cache holds (one copy), and a
-                // lone request (QD1) by sendfile. Everything else goes to the workers.
-                if request.length <= Self.inlineCopyLimit,
-                   tryInlineCachedRead(request, descriptor: descriptor.rawValue, buffer: inlineScratch) {
-                    continue
+                // serves what cannot block: small reads the page cache holds (copied into the
+                // batch, sent together), and a lone request (QD1), for which there is nothing
+                // else to do. Everything else goes to the workers.
+                if request.length <= Self.inlineCopyLimit && nonBlockingReadsWork {
+                    if batch.space(for: Int(request.length)) == nil { sendBatch(batch) }
+                    if addCachedRead(request, descriptor: descriptor.rawValue, to: batch) { continue }
                 }
+                sendBatch(batch)
                 if !reader.hasBufferedBytes && queueIsEmpty {
                     do { try serveRead(request, scratch: &inlineScratch) } catch { reportWriteFailure(error) }
                 } else {
@@ -115,6 +122,7 @@ final class TransmissionLoop: @unchecked Sendable {
                 }
             case .write, .trim, .writeZeroes:
                 if request.type.carriesPayload {
+                    sendBatch(batch)  // the payload may not be all here yet
                     try reader.discard(Int(request.length), what: "NBD write payload")
                 }
                 try reply(to: request, error: .notPermitted, "the export is read-only")
@@ -130,22 +138,35 @@ final class TransmissionLoop: @unchecked Sendable {
 
     /// The largest READ the reader copies from the page cache itself; larger ones go by sendfile.
     static let inlineCopyLimit: UInt32 = 64 << 10
+    /// The data one batch of replies holds at most: about what a socket buffer takes, so a
+    /// batch of big replies does not hold back reading the next requests for long.
+    static let batchDataCapacity = 256 << 10
 
-    /// Serves `request` from the page cache without blocking on the disk; false (nothing sent)
-    /// when the data is not all cached.
-    private func tryInlineCachedRead(_ request: Request, descriptor: Int32, buffer: UnsafeMutableRawBufferPointer) -> Bool {
+    /// Copies `request`'s data from the page cache into `batch` without blocking on the disk;
+    /// false (nothing added) when the data is not all cached or the batch has no room.
+    private func addCachedRead(_ request: Request, descriptor: Int32, to batch: ReplyBatch) -> Bool {
         let length = Int(request.length)
-        let got = cshim_pread_nowait(descriptor, buffer.baseAddress, length, off_t(bitPattern: UInt(request.offset)))
-        guard got == length else { return false }
+        guard let space = batch.space(for: length) else { return false }
+        let got = cshim_pread_nowait(descriptor, space.baseAddress, length, off_t(bitPattern: UInt(request.offset)))
+        guard got == length else {
+            // Filesystems without RWF_NOWAIT (9p, some FUSE) refuse every such read: stop asking.
+            if got < 0 && errno == EOPNOTSUPP { nonBlockingReadsWork = false }
+            return false
+        }
         let header = structuredReplies
             ? StructuredReplyChunkHeader.offsetData(cookie: request.cookie, offset: request.offset, dataLength: request.length)
             : SimpleReply(cookie: request.cookie).encoded()
-        do {
-            try writer.send(header: header, data: UnsafeRawBufferPointer(rebasing: buffer[0..<length]))
-        } catch {
-            reportWriteFailure(error)
-        }
+        batch.append(header: header, length: length)
         return true
+    }
+
+    /// False once the source's filesystem refused RWF_NOWAIT: READs then skip the batch and go
+    /// through `serveRead` (inline when alone, else to the workers).
+    private var nonBlockingReadsWork = true
+
+    private func sendBatch(_ batch: ReplyBatch) {
+        guard !batch.isEmpty else { return }
+        do { try batch.send(through: writer) } catch { reportWriteFailure(error) }
     }
 
     private var queueIsEmpty: Bool { queueState.withLock { queueHead == queue.count } }
@@ -192,7 +213,11 @@ final class TransmissionLoop: @unchecked Sendable {
         let header = structuredReplies
             ? StructuredReplyChunkHeader.offsetData(cookie: request.cookie, offset: request.offset, dataLength: request.length)
             : SimpleReply(cookie: request.cookie).encoded()
-        if let descriptor = source.localFileDescriptor {
+        // Big reads from a local file go by sendfile (no copy through userspace). Small ones are
+        // copied and sent with their header in one sendmsg: header and data then reach the
+        // peer together (one wake-up of the kernel's receiver instead of two), and no reply
+        // is split around a read from the disk.
+        if let descriptor = source.localFileDescriptor, request.length > Self.inlineCopyLimit {
             try writer.sendFile(header: header, file: descriptor.rawValue, offset: request.offset, length: length)
             return
         }

@@ -4,6 +4,11 @@ sockets: sequential nbdcopy throughput, fio random 4 KiB reads, server CPU per G
 
 Usage: bench.py EROFS_BINARY IMAGE WORKDIR [REPEATS]. Prints a Markdown report.
 The image should be warm in the page cache and live on a disk (not tmpfs).
+
+All servers run at once and every measurement goes round them in turn (the order rotates each
+repeat), so load from other work on the machine falls on all of them alike and each ratio comes
+from one run. BENCH_BASELINE=PATH adds a second `erofs` binary ("erofs-base") for an A/B of a
+change; BENCH_TESTS=seq|rand|all (default all) picks the tests.
 """
 import json
 import os
@@ -49,8 +54,9 @@ def start(name):
     sock = f"{workdir}/{name}.sock"
     if os.path.exists(sock):
         os.unlink(sock)
-    if name == "erofs":
-        cmd = [erofs, "serve", image, "--unix", sock, "--export-name", "bench"]
+    if name in ("erofs", "erofs-base"):
+        binary = erofs if name == "erofs" else os.environ["BENCH_BASELINE"]
+        cmd = [binary, "serve", image, "--unix", sock, "--export-name", "bench"]
     elif name == "nbdkit":
         cmd = ["nbdkit", "-U", sock, "-r", "-f", "file", image]
     elif name == "qemu-nbd":
@@ -97,33 +103,44 @@ shapes = [("defaults", [])] + [
     (f"--requests {r} --request-size {s}", [f"--requests={r}", f"--request-size={b}"])
     for r in (1, 16) for s, b in (("64k", 65536), ("256k", 262144), ("1M", 1048576))
 ]
-servers = ["erofs", "nbdkit", "qemu-nbd", "nbd-server"]
+which = os.environ.get("BENCH_TESTS", "all")
+tests = []  # (label, run(uri) -> value)
+if which in ("all", "seq"):
+    tests += [("seq " + label, lambda uri, extra=extra: nbdcopy(uri, extra)) for label, extra in shapes]
+if which in ("all", "rand"):
+    tests += [(f"randread 4k QD{depth}", lambda uri, depth=depth: fio(uri, depth)) for depth in (1, 32)]
+servers = ["erofs"] + (["erofs-base"] if os.environ.get("BENCH_BASELINE") else []) + ["nbdkit", "qemu-nbd", "nbd-server"]
+running = {}
+for server in servers:
+    running[server] = start(server)
+    log("server", server, running[server][0].pid)
 results = {}  # (server, test) -> list
 cpu = {}
-for server in servers:
-    proc, uri = start(server)
-    log("server", server, proc.pid)
-    for label, extra in shapes:
-        values = []
-        for _ in range(repeats):
-            before = cpu_seconds(proc.pid)
-            values.append(nbdcopy(uri, extra))
-            if label == "defaults":
-                time.sleep(0.3)  # let a forking server reap its per-client children
-                cpu.setdefault(server, []).append((cpu_seconds(proc.pid) - before) / gib)
-        results[(server, "seq " + label)] = values
-        log(server, label, values)
-    for depth in (1, 32):
-        results[(server, f"randread 4k QD{depth}")] = values = [fio(uri, depth) for _ in range(repeats)]
-        log(server, "QD", depth, values)
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=10)
+try:
+    for repeat in range(repeats):
+        order = servers[repeat % len(servers):] + servers[:repeat % len(servers)]
+        for label, run in tests:
+            for server in order:
+                proc, uri = running[server]
+                before = cpu_seconds(proc.pid)
+                value = run(uri)
+                results.setdefault((server, label), []).append(value)
+                if label == "seq defaults":
+                    time.sleep(0.3)  # let a forking server reap its per-client children
+                    cpu.setdefault(server, []).append((cpu_seconds(proc.pid) - before) / gib)
+            log(repeat, label, {server: round(results[(server, label)][-1]) for server in servers})
+finally:
+    for proc, _ in running.values():
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
 
 print(f"image: {image}, {size} bytes; repeats: {repeats}; values: median (min..max)\n")
-tests = [t for (s, t) in results if s == "erofs"]
-print("| test | " + " | ".join(servers) + " | erofs/nbdkit | erofs/best other |")
-print("|---|" + "---|" * (len(servers) + 2))
-for test in tests:
+others = [s for s in servers if not s.startswith("erofs")]
+baseline = "erofs-base" in servers
+print("| test | " + " | ".join(servers) + " | erofs/nbdkit (per-repeat range) | erofs/best other |"
+      + (" erofs/erofs-base |" if baseline else ""))
+print("|---|" + "---|" * (len(servers) + 2 + baseline))
+for test, _ in tests:
     unit = "MB/s" if test.startswith("seq") else "IOPS"
     row = [test + f" ({unit})"]
     medians = {}
@@ -131,8 +148,11 @@ for test in tests:
         v = results[(server, test)]
         medians[server] = statistics.median(v)
         row.append(f"{medians[server]:.0f} ({min(v):.0f}..{max(v):.0f})")
-    row.append(f"{medians['erofs'] / medians['nbdkit']:.2f}x")
-    row.append(f"{medians['erofs'] / max(medians[s] for s in servers if s != 'erofs'):.2f}x")
+    paired = [a / b for a, b in zip(results[("erofs", test)], results[("nbdkit", test)])]
+    row.append(f"{medians['erofs'] / medians['nbdkit']:.2f}x ({min(paired):.2f}..{max(paired):.2f})")
+    row.append(f"{medians['erofs'] / max(medians[s] for s in others):.2f}x")
+    if baseline:
+        row.append(f"{medians['erofs'] / medians['erofs-base']:.2f}x")
     print("| " + " | ".join(row) + " |")
 print("\nServer CPU seconds per GiB (nbdcopy defaults, utime+stime from /proc/PID/stat):\n")
 for server, values in cpu.items():

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Runs inside the test VM (tests/vm/run.sh): cold reads through `mount.erofs -t erofs.nbd`
+# against the same image on a loop device, in the same boot, interleaved.
+#   big:   cat every file of big.erofs (256 MiB: 4 big files) to /dev/null
+#   small: find -type f | xargs cat of small.erofs (8000 files of 0.5-24 KiB)
+# Each measurement: mount, drop caches, time the read, unmount. ROUNDS rounds (default 3); the
+# order of loop and nbd alternates between rounds. Prints every time, then per workload the
+# median of loop time / nbd time (throughput ratio: 1.0 = as fast as loop) with min..max.
+# The images come from tests/vm/make-bench-images.sh, run on the host first (the VM's root is
+# read-only).
+#   tests/vm/make-bench-images.sh && swift build -c release --product mount.erofs
+#   tests/vm/run.sh --kernel 6.12 --timeout 900 -- tests/vm/bench-nbd-vs-loop.sh
+# Knobs: EROFS_BIN_DIR (default .build/release), EROFS_BENCH_DIR (default .build-bench),
+# EROFS_BENCH_ROUNDS, EROFS_BENCH_WORKLOADS ("big small"), EROFS_BENCH_NBD_QUEUE (queue
+# settings to write on the nbd device after the mount, to try what the daemon could set: e.g.
+# "scheduler=none read_ahead_kb=128"), EROFS_BENCH_WARMUP=0 (skip the untimed first pass),
+# EROFS_BASELINE_BIN_DIR (another build's mount.erofs, measured as a third method "nbd-base",
+# for an A/B of a daemon change).
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+BIN=${EROFS_BIN_DIR:-$REPO/.build/release}
+DIR=${EROFS_BENCH_DIR:-$REPO/.build-bench}
+ROUNDS=${EROFS_BENCH_ROUNDS:-3}
+WORKLOADS=${EROFS_BENCH_WORKLOADS:-big small}
+work=$(mktemp -d /tmp/bench.XXXXXX)
+mnt=$work/mnt
+mkdir -p "$mnt"
+for kind in $WORKLOADS; do [[ -s $DIR/$kind.erofs ]] || { echo "missing $DIR/$kind.erofs: run tests/vm/make-bench-images.sh on the host" >&2; exit 1; }; done
+[[ -x $BIN/mount.erofs ]] || { echo "missing $BIN/mount.erofs" >&2; exit 1; }
+
+device_of() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); print $(i + 2) }' /proc/self/mountinfo | tail -n 1; }
+
+read_tree() {
+    case $1 in
+        big) cat "$mnt"/* > /dev/null ;;
+        small) find "$mnt" -type f -print0 | xargs -0 cat > /dev/null ;;
+    esac
+}
+
+queue_settings() {  # the block device's queue limits that shape reads
+    local q=/sys/block/${1#/dev/}/queue
+    echo "$1: read_ahead_kb=$(cat $q/read_ahead_kb) max_sectors_kb=$(cat $q/max_sectors_kb) logical_block_size=$(cat $q/logical_block_size) nr_requests=$(cat $q/nr_requests) scheduler=$(cat $q/scheduler)"
+}
+
+# Reads completed and sectors read so far on block device $1.
+io_counts() { awk '{ print $1, $3 }' "/sys/block/${1#/dev/}/stat"; }
+
+# One cold read; sets $elapsed (seconds) and $io (the device's read requests and KiB).
+measure() {
+    local kind=$1 method=$2 image=$DIR/$1.erofs dev start end
+    case $method in
+        loop) mount -t erofs -o ro,loop "$image" "$mnt" ;;
+        nbd) "$BIN/mount.erofs" -t erofs.nbd "$image" "$mnt" ;;
+        nbd-base) "$EROFS_BASELINE_BIN_DIR/mount.erofs" -t erofs.nbd "$image" "$mnt" ;;
+    esac
+    dev=$(device_of "$mnt")
+    if [[ $method == nbd* ]]; then
+        for setting in ${EROFS_BENCH_NBD_QUEUE:-}; do
+            echo "${setting#*=}" > "/sys/block/${dev#/dev/}/queue/${setting%%=*}"
+        done
+    fi
+    [[ -n ${shown[$method]:-} ]] || { queue_settings "$dev" >&2; shown[$method]=1; }
+    sync
+    echo 3 > /proc/sys/vm/drop_caches
+    before=($(io_counts "$dev"))
+    start=$EPOCHREALTIME
+    read_tree "$kind"
+    end=$EPOCHREALTIME
+    after=($(io_counts "$dev"))
+    io="$((after[0] - before[0])) reads, $(((after[1] - before[1]) / 2)) KiB"
+    case $method in
+        loop) umount "$mnt" ;;
+        nbd*) "$BIN/mount.erofs" -u "$mnt" ;;
+    esac
+    elapsed=$(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.3f", e - s }')
+}
+
+declare -A shown times
+elapsed= io=
+echo "kernel $(uname -r), $(nproc) CPUs, rounds $ROUNDS, binaries $BIN"
+for kind in $WORKLOADS; do
+    [[ ${EROFS_BENCH_WARMUP:-1} == 1 ]] || break
+    # An untimed first pass of each warms the host's page cache and the guest's dentries of the
+    # image file itself, so round 1 is not special.
+    measure "$kind" loop
+    measure "$kind" nbd
+done
+methods="loop nbd${EROFS_BASELINE_BIN_DIR:+ nbd-base}"
+for round in $(seq "$ROUNDS"); do
+    # Rotate the order each round, so no method always runs first or last.
+    list=($methods) order=()
+    for i in "${!list[@]}"; do order+=("${list[(i + round - 1) % ${#list[@]}]}"); done
+    for kind in $WORKLOADS; do
+        for method in "${order[@]}"; do
+            measure "$kind" "$method"
+            times[$kind,$method]+="$elapsed "
+            echo "round $round $kind $method ${elapsed}s ($io)"
+        done
+    done
+done
+for kind in $WORKLOADS; do
+    size=$(stat -c %s "$DIR/$kind.erofs")
+    for method in $methods; do
+        [[ $method == loop ]] && continue
+        python3 - "$kind" "$method" "$size" ${times[$kind,loop]} -- ${times[$kind,$method]} <<'PY'
+import statistics, sys
+kind, method, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rest = sys.argv[4:]
+split = rest.index("--")
+loop = [float(x) for x in rest[:split]]
+nbd = [float(x) for x in rest[split + 1:]]
+ratios = [l / n for l, n in zip(loop, nbd)]
+print(f"{kind}: loop median {statistics.median(loop):.2f}s ({size / statistics.median(loop) / 1e6:.1f} MB/s of image), "
+      f"{method} median {statistics.median(nbd):.2f}s; ratio loop/{method} per round {' '.join(f'{r:.2f}' for r in ratios)}; "
+      f"median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f})")
+PY
+    done
+done
+rm -rf "$work"
