@@ -116,3 +116,18 @@ let package = Package(
         ]),
     ]
 )
+
+// libFuzzer targets (Fuzz/README.md): declared only when EROFS_FUZZERS=1, so that the normal
+// `swift build` and `swift test` neither see nor build them (libFuzzer brings its own main).
+if Context.environment["EROFS_FUZZERS"] == "1" {
+    package.targets += [
+        .executableTarget(name: "ReaderFuzzer", dependencies: [
+            "EROFSReader", "EROFSFormat", "ImageSources", "SystemCalls", .product(name: "SystemPackage", package: "swift-system"),
+        ], path: "Fuzz/ReaderFuzzer", swiftSettings: [.enableExperimentalFeature("Extern")]),
+        .executableTarget(name: "NBDFuzzer", dependencies: ["NBDProtocol"], path: "Fuzz/NBDFuzzer"),
+    ]
+    package.products += [
+        .executable(name: "ReaderFuzzer", targets: ["ReaderFuzzer"]),
+        .executable(name: "NBDFuzzer", targets: ["NBDFuzzer"]),
+    ]
+}
