@@ -66,8 +66,16 @@ public struct Superblock: Sendable, Equatable {
             throw FormatError("corrupt EROFS superblock: \(extensionSlots) extension slots but image too short")
         }
         let extended = raw.count >= 144 ? raw : raw + [UInt8](repeating: 0, count: 144 - raw.count)
-        rootNid = is48Bit ? extended.le64(at: 112) : UInt64(raw.le16(at: 14))
-        blocks = UInt64(raw.le32(at: 36)) | (is48Bit ? UInt64(raw.le16(at: 14)) << 32 : 0)
+        // With 48BIT, bytes 14-15 are the block count's high bits only when the 8-byte root nid
+        // is set; mkfs.erofs leaves it 0 (root nid in bytes 14-15) while both fit the old fields.
+        let rootNid8Bytes = is48Bit ? extended.le64(at: 112) : 0
+        if rootNid8Bytes != 0 {
+            rootNid = rootNid8Bytes
+            blocks = UInt64(raw.le32(at: 36)) | UInt64(raw.le16(at: 14)) << 32
+        } else {
+            rootNid = UInt64(raw.le16(at: 14))
+            blocks = UInt64(raw.le32(at: 36))
+        }
         inodeCount = raw.le64(at: 16)
         epoch = raw.le64(at: 24)
         fixedNanoseconds = raw.le32(at: 32)
