@@ -124,7 +124,9 @@ if Context.environment["EROFS_FUZZERS"] == "1" {
         .executableTarget(name: "ReaderFuzzer", dependencies: [
             "EROFSReader", "EROFSFormat", "ImageSources", "SystemCalls", .product(name: "SystemPackage", package: "swift-system"),
         ], path: "Fuzz/ReaderFuzzer", swiftSettings: [.enableExperimentalFeature("Extern")]),
-        .executableTarget(name: "NBDFuzzer", dependencies: ["NBDProtocol"], path: "Fuzz/NBDFuzzer"),
+        .executableTarget(
+            name: "NBDFuzzer", dependencies: ["NBDProtocol"], path: "Fuzz/NBDFuzzer",
+            swiftSettings: [.enableExperimentalFeature("Extern")]),
     ]
     package.products += [
         .executable(name: "ReaderFuzzer", targets: ["ReaderFuzzer"]),
