@@ -1,6 +1,6 @@
 #!/bin/bash
 # Builds one libFuzzer target (release, -sanitize=fuzzer, AddressSanitizer) and runs it.
-#   scripts/fuzz.sh reader|nbd [SECONDS] [extra libFuzzer flags...]   (default 60 s; any directory)
+#   scripts/fuzz.sh reader|nbd|decompress [SECONDS] [extra libFuzzer flags...]   (default 60 s)
 # Work dir: .build-fuzz/work/TARGET/ (corpus/ grows across runs, seeds/ is regenerated,
 # crash-*/timeout-*/oom-* land in artifacts/, each run's log in logs/). Replay an artifact:
 #   .build-fuzz/release/ReaderFuzzer .build-fuzz/work/reader/artifacts/crash-...
@@ -9,13 +9,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
-target=${1:?usage: scripts/fuzz.sh reader|nbd [SECONDS] [libFuzzer flags...]}
+target=${1:?usage: scripts/fuzz.sh reader|nbd|decompress [SECONDS] [libFuzzer flags...]}
 seconds=${2:-60}
 shift $(( $# >= 2 ? 2 : 1 ))
 
 case $target in
     reader) product=ReaderFuzzer; max_len=65536 ;;
     nbd) product=NBDFuzzer; max_len=4096 ;;
+    # The Compression target has its own script (swiftc over the module's sources).
+    decompress) exec Fuzz/run.sh "$seconds" "$@" ;;
     *) echo "unknown target '$target' (reader or nbd)" >&2; exit 2 ;;
 esac
 

@@ -48,13 +48,9 @@ func fixSuperblockChecksum(_ image: inout [UInt8]) {
     let offset = Superblock.offset
     guard image.count > offset else { return }
     let head = Array(image[offset...].prefix(4096))
-    guard let superblock = try? Superblock(decoding: head),
-        superblock.featureCompat.contains(.superblockChecksum) else { return }
-    let length = superblock.blockSize > offset ? superblock.blockSize - offset : superblock.blockSize
-    guard head.count >= length else { return }
-    var covered = Array(head[0..<length])
-    covered.replaceSubrange(4..<8, with: [0, 0, 0, 0])
-    let checksum = CRC32C.update(~0, covered)
+    guard let superblock = try? Superblock(decoding: head), superblock.featureCompat.contains(.superblockChecksum),
+        let checksum = try? superblock.computedChecksum(firstBlockFromSuperblock: head)
+    else { return }
     for index in 0..<4 { image[offset + 4 + index] = UInt8(truncatingIfNeeded: checksum >> (8 * UInt32(index))) }
 }
 

@@ -101,18 +101,26 @@ public struct Superblock: Sendable, Equatable {
     /// covers the rest of the superblock's block (a whole block when blocks are 1 KiB or less).
     public func verifyChecksum(firstBlockFromSuperblock bytes: [UInt8]) throws(FormatError) {
         guard featureCompat.contains(.superblockChecksum) else { return }
+        let computed = try computedChecksum(firstBlockFromSuperblock: bytes)
+        guard computed == checksum else {
+            throw FormatError(
+                "corrupt EROFS superblock: checksum 0x\(String(checksum, radix: 16)) does not match computed 0x\(String(computed, radix: 16))",
+                offset: UInt64(Superblock.offset + 4))
+        }
+    }
+}
+
+extension Superblock {
+    /// The crc32c the checksum field should hold for these bytes (same `bytes` as
+    /// `verifyChecksum`); the checksum field itself counts as zeros.
+    public func computedChecksum(firstBlockFromSuperblock bytes: [UInt8]) throws(FormatError) -> UInt32 {
         let length = blockSize > Superblock.offset ? blockSize - Superblock.offset : blockSize
         guard bytes.count >= length else {
             throw FormatError("truncated EROFS image: superblock block needs \(length) bytes after offset 1024")
         }
         var covered = Array(bytes[0..<length])
         covered.replaceSubrange(4..<8, with: [0, 0, 0, 0])
-        let computed = CRC32C.update(~0, covered)
-        guard computed == checksum else {
-            throw FormatError(
-                "corrupt EROFS superblock: checksum 0x\(String(checksum, radix: 16)) does not match computed 0x\(String(computed, radix: 16))",
-                offset: UInt64(Superblock.offset + 4))
-        }
+        return CRC32C.update(~0, covered)
     }
 }
 

@@ -171,6 +171,11 @@ extension EROFSFilesystem {
         guard superblock.packedNid != 0, inode.nid != superblock.packedNid else {
             throw EROFSError(.corrupt, "fragment without a packed inode", nid: inode.nid)
         }
+        // A packed inode in the metabox is read through the metabox inode: that one's data cannot
+        // be a fragment of it.
+        if inode.nid == superblock.metaboxNid && superblock.packedNid & Inode.metaboxBit != 0 {
+            throw EROFSError(.corrupt, "the metabox inode's data is a fragment of the packed inode inside the metabox", nid: inode.nid)
+        }
         let packed = try self.inode(nid: superblock.packedNid)
         let bytes = try read(packed, at: offset, count: count)
         guard bytes.count == count else {

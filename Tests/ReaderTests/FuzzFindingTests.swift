@@ -31,6 +31,26 @@ import TestSupport
         return entries.manifestText
     }
 
+    /// `image` with `bytes` written at `offset` and the superblock checksum made to match, as
+    /// the fuzzer does with each input.
+    static func patched(_ image: [UInt8], at offset: Int, _ bytes: [UInt8]) throws -> [UInt8] {
+        var image = image
+        image.replaceSubrange(offset..<(offset + bytes.count), with: bytes)
+        let head = Array(image[Superblock.offset...].prefix(4096))
+        let checksum = try Superblock(decoding: head).computedChecksum(firstBlockFromSuperblock: head)
+        for index in 0..<4 { image[Superblock.offset + 4 + index] = UInt8(truncatingIfNeeded: checksum >> (8 * UInt32(index))) }
+        return image
+    }
+
+    static func readError(_ image: [UInt8]) -> EROFSError? {
+        do {
+            _ = try EROFSFilesystem(source: MemorySource(image)).manifest(sha256: true)
+            return nil
+        } catch {
+            return error
+        }
+    }
+
     /// Every seed (mkfs.erofs 1.9.3, one per on-disk feature) holds the same tree with the same
     /// times and owners, so each must read exactly as the plain image does.
     @Test(arguments: seedNames)
@@ -65,5 +85,17 @@ import TestSupport
         let decoded = try Superblock(decoding: wide)
         #expect(decoded.rootNid == 0x24)
         #expect(decoded.blocks == superblock.blocks | 1 << 32)
+    }
+
+    /// Finding 2: a metabox nid with the metabox bit (63) set made reading the metabox inode
+    /// read the metabox: unbounded recursion, a stack overflow.
+    @Test func metaboxInodeInsideTheMetabox() throws {
+        let image = try Self.bytes(ofSeed: "metabox.erofs")
+        #expect(Self.readError(image) == nil)
+        let nid = Array(image[(Superblock.offset + 128)...]).le64(at: 0) | 1 << 63
+        let damaged = try Self.patched(image, at: Superblock.offset + 128, (0..<8).map { UInt8(truncatingIfNeeded: nid >> (8 * $0)) })
+        let error = try #require(Self.readError(damaged))
+        #expect(error.kind == .corrupt)
+        #expect(error.message.contains("metabox inode is inside the metabox"))
     }
 }
