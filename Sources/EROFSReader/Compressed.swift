@@ -153,14 +153,22 @@ extension EROFSFilesystem {
             guard extent.logicalStart <= position, position - extent.logicalStart < extent.logicalLength else {
                 throw EROFSError(.corrupt, "compressed map does not cover offset \(position)", nid: inode.nid)
             }
-            let skip = Int(position - extent.logicalStart)
-            let take = Int(min(extent.logicalLength - UInt64(skip), end - position))
-            if case .fragment(let fragmentStart) = extent.source {
-                let bytes = try readFragment(inode, at: try checkedSum(fragmentStart, UInt64(skip), "fragment offset"), count: take)
+            // Holes and fragments may start 2^63 bytes or more before `position`.
+            let skip = position - extent.logicalStart
+            let take = Int(min(extent.logicalLength - skip, end - position))
+            switch extent.source {
+            case .fragment(let fragmentStart):
+                let bytes = try readFragment(inode, at: try checkedSum(fragmentStart, skip, "fragment offset"), count: take)
                 result.append(contentsOf: bytes)
-            } else {
+            case .hole:
+                // Only the zeros asked for: a hole extent may be as long as the file (2^64 bytes).
+                result.append(contentsOf: repeatElement(0, count: take))
+            case .image, .metadata:
                 let data = try decodedExtent(inode, extent)
-                result.append(contentsOf: data[skip..<(skip + take)])
+                guard skip < UInt64(data.count), take <= data.count - Int(skip) else {
+                    throw EROFSError(.corrupt, "decoded extent of \(data.count) bytes is shorter than its map", nid: inode.nid, offset: position)
+                }
+                result.append(contentsOf: data[Int(skip)..<(Int(skip) + take)])
             }
             position += UInt64(take)
         }
@@ -193,8 +201,7 @@ extension EROFSFilesystem {
         case .image(let physical): raw = try imageBytes(at: physical, count: extent.physicalLength)
         case .metadata(let physical, let inMetabox):
             raw = try metadataBytes(at: physical, count: extent.physicalLength, inMetabox: inMetabox)
-        case .fragment: throw EROFSError(.corrupt, "fragment extent decoded as a pcluster", nid: inode.nid)
-        case .hole: return [UInt8](repeating: 0, count: Int(extent.logicalLength))
+        case .fragment, .hole: throw EROFSError(.corrupt, "\(extent.source) extent decoded as a pcluster", nid: inode.nid)
         }
         let length = Int(extent.logicalLength)
         var output = [UInt8](repeating: 0, count: length)

@@ -20,6 +20,11 @@ import TestSupport
         Array(try Data(contentsOf: seedDirectory.appendingPathComponent(name)))
     }
 
+    /// A reproducer in Fuzz/findings/reader/.
+    static func bytes(ofFinding name: String) throws -> [UInt8] {
+        Array(try Data(contentsOf: repository.appendingPathComponent("Fuzz/findings/reader/\(name)")))
+    }
+
     /// The manifest; `directorySizes: false` zeroes directory sizes (images without "." entries
     /// have smaller directories).
     static func manifestText(_ bytes: [UInt8], directorySizes: Bool = true) throws -> String {
@@ -97,5 +102,17 @@ import TestSupport
         let error = try #require(Self.readError(damaged))
         #expect(error.kind == .corrupt)
         #expect(error.message.contains("metabox inode is inside the metabox"))
+    }
+
+    /// Finding 3: a compressed file mapped by extent records whose one record is a hole (no
+    /// physical length) from 0 to the inode size, 2^63 + 4096: the hole was decoded as a whole
+    /// extent, `Int(length)` trapped (and shorter holes allocated their whole length per read).
+    /// Made from an `-E48bit -Eforce-inode-extended` image of one 3000-byte file.
+    @Test func holeExtentOfTwoToTheSixtyThreeBytes() throws {
+        let filesystem = try EROFSFilesystem(source: MemorySource(try Self.bytes(ofFinding: "hole-extent-2p63.erofs")))
+        let file = try filesystem.lookup(path: "/repetitive")
+        #expect(file.size == UInt64(1) << 63 + 4096)
+        #expect(try filesystem.read(file, at: 0, count: 4096) == [UInt8](repeating: 0, count: 4096))
+        #expect(try filesystem.read(file, at: file.size - 3, count: 100) == [0, 0, 0])
     }
 }
