@@ -115,4 +115,50 @@ import TestSupport
         #expect(try filesystem.read(file, at: 0, count: 4096) == [UInt8](repeating: 0, count: 4096))
         #expect(try filesystem.read(file, at: file.size - 3, count: 100) == [0, 0, 0])
     }
+
+    /// Finding 4: a directory inode turned into a flat file of 1 GiB - 1 with no blocks (a hole)
+    /// was read whole before its first block was decoded: 1 GiB of zeros, 4 minutes in a debug
+    /// build. Directories are now decoded block by block and fail at the first.
+    @Test func directoryOfOneGibibyteOfHoles() throws {
+        let image = try Self.bytes(ofSeed: "plain.erofs")
+        let filesystem = try EROFSFilesystem(source: MemorySource(image))
+        let empty = try filesystem.lookup(path: "/empty")
+        #expect(empty.kind == .directory && !empty.isExtended)
+        let location = Int(empty.location)
+        let format = image.le16(at: location) & ~0xE  // layout 0: flat, blocks only
+        var damaged = try Self.patched(image, at: location, [UInt8(format & 0xFF), UInt8(format >> 8)])
+        damaged = try Self.patched(damaged, at: location + 8, [0xFF, 0xFF, 0xFF, 0x3F])  // i_size
+        damaged = try Self.patched(damaged, at: location + 16, [0xFF, 0xFF, 0xFF, 0xFF])  // no block
+        let started = ContinuousClock.now
+        let error = try #require(Self.readError(damaged))
+        #expect(ContinuousClock.now - started < .seconds(5))
+        #expect(error.message.contains("bad first name offset") && error.path == "/empty")
+    }
+
+    /// Directory names are sorted across blocks too (lookups bisect over blocks): a directory
+    /// whose second block repeats the first is corrupt, not a second copy of each name.
+    @Test func directoryBlocksOutOfOrder() throws {
+        var image = try Self.bytes(ofSeed: "plain.erofs")
+        let filesystem = try EROFSFilesystem(source: MemorySource(image))
+        let root = try filesystem.inode(nid: filesystem.rootNid)
+        #expect(!root.isExtended)
+        let blockSize = filesystem.superblock.blockSize
+        var block = try filesystem.read(root, at: 0, count: blockSize)
+        block += [UInt8](repeating: 0, count: blockSize - block.count)
+        // Two copies of the root's one block at the end of the image, and the root made a flat
+        // directory of those two blocks.
+        let firstBlock = UInt32(image.count / blockSize)
+        image += block + block
+        let location = Int(root.location)
+        let format = image.le16(at: location) & ~0xE
+        let blocks = firstBlock + 2
+        image = try Self.patched(image, at: Superblock.offset + 36, (0..<4).map { UInt8(truncatingIfNeeded: blocks >> (8 * $0)) })
+        image = try Self.patched(image, at: location, [UInt8(format & 0xFF), UInt8(format >> 8)])
+        image = try Self.patched(image, at: location + 8, (0..<4).map { UInt8(truncatingIfNeeded: UInt32(2 * blockSize) >> (8 * $0)) })
+        image = try Self.patched(image, at: location + 16, (0..<4).map { UInt8(truncatingIfNeeded: firstBlock >> (8 * $0)) })
+        let damaged = try EROFSFilesystem(source: MemorySource(image))
+        let error = #expect(throws: EROFSError.self) { try damaged.readDirectory(try damaged.inode(nid: damaged.rootNid)) }
+        #expect(error?.message == "directory entries out of order")
+        #expect(error?.offset.map { $0 >= UInt64(blockSize) } == true)
+    }
 }
