@@ -633,7 +633,8 @@ struct ClusterMapper {
                     distance += 1
                     item += 1
                 }
-                if !reachedHead && lastLo & 0x800 == 0 { distance += lastLo &- 1 }
+                // `distance` counts the last item too (at least 1), so a lo of 0 cannot underflow.
+                if !reachedHead && lastLo & 0x800 == 0 { distance = distance + lastLo - 1 }
                 cluster.delta.1 = distance
             }
             if lo & 0x800 != 0 {

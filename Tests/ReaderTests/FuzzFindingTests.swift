@@ -2,6 +2,7 @@ import EROFSFormat
 import EROFSReader
 import Foundation
 import Manifest
+import ReaderFuzzSupport
 import Testing
 import TestSupport
 
@@ -18,6 +19,11 @@ import TestSupport
 
     static func bytes(ofSeed name: String) throws -> [UInt8] {
         Array(try Data(contentsOf: seedDirectory.appendingPathComponent(name)))
+    }
+
+    static var findingNames: [String] {
+        let directory = repository.appendingPathComponent("Fuzz/findings/reader").path
+        return ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).sorted()
     }
 
     /// A reproducer in Fuzz/findings/reader/.
@@ -160,5 +166,26 @@ import TestSupport
         let error = #expect(throws: EROFSError.self) { try damaged.readDirectory(try damaged.inode(nid: damaged.rootNid)) }
         #expect(error?.message == "directory entries out of order")
         #expect(error?.offset.map { $0 >= UInt64(blockSize) } == true)
+    }
+
+    /// Every reproducer goes through exactly what the fuzzer does with an input; each once
+    /// trapped, recursed without end or took minutes.
+    @Test(arguments: findingNames)
+    func findingReplaysWithoutCrashOrHang(name: String) throws {
+        var image = try Self.bytes(ofFinding: name)
+        ReaderExercise.fixSuperblockChecksum(&image)
+        let started = ContinuousClock.now
+        ReaderExercise.run(image: image)
+        #expect(ContinuousClock.now - started < .seconds(10))
+    }
+
+    /// Finding 5 (libFuzzer, ~7 minutes): a compacted index pack whose items after an lcluster
+    /// are all NONHEAD, the last with lo 0: the lookahead distance was computed as
+    /// `distance += lo &- 1`, an overflow trap. The kernel's unsigned arithmetic gives
+    /// `distance + lo - 1`.
+    @Test func compactedLookaheadWithLastLoZero() throws {
+        let image = try Self.bytes(ofFinding: "compact-lookahead-lo-zero.erofs")
+        let outcome = ReaderExercise.run(image: image)
+        #expect(outcome.inodesVisited == 12)
     }
 }
