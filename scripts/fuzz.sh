@@ -68,7 +68,7 @@ cd "$work"
 # libFuzzer reports crashes itself; the Swift backtracer would take seconds per crash.
 export SWIFT_BACKTRACE=enable=no
 set +e
-nice -n 10 "$binary" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=$max_len \
+nice -n 10 "$binary" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 -max_len=$max_len \
     -print_final_stats=1 -artifact_prefix="$work/artifacts/" "$@" corpus seeds >"$log" 2>&1
 status=$?
 set -e
