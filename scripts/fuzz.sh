@@ -67,6 +67,8 @@ echo "fuzzing $target for $seconds s; log: $log"
 cd "$work"
 # libFuzzer reports crashes itself; the Swift backtracer would take seconds per crash.
 export SWIFT_BACKTRACE=enable=no
+# Hand freed memory back to the system, so that RSS measures what inputs use, not the allocator.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-allocator_release_to_os_interval_ms=500}
 set +e
 nice -n 10 "$binary" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 -max_len=$max_len \
     -print_final_stats=1 -artifact_prefix="$work/artifacts/" "$@" corpus seeds >"$log" 2>&1
