@@ -188,4 +188,13 @@ import TestSupport
         let outcome = ReaderExercise.run(image: image)
         #expect(outcome.inodesVisited == 12)
     }
+
+    /// Finding 2, second form: the metabox inode's data made a whole-file fragment, and the packed
+    /// inode put inside the metabox: metabox -> fragment -> packed inode -> metabox, a stack
+    /// overflow. Made from the metabox seed.
+    @Test func metaboxDataAsAFragmentOfAPackedInodeInTheMetabox() throws {
+        let image = try Self.bytes(ofFinding: "metabox-fragment-of-packed-in-metabox.erofs")
+        let error = try #require(Self.readError(image))
+        #expect(error.message.contains("fragment of the packed inode inside the metabox"))
+    }
 }
