@@ -84,8 +84,12 @@ let package = Package(
         .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls", "CShim"]),
         .testTarget(name: "EROFSFormatTests", dependencies: ["EROFSFormat", "TestSupport"]),
         .testTarget(name: "ManifestTests", dependencies: ["Manifest"]),
+        // What the reader fuzzer does with an input; ReaderTests replays the findings through it.
+        .target(name: "ReaderFuzzSupport", dependencies: [
+            "EROFSReader", "EROFSFormat", "ImageSources", "SystemCalls", .product(name: "SystemPackage", package: "swift-system"),
+        ], path: "Fuzz/ReaderFuzzSupport"),
         .testTarget(name: "ReaderTests", dependencies: [
-            "EROFSReader", "EROFSFormat", "ImageSources", "SystemCalls", "Manifest", "TestSupport",
+            "EROFSReader", "EROFSFormat", "ImageSources", "SystemCalls", "Manifest", "TestSupport", "ReaderFuzzSupport",
             .product(name: "SystemPackage", package: "swift-system"),
             // Built for the tests, which run the real binary.
             "ErofsTool", "CShim",
@@ -118,3 +122,20 @@ let package = Package(
         ]),
     ]
 )
+
+// libFuzzer targets (Fuzz/README.md): declared only when EROFS_FUZZERS=1, so that the normal
+// `swift build` and `swift test` neither see nor build them (libFuzzer brings its own main).
+if Context.environment["EROFS_FUZZERS"] == "1" {
+    package.targets += [
+        .executableTarget(
+            name: "ReaderFuzzer", dependencies: ["ReaderFuzzSupport"], path: "Fuzz/ReaderFuzzer",
+            swiftSettings: [.enableExperimentalFeature("Extern")]),
+        .executableTarget(
+            name: "NBDFuzzer", dependencies: ["NBDProtocol"], path: "Fuzz/NBDFuzzer",
+            swiftSettings: [.enableExperimentalFeature("Extern")]),
+    ]
+    package.products += [
+        .executable(name: "ReaderFuzzer", targets: ["ReaderFuzzer"]),
+        .executable(name: "NBDFuzzer", targets: ["NBDFuzzer"]),
+    ]
+}

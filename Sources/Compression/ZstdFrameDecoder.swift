@@ -2,6 +2,9 @@ import CZstd
 
 /// EROFS's ZSTD pclusters are one zstd frame each, decoded by streaming into the fixed output.
 enum ZstdFrameDecoder {
+    /// log2 of `Z_EROFS_ZSTD_MAX_DICT_SIZE` (1 MiB, the largest pcluster).
+    static let maximumWindowLog: UInt8 = 20
+
     static func decode(
         _ input: UnsafeRawBufferPointer,
         into output: UnsafeMutableRawBufferPointer,
@@ -12,16 +15,16 @@ enum ZstdFrameDecoder {
             DecompressionError(algorithm: .zstd, message: message)
         }
         guard let inputBase = input.baseAddress, !input.isEmpty else { throw failure("empty input") }
-        guard windowLog == 0 || (10...31).contains(windowLog) else {
-            throw failure("window log \(windowLog) outside 10...31")
+        guard windowLog == 0 || (10...maximumWindowLog).contains(windowLog) else {
+            throw failure("window log \(windowLog) outside 10...\(maximumWindowLog) (EROFS allows windows up to 1 MiB)")
         }
         guard let context = ZSTD_createDCtx() else { throw failure("out of memory") }
         defer { ZSTD_freeDCtx(context) }
-        if windowLog > 27 {
-            // Frames may declare windows up to the image's configured size, above libzstd's default.
-            let set = ZSTD_DCtx_setParameter(context, ZSTD_d_windowLogMax, Int32(windowLog))
-            guard ZSTD_isError(set) == 0 else { throw failure("window log \(windowLog): \(errorName(set))") }
-        }
+        // A frame may not declare a larger window than the image's: libzstd allocates what the
+        // frame declares (up to 128 MiB by default) for a pcluster of a few KiB.
+        let windowLogMax = windowLog == 0 ? maximumWindowLog : windowLog
+        let set = ZSTD_DCtx_setParameter(context, ZSTD_d_windowLogMax, Int32(windowLogMax))
+        guard ZSTD_isError(set) == 0 else { throw failure("window log \(windowLogMax): \(errorName(set))") }
 
         var source = ZSTD_inBuffer(src: inputBase, size: input.count, pos: 0)
         var target = ZSTD_outBuffer(dst: output.baseAddress, size: output.count, pos: 0)

@@ -66,8 +66,16 @@ public struct Superblock: Sendable, Equatable {
             throw FormatError("corrupt EROFS superblock: \(extensionSlots) extension slots but image too short")
         }
         let extended = raw.count >= 144 ? raw : raw + [UInt8](repeating: 0, count: 144 - raw.count)
-        rootNid = is48Bit ? extended.le64(at: 112) : UInt64(raw.le16(at: 14))
-        blocks = UInt64(raw.le32(at: 36)) | (is48Bit ? UInt64(raw.le16(at: 14)) << 32 : 0)
+        // With 48BIT, bytes 14-15 are the block count's high bits only when the 8-byte root nid
+        // is set; mkfs.erofs leaves it 0 (root nid in bytes 14-15) while both fit the old fields.
+        let rootNid8Bytes = is48Bit ? extended.le64(at: 112) : 0
+        if rootNid8Bytes != 0 {
+            rootNid = rootNid8Bytes
+            blocks = UInt64(raw.le32(at: 36)) | UInt64(raw.le16(at: 14)) << 32
+        } else {
+            rootNid = UInt64(raw.le16(at: 14))
+            blocks = UInt64(raw.le32(at: 36))
+        }
         inodeCount = raw.le64(at: 16)
         epoch = raw.le64(at: 24)
         fixedNanoseconds = raw.le32(at: 32)
@@ -93,18 +101,26 @@ public struct Superblock: Sendable, Equatable {
     /// covers the rest of the superblock's block (a whole block when blocks are 1 KiB or less).
     public func verifyChecksum(firstBlockFromSuperblock bytes: [UInt8]) throws(FormatError) {
         guard featureCompat.contains(.superblockChecksum) else { return }
+        let computed = try computedChecksum(firstBlockFromSuperblock: bytes)
+        guard computed == checksum else {
+            throw FormatError(
+                "corrupt EROFS superblock: checksum 0x\(String(checksum, radix: 16)) does not match computed 0x\(String(computed, radix: 16))",
+                offset: UInt64(Superblock.offset + 4))
+        }
+    }
+}
+
+extension Superblock {
+    /// The crc32c the checksum field should hold for these bytes (same `bytes` as
+    /// `verifyChecksum`); the checksum field itself counts as zeros.
+    public func computedChecksum(firstBlockFromSuperblock bytes: [UInt8]) throws(FormatError) -> UInt32 {
         let length = blockSize > Superblock.offset ? blockSize - Superblock.offset : blockSize
         guard bytes.count >= length else {
             throw FormatError("truncated EROFS image: superblock block needs \(length) bytes after offset 1024")
         }
         var covered = Array(bytes[0..<length])
         covered.replaceSubrange(4..<8, with: [0, 0, 0, 0])
-        let computed = CRC32C.update(~0, covered)
-        guard computed == checksum else {
-            throw FormatError(
-                "corrupt EROFS superblock: checksum 0x\(String(checksum, radix: 16)) does not match computed 0x\(String(computed, radix: 16))",
-                offset: UInt64(Superblock.offset + 4))
-        }
+        return CRC32C.update(~0, covered)
     }
 }
 

@@ -153,14 +153,22 @@ extension EROFSFilesystem {
             guard extent.logicalStart <= position, position - extent.logicalStart < extent.logicalLength else {
                 throw EROFSError(.corrupt, "compressed map does not cover offset \(position)", nid: inode.nid)
             }
-            let skip = Int(position - extent.logicalStart)
-            let take = Int(min(extent.logicalLength - UInt64(skip), end - position))
-            if case .fragment(let fragmentStart) = extent.source {
-                let bytes = try readFragment(inode, at: try checkedSum(fragmentStart, UInt64(skip), "fragment offset"), count: take)
+            // Holes and fragments may start 2^63 bytes or more before `position`.
+            let skip = position - extent.logicalStart
+            let take = Int(min(extent.logicalLength - skip, end - position))
+            switch extent.source {
+            case .fragment(let fragmentStart):
+                let bytes = try readFragment(inode, at: try checkedSum(fragmentStart, skip, "fragment offset"), count: take)
                 result.append(contentsOf: bytes)
-            } else {
+            case .hole:
+                // Only the zeros asked for: a hole extent may be as long as the file (2^64 bytes).
+                result.append(contentsOf: repeatElement(0, count: take))
+            case .image, .metadata:
                 let data = try decodedExtent(inode, extent)
-                result.append(contentsOf: data[skip..<(skip + take)])
+                guard skip < UInt64(data.count), take <= data.count - Int(skip) else {
+                    throw EROFSError(.corrupt, "decoded extent of \(data.count) bytes is shorter than its map", nid: inode.nid, offset: position)
+                }
+                result.append(contentsOf: data[Int(skip)..<(Int(skip) + take)])
             }
             position += UInt64(take)
         }
@@ -170,6 +178,11 @@ extension EROFSFilesystem {
     private func readFragment(_ inode: Inode, at offset: UInt64, count: Int) throws(EROFSError) -> [UInt8] {
         guard superblock.packedNid != 0, inode.nid != superblock.packedNid else {
             throw EROFSError(.corrupt, "fragment without a packed inode", nid: inode.nid)
+        }
+        // A packed inode in the metabox is read through the metabox inode: that one's data cannot
+        // be a fragment of it.
+        if inode.nid == superblock.metaboxNid && superblock.packedNid & Inode.metaboxBit != 0 {
+            throw EROFSError(.corrupt, "the metabox inode's data is a fragment of the packed inode inside the metabox", nid: inode.nid)
         }
         let packed = try self.inode(nid: superblock.packedNid)
         let bytes = try read(packed, at: offset, count: count)
@@ -188,8 +201,7 @@ extension EROFSFilesystem {
         case .image(let physical): raw = try imageBytes(at: physical, count: extent.physicalLength)
         case .metadata(let physical, let inMetabox):
             raw = try metadataBytes(at: physical, count: extent.physicalLength, inMetabox: inMetabox)
-        case .fragment: throw EROFSError(.corrupt, "fragment extent decoded as a pcluster", nid: inode.nid)
-        case .hole: return [UInt8](repeating: 0, count: Int(extent.logicalLength))
+        case .fragment, .hole: throw EROFSError(.corrupt, "\(extent.source) extent decoded as a pcluster", nid: inode.nid)
         }
         let length = Int(extent.logicalLength)
         var output = [UInt8](repeating: 0, count: length)
@@ -621,7 +633,8 @@ struct ClusterMapper {
                     distance += 1
                     item += 1
                 }
-                if !reachedHead && lastLo & 0x800 == 0 { distance += lastLo &- 1 }
+                // `distance` counts the last item too (at least 1), so a lo of 0 cannot underflow.
+                if !reachedHead && lastLo & 0x800 == 0 { distance = distance + lastLo - 1 }
                 cluster.delta.1 = distance
             }
             if lo & 0x800 != 0 {

@@ -14,25 +14,34 @@ public struct DirectoryEntry: Sendable, Equatable {
 extension EROFSFilesystem {
 
     /// Every entry of a directory in on-disk (sorted) order, "." and ".." included when present.
+    /// Read and decoded one block at a time, so that a damaged directory fails at its first bad
+    /// block instead of after reading (perhaps 1 GiB of holes) to its end.
     public func readDirectory(_ directory: Inode) throws(EROFSError) -> [DirectoryEntry] {
         guard directory.kind == .directory else {
             throw EROFSError(.notDirectory, "not a directory", nid: directory.nid)
         }
-        let data = try readAll(directory, limit: ReaderLimits.directory)
-        let blockSize = self.blockSize
+        guard directory.size <= ReaderLimits.directory else {
+            throw EROFSError(.corrupt, "absurd directory size \(directory.size) (limit \(ReaderLimits.directory))", nid: directory.nid)
+        }
         var entries: [DirectoryEntry] = []
-        var blockStart = 0
-        while blockStart < data.count {
-            let blockEnd = min(blockStart + blockSize, data.count)
-            let block = Array(data[blockStart..<blockEnd])
-            try decodeDirectoryBlock(block, into: &entries, nid: directory.nid, at: UInt64(blockStart))
-            blockStart = blockEnd
+        var previousName: [UInt8]?
+        var blockStart: UInt64 = 0
+        while blockStart < directory.size {
+            let expected = Int(min(UInt64(blockSize), directory.size - blockStart))
+            let block = try read(directory, at: blockStart, count: expected)
+            guard block.count == expected else {
+                throw EROFSError(.corrupt, "directory data shorter than the inode size", nid: directory.nid, offset: blockStart)
+            }
+            try decodeDirectoryBlock(block, into: &entries, previousName: &previousName, nid: directory.nid, at: blockStart)
+            blockStart += UInt64(expected)
         }
         return entries
     }
 
+    /// Decodes one directory block. Names are sorted across the whole directory (lookups
+    /// bisect over blocks), so `previousName` carries the last name from block to block.
     private func decodeDirectoryBlock(
-        _ block: [UInt8], into entries: inout [DirectoryEntry], nid: UInt64, at logical: UInt64
+        _ block: [UInt8], into entries: inout [DirectoryEntry], previousName: inout [UInt8]?, nid: UInt64, at logical: UInt64
     ) throws(EROFSError) {
         guard block.count >= 12 else {
             throw EROFSError(.corrupt, "directory block too short (\(block.count) bytes)", nid: nid, offset: logical)
@@ -42,7 +51,6 @@ extension EROFSFilesystem {
             throw EROFSError(.corrupt, "bad first name offset \(firstNameOffset) in directory block", nid: nid, offset: logical)
         }
         let count = firstNameOffset / 12
-        var previousName: [UInt8]?
         for index in 0..<count {
             let base = index * 12
             let nameStart = Int(block.le16(at: base + 8))

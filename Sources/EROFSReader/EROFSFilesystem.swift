@@ -50,6 +50,11 @@ public final class EROFSFilesystem: Sendable {
         if superblock.featureIncompat.contains(.metabox) && superblock.metaboxNid == 0 {
             throw EROFSError(.corrupt, "metabox feature without a metabox inode")
         }
+        // Reading the metabox inode from the metabox would recurse forever (the kernel's
+        // "self-loop detection").
+        if superblock.metaboxNid & Inode.metaboxBit != 0 {
+            throw EROFSError(.corrupt, "the metabox inode is inside the metabox", nid: superblock.metaboxNid)
+        }
         let settings = try readCompressionSettings()
         compressionSettingsStorage.withLock { $0 = settings }
         let prefixes = try readLongXattrPrefixes()

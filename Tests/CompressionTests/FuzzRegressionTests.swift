@@ -23,4 +23,25 @@ import Testing
             .flatMap { $0.count == outputSize ? $0 : nil }
         #expect((try? ours.get()) == reference)
     }
+
+    /// A ZSTD frame (from a damaged pcluster) that declares a 128 MiB window, no content size,
+    /// and holds 5 bytes: libzstd allocated the declared window for it. Windows are now capped at
+    /// the image's configuration, at most EROFS's 1 MiB.
+    @Test func zstdFrameDeclaringAHugeWindow() throws {
+        let frame: [UInt8] = [
+            0x28, 0xB5, 0x2F, 0xFD,  // magic
+            0x00,  // no content size, not single-segment, no checksum, no dictionary
+            17 << 3,  // window descriptor: 2^(10 + 17) = 128 MiB
+            0x29, 0x00, 0x00,  // last block, raw, 5 bytes
+        ] + Array("hello".utf8)
+        let error = #expect(throws: DecompressionError.self) {
+            try decompress(.zstd, frame, outputSize: 5, partial: false)
+        }
+        #expect(error?.message.contains("memory") == true, "\(String(describing: error))")
+        // The same block in a frame with a 1 MiB window decodes.
+        var small = frame
+        small[5] = 10 << 3
+        #expect(try decompress(.zstd, small, outputSize: 5, partial: false) == Array("hello".utf8))
+    }
 }
+

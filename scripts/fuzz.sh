@@ -1,0 +1,79 @@
+#!/bin/bash
+# Builds one libFuzzer target (release, -sanitize=fuzzer, AddressSanitizer) and runs it.
+#   scripts/fuzz.sh reader|nbd|decompress [SECONDS] [extra libFuzzer flags...]   (default 60 s)
+# Work dir: .build-fuzz/work/TARGET/ (corpus/ grows across runs, seeds/ is regenerated,
+# crash-*/timeout-*/oom-* land in artifacts/, each run's log in logs/). Replay an artifact:
+#   .build-fuzz/release/ReaderFuzzer .build-fuzz/work/reader/artifacts/crash-...
+# See Fuzz/README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+target=${1:?usage: scripts/fuzz.sh reader|nbd|decompress [SECONDS] [libFuzzer flags...]}
+seconds=${2:-60}
+shift $(( $# >= 2 ? 2 : 1 ))
+
+case $target in
+    reader) product=ReaderFuzzer; max_len=65536 ;;
+    nbd) product=NBDFuzzer; max_len=4096 ;;
+    # The Compression target has its own script (swiftc over the module's sources).
+    decompress) exec Fuzz/run.sh "$seconds" "$@" ;;
+    *) echo "unknown target '$target' (reader or nbd)" >&2; exit 2 ;;
+esac
+
+# The fuzzer targets exist only with EROFS_FUZZERS=1 (Package.swift); a separate scratch path
+# keeps the instrumented build away from the normal .build.
+EROFS_FUZZERS=1 nice -n 10 swift build --scratch-path .build-fuzz -c release --product "$product" \
+    --sanitize=address -Xswiftc -sanitize=fuzzer -Xswiftc -parse-as-library
+binary=$repo/.build-fuzz/release/$product
+
+work=$repo/.build-fuzz/work/$target
+mkdir -p "$work/corpus" "$work/artifacts" "$work/logs"
+rm -rf "$work/seeds"
+mkdir -p "$work/seeds"
+cp "$repo/Fuzz/seeds/$target"/* "$work/seeds/" 2>/dev/null || true
+
+if [ "$target" = reader ]; then
+    # Small images of one tiny tree, one per layout mkfs.erofs (Debian's 1.5) can make.
+    if command -v mkfs.erofs >/dev/null; then
+        tree=$work/tree
+        rm -rf "$tree"
+        mkdir -p "$tree/dir/sub/deeper" "$tree/empty"
+        echo hello > "$tree/small"
+        head -c 3000 /dev/zero | tr '\0' x > "$tree/repetitive"
+        awk 'BEGIN { srand(7); for (i = 0; i < 1500; i++) printf "%c", 32 + int(rand() * 90) }' > "$tree/dir/sub/deeper/mixed"
+        ln -s small "$tree/symlink"
+        ln "$tree/small" "$tree/hardlink"
+        mknod "$tree/chardev" c 1 3 2>/dev/null || true
+        mkfifo "$tree/fifo"
+        setfattr -n user.comment -v value "$tree/small" 2>/dev/null || true
+        setfattr -n trusted.overlay.opaque -v y "$tree/dir" 2>/dev/null || true
+        n=0
+        for options in "" "-zlz4" "-zlz4hc" "-zlz4hc -C16384" "-zlz4 -Eztailpacking" "-zlz4 -Efragments" \
+            "-zlz4hc -Efragments,ztailpacking,dedupe" "--chunksize=4096" "-Eforce-inode-compact" \
+            "-Eforce-inode-extended" "-Elegacy-compress" "-zlz4hc -Enoinline_data"; do
+            n=$((n + 1))
+            # shellcheck disable=SC2086
+            mkfs.erofs --quiet -T0 --all-root $options "$work/seeds/mkfs-$n.erofs" "$tree" >/dev/null 2>&1 \
+                || echo "mkfs.erofs $options failed; seed skipped" >&2
+        done
+    else
+        echo "mkfs.erofs not found: only the committed seeds" >&2
+    fi
+fi
+
+log=$work/logs/$(date -u +%Y%m%dT%H%M%SZ).log
+echo "fuzzing $target for $seconds s; log: $log"
+cd "$work"
+# libFuzzer reports crashes itself; the Swift backtracer would take seconds per crash.
+export SWIFT_BACKTRACE=enable=no
+# Hand freed memory back to the system, so that RSS measures what inputs use, not the allocator.
+export ASAN_OPTIONS=${ASAN_OPTIONS:-allocator_release_to_os_interval_ms=500}
+set +e
+nice -n 10 "$binary" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=512 -max_len=$max_len \
+    -print_final_stats=1 -artifact_prefix="$work/artifacts/" "$@" corpus seeds >"$log" 2>&1
+status=$?
+set -e
+# The findings (sanitizer reports, artifacts) and the final stats; the whole output is in $log.
+grep -E '^(==[0-9]+==|SUMMARY|artifact_prefix|Test unit written|#[0-9]+[[:space:]]+(INITED|DONE))|stat::' "$log" || tail -20 "$log"
+exit "$status"
