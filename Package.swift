@@ -127,12 +127,9 @@ let package = Package(
 // `swift build` and `swift test` neither see nor build them (libFuzzer brings its own main).
 if Context.environment["EROFS_FUZZERS"] == "1" {
     package.targets += [
-        .executableTarget(
-            name: "ReaderFuzzer", dependencies: ["ReaderFuzzSupport"], path: "Fuzz/ReaderFuzzer",
-            swiftSettings: [.enableExperimentalFeature("Extern")]),
-        .executableTarget(
-            name: "NBDFuzzer", dependencies: ["NBDProtocol"], path: "Fuzz/NBDFuzzer",
-            swiftSettings: [.enableExperimentalFeature("Extern")]),
+        .target(name: "FuzzDriver", path: "Fuzz/FuzzDriver", swiftSettings: [.enableExperimentalFeature("Extern")]),
+        .executableTarget(name: "ReaderFuzzer", dependencies: ["ReaderFuzzSupport", "FuzzDriver"], path: "Fuzz/ReaderFuzzer"),
+        .executableTarget(name: "NBDFuzzer", dependencies: ["NBDProtocol", "FuzzDriver"], path: "Fuzz/NBDFuzzer"),
     ]
     package.products += [
         .executable(name: "ReaderFuzzer", targets: ["ReaderFuzzer"]),

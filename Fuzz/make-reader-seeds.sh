@@ -12,17 +12,7 @@ mkdir -p "$out"
 tree=$(mktemp -d)
 trap 'rm -rf "$tree"' EXIT
 
-mkdir -p "$tree/dir/sub/deeper" "$tree/empty"
-echo hello > "$tree/small"
-head -c 3000 /dev/zero | tr '\0' x > "$tree/repetitive"
-awk 'BEGIN { srand(7); for (i = 0; i < 1500; i++) printf "%c", 32 + int(rand() * 90) }' > "$tree/dir/sub/deeper/mixed"
-ln -s small "$tree/symlink"
-ln "$tree/small" "$tree/hardlink"
-mknod "$tree/chardev" c 1 3
-mkfifo "$tree/fifo"
-setfattr -n user.comment -v value "$tree/small"
-setfattr -n trusted.overlay.opaque -v y "$tree/dir"
-setfattr -n trusted.overlay.redirect -v /x "$tree/dir/sub"
+"$(dirname "$0")/make-seed-tree.sh" "$tree"
 
 make() {
     local name=$1

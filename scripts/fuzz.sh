@@ -38,16 +38,7 @@ if [ "$target" = reader ]; then
     if command -v mkfs.erofs >/dev/null; then
         tree=$work/tree
         rm -rf "$tree"
-        mkdir -p "$tree/dir/sub/deeper" "$tree/empty"
-        echo hello > "$tree/small"
-        head -c 3000 /dev/zero | tr '\0' x > "$tree/repetitive"
-        awk 'BEGIN { srand(7); for (i = 0; i < 1500; i++) printf "%c", 32 + int(rand() * 90) }' > "$tree/dir/sub/deeper/mixed"
-        ln -s small "$tree/symlink"
-        ln "$tree/small" "$tree/hardlink"
-        mknod "$tree/chardev" c 1 3 2>/dev/null || true
-        mkfifo "$tree/fifo"
-        setfattr -n user.comment -v value "$tree/small" 2>/dev/null || true
-        setfattr -n trusted.overlay.opaque -v y "$tree/dir" 2>/dev/null || true
+        Fuzz/make-seed-tree.sh "$tree"
         n=0
         for options in "" "-zlz4" "-zlz4hc" "-zlz4hc -C16384" "-zlz4 -Eztailpacking" "-zlz4 -Efragments" \
             "-zlz4hc -Efragments,ztailpacking,dedupe" "--chunksize=4096" "-Eforce-inode-compact" \

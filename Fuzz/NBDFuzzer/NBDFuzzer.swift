@@ -6,6 +6,7 @@
 // Every reply the server would send is decoded again as a client would and checked: a reply
 // that does not parse, or that breaks the protocol's rules, stops the fuzzer like a crash.
 // The same bytes are also fed to the client-side reply decoders.
+import FuzzDriver
 import NBDProtocol
 
 let export = ExportDescription(name: "fuzz", description: "fuzzing export", size: 1 << 30)
@@ -147,17 +148,7 @@ public func nbdFuzzerTestOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> 
     return 0
 }
 
-// SwiftPM links an executable's entry point as `<Module>_main` (so tests can link the module);
-// libFuzzer's own main is then not used, so ours hands over to libFuzzer's driver.
-@_extern(c, "LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(
-    _ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt
-) -> CInt
-
 @_cdecl("NBDFuzzer_main")
 func nbdFuzzerMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
-    var argc = argc
-    var argv = argv
-    return LLVMFuzzerRunDriver(&argc, &argv, nbdFuzzerTestOneInput)
+    runLibFuzzer(argc, argv, nbdFuzzerTestOneInput)
 }

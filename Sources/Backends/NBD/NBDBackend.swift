@@ -132,6 +132,7 @@ struct DaemonLauncher {
             waitpid(daemon.pid, &status, 0)
             let log = (try? readTextFile(logFile)) ?? ""
             unlink(logFile)
+            if settings.mode == .connect { releaseDevice(connectedAs: settings.identifier) }
             if case .failed(let message)? = report { throw MountFailure("cannot serve \(settings.source): \(message)") }
             throw MountFailure("the serving daemon exited before attaching a device (\(describe(waitStatus: status)))"
                 + (log.isEmpty ? "" : "; its log: \(log.split(separator: "\n").suffix(3).joined(separator: " | "))"))
@@ -139,6 +140,14 @@ struct DaemonLauncher {
         let serving = servingPID == daemon.pid
             ? nil : DaemonProcess(pid: servingPID, startTime: DaemonProcess.startTime(of: servingPID) ?? 0)
         return Started(daemon: daemon, serving: serving, index: index, method: method)
+    }
+
+    /// A daemon that died between CONNECT and its report leaves a device waiting for a server
+    /// that will never come; the identifier, unique to this mount, finds it (Linux 5.14+).
+    private func releaseDevice(connectedAs identifier: String) {
+        for device in NBDDevice.all() where device.backendIdentifier == identifier {
+            try? NBDNetlink.open().disconnect(index: device.index)
+        }
     }
 }
 
