@@ -103,6 +103,16 @@ final class KernelModeHarness: @unchecked Sendable {
 
     deinit { close(serverEnd) }
 
+    /// After a stop: a request sent now stays whole on the socket for whoever takes it over.
+    func expectLaterRequestLeftOnSocket(cookie: UInt64) throws {
+        let next = Request(type: .read, cookie: cookie, offset: 0, length: 512)
+        client.send(next)
+        var buffer = [UInt8](repeating: 0, count: Request.size)
+        let got = buffer.withUnsafeMutableBytes { recv(serverEnd, $0.baseAddress, Request.size, Int32(MSG_WAITALL)) }
+        #expect(got == Request.size)
+        #expect(try Request(decoding: buffer) == next)
+    }
+
     /// How `run()` ended, or nil if it did not end within `seconds`.
     func end(within seconds: Double = 10) -> Result<ServingEnd, SystemError>? {
         guard finished.wait(timeout: .now() + seconds) == .success else { return nil }
@@ -264,11 +274,6 @@ func corpusImagePath(_ name: String = "plain") throws -> String {
         #expect(try #require(harness.client.receive(4096))[...] == source.bytes[4096..<8192])
         #expect(try harness.end()?.get() == .stopped)
         // The next request is left for whoever takes the socket over.
-        let next = Request(type: .read, cookie: 2, offset: 0, length: 512)
-        harness.client.send(next)
-        var buffer = [UInt8](repeating: 0, count: Request.size)
-        let got = buffer.withUnsafeMutableBytes { recv(harness.serverEnd, $0.baseAddress, Request.size, Int32(MSG_WAITALL)) }
-        #expect(got == Request.size)
-        #expect(try Request(decoding: buffer) == next)
+        try harness.expectLaterRequestLeftOnSocket(cookie: 2)
     }
 }

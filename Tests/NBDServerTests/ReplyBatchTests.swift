@@ -75,12 +75,7 @@ import Testing
         // Nothing more was sent, and a later request stays on the socket.
         var byte: UInt8 = 0
         #expect(recv(harness.client.fd, &byte, 1, Int32(MSG_DONTWAIT)) == -1 && errno == EAGAIN)
-        let next = Request(type: .read, cookie: 99, offset: 0, length: 512)
-        harness.client.send(next)
-        var buffer = [UInt8](repeating: 0, count: Request.size)
-        let got = buffer.withUnsafeMutableBytes { recv(harness.serverEnd, $0.baseAddress, Request.size, Int32(MSG_WAITALL)) }
-        #expect(got == Request.size)
-        #expect(try Request(decoding: buffer) == next)
+        try harness.expectLaterRequestLeftOnSocket(cookie: 99)
     }
 
     @Test func peerVanishingWithBatchedRepliesUnreadEndsTheLoop() throws {
