@@ -133,7 +133,8 @@ if "$MOUNT" -t erofs.nbd "$CORPUS/$IMAGE.erofs" "$mnt"; then
         if "$MOUNT" --upgrade "$mnt" 2>"$work/err"; then
             new=$(field "$n" servingPID)
             exe=$(readlink "/proc/$new/exe")
-            if [[ $new != "$old" && $exe == "$MOUNT" ]] && gone "$old"; then upgraded=$((upgraded + 1))
+            # The old worker exits right after its hand-off: give it a moment.
+            if [[ $new != "$old" && $exe == "$MOUNT" ]] && wait_for "gone $old" 5; then upgraded=$((upgraded + 1))
             else echo "# upgrade $i: worker $old -> $new ($exe)"; fi
         else
             echo "# upgrade $i: $(cat "$work/err")"
