@@ -223,12 +223,14 @@ public enum MountTool {
           nbd.ioctl            (-t erofs.nbd) attach with the ioctl interface, not netlink
           nbd.dead_timeout=S   (-t erofs.nbd) seconds the kernel holds I/O while no daemon
                                serves the device (default 60)
-          nbd.recovery=auto|manual  (-t erofs.nbd) auto (default): a supervisor replaces a
-                               serving worker that dies within a second; manual: run
-                               --reattach. The ioctl interface cannot recover at all.
+          nbd.recovery=auto|manual  (-t erofs.nbd) auto (default): a supervisor puts a
+                               standby worker in place of a serving worker that dies,
+                               within tens of ms; manual: run --reattach. The ioctl
+                               interface cannot recover at all.
           nbd.requeue_ms=N     (-t erofs.nbd) the device's request timer (default 250): a
                                request the dead worker had read is resent to the new one
-                               when it expires. It never fails a slow request.
+                               when it expires (the kernel adds up to ~1 s of slack).
+                               It never fails a slow request.
           anything else        passed to the kernel's EROFS (device=, domain_id=, fsid=,
                                dax, user_xattr, acl, cache_strategy=, ...)
 
