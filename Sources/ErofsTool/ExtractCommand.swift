@@ -127,7 +127,8 @@ struct Extractor {
                 offset += Int64(chunk.count)
             }
             if writeFailed { throw failure("write", path) }
-            if ftruncate(descriptor, off_t(inode.size)) != 0 { throw failure("truncate", path) }
+            // Only a file that ends in a hole needs its size set: one syscall less per file.
+            if UInt64(offset) != inode.size, ftruncate(descriptor, off_t(inode.size)) != 0 { throw failure("truncate", path) }
             try applyMetadata(inode, descriptor: descriptor, parent: parent, name: name, path: path)
             return
         case .symlink:
