@@ -47,6 +47,17 @@ public struct ByteReader<Bytes: RandomAccessCollection> where Bytes.Element == U
         try take(8, for: what).reduce(0) { $0 << 8 | UInt64($1) }
     }
 
+    /// Reads the magic number that opens `what` (a request, a reply...) and checks it.
+    public mutating func expectMagic(_ expected: UInt32, of what: String) throws(NBDProtocolError) {
+        let found = try readUInt32("\(what) magic")
+        guard found == expected else { throw .badMagic(what, expected: UInt64(expected), found: UInt64(found)) }
+    }
+
+    public mutating func expectMagic(_ expected: UInt64, of what: String) throws(NBDProtocolError) {
+        let found = try readUInt64("\(what) magic")
+        guard found == expected else { throw .badMagic(what, expected: expected, found: found) }
+    }
+
     public mutating func readBytes(_ count: Int, _ what: String) throws(NBDProtocolError) -> [UInt8] {
         Array(try take(count, for: what))
     }

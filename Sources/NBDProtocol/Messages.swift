@@ -22,10 +22,7 @@ public struct Request: Hashable, Sendable {
     public init<Bytes: RandomAccessCollection>(decoding bytes: Bytes) throws(NBDProtocolError)
     where Bytes.Element == UInt8, Bytes.Index == Int {
         var reader = ByteReader(bytes)
-        let magic = try reader.readUInt32("request magic")
-        guard magic == NBDMagic.request else {
-            throw .badMagic("request", expected: UInt64(NBDMagic.request), found: UInt64(magic))
-        }
+        try reader.expectMagic(NBDMagic.request, of: "request")
         flags = CommandFlags(rawValue: try reader.readUInt16("request flags"))
         type = CommandType(rawValue: try reader.readUInt16("request type"))
         cookie = try reader.readUInt64("request cookie")
@@ -62,10 +59,7 @@ public struct SimpleReply: Hashable, Sendable {
     public init<Bytes: RandomAccessCollection>(decoding bytes: Bytes) throws(NBDProtocolError)
     where Bytes.Element == UInt8, Bytes.Index == Int {
         var reader = ByteReader(bytes)
-        let magic = try reader.readUInt32("simple reply magic")
-        guard magic == NBDMagic.simpleReply else {
-            throw .badMagic("simple reply", expected: UInt64(NBDMagic.simpleReply), found: UInt64(magic))
-        }
+        try reader.expectMagic(NBDMagic.simpleReply, of: "simple reply")
         error = NBDErrorCode(rawValue: try reader.readUInt32("simple reply error"))
         cookie = try reader.readUInt64("simple reply cookie")
     }
@@ -100,10 +94,7 @@ public struct StructuredReplyChunkHeader: Hashable, Sendable {
     public init<Bytes: RandomAccessCollection>(decoding bytes: Bytes) throws(NBDProtocolError)
     where Bytes.Element == UInt8, Bytes.Index == Int {
         var reader = ByteReader(bytes)
-        let magic = try reader.readUInt32("structured reply magic")
-        guard magic == NBDMagic.structuredReply else {
-            throw .badMagic("structured reply", expected: UInt64(NBDMagic.structuredReply), found: UInt64(magic))
-        }
+        try reader.expectMagic(NBDMagic.structuredReply, of: "structured reply")
         flags = StructuredReplyFlags(rawValue: try reader.readUInt16("structured reply flags"))
         type = StructuredReplyType(rawValue: try reader.readUInt16("structured reply type"))
         cookie = try reader.readUInt64("structured reply cookie")
@@ -165,10 +156,7 @@ public struct OptionRequestHeader: Hashable, Sendable {
     public init<Bytes: RandomAccessCollection>(decoding bytes: Bytes) throws(NBDProtocolError)
     where Bytes.Element == UInt8, Bytes.Index == Int {
         var reader = ByteReader(bytes)
-        let magic = try reader.readUInt64("option magic")
-        guard magic == NBDMagic.options else {
-            throw .badMagic("option", expected: NBDMagic.options, found: magic)
-        }
+        try reader.expectMagic(NBDMagic.options, of: "option")
         option = OptionCode(rawValue: try reader.readUInt32("option code"))
         length = try reader.readUInt32("option length")
     }
@@ -206,10 +194,7 @@ public struct OptionReply: Hashable, Sendable {
         -> (option: OptionCode, type: OptionReplyType, length: UInt32)
     where Bytes.Element == UInt8, Bytes.Index == Int {
         var reader = ByteReader(bytes)
-        let magic = try reader.readUInt64("option reply magic")
-        guard magic == NBDMagic.optionReply else {
-            throw .badMagic("option reply", expected: NBDMagic.optionReply, found: magic)
-        }
+        try reader.expectMagic(NBDMagic.optionReply, of: "option reply")
         let option = OptionCode(rawValue: try reader.readUInt32("option reply option"))
         let type = OptionReplyType(rawValue: try reader.readUInt32("option reply type"))
         let length = try reader.readUInt32("option reply length")
