@@ -181,24 +181,15 @@ public enum NBDDaemon {
         }
         let end = try server.run()
         logger.info("/dev/nbd\(index): serving ended (\(end))")
-        switch end {
-        case .stopped:
-            if let control {
-                try control.send(.handOff(socket))
-                close(socket)
-                return .handedOff
-            }
-            close(socket)
-            return .socketClosed
-        case .disconnectRequested:
-            close(socket)
-            if let ioctlAttachment { _ = ioctlAttachment.waitUntilFinished() }
-            return .disconnected
-        case .peerClosed:
-            close(socket)
-            if let ioctlAttachment { _ = ioctlAttachment.waitUntilFinished() }
-            return .socketClosed
+        if end == .stopped, let control {
+            defer { close(socket) }
+            try control.send(.handOff(socket))
+            return .handedOff
         }
+        close(socket)
+        // An ioctl device's NBD_DO_IT returns once the kernel has let go of the socket.
+        if let ioctlAttachment { _ = ioctlAttachment.waitUntilFinished() }
+        return end == .disconnectRequested ? .disconnected : .socketClosed
     }
 
     static func releaseUnclaimed(index: UInt32, method: DeviceState.AttachMethod, ioctl: NBDIoctlAttachment?) {

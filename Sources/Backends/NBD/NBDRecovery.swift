@@ -41,19 +41,12 @@ public struct NBDRecovery: Sendable {
         guard let state else {
             throw MountFailure("/dev/nbd\(index) is not managed by mount.erofs (no state in \(store.directory))")
         }
-        let device = NBDDevice(index: UInt32(index))
-        if device.hasBackendIdentifierSupport || state.attachMethod == .netlink {
-            let actual = device.backendIdentifier
-            guard let actual else {
-                if !device.hasBackendIdentifierSupport && (device.sizeSectors ?? 0) > 0 {
-                    return state  // before Linux 5.14: no identifier to compare
-                }
-                throw MountFailure("/dev/nbd\(index) is not connected: the state \(store.path(forDevice: index)) is stale (`mount.erofs -u` or `--disconnect` removes it)")
-            }
-            guard actual == state.backendIdentifier else {
-                throw MountFailure("/dev/nbd\(index) is connected to backend `\(actual)`, not to `\(state.backendIdentifier)` of \(store.path(forDevice: index)): it is not ours")
-            }
-        } else if (device.sizeSectors ?? 0) == 0 {
+        switch NBDDevice(index: UInt32(index)).connection(expecting: state.backendIdentifier) {
+        case .ours:
+            break
+        case .foreign(let actual):
+            throw MountFailure("/dev/nbd\(index) is connected to backend `\(actual)`, not to `\(state.backendIdentifier)` of \(store.path(forDevice: index)): it is not ours")
+        case .notConnected:
             throw MountFailure("/dev/nbd\(index) is not connected: the state \(store.path(forDevice: index)) is stale (`mount.erofs -u` or `--disconnect` removes it)")
         }
         return state
@@ -113,5 +106,23 @@ public struct NBDRecovery: Sendable {
         if DaemonProcess(pid: state.daemonPID, startTime: state.daemonStartTime).isAlive { return state.daemonPID }
         if let pid = state.servingPID, DaemonProcess(pid: pid, startTime: state.servingStartTime ?? 0).isAlive { return pid }
         return nil
+    }
+}
+
+/// What the kernel says of an nbd device, against the backend identifier we gave it at CONNECT.
+enum DeviceConnection: Equatable {
+    case ours
+    case foreign(String)
+    case notConnected
+}
+
+extension NBDDevice {
+    /// The `backend` file exists only while a device connected with an identifier is set up.
+    /// Without one (the ioctl path, or a kernel before 5.14) there is nothing to compare, and a
+    /// capacity is all that says the device is connected.
+    func connection(expecting identifier: String) -> DeviceConnection {
+        if let actual = backendIdentifier { return actual == identifier ? .ours : .foreign(actual) }
+        if hasBackendIdentifierSupport || (sizeSectors ?? 0) == 0 { return .notConnected }
+        return .ours
     }
 }

@@ -305,9 +305,7 @@ public enum NBDSupervisor {
         /// Whether the device still waits for a server of ours: the kernel still shows our
         /// identifier (or, before 5.14, still has a capacity).
         func deviceIsOurs() -> Bool {
-            let device = NBDDevice(index: index)
-            if device.hasBackendIdentifierSupport { return device.backendIdentifier == settings.identifier }
-            return (device.sizeSectors ?? 0) > 0
+            NBDDevice(index: index).connection(expecting: settings.identifier) == .ours
         }
 
         /// The device went away without `-u` (a plain umount with disconnect-on-close): its
