@@ -6,6 +6,7 @@
 #include <spawn.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <linux/fs.h>
@@ -87,3 +88,46 @@ ssize_t cshim_pread_nowait(int fd, void *buffer, size_t count, off_t offset) {
     struct iovec iov = { .iov_base = buffer, .iov_len = count };
     return preadv2(fd, &iov, 1, offset, RWF_NOWAIT);
 }
+
+_Static_assert(sizeof(struct mmsghdr) <= CSHIM_RECORDED_TRANSFER_SIZE, "mmsghdr does not fit the record");
+
+static const unsigned int cshim_nothing_moved = 0xffffffffu;
+
+void cshim_recorded_reset(void *record) {
+    struct mmsghdr *header = record;
+    __atomic_store_n(&header->msg_len, cshim_nothing_moved, __ATOMIC_RELEASE);
+}
+
+int64_t cshim_recorded_count(const void *record) {
+    const struct mmsghdr *header = record;
+    unsigned int count = __atomic_load_n(&header->msg_len, __ATOMIC_ACQUIRE);
+    return count == cshim_nothing_moved ? -1 : (int64_t)count;
+}
+
+ssize_t cshim_recorded_send(int fd, void *record, struct iovec *vectors, size_t count, int flags) {
+    struct mmsghdr *header = record;
+    memset(&header->msg_hdr, 0, sizeof(header->msg_hdr));
+    header->msg_hdr.msg_iov = vectors;
+    header->msg_hdr.msg_iovlen = count;
+    int sent = sendmmsg(fd, header, 1, flags);
+    if (sent < 0) return -1;
+    return sent == 1 ? (ssize_t)header->msg_len : 0;
+}
+
+ssize_t cshim_recorded_receive(int fd, void *record, void *buffer, size_t length, int flags) {
+    struct mmsghdr *header = record;
+    struct iovec vector = { .iov_base = buffer, .iov_len = length };
+    memset(&header->msg_hdr, 0, sizeof(header->msg_hdr));
+    header->msg_hdr.msg_iov = &vector;
+    header->msg_hdr.msg_iovlen = 1;
+    int got = recvmmsg(fd, header, 1, flags, NULL);
+    if (got < 0) return -1;
+    return got == 1 ? (ssize_t)header->msg_len : 0;
+}
+
+void cshim_store_release_u32(void *address, uint32_t value) { __atomic_store_n((uint32_t *)address, value, __ATOMIC_RELEASE); }
+void cshim_store_release_u64(void *address, uint64_t value) { __atomic_store_n((uint64_t *)address, value, __ATOMIC_RELEASE); }
+uint32_t cshim_load_acquire_u32(const void *address) { return __atomic_load_n((const uint32_t *)address, __ATOMIC_ACQUIRE); }
+uint64_t cshim_load_acquire_u64(const void *address) { return __atomic_load_n((const uint64_t *)address, __ATOMIC_ACQUIRE); }
+
+int cshim_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }

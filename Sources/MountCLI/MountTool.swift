@@ -223,14 +223,18 @@ public enum MountTool {
           nbd.ioctl            (-t erofs.nbd) attach with the ioctl interface, not netlink
           nbd.dead_timeout=S   (-t erofs.nbd) seconds the kernel holds I/O while no daemon
                                serves the device (default 60)
-          nbd.recovery=auto|manual  (-t erofs.nbd) auto (default): a supervisor puts a
-                               standby worker in place of a serving worker that dies,
-                               within tens of ms; manual: run --reattach. The ioctl
+          nbd.recovery=auto|manual  (-t erofs.nbd) auto (default): a supervisor keeps the
+                               socket alive and puts a standby worker in place of a
+                               serving worker that dies, within tens of ms; the standby
+                               answers what the dead one had read (from a shared-memory
+                               journal) and reads on. manual: run --reattach. The ioctl
                                interface cannot recover at all.
-          nbd.requeue_ms=N     (-t erofs.nbd) the device's request timer (default 250): a
-                               request the dead worker had read is resent to the new one
-                               when it expires (the kernel adds up to ~1 s of slack).
-                               It never fails a slow request.
+          nbd.requeue_ms=N     (-t erofs.nbd) the device's request timer (default 250):
+                               when a recovery needs a new socket (--reattach, or a
+                               journal that cannot be trusted), a request the dead worker
+                               had read is resent to the new one when it expires (the
+                               kernel adds up to ~1 s of slack). It never fails a slow
+                               request.
           anything else        passed to the kernel's EROFS (device=, domain_id=, fsid=,
                                dax, user_xattr, acl, cache_strategy=, ...)
 

@@ -18,19 +18,35 @@ public final class KernelModeServer: Sendable {
     private let logger: Logger
     private let workers: Int
     private let stopSignal: StopSignal
+    private let journal: RequestJournal?
+    private let recovery: RequestJournal.Recovery?
 
-    public init(socket: FileDescriptor, source: any RandomAccessSource, logger: Logger, workers: Int = 4) throws(SystemError) {
+    /// With a `journal`, everything taken off the socket is recorded there so that a successor
+    /// can go on serving the same socket if this process dies; `resuming` is what a dead
+    /// predecessor left (`journal.recover()`), nil to start afresh.
+    public init(
+        socket: FileDescriptor, source: any RandomAccessSource, logger: Logger, workers: Int = 4,
+        journal: RequestJournal? = nil, resuming recovery: RequestJournal.Recovery? = nil
+    ) throws(SystemError) {
         self.socket = socket
         self.source = source
         self.logger = logger
         self.workers = workers
+        self.journal = journal
+        self.recovery = recovery
         stopSignal = try StopSignal()
+        if let journal, recovery == nil { journal.reset() }
     }
 
     public func run() throws(SystemError) -> ServingEnd {
+        let reader = if let journal {
+            MessageReader(socket: socket.rawValue, stop: stopSignal, journal: journal, resuming: recovery)
+        } else {
+            MessageReader(socket: socket.rawValue, stop: stopSignal)
+        }
         let loop = TransmissionLoop(
-            reader: MessageReader(socket: socket.rawValue, stop: stopSignal), source: source, structuredReplies: false,
-            configuration: .init(workers: workers), logger: logger)
+            reader: reader, source: source, structuredReplies: false,
+            configuration: .init(workers: workers), logger: logger, recovery: recovery)
         return try loop.run()
     }
 

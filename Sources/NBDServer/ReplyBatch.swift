@@ -17,6 +17,8 @@ final class ReplyBatch {
     private let vectors: UnsafeMutableBufferPointer<iovec>
     private(set) var count = 0
     private var dataUsed = 0
+    /// The journal slots the collected replies answer.
+    private var answers: [ReplyWriter.Answer] = []
 
     init(dataCapacity: Int) {
         headers = .allocate(byteCount: Self.maximumReplies * Self.headerSlot, alignment: 16)
@@ -39,7 +41,8 @@ final class ReplyBatch {
     }
 
     /// Adds a reply whose `length` data bytes were just written into `space(for: length)`.
-    func append(header: [UInt8], length: Int) {
+    /// `journalSlot`: the request's slot in the connection's journal, -1 when not journaled.
+    func append(header: [UInt8], length: Int, answering journalSlot: Int32) {
         precondition(header.count <= Self.headerSlot && length <= data.count - dataUsed && count < Self.maximumReplies)
         let slot = headers.baseAddress! + count * Self.headerSlot
         header.withUnsafeBytes { slot.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
@@ -47,6 +50,7 @@ final class ReplyBatch {
         vectors[2 * count + 1] = iovec(iov_base: data.baseAddress! + dataUsed, iov_len: length)
         dataUsed += length
         count += 1
+        if journalSlot >= 0 { answers.append(.init(slot: journalSlot)) }
     }
 
     /// Sends every collected reply and empties the batch (also when the send fails).
@@ -55,7 +59,8 @@ final class ReplyBatch {
         defer {
             count = 0
             dataUsed = 0
+            answers.removeAll(keepingCapacity: true)
         }
-        try writer.send(gathering: UnsafeMutableBufferPointer(rebasing: vectors[0..<(2 * count)]))
+        try writer.send(gathering: UnsafeMutableBufferPointer(rebasing: vectors[0..<(2 * count)]), answering: answers)
     }
 }

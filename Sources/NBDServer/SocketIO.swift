@@ -19,19 +19,38 @@ final class MessageReader {
 
     let socket: Int32
     let stop: StopSignal?
+    /// Where received bytes live when the connection is journaled (kernel mode under a
+    /// supervisor): the journal's two shared buffers, so a successor can parse what we read.
+    let journal: RequestJournal?
     private var buffer: UnsafeMutableRawBufferPointer
+    private var journalBuffer = 0
     private var start = 0
     private var end = 0
+    /// The stream position of `buffer`'s first byte.
+    private var bufferPosition: UInt64 = 0
     /// How long a message already begun may take to arrive in full once stop was requested.
     private let completionTimeoutMilliseconds: Int32 = 5000
 
     init(socket: Int32, stop: StopSignal?, capacity: Int = 256 << 10) {
         self.socket = socket
         self.stop = stop
+        journal = nil
         buffer = .allocate(byteCount: capacity, alignment: 16)
     }
 
-    deinit { buffer.deallocate() }
+    /// A reader whose buffer is the journal's; `resuming` continues from what a dead worker left.
+    init(socket: Int32, stop: StopSignal?, journal: RequestJournal, resuming recovery: RequestJournal.Recovery?) {
+        self.socket = socket
+        self.stop = stop
+        self.journal = journal
+        if let recovery {
+            journalBuffer = recovery.buffer
+            (start, end, bufferPosition) = (recovery.start, recovery.end, recovery.position)
+        }
+        buffer = journal.receiveBuffer(journalBuffer)
+    }
+
+    deinit { if journal == nil { buffer.deallocate() } }
 
     var hasBufferedBytes: Bool { start < end }
 
@@ -39,9 +58,36 @@ final class MessageReader {
     /// next read may block.
     var bufferedByteCount: Int { end - start }
 
+    /// The stream position of the next byte to consume.
+    var streamPosition: UInt64 { bufferPosition + UInt64(start) }
+
     /// Fills `destination` with the next `destination.count` bytes. `atBoundary` says that no
     /// byte of this message has been read yet, so EOF or stop here are clean.
     func read(into destination: UnsafeMutableRawBufferPointer, atBoundary: Bool, what: String) throws(SystemError) -> Result {
+        guard destination.count <= buffer.count else {
+            return try readPiecewise(into: destination, atBoundary: atBoundary, what: what)
+        }
+        // The whole message is gathered in the buffer before any of it is consumed: a journal
+        // then never has half a message outside the shared buffer.
+        while end - start < destination.count {
+            let clean = atBoundary && start == end
+            let outcome = try fill(cleanStopAllowed: clean, what: what)
+            if outcome != .message {
+                if clean { return outcome }
+                throw SystemError("read \(what)", detail: "connection ended in the middle of the message")
+            }
+        }
+        if let target = destination.baseAddress, let source = buffer.baseAddress {
+            target.copyMemory(from: source + start, byteCount: destination.count)
+        }
+        start += destination.count
+        return .message
+    }
+
+    /// A message bigger than the buffer (a network client's oversized option) is copied out as
+    /// it arrives.
+    private func readPiecewise(into destination: UnsafeMutableRawBufferPointer, atBoundary: Bool, what: String) throws(SystemError) -> Result {
+        journal?.poison()
         var filled = 0
         while filled < destination.count {
             if start == end {
@@ -72,6 +118,7 @@ final class MessageReader {
 
     /// Consumes and drops `count` bytes (a refused WRITE's payload), keeping the stream in step.
     func discard(_ count: Int, what: String) throws(SystemError) {
+        journal?.poison()
         var left = count
         while left > 0 {
             if start == end {
@@ -85,9 +132,9 @@ final class MessageReader {
         }
     }
 
+    /// Waits for the socket and reads what it has after the bytes not yet consumed, which are
+    /// kept (moved to the front of the buffer, or into the journal's other buffer).
     private func fill(cleanStopAllowed: Bool, what: String) throws(SystemError) -> Result {
-        start = 0
-        end = 0
         var stopSeen = stop?.isRaised ?? false
         while true {
             if stopSeen && cleanStopAllowed { return .stopped }
@@ -103,9 +150,9 @@ final class MessageReader {
                 if fds[0].revents == 0 { continue }
             }
             guard fds[0].revents != 0 else { continue }
-            let got = Glibc.read(socket, buffer.baseAddress, buffer.count)
+            let got = receive()
             if got > 0 {
-                end = got
+                end += got
                 return .message
             }
             if got == 0 { return .endOfStream }
@@ -115,16 +162,40 @@ final class MessageReader {
             throw SystemError("read \(what)", errno: Errno(rawValue: code))
         }
     }
+
+    /// One read after the kept bytes `start..<end`, which end up at the buffer's front.
+    private func receive() -> Int {
+        let kept = end - start
+        let keptPosition = streamPosition
+        if let journal {
+            let (got, next) = journal.receive(
+                from: socket, keeping: UnsafeRawBufferPointer(rebasing: buffer[start..<end]), at: keptPosition)
+            journalBuffer = next
+            buffer = journal.receiveBuffer(next)
+            (start, end, bufferPosition) = (0, kept, keptPosition)
+            return got
+        }
+        if start > 0, kept > 0, let base = buffer.baseAddress { memmove(base, base + start, kept) }
+        (start, end, bufferPosition) = (0, kept, keptPosition)
+        return Glibc.read(socket, buffer.baseAddress! + kept, buffer.count - kept)
+    }
 }
 
 /// The one writer of a connection's replies. Each reply (header and payload) goes out under
-/// one lock, so concurrent workers never interleave bytes of two replies.
+/// one lock, so concurrent workers never interleave bytes of two replies. With a journal, each
+/// send names the requests it answers, and the kernel counts its bytes into the journal.
 final class ReplyWriter: @unchecked Sendable {
+    typealias Answer = RequestJournal.Answer
+
     let socket: Int32
+    let journal: RequestJournal?
     private let lock = ConditionLock()
     private var failure: SystemError?
 
-    init(socket: Int32) { self.socket = socket }
+    init(socket: Int32, journal: RequestJournal? = nil) {
+        self.socket = socket
+        self.journal = journal
+    }
 
     /// IOV_MAX on Linux: the most vectors one sendmsg(2) takes.
     static let maximumVectors = 1024
@@ -132,18 +203,21 @@ final class ReplyWriter: @unchecked Sendable {
     /// The first write error; after it, nothing more is sent.
     var failed: SystemError? { lock.withLock { failure } }
 
-    func send(_ bytes: [UInt8]) throws(SystemError) {
-        try lock.withLock { () throws(SystemError) in
-            try checkHealthy()
-            try record(bytes.withUnsafeBytes { writeAll($0, more: false) })
+    func send(_ bytes: [UInt8], answering answers: [Answer] = []) throws(SystemError) {
+        let error = bytes.withUnsafeBytes { bytes in
+            var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
+            return withUnsafeMutablePointer(to: &vector) { deliver(UnsafeMutableBufferPointer(start: $0, count: 1), answering: answers) }
         }
+        if let error { throw error }
     }
 
     /// Header, then `length` bytes of `file` from `offset` through sendfile(2): the data goes from
-    /// the page cache to the socket without a copy through userspace.
+    /// the page cache to the socket without a copy through userspace. Not journaled: sendfile's
+    /// progress cannot be recorded by the kernel, so journaled connections copy instead.
     func sendFile(header: [UInt8], file: Int32, offset: UInt64, length: Int) throws(SystemError) {
+        precondition(journal == nil, "sendfile on a journaled connection")
         try lock.withLock { () throws(SystemError) in
-            try checkHealthy()
+            if let failure { throw failure }
             try record(header.withUnsafeBytes { writeAll($0, more: true) })
             var position = off_t(bitPattern: UInt(offset))
             var left = length
@@ -163,12 +237,12 @@ final class ReplyWriter: @unchecked Sendable {
     }
 
     /// Header and data from memory, gathered into one sendmsg(2) where the socket takes it all.
-    func send(header: [UInt8], data: UnsafeRawBufferPointer) throws(SystemError) {
+    func send(header: [UInt8], data: UnsafeRawBufferPointer, answering answers: [Answer] = []) throws(SystemError) {
         let error = header.withUnsafeBytes { header in
             var vectors = (
                 iovec(iov_base: UnsafeMutableRawPointer(mutating: header.baseAddress), iov_len: header.count),
                 iovec(iov_base: UnsafeMutableRawPointer(mutating: data.baseAddress), iov_len: data.count))
-            return withUnsafeMutableBytes(of: &vectors) { deliver($0.bindMemory(to: iovec.self)) }
+            return withUnsafeMutableBytes(of: &vectors) { deliver($0.bindMemory(to: iovec.self), answering: answers) }
         }
         if let error { throw error }
     }
@@ -176,21 +250,34 @@ final class ReplyWriter: @unchecked Sendable {
     /// Several complete replies at once, in order: one sendmsg(2) where the socket takes it all,
     /// so a burst of cached READs costs one syscall and one wake-up of the peer. `vectors` is
     /// consumed (advanced past what was sent).
-    func send(gathering vectors: UnsafeMutableBufferPointer<iovec>) throws(SystemError) {
-        if let error = deliver(vectors) { throw error }
+    func send(gathering vectors: UnsafeMutableBufferPointer<iovec>, answering answers: [Answer] = []) throws(SystemError) {
+        if let error = deliver(vectors, answering: answers) { throw error }
     }
 
-    private func deliver(_ vectors: UnsafeMutableBufferPointer<iovec>) -> SystemError? {
-        lock.withLock {
-            if let failure { return failure }
-            let error = sendAll(vectors)
-            if let error { failure = error }
+    /// The rest of a send a dead worker began: `bytes` are its replies rebuilt, of which the
+    /// first `sent` already reached the socket.
+    func finish(_ bytes: [UInt8], sent: Int) throws(SystemError) {
+        guard let journal else { return }
+        let error: SystemError? = lock.withLock {
+            journal.resumeSend(sent: sent)
+            let error = bytes.withUnsafeBytes { bytes in
+                var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress! + sent), iov_len: bytes.count - sent)
+                return withUnsafeMutablePointer(to: &vector) { sendAll(UnsafeMutableBufferPointer(start: $0, count: 1)) }
+            }
+            if let error { failure = error } else { journal.endSend() }
             return error
         }
+        if let error { throw error }
     }
 
-    private func checkHealthy() throws(SystemError) {
-        if let failure { throw failure }
+    private func deliver(_ vectors: UnsafeMutableBufferPointer<iovec>, answering answers: [Answer]) -> SystemError? {
+        lock.withLock {
+            if let failure { return failure }
+            journal?.beginSend(answering: answers, total: vectors.reduce(0) { $0 + $1.iov_len })
+            let error = sendAll(vectors)
+            if let error { failure = error } else { journal?.endSend() }
+            return error
+        }
     }
 
     /// Remembers the first failure so later replies are not attempted on a broken stream.
@@ -206,10 +293,16 @@ final class ReplyWriter: @unchecked Sendable {
         var first = 0
         while first < vectors.count {
             if vectors[first].iov_len == 0 { first += 1; continue }
-            var message = msghdr()
-            message.msg_iov = vectors.baseAddress.map { $0 + first }
-            message.msg_iovlen = min(vectors.count - first, Self.maximumVectors)
-            var sent = sendmsg(socket, &message, Int32(MSG_NOSIGNAL))
+            let count = min(vectors.count - first, Self.maximumVectors)
+            var sent: Int
+            if let journal {
+                sent = journal.send(on: socket, vectors.baseAddress! + first, count: count)
+            } else {
+                var message = msghdr()
+                message.msg_iov = vectors.baseAddress.map { $0 + first }
+                message.msg_iovlen = count
+                sent = sendmsg(socket, &message, Int32(MSG_NOSIGNAL))
+            }
             if sent < 0 {
                 if errno == EINTR { continue }
                 return SystemError("send reply", errno: Errno(rawValue: errno))

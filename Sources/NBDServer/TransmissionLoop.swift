@@ -37,17 +37,25 @@ final class TransmissionLoop: @unchecked Sendable {
     private let configuration: Configuration
     private let logger: Logger
 
+    private let journal: RequestJournal?
+    /// What a dead predecessor left on this socket, answered before anything else.
+    private let recovery: RequestJournal.Recovery?
+
     private let queueState = ConditionLock()
-    private var queue: [Request] = []
+    /// A request and its journal slot (-1 when not journaled).
+    private typealias Admitted = (request: Request, slot: Int32)
+    private var queue: [Admitted] = []
     private var queueHead = 0
     private var closing = false
 
     init(
         reader: MessageReader, source: any RandomAccessSource, structuredReplies: Bool,
-        configuration: Configuration, logger: Logger
+        configuration: Configuration, logger: Logger, recovery: RequestJournal.Recovery? = nil
     ) {
         self.reader = reader
-        self.writer = ReplyWriter(socket: reader.socket)
+        self.journal = reader.journal
+        self.recovery = recovery
+        self.writer = ReplyWriter(socket: reader.socket, journal: reader.journal)
         self.source = source
         self.structuredReplies = structuredReplies
         self.configuration = configuration
@@ -72,12 +80,12 @@ final class TransmissionLoop: @unchecked Sendable {
     }
 
     private func readLoop() throws(SystemError) -> ServingEnd {
-        let size = source.size
         var inlineScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(Self.inlineCopyLimit), alignment: 4096)
         defer { inlineScratch.deallocate() }
         let batch = ReplyBatch(dataCapacity: Self.batchDataCapacity)
         // Every request read gets its reply, however reading ends (stop, disconnect, bad input).
         defer { sendBatch(batch) }
+        if let recovery { try resume(recovery, batch: batch, scratch: &inlineScratch) }
         while true {
             if writer.failed != nil { return .peerClosed }
             // The next read may block: no reply may wait behind it.
@@ -89,51 +97,93 @@ final class TransmissionLoop: @unchecked Sendable {
             do { request = try Request(decoding: header) } catch {
                 throw SystemError("NBD request", detail: "\(error); closing the connection")
             }
-            if request.length > NBDLimits.maximumRequestLength
-                && (request.type == .read || request.type.carriesPayload) {
-                throw SystemError(
-                    "NBD \(request.type) request",
-                    detail: "length \(request.length) exceeds \(NBDLimits.maximumRequestLength); closing the connection")
-            }
-            switch request.type {
-            case .read:
-                let (end, overflow) = request.offset.addingReportingOverflow(UInt64(request.length))
-                guard request.length > 0, !overflow, end <= size else {
-                    try reply(to: request, error: .invalid, "read of \(request.length) bytes at \(request.offset) is outside the export (\(size) bytes)")
-                    continue
-                }
-                guard let descriptor = source.localFileDescriptor else {
-                    enqueue(request)
-                    continue
-                }
-                // Hand-offs to a worker cost more than serving a cached block, so this thread
-                // serves what cannot block: small reads the page cache holds (copied into the
-                // batch, sent together), and a lone request (QD1), for which there is nothing
-                // else to do. Everything else goes to the workers.
-                if request.length <= Self.inlineCopyLimit && nonBlockingReadsWork {
-                    if batch.space(for: Int(request.length)) == nil { sendBatch(batch) }
-                    if addCachedRead(request, descriptor: descriptor.rawValue, to: batch) { continue }
-                }
-                sendBatch(batch)
-                if !reader.hasBufferedBytes && queueIsEmpty {
-                    do { try serveRead(request, scratch: &inlineScratch) } catch { reportWriteFailure(error) }
-                } else {
-                    enqueue(request)
-                }
-            case .write, .trim, .writeZeroes:
-                if request.type.carriesPayload {
-                    sendBatch(batch)  // the payload may not be all here yet
-                    try reader.discard(Int(request.length), what: "NBD write payload")
-                }
-                try reply(to: request, error: .notPermitted, "the export is read-only")
-            case .flush:
-                try replySuccess(to: request)
-            case .disconnect:
-                return .disconnectRequested
-            default:
-                try reply(to: request, error: .invalid, "\(request.type) is not supported")
-            }
+            if request.type == .disconnect { return .disconnectRequested }
+            let position = reader.streamPosition - UInt64(Request.size)
+            let slot = journal?.admit(request, at: position) ?? -1
+            if try !dispatch(request, slot: slot, batch: batch, scratch: &inlineScratch) { return .disconnectRequested }
         }
+    }
+
+    /// Serves what a dead predecessor left: the rest of the send it was killed in, then the
+    /// requests it read and never answered. The bytes it read and did not parse are already the
+    /// reader's.
+    private func resume(_ recovery: RequestJournal.Recovery, batch: ReplyBatch, scratch: inout UnsafeMutableRawBufferPointer) throws(SystemError) {
+        if let unfinished = recovery.unfinishedSend {
+            var bytes: [UInt8] = []
+            for entry in unfinished.answers {
+                let error = NBDErrorCode(rawValue: entry.error)
+                bytes += SimpleReply(cookie: entry.request.cookie, error: error).encoded()
+                guard error == .none, entry.request.type == .read else { continue }
+                let start = bytes.count
+                bytes += [UInt8](repeating: 0, count: Int(entry.request.length))
+                let got = try bytes.withUnsafeMutableBytes { all in
+                    Swift.Result { () throws(SystemError) -> Int in
+                        try source.read(into: UnsafeMutableRawBufferPointer(rebasing: all[start...]), at: entry.request.offset)
+                    }
+                }.get()
+                guard got == Int(entry.request.length) else {
+                    throw SystemError("complete a reply of the previous worker", detail: "short read from \(source.displayName)")
+                }
+            }
+            guard bytes.count == unfinished.total else {
+                throw SystemError(
+                    "complete a reply of the previous worker",
+                    detail: "rebuilt \(bytes.count) bytes where it was sending \(unfinished.total)")
+            }
+            try writer.finish(bytes, sent: unfinished.sent)
+        }
+        for entry in recovery.unanswered {
+            _ = try dispatch(entry.request, slot: entry.slot, batch: batch, scratch: &scratch)
+        }
+    }
+
+    /// Answers one request, at once or through a worker. False for NBD_CMD_DISC.
+    private func dispatch(_ request: Request, slot: Int32, batch: ReplyBatch, scratch inlineScratch: inout UnsafeMutableRawBufferPointer) throws(SystemError) -> Bool {
+        if request.length > NBDLimits.maximumRequestLength
+            && (request.type == .read || request.type.carriesPayload) {
+            throw SystemError(
+                "NBD \(request.type) request",
+                detail: "length \(request.length) exceeds \(NBDLimits.maximumRequestLength); closing the connection")
+        }
+        switch request.type {
+        case .read:
+            let (end, overflow) = request.offset.addingReportingOverflow(UInt64(request.length))
+            guard request.length > 0, !overflow, end <= source.size else {
+                try reply(to: request, slot: slot, error: .invalid, "read of \(request.length) bytes at \(request.offset) is outside the export (\(source.size) bytes)")
+                return true
+            }
+            guard let descriptor = source.localFileDescriptor else {
+                enqueue((request, slot))
+                return true
+            }
+            // Hand-offs to a worker cost more than serving a cached block, so this thread
+            // serves what cannot block: small reads the page cache holds (copied into the
+            // batch, sent together), and a lone request (QD1), for which there is nothing
+            // else to do. Everything else goes to the workers.
+            if request.length <= Self.inlineCopyLimit && nonBlockingReadsWork {
+                if batch.space(for: Int(request.length)) == nil { sendBatch(batch) }
+                if addCachedRead(request, slot: slot, descriptor: descriptor.rawValue, to: batch) { return true }
+            }
+            sendBatch(batch)
+            if !reader.hasBufferedBytes && queueIsEmpty {
+                do { try serveRead(request, slot: slot, scratch: &inlineScratch) } catch { reportWriteFailure(error) }
+            } else {
+                enqueue((request, slot))
+            }
+        case .write, .trim, .writeZeroes:
+            if request.type.carriesPayload {
+                sendBatch(batch)  // the payload may not be all here yet
+                try reader.discard(Int(request.length), what: "NBD write payload")
+            }
+            try reply(to: request, slot: slot, error: .notPermitted, "the export is read-only")
+        case .flush:
+            try replySuccess(to: request, slot: slot)
+        case .disconnect:
+            return false
+        default:
+            try reply(to: request, slot: slot, error: .invalid, "\(request.type) is not supported")
+        }
+        return true
     }
 
     /// The largest READ the reader copies from the page cache itself; larger ones go by sendfile.
@@ -144,7 +194,7 @@ final class TransmissionLoop: @unchecked Sendable {
 
     /// Copies `request`'s data from the page cache into `batch` without blocking on the disk;
     /// false (nothing added) when the data is not all cached or the batch has no room.
-    private func addCachedRead(_ request: Request, descriptor: Int32, to batch: ReplyBatch) -> Bool {
+    private func addCachedRead(_ request: Request, slot: Int32, descriptor: Int32, to batch: ReplyBatch) -> Bool {
         let length = Int(request.length)
         guard let space = batch.space(for: length) else { return false }
         let got = cshim_pread_nowait(descriptor, space.baseAddress, length, off_t(bitPattern: UInt(request.offset)))
@@ -156,7 +206,7 @@ final class TransmissionLoop: @unchecked Sendable {
         let header = structuredReplies
             ? StructuredReplyChunkHeader.offsetData(cookie: request.cookie, offset: request.offset, dataLength: request.length)
             : SimpleReply(cookie: request.cookie).encoded()
-        batch.append(header: header, length: length)
+        batch.append(header: header, length: length, answering: slot)
         return true
     }
 
@@ -171,7 +221,7 @@ final class TransmissionLoop: @unchecked Sendable {
 
     private var queueIsEmpty: Bool { queueState.withLock { queueHead == queue.count } }
 
-    private func enqueue(_ request: Request) {
+    private func enqueue(_ request: Admitted) {
         queueState.withLock {
             while queue.count - queueHead >= configuration.queueCapacity && writer.failed == nil {
                 queueState.wait()
@@ -185,7 +235,7 @@ final class TransmissionLoop: @unchecked Sendable {
         }
     }
 
-    private func nextRequest() -> Request? {
+    private func nextRequest() -> Admitted? {
         queueState.withLock {
             while queueHead == queue.count && !closing { queueState.wait() }
             guard queueHead < queue.count else { return nil }
@@ -198,17 +248,17 @@ final class TransmissionLoop: @unchecked Sendable {
     private func workerLoop() {
         var scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 0, alignment: 4096)
         defer { scratch.deallocate() }
-        while let request = nextRequest() {
+        while let (request, slot) = nextRequest() {
             guard writer.failed == nil else { continue }  // drain without sending
             do {
-                try serveRead(request, scratch: &scratch)
+                try serveRead(request, slot: slot, scratch: &scratch)
             } catch {
                 reportWriteFailure(error)
             }
         }
     }
 
-    private func serveRead(_ request: Request, scratch: inout UnsafeMutableRawBufferPointer) throws(SystemError) {
+    private func serveRead(_ request: Request, slot: Int32, scratch: inout UnsafeMutableRawBufferPointer) throws(SystemError) {
         let length = Int(request.length)
         let header = structuredReplies
             ? StructuredReplyChunkHeader.offsetData(cookie: request.cookie, offset: request.offset, dataLength: request.length)
@@ -217,7 +267,7 @@ final class TransmissionLoop: @unchecked Sendable {
         // copied and sent with their header in one sendmsg: header and data then reach the
         // peer together (one wake-up of the kernel's receiver instead of two), and no reply
         // is split around a read from the disk.
-        if let descriptor = source.localFileDescriptor, request.length > Self.inlineCopyLimit {
+        if let descriptor = source.localFileDescriptor, request.length > Self.inlineCopyLimit, journal == nil {
             try writer.sendFile(header: header, file: descriptor.rawValue, offset: request.offset, length: length)
             return
         }
@@ -228,30 +278,38 @@ final class TransmissionLoop: @unchecked Sendable {
         let data = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<length])
         let got: Int
         do { got = try source.read(into: data, at: request.offset) } catch {
-            try reply(to: request, error: .ioError, "\(error)")
+            try reply(to: request, slot: slot, error: .ioError, "\(error)")
             return
         }
         guard got == length else {
-            try reply(to: request, error: .ioError, "short read from \(source.displayName): \(got) of \(length) bytes")
+            try reply(to: request, slot: slot, error: .ioError, "short read from \(source.displayName): \(got) of \(length) bytes")
             return
         }
-        try writer.send(header: header, data: UnsafeRawBufferPointer(data))
+        try writer.send(header: header, data: UnsafeRawBufferPointer(data), answering: Self.answers(slot))
     }
 
-    private func replySuccess(to request: Request) throws(SystemError) {
-        try send(structuredReplies ? StructuredReplyChunkHeader.done(cookie: request.cookie) : SimpleReply(cookie: request.cookie).encoded())
+    private func replySuccess(to request: Request, slot: Int32) throws(SystemError) {
+        try send(structuredReplies ? StructuredReplyChunkHeader.done(cookie: request.cookie) : SimpleReply(cookie: request.cookie).encoded(),
+                 answering: Self.answers(slot))
     }
 
-    private func reply(to request: Request, error: NBDErrorCode, _ message: String) throws(SystemError) {
+    private func reply(to request: Request, slot: Int32, error: NBDErrorCode, _ message: String) throws(SystemError) {
         logger.debug("NBD \(request.type) refused", metadata: ["error": "\(error.rawValue)", "reason": "\(message)"])
         try send(structuredReplies
             ? StructuredReplyChunkHeader.error(cookie: request.cookie, error: error, message: message)
-            : SimpleReply(cookie: request.cookie, error: error).encoded())
+            : SimpleReply(cookie: request.cookie, error: error).encoded(),
+            answering: Self.answers(slot, error: error))
     }
 
     /// Sends a reply from the reader thread; a failed write ends reading as "peer closed".
-    private func send(_ bytes: [UInt8]) throws(SystemError) {
-        do { try writer.send(bytes) } catch { reportWriteFailure(error) }
+    private func send(_ bytes: [UInt8], answering answers: [ReplyWriter.Answer]) throws(SystemError) {
+        do { try writer.send(bytes, answering: answers) } catch { reportWriteFailure(error) }
+    }
+
+    /// The journal record of a reply to the request in `slot` (none when not journaled). A
+    /// successor rebuilds an unfinished reply from the request and this error.
+    private static func answers(_ slot: Int32, error: NBDErrorCode = .none) -> [ReplyWriter.Answer] {
+        slot >= 0 ? [.init(slot: slot, error: error.rawValue)] : []
     }
 
     private func reportWriteFailure(_ error: SystemError) {

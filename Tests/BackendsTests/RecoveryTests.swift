@@ -13,6 +13,28 @@ import Testing
         #expect(try supervisor.receive(timeout: 2) == .prepared)
         try supervisor.send(.reconnect)
         #expect(try worker.receive(timeout: 2) == .reconnect)
+        try worker.send(.resumed(true))
+        #expect(try supervisor.receive(timeout: 2) == .resumed(true))
+        try worker.send(.resumed(false))
+        #expect(try supervisor.receive(timeout: 2) == .resumed(false))
+    }
+
+    /// Each word that carries a socket arrives with it, and without one it is refused.
+    @Test func socketWordsCarryTheirDescriptor() throws {
+        let (supervisor, worker) = try ControlChannel.pair()
+        defer { supervisor.close(); worker.close() }
+        var ends: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &ends) == 0)
+        defer { close(ends[0]); close(ends[1]) }
+        try worker.send(.serving(ends[1]))
+        guard case .serving(let kept)? = try supervisor.receive(timeout: 2) else { Issue.record("no serving"); return }
+        close(kept)
+        try supervisor.send(.resume(ends[1]))
+        guard case .resume(let live)? = try worker.receive(timeout: 2) else { Issue.record("no resume"); return }
+        close(live)
+        #expect(ControlMessage(code: UInt8(ascii: "J"), descriptor: -1) == nil)
+        #expect(ControlMessage(code: UInt8(ascii: "K"), descriptor: -1) == nil)
+        #expect(ControlMessage(code: UInt8(ascii: "Y"), descriptor: 7) == nil)
     }
 
     /// The socket handed over is the same open socket: bytes written into one copy come out of

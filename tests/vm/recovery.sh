@@ -83,6 +83,11 @@ if "$MOUNT" -t erofs.nbd ${NBD_OPTIONS:+-o "$NBD_OPTIONS"} "$CORPUS/$IMAGE.erofs
     report "auto recovery ($KILLS x SIGKILL)"
     # The supervisor's own view: from reaping the dead worker to the new one serving.
     echo "TAKEOVERS [$kernel] $(grep -o 'serves again after [0-9]* ms' "$STATE"/*.log | grep -o '[0-9]*' | sort -n | tr '\n' ' ')"
+    # Every takeover must have gone on with the live socket from the journal (a new socket
+    # would leave the dead worker's requests to the kernel's timer: about a second).
+    journaled=$(cat "$STATE"/*.log | grep -c 'same socket, from the journal')
+    [[ $journaled == "$KILLS" ]] && ok "auto: all $KILLS recoveries resumed the live socket from the journal" \
+        || not_ok "auto: $journaled of $KILLS recoveries resumed from the journal"
     "$BIN/erofs" walk "$mnt" | cmp -s - "$manifest" && ok "auto: the walk equals the manifest after the recoveries" || not_ok "auto: walk differs"
     "$MOUNT" -u "$mnt" && why=$(left_nothing "$n" "$supervisor") && ok "auto: -u after $KILLS recoveries left nothing" || not_ok "auto: -u left: ${why:-failed}"
 else
@@ -140,6 +145,15 @@ if "$MOUNT" -t erofs.nbd "$CORPUS/$IMAGE.erofs" "$mnt"; then
             echo "# upgrade $i: $(cat "$work/err")"
         fi
     done
+    # A crash after the upgrades must not bring the old code back: the standby runs the new binary.
+    old=$(field "$n" servingPID)
+    kill -9 "$old"
+    if wait_for "[[ \$(field $n servingPID) != $old ]] && kill -0 \$(field $n servingPID) 2>/dev/null" 10 \
+        && exe=$(readlink "/proc/$(field "$n" servingPID)/exe") && [[ $exe == "$MOUNT" ]]; then
+        ok "upgrade: the worker that takes over after a crash runs the upgraded binary"
+    else
+        not_ok "upgrade: after a crash the worker runs '${exe:-?}', not $MOUNT"
+    fi
     stop_load
     [[ $upgraded == "$UPGRADES" ]] && ok "upgrade: $UPGRADES hot upgrades, each to the newly installed binary" || not_ok "upgrade: $upgraded of $UPGRADES"
     report "hot upgrade ($UPGRADES x)"

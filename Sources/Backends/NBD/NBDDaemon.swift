@@ -14,13 +14,16 @@ import SystemPackage
 /// device, RECONFIGURE a device whose link is dead, or a live socket handed over by the previous
 /// worker), reports on descriptor 3, and serves until the kernel disconnects.
 ///
-/// Descriptors: 3, the status pipe (one `DaemonReport` once attached); 4, when supervised, the
-/// control channel (`ControlMessage`). SIGUSR2 asks a supervised worker to hand its socket over:
-/// it stops at a request boundary, sends every reply it owes, and passes the socket back.
+/// Descriptors: 3, the status pipe (one `DaemonReport` once attached); when supervised, 4, the
+/// control channel (`ControlMessage`), and 5, the request journal (shared memory recording what
+/// was taken off the socket and not answered, so a standby can go on serving the same socket
+/// if this worker dies). SIGUSR2 asks a supervised worker to hand its socket over: it stops at
+/// a request boundary, sends every reply it owes, and passes the socket back.
 public enum NBDDaemon {
     public static let flag = "--serve-nbd-device"
     static let statusDescriptor: Int32 = 3
     static let controlDescriptor: Int32 = 4
+    static let journalDescriptor: Int32 = 5
 
     /// How the worker gets its socket.
     public enum Mode: Sendable, Equatable {
@@ -125,8 +128,17 @@ public enum NBDDaemon {
     }
 
     static func serve(_ settings: Settings, logger: Logger) throws(SystemError) -> Exit {
-        let source = try FileSource(path: settings.source)
+        // Looked at before anything is opened: descriptors 4 and 5 are the supervisor's only if
+        // they are open now (the spawn closed everything above what it passed).
         let control: ControlChannel? = fcntl(controlDescriptor, F_GETFD) >= 0 ? ControlChannel(descriptor: controlDescriptor) : nil
+        var journal: RequestJournal?
+        if control != nil, fcntl(journalDescriptor, F_GETFD) >= 0 {
+            do { journal = try RequestJournal(descriptor: journalDescriptor) } catch {
+                logger.warning("no request journal, a crash will cost a new socket: \(error)")
+            }
+        }
+        let source = try FileSource(path: settings.source)
+        var recovery: RequestJournal.Recovery?
 
         var ioctlAttachment: NBDIoctlAttachment?
         let socket: Int32
@@ -148,7 +160,22 @@ public enum NBDDaemon {
             // resolved, the code paged in. Taking over is then one RECONFIGURE.
             let netlink = try NBDNetlink.open()
             try control.send(.prepared)
-            switch try control.receive() {
+            var word = try control.receive()
+            if case .resume(let live)? = word {
+                do {
+                    guard let journal else { throw SystemError("resume /dev/nbd\(device)", detail: "no request journal") }
+                    recovery = try journal.recover()
+                    try control.send(.resumed(true))
+                    logger.info("/dev/nbd\(device): resuming: \(recovery?.unanswered.count ?? 0) requests to answer, \(recovery?.unfinishedSend == nil ? "no" : "one") reply to complete")
+                } catch {
+                    logger.warning("/dev/nbd\(device): cannot resume the live socket, asking for a new one: \(error)")
+                    close(live)
+                    try control.send(.resumed(false))
+                    word = try control.receive()
+                }
+                if recovery != nil { word = .serveSocket(live) }
+            }
+            switch word {
             case .serveSocket(let handedOver)?:
                 socket = handedOver
             case .reconnect?:
@@ -157,6 +184,11 @@ public enum NBDDaemon {
                 throw SystemError("standby for /dev/nbd\(device)", detail: "unexpected word from the supervisor: \(String(describing: other))")
             }
             (index, method) = (device, .netlink)
+        }
+        if let control, recovery == nil, method == .netlink {
+            // The supervisor's copy keeps the kernel's link up if we die (it has one already
+            // of a socket it handed us; another copy is harmless).
+            try control.send(.serving(socket))
         }
         logger.info("serving \(settings.source) on /dev/nbd\(index) over \(method.rawValue) (\(settings.mode.argument))")
         guard DaemonReport.ready(index: Int(index), method: method, pid: getpid()).send(to: statusDescriptor) else {
@@ -168,7 +200,8 @@ public enum NBDDaemon {
             return .failed
         }
 
-        let server = try KernelModeServer(socket: FileDescriptor(rawValue: socket), source: source, logger: logger)
+        let server = try KernelModeServer(
+            socket: FileDescriptor(rawValue: socket), source: source, logger: logger, journal: journal, resuming: recovery)
         if control != nil {
             _ = try JoinableThread {
                 var set = sigset_t()

@@ -3,15 +3,19 @@ import Glibc
 #endif
 import KernelAttach
 import NBDKernel
+import NBDServer
 import SystemCalls
 
 /// The supervisor of one netlink-attached nbd device, run as `mount.erofs --supervise-nbd-device
 /// ...`: it serves no I/O itself. It keeps one worker serving and one standby worker that has
 /// already opened the source, and waits for signals, nothing else:
-/// - SIGCHLD, the serving worker died (any signal, any crash): the standby gives the device a
-///   new socket with RECONFIGURE at once, and a new standby starts. The kernel held the I/O
-///   meanwhile (dead-connection timeout); requests the dead worker had read are resent by the
-///   kernel when their timer next fires (`requeueMilliseconds`).
+/// - SIGCHLD, the serving worker died (any signal, any crash): the supervisor holds a copy of
+///   the worker's socket, so the kernel's link did not die with it. The standby goes on serving
+///   that socket from the request journal (shared memory in which the worker recorded what it
+///   took off the socket and had not answered), and a new standby starts. Only when the journal
+///   cannot be trusted does the standby give the device a new socket with RECONFIGURE; the
+///   kernel then resends what the dead worker had read when the request timer next fires
+///   (`requeueMilliseconds`, rounded up by the block layer to about a second).
 /// - SIGUSR1, hot upgrade: a standby from the binary now installed opens the source, the serving
 ///   worker stops at a request boundary with every reply sent and hands over its live socket,
 ///   the new worker serves it. The kernel never sees a dead link.
@@ -52,8 +56,16 @@ public enum NBDSupervisor {
         var active: Worker?
         var standby: Worker?
         var index: UInt32 = 0
+        /// Shared with every worker (descriptor 5): what the serving one has read and not answered.
+        let journal: RequestJournal?
+        /// Our copy of the serving worker's socket: with it open, the worker's death does not
+        /// close the kernel's link, and the standby can go on serving it.
+        var liveSocket: Int32 = -1
         var stopping = false
         var standbyRetryAt = 0.0
+        /// The binary new workers run: ours, until a hot upgrade installs another (a later
+        /// standby must not bring the old code back).
+        var workerExecutable = "/proc/self/exe"
         /// Only a netlink device can take a new socket; an ioctl one dies with its worker.
         var recovers = false
 
@@ -64,6 +76,7 @@ public enum NBDSupervisor {
             for signal in [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1] { sigaddset(&set, signal) }
             sigprocmask(SIG_BLOCK, &set, nil)
             signals = set
+            journal = try? RequestJournal.create()
         }
 
         mutating func run() -> Int32 {
@@ -84,6 +97,7 @@ public enum NBDSupervisor {
             }
             active = first
             index = UInt32(device)
+            adoptSocket(of: first)
             guard delivered else {
                 // Whoever started us died before learning of the device: release it.
                 log("/dev/nbd\(index): nobody took the report; releasing the device")
@@ -139,13 +153,17 @@ public enum NBDSupervisor {
                 let exitedCleanly = status & 0x7f == 0 && (status >> 8) & 0xff == NBDDaemon.Exit.disconnected.rawValue
                 if stopping || exitedCleanly || !recovers || !deviceIsOurs() {
                     log("/dev/nbd\(index): worker \(pid) ended (\(describe(waitStatus: status))); done")
+                    dropLiveSocket()
                     stopStandby()
                     if !stopping { forgetDevice() }
                     return NBDDaemon.Exit.disconnected.rawValue
                 }
                 log("/dev/nbd\(index): worker \(pid) died (\(describe(waitStatus: status))); recovering")
+                let socketClosed = status & 0x7f == 0 && (status >> 8) & 0xff == NBDDaemon.Exit.socketClosed.rawValue
+                if socketClosed { dropLiveSocket() }
                 recover()
                 if active == nil {
+                    dropLiveSocket()
                     stopStandby()
                     return NBDDaemon.Exit.failed.rawValue
                 }
@@ -156,7 +174,18 @@ public enum NBDSupervisor {
         /// while the device still waits for us.
         mutating func recover() {
             let started = monotonicSeconds()
-            if let candidate = standby {
+            var resumed = false
+            if liveSocket >= 0, !NBDDaemon.isHungUp(liveSocket) {
+                if standby == nil { replaceStandby() }
+                if let candidate = standby {
+                    standby = nil
+                    resumed = resume(candidate)
+                    if resumed { active = candidate } else { standby = candidate }
+                }
+            }
+            // The slow way: the link must die first, then the kernel takes a new socket.
+            if !resumed { dropLiveSocket() }
+            if active == nil, let candidate = standby {
                 standby = nil
                 do {
                     try candidate.control.send(.reconnect)
@@ -183,8 +212,9 @@ public enum NBDSupervisor {
                 usleep(500_000)
             }
             guard let active else { return }
+            if !resumed { adoptSocket(of: active) }
             let milliseconds = Int((monotonicSeconds() - started) * 1000)
-            log("/dev/nbd\(index): worker \(active.process.pid) serves again after \(milliseconds) ms")
+            log("/dev/nbd\(index): worker \(active.process.pid) serves again after \(milliseconds) ms (\(resumed ? "same socket, from the journal" : "new socket"))")
             record { state in
                 state.recoveries = (state.recoveries ?? 0) + 1
                 state.lastRecoveryMilliseconds = milliseconds
@@ -198,7 +228,8 @@ public enum NBDSupervisor {
             let started = monotonicSeconds()
             stopStandby()
             let fresh: Worker
-            do { fresh = try startStandby(executable: installedExecutable()) } catch {
+            let executable = installedExecutable()
+            do { fresh = try startStandby(executable: executable) } catch {
                 log("/dev/nbd\(index): upgrade failed, the current worker keeps serving: \(error)")
                 replaceStandby()
                 return
@@ -210,16 +241,24 @@ public enum NBDSupervisor {
             } catch {
                 log("/dev/nbd\(index): worker \(old.process.pid) did not hand over its socket: \(error)")
             }
+            var resumed = false
             do {
                 if let handedOver {
                     try fresh.control.send(.serveSocket(handedOver))
                     close(handedOver)
                 } else {
-                    // It died on the way: its socket is dead, so this is a recovery.
-                    try fresh.control.send(.reconnect)
+                    // It died (or hung) on the way: once it is gone, this is a recovery.
+                    old.process.terminate(signal: SIGKILL, timeout: 5)
+                    resumed = liveSocket >= 0 && resume(fresh)
+                    if !resumed {
+                        dropLiveSocket()
+                        try fresh.control.send(.reconnect)
+                    }
                 }
-                guard case .ready? = try DaemonReport.receive(from: fresh.status, timeout: 10) else {
-                    throw SystemError("upgrade", detail: "the new worker did not start serving")
+                if !resumed {
+                    guard case .ready? = try DaemonReport.receive(from: fresh.status, timeout: 10) else {
+                        throw SystemError("upgrade", detail: "the new worker did not start serving")
+                    }
                 }
             } catch {
                 log("/dev/nbd\(index): upgrade failed: \(error)")
@@ -230,15 +269,53 @@ public enum NBDSupervisor {
             }
             old.release()
             active = fresh
+            workerExecutable = executable
+            if !resumed { adoptSocket(of: fresh) }
             let milliseconds = Int((monotonicSeconds() - started) * 1000)
             log("/dev/nbd\(index): upgraded to worker \(fresh.process.pid) in \(milliseconds) ms")
             record { state in state.upgrades = (state.upgrades ?? 0) + 1 }
             replaceStandby()
         }
 
+        /// Asks the standby to go on serving the live socket from the journal; false when it
+        /// could not (it then waits for `reconnect`) or is gone.
+        mutating func resume(_ candidate: Worker) -> Bool {
+            do {
+                try candidate.control.send(.resume(liveSocket))
+                guard case .resumed(true)? = try candidate.control.receive(timeout: 10) else {
+                    log("/dev/nbd\(index): the standby cannot resume from the journal; giving the device a new socket")
+                    return false
+                }
+                guard case .ready? = try DaemonReport.receive(from: candidate.status, timeout: 10) else {
+                    throw SystemError("resume", detail: "the standby did not report")
+                }
+                return true
+            } catch {
+                log("/dev/nbd\(index): standby \(candidate.process.pid) could not resume: \(error)")
+                return false
+            }
+        }
+
+        /// Takes the copy of its socket a worker sends before its report (not after a resume:
+        /// the socket is the one we hold).
+        mutating func adoptSocket(of worker: Worker) {
+            guard case .serving(let socket)? = try? worker.control.receive(timeout: 2) else {
+                log("/dev/nbd\(index): worker \(worker.process.pid) sent no copy of its socket; a crash will need a new one")
+                return
+            }
+            dropLiveSocket()
+            liveSocket = socket
+        }
+
+        mutating func dropLiveSocket() {
+            guard liveSocket >= 0 else { return }
+            close(liveSocket)
+            liveSocket = -1
+        }
+
         mutating func replaceStandby() {
             stopStandby()
-            do { standby = try startStandby(executable: "/proc/self/exe") } catch {
+            do { standby = try startStandby(executable: workerExecutable) } catch {
                 log("/dev/nbd\(index): no standby worker: \(error)")
                 standbyRetryAt = monotonicSeconds() + 1
             }
@@ -263,7 +340,7 @@ public enum NBDSupervisor {
 
         /// Starts a worker that attaches at once, and waits for its report.
         func start(mode: NBDDaemon.Mode) throws(SystemError) -> (Worker, DaemonReport) {
-            let worker = try spawn(mode: mode, executable: "/proc/self/exe")
+            let worker = try spawn(mode: mode, executable: workerExecutable)
             let report = try DaemonReport.receive(from: worker.status, timeout: 30)
             guard let report else {
                 var status: Int32 = 0
@@ -293,7 +370,8 @@ public enum NBDSupervisor {
                 // Our own stdout is the device's log file: the worker appends to the same one.
                 process = try DaemonProcess.spawn(
                     executable: executable, arguments: workerSettings.arguments,
-                    descriptors: [statusEnds[1], control.worker.descriptor], logFile: nil, inheritOutput: true)
+                    descriptors: [statusEnds[1], control.worker.descriptor] + (journal.map { [$0.descriptor] } ?? []),
+                    logFile: nil, inheritOutput: true)
             } catch {
                 close(statusEnds[0])
                 control.supervisor.close()

@@ -18,6 +18,15 @@ public enum ControlMessage: Equatable, Sendable {
     /// Worker → supervisor: stopped at a request boundary with every reply sent; here is the
     /// live socket for the next worker.
     case handOff(Int32)
+    /// Worker → supervisor, before its report: a copy of the socket it serves. Held by the
+    /// supervisor, it keeps the kernel's link alive when the worker dies.
+    case serving(Int32)
+    /// Supervisor → standby: the serving worker died; go on serving its live socket from where
+    /// the request journal says it stopped.
+    case resume(Int32)
+    /// Standby → supervisor, answering `resume`: serving (`true`), or the journal cannot be
+    /// trusted (`false`; the standby closed the socket and waits for `reconnect`).
+    case resumed(Bool)
 
     var code: UInt8 {
         switch self {
@@ -25,13 +34,16 @@ public enum ControlMessage: Equatable, Sendable {
         case .serveSocket: UInt8(ascii: "S")
         case .reconnect: UInt8(ascii: "R")
         case .handOff: UInt8(ascii: "H")
+        case .serving: UInt8(ascii: "K")
+        case .resume: UInt8(ascii: "J")
+        case .resumed(let done): done ? UInt8(ascii: "Y") : UInt8(ascii: "N")
         }
     }
 
     var descriptor: Int32 {
         switch self {
-        case .serveSocket(let fd), .handOff(let fd): fd
-        case .prepared, .reconnect: -1
+        case .serveSocket(let fd), .handOff(let fd), .serving(let fd), .resume(let fd): fd
+        case .prepared, .reconnect, .resumed: -1
         }
     }
 
@@ -41,6 +53,10 @@ public enum ControlMessage: Equatable, Sendable {
         case (UInt8(ascii: "R"), false): self = .reconnect
         case (UInt8(ascii: "S"), true): self = .serveSocket(descriptor)
         case (UInt8(ascii: "H"), true): self = .handOff(descriptor)
+        case (UInt8(ascii: "K"), true): self = .serving(descriptor)
+        case (UInt8(ascii: "J"), true): self = .resume(descriptor)
+        case (UInt8(ascii: "Y"), false): self = .resumed(true)
+        case (UInt8(ascii: "N"), false): self = .resumed(false)
         default: return nil
         }
     }

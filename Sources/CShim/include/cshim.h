@@ -6,6 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <sys/xattr.h>
 #include <linux/loop.h>
 #include <linux/netlink.h>  // struct sockaddr_nl
@@ -50,5 +51,28 @@ int cshim_setns_mount(int fd);
 // preadv2(..., RWF_NOWAIT) of one buffer: reads only what the page cache already holds; -1 with
 // errno EAGAIN when the read would block on the disk. Needs _GNU_SOURCE, so not in Glibc's overlay.
 ssize_t cshim_pread_nowait(int fd, void *buffer, size_t count, off_t offset);
+
+
+// A one-message sendmmsg(2)/recvmmsg(2) whose message header lives in `record` (64 bytes,
+// 8-aligned, typically in shared memory). The kernel writes the count of bytes moved into the
+// record before the call returns, so the count survives the caller being killed on the way
+// back to user space: a crash journal can tell whether, and how much of, a transfer happened.
+// cshim_recorded_reset marks the record "nothing moved yet"; cshim_recorded_count then returns
+// -1 until the kernel has written a count.
+#define CSHIM_RECORDED_TRANSFER_SIZE 64
+void cshim_recorded_reset(void *record);
+int64_t cshim_recorded_count(const void *record);
+ssize_t cshim_recorded_send(int fd, void *record, struct iovec *vectors, size_t count, int flags);
+ssize_t cshim_recorded_receive(int fd, void *record, void *buffer, size_t length, int flags);
+
+// Release stores and acquire loads on shared memory: the order in which a crash journal's
+// fields change must be the order another process can see them in after a crash.
+void cshim_store_release_u32(void *address, uint32_t value);
+void cshim_store_release_u64(void *address, uint64_t value);
+uint32_t cshim_load_acquire_u32(const void *address);
+uint64_t cshim_load_acquire_u64(const void *address);
+
+// memfd_create(name, MFD_CLOEXEC) (needs _GNU_SOURCE).
+int cshim_memfd_create(const char *name);
 
 #endif

@@ -1,0 +1,169 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import Logging
+import NBDProtocol
+@testable import NBDServer
+import SystemCalls
+import SystemPackage
+import Testing
+
+/// A worker killed at a chosen instant, replayed step by step on a real socketpair with the
+/// journal's own calls (a real SIGKILL cannot be aimed at an instruction), then a second
+/// mapping of the same memfd (the successor) resumes, and the test, playing the kernel, checks
+/// that the stream it receives answers every request exactly once with the right bytes.
+@Suite struct RequestJournalTests {
+    static let length: UInt32 = 4096
+
+    struct Connection {
+        let serverEnd: Int32
+        let client: KernelSideClient
+        let source = MemorySource(count: 1 << 20)
+
+        init() {
+            var ends: [Int32] = [-1, -1]
+            precondition(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &ends) == 0)
+            serverEnd = ends[0]
+            client = KernelSideClient(fd: ends[1])
+        }
+
+        func request(_ cookie: UInt64) -> Request {
+            Request(type: .read, cookie: cookie, offset: cookie * 8192, length: RequestJournalTests.length)
+        }
+
+        func data(for cookie: UInt64) -> [UInt8] {
+            Array(source.bytes[Int(cookie * 8192)..<Int(cookie * 8192) + Int(RequestJournalTests.length)])
+        }
+
+        /// What the first worker does: reads `read` requests (all the socket has lands in the
+        /// journal's buffer) and admits each.
+        func readAndAdmit(_ count: Int, reader: MessageReader, journal: RequestJournal) throws -> [Int32] {
+            var slots: [Int32] = []
+            for _ in 0..<count {
+                let header = try #require(try reader.readBytes(Request.size, atBoundary: true, what: "request"))
+                slots.append(journal.admit(try Request(decoding: header), at: reader.streamPosition - UInt64(Request.size)))
+            }
+            return slots
+        }
+
+        /// Serves what the successor resumed, on a thread; the test then reads the replies.
+        func resume(journal: RequestJournal, recovery: RequestJournal.Recovery) throws -> DispatchSemaphore {
+            let done = DispatchSemaphore(value: 0)
+            var logger = Logger(label: "test.journal")
+            logger.logLevel = .critical
+            let server = try KernelModeServer(
+                socket: FileDescriptor(rawValue: serverEnd), source: source, logger: logger, journal: journal, resuming: recovery)
+            _ = try JoinableThread {
+                _ = try? server.run()
+                done.signal()
+            }
+            return done
+        }
+
+        /// Reads `count` simple replies with their data; fails on anything unexpected.
+        func receiveReplies(_ count: Int) throws -> [UInt64: [UInt8]] {
+            var replies: [UInt64: [UInt8]] = [:]
+            for _ in 0..<count {
+                let reply = try #require(try client.receiveReply())
+                #expect(reply.error == .none)
+                #expect(replies[reply.cookie] == nil, "cookie \(reply.cookie) answered twice")
+                let data = client.receive(Int(RequestJournalTests.length))
+                #expect(data != nil, "the stream ended in the data of cookie \(reply.cookie)")
+                replies[reply.cookie] = data ?? []
+            }
+            return replies
+        }
+    }
+
+    @Test func successorCompletesAHalfSentReplyAndAnswersEverythingElseOnce() throws {
+        let connection = Connection()
+        defer { close(connection.serverEnd) }
+        let journal = try RequestJournal.create()
+        journal.reset()
+        // Five requests and the first 10 bytes of a sixth are on the socket.
+        for cookie in 1...5 { connection.client.send(connection.request(UInt64(cookie))) }
+        let sixth = connection.request(6).encoded()
+        connection.client.send(Array(sixth[..<10]))
+        usleep(50_000)
+
+        // The first worker reads three, answers the first, is killed 100 bytes into the
+        // second's reply, and never answers the third.
+        let reader = MessageReader(socket: connection.serverEnd, stop: nil, journal: journal, resuming: nil)
+        let slots = try connection.readAndAdmit(3, reader: reader, journal: journal)
+        #expect(slots.allSatisfy { $0 >= 0 })
+        let writer = ReplyWriter(socket: connection.serverEnd, journal: journal)
+        try connection.data(for: 1).withUnsafeBytes {
+            try writer.send(header: SimpleReply(cookie: 1).encoded(), data: $0, answering: [.init(slot: slots[0])])
+        }
+        let secondReply = SimpleReply(cookie: 2).encoded() + connection.data(for: 2)
+        journal.beginSend(answering: [.init(slot: slots[1])], total: secondReply.count)
+        let sent = secondReply.withUnsafeBytes { bytes in
+            var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: 100)
+            return journal.send(on: connection.serverEnd, &vector, count: 1)
+        }
+        #expect(sent == 100)
+
+        // The successor maps the same memory.
+        let successor = try RequestJournal(descriptor: dup(journal.descriptor))
+        let recovery = try successor.recover()
+        #expect(recovery.unanswered.map(\.request.cookie) == [3])
+        let unfinished = try #require(recovery.unfinishedSend)
+        #expect(unfinished.answers.map(\.request.cookie) == [2])
+        #expect(unfinished.sent == 100 && unfinished.total == secondReply.count)
+        #expect(recovery.end - recovery.start == 2 * Request.size + 10, "two requests and a piece of one left unparsed")
+
+        // The kernel's side: the first reply, then the stream goes on whole.
+        let first = try connection.receiveReplies(1)
+        #expect(first[1] == connection.data(for: 1))
+        let done = try connection.resume(journal: successor, recovery: recovery)
+        connection.client.send(Array(sixth[10...]))
+        let rest = try connection.receiveReplies(5)
+        #expect(Set(rest.keys) == [2, 3, 4, 5, 6])
+        for (cookie, data) in rest { #expect(data == connection.data(for: cookie), "cookie \(cookie)") }
+
+        connection.client.send(Request(type: .disconnect, cookie: 99, offset: 0, length: 0))
+        #expect(done.wait(timeout: .now() + 10) == .success)
+    }
+
+    @Test func aReplyThatWentOutWholeIsNotRepeated() throws {
+        let connection = Connection()
+        defer { close(connection.serverEnd) }
+        let journal = try RequestJournal.create()
+        journal.reset()
+        connection.client.send(connection.request(1))
+        connection.client.send(connection.request(2))
+        usleep(50_000)
+        let reader = MessageReader(socket: connection.serverEnd, stop: nil, journal: journal, resuming: nil)
+        let slots = try connection.readAndAdmit(2, reader: reader, journal: journal)
+        // Killed after the kernel counted the whole send, before the journal marked it done.
+        let reply = SimpleReply(cookie: 1).encoded() + connection.data(for: 1)
+        journal.beginSend(answering: [.init(slot: slots[0])], total: reply.count)
+        let sent = reply.withUnsafeBytes { bytes in
+            var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
+            return journal.send(on: connection.serverEnd, &vector, count: 1)
+        }
+        #expect(sent == reply.count)
+
+        let successor = try RequestJournal(descriptor: dup(journal.descriptor))
+        let recovery = try successor.recover()
+        #expect(recovery.unfinishedSend == nil)
+        #expect(recovery.unanswered.map(\.request.cookie) == [2])
+        let done = try connection.resume(journal: successor, recovery: recovery)
+        let replies = try connection.receiveReplies(2)
+        #expect(replies[1] == connection.data(for: 1) && replies[2] == connection.data(for: 2))
+        connection.client.send(Request(type: .disconnect, cookie: 99, offset: 0, length: 0))
+        #expect(done.wait(timeout: .now() + 10) == .success)
+    }
+
+    @Test func aJournalThatGaveUpOrNeverStartedIsNotTrusted() throws {
+        let journal = try RequestJournal.create()
+        #expect(throws: SystemError.self) { try journal.recover() }  // never reset: no magic
+        journal.reset()
+        let clean = try journal.recover()
+        #expect(clean.unanswered.isEmpty && clean.unfinishedSend == nil && clean.start == clean.end)
+        journal.poison()
+        let error = #expect(throws: SystemError.self) { try journal.recover() }
+        #expect("\(error.map { $0 } as Any)".contains("gave up"))
+    }
+}
