@@ -187,8 +187,9 @@ public enum NBDDaemon {
         }
         if let control, recovery == nil, method == .netlink {
             // The supervisor's copy keeps the kernel's link up if we die (it has one already
-            // of a socket it handed us; another copy is harmless).
-            try control.send(.serving(socket))
+            // of a socket it handed us; another copy is harmless). A supervisor gone by now
+            // also misses the report below, which releases the device.
+            try? control.send(.serving(socket))
         }
         logger.info("serving \(settings.source) on /dev/nbd\(index) over \(method.rawValue) (\(settings.mode.argument))")
         guard DaemonReport.ready(index: Int(index), method: method, pid: getpid()).send(to: statusDescriptor) else {
