@@ -20,13 +20,16 @@ public final class KernelModeServer: Sendable {
     private let stopSignal: StopSignal
     private let journal: RequestJournal?
     private let recovery: RequestJournal.Recovery?
+    private let replyFile: Int32
 
     /// With a `journal`, everything taken off the socket is recorded there so that a successor
     /// can go on serving the same socket if this process dies; `resuming` is what a dead
-    /// predecessor left (`journal.recover()`), nil to start afresh.
+    /// predecessor left (`journal.recover(...)`), nil to start afresh. `replyFile`, an open
+    /// file description of the image shared with the successor, lets big replies go by
+    /// sendfile (its position records their progress); without one they are copied.
     public init(
         socket: FileDescriptor, source: any RandomAccessSource, logger: Logger, workers: Int = 4,
-        journal: RequestJournal? = nil, resuming recovery: RequestJournal.Recovery? = nil
+        journal: RequestJournal? = nil, resuming recovery: RequestJournal.Recovery? = nil, replyFile: Int32 = -1
     ) throws(SystemError) {
         self.socket = socket
         self.source = source
@@ -34,6 +37,7 @@ public final class KernelModeServer: Sendable {
         self.workers = workers
         self.journal = journal
         self.recovery = recovery
+        self.replyFile = replyFile
         stopSignal = try StopSignal()
         if let journal, recovery == nil { journal.reset() }
     }
@@ -46,7 +50,7 @@ public final class KernelModeServer: Sendable {
         }
         let loop = TransmissionLoop(
             reader: reader, source: source, structuredReplies: false,
-            configuration: .init(workers: workers), logger: logger, recovery: recovery)
+            configuration: .init(workers: workers), logger: logger, recovery: recovery, replyFile: replyFile)
         return try loop.run()
     }
 

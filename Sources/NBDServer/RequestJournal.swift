@@ -52,6 +52,13 @@ public final class RequestJournal: @unchecked Sendable {
     private static let recordSize = 128
     private static let transferInRecord = 64
     private static let sendSlotListOffset = 576
+    /// A send may end with bytes sent by sendfile(2) from the reply file at its own position:
+    /// {bytes from the file u64, where they start u64, the position was set u32}. sendfile
+    /// moves that position by exactly the bytes it sent, within the syscall, so the position is
+    /// the kernel's record of the file part's progress.
+    private static let sendFileLengthOffset = 704
+    private static let sendFileStartOffset = 712
+    private static let sendFilePositionedOffset = 720
     /// Slots {state u32 (0 free, 1 read and unanswered), reply error u32, stream position u64,
     /// the request's 28 bytes as read}.
     private static let slotsOffset = 1024
@@ -168,7 +175,9 @@ public final class RequestJournal: @unchecked Sendable {
         var error: UInt32 = 0
     }
 
-    func beginSend(answering answers: [Answer], total: Int) {
+    /// `total` counts every byte of the send, `fileLength` of them from the reply file at
+    /// `fileStart` after the vectors.
+    func beginSend(answering answers: [Answer], total: Int, fileStart: UInt64 = 0, fileLength: Int = 0) {
         let journaled = answers.filter { $0.slot >= 0 }
         guard journaled.count <= Self.maximumSendSlots else {
             poison()
@@ -180,6 +189,9 @@ public final class RequestJournal: @unchecked Sendable {
         }
         store32(Self.sendSlotCountOffset, UInt32(journaled.count))
         store64(Self.sendTotalOffset, UInt64(total))
+        store64(Self.sendFileLengthOffset, UInt64(fileLength))
+        store64(Self.sendFileStartOffset, fileStart)
+        store32(Self.sendFilePositionedOffset, 0)
         store64(Self.sendRecordsOffset, 0)
         cshim_recorded_reset(sendTransfer(0))
         store32(Self.currentSendOffset, 0)
@@ -187,7 +199,7 @@ public final class RequestJournal: @unchecked Sendable {
     }
 
     /// One sendmsg of the send begun with `beginSend`, counted by the kernel in the journal.
-    func send(on socket: Int32, _ vectors: UnsafeMutablePointer<iovec>, count: Int) -> Int {
+    func send(on socket: Int32, _ vectors: UnsafeMutablePointer<iovec>, count: Int, flags: Int32 = 0) -> Int {
         let current = Int(load32(Self.currentSendOffset) & 1)
         let moved = cshim_recorded_count(sendTransfer(current))
         if moved >= 0 {
@@ -197,10 +209,14 @@ public final class RequestJournal: @unchecked Sendable {
             store64(Self.sendRecordsOffset + next * Self.recordSize, before + UInt64(moved))
             cshim_recorded_reset(sendTransfer(next))
             cshim_store_release_u32(memory + Self.currentSendOffset, UInt32(next))
-            return cshim_recorded_send(socket, sendTransfer(next), vectors, count, Int32(MSG_NOSIGNAL))
+            return cshim_recorded_send(socket, sendTransfer(next), vectors, count, Int32(MSG_NOSIGNAL) | flags)
         }
-        return cshim_recorded_send(socket, sendTransfer(current), vectors, count, Int32(MSG_NOSIGNAL))
+        return cshim_recorded_send(socket, sendTransfer(current), vectors, count, Int32(MSG_NOSIGNAL) | flags)
     }
+
+    /// The reply file's position is now `beginSend`'s `fileStart`: from here on it counts the
+    /// file part's progress.
+    func filePositioned() { store32(Self.sendFilePositionedOffset, 1) }
 
     /// The send begun with `beginSend` went out whole: its requests are answered.
     func endSend() {
@@ -243,7 +259,9 @@ public final class RequestJournal: @unchecked Sendable {
     /// Reads what the dead worker left, checking every field (the bytes are ours, but a journal
     /// that makes no sense must cost a slow recovery, never a wrong reply). Throws when the
     /// journal cannot be trusted; the caller then gives the device a new socket instead.
-    public func recover() throws(SystemError) -> Recovery {
+    /// `replyFilePosition`: the current position of the reply file the dead worker sent file
+    /// parts from (the supervisor's copy of it shares the position).
+    public func recover(replyFilePosition: UInt64?) throws(SystemError) -> Recovery {
         func distrust(_ why: String) -> SystemError { SystemError("resume from the nbd request journal", detail: why) }
         guard cshim_load_acquire_u64(memory + Self.magicOffset) == Self.magic else { throw distrust("no journal (another version, or never started)") }
         guard load64(Self.layoutOffset) == Self.layout else { throw distrust("journal layout \(load64(Self.layoutOffset)) differs from \(Self.layout)") }
@@ -285,10 +303,20 @@ public final class RequestJournal: @unchecked Sendable {
                 answers.append(try entry(slot))
             }
             let sendRecord = Int(load32(Self.currentSendOffset) & 1)
-            let sent = Int(load64(Self.sendRecordsOffset + sendRecord * Self.recordSize))
+            var sent = Int(load64(Self.sendRecordsOffset + sendRecord * Self.recordSize))
                 + max(0, Int(cshim_recorded_count(sendTransfer(sendRecord))))
             let total = Int(load64(Self.sendTotalOffset))
-            guard sent <= total else { throw distrust("send record says \(sent) of \(total) bytes went out") }
+            let fileLength = Int(load64(Self.sendFileLengthOffset))
+            guard fileLength <= total, sent <= total - fileLength else {
+                throw distrust("send record says \(sent) of \(total - fileLength) bytes went out")
+            }
+            if fileLength > 0, sent == total - fileLength, load32(Self.sendFilePositionedOffset) == 1 {
+                let start = load64(Self.sendFileStartOffset)
+                guard let position = replyFilePosition, position >= start, position - start <= UInt64(fileLength) else {
+                    throw distrust("the reply file's position \(replyFilePosition.map(String.init) ?? "unknown") is outside the file part \(start)+\(fileLength)")
+                }
+                sent += Int(position - start)
+            }
             if sent == total {
                 answered = Array(inSend)
             } else if sent > 0 {
@@ -326,6 +354,8 @@ public final class RequestJournal: @unchecked Sendable {
     /// Goes on with the send a dead worker left unfinished (`recover()`'s `unfinishedSend`):
     /// counted from `sent`, so the journal stays exact if this process dies too.
     func resumeSend(sent: Int) {
+        // What is left goes from memory, so no file part remains.
+        store64(Self.sendFileLengthOffset, 0)
         let current = Int(load32(Self.currentSendOffset) & 1)
         let next = 1 - current
         store64(Self.sendRecordsOffset + next * Self.recordSize, UInt64(sent))

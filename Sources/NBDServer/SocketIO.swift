@@ -189,13 +189,21 @@ final class ReplyWriter: @unchecked Sendable {
 
     let socket: Int32
     let journal: RequestJournal?
+    /// With a journal: an open file description of the image used only here, at its own
+    /// position, for sendfile (-1: none, big replies are copied instead).
+    let replyFile: Int32
     private let lock = ConditionLock()
     private var failure: SystemError?
 
-    init(socket: Int32, journal: RequestJournal? = nil) {
+    init(socket: Int32, journal: RequestJournal? = nil, replyFile: Int32 = -1) {
         self.socket = socket
         self.journal = journal
+        self.replyFile = journal == nil ? -1 : replyFile
     }
+
+    /// Whether `sendFile` may be used: always without a journal, with one only through a
+    /// reply file.
+    var sendsFiles: Bool { journal == nil || replyFile >= 0 }
 
     /// IOV_MAX on Linux: the most vectors one sendmsg(2) takes.
     static let maximumVectors = 1024
@@ -212,28 +220,50 @@ final class ReplyWriter: @unchecked Sendable {
     }
 
     /// Header, then `length` bytes of `file` from `offset` through sendfile(2): the data goes from
-    /// the page cache to the socket without a copy through userspace. Not journaled: sendfile's
-    /// progress cannot be recorded by the kernel, so journaled connections copy instead.
-    func sendFile(header: [UInt8], file: Int32, offset: UInt64, length: Int) throws(SystemError) {
-        precondition(journal == nil, "sendfile on a journaled connection")
+    /// the page cache to the socket without a copy through userspace. Journaled, the header's
+    /// bytes are counted by the kernel in the journal and the data goes from the reply file at
+    /// its own position, which sendfile advances by exactly what it sent.
+    func sendFile(header: [UInt8], file: Int32, offset: UInt64, length: Int, answering answers: [Answer] = []) throws(SystemError) {
         try lock.withLock { () throws(SystemError) in
             if let failure { throw failure }
-            try record(header.withUnsafeBytes { writeAll($0, more: true) })
-            var position = off_t(bitPattern: UInt(offset))
-            var left = length
-            while left > 0 {
-                let sent = Glibc.sendfile(socket, file, &position, left)
-                if sent < 0 {
-                    if errno == EINTR { continue }
-                    try record(SystemError("sendfile", errno: Errno(rawValue: errno)))
-                }
-                if sent == 0 {
-                    // The file shrank under us; the reply already promised the bytes.
-                    try record(SystemError("sendfile", detail: "image ended at \(position), \(left) bytes short"))
-                }
-                left -= sent
+            guard let journal else {
+                try record(header.withUnsafeBytes { writeAll($0, more: true) })
+                var position = off_t(bitPattern: UInt(offset))
+                try record(sendFileData(from: file, position: &position, length: length))
+                return
             }
+            precondition(replyFile >= 0, "sendfile on a journaled connection without a reply file")
+            journal.beginSend(answering: answers, total: header.count + length, fileStart: offset, fileLength: length)
+            guard lseek(replyFile, off_t(bitPattern: UInt(offset)), SEEK_SET) >= 0 else {
+                try record(.lastErrno("lseek", path: "the reply file"))
+                return
+            }
+            journal.filePositioned()
+            try record(header.withUnsafeBytes { header in
+                var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: header.baseAddress), iov_len: header.count)
+                return withUnsafeMutablePointer(to: &vector) { sendAll(UnsafeMutableBufferPointer(start: $0, count: 1), flags: Int32(MSG_MORE)) }
+            })
+            try record(sendFileData(from: replyFile, position: nil, length: length))
+            journal.endSend()
         }
+    }
+
+    /// sendfile(2) until `length` bytes went out, from `position` or (nil) the file's own.
+    private func sendFileData(from file: Int32, position: UnsafeMutablePointer<off_t>?, length: Int) -> SystemError? {
+        var left = length
+        while left > 0 {
+            let sent = Glibc.sendfile(socket, file, position, left)
+            if sent < 0 {
+                if errno == EINTR { continue }
+                return SystemError("sendfile", errno: Errno(rawValue: errno))
+            }
+            if sent == 0 {
+                // The file shrank under us; the reply already promised the bytes.
+                return SystemError("sendfile", detail: "image ended \(left) bytes short of a reply")
+            }
+            left -= sent
+        }
+        return nil
     }
 
     /// Header and data from memory, gathered into one sendmsg(2) where the socket takes it all.
@@ -289,19 +319,19 @@ final class ReplyWriter: @unchecked Sendable {
 
     /// sendmsg(2) until every vector went out; a partial send (socket buffer full) resumes in
     /// the middle of the vector where it stopped.
-    private func sendAll(_ vectors: UnsafeMutableBufferPointer<iovec>) -> SystemError? {
+    private func sendAll(_ vectors: UnsafeMutableBufferPointer<iovec>, flags: Int32 = 0) -> SystemError? {
         var first = 0
         while first < vectors.count {
             if vectors[first].iov_len == 0 { first += 1; continue }
             let count = min(vectors.count - first, Self.maximumVectors)
             var sent: Int
             if let journal {
-                sent = journal.send(on: socket, vectors.baseAddress! + first, count: count)
+                sent = journal.send(on: socket, vectors.baseAddress! + first, count: count, flags: flags)
             } else {
                 var message = msghdr()
                 message.msg_iov = vectors.baseAddress.map { $0 + first }
                 message.msg_iovlen = count
-                sent = sendmsg(socket, &message, Int32(MSG_NOSIGNAL))
+                sent = sendmsg(socket, &message, Int32(MSG_NOSIGNAL) | flags)
             }
             if sent < 0 {
                 if errno == EINTR { continue }

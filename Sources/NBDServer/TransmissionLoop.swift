@@ -50,12 +50,12 @@ final class TransmissionLoop: @unchecked Sendable {
 
     init(
         reader: MessageReader, source: any RandomAccessSource, structuredReplies: Bool,
-        configuration: Configuration, logger: Logger, recovery: RequestJournal.Recovery? = nil
+        configuration: Configuration, logger: Logger, recovery: RequestJournal.Recovery? = nil, replyFile: Int32 = -1
     ) {
         self.reader = reader
         self.journal = reader.journal
         self.recovery = recovery
-        self.writer = ReplyWriter(socket: reader.socket, journal: reader.journal)
+        self.writer = ReplyWriter(socket: reader.socket, journal: reader.journal, replyFile: replyFile)
         self.source = source
         self.structuredReplies = structuredReplies
         self.configuration = configuration
@@ -267,8 +267,8 @@ final class TransmissionLoop: @unchecked Sendable {
         // copied and sent with their header in one sendmsg: header and data then reach the
         // peer together (one wake-up of the kernel's receiver instead of two), and no reply
         // is split around a read from the disk.
-        if let descriptor = source.localFileDescriptor, request.length > Self.inlineCopyLimit, journal == nil {
-            try writer.sendFile(header: header, file: descriptor.rawValue, offset: request.offset, length: length)
+        if let descriptor = source.localFileDescriptor, request.length > Self.inlineCopyLimit, writer.sendsFiles {
+            try writer.sendFile(header: header, file: descriptor.rawValue, offset: request.offset, length: length, answering: Self.answers(slot))
             return
         }
         if scratch.count < length {

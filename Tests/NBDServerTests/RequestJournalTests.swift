@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import ImageSources
 import Logging
 import NBDProtocol
 @testable import NBDServer
@@ -106,7 +107,7 @@ import Testing
 
         // The successor maps the same memory.
         let successor = try RequestJournal(descriptor: dup(journal.descriptor))
-        let recovery = try successor.recover()
+        let recovery = try successor.recover(replyFilePosition: nil)
         #expect(recovery.unanswered.map(\.request.cookie) == [3])
         let unfinished = try #require(recovery.unfinishedSend)
         #expect(unfinished.answers.map(\.request.cookie) == [2])
@@ -146,7 +147,7 @@ import Testing
         #expect(sent == reply.count)
 
         let successor = try RequestJournal(descriptor: dup(journal.descriptor))
-        let recovery = try successor.recover()
+        let recovery = try successor.recover(replyFilePosition: nil)
         #expect(recovery.unfinishedSend == nil)
         #expect(recovery.unanswered.map(\.request.cookie) == [2])
         let done = try connection.resume(journal: successor, recovery: recovery)
@@ -156,14 +157,98 @@ import Testing
         #expect(done.wait(timeout: .now() + 10) == .success)
     }
 
+    /// A big reply goes by sendfile from the reply file: the file's position, moved by the
+    /// kernel, says how much of it went out.
+    @Test func successorCompletesAReplyCutInItsSendfilePart() throws {
+        let connection = Connection()
+        defer { close(connection.serverEnd) }
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("journal-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        #expect(FileManager.default.createFile(atPath: path, contents: Data(connection.source.bytes)))
+        defer { unlink(path) }
+        let replyFile = open(path, O_RDONLY | O_CLOEXEC)
+        #expect(replyFile >= 0)
+        defer { close(replyFile) }
+        let journal = try RequestJournal.create()
+        journal.reset()
+        connection.client.send(connection.request(1))
+        usleep(50_000)
+        let reader = MessageReader(socket: connection.serverEnd, stop: nil, journal: journal, resuming: nil)
+        let slots = try connection.readAndAdmit(1, reader: reader, journal: journal)
+
+        // As ReplyWriter.sendFile does it, killed after 1000 bytes of the file part.
+        let request = connection.request(1)
+        let header = SimpleReply(cookie: 1).encoded()
+        journal.beginSend(answering: [.init(slot: slots[0])], total: header.count + Int(request.length), fileStart: request.offset, fileLength: Int(request.length))
+        #expect(lseek(replyFile, off_t(request.offset), SEEK_SET) == off_t(request.offset))
+        journal.filePositioned()
+        let headerSent = header.withUnsafeBytes { bytes in
+            var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
+            return journal.send(on: connection.serverEnd, &vector, count: 1)
+        }
+        #expect(headerSent == header.count)
+        #expect(sendfile(connection.serverEnd, replyFile, nil, 1000) == 1000)
+
+        let successor = try RequestJournal(descriptor: dup(journal.descriptor))
+        let position = UInt64(lseek(replyFile, 0, SEEK_CUR))
+        let recovery = try successor.recover(replyFilePosition: position)
+        let unfinished = try #require(recovery.unfinishedSend)
+        #expect(unfinished.sent == header.count + 1000)
+        #expect(recovery.unanswered.isEmpty)
+        // A position that cannot be right is not trusted.
+        #expect(throws: SystemError.self) { try RequestJournal(descriptor: dup(journal.descriptor)).recover(replyFilePosition: 7) }
+
+        let done = try connection.resume(journal: successor, recovery: recovery)
+        let replies = try connection.receiveReplies(1)
+        #expect(replies[1] == connection.data(for: 1))
+        connection.client.send(Request(type: .disconnect, cookie: 99, offset: 0, length: 0))
+        #expect(done.wait(timeout: .now() + 10) == .success)
+    }
+
+    /// A journaled server on a local image sends big replies by sendfile from the reply file,
+    /// and leaves a journal with nothing owed.
+    @Test func journaledServerSendsBigRepliesFromTheReplyFile() throws {
+        let path = try corpusImagePath()
+        let source = try FileSource(path: path)
+        let replyFile = open(path, O_RDONLY | O_CLOEXEC)
+        defer { close(replyFile) }
+        var ends: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &ends) == 0)
+        defer { close(ends[0]) }
+        let client = KernelSideClient(fd: ends[1])
+        let journal = try RequestJournal.create()
+        var logger = Logger(label: "test.journal")
+        logger.logLevel = .critical
+        let server = try KernelModeServer(
+            socket: FileDescriptor(rawValue: ends[0]), source: source, logger: logger, journal: journal, replyFile: replyFile)
+        let done = DispatchSemaphore(value: 0)
+        _ = try JoinableThread {
+            _ = try? server.run()
+            done.signal()
+        }
+        let length = min(UInt32(256 << 10), UInt32(source.size))
+        client.send(Request(type: .read, cookie: 5, offset: 0, length: length))
+        let reply = try #require(try client.receiveReply())
+        #expect(reply.cookie == 5 && reply.error == .none)
+        var expected = [UInt8](repeating: 0, count: Int(length))
+        _ = try expected.withUnsafeMutableBytes { try source.read(into: $0, at: 0) }
+        #expect(client.receive(Int(length)) == expected)
+        #expect(lseek(replyFile, 0, SEEK_CUR) == off_t(length), "sent from the reply file at its own position")
+        client.send(Request(type: .disconnect, cookie: 6, offset: 0, length: 0))
+        #expect(done.wait(timeout: .now() + 10) == .success)
+        let after = try journal.recover(replyFilePosition: UInt64(lseek(replyFile, 0, SEEK_CUR)))
+        #expect(after.unanswered.isEmpty && after.unfinishedSend == nil)
+        // Only the DISC is left unparsed: a successor would read it and end too.
+        #expect(after.end - after.start == Request.size)
+    }
+
     @Test func aJournalThatGaveUpOrNeverStartedIsNotTrusted() throws {
         let journal = try RequestJournal.create()
-        #expect(throws: SystemError.self) { try journal.recover() }  // never reset: no magic
+        #expect(throws: SystemError.self) { try journal.recover(replyFilePosition: nil) }  // never reset: no magic
         journal.reset()
-        let clean = try journal.recover()
+        let clean = try journal.recover(replyFilePosition: nil)
         #expect(clean.unanswered.isEmpty && clean.unfinishedSend == nil && clean.start == clean.end)
         journal.poison()
-        let error = #expect(throws: SystemError.self) { try journal.recover() }
+        let error = #expect(throws: SystemError.self) { try journal.recover(replyFilePosition: nil) }
         #expect("\(error.map { $0 } as Any)".contains("gave up"))
     }
 }

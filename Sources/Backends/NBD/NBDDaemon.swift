@@ -139,6 +139,8 @@ public enum NBDDaemon {
         }
         let source = try FileSource(path: settings.source)
         var recovery: RequestJournal.Recovery?
+        /// With a journal: the open file big replies are sent from (see `KernelModeServer`).
+        var replyFile: Int32 = -1
 
         var ioctlAttachment: NBDIoctlAttachment?
         let socket: Int32
@@ -161,15 +163,22 @@ public enum NBDDaemon {
             let netlink = try NBDNetlink.open()
             try control.send(.prepared)
             var word = try control.receive()
+            if case .replyFile(let file)? = word {
+                replyFile = file
+                word = try control.receive()
+            }
             if case .resume(let live)? = word {
                 do {
                     guard let journal else { throw SystemError("resume /dev/nbd\(device)", detail: "no request journal") }
-                    recovery = try journal.recover()
+                    let position = replyFile >= 0 ? lseek(replyFile, 0, SEEK_CUR) : -1
+                    recovery = try journal.recover(replyFilePosition: position >= 0 ? UInt64(position) : nil)
                     try control.send(.resumed(true))
                     logger.info("/dev/nbd\(device): resuming: \(recovery?.unanswered.count ?? 0) requests to answer, \(recovery?.unfinishedSend == nil ? "no" : "one") reply to complete")
                 } catch {
                     logger.warning("/dev/nbd\(device): cannot resume the live socket, asking for a new one: \(error)")
                     close(live)
+                    if replyFile >= 0 { close(replyFile) }
+                    replyFile = -1
                     try control.send(.resumed(false))
                     word = try control.receive()
                 }
@@ -190,6 +199,10 @@ public enum NBDDaemon {
             // of a socket it handed us; another copy is harmless). A supervisor gone by now
             // also misses the report below, which releases the device.
             try? control.send(.serving(socket))
+            if journal != nil {
+                replyFile = open(settings.source, O_RDONLY | O_CLOEXEC)
+                try? control.send(.replyFile(replyFile))
+            }
         }
         logger.info("serving \(settings.source) on /dev/nbd\(index) over \(method.rawValue) (\(settings.mode.argument))")
         guard DaemonReport.ready(index: Int(index), method: method, pid: getpid()).send(to: statusDescriptor) else {
@@ -202,7 +215,8 @@ public enum NBDDaemon {
         }
 
         let server = try KernelModeServer(
-            socket: FileDescriptor(rawValue: socket), source: source, logger: logger, journal: journal, resuming: recovery)
+            socket: FileDescriptor(rawValue: socket), source: source, logger: logger, journal: journal, resuming: recovery,
+            replyFile: replyFile)
         if control != nil {
             _ = try JoinableThread {
                 var set = sigset_t()

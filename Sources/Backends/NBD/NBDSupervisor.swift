@@ -61,6 +61,8 @@ public enum NBDSupervisor {
         /// Our copy of the serving worker's socket: with it open, the worker's death does not
         /// close the kernel's link, and the standby can go on serving it.
         var liveSocket: Int32 = -1
+        /// Our copy of the serving worker's reply file (its position counts a big reply's progress).
+        var liveReplyFile: Int32 = -1
         var stopping = false
         var standbyRetryAt = 0.0
         /// The binary new workers run: ours, until a hot upgrade installs another (a later
@@ -281,6 +283,7 @@ public enum NBDSupervisor {
         /// could not (it then waits for `reconnect`) or is gone.
         mutating func resume(_ candidate: Worker) -> Bool {
             do {
+                if liveReplyFile >= 0 { try candidate.control.send(.replyFile(liveReplyFile)) }
                 try candidate.control.send(.resume(liveSocket))
                 guard case .resumed(true)? = try candidate.control.receive(timeout: 10) else {
                     log("/dev/nbd\(index): the standby cannot resume from the journal; giving the device a new socket")
@@ -305,12 +308,13 @@ public enum NBDSupervisor {
             }
             dropLiveSocket()
             liveSocket = socket
+            if journal != nil, case .replyFile(let file)? = try? worker.control.receive(timeout: 2) { liveReplyFile = file }
         }
 
         mutating func dropLiveSocket() {
-            guard liveSocket >= 0 else { return }
-            close(liveSocket)
-            liveSocket = -1
+            if liveSocket >= 0 { close(liveSocket) }
+            if liveReplyFile >= 0 { close(liveReplyFile) }
+            (liveSocket, liveReplyFile) = (-1, -1)
         }
 
         mutating func replaceStandby() {

@@ -24,6 +24,10 @@ public enum ControlMessage: Equatable, Sendable {
     /// Supervisor → standby: the serving worker died; go on serving its live socket from where
     /// the request journal says it stopped.
     case resume(Int32)
+    /// Worker → supervisor after `serving`, and supervisor → standby before `resume`: the open
+    /// file description of the image the worker sends big replies from, whose position counts
+    /// the progress of such a reply; -1 (no descriptor) when there is none.
+    case replyFile(Int32)
     /// Standby → supervisor, answering `resume`: serving (`true`), or the journal cannot be
     /// trusted (`false`; the standby closed the socket and waits for `reconnect`).
     case resumed(Bool)
@@ -36,13 +40,14 @@ public enum ControlMessage: Equatable, Sendable {
         case .handOff: UInt8(ascii: "H")
         case .serving: UInt8(ascii: "K")
         case .resume: UInt8(ascii: "J")
+        case .replyFile: UInt8(ascii: "D")
         case .resumed(let done): done ? UInt8(ascii: "Y") : UInt8(ascii: "N")
         }
     }
 
     var descriptor: Int32 {
         switch self {
-        case .serveSocket(let fd), .handOff(let fd), .serving(let fd), .resume(let fd): fd
+        case .serveSocket(let fd), .handOff(let fd), .serving(let fd), .resume(let fd), .replyFile(let fd): fd
         case .prepared, .reconnect, .resumed: -1
         }
     }
@@ -55,6 +60,7 @@ public enum ControlMessage: Equatable, Sendable {
         case (UInt8(ascii: "H"), true): self = .handOff(descriptor)
         case (UInt8(ascii: "K"), true): self = .serving(descriptor)
         case (UInt8(ascii: "J"), true): self = .resume(descriptor)
+        case (UInt8(ascii: "D"), _): self = .replyFile(descriptor)
         case (UInt8(ascii: "Y"), false): self = .resumed(true)
         case (UInt8(ascii: "N"), false): self = .resumed(false)
         default: return nil
