@@ -152,7 +152,14 @@ public final class RequestJournal: @unchecked Sendable {
         let base = Self.slotsOffset + Int(slot) * Self.slotSize
         store32(base + 4, 0)
         store64(base + 8, position)
-        request.encoded().withUnsafeBytes { (memory + base + 16).copyMemory(from: $0.baseAddress!, byteCount: Request.size) }
+        // The request as it was on the wire (28 bytes, big-endian), written in place.
+        let raw = memory + base + 16
+        raw.storeBytes(of: NBDMagic.request.bigEndian, toByteOffset: 0, as: UInt32.self)
+        raw.storeBytes(of: request.flags.rawValue.bigEndian, toByteOffset: 4, as: UInt16.self)
+        raw.storeBytes(of: request.type.rawValue.bigEndian, toByteOffset: 6, as: UInt16.self)
+        raw.storeBytes(of: request.cookie.bigEndian, toByteOffset: 8, as: UInt64.self)
+        raw.storeBytes(of: request.offset.bigEndian, toByteOffset: 16, as: UInt64.self)
+        raw.storeBytes(of: request.length.bigEndian, toByteOffset: 24, as: UInt32.self)
         cshim_store_release_u32(memory + base, 1)
         advance(to: position + UInt64(Request.size))
         return slot
@@ -178,16 +185,17 @@ public final class RequestJournal: @unchecked Sendable {
     /// `total` counts every byte of the send, `fileLength` of them from the reply file at
     /// `fileStart` after the vectors.
     func beginSend(answering answers: [Answer], total: Int, fileStart: UInt64 = 0, fileLength: Int = 0) {
-        let journaled = answers.filter { $0.slot >= 0 }
-        guard journaled.count <= Self.maximumSendSlots else {
-            poison()
-            return
-        }
-        for (index, answer) in journaled.enumerated() {
+        var count = 0
+        for answer in answers where answer.slot >= 0 {
+            guard count < Self.maximumSendSlots else {
+                poison()
+                return
+            }
             store32(Self.slotsOffset + Int(answer.slot) * Self.slotSize + 4, answer.error)
-            memory.storeBytes(of: UInt16(answer.slot).littleEndian, toByteOffset: Self.sendSlotListOffset + 2 * index, as: UInt16.self)
+            memory.storeBytes(of: UInt16(answer.slot).littleEndian, toByteOffset: Self.sendSlotListOffset + 2 * count, as: UInt16.self)
+            count += 1
         }
-        store32(Self.sendSlotCountOffset, UInt32(journaled.count))
+        store32(Self.sendSlotCountOffset, UInt32(count))
         store64(Self.sendTotalOffset, UInt64(total))
         store64(Self.sendFileLengthOffset, UInt64(fileLength))
         store64(Self.sendFileStartOffset, fileStart)
@@ -222,15 +230,15 @@ public final class RequestJournal: @unchecked Sendable {
     func endSend() {
         guard load32(Self.sendActiveOffset) == 1 else { return }
         let count = min(Int(load32(Self.sendSlotCountOffset)), Self.maximumSendSlots)
-        var freed: [Int32] = []
-        for index in 0..<count {
-            let slot = Int32(UInt16(littleEndian: memory.loadUnaligned(fromByteOffset: Self.sendSlotListOffset + 2 * index, as: UInt16.self)))
-            guard slot < Self.slotCount else { continue }
-            cshim_store_release_u32(memory + Self.slotsOffset + Int(slot) * Self.slotSize, 0)
-            freed.append(slot)
+        lock.withLock {
+            for index in 0..<count {
+                let slot = Int32(UInt16(littleEndian: memory.loadUnaligned(fromByteOffset: Self.sendSlotListOffset + 2 * index, as: UInt16.self)))
+                guard slot < Self.slotCount else { continue }
+                cshim_store_release_u32(memory + Self.slotsOffset + Int(slot) * Self.slotSize, 0)
+                freeSlots.append(slot)
+            }
+            cshim_store_release_u32(memory + Self.sendActiveOffset, 0)
         }
-        cshim_store_release_u32(memory + Self.sendActiveOffset, 0)
-        lock.withLock { freeSlots.append(contentsOf: freed) }
     }
 
     // MARK: Recovery (a new worker, the old one dead)

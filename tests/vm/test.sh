@@ -19,7 +19,10 @@ for kernel in "${KERNELS[@]}"; do
     started=$SECONDS
     status=0
     "$VM_DIR/run.sh" --kernel "$kernel" --timeout "${VM_TIMEOUT:-1200}" -- \
-        sh -c 'tests/vm/smoke.sh; smoke=$?; tests/vm/nbd-mount.sh; nbd=$?; tests/vm/recovery.sh && [ $nbd = 0 ] && exit $smoke' | tee "$output" || status=$?
+        sh -c 't=$(date +%s); tests/vm/smoke.sh; smoke=$?; echo "# smoke.sh took $(($(date +%s) - t)) s"
+               t=$(date +%s); tests/vm/nbd-mount.sh; nbd=$?; echo "# nbd-mount.sh took $(($(date +%s) - t)) s"
+               t=$(date +%s); tests/vm/recovery.sh; recovery=$?; echo "# recovery.sh took $(($(date +%s) - t)) s"
+               [ $recovery = 0 ] && [ $nbd = 0 ] && exit $smoke' | tee "$output" || status=$?
     echo "== kernel $kernel: status $status in $((SECONDS - started)) s"
     passed=$((passed + $(grep -c '^ok - ' "$output" || true)))
     failed=$((failed + $(grep -c '^not ok - ' "$output" || true)))
