@@ -198,7 +198,7 @@ extension EROFSFilesystem {
         if let cached = decodedExtents.value(for: key) { return cached }
         let raw: [UInt8]
         switch extent.source {
-        case .image(let physical): raw = try imageBytes(at: physical, count: extent.physicalLength)
+        case .image(let physical): raw = try dataBytes(at: physical, count: extent.physicalLength)
         case .metadata(let physical, let inMetabox):
             raw = try metadataBytes(at: physical, count: extent.physicalLength, inMetabox: inMetabox)
         case .fragment, .hole: throw EROFSError(.corrupt, "\(extent.source) extent decoded as a pcluster", nid: inode.nid)
@@ -276,7 +276,7 @@ extension EROFSFilesystem {
         if case .metadata(_, let inMetabox) = source {
             return try metadataBytes(at: start, count: count, inMetabox: inMetabox)
         }
-        return try imageBytes(at: start, count: count)
+        return try dataBytes(at: start, count: count)
     }
 
     // MARK: Mapping

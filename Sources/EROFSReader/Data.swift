@@ -5,8 +5,9 @@ struct DataExtent {
     enum Location {
         /// Not stored: reads as zeros.
         case hole
-        /// In the image (device 0) at this byte offset.
-        case image(UInt64)
+        /// At this byte offset of a device: 0 is the primary image and the unified address
+        /// space, N > 0 the extra device in slot N - 1 (already masked by the device id mask).
+        case image(UInt64, device: UInt16 = 0)
         /// In the metadata space (tail-packed data right after the inode).
         case metadata(UInt64, inMetabox: Bool)
     }
@@ -41,10 +42,10 @@ extension EROFSFilesystem {
             switch extent.location {
             case .hole:
                 result.append(contentsOf: repeatElement(0, count: take))
-            case .image(let physical):
+            case .image(let physical, let device):
                 let start = try checkedSum(physical, skip, "data offset")
                 result.append(contentsOf: try withContext(nid: inode.nid) { () throws(EROFSError) -> [UInt8] in
-                    try imageBytes(at: start, count: take)
+                    try dataBytes(at: start, device: device, count: take)
                 })
             case .metadata(let physical, let inMetabox):
                 let start = try checkedSum(physical, skip, "inline data offset")
@@ -113,14 +114,13 @@ extension EROFSFilesystem {
         let chunkSize = UInt64(1) << chunkBits
         let length = remaining >= chunkSize ? chunkSize : dividingRoundingUp(remaining, blockSize) * blockSize
         var block: UInt64?
+        var device: UInt16 = 0
         if usesIndexes {
             let addressMask: UInt64 = inode.chunkFormat & 0x40 != 0 ? (1 << 48) - 1 : (1 << 32) - 1
             let address = (UInt64(entry.le16(at: 0)) << 32 | UInt64(entry.le32(at: 4))) & addressMask
             if (address ^ Inode.nullAddress) & addressMask != 0 {
-                let deviceID = entry.le16(at: 2)
-                if deviceID != 0 && superblock.extraDevices != 0 {
-                    throw EROFSError(.unsupported, "chunk \(chunkNumber) is on extra device \(deviceID); only the primary image is available", nid: inode.nid, offset: entryOffset)
-                }
+                // Bits beyond the mask are ignored, as the kernel does (0 without a device table).
+                device = entry.le16(at: 2) & deviceTable.deviceIDMask
                 block = address
             }
         } else {
@@ -129,6 +129,6 @@ extension EROFSFilesystem {
         }
         guard let block else { return DataExtent(logicalStart: start, length: length, location: .hole) }
         let physical = try checkedProduct(block, blockSize, "chunk address of nid \(inode.nid)")
-        return DataExtent(logicalStart: start, length: length, location: .image(physical))
+        return DataExtent(logicalStart: start, length: length, location: .image(physical, device: device))
     }
 }

@@ -10,6 +10,8 @@ public struct EROFSError: Error, CustomStringConvertible, Sendable, Equatable {
         case unsupported
         /// The underlying source failed (I/O error) or ended early.
         case io
+        /// An extra device (blob) the image needs is missing, surplus or shorter than its slot.
+        case device
         /// The caller asked for something that is not there (no such path, not a directory).
         case notFound
         case notDirectory

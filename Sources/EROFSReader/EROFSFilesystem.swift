@@ -7,7 +7,11 @@ import SystemCalls
 /// decoded state is immutable and the caches sit behind locks.
 public final class EROFSFilesystem: Sendable {
     public let source: any RandomAccessSource
+    /// The extra devices given, in slot order (`-o device=` order); may be fewer than the slots.
+    public let devices: [any RandomAccessSource]
     public let superblock: Superblock
+    /// The extra devices the image says its data may live on (empty for single-device images).
+    public let deviceTable: DeviceTable
     /// Long xattr name prefixes (the superblock's prefix table), already expanded to full prefixes.
     public var longXattrPrefixes: [String] { longXattrPrefixTable.withLock { $0 } }
     let longXattrPrefixTable = Mutex<[String]>([])
@@ -21,9 +25,14 @@ public final class EROFSFilesystem: Sendable {
     var compressionSettings: CompressionSettings { compressionSettingsStorage.withLock { $0 } }
     let compressionSettingsStorage = Mutex(CompressionSettings(availableAlgorithms: 1, decompression: .init()))
 
-    /// Reads and validates the superblock (and its checksum), the long xattr prefix table.
-    public init(source: any RandomAccessSource) throws(EROFSError) {
+    /// Reads and validates the superblock (and its checksum), the device table and the long
+    /// xattr prefix table. `devices` are the image's extra devices in slot order, like the
+    /// kernel's `-o device=`: with none, data on extra devices is read from the primary at the
+    /// slots' unified addresses (the kernel's flat mode), where it is when the blobs were
+    /// concatenated onto the image; a device not given fails the read that needs it.
+    public init(source: any RandomAccessSource, devices: [any RandomAccessSource] = []) throws(EROFSError) {
         self.source = source
+        self.devices = devices
         let head: [UInt8]
         do {
             head = try source.read(count: 4096, at: UInt64(Superblock.offset))
@@ -47,6 +56,7 @@ public final class EROFSFilesystem: Sendable {
         if overflow || claimedBytes > source.size {
             throw EROFSError(.corrupt, "image truncated: the superblock says \(superblock.blocks) blocks of \(blockSize) bytes, the image has \(source.size) bytes")
         }
+        deviceTable = try EROFSFilesystem.readDeviceTable(superblock, source: source, devices: devices)
         if superblock.featureIncompat.contains(.metabox) && superblock.metaboxNid == 0 {
             throw EROFSError(.corrupt, "metabox feature without a metabox inode")
         }
@@ -61,14 +71,23 @@ public final class EROFSFilesystem: Sendable {
         longXattrPrefixTable.withLock { $0 = prefixes }
     }
 
-    public convenience init(path: String) throws(EROFSError) {
+    /// Opens the image at `path` and its extra devices at `devicePaths` (in slot order).
+    public convenience init(path: String, devicePaths: [String] = []) throws(EROFSError) {
         let source: FileSource
         do {
             source = try FileSource(path: path)
         } catch {
             throw EROFSError(.io, "cannot open image: \(error)", path: path)
         }
-        try self.init(source: source)
+        var devices: [any RandomAccessSource] = []
+        for devicePath in devicePaths {
+            do {
+                devices.append(try FileSource(path: devicePath))
+            } catch {
+                throw EROFSError(.device, "cannot open extra device \(devices.count + 1): \(error)", path: devicePath)
+            }
+        }
+        try self.init(source: source, devices: devices)
     }
 
     public var rootNid: UInt64 { superblock.rootNid }

@@ -15,12 +15,13 @@ struct ExtractCommand: ParsableCommand {
         abstract: "Extract an image into a directory: contents, modes, owners, times, xattrs, links, devices.")
 
     @Argument(help: "The EROFS image.") var image: String
+    @OptionGroup var extraDevices: ExtraDeviceOptions
     @Argument(help: "Destination directory (created if missing; must be empty).") var directory: String
     @Flag(help: "Do not restore owners (default when not root).") var noOwners = false
 
     func run() throws {
         let filesystem: EROFSFilesystem
-        do { filesystem = try EROFSFilesystem(path: image) } catch { throw failing(error) }
+        do { filesystem = try extraDevices.open(image) } catch { throw failing(error) }
         if mkdir(directory, 0o700) != 0 && errno != EEXIST {
             FileHandleStandardError.write("erofs: cannot create \(directory): errno \(errno)\n")
             throw ExitCode(1)

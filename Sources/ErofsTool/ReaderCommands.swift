@@ -33,17 +33,33 @@ func writeStandardOutput(_ bytes: [UInt8]) throws(ExitCode) {
     }
 }
 
+/// `--device PATH`, repeatable: the image's extra devices in slot order, like the kernel's
+/// `-o device=PATH`.
+struct ExtraDeviceOptions: ParsableArguments {
+    @Option(
+        name: .customLong("device"),
+        help: ArgumentHelp(
+            "An extra device (blob) of a multi-device image; repeat in device-table order, as with mount -o device=. Without any, data on extra devices is read from the image itself at the devices' unified addresses (blobs concatenated onto the image).",
+            valueName: "path"))
+    var paths: [String] = []
+
+    func open(_ image: String) throws(EROFSError) -> EROFSFilesystem {
+        try EROFSFilesystem(path: image, devicePaths: paths)
+    }
+}
+
 /// `erofs inspect IMAGE [--json]`: the superblock, features and counts.
 struct InspectCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "inspect", abstract: "Show an image's superblock, features and inode/block counts.")
 
     @Argument(help: "The EROFS image.") var image: String
+    @OptionGroup var extraDevices: ExtraDeviceOptions
     @Flag(help: "Print one JSON object.") var json = false
 
     func run() throws {
         let filesystem: EROFSFilesystem
-        do { filesystem = try EROFSFilesystem(path: image) } catch { throw failing(error) }
+        do { filesystem = try extraDevices.open(image) } catch { throw failing(error) }
         let block = filesystem.superblock
         let compat = CompatFeatures.names.filter { block.featureCompat.contains($0.0) }.map(\.1)
         let incompat = IncompatFeatures.names.filter { block.featureIncompat.contains($0.0) }.map(\.1)
@@ -73,11 +89,19 @@ struct InspectCommand: ParsableCommand {
             var members = fields.map { "\(JSONText.quoted($0.0)): \($0.2 ? JSONText.quoted($0.1) : $0.1)" }
             members.append("\"compat_features\": [\(compat.map(JSONText.quoted).joined(separator: ", "))]")
             members.append("\"incompat_features\": [\(incompat.map(JSONText.quoted).joined(separator: ", "))]")
+            let slots = filesystem.deviceTable.slots.map { slot in
+                "{\"tag\": \(JSONText.quoted(slot.tagText)), \"blocks\": \(slot.blocks), \"mapped_blkaddr\": \(slot.mappedBlockAddress)}"
+            }
+            members.append("\"devices\": [\(slots.joined(separator: ", "))]")
             print("{" + members.joined(separator: ", ") + "}")
         } else {
             for (name, value, _) in fields { print("\(name): \(value)") }
             print("compat_features: \(compat.joined(separator: " "))")
             print("incompat_features: \(incompat.joined(separator: " "))")
+            for (index, slot) in filesystem.deviceTable.slots.enumerated() {
+                let given = index < filesystem.devices.count ? filesystem.devices[index].displayName : "not given"
+                print("device \(index + 1): tag \(JSONText.quoted(slot.tagText)) blocks \(slot.blocks) mapped_blkaddr \(slot.mappedBlockAddress) (\(given))")
+            }
         }
     }
 }
@@ -93,11 +117,12 @@ struct ListCommand: ParsableCommand {
     @Flag(help: "JSON lines in the corpus manifest format.") var json = false
     @Flag(help: "With --json: include each regular file's SHA-256 (reads all data).") var sha256 = false
     @Argument(help: "The EROFS image.") var image: String
+    @OptionGroup var extraDevices: ExtraDeviceOptions
     @Argument(help: "Path inside the image.") var path: String = "/"
 
     func run() throws {
         do {
-            let filesystem = try EROFSFilesystem(path: image)
+            let filesystem = try extraDevices.open(image)
             let start = try filesystem.lookup(path: path)
             let base = "/" + path.split(separator: "/").joined(separator: "/")
             var entries: [(String, Inode)] = []
@@ -171,11 +196,12 @@ struct CatCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "cat", abstract: "Print a file of an image.")
 
     @Argument(help: "The EROFS image.") var image: String
+    @OptionGroup var extraDevices: ExtraDeviceOptions
     @Argument(help: "Path of a regular file inside the image.") var path: String
 
     func run() throws {
         do {
-            let filesystem = try EROFSFilesystem(path: image)
+            let filesystem = try extraDevices.open(image)
             let inode = try filesystem.lookup(path: path)
             guard inode.kind == .file else { throw EROFSError(.notFound, "not a regular file", path: path, nid: inode.nid) }
             var failure: ExitCode?
@@ -196,10 +222,11 @@ struct VerifyCommand: ParsableCommand {
         commandName: "verify", abstract: "Read and decode everything in an image; exit non-zero at the first corruption.")
 
     @Argument(help: "The EROFS image.") var image: String
+    @OptionGroup var extraDevices: ExtraDeviceOptions
 
     func run() throws {
         do {
-            let filesystem = try EROFSFilesystem(path: image)
+            let filesystem = try extraDevices.open(image)
             var count = 0
             var bytes: UInt64 = 0
             try filesystem.walk { (path, inode) throws(EROFSError) in
