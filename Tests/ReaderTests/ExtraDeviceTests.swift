@@ -1,0 +1,180 @@
+import EROFSFormat
+import EROFSReader
+import Foundation
+import Manifest
+import SystemCalls
+import Testing
+import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Multi-device images: Debian's mkfs.erofs 1.5 puts chunk-based file data on a blob
+/// (`--blobdev`), the host kernel mounts the image with `-o device=BLOB` and is the oracle.
+@Suite(.serialized) struct ExtraDeviceTests {
+    /// A tree made by `MkfsImageTests.makeTree` (files from 0 B to 300 KB, all-zero files that
+    /// mkfs deduplicates, symlinks, devices, xattrs) turned into an image plus its blob.
+    struct MultiDeviceImage {
+        let scratch: String
+        let image: String
+        let blob: String
+
+        init(chunkSize: Int) throws {
+            scratch = try temporaryDirectory("devices")
+            image = scratch + "/image.erofs"
+            blob = scratch + "/blob"
+            try MkfsImageTests.makeTree(at: scratch + "/tree")
+            let made = try runProgram(
+                MkfsImageTests.mkfs, ["-T0", "--blobdev=\(blob)", "--chunksize=\(chunkSize)", image, scratch + "/tree"])
+            try #require(made.status == 0, "mkfs.erofs: \(made.standardError)")
+        }
+
+        func remove() { try? FileManager.default.removeItem(atPath: scratch) }
+    }
+
+    /// The kernel's manifest of `source` mounted with `data` through mount(2) directly:
+    /// a regular file as source is a file-backed mount (mount(8) would set up a loop device).
+    static func kernelManifest(source: String, data: String, at mountPoint: String) throws -> String {
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        guard mount(source, mountPoint, "erofs", UInt(MS_RDONLY), data) == 0 else {
+            let code = errno
+            throw ExtraDeviceTestError("mount \(source) -o \(data): \(String(cString: strerror(code)))")
+        }
+        defer { umount(mountPoint) }
+        return try DirectoryWalker.manifest(ofTreeAt: mountPoint).manifestText
+    }
+
+    @Test(arguments: [4096, 65536])
+    func readerMatchesKernelFileBacked(chunkSize: Int) throws {
+        try #require(MkfsImageTests.canMount, "needs root and mkfs.erofs")
+        let made = try MultiDeviceImage(chunkSize: chunkSize)
+        defer { made.remove() }
+        let filesystem = try EROFSFilesystem(path: made.image, devicePaths: [made.blob])
+        #expect(filesystem.deviceTable.slots.count == 1)
+        #expect(filesystem.deviceTable.deviceIDMask == 1)
+        // The data really is on the blob: far more than the primary holds.
+        let blobSize = try FileStatus.stat(made.blob).size
+        #expect(blobSize > 500_000, "blob of \(blobSize) bytes")
+
+        let ours = try filesystem.manifest(sha256: true).manifestText
+        let kernel = try Self.kernelManifest(source: made.image, data: "device=\(made.blob)", at: made.scratch + "/mnt")
+        #expect(kernel.split(separator: "\n").count > 300)
+        #expect(manifestDifference(actual: ours, expected: kernel) == nil,
+                "chunk size \(chunkSize): \(manifestDifference(actual: ours, expected: kernel) ?? "")")
+    }
+
+    /// With a loop device for the image, the kernel opens extra devices as block devices too:
+    /// `device=` must name a block device (a regular file is refused with EINVAL).
+    @Test func readerMatchesKernelOnLoopDevices() throws {
+        try #require(MkfsImageTests.canMount, "needs root and mkfs.erofs")
+        let made = try MultiDeviceImage(chunkSize: 4096)
+        defer { made.remove() }
+        let ours = try EROFSFilesystem(path: made.image, devicePaths: [made.blob]).manifest(sha256: true).manifestText
+        let imageLoop = try Self.attachLoop(made.image)
+        defer { _ = try? runProgram("/sbin/losetup", ["-d", imageLoop]) }
+        let blobLoop = try Self.attachLoop(made.blob)
+        defer { _ = try? runProgram("/sbin/losetup", ["-d", blobLoop]) }
+        let mountPoint = made.scratch + "/mnt"
+        #expect(throws: ExtraDeviceTestError.self) {
+            try Self.kernelManifest(source: imageLoop, data: "device=\(made.blob)", at: mountPoint)
+        }
+        let kernel = try Self.kernelManifest(source: imageLoop, data: "device=\(blobLoop)", at: mountPoint)
+        #expect(manifestDifference(actual: ours, expected: kernel) == nil, "\(manifestDifference(actual: ours, expected: kernel) ?? "")")
+    }
+
+    static func attachLoop(_ path: String) throws -> String {
+        let result = try runProgram("/sbin/losetup", ["-f", "--show", "-r", path])
+        try #require(result.status == 0, "losetup: \(result.standardError)")
+        return result.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    @Test func missingOrShortBlobIsAClearError() throws {
+        try #require(MkfsImageTests.canMount, "needs root and mkfs.erofs")
+        let made = try MultiDeviceImage(chunkSize: 4096)
+        defer { made.remove() }
+        // Without the blob: metadata still reads, the first chunk on the blob names the device.
+        let withoutBlob = try EROFSFilesystem(path: made.image)
+        let root = try withoutBlob.lookup(path: "/")
+        #expect(try !withoutBlob.readDirectory(root).isEmpty)
+        let missing = #expect(throws: EROFSError.self) { try withoutBlob.manifest(sha256: true) }
+        #expect(missing?.kind == .device)
+        #expect(missing?.message.contains("extra device 1 (slot 0, tag empty), which is missing") == true, "\(String(describing: missing))")
+        #expect(missing?.path != nil && missing?.nid != nil)
+
+        // A blob cut short: the read past its end names the device and its path.
+        let short = made.scratch + "/blob.short"
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: made.blob))
+        try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: short))
+        let truncated = try EROFSFilesystem(path: made.image, devicePaths: [short])
+        let beyond = #expect(throws: EROFSError.self) { try truncated.manifest(sha256: true) }
+        #expect(beyond?.kind == .device)
+        #expect(beyond?.message.contains("beyond the end of extra device 1") == true, "\(String(describing: beyond))")
+
+        // More devices than slots: refused when opening, as the kernel refuses the mount.
+        let surplus = #expect(throws: EROFSError.self) {
+            try EROFSFilesystem(path: made.image, devicePaths: [made.blob, made.blob])
+        }
+        #expect(surplus?.kind == .device)
+
+        // The tool says the same and exits non-zero.
+        let tool = try runProgram(ToolTests.erofs, ["verify", made.image])
+        #expect(tool.status != 0)
+        #expect(tool.standardError.contains("which is missing"), "\(tool.standardError)")
+        let listed = try runProgram(ToolTests.erofs, ["ls", "--recursive", "--json", "--sha256", "--device", made.blob, made.image])
+        #expect(listed.status == 0, "\(listed.standardError)")
+        let expected = try EROFSFilesystem(path: made.image, devicePaths: [made.blob]).manifest(sha256: true).manifestText
+        #expect(listed.standardOutput == expected)
+        let inspected = try runProgram(ToolTests.erofs, ["inspect", made.image])
+        #expect(inspected.standardOutput.contains("device 1: tag \"\" blocks 0 mapped_blkaddr 0 (not given)"), "\(inspected.standardOutput)")
+    }
+
+    /// The unified address mode: with the slot's unified address set (mkfs.erofs 1.5 leaves it
+    /// 0, so the test writes it) and the blob appended to the image, the kernel reads device-id
+    /// chunks from the image itself when no device is given (its "flat" mode). Device-0
+    /// addresses inside a slot's range (what a flattened image's pclusters would use) are not
+    /// made by mkfs 1.5 and are covered only by the mapping code, not by this test.
+    @Test func flatImageWithUnifiedAddresses() throws {
+        try #require(MkfsImageTests.canMount, "needs root and mkfs.erofs")
+        let made = try MultiDeviceImage(chunkSize: 4096)
+        defer { made.remove() }
+        var image = [UInt8](try Data(contentsOf: URL(fileURLWithPath: made.image)))
+        let blob = [UInt8](try Data(contentsOf: URL(fileURLWithPath: made.blob)))
+        let superblock = try Superblock(decoding: image[Superblock.offset...])
+        let blockSize = superblock.blockSize
+        try #require(image.count == Int(superblock.blocks) * blockSize && blob.count % blockSize == 0)
+        let slotStart = Int(superblock.deviceTableSlotOffset) * DeviceSlot.size
+        func putLE32(_ value: UInt32, at offset: Int) {
+            for index in 0..<4 { image[offset + index] = UInt8(truncatingIfNeeded: value >> (8 * index)) }
+        }
+        putLE32(UInt32(blob.count / blockSize), at: slotStart + 64)   // blocks
+        putLE32(UInt32(superblock.blocks), at: slotStart + 68)        // unified address: right after the image
+        let checksum = try superblock.computedChecksum(firstBlockFromSuperblock: Array(image[Superblock.offset...]))
+        putLE32(checksum, at: Superblock.offset + 4)
+        let patched = made.scratch + "/patched.erofs"
+        let flat = made.scratch + "/flat.erofs"
+        try Data(image).write(to: URL(fileURLWithPath: patched))
+        try Data(image + blob).write(to: URL(fileURLWithPath: flat))
+
+        let slot = try #require(try EROFSFilesystem(path: patched).deviceTable.slots.first)
+        #expect(slot.blocks == UInt64(blob.count / blockSize) && slot.mappedBlockAddress == superblock.blocks)
+        let kernel = try Self.kernelManifest(source: flat, data: "", at: made.scratch + "/mnt")
+        let fromFlat = try EROFSFilesystem(path: flat).manifest(sha256: true).manifestText
+        let fromBlob = try EROFSFilesystem(path: patched, devicePaths: [made.blob]).manifest(sha256: true).manifestText
+        #expect(manifestDifference(actual: fromFlat, expected: kernel) == nil, "\(manifestDifference(actual: fromFlat, expected: kernel) ?? "")")
+        #expect(fromBlob == fromFlat)
+        // Now that the slot records the blob's size, a short blob is refused when opening.
+        let short = made.scratch + "/blob.short"
+        try Data(blob.prefix(blob.count - blockSize)).write(to: URL(fileURLWithPath: short))
+        let refused = #expect(throws: EROFSError.self) { try EROFSFilesystem(path: patched, devicePaths: [short]) }
+        #expect(refused?.kind == .device)
+        #expect(refused?.message.contains("its slot says") == true, "\(String(describing: refused))")
+        // The patched image alone (blob neither given nor appended) names the missing device.
+        let alone = #expect(throws: EROFSError.self) { try EROFSFilesystem(path: patched).manifest(sha256: true) }
+        #expect(alone?.kind == .device)
+    }
+}
+
+struct ExtraDeviceTestError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
