@@ -55,11 +55,26 @@ fi
 echo "image: $IMAGE, $(stat -c %s "$IMAGE") bytes; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 cat "$IMAGE" >/dev/null   # in the page cache for both tools
 
-run_fsck() { /usr/bin/time -f "fsck.erofs run$1: %e s wall, %U user, %S sys" fsck.erofs --extract="$OUT/f" "$IMAGE" >/dev/null; rm -rf "$OUT/f"; }
-run_ours() { /usr/bin/time -f "erofs-extract run$1: %e s wall, %U user, %S sys" "$EROFS_BIN" extract "$IMAGE" "$OUT/o"; rm -rf "$OUT/o"; }
+# Freeing a GiB of tmpfs pages goes on after rm returns; the pause keeps it out of the next run.
+run_fsck() { /usr/bin/time -a -o "$LOG" -f "fsck.erofs run$1: %e s wall, %U user, %S sys" fsck.erofs --extract="$OUT/f" "$IMAGE" >/dev/null; rm -rf "$OUT/f"; sleep 3; }
+run_ours() { /usr/bin/time -a -o "$LOG" -f "erofs-extract run$1: %e s wall, %U user, %S sys" "$EROFS_BIN" extract "$IMAGE" "$OUT/o"; rm -rf "$OUT/o"; sleep 3; }
+LOG=$(mktemp)
 rm -rf "$OUT"; mkdir -p "$OUT"
 for run in $(seq 1 "$RUNS"); do
     if (( run % 2 )); then run_fsck "$run"; run_ours "$run"; else run_ours "$run"; run_fsck "$run"; fi
 done
 rm -rf "$OUT"
+cat "$LOG"
+/usr/bin/python3 - "$LOG" <<'PY'
+import statistics, sys
+walls = {}
+for line in open(sys.argv[1]):
+    tool, _, wall = line.split()[:3]
+    walls.setdefault(tool, []).append(float(wall))
+for tool, values in walls.items():
+    print(f"{tool}: median wall {statistics.median(values):.2f} s of {len(values)} runs")
+ratio = statistics.median(walls["fsck.erofs"]) / statistics.median(walls["erofs-extract"])
+print(f"speed ratio (fsck.erofs median / erofs extract median): {ratio:.2f}x")
+PY
+rm -f "$LOG"
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"

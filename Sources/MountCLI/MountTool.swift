@@ -220,6 +220,10 @@ public enum MountTool {
           nodev, dev, noexec, exec, noatime, atime, nodiratime, diratime, relatime,
           norelatime, strictatime, lazytime, sync, dirsync, silent
           loop                 use a loop device instead of a file-backed mount
+          device=PATH          an extra device (blob) of a multi-device image, repeated in
+                               device-table order; a file or a block device: loop devices
+                               are set up where the kernel needs block devices (local
+                               images only)
           nbd.ioctl            (-t erofs.nbd) attach with the ioctl interface, not netlink
           nbd.dead_timeout=S   (-t erofs.nbd) seconds the kernel holds I/O while no daemon
                                serves the device (default 60)
