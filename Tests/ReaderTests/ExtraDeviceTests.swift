@@ -128,6 +128,30 @@ import Glibc
         #expect(inspected.standardOutput.contains("device 1: tag \"\" blocks 0 mapped_blkaddr 0 (not given)"), "\(inspected.standardOutput)")
     }
 
+    /// `erofs extract --device` and `erofs cat --device` reproduce what the reader (checked
+    /// against the kernel above) sees; directory sizes are the host's and are left out.
+    @Test func toolsReadThroughTheBlob() throws {
+        try #require(MkfsImageTests.canMount, "needs root and mkfs.erofs")
+        let made = try MultiDeviceImage(chunkSize: 65536)
+        defer { made.remove() }
+        let extracted = try runProgram(ToolTests.erofs, ["extract", "--device", made.blob, made.image, made.scratch + "/out"])
+        #expect(extracted.status == 0, "\(extracted.standardError)")
+        let filesystem = try EROFSFilesystem(path: made.image, devicePaths: [made.blob])
+        var walked = try DirectoryWalker.manifest(ofTreeAt: made.scratch + "/out")
+        var expected = try filesystem.manifest(sha256: true)
+        for index in walked.indices where walked[index].kind == .dir { walked[index].size = 0 }
+        for index in expected.indices where expected[index].kind == .dir { expected[index].size = 0 }
+        #expect(manifestDifference(actual: walked.manifestText, expected: expected.manifestText) == nil,
+                "\(manifestDifference(actual: walked.manifestText, expected: expected.manifestText) ?? "")")
+        let catted = try runProgram(ToolTests.erofs, ["cat", made.image, "/sizes/text-300001", "--device", made.blob])
+        #expect(catted.status == 0, "\(catted.standardError)")
+        let inode = try filesystem.lookup(path: "/sizes/text-300001")
+        #expect(Array(catted.standardOutput.utf8) == (try filesystem.read(inode, at: 0, count: Int(inode.size))))
+        let without = try runProgram(ToolTests.erofs, ["extract", made.image, made.scratch + "/out2"])
+        #expect(without.status == 1)
+        #expect(without.standardError.contains("which is missing"), "\(without.standardError)")
+    }
+
     /// The unified address mode: with the slot's unified address set (mkfs.erofs 1.5 leaves it
     /// 0, so the test writes it) and the blob appended to the image, the kernel reads device-id
     /// chunks from the image itself when no device is given (its "flat" mode). Device-0
