@@ -1,6 +1,8 @@
 import ArgumentParser
+import Dispatch
 import EROFSReader
 import CShim
+import Synchronization
 import SystemCalls
 #if canImport(Glibc)
 import Glibc
@@ -33,9 +35,12 @@ struct ExtractCommand: ParsableCommand {
         }
         defer { close(rootDescriptor) }
         var extractor = Extractor(filesystem: filesystem, rootDescriptor: rootDescriptor, restoreOwners: !noOwners && geteuid() == 0)
+        // Whatever happens, no file job outlives the command.
+        defer { extractor.fileJobs.waitForAll() }
         do {
             let root = try filesystem.inode(nid: filesystem.rootNid)
             try extractor.extractDirectory(root, descriptor: rootDescriptor, path: "/")
+            extractor.warnings += try extractor.fileJobs.finish()
         } catch let error as EROFSError {
             throw failing(error)
         } catch let error as ExtractionError {
@@ -60,11 +65,15 @@ struct Extractor {
     var linkedPaths: [UInt64: String] = [:]
     var warnings: [String] = []
     var activeDirectories: Set<UInt64> = []
+    /// Regular files' data and metadata are written by worker threads while this walk goes on.
+    let fileJobs = FileJobs(inFlight: 32)
+    let metadata: MetadataWriter
 
     init(filesystem: EROFSFilesystem, rootDescriptor: Int32, restoreOwners: Bool) {
         self.filesystem = filesystem
         self.rootDescriptor = rootDescriptor
         self.restoreOwners = restoreOwners
+        metadata = MetadataWriter(filesystem: filesystem, rootDescriptor: rootDescriptor, restoreOwners: restoreOwners)
     }
 
     /// A name from the image that is safe as one path component, or nil.
@@ -76,6 +85,10 @@ struct Extractor {
     }
 
     func failure(_ operation: String, _ path: String) -> ExtractionError {
+        Extractor.failure(operation, path)
+    }
+
+    static func failure(_ operation: String, _ path: String) -> ExtractionError {
         ExtractionError(message: "\(operation) \(path) failed: \(String(cString: strerror(errno)))")
     }
 
@@ -116,21 +129,33 @@ struct Extractor {
             try extractDirectory(inode, descriptor: descriptor, path: path)
             return
         case .file:
+            // Created here, so that the walk's order holds (hard links, directory times);
+            // filled, finished and closed by a worker.
             let descriptor = openat(parent, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
             guard descriptor >= 0 else { throw failure("create", path) }
-            defer { close(descriptor) }
-            var offset: Int64 = 0
-            var writeFailed = false
-            try filesystem.forEachChunk(of: inode) { chunk throws(EROFSError) in
-                if writeFailed { return }
-                let written = chunk.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, off_t(offset)) }
-                if written != chunk.count { writeFailed = true }
-                offset += Int64(chunk.count)
+            let (filesystem, metadata) = (self.filesystem, self.metadata)
+            do {
+                try fileJobs.submit {
+                    defer { close(descriptor) }
+                    var offset: Int64 = 0
+                    var writeFailed = false
+                    try filesystem.forEachChunk(of: inode) { chunk throws(EROFSError) in
+                        if writeFailed { return }
+                        let written = chunk.withUnsafeBytes { pwrite(descriptor, $0.baseAddress, $0.count, off_t(offset)) }
+                        if written != chunk.count { writeFailed = true }
+                        offset += Int64(chunk.count)
+                    }
+                    if writeFailed { throw Extractor.failure("write", path) }
+                    // Only a file that ends in a hole needs its size set: one syscall less per file.
+                    if UInt64(offset) != inode.size, ftruncate(descriptor, off_t(inode.size)) != 0 {
+                        throw Extractor.failure("truncate", path)
+                    }
+                    return try metadata.apply(inode, descriptor: descriptor, parent: nil, name: nil, path: path)
+                }
+            } catch {
+                close(descriptor)
+                throw error
             }
-            if writeFailed { throw failure("write", path) }
-            // Only a file that ends in a hole needs its size set: one syscall less per file.
-            if UInt64(offset) != inode.size, ftruncate(descriptor, off_t(inode.size)) != 0 { throw failure("truncate", path) }
-            try applyMetadata(inode, descriptor: descriptor, parent: parent, name: name, path: path)
             return
         case .symlink:
             let target = try filesystem.readLink(inode)
@@ -151,8 +176,21 @@ struct Extractor {
         try applyMetadata(inode, descriptor: nil, parent: parent, name: name, path: path)
     }
 
-    /// Owner, xattrs, mode (after the owner: chown clears setuid), then times.
     mutating func applyMetadata(_ inode: Inode, descriptor: Int32?, parent: Int32?, name: String?, path: String) throws {
+        warnings += try metadata.apply(inode, descriptor: descriptor, parent: parent, name: name, path: path)
+    }
+}
+
+/// Restores an object's metadata; shared by the walk and the file workers.
+struct MetadataWriter: Sendable {
+    let filesystem: EROFSFilesystem
+    let rootDescriptor: Int32
+    let restoreOwners: Bool
+
+    /// Owner, xattrs, mode (after the owner: chown clears setuid), then times.
+    /// Returns the warnings (failed chown, setxattr, chmod, utimensat) it met.
+    func apply(_ inode: Inode, descriptor: Int32?, parent: Int32?, name: String?, path: String) throws -> [String] {
+        var warnings: [String] = []
         let isSymlink = inode.kind == .symlink
         // Objects without a usable descriptor are reached through /proc/self/fd/<parent>/<name>,
         // which never follows a symlink in the last component with the l* calls.
@@ -186,5 +224,51 @@ struct Extractor {
             result = utimensat(parent ?? rootDescriptor, name ?? "", times, AT_SYMLINK_NOFOLLOW)
         }
         if result != 0 { warnings.append("utimensat \(path): \(String(cString: strerror(errno)))") }
+        return warnings
+    }
+}
+
+/// Jobs (one regular file each) on the global concurrent queue, at most `inFlight` pending, so
+/// decoding and writing files overlaps the walk and each other (one thread per core).
+final class FileJobs: Sendable {
+    private let group = DispatchGroup()
+    private let slots: DispatchSemaphore
+    private struct State {
+        var warnings: [String] = []
+        var failure: (any Error & Sendable)?
+    }
+    private let state = Mutex(State())
+
+    init(inFlight: Int) { slots = DispatchSemaphore(value: inFlight) }
+
+    /// Queues `job` (it returns warnings), waiting while `inFlight` jobs are pending; throws the
+    /// failure of an earlier job instead, so that the walk stops at the first one.
+    func submit(_ job: @escaping @Sendable () throws -> [String]) throws {
+        if let failure = state.withLock({ $0.failure }) { throw failure }
+        slots.wait()
+        group.enter()
+        DispatchQueue.global(qos: .userInitiated).async { [self] in
+            defer {
+                slots.signal()
+                group.leave()
+            }
+            do {
+                let warnings = try job()
+                if !warnings.isEmpty { state.withLock { $0.warnings += warnings } }
+            } catch {
+                let failure: any Error & Sendable = (error as? EROFSError) ?? (error as? ExtractionError) ?? ExtractionError(message: "\(error)")
+                state.withLock { if $0.failure == nil { $0.failure = failure } }
+            }
+        }
+    }
+
+    func waitForAll() { group.wait() }
+
+    /// Waits for every job; their warnings, or the first failure.
+    func finish() throws -> [String] {
+        waitForAll()
+        let (warnings, failure) = state.withLock { ($0.warnings, $0.failure) }
+        if let failure { throw failure }
+        return warnings
     }
 }
