@@ -17,8 +17,8 @@ struct ExtractCommand: ParsableCommand {
         abstract: "Extract an image into a directory: contents, modes, owners, times, xattrs, links, devices.")
 
     @Argument(help: "The EROFS image.") var image: String
-    @OptionGroup var extraDevices: ExtraDeviceOptions
     @Argument(help: "Destination directory (created if missing; must be empty).") var directory: String
+    @OptionGroup var extraDevices: ExtraDeviceOptions
     @Flag(help: "Do not restore owners (default when not root).") var noOwners = false
 
     func run() throws {

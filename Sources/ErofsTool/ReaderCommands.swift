@@ -117,8 +117,8 @@ struct ListCommand: ParsableCommand {
     @Flag(help: "JSON lines in the corpus manifest format.") var json = false
     @Flag(help: "With --json: include each regular file's SHA-256 (reads all data).") var sha256 = false
     @Argument(help: "The EROFS image.") var image: String
-    @OptionGroup var extraDevices: ExtraDeviceOptions
     @Argument(help: "Path inside the image.") var path: String = "/"
+    @OptionGroup var extraDevices: ExtraDeviceOptions
 
     func run() throws {
         do {
@@ -196,8 +196,8 @@ struct CatCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "cat", abstract: "Print a file of an image.")
 
     @Argument(help: "The EROFS image.") var image: String
-    @OptionGroup var extraDevices: ExtraDeviceOptions
     @Argument(help: "Path of a regular file inside the image.") var path: String
+    @OptionGroup var extraDevices: ExtraDeviceOptions
 
     func run() throws {
         do {
