@@ -126,6 +126,9 @@ import Glibc
         #expect(listed.standardOutput == expected)
         let inspected = try runProgram(ToolTests.erofs, ["inspect", made.image])
         #expect(inspected.standardOutput.contains("device 1: tag \"\" blocks 0 mapped_blkaddr 0 (not given)"), "\(inspected.standardOutput)")
+        let inspectedJSON = try runProgram(ToolTests.erofs, ["inspect", "--json", made.image, "--device", made.blob])
+        #expect(inspectedJSON.standardOutput.contains("\"devices\": [{\"tag\": \"\", \"blocks\": 0, \"mapped_blkaddr\": 0}]"), "\(inspectedJSON.standardOutput)")
+        #expect(inspectedJSON.standardOutput.contains("\"extra_devices\": 1"))
     }
 
     /// `erofs extract --device` and `erofs cat --device` reproduce what the reader (checked
