@@ -47,22 +47,33 @@ trap 'exit 130' INT TERM
 } > "$out/cmd"
 : > "$out/output"
 
-qemu_status=0
-timeout -k 5 "$timeout" qemu-system-x86_64 \
-    -accel tcg -cpu max -m 2G -smp 2 -nographic -no-reboot -nic none \
-    -serial "file:$log" -monitor none \
-    -kernel "$kdir/vmlinuz" -initrd "$initramfs" \
-    -append "console=ttyS0 panic=-1 quiet loglevel=4" \
-    -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
-    -virtfs "local,path=$out,mount_tag=out,security_model=none" \
-    < /dev/null &
-qemu_pid=$!
-# The command's output arrives on the 9p share while it runs: stream it. tail
-# reads what is left and exits once QEMU (its timeout wrapper) has exited.
-tail -n +1 -s 0.2 -F --pid=$qemu_pid "$out/output" 2>/dev/null &
-tail_pid=$!
-wait "$qemu_pid" || qemu_status=$?; qemu_pid=
-wait "$tail_pid" || true; tail_pid=
+# TCG now and then crashes a guest kernel while it boots (an int3 oops while patching code):
+# a boot that never reached the command is retried, up to three boots in all.
+for boot in 1 2 3; do
+    qemu_status=0
+    : > "$log"
+    timeout -k 5 "$timeout" qemu-system-x86_64 \
+        -accel tcg -cpu max -m 2G -smp 2 -nographic -no-reboot -nic none \
+        -serial "file:$log" -monitor none \
+        -kernel "$kdir/vmlinuz" -initrd "$initramfs" \
+        -append "console=ttyS0 panic=-1 quiet loglevel=4" \
+        -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
+        -virtfs "local,path=$out,mount_tag=out,security_model=none" \
+        < /dev/null &
+    qemu_pid=$!
+    # The command's output arrives on the 9p share while it runs: stream it. tail
+    # reads what is left and exits once QEMU (its timeout wrapper) has exited.
+    tail -n +1 -s 0.2 -F --pid=$qemu_pid "$out/output" 2>/dev/null &
+    tail_pid=$!
+    wait "$qemu_pid" || qemu_status=$?; qemu_pid=
+    wait "$tail_pid" || true; tail_pid=
+
+    if (( qemu_status == 0 )) && [[ ! -f $out/status ]] && ! grep -q 'running /vmout/cmd' "$log" && (( boot < 3 )); then
+        echo "run.sh: the kernel did not boot (kernel $kernel, boot $boot: $(grep -m1 -o 'Kernel panic.*\|Oops.*' "$log" || echo 'no command started')); booting again" >&2
+        continue
+    fi
+    break
+done
 
 if (( qemu_status == 124 || qemu_status == 137 )); then
     echo "run.sh: timed out after ${timeout}s (kernel $kernel); console log: $log" >&2
