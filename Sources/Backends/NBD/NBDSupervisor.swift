@@ -33,6 +33,13 @@ public enum NBDSupervisor {
             close(status)
             control.close()
         }
+
+        /// The worker's next word past a `prepared` not yet read (a standby started without
+        /// waiting for it).
+        func nextWord(timeout: Double) throws(SystemError) -> ControlMessage? {
+            let word = try control.receive(timeout: timeout)
+            return word == .prepared ? try control.receive(timeout: timeout) : word
+        }
     }
 
     public static func arguments(for settings: NBDDaemon.Settings) -> [String] {
@@ -285,7 +292,7 @@ public enum NBDSupervisor {
             do {
                 if liveReplyFile >= 0 { try candidate.control.send(.replyFile(liveReplyFile)) }
                 try candidate.control.send(.resume(liveSocket))
-                guard case .resumed(true)? = try candidate.control.receive(timeout: 10) else {
+                guard case .resumed(true)? = try candidate.nextWord(timeout: 30) else {
                     log("/dev/nbd\(index): the standby cannot resume from the journal; giving the device a new socket")
                     return false
                 }
@@ -302,7 +309,7 @@ public enum NBDSupervisor {
         /// Takes the copy of its socket a worker sends before its report (not after a resume:
         /// the socket is the one we hold).
         mutating func adoptSocket(of worker: Worker) {
-            guard case .serving(let socket)? = try? worker.control.receive(timeout: 2) else {
+            guard case .serving(let socket)? = try? worker.nextWord(timeout: 2) else {
                 log("/dev/nbd\(index): worker \(worker.process.pid) sent no copy of its socket; a crash will need a new one")
                 return
             }
@@ -319,7 +326,7 @@ public enum NBDSupervisor {
 
         mutating func replaceStandby() {
             stopStandby()
-            do { standby = try startStandby(executable: workerExecutable) } catch {
+            do { standby = try startStandby(executable: workerExecutable, waitUntilPrepared: false) } catch {
                 log("/dev/nbd\(index): no standby worker: \(error)")
                 standbyRetryAt = monotonicSeconds() + 1
             }
@@ -332,8 +339,13 @@ public enum NBDSupervisor {
             old.process.terminate(signal: SIGTERM, timeout: 2)
         }
 
-        func startStandby(executable: String) throws(SystemError) -> Worker {
+        /// Starts a standby. Only an upgrade waits for it to have opened the source (the old
+        /// worker must not stop before); otherwise its `prepared` is skipped when its word comes,
+        /// so a crash while a standby is still starting waits for that start, not for the
+        /// supervisor to finish waiting on it.
+        func startStandby(executable: String, waitUntilPrepared: Bool = true) throws(SystemError) -> Worker {
             let worker = try spawn(mode: .standby(index), executable: executable)
+            guard waitUntilPrepared else { return worker }
             guard case .prepared? = try worker.control.receive(timeout: 30) else {
                 worker.release()
                 worker.process.terminate(signal: SIGKILL, timeout: 5)
