@@ -17,6 +17,10 @@ import Testing
         #expect(try supervisor.receive(timeout: 2) == .resumed(true))
         try worker.send(.resumed(false))
         #expect(try supervisor.receive(timeout: 2) == .resumed(false))
+        for index: UInt32 in [0, 7, 0x0102_0304, .max] {
+            try supervisor.send(.device(index))
+            #expect(try worker.receive(timeout: 2) == .device(index))
+        }
     }
 
     /// Each word that carries a socket arrives with it, and without one it is refused.
@@ -35,6 +39,8 @@ import Testing
         #expect(ControlMessage(code: UInt8(ascii: "J"), descriptor: -1) == nil)
         #expect(ControlMessage(code: UInt8(ascii: "K"), descriptor: -1) == nil)
         #expect(ControlMessage(code: UInt8(ascii: "Y"), descriptor: 7) == nil)
+        #expect(ControlMessage(code: UInt8(ascii: "I"), payload: [1, 2], descriptor: -1) == nil, "a short index")
+        #expect(ControlMessage(code: UInt8(ascii: "P"), payload: [1], descriptor: -1) == nil, "bytes after a one-byte word")
     }
 
     /// The socket handed over is the same open socket: bytes written into one copy come out of
@@ -74,7 +80,7 @@ import Testing
 }
 
 @Suite struct DaemonSettingsTests {
-    @Test(arguments: [NBDDaemon.Mode.connect, .reattach(3), .standby(12)])
+    @Test(arguments: [NBDDaemon.Mode.connect, .reattach(3), .standby(12), .standby(nil)])
     func argumentsRoundTrip(mode: NBDDaemon.Mode) {
         let settings = NBDDaemon.Settings(
             source: "/images/a b.erofs", identifier: "erofs-mount-00ff", deadConnectionTimeout: 60,

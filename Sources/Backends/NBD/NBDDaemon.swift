@@ -31,19 +31,22 @@ public enum NBDDaemon {
         case connect
         /// RECONFIGURE device N, whose link is dead (`--reattach`, or a recovery without standby).
         case reattach(UInt32)
-        /// Open the source, say `prepared`, and wait for the supervisor's word for device N.
-        case standby(UInt32)
+        /// Open the source, say `prepared`, and wait for the supervisor's word for device N (nil:
+        /// a standby started with the first worker, told the device by a `device` word).
+        case standby(UInt32?)
 
         var argument: String {
             switch self {
             case .connect: "connect"
             case .reattach(let index): "reattach:\(index)"
-            case .standby(let index): "standby:\(index)"
+            case .standby(let index?): "standby:\(index)"
+            case .standby(nil): "standby"
             }
         }
 
         init?(argument: String) {
             if argument == "connect" { self = .connect; return }
+            if argument == "standby" { self = .standby(nil); return }
             let parts = argument.split(separator: ":")
             guard parts.count == 2, let index = UInt32(parts[1]) else { return nil }
             switch parts[0] {
@@ -154,15 +157,23 @@ public enum NBDDaemon {
         case .reattach(let device):
             socket = try reconnect(device: device, settings: settings)
             (index, method) = (device, .netlink)
-        case .standby(let device):
+        case .standby(let known):
             guard let control else {
-                throw SystemError("standby for /dev/nbd\(device)", detail: "no control channel on descriptor \(controlDescriptor)")
+                throw SystemError("standby", detail: "no control channel on descriptor \(controlDescriptor)")
             }
             // Everything that can be done before the word comes is done now: the family
             // resolved, the code paged in. Taking over is then one RECONFIGURE.
             let netlink = try NBDNetlink.open()
             try control.send(.prepared)
             var word = try control.receive()
+            var told: UInt32?
+            if case .device(let index)? = word {
+                told = index
+                word = try control.receive()
+            }
+            guard let device = known ?? told else {
+                throw SystemError("standby", detail: "the supervisor never said which device (\(String(describing: word)))")
+            }
             if case .replyFile(let file)? = word {
                 replyFile = file
                 word = try control.receive()

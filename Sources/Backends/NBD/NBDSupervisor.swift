@@ -89,36 +89,47 @@ public enum NBDSupervisor {
         }
 
         mutating func run() -> Int32 {
+            // The first standby starts with the first worker and learns the device from us: a
+            // crash soon after the mount then finds it ready, not still starting.
+            standby = try? spawn(mode: .standby(nil), executable: workerExecutable)
             // The first worker's report goes, as is, to whoever started us.
             let first: Worker
             let report: DaemonReport
             do {
                 (first, report) = try start(mode: settings.mode)
             } catch {
+                stopStandby()
                 DaemonReport.failed("\(error)").send(to: NBDDaemon.statusDescriptor)
                 return NBDDaemon.Exit.failed.rawValue
             }
-            let delivered = report.send(to: NBDDaemon.statusDescriptor)
             guard case .ready(let device, let method, _) = report else {
+                stopStandby()
+                report.send(to: NBDDaemon.statusDescriptor)
                 first.release()
                 _ = first.process.waitForExit(timeout: 10)
                 return NBDDaemon.Exit.failed.rawValue
             }
             active = first
             index = UInt32(device)
+            recovers = method == .netlink
+            if recovers, let early = standby, (try? early.control.send(.device(index))) == nil {
+                stopStandby()
+            }
+            if !recovers { stopStandby() }
             adoptSocket(of: first)
+            let delivered = report.send(to: NBDDaemon.statusDescriptor)
             guard delivered else {
                 // Whoever started us died before learning of the device: release it.
                 log("/dev/nbd\(index): nobody took the report; releasing the device")
                 stopping = true
+                stopStandby()
                 NBDDaemon.releaseUnclaimed(index: index, method: method, ioctl: nil)
                 _ = first.process.waitForExit(timeout: 30)
                 first.release()
                 return NBDDaemon.Exit.failed.rawValue
             }
             log("supervising /dev/nbd\(index) (\(method.rawValue)), worker \(first.process.pid)")
-            recovers = method == .netlink
-            if recovers { replaceStandby() }
+            if recovers && standby == nil { replaceStandby() }
 
             while true {
                 var info = siginfo_t()

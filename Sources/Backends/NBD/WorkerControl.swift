@@ -5,11 +5,14 @@ import CShim
 import SystemCalls
 
 /// The channel between the supervisor and one serving worker: a SOCK_SEQPACKET socketpair, one
-/// byte per message, with a descriptor attached where the message carries a socket. Messages
-/// are few and tiny, so the supervisor stays a handful of syscalls.
+/// byte per message (five for `device`), with a descriptor attached where the message carries
+/// one. Messages are few and tiny, so the supervisor stays a handful of syscalls.
 public enum ControlMessage: Equatable, Sendable {
     /// Worker → supervisor: the standby has opened the source and waits for a device.
     case prepared
+    /// Supervisor → a standby started before the device was known (with the first worker):
+    /// the device's index.
+    case device(UInt32)
     /// Supervisor → standby: serve this socket, the kernel's live connection handed over by the
     /// previous worker (hot upgrade; the kernel never sees a change).
     case serveSocket(Int32)
@@ -35,6 +38,7 @@ public enum ControlMessage: Equatable, Sendable {
     var code: UInt8 {
         switch self {
         case .prepared: UInt8(ascii: "P")
+        case .device: UInt8(ascii: "I")
         case .serveSocket: UInt8(ascii: "S")
         case .reconnect: UInt8(ascii: "R")
         case .handOff: UInt8(ascii: "H")
@@ -48,11 +52,23 @@ public enum ControlMessage: Equatable, Sendable {
     var descriptor: Int32 {
         switch self {
         case .serveSocket(let fd), .handOff(let fd), .serving(let fd), .resume(let fd), .replyFile(let fd): fd
-        case .prepared, .reconnect, .resumed: -1
+        case .prepared, .reconnect, .resumed, .device: -1
         }
     }
 
-    init?(code: UInt8, descriptor: Int32) {
+    /// Bytes after the code: the index of `device`, little-endian.
+    var payload: [UInt8] {
+        guard case .device(let index) = self else { return [] }
+        return withUnsafeBytes(of: index.littleEndian) { Array($0) }
+    }
+
+    init?(code: UInt8, payload: ArraySlice<UInt8> = [], descriptor: Int32) {
+        if code == UInt8(ascii: "I") {
+            guard payload.count == 4, descriptor < 0 else { return nil }
+            self = .device(payload.reversed().reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
+            return
+        }
+        guard payload.isEmpty else { return nil }
         switch (code, descriptor >= 0) {
         case (UInt8(ascii: "P"), false): self = .prepared
         case (UInt8(ascii: "R"), false): self = .reconnect
@@ -83,11 +99,11 @@ public struct ControlChannel: Sendable {
     }
 
     public func send(_ message: ControlMessage) throws(SystemError) {
-        var code = message.code
+        let bytes = [message.code] + message.payload
         let sent = try retryingOnInterrupt("send on the worker control channel") {
-            cshim_send_fd(descriptor, &code, 1, message.descriptor)
+            bytes.withUnsafeBytes { cshim_send_fd(descriptor, $0.baseAddress, $0.count, message.descriptor) }
         }
-        guard sent == 1 else { throw SystemError("send on the worker control channel", detail: "short send") }
+        guard sent == bytes.count else { throw SystemError("send on the worker control channel", detail: "short send") }
     }
 
     /// The next message, waiting at most `timeout` seconds (nil: forever). Returns nil when the
@@ -102,19 +118,19 @@ public struct ControlChannel: Sendable {
                 throw SystemError("wait on the worker control channel", detail: "no message within \(timeout) s")
             }
         }
-        var code: UInt8 = 0
+        var bytes = [UInt8](repeating: 0, count: 8)
         var received: Int32 = -1
         let got = try retryingOnInterrupt("receive on the worker control channel") {
-            cshim_recv_fd(descriptor, &code, 1, &received)
+            bytes.withUnsafeMutableBytes { cshim_recv_fd(descriptor, $0.baseAddress, $0.count, &received) }
         }
         if received >= 0 { _ = fcntl(received, F_SETFD, FD_CLOEXEC) }
-        guard got == 1 else {
+        guard got >= 1 else {
             if received >= 0 { Glibc.close(received) }
             return nil
         }
-        guard let message = ControlMessage(code: code, descriptor: received) else {
+        guard let message = ControlMessage(code: bytes[0], payload: bytes[1..<got], descriptor: received) else {
             if received >= 0 { Glibc.close(received) }
-            throw SystemError("receive on the worker control channel", detail: "unexpected message \(code)")
+            throw SystemError("receive on the worker control channel", detail: "unexpected message \(bytes[..<got])")
         }
         return message
     }
