@@ -15,7 +15,9 @@
 # settings to write on the nbd device after the mount, to try what the daemon could set: e.g.
 # "scheduler=none read_ahead_kb=128"), EROFS_BENCH_WARMUP=0 (skip the untimed first pass),
 # EROFS_BASELINE_BIN_DIR (another build's mount.erofs, measured as a third method "nbd-base",
-# for an A/B of a daemon change).
+# for an A/B of a daemon change), EROFS_BENCH_IN_MEMORY=1 (copy the images into the guest's
+# tmpfs first: both devices then read memory, not the 9p share, which isolates the cost of
+# the nbd round trip from that of 9p).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${EROFS_BIN_DIR:-$REPO/.build/release}
@@ -26,6 +28,12 @@ work=$(mktemp -d /tmp/bench.XXXXXX)
 mnt=$work/mnt
 mkdir -p "$mnt"
 for kind in $WORKLOADS; do [[ -s $DIR/$kind.erofs ]] || { echo "missing $DIR/$kind.erofs: run tests/vm/make-bench-images.sh on the host" >&2; exit 1; }; done
+if [[ ${EROFS_BENCH_IN_MEMORY:-0} == 1 ]]; then
+    mkdir -p "$work/images"
+    for kind in $WORKLOADS; do cp "$DIR/$kind.erofs" "$work/images/"; done
+    DIR=$work/images
+    echo "images copied into the guest's tmpfs ($DIR)"
+fi
 [[ -x $BIN/mount.erofs ]] || { echo "missing $BIN/mount.erofs" >&2; exit 1; }
 
 device_of() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); print $(i + 2) }' /proc/self/mountinfo | tail -n 1; }
