@@ -97,6 +97,7 @@ public enum MountTool {
             var deadTimeout: UInt64 = 60
             var automaticRecovery = true
             var requeueMilliseconds: UInt32 = 250
+            var pollMicroseconds = NBDDaemon.Settings.defaultPollMicroseconds
             for (name, value) in line.options.backendOptions {
                 switch (name, value) {
                 case ("nbd.ioctl", nil): forceIoctl = true
@@ -105,9 +106,11 @@ public enum MountTool {
                 case ("nbd.recovery", "manual"): automaticRecovery = false
                 case ("nbd.requeue_ms", let text?) where UInt32(text).map({ (1...600_000).contains($0) }) == true:
                     requeueMilliseconds = UInt32(text)!
+                case ("nbd.poll_us", let text?) where UInt32(text).map({ $0 <= 10_000 }) == true:
+                    pollMicroseconds = UInt32(text)!
                 default:
                     if name.hasPrefix("nbd.") {
-                        throw UsageError("unknown or malformed nbd option `\(name)\(value.map { "=" + $0 } ?? "")` (nbd.ioctl, nbd.dead_timeout=SECONDS, nbd.recovery=auto|manual, nbd.requeue_ms=1-600000)")
+                        throw UsageError("unknown or malformed nbd option `\(name)\(value.map { "=" + $0 } ?? "")` (nbd.ioctl, nbd.dead_timeout=SECONDS, nbd.recovery=auto|manual, nbd.requeue_ms=1-600000, nbd.poll_us=0-10000)")
                     }
                     throw UsageError("`\(name)` sources are not supported yet")
                 }
@@ -115,7 +118,8 @@ public enum MountTool {
             let request = NBDBackend.Request(
                 source: source, mountPoint: target, flags: line.options.flags.rawValue,
                 data: line.options.kernelDataString, forceIoctl: forceIoctl, deadConnectionTimeout: deadTimeout,
-                automaticRecovery: automaticRecovery, requeueMilliseconds: requeueMilliseconds, fake: line.fake)
+                automaticRecovery: automaticRecovery, requeueMilliseconds: requeueMilliseconds,
+                pollMicroseconds: pollMicroseconds, fake: line.fake)
             if let state = try NBDBackend(logger: logger).mount(request) {
                 logger.info("mounted \(source) on \(target) through \(state.devicePath) (\(state.attachMethod.rawValue), daemon \(state.daemonPID))")
             } else {
@@ -239,6 +243,9 @@ public enum MountTool {
                                had read is resent to the new one when it expires (the
                                kernel adds up to ~1 s of slack). It never fails a slow
                                request.
+          nbd.poll_us=N        (-t erofs.nbd) how long the daemon polls for the next
+                               request before it sleeps, while requests come that soon
+                               (default 1000, 0-10000; 0: never): CPU for less latency
           anything else        passed to the kernel's EROFS (device=, domain_id=, fsid=,
                                dax, user_xattr, acl, cache_strategy=, ...)
 

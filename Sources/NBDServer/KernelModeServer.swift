@@ -21,15 +21,19 @@ public final class KernelModeServer: Sendable {
     private let journal: RequestJournal?
     private let recovery: RequestJournal.Recovery?
     private let replyFile: Int32
+    private let pollMicroseconds: UInt32
 
     /// With a `journal`, everything taken off the socket is recorded there so that a successor
     /// can go on serving the same socket if this process dies; `resuming` is what a dead
     /// predecessor left (`journal.recover(...)`), nil to start afresh. `replyFile`, an open
     /// file description of the image shared with the successor, lets big replies go by
     /// sendfile (its position records their progress); without one they are copied.
+    /// `pollMicroseconds`: how long to poll the socket without sleeping for the next request
+    /// (see `MessageReader`).
     public init(
         socket: FileDescriptor, source: any RandomAccessSource, logger: Logger, workers: Int = 4,
-        journal: RequestJournal? = nil, resuming recovery: RequestJournal.Recovery? = nil, replyFile: Int32 = -1
+        journal: RequestJournal? = nil, resuming recovery: RequestJournal.Recovery? = nil, replyFile: Int32 = -1,
+        pollMicroseconds: UInt32 = 0
     ) throws(SystemError) {
         self.socket = socket
         self.source = source
@@ -38,6 +42,7 @@ public final class KernelModeServer: Sendable {
         self.journal = journal
         self.recovery = recovery
         self.replyFile = replyFile
+        self.pollMicroseconds = pollMicroseconds
         stopSignal = try StopSignal()
         if let journal, recovery == nil { journal.reset() }
     }
@@ -48,6 +53,7 @@ public final class KernelModeServer: Sendable {
         } else {
             MessageReader(socket: socket.rawValue, stop: stopSignal)
         }
+        reader.pollMicroseconds = UInt64(pollMicroseconds)
         let loop = TransmissionLoop(
             reader: reader, source: source, structuredReplies: false,
             configuration: .init(workers: workers), logger: logger, recovery: recovery, replyFile: replyFile)

@@ -136,6 +136,21 @@ final class MessageReader {
     /// kept (moved to the front of the buffer, or into the journal's other buffer).
     private func fill(cleanStopAllowed: Bool, what: String) throws(SystemError) -> Result {
         var stopSeen = stop?.isRaised ?? false
+        // Poll without sleeping first: the next request often comes a moment after a reply,
+        // and a sleep in poll(2) costs a wake-up (dear under emulation). Only while requests
+        // keep coming that soon: after a longer gap the next wait sleeps at once, so an idle
+        // or slow client costs no CPU.
+        let waitStarted = pollMicroseconds > 0 ? Self.microsecondsNow() : 0
+        if pollMicroseconds > 0, requestsComeSoon, !stopSeen {
+            let deadline = waitStarted + pollMicroseconds
+            repeat {
+                let got = receive()
+                if got > 0 { end += got; return .message }
+                if got == 0 { return .endOfStream }
+                guard errno == EAGAIN || errno == EINTR else { break }
+            } while Self.microsecondsNow() < deadline
+        }
+        defer { if pollMicroseconds > 0 { requestsComeSoon = Self.microsecondsNow() - waitStarted <= pollMicroseconds } }
         while true {
             if stopSeen && cleanStopAllowed { return .stopped }
             var fds = [pollfd(fd: socket, events: Int16(POLLIN), revents: 0)]
@@ -163,6 +178,17 @@ final class MessageReader {
         }
     }
 
+    /// How long `fill` tries the socket without sleeping before it waits in poll(2).
+    var pollMicroseconds: UInt64 = 0
+    /// Whether the last wait ended within `pollMicroseconds`: only then does the next one poll.
+    private var requestsComeSoon = true
+
+    static func microsecondsNow() -> UInt64 {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000
+    }
+
     /// One read after the kept bytes `start..<end`, which end up at the buffer's front.
     private func receive() -> Int {
         let kept = end - start
@@ -177,7 +203,7 @@ final class MessageReader {
         }
         if start > 0, kept > 0, let base = buffer.baseAddress { memmove(base, base + start, kept) }
         (start, end, bufferPosition) = (0, kept, keptPosition)
-        return Glibc.read(socket, buffer.baseAddress! + kept, buffer.count - kept)
+        return recv(socket, buffer.baseAddress! + kept, buffer.count - kept, Int32(MSG_DONTWAIT))
     }
 }
 

@@ -84,9 +84,16 @@ import Testing
     func argumentsRoundTrip(mode: NBDDaemon.Mode) {
         let settings = NBDDaemon.Settings(
             source: "/images/a b.erofs", identifier: "erofs-mount-00ff", deadConnectionTimeout: 60,
-            forceIoctl: false, mode: mode, requeueMilliseconds: 250)
+            forceIoctl: false, mode: mode, requeueMilliseconds: 250, pollMicroseconds: 75)
         #expect(NBDDaemon.Settings(arguments: settings.arguments) == settings)
         #expect(NBDSupervisor.arguments(for: settings).first == NBDSupervisor.flag)
+    }
+
+    /// A supervisor of the build before the poll setting passes 7 arguments to the workers of a
+    /// hot upgrade: they take the default.
+    @Test func sevenArgumentsOfAnOlderSupervisorStillWork() throws {
+        let settings = try #require(NBDDaemon.Settings(arguments: ["--serve-nbd-device", "/a", "id", "60", "netlink", "standby:3", "250"]))
+        #expect(settings.mode == .standby(3) && settings.pollMicroseconds == NBDDaemon.Settings.defaultPollMicroseconds)
     }
 
     @Test(arguments: [
@@ -95,6 +102,8 @@ import Testing
         ["--serve-nbd-device", "/a", "id", "sixty", "netlink", "connect", "250"],
         ["--serve-nbd-device", "/a", "id", "60", "carrier-pigeon", "connect", "250"],
         ["--serve-nbd-device", "/a", "id", "60", "netlink", "connect"],
+        ["--serve-nbd-device", "/a", "id", "60", "netlink", "connect", "250", "soon"],
+        ["--serve-nbd-device", "/a", "id", "60", "netlink", "connect", "250", "200", "extra"],
     ])
     func malformedArgumentsAreRefused(arguments: [String]) {
         #expect(NBDDaemon.Settings(arguments: arguments) == nil)

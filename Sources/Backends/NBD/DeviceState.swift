@@ -40,6 +40,8 @@ public struct DeviceState: Codable, Sendable, Equatable {
     public var supervised: Bool?
     /// The block layer's request timer on the device, in ms (see `NBDDaemon.Settings`).
     public var requeueMilliseconds: UInt32?
+    /// The workers' poll before sleeping (`-o nbd.poll_us`), kept for `--reattach`.
+    public var pollMicroseconds: UInt32?
     public var recoveries: Int?
     public var lastRecoveryMilliseconds: Int?
     public var upgrades: Int?
@@ -52,12 +54,13 @@ public struct DeviceState: Codable, Sendable, Equatable {
         index: Int, source: String, sizeBytes: UInt64, blockSize: UInt32, backendIdentifier: String,
         attachMethod: AttachMethod, deadConnectionTimeout: UInt64, daemonPID: Int32, daemonStartTime: UInt64,
         servingPID: Int32? = nil, servingStartTime: UInt64? = nil, supervised: Bool? = nil,
-        requeueMilliseconds: UInt32? = nil, mountPoint: String?, mountOptions: String, createdAt: Date = Date()
+        requeueMilliseconds: UInt32? = nil, pollMicroseconds: UInt32? = nil, mountPoint: String?, mountOptions: String, createdAt: Date = Date()
     ) {
         self.servingPID = servingPID
         self.servingStartTime = servingStartTime
         self.supervised = supervised
         self.requeueMilliseconds = requeueMilliseconds
+        self.pollMicroseconds = pollMicroseconds
         self.index = index
         self.source = source
         self.sizeBytes = sizeBytes

@@ -20,11 +20,12 @@ public struct NBDBackend: Sendable {
         /// A supervisor replaces a worker that dies (netlink only); off, `--reattach` does it.
         public var automaticRecovery: Bool
         public var requeueMilliseconds: UInt32
+        public var pollMicroseconds: UInt32
         public var fake: Bool
 
         public init(source: String, mountPoint: String, flags: UInt, data: String, forceIoctl: Bool,
                     deadConnectionTimeout: UInt64, automaticRecovery: Bool = true, requeueMilliseconds: UInt32 = 250,
-                    fake: Bool) {
+                    pollMicroseconds: UInt32 = NBDDaemon.Settings.defaultPollMicroseconds, fake: Bool) {
             self.source = source
             self.mountPoint = mountPoint
             self.flags = flags
@@ -33,6 +34,7 @@ public struct NBDBackend: Sendable {
             self.deadConnectionTimeout = deadConnectionTimeout
             self.automaticRecovery = automaticRecovery
             self.requeueMilliseconds = requeueMilliseconds
+            self.pollMicroseconds = pollMicroseconds
             self.fake = fake
         }
     }
@@ -54,7 +56,8 @@ public struct NBDBackend: Sendable {
         let identifier = "erofs-mount-" + randomHex(bytes: 8)
         let settings = NBDDaemon.Settings(
             source: source, identifier: identifier, deadConnectionTimeout: request.deadConnectionTimeout,
-            forceIoctl: request.forceIoctl, requeueMilliseconds: request.requeueMilliseconds)
+            forceIoctl: request.forceIoctl, requeueMilliseconds: request.requeueMilliseconds,
+            pollMicroseconds: request.pollMicroseconds)
         let supervised = request.automaticRecovery && !request.forceIoctl
         let started = try DaemonLauncher(store: store).start(settings, supervised: supervised)
 
@@ -65,6 +68,7 @@ public struct NBDBackend: Sendable {
             daemonPID: started.daemon.pid, daemonStartTime: started.daemon.startTime,
             servingPID: started.serving?.pid, servingStartTime: started.serving?.startTime,
             supervised: supervised && started.method == .netlink, requeueMilliseconds: request.requeueMilliseconds,
+            pollMicroseconds: request.pollMicroseconds,
             mountPoint: canonicalPath(request.mountPoint), mountOptions: request.data)
         do {
             try store.save(state)

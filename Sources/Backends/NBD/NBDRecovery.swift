@@ -63,7 +63,8 @@ public struct NBDRecovery: Sendable {
         }
         let settings = NBDDaemon.Settings(
             source: state.source, identifier: state.backendIdentifier, deadConnectionTimeout: state.deadConnectionTimeout,
-            forceIoctl: false, mode: .reattach(UInt32(state.index)), requeueMilliseconds: state.requeueMilliseconds ?? 250)
+            forceIoctl: false, mode: .reattach(UInt32(state.index)), requeueMilliseconds: state.requeueMilliseconds ?? 250,
+            pollMicroseconds: state.pollMicroseconds ?? NBDDaemon.Settings.defaultPollMicroseconds)
         let started = try DaemonLauncher(store: store).start(settings, supervised: state.supervised == true)
         state.daemonPID = started.daemon.pid
         state.daemonStartTime = started.daemon.startTime
