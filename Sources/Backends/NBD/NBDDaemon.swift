@@ -222,15 +222,15 @@ public enum NBDDaemon {
             }
             (index, method) = (device, .netlink)
         }
-        if let control, recovery == nil, method == .netlink {
+        // Only a supervisor that gave us a journal knows these words (an older one, upgrading
+        // to us, does not).
+        if let control, journal != nil, recovery == nil, method == .netlink {
             // The supervisor's copy keeps the kernel's link up if we die (it has one already
             // of a socket it handed us; another copy is harmless). A supervisor gone by now
             // also misses the report below, which releases the device.
             try? control.send(.serving(socket))
-            if journal != nil {
-                replyFile = open(settings.source, O_RDONLY | O_CLOEXEC)
-                try? control.send(.replyFile(replyFile))
-            }
+            replyFile = open(settings.source, O_RDONLY | O_CLOEXEC)
+            try? control.send(.replyFile(replyFile))
         }
         logger.info("serving \(settings.source) on /dev/nbd\(index) over \(method.rawValue) (\(settings.mode.argument))")
         guard DaemonReport.ready(index: Int(index), method: method, pid: getpid()).send(to: statusDescriptor) else {

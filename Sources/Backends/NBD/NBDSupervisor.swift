@@ -320,13 +320,14 @@ public enum NBDSupervisor {
         /// Takes the copy of its socket a worker sends before its report (not after a resume:
         /// the socket is the one we hold).
         mutating func adoptSocket(of worker: Worker) {
+            guard journal != nil else { return }  // workers without a journal send no copy
             guard case .serving(let socket)? = try? worker.nextWord(timeout: 2) else {
                 log("/dev/nbd\(index): worker \(worker.process.pid) sent no copy of its socket; a crash will need a new one")
                 return
             }
             dropLiveSocket()
             liveSocket = socket
-            if journal != nil, case .replyFile(let file)? = try? worker.control.receive(timeout: 2) { liveReplyFile = file }
+            if case .replyFile(let file)? = try? worker.control.receive(timeout: 2) { liveReplyFile = file }
         }
 
         mutating func dropLiveSocket() {
