@@ -76,6 +76,21 @@ final class KernelSideClient: @unchecked Sendable {
         guard let header = receive(SimpleReply.size) else { return nil }
         return try SimpleReply(decoding: header)
     }
+
+    /// `count` successful READ replies of `length` bytes, each checked against `image` at
+    /// `offsetOf(cookie)` and none twice; returns their cookies.
+    func expectReplies(_ count: Int, image: [UInt8], length: Int, offsetOf: (UInt64) -> Int) throws -> Set<UInt64> {
+        var seen: Set<UInt64> = []
+        for _ in 0..<count {
+            let reply = try #require(try receiveReply(), "a reply did not arrive")
+            #expect(reply.error == .none)
+            #expect(seen.insert(reply.cookie).inserted, "cookie \(reply.cookie) answered twice")
+            let offset = offsetOf(reply.cookie)
+            let data = try #require(receive(length))
+            #expect(data[...] == image[offset..<(offset + length)])
+        }
+        return seen
+    }
 }
 
 /// A kernel-mode server on one end of a socketpair, run on its own thread.

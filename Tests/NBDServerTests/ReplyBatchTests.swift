@@ -23,19 +23,6 @@ import Testing
         setsockopt(client.fd, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
     }
 
-    private func expectReplies(_ count: Int, from client: KernelSideClient, image: [UInt8], length: Int, offsetOf: (UInt64) -> Int) throws -> Set<UInt64> {
-        var seen: Set<UInt64> = []
-        for _ in 0..<count {
-            let reply = try #require(try client.receiveReply(), "a reply did not arrive")
-            #expect(reply.error == .none)
-            #expect(seen.insert(reply.cookie).inserted, "cookie \(reply.cookie) answered twice")
-            let offset = offsetOf(reply.cookie)
-            let data = try #require(client.receive(length))
-            #expect(data[...] == image[offset..<(offset + length)])
-        }
-        return seen
-    }
-
     @Test func repliesDoNotWaitBehindAHalfReceivedRequest() throws {
         let (source, image) = try cachedImage()
         let harness = try KernelModeHarness(source: source)
@@ -49,9 +36,9 @@ import Testing
         // Forty whole requests and the first 10 bytes of the next: the forty are answered
         // while the server waits for the rest of the 41st.
         harness.client.send(burst + last[..<10])
-        #expect(try expectReplies(40, from: harness.client, image: image, length: 4096, offsetOf: offsetOf) == Set(1...40))
+        #expect(try harness.client.expectReplies(40, image: image, length: 4096, offsetOf: offsetOf) == Set(1...40))
         harness.client.send(Array(last[10...]))
-        #expect(try expectReplies(1, from: harness.client, image: image, length: 4096, offsetOf: offsetOf) == [41])
+        #expect(try harness.client.expectReplies(1, image: image, length: 4096, offsetOf: offsetOf) == [41])
         harness.server.stop()
         #expect(try harness.end()?.get() == .stopped)
     }
@@ -67,9 +54,9 @@ import Testing
         }
         harness.client.send(burst)
         // One reply arrived: the server has read the burst (one write, one read). Stop now.
-        var seen = try expectReplies(1, from: harness.client, image: image, length: 8192, offsetOf: offsetOf)
+        var seen = try harness.client.expectReplies(1, image: image, length: 8192, offsetOf: offsetOf)
         harness.server.stop()
-        seen.formUnion(try expectReplies(59, from: harness.client, image: image, length: 8192, offsetOf: offsetOf))
+        seen.formUnion(try harness.client.expectReplies(59, image: image, length: 8192, offsetOf: offsetOf))
         #expect(seen == Set(1...60))
         #expect(try harness.end()?.get() == .stopped)
         // Nothing more was sent, and a later request stays on the socket.

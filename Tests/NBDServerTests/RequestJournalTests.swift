@@ -62,18 +62,9 @@ import Testing
             return done
         }
 
-        /// Reads `count` simple replies with their data; fails on anything unexpected.
-        func receiveReplies(_ count: Int) throws -> [UInt64: [UInt8]] {
-            var replies: [UInt64: [UInt8]] = [:]
-            for _ in 0..<count {
-                let reply = try #require(try client.receiveReply())
-                #expect(reply.error == .none)
-                #expect(replies[reply.cookie] == nil, "cookie \(reply.cookie) answered twice")
-                let data = client.receive(Int(RequestJournalTests.length))
-                #expect(data != nil, "the stream ended in the data of cookie \(reply.cookie)")
-                replies[reply.cookie] = data ?? []
-            }
-            return replies
+        /// Reads `count` replies, each checked against the source's bytes for its cookie.
+        func receiveReplies(_ count: Int) throws -> Set<UInt64> {
+            try client.expectReplies(count, image: source.bytes, length: Int(RequestJournalTests.length)) { Int($0) * 8192 }
         }
     }
 
@@ -115,13 +106,10 @@ import Testing
         #expect(recovery.end - recovery.start == 2 * Request.size + 10, "two requests and a piece of one left unparsed")
 
         // The kernel's side: the first reply, then the stream goes on whole.
-        let first = try connection.receiveReplies(1)
-        #expect(first[1] == connection.data(for: 1))
+        #expect(try connection.receiveReplies(1) == [1])
         let done = try connection.resume(journal: successor, recovery: recovery)
         connection.client.send(Array(sixth[10...]))
-        let rest = try connection.receiveReplies(5)
-        #expect(Set(rest.keys) == [2, 3, 4, 5, 6])
-        for (cookie, data) in rest { #expect(data == connection.data(for: cookie), "cookie \(cookie)") }
+        #expect(try connection.receiveReplies(5) == [2, 3, 4, 5, 6])
 
         connection.client.send(Request(type: .disconnect, cookie: 99, offset: 0, length: 0))
         #expect(done.wait(timeout: .now() + 10) == .success)
@@ -151,8 +139,7 @@ import Testing
         #expect(recovery.unfinishedSend == nil)
         #expect(recovery.unanswered.map(\.request.cookie) == [2])
         let done = try connection.resume(journal: successor, recovery: recovery)
-        let replies = try connection.receiveReplies(2)
-        #expect(replies[1] == connection.data(for: 1) && replies[2] == connection.data(for: 2))
+        #expect(try connection.receiveReplies(2) == [1, 2])
         connection.client.send(Request(type: .disconnect, cookie: 99, offset: 0, length: 0))
         #expect(done.wait(timeout: .now() + 10) == .success)
     }
@@ -198,8 +185,7 @@ import Testing
         #expect(throws: SystemError.self) { try RequestJournal(descriptor: dup(journal.descriptor)).recover(replyFilePosition: 7) }
 
         let done = try connection.resume(journal: successor, recovery: recovery)
-        let replies = try connection.receiveReplies(1)
-        #expect(replies[1] == connection.data(for: 1))
+        #expect(try connection.receiveReplies(1) == [1])
         connection.client.send(Request(type: .disconnect, cookie: 99, offset: 0, length: 0))
         #expect(done.wait(timeout: .now() + 10) == .success)
     }
