@@ -208,16 +208,11 @@ public final class RequestJournal: @unchecked Sendable {
 
     /// One sendmsg of the send begun with `beginSend`, counted by the kernel in the journal.
     func send(on socket: Int32, _ vectors: UnsafeMutablePointer<iovec>, count: Int, flags: Int32 = 0) -> Int {
-        let current = Int(load32(Self.currentSendOffset) & 1)
+        var current = Int(load32(Self.currentSendOffset) & 1)
         let moved = cshim_recorded_count(sendTransfer(current))
         if moved >= 0 {
             // A continuation: the other record starts where this one ended.
-            let next = 1 - current
-            let before = load64(Self.sendRecordsOffset + current * Self.recordSize)
-            store64(Self.sendRecordsOffset + next * Self.recordSize, before + UInt64(moved))
-            cshim_recorded_reset(sendTransfer(next))
-            cshim_store_release_u32(memory + Self.currentSendOffset, UInt32(next))
-            return cshim_recorded_send(socket, sendTransfer(next), vectors, count, Int32(MSG_NOSIGNAL) | flags)
+            current = switchSendRecord(sentBefore: load64(Self.sendRecordsOffset + current * Self.recordSize) + UInt64(moved))
         }
         return cshim_recorded_send(socket, sendTransfer(current), vectors, count, Int32(MSG_NOSIGNAL) | flags)
     }
@@ -364,11 +359,18 @@ public final class RequestJournal: @unchecked Sendable {
     func resumeSend(sent: Int) {
         // What is left goes from memory, so no file part remains.
         store64(Self.sendFileLengthOffset, 0)
-        let current = Int(load32(Self.currentSendOffset) & 1)
-        let next = 1 - current
-        store64(Self.sendRecordsOffset + next * Self.recordSize, UInt64(sent))
+        switchSendRecord(sentBefore: UInt64(sent))
+    }
+
+    /// Makes the other send record current, counting from `sentBefore` bytes of the send; the
+    /// flip is one release store, so a crash sees either record whole. Returns its index.
+    @discardableResult
+    private func switchSendRecord(sentBefore: UInt64) -> Int {
+        let next = 1 - Int(load32(Self.currentSendOffset) & 1)
+        store64(Self.sendRecordsOffset + next * Self.recordSize, sentBefore)
         cshim_recorded_reset(sendTransfer(next))
         cshim_store_release_u32(memory + Self.currentSendOffset, UInt32(next))
+        return next
     }
 
     // MARK: Raw fields
