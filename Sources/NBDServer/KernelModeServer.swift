@@ -53,7 +53,7 @@ public final class KernelModeServer: Sendable {
         } else {
             MessageReader(socket: socket.rawValue, stop: stopSignal)
         }
-        reader.pollMicroseconds = UInt64(pollMicroseconds)
+        reader.pollPolicy = PollPolicy(window: UInt64(pollMicroseconds))
         let loop = TransmissionLoop(
             reader: reader, source: source, structuredReplies: false,
             configuration: .init(workers: workers), logger: logger, recovery: recovery, replyFile: replyFile)

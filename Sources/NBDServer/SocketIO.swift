@@ -136,13 +136,11 @@ final class MessageReader {
     /// kept (moved to the front of the buffer, or into the journal's other buffer).
     private func fill(cleanStopAllowed: Bool, what: String) throws(SystemError) -> Result {
         var stopSeen = stop?.isRaised ?? false
-        // Poll without sleeping first: the next request often comes a moment after a reply,
-        // and a sleep in poll(2) costs a wake-up (dear under emulation). Only while requests
-        // keep coming that soon: after a longer gap the next wait sleeps at once, so an idle
-        // or slow client costs no CPU.
-        let waitStarted = pollMicroseconds > 0 ? Self.microsecondsNow() : 0
-        if pollMicroseconds > 0, requestsComeSoon, !stopSeen {
-            let deadline = waitStarted + pollMicroseconds
+        // Try the socket without sleeping first while requests come that soon (PollPolicy).
+        let waitStarted = pollPolicy.window > 0 ? Self.microsecondsNow() : 0
+        defer { if pollPolicy.window > 0 { pollPolicy.record(waited: Self.microsecondsNow() - waitStarted) } }
+        if pollPolicy.spins, !stopSeen {
+            let deadline = waitStarted + pollPolicy.window
             repeat {
                 let got = receive()
                 if got > 0 { end += got; return .message }
@@ -150,7 +148,6 @@ final class MessageReader {
                 guard errno == EAGAIN || errno == EINTR else { break }
             } while Self.microsecondsNow() < deadline
         }
-        defer { if pollMicroseconds > 0 { requestsComeSoon = Self.microsecondsNow() - waitStarted <= pollMicroseconds } }
         while true {
             if stopSeen && cleanStopAllowed { return .stopped }
             var fds = [pollfd(fd: socket, events: Int16(POLLIN), revents: 0)]
@@ -178,10 +175,8 @@ final class MessageReader {
         }
     }
 
-    /// How long `fill` tries the socket without sleeping before it waits in poll(2).
-    var pollMicroseconds: UInt64 = 0
-    /// Whether the last wait ended within `pollMicroseconds`: only then does the next one poll.
-    private var requestsComeSoon = true
+    /// Whether and how long `fill` tries the socket without sleeping before it waits in poll(2).
+    var pollPolicy = PollPolicy(window: 0)
 
     static func microsecondsNow() -> UInt64 {
         var now = timespec()
