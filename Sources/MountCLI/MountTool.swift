@@ -244,8 +244,8 @@ public enum MountTool {
                                kernel adds up to ~1 s of slack). It never fails a slow
                                request.
           nbd.poll_us=N        (-t erofs.nbd) how long the daemon polls for the next
-                               request before it sleeps, while requests come that soon
-                               (default 1000, 0-10000; 0: never): CPU for less latency
+                               request before it sleeps, while most requests come that
+                               soon (default 1000, 0-10000; 0: never): CPU for latency
           anything else        passed to the kernel's EROFS (device=, domain_id=, fsid=,
                                dax, user_xattr, acl, cache_strategy=, ...)
 
