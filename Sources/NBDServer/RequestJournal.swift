@@ -60,9 +60,10 @@ public final class RequestJournal: @unchecked Sendable {
     private static let sendFileStartOffset = 712
     private static let sendFilePositionedOffset = 720
     /// Slots {state u32 (0 free, 1 read and unanswered), reply error u32, stream position u64,
-    /// the request's 28 bytes as read}.
+    /// the request's 28 bytes as read, workers that took it over from a dead one u32}.
     private static let slotsOffset = 1024
     private static let slotSize = 48
+    private static let takeoversInSlot = 44
     private static let receiveBuffersOffset = 16384
     public static let size = receiveBuffersOffset + 2 * receiveCapacity
 
@@ -152,6 +153,7 @@ public final class RequestJournal: @unchecked Sendable {
         let base = Self.slotsOffset + Int(slot) * Self.slotSize
         store32(base + 4, 0)
         store64(base + 8, position)
+        store32(base + Self.takeoversInSlot, 0)
         // The request as it was on the wire (28 bytes, big-endian), written in place.
         let raw = memory + base + 16
         raw.storeBytes(of: NBDMagic.request.bigEndian, toByteOffset: 0, as: UInt32.self)
@@ -245,6 +247,10 @@ public final class RequestJournal: @unchecked Sendable {
             public var slot: Int32
             public var request: Request
             public var error: UInt32
+            /// Workers that have taken this request over from a dead one, this one included:
+            /// 1 after one death. A request that keeps killing its workers is not served again
+            /// forever (`TransmissionLoop.resume`).
+            public var takeovers: UInt32
         }
         /// A send that reached the socket in part: `sent` of its `total` bytes. The replies to
         /// `answers`, rebuilt in order, must be completed from byte `sent` before anything else.
@@ -288,7 +294,8 @@ public final class RequestJournal: @unchecked Sendable {
             let base = Self.slotsOffset + Int(slot) * Self.slotSize
             let bytes = UnsafeRawBufferPointer(start: memory + base + 16, count: Request.size)
             guard let request = try? Request(decoding: Array(bytes)) else { throw distrust("slot \(slot) holds no request") }
-            return Entry(slot: slot, request: request, error: load32(base + 4))
+            let takenOver = load32(base + Self.takeoversInSlot)
+            return Entry(slot: slot, request: request, error: load32(base + 4), takeovers: takenOver == .max ? .max : takenOver + 1)
         }
 
         // The send in progress, if any.
@@ -345,8 +352,12 @@ public final class RequestJournal: @unchecked Sendable {
         }
         unanswered.sort { $0.position < $1.position }
 
-        // From here on this process owns the journal: the state it resumes from is recorded.
+        // From here on this process owns the journal: the state it resumes from is recorded,
+        // and so is its takeover of each request, before it serves any.
         for slot in free { cshim_store_release_u32(memory + Self.slotsOffset + Int(slot) * Self.slotSize, 0) }
+        for entry in unanswered.map(\.entry) + (unfinished?.answers ?? []) {
+            cshim_store_release_u32(memory + Self.slotsOffset + Int(entry.slot) * Self.slotSize + Self.takeoversInSlot, entry.takeovers)
+        }
         if unfinished == nil { cshim_store_release_u32(memory + Self.sendActiveOffset, 0) }
         lock.withLock { freeSlots = free }
         return Recovery(

@@ -227,6 +227,47 @@ import Testing
         #expect(after.end - after.start == Request.size)
     }
 
+    /// A request that kills every worker holding it (a bug on its path) must not make the
+    /// device hang in a crash loop: after three dead workers the next answers it with EIO, and
+    /// serves the others it holds.
+    @Test func aRequestThatKeepsKillingItsWorkersIsAnsweredWithEIO() throws {
+        let connection = Connection()
+        defer { close(connection.serverEnd) }
+        let journal = try RequestJournal.create()
+        journal.reset()
+        connection.client.send(connection.request(1))
+        usleep(50_000)
+        // The first worker reads request 1 and dies serving it.
+        let reader = MessageReader(socket: connection.serverEnd, stop: nil, journal: journal, resuming: nil)
+        _ = try connection.readAndAdmit(1, reader: reader, journal: journal)
+
+        // A successor takes it over, reads request 2 as well, and dies on request 1 too.
+        let second = try RequestJournal(descriptor: dup(journal.descriptor))
+        let secondRecovery = try second.recover(replyFilePosition: nil)
+        #expect(secondRecovery.unanswered.map(\.takeovers) == [1])
+        connection.client.send(connection.request(2))
+        usleep(50_000)
+        let secondReader = MessageReader(socket: connection.serverEnd, stop: nil, journal: second, resuming: secondRecovery)
+        _ = try connection.readAndAdmit(1, reader: secondReader, journal: second)
+
+        // So does a third.
+        let third = try RequestJournal(descriptor: dup(journal.descriptor))
+        let thirdRecovery = try third.recover(replyFilePosition: nil)
+        #expect(thirdRecovery.unanswered.map(\.request.cookie) == [1, 2])
+        #expect(thirdRecovery.unanswered.map(\.takeovers) == [2, 1])
+
+        // The fourth answers request 1 with EIO and serves request 2.
+        let fourth = try RequestJournal(descriptor: dup(journal.descriptor))
+        let recovery = try fourth.recover(replyFilePosition: nil)
+        #expect(recovery.unanswered.map(\.takeovers) == [3, 2])
+        let done = try connection.resume(journal: fourth, recovery: recovery)
+        let refused = try #require(try connection.client.receiveReply())
+        #expect(refused.cookie == 1 && refused.error == .ioError)
+        #expect(try connection.receiveReplies(1) == [2])
+        connection.client.send(Request(type: .disconnect, cookie: 99, offset: 0, length: 0))
+        #expect(done.wait(timeout: .now() + 10) == .success)
+    }
+
     @Test func aJournalThatGaveUpOrNeverStartedIsNotTrusted() throws {
         let journal = try RequestJournal.create()
         #expect(throws: SystemError.self) { try journal.recover(replyFilePosition: nil) }  // never reset: no magic
