@@ -235,30 +235,31 @@ import Testing
         defer { close(connection.serverEnd) }
         let journal = try RequestJournal.create()
         journal.reset()
-        connection.client.send(connection.request(1))
-        usleep(50_000)
-        // The first worker reads request 1 and dies serving it.
-        let reader = MessageReader(socket: connection.serverEnd, stop: nil, journal: journal, resuming: nil)
-        _ = try connection.readAndAdmit(1, reader: reader, journal: journal)
+        /// A worker that reads the request `cookie` off the socket (and then dies).
+        func read(_ cookie: UInt64, by worker: RequestJournal, resuming recovery: RequestJournal.Recovery?) throws {
+            connection.client.send(connection.request(cookie))
+            usleep(50_000)
+            let reader = MessageReader(socket: connection.serverEnd, stop: nil, journal: worker, resuming: recovery)
+            _ = try connection.readAndAdmit(1, reader: reader, journal: worker)
+        }
+        /// The next worker's view of the journal after the last one died.
+        func takeOver() throws -> (RequestJournal, RequestJournal.Recovery) {
+            let successor = try RequestJournal(descriptor: dup(journal.descriptor))
+            return (successor, try successor.recover(replyFilePosition: nil))
+        }
 
-        // A successor takes it over, reads request 2 as well, and dies on request 1 too.
-        let second = try RequestJournal(descriptor: dup(journal.descriptor))
-        let secondRecovery = try second.recover(replyFilePosition: nil)
+        // The first worker dies serving request 1; the second takes it over, reads request 2
+        // as well, and dies on request 1 too; so does the third.
+        try read(1, by: journal, resuming: nil)
+        let (second, secondRecovery) = try takeOver()
         #expect(secondRecovery.unanswered.map(\.takeovers) == [1])
-        connection.client.send(connection.request(2))
-        usleep(50_000)
-        let secondReader = MessageReader(socket: connection.serverEnd, stop: nil, journal: second, resuming: secondRecovery)
-        _ = try connection.readAndAdmit(1, reader: secondReader, journal: second)
-
-        // So does a third.
-        let third = try RequestJournal(descriptor: dup(journal.descriptor))
-        let thirdRecovery = try third.recover(replyFilePosition: nil)
+        try read(2, by: second, resuming: secondRecovery)
+        let (_, thirdRecovery) = try takeOver()
         #expect(thirdRecovery.unanswered.map(\.request.cookie) == [1, 2])
         #expect(thirdRecovery.unanswered.map(\.takeovers) == [2, 1])
 
         // The fourth answers request 1 with EIO and serves request 2.
-        let fourth = try RequestJournal(descriptor: dup(journal.descriptor))
-        let recovery = try fourth.recover(replyFilePosition: nil)
+        let (fourth, recovery) = try takeOver()
         #expect(recovery.unanswered.map(\.takeovers) == [3, 2])
         let done = try connection.resume(journal: fourth, recovery: recovery)
         let refused = try #require(try connection.client.receiveReply())
