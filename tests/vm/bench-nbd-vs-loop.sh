@@ -15,7 +15,8 @@
 # settings to write on the nbd device after the mount, to try what the daemon could set: e.g.
 # "scheduler=none read_ahead_kb=128"), EROFS_BENCH_WARMUP=0 (skip the untimed first pass),
 # EROFS_BASELINE_BIN_DIR (another build's mount.erofs, measured as a third method "nbd-base",
-# for an A/B of a daemon change), EROFS_BENCH_IN_MEMORY=1 (copy the images into the guest's
+# for an A/B of a daemon change), EROFS_BENCH_BASE_QUEUE (queue settings for nbd-base alone,
+# for an A/B of a queue setting with the same build as the baseline), EROFS_BENCH_IN_MEMORY=1 (copy the images into the guest's
 # tmpfs first: both devices then read memory, not the 9p share, which isolates the cost of
 # the nbd round trip from that of 9p).
 set -euo pipefail
@@ -63,7 +64,9 @@ measure() {
     esac
     dev=$(device_of "$mnt")
     if [[ $method == nbd* ]]; then
-        for setting in ${EROFS_BENCH_NBD_QUEUE:-}; do
+        settings=${EROFS_BENCH_NBD_QUEUE:-}
+        [[ $method == nbd-base ]] && settings=${EROFS_BENCH_BASE_QUEUE-$settings}
+        for setting in $settings; do
             echo "${setting#*=}" > "/sys/block/${dev#/dev/}/queue/${setting%%=*}"
         done
     fi
