@@ -16,7 +16,8 @@
 # "scheduler=none read_ahead_kb=128"), EROFS_BENCH_WARMUP=0 (skip the untimed first pass),
 # EROFS_BASELINE_BIN_DIR (another build's mount.erofs, measured as a third method "nbd-base",
 # for an A/B of a daemon change), EROFS_BENCH_BASE_QUEUE (queue settings for nbd-base alone,
-# for an A/B of a queue setting with the same build as the baseline), EROFS_BENCH_IN_MEMORY=1 (copy the images into the guest's
+# for an A/B of a queue setting with the same build as the baseline), EROFS_BENCH_NBD_OPTIONS
+# and EROFS_BENCH_BASE_OPTIONS (mount options for nbd and nbd-base, e.g. "nbd.poll_us=300"), EROFS_BENCH_IN_MEMORY=1 (copy the images into the guest's
 # tmpfs first: both devices then read memory, not the 9p share, which isolates the cost of
 # the nbd round trip from that of 9p).
 set -euo pipefail
@@ -59,8 +60,8 @@ measure() {
     local kind=$1 method=$2 image=$DIR/$1.erofs dev start end
     case $method in
         loop) mount -t erofs -o ro,loop "$image" "$mnt" ;;
-        nbd) "$BIN/mount.erofs" -t erofs.nbd "$image" "$mnt" ;;
-        nbd-base) "$EROFS_BASELINE_BIN_DIR/mount.erofs" -t erofs.nbd "$image" "$mnt" ;;
+        nbd) "$BIN/mount.erofs" -t erofs.nbd ${EROFS_BENCH_NBD_OPTIONS:+-o "$EROFS_BENCH_NBD_OPTIONS"} "$image" "$mnt" ;;
+        nbd-base) "$EROFS_BASELINE_BIN_DIR/mount.erofs" -t erofs.nbd ${EROFS_BENCH_BASE_OPTIONS:+-o "$EROFS_BENCH_BASE_OPTIONS"} "$image" "$mnt" ;;
     esac
     dev=$(device_of "$mnt")
     if [[ $method == nbd* ]]; then
