@@ -84,6 +84,10 @@ measure() {
         loop) umount "$mnt" ;;
         nbd*) "$BIN/mount.erofs" -u "$mnt" ;;
     esac
+    # A daemon left running would share the CPUs with every later measurement.
+    if pgrep -f -- '--(serve|supervise)-nbd-device' > /dev/null; then
+        echo "warning: nbd daemon processes still running after the unmount: $(pgrep -d ' ' -f -- '--(serve|supervise)-nbd-device')" >&2
+    fi
     elapsed=$(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.3f", e - s }')
 }
 
