@@ -2,9 +2,12 @@
 #include "cshim.h"
 
 #include <errno.h>
+#include <link.h>
+#include <pthread.h>
 #include <sched.h>
 #include <spawn.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -131,3 +134,48 @@ uint32_t cshim_load_acquire_u32(const void *address) { return __atomic_load_n((c
 uint64_t cshim_load_acquire_u64(const void *address) { return __atomic_load_n((const uint64_t *)address, __ATOMIC_ACQUIRE); }
 
 int cshim_memfd_create(const char *name) { return memfd_create(name, MFD_CLOEXEC); }
+
+#ifndef MADV_POPULATE_READ
+#define MADV_POPULATE_READ 22
+#endif
+
+// dl_iterate_phdr visits the executable first; its executable PT_LOAD segments are populated,
+// then the walk stops.
+static int populate_code_segments(struct dl_phdr_info *info, size_t size, void *failure) {
+    (void)size;
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *segment = &info->dlpi_phdr[i];
+        if (segment->p_type != PT_LOAD || !(segment->p_flags & PF_X)) continue;
+        uintptr_t start = (info->dlpi_addr + segment->p_vaddr) & ~(page - 1);
+        uintptr_t end = info->dlpi_addr + segment->p_vaddr + segment->p_memsz;
+        if (madvise((void *)start, end - start, MADV_POPULATE_READ) != 0) *(int *)failure = errno;
+    }
+    return 1;
+}
+
+int cshim_populate_executable_code(void) {
+    int failure = 0;
+    dl_iterate_phdr(populate_code_segments, &failure);
+    if (failure != 0) {
+        errno = failure;
+        return -1;
+    }
+    return 0;
+}
+
+static void *populate_executable_code_thread(void *unused) {
+    (void)unused;
+    cshim_populate_executable_code();
+    return NULL;
+}
+
+int cshim_populate_executable_code_in_background(void) {
+    pthread_attr_t attributes;
+    pthread_attr_init(&attributes);
+    pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
+    pthread_t thread;
+    int result = pthread_create(&thread, &attributes, populate_executable_code_thread, NULL);
+    pthread_attr_destroy(&attributes);
+    return result;
+}

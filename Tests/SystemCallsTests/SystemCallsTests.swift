@@ -1,4 +1,5 @@
 import CShim
+import Foundation
 import Glibc
 import SystemCalls
 import SystemPackage
@@ -50,5 +51,29 @@ import Testing
         var template = Array("/tmp/syscalls-test-XXXXXX".utf8CString)
         guard let result = mkdtemp(&template) else { return nil }
         return String(cString: result)
+    }
+
+    /// A standby maps its code before a takeover needs it: afterwards every page of this
+    /// executable's code is mapped (its resident set covers the whole mapping).
+    @Test func populatingTheExecutableCodeMapsEveryPage() throws {
+        #expect(cshim_populate_executable_code() == 0, "errno \(errno)")
+        let executable = try #require(realpath("/proc/self/exe", nil).map { path in defer { free(path) }; return String(cString: path) })
+        let smaps = try String(contentsOfFile: "/proc/self/smaps", encoding: .utf8)
+        var inCode = false
+        var size = 0
+        var checked = 0
+        for line in smaps.split(separator: "\n") {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            if fields.first?.contains("-") == true, fields.count >= 5, !fields[0].hasSuffix(":") {
+                inCode = fields.count >= 6 && fields[1].contains("x") && fields[5...].joined(separator: " ") == executable
+            } else if inCode, fields.count >= 2, let kilobytes = Int(fields[1]) {
+                if fields[0] == "Size:" { size = kilobytes }
+                if fields[0] == "Rss:" {
+                    #expect(kilobytes == size, "\(kilobytes) of \(size) KiB of code mapped")
+                    checked += 1
+                }
+            }
+        }
+        #expect(checked > 0, "no code mapping of \(executable) in /proc/self/smaps")
     }
 }

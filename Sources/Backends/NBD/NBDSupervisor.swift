@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CShim
 import KernelAttach
 import NBDKernel
 import NBDServer
@@ -130,6 +131,9 @@ public enum NBDSupervisor {
             }
             log("supervising /dev/nbd\(index) (\(method.rawValue)), worker \(first.process.pid)")
             if recovers && standby == nil { replaceStandby() }
+            // Our recovery code first runs at the first crash: its pages are mapped now, so
+            // that crash does not also wait for them to be read (best effort, Linux 5.14+).
+            if recovers { _ = cshim_populate_executable_code_in_background() }
 
             while true {
                 var info = siginfo_t()

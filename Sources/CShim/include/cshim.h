@@ -75,4 +75,10 @@ uint64_t cshim_load_acquire_u64(const void *address);
 // memfd_create(name, MFD_CLOEXEC) (needs _GNU_SOURCE).
 int cshim_memfd_create(const char *name);
 
+// Maps every page of this executable's code now (MADV_POPULATE_READ, Linux 5.14+), so code that
+// first runs later, at a takeover, does not wait for its pages to be read. 0, or -1 with errno.
+int cshim_populate_executable_code(void);
+// The same on a detached thread, so nobody waits for it; 0, or an error number.
+int cshim_populate_executable_code_in_background(void);
+
 #endif
