@@ -17,9 +17,9 @@
 # EROFS_BASELINE_BIN_DIR (another build's mount.erofs, measured as a third method "nbd-base",
 # for an A/B of a daemon change), EROFS_BENCH_BASE_QUEUE (queue settings for nbd-base alone,
 # for an A/B of a queue setting with the same build as the baseline), EROFS_BENCH_NBD_OPTIONS
-# and EROFS_BENCH_BASE_OPTIONS (mount options for nbd and nbd-base, e.g. "nbd.poll_us=300"), EROFS_BENCH_IN_MEMORY=1 (copy the images into the guest's
-# tmpfs first: both devices then read memory, not the 9p share, which isolates the cost of
-# the nbd round trip from that of 9p).
+# and EROFS_BENCH_BASE_OPTIONS (mount options for nbd and nbd-base, e.g. "nbd.poll_us=300"),
+# EROFS_BENCH_IN_MEMORY=1 (copy the images into the guest's tmpfs first: both devices then
+# read memory, not the 9p share, which isolates the cost of the nbd round trip from that of 9p).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=${EROFS_BIN_DIR:-$REPO/.build/release}
@@ -85,9 +85,9 @@ measure() {
         nbd*) "$BIN/mount.erofs" -u "$mnt" ;;
     esac
     # A daemon left running would share the CPUs with every later measurement.
-    if pgrep -f -- '--(serve|supervise)-nbd-device' > /dev/null; then
-        echo "warning: nbd daemon processes still running after the unmount: $(pgrep -d ' ' -f -- '--(serve|supervise)-nbd-device')" >&2
-    fi
+    local left
+    left=$(pgrep -d ' ' -f -- '--(serve|supervise)-nbd-device' || true)
+    [[ -z $left ]] || echo "warning: nbd daemon processes still running after the unmount: $left" >&2
     elapsed=$(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.3f", e - s }')
 }
 
