@@ -111,6 +111,24 @@ public struct NBDDevice: Sendable, Hashable {
         }
     }
 
+    /// The block layer's I/O scheduler in use (queue/scheduler shows it in brackets).
+    public var scheduler: String? {
+        guard let line = attribute("queue/scheduler"), let open = line.firstIndex(of: "["),
+              let close = line[open...].firstIndex(of: "]") else { return nil }
+        return String(line[line.index(after: open)..<close])
+    }
+
+    /// Selects the I/O scheduler (`none`, `mq-deadline`, ...). The switch freezes the queue
+    /// until the requests in flight are answered: only while the device is served.
+    public func setScheduler(_ name: String) throws(SystemError) {
+        let path = "\(sysfsPath)/queue/scheduler"
+        let descriptor = try FileDescriptor.open(path: path, .writeOnly, options: .truncate)
+        defer { try? descriptor.close() }
+        let text = name + "\n"
+        let written = text.utf8.withContiguousStorageIfAvailable { Glibc.write(descriptor.rawValue, $0.baseAddress, $0.count) } ?? -1
+        guard written == text.utf8.count else { throw .lastErrno("write \(name)", path: path) }
+    }
+
     /// One sysfs attribute without its trailing newline, or nil when it cannot be read.
     func attribute(_ name: String) -> String? {
         let path = "\(sysfsPath)/\(name)"

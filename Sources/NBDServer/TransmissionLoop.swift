@@ -165,16 +165,18 @@ final class TransmissionLoop: @unchecked Sendable {
                 return true
             }
             // Hand-offs to a worker cost more than serving a cached block, so this thread
-            // serves what cannot block: small reads the page cache holds (copied into the
-            // batch, sent together), and a lone request (QD1), for which there is nothing
-            // else to do. Everything else goes to the workers.
-            if request.length <= Self.inlineCopyLimit && nonBlockingReadsWork {
+            // serves what cannot block: a lone request (QD1), for which there is nothing else
+            // to do, at once and without a copy; and within a burst, small reads the page
+            // cache holds (copied into the batch, sent together). Everything else goes to the
+            // workers.
+            let alone = !reader.hasBufferedBytes && queueIsEmpty
+            if !alone && request.length <= Self.inlineCopyLimit && nonBlockingReadsWork {
                 if batch.space(for: Int(request.length)) == nil { sendBatch(batch) }
                 if addCachedRead(request, slot: slot, descriptor: descriptor.rawValue, to: batch) { return true }
             }
             sendBatch(batch)
-            if !reader.hasBufferedBytes && queueIsEmpty {
-                do { try serveRead(request, slot: slot, scratch: &inlineScratch) } catch { reportWriteFailure(error) }
+            if alone {
+                do { try serveRead(request, slot: slot, scratch: &inlineScratch, zeroCopy: true) } catch { reportWriteFailure(error) }
             } else {
                 enqueue((request, slot))
             }
@@ -221,6 +223,13 @@ final class TransmissionLoop: @unchecked Sendable {
         batch.append(header: header, length: length, answering: slot)
         return true
     }
+
+    /// Whether replies may go by sendfile from the source: a local file whose filesystem can
+    /// splice, and a writer that may send files (see `ReplyWriter.sendsFiles`).
+    private lazy var sendsFromSource: Bool = {
+        guard writer.sendsFiles, let descriptor = source.localFileDescriptor else { return false }
+        return descriptor.supportsSendfile
+    }()
 
     /// False once the source's filesystem refused RWF_NOWAIT: READs then skip the batch and go
     /// through `serveRead` (inline when alone, else to the workers).
@@ -270,16 +279,17 @@ final class TransmissionLoop: @unchecked Sendable {
         }
     }
 
-    private func serveRead(_ request: Request, slot: Int32, scratch: inout UnsafeMutableRawBufferPointer) throws(SystemError) {
+    /// `zeroCopy`: send even a small read by sendfile (the reader thread's lone request).
+    private func serveRead(_ request: Request, slot: Int32, scratch: inout UnsafeMutableRawBufferPointer, zeroCopy: Bool = false) throws(SystemError) {
         let length = Int(request.length)
         let header = structuredReplies
             ? StructuredReplyChunkHeader.offsetData(cookie: request.cookie, offset: request.offset, dataLength: request.length)
             : SimpleReply(cookie: request.cookie).encoded()
-        // Big reads from a local file go by sendfile (no copy through userspace). Small ones are
-        // copied and sent with their header in one sendmsg: header and data then reach the
-        // peer together (one wake-up of the kernel's receiver instead of two), and no reply
-        // is split around a read from the disk.
-        if let descriptor = source.localFileDescriptor, request.length > Self.inlineCopyLimit, writer.sendsFiles {
+        // sendfile moves the page cache's pages to the socket without copying them through
+        // userspace: big reads, and a lone request, go that way. A worker copies a small read
+        // first and sends it with its header in one sendmsg: the writer's lock is then never
+        // held across a read from the disk, so workers overlap their disk reads.
+        if let descriptor = source.localFileDescriptor, request.length > Self.inlineCopyLimit || zeroCopy, sendsFromSource {
             try writer.sendFile(header: header, file: descriptor.rawValue, offset: request.offset, length: length, answering: Self.answers(slot))
             return
         }

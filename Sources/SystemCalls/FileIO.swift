@@ -35,3 +35,18 @@ extension FileDescriptor {
         return bytes
     }
 }
+
+extension FileDescriptor {
+    /// Whether sendfile(2) can read this file: its filesystem splices (before Linux 6.5 some
+    /// refuse with EINVAL). Probed once by sending its first byte into a throwaway socket pair;
+    /// the file's own position is not moved.
+    public var supportsSendfile: Bool {
+        var ends: [Int32] = [-1, -1]
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else { return false }
+        defer { Glibc.close(ends[0]); Glibc.close(ends[1]) }
+        var offset: off_t = 0
+        var sent: Int
+        repeat { sent = Glibc.sendfile(ends[0], rawValue, &offset, 1) } while sent < 0 && errno == EINTR
+        return sent >= 0
+    }
+}

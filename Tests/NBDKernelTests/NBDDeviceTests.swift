@@ -22,7 +22,8 @@ import Testing
         deinit {
             // Only what `add` made: files in nbdN and nbdN/holders, then the directories.
             for device in NBDDevice.all(sysfsBlock: root) {
-                for name in ["pid", "backend", "size", "inflight"] { unlink("\(device.sysfsPath)/\(name)") }
+                for name in ["pid", "backend", "size", "inflight", "queue/scheduler"] { unlink("\(device.sysfsPath)/\(name)") }
+                rmdir("\(device.sysfsPath)/queue")
                 for holder in device.holders { rmdir("\(device.sysfsPath)/holders/\(holder)") }
                 rmdir("\(device.sysfsPath)/holders")
                 rmdir(device.sysfsPath)
@@ -70,6 +71,23 @@ import Testing
         #expect(idle.inflightRequests! == (0, 0))
         #expect(!idle.isInService)
         #expect(idle.reasonInUse == nil)
+    }
+
+    /// The scheduler in use is the bracketed one; setting it writes the name (the kernel then
+    /// shows it in brackets).
+    @Test func schedulerIsReadFromItsBracketsAndSetByName() throws {
+        let sysfs = try FakeSysfs()
+        sysfs.add(0)
+        let device = NBDDevice(index: 0, sysfsBlock: sysfs.root)
+        #expect(device.scheduler == nil)
+        mkdir("\(device.sysfsPath)/queue", 0o755)
+        sysfs.write("\(device.sysfsPath)/queue/scheduler", "none [mq-deadline] \n")
+        #expect(device.scheduler == "mq-deadline")
+        try device.setScheduler("none")
+        let written = try FileDescriptor.open(path: "\(device.sysfsPath)/queue/scheduler", .readOnly)
+        defer { try? written.close() }
+        #expect(try written.read(exactly: 64, at: 0) == Array("none\n".utf8))
+        #expect(throws: SystemError.self) { try NBDDevice(index: 7, sysfsBlock: sysfs.root).setScheduler("none") }
     }
 
     @Test func eachSignOfUseIsRecognised() throws {

@@ -190,9 +190,11 @@ import Testing
         #expect(done.wait(timeout: .now() + 10) == .success)
     }
 
-    /// A journaled server on a local image sends big replies by sendfile from the reply file,
-    /// and leaves a journal with nothing owed.
-    @Test func journaledServerSendsBigRepliesFromTheReplyFile() throws {
+    /// A journaled server on a local image sends a lone READ (a small one too, that nothing
+    /// else waits behind) and a big one by sendfile from the reply file, without a copy through
+    /// userspace, and leaves a journal with nothing owed.
+    @Test(arguments: [UInt32(4096), UInt32(256 << 10)])
+    func journaledServerSendsLoneAndBigRepliesFromTheReplyFile(length wanted: UInt32) throws {
         let path = try corpusImagePath()
         let source = try FileSource(path: path)
         let replyFile = open(path, O_RDONLY | O_CLOEXEC)
@@ -211,7 +213,7 @@ import Testing
             _ = try? server.run()
             done.signal()
         }
-        let length = min(UInt32(256 << 10), UInt32(source.size))
+        let length = min(wanted, UInt32(source.size))
         client.send(Request(type: .read, cookie: 5, offset: 0, length: length))
         let reply = try #require(try client.receiveReply())
         #expect(reply.cookie == 5 && reply.error == .none)

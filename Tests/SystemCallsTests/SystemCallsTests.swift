@@ -19,6 +19,25 @@ import Testing
         }
     }
 
+    /// A regular file can be read by sendfile (the probe leaves its position alone); a socket
+    /// cannot, nor can a directory.
+    @Test func sendfileProbeTellsFilesFromWhatCannotBeSpliced() throws {
+        let dir = try #require(mkdtempPath())
+        defer { _ = system("rm -rf '\(dir)'") }
+        #expect(FileManager.default.createFile(atPath: dir + "/image", contents: Data([1, 2, 3])))
+        let file = try FileDescriptor.open(path: dir + "/image", .readOnly)
+        defer { try? file.close() }
+        #expect(file.supportsSendfile)
+        #expect(lseek(file.rawValue, 0, SEEK_CUR) == 0)
+        let directory = try FileDescriptor.open(path: dir, .readOnly)
+        defer { try? directory.close() }
+        #expect(!directory.supportsSendfile)
+        var ends: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &ends) == 0)
+        defer { close(ends[0]); close(ends[1]) }
+        #expect(!FileDescriptor(rawValue: ends[0]).supportsSendfile)
+    }
+
     @Test func lstatDoesNotFollowSymlinks() throws {
         let dir = try #require(mkdtempPath())
         defer { _ = system("rm -rf '\(dir)'") }

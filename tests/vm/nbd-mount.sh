@@ -48,6 +48,9 @@ round_trip() {
     else
         not_ok "$method $image: $dev walk differs from the manifest"
     fi
+    # Like loop, no I/O scheduler (mq-deadline costs each request a hop through kblockd).
+    if grep -q '\[none\]' "/sys/block/${dev#/dev/}/queue/scheduler"; then ok "$method $image: no I/O scheduler"
+    else not_ok "$method $image: scheduler is $(cat "/sys/block/${dev#/dev/}/queue/scheduler")"; fi
     if [[ $method == netlink ]]; then
         id=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['backendIdentifier'])" "$STATE/${dev#/dev/}.json")
         if [[ $(cat /sys/block/${dev#/dev/}/backend 2>/dev/null) == "$id" ]]; then ok "$method $image: sysfs backend is ours"
