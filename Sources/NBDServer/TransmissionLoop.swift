@@ -82,6 +82,8 @@ final class TransmissionLoop: @unchecked Sendable {
     private func readLoop() throws(SystemError) -> ServingEnd {
         var inlineScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(Self.inlineCopyLimit), alignment: 4096)
         defer { inlineScratch.deallocate() }
+        let header = UnsafeMutableRawBufferPointer.allocate(byteCount: Request.size, alignment: 8)
+        defer { header.deallocate() }
         let batch = ReplyBatch(dataCapacity: Self.batchDataCapacity)
         // Every request read gets its reply, however reading ends (stop, disconnect, bad input).
         defer { sendBatch(batch) }
@@ -90,11 +92,11 @@ final class TransmissionLoop: @unchecked Sendable {
             if writer.failed != nil { return .peerClosed }
             // The next read may block: no reply may wait behind it.
             if reader.bufferedByteCount < Request.size { sendBatch(batch) }
-            guard let header = try reader.readBytes(Request.size, atBoundary: true, what: "NBD request") else {
+            guard try reader.read(into: header, atBoundary: true, what: "NBD request") == .message else {
                 return reader.stop?.isRaised == true && writer.failed == nil ? .stopped : .peerClosed
             }
             let request: Request
-            do { request = try Request(decoding: header) } catch {
+            do { request = try Request(decoding: UnsafeRawBufferPointer(header)) } catch {
                 throw SystemError("NBD request", detail: "\(error); closing the connection")
             }
             if request.type == .disconnect { return .disconnectRequested }
