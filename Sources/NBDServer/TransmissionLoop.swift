@@ -37,6 +37,11 @@ final class TransmissionLoop: @unchecked Sendable {
     private let configuration: Configuration
     private let logger: Logger
 
+    /// Whether replies may go by sendfile from the source: a local file whose filesystem can
+    /// splice, and a writer that may send files (see `ReplyWriter.sendsFiles`). Decided once,
+    /// before any thread reads it.
+    private let sendsFromSource: Bool
+
     private let journal: RequestJournal?
     /// What a dead predecessor left on this socket, answered before anything else.
     private let recovery: RequestJournal.Recovery?
@@ -60,6 +65,7 @@ final class TransmissionLoop: @unchecked Sendable {
         self.structuredReplies = structuredReplies
         self.configuration = configuration
         self.logger = logger
+        sendsFromSource = writer.sendsFiles && source.localFileDescriptor?.supportsSendfile == true
     }
 
     func run() throws(SystemError) -> ServingEnd {
@@ -225,13 +231,6 @@ final class TransmissionLoop: @unchecked Sendable {
         batch.append(header: header, length: length, answering: slot)
         return true
     }
-
-    /// Whether replies may go by sendfile from the source: a local file whose filesystem can
-    /// splice, and a writer that may send files (see `ReplyWriter.sendsFiles`).
-    private lazy var sendsFromSource: Bool = {
-        guard writer.sendsFiles, let descriptor = source.localFileDescriptor else { return false }
-        return descriptor.supportsSendfile
-    }()
 
     /// False once the source's filesystem refused RWF_NOWAIT: READs then skip the batch and go
     /// through `serveRead` (inline when alone, else to the workers).

@@ -76,7 +76,7 @@ public struct NBDBackend: Sendable {
             // A loop device has no I/O scheduler either. nbd's default, mq-deadline, hands
             // every request to a kblockd worker before the driver sends it (the queue may
             // sleep): one more context switch per read, ~10% of a 4 KiB read under emulation.
-            do { try device.setScheduler("none") } catch {
+            do { if device.scheduler != "none" { try device.setScheduler("none") } } catch {
                 logger.warning("\(device.path): cannot turn off the I/O scheduler: \(error)")
             }
             try Mount.mount(source: device.path, target: request.mountPoint, type: "erofs", flags: request.flags, data: request.data)
