@@ -293,7 +293,7 @@ public final class RequestJournal: @unchecked Sendable {
         func entry(_ slot: Int32) throws(SystemError) -> Entry {
             let base = Self.slotsOffset + Int(slot) * Self.slotSize
             let bytes = UnsafeRawBufferPointer(start: memory + base + 16, count: Request.size)
-            guard let request = try? Request(decoding: Array(bytes)) else { throw distrust("slot \(slot) holds no request") }
+            guard let request = try? Request(decoding: bytes) else { throw distrust("slot \(slot) holds no request") }
             let takenOver = load32(base + Self.takeoversInSlot)
             return Entry(slot: slot, request: request, error: load32(base + 4), takeovers: takenOver == .max ? .max : takenOver + 1)
         }
