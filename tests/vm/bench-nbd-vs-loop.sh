@@ -21,7 +21,7 @@
 # EROFS_BENCH_IN_MEMORY=1 (copy the images into the guest's tmpfs first: both devices then
 # read memory, not the 9p share, which isolates the cost of the nbd round trip from that of 9p).
 set -euo pipefail
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
+source "$(dirname "$0")/common.sh"  # REPO, device_of, set_queue
 BIN=${EROFS_BIN_DIR:-$REPO/.build/release}
 DIR=${EROFS_BENCH_DIR:-$REPO/.build-bench}
 ROUNDS=${EROFS_BENCH_ROUNDS:-3}
@@ -38,7 +38,6 @@ if [[ ${EROFS_BENCH_IN_MEMORY:-0} == 1 ]]; then
 fi
 [[ -x $BIN/mount.erofs ]] || { echo "missing $BIN/mount.erofs" >&2; exit 1; }
 
-device_of() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); print $(i + 2) }' /proc/self/mountinfo | tail -n 1; }
 
 read_tree() {
     case $1 in
@@ -67,9 +66,7 @@ measure() {
     if [[ $method == nbd* ]]; then
         settings=${EROFS_BENCH_NBD_QUEUE:-}
         [[ $method == nbd-base ]] && settings=${EROFS_BENCH_BASE_QUEUE-$settings}
-        for setting in $settings; do
-            echo "${setting#*=}" > "/sys/block/${dev#/dev/}/queue/${setting%%=*}"
-        done
+        set_queue "$dev" $settings
     fi
     [[ -n ${shown[$method]:-} ]] || { queue_settings "$dev" >&2; shown[$method]=1; }
     sync

@@ -10,7 +10,7 @@
 # (default 1000), EROFS_QD1_ROUNDS (default 15). Prints each method's microseconds per read,
 # every round and the median.
 set -euo pipefail
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
+source "$(dirname "$0")/common.sh"  # REPO, device_of, set_queue
 BIN=${EROFS_BIN_DIR:-$REPO/.build/release}
 IMAGE=${EROFS_BENCH_DIR:-$REPO/.build-bench}/small.erofs
 METHODS=${EROFS_QD1_METHODS:-loop nbd}
@@ -43,12 +43,11 @@ for method in $METHODS; do
             mnt=$work/mnt$((i++)); mkdir -p "$mnt"
             "$bin/mount.erofs" -t erofs.nbd ${options:+-o "$options"} "$IMAGE" "$mnt"
             unmount[$method]="$bin/mount.erofs -u $mnt"
-            device[$method]=$(awk -v m="$mnt" '$2 == m { print $1 }' /proc/mounts) ;;
+            device[$method]=$(device_of "$mnt") ;;
         *) echo "unknown method $method" >&2; exit 1 ;;
     esac
-    queue=/sys/block/${device[$method]#/dev/}/queue
-    for setting in ${settings//,/ }; do echo "${setting#*=}" > "$queue/${setting%%=*}"; done
-    echo "$method: ${device[$method]}, scheduler $(cat "$queue/scheduler")"
+    set_queue "${device[$method]}" ${settings//,/ }
+    echo "$method: ${device[$method]}, scheduler $(cat "/sys/block/${device[$method]#/dev/}/queue/scheduler")"
 done
 for round in $(seq "$ROUNDS"); do
     # Another stretch of the image each round, the same for every method.

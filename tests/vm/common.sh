@@ -13,3 +13,12 @@ kernel_dir() {
     [[ -f $dir/vmlinuz && -f $dir/modules.load ]] || return 1
     readlink -f "$dir"
 }
+
+# For the scripts that run inside the VM:
+# The device mounted at $1 (the newest mount there), from /proc/self/mountinfo.
+device_of() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); print $(i + 2) }' /proc/self/mountinfo | tail -n 1; }
+# Writes queue attributes ATTR=VALUE... of block device $1 (/sys/block/X/queue/ATTR).
+set_queue() {
+    local device=${1#/dev/} setting; shift
+    for setting; do echo "${setting#*=}" > "/sys/block/$device/queue/${setting%%=*}"; done
+}

@@ -4,7 +4,7 @@
 # must leave nothing (device size 0, no server pid, no daemon, no state file).
 # Prints "ok - ..." / "not ok - ..." lines, then "N passed, N failed".
 set -uo pipefail
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
+source "$(dirname "$0")/common.sh"  # REPO, device_of, set_queue
 BIN=${EROFS_BIN_DIR:-$REPO/.build/debug}
 CORPUS=${EROFS_CORPUS:-$REPO/../shared/corpus}
 STATE=/run/erofs-mount/nbd
@@ -17,7 +17,6 @@ work=$(mktemp -d /tmp/nbd-mount.XXXXXX)
 images=(plain lz4 lz4hc-bigpcluster chunked blocksize512 ztailpacking-fragments-dedupe)
 case $kernel in 6.1.*) ;; *) images+=(lzma deflate zstd) ;; esac
 
-device_of() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); print $(i + 2) }' /proc/self/mountinfo | tail -n 1; }
 
 # Process $1 has exited (a zombie waiting for PID 1 to reap it counts as gone; a leader that
 # exited while a thread is still in the kernel does not).

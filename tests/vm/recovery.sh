@@ -9,7 +9,7 @@
 # live daemon; each must say why and change nothing. Prints "ok - ..." / "not ok - ..." lines,
 # "STALLS {json}" lines, then "N passed, N failed".
 set -uo pipefail
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
+source "$(dirname "$0")/common.sh"  # REPO, device_of, set_queue
 BIN=${EROFS_BIN_DIR:-$REPO/.build/debug}
 CORPUS=${EROFS_CORPUS:-$REPO/../shared/corpus}
 STATE=/run/erofs-mount/nbd
@@ -28,7 +28,6 @@ manifest=$CORPUS/$IMAGE.manifest.jsonl
 
 field() { python3 -c "import json,sys; v=json.load(open(sys.argv[1])).get(sys.argv[2]); print('' if v is None else v)" "$STATE/nbd$1.json" "$2" 2>/dev/null; }
 uptime_now() { cut -d' ' -f1 /proc/uptime; }
-device_of() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); print $(i + 2) }' /proc/self/mountinfo | tail -n 1; }
 # Waits up to $2 s for command $1 to succeed.
 wait_for() { local deadline=$((SECONDS + $2)); until eval "$1"; do (( SECONDS < deadline )) || return 1; sleep 0.05; done; }
 
