@@ -28,6 +28,9 @@ final class MessageReader {
     private var end = 0
     /// The stream position of `buffer`'s first byte.
     private var bufferPosition: UInt64 = 0
+    /// While set (CLOCK_MONOTONIC microseconds), waiting for bytes past it fails with ETIMEDOUT:
+    /// the time limit of a network client's handshake.
+    var deadline: UInt64?
     /// How long a message already begun may take to arrive in full once stop was requested.
     private let completionTimeoutMilliseconds: Int32 = 5000
 
@@ -154,7 +157,7 @@ final class MessageReader {
                 if got == 0 { return .endOfStream }
                 guard errno == EAGAIN || errno == EINTR else { break }
                 if tries % 8 == 0 {
-                    lastClock = Self.microsecondsNow()
+                    lastClock = monotonicMicroseconds()
                     if spinStarted == nil {
                         spinStarted = lastClock
                         deadline = lastClock + pollPolicy.window
@@ -167,15 +170,22 @@ final class MessageReader {
                 sched_yield()
             }
         }
-        let waitStarted = spinStarted ?? (pollPolicy.window > 0 ? Self.microsecondsNow() : 0)
-        defer { if pollPolicy.window > 0 { pollPolicy.record(waited: Self.microsecondsNow() - waitStarted) } }
+        let waitStarted = spinStarted ?? (pollPolicy.window > 0 ? monotonicMicroseconds() : 0)
+        defer { if pollPolicy.window > 0 { pollPolicy.record(waited: monotonicMicroseconds() - waitStarted) } }
         while true {
             if stopSeen && cleanStopAllowed { return .stopped }
             var fds = [pollfd(fd: socket, events: Int16(POLLIN), revents: 0)]
             if let stop, !stopSeen { fds.append(pollfd(fd: stop.descriptor, events: Int16(POLLIN), revents: 0)) }
-            let timeout: Int32 = stopSeen ? completionTimeoutMilliseconds : -1
+            var timeout: Int32 = stopSeen ? completionTimeoutMilliseconds : -1
+            if let deadline {
+                let now = monotonicMicroseconds()
+                guard now < deadline else { throw SystemError("read \(what)", errno: .timedOut, detail: "the handshake time limit passed") }
+                let left = Int32(clamping: (deadline - now + 999) / 1000)
+                timeout = timeout < 0 ? left : min(timeout, left)
+            }
             let ready = try retryingOnInterrupt("poll", path: what) { poll(&fds, nfds_t(fds.count), timeout) }
             if ready == 0 {
+                guard stopSeen else { continue }  // the deadline, checked above
                 throw SystemError("read \(what)", detail: "peer did not finish the message after stop was requested")
             }
             if fds.count > 1 && fds[1].revents != 0 {
@@ -198,12 +208,6 @@ final class MessageReader {
 
     /// Whether and how long `fill` tries the socket without sleeping before it waits in poll(2).
     var pollPolicy = PollPolicy(window: 0)
-
-    static func microsecondsNow() -> UInt64 {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000
-    }
 
     /// One read after the kept bytes `start..<end`, which end up at the buffer's front.
     private func receive() -> Int {
@@ -297,7 +301,7 @@ final class ReplyWriter: @unchecked Sendable {
             let sent = Glibc.sendfile(socket, file, position, left)
             if sent < 0 {
                 if errno == EINTR { continue }
-                return SystemError("sendfile", errno: Errno(rawValue: errno))
+                return Self.sendFailure("sendfile")
             }
             if sent == 0 {
                 // The file shrank under us; the reply already promised the bytes.
@@ -377,7 +381,7 @@ final class ReplyWriter: @unchecked Sendable {
             }
             if sent < 0 {
                 if errno == EINTR { continue }
-                return SystemError("send reply", errno: Errno(rawValue: errno))
+                return Self.sendFailure("send reply")
             }
             while sent > 0 {
                 let taken = min(sent, vectors[first].iov_len)
@@ -390,6 +394,17 @@ final class ReplyWriter: @unchecked Sendable {
         return nil
     }
 
+    /// The error of a failed send; EAGAIN on a blocking socket means its SO_SNDTIMEO passed.
+    private static func sendFailure(_ operation: String) -> SystemError {
+        let code = errno
+        guard code != EAGAIN else { return sendTimedOut(operation) }
+        return SystemError(operation, errno: Errno(rawValue: code))
+    }
+
+    static func sendTimedOut(_ operation: String) -> SystemError {
+        SystemError(operation, errno: .timedOut, detail: "the client read no reply within the send timeout")
+    }
+
     private func writeAll(_ bytes: UnsafeRawBufferPointer, more: Bool) -> SystemError? {
         guard let base = bytes.baseAddress else { return nil }
         var sent = 0
@@ -398,7 +413,7 @@ final class ReplyWriter: @unchecked Sendable {
             let got = Glibc.send(socket, base + sent, bytes.count - sent, flags)
             if got < 0 {
                 if errno == EINTR { continue }
-                return SystemError("send reply", errno: Errno(rawValue: errno))
+                return Self.sendFailure("send reply")
             }
             sent += got
         }
