@@ -24,6 +24,8 @@ let package = Package(
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        // TLS for `erofs serve` (NBD STARTTLS).
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
 
         // Thin, typed wrappers over syscalls: SystemError, file descriptors, mount, loop devices.
         .target(name: "SystemCalls", dependencies: [
@@ -47,7 +49,8 @@ let package = Package(
         .target(name: "NBDProtocol", dependencies: []),
         // The NBD serving loop: kernel mode (socketpair) and network mode (handshake).
         .target(name: "NBDServer", dependencies: [
-            "NBDProtocol", "ImageSources", "SystemCalls", "CShim",
+            "NBDProtocol", "ImageSources", "SystemCalls", "CShim", "COpenSSL",
+            .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Kernel attachment of local images: mount(2), loop devices, the mount table.
@@ -73,7 +76,7 @@ let package = Package(
         ]),
         .executableTarget(name: "MountErofsTool", dependencies: ["MountCLI"]),
         .executableTarget(name: "ErofsTool", dependencies: [
-            "EROFSFormat", "EROFSReader", "Manifest", "NBDServer", "SystemCalls", "CShim",
+            "EROFSFormat", "EROFSReader", "Manifest", "NBDProtocol", "NBDServer", "SystemCalls", "CShim",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

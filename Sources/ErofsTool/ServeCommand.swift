@@ -4,6 +4,7 @@ import Glibc
 import ArgumentParser
 import ImageSources
 import Logging
+import NBDProtocol
 import NBDServer
 import SystemCalls
 
@@ -16,8 +17,9 @@ struct ServeCommand: ParsableCommand {
         abstract: "Serve an image read-only over NBD (fixed newstyle, multi-conn) until SIGTERM/SIGINT.",
         discussion: """
             --tcp :PORT listens on 127.0.0.1 only; name an address (0.0.0.0:PORT, [::]:PORT) to \
-            serve other hosts, who need no credentials: a warning says so. --unix refuses a PATH \
-            that exists, unless it is a socket no server answers on, and removes only its own socket.
+            serve other hosts; without required TLS a warning says that they need no credentials. \
+            TLS is NBD's STARTTLS (clients: nbds:// URIs). --unix refuses a PATH that exists, \
+            unless it is a socket no server answers on, and removes only its own socket.
             """)
 
     @Argument(help: "The image file (or block device) to serve.")
@@ -49,6 +51,20 @@ struct ServeCommand: ParsableCommand {
     @Option(name: .customLong("send-timeout"), help: "Seconds a reply may wait for the client to read before the connection is dropped (0: forever).")
     var sendTimeout: Double = 30
 
+    @Option(
+        name: .customLong("tls"),
+        help: "off, on (clients may use TLS) or require (default with credentials: every option but STARTTLS is refused before TLS).")
+    var tlsPolicy: TLSPolicy?
+
+    @Option(name: .customLong("tls-certificate"), help: "PEM certificate chain for TLS (with --tls-key).")
+    var tlsCertificate: String?
+
+    @Option(name: .customLong("tls-key"), help: "PEM private key of --tls-certificate.")
+    var tlsKey: String?
+
+    @Option(name: .customLong("tls-psk"), help: "Pre-shared keys for TLS, IDENTITY:HEXKEY lines (psktool's format).")
+    var tlsPSK: String?
+
     @Flag(name: .customLong("verbose"), help: "Log every connection and refused request.")
     var verbose = false
 
@@ -62,6 +78,18 @@ struct ServeCommand: ParsableCommand {
             throw ValidationError("--handshake-timeout must be above 0 and at most 86400 seconds")
         }
         guard sendTimeout >= 0 && sendTimeout <= 86400 else { throw ValidationError("--send-timeout must be between 0 and 86400 seconds") }
+        guard (tlsCertificate == nil) == (tlsKey == nil) else { throw ValidationError("give --tls-certificate and --tls-key together") }
+        let credentials = tlsCertificate != nil || tlsPSK != nil
+        switch tlsPolicy {
+        case .off where credentials: throw ValidationError("--tls=off with TLS credentials: drop them or the option")
+        case .on, .require: guard credentials else { throw ValidationError("--tls=\(tlsPolicy!) needs --tls-certificate and --tls-key, or --tls-psk") }
+        default: break
+        }
+    }
+
+    /// The policy in force: `require` whenever credentials are given and --tls says nothing.
+    private var effectiveTLSPolicy: TLSPolicy {
+        tlsPolicy ?? (tlsCertificate != nil || tlsPSK != nil ? .require : .off)
     }
 
     func run() throws {
@@ -77,16 +105,20 @@ struct ServeCommand: ParsableCommand {
         logger.logLevel = verbose ? .debug : .info
         let address: ListenAddress = if let unixPath { .unix(path: unixPath) } else { try .parseTCP(tcpAddress ?? "") }
         let source = try FileSource(path: image)
+        let tls = effectiveTLSPolicy == .off ? nil : try TLSContext(certificateFile: tlsCertificate, keyFile: tlsKey, pskFile: tlsPSK)
         let server = try NetworkServer(
             source: source, address: address,
             options: .init(
                 exportName: exportName, exportDescription: exportDescription, workersPerConnection: workers,
-                maxConnections: maxConnections, handshakeTimeout: .seconds(handshakeTimeout), sendTimeout: .seconds(sendTimeout)),
+                maxConnections: maxConnections, handshakeTimeout: .seconds(handshakeTimeout), sendTimeout: .seconds(sendTimeout),
+                tls: tls, tlsPolicy: effectiveTLSPolicy),
             logger: logger)
         logger.info("serving", metadata: [
-            "image": "\(image)", "size": "\(source.size)", "address": "\(server.address)", "max-connections": "\(server.maxConnections)"])
-        if !server.isLocalOnly {
-            logger.warning("serving \(server.address) without TLS: any host that reaches it can read the image")
+            "image": "\(image)", "size": "\(source.size)", "address": "\(server.address)", "max-connections": "\(server.maxConnections)",
+            "tls": "\(effectiveTLSPolicy)"])
+        if !server.isLocalOnly && effectiveTLSPolicy != .require {
+            let what = effectiveTLSPolicy == .off ? "without TLS" : "with TLS optional"
+            logger.warning("serving \(server.address) \(what): any host that reaches it can read the image")
         }
 
         let outcome = ServeOutcome()
@@ -120,3 +152,5 @@ private final class ServeOutcome: @unchecked Sendable {
         return stored
     }
 }
+
+extension TLSPolicy: ExpressibleByArgument {}

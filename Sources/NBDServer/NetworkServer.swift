@@ -29,12 +29,18 @@ public final class NetworkServer: @unchecked Sendable {
         /// After `stop()`, how long connections have to answer what they read before their
         /// sockets are shut down.
         public var shutdownGrace: Duration
+        /// Credentials for NBD_OPT_STARTTLS; nil: TLS is refused.
+        public var tls: TLSContext?
+        /// With `tls`: whether clients must use it (`.require`) or may (`.on`).
+        public var tlsPolicy: TLSPolicy
 
         public init(
             exportName: String = "", exportDescription: String = "", workersPerConnection: Int = 4,
             maxConnections: Int = 64, handshakeTimeout: Duration = .seconds(10), sendTimeout: Duration = .seconds(30),
-            shutdownGrace: Duration = .seconds(2)
+            shutdownGrace: Duration = .seconds(2), tls: TLSContext? = nil, tlsPolicy: TLSPolicy = .require
         ) {
+            self.tls = tls
+            self.tlsPolicy = tlsPolicy
             self.exportName = exportName
             self.exportDescription = exportDescription
             self.workersPerConnection = workersPerConnection
@@ -166,6 +172,7 @@ public final class NetworkServer: @unchecked Sendable {
         var logger = logger
         logger[metadataKey: "connection"] = "\(id)"
         let reader = MessageReader(socket: socket, stop: stopSignal)
+        defer { reader.tls?.close() }
         do {
             reader.deadline = monotonicMicroseconds() + options.handshakeTimeout.microseconds
             guard let structured = try negotiate(reader: reader, id: id, logger: logger) else { return }
@@ -186,8 +193,8 @@ public final class NetworkServer: @unchecked Sendable {
     /// Runs the handshake; returns whether structured replies were negotiated, or nil when the
     /// connection ends without entering transmission.
     private func negotiate(reader: MessageReader, id: Int, logger: Logger) throws(SystemError) -> Bool? {
-        var negotiator = HandshakeNegotiator(export: export)
-        let writer = ReplyWriter(socket: reader.socket)
+        var negotiator = HandshakeNegotiator(export: export, tls: options.tls == nil ? .off : options.tlsPolicy)
+        var writer = ReplyWriter(socket: reader.socket)
         try writer.send(negotiator.greeting)
         guard let flagBytes = try reader.readBytes(4, atBoundary: true, what: "NBD client flags") else { return nil }
         registry.progressed(id, now: monotonicMicroseconds())
@@ -218,6 +225,18 @@ public final class NetworkServer: @unchecked Sendable {
             case .awaitOption: continue
             case .close: return nil
             case .transmit: return negotiator.structuredReplies
+            case .startTLS:
+                guard let tls = options.tls, let deadline = reader.deadline else { return nil }
+                // The client waits for our TLS handshake: bytes after STARTTLS are an attack
+                // (injected before the encryption starts), never to be read as options.
+                guard !reader.hasBufferedBytes else {
+                    throw SystemError("NBD handshake", detail: "client sent data after STARTTLS before the TLS handshake")
+                }
+                let session = try tls.accept(reader.socket, deadline: deadline, sendTimeout: options.sendTimeout)
+                reader.tls = session
+                writer = ReplyWriter(socket: reader.socket, tls: session)
+                negotiator.tlsEstablished()
+                logger.debug("TLS established")
             }
         }
     }

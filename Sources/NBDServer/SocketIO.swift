@@ -28,6 +28,8 @@ final class MessageReader {
     private var end = 0
     /// The stream position of `buffer`'s first byte.
     private var bufferPosition: UInt64 = 0
+    /// Set after STARTTLS: bytes then come through the TLS session.
+    var tls: TLSSession?
     /// While set (CLOCK_MONOTONIC microseconds), waiting for bytes past it fails with ETIMEDOUT:
     /// the time limit of a network client's handshake.
     var deadline: UInt64?
@@ -174,7 +176,17 @@ final class MessageReader {
         defer { if pollPolicy.window > 0 { pollPolicy.record(waited: monotonicMicroseconds() - waitStarted) } }
         while true {
             if stopSeen && cleanStopAllowed { return .stopped }
-            var fds = [pollfd(fd: socket, events: Int16(POLLIN), revents: 0)]
+            // TLS may hold decrypted bytes that the socket no longer shows as readable.
+            if let tls, tls.hasPendingBytes {
+                let got = receive()
+                if got > 0 {
+                    end += got
+                    return .message
+                }
+                if got == 0 { return .endOfStream }
+            }
+            let events = tls?.readWantsWrite == true ? Int16(POLLIN | POLLOUT) : Int16(POLLIN)
+            var fds = [pollfd(fd: socket, events: events, revents: 0)]
             if let stop, !stopSeen { fds.append(pollfd(fd: stop.descriptor, events: Int16(POLLIN), revents: 0)) }
             var timeout: Int32 = stopSeen ? completionTimeoutMilliseconds : -1
             if let deadline {
@@ -223,6 +235,7 @@ final class MessageReader {
         }
         if start > 0, kept > 0, let base = buffer.baseAddress { memmove(base, base + start, kept) }
         (start, end, bufferPosition) = (0, kept, keptPosition)
+        if let tls { return tls.receive(into: buffer.baseAddress! + kept, count: buffer.count - kept) }
         return recv(socket, buffer.baseAddress! + kept, buffer.count - kept, Int32(MSG_DONTWAIT))
     }
 }
@@ -238,18 +251,21 @@ final class ReplyWriter: @unchecked Sendable {
     /// With a journal: an open file description of the image used only here, at its own
     /// position, for sendfile (-1: none, big replies are copied instead).
     let replyFile: Int32
+    /// After STARTTLS: every reply is encrypted through it.
+    let tls: TLSSession?
     private let lock = ConditionLock()
     private var failure: SystemError?
 
-    init(socket: Int32, journal: RequestJournal? = nil, replyFile: Int32 = -1) {
+    init(socket: Int32, journal: RequestJournal? = nil, replyFile: Int32 = -1, tls: TLSSession? = nil) {
         self.socket = socket
         self.journal = journal
         self.replyFile = journal == nil ? -1 : replyFile
+        self.tls = tls
     }
 
-    /// Whether `sendFile` may be used: always without a journal, with one only through a
-    /// reply file.
-    var sendsFiles: Bool { journal == nil || replyFile >= 0 }
+    /// Whether `sendFile` may be used: not through TLS (the bytes must pass through userspace
+    /// to be encrypted); without a journal, or with one only through a reply file.
+    var sendsFiles: Bool { tls == nil && (journal == nil || replyFile >= 0) }
 
     /// IOV_MAX on Linux: the most vectors one sendmsg(2) takes.
     static let maximumVectors = 1024
@@ -366,6 +382,15 @@ final class ReplyWriter: @unchecked Sendable {
     /// sendmsg(2) until every vector went out; a partial send (socket buffer full) resumes in
     /// the middle of the vector where it stopped.
     private func sendAll(_ vectors: UnsafeMutableBufferPointer<iovec>, flags: Int32 = 0) -> SystemError? {
+        if let tls {
+            // TLS has no gathering write: one buffer, so that a batch still goes out in few records.
+            var bytes: [UInt8] = []
+            bytes.reserveCapacity(vectors.reduce(0) { $0 + $1.iov_len })
+            for vector in vectors where vector.iov_len > 0 {
+                bytes += UnsafeRawBufferPointer(start: vector.iov_base, count: vector.iov_len)
+            }
+            return bytes.withUnsafeBytes { tls.send($0) }
+        }
         var first = 0
         while first < vectors.count {
             if vectors[first].iov_len == 0 { first += 1; continue }
