@@ -42,7 +42,7 @@ struct ServeCommand: ParsableCommand {
 
     @Option(
         name: .customLong("max-connections"),
-        help: "Connections served at once; beyond, the least advanced handshake is dropped, or the new client when all transmit.")
+        help: "Connections in transmission at once (more are closed at accept); 4 times as many handshakes, the quietest dropped for a newcomer.")
     var maxConnections: Int = 64
 
     @Option(name: .customLong("handshake-timeout"), help: "Seconds a client has to finish the NBD handshake.")

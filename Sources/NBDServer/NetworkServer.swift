@@ -17,9 +17,10 @@ public final class NetworkServer: @unchecked Sendable {
         public var exportName: String
         public var exportDescription: String
         public var workersPerConnection: Int
-        /// Connections served at once, handshaking or transmitting. At the cap the handshake that
-        /// made the least progress is dropped for a new client, or, when every slot transmits,
-        /// the new client is closed at once. Lowered to what the descriptor limit allows.
+        /// Connections in transmission at once; when all are taken a new client is closed at
+        /// accept. Handshakes have `handshakesPerConnection` times as many slots; when those are
+        /// taken the one quiet the longest is dropped for the new client. Lowered to what the
+        /// descriptor limit allows.
         public var maxConnections: Int
         /// From accept to the end of the handshake.
         public var handshakeTimeout: Duration
@@ -58,6 +59,9 @@ public final class NetworkServer: @unchecked Sendable {
     public var isLocalOnly: Bool { listener.isLocalOnly }
     /// The connection cap in force (`Options.maxConnections`, lowered to fit the descriptor limit).
     public let maxConnections: Int
+    /// Handshake slots per transmission slot: enough that an idle flood must open hundreds of
+    /// connections within one step of a real client's handshake to drop it.
+    public static let handshakesPerConnection = 4
     private let options: Options
     private let logger: Logger
     private let stopSignal: StopSignal
@@ -78,17 +82,18 @@ public final class NetworkServer: @unchecked Sendable {
             logger.warning("connection cap lowered to fit the open-file limit (ulimit -n)", metadata: [
                 "requested": "\(options.maxConnections)", "cap": "\(maxConnections)"])
         }
-        registry = ConnectionRegistry(capacity: maxConnections)
+        registry = ConnectionRegistry(transmissionCapacity: maxConnections, handshakeCapacity: maxConnections * Self.handshakesPerConnection)
         stopSignal = try StopSignal()
         listener = try Listener(address: address)
     }
 
-    /// Each connection holds one descriptor, and connections dropped for newer ones hold theirs
-    /// until their thread notices: twice the cap must fit beside the server's own descriptors.
+    /// Each connection holds one descriptor: the transmitting ones, the handshakes, and the
+    /// handshakes dropped for newer ones until their thread notices must all fit beside the
+    /// server's own descriptors.
     private static func connectionsWithinDescriptorLimit() -> Int {
         var limit = rlimit()
         guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return .max }
-        return (Int(clamping: limit.rlim_cur) - 64) / 2
+        return (Int(clamping: limit.rlim_cur) - 64) / (1 + 2 * handshakesPerConnection)
     }
 
     private var export: ExportDescription {
@@ -177,7 +182,10 @@ public final class NetworkServer: @unchecked Sendable {
             reader.deadline = monotonicMicroseconds() + options.handshakeTimeout.microseconds
             guard let structured = try negotiate(reader: reader, id: id, logger: logger) else { return }
             reader.deadline = nil
-            registry.enterTransmission(id)
+            guard registry.enterTransmission(id) else {
+                logger.info("connection closed: every transmission slot was taken during its handshake")
+                return
+            }
             let loop = TransmissionLoop(
                 reader: reader, source: source, structuredReplies: structured,
                 configuration: .init(workers: options.workersPerConnection), logger: logger)
@@ -197,7 +205,7 @@ public final class NetworkServer: @unchecked Sendable {
         var writer = ReplyWriter(socket: reader.socket)
         try writer.send(negotiator.greeting)
         guard let flagBytes = try reader.readBytes(4, atBoundary: true, what: "NBD client flags") else { return nil }
-        registry.progressed(id, now: monotonicMicroseconds())
+        registry.progressed(id)
         do {
             try negotiator.receiveClientFlags(flagBytes.reduce(0) { $0 << 8 | UInt32($1) })
         } catch {
@@ -217,7 +225,7 @@ public final class NetworkServer: @unchecked Sendable {
                     detail: "\(header.option) carries \(header.length) bytes, over the limit of \(NBDLimits.maximumOptionLength)")
             }
             let data = header.length == 0 ? [] : (try reader.readBytes(Int(header.length), atBoundary: false, what: "NBD option data") ?? [])
-            registry.progressed(id, now: monotonicMicroseconds())
+            registry.progressed(id)
             let step = negotiator.handle(option: header.option, data: data)
             logger.debug("NBD option", metadata: ["option": "\(header.option)", "outcome": "\(step.outcome)"])
             if !step.reply.isEmpty { try writer.send(step.reply) }
