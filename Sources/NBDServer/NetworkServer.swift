@@ -137,7 +137,8 @@ public final class NetworkServer: @unchecked Sendable {
         }
     }
 
-    /// Gives `client` a slot and a thread, or closes it at once when every slot transmits.
+    /// Gives `client` a handshake slot and a thread, or closes it at once when every
+    /// transmission slot is taken.
     private func admit(_ client: Int32) {
         _ = fcntl(client, F_SETFD, FD_CLOEXEC)
         if case .tcp = address {
@@ -178,6 +179,7 @@ public final class NetworkServer: @unchecked Sendable {
         logger[metadataKey: "connection"] = "\(id)"
         let reader = MessageReader(socket: socket, stop: stopSignal)
         defer { reader.tls?.close() }
+        var transmitting = false
         do {
             reader.deadline = monotonicMicroseconds() + options.handshakeTimeout.microseconds
             guard let structured = try negotiate(reader: reader, id: id, logger: logger) else { return }
@@ -186,15 +188,18 @@ public final class NetworkServer: @unchecked Sendable {
                 logger.info("connection closed: every transmission slot was taken during its handshake")
                 return
             }
+            transmitting = true
             let loop = TransmissionLoop(
                 reader: reader, source: source, structuredReplies: structured,
                 configuration: .init(workers: options.workersPerConnection), logger: logger)
             let end = try loop.run()
             logger.debug("connection ended", metadata: ["end": "\(end)"])
         } catch {
-            // A client leaving early (EPIPE, ECONNRESET) is ordinary; anything else is worth a line.
+            // A client leaving early (EPIPE, ECONNRESET) is ordinary, and so is a handshake that
+            // never finishes (timed out, dropped for a newcomer): a flood of those must not
+            // flood the log. A transmitting connection's failure is worth a line.
             let vanished = error.errno == .brokenPipe || error.errno == .connectionReset
-            logger.log(level: vanished ? .debug : .info, "connection closed", metadata: ["reason": "\(error)"])
+            logger.log(level: vanished || !transmitting ? .debug : .info, "connection closed", metadata: ["reason": "\(error)"])
         }
     }
 
