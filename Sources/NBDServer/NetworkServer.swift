@@ -184,10 +184,6 @@ public final class NetworkServer: @unchecked Sendable {
             reader.deadline = monotonicMicroseconds() + options.handshakeTimeout.microseconds
             guard let structured = try negotiate(reader: reader, id: id, logger: logger) else { return }
             reader.deadline = nil
-            guard registry.enterTransmission(id) else {
-                logger.info("connection closed: every transmission slot was taken during its handshake")
-                return
-            }
             transmitting = true
             let loop = TransmissionLoop(
                 reader: reader, source: source, structuredReplies: structured,
@@ -233,6 +229,12 @@ public final class NetworkServer: @unchecked Sendable {
             registry.progressed(id)
             let step = negotiator.handle(option: header.option, data: data)
             logger.debug("NBD option", metadata: ["option": "\(header.option)", "outcome": "\(step.outcome)"])
+            // The transmission slot is taken before the client hears it may transmit: once it
+            // has, a newcomer must find the slot taken.
+            if step.outcome == .transmit && !registry.enterTransmission(id) {
+                logger.info("connection closed: every transmission slot was taken during its handshake")
+                return nil
+            }
             if !step.reply.isEmpty { try writer.send(step.reply) }
             switch step.outcome {
             case .awaitOption: continue
