@@ -382,15 +382,7 @@ final class ReplyWriter: @unchecked Sendable {
     /// sendmsg(2) until every vector went out; a partial send (socket buffer full) resumes in
     /// the middle of the vector where it stopped.
     private func sendAll(_ vectors: UnsafeMutableBufferPointer<iovec>, flags: Int32 = 0) -> SystemError? {
-        if let tls {
-            // TLS has no gathering write: one buffer, so that a batch still goes out in few records.
-            var bytes: [UInt8] = []
-            bytes.reserveCapacity(vectors.reduce(0) { $0 + $1.iov_len })
-            for vector in vectors where vector.iov_len > 0 {
-                bytes += UnsafeRawBufferPointer(start: vector.iov_base, count: vector.iov_len)
-            }
-            return bytes.withUnsafeBytes { tls.send($0) }
-        }
+        if let tls { return tls.send(UnsafeBufferPointer(vectors)) }
         var first = 0
         while first < vectors.count {
             if vectors[first].iov_len == 0 { first += 1; continue }

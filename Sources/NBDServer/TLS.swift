@@ -191,6 +191,36 @@ final class TLSSession: @unchecked Sendable {
         }
     }
 
+    /// Writes what `vectors` hold, in order. TLS has no gathering write, and a reply header
+    /// alone would cost a record of its own: small pieces are gathered into full records in a
+    /// staging buffer, and the bulk of a large piece (READ data) goes to OpenSSL in place.
+    func send(_ vectors: UnsafeBufferPointer<iovec>) -> SystemError? {
+        let staging = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.recordSize, alignment: 16)
+        defer { staging.deallocate() }
+        var staged = 0
+        for vector in vectors where vector.iov_len > 0 {
+            guard let base = vector.iov_base else { continue }
+            // Top the staging buffer up from this piece first, so records stay full.
+            let taken = min(vector.iov_len, Self.recordSize - staged)
+            (staging.baseAddress! + staged).copyMemory(from: base, byteCount: taken)
+            staged += taken
+            guard taken < vector.iov_len || staged == Self.recordSize else { continue }
+            if let error = send(UnsafeRawBufferPointer(rebasing: staging[..<staged])) { return error }
+            staged = 0
+            let rest = vector.iov_len - taken
+            if rest >= Self.recordSize {
+                if let error = send(UnsafeRawBufferPointer(start: base + taken, count: rest)) { return error }
+            } else if rest > 0 {
+                staging.baseAddress!.copyMemory(from: base + taken, byteCount: rest)
+                staged = rest
+            }
+        }
+        return staged == 0 ? nil : send(UnsafeRawBufferPointer(rebasing: staging[..<staged]))
+    }
+
+    /// The largest TLS record's payload.
+    static let recordSize = 16 << 10
+
     /// Writes all of `bytes`, waiting for the socket as needed; a wait longer than the send
     /// timeout fails as a plain socket's SO_SNDTIMEO would.
     func send(_ bytes: UnsafeRawBufferPointer) -> SystemError? {
