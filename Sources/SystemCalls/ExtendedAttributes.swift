@@ -7,13 +7,20 @@ import CShim
 public enum ExtendedAttributes {
     /// Names from `llistxattr(2)`, in the order the kernel gives them.
     public static func names(_ path: String) throws(SystemError) -> [String] {
+        try names(ByteString(path))
+    }
+
+    /// Names from `llistxattr(2)` of a path that need not be UTF-8.
+    public static func names(_ path: ByteString) throws(SystemError) -> [String] {
         while true {
-            let size = try retryingOnInterrupt("llistxattr", path: path) { llistxattr(path, nil, 0) }
+            let size = try path.withCString { (cPath) throws(SystemError) in
+                try retryingOnInterrupt("llistxattr", path: path.description) { llistxattr(cPath, nil, 0) }
+            }
             if size == 0 { return [] }
             var buffer = [CChar](repeating: 0, count: size)
-            let got = llistxattr(path, &buffer, size)
+            let got = path.withCString { llistxattr($0, &buffer, size) }
             if got == -1 && errno == ERANGE { continue }  // grew between the two calls
-            if got == -1 { throw .lastErrno("llistxattr", path: path) }
+            if got == -1 { throw .lastErrno("llistxattr", path: path.description) }
             return buffer[..<got].split(separator: 0).map {
                 String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             }
@@ -22,13 +29,20 @@ public enum ExtendedAttributes {
 
     /// The value of one attribute from `lgetxattr(2)`.
     public static func value(_ path: String, name: String) throws(SystemError) -> [UInt8] {
+        try value(ByteString(path), name: name)
+    }
+
+    /// The value of one attribute from `lgetxattr(2)`, of a path that need not be UTF-8.
+    public static func value(_ path: ByteString, name: String) throws(SystemError) -> [UInt8] {
         while true {
-            let size = try retryingOnInterrupt("lgetxattr \(name)", path: path) { lgetxattr(path, name, nil, 0) }
+            let size = try path.withCString { (cPath) throws(SystemError) in
+                try retryingOnInterrupt("lgetxattr \(name)", path: path.description) { lgetxattr(cPath, name, nil, 0) }
+            }
             if size == 0 { return [] }
             var buffer = [UInt8](repeating: 0, count: size)
-            let got = lgetxattr(path, name, &buffer, size)
+            let got = path.withCString { lgetxattr($0, name, &buffer, size) }
             if got == -1 && errno == ERANGE { continue }
-            if got == -1 { throw .lastErrno("lgetxattr \(name)", path: path) }
+            if got == -1 { throw .lastErrno("lgetxattr \(name)", path: path.description) }
             return Array(buffer[..<got])
         }
     }
