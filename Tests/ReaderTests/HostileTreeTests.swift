@@ -1,0 +1,159 @@
+import CShim
+import EROFSReader
+import Foundation
+import Manifest
+import SystemCalls
+import Testing
+import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `erofs extract`, `ls`, `cat` and `walk` on an image made now by mkfs.erofs from a tree a
+/// stranger could send (issue 13): a world-writable root owned by nobody, a device node,
+/// setuid/setgid files, file capabilities, trusted.* xattrs, names that are not UTF-8 and a name
+/// that drives a terminal. Extraction runs as root, the case the defaults must make safe.
+@Suite(.serialized) struct HostileTreeTests {
+    static var erofs: String { builtProductsDirectory() + "/erofs" }
+    static let cafE9: [UInt8] = Array("caf".utf8) + [0xe9]
+    static let cafE8: [UInt8] = Array("caf".utf8) + [0xe8]
+    static let red: [UInt8] = [0x1b] + Array("[31mred".utf8)
+    static let byteDirectory: [UInt8] = Array("dir".utf8) + [0xff]
+    static let linkTarget: [UInt8] = Array("target".utf8) + [0xfe]
+    /// security.capability v2 (VFS_CAP_REVISION_2, effective) granting CAP_NET_RAW (13).
+    static let capability: [UInt8] = [0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00] + [UInt8](repeating: 0, count: 12)
+
+    struct Made {
+        let scratch: String
+        let image: String
+        func remove() { try? FileManager.default.removeItem(atPath: scratch) }
+    }
+
+    /// The tree as an image; the names that are not UTF-8 only with `names`, so that the
+    /// tests of the other items do not trip over them on a reader that mangles them.
+    static func makeImage(_ label: String, names: Bool = false) throws -> Made {
+        let scratch = try temporaryDirectory("hostile-\(label)")
+        let tree = ByteString(scratch + "/tree")
+        func path(_ components: [UInt8]...) -> ByteString {
+            components.reduce(tree) { $0.appending(component: ByteString($1)) }
+        }
+        func file(_ path: ByteString, _ contents: [UInt8], mode: mode_t = 0o644) throws {
+            let descriptor = path.withCString { open($0, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, mode) }
+            try #require(descriptor >= 0, "create \(path)")
+            defer { close(descriptor) }
+            try #require(contents.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) } == contents.count)
+            try #require(fchmod(descriptor, mode) == 0)
+        }
+        func check(_ result: Int32, _ what: String) throws { try #require(result == 0, "\(what): \(String(cString: strerror(errno)))") }
+        try check(tree.withCString { mkdir($0, 0o755) }, "mkdir tree")
+        try check(tree.withCString { chown($0, 65534, 65534) }, "chown tree")
+        try check(tree.withCString { chmod($0, 0o777) }, "chmod tree")
+        try check(path(Array("null".utf8)).withCString { mknod($0, S_IFCHR | 0o666, MkfsImageTests.makeDevice(1, 3)) }, "mknod")
+        // Owner first: chown clears setuid and setgid.
+        try file(path(Array("setuid".utf8)), Array("u".utf8))
+        try check(path(Array("setuid".utf8)).withCString { chown($0, 1234, 5678) }, "chown setuid")
+        try check(path(Array("setuid".utf8)).withCString { chmod($0, 0o4755) }, "chmod setuid")
+        try file(path(Array("setgid".utf8)), Array("g".utf8), mode: 0o2755)
+        try file(path(Array("world-writable".utf8)), Array("w".utf8), mode: 0o666)
+        try check(path(Array("sticky".utf8)).withCString { mkdir($0, 0o755) }, "mkdir sticky")
+        try check(path(Array("sticky".utf8)).withCString { chmod($0, 0o1777) }, "chmod sticky")
+        try file(path(Array("capable".utf8)), Array("c".utf8), mode: 0o755)
+        for (name, value) in [("security.capability", capability), ("trusted.overlay.opaque", Array("y".utf8)), ("user.note", Array("hi".utf8))] {
+            let result = path(Array("capable".utf8)).withCString { cPath in value.withUnsafeBytes { setxattr(cPath, name, $0.baseAddress, $0.count, 0) } }
+            try check(result, "setxattr \(name)")
+        }
+        if names {
+            try file(path(cafE9), cafE9)
+            try file(path(cafE8), cafE8)
+            try file(path(red), red)
+            try check(path(byteDirectory).withCString { mkdir($0, 0o755) }, "mkdir dir\\377")
+            try file(path(byteDirectory, cafE9), Array("inside".utf8))
+            try check(ByteString(linkTarget).withCString { target in path(Array("link".utf8)).withCString { symlink(target, $0) } }, "symlink")
+        }
+        let image = scratch + "/image.erofs"
+        let made = try runProgram(MkfsImageTests.mkfs, ["-T0", image, scratch + "/tree"])
+        try #require(made.status == 0, "mkfs.erofs: \(made.standardError)")
+        return Made(scratch: scratch, image: image)
+    }
+
+    static func status(_ path: String) throws -> FileStatus { try FileStatus.lstat(path) }
+
+    static var umaskValue: UInt32 {
+        let mask = umask(0)
+        umask(mask)
+        return UInt32(mask)
+    }
+
+    /// Runs `script` under /bin/sh with $1.. set to `arguments`: lets a test pass arguments
+    /// that are not UTF-8 (printf makes them) and keep output as bytes (redirected to a file).
+    static func shell(_ script: String, _ arguments: [String]) throws -> ProcessResult {
+        try runProgram("/bin/sh", ["-c", script, "sh"] + arguments)
+    }
+
+    // MARK: item 6: names are bytes
+
+    /// Was: ls --json printed "/caf\u{FFFD}" twice, and walk could not stat it; cat could not
+    /// name it.
+    @Test func listingAndWalkKeepNamesAsBytes() throws {
+        try #require(MkfsImageTests.canMount, "needs root and mkfs.erofs")
+        let made = try Self.makeImage("list-names", names: true)
+        defer { made.remove() }
+
+        // ls --json: distinct, escaped paths, equal to the walk of the kernel's mount, whose
+        // mountpoint name is not UTF-8 either (so walk takes its argument as bytes).
+        let listed = try runProgram(Self.erofs, ["ls", "--recursive", "--json", "--sha256", made.image])
+        #expect(listed.status == 0, "\(listed.standardError)")
+        let paths: [String] = listed.standardOutput.split(separator: "\n").compactMap { line -> String? in
+            guard let start = line.firstRange(of: "\"path\": \"") else { return nil }
+            return String(line.suffix(from: start.upperBound).prefix { $0 != "\"" })
+        }
+        #expect(Set(paths).count == paths.count, "duplicate paths: \(paths)")
+        #expect(paths.contains("/caf\\udce9") && paths.contains("/caf\\udce8") && paths.contains("/dir\\udcff/caf\\udce9"))
+        #expect(paths.contains("/\\u001b[31mred"))
+        #expect(listed.standardOutput.contains("\"target\": \"target\\udcfe\""))
+        let mountPoint = made.scratch + "/mnt"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: false)
+        let mountPointBytes = ByteString(mountPoint + "/") + ByteString([0xfd])
+        #expect(mountPointBytes.withCString { mkdir($0, 0o755) } == 0)
+        let mounted = try Self.shell(#"mount -t erofs -o ro,loop "$1" "$2/$(printf '\375')""#, [made.image, mountPoint])
+        try #require(mounted.status == 0, "mount: \(mounted.standardError)")
+        let walked = try Self.shell(#""$1" walk "$2/$(printf '\375')""#, [Self.erofs, mountPoint])
+        _ = try Self.shell(#"umount "$1/$(printf '\375')""#, [mountPoint])
+        #expect(walked.status == 0, "\(walked.standardError)")
+        #expect(manifestDifference(actual: walked.standardOutput, expected: listed.standardOutput) == nil,
+                "\(manifestDifference(actual: walked.standardOutput, expected: listed.standardOutput) ?? "")")
+
+        // cat takes the path as bytes.
+        let catted = try Self.shell(#""$1" cat "$2" "$(printf '/dir\377/caf\351')""#, [Self.erofs, made.image])
+        #expect(catted.status == 0, "\(catted.standardError)")
+        #expect(catted.standardOutput == "inside")
+    }
+
+    /// ls into a pipe writes names as they are, one per line; with -b, and on a terminal,
+    /// escaped as GNU ls -b does, so no byte of a name reaches the terminal raw.
+    @Test func listingEscapesNamesForATerminal() throws {
+        try #require(MkfsImageTests.canMount, "needs root and mkfs.erofs")
+        let made = try Self.makeImage("tty", names: true)
+        defer { made.remove() }
+        let rawFile = made.scratch + "/raw"
+        let piped = try Self.shell(#""$1" ls "$2" > "$3""#, [Self.erofs, made.image, rawFile])
+        #expect(piped.status == 0, "\(piped.standardError)")
+        let raw = Array(try Data(contentsOf: URL(fileURLWithPath: rawFile)))
+        let lines = raw.split(separator: 0x0a, omittingEmptySubsequences: false).map(Array.init)
+        #expect(lines.contains(Self.cafE9) && lines.contains(Self.cafE8) && lines.contains(Self.red) && lines.contains(Self.byteDirectory),
+                "\(lines.map { ByteString($0).escaped })")
+
+        let escaped = try runProgram(Self.erofs, ["ls", "-b", made.image])
+        let expected = ["\\033[31mred", "caf\\350", "caf\\351", "dir\\377"]
+        for name in expected { #expect(escaped.standardOutput.split(separator: "\n").contains(Substring(name)), "\(escaped.standardOutput)") }
+        let long = try runProgram(Self.erofs, ["ls", "-l", "-b", made.image])
+        #expect(long.standardOutput.contains(" link -> target\\376\n"), "\(long.standardOutput)")
+
+        // A terminal: script(1) gives the command a pty.
+        let terminal = try Self.shell(#"script -qec "'$1' ls '$2'" /dev/null"#, [Self.erofs, made.image])
+        #expect(terminal.status == 0, "\(terminal.standardError)")
+        let shown = terminal.standardOutput.split(whereSeparator: { $0 == "\n" || $0 == "\r\n" || $0 == "\r" }).map(String.init)
+        for name in expected { #expect(shown.contains(name), "\(shown)") }
+        #expect(!terminal.standardOutput.unicodeScalars.contains("\u{1b}"))
+    }
+}
