@@ -10,7 +10,8 @@ import Glibc
 
 /// `erofs extract IMAGE DIR`: restores the tree under DIR. Every object is created relative to
 /// an open descriptor of its parent (openat/mkdirat/symlinkat/mknodat, O_NOFOLLOW, O_EXCL), and
-/// names are checked first, so nothing in the image can make us write outside DIR.
+/// names are checked first, so nothing in the image can make us write outside DIR. Names are
+/// bytes from the image to the syscall.
 struct ExtractCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "extract",
@@ -24,13 +25,14 @@ struct ExtractCommand: ParsableCommand {
     func run() throws {
         let filesystem: EROFSFilesystem
         do { filesystem = try extraDevices.open(image) } catch { throw failing(error) }
-        if mkdir(directory, 0o700) != 0 && errno != EEXIST {
-            FileHandleStandardError.write("erofs: cannot create \(directory): errno \(errno)\n")
+        let destination = try RawArguments.bytes(of: directory)
+        if destination.withCString({ mkdir($0, 0o700) }) != 0 && errno != EEXIST {
+            FileHandleStandardError.write("erofs: cannot create \(destination): errno \(errno)\n")
             throw ExitCode(1)
         }
-        let rootDescriptor = open(directory, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        let rootDescriptor = destination.withCString { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         guard rootDescriptor >= 0 else {
-            FileHandleStandardError.write("erofs: cannot open \(directory): errno \(errno)\n")
+            FileHandleStandardError.write("erofs: cannot open \(destination): errno \(errno)\n")
             throw ExitCode(1)
         }
         defer { close(rootDescriptor) }
@@ -62,7 +64,7 @@ struct Extractor {
     let rootDescriptor: Int32
     let restoreOwners: Bool
     /// First extracted path (relative to the root) of each multiply linked inode.
-    var linkedPaths: [UInt64: String] = [:]
+    var linkedPaths: [UInt64: ByteString] = [:]
     var warnings: [String] = []
     var activeDirectories: Set<UInt64> = []
     /// Regular files' data and metadata are written by worker threads while this walk goes on.
@@ -77,44 +79,45 @@ struct Extractor {
     }
 
     /// A name from the image that is safe as one path component, or nil.
-    static func safeName(_ name: [UInt8]) -> String? {
+    static func safeName(_ name: [UInt8]) -> ByteString? {
         guard !name.isEmpty, name.count <= 255, !name.contains(0x2f), !name.contains(0),
             name != [0x2e], name != [0x2e, 0x2e]
         else { return nil }
-        return String(decoding: name, as: UTF8.self)
+        return ByteString(name)
     }
 
-    func failure(_ operation: String, _ path: String) -> ExtractionError {
+    func failure(_ operation: String, _ path: ByteString) -> ExtractionError {
         Extractor.failure(operation, path)
     }
 
-    static func failure(_ operation: String, _ path: String) -> ExtractionError {
+    static func failure(_ operation: String, _ path: ByteString) -> ExtractionError {
         ExtractionError(message: "\(operation) \(path) failed: \(String(cString: strerror(errno)))")
     }
 
     /// Extracts the children of `directory` into the open `descriptor`, then its own metadata.
-    mutating func extractDirectory(_ directory: Inode, descriptor: Int32, path: String) throws {
+    mutating func extractDirectory(_ directory: Inode, descriptor: Int32, path: ByteString) throws {
         guard activeDirectories.insert(directory.nid).inserted else {
-            throw EROFSError(.corrupt, "directory cycle", path: path, nid: directory.nid)
+            throw EROFSError(.corrupt, "directory cycle", path: path.description, nid: directory.nid)
         }
         defer { activeDirectories.remove(directory.nid) }
         for entry in try filesystem.readDirectory(directory) where entry.name != [0x2e] && entry.name != [0x2e, 0x2e] {
             guard let name = Extractor.safeName(entry.name) else {
-                warnings.append("skipped unsafe name \(String(reflecting: entry.nameString)) in \(path)")
+                warnings.append("skipped unsafe name \(entry.nameBytes) in \(path)")
                 continue
             }
-            let childPath = (path == "/" ? "" : path) + "/" + name
+            let childPath = path.appending(component: name)
             let child = try filesystem.inode(nid: entry.nid)
             try extract(child, name: name, into: descriptor, path: childPath)
         }
         try applyMetadata(directory, descriptor: descriptor, parent: nil, name: nil, path: path)
     }
 
-    mutating func extract(_ inode: Inode, name: String, into parent: Int32, path: String) throws {
+    mutating func extract(_ inode: Inode, name: ByteString, into parent: Int32, path: ByteString) throws {
         if inode.kind != .directory && inode.linkCount > 1 {
             if let first = linkedPaths[inode.nid] {
-                let relative = String(first.dropFirst())
-                guard linkat(rootDescriptor, relative, parent, name, 0) == 0 else { throw failure("link", path) }
+                let relative = ByteString(first.bytes.dropFirst())
+                let linked = relative.withCString { from in name.withCString { linkat(rootDescriptor, from, parent, $0, 0) } }
+                guard linked == 0 else { throw failure("link", path) }
                 return
             }
             linkedPaths[inode.nid] = path
@@ -122,8 +125,8 @@ struct Extractor {
         let mode = mode_t(inode.permissions)
         switch inode.kind {
         case .directory:
-            guard mkdirat(parent, name, 0o700) == 0 else { throw failure("mkdir", path) }
-            let descriptor = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard name.withCString({ mkdirat(parent, $0, 0o700) }) == 0 else { throw failure("mkdir", path) }
+            let descriptor = name.withCString { openat(parent, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
             guard descriptor >= 0 else { throw failure("open", path) }
             defer { close(descriptor) }
             try extractDirectory(inode, descriptor: descriptor, path: path)
@@ -131,7 +134,7 @@ struct Extractor {
         case .file:
             // Created here, so that the walk's order holds (hard links, directory times);
             // filled, finished and closed by a worker.
-            let descriptor = openat(parent, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            let descriptor = name.withCString { openat(parent, $0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
             guard descriptor >= 0 else { throw failure("create", path) }
             let (filesystem, metadata) = (self.filesystem, self.metadata)
             do {
@@ -158,25 +161,25 @@ struct Extractor {
             }
             return
         case .symlink:
-            let target = try filesystem.readLink(inode)
-            guard !target.contains(0) else { throw EROFSError(.corrupt, "symlink target contains NUL", path: path, nid: inode.nid) }
-            let text = String(decoding: target, as: UTF8.self)
-            guard symlinkat(text, parent, name) == 0 else { throw failure("symlink", path) }
+            let target = ByteString(try filesystem.readLink(inode))
+            guard !target.bytes.contains(0) else { throw EROFSError(.corrupt, "symlink target contains NUL", path: path.description, nid: inode.nid) }
+            let made = target.withCString { target in name.withCString { symlinkat(target, parent, $0) } }
+            guard made == 0 else { throw failure("symlink", path) }
         case .characterDevice, .blockDevice:
             let type: mode_t = inode.kind == .characterDevice ? S_IFCHR : S_IFBLK
             // glibc's makedev encoding (a macro Swift cannot import).
             let major = UInt64(inode.deviceMajor), minor = UInt64(inode.deviceMinor)
             let device = dev_t((major & 0xfff) << 8 | (major & ~0xfff) << 32 | (minor & 0xff) | (minor & ~0xff) << 12)
-            guard mknodat(parent, name, type | mode, device) == 0 else { throw failure("mknod", path) }
+            guard name.withCString({ mknodat(parent, $0, type | mode, device) }) == 0 else { throw failure("mknod", path) }
         case .fifo:
-            guard mknodat(parent, name, S_IFIFO | mode, 0) == 0 else { throw failure("mkfifo", path) }
+            guard name.withCString({ mknodat(parent, $0, S_IFIFO | mode, 0) }) == 0 else { throw failure("mkfifo", path) }
         case .socket:
-            guard mknodat(parent, name, S_IFSOCK | mode, 0) == 0 else { throw failure("mknod (socket)", path) }
+            guard name.withCString({ mknodat(parent, $0, S_IFSOCK | mode, 0) }) == 0 else { throw failure("mknod (socket)", path) }
         }
         try applyMetadata(inode, descriptor: nil, parent: parent, name: name, path: path)
     }
 
-    mutating func applyMetadata(_ inode: Inode, descriptor: Int32?, parent: Int32?, name: String?, path: String) throws {
+    mutating func applyMetadata(_ inode: Inode, descriptor: Int32?, parent: Int32?, name: ByteString?, path: ByteString) throws {
         warnings += try metadata.apply(inode, descriptor: descriptor, parent: parent, name: name, path: path)
     }
 }
@@ -189,29 +192,30 @@ struct MetadataWriter: Sendable {
 
     /// Owner, xattrs, mode (after the owner: chown clears setuid), then times.
     /// Returns the warnings (failed chown, setxattr, chmod, utimensat) it met.
-    func apply(_ inode: Inode, descriptor: Int32?, parent: Int32?, name: String?, path: String) throws -> [String] {
+    func apply(_ inode: Inode, descriptor: Int32?, parent: Int32?, name: ByteString?, path: ByteString) throws -> [String] {
         var warnings: [String] = []
         let isSymlink = inode.kind == .symlink
+        let name = name ?? ""
         // Objects without a usable descriptor are reached through /proc/self/fd/<parent>/<name>,
         // which never follows a symlink in the last component with the l* calls.
-        let procPath: String? = parent.map { "/proc/self/fd/\($0)/\(name ?? "")" }
+        let procPath: ByteString? = parent.map { ByteString("/proc/self/fd/\($0)/") + name }
         if restoreOwners {
             let result: Int32
             if let descriptor { result = fchown(descriptor, inode.uid, inode.gid) } else {
-                result = fchownat(parent ?? rootDescriptor, name ?? "", inode.uid, inode.gid, AT_SYMLINK_NOFOLLOW)
+                result = name.withCString { fchownat(parent ?? rootDescriptor, $0, inode.uid, inode.gid, AT_SYMLINK_NOFOLLOW) }
             }
             if result != 0 { warnings.append("chown \(path): \(String(cString: strerror(errno)))") }
         }
         for (attribute, value) in try filesystem.xattrs(inode) {
             let result: Int32 = value.withUnsafeBytes { bytes in
                 if let descriptor { return fsetxattr(descriptor, attribute, bytes.baseAddress, bytes.count, 0) }
-                return lsetxattr(procPath ?? "", attribute, bytes.baseAddress, bytes.count, 0)
+                return (procPath ?? "").withCString { lsetxattr($0, attribute, bytes.baseAddress, bytes.count, 0) }
             }
             if result != 0 { warnings.append("setxattr \(attribute) on \(path): \(String(cString: strerror(errno)))") }
         }
         if !isSymlink {
             let mode = mode_t(inode.permissions)
-            let result = descriptor.map { fchmod($0, mode) } ?? fchmodat(parent ?? rootDescriptor, name ?? "", mode, 0)
+            let result = descriptor.map { fchmod($0, mode) } ?? name.withCString { fchmodat(parent ?? rootDescriptor, $0, mode, 0) }
             if result != 0 { warnings.append("chmod \(path): \(String(cString: strerror(errno)))") }
         }
         var times = [timespec](repeating: timespec(), count: 2)
@@ -221,7 +225,7 @@ struct MetadataWriter: Sendable {
         }
         let result: Int32
         if let descriptor { result = futimens(descriptor, times) } else {
-            result = utimensat(parent ?? rootDescriptor, name ?? "", times, AT_SYMLINK_NOFOLLOW)
+            result = name.withCString { utimensat(parent ?? rootDescriptor, $0, times, AT_SYMLINK_NOFOLLOW) }
         }
         if result != 0 { warnings.append("utimensat \(path): \(String(cString: strerror(errno)))") }
         return warnings

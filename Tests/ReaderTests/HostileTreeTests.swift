@@ -92,6 +92,26 @@ import Glibc
 
     // MARK: item 6: names are bytes
 
+    /// Was: extract failed ("File exists": both names became "caf\u{FFFD}").
+    @Test func extractKeepsNamesAsBytes() throws {
+        try #require(MkfsImageTests.canMount, "needs root and mkfs.erofs")
+        let made = try Self.makeImage("extract-names", names: true)
+        defer { made.remove() }
+        let out = ByteString(made.scratch + "/out")
+        let result = try runProgram(Self.erofs, ["extract", made.image, made.scratch + "/out"])
+        #expect(result.status == 0, "\(result.standardError)")
+        for name in [Self.cafE9, Self.cafE8, Self.red] {
+            let path = out.appending(component: ByteString(name))
+            let descriptor = path.withCString { open($0, O_RDONLY | O_CLOEXEC) }
+            #expect(descriptor >= 0, "open \(path)")
+            var buffer = [UInt8](repeating: 0, count: 64)
+            let count = buffer.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+            close(descriptor)
+            #expect(Array(buffer.prefix(max(count, 0))) == name, "contents of \(path)")
+        }
+        #expect((try? DirectoryWalker.readLink(out.appending(component: "link"))) == ByteString(Self.linkTarget))
+    }
+
     /// Was: ls --json printed "/caf\u{FFFD}" twice, and walk could not stat it; cat could not
     /// name it.
     @Test func listingAndWalkKeepNamesAsBytes() throws {
