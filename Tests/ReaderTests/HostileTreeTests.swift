@@ -90,6 +90,109 @@ import Glibc
         try runProgram("/bin/sh", ["-c", script, "sh"] + arguments)
     }
 
+    // MARK: item 4: the destination
+
+    /// Was: exit 0, `d` turned drwxrwxrwx nobody:nogroup and the image's files merged in.
+    @Test func nonEmptyDestinationIsRefusedAndLeftAlone() throws {
+        try #require(MkfsImageTests.canMount, "needs root and mkfs.erofs")
+        let made = try Self.makeImage("nonempty")
+        defer { made.remove() }
+        let destination = made.scratch + "/d"
+        try FileManager.default.createDirectory(atPath: destination, withIntermediateDirectories: false)
+        #expect(chmod(destination, 0o700) == 0)
+        try Data("keep\n".utf8).write(to: URL(fileURLWithPath: destination + "/keep"))
+        let before = try Self.status(destination)
+        let result = try runProgram(Self.erofs, ["extract", made.image, destination])
+        #expect(result.status == 1)
+        #expect(result.standardError.contains("\(destination): not empty (it holds keep)"), "\(result.standardError)")
+        #expect(try Self.status(destination) == before)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: destination) == ["keep"])
+        #expect(try String(contentsOfFile: destination + "/keep", encoding: .utf8) == "keep\n")
+    }
+
+    /// DEST keeps its own owner and mode (an existing empty one) or gets what mkdir gives (a
+    /// new one); the image root's metadata only with --root-metadata.
+    @Test func destinationKeepsItsOwnMetadata() throws {
+        try #require(MkfsImageTests.canMount, "needs root and mkfs.erofs")
+        let made = try Self.makeImage("dest")
+        defer { made.remove() }
+        let existing = made.scratch + "/empty"
+        try FileManager.default.createDirectory(atPath: existing, withIntermediateDirectories: false)
+        #expect(chmod(existing, 0o700) == 0)
+        let result = try runProgram(Self.erofs, ["extract", made.image, existing])
+        #expect(result.status == 0, "\(result.standardError)")
+        let kept = try Self.status(existing)
+        #expect(kept.permissions == 0o700 && kept.uid == 0 && kept.gid == 0, "\(kept)")
+        #expect(FileManager.default.fileExists(atPath: existing + "/setgid"))
+
+        let created = try runProgram(Self.erofs, ["extract", made.image, made.scratch + "/new"])
+        #expect(created.status == 0, "\(created.standardError)")
+        let new = try Self.status(made.scratch + "/new")
+        #expect(new.permissions == 0o777 & ~Self.umaskValue && new.uid == 0 && new.gid == 0, "\(new)")
+
+        let asked = try runProgram(Self.erofs, ["extract", "--root-metadata", "--same-permissions", made.image, made.scratch + "/root"])
+        #expect(asked.status == 0, "\(asked.standardError)")
+        let root = try Self.status(made.scratch + "/root")
+        #expect(root.permissions == 0o777 && root.uid == 65534 && root.gid == 65534, "\(root)")
+    }
+
+    // MARK: item 5: what is restored
+
+    /// As root with no option: no device node, no setuid/setgid, the umask applied, the sticky
+    /// bit kept, owners restored, only user.* xattrs (no capability, no trusted.*), and a note
+    /// saying what was left out. Was: all of it restored, silently.
+    @Test func defaultsAreSafeForAStrangersImage() throws {
+        try #require(MkfsImageTests.canMount, "needs root and mkfs.erofs")
+        let made = try Self.makeImage("defaults")
+        defer { made.remove() }
+        let out = made.scratch + "/out"
+        let result = try runProgram(Self.erofs, ["extract", made.image, out])
+        #expect(result.status == 0, "\(result.standardError)")
+        let mask = Self.umaskValue
+        #expect(throws: SystemError.self) { try Self.status(out + "/null") }
+        let setuid = try Self.status(out + "/setuid")
+        #expect(setuid.permissions == 0o755 & ~mask && setuid.uid == 1234 && setuid.gid == 5678, "\(setuid)")
+        #expect(try Self.status(out + "/setgid").permissions == 0o755 & ~mask)
+        #expect(try Self.status(out + "/world-writable").permissions == 0o666 & ~mask)
+        #expect(try Self.status(out + "/sticky").permissions == 0o1777 & ~mask)
+        #expect(try ExtendedAttributes.names(out + "/capable") == ["user.note"])
+        #expect(try ExtendedAttributes.value(out + "/capable", name: "user.note") == Array("hi".utf8))
+        #expect(result.standardError.contains("1 device node(s), first /null (--devices)"), "\(result.standardError)")
+        #expect(result.standardError.contains("setuid/setgid on 2 object(s)"))
+        #expect(result.standardError.contains("1 security.capability xattr(s) (--capabilities)"))
+        #expect(result.standardError.contains("1 trusted.* xattr(s) (--xattrs)"))
+
+        // --no-same-owner with --same-permissions: a setuid file owned by the extracting user
+        // would run as that user (root here), so setuid is dropped there too, as tar does.
+        let unowned = try runProgram(Self.erofs, ["extract", "--no-same-owner", "--same-permissions", made.image, made.scratch + "/unowned"])
+        #expect(unowned.status == 0, "\(unowned.standardError)")
+        let mine = try Self.status(made.scratch + "/unowned/setuid")
+        #expect(mine.permissions == 0o755 && mine.uid == 0 && mine.gid == 0, "\(mine)")
+        #expect(try Self.status(made.scratch + "/unowned/setgid").permissions == 0o755)
+    }
+
+    /// With every opt-in the extracted tree is the image, byte for byte and bit for bit:
+    /// device, setuid/setgid, capability, trusted.*, owners, the root's metadata.
+    @Test func optInsRestoreTheImageExactly() throws {
+        try #require(MkfsImageTests.canMount, "needs root and mkfs.erofs")
+        let made = try Self.makeImage("optin")
+        defer { made.remove() }
+        let out = made.scratch + "/out"
+        let result = try runProgram(Self.erofs, ["extract"] + ToolTests.faithfulExtract + [made.image, out])
+        #expect(result.status == 0, "\(result.standardError)")
+        #expect(!result.standardError.contains("note:"), "\(result.standardError)")
+        var walked = try DirectoryWalker.manifest(ofTreeAt: out)
+        var expected = try EROFSFilesystem(path: made.image).manifest(sha256: true)
+        for index in walked.indices where walked[index].kind == .dir { walked[index].size = 0 }
+        for index in expected.indices where expected[index].kind == .dir { expected[index].size = 0 }
+        #expect(manifestDifference(actual: walked.manifestText, expected: expected.manifestText) == nil,
+                "\(manifestDifference(actual: walked.manifestText, expected: expected.manifestText) ?? "")")
+        #expect(try ExtendedAttributes.value(out + "/capable", name: "security.capability") == Self.capability)
+        let device = try Self.status(out + "/null")
+        #expect(device.kind == .char && device.rdevMajor == 1 && device.rdevMinor == 3)
+        #expect(try Self.status(out + "/setuid").permissions == 0o4755)
+    }
+
     // MARK: item 6: names are bytes
 
     /// Was: extract failed ("File exists": both names became "caf\u{FFFD}").
