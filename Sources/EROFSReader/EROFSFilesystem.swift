@@ -182,11 +182,11 @@ public final class EROFSFilesystem: Sendable {
 }
 
 /// Runs `body`, adding the path and nid to an error that does not name them yet.
-func withContext<T>(path: String? = nil, nid: UInt64? = nil, _ body: () throws(EROFSError) -> T) throws(EROFSError) -> T {
+func withContext<T>(path: @autoclosure () -> String? = nil, nid: UInt64? = nil, _ body: () throws(EROFSError) -> T) throws(EROFSError) -> T {
     do {
         return try body()
     } catch {
-        throw error.adding(path: path, nid: nid)
+        throw error.adding(path: path(), nid: nid)
     }
 }
 

@@ -120,6 +120,8 @@ public enum JSONText {
     /// never holds a surrogate, so the escape is unambiguous, and reversible: `json.loads` then
     /// `os.fsencode` gives the bytes back. The line stays valid UTF-8.
     public static func quoted(_ bytes: ByteString) -> String {
+        // Nearly every name is UTF-8: the standard library validates it faster than pieces.
+        if let text = bytes.validString { return quoted(text) }
         var out = "\""
         bytes.forEachPiece { piece in
             switch piece {
