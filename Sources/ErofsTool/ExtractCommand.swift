@@ -101,33 +101,36 @@ struct ExtractCommand: ParsableCommand {
         if !created && errno != EEXIST { throw fail("cannot create: \(String(cString: strerror(errno)))") }
         let descriptor = destination.withCString { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         guard descriptor >= 0 else { throw fail("cannot open: \(String(cString: strerror(errno)))") }
-        let entry: ByteString?
-        do throws(ExitCode) { entry = created ? nil : try firstEntry(ofDirectory: descriptor) } catch {
+        if !created, let entry = firstEntry(ofDirectory: descriptor) {
+            let message: String
+            switch entry {
+            case .success(let name): message = "not empty (it holds \(name)); extract writes only into a new or empty directory"
+            case .failure(let failure): message = "cannot read: \(String(cString: strerror(failure.code)))"
+            }
             close(descriptor)
-            throw error
-        }
-        if let entry {
-            close(descriptor)
-            throw fail("not empty (it holds \(entry)); extract writes only into a new or empty directory")
+            throw fail(message)
         }
         return (descriptor, created)
     }
 
-    /// The first name in an open directory other than "." and "..", or nil.
-    static func firstEntry(ofDirectory descriptor: Int32) throws(ExitCode) -> ByteString? {
+    struct ReadFailure: Error { var code: Int32 }
+
+    /// The first name in an open directory other than "." and "..", nil when there is none.
+    static func firstEntry(ofDirectory descriptor: Int32) -> Result<ByteString, ReadFailure>? {
         // fdopendir takes its descriptor: give it its own.
         let own = openat(descriptor, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC)
         guard own >= 0, let stream = fdopendir(own) else {
+            let failure = ReadFailure(code: errno)
             if own >= 0 { close(own) }
-            FileHandleStandardError.write("erofs: cannot read the destination: \(String(cString: strerror(errno)))\n")
-            throw ExitCode(1)
+            return .failure(failure)
         }
         defer { closedir(stream) }
-        while let entry = readdir(stream) {
+        while true {
+            errno = 0
+            guard let entry = readdir(stream) else { return errno == 0 ? nil : .failure(ReadFailure(code: errno)) }
             let name = withUnsafeBytes(of: entry.pointee.d_name) { ByteString($0.prefix { $0 != 0 }) }
-            if name != "." && name != ".." { return name }
+            if name != "." && name != ".." { return .success(name) }
         }
-        return nil
     }
 }
 
