@@ -13,8 +13,8 @@ public final class EROFSFilesystem: Sendable {
     /// The extra devices the image says its data may live on (empty for single-device images).
     public let deviceTable: DeviceTable
     /// Long xattr name prefixes (the superblock's prefix table), already expanded to full prefixes.
-    public var longXattrPrefixes: [String] { longXattrPrefixTable.withLock { $0 } }
-    let longXattrPrefixTable = Mutex<[String]>([])
+    public var longXattrPrefixes: [ByteString] { longXattrPrefixTable.withLock { $0 } }
+    let longXattrPrefixTable = Mutex<[ByteString]>([])
 
     let blockSize: Int
     let metadataBlocks: BoundedCache<UInt64, [UInt8]>

@@ -55,7 +55,7 @@ extension EROFSFilesystem {
             case .fifo: kind = .fifo
             case .socket: kind = .socket
             }
-            var attributes: [String: [UInt8]] = [:]
+            var attributes: [ByteString: [UInt8]] = [:]
             for (name, value) in try xattrs(inode) { attributes[name] = value }
             let mtime = Int64(truncatingIfNeeded: inode.mtimeSeconds) &* 1_000_000_000 &+ Int64(inode.mtimeNanoseconds)
             var entry = ManifestEntry(

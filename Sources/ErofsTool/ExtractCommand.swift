@@ -158,11 +158,11 @@ struct ExtractPolicy: Sendable {
         return ownerRestored ? permissions & 0o7777 : permissions & 0o1777
     }
 
-    func restores(xattr name: String) -> Bool {
+    func restores(xattr name: ByteString) -> Bool {
         if name == "security.capability" { return capabilities }
         switch xattrs {
         case .none: return false
-        case .user: return name.hasPrefix("user.")
+        case .user: return name.bytes.starts(with: "user.".utf8)
         case .all: return true
         }
     }
@@ -188,9 +188,9 @@ final class Withheld: Sendable {
 
     func setIDMode() { counts.withLock { $0.setIDModes += 1 } }
 
-    func xattr(_ name: String) {
+    func xattr(_ name: ByteString) {
         // By namespace (and security.capability by itself): a summary, not a list.
-        let key = name == "security.capability" ? name : String(name.prefix { $0 != "." }) + ".*"
+        let key = name == "security.capability" ? name.description : ByteString(name.bytes.prefix { $0 != UInt8(ascii: ".") }).description + ".*"
         counts.withLock { $0.xattrs[key, default: 0] += 1 }
     }
 
@@ -371,9 +371,11 @@ struct MetadataWriter: Sendable {
                 withheld.xattr(attribute)
                 continue
             }
-            let result: Int32 = value.withUnsafeBytes { bytes in
-                if let descriptor { return fsetxattr(descriptor, attribute, bytes.baseAddress, bytes.count, 0) }
-                return (procPath ?? "").withCString { lsetxattr($0, attribute, bytes.baseAddress, bytes.count, 0) }
+            let result: Int32 = attribute.withCString { attribute in
+                value.withUnsafeBytes { bytes in
+                    if let descriptor { return fsetxattr(descriptor, attribute, bytes.baseAddress, bytes.count, 0) }
+                    return (procPath ?? "").withCString { lsetxattr($0, attribute, bytes.baseAddress, bytes.count, 0) }
+                }
             }
             if result != 0 { warnings.append("setxattr \(attribute) on \(path): \(String(cString: strerror(errno)))") }
         }

@@ -34,7 +34,7 @@ public enum DirectoryWalker {
         guard let kind = ManifestEntry.Kind(rawValue: status.kind.rawValue) else {
             throw SystemError("walk", path: absolutePath.description, detail: "unknown file type \(status.mode)")
         }
-        var xattrs: [String: [UInt8]] = [:]
+        var xattrs: [ByteString: [UInt8]] = [:]
         for name in try ExtendedAttributes.names(absolutePath) {
             xattrs[name] = try ExtendedAttributes.value(absolutePath, name: name)
         }

@@ -21,15 +21,15 @@ public struct ManifestEntry: Sendable, Equatable {
     public var rdev: (major: UInt32, minor: UInt32)?
     /// For symlinks only.
     public var target: ByteString?
-    /// Attribute name to raw value.
-    public var xattrs: [String: [UInt8]]
+    /// Attribute name (bytes, as file names) to raw value.
+    public var xattrs: [ByteString: [UInt8]]
     /// Lowercase hex SHA-256 of the contents, for regular files only.
     public var sha256: String?
 
     public init(
         path: ByteString, kind: Kind, permissions: UInt32, uid: UInt32, gid: UInt32, size: UInt64,
         mtimeNanoseconds: Int64, linkCount: UInt64, rdev: (major: UInt32, minor: UInt32)? = nil,
-        target: ByteString? = nil, xattrs: [String: [UInt8]] = [:], sha256: String? = nil
+        target: ByteString? = nil, xattrs: [ByteString: [UInt8]] = [:], sha256: String? = nil
     ) {
         self.path = path
         self.kind = kind
@@ -50,8 +50,8 @@ public struct ManifestEntry: Sendable, Equatable {
     }
 
     /// The entry as one line of JSON, exactly as Python's
-    /// `json.dumps(entry, sort_keys=True, ensure_ascii=False)` writes it; bytes of the path or
-    /// target that are not UTF-8 as `\udcXX` (see `JSONText.quoted(_: ByteString)`).
+    /// `json.dumps(entry, sort_keys=True, ensure_ascii=False)` writes it; bytes of the path,
+    /// target or xattr names that are not UTF-8 as `\udcXX` (see `JSONText.quoted(_: ByteString)`).
     public var jsonLine: String {
         // Keys in sorted order: gid, mode, mtime_ns, nlink, path, rdev, sha256, size, target, type, uid, xattrs.
         var members: [String] = [
@@ -67,7 +67,7 @@ public struct ManifestEntry: Sendable, Equatable {
         if let target { members.append("\"target\": \(JSONText.quoted(target))") }
         members.append("\"type\": \"\(kind.rawValue)\"")
         members.append("\"uid\": \(uid)")
-        let attributes = xattrs.keys.sorted(by: JSONText.codePointOrder).map { name in
+        let attributes = xattrs.keys.sorted().map { name in
             "\(JSONText.quoted(name)): \"\(Hex.encode(xattrs[name]!))\""
         }
         members.append("\"xattrs\": {\(attributes.joined(separator: ", "))}")

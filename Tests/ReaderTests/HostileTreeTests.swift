@@ -20,6 +20,8 @@ import Glibc
     static let red: [UInt8] = [0x1b] + Array("[31mred".utf8)
     static let byteDirectory: [UInt8] = Array("dir".utf8) + [0xff]
     static let linkTarget: [UInt8] = Array("target".utf8) + [0xfe]
+    /// Two xattr names that differ only in a byte that is not UTF-8.
+    static let xattrNames: [ByteString] = [ByteString("user.") + ByteString(cafE9), ByteString("user.") + ByteString(cafE8)]
     /// security.capability v2 (VFS_CAP_REVISION_2, effective) granting CAP_NET_RAW (13).
     static let capability: [UInt8] = [0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00] + [UInt8](repeating: 0, count: 12)
 
@@ -65,6 +67,10 @@ import Glibc
         if names {
             try file(path(cafE9), cafE9)
             try file(path(cafE8), cafE8)
+            for name in xattrNames {
+                let result = path(cafE9).withCString { cPath in name.withCString { setxattr(cPath, $0, [0x01], 1, 0) } }
+                try check(result, "setxattr \(name)")
+            }
             try file(path(red), red)
             try check(path(byteDirectory).withCString { mkdir($0, 0o755) }, "mkdir dir\\377")
             try file(path(byteDirectory, cafE9), Array("inside".utf8))
@@ -155,8 +161,8 @@ import Glibc
         #expect(try Self.status(out + "/setgid").permissions == 0o755 & ~mask)
         #expect(try Self.status(out + "/world-writable").permissions == 0o666 & ~mask)
         #expect(try Self.status(out + "/sticky").permissions == 0o1777 & ~mask)
-        #expect(try ExtendedAttributes.names(out + "/capable") == ["user.note"])
-        #expect(try ExtendedAttributes.value(out + "/capable", name: "user.note") == Array("hi".utf8))
+        #expect(try ExtendedAttributes.names(ByteString(out + "/capable")) == ["user.note"])
+        #expect(try ExtendedAttributes.value(ByteString(out + "/capable"), name: "user.note") == Array("hi".utf8))
         #expect(result.standardError.contains("1 device node(s), first /null (--devices)"), "\(result.standardError)")
         #expect(result.standardError.contains("setuid/setgid on 2 object(s)"))
         #expect(result.standardError.contains("1 security.capability xattr(s) (--capabilities)"))
@@ -187,7 +193,7 @@ import Glibc
         for index in expected.indices where expected[index].kind == .dir { expected[index].size = 0 }
         #expect(manifestDifference(actual: walked.manifestText, expected: expected.manifestText) == nil,
                 "\(manifestDifference(actual: walked.manifestText, expected: expected.manifestText) ?? "")")
-        #expect(try ExtendedAttributes.value(out + "/capable", name: "security.capability") == Self.capability)
+        #expect(try ExtendedAttributes.value(ByteString(out + "/capable"), name: "security.capability") == Self.capability)
         let device = try Self.status(out + "/null")
         #expect(device.kind == .char && device.rdevMajor == 1 && device.rdevMinor == 3)
         #expect(try Self.status(out + "/setuid").permissions == 0o4755)
@@ -213,6 +219,8 @@ import Glibc
             #expect(Array(buffer.prefix(max(count, 0))) == name, "contents of \(path)")
         }
         #expect((try? DirectoryWalker.readLink(out.appending(component: "link"))) == ByteString(Self.linkTarget))
+        let attributes = (try? ExtendedAttributes.names(out.appending(component: ByteString(Self.cafE9)))) ?? []
+        #expect(Set(attributes) == Set(Self.xattrNames), "\(attributes)")
     }
 
     /// Was: ls --json printed "/caf\u{FFFD}" twice, and walk could not stat it; cat could not
@@ -234,6 +242,7 @@ import Glibc
         #expect(paths.contains("/caf\\udce9") && paths.contains("/caf\\udce8") && paths.contains("/dir\\udcff/caf\\udce9"))
         #expect(paths.contains("/\\u001b[31mred"))
         #expect(listed.standardOutput.contains("\"target\": \"target\\udcfe\""))
+        #expect(listed.standardOutput.contains(#""xattrs": {"user.caf\udce8": "01", "user.caf\udce9": "01"}"#), "\(listed.standardOutput)")
         let mountPoint = made.scratch + "/mnt"
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: false)
         let mountPointBytes = ByteString(mountPoint + "/") + ByteString([0xfd])
