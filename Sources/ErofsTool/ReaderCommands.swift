@@ -258,8 +258,9 @@ struct CatCommand: ParsableCommand {
     func run() throws {
         do {
             let filesystem = try extraDevices.open(image)
-            let inode = try filesystem.lookup(path: try RawArguments.bytes(of: path))
-            guard inode.kind == .file else { throw EROFSError(.notFound, "not a regular file", path: path, nid: inode.nid) }
+            let pathBytes = try RawArguments.bytes(of: path)
+            let inode = try filesystem.lookup(path: pathBytes)
+            guard inode.kind == .file else { throw EROFSError(.notFound, "not a regular file", path: pathBytes.description, nid: inode.nid) }
             var failure: ExitCode?
             try filesystem.forEachChunk(of: inode) { (chunk: [UInt8]) throws(EROFSError) in
                 guard failure == nil else { return }
