@@ -90,6 +90,39 @@ import Glibc
         return UInt32(mask)
     }
 
+    /// An independent walker of a mounted tree: Python's json.dumps(ensure_ascii=False) of
+    /// os.fsdecode'd names, whose lone surrogates `backslashreplace` writes as \udcXX; sorted by
+    /// path bytes. What `erofs walk` and `erofs ls --json` must print.
+    static let pythonWalker = #"""
+        import hashlib, json, os, stat, sys
+        root = os.fsencode(sys.argv[1])
+        kinds = {stat.S_IFREG: "file", stat.S_IFDIR: "dir", stat.S_IFLNK: "symlink", stat.S_IFCHR: "char",
+                 stat.S_IFBLK: "block", stat.S_IFIFO: "fifo", stat.S_IFSOCK: "socket"}
+        def entry(rel, full):
+            st = os.lstat(full)
+            kind = kinds[stat.S_IFMT(st.st_mode)]
+            e = {"path": os.fsdecode(rel), "type": kind, "mode": "%04o" % stat.S_IMODE(st.st_mode),
+                 "uid": st.st_uid, "gid": st.st_gid, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+                 "nlink": st.st_nlink,
+                 "xattrs": {os.fsdecode(n): os.getxattr(full, n, follow_symlinks=False).hex()
+                            for n in os.listxattr(full, follow_symlinks=False)}}
+            if kind in ("char", "block"): e["rdev"] = [os.major(st.st_rdev), os.minor(st.st_rdev)]
+            if kind == "symlink": e["target"] = os.fsdecode(os.readlink(full))
+            if kind == "file":
+                with open(full, "rb") as f: e["sha256"] = hashlib.sha256(f.read()).hexdigest()
+            return e
+        paths, pending = [], [b"/"]
+        while pending:
+            rel = pending.pop()
+            full = root + rel if rel != b"/" else root
+            paths.append((rel, full))
+            if stat.S_ISDIR(os.lstat(full).st_mode):
+                pending += [rel.rstrip(b"/") + b"/" + name for name in os.listdir(full)]
+        for rel, full in sorted(paths):
+            line = json.dumps(entry(rel, full), sort_keys=True, ensure_ascii=False)
+            sys.stdout.buffer.write(line.encode("utf-8", "backslashreplace") + b"\n")
+        """#
+
     /// Runs `script` under /bin/sh with $1.. set to `arguments`: lets a test pass arguments
     /// that are not UTF-8 (printf makes them) and keep output as bytes (redirected to a file).
     static func shell(_ script: String, _ arguments: [String]) throws -> ProcessResult {
@@ -224,7 +257,7 @@ import Glibc
     }
 
     /// Was: ls --json printed "/caf\u{FFFD}" twice, and walk could not stat it; cat could not
-    /// name it.
+    /// name it. A Python walker of the kernel's mount is the independent oracle.
     @Test func listingAndWalkKeepNamesAsBytes() throws {
         try #require(MkfsImageTests.canMount, "needs root and mkfs.erofs")
         let made = try Self.makeImage("list-names", names: true)
@@ -250,10 +283,14 @@ import Glibc
         let mounted = try Self.shell(#"mount -t erofs -o ro,loop "$1" "$2/$(printf '\375')""#, [made.image, mountPoint])
         try #require(mounted.status == 0, "mount: \(mounted.standardError)")
         let walked = try Self.shell(#""$1" walk "$2/$(printf '\375')""#, [Self.erofs, mountPoint])
+        let python = try Self.shell(#"python3 -c "$1" "$2/$(printf '\375')""#, [Self.pythonWalker, mountPoint])
         _ = try Self.shell(#"umount "$1/$(printf '\375')""#, [mountPoint])
         #expect(walked.status == 0, "\(walked.standardError)")
         #expect(manifestDifference(actual: walked.standardOutput, expected: listed.standardOutput) == nil,
                 "\(manifestDifference(actual: walked.standardOutput, expected: listed.standardOutput) ?? "")")
+        #expect(python.status == 0, "\(python.standardError)")
+        #expect(manifestDifference(actual: listed.standardOutput, expected: python.standardOutput) == nil,
+                "\(manifestDifference(actual: listed.standardOutput, expected: python.standardOutput) ?? "")")
 
         // cat takes the path as bytes.
         let catted = try Self.shell(#""$1" cat "$2" "$(printf '/dir\377/caf\351')""#, [Self.erofs, made.image])
