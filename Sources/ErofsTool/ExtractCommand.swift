@@ -22,9 +22,10 @@ struct ExtractCommand: ParsableCommand {
             restored only as root (as tar does), modes lose setuid and setgid and have the umask \
             applied (the sticky bit stays), device nodes are not created, only user.* xattrs are \
             restored, and DEST keeps its own owner and mode. The options below restore \
-            more; with all of them the tree is the image's exactly. What was left out is \
+            more; with all of them, as root, the tree is the image's exactly. What was left out is \
             summed up in one note on standard error. Exit status: 0 done, 1 failure \
-            (a refused DEST, a damaged image, a failed write: extraction stops there), 2 done \
+            (a refused DEST, a damaged image, a failed write: extraction stops there, \
+            what was written stays), 2 done \
             with warnings (an object whose metadata could \
             not be restored, a name that is not a safe path component).
             """)
