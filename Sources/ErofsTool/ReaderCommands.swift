@@ -151,7 +151,8 @@ struct ListCommand: ParsableCommand {
             Names are bytes and need not be UTF-8. On a terminal (or with -b) names and symlink \
             targets are printed as GNU ls -b does: C escapes (\\n, \\t, ...) and three-digit \
             octal for control characters and bytes that are not UTF-8, \\\\ for a backslash, \
-            "\\ " for a space. Otherwise they are written as they are, one per line. In JSON, \
+            "\\ " for a space. Otherwise they are written as they are, one per line (with -0, \
+            each ended by a NUL instead, so any name is unambiguous). In JSON, \
             valid UTF-8 is written as itself (control characters as JSON escapes) and each byte \
             that is not UTF-8 as \\udcXX, the lone surrogate Python's surrogateescape decodes \
             it to (os.fsencode(json.loads(...)) gives the bytes back); `erofs walk` writes names \
@@ -162,6 +163,8 @@ struct ListCommand: ParsableCommand {
     @Flag(help: "Descend into subdirectories.") var recursive = false
     @Flag(name: [.customShort("b"), .customLong("escape")], help: "Escape names as on a terminal (the default there), also into a pipe or file.")
     var escape = false
+    @Flag(name: [.customShort("0"), .customLong("zero")], help: "End each line with NUL instead of newline, names unescaped (unless -b): for xargs -0 and the like.")
+    var zero = false
     @Flag(help: "JSON lines in the corpus manifest format.") var json = false
     @Flag(help: "With --json: include each regular file's SHA-256 (reads all data).") var sha256 = false
     @Argument(help: "The EROFS image.") var image: String
@@ -196,7 +199,8 @@ struct ListCommand: ParsableCommand {
                 try writeStandardOutput(Array(manifest.sortedByPath().manifestText.utf8))
                 return
             }
-            let escaping = escape || isatty(1) == 1
+            let escaping = escape || (!zero && isatty(1) == 1)
+            let terminator: UInt8 = zero ? 0 : 0x0a
             var output = OutputBuffer()
             func text(_ bytes: ByteString) -> [UInt8] { escaping ? Array(bytes.escaped.utf8) : bytes.bytes }
             for (entryPath, inode) in entries.sorted(by: { $0.0 < $1.0 }) {
@@ -214,9 +218,9 @@ struct ListCommand: ParsableCommand {
                     var line = Array("\(kind)\(String(inode.permissions, radix: 8)) \(inode.linkCount) \(inode.uid) \(inode.gid) \(inode.size) \(inode.mtimeSeconds).\(nanoseconds(inode.mtimeNanoseconds)) ".utf8)
                     line += text(name)
                     if inode.kind == .symlink { line += Array(" -> ".utf8) + text(ByteString(try filesystem.readLink(inode))) }
-                    try output.append(line + [0x0a])
+                    try output.append(line + [terminator])
                 } else {
-                    try output.append(text(name) + [0x0a])
+                    try output.append(text(name) + [terminator])
                 }
             }
             try output.flush()

@@ -18,6 +18,7 @@ import Glibc
     static let cafE9: [UInt8] = Array("caf".utf8) + [0xe9]
     static let cafE8: [UInt8] = Array("caf".utf8) + [0xe8]
     static let red: [UInt8] = [0x1b] + Array("[31mred".utf8)
+    static let newline: [UInt8] = Array("new\nline".utf8)
     static let byteDirectory: [UInt8] = Array("dir".utf8) + [0xff]
     static let linkTarget: [UInt8] = Array("target".utf8) + [0xfe]
     /// Two xattr names that differ only in a byte that is not UTF-8.
@@ -72,6 +73,7 @@ import Glibc
                 try check(result, "setxattr \(name)")
             }
             try file(path(red), red)
+            try file(path(newline), newline)
             try check(path(byteDirectory).withCString { mkdir($0, 0o755) }, "mkdir dir\\377")
             try file(path(byteDirectory, cafE9), Array("inside".utf8))
             try check(ByteString(linkTarget).withCString { target in path(Array("link".utf8)).withCString { symlink(target, $0) } }, "symlink")
@@ -315,6 +317,13 @@ import Glibc
         let escaped = try runProgram(Self.erofs, ["ls", "-b", made.image])
         let expected = ["\\033[31mred", "caf\\350", "caf\\351", "dir\\377"]
         for name in expected { #expect(escaped.standardOutput.split(separator: "\n").contains(Substring(name)), "\(escaped.standardOutput)") }
+        // -0: raw names, each ended by a NUL, so a newline in a name is unambiguous.
+        let zeroFile = made.scratch + "/zero"
+        let zeroed = try Self.shell(#""$1" ls -0 "$2" > "$3""#, [Self.erofs, made.image, zeroFile])
+        #expect(zeroed.status == 0, "\(zeroed.standardError)")
+        let names = Array(try Data(contentsOf: URL(fileURLWithPath: zeroFile))).split(separator: 0).map(Array.init)
+        #expect(names.contains(Self.newline) && names.contains(Self.cafE9) && !names.contains(Array("line".utf8)))
+        #expect(escaped.standardOutput.split(separator: "\n").contains("new\\nline"))
         let long = try runProgram(Self.erofs, ["ls", "-l", "-b", made.image])
         #expect(long.standardOutput.contains(" link -> target\\376\n"), "\(long.standardOutput)")
 
