@@ -86,7 +86,7 @@ let package = Package(
 
         .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls", "CShim"]),
         .testTarget(name: "EROFSFormatTests", dependencies: ["EROFSFormat", "TestSupport"]),
-        .testTarget(name: "ManifestTests", dependencies: ["Manifest"]),
+        .testTarget(name: "ManifestTests", dependencies: ["Manifest", "SystemCalls"]),
         // What the reader fuzzer does with an input; ReaderTests replays the findings through it.
         .target(name: "ReaderFuzzSupport", dependencies: [
             "EROFSReader", "EROFSFormat", "ImageSources", "SystemCalls", .product(name: "SystemPackage", package: "swift-system"),

@@ -1,4 +1,5 @@
 import EROFSFormat
+import SystemCalls
 
 /// One name in a directory.
 public struct DirectoryEntry: Sendable, Equatable {
@@ -9,6 +10,8 @@ public struct DirectoryEntry: Sendable, Equatable {
     public var fileType: UInt8
 
     public var nameString: String { String(decoding: name, as: UTF8.self) }
+    /// The name as bytes, as a path component.
+    public var nameBytes: ByteString { ByteString(name) }
 }
 
 extension EROFSFilesystem {
@@ -87,17 +90,23 @@ extension EROFSFilesystem {
 
     /// The inode at an absolute path ("/" is the root). Symlinks are not followed.
     public func lookup(path: String) throws(EROFSError) -> Inode {
+        try lookup(path: ByteString(path))
+    }
+
+    /// The inode at an absolute path given as bytes, which need not be UTF-8.
+    public func lookup(path: ByteString) throws(EROFSError) -> Inode {
         var current = try withContext(path: "/") { () throws(EROFSError) -> Inode in try inode(nid: rootNid) }
-        var walked = ""
-        for component in path.split(separator: "/", omittingEmptySubsequences: true) {
-            walked += "/" + component
+        var walkedBytes: ByteString = "/"
+        for component in path.bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true) {
+            walkedBytes = walkedBytes.appending(component: ByteString(component))
+            let walked = walkedBytes.description
             guard current.kind == .directory else {
                 throw EROFSError(.notDirectory, "not a directory", path: walked)
             }
             let here = current
             let walkedSoFar = walked
             guard let nid = try withContext(path: walkedSoFar, { () throws(EROFSError) -> UInt64? in
-                try lookup(Array(component.utf8), in: here)
+                try lookup(Array(component), in: here)
             }) else {
                 throw EROFSError(.notFound, "no such file or directory", path: walked)
             }

@@ -13,8 +13,8 @@ public final class EROFSFilesystem: Sendable {
     /// The extra devices the image says its data may live on (empty for single-device images).
     public let deviceTable: DeviceTable
     /// Long xattr name prefixes (the superblock's prefix table), already expanded to full prefixes.
-    public var longXattrPrefixes: [String] { longXattrPrefixTable.withLock { $0 } }
-    let longXattrPrefixTable = Mutex<[String]>([])
+    public var longXattrPrefixes: [ByteString] { longXattrPrefixTable.withLock { $0 } }
+    let longXattrPrefixTable = Mutex<[ByteString]>([])
 
     let blockSize: Int
     let metadataBlocks: BoundedCache<UInt64, [UInt8]>
@@ -182,11 +182,11 @@ public final class EROFSFilesystem: Sendable {
 }
 
 /// Runs `body`, adding the path and nid to an error that does not name them yet.
-func withContext<T>(path: String? = nil, nid: UInt64? = nil, _ body: () throws(EROFSError) -> T) throws(EROFSError) -> T {
+func withContext<T>(path: @autoclosure () -> String? = nil, nid: UInt64? = nil, _ body: () throws(EROFSError) -> T) throws(EROFSError) -> T {
     do {
         return try body()
     } catch {
-        throw error.adding(path: path, nid: nid)
+        throw error.adding(path: path(), nid: nid)
     }
 }
 

@@ -1,16 +1,18 @@
 import EROFSFormat
+import SystemCalls
 
 extension EROFSFilesystem {
     /// Short name prefixes by EROFS_XATTR_INDEX_* (0 is not a valid index).
-    static let xattrPrefixes: [Int: String] = [
+    static let xattrPrefixes: [Int: ByteString] = [
         1: "user.", 2: "system.posix_acl_access", 3: "system.posix_acl_default",
         4: "trusted.", 5: "lustre.", 6: "security.",
     ]
 
     /// Every extended attribute of the inode (inline and shared), name to value, in disk order.
-    public func xattrs(_ inode: Inode) throws(EROFSError) -> [(name: String, value: [UInt8])] {
+    /// Names are bytes, like file names: the kernel does not require UTF-8 after the prefix.
+    public func xattrs(_ inode: Inode) throws(EROFSError) -> [(name: ByteString, value: [UInt8])] {
         guard inode.xattrBodySize > 0 else { return [] }
-        return try withContext(nid: inode.nid) { () throws(EROFSError) -> [(name: String, value: [UInt8])] in
+        return try withContext(nid: inode.nid) { () throws(EROFSError) -> [(name: ByteString, value: [UInt8])] in
             let bodyStart = inode.location + UInt64(inode.inodeSize)
             let body = try metadataBytes(at: bodyStart, count: inode.xattrBodySize, inMetabox: inode.inMetabox)
             let sharedCount = Int(body[4])
@@ -18,7 +20,7 @@ extension EROFSFilesystem {
             guard sharedEnd <= body.count else {
                 throw EROFSError(.corrupt, "\(sharedCount) shared xattrs do not fit the xattr area", offset: bodyStart)
             }
-            var result: [(name: String, value: [UInt8])] = []
+            var result: [(name: ByteString, value: [UInt8])] = []
             for index in 0..<sharedCount {
                 let id = UInt64(body.le32(at: 12 + 4 * index))
                 let inMetabox = superblock.featureCompat.contains(.sharedXattrsInMetabox)
@@ -46,10 +48,10 @@ extension EROFSFilesystem {
     }
 
     /// Decodes one erofs_xattr_entry (header, name, value) into a full name and its value.
-    private func decodeXattrEntry(_ entry: [UInt8], at offset: UInt64) throws(EROFSError) -> (name: String, value: [UInt8]) {
+    private func decodeXattrEntry(_ entry: [UInt8], at offset: UInt64) throws(EROFSError) -> (name: ByteString, value: [UInt8]) {
         let nameLength = Int(entry[0])
         let index = Int(entry[1])
-        let prefix: String
+        let prefix: ByteString
         if index & 0x80 != 0 {
             let table = longXattrPrefixes
             guard index & 0x7f < table.count else {
@@ -63,13 +65,13 @@ extension EROFSFilesystem {
             prefix = known
         }
         let suffix = entry[4..<(4 + nameLength)]
-        let name = prefix + String(decoding: suffix, as: UTF8.self)
+        let name = prefix + ByteString(suffix)
         return (name, Array(entry[(4 + nameLength)...]))
     }
 
     /// The long xattr name prefix table (xattr_prefix_count entries at xattr_prefix_start × 4,
     /// in the packed or metabox inode unless plain_xattr_pfx says in the image itself).
-    func readLongXattrPrefixes() throws(EROFSError) -> [String] {
+    func readLongXattrPrefixes() throws(EROFSError) -> [ByteString] {
         let count = Int(superblock.xattrPrefixCount)
         guard count > 0 else { return [] }
         var holder: Inode?
@@ -81,7 +83,7 @@ extension EROFSFilesystem {
             }
         }
         var position = UInt64(superblock.xattrPrefixStart) * 4
-        var prefixes: [String] = []
+        var prefixes: [ByteString] = []
         for _ in 0..<count {
             position = (position + 3) & ~3
             let lengthBytes = try prefixTableBytes(holder, at: position, count: 2)
@@ -94,7 +96,7 @@ extension EROFSFilesystem {
             guard let base = EROFSFilesystem.xattrPrefixes[Int(item[0])] else {
                 throw EROFSError(.corrupt, "long xattr prefix on unknown base index \(item[0])", offset: position)
             }
-            prefixes.append(base + String(decoding: item[1...], as: UTF8.self))
+            prefixes.append(base + ByteString(item[1...]))
         }
         return prefixes
     }
