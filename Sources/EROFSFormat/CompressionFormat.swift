@@ -43,7 +43,8 @@ public struct MapAdvise: OptionSet, Sendable, Hashable {
 
 /// z_erofs_map_header: 8 bytes at the first multiple of 8 after a compressed inode and its
 /// xattrs, before its indexes.
-public struct MapHeader: Sendable, Equatable {
+public struct MapHeader: FixedSizeStructure, Sendable, Equatable {
+    public static let cName = "z_erofs_map_header"
     /// sizeof(struct z_erofs_map_header)
     public static let size = 8
     /// The header starts at a multiple of this (Z_EROFS_MAP_HEADER_START).
@@ -61,8 +62,7 @@ public struct MapHeader: Sendable, Equatable {
 
     /// Decodes the first 8 of `bytes` (the caller reads exactly that many).
     public init(decoding bytes: some Collection<UInt8>) {
-        let raw = Array(bytes.prefix(Self.size))
-        precondition(raw.count == Self.size, "z_erofs_map_header needs \(Self.size) bytes")
+        let raw = Self.structureBytes(bytes)
         self.raw = raw.le64(at: 0)
     }
 
@@ -119,7 +119,8 @@ public enum LclusterType: UInt8, Sendable {
 }
 
 /// z_erofs_lcluster_index: one 8-byte full (non-compact) lcluster index.
-public struct LclusterIndex: Sendable, Equatable {
+public struct LclusterIndex: FixedSizeStructure, Sendable, Equatable {
+    public static let cName = "z_erofs_lcluster_index"
     /// sizeof(struct z_erofs_lcluster_index)
     public static let size = 8
     /// Z_EROFS_LI_PARTIAL_REF (in di_advise; HEAD only): the pcluster decodes to more than
@@ -140,8 +141,7 @@ public struct LclusterIndex: Sendable, Equatable {
 
     /// Decodes the first 8 of `bytes` (the caller reads exactly that many).
     public init(decoding bytes: some Collection<UInt8>) {
-        let raw = Array(bytes.prefix(Self.size))
-        precondition(raw.count == Self.size, "z_erofs_lcluster_index needs \(Self.size) bytes")
+        let raw = Self.structureBytes(bytes)
         advise = raw.le16(at: 0)
         clusterOffset = raw.le16(at: 2)
         blockAddress = raw.le32(at: 4)

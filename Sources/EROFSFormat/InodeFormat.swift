@@ -116,7 +116,8 @@ public struct ChunkFormat: Sendable, Hashable {
 }
 
 /// erofs_inode_chunk_index: where one chunk of a chunk-based inode is (8 bytes).
-public struct ChunkIndex: Sendable, Equatable {
+public struct ChunkIndex: FixedSizeStructure, Sendable, Equatable {
+    public static let cName = "erofs_inode_chunk_index"
     /// sizeof(struct erofs_inode_chunk_index)
     public static let size = 8
     /// EROFS_BLOCK_MAP_ENTRY_SIZE: a chunk without indexes is one le32 block number.
@@ -133,8 +134,7 @@ public struct ChunkIndex: Sendable, Equatable {
 
     /// Decodes the first 8 of `bytes` (the caller reads exactly that many).
     public init(decoding bytes: some Collection<UInt8>) {
-        let raw = Array(bytes.prefix(Self.size))
-        precondition(raw.count == Self.size, "erofs_inode_chunk_index needs \(Self.size) bytes")
+        let raw = Self.structureBytes(bytes)
         startBlockHigh = raw.le16(at: 0)
         deviceID = raw.le16(at: 2)
         startBlockLow = raw.le32(at: 4)

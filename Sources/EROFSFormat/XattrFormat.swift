@@ -1,6 +1,7 @@
 /// erofs_xattr_ibody_header: the 12 bytes that open an inode's inline xattr area, followed by
 /// `sharedCount` le32 shared xattr ids and then the inline entries.
-public struct XattrBodyHeader: Sendable, Equatable {
+public struct XattrBodyHeader: FixedSizeStructure, Sendable, Equatable {
+    public static let cName = "erofs_xattr_ibody_header"
     /// sizeof(struct erofs_xattr_ibody_header)
     public static let size = 12
     /// sizeof(h_shared_xattrs[0]); also the unit of i_xattr_icount and of shared xattr ids.
@@ -13,8 +14,7 @@ public struct XattrBodyHeader: Sendable, Equatable {
 
     /// Decodes the first 12 of `bytes` (an inline xattr area is never shorter).
     public init(decoding bytes: some Collection<UInt8>) {
-        let raw = Array(bytes.prefix(Self.size))
-        precondition(raw.count == Self.size, "erofs_xattr_ibody_header needs \(Self.size) bytes")
+        let raw = Self.structureBytes(bytes)
         nameFilter = raw.le32(at: 0)
         sharedCount = raw[4]
     }
