@@ -194,6 +194,9 @@ public struct ExtentRecord: Sendable, Equatable {
     public static let plenFormatBit: UInt32 = 28
     /// Z_EROFS_EXTENT_PLEN_MASK
     public static let plenMask: UInt32 = UInt32(CompressionFormat.maximumPhysicalClusterSize << 1) - 1
+    /// 4-byte records (plen only) follow a le64: the address of the first pcluster, the
+    /// others following it back to back.
+    public static let firstPclusterAddressSize = 8
     /// offsetof(struct z_erofs_extent, pstart_lo): records this short carry no address.
     public static let physicalStartOffset = 4
     /// offsetof(struct z_erofs_extent, lstart_lo): records longer than this carry a logical start.

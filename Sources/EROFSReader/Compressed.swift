@@ -446,8 +446,9 @@ extension EROFSFilesystem {
         var logicalStart: UInt64
         var runningPhysical: UInt64?
         if recordSize <= UInt64(ExtentRecord.physicalStartOffset) {
-            runningPhysical = try metadataBytes(at: position, count: 8, inMetabox: inode.inMetabox).le64(at: 0)
-            position += 8
+            let addressSize = ExtentRecord.firstPclusterAddressSize
+            runningPhysical = try metadataBytes(at: position, count: addressSize, inMetabox: inode.inMetabox).le64(at: 0)
+            position += UInt64(addressSize)
             logicalStart = 0
         } else {
             logicalStart = offset / clusterSize * clusterSize
