@@ -629,7 +629,7 @@ struct ClusterMapper {
         return cluster
     }
 
-    /// The pack of compacted indexes that holds lcluster `lcn`, and its item's index in it.
+    /// The pack of compacted indexes that holds lcluster `requested`, and its item's index in it.
     /// Indexes start with 4B packs up to a 32-byte boundary, then (with COMPACTED_2B) 2B packs
     /// for whole groups of 16 lclusters, then 4B packs to the end.
     private func compactPack(holding requested: UInt64) throws(EROFSError) -> (CompactPack, Int) {
@@ -676,7 +676,8 @@ struct ClusterMapper {
         var index = index
         var blocks: UInt64 = 0
         if !bigPcluster1 {
-            // One block per pcluster: count the heads before this one, NONHEAD runs skipped.
+            // One block per pcluster, counted as the kernel's unpack_compacted_index counts
+            // them: from 1, one more per head before this one (a NONHEAD's lo skips its run).
             blocks = 1
             while index > 0 {
                 index -= 1
@@ -686,7 +687,7 @@ struct ClusterMapper {
             }
             return blocks
         }
-        // Big pclusters: each says its block count in its first NONHEAD's CBLKCNT.
+        // Big pclusters: each gives its block count in its first NONHEAD (CBLKCNT).
         while index > 0 {
             index -= 1
             let item = pack.item(index)
