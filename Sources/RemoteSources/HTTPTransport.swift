@@ -88,7 +88,7 @@ final class HTTPTransport: Sendable {
         }
         return withoutActuallyEscaping(onHead) { onHead in
             withoutActuallyEscaping(onBody) { onBody in
-                let context = TransferContext(handle: box.handle, onHead: onHead, onBody: onBody)
+                let context = TransferContext(handle: box.handle, stallTimeout: settings.stallTimeout, onHead: onHead, onBody: onBody)
                 return box.run(request, context)
             }
         }
@@ -109,9 +109,14 @@ private final class HandleBox: @unchecked Sendable {
         ccurl_setopt_pointer(handle, CURLOPT_REDIR_PROTOCOLS_STR, "http,https")
         ccurl_setopt_long(handle, CURLOPT_HTTP_VERSION, Int(CURL_HTTP_VERSION_1_1))
         ccurl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, Int(settings.connectTimeout * 1000))
-        // A stalled body: less than 1 byte/s for the whole stall timeout aborts the attempt.
-        ccurl_setopt_long(handle, CURLOPT_LOW_SPEED_LIMIT, 1)
-        ccurl_setopt_long(handle, CURLOPT_LOW_SPEED_TIME, max(1, Int(settings.stallTimeout.rounded(.up))))
+        // A stalled body: curl's own low-speed check averages over several seconds, so a burst
+        // then silence is caught late; the progress callback (about once a second while idle)
+        // measures the time since the last byte instead.
+        ccurl_setopt_long(handle, CURLOPT_NOPROGRESS, 0)
+        ccurl_setopt_xferinfo(handle) { context, _, _, _, _ in
+            let transfer = Unmanaged<TransferContext>.fromOpaque(context!).takeUnretainedValue()
+            return transfer.stalled() ? 1 : 0
+        }
         ccurl_setopt_long(handle, CURLOPT_TCP_KEEPALIVE, 1)
         ccurl_setopt_long(handle, CURLOPT_TCP_NODELAY, 1)
         ccurl_setopt_long(handle, CURLOPT_MAXREDIRS, 5)
@@ -150,6 +155,7 @@ private final class HandleBox: @unchecked Sendable {
         defer { unmanaged.release() }
         ccurl_setopt_pointer(handle, CURLOPT_WRITEDATA, unmanaged.toOpaque())
         ccurl_setopt_pointer(handle, CURLOPT_HEADERDATA, unmanaged.toOpaque())
+        ccurl_setopt_pointer(handle, CURLOPT_XFERINFODATA, unmanaged.toOpaque())
         errorBuffer[0] = 0
         let code = errorBuffer.withUnsafeMutableBufferPointer { buffer -> CURLcode in
             ccurl_setopt_pointer(handle, CURLOPT_ERRORBUFFER, buffer.baseAddress)
@@ -158,6 +164,9 @@ private final class HandleBox: @unchecked Sendable {
             return code
         }
         if context.refused { return .failure(.refused) }
+        if code == CURLE_ABORTED_BY_CALLBACK {
+            return .failure(.transfer(CURLE_OPERATION_TIMEDOUT, "no data for \(context.stallTimeout) s"))
+        }
         guard code == CURLE_OK else {
             let detail = errorBuffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
             return .failure(.transfer(code, detail.isEmpty ? String(cString: curl_easy_strerror(code)) : detail))
@@ -176,17 +185,23 @@ private final class HandleBox: @unchecked Sendable {
 /// The per-transfer state the C callbacks reach through their context pointer.
 private final class TransferContext {
     let handle: UnsafeMutableRawPointer
+    let stallTimeout: Double
     let onHead: (HTTPResponseHead) -> Bool
     let onBody: (UnsafeRawBufferPointer) -> Bool
     var headers: [String: String] = [:]
     var headSeen = false
     var refused = false
+    /// When the last byte (header or body) arrived, or the transfer started.
+    var lastByte = monotonicSeconds()
 
-    init(handle: UnsafeMutableRawPointer, onHead: @escaping (HTTPResponseHead) -> Bool, onBody: @escaping (UnsafeRawBufferPointer) -> Bool) {
+    init(handle: UnsafeMutableRawPointer, stallTimeout: Double, onHead: @escaping (HTTPResponseHead) -> Bool, onBody: @escaping (UnsafeRawBufferPointer) -> Bool) {
         self.handle = handle
+        self.stallTimeout = stallTimeout
         self.onHead = onHead
         self.onBody = onBody
     }
+
+    func stalled() -> Bool { monotonicSeconds() - lastByte > stallTimeout }
 
     func makeHead() -> HTTPResponseHead {
         HTTPResponseHead(status: ccurl_response_code(handle), headers: headers)
@@ -195,6 +210,7 @@ private final class TransferContext {
     /// Header lines of every response (redirects, 100 Continue) come here; a status line
     /// starts a new response, so only the final response's headers remain.
     func headerLine(_ bytes: UnsafeRawBufferPointer) {
+        lastByte = monotonicSeconds()
         let line = String(decoding: bytes, as: UTF8.self)
         if line.hasPrefix("HTTP/") {
             headers = [:]
@@ -207,6 +223,7 @@ private final class TransferContext {
     }
 
     func body(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        lastByte = monotonicSeconds()
         if !headSeen {
             headSeen = true
             if !onHead(makeHead()) {
@@ -229,4 +246,10 @@ extension StringProtocol {
         while let last = slice.last, set.contains(last) { slice.removeLast() }
         return String(slice)
     }
+}
+
+func monotonicSeconds() -> Double {
+    var now = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &now)
+    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }
