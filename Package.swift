@@ -111,7 +111,7 @@ let package = Package(
         .testTarget(name: "KernelAttachTests", dependencies: ["KernelAttach"]),
         // Real servers started by the tests: a Range server with faults (Servers/), moto's S3.
         .testTarget(name: "RemoteSourcesTests", dependencies: [
-            "RemoteSources", "ImageSources", "SystemCalls", "TestSupport",
+            "RemoteSources", "ImageSources", "SystemCalls", "TestSupport", "Manifest",
             // Built for the tests, which run `erofs ls` on remote sources.
             "ErofsTool",
         ], exclude: ["Servers"]),

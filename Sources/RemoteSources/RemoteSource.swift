@@ -142,7 +142,7 @@ public final class RemoteSource: RandomAccessSource {
             if let run = current { runs.append(run) }
         }
         for (firstBlock, run) in runs {
-            DispatchQueue.global().async { self.fetch(firstBlock: firstBlock, run) }
+            FetchWorkers.shared.submit { self.fetch(firstBlock: firstBlock, run) }
         }
     }
 
@@ -176,6 +176,41 @@ public final class RemoteSource: RandomAccessSource {
                 flights.withLock { $0[firstBlock + index] = nil }
                 run[index].finish(.failure(error))
             }
+        }
+    }
+}
+
+/// The threads that run readahead fetches. Not Dispatch's global queues: their threads may be
+/// the very readers (an extraction's workers, a server's handlers) that wait for these fetches,
+/// and a pool whose threads all wait for jobs queued behind them deadlocks. A fetch never waits
+/// for anything but the network, so a fixed pool of its own always drains.
+final class FetchWorkers: Sendable {
+    static let shared = FetchWorkers(threads: 4)
+    private let jobs = Mutex<[@Sendable () -> Void]>([])
+    private let pending = DispatchSemaphore(value: 0)
+
+    private init(threads: Int) {
+        for _ in 0..<threads {
+            let box = Unmanaged.passRetained(self).toOpaque()
+            var thread = pthread_t()
+            pthread_create(&thread, nil, { context in
+                let workers = Unmanaged<FetchWorkers>.fromOpaque(context!).takeRetainedValue()
+                workers.run()
+            }, box)
+            pthread_detach(thread)
+        }
+    }
+
+    func submit(_ job: @escaping @Sendable () -> Void) {
+        jobs.withLock { $0.append(job) }
+        pending.signal()
+    }
+
+    private func run() -> Never {
+        while true {
+            pending.wait()
+            let job = jobs.withLock { $0.removeFirst() }
+            job()
         }
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import ImageSources
+import Manifest
 @testable import RemoteSources
 import Synchronization
 import SystemCalls
@@ -176,6 +177,23 @@ func readRemote(_ source: RemoteSource, _ offset: UInt64, _ count: Int) throws -
         #expect(again.standardOutput == result.standardOutput)
         // Only the open's probe goes to the server the second time.
         #expect(try server.rangeRequests() - first == 1)
+    }
+
+    /// `erofs extract` reads from its worker threads at once (all waiting on the same fetches):
+    /// the tree equals the one extracted from the local image.
+    @Test func extractOverHTTPEqualsLocalExtraction() throws {
+        let image = try #require(Self.sample.first { $0.name == "lz4" })
+        let server = try TestServer.rangeServer(root: URL(fileURLWithPath: image.path).deletingLastPathComponent().path)
+        let directory = try scratchDirectory("extract")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let remote = try runProgram(Self.erofs, ["extract", "http://127.0.0.1:\(server.port)/lz4.erofs", directory + "/remote", "-o", "remote.cache=none,remote.block_size=4K"])
+        #expect(remote.status == 0, "\(remote.standardError)")
+        let local = try runProgram(Self.erofs, ["extract", image.path, directory + "/local"])
+        #expect(local.status == 0, "\(local.standardError)")
+        let remoteTree = try DirectoryWalker.manifest(ofTreeAt: directory + "/remote").manifestText
+        let localTree = try DirectoryWalker.manifest(ofTreeAt: directory + "/local").manifestText
+        #expect(remoteTree.split(separator: "\n").count > 400)
+        #expect(manifestDifference(actual: remoteTree, expected: localTree) == nil)
     }
 
     @Test func errorsAreOneLineWithoutSecrets() throws {
