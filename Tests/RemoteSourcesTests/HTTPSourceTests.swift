@@ -196,6 +196,33 @@ func readRemote(_ source: RemoteSource, _ offset: UInt64, _ count: Int) throws -
         #expect(manifestDifference(actual: remoteTree, expected: localTree) == nil)
     }
 
+    /// HTTPS: a certificate from an unknown CA is refused (one line pointing at http.cafile);
+    /// trusted through http.cafile it reads; http.insecure_tls reads with a warning.
+    @Test func tlsIsVerified() throws {
+        let directory = try scratchDirectory("tls")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let made = try runProgram("/usr/bin/openssl", [
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+            "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", directory + "/key.pem", "-out", directory + "/cert.pem",
+        ])
+        try #require(made.status == 0, "\(made.standardError)")
+        let image = try #require(Self.sample.first { $0.name == "plain" })
+        let server = try TestServer.rangeServer(
+            root: URL(fileURLWithPath: image.path).deletingLastPathComponent().path, tls: (directory + "/cert.pem", directory + "/key.pem"))
+        let url = "https://127.0.0.1:\(server.port)/plain.erofs"
+        let untrusted = try runProgram(Self.erofs, ["inspect", url, "-o", "remote.cache=none"])
+        #expect(untrusted.status != 0)
+        #expect(untrusted.standardError.contains("TLS") && untrusted.standardError.contains("http.cafile"), "\(untrusted.standardError)")
+        #expect(untrusted.standardError.split(separator: "\n").count == 1, "\(untrusted.standardError)")
+        let trusted = try runProgram(Self.erofs, ["inspect", url, "-o", "remote.cache=none,http.cafile=\(directory)/cert.pem"])
+        #expect(trusted.status == 0, "\(trusted.standardError)")
+        #expect(trusted.standardError.isEmpty)
+        let insecure = try runProgram(Self.erofs, ["inspect", url, "-o", "remote.cache=none,http.insecure_tls"])
+        #expect(insecure.status == 0, "\(insecure.standardError)")
+        #expect(insecure.standardError.contains("warning") && insecure.standardError.contains("insecure_tls"))
+        #expect(insecure.standardOutput == trusted.standardOutput)
+    }
+
     @Test func errorsAreOneLineWithoutSecrets() throws {
         let result = try runProgram(Self.erofs, ["ls", "http://user:hunter2@127.0.0.1:\(TestServer.freePort())/x.erofs?sig=SECRETSIG", "-o", "http.retries=0"])
         #expect(result.status != 0)

@@ -46,8 +46,9 @@ final class TestServer: @unchecked Sendable {
     }
 
     /// The range server of Servers/range_server.py over `root`, or as a proxy to `upstream`.
-    static func rangeServer(root: String? = nil, upstream: Int? = nil) throws -> TestServer {
+    static func rangeServer(root: String? = nil, upstream: Int? = nil, tls: (certificate: String, key: String)? = nil) throws -> TestServer {
         var arguments = [serversDirectory + "/range_server.py"]
+        if let tls { arguments += ["--tls", tls.certificate, tls.key] }
         if let root { arguments += ["--root", root] }
         if let upstream { arguments += ["--upstream", "127.0.0.1:\(upstream)"] }
         return try TestServer("/usr/bin/env", ["python3"] + arguments)

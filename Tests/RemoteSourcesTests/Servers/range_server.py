@@ -4,6 +4,7 @@ proxy in front of another server (moto), with faults injected on request.
 
   range_server.py --root DIR            serve DIR (GET/HEAD, one range per request, sendfile)
   range_server.py --upstream HOST:PORT  relay every request to HOST:PORT (Host header kept)
+  ... --tls CERT KEY                    serve HTTPS with that certificate chain and key
 
 It binds 127.0.0.1 on a free port and prints the port on its first line of stdout.
 Faults: `POST /__fault?mode=M&count=N[&after=K][&seconds=S]` makes the next N data requests
@@ -160,6 +161,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         if isinstance(body, bytes):
             self.wfile.write(body)
+        elif TLS:
+            # sendfile would bypass the TLS layer.
+            self.wfile.write(read_span(*body))
         else:
             path, start, length = body
             self.wfile.flush()
@@ -225,18 +229,25 @@ def read_span(path, start, length):
 
 
 def main():
-    global ROOT, UPSTREAM
+    global ROOT, UPSTREAM, TLS
     parser = argparse.ArgumentParser()
     parser.add_argument("--root")
     parser.add_argument("--upstream")
+    parser.add_argument("--tls", nargs=2)
     args = parser.parse_args()
     ROOT = args.root
+    TLS = bool(args.tls)
     UPSTREAM = None
     if args.upstream:
         host, _, port = args.upstream.rpartition(":")
         UPSTREAM = (host, int(port))
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
+    if args.tls:
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*args.tls)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print(server.server_address[1], flush=True)
     server.serve_forever()
 
