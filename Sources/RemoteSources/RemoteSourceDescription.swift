@@ -131,6 +131,11 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
             }
         }
         if isHTTP {
+            // user:password@ would sit in the process list, state files and a daemon's argv.
+            let authority = source.split(separator: "/", omittingEmptySubsequences: false).dropFirst(2).first ?? ""
+            if authority.contains("@") {
+                throw RemoteError(.configuration, redacted(source), "credentials in the URL are not accepted (they would show in the process list)")
+            }
             return RemoteSourceDescription(location: .http(url: source), credentials: .anonymous, http: http, cache: cache)
         }
         var path = Substring(source)

@@ -228,6 +228,11 @@ func readRemote(_ source: RemoteSource, _ offset: UInt64, _ count: Int) throws -
         #expect(result.status != 0)
         #expect(result.standardError.split(separator: "\n").count == 1, "\(result.standardError)")
         #expect(!result.standardError.contains("hunter2") && !result.standardError.contains("SECRETSIG"), "\(result.standardError)")
+        let port = TestServer.freePort()
+        let unreachable = try runProgram(Self.erofs, ["ls", "http://127.0.0.1:\(port)/x.erofs?sig=SECRETSIG", "-o", "http.retries=0"])
+        #expect(unreachable.status != 0)
+        #expect(unreachable.standardError.split(separator: "\n").count == 1, "\(unreachable.standardError)")
+        #expect(unreachable.standardError.contains("cannot connect") && !unreachable.standardError.contains("SECRETSIG"), "\(unreachable.standardError)")
         let local = try runProgram(Self.erofs, ["ls", "/nonexistent.erofs", "-o", "s3.region=x"])
         #expect(local.status != 0)
     }
