@@ -33,7 +33,7 @@ if ((${#missing[@]} > 0)); then
 fi
 
 # The python3 first on PATH runs the tests' helpers: install into it.
-if ! python3 -c 'import moto.server, boto3, botocore' 2>/dev/null || ! command -v moto_server >/dev/null; then
+if ! python3 -c 'import moto.server, boto3, botocore' 2>/dev/null; then
   echo "installing (pip): ${pip_packages[*]}" >&2
   python3 -m pip install -q "${pip_packages[@]}" 2>/dev/null ||
     python3 -m pip install -q --break-system-packages "${pip_packages[@]}"

@@ -16,7 +16,8 @@ struct MotoFixture {
     init(files: [String]) throws {
         let port = TestServer.freePort()
         server = try TestServer(
-            "/usr/bin/env", ["moto_server", "-H", "127.0.0.1", "-p", "\(port)"],
+            // `python3 -m`: the moto_server script may not be on PATH (a pyenv shim not yet made).
+            "/usr/bin/env", ["python3", "-m", "moto.server", "-H", "127.0.0.1", "-p", "\(port)"],
             environment: ["INITIAL_NO_AUTH_ACTION_COUNT": "3"], port: port)
         let setup = try runProgram("/usr/bin/env", ["python3", TestServer.serversDirectory + "/moto_setup.py", "\(port)", Self.bucket] + files)
         guard setup.status == 0 else { throw ServerError("moto setup: \(setup.standardError)") }
