@@ -179,6 +179,31 @@ func readRemote(_ source: RemoteSource, _ offset: UInt64, _ count: Int) throws -
         #expect(try server.rangeRequests() - first == 1)
     }
 
+    /// Two processes reading the same object into one cache directory at the same time both
+    /// get the right tree, and a third, later process finds every block there.
+    @Test func twoProcessesShareOneCache() throws {
+        let image = try #require(Self.sample.first { $0.name == "lzma" })
+        let server = try TestServer.rangeServer(root: URL(fileURLWithPath: image.path).deletingLastPathComponent().path)
+        let cache = try scratchDirectory("shared-cache")
+        defer { try? FileManager.default.removeItem(atPath: cache) }
+        let arguments = ["ls", "--recursive", "--json", "--sha256", "http://127.0.0.1:\(server.port)/lzma.erofs", "-o", "remote.cache=\(cache),remote.block_size=16K"]
+        let results = Mutex<[ProcessResult]>([])
+        DispatchQueue.concurrentPerform(iterations: 2) { _ in
+            if let result = try? runProgram(Self.erofs, arguments) { results.withLock { $0.append(result) } }
+        }
+        let expected = try image.expectedManifest()
+        let both = results.withLock { $0 }
+        #expect(both.count == 2)
+        for result in both {
+            #expect(result.status == 0, "\(result.standardError)")
+            #expect(result.standardOutput == expected)
+        }
+        let before = try server.rangeRequests()
+        let third = try runProgram(Self.erofs, arguments)
+        #expect(third.standardOutput == expected)
+        #expect(try server.rangeRequests() - before == 1)
+    }
+
     /// `erofs extract` reads from its worker threads at once (all waiting on the same fetches):
     /// the tree equals the one extracted from the local image.
     @Test func extractOverHTTPEqualsLocalExtraction() throws {
