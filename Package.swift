@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "4.0.0"),
     ],
     targets: [
         // C shim: only what Swift cannot reach (variadic ioctl with unsigned long, _IO codes, CMSG).
@@ -26,6 +27,8 @@ let package = Package(
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         // TLS for `erofs serve` (NBD STARTTLS).
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        // HTTP(S) for remote sources (BENCHMARKS.md says why libcurl and not AsyncHTTPClient).
+        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
 
         // Thin, typed wrappers over syscalls: SystemError, file descriptors, mount, loop devices.
         .target(name: "SystemCalls", dependencies: [
@@ -35,6 +38,13 @@ let package = Package(
         // Random-access sources of image bytes: local files now, HTTP/OCI/S3 later.
         .target(name: "ImageSources", dependencies: [
             "SystemCalls", "CShim",
+            .product(name: "SystemPackage", package: "swift-system"),
+        ]),
+        // Remote sources over one block layer: HTTP(S) range reads, S3 (SigV4/SigV2), the block
+        // cache, readahead, pinning to one object version.
+        .target(name: "RemoteSources", dependencies: [
+            "ImageSources", "SystemCalls", "CCurl", "CZlib",
+            .product(name: "Crypto", package: "swift-crypto"),
             .product(name: "SystemPackage", package: "swift-system"),
         ]),
         // EROFS on-disk structures, decoded byte by byte (little-endian).
@@ -76,7 +86,7 @@ let package = Package(
         ]),
         .executableTarget(name: "MountErofsTool", dependencies: ["MountCLI"]),
         .executableTarget(name: "ErofsTool", dependencies: [
-            "EROFSFormat", "EROFSReader", "Manifest", "NBDProtocol", "NBDServer", "SystemCalls", "CShim",
+            "EROFSFormat", "EROFSReader", "Manifest", "NBDProtocol", "NBDServer", "SystemCalls", "CShim", "RemoteSources", "ImageSources",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -102,6 +112,12 @@ let package = Package(
             "Backends", "SystemCalls", .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "KernelAttachTests", dependencies: ["KernelAttach"]),
+        // Real servers started by the tests: a Range server with faults (Servers/), moto's S3.
+        .testTarget(name: "RemoteSourcesTests", dependencies: [
+            "RemoteSources", "ImageSources", "SystemCalls", "TestSupport", "Manifest",
+            // Built for the tests, which run `erofs ls` on remote sources.
+            "ErofsTool",
+        ], exclude: ["Servers"]),
         // LZ4 throughput: the Swift decoder against liblz4 (release build).
         .executableTarget(name: "LZ4Bench", dependencies: ["Compression", "CLZ4"]),
         .testTarget(name: "CompressionTests", dependencies: ["Compression", "CLZ4", "CLZMA", "CZlib", "CZstd", "TestSupport"]),

@@ -14,17 +14,29 @@ packages=(
   openssl
   # the VM harness: software-emulated qemu, a busybox initramfs, module unpacking
   qemu-system-x86 busybox-static cpio gzip xz-utils kmod zstd python3
+  # remote sources: libcurl (HTTP client), curl (tests' control requests), pip for the S3 server
+  libcurl4-openssl-dev curl python3-pip
 )
+
+# Python packages for the remote-source tests: moto's S3 server (checks SigV4), boto3 to set it
+# up, botocore's signer as the reference our signatures are compared with.
+pip_packages=('moto[server]' boto3 botocore)
 
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
 done
-if ((${#missing[@]} == 0)); then
-  exit 0
-fi
-echo "installing: ${missing[*]}" >&2
 sudo=()
 [[ $(id -u) -eq 0 ]] || sudo=(sudo)
-"${sudo[@]}" apt-get update -qq
-DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+if ((${#missing[@]} > 0)); then
+  echo "installing: ${missing[*]}" >&2
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The python3 first on PATH runs the tests' helpers: install into it.
+if ! python3 -c 'import moto.server, boto3, botocore' 2>/dev/null; then
+  echo "installing (pip): ${pip_packages[*]}" >&2
+  python3 -m pip install -q "${pip_packages[@]}" 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages "${pip_packages[@]}"
+fi

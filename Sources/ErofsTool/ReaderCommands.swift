@@ -79,8 +79,15 @@ struct ExtraDeviceOptions: ParsableArguments {
             valueName: "path"))
     var paths: [String] = []
 
+    @Option(
+        name: .customShort("o"),
+        help: ArgumentHelp(
+            "Remote source options, comma-separated, repeatable (see 'Remote sources' in erofs --help).",
+            valueName: "options"))
+    var remoteOptions: [String] = []
+
     func open(_ image: String) throws(EROFSError) -> EROFSFilesystem {
-        try EROFSFilesystem(path: image, devicePaths: paths)
+        try openImage(image, devicePaths: paths, options: remoteOptions)
     }
 }
 

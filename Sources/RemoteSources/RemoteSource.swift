@@ -1,0 +1,278 @@
+import Dispatch
+import ImageSources
+import Synchronization
+import SystemCalls
+import SystemPackage
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How the bytes of a remote object are cached and read ahead (`-o remote.*`).
+public struct CacheSettings: Sendable, Codable, Equatable {
+    /// The block cache directory; nil = memory only (`remote.cache=none`).
+    public var directory: String? = "/var/cache/erofs-mount"
+    /// Size limit of the cache directory (`remote.cache_size=BYTES`).
+    public var limit: UInt64 = 4 << 30
+    /// Cache block: the unit of presence and of a cold random read (`remote.block_size`).
+    public var blockSize = 64 << 10
+    /// Largest readahead window a sequential reader grows to (`remote.readahead=BYTES`).
+    public var maxReadahead = 8 << 20
+    /// Memory for blocks when there is no disk cache.
+    public var memoryLimit = 64 << 20
+
+    public init() {}
+}
+
+/// A remote object as a `RandomAccessSource`: blocks come from the block cache, or are fetched
+/// with ranged GETs. Any number of threads may read at once:
+/// - a block being fetched is fetched once; other readers of it wait for that fetch;
+/// - a miss fetches only the blocks the read covers (small random reads stay small);
+/// - a reader going sequentially gets a readahead window that doubles up to `maxReadahead`,
+///   fetched in the background in several ranges at once, ahead of the reader.
+public final class RemoteSource: RandomAccessSource {
+    public let size: UInt64
+    public var displayName: String { object.displayName }
+    public var localFileDescriptor: FileDescriptor? { nil }
+
+    let object: RemoteObject
+    let store: any BlockStore
+    let blockSize: Int
+    let maxReadahead: Int
+    private let flights = Mutex<[Int: Flight]>([:])
+    private let streams = Mutex(StreamTracker())
+    /// Counters for tests and benchmarks.
+    let statistics = Mutex(Statistics())
+
+    struct Statistics {
+        var requests = 0
+        var fetchedBytes: UInt64 = 0
+        var cacheHits = 0
+    }
+
+    init(object: RemoteObject, store: any BlockStore, firstBytes: [UInt8], maxReadahead: Int) {
+        self.object = object
+        self.store = store
+        self.size = object.size
+        self.blockSize = store.blockSize
+        self.maxReadahead = max(maxReadahead, store.blockSize)
+        // The open's probe read block 0: keep it.
+        if firstBytes.count == blockLength(0) && !store.contains(block: 0) {
+            firstBytes.withUnsafeBytes { store.store(block: 0, bytes: $0) }
+        }
+    }
+
+    func blockLength(_ block: Int) -> Int {
+        Int(min(UInt64(blockSize), size - UInt64(block) * UInt64(blockSize)))
+    }
+
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(SystemError) -> Int {
+        guard offset < size, buffer.count > 0 else { return 0 }
+        let wanted = Int(min(UInt64(buffer.count), size - offset))
+        let lastBlock = Int((offset + UInt64(wanted) - 1) / UInt64(blockSize))
+        let ahead = streams.withLock { $0.note(offset: offset, count: wanted, blockSize: blockSize, maxWindow: maxReadahead) }
+        if let ahead { readAhead(from: ahead.lowerBound, to: min(ahead.upperBound, (Int(size) + blockSize - 1) / blockSize)) }
+        var done = 0
+        while done < wanted {
+            let position = offset + UInt64(done)
+            let block = Int(position / UInt64(blockSize))
+            let inBlock = Int(position % UInt64(blockSize))
+            let count = min(wanted - done, blockLength(block) - inBlock)
+            let destination = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + count)])
+            if store.read(block: block, offset: inBlock, into: destination) {
+                statistics.withLock { $0.cacheHits += 1 }
+                done += count
+                continue
+            }
+            let bytes: [UInt8]
+            do {
+                bytes = try obtain(block: block, through: lastBlock)
+            } catch {
+                throw error.systemError
+            }
+            bytes.withUnsafeBytes { destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[inBlock..<(inBlock + count)])) }
+            done += count
+        }
+        return wanted
+    }
+
+    /// Block `block`'s bytes: waits for its fetch when one is in flight, else fetches it and
+    /// the following missing blocks up to `lastBlock` in one request.
+    private func obtain(block: Int, through lastBlock: Int) throws(RemoteError) -> [UInt8] {
+        var run = [block]
+        for next in (block + 1)..<(lastBlock + 1) where !store.contains(block: next) {
+            guard next == run.last! + 1 else { break }
+            run.append(next)
+        }
+        let claim = flights.withLock { table -> (waitFor: Flight?, mine: [Flight]) in
+            if let inFlight = table[block] { return (inFlight, []) }
+            var mine: [Flight] = []
+            for index in run {
+                guard table[index] == nil else { break }
+                let flight = Flight()
+                table[index] = flight
+                mine.append(flight)
+            }
+            return (nil, mine)
+        }
+        if let waitFor = claim.waitFor { return try waitFor.wait().get() }
+        fetch(firstBlock: block, claim.mine)
+        return try claim.mine[0].wait().get()
+    }
+
+    /// Starts background fetches of the missing blocks in `first..<end`, in ranges of up to a
+    /// quarter of the largest window so that several are in flight.
+    private func readAhead(from first: Int, to end: Int) {
+        guard first < end else { return }
+        let perRequest = max(1, maxReadahead / 4 / blockSize)
+        var runs: [(Int, [Flight])] = []
+        let candidates = (first..<end).filter { !store.contains(block: $0) }
+        flights.withLock { table in
+            var current: (Int, [Flight])?
+            for block in candidates {
+                guard table[block] == nil else { continue }
+                let flight = Flight()
+                table[block] = flight
+                if let run = current, run.0 + run.1.count == block, run.1.count < perRequest {
+                    current!.1.append(flight)
+                } else {
+                    if let run = current { runs.append(run) }
+                    current = (block, [flight])
+                }
+            }
+            if let run = current { runs.append(run) }
+        }
+        for (firstBlock, run) in runs {
+            FetchWorkers.shared.submit { self.fetch(firstBlock: firstBlock, run) }
+        }
+    }
+
+    /// Fetches blocks `firstBlock ..< firstBlock + run.count` in one ranged GET, completing
+    /// each block's flight (and storing it) as soon as its last byte arrives.
+    private func fetch(firstBlock: Int, _ run: [Flight]) {
+        let start = UInt64(firstBlock) * UInt64(blockSize)
+        let end = min(size, UInt64(firstBlock + run.count) * UInt64(blockSize))
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(end - start), alignment: 64)
+        defer { buffer.deallocate() }
+        var completed = 0
+        let finish = { (upTo: Int) in
+            while completed < run.count && upTo >= min(Int(end - start), (completed + 1) * self.blockSize) {
+                let block = firstBlock + completed
+                let range = (completed * self.blockSize)..<min(Int(end - start), (completed + 1) * self.blockSize)
+                let bytes = UnsafeRawBufferPointer(rebasing: buffer[range])
+                self.store.store(block: block, bytes: bytes)
+                self.flights.withLock { $0[block] = nil }
+                run[completed].finish(.success(Array(bytes)))
+                completed += 1
+            }
+        }
+        statistics.withLock {
+            $0.requests += 1
+            $0.fetchedBytes += end - start
+        }
+        do {
+            try object.read(into: buffer, at: start, progress: finish)
+        } catch {
+            for index in completed..<run.count {
+                flights.withLock { $0[firstBlock + index] = nil }
+                run[index].finish(.failure(error))
+            }
+        }
+    }
+}
+
+/// The threads that run readahead fetches. Not Dispatch's global queues: their threads may be
+/// the very readers (an extraction's workers, a server's handlers) that wait for these fetches,
+/// and a pool whose threads all wait for jobs queued behind them deadlocks. A fetch never waits
+/// for anything but the network, so a fixed pool of its own always drains.
+final class FetchWorkers: Sendable {
+    static let shared = FetchWorkers(threads: 4)
+    private let jobs = Mutex<[@Sendable () -> Void]>([])
+    private let pending = DispatchSemaphore(value: 0)
+
+    private init(threads: Int) {
+        for _ in 0..<threads {
+            let box = Unmanaged.passRetained(self).toOpaque()
+            var thread = pthread_t()
+            pthread_create(&thread, nil, { context in
+                let workers = Unmanaged<FetchWorkers>.fromOpaque(context!).takeRetainedValue()
+                workers.run()
+            }, box)
+            pthread_detach(thread)
+        }
+    }
+
+    func submit(_ job: @escaping @Sendable () -> Void) {
+        jobs.withLock { $0.append(job) }
+        pending.signal()
+    }
+
+    private func run() -> Never {
+        while true {
+            pending.wait()
+            let job = jobs.withLock { $0.removeFirst() }
+            job()
+        }
+    }
+}
+
+/// One block being fetched; readers of it wait on it. The result is written once, before the
+/// group is left, and read only after waiting on the group.
+private final class Flight: @unchecked Sendable {
+    private let group = DispatchGroup()
+    private var result: Result<[UInt8], RemoteError>?
+
+    init() { group.enter() }
+
+    func finish(_ outcome: Result<[UInt8], RemoteError>) {
+        result = outcome
+        group.leave()
+    }
+
+    func wait() -> Result<[UInt8], RemoteError> {
+        group.wait()
+        return result!
+    }
+}
+
+/// Recognises sequential readers: up to 8 streams, each with the offset where its next read
+/// should start, its readahead window and how far ahead it has been fetched.
+struct StreamTracker {
+    struct Stream {
+        var next: UInt64
+        var window: Int
+        var fetchedTo: Int
+        var used: UInt64
+    }
+    var streams: [Stream] = []
+    var clock: UInt64 = 0
+
+    /// Records a read; returns the blocks to read ahead when the read continues a stream and
+    /// the stream's readahead needs topping up (half of its window consumed).
+    mutating func note(offset: UInt64, count: Int, blockSize: Int, maxWindow: Int) -> Range<Int>? {
+        clock += 1
+        let end = offset + UInt64(count)
+        let endBlock = Int((end + UInt64(blockSize) - 1) / UInt64(blockSize))
+        // A read that starts within a block of where a stream stopped continues it (a reader
+        // may skip a little, e.g. a compressed cluster boundary).
+        if let index = streams.firstIndex(where: { offset + UInt64(blockSize) >= $0.next && offset <= $0.next + UInt64(blockSize) }) {
+            var stream = streams[index]
+            stream.next = end
+            stream.used = clock
+            stream.window = min(maxWindow, max(4 * blockSize, stream.window * 2))
+            let windowBlocks = stream.window / blockSize
+            var result: Range<Int>?
+            if stream.fetchedTo < endBlock + windowBlocks / 2 {
+                let from = max(stream.fetchedTo, endBlock)
+                result = from..<(endBlock + windowBlocks)
+                stream.fetchedTo = endBlock + windowBlocks
+            }
+            streams[index] = stream
+            return result
+        }
+        if streams.count >= 8, let oldest = streams.indices.min(by: { streams[$0].used < streams[$1].used }) {
+            streams.remove(at: oldest)
+        }
+        streams.append(Stream(next: end, window: 0, fetchedTo: endBlock, used: clock))
+        return nil
+    }
+}

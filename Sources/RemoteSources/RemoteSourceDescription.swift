@@ -1,0 +1,301 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An S3 object and how to address it (`s3.*` options). No secret in here.
+public struct S3Location: Sendable, Codable, Equatable {
+    public var bucket: String
+    public var key: String
+    /// `scheme://host[:port]`, no path.
+    public var endpoint: String
+    public var region: String
+    /// 4 (default) or 2.
+    public var signatureVersion: Int
+    /// Virtual-host (`BUCKET.host/KEY`) or path (`host/BUCKET/KEY`) addressing.
+    public var pathStyle: Bool
+
+    /// The request URL, the Host header, the path as sent and SigV2's resource.
+    var addressing: (url: String, host: String, path: String, resource: String) {
+        let schemeEnd = endpoint.range(of: "://")!
+        let scheme = endpoint[..<schemeEnd.lowerBound]
+        let authority = String(endpoint[schemeEnd.upperBound...])
+        let encodedKey = percentEncoded(key, keepSlash: true)
+        let resource = "/\(bucket)/\(encodedKey)"
+        if pathStyle {
+            return ("\(scheme)://\(authority)\(resource)", authority, resource, resource)
+        }
+        return ("\(scheme)://\(bucket).\(authority)/\(encodedKey)", "\(bucket).\(authority)", "/\(encodedKey)", resource)
+    }
+}
+
+/// Where the credentials of a source come from: a description a daemon can be handed (in its
+/// state file or argv) without handing it a secret.
+public enum CredentialSource: Sendable, Codable, Equatable {
+    /// No Authorization header.
+    case anonymous
+    /// An s3fs-format file: `ACCESS:SECRET` lines, or `BUCKET:ACCESS:SECRET` for one bucket.
+    case passwdFile(String)
+    /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` of the environment
+    /// given to `open`.
+    case environment
+}
+
+/// A remote SOURCE with everything needed to open it again later (in a recovered daemon):
+/// location, where credentials come from, HTTP and cache settings. It never holds a secret.
+public struct RemoteSourceDescription: Sendable, Codable, Equatable {
+    public enum Location: Sendable, Codable, Equatable {
+        case http(url: String)
+        case s3(S3Location)
+    }
+
+    public var location: Location
+    public var credentials: CredentialSource
+    public var http = HTTPSettings()
+    public var cache = CacheSettings()
+
+    /// The object for messages: an HTTP URL without user info or query, or `s3://BUCKET/KEY`.
+    public var displayName: String {
+        switch location {
+        case .http(let url): return Self.redacted(url)
+        case .s3(let s3): return "s3://\(s3.bucket)/\(s3.key)"
+        }
+    }
+
+    /// The option keys this layer owns (`-o KEY=VALUE`); others belong to the caller.
+    public static func owns(_ key: String) -> Bool {
+        key.hasPrefix("http.") || key.hasPrefix("s3.") || key.hasPrefix("remote.")
+    }
+
+    /// Reads SOURCE and the remote options: an `http://` or `https://` URL is an HTTP source;
+    /// with any `s3.` option (or an `s3://` prefix) SOURCE is `BUCKET/KEY`. Returns nil for a
+    /// local source (and then no remote option may be given).
+    public static func parse(
+        source: String, options: [(key: String, value: String?)], environment: [String: String]
+    ) throws(RemoteError) -> RemoteSourceDescription? {
+        func bad(_ message: String) -> RemoteError { RemoteError(.configuration, "-o", message) }
+        let lowered = source.lowercased()
+        let isHTTP = lowered.hasPrefix("http://") || lowered.hasPrefix("https://")
+        let isS3 = lowered.hasPrefix("s3://") || options.contains { $0.key.hasPrefix("s3.") }
+        guard isHTTP || isS3 else {
+            if let stray = options.first(where: { owns($0.key) }) {
+                throw bad("\(stray.key) is for remote sources (an http(s):// URL, or BUCKET/KEY with s3.* options); \(source) is a local path")
+            }
+            return nil
+        }
+        if isHTTP && isS3 { throw bad("s3.* options take SOURCE as BUCKET/KEY, not a URL") }
+        var http = HTTPSettings()
+        var cache = CacheSettings()
+        var s3 = (endpoint: environment["AWS_ENDPOINT_URL_S3"] ?? environment["AWS_ENDPOINT_URL"],
+                  region: environment["AWS_REGION"] ?? environment["AWS_DEFAULT_REGION"],
+                  sig: 4, style: String?.none, passwd: String?.none)
+        for (key, value) in options where owns(key) {
+            func required() throws(RemoteError) -> String {
+                guard let value, !value.isEmpty else { throw bad("\(key) needs a value") }
+                return value
+            }
+            func seconds() throws(RemoteError) -> Double {
+                let text = try required()
+                guard let number = Double(text), number > 0, number <= 3600 else { throw bad("\(key)=\(text): seconds, > 0") }
+                return number
+            }
+            switch key {
+            case "http.cafile": http.caFile = try required()
+            case "http.insecure_tls":
+                guard value == nil else { throw bad("http.insecure_tls takes no value") }
+                http.insecureTLS = true
+            case "http.timeout": http.stallTimeout = try seconds()
+            case "http.connect_timeout": http.connectTimeout = try seconds()
+            case "http.retries":
+                guard let count = Int(try required()), (0...20).contains(count) else { throw bad("http.retries: 0 to 20") }
+                http.retries = count
+            case "remote.cache":
+                let text = try required()
+                cache.directory = text == "none" ? nil : text
+                if text != "none" && !text.hasPrefix("/") { throw bad("remote.cache: an absolute directory, or none") }
+            case "remote.cache_size": cache.limit = UInt64(try byteCount(key, try required(), range: 1 << 20...(1 << 50)))
+            case "remote.block_size":
+                let size = try byteCount(key, try required(), range: 4096...(16 << 20))
+                guard size & (size - 1) == 0 else { throw bad("remote.block_size: a power of two") }
+                cache.blockSize = size
+            case "remote.readahead": cache.maxReadahead = try byteCount(key, try required(), range: 0...(256 << 20))
+            case "s3.endpoint": s3.endpoint = try required()
+            case "s3.region": s3.region = try required()
+            case "s3.sig":
+                guard value == "2" || value == "4" else { throw bad("s3.sig: 2 or 4") }
+                s3.sig = value == "2" ? 2 : 4
+            case "s3.urlstyle":
+                guard value == "vhost" || value == "path" else { throw bad("s3.urlstyle: vhost or path") }
+                s3.style = value
+            case "s3.passwd_file": s3.passwd = try required()
+            default: throw bad("unknown option \(key)")
+            }
+        }
+        if isHTTP {
+            // user:password@ would sit in the process list, state files and a daemon's argv.
+            let authority = source.split(separator: "/", omittingEmptySubsequences: false).dropFirst(2).first ?? ""
+            if authority.contains("@") {
+                throw RemoteError(.configuration, redacted(source), "credentials in the URL are not accepted (they would show in the process list)")
+            }
+            return RemoteSourceDescription(location: .http(url: source), credentials: .anonymous, http: http, cache: cache)
+        }
+        var path = Substring(source)
+        if lowered.hasPrefix("s3://") { path = path.dropFirst(5) }
+        guard let slash = path.firstIndex(of: "/"), slash != path.startIndex, path.index(after: slash) != path.endIndex else {
+            throw bad("an S3 SOURCE is BUCKET/KEY, not \(source)")
+        }
+        let bucket = String(path[..<slash]), key = String(path[path.index(after: slash)...])
+        let region = s3.region ?? "us-east-1"
+        var endpoint = s3.endpoint ?? "https://s3.\(region).amazonaws.com"
+        if !endpoint.contains("://") { endpoint = "https://" + endpoint }
+        while endpoint.hasSuffix("/") { endpoint.removeLast() }
+        let authority = endpoint[endpoint.range(of: "://")!.upperBound...]
+        guard !authority.isEmpty, !authority.contains("/"), !authority.contains("@"), !authority.contains("?") else {
+            throw bad("s3.endpoint: scheme://host[:port], not \(endpoint)")
+        }
+        // Virtual-host addressing needs a DNS name under which BUCKET.host resolves: not an IP
+        // address or localhost, and not a bucket name with dots over TLS.
+        let host = authority.split(separator: ":").first.map(String.init) ?? ""
+        let ipOrLocal = host == "localhost" || host.allSatisfy { $0.isNumber || $0 == "." } || authority.hasPrefix("[")
+        let pathStyle = s3.style.map { $0 == "path" } ?? (ipOrLocal || bucket.contains("."))
+        let location = S3Location(bucket: bucket, key: key, endpoint: endpoint, region: region, signatureVersion: s3.sig, pathStyle: pathStyle)
+        let credentials: CredentialSource =
+            if let passwd = s3.passwd { .passwdFile(passwd) }
+            else if environment["AWS_ACCESS_KEY_ID"] != nil { .environment }
+            else { .anonymous }
+        return RemoteSourceDescription(location: .s3(location), credentials: credentials, http: http, cache: cache)
+    }
+
+    /// Opens the object: resolves the credentials, checks the object with one ranged GET and
+    /// sets up its block cache. `warn` receives one-line warnings (insecure TLS, a readable
+    /// passwd file, a cache that could not be used).
+    public func open(environment: [String: String], warn: (String) -> Void) throws(RemoteError) -> RemoteSource {
+        if http.insecureTLS {
+            warn("\(displayName): http.insecure_tls: the server's certificate is not checked; anyone on the path can serve other bytes")
+        }
+        let transport = HTTPTransport(settings: http)
+        let endpoint: RemoteEndpoint
+        switch location {
+        case .http(let url):
+            endpoint = RemoteEndpoint(url: url, displayName: displayName, followRedirects: true, signer: nil)
+        case .s3(let s3):
+            let addressing = s3.addressing
+            let signer = try resolveCredentials(s3, environment: environment, warn: warn).map {
+                S3Signer(credentials: $0, version: s3.signatureVersion, region: s3.region, host: addressing.host,
+                         canonicalURI: addressing.path, resource: addressing.resource)
+            }
+            endpoint = RemoteEndpoint(url: addressing.url, displayName: displayName, signer: signer)
+        }
+        let (object, firstBytes) = try RemoteObject.open(endpoint: endpoint, transport: transport, probe: cache.blockSize)
+        var store: any BlockStore = MemoryBlockStore(blockSize: cache.blockSize, capacity: cache.memoryLimit)
+        if let directory = cache.directory {
+            if let identity = object.identity {
+                do {
+                    store = try DiskBlockStore(
+                        identity: identity, objectSize: object.size, blockSize: cache.blockSize,
+                        budget: CacheBudget(directory: directory, limit: cache.limit))
+                } catch {
+                    warn("\(error): reading without the disk cache")
+                }
+            } else {
+                warn("\(displayName): the server sends neither ETag nor Last-Modified: the object cannot be pinned, and is not cached on disk")
+            }
+        }
+        return RemoteSource(object: object, store: store, firstBytes: firstBytes, maxReadahead: cache.maxReadahead)
+    }
+
+    private func resolveCredentials(_ s3: S3Location, environment: [String: String], warn: (String) -> Void) throws(RemoteError) -> S3Credentials? {
+        switch credentials {
+        case .anonymous:
+            return nil
+        case .environment:
+            guard let access = environment["AWS_ACCESS_KEY_ID"], let secret = environment["AWS_SECRET_ACCESS_KEY"], !access.isEmpty, !secret.isEmpty
+            else { throw RemoteError(.configuration, "AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID is set without AWS_SECRET_ACCESS_KEY") }
+            return S3Credentials(accessKey: access, secretKey: secret, sessionToken: environment["AWS_SESSION_TOKEN"].flatMap { $0.isEmpty ? nil : $0 })
+        case .passwdFile(let path):
+            return try Self.readPasswdFile(path, bucket: s3.bucket, warn: warn)
+        }
+    }
+
+    /// s3fs's format: `ACCESS:SECRET` (any bucket) or `BUCKET:ACCESS:SECRET` lines; `#`
+    /// comments. A line for the bucket wins over a default line. Messages name the file and
+    /// line, never a key.
+    static func readPasswdFile(_ path: String, bucket: String, warn: (String) -> Void) throws(RemoteError) -> S3Credentials {
+        let descriptor = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw RemoteError(.configuration, path, "cannot open the passwd file: \(String(cString: strerror(errno)))") }
+        defer { close(descriptor) }
+        var status = stat()
+        if fstat(descriptor, &status) == 0 && status.st_mode & 0o077 != 0 {
+            warn("\(path): the passwd file is readable by other users (chmod 600 it)")
+        }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while bytes.count < 1 << 20 {
+            let got = read(descriptor, &chunk, chunk.count)
+            if got < 0 && errno == EINTR { continue }
+            guard got > 0 else { break }
+            bytes += chunk[..<got]
+        }
+        var fallback: S3Credentials?
+        for (number, line) in String(decoding: bytes, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            let text = line.trimmingCharacters(in: " \t\r")
+            if text.isEmpty || text.hasPrefix("#") { continue }
+            let fields = text.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+            switch fields.count {
+            case 2 where !fields[0].isEmpty && !fields[1].isEmpty:
+                if fallback == nil { fallback = S3Credentials(accessKey: fields[0], secretKey: fields[1]) }
+            case 3 where !fields[1].isEmpty && !fields[2].isEmpty:
+                if fields[0] == bucket { return S3Credentials(accessKey: fields[1], secretKey: fields[2]) }
+            default:
+                throw RemoteError(.configuration, path, "line \(number + 1): expected ACCESS:SECRET or BUCKET:ACCESS:SECRET")
+            }
+        }
+        guard let fallback else { throw RemoteError(.configuration, path, "no credentials for bucket \(bucket)") }
+        return fallback
+    }
+
+    /// `scheme://host/path` of a URL: user info, query and fragment dropped (they may carry
+    /// credentials or signatures).
+    static func redacted(_ url: String) -> String {
+        var text = Substring(url)
+        if let cut = text.firstIndex(where: { $0 == "?" || $0 == "#" }) { text = text[..<cut] }
+        guard let schemeEnd = text.range(of: "://") else { return String(text) }
+        let rest = text[schemeEnd.upperBound...]
+        let authorityEnd = rest.firstIndex(of: "/") ?? rest.endIndex
+        if let at = rest[..<authorityEnd].lastIndex(of: "@") {
+            return String(text[..<schemeEnd.upperBound]) + String(rest[rest.index(after: at)...])
+        }
+        return String(text)
+    }
+}
+
+/// `123`, `64K`, `8M`, `4G` (powers of 1024).
+func byteCount(_ key: String, _ text: String, range: ClosedRange<Int>) throws(RemoteError) -> Int {
+    var digits = Substring(text)
+    var scale = 1
+    switch digits.last?.uppercased() {
+    case "K": scale = 1 << 10
+    case "M": scale = 1 << 20
+    case "G": scale = 1 << 30
+    default: break
+    }
+    if scale > 1 { digits = digits.dropLast() }
+    guard let number = Int(digits), number >= 0, number <= Int.max / scale, range.contains(number * scale) else {
+        throw RemoteError(.configuration, "-o", "\(key)=\(text): a byte count (K, M, G suffixes) from \(range.lowerBound) to \(range.upperBound)")
+    }
+    return number * scale
+}
+
+extension Substring {
+    func range(of needle: String) -> Range<Index>? {
+        var index = startIndex
+        while index < endIndex {
+            if self[index...].hasPrefix(needle) { return index..<self.index(index, offsetBy: needle.count) }
+            index = self.index(after: index)
+        }
+        return nil
+    }
+}
+
+extension String {
+    func range(of needle: String) -> Range<Index>? { self[...].range(of: needle) }
+}
