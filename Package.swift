@@ -43,6 +43,8 @@ let package = Package(
         .target(name: "EROFSReader", dependencies: ["EROFSFormat", "Compression", "ImageSources", "SystemCalls", "Manifest"]),
         // The corpus manifest format: entries, exact JSON form, walking a mounted tree.
         .target(name: "Manifest", dependencies: ["SystemCalls"]),
+        // FUSE wire protocol: request decoding, reply encoding (no I/O).
+        .target(name: "FUSEProtocol", dependencies: []),
         // NBD wire protocol: requests, replies, handshake options (no I/O).
         .target(name: "NBDProtocol", dependencies: []),
         // The NBD serving loop: kernel mode (socketpair) and network mode (handshake).
@@ -103,6 +105,7 @@ let package = Package(
         .executableTarget(name: "LZ4Bench", dependencies: ["Compression", "CLZ4"]),
         .testTarget(name: "CompressionTests", dependencies: ["Compression", "CLZ4", "CLZMA", "CZlib", "CZstd", "TestSupport"]),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol", "TestSupport"]),
+        .testTarget(name: "FUSEProtocolTests", dependencies: ["FUSEProtocol", "TestSupport"]),
         .testTarget(name: "NBDServerTests", dependencies: [
             "NBDServer", "NBDProtocol", "ImageSources", "SystemCalls", "TestSupport",
             .product(name: "Logging", package: "swift-log"),
