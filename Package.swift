@@ -45,6 +45,11 @@ let package = Package(
         .target(name: "Manifest", dependencies: ["SystemCalls"]),
         // FUSE wire protocol: request decoding, reply encoding (no I/O).
         .target(name: "FUSEProtocol", dependencies: []),
+        // The FUSE serving loop over /dev/fuse, on the EROFS reader.
+        .target(name: "FUSEServer", dependencies: [
+            "FUSEProtocol", "EROFSReader", "SystemCalls", "CShim",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // NBD wire protocol: requests, replies, handshake options (no I/O).
         .target(name: "NBDProtocol", dependencies: []),
         // The NBD serving loop: kernel mode (socketpair) and network mode (handshake).
@@ -68,9 +73,14 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The FUSE backend: mount(2) over /dev/fuse and the daemon that serves it.
+        .target(name: "FUSEBackend", dependencies: [
+            "Backends", "FUSEServer", "EROFSReader", "KernelAttach", "SystemCalls",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // mount(8)-compatible command line: options, -o parsing into MS_* flags and data.
         .target(name: "MountCLI", dependencies: [
-            "Backends", "SystemCalls", "EROFSFormat", "KernelAttach", "NBDKernel", "CShim",
+            "Backends", "FUSEBackend", "SystemCalls", "EROFSFormat", "KernelAttach", "NBDKernel", "CShim",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "MountErofsTool", dependencies: ["MountCLI"]),
