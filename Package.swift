@@ -129,7 +129,7 @@ let package = Package(
             "NBDKernel", "Netlink", "NetlinkTestSupport", "SystemCalls", "TestSupport", "Manifest", "KernelAttach",
         ]),
         .testTarget(name: "MountTests", dependencies: [
-            "Manifest", "SystemCalls", "KernelAttach", "TestSupport",
+            "Manifest", "SystemCalls", "KernelAttach", "TestSupport", "CShim",
             // Built for the tests, which run the real binaries.
             "MountErofsTool", "ErofsTool",
         ]),

@@ -21,10 +21,21 @@ public final class FUSEServer: Sendable {
     let operations: FUSEOperations
     let logger: Logger
     let settings: Settings
-    /// Set once INIT has been answered; `waitUntilInitialized` returns then.
-    private let initialized = Mutex(false)
-    /// Called once, right after the INIT reply went out (the mount side waits for this).
-    private let onInitialized: Mutex<(@Sendable () -> Void)?>
+    /// Readiness: called once INIT has been answered and every thread runs (the mount side
+    /// waits for it; INIT may be answered by the first thread while later ones start).
+    private struct Readiness {
+        var initialized = false
+        var threadsStarted = false
+        var callback: (@Sendable () -> Void)?
+
+        /// The callback, once both have happened (and only once).
+        mutating func take() -> (@Sendable () -> Void)? {
+            guard initialized && threadsStarted else { return nil }
+            defer { callback = nil }
+            return callback
+        }
+    }
+    private let readiness: Mutex<Readiness>
 
     /// Request buffers: the kernel wants room for its largest request (a WRITE of max_write
     /// bytes, which we set to 4 KiB, or a 64 KiB SETXATTR), and at least 8 KiB.
@@ -34,7 +45,7 @@ public final class FUSEServer: Sendable {
         self.operations = operations
         self.settings = settings
         self.logger = logger
-        self.onInitialized = Mutex(onInitialized)
+        readiness = Mutex(Readiness(callback: onInitialized))
     }
 
     /// Serves the connection on `device` (an open /dev/fuse descriptor attached to a mount)
@@ -50,6 +61,7 @@ public final class FUSEServer: Sendable {
         for channel in channels.dropFirst() {
             threads.append(try JoinableThread { [self] in self.run(channel: channel) })
         }
+        readiness.withLock { $0.threadsStarted = true; return $0.take() }?()
         run(channel: device)
         for thread in threads { thread.join() }
     }
@@ -97,7 +109,9 @@ public final class FUSEServer: Sendable {
             }
             let response = operations.respond(to: request)
             send(response, on: channel)
-            if request.header.opcode == .initialize { announceInitialized() }
+            if request.header.opcode == .initialize {
+                readiness.withLock { $0.initialized = true; return $0.take() }?()
+            }
         }
     }
 
@@ -123,13 +137,5 @@ public final class FUSEServer: Sendable {
         if result < 0 && errno != ENOENT && errno != ENODEV {
             logger.error("write /dev/fuse: \(String(cString: strerror(errno)))")
         }
-    }
-
-    private func announceInitialized() {
-        let callback = onInitialized.withLock { callback in
-            defer { callback = nil }
-            return callback
-        }
-        callback?()
     }
 }
