@@ -132,14 +132,14 @@ let SEEK_HOLE: Int32 = 4
     /// Names with the telldir position after each; seekdir to any of them resumes right after.
     @Test func readdirResumesAtEveryTelldirPosition() throws {
         try withFixture { fixture in
+            func name(_ entry: UnsafeMutablePointer<dirent>) -> String {
+                withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+            }
             func list(_ path: String) -> [(name: String, position: Int)] {
                 guard let stream = opendir(path) else { return [] }
                 defer { closedir(stream) }
                 var entries: [(String, Int)] = []
-                while let entry = readdir(stream) {
-                    let name = withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
-                    entries.append((name, telldir(stream)))
-                }
+                while let entry = readdir(stream) { entries.append((name(entry), telldir(stream))) }
                 return entries
             }
             let fuse = list(fixture.fuse + "/many")
@@ -151,9 +151,7 @@ let SEEK_HOLE: Int32 = 4
             for index in [0, 1, 2, 57, 300, 700, 1000, 1001] {
                 seekdir(stream, fuse[index].position)
                 var rest: [String] = []
-                while let entry = readdir(stream) {
-                    rest.append(withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) })
-                }
+                while let entry = readdir(stream) { rest.append(name(entry)) }
                 #expect(rest == fuse[(index + 1)...].map(\.name), "seekdir to the position after entry \(index)")
             }
             rewinddir(stream)
