@@ -116,6 +116,9 @@ let package = Package(
         .testTarget(name: "CompressionTests", dependencies: ["Compression", "CLZ4", "CLZMA", "CZlib", "CZstd", "TestSupport"]),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol", "TestSupport"]),
         .testTarget(name: "FUSEProtocolTests", dependencies: ["FUSEProtocol", "TestSupport"]),
+        .testTarget(name: "FUSEServerTests", dependencies: [
+            "FUSEServer", "FUSEProtocol", "EROFSReader", "TestSupport", .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "NBDServerTests", dependencies: [
             "NBDServer", "NBDProtocol", "ImageSources", "SystemCalls", "TestSupport",
             .product(name: "Logging", package: "swift-log"),

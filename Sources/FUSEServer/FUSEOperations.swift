@@ -104,8 +104,15 @@ public struct FUSEOperations: Sendable {
             return .message(initialize(unique: unique, offer))
         case .forget, .batchForget, .interrupt:
             return .none
-        case .destroy, .sync:
+        case .destroy:
             return .message(FUSEReply.success(unique: unique))
+        case .sync:
+            // ENOSYS: nothing to flush or sync on a read-only image, and the kernel then stops
+            // sending FLUSH (one round trip per close(2)), FSYNC, FSYNCDIR and SYNCFS.
+            return .message(FUSEReply.error(unique: unique, errno: ENOSYS))
+        case .unsupported(.ioctl):
+            // No ioctl of the kernel's EROFS applies; what any other file says.
+            return .message(FUSEReply.error(unique: unique, errno: ENOTTY))
         case .modifying:
             return .message(FUSEReply.error(unique: unique, errno: EROFS))
         case .unsupported:
