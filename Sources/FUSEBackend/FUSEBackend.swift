@@ -134,7 +134,8 @@ public struct FUSEBackend: Sendable {
             throw MountFailure("cannot start the serving daemon", cause: .lastErrno("pipe"))
         }
         let logFile = "\(store.directory)/fuse-\(randomHex(bytes: 8)).log"
-        let settings = FUSEDaemon.Settings(source: source, devices: request.options.devices, threads: request.options.threads)
+        let settings = FUSEDaemon.Settings(
+            source: source, devices: request.options.devices.map(canonicalPath), threads: request.options.threads)
         let daemon: DaemonProcess
         do {
             daemon = try DaemonProcess.spawn(arguments: settings.arguments, descriptors: [device, statusEnds[1]], logFile: logFile)

@@ -70,9 +70,12 @@ public struct FUSEOperations: Sendable {
         .posixACL,
     ]
 
-    public init(filesystem: EROFSFilesystem, logger: Logger) {
+    let errorLog: RateLimitedLog
+
+    public init(filesystem: EROFSFilesystem, logger: Logger, errorLog: RateLimitedLog? = nil) {
         self.filesystem = filesystem
         self.logger = logger
+        self.errorLog = errorLog ?? RateLimitedLog(logger: logger)
         nodes = NodeIDMap(rootNid: filesystem.rootNid)
         blockSize = filesystem.superblock.blockSize
     }
@@ -85,8 +88,9 @@ public struct FUSEOperations: Sendable {
         } catch let failure as Failure {
             return .message(FUSEReply.error(unique: unique, errno: failure.errno))
         } catch {
-            // A corrupt or unreadable image: EIO for this request, one line for the log.
-            logger.error("\(request.header.opcode) on node \(request.header.nodeID): \(error)")
+            // A corrupt or unreadable image: EIO for this request, one line for the log (within
+            // a budget: a reader looping over a damaged file must not fill /run).
+            errorLog.log("\(request.header.opcode) on node \(request.header.nodeID): \(error)")
             return .message(FUSEReply.error(unique: unique, errno: EIO))
         }
     }

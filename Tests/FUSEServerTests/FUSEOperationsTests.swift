@@ -5,6 +5,7 @@ import EROFSReader
 import FUSEProtocol
 import FUSEServer
 import Logging
+import Synchronization
 import Testing
 import TestSupport
 
@@ -141,5 +142,40 @@ import TestSupport
         #expect(try ask(.listxattr, node: xattrs.nodeID, body: le(UInt32(size - 1)) + le(UInt32(0))).error == -ERANGE)
         let missing = try ask(.getxattr, node: xattrs.nodeID, body: le(UInt32(0)) + le(UInt32(0)) + Array("user.none".utf8) + [0])
         #expect(missing.error == -ENODATA)
+    }
+}
+
+/// Log lines kept in memory, for the error budget test.
+final class CapturedLog: Sendable {
+    private let stored = Mutex<[String]>([])
+    var lines: [String] { stored.withLock { $0 } }
+    func append(_ line: String) { stored.withLock { $0.append(line) } }
+}
+
+struct CapturingHandler: LogHandler {
+    let sink: CapturedLog
+    var logLevel: Logger.Level = .trace
+    var metadata: Logger.Metadata = [:]
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+    func log(event: LogEvent) { sink.append("\(event.message)") }
+}
+
+@Suite struct RateLimitedLogTests {
+    final class FakeClock: @unchecked Sendable {
+        var now = 100.0
+    }
+
+    @Test func aBurstIsLoggedTheRestCountedOnce() {
+        let sink = CapturedLog()
+        let clock = FakeClock()
+        let log = RateLimitedLog(logger: Logger(label: "t") { _ in CapturingHandler(sink: sink) }, burst: 3, window: 10, clock: { clock.now })
+        for index in 0..<1000 { log.log("error \(index)") }
+        #expect(sink.lines == ["error 0", "error 1", "error 2"])
+        clock.now += 10
+        log.log("later")
+        #expect(sink.lines.suffix(2) == ["997 more errors were not logged", "later"])
     }
 }

@@ -106,6 +106,15 @@ import Glibc
         try unmountAndExpectNothingLeft(workspace.mountPoint, image: workspace.image, entry: entry)
     }
 
+    /// A multi-device image: `-o device=BLOB` reaches the daemon, which reads the chunks there.
+    @Test func extraDeviceIsServed() throws {
+        let made = try ExtraDeviceMountTests.BlobImage(harness: harness)
+        defer { made.remove() }
+        let entry = try mount(made.image, at: made.mountPoint, options: ["-o", "device=\(made.blob)"])
+        try MountHarness.expectTreeMatches(made.mountPoint, manifest: made.manifest)
+        try unmountAndExpectNothingLeft(made.mountPoint, image: made.image, entry: entry)
+    }
+
     /// A compressed extent overwritten with 0xFF: reading the file fails with EIO (never wrong
     /// bytes), the daemon logs it and keeps serving everything else.
     @Test func corruptDataGivesEIOAndTheDaemonSurvives() throws {
