@@ -2,7 +2,10 @@
 # First figures for the FUSE backend against the kernel's own EROFS, same image, same run, on
 # this host: warm small-file reads (every file opened, read whole and closed, from a list made
 # beforehand; the page cache and, for FUSE, the kernel's entry/attribute caches are warm) and
-# mount time. Rounds alternate between the two mounts; the median of each is reported.
+# mount time; then "fresh mount" rounds: each mounts anew (empty dentry, inode and page caches
+# of the mount; the image file itself stays in the host's page cache, so no device I/O is
+# timed), walks the tree and stats every file, then mounts anew and walks and reads every file.
+# Rounds alternate between the two mounts; the median of each is reported.
 #   scripts/bench-fuse.sh [ROUNDS]   (as root, after `swift build -c release`)
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -61,4 +64,42 @@ print(f"warm small-file reads, 8000 files / {sizes['kernel'] / 1e6:.1f} MB, medi
       f"kernel {k * 1000:.0f} ms, fuse {f * 1000:.0f} ms, fuse/kernel {f / k:.2f}x")
 print("  per round kernel ms:", " ".join(f"{x * 1000:.0f}" for x in times["kernel"]))
 print("  per round fuse ms:  ", " ".join(f"{x * 1000:.0f}" for x in times["fuse"]))
+PY
+
+# Fresh-mount rounds: find+stat, and walk+read, each on a mount made just before.
+python3 - "$ROUNDS" "$BIN/mount.erofs" "$IMAGE" "$KERNEL" "$FUSE" ${FUSE_OPTIONS:-} <<'PY'
+import os, statistics, subprocess, sys, time
+rounds, tool, image, kernel, fuse, fuse_options = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5], sys.argv[6:]
+def mount(name):
+    target = kernel if name == "kernel" else fuse
+    subprocess.run([tool, "-u", target], stderr=subprocess.DEVNULL)
+    args = [tool] + (["-t", "erofs.fuse"] + fuse_options if name == "fuse" else []) + [image, target]
+    subprocess.run(args, check=True)
+    return target
+def find_stat(root):
+    n = 0
+    for d, dirs, names in os.walk(root):
+        for x in names + dirs:
+            os.lstat(os.path.join(d, x)); n += 1
+    return n
+def walk_read(root):
+    total = 0
+    for d, _, names in os.walk(root):
+        for x in names:
+            fd = os.open(os.path.join(d, x), os.O_RDONLY)
+            while (b := os.read(fd, 1 << 16)):
+                total += len(b)
+            os.close(fd)
+    return total
+for label, work in (("find+stat", find_stat), ("walk+read", walk_read)):
+    times = {"kernel": [], "fuse": []}
+    results = {}
+    for _ in range(rounds):
+        for name in ("kernel", "fuse"):
+            root = mount(name)
+            t = time.perf_counter(); results[name] = work(root); times[name].append(time.perf_counter() - t)
+    assert results["kernel"] == results["fuse"], results
+    k, f = statistics.median(times["kernel"]), statistics.median(times["fuse"])
+    print(f"fresh-mount {label}, median of {rounds}: kernel {k * 1000:.0f} ms, fuse {f * 1000:.0f} ms, fuse/kernel {f / k:.2f}x"
+          f" (kernel {min(times['kernel']) * 1000:.0f}-{max(times['kernel']) * 1000:.0f}, fuse {min(times['fuse']) * 1000:.0f}-{max(times['fuse']) * 1000:.0f})")
 PY
