@@ -81,6 +81,28 @@ import Glibc
         #expect(FUSEMountTests.daemons(serving: image).isEmpty)
     }
 
+    /// The daemon refuses the image after mount(2) was done (here: an extra device the image has
+    /// no slot for): the mount fails with the daemon's words, and no mount, daemon or state stays.
+    @Test func daemonFailureAfterTheMountLeavesNothing() throws {
+        let workspace = try MountHarness.Workspace("fuse-daemon-fails", copying: BadInputTests.corpusImage("plain"))
+        defer { workspace.remove() }
+        let before = (try? FileManager.default.contentsOfDirectory(atPath: "/run/erofs-mount/fuse")) ?? []
+        let result = try harness.run(["-t", "erofs.fuse", "-o", "device=\(workspace.image)", workspace.image, workspace.mountPoint])
+        #expect(result.status == 32)
+        let lines = result.standardError.split(separator: "\n")
+        #expect(lines.count == 1 && lines[0].hasPrefix("mount.erofs: cannot serve \(workspace.image): "), "\(result.standardError)")
+        #expect(try MountHarness.mounts(at: workspace.mountPoint).isEmpty)
+        #expect(FUSEMountTests.daemons(serving: workspace.image).isEmpty)
+        let after = (try? FileManager.default.contentsOfDirectory(atPath: "/run/erofs-mount/fuse")) ?? []
+        #expect(Set(after).subtracting(before).isEmpty, "left behind: \(Set(after).subtracting(before))")
+
+        // -f checks everything and mounts nothing.
+        let fake = try harness.run(["-f", "-t", "erofs.fuse", workspace.image, workspace.mountPoint])
+        #expect(fake.status == 0, "\(fake.standardError)")
+        #expect(try MountHarness.mounts(at: workspace.mountPoint).isEmpty)
+        #expect(FUSEMountTests.daemons(serving: workspace.image).isEmpty)
+    }
+
     @Test func kernelOptionsAreHonouredWarnedOrRefused() throws {
         let workspace = try MountHarness.Workspace("fuse-options", copying: BadInputTests.corpusImage("plain"))
         defer { workspace.remove() }
