@@ -117,7 +117,8 @@ let package = Package(
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol", "TestSupport"]),
         .testTarget(name: "FUSEProtocolTests", dependencies: ["FUSEProtocol", "TestSupport"]),
         .testTarget(name: "FUSEServerTests", dependencies: [
-            "FUSEServer", "FUSEProtocol", "EROFSReader", "TestSupport", .product(name: "Logging", package: "swift-log"),
+            "FUSEServer", "FUSEProtocol", "EROFSReader", "TestSupport", "ReaderFuzzSupport",
+            .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "NBDServerTests", dependencies: [
             "NBDServer", "NBDProtocol", "ImageSources", "SystemCalls", "TestSupport",
