@@ -95,12 +95,18 @@ let SEEK_HOLE: Int32 = 4
         }
     }
 
-    @Test func preadAtOddOffsetsAndPastTheEnd() throws {
+    /// The fixture with its random file opened through FUSE.
+    func withRandomFile(_ body: (Fixture, _ fd: Int32, _ size: Int) throws -> Void) throws {
         try withFixture { fixture in
             let fd = open(fixture.fuse + "/random", O_RDONLY)
             try #require(fd >= 0)
             defer { close(fd) }
-            let size = fixture.random.count
+            try body(fixture, fd, fixture.random.count)
+        }
+    }
+
+    @Test func preadAtOddOffsetsAndPastTheEnd() throws {
+        try withRandomFile { fixture, fd, size in
             for offset in [0, 1, 511, 4095, 4096, 4097, 65_535, 131_073, size - 1, size, size + 1, size + 100_000, 1 << 40] {
                 for count in [1, 7, 4096, 65_537, 1 << 20] {
                     var buffer = [UInt8](repeating: 0xee, count: count)
@@ -114,11 +120,7 @@ let SEEK_HOLE: Int32 = 4
     }
 
     @Test func mmapSeesTheFile() throws {
-        try withFixture { fixture in
-            let fd = open(fixture.fuse + "/random", O_RDONLY)
-            try #require(fd >= 0)
-            defer { close(fd) }
-            let size = fixture.random.count
+        try withRandomFile { fixture, fd, size in
             let mapped = mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0)
             try #require(mapped != MAP_FAILED)
             defer { munmap(mapped, size) }
