@@ -30,6 +30,15 @@ let SEEK_HOLE: Int32 = 4
         static let sparseSize = 5 << 20
         static let sparseData: [(offset: Int, count: Int)] = [(1 << 20, 5000), (3 << 20, 100)]
         static let bigXattr = [UInt8](repeating: 0x61, count: 2000)
+        /// posix_acl_xattr form (version 2, then tag, perm, id): owner rw, user 1234 r, group
+        /// none, mask r, other none.
+        static let accessACL: [UInt8] = {
+            func entry(_ tag: UInt16, _ perm: UInt16, _ id: UInt32) -> [UInt8] {
+                withUnsafeBytes(of: tag.littleEndian) { Array($0) } + withUnsafeBytes(of: perm.littleEndian) { Array($0) }
+                    + withUnsafeBytes(of: id.littleEndian) { Array($0) }
+            }
+            return [2, 0, 0, 0] + entry(1, 6, .max) + entry(2, 4, 1234) + entry(4, 0, .max) + entry(0x10, 4, .max) + entry(0x20, 0, .max)
+        }()
     }
 
     func withFixture(_ body: (Fixture) throws -> Void) throws {
@@ -56,6 +65,13 @@ let SEEK_HOLE: Int32 = 4
         try Data("x".utf8).write(to: URL(fileURLWithPath: fixture.tree + "/xattrs"))
         #expect(setxattr(fixture.tree + "/xattrs", "user.small", "v", 1, 0) == 0)
         #expect(Fixture.bigXattr.withUnsafeBytes { setxattr(fixture.tree + "/xattrs", "user.big", $0.baseAddress, $0.count, 0) } == 0)
+
+        // A file only its owner (root) may read by mode, and uid 1234 by its POSIX ACL.
+        try Data("acl\n".utf8).write(to: URL(fileURLWithPath: fixture.tree + "/acl"))
+        #expect(chmod(fixture.tree + "/acl", 0o600) == 0)
+        #expect(Fixture.accessACL.withUnsafeBytes {
+            setxattr(fixture.tree + "/acl", "system.posix_acl_access", $0.baseAddress, $0.count, 0)
+        } == 0)
 
         let made = try runProgram("/usr/bin/mkfs.erofs", ["--chunksize=4096", fixture.image, fixture.tree])
         try #require(made.status == 0, "\(made.standardError)")
@@ -195,6 +211,24 @@ let SEEK_HOLE: Int32 = 4
             #expect(lseek(fd, 0, SEEK_DATA) == off_t(Fixture.sparseData[0].offset))
             #expect(lseek(fd, off_t(Fixture.sparseSize), SEEK_DATA) == -1 && errno == ENXIO)
             #expect(lseek(fd, off_t(Fixture.sparseSize + 1), SEEK_HOLE) == -1 && errno == ENXIO)
+        }
+    }
+
+    /// ACLs are enforced as the kernel's EROFS enforces them (FUSE_POSIX_ACL with
+    /// default_permissions): uid 1234 reads by its ACL entry, uid 4321 is refused, on both mounts.
+    @Test func posixACLsGrantAndDenyAsOnTheKernelMount() throws {
+        try withFixture { fixture in
+            for root in [fixture.fuse, fixture.kernel] {
+                let allowed = try runProgram("/usr/bin/setpriv", ["--reuid=1234", "--regid=1234", "--clear-groups", "/bin/cat", root + "/acl"])
+                #expect(allowed.status == 0 && allowed.standardOutput == "acl\n", "\(root): \(allowed.standardError)")
+                let refused = try runProgram("/usr/bin/setpriv", ["--reuid=4321", "--regid=4321", "--clear-groups", "/bin/cat", root + "/acl"])
+                #expect(refused.status != 0 && refused.standardError.contains("Permission denied"), "\(root): \(refused.standardError)")
+            }
+            var fuse = [UInt8](repeating: 0, count: 256), kernel = [UInt8](repeating: 0, count: 256)
+            let fuseLength = getxattr(fixture.fuse + "/acl", "system.posix_acl_access", &fuse, fuse.count)
+            let kernelLength = getxattr(fixture.kernel + "/acl", "system.posix_acl_access", &kernel, kernel.count)
+            #expect(fuseLength == Fixture.accessACL.count && fuseLength == kernelLength)
+            #expect(fuse == kernel)
         }
     }
 
