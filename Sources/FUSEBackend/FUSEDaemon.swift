@@ -59,6 +59,9 @@ public enum FUSEDaemon {
     }
 
     public static func main(_ arguments: [String]) -> Int32 {
+        // A long-lived daemon must not keep its starter's working directory busy (it would
+        // block unmounting that filesystem); every path it is given is absolute.
+        _ = chdir("/")
         var logger = Logger(label: "erofs-fuse-daemon")
         logger.logLevel = .info
         guard let settings = Settings(arguments: arguments) else {

@@ -56,7 +56,11 @@ import Glibc
         #expect(entry.source == workspace.image)
         let daemons = FUSEMountTests.daemons(serving: workspace.image)
         #expect(daemons.count == 1)
-        if let daemon = daemons.first { #expect(FUSEMountTests.threadCount(of: daemon) >= threads) }
+        if let daemon = daemons.first {
+            #expect(FUSEMountTests.threadCount(of: daemon) >= threads)
+            // Detached from the starter's working directory.
+            #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(daemon)/cwd")) == "/")
+        }
 
         try MountHarness.expectTreeMatches(workspace.mountPoint, manifest: try image.expectedManifest())
 
