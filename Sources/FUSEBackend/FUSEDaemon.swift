@@ -89,6 +89,7 @@ public enum FUSEDaemon {
             return 1
         }
         logger.info("connection ended; exiting")
+        FUSEStateStore().removeStates(ofDaemon: getpid())
         return 0
     }
 

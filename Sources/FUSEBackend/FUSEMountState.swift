@@ -64,12 +64,27 @@ public struct FUSEStateStore: Sendable {
     }
 
     public func load(major: UInt32, minor: UInt32) -> FUSEMountState? {
-        let path = path(major: major, minor: minor)
+        load(path: path(major: major, minor: minor))
+    }
+
+    func load(path: String) -> FUSEMountState? {
         guard let text = try? readTextFile(path) else { return nil }
         return try? JSONDecoder().decode(FUSEMountState.self, from: Data(text.utf8))
     }
 
     public func remove(major: UInt32, minor: UInt32) {
         unlink(path(major: major, minor: minor))
+    }
+
+    /// Removes the state (and log) of every mount served by the daemon `pid`: what the daemon
+    /// does as it exits, so that a plain umount(8) leaves no state behind either.
+    public func removeStates(ofDaemon pid: Int32) {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
+        for name in names where name.hasSuffix(".json") {
+            let path = "\(directory)/\(name)"
+            guard let state = load(path: path), state.daemonPID == pid else { continue }
+            unlink(path)
+            unlink(state.logFile)
+        }
     }
 }

@@ -132,6 +132,23 @@ import Glibc
         try unmountAndExpectNothingLeft(workspace.mountPoint, image: workspace.image, entry: entry)
     }
 
+    /// A plain umount(8) ends the connection too: the daemon exits and takes its state along.
+    @Test func plainUmountLeavesNoDaemonAndNoState() throws {
+        let workspace = try MountHarness.Workspace("fuse-umount", copying: BadInputTests.corpusImage("plain"))
+        defer { workspace.remove() }
+        let entry = try mount(workspace.image, at: workspace.mountPoint)
+        let state = "/run/erofs-mount/fuse/\(entry.major)-\(entry.minor).json"
+        #expect(FileManager.default.fileExists(atPath: state))
+        #expect(try runProgram("/bin/umount", [workspace.mountPoint]).status == 0)
+        var left = FUSEMountTests.daemons(serving: workspace.image)
+        for _ in 0..<250 where !left.isEmpty || FileManager.default.fileExists(atPath: state) {
+            usleep(20_000)
+            left = FUSEMountTests.daemons(serving: workspace.image)
+        }
+        #expect(left.isEmpty, "the daemon outlived umount")
+        #expect(!FileManager.default.fileExists(atPath: state), "the state outlived umount")
+    }
+
     /// A multi-device image: `-o device=BLOB` reaches the daemon, which reads the chunks there.
     @Test func extraDeviceIsServed() throws {
         let made = try ExtraDeviceMountTests.BlobImage(harness: harness)
