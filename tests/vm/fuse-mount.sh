@@ -2,8 +2,8 @@
 # Runs inside the test VM (or on the host): mount.erofs -t erofs.fuse end to end on this
 # kernel's FUSE. Every corpus image, including those the kernel's own EROFS cannot mount
 # (lzma, deflate, zstd on 6.1, metadata-compressed on both), must walk to its manifest with 1
-# and 2 serving threads (EROFS_FUSE_THREADS="2": only 2; run.sh passes EROFS_* into the VM); -u must leave no mount, no daemon and no
-# state file.
+# and 2 serving threads (EROFS_FUSE_THREADS=2: only 2; run.sh passes EROFS_* into the VM);
+# -u must leave no mount, no daemon and no state file.
 # Prints "ok - ..." / "not ok - ..." lines, then "N passed, N failed".
 set -uo pipefail
 source "$(dirname "$0")/common.sh"  # REPO
