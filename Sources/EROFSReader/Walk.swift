@@ -1,28 +1,29 @@
 import EROFSFormat
 import Manifest
+import SystemCalls
 
 extension EROFSFilesystem {
     /// Visits every path of the tree depth-first from the root, each directory's entries in disk
     /// order; "." and ".." are skipped. Detects directory cycles (a directory reached twice).
-    public func walk(_ visit: (_ path: String, _ inode: Inode) throws(EROFSError) -> Void) throws(EROFSError) {
+    public func walk(_ visit: (_ path: ByteString, _ inode: Inode) throws(EROFSError) -> Void) throws(EROFSError) {
         let root = try withContext(path: "/") { () throws(EROFSError) -> Inode in try inode(nid: rootNid) }
         guard root.kind == .directory else { throw EROFSError(.corrupt, "root inode is not a directory", path: "/", nid: rootNid) }
         var seenDirectories: Set<UInt64> = [root.nid]
-        var pending: [(String, Inode)] = [("/", root)]
+        var pending: [(ByteString, Inode)] = [("/", root)]
         while let (path, current) = pending.popLast() {
             try visit(path, current)
             guard current.kind == .directory else { continue }
-            let entries = try withContext(path: path) { () throws(EROFSError) -> [DirectoryEntry] in try readDirectory(current) }
+            let entries = try withContext(path: path.description) { () throws(EROFSError) -> [DirectoryEntry] in try readDirectory(current) }
             for entry in entries.reversed() {
                 if entry.name == [0x2e] || entry.name == [0x2e, 0x2e] { continue }
                 guard !entry.name.contains(0x2f) else {
-                    throw EROFSError(.corrupt, "directory entry name contains '/'", path: path, nid: current.nid)
+                    throw EROFSError(.corrupt, "directory entry name contains '/'", path: path.description, nid: current.nid)
                 }
-                let childPath = (path == "/" ? "" : path) + "/" + entry.nameString
-                let child = try withContext(path: childPath) { () throws(EROFSError) -> Inode in try inode(nid: entry.nid) }
+                let childPath = path.appending(component: entry.nameBytes)
+                let child = try withContext(path: childPath.description) { () throws(EROFSError) -> Inode in try inode(nid: entry.nid) }
                 if child.kind == .directory {
                     guard seenDirectories.insert(child.nid).inserted else {
-                        throw EROFSError(.corrupt, "directory cycle: directory reached twice", path: childPath, nid: child.nid)
+                        throw EROFSError(.corrupt, "directory cycle: directory reached twice", path: childPath.description, nid: child.nid)
                     }
                 }
                 pending.append((childPath, child))
@@ -42,8 +43,8 @@ extension EROFSFilesystem {
     }
 
     /// The manifest entry of one inode, as the kernel would show it at `path`.
-    public func manifestEntry(path: String, inode: Inode, sha256: Bool) throws(EROFSError) -> ManifestEntry {
-        try withContext(path: path) { () throws(EROFSError) -> ManifestEntry in
+    public func manifestEntry(path: ByteString, inode: Inode, sha256: Bool) throws(EROFSError) -> ManifestEntry {
+        try withContext(path: path.description) { () throws(EROFSError) -> ManifestEntry in
             let kind: ManifestEntry.Kind
             switch inode.kind {
             case .file: kind = .file
@@ -54,7 +55,7 @@ extension EROFSFilesystem {
             case .fifo: kind = .fifo
             case .socket: kind = .socket
             }
-            var attributes: [String: [UInt8]] = [:]
+            var attributes: [ByteString: [UInt8]] = [:]
             for (name, value) in try xattrs(inode) { attributes[name] = value }
             let mtime = Int64(truncatingIfNeeded: inode.mtimeSeconds) &* 1_000_000_000 &+ Int64(inode.mtimeNanoseconds)
             var entry = ManifestEntry(
@@ -62,7 +63,7 @@ extension EROFSFilesystem {
                 size: inode.size, mtimeNanoseconds: mtime, linkCount: UInt64(inode.linkCount), xattrs: attributes)
             switch inode.kind {
             case .characterDevice, .blockDevice: entry.rdev = (inode.deviceMajor, inode.deviceMinor)
-            case .symlink: entry.target = String(decoding: try readLink(inode), as: UTF8.self)
+            case .symlink: entry.target = ByteString(try readLink(inode))
             case .file:
                 if sha256 {
                     var hasher = SHA256()

@@ -2,6 +2,7 @@ import ArgumentParser
 import EROFSFormat
 import EROFSReader
 import Manifest
+import SystemCalls
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -19,6 +20,21 @@ enum FileHandleStandardError {
     }
 }
 
+/// Standard output in 64 KiB writes, not one per line.
+struct OutputBuffer {
+    private var bytes: [UInt8] = []
+
+    mutating func append(_ line: [UInt8]) throws(ExitCode) {
+        bytes += line
+        if bytes.count >= 1 << 16 { try flush() }
+    }
+
+    mutating func flush() throws(ExitCode) {
+        try writeStandardOutput(bytes)
+        bytes.removeAll(keepingCapacity: true)
+    }
+}
+
 /// Writes bytes to stdout, all of them.
 func writeStandardOutput(_ bytes: [UInt8]) throws(ExitCode) {
     var written = 0
@@ -30,6 +46,26 @@ func writeStandardOutput(_ bytes: [UInt8]) throws(ExitCode) {
             throw ExitCode(1)
         }
         written += result
+    }
+}
+
+/// Arguments are bytes too, but ArgumentParser sees Strings, decoded with U+FFFD in place of
+/// bytes that are not UTF-8. This finds the bytes of the argument that decoded to `parsed`.
+enum RawArguments {
+    static func bytes(of parsed: String) throws(ExitCode) -> ByteString {
+        guard parsed.unicodeScalars.contains("\u{FFFD}") else { return ByteString(parsed) }
+        var candidates: Set<ByteString> = []
+        for index in 1..<Int(CommandLine.argc) {
+            guard let argument = CommandLine.unsafeArgv[index] else { continue }
+            let raw = ByteString(UnsafeBufferPointer(start: argument, count: strlen(argument)).map { UInt8(bitPattern: $0) })
+            // Compared as UTF-8 bytes: String's == would equate canonically equivalent forms.
+            if String(decoding: raw.bytes, as: UTF8.self).utf8.elementsEqual(parsed.utf8) { candidates.insert(raw) }
+        }
+        guard candidates.count == 1, let raw = candidates.first else {
+            FileHandleStandardError.write("erofs: cannot tell which argument is \(parsed): \(candidates.count) arguments decode to it\n")
+            throw ExitCode(1)
+        }
+        return raw
     }
 }
 
@@ -110,10 +146,25 @@ struct InspectCommand: ParsableCommand {
 struct ListCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ls",
-        abstract: "List a directory of an image; --recursive --json --sha256 prints the corpus manifest format.")
+        abstract: "List a directory of an image; --recursive --json --sha256 prints the corpus manifest format.",
+        discussion: """
+            Names are bytes and need not be UTF-8. On a terminal (or with -b) names and symlink \
+            targets are printed as GNU ls -b does: C escapes (\\n, \\t, ...) and three-digit \
+            octal for control characters and bytes that are not UTF-8, \\\\ for a backslash, \
+            "\\ " for a space. Otherwise they are written as they are, one per line (with -0, \
+            each ended by a NUL instead, so any name is unambiguous). In JSON, \
+            valid UTF-8 is written as itself (control characters as JSON escapes) and each byte \
+            that is not UTF-8 as \\udcXX, the lone surrogate Python's surrogateescape decodes \
+            it to (os.fsencode(json.loads(...)) gives the bytes back); `erofs walk` writes names \
+            the same way. Entries are sorted by name bytes. PATH is taken as bytes too.
+            """)
 
     @Flag(name: .short, help: "Long listing: mode, links, owner, size, mtime.") var long = false
     @Flag(help: "Descend into subdirectories.") var recursive = false
+    @Flag(name: [.customShort("b"), .customLong("escape")], help: "Escape names as on a terminal (the default there), also into a pipe or file.")
+    var escape = false
+    @Flag(name: [.customShort("0"), .customLong("zero")], help: "End each line with NUL instead of newline, names unescaped (unless -b): for xargs -0 and the like.")
+    var zero = false
     @Flag(help: "JSON lines in the corpus manifest format.") var json = false
     @Flag(help: "With --json: include each regular file's SHA-256 (reads all data).") var sha256 = false
     @Argument(help: "The EROFS image.") var image: String
@@ -123,16 +174,19 @@ struct ListCommand: ParsableCommand {
     func run() throws {
         do {
             let filesystem = try extraDevices.open(image)
-            let start = try filesystem.lookup(path: path)
-            let base = "/" + path.split(separator: "/").joined(separator: "/")
-            var entries: [(String, Inode)] = []
+            let pathBytes = try RawArguments.bytes(of: path)
+            let start = try filesystem.lookup(path: pathBytes)
+            let base = pathBytes.bytes.split(separator: UInt8(ascii: "/")).reduce(ByteString("/")) {
+                $0.appending(component: ByteString($1))
+            }
+            var entries: [(ByteString, Inode)] = []
             if recursive {
                 // Walk below `base` only.
                 try collect(filesystem, base, start, &entries, seen: [])
             } else if start.kind == .directory {
                 for entry in try filesystem.readDirectory(start) where entry.name != [0x2e] && entry.name != [0x2e, 0x2e] {
                     let child = try filesystem.inode(nid: entry.nid)
-                    entries.append(((base == "/" ? "" : base) + "/" + entry.nameString, child))
+                    entries.append((base.appending(component: entry.nameBytes), child))
                 }
             } else {
                 entries.append((base, start))
@@ -145,8 +199,12 @@ struct ListCommand: ParsableCommand {
                 try writeStandardOutput(Array(manifest.sortedByPath().manifestText.utf8))
                 return
             }
-            for (entryPath, inode) in entries.sorted(by: { JSONText.codePointOrder($0.0, $1.0) }) {
-                let name = recursive ? entryPath : String(entryPath.split(separator: "/").last ?? "/")
+            let escaping = escape || (!zero && isatty(1) == 1)
+            let terminator: UInt8 = zero ? 0 : 0x0a
+            var output = OutputBuffer()
+            func text(_ bytes: ByteString) -> [UInt8] { escaping ? Array(bytes.escaped.utf8) : bytes.bytes }
+            for (entryPath, inode) in entries.sorted(by: { $0.0 < $1.0 }) {
+                let name = recursive ? entryPath : ByteString(entryPath.bytes.split(separator: UInt8(ascii: "/")).last ?? [UInt8(ascii: "/")])
                 if long {
                     let kind: Character = switch inode.kind {
                     case .directory: "d"
@@ -157,13 +215,15 @@ struct ListCommand: ParsableCommand {
                     case .socket: "s"
                     case .file: "-"
                     }
-                    var line = "\(kind)\(String(inode.permissions, radix: 8)) \(inode.linkCount) \(inode.uid) \(inode.gid) \(inode.size) \(inode.mtimeSeconds).\(nanoseconds(inode.mtimeNanoseconds)) \(name)"
-                    if inode.kind == .symlink { line += " -> " + String(decoding: try filesystem.readLink(inode), as: UTF8.self) }
-                    print(line)
+                    var line = Array("\(kind)\(String(inode.permissions, radix: 8)) \(inode.linkCount) \(inode.uid) \(inode.gid) \(inode.size) \(inode.mtimeSeconds).\(nanoseconds(inode.mtimeNanoseconds)) ".utf8)
+                    line += text(name)
+                    if inode.kind == .symlink { line += Array(" -> ".utf8) + text(ByteString(try filesystem.readLink(inode))) }
+                    try output.append(line + [terminator])
                 } else {
-                    print(name)
+                    try output.append(text(name) + [terminator])
                 }
             }
+            try output.flush()
         } catch let error as EROFSError {
             throw failing(error)
         }
@@ -175,18 +235,18 @@ struct ListCommand: ParsableCommand {
     }
 
     private func collect(
-        _ filesystem: EROFSFilesystem, _ path: String, _ inode: Inode, _ entries: inout [(String, Inode)], seen: Set<UInt64>
+        _ filesystem: EROFSFilesystem, _ path: ByteString, _ inode: Inode, _ entries: inout [(ByteString, Inode)], seen: Set<UInt64>
     ) throws(EROFSError) {
         entries.append((path, inode))
         guard inode.kind == .directory else { return }
-        guard !seen.contains(inode.nid) else { throw EROFSError(.corrupt, "directory cycle", path: path, nid: inode.nid) }
+        guard !seen.contains(inode.nid) else { throw EROFSError(.corrupt, "directory cycle", path: path.description, nid: inode.nid) }
         let seenHere = seen.union([inode.nid])
         for entry in try filesystem.readDirectory(inode) where entry.name != [0x2e] && entry.name != [0x2e, 0x2e] {
             guard !entry.name.contains(0x2f) else {
-                throw EROFSError(.corrupt, "directory entry name contains '/'", path: path, nid: inode.nid)
+                throw EROFSError(.corrupt, "directory entry name contains '/'", path: path.description, nid: inode.nid)
             }
             let child = try filesystem.inode(nid: entry.nid)
-            try collect(filesystem, (path == "/" ? "" : path) + "/" + entry.nameString, child, &entries, seen: seenHere)
+            try collect(filesystem, path.appending(component: entry.nameBytes), child, &entries, seen: seenHere)
         }
     }
 }
@@ -196,14 +256,15 @@ struct CatCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "cat", abstract: "Print a file of an image.")
 
     @Argument(help: "The EROFS image.") var image: String
-    @Argument(help: "Path of a regular file inside the image.") var path: String
+    @Argument(help: "Path of a regular file inside the image (bytes: need not be UTF-8).") var path: String
     @OptionGroup var extraDevices: ExtraDeviceOptions
 
     func run() throws {
         do {
             let filesystem = try extraDevices.open(image)
-            let inode = try filesystem.lookup(path: path)
-            guard inode.kind == .file else { throw EROFSError(.notFound, "not a regular file", path: path, nid: inode.nid) }
+            let pathBytes = try RawArguments.bytes(of: path)
+            let inode = try filesystem.lookup(path: pathBytes)
+            guard inode.kind == .file else { throw EROFSError(.notFound, "not a regular file", path: pathBytes.description, nid: inode.nid) }
             var failure: ExitCode?
             try filesystem.forEachChunk(of: inode) { (chunk: [UInt8]) throws(EROFSError) in
                 guard failure == nil else { return }

@@ -165,12 +165,12 @@ public struct FUSEOperations: Sendable {
             return .message(FUSEReply.success(unique: unique, payload: list.bytes))
         case .getxattr(let name, let size):
             let attributes = try filesystem.xattrs(try inode(request))
-            guard let value = attributes.first(where: { Array($0.name.utf8) == name })?.value else { throw Failure(ENODATA) }
+            guard let value = attributes.first(where: { $0.name.bytes == name })?.value else { throw Failure(ENODATA) }
             return .message(try sized(value, asked: size, unique: unique))
         case .listxattr(let size):
             let attributes = try filesystem.xattrs(try inode(request))
             var names: [UInt8] = []
-            for attribute in attributes { names += Array(attribute.name.utf8) + [0] }
+            for attribute in attributes { names += attribute.name.bytes + [0] }
             return .message(try sized(names, asked: size, unique: unique))
         case .lseek(let seek):
             let file = try inode(request)
