@@ -55,6 +55,13 @@ let package = Package(
         .target(name: "EROFSReader", dependencies: ["EROFSFormat", "Compression", "ImageSources", "SystemCalls", "Manifest"]),
         // The corpus manifest format: entries, exact JSON form, walking a mounted tree.
         .target(name: "Manifest", dependencies: ["SystemCalls"]),
+        // FUSE wire protocol: request decoding, reply encoding (no I/O).
+        .target(name: "FUSEProtocol", dependencies: []),
+        // The FUSE serving loop over /dev/fuse, on the EROFS reader.
+        .target(name: "FUSEServer", dependencies: [
+            "FUSEProtocol", "EROFSReader", "SystemCalls", "CShim",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // NBD wire protocol: requests, replies, handshake options (no I/O).
         .target(name: "NBDProtocol", dependencies: []),
         // The NBD serving loop: kernel mode (socketpair) and network mode (handshake).
@@ -79,9 +86,14 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // The FUSE backend: mount(2) over /dev/fuse and the daemon that serves it.
+        .target(name: "FUSEBackend", dependencies: [
+            "Backends", "FUSEServer", "EROFSReader", "KernelAttach", "SystemCalls",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // mount(8)-compatible command line: options, -o parsing into MS_* flags and data.
         .target(name: "MountCLI", dependencies: [
-            "Backends", "SystemCalls", "EROFSFormat", "KernelAttach", "NBDKernel", "CShim",
+            "Backends", "FUSEBackend", "SystemCalls", "EROFSFormat", "KernelAttach", "NBDKernel", "CShim",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "MountErofsTool", dependencies: ["MountCLI"]),
@@ -122,6 +134,11 @@ let package = Package(
         .executableTarget(name: "LZ4Bench", dependencies: ["Compression", "CLZ4"]),
         .testTarget(name: "CompressionTests", dependencies: ["Compression", "CLZ4", "CLZMA", "CZlib", "CZstd", "TestSupport"]),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol", "TestSupport"]),
+        .testTarget(name: "FUSEProtocolTests", dependencies: ["FUSEProtocol", "TestSupport"]),
+        .testTarget(name: "FUSEServerTests", dependencies: [
+            "FUSEServer", "FUSEProtocol", "EROFSReader", "TestSupport", "ReaderFuzzSupport",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "NBDServerTests", dependencies: [
             "NBDServer", "NBDProtocol", "ImageSources", "SystemCalls", "TestSupport",
             .product(name: "Logging", package: "swift-log"),
@@ -135,7 +152,7 @@ let package = Package(
             "NBDKernel", "Netlink", "NetlinkTestSupport", "SystemCalls", "TestSupport", "Manifest", "KernelAttach",
         ]),
         .testTarget(name: "MountTests", dependencies: [
-            "Manifest", "SystemCalls", "KernelAttach", "TestSupport",
+            "Manifest", "SystemCalls", "KernelAttach", "TestSupport", "CShim",
             // Built for the tests, which run the real binaries.
             "MountErofsTool", "ErofsTool",
         ]),

@@ -17,6 +17,11 @@ public struct Unmounter: Sendable {
         public var source: String
         /// A loop device that autoclear did not free and we released.
         public var releasedLoopDevice: String?
+        /// What was unmounted: its filesystem type and device number (a FUSE mount's daemon is
+        /// found by them).
+        public var fsType = ""
+        public var major: UInt32 = 0
+        public var minor: UInt32 = 0
     }
 
     /// `target` is a mountpoint, or (as umount(8) allows) the mounted image or device.
@@ -41,6 +46,7 @@ public struct Unmounter: Sendable {
             throw MountFailure("cannot unmount \(mountPoint)", cause: error)
         }
         var result = Result(mountPoint: mountPoint, source: entry.source)
+        (result.fsType, result.major, result.minor) = (entry.fsType, entry.major, entry.minor)
         if let loop = LoopDevice.device(major: entry.major, minor: entry.minor) {
             result.releasedLoopDevice = try releaseIfUnused(loop)
         }

@@ -12,6 +12,18 @@ public struct DirectoryEntry: Sendable, Equatable {
     public var nameString: String { String(decoding: name, as: UTF8.self) }
     /// The name as bytes, as a path component.
     public var nameBytes: ByteString { ByteString(name) }
+
+    /// The entry named `name` in `entries` sorted by name bytes, or nil.
+    static func bisect(_ entries: [DirectoryEntry], for name: [UInt8]) -> DirectoryEntry? {
+        var low = 0
+        var high = entries.count
+        while low < high {
+            let middle = (low + high) / 2
+            if entries[middle].name == name { return entries[middle] }
+            if entries[middle].name.lexicographicallyPrecedes(name) { low = middle + 1 } else { high = middle }
+        }
+        return nil
+    }
 }
 
 extension EROFSFilesystem {
@@ -76,16 +88,51 @@ extension EROFSFilesystem {
         }
     }
 
-    /// The nid named `name` in `directory`, or nil.
+    /// How many blocks a directory's entries take (each block holds whole entries).
+    public func directoryBlockCount(_ directory: Inode) throws(EROFSError) -> UInt64 {
+        guard directory.kind == .directory else {
+            throw EROFSError(.notDirectory, "not a directory", nid: directory.nid)
+        }
+        guard directory.size <= ReaderLimits.directory else {
+            throw EROFSError(.corrupt, "absurd directory size \(directory.size) (limit \(ReaderLimits.directory))", nid: directory.nid)
+        }
+        return dividingRoundingUp(directory.size, UInt64(blockSize))
+    }
+
+    /// The entries of block `index` of a directory, in their on-disk (sorted) order: what a
+    /// lookup bisects over and a readdir resumes from, without decoding the blocks before it.
+    public func directoryBlock(_ directory: Inode, index: UInt64) throws(EROFSError) -> [DirectoryEntry] {
+        let count = try directoryBlockCount(directory)
+        guard index < count else { return [] }
+        let blockStart = index * UInt64(blockSize)
+        let expected = Int(min(UInt64(blockSize), directory.size - blockStart))
+        let block = try read(directory, at: blockStart, count: expected)
+        guard block.count == expected else {
+            throw EROFSError(.corrupt, "directory data shorter than the inode size", nid: directory.nid, offset: blockStart)
+        }
+        var entries: [DirectoryEntry] = []
+        var previousName: [UInt8]?
+        try decodeDirectoryBlock(block, into: &entries, previousName: &previousName, nid: directory.nid, at: blockStart)
+        return entries
+    }
+
+    /// The nid named `name` in `directory`, or nil. Names are sorted across the directory, so
+    /// this bisects over its blocks (by each block's first and last name), then within the one
+    /// block that may hold the name: O(log n) blocks read, as the kernel's erofs_namei does.
     public func lookup(_ name: [UInt8], in directory: Inode) throws(EROFSError) -> UInt64? {
-        let entries = try readDirectory(directory)
-        // Entries are sorted by name bytes, so a binary search finds the name.
-        var low = 0
-        var high = entries.count
+        var low: UInt64 = 0
+        var high = try directoryBlockCount(directory)
         while low < high {
-            let middle = (low + high) / 2
-            if entries[middle].name == name { return entries[middle].nid }
-            if entries[middle].name.lexicographicallyPrecedes(name) { low = middle + 1 } else { high = middle }
+            let middle = low + (high - low) / 2
+            let entries = try directoryBlock(directory, index: middle)
+            guard let first = entries.first, let last = entries.last else { return nil }
+            if name.lexicographicallyPrecedes(first.name) {
+                high = middle
+            } else if last.name.lexicographicallyPrecedes(name) {
+                low = middle + 1
+            } else {
+                return DirectoryEntry.bisect(entries, for: name)?.nid
+            }
         }
         return nil
     }

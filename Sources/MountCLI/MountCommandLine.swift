@@ -176,7 +176,10 @@ public struct MountCommandLine: Sendable, Equatable {
         if prefixes.contains("nbd"), let backend, backend != .nbd {
             throw UsageError("conflicting options: nbd.* options need -t erofs.nbd, not -t erofs.\(backend.rawValue)")
         }
-        if options.forceLoop && !prefixes.isDisjoint(with: ["nbd", "oci", "s3", "http"]) {
+        if prefixes.contains("fuse"), backend != .fuse {
+            throw UsageError("conflicting options: fuse.* options need -t erofs.fuse")
+        }
+        if options.forceLoop && !prefixes.isDisjoint(with: ["nbd", "fuse", "oci", "s3", "http"]) {
             throw UsageError("conflicting options: `-o loop` cannot be combined with \(prefixes.sorted().joined(separator: ", ")) options")
         }
         if options.backendOption("oci.blob") != nil && options.backendOption("oci.layer") != nil {

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Backends
+import FUSEBackend
 import CShim
 import KernelAttach
 import Logging
@@ -23,6 +24,7 @@ public enum MountTool {
     public static func main(_ arguments: [String]) -> Int32 {
         if arguments.first == NBDDaemon.flag { return NBDDaemon.main(arguments) }
         if arguments.first == NBDSupervisor.flag { return NBDSupervisor.main(arguments) }
+        if arguments.first == FUSEDaemon.flag { return FUSEDaemon.main(arguments) }
         let line: MountCommandLine
         do { line = try MountCommandLine.parse(arguments) } catch {
             printError("\(error)")
@@ -60,6 +62,10 @@ public enum MountTool {
         case .unmount:
             try enterNamespace(line.namespace)
             let result = try Unmounter(logger: logger).unmount(line.target!)
+            if result.fsType.hasPrefix("fuse.erofs") {
+                let problems = FUSEBackend(logger: logger).finishUnmount(major: result.major, minor: result.minor)
+                if !problems.isEmpty { throw MountFailure("unmounted \(result.mountPoint), but: \(problems.joined(separator: "; "))") }
+            }
             logger.info("unmounted \(result.mountPoint) (\(result.source))")
         case .disconnect:
             try disconnect(line.target!, logger: logger)
@@ -126,7 +132,18 @@ public enum MountTool {
                 logger.info("\(source) is a valid EROFS image; not mounted (-f)")
             }
         case .fuse:
-            throw MountFailure("the fuse backend is not available in this build yet")
+            let options: FUSEBackend.Options
+            switch FUSEBackend.Options.parse(kernelData: line.options.kernelData, backendOptions: line.options.backendOptions) {
+            case .success(let parsed): options = parsed
+            case .failure(let error): throw UsageError(error.description)
+            }
+            let request = FUSEBackend.Request(
+                source: source, mountPoint: target, flags: line.options.flags.rawValue, options: options, fake: line.fake)
+            if let state = try FUSEBackend(logger: logger).mount(request) {
+                logger.info("mounted \(source) on \(target) through FUSE (daemon \(state.daemonPID), \(state.threads) thread(s))")
+            } else {
+                logger.info("\(source) is a valid EROFS image; not mounted (-f)")
+            }
         }
     }
 
@@ -200,10 +217,12 @@ public enum MountTool {
         Mount an EROFS image (a file or a block device) on MOUNTPOINT.
 
         Options:
-          -t erofs[.SUBTYPE]   backend: local (kernel mount; default), nbd, fuse
+          -t erofs[.SUBTYPE]   backend: local (kernel mount; default), nbd, fuse (a daemon
+                               serves the image over /dev/fuse with this project's reader)
           -o OPTIONS           comma-separated mount options (see below)
           -u TARGET            unmount TARGET (mountpoint or image) and release what the
-                               mount set up (loop device; nbd device, daemon and state)
+                               mount set up (loop device; nbd device, daemon and state;
+                               the FUSE daemon)
               --disconnect TARGET abort an nbd device (/dev/nbdN or its mountpoint) forcibly
               --list           show the nbd devices mount.erofs manages, their daemons and
                                the kernel's view of their link
@@ -246,6 +265,11 @@ public enum MountTool {
           nbd.poll_us=N        (-t erofs.nbd) how long the daemon polls for the next
                                request before it sleeps, while most requests come that
                                soon (default 1000, 0-10000; 0: never): CPU for latency
+          fuse.threads=N       (-t erofs.fuse) serving threads, one /dev/fuse channel each
+                               (default: one per CPU, up to 8; 1-64). With -t erofs.fuse,
+                               device= names extra devices, user_xattr and acl are always
+                               on, cache_strategy=, dax and directio are ignored with a
+                               warning, other kernel options are refused
           anything else        passed to the kernel's EROFS (device=, domain_id=, fsid=,
                                dax, user_xattr, acl, cache_strategy=, ...)
 

@@ -64,6 +64,10 @@ import Testing
         #expect(line.options.kernelData.isEmpty)
         #expect(line.options.backendOption("nbd.ioctl") == .some(nil))
         #expect(line.options.backendOption("oci.platform") == .some("linux/arm64"))
+        let fuse = try MountCommandLine.parse(["-t", "erofs.fuse", "-o", "fuse.threads=3,cache_strategy=readahead", "s", "t"])
+        #expect(fuse.backend == .fuse)
+        #expect(fuse.options.backendOption("fuse.threads") == .some("3"))
+        #expect(fuse.options.kernelData == ["cache_strategy=readahead"])  // the backend warns about it
     }
 
     @Test(arguments: [
@@ -72,6 +76,9 @@ import Testing
         (["-t", "erofs.ublk", "a", "b"], "not built into"),
         (["-t", "erofs.nbd", "-o", "loop", "a", "b"], "conflicting options"),
         (["-t", "erofs.fuse", "-o", "nbd.ioctl", "a", "b"], "conflicting options"),
+        (["-o", "fuse.threads=2", "a", "b"], "fuse.* options need -t erofs.fuse"),
+        (["-t", "erofs.nbd", "-o", "fuse.threads=2", "a", "b"], "fuse.* options need -t erofs.fuse"),
+        (["-t", "erofs.fuse", "-o", "loop", "a", "b"], "conflicting options"),
         (["-o", "loop,oci.blob=sha256:00", "a", "b"], "conflicting options"),
         (["-o", "oci.blob=x,oci.layer=1", "a", "b"], "oci.blob and oci.layer"),
         (["-u", "--reattach", "x"], "conflicting options"),

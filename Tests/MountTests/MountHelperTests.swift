@@ -8,8 +8,9 @@ import TestSupport
 @Suite(.serialized) struct MountHelperTests {
     let harness = MountHarness()
 
-    @Test(arguments: [[String](), ["-o", "ro,nodev"], ["-o", "loop"]])
-    func mountEightPicksUpTheHelper(options: [String]) throws {
+    /// `type` erofs.fuse: mount(8) finds no mount.erofs.fuse and runs mount.erofs -t erofs.fuse.
+    @Test(arguments: [("erofs", [String]()), ("erofs", ["-o", "ro,nodev"]), ("erofs", ["-o", "loop"]), ("erofs.fuse", [])])
+    func mountEightPicksUpTheHelper(type: String, options: [String]) throws {
         let image = try #require(Corpus.imagesOrEmpty.first { $0.name == "lz4" })
         let workspace = try MountHarness.Workspace("helper", copying: image.path)
         defer { workspace.remove() }
@@ -22,7 +23,7 @@ import TestSupport
             cp -a \(sbin)/. "$d"/
             cp '\(harness.mountErofs)' "$d"/mount.erofs
             mount --bind "$d" \(sbin)
-            mount -v -t erofs \(options.joined(separator: " ")) '\(copy)' '\(mountPoint)'
+            mount -v -t \(type) \(options.joined(separator: " ")) '\(copy)' '\(mountPoint)'
             '\(harness.erofs)' walk '\(mountPoint)' > '\(scratch)/walk.jsonl'
             grep ' \(mountPoint) ' /proc/self/mountinfo > '\(scratch)/mountinfo'
             '\(sbin)/mount.erofs' -u '\(mountPoint)'
@@ -32,10 +33,11 @@ import TestSupport
         // Our helper ran: it reports the mount on stderr because mount(8) passed -v through.
         #expect(result.standardError.contains("mount.erofs: mounted "), "stderr: \(result.standardError)")
         let mountInfo = try String(contentsOfFile: scratch + "/mountinfo", encoding: .utf8)
-        #expect(mountInfo.contains(" - erofs "))
+        #expect(mountInfo.contains(type == "erofs" ? " - erofs " : " - fuse.erofs "))
         if options.contains("ro,nodev") { #expect(mountInfo.contains("nodev")) }
         let walked = try String(contentsOfFile: scratch + "/walk.jsonl", encoding: .utf8)
         #expect(manifestDifference(actual: walked, expected: try image.expectedManifest()) == nil)
         try MountHarness.expectNothingLeft(mountPoint: mountPoint, image: copy)
+        #expect(FUSEMountTests.daemons(serving: copy).isEmpty)
     }
 }

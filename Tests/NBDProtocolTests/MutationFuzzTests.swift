@@ -2,31 +2,6 @@ import NBDProtocol
 import Testing
 import TestSupport
 
-func mutate(_ seed: [UInt8], using generator: inout SplitMix64) -> [UInt8] {
-    var bytes = seed
-    for _ in 0..<Int.random(in: 1...4, using: &generator) {
-        switch Int.random(in: 0..<5, using: &generator) {
-        case 0 where !bytes.isEmpty:  // flip a bit
-            let index = Int.random(in: 0..<bytes.count, using: &generator)
-            bytes[index] ^= 1 << UInt8.random(in: 0..<8, using: &generator)
-        case 1 where !bytes.isEmpty:  // an interesting value
-            let index = Int.random(in: 0..<bytes.count, using: &generator)
-            bytes[index] = [0x00, 0xFF, 0x7F, 0x80, 0x01].randomElement(using: &generator)!
-        case 2:  // truncate
-            bytes.removeLast(Int.random(in: 0...bytes.count, using: &generator))
-        case 3:  // extend with random bytes
-            bytes += (0..<Int.random(in: 1...16, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
-        default:  // overwrite a 32-bit field with an extreme length
-            if bytes.count >= 4 {
-                let index = Int.random(in: 0...(bytes.count - 4), using: &generator)
-                let value = [UInt32.max, 0x8000_0000, 0x0200_0001].randomElement(using: &generator)!
-                for k in 0..<4 { bytes[index + k] = UInt8(truncatingIfNeeded: value >> UInt32(24 - 8 * k)) }
-            }
-        }
-    }
-    return bytes
-}
-
 /// Deterministic mutation fuzzing of the parsers that take untrusted bytes: each input either
 /// decodes or throws a typed error, never traps; every negotiator reply stays well-formed.
 @Suite struct MutationFuzzTests {

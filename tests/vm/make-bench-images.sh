@@ -2,6 +2,7 @@
 # Runs on the host (the VM sees the repo read-only): makes the two images that
 # bench-nbd-vs-loop.sh reads, with Debian's mkfs.erofs (lz4hc), under DIR
 # (default $REPO/.build-bench, git-ignored). Deterministic content; skipped when present.
+# BENCH_IMAGES=small makes only the small one (scripts/bench-fuse.sh).
 #   big.erofs:   4 files, 256 MiB: 2 x 64 MiB incompressible (random) + 2 x 64 MiB text-like
 #   small.erofs: 8000 files of 512 B..24 KiB (mixed random and text) in 200 directories
 set -euo pipefail
@@ -43,7 +44,7 @@ else:
 PY
 }
 
-for kind in big small; do
+for kind in ${BENCH_IMAGES:-big small}; do
     image=$DIR/$kind.erofs
     [[ -s $image ]] && continue
     rm -rf "$DIR/$kind.tree"

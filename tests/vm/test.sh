@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The VM test suite CI runs: tests/vm/smoke.sh, tests/vm/nbd-mount.sh and tests/vm/recovery.sh
+# The VM test suite CI runs: tests/vm/smoke.sh, tests/vm/nbd-mount.sh, tests/vm/fuse-mount.sh and tests/vm/recovery.sh
 # on Debian's 6.1 and 6.12 kernels, one boot per kernel. Exits non-zero on any failure; the last line is "N passed, N failed".
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -24,8 +24,9 @@ for kernel in "${KERNELS[@]}"; do
     "$VM_DIR/run.sh" --kernel "$kernel" --timeout "${VM_TIMEOUT:-1200}" -- \
         sh -c 't=$(date +%s); tests/vm/smoke.sh; smoke=$?; echo "# smoke.sh took $(($(date +%s) - t)) s"
                t=$(date +%s); tests/vm/nbd-mount.sh; nbd=$?; echo "# nbd-mount.sh took $(($(date +%s) - t)) s"
+               t=$(date +%s); tests/vm/fuse-mount.sh; fuse=$?; echo "# fuse-mount.sh took $(($(date +%s) - t)) s"
                t=$(date +%s); tests/vm/recovery.sh; recovery=$?; echo "# recovery.sh took $(($(date +%s) - t)) s"
-               [ $recovery = 0 ] && [ $nbd = 0 ] && exit $smoke' | tee "$output" || status=$?
+               [ $recovery = 0 ] && [ $nbd = 0 ] && [ $fuse = 0 ] && exit $smoke' | tee "$output" || status=$?
     echo "== kernel $kernel: status $status in $((SECONDS - started)) s"
     passed=$((passed + $(grep -c '^ok - ' "$output" || true)))
     failed=$((failed + $(grep -c '^not ok - ' "$output" || true)))

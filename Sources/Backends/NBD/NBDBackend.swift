@@ -213,7 +213,7 @@ public struct NBDTeardown: Sendable {
     }
 }
 
-func randomHex(bytes count: Int) -> String {
+public func randomHex(bytes count: Int) -> String {
     var generator = SystemRandomNumberGenerator()
     return (0..<count).map { _ in
         let byte = UInt8.random(in: 0...255, using: &generator)

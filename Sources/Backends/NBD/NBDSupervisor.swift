@@ -458,7 +458,7 @@ public enum NBDSupervisor {
     }
 }
 
-func describe(waitStatus status: Int32) -> String {
+public func describe(waitStatus status: Int32) -> String {
     if status & 0x7f == 0 { return "exit status \((status >> 8) & 0xff)" }
     return "killed by signal \(status & 0x7f)"
 }

@@ -56,38 +56,44 @@ public enum DaemonReport: Equatable, Sendable {
     /// Reads one report from `fd` (the parent's end), waiting at most `timeout` seconds.
     /// nil: the daemon closed the pipe without a word (it died) or said something unreadable.
     public static func receive(from fd: Int32, timeout: Double) throws(SystemError) -> DaemonReport? {
-        var collected: [UInt8] = []
-        let deadline = monotonicSeconds() + timeout
-        while !collected.contains(UInt8(ascii: "\n")) {
-            let remaining = deadline - monotonicSeconds()
-            guard remaining > 0 else {
-                throw SystemError("wait for the serving daemon", detail: "no answer within \(Int(timeout)) s")
-            }
-            var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&poller, 1, Int32(min(remaining, 1) * 1000))
-            if ready < 0 && errno == EINTR { continue }
-            if ready < 0 { throw .lastErrno("poll the serving daemon's status pipe") }
-            if ready == 0 { continue }
-            var chunk = [UInt8](repeating: 0, count: 4096)
-            let n = read(fd, &chunk, chunk.count)
-            if n < 0 && errno == EINTR { continue }
-            if n < 0 { throw .lastErrno("read the serving daemon's status pipe") }
-            if n == 0 { break }
-            collected.append(contentsOf: chunk[..<n])
-        }
-        guard let end = collected.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
-        return DaemonReport(line: String(decoding: collected[..<end], as: UTF8.self))
+        try receiveStatusLine(from: fd, timeout: timeout).flatMap(DaemonReport.init(line:))
     }
 }
 
-func monotonicSeconds() -> Double {
+/// Reads one line (without its newline) from a daemon's status pipe, waiting at most `timeout`
+/// seconds. nil: the daemon closed the pipe without a whole line (it died).
+public func receiveStatusLine(from fd: Int32, timeout: Double) throws(SystemError) -> String? {
+    var collected: [UInt8] = []
+    let deadline = monotonicSeconds() + timeout
+    while !collected.contains(UInt8(ascii: "\n")) {
+        let remaining = deadline - monotonicSeconds()
+        guard remaining > 0 else {
+            throw SystemError("wait for the serving daemon", detail: "no answer within \(Int(timeout)) s")
+        }
+        var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let ready = poll(&poller, 1, Int32(min(remaining, 1) * 1000))
+        if ready < 0 && errno == EINTR { continue }
+        if ready < 0 { throw .lastErrno("poll the serving daemon's status pipe") }
+        if ready == 0 { continue }
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        let n = read(fd, &chunk, chunk.count)
+        if n < 0 && errno == EINTR { continue }
+        if n < 0 { throw .lastErrno("read the serving daemon's status pipe") }
+        if n == 0 { break }
+        collected.append(contentsOf: chunk[..<n])
+    }
+    guard let end = collected.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
+    return String(decoding: collected[..<end], as: UTF8.self)
+}
+
+public func monotonicSeconds() -> Double {
     var now = timespec()
     clock_gettime(CLOCK_MONOTONIC, &now)
     return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }
 
 /// pipe(2) with both ends close-on-exec (pipe2 is out of Glibc's Swift overlay).
-func closeOnExecPipe(_ ends: inout [Int32]) -> Bool {
+public func closeOnExecPipe(_ ends: inout [Int32]) -> Bool {
     guard pipe(&ends) == 0 else { return false }
     for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
     return true

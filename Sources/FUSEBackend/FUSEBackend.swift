@@ -1,0 +1,211 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Backends
+import KernelAttach
+import Logging
+import SystemCalls
+
+/// `mount.erofs -t erofs.fuse IMAGE DIR`: the image is served by a daemon on this project's
+/// reader over /dev/fuse. The mount is made here (mount(2) with `fd=`), the daemon is given the
+/// descriptor, and the mount returns once the daemon has answered the kernel's INIT. Anything
+/// that fails on the way is undone: nothing stays mounted or running.
+public struct FUSEBackend: Sendable {
+    public struct Request: Sendable {
+        public var source: String
+        public var mountPoint: String
+        /// MS_* flags (MS_RDONLY always).
+        public var flags: UInt
+        public var options: Options
+        public var fake: Bool
+
+        public init(source: String, mountPoint: String, flags: UInt, options: Options, fake: Bool) {
+            self.source = source
+            self.mountPoint = mountPoint
+            self.flags = flags
+            self.options = options
+            self.fake = fake
+        }
+    }
+
+    /// The `-o` options that mean something to this backend.
+    public struct Options: Sendable, Equatable {
+        /// Serving threads, each on its own channel of the connection.
+        public var threads: Int
+        /// Extra devices (blobs) of a multi-device image, in device-table order.
+        public var devices: [String] = []
+        /// Kernel EROFS options accepted but without effect here, each with why.
+        public var warnings: [String] = []
+
+        public static let maximumThreads = 64
+        /// One per CPU, up to 8: requests are short, a few channels keep every CPU fed.
+        public static var defaultThreads: Int { max(1, min(8, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))) }
+
+        public init(threads: Int = Options.defaultThreads) { self.threads = threads }
+
+        /// Sorts the kernel's EROFS options (`-o` data) and `fuse.*` options for this backend:
+        /// what it honours, what it ignores with a warning, what it refuses (the error names
+        /// the option and why). Never silently dropped.
+        public static func parse(kernelData: [String], backendOptions: [(name: String, value: String?)]) -> Result<Options, OptionError> {
+            var options = Options()
+            for (name, value) in backendOptions {
+                switch (name, value) {
+                case ("fuse.threads", let text?):
+                    guard let count = Int(text), (1...maximumThreads).contains(count) else {
+                        return .failure(OptionError("fuse.threads=\(text): expected 1 to \(maximumThreads)"))
+                    }
+                    options.threads = count
+                default:
+                    return .failure(OptionError("unknown or malformed fuse option `\(name)\(value.map { "=" + $0 } ?? "")` (fuse.threads=1-\(maximumThreads))"))
+                }
+            }
+            for option in kernelData {
+                let parts = option.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                let key = String(parts[0]), value = parts.count > 1 ? String(parts[1]) : nil
+                switch (key, value) {
+                case ("device", let path?) where !path.isEmpty:
+                    options.devices.append(path)
+                case ("user_xattr", nil), ("acl", nil):
+                    options.warnings.append("`\(option)` is always on with -t erofs.fuse")
+                case ("cache_strategy", _?), ("dax", _), ("directio", nil):
+                    options.warnings.append("`\(option)` tunes the kernel's EROFS and has no effect with -t erofs.fuse; ignored")
+                case ("nouser_xattr", nil), ("noacl", nil):
+                    return .failure(OptionError("`\(option)` is not supported with -t erofs.fuse (extended attributes and ACLs are always shown)"))
+                case ("fsid", _), ("domain_id", _):
+                    return .failure(OptionError("`\(option)` selects the kernel's fscache mode; it has no meaning with -t erofs.fuse"))
+                default:
+                    return .failure(OptionError("option `\(option)` is not supported with -t erofs.fuse"))
+                }
+            }
+            return .success(options)
+        }
+    }
+
+    /// An option this backend refuses: a usage error (exit 1).
+    public struct OptionError: Error, CustomStringConvertible, Sendable, Equatable {
+        public var description: String
+        public init(_ description: String) { self.description = description }
+    }
+
+    let logger: Logger
+    let store: FUSEStateStore
+
+    public init(logger: Logger, store: FUSEStateStore = FUSEStateStore()) {
+        self.logger = logger
+        self.store = store
+    }
+
+    /// Mounts and returns the state recorded for `-u` (nil with `-f`).
+    @discardableResult
+    public func mount(_ request: Request) throws(MountFailure) -> FUSEMountState? {
+        _ = try ImageProbe.probe(request.source)
+        for device in request.options.devices {
+            do { _ = try FileStatus.stat(device) } catch { throw MountFailure("cannot open extra device \(device)", cause: error) }
+        }
+        try MountPoint.check(request.mountPoint)
+        for warning in request.options.warnings { logger.warning("\(warning)") }
+        if request.fake { return nil }
+        guard access("/dev/fuse", R_OK | W_OK) == 0 else {
+            throw MountFailure("cannot use /dev/fuse (is the fuse module loaded?)", cause: .lastErrno("access", path: "/dev/fuse"))
+        }
+        do { try store.ensureDirectory() } catch {
+            throw MountFailure("cannot prepare the state directory", cause: error)
+        }
+        let source = canonicalPath(request.source)
+        let mountPoint = canonicalPath(request.mountPoint)
+
+        let device = open("/dev/fuse", O_RDWR | O_CLOEXEC)
+        guard device >= 0 else { throw MountFailure("cannot open /dev/fuse", cause: .lastErrno("open", path: "/dev/fuse")) }
+        var deviceOpen = true
+        defer { if deviceOpen { close(device) } }
+        // rootmode is only the root's type; its permissions come from GETATTR. allow_other and
+        // default_permissions make it behave as the kernel's EROFS does: everyone sees it and
+        // the kernel checks modes (and ACLs) itself.
+        let data = "fd=\(device),rootmode=40000,user_id=\(getuid()),group_id=\(getgid()),allow_other,default_permissions"
+        do {
+            try Mount.mount(source: source, target: mountPoint, type: "fuse.erofs", flags: request.flags, data: data)
+        } catch {
+            throw MountFailure("cannot mount \(source) on \(mountPoint) (fuse)", cause: error)
+        }
+
+        var statusEnds: [Int32] = [-1, -1]
+        guard closeOnExecPipe(&statusEnds) else {
+            detach(mountPoint)
+            throw MountFailure("cannot start the serving daemon", cause: .lastErrno("pipe"))
+        }
+        let logFile = "\(store.directory)/fuse-\(randomHex(bytes: 8)).log"
+        let settings = FUSEDaemon.Settings(
+            source: source, devices: request.options.devices.map(canonicalPath), threads: request.options.threads)
+        let daemon: DaemonProcess
+        do {
+            daemon = try DaemonProcess.spawn(arguments: settings.arguments, descriptors: [device, statusEnds[1]], logFile: logFile)
+        } catch {
+            close(statusEnds[0]); close(statusEnds[1])
+            detach(mountPoint)
+            throw MountFailure("cannot start the serving daemon", cause: error)
+        }
+        // From here the daemon holds the connection alone: if it dies, the connection ends.
+        close(device)
+        deviceOpen = false
+        close(statusEnds[1])
+        defer { close(statusEnds[0]) }
+
+        let line: String?
+        do { line = try receiveStatusLine(from: statusEnds[0], timeout: 30) } catch {
+            abandon(daemon, mountPoint: mountPoint, logFile: logFile)
+            throw MountFailure("the FUSE daemon for \(source) did not answer", cause: error)
+        }
+        guard let line, line.hasPrefix("ready ") else {
+            let log = (try? readTextFile(logFile)) ?? ""
+            abandon(daemon, mountPoint: mountPoint, logFile: logFile)
+            if let line, line.hasPrefix("error ") { throw MountFailure("cannot serve \(source): \(line.dropFirst(6))") }
+            throw MountFailure("the FUSE daemon for \(source) exited before serving"
+                + (log.isEmpty ? "" : "; its log: \(log.split(separator: "\n").suffix(3).joined(separator: " | "))"))
+        }
+        let state = FUSEMountState(
+            daemonPID: daemon.pid, daemonStartTime: daemon.startTime, source: source, mountPoint: mountPoint,
+            threads: request.options.threads, logFile: logFile)
+        do throws(SystemError) {
+            guard let entry = try MountTable.mount(at: mountPoint) else {
+                throw SystemError("find the new mount", path: mountPoint, detail: "not in the mount table")
+            }
+            try store.save(state, major: entry.major, minor: entry.minor)
+        } catch {
+            abandon(daemon, mountPoint: mountPoint, logFile: logFile)
+            throw MountFailure("cannot record the FUSE mount of \(source)", cause: error)
+        }
+        return state
+    }
+
+    /// After `-u` unmounted a FUSE mount (`major:minor` from the mount table): the connection
+    /// is over, so its daemon exits; wait for it (stop it if it does not) and drop the state.
+    /// Returns what went wrong, if anything.
+    public func finishUnmount(major: UInt32, minor: UInt32) -> [String] {
+        guard let state = store.load(major: major, minor: minor) else { return [] }
+        var problems: [String] = []
+        let daemon = state.daemon
+        if !daemon.waitForExit(timeout: 5) && !daemon.terminate(signal: SIGTERM, timeout: 5) {
+            daemon.terminate(signal: SIGKILL, timeout: 5)
+        }
+        if daemon.isAlive { problems.append("FUSE daemon \(state.daemonPID) is still running") }
+        store.remove(major: major, minor: minor)
+        unlink(state.logFile)
+        return problems
+    }
+
+    /// Undoes a mount whose daemon failed: the daemon is killed (its connection ends with it)
+    /// and the mount detached.
+    private func abandon(_ daemon: DaemonProcess, mountPoint: String, logFile: String) {
+        daemon.terminate(signal: SIGKILL)
+        detach(mountPoint)
+        unlink(logFile)
+    }
+
+    /// A FUSE mount whose connection is gone (or never answered) unmounts at once with
+    /// MNT_DETACH; without it, an unanswered INIT would make umount wait.
+    private func detach(_ mountPoint: String) {
+        do { try Mount.unmount(mountPoint, flags: Int32(MNT_DETACH)) } catch {
+            logger.error("cannot detach the FUSE mount at \(mountPoint): \(error)")
+        }
+    }
+}

@@ -1,0 +1,90 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Backends
+import KernelAttach
+import SystemCalls
+
+/// What `-u` needs to finish a FUSE mount: the daemon serving it. One file per mount in
+/// /run/erofs-mount/fuse (0700; files 0600), named by the mount's device number (the FUSE
+/// connection), which the mount table shows.
+public struct FUSEMountState: Codable, Sendable, Equatable {
+    public var daemonPID: Int32
+    public var daemonStartTime: UInt64
+    public var source: String
+    public var mountPoint: String
+    public var threads: Int
+    public var logFile: String
+
+    public var daemon: DaemonProcess { DaemonProcess(pid: daemonPID, startTime: daemonStartTime) }
+}
+
+public struct FUSEStateStore: Sendable {
+    public static let defaultDirectory = "/run/erofs-mount/fuse"
+    public let directory: String
+
+    public init(directory: String = ProcessInfo.processInfo.environment["EROFS_MOUNT_FUSE_STATE_DIR"] ?? FUSEStateStore.defaultDirectory) {
+        self.directory = directory
+    }
+
+    public func path(major: UInt32, minor: UInt32) -> String { "\(directory)/\(major)-\(minor).json" }
+
+    public func ensureDirectory() throws(SystemError) {
+        try StateStore(directory: directory).ensureDirectory()
+    }
+
+    /// Written atomically (temporary file, then rename): a crash leaves the old state or the new.
+    public func save(_ state: FUSEMountState, major: UInt32, minor: UInt32) throws(SystemError) {
+        try ensureDirectory()
+        let target = path(major: major, minor: minor)
+        let data: Data
+        do { data = try JSONEncoder().encode(state) } catch {
+            throw SystemError("encode FUSE mount state", path: target, detail: "\(error)")
+        }
+        let temporary = target + ".tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw .lastErrno("open", path: temporary) }
+        let written = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        let failure = written != data.count ? SystemError.lastErrno("write", path: temporary) : nil
+        close(fd)
+        if let failure {
+            unlink(temporary)
+            throw failure
+        }
+        guard rename(temporary, target) == 0 else {
+            let error = SystemError.lastErrno("rename", path: temporary)
+            unlink(temporary)
+            throw error
+        }
+    }
+
+    public func load(major: UInt32, minor: UInt32) -> FUSEMountState? {
+        load(path: path(major: major, minor: minor))
+    }
+
+    func load(path: String) -> FUSEMountState? {
+        guard let text = try? readTextFile(path) else { return nil }
+        return try? JSONDecoder().decode(FUSEMountState.self, from: Data(text.utf8))
+    }
+
+    public func remove(major: UInt32, minor: UInt32) {
+        unlink(path(major: major, minor: minor))
+    }
+
+    /// Removes the state (and log) of every mount served by the daemon `pid`: what the daemon
+    /// does as it exits, so that a plain umount(8) leaves no state behind either.
+    public func removeStates(ofDaemon pid: Int32) {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
+        for name in names where name.hasSuffix(".json") {
+            let path = "\(directory)/\(name)"
+            guard let state = load(path: path), state.daemonPID == pid else { continue }
+            unlink(path)
+            unlink(state.logFile)
+        }
+    }
+}

@@ -1,0 +1,211 @@
+import Foundation
+import KernelAttach
+import Testing
+import TestSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `mount.erofs -t erofs.fuse`, for real on this kernel: every corpus image walks to its
+/// manifest through FUSE with one and with several serving threads; `-u` leaves no mount and
+/// no daemon; failures leave nothing; a corrupt image fails only the reads that touch it.
+@Suite(.serialized) struct FUSEMountTests {
+    let harness = MountHarness()
+
+    /// Serving daemons (`mount.erofs --serve-fuse ... IMAGE`) of `image`.
+    static func daemons(serving image: String) -> [Int32] {
+        let pids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc"))?.compactMap(Int32.init) ?? []
+        return pids.filter { pid in
+            guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
+            let arguments = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            return arguments.contains("--serve-fuse") && arguments.last == image
+        }
+    }
+
+    static func threadCount(of pid: Int32) -> Int {
+        (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task"))?.count ?? 0
+    }
+
+    /// Mounts `image` through FUSE; returns the mount table entry.
+    func mount(_ image: String, at mountPoint: String, options: [String] = [],
+               sourceLocation: SourceLocation = #_sourceLocation) throws -> MountInfoEntry {
+        let mounted = try harness.run(["-t", "erofs.fuse"] + options + [image, mountPoint])
+        try #require(mounted.status == 0, "mount.erofs failed: \(mounted.standardError)", sourceLocation: sourceLocation)
+        let entries = try MountHarness.mounts(at: mountPoint)
+        try #require(entries.count == 1, sourceLocation: sourceLocation)
+        return entries[0]
+    }
+
+    /// Unmounts with `-u` and checks nothing is left: no mount, no daemon, no state file.
+    func unmountAndExpectNothingLeft(_ mountPoint: String, image: String, entry: MountInfoEntry,
+                                     sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let unmounted = try harness.run(["-u", mountPoint])
+        #expect(unmounted.status == 0, "mount.erofs -u failed: \(unmounted.standardError)", sourceLocation: sourceLocation)
+        try MountHarness.expectNothingLeft(mountPoint: mountPoint, image: image, sourceLocation: sourceLocation)
+        #expect(FUSEMountTests.daemons(serving: image).isEmpty, "a FUSE daemon outlived -u", sourceLocation: sourceLocation)
+        #expect(!FileManager.default.fileExists(atPath: "/run/erofs-mount/fuse/\(entry.major)-\(entry.minor).json"),
+                "the FUSE state outlived -u", sourceLocation: sourceLocation)
+    }
+
+    @Test(arguments: Corpus.imagesOrEmpty, [1, 4])
+    func corpusImageWalksToItsManifest(image: Corpus.Image, threads: Int) throws {
+        let workspace = try MountHarness.Workspace("fuse", copying: image.path, as: image.name + ".erofs")
+        defer { workspace.remove() }
+        let entry = try mount(workspace.image, at: workspace.mountPoint, options: ["-o", "fuse.threads=\(threads)"])
+        #expect(entry.fsType == "fuse.erofs")
+        #expect(entry.source == workspace.image)
+        let daemons = FUSEMountTests.daemons(serving: workspace.image)
+        #expect(daemons.count == 1)
+        if let daemon = daemons.first {
+            #expect(FUSEMountTests.threadCount(of: daemon) >= threads)
+            // Detached from the starter's working directory.
+            #expect((try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(daemon)/cwd")) == "/")
+        }
+
+        try MountHarness.expectTreeMatches(workspace.mountPoint, manifest: try image.expectedManifest())
+
+        try unmountAndExpectNothingLeft(workspace.mountPoint, image: workspace.image, entry: entry)
+    }
+
+    @Test func corpusIsPresent() {
+        #expect(Corpus.imagesOrEmpty.count >= 12, "the corpus (../shared/corpus or $EROFS_CORPUS) is missing")
+    }
+
+    @Test func missingSourceFailsWithOneLineAndLeavesNothing() throws {
+        let directory = try MountHarness.scratchDirectory("fuse-missing")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try FileManager.default.createDirectory(atPath: directory + "/mnt", withIntermediateDirectories: false)
+        let image = directory + "/absent.erofs"
+        let result = try harness.run(["-t", "erofs.fuse", image, directory + "/mnt"])
+        #expect(result.status == 32)
+        let lines = result.standardError.split(separator: "\n")
+        #expect(lines.count == 1)
+        #expect(lines.first == "mount.erofs: cannot open source \(image): No such file or directory")
+        #expect(try MountHarness.mounts(at: directory + "/mnt").isEmpty)
+        #expect(FUSEMountTests.daemons(serving: image).isEmpty)
+    }
+
+    /// The daemon refuses the image after mount(2) was done (here: an extra device the image has
+    /// no slot for): the mount fails with the daemon's words, and no mount, daemon or state stays.
+    @Test func daemonFailureAfterTheMountLeavesNothing() throws {
+        let workspace = try MountHarness.Workspace("fuse-daemon-fails", copying: BadInputTests.corpusImage("plain"))
+        defer { workspace.remove() }
+        let before = (try? FileManager.default.contentsOfDirectory(atPath: "/run/erofs-mount/fuse")) ?? []
+        let result = try harness.run(["-t", "erofs.fuse", "-o", "device=\(workspace.image)", workspace.image, workspace.mountPoint])
+        #expect(result.status == 32)
+        let lines = result.standardError.split(separator: "\n")
+        #expect(lines.count == 1 && lines[0].hasPrefix("mount.erofs: cannot serve \(workspace.image): "), "\(result.standardError)")
+        #expect(try MountHarness.mounts(at: workspace.mountPoint).isEmpty)
+        #expect(FUSEMountTests.daemons(serving: workspace.image).isEmpty)
+        let after = (try? FileManager.default.contentsOfDirectory(atPath: "/run/erofs-mount/fuse")) ?? []
+        #expect(Set(after).subtracting(before).isEmpty, "left behind: \(Set(after).subtracting(before))")
+
+        // -f checks everything and mounts nothing.
+        let fake = try harness.run(["-f", "-t", "erofs.fuse", workspace.image, workspace.mountPoint])
+        #expect(fake.status == 0, "\(fake.standardError)")
+        #expect(try MountHarness.mounts(at: workspace.mountPoint).isEmpty)
+        #expect(FUSEMountTests.daemons(serving: workspace.image).isEmpty)
+    }
+
+    @Test func kernelOptionsAreHonouredWarnedOrRefused() throws {
+        let workspace = try MountHarness.Workspace("fuse-options", copying: BadInputTests.corpusImage("plain"))
+        defer { workspace.remove() }
+        for (options, message) in [
+            ("noacl", "`noacl` is not supported with -t erofs.fuse"),
+            ("fsid=abc", "`fsid=abc` selects the kernel's fscache mode"),
+            ("fuse.threads=0", "fuse.threads=0: expected 1 to 64"),
+            ("fuse.bogus", "unknown or malformed fuse option `fuse.bogus`"),
+        ] {
+            let result = try harness.run(["-t", "erofs.fuse", "-o", options, workspace.image, workspace.mountPoint])
+            #expect(result.status == 1, "\(options): \(result.standardError)")
+            #expect(result.standardError.contains(message), "\(options): \(result.standardError)")
+            #expect(try MountHarness.mounts(at: workspace.mountPoint).isEmpty)
+        }
+        let refused = try harness.run(["-o", "fuse.threads=2", workspace.image, workspace.mountPoint])
+        #expect(refused.status == 1 && refused.standardError.contains("fuse.* options need -t erofs.fuse"))
+
+        let warned = try harness.run(["-t", "erofs.fuse", "-o", "cache_strategy=readaround,acl", workspace.image, workspace.mountPoint])
+        #expect(warned.status == 0, "\(warned.standardError)")
+        #expect(warned.standardError.contains("`cache_strategy=readaround` tunes the kernel's EROFS and has no effect"))
+        #expect(warned.standardError.contains("`acl` is always on"))
+        let entry = try #require(try MountHarness.mounts(at: workspace.mountPoint).first)
+        try unmountAndExpectNothingLeft(workspace.mountPoint, image: workspace.image, entry: entry)
+    }
+
+    /// A plain umount(8) ends the connection too: the daemon exits and takes its state along.
+    @Test func plainUmountLeavesNoDaemonAndNoState() throws {
+        let workspace = try MountHarness.Workspace("fuse-umount", copying: BadInputTests.corpusImage("plain"))
+        defer { workspace.remove() }
+        let entry = try mount(workspace.image, at: workspace.mountPoint)
+        let state = "/run/erofs-mount/fuse/\(entry.major)-\(entry.minor).json"
+        #expect(FileManager.default.fileExists(atPath: state))
+        #expect(try runProgram("/bin/umount", [workspace.mountPoint]).status == 0)
+        var left = FUSEMountTests.daemons(serving: workspace.image)
+        for _ in 0..<250 where !left.isEmpty || FileManager.default.fileExists(atPath: state) {
+            usleep(20_000)
+            left = FUSEMountTests.daemons(serving: workspace.image)
+        }
+        #expect(left.isEmpty, "the daemon outlived umount")
+        #expect(!FileManager.default.fileExists(atPath: state), "the state outlived umount")
+    }
+
+    /// A multi-device image: `-o device=BLOB` reaches the daemon, which reads the chunks there.
+    @Test func extraDeviceIsServed() throws {
+        let made = try ExtraDeviceMountTests.BlobImage(harness: harness)
+        defer { made.remove() }
+        let entry = try mount(made.image, at: made.mountPoint, options: ["-o", "device=\(made.blob)"])
+        try MountHarness.expectTreeMatches(made.mountPoint, manifest: made.manifest)
+        try unmountAndExpectNothingLeft(made.mountPoint, image: made.image, entry: entry)
+    }
+
+    /// A compressed extent overwritten with 0xFF: reading the file fails with EIO (never wrong
+    /// bytes), the daemon logs it and keeps serving everything else.
+    @Test func corruptDataGivesEIOAndTheDaemonSurvives() throws {
+        let directory = try MountHarness.scratchDirectory("fuse-corrupt")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let tree = directory + "/tree", image = directory + "/image.erofs", mountPoint = directory + "/mnt"
+        try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        let big = (0..<40_000).map { "line \($0) of the corrupt-image test\n" }.joined()
+        try Data(big.utf8).write(to: URL(fileURLWithPath: tree + "/big"))
+        try Data("small file\n".utf8).write(to: URL(fileURLWithPath: tree + "/small"))
+        let made = try runProgram("/usr/bin/mkfs.erofs", ["-zlz4", image, tree])
+        try #require(made.status == 0, "\(made.standardError)")
+
+        // dump.erofs -e lists the file's extents: "  1:  28147..  56145 |  27998 :  8192..  12288 |  4096".
+        let dump = try runProgram("/usr/bin/dump.erofs", ["--path=/big", "-e", image])
+        let extent = try #require(dump.standardOutput.split(separator: "\n").first { $0.trimmingCharacters(in: .whitespaces).hasPrefix("1:") })
+        let fields = extent.split(whereSeparator: { " .:|".contains($0) })
+        // fields: 1, logical start, logical end, length, physical start, physical end, length
+        let physical = try #require(UInt64(fields[4]))
+        try BadInputTests.patch(image, at: physical, [UInt8](repeating: 0xff, count: 4096))
+
+        let entry = try mount(image, at: mountPoint, options: ["-o", "fuse.threads=2"])
+        let daemon = try #require(FUSEMountTests.daemons(serving: image).first)
+        let expected = Array(big.utf8)
+        for _ in 0..<2 {
+            let fd = open(mountPoint + "/big", O_RDONLY)
+            try #require(fd >= 0)
+            var buffer = [UInt8](repeating: 0, count: 1 << 20)
+            var failure: Int32 = 0
+            var total = 0
+            while true {
+                let n = read(fd, &buffer, buffer.count)
+                if n < 0 { failure = errno; break }
+                if n == 0 { break }
+                // Whatever is returned before the failure is the file's true content.
+                #expect(buffer[..<n] == expected[total..<(total + n)])
+                total += n
+            }
+            close(fd)
+            #expect(failure == EIO, "reading the corrupt file gave errno \(failure) after \(total) bytes")
+        }
+        #expect(try String(contentsOfFile: mountPoint + "/small", encoding: .utf8) == "small file\n")
+        #expect(kill(daemon, 0) == 0, "the daemon died")
+        let state = try String(contentsOfFile: "/run/erofs-mount/fuse/\(entry.major)-\(entry.minor).json", encoding: .utf8)
+        let logFile = try #require((try JSONSerialization.jsonObject(with: Data(state.utf8)) as? [String: Any])?["logFile"] as? String)
+        let log = try String(contentsOfFile: logFile, encoding: .utf8)
+        #expect(log.contains("nid"), "no log line names the damage: \(log)")
+        try unmountAndExpectNothingLeft(mountPoint, image: image, entry: entry)
+    }
+}
