@@ -125,11 +125,20 @@ struct ListCommand: ParsableCommand {
             let filesystem = try extraDevices.open(image)
             let start = try filesystem.lookup(path: path)
             let base = "/" + path.split(separator: "/").joined(separator: "/")
-            var entries: [(String, Inode)] = []
+            var output = OutputBuffer()
             if recursive {
-                // Walk below `base` only.
-                try collect(filesystem, base, start, &entries, seen: [])
-            } else if start.kind == .directory {
+                // Streamed in the manifest's order (the paths' bytes), so memory does not grow
+                // with the tree; a directory reached twice stops the walk.
+                var traversal = TreeTraversal(filesystem, from: start, path: base, order: .paths)
+                while let event = try traversal.next() {
+                    guard case .enter(let inode) = event else { continue }
+                    try output.append(try line(filesystem, traversal.path, inode))
+                }
+                try output.flush()
+                return
+            }
+            var entries: [(String, Inode)] = []
+            if start.kind == .directory {
                 for entry in try filesystem.readDirectory(start) where entry.name != [0x2e] && entry.name != [0x2e, 0x2e] {
                     let child = try filesystem.inode(nid: entry.nid)
                     entries.append(((base == "/" ? "" : base) + "/" + entry.nameString, child))
@@ -137,33 +146,10 @@ struct ListCommand: ParsableCommand {
             } else {
                 entries.append((base, start))
             }
-            if json {
-                var manifest: [ManifestEntry] = []
-                for (entryPath, inode) in entries {
-                    manifest.append(try filesystem.manifestEntry(path: entryPath, inode: inode, sha256: sha256))
-                }
-                try writeStandardOutput(Array(manifest.sortedByPath().manifestText.utf8))
-                return
-            }
             for (entryPath, inode) in entries.sorted(by: { JSONText.codePointOrder($0.0, $1.0) }) {
-                let name = recursive ? entryPath : String(entryPath.split(separator: "/").last ?? "/")
-                if long {
-                    let kind: Character = switch inode.kind {
-                    case .directory: "d"
-                    case .symlink: "l"
-                    case .characterDevice: "c"
-                    case .blockDevice: "b"
-                    case .fifo: "p"
-                    case .socket: "s"
-                    case .file: "-"
-                    }
-                    var line = "\(kind)\(String(inode.permissions, radix: 8)) \(inode.linkCount) \(inode.uid) \(inode.gid) \(inode.size) \(inode.mtimeSeconds).\(nanoseconds(inode.mtimeNanoseconds)) \(name)"
-                    if inode.kind == .symlink { line += " -> " + String(decoding: try filesystem.readLink(inode), as: UTF8.self) }
-                    print(line)
-                } else {
-                    print(name)
-                }
+                try output.append(try line(filesystem, entryPath, inode))
             }
+            try output.flush()
         } catch let error as EROFSError {
             throw failing(error)
         }
@@ -174,20 +160,40 @@ struct ListCommand: ParsableCommand {
         return String(repeating: "0", count: max(0, 9 - digits.count)) + digits
     }
 
-    private func collect(
-        _ filesystem: EROFSFilesystem, _ path: String, _ inode: Inode, _ entries: inout [(String, Inode)], seen: Set<UInt64>
-    ) throws(EROFSError) {
-        entries.append((path, inode))
-        guard inode.kind == .directory else { return }
-        guard !seen.contains(inode.nid) else { throw EROFSError(.corrupt, "directory cycle", path: path, nid: inode.nid) }
-        let seenHere = seen.union([inode.nid])
-        for entry in try filesystem.readDirectory(inode) where entry.name != [0x2e] && entry.name != [0x2e, 0x2e] {
-            guard !entry.name.contains(0x2f) else {
-                throw EROFSError(.corrupt, "directory entry name contains '/'", path: path, nid: inode.nid)
-            }
-            let child = try filesystem.inode(nid: entry.nid)
-            try collect(filesystem, (path == "/" ? "" : path) + "/" + entry.nameString, child, &entries, seen: seenHere)
+    /// One object's line: its manifest JSON, its long listing, or its path (name when not
+    /// recursive).
+    private func line(_ filesystem: EROFSFilesystem, _ entryPath: String, _ inode: Inode) throws(EROFSError) -> String {
+        if json { return try filesystem.manifestEntry(path: entryPath, inode: inode, sha256: sha256).jsonLine }
+        let name = recursive ? entryPath : String(entryPath.split(separator: "/").last ?? "/")
+        guard long else { return name }
+        let kind: Character = switch inode.kind {
+        case .directory: "d"
+        case .symlink: "l"
+        case .characterDevice: "c"
+        case .blockDevice: "b"
+        case .fifo: "p"
+        case .socket: "s"
+        case .file: "-"
         }
+        var line = "\(kind)\(String(inode.permissions, radix: 8)) \(inode.linkCount) \(inode.uid) \(inode.gid) \(inode.size) \(inode.mtimeSeconds).\(nanoseconds(inode.mtimeNanoseconds)) \(name)"
+        if inode.kind == .symlink { line += " -> " + String(decoding: try filesystem.readLink(inode), as: UTF8.self) }
+        return line
+    }
+}
+
+/// Lines for stdout, written 64 KiB at a time.
+struct OutputBuffer {
+    private var bytes: [UInt8] = []
+
+    mutating func append(_ line: String) throws(ExitCode) {
+        bytes.append(contentsOf: line.utf8)
+        bytes.append(0x0a)
+        if bytes.count >= 1 << 16 { try flush() }
+    }
+
+    mutating func flush() throws(ExitCode) {
+        try writeStandardOutput(bytes)
+        bytes.removeAll(keepingCapacity: true)
     }
 }
 
@@ -204,14 +210,67 @@ struct CatCommand: ParsableCommand {
             let filesystem = try extraDevices.open(image)
             let inode = try filesystem.lookup(path: path)
             guard inode.kind == .file else { throw EROFSError(.notFound, "not a regular file", path: path, nid: inode.nid) }
+            // Holes stay holes in a regular file (seeked over, the size set at the end); a pipe
+            // or terminal gets the zeros it asked for, 1 MiB at a time.
+            let output = StandardOutputFile()
             var failure: ExitCode?
-            try filesystem.forEachChunk(of: inode) { (chunk: [UInt8]) throws(EROFSError) in
+            try filesystem.forEachRun(of: inode) { (_, run: DataRun) throws(EROFSError) in
                 guard failure == nil else { return }
-                do throws(ExitCode) { try writeStandardOutput(chunk) } catch { failure = error }
+                do throws(ExitCode) {
+                    switch run {
+                    case .data(let chunk): try writeStandardOutput(chunk)
+                    case .hole(let length): try output.skip(length)
+                    }
+                } catch { failure = error }
+            }
+            if failure == nil {
+                do throws(ExitCode) { try output.finish() } catch { failure = error }
             }
             if let failure { throw failure }
         } catch let error as EROFSError {
             throw failing(error)
+        }
+    }
+}
+
+/// Standard output as the destination of a file that may have holes.
+struct StandardOutputFile {
+    /// A regular file written at its offset (not O_APPEND): holes can be seeked over.
+    let seekable: Bool
+    private static let zeros = [UInt8](repeating: 0, count: 1 << 20)
+
+    init() {
+        var status = stat()
+        let flags = fcntl(1, F_GETFL)
+        seekable = fstat(1, &status) == 0 && status.st_mode & S_IFMT == S_IFREG && flags >= 0 && flags & O_APPEND == 0
+    }
+
+    /// `length` bytes of zeros: a seek on a regular file, written zeros elsewhere.
+    func skip(_ length: UInt64) throws(ExitCode) {
+        if seekable {
+            guard length <= UInt64(Int64.max), lseek(1, off_t(length), SEEK_CUR) >= 0 else {
+                FileHandleStandardError.write("erofs: seek on standard output failed: \(String(cString: strerror(errno)))\n")
+                throw ExitCode(1)
+            }
+            return
+        }
+        var left = length
+        while left > 0 {
+            let count = Int(min(left, UInt64(StandardOutputFile.zeros.count)))
+            try writeStandardOutput(count == StandardOutputFile.zeros.count ? StandardOutputFile.zeros : Array(StandardOutputFile.zeros.prefix(count)))
+            left -= UInt64(count)
+        }
+    }
+
+    /// Extends the file over a final hole (never shortens what was already there).
+    func finish() throws(ExitCode) {
+        guard seekable else { return }
+        var status = stat()
+        let position = lseek(1, 0, SEEK_CUR)
+        guard position >= 0, fstat(1, &status) == 0 else { return }
+        if status.st_size < position && ftruncate(1, position) != 0 {
+            FileHandleStandardError.write("erofs: truncate of standard output failed: \(String(cString: strerror(errno)))\n")
+            throw ExitCode(1)
         }
     }
 }
