@@ -16,9 +16,9 @@ public enum ExtractExercise {
     public struct Limits: Sendable {
         /// Objects the listing visits, and file bytes it hashes (holes count: they are read).
         public var listedObjects = 4096
-        public var listedFileBytes: UInt64 = 8 << 20
+        public var listedFileBytes: UInt64 = 256 << 10
         /// The tmpfs the extraction writes to.
-        public var tmpfsBytes = 16 << 20
+        public var tmpfsBytes = 4 << 20
         public init() {}
     }
 
