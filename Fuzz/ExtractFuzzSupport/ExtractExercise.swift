@@ -39,20 +39,19 @@ public enum ExtractExercise {
         return String(cString: template)
     }()
 
-    private static let budgetExhausted = EROFSError(.io, "exercise budget exhausted")
+    /// Thrown to stop the listing once a budget is spent (not a finding).
+    private static let listingBudgetSpent = EROFSError(.io, "listing budget spent")
 
     @discardableResult
     public static func run(image: [UInt8], limits: Limits = Limits()) -> Outcome {
         var outcome = Outcome()
-        let filesystem: EROFSFilesystem
-        do {
-            filesystem = try EROFSFilesystem(source: InMemorySource(image))
-        } catch {
+        switch Result(catching: { () throws(EROFSError) in try EROFSFilesystem(source: InMemorySource(image)) }) {
+        case .failure(let error):
             outcome.listingError = error
-            return outcome
+        case .success(let filesystem):
+            list(filesystem, limits: limits, outcome: &outcome)
+            extract(filesystem, limits: limits, outcome: &outcome)
         }
-        list(filesystem, limits: limits, outcome: &outcome)
-        extract(filesystem, limits: limits, outcome: &outcome)
         return outcome
     }
 
@@ -64,7 +63,7 @@ public enum ExtractExercise {
             var traversal = TreeTraversal(filesystem, from: root, order: .paths)
             while let event = try traversal.next() {
                 guard case .enter(let inode) = event else { continue }
-                guard outcome.listedObjects < limits.listedObjects else { throw budgetExhausted }
+                guard outcome.listedObjects < limits.listedObjects else { throw listingBudgetSpent }
                 outcome.listedObjects += 1
                 let hash = inode.kind == .file && inode.size <= limits.listedFileBytes - hashed
                 if hash { hashed += inode.size }
@@ -72,7 +71,7 @@ public enum ExtractExercise {
                 if inode.kind == .file && !hash { _ = try? filesystem.storedLength(of: inode) }
             }
         } catch {
-            if error != budgetExhausted { outcome.listingError = error }
+            if error != listingBudgetSpent { outcome.listingError = error }
         }
     }
 

@@ -7,9 +7,7 @@ import ReaderFuzzSupport
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func extractFuzzerTestOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
-    var image = Array(UnsafeBufferPointer(start: data, count: size))
-    ReaderExercise.fixSuperblockChecksum(&image)
-    ExtractExercise.run(image: image)
+    ExtractExercise.run(image: ReaderExercise.image(fromFuzzerInput: data, count: size))
     return 0
 }
 

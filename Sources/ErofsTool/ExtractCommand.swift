@@ -10,7 +10,13 @@ import Glibc
 struct ExtractCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "extract",
-        abstract: "Extract an image into a directory: contents, modes, owners, times, xattrs, links, devices.")
+        abstract: "Extract an image into a directory: contents, modes, owners, times, xattrs, links, devices.",
+        discussion: """
+            A directory reached twice (a second name for it, or a cycle) stops the extraction with an error naming \
+            the path. Any depth works with at most 128 directory descriptors open. Holes stay holes. Before each \
+            regular file, the data written so far (holes not counted) is checked against the free space the \
+            destination had at the start; beyond it the extraction stops, unless --ignore-free-space.
+            """)
 
     @Argument(help: "The EROFS image.") var image: String
     @Argument(help: "Destination directory (created if missing; must be empty).") var directory: String

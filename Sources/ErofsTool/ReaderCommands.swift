@@ -113,7 +113,7 @@ struct ListCommand: ParsableCommand {
         abstract: "List a directory of an image; --recursive --json --sha256 prints the corpus manifest format.")
 
     @Flag(name: .short, help: "Long listing: mode, links, owner, size, mtime.") var long = false
-    @Flag(help: "Descend into subdirectories.") var recursive = false
+    @Flag(help: "Descend into subdirectories (any depth; a directory reached twice is an error).") var recursive = false
     @Flag(help: "JSON lines in the corpus manifest format.") var json = false
     @Flag(help: "With --json: include each regular file's SHA-256 (reads all data).") var sha256 = false
     @Argument(help: "The EROFS image.") var image: String
@@ -199,7 +199,8 @@ struct OutputBuffer {
 
 /// `erofs cat IMAGE PATH`: a regular file's contents on stdout.
 struct CatCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "cat", abstract: "Print a file of an image.")
+    static let configuration = CommandConfiguration(
+        commandName: "cat", abstract: "Print a file of an image (its holes stay holes when standard output is a regular file).")
 
     @Argument(help: "The EROFS image.") var image: String
     @Argument(help: "Path of a regular file inside the image.") var path: String
