@@ -9,13 +9,23 @@ import TestSupport
 @Suite(.serialized) struct HostileTreeTests {
     static var erofs: String { builtProductsDirectory() + "/erofs" }
 
-    /// Runs `erofs` with a wall-clock limit (status 124 when it ran out), an address-space limit
-    /// and a descriptor limit.
+    /// Runs `erofs` with a wall-clock limit (killed: status 9), an address-space limit and a
+    /// descriptor limit; GNU time adds "erofs-usage: SECONDS s MAXRSS KiB" to its stderr.
     static func runLimited(_ arguments: [String], seconds: Int = 60, memoryMiB: Int = 2048, files: Int = 1024,
                            standardOutput: String? = nil) throws -> ProcessResult {
         let redirect = standardOutput.map { " >'\($0)'" } ?? ""
-        let script = "ulimit -v \(memoryMiB * 1024); ulimit -n \(files); exec timeout -s KILL \(seconds) \"$@\"\(redirect)"
-        return try runProgram("/bin/sh", ["-c", script, "sh", erofs] + arguments)
+        let script = "ulimit -v \(memoryMiB * 1024); ulimit -n \(files); exec /usr/bin/time -f 'erofs-usage: %e s %M KiB' timeout -s KILL \(seconds) \"$@\"\(redirect)"
+        let result = try runProgram("/bin/sh", ["-c", script, "sh", erofs] + arguments)
+        if let usage = result.standardError.split(separator: "\n").last(where: { $0.hasPrefix("erofs-usage:") }) {
+            print("erofs \(arguments.first ?? ""): \(usage)")
+        }
+        return result
+    }
+
+    /// The peak RSS GNU time reported, in KiB.
+    static func peakKiB(_ result: ProcessResult) -> Int {
+        guard let line = result.standardError.split(separator: "\n").last(where: { $0.hasPrefix("erofs-usage:") }) else { return .max }
+        return Int(line.split(separator: " ").dropLast().last ?? "") ?? .max
     }
 
     static func write(_ image: CraftedImage, in directory: String, as name: String = "image.erofs") throws -> String {
@@ -60,6 +70,7 @@ import TestSupport
         let twice = "path " + String(repeating: "/a", count: 29) + "/b"
         #expect(result.standardError.contains(twice), "\(result.standardError.suffix(300))")
         #expect(Date().timeIntervalSince(started) < 10)
+        #expect(Self.peakKiB(result) < 100 << 10, "peak RSS \(Self.peakKiB(result)) KiB")
     }
 
     // MARK: Depth
@@ -76,13 +87,21 @@ import TestSupport
 
         let listed = try Self.runLimited(["ls", "--recursive", image], seconds: 120, memoryMiB: 2048, standardOutput: directory + "/ls.txt")
         #expect(listed.status == 0, "status \(listed.status): \(listed.standardError.suffix(300))")
-        let lines = try String(contentsOfFile: directory + "/ls.txt", encoding: .utf8).split(separator: "\n")
-        #expect(lines.count == depth + 2)
-        let bottomListed = lines.last == Substring(String(repeating: "/d", count: depth) + "/file")
+        // Streamed: the 20000 levels' frames, not the 400 MB of output.
+        #expect(Self.peakKiB(listed) < 200 << 10, "peak RSS \(Self.peakKiB(listed)) KiB")
+        // 400 MB of paths: counted by wc, the last line read from the end.
+        let lineCount = try runProgram("/usr/bin/wc", ["-l", directory + "/ls.txt"]).standardOutput.split(separator: " ").first
+        #expect(lineCount == Substring(String(depth + 2)))
+        let output = try FileHandle(forReadingFrom: URL(fileURLWithPath: directory + "/ls.txt"))
+        let bottom = String(repeating: "/d", count: depth) + "/file\n"
+        try output.seek(toOffset: try output.seekToEnd() - UInt64(bottom.utf8.count))
+        let bottomListed = try output.readToEnd() == Data(bottom.utf8)
+        try output.close()
         #expect(bottomListed)
 
         let extracted = try Self.runLimited(["extract", image, directory + "/out"], seconds: 120, files: 256)
         #expect(extracted.status == 0, "status \(extracted.status): \(extracted.standardError.suffix(300))")
+        #expect(Self.peakKiB(extracted) < 200 << 10, "peak RSS \(Self.peakKiB(extracted)) KiB")
         // Down the chain one descriptor at a time: every level was made, the file at the bottom.
         var current = open(directory + "/out", O_RDONLY | O_DIRECTORY)
         try #require(current >= 0)
