@@ -31,4 +31,34 @@ import TestSupport
         #expect(walked.standardOutput.contains("\"path\": \"/sparse\""))
         #expect(walked.standardOutput.contains("capability"))
     }
+
+    /// The shapes the hostile-input tests use are valid for the kernel too: a 64-deep chain
+    /// lists the same, and 1 TiB of null chunks reads as holes with the tail after them.
+    @Test func kernelReadsTheChainAndTheTerabyteOfHoles() throws {
+        let directory = try MountHarness.scratchDirectory("crafted-shapes")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let mountPoint = directory + "/mnt"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: false)
+        let chain = directory + "/chain.erofs", sparse = directory + "/sparse.erofs"
+        try Data(CraftedImage.deepChain(depth: 64).bytes()).write(to: URL(fileURLWithPath: chain))
+        try Data(CraftedImage.sparseFile(holes: 1 << 40, tail: Array("tail\n".utf8)).bytes()).write(to: URL(fileURLWithPath: sparse))
+
+        try #require(try runProgram("/usr/bin/mount", ["-i", "-t", "erofs", "-o", "ro", chain, mountPoint]).status == 0)
+        let walked = try runProgram(harness.erofs, ["walk", mountPoint])
+        _ = try runProgram("/usr/bin/umount", [mountPoint])
+        let listed = try runProgram(harness.erofs, ["ls", "--recursive", "--json", "--sha256", chain])
+        #expect(walked.standardOutput.split(separator: "\n").count == 66)
+        #expect(manifestDifference(actual: listed.standardOutput, expected: walked.standardOutput) == nil)
+
+        try #require(try runProgram("/usr/bin/mount", ["-i", "-t", "erofs", "-o", "ro", sparse, mountPoint]).status == 0)
+        defer { _ = try? runProgram("/usr/bin/umount", [mountPoint]) }
+        let descriptor = open(mountPoint + "/sparse", O_RDONLY)
+        try #require(descriptor >= 0)
+        defer { close(descriptor) }
+        var status = stat()
+        #expect(fstat(descriptor, &status) == 0 && status.st_size == (1 << 40) + 5)
+        var tail = [UInt8](repeating: 0, count: 5)
+        #expect(pread(descriptor, &tail, 5, off_t(1) << 40) == 5 && tail == Array("tail\n".utf8))
+        #expect(lseek(descriptor, 0, 3 /* SEEK_DATA */) == off_t(1) << 40)
+    }
 }
