@@ -24,6 +24,8 @@ let package = Package(
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
+        // TLS for `erofs serve` (NBD STARTTLS).
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
 
         // Thin, typed wrappers over syscalls: SystemError, file descriptors, mount, loop devices.
         .target(name: "SystemCalls", dependencies: [
@@ -47,7 +49,8 @@ let package = Package(
         .target(name: "NBDProtocol", dependencies: []),
         // The NBD serving loop: kernel mode (socketpair) and network mode (handshake).
         .target(name: "NBDServer", dependencies: [
-            "NBDProtocol", "ImageSources", "SystemCalls", "CShim",
+            "NBDProtocol", "ImageSources", "SystemCalls", "CShim", "COpenSSL",
+            .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
         // Kernel attachment of local images: mount(2), loop devices, the mount table.
@@ -73,9 +76,9 @@ let package = Package(
         ]),
         .executableTarget(name: "MountErofsTool", dependencies: ["MountCLI"]),
         // `erofs extract`'s work, a library so that a fuzz target and tests can call it.
-        .target(name: "Extraction", dependencies: ["EROFSReader", "CShim"]),
+        .target(name: "Extraction", dependencies: ["EROFSReader", "SystemCalls", "CShim"]),
         .executableTarget(name: "ErofsTool", dependencies: [
-            "EROFSFormat", "EROFSReader", "Extraction", "Manifest", "NBDServer", "SystemCalls", "CShim",
+            "EROFSFormat", "EROFSReader", "Extraction", "Manifest", "NBDProtocol", "NBDServer", "SystemCalls", "CShim",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -85,7 +88,7 @@ let package = Package(
 
         .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls", "CShim"]),
         .testTarget(name: "EROFSFormatTests", dependencies: ["EROFSFormat", "TestSupport"]),
-        .testTarget(name: "ManifestTests", dependencies: ["Manifest"]),
+        .testTarget(name: "ManifestTests", dependencies: ["Manifest", "SystemCalls"]),
         // What the reader fuzzer does with an input; ReaderTests replays the findings through it.
         .target(name: "ReaderFuzzSupport", dependencies: [
             "EROFSReader", "EROFSFormat", "ImageSources", "SystemCalls", .product(name: "SystemPackage", package: "swift-system"),

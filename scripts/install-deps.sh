@@ -5,11 +5,13 @@ set -euo pipefail
 
 packages=(
   # building: system libraries behind the decompressors and FUSE
-  pkg-config liblzma-dev libzstd-dev zlib1g-dev liblz4-dev libfuse3-dev fuse3
+  pkg-config liblzma-dev libzstd-dev zlib1g-dev liblz4-dev libfuse3-dev fuse3 libssl-dev
   # making and checking images; mount(8) and unshare(1) for the helper tests; xattr tools
   erofs-utils util-linux mount attr
   # real NBD peers for tests and benchmarks
   libnbd-bin python3-libnbd nbdkit nbd-server qemu-utils fio
+  # certificates for the TLS tests
+  openssl
   # the VM harness: software-emulated qemu, a busybox initramfs, module unpacking
   qemu-system-x86 busybox-static cpio gzip xz-utils kmod zstd python3
 )

@@ -36,7 +36,7 @@ public enum ExtractExercise {
         let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
         precondition(made != nil, "mkdtemp: \(errno)")
         atexit { _ = rmdir(ExtractExercise.scratch) }
-        return String(cString: template)
+        return String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }()
 
     /// Thrown to stop the listing once a budget is spent (not a finding).
@@ -89,7 +89,10 @@ public enum ExtractExercise {
         defer { close(root) }
         var extractor = Extractor(
             filesystem: filesystem, rootDescriptor: root, destinationName: target,
-            options: .init(restoreOwners: true, openDirectories: 16, filesInFlight: 4))
+            // Everything restored (devices, setuid, every xattr): the tmpfs is nosuid and nodev.
+            policy: ExtractPolicy(
+                restoreOwners: true, samePermissions: true, umask: 0, devices: true, xattrs: .all, capabilities: true, rootMetadata: true),
+            openDirectories: 16, filesInFlight: 4)
         do {
             outcome.warnings = try extractor.run().count
         } catch let error as EROFSError {

@@ -79,7 +79,7 @@ public enum ReaderExercise {
         }
         _ = filesystem.compressionDescription
         _ = filesystem.longXattrPrefixes
-        var paths: [String] = []
+        var paths: [ByteString] = []
         do {
             try filesystem.walk { (path, inode) throws(EROFSError) in
                 guard outcome.inodesVisited < limits.inodes else { throw budgetExhausted }

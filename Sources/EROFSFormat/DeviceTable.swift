@@ -3,7 +3,10 @@
 /// (le32), uniaddr_lo (le32), blocks_hi (le16), uniaddr_hi (le16), 52 reserved bytes. The high
 /// halves count only when the image has the 48BIT feature (older images leave them as reserved).
 public struct DeviceSlot: Sendable, Equatable {
+    /// EROFS_DEVT_SLOT_SIZE: sizeof(struct erofs_deviceslot)
     public static let size = 128
+    /// sizeof(erofs_deviceslot.tag)
+    public static let tagSize = 64
 
     /// Identifies the device (mkfs.erofs 1.9.3 writes a digest or a name; 1.5 leaves it zero).
     public var tag: [UInt8]
@@ -24,7 +27,7 @@ public struct DeviceSlot: Sendable, Equatable {
         guard raw.count >= DeviceSlot.size else {
             throw FormatError("device slot truncated: \(raw.count) of \(DeviceSlot.size) bytes")
         }
-        tag = Array(raw[0..<64])
+        tag = Array(raw[0..<DeviceSlot.tagSize])
         let blocksHigh: UInt64 = has48BitFields ? UInt64(raw.le16(at: 72)) << 32 : 0
         let addressHigh: UInt64 = has48BitFields ? UInt64(raw.le16(at: 74)) << 32 : 0
         blocks = UInt64(raw.le32(at: 64)) | blocksHigh

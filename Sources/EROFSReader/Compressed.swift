@@ -3,15 +3,7 @@ import EROFSFormat
 
 /// The per-inode compression header (z_erofs_map_header) and what follows from it.
 struct CompressionInfo: Sendable {
-    static let adviseCompacted2B: UInt16 = 0x0001
-    static let adviseExtents: UInt16 = 0x0001
-    static let adviseBigPcluster1: UInt16 = 0x0002
-    static let adviseBigPcluster2: UInt16 = 0x0004
-    static let adviseInlinePcluster: UInt16 = 0x0008
-    static let adviseInterlacedPcluster: UInt16 = 0x0010
-    static let adviseFragmentPcluster: UInt16 = 0x0020
-
-    var advise: UInt16
+    var advise: MapAdvise
     var logicalClusterBits: Int
     /// Algorithms of HEAD1 and HEAD2 lclusters.
     var headAlgorithms: (UInt8, UInt8)
@@ -30,12 +22,12 @@ struct CompressionInfo: Sendable {
     var extentRecordSize: Int = 0
     var extentCount: UInt64 = 0
 
-    var hasFragment: Bool { advise & CompressionInfo.adviseFragmentPcluster != 0 }
+    var hasFragment: Bool { advise.contains(.fragmentPcluster) }
 }
 
 /// What one logical cluster index says (decoded from the full or the compacted form).
 struct LogicalCluster {
-    enum Kind: UInt8 { case plain = 0, head1 = 1, nonhead = 2, head2 = 3 }
+    typealias Kind = LclusterType
     var lcn: UInt64
     var kind: Kind
     var clusterOffset: UInt64 = 0
@@ -108,8 +100,8 @@ extension EROFSFilesystem {
         return description
     }
 
-    static let maximumPhysicalCluster = 1 << 20
-    static let maximumLogicalExtent: UInt64 = 12 << 20
+    static let maximumPhysicalCluster = CompressionFormat.maximumPhysicalClusterSize
+    static let maximumLogicalExtent = UInt64(CompressionFormat.maximumDecodedClusterSize)
 
     /// Reads the COMPR_CFGS records after the superblock (or the LZ4-only defaults).
     func readCompressionSettings() throws(EROFSError) -> CompressionSettings {
@@ -117,23 +109,30 @@ extension EROFSFilesystem {
             return CompressionSettings(availableAlgorithms: 1, decompression: DecompressionSettings())
         }
         let algorithms = superblock.availableCompressionAlgorithms
-        guard algorithms & ~0xF == 0 else {
-            throw EROFSError(.unsupported, "unknown compression algorithms 0x\(String(algorithms, radix: 16))", offset: 1024 + 84)
+        guard algorithms & ~CompressionFormat.allAlgorithms == 0 else {
+            throw EROFSError(
+                .unsupported, "unknown compression algorithms 0x\(String(algorithms, radix: 16))",
+                offset: UInt64(Superblock.offset + Superblock.availableCompressionAlgorithmsOffset))
         }
         var settings = DecompressionSettings()
         var position = UInt64(Superblock.offset + superblock.size)
-        for algorithm in 0..<4 where algorithms & (1 << algorithm) != 0 {
-            position = (position + 3) & ~3
-            let length = Int(try imageBytes(at: position, count: 2).le16(at: 0))
-            guard length > 0, length <= 256 else {
+        let lengthSize = LengthPrefixedRecord.lengthSize
+        // One record per algorithm the superblock announces, in algorithm order.
+        for algorithm in CompressionAlgorithm.allCases where algorithms & (1 << UInt16(algorithm.rawValue)) != 0 {
+            position = LengthPrefixedRecord.aligned(position)
+            let length = Int(try imageBytes(at: position, count: lengthSize).le16(at: 0))
+            guard length > 0, length <= LengthPrefixedRecord.maximumLength else {
                 throw EROFSError(.corrupt, "compression config of \(length) bytes", offset: position)
             }
-            let record = try imageBytes(at: position + 2, count: length)
-            position += 2 + UInt64(length)
+            let record = try imageBytes(at: position + UInt64(lengthSize), count: length)
+            position += UInt64(lengthSize + length)
             switch algorithm {
-            case 1 where record.count >= 4: settings.lzmaDictionarySize = record.le32(at: 0)
-            case 2 where record.count >= 1: settings.deflateWindowBits = record[0]
-            case 3 where record.count >= 2: settings.zstdWindowLog = record[1] &+ 10
+            // z_erofs_lzma_cfgs.dict_size
+            case .lzma where record.count >= 4: settings.lzmaDictionarySize = record.le32(at: 0)
+            // z_erofs_deflate_cfgs.windowbits
+            case .deflate where record.count >= 1: settings.deflateWindowBits = record[0]
+            // z_erofs_zstd_cfgs.windowlog
+            case .zstd where record.count >= 2: settings.zstdWindowLog = record[1] &+ CompressionFormat.zstdMinimumWindowLog
             default: break
             }
         }
@@ -283,58 +282,65 @@ extension EROFSFilesystem {
 
     func compressionInfo(_ inode: Inode) throws(EROFSError) -> CompressionInfo {
         if let cached = compressionInfos.value(for: inode.nid) { return cached }
-        let headerOffset = (inode.payloadLocation + 7) & ~7
-        let header = try metadataBytes(at: headerOffset, count: 8, inMetabox: inode.inMetabox)
-        var info: CompressionInfo
-        if header[7] & 0x80 != 0 {
+        let headerOffset = MapHeader.start(after: inode.payloadLocation)
+        let header = MapHeader(decoding: try metadataBytes(at: headerOffset, count: MapHeader.size, inMetabox: inode.inMetabox))
+        let info: CompressionInfo
+        if header.isWholeFileFragment {
             info = CompressionInfo(
-                advise: CompressionInfo.adviseFragmentPcluster, logicalClusterBits: 0, headAlgorithms: (0, 0),
-                inlineSize: 0, fragmentOffset: header.le64(at: 0) ^ (1 << 63), inlineLocation: 0,
+                advise: .fragmentPcluster, logicalClusterBits: 0, headAlgorithms: (0, 0),
+                inlineSize: 0, fragmentOffset: header.wholeFileFragmentOffset, inlineLocation: 0,
                 tailHeadLcn: 0, wholeFileFragment: true)
+        } else if inode.layout == .compressedFull && header.advise.contains(.extents) {
+            info = try extentRecordsInfo(inode, header, at: headerOffset)
         } else {
-            let advise = header.le16(at: 4)
-            let clusterBits = Int(superblock.blockSizeBits) + Int(header[7] & 15)
-            if inode.layout == .compressedFull && advise & CompressionInfo.adviseExtents != 0 {
-                info = CompressionInfo(
-                    advise: advise, logicalClusterBits: clusterBits, headAlgorithms: (0, 0), inlineSize: 0,
-                    fragmentOffset: 0, inlineLocation: 0, tailHeadLcn: nil, wholeFileFragment: false,
-                    extentRecordSize: 4 << Int((advise >> 1) & 3),
-                    extentCount: UInt64(header.le32(at: 0)) | UInt64(header.le16(at: 6)) << 32)
-                guard clusterBits <= 30 else {
-                    throw EROFSError(.corrupt, "logical cluster size 2^\(clusterBits) too large", nid: inode.nid, offset: headerOffset)
-                }
-                compressionInfos.insert(info, for: inode.nid)
-                return info
-            }
-            info = CompressionInfo(
-                advise: advise, logicalClusterBits: clusterBits, headAlgorithms: (header[6] & 15, header[6] >> 4),
-                inlineSize: 0, fragmentOffset: 0, inlineLocation: 0, tailHeadLcn: nil, wholeFileFragment: false)
-            if info.hasFragment {
-                info.fragmentOffset = UInt64(header.le32(at: 0))
-            } else if advise & CompressionInfo.adviseInlinePcluster != 0 {
-                info.inlineSize = Int(header.le16(at: 2))
-            }
-            guard clusterBits <= 20 else {
-                throw EROFSError(.corrupt, "logical cluster size 2^\(clusterBits) too large", nid: inode.nid, offset: headerOffset)
-            }
-            if inode.layout == .compressedCompact
-                && (advise & CompressionInfo.adviseBigPcluster1 != 0) != (advise & CompressionInfo.adviseBigPcluster2 != 0) {
-                throw EROFSError(.corrupt, "compact indexes with inconsistent big pcluster flags", nid: inode.nid, offset: headerOffset)
-            }
-            if (info.inlineSize > 0 || info.hasFragment) && inode.size > 0 {
-                // Find the extent holding the last byte: its head lcluster is the tail extent.
-                let finder = ClusterMapper(filesystem: self, inode: inode, info: info)
-                let last = try finder.load(lcn: (inode.size - 1) >> UInt64(clusterBits), lookahead: false)
-                let inlineLocation = last.nextPackOffset
-                let head = try finder.findHead(from: last, offsetInCluster: (inode.size - 1) & ((1 << UInt64(clusterBits)) - 1))
-                info.tailHeadLcn = head.cluster.lcn
-                info.inlineLocation = inlineLocation
-                if info.hasFragment && inode.layout == .compressedFull {
-                    info.fragmentOffset |= head.cluster.physicalBlock << 32
-                }
-            }
+            info = try lclusterIndexesInfo(inode, header, at: headerOffset)
         }
         compressionInfos.insert(info, for: inode.nid)
+        return info
+    }
+
+    /// Full layout with Z_EROFS_ADVISE_EXTENTS: the header counts extent records.
+    private func extentRecordsInfo(_ inode: Inode, _ header: MapHeader, at headerOffset: UInt64) throws(EROFSError) -> CompressionInfo {
+        let clusterBits = Int(superblock.blockSizeBits) + Int(header.clusterBitsOverBlock)
+        guard clusterBits <= 30 else {
+            throw EROFSError(.corrupt, "logical cluster size 2^\(clusterBits) too large", nid: inode.nid, offset: headerOffset)
+        }
+        return CompressionInfo(
+            advise: header.advise, logicalClusterBits: clusterBits, headAlgorithms: (0, 0), inlineSize: 0,
+            fragmentOffset: 0, inlineLocation: 0, tailHeadLcn: nil, wholeFileFragment: false,
+            extentRecordSize: header.advise.extentRecordSize, extentCount: header.extentCount)
+    }
+
+    /// Lcluster indexes (full or compacted), and where the tail extent (inline or fragment) is.
+    private func lclusterIndexesInfo(_ inode: Inode, _ header: MapHeader, at headerOffset: UInt64) throws(EROFSError) -> CompressionInfo {
+        let advise = header.advise
+        let clusterBits = Int(superblock.blockSizeBits) + Int(header.clusterBitsOverBlock)
+        var info = CompressionInfo(
+            advise: advise, logicalClusterBits: clusterBits, headAlgorithms: header.headAlgorithms,
+            inlineSize: 0, fragmentOffset: 0, inlineLocation: 0, tailHeadLcn: nil, wholeFileFragment: false)
+        if info.hasFragment {
+            info.fragmentOffset = UInt64(header.fragmentOffset)
+        } else if advise.contains(.inlinePcluster) {
+            info.inlineSize = Int(header.inlineDataSize)
+        }
+        guard clusterBits <= 20 else {
+            throw EROFSError(.corrupt, "logical cluster size 2^\(clusterBits) too large", nid: inode.nid, offset: headerOffset)
+        }
+        if inode.layout == .compressedCompact && advise.contains(.bigPcluster1) != advise.contains(.bigPcluster2) {
+            throw EROFSError(.corrupt, "compact indexes with inconsistent big pcluster flags", nid: inode.nid, offset: headerOffset)
+        }
+        if (info.inlineSize > 0 || info.hasFragment) && inode.size > 0 {
+            // Find the extent holding the last byte: its head lcluster is the tail extent.
+            let finder = ClusterMapper(filesystem: self, inode: inode, info: info)
+            let last = try finder.load(lcn: (inode.size - 1) >> UInt64(clusterBits), lookahead: false)
+            let inlineLocation = last.nextPackOffset
+            let head = try finder.findHead(from: last, offsetInCluster: (inode.size - 1) & ((1 << UInt64(clusterBits)) - 1))
+            info.tailHeadLcn = head.cluster.lcn
+            info.inlineLocation = inlineLocation
+            if info.hasFragment && inode.layout == .compressedFull {
+                info.fragmentOffset |= head.cluster.physicalBlock << 32
+            }
+        }
         return info
     }
 
@@ -382,7 +388,7 @@ extension EROFSFilesystem {
         let format: CompressedExtent.Format
         switch head.kind {
         case .plain:
-            format = info.advise & CompressionInfo.adviseInterlacedPcluster != 0 ? .interlaced : .shifted
+            format = info.advise.contains(.interlacedPcluster) ? .interlaced : .shifted
         case .head1, .head2:
             let number = head.kind == .head1 ? info.headAlgorithms.0 : info.headAlgorithms.1
             guard let algorithm = CompressionAlgorithm(rawValue: number) else {
@@ -401,91 +407,122 @@ extension EROFSFilesystem {
     }
 }
 
-extension EROFSFilesystem {
-    static let extentLengthMask: UInt64 = (1 << 21) - 1
+/// The extent record that covers an offset, and the logical range it maps.
+private struct ExtentRecordMatch {
+    var logicalStart: UInt64
+    var logicalEnd: UInt64
+    /// With 4-byte records, `physicalStart` is where the running sum of lengths puts it.
+    var record: ExtentRecord
+    /// The file's last record (its fragment, when the inode has one).
+    var isLast: Bool
+}
 
+extension EROFSFilesystem {
     /// Maps an offset through extent records (z_erofs_extent): short records (4 or 8 bytes) hold
     /// one pcluster per lcluster, long ones (16 or 32 bytes) are sorted by logical start and
     /// searched.
     func mapExtentRecords(_ inode: Inode, _ info: CompressionInfo, at offset: UInt64) throws(EROFSError) -> CompressedExtent {
         let recordSize = UInt64(info.extentRecordSize)
-        let headerEnd = ((inode.payloadLocation + 7) & ~7) + 8
-        var position = (headerEnd + recordSize - 1) / recordSize * recordSize
+        let headerEnd = MapHeader.end(after: inode.payloadLocation)
+        let firstRecord = (headerEnd + recordSize - 1) / recordSize * recordSize
+        let match = recordSize <= UInt64(ExtentRecord.logicalStartOffset)
+            ? try shortExtentRecord(inode, info, at: offset, firstRecord: firstRecord)
+            : try searchLongExtentRecords(inode, info, at: offset, firstRecord: firstRecord)
+        return try compressedExtent(match, inode, info, at: offset)
+    }
+
+    private func extentRecord(_ inode: Inode, _ info: CompressionInfo, at position: UInt64) throws(EROFSError) -> ExtentRecord {
+        ExtentRecord(decoding: try metadataBytes(at: position, count: info.extentRecordSize, inMetabox: inode.inMetabox))
+    }
+
+    /// Records of 4 or 8 bytes: one per lcluster, read in order from the first (4 bytes: only
+    /// lengths, after a le64 address of the first pcluster) or straight at the offset's lcluster.
+    private func shortExtentRecord(
+        _ inode: Inode, _ info: CompressionInfo, at offset: UInt64, firstRecord: UInt64
+    ) throws(EROFSError) -> ExtentRecordMatch {
+        let recordSize = UInt64(info.extentRecordSize)
         let clusterSize = UInt64(1) << UInt64(info.logicalClusterBits)
-        var logicalEnd = inode.size
+        var position = firstRecord
         var logicalStart: UInt64
-        var encodedLength: UInt64 = 0
-        var physical: UInt64 = 0
-        let last: Bool
-        func record(at where_: UInt64) throws(EROFSError) -> [UInt8] {
-            try metadataBytes(at: where_, count: Int(recordSize), inMetabox: inode.inMetabox)
-        }
-        if recordSize <= 8 {
-            var runningPhysical: UInt64?
-            if recordSize <= 4 {
-                runningPhysical = try metadataBytes(at: position, count: 8, inMetabox: inode.inMetabox).le64(at: 0)
-                position += 8
-                logicalStart = 0
-            } else {
-                logicalStart = offset / clusterSize * clusterSize
-                position = try checkedSum(position, (logicalStart / clusterSize) * recordSize, "extent record")
-            }
-            var steps: UInt64 = 0
-            while logicalStart <= offset {
-                steps += 1
-                guard steps <= (1 << 24) else { throw EROFSError(.corrupt, "too many extent records", nid: inode.nid) }
-                let bytes = try record(at: position)
-                encodedLength = UInt64(bytes.le32(at: 0))
-                if let running = runningPhysical {
-                    physical = running
-                    runningPhysical = try checkedSum(running, encodedLength & EROFSFilesystem.extentLengthMask, "extent address")
-                } else {
-                    physical = UInt64(bytes.le32(at: 4))
-                }
-                position += recordSize
-                logicalStart += clusterSize
-            }
-            last = logicalStart / clusterSize >= dividingRoundingUp(logicalEnd, clusterSize)
-            logicalEnd = min(logicalStart, logicalEnd)
-            logicalStart -= clusterSize
+        var runningPhysical: UInt64?
+        if recordSize <= UInt64(ExtentRecord.physicalStartOffset) {
+            let addressSize = ExtentRecord.firstPclusterAddressSize
+            runningPhysical = try metadataBytes(at: position, count: addressSize, inMetabox: inode.inMetabox).le64(at: 0)
+            position += UInt64(addressSize)
+            logicalStart = 0
         } else {
-            logicalStart = logicalEnd
-            var low: UInt64 = 0
-            var high = info.extentCount
-            var steps = 0
-            while low < high {
-                steps += 1
-                guard steps <= 64 else { throw EROFSError(.corrupt, "extent search does not converge", nid: inode.nid) }
-                let middle = low + (high - low) / 2
-                let bytes = try record(at: try checkedSum(position, try checkedProduct(middle, recordSize, "extent index"), "extent record"))
-                var start = UInt64(bytes.le32(at: 12))
-                if recordSize > 16 { start |= UInt64(bytes.le32(at: 16)) << 32 }
-                if start > offset {
-                    high = middle
-                    guard start <= logicalEnd else { throw EROFSError(.corrupt, "extent records out of order", nid: inode.nid) }
-                    logicalEnd = start
-                } else {
-                    low = middle + 1
-                    if start == offset { high = min(low + 1, high) }
-                    logicalStart = start
-                    encodedLength = UInt64(bytes.le32(at: 0))
-                    physical = UInt64(bytes.le32(at: 4)) | UInt64(bytes.le32(at: 8)) << 32
-                }
-            }
-            last = low >= info.extentCount
+            logicalStart = offset / clusterSize * clusterSize
+            position = try checkedSum(position, (logicalStart / clusterSize) * recordSize, "extent record")
         }
-        guard logicalStart < logicalEnd, logicalStart <= offset, offset < logicalEnd else {
+        var record = ExtentRecord(plen: 0, physicalStart: 0, logicalStart: 0)
+        var steps: UInt64 = 0
+        while logicalStart <= offset {
+            steps += 1
+            guard steps <= (1 << 24) else { throw EROFSError(.corrupt, "too many extent records", nid: inode.nid) }
+            record = try extentRecord(inode, info, at: position)
+            if let running = runningPhysical {
+                record.physicalStart = running
+                runningPhysical = try checkedSum(running, UInt64(record.physicalLength), "extent address")
+            }
+            position += recordSize
+            logicalStart += clusterSize
+        }
+        return ExtentRecordMatch(
+            logicalStart: logicalStart - clusterSize, logicalEnd: min(logicalStart, inode.size), record: record,
+            isLast: logicalStart / clusterSize >= dividingRoundingUp(inode.size, clusterSize))
+    }
+
+    /// Records of 16 or 32 bytes: a binary search by logical start over `extentCount` records.
+    private func searchLongExtentRecords(
+        _ inode: Inode, _ info: CompressionInfo, at offset: UInt64, firstRecord: UInt64
+    ) throws(EROFSError) -> ExtentRecordMatch {
+        let recordSize = UInt64(info.extentRecordSize)
+        var match = ExtentRecordMatch(
+            logicalStart: inode.size, logicalEnd: inode.size, record: ExtentRecord(plen: 0, physicalStart: 0, logicalStart: 0), isLast: false)
+        var low: UInt64 = 0
+        var high = info.extentCount
+        var steps = 0
+        while low < high {
+            steps += 1
+            guard steps <= 64 else { throw EROFSError(.corrupt, "extent search does not converge", nid: inode.nid) }
+            let middle = low + (high - low) / 2
+            let position = try checkedSum(firstRecord, try checkedProduct(middle, recordSize, "extent index"), "extent record")
+            let record = try extentRecord(inode, info, at: position)
+            let start = record.logicalStart
+            if start > offset {
+                high = middle
+                guard start <= match.logicalEnd else { throw EROFSError(.corrupt, "extent records out of order", nid: inode.nid) }
+                match.logicalEnd = start
+            } else {
+                low = middle + 1
+                if start == offset { high = min(low + 1, high) }
+                match.logicalStart = start
+                match.record = record
+            }
+        }
+        match.isLast = low >= info.extentCount
+        return match
+    }
+
+    /// The extent a matched record describes: a fragment, a hole, or a pcluster in the image.
+    private func compressedExtent(
+        _ match: ExtentRecordMatch, _ inode: Inode, _ info: CompressionInfo, at offset: UInt64
+    ) throws(EROFSError) -> CompressedExtent {
+        let logicalStart = match.logicalStart
+        guard logicalStart < match.logicalEnd, logicalStart <= offset, offset < match.logicalEnd else {
             throw EROFSError(.corrupt, "no extent record covers offset \(offset)", nid: inode.nid)
         }
-        let length = logicalEnd - logicalStart
-        if last && info.hasFragment {
-            var fragmentOffset = encodedLength
-            if recordSize > 4 { fragmentOffset |= physical << 32 }
+        let length = match.logicalEnd - logicalStart
+        let record = match.record
+        if match.isLast && info.hasFragment {
+            // The last record's plen (and pstart_lo, when the record has it) is the fragment offset.
+            var fragmentOffset = UInt64(record.plen)
+            if info.extentRecordSize > ExtentRecord.physicalStartOffset { fragmentOffset |= record.physicalStart << 32 }
             return CompressedExtent(
                 logicalStart: logicalStart, logicalLength: length, source: .fragment(fragmentOffset), physicalLength: 0,
                 format: .shifted, partial: false)
         }
-        let physicalLength = encodedLength & EROFSFilesystem.extentLengthMask
+        let physicalLength = UInt64(record.physicalLength)
         guard physicalLength > 0 else {
             return CompressedExtent(
                 logicalStart: logicalStart, logicalLength: length, source: .hole, physicalLength: 0, format: .shifted, partial: false)
@@ -493,21 +530,21 @@ extension EROFSFilesystem {
         guard physicalLength <= UInt64(EROFSFilesystem.maximumPhysicalCluster), length <= EROFSFilesystem.maximumLogicalExtent else {
             throw EROFSError(.corrupt, "absurd extent: \(physicalLength) bytes for \(length)", nid: inode.nid, offset: logicalStart)
         }
-        let formatNumber = encodedLength >> 28
+        let physical = record.physicalStart
         let format: CompressedExtent.Format
-        if formatNumber > 0 {
-            guard let algorithm = CompressionAlgorithm(rawValue: UInt8(formatNumber - 1)) else {
-                throw EROFSError(.unsupported, "unknown compression algorithm \(formatNumber - 1)", nid: inode.nid, offset: logicalStart)
+        if record.format > 0 {
+            guard let algorithm = CompressionAlgorithm(rawValue: UInt8(record.format - 1)) else {
+                throw EROFSError(.unsupported, "unknown compression algorithm \(record.format - 1)", nid: inode.nid, offset: logicalStart)
             }
             format = .algorithm(algorithm)
-        } else if info.advise & CompressionInfo.adviseInterlacedPcluster != 0 && (physical | physicalLength) & UInt64(blockSize - 1) == 0 {
+        } else if info.advise.contains(.interlacedPcluster) && (physical | physicalLength) & UInt64(blockSize - 1) == 0 {
             format = .interlaced
         } else {
             format = .shifted
         }
         return CompressedExtent(
             logicalStart: logicalStart, logicalLength: length, source: .image(physical), physicalLength: Int(physicalLength),
-            format: format, partial: encodedLength & (1 << 27) != 0)
+            format: format, partial: record.isPartial)
     }
 }
 
@@ -524,8 +561,8 @@ struct ClusterMapper {
 
     var bits: UInt64 { UInt64(info.logicalClusterBits) }
     var clusterCount: UInt64 { dividingRoundingUp(inode.size, 1 << bits) }
-    var bigPcluster1: Bool { info.advise & CompressionInfo.adviseBigPcluster1 != 0 }
-    var bigPcluster2: Bool { info.advise & CompressionInfo.adviseBigPcluster2 != 0 }
+    var bigPcluster1: Bool { info.advise.contains(.bigPcluster1) }
+    var bigPcluster2: Bool { info.advise.contains(.bigPcluster2) }
 
     func corrupt(_ message: String, lcn: UInt64) -> EROFSError {
         EROFSError(.corrupt, "\(message) at lcluster \(lcn)", nid: inode.nid)
@@ -542,147 +579,131 @@ struct ClusterMapper {
         return cluster
     }
 
+    // MARK: Full indexes
+
     private func loadFull(lcn: UInt64) throws(EROFSError) -> LogicalCluster {
-        let base = ((inode.payloadLocation + 7) & ~7) + 16
-        let position = try checkedSum(base, lcn * 8, "lcluster index")
-        let record = try filesystem.metadataBytes(at: position, count: 8, inMetabox: inode.inMetabox)
-        let advise = record.le16(at: 0)
-        var cluster = LogicalCluster(lcn: lcn, kind: LogicalCluster.Kind(rawValue: UInt8(advise & 3))!)
-        cluster.nextPackOffset = position + 8
-        if cluster.kind == .nonhead {
-            cluster.clusterOffset = 1 << bits
-            var delta0 = UInt64(record.le16(at: 4))
-            if delta0 & 0x800 != 0 {
-                guard bigPcluster1 || bigPcluster2 else { throw corrupt("CBLKCNT without big pclusters", lcn: lcn) }
-                cluster.compressedBlocks = delta0 & ~0x800
-                delta0 = 1
-            }
-            cluster.delta = (delta0, UInt64(record.le16(at: 6)))
-        } else {
-            cluster.partialReference = advise & 0x8000 != 0
-            cluster.clusterOffset = UInt64(record.le16(at: 2))
-            cluster.physicalBlock = UInt64(record.le32(at: 4))
+        let base = MapHeader.fullIndexStart(after: inode.payloadLocation)
+        let position = try checkedSum(base, lcn * UInt64(LclusterIndex.size), "lcluster index")
+        let index = LclusterIndex(
+            decoding: try filesystem.metadataBytes(at: position, count: LclusterIndex.size, inMetabox: inode.inMetabox))
+        var cluster = LogicalCluster(lcn: lcn, kind: index.type)
+        cluster.nextPackOffset = position + UInt64(LclusterIndex.size)
+        guard cluster.kind == .nonhead else {
+            cluster.partialReference = index.isPartialReference
+            cluster.clusterOffset = UInt64(index.clusterOffset)
+            cluster.physicalBlock = UInt64(index.blockAddress)
+            return cluster
+        }
+        cluster.clusterOffset = 1 << bits
+        let (delta0, delta1) = index.delta
+        cluster.delta = (UInt64(delta0), UInt64(delta1))
+        if delta0 & LclusterIndex.d0CompressedBlockCount != 0 {
+            guard bigPcluster1 || bigPcluster2 else { throw corrupt("CBLKCNT without big pclusters", lcn: lcn) }
+            cluster.compressedBlocks = UInt64(delta0 & ~LclusterIndex.d0CompressedBlockCount)
+            cluster.delta.0 = 1
         }
         return cluster
     }
 
-    /// Reads `bits` bits (lo value and 2-bit type) at bit `position` of a pack.
-    private func decodeCompacted(_ pack: [UInt8], loBits: Int, bitPosition: Int) -> (lo: UInt64, kind: LogicalCluster.Kind) {
-        let byte = bitPosition / 8
-        var word: UInt32 = 0
-        for index in 0..<4 where byte + index < pack.count { word |= UInt32(pack[byte + index]) << (8 * UInt32(index)) }
-        let value = word >> UInt32(bitPosition & 7)
-        let lo = UInt64(value & ((1 << UInt32(loBits)) - 1))
-        return (lo, LogicalCluster.Kind(rawValue: UInt8((value >> UInt32(loBits)) & 3))!)
+    // MARK: Compacted indexes
+
+    private func loadCompact(lcn: UInt64, lookahead: Bool) throws(EROFSError) -> LogicalCluster {
+        let (pack, index) = try compactPack(holding: lcn)
+        let item = pack.item(index)
+        var cluster = LogicalCluster(lcn: lcn, kind: item.kind)
+        cluster.nextPackOffset = pack.end
+        guard item.kind == .nonhead else {
+            cluster.clusterOffset = item.lo
+            cluster.physicalBlock = pack.blockAddress &+ (try blocksBeforeHead(in: pack, at: index, lcn: lcn))
+            return cluster
+        }
+        cluster.clusterOffset = 1 << bits
+        if lookahead { cluster.delta.1 = pack.distanceToNextHead(from: index) }
+        if item.lo & CompactPack.d0CompressedBlockCount != 0 {
+            guard bigPcluster1 else { throw corrupt("CBLKCNT without big pclusters", lcn: lcn) }
+            cluster.compressedBlocks = item.lo & ~CompactPack.d0CompressedBlockCount
+            cluster.delta.0 = 1
+        } else {
+            cluster.delta.0 = pack.distanceToHead(from: index)
+        }
+        return cluster
     }
 
-    private func loadCompact(lcn requested: UInt64, lookahead: Bool) throws(EROFSError) -> LogicalCluster {
-        let base = ((inode.payloadLocation + 7) & ~7) + 8
-        guard bits <= 14 else { throw corrupt("compacted indexes with lcluster size 2^\(bits)", lcn: requested) }
+    /// The pack of compacted indexes that holds lcluster `requested`, and its item's index in it.
+    /// Indexes start with 4B packs up to a 32-byte boundary, then (with COMPACTED_2B) 2B packs
+    /// for whole groups of 16 lclusters, then 4B packs to the end.
+    private func compactPack(holding requested: UInt64) throws(EROFSError) -> (CompactPack, Int) {
+        guard bits <= CompactedIndexPack.maximumClusterBits else {
+            throw corrupt("compacted indexes with lcluster size 2^\(bits)", lcn: requested)
+        }
+        let base = MapHeader.end(after: inode.payloadLocation)
         let total = clusterCount
-        let initial4B = ((32 - base % 32) / 4) & 7
+        let fourByteShift = CompactedIndexPack.fourByte.shift
+        let alignment = CompactedIndexPack.twoByteAlignment
+        let initial4B = ((alignment - base % alignment) >> fourByteShift) % (alignment >> fourByteShift)
         var compacted2B: UInt64 = 0
-        if info.advise & CompressionInfo.adviseCompacted2B != 0 && initial4B < total {
-            compacted2B = (total - initial4B) / 16 * 16
+        if info.advise.contains(.compacted2B) && initial4B < total {
+            let group = UInt64(CompactedIndexPack.twoByte.clusters)
+            compacted2B = (total - initial4B) / group * group
         }
         var lcn = requested
         var position = base
-        var shift: UInt64 = 2
+        var layout = CompactedIndexPack.fourByte
         if lcn >= initial4B {
-            position += initial4B * 4
+            position += initial4B << fourByteShift
             lcn -= initial4B
             if lcn < compacted2B {
-                shift = 1
+                layout = .twoByte
             } else {
-                position += compacted2B * 2
+                position += compacted2B << CompactedIndexPack.twoByte.shift
                 lcn -= compacted2B
             }
         }
-        position += lcn << shift
-        let count: Int
-        if shift == 2 {
-            count = 2
-        } else if bits <= 12 {
-            count = 16
-        } else {
+        position += lcn << layout.shift
+        if layout == .twoByte && bits > CompactedIndexPack.twoByteMaximumClusterBits {
             throw EROFSError(.unsupported, "compacted 2B indexes with lcluster size 2^\(bits)", nid: inode.nid)
         }
-        let packSize = UInt64(count) << shift
+        let packSize = UInt64(layout.size)
         let packStart = position / packSize * packSize
-        let pack = try filesystem.metadataBytes(at: packStart, count: Int(packSize), inMetabox: inode.inMetabox)
-        let loBits = max(Int(bits), 12)
-        let encodeBits = Int((packSize - 4) * 8) / count
-        var index = Int((position - packStart) >> shift)
-        var cluster = LogicalCluster(lcn: requested, kind: .plain)
-        cluster.nextPackOffset = packStart + packSize
-        let (lo, kind) = decodeCompacted(pack, loBits: loBits, bitPosition: encodeBits * index)
-        cluster.kind = kind
-        if kind == .nonhead {
-            cluster.clusterOffset = 1 << bits
-            if lookahead {
-                // Distance to the next head: count NONHEADs to the pack's end; the last item's
-                // lo holds the rest of the distance.
-                var distance: UInt64 = 0
-                var item = index
-                var lastLo: UInt64 = 0
-                var reachedHead = false
-                while item < count {
-                    let decoded = decodeCompacted(pack, loBits: loBits, bitPosition: encodeBits * item)
-                    lastLo = decoded.lo
-                    if decoded.kind != .nonhead { reachedHead = true; break }
-                    distance += 1
-                    item += 1
-                }
-                // `distance` counts the last item too (at least 1), so a lo of 0 cannot underflow.
-                if !reachedHead && lastLo & 0x800 == 0 { distance = distance + lastLo - 1 }
-                cluster.delta.1 = distance
-            }
-            if lo & 0x800 != 0 {
-                guard bigPcluster1 else { throw corrupt("CBLKCNT without big pclusters", lcn: requested) }
-                cluster.compressedBlocks = lo & ~0x800
-                cluster.delta.0 = 1
-                return cluster
-            } else if index + 1 != count {
-                cluster.delta.0 = lo
-                return cluster
-            }
-            // The last item of a pack stores delta[1]; delta[0] comes from the previous item.
-            let previous = decodeCompacted(pack, loBits: loBits, bitPosition: encodeBits * (index - 1))
-            var previousLo = previous.lo
-            if previous.kind != .nonhead { previousLo = 0 } else if previousLo & 0x800 != 0 { previousLo = 1 }
-            cluster.delta.0 = previousLo + 1
-            return cluster
-        }
-        cluster.clusterOffset = lo
-        // The head's block: the pack's base block plus the blocks of the pclusters before it.
+        let bytes = try filesystem.metadataBytes(at: packStart, count: layout.size, inMetabox: inode.inMetabox)
+        let pack = CompactPack(
+            bytes: bytes, layout: layout, start: packStart, loBits: max(Int(bits), CompactedIndexPack.minimumLoBits))
+        return (pack, Int((position - packStart) >> layout.shift))
+    }
+
+    /// Blocks of the pclusters before the head at item `index`, from the pack's base block.
+    private func blocksBeforeHead(in pack: CompactPack, at index: Int, lcn: UInt64) throws(EROFSError) -> UInt64 {
+        var index = index
         var blocks: UInt64 = 0
         if !bigPcluster1 {
+            // One block per pcluster, counted as the kernel's unpack_compacted_index counts
+            // them: from 1, one more per head before this one (a NONHEAD's lo skips its run).
             blocks = 1
             while index > 0 {
                 index -= 1
-                let decoded = decodeCompacted(pack, loBits: loBits, bitPosition: encodeBits * index)
-                if decoded.kind == .nonhead { index -= Int(decoded.lo) }
+                let item = pack.item(index)
+                if item.kind == .nonhead { index -= Int(item.lo) }
                 if index >= 0 { blocks += 1 }
             }
-        } else {
-            while index > 0 {
-                index -= 1
-                let decoded = decodeCompacted(pack, loBits: loBits, bitPosition: encodeBits * index)
-                if decoded.kind == .nonhead {
-                    if decoded.lo & 0x800 != 0 {
-                        index -= 1
-                        blocks += decoded.lo & ~0x800
-                        continue
-                    }
-                    guard decoded.lo > 1 else { throw corrupt("big pcluster with delta 1", lcn: requested) }
-                    index -= Int(decoded.lo) - 2
-                    continue
-                }
-                blocks += 1
-            }
+            return blocks
         }
-        cluster.physicalBlock = UInt64(pack.le32(at: Int(packSize) - 4)) &+ blocks
-        return cluster
+        // Big pclusters: each gives its block count in its first NONHEAD (CBLKCNT).
+        while index > 0 {
+            index -= 1
+            let item = pack.item(index)
+            guard item.kind == .nonhead else {
+                blocks += 1
+                continue
+            }
+            if item.lo & CompactPack.d0CompressedBlockCount != 0 {
+                index -= 1
+                blocks += item.lo & ~CompactPack.d0CompressedBlockCount
+                continue
+            }
+            guard item.lo > 1 else { throw corrupt("big pcluster with delta 1", lcn: lcn) }
+            index -= Int(item.lo) - 2
+        }
+        return blocks
     }
 
     /// The head lcluster of the extent holding `offsetInCluster` of `cluster`, and where the
@@ -749,5 +770,61 @@ struct ClusterMapper {
             }
             lcn = try checkedSum(lcn, step, "lcluster number")
         }
+    }
+}
+
+/// One pack of compacted lcluster indexes, as read.
+struct CompactPack {
+    /// Z_EROFS_LI_D0_CBLKCNT, as compacted items carry it in their lo value.
+    static let d0CompressedBlockCount = UInt64(LclusterIndex.d0CompressedBlockCount)
+
+    let bytes: [UInt8]
+    let layout: CompactedIndexPack
+    /// Where the pack starts in the metadata space.
+    let start: UInt64
+    /// Bits of an item's lo value (the type takes the 2 above them).
+    let loBits: Int
+
+    /// Just after the pack: where inline tail data starts when this is the last one.
+    var end: UInt64 { start + UInt64(layout.size) }
+    /// The le32 at the pack's end: the block the pack's first pcluster starts at.
+    var blockAddress: UInt64 { UInt64(bytes.le32(at: layout.size - CompactedIndexPack.blockAddressSize)) }
+
+    /// Item `index`: `loBits` bits of value then 2 bits of type, at bit itemBits × index.
+    func item(_ index: Int) -> (lo: UInt64, kind: LclusterType) {
+        let bitPosition = layout.itemBits * index
+        let byte = bitPosition / 8
+        var word: UInt32 = 0
+        for offset in 0..<4 where byte + offset < bytes.count { word |= UInt32(bytes[byte + offset]) << (8 * UInt32(offset)) }
+        let value = word >> UInt32(bitPosition & 7)
+        let lo = UInt64(value & ((1 << UInt32(loBits)) - 1))
+        return (lo, LclusterType(lowBitsOf: value >> UInt32(loBits)))
+    }
+
+    /// A NONHEAD's distance to the next head (delta[1]): the NONHEADs to the pack's end are
+    /// counted, and when the pack ends in one, its lo holds the rest of the distance.
+    func distanceToNextHead(from index: Int) -> UInt64 {
+        var distance: UInt64 = 0
+        var lastLo: UInt64 = 0
+        for position in index..<layout.clusters {
+            let decoded = item(position)
+            lastLo = decoded.lo
+            if decoded.kind != .nonhead { return distance }
+            distance += 1
+        }
+        // `distance` counts the last item too (at least 1), so a lo of 0 cannot underflow.
+        if lastLo & Self.d0CompressedBlockCount == 0 { distance = distance + lastLo - 1 }
+        return distance
+    }
+
+    /// A NONHEAD's distance back to its head (delta[0]), when it does not carry CBLKCNT. The
+    /// last item of a pack stores delta[1] instead; its delta[0] follows from the item before.
+    func distanceToHead(from index: Int) -> UInt64 {
+        let lo = item(index).lo
+        guard index + 1 == layout.clusters else { return lo }
+        let previous = item(index - 1)
+        var previousLo = previous.lo
+        if previous.kind != .nonhead { previousLo = 0 } else if previousLo & Self.d0CompressedBlockCount != 0 { previousLo = 1 }
+        return previousLo + 1
     }
 }

@@ -101,10 +101,11 @@ extension EROFSFilesystem {
 
     private func mapChunk(_ inode: Inode, at offset: UInt64) throws(EROFSError) -> DataExtent {
         let blockSize = UInt64(self.blockSize)
-        let chunkBits = UInt64(superblock.blockSizeBits) + UInt64(inode.chunkFormat & 0x1F)
+        let format = ChunkFormat(rawValue: inode.chunkFormat)
+        let chunkBits = UInt64(superblock.blockSizeBits) + UInt64(format.blockBits)
         guard chunkBits < 48 else { throw EROFSError(.corrupt, "absurd chunk size 2^\(chunkBits)", nid: inode.nid) }
-        let usesIndexes = inode.chunkFormat & 0x20 != 0
-        let unit: UInt64 = usesIndexes ? 8 : 4
+        let usesIndexes = format.hasIndexes
+        let unit = UInt64(usesIndexes ? ChunkIndex.size : ChunkIndex.blockMapEntrySize)
         let chunkNumber = offset >> chunkBits
         let tableStart = (inode.payloadLocation + unit - 1) / unit * unit
         let entryOffset = try checkedSum(tableStart, chunkNumber * unit, "chunk table of nid \(inode.nid)")
@@ -116,11 +117,12 @@ extension EROFSFilesystem {
         var block: UInt64?
         var device: UInt16 = 0
         if usesIndexes {
-            let addressMask: UInt64 = inode.chunkFormat & 0x40 != 0 ? (1 << 48) - 1 : (1 << 32) - 1
-            let address = (UInt64(entry.le16(at: 0)) << 32 | UInt64(entry.le32(at: 4))) & addressMask
-            if (address ^ Inode.nullAddress) & addressMask != 0 {
+            let index = ChunkIndex(decoding: entry)
+            let addressMask: UInt64 = format.has48BitAddresses ? (1 << 48) - 1 : (1 << 32) - 1
+            let address = index.startBlock & addressMask
+            if (address ^ ChunkIndex.nullAddress) & addressMask != 0 {
                 // Bits beyond the mask are ignored, as the kernel does (0 without a device table).
-                device = entry.le16(at: 2) & deviceTable.deviceIDMask
+                device = index.deviceID & deviceTable.deviceIDMask
                 block = address
             }
         } else {

@@ -1,4 +1,5 @@
 import EROFSFormat
+import SystemCalls
 
 /// One name in a directory.
 public struct DirectoryEntry: Sendable, Equatable {
@@ -9,6 +10,8 @@ public struct DirectoryEntry: Sendable, Equatable {
     public var fileType: UInt8
 
     public var nameString: String { String(decoding: name, as: UTF8.self) }
+    /// The name as bytes, as a path component.
+    public var nameBytes: ByteString { ByteString(name) }
 }
 
 extension EROFSFilesystem {
@@ -43,31 +46,33 @@ extension EROFSFilesystem {
     private func decodeDirectoryBlock(
         _ block: [UInt8], into entries: inout [DirectoryEntry], previousName: inout [UInt8]?, nid: UInt64, at logical: UInt64
     ) throws(EROFSError) {
-        guard block.count >= 12 else {
+        guard block.count >= Dirent.size else {
             throw EROFSError(.corrupt, "directory block too short (\(block.count) bytes)", nid: nid, offset: logical)
         }
-        let firstNameOffset = Int(block.le16(at: 8))
-        guard firstNameOffset >= 12, firstNameOffset % 12 == 0, firstNameOffset < block.count else {
+        // The first entry's name starts right after the last entry: it gives the entry count.
+        let firstNameOffset = Int(Dirent(decoding: block, at: 0).nameOffset)
+        guard firstNameOffset >= Dirent.size, firstNameOffset % Dirent.size == 0, firstNameOffset < block.count else {
             throw EROFSError(.corrupt, "bad first name offset \(firstNameOffset) in directory block", nid: nid, offset: logical)
         }
-        let count = firstNameOffset / 12
+        let count = firstNameOffset / Dirent.size
         for index in 0..<count {
-            let base = index * 12
-            let nameStart = Int(block.le16(at: base + 8))
-            var nameEnd = index + 1 < count ? Int(block.le16(at: base + 20)) : block.count
+            let base = index * Dirent.size
+            let dirent = Dirent(decoding: block, at: base)
+            let nameStart = Int(dirent.nameOffset)
+            var nameEnd = index + 1 < count ? Int(Dirent(decoding: block, at: base + Dirent.size).nameOffset) : block.count
             guard nameStart >= firstNameOffset, nameStart <= nameEnd, nameEnd <= block.count else {
                 throw EROFSError(.corrupt, "bad name offsets \(nameStart)..<\(nameEnd) in directory block", nid: nid, offset: logical + UInt64(base))
             }
             if index + 1 == count, let zero = block[nameStart..<nameEnd].firstIndex(of: 0) { nameEnd = zero }
             let name = Array(block[nameStart..<nameEnd])
-            guard !name.isEmpty, name.count <= 255 else {
+            guard !name.isEmpty, name.count <= Dirent.maximumNameLength else {
                 throw EROFSError(.corrupt, "directory entry name of \(name.count) bytes", nid: nid, offset: logical + UInt64(nameStart))
             }
             if let previousName, !previousName.lexicographicallyPrecedes(name) {
                 throw EROFSError(.corrupt, "directory entries out of order", nid: nid, offset: logical + UInt64(nameStart))
             }
             previousName = name
-            entries.append(DirectoryEntry(name: name, nid: block.le64(at: base), fileType: block[base + 10]))
+            entries.append(DirectoryEntry(name: name, nid: dirent.nid, fileType: dirent.fileType))
         }
     }
 
@@ -87,17 +92,23 @@ extension EROFSFilesystem {
 
     /// The inode at an absolute path ("/" is the root). Symlinks are not followed.
     public func lookup(path: String) throws(EROFSError) -> Inode {
+        try lookup(path: ByteString(path))
+    }
+
+    /// The inode at an absolute path given as bytes, which need not be UTF-8.
+    public func lookup(path: ByteString) throws(EROFSError) -> Inode {
         var current = try withContext(path: "/") { () throws(EROFSError) -> Inode in try inode(nid: rootNid) }
-        var walked = ""
-        for component in path.split(separator: "/", omittingEmptySubsequences: true) {
-            walked += "/" + component
+        var walkedBytes: ByteString = "/"
+        for component in path.bytes.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: true) {
+            walkedBytes = walkedBytes.appending(component: ByteString(component))
+            let walked = walkedBytes.description
             guard current.kind == .directory else {
                 throw EROFSError(.notDirectory, "not a directory", path: walked)
             }
             let here = current
             let walkedSoFar = walked
             guard let nid = try withContext(path: walkedSoFar, { () throws(EROFSError) -> UInt64? in
-                try lookup(Array(component.utf8), in: here)
+                try lookup(Array(component), in: here)
             }) else {
                 throw EROFSError(.notFound, "no such file or directory", path: walked)
             }

@@ -13,8 +13,8 @@ public final class EROFSFilesystem: Sendable {
     /// The extra devices the image says its data may live on (empty for single-device images).
     public let deviceTable: DeviceTable
     /// Long xattr name prefixes (the superblock's prefix table), already expanded to full prefixes.
-    public var longXattrPrefixes: [String] { longXattrPrefixTable.withLock { $0 } }
-    let longXattrPrefixTable = Mutex<[String]>([])
+    public var longXattrPrefixes: [ByteString] { longXattrPrefixTable.withLock { $0 } }
+    let longXattrPrefixTable = Mutex<[ByteString]>([])
 
     let blockSize: Int
     let metadataBlocks: BoundedCache<UInt64, [UInt8]>
@@ -169,11 +169,11 @@ public final class EROFSFilesystem: Sendable {
         let index = nid & ~Inode.metaboxBit
         guard index < 1 << 48 else { throw EROFSError(.corrupt, "absurd nid", nid: nid) }
         let base = inMetabox ? 0 : UInt64(superblock.metaBlockAddress) * UInt64(blockSize)
-        let location = base + index * 32
+        let location = base + index * UInt64(DiskInode.slotSize)
         let bytes = try withContext(nid: nid) { () throws(EROFSError) -> [UInt8] in
-            let compact = try metadataBytes(at: location, count: 32, inMetabox: inMetabox)
-            guard compact.le16(at: 0) & 1 == 1 else { return compact }
-            return try metadataBytes(at: location, count: 64, inMetabox: inMetabox)
+            let compact = try metadataBytes(at: location, count: DiskInode.compactSize, inMetabox: inMetabox)
+            guard InodeFormat(rawValue: compact.le16(at: 0)).isExtended else { return compact }
+            return try metadataBytes(at: location, count: DiskInode.extendedSize, inMetabox: inMetabox)
         }
         let decoded = try Inode(nid: nid, location: location, bytes: bytes, superblock: superblock)
         inodes.insert(decoded, for: nid)
@@ -182,11 +182,11 @@ public final class EROFSFilesystem: Sendable {
 }
 
 /// Runs `body`, adding the path and nid to an error that does not name them yet.
-func withContext<T>(path: String? = nil, nid: UInt64? = nil, _ body: () throws(EROFSError) -> T) throws(EROFSError) -> T {
+func withContext<T>(path: @autoclosure () -> String? = nil, nid: UInt64? = nil, _ body: () throws(EROFSError) -> T) throws(EROFSError) -> T {
     do {
         return try body()
     } catch {
-        throw error.adding(path: path, nid: nid)
+        throw error.adding(path: path(), nid: nid)
     }
 }
 

@@ -31,9 +31,11 @@ public enum DataLayout: UInt8, Sendable {
 
 /// One decoded on-disk inode (compact 32-byte or extended 64-byte form).
 public struct Inode: Sendable, Equatable {
-    /// Bit 63 of a nid says the inode lives in the metabox (metadata-compressed images).
-    public static let metaboxBit: UInt64 = 1 << 63
-    static let nullAddress: UInt64 = ~0
+    /// Bit 63 of a nid says the inode lives in the metabox (metadata-compressed images):
+    /// EROFS_DIRENT_NID_METABOX_BIT.
+    public static let metaboxBit: UInt64 = 1 << Dirent.nidMetaboxBit
+    /// EROFS_NULL_ADDR: no data blocks.
+    static let nullAddress: UInt64 = ChunkIndex.nullAddress
 
     public var nid: UInt64
     public var isExtended: Bool
@@ -74,55 +76,53 @@ public struct Inode: Sendable, Equatable {
 
     /// Decodes the inode from `bytes` (at least 32 bytes; 64 for extended inodes).
     init(nid: UInt64, location: UInt64, bytes: [UInt8], superblock: Superblock) throws(EROFSError) {
-        guard bytes.count >= 32 else { throw EROFSError(.corrupt, "inode truncated", nid: nid, offset: location) }
-        let format = bytes.le16(at: 0)
-        guard format & ~0x1F == 0 else {
-            throw EROFSError(.unsupported, "unsupported i_format 0x\(String(format, radix: 16))", nid: nid, offset: location)
+        let disk: DiskInode
+        do {
+            disk = try DiskInode(decoding: bytes)
+        } catch {
+            throw EROFSError(.corrupt, error.message, nid: nid, offset: location)
         }
-        guard let layout = DataLayout(rawValue: UInt8((format >> 1) & 0x7)) else {
-            throw EROFSError(.unsupported, "unsupported data layout \((format >> 1) & 0x7)", nid: nid, offset: location)
+        let format = disk.format
+        guard format.unknownBits == 0 else {
+            throw EROFSError(.unsupported, "unsupported i_format 0x\(String(format.rawValue, radix: 16))", nid: nid, offset: location)
+        }
+        guard let layout = DataLayout(rawValue: format.dataLayout) else {
+            throw EROFSError(.unsupported, "unsupported data layout \(format.dataLayout)", nid: nid, offset: location)
         }
         self.nid = nid
         self.location = location
         self.layout = layout
-        isExtended = format & 1 == 1
-        let xattrCount = bytes.le16(at: 2)
-        xattrBodySize = xattrCount == 0 ? 0 : 12 + 4 * (Int(xattrCount) - 1)
-        mode = bytes.le16(at: 4)
+        isExtended = format.isExtended
+        xattrBodySize = XattrBodyHeader.bodySize(xattrCount: disk.xattrCount)
+        mode = disk.mode
         guard let kind = FileKind(mode: mode) else {
             throw EROFSError(.corrupt, "bogus mode 0o\(String(mode, radix: 8))", nid: nid, offset: location)
         }
         self.kind = kind
-        let iNB = bytes.le16(at: 6)
-        let iU = bytes.le32(at: 16)
-        var startBlockHigh = UInt64(iNB)
+        let iU = disk.u
+        var startBlockHigh = UInt64(disk.nb)
         var addressBits: UInt64 = 48
+        inodeSize = disk.onDiskSize
+        size = disk.size
+        uid = disk.uid
+        gid = disk.gid
         if isExtended {
-            guard bytes.count >= 64 else { throw EROFSError(.corrupt, "extended inode truncated", nid: nid, offset: location) }
-            inodeSize = 64
-            size = bytes.le64(at: 8)
-            uid = bytes.le32(at: 24)
-            gid = bytes.le32(at: 28)
-            mtimeSeconds = bytes.le64(at: 32)
-            mtimeNanoseconds = bytes.le32(at: 40)
-            linkCount = bytes.le32(at: 44)
+            mtimeSeconds = disk.mtime
+            mtimeNanoseconds = disk.mtimeNanoseconds
+            linkCount = disk.nlink
         } else {
-            inodeSize = 32
-            size = UInt64(bytes.le32(at: 8))
-            uid = UInt32(bytes.le16(at: 24))
-            gid = UInt32(bytes.le16(at: 26))
-            mtimeSeconds = superblock.epoch &+ UInt64(bytes.le32(at: 12))
+            mtimeSeconds = superblock.epoch &+ disk.mtime
             mtimeNanoseconds = superblock.fixedNanoseconds
             // Compact non-directories may say "one link" with a bit and use i_nb for block bits.
-            if kind != .directory && format & 0x10 != 0 {
+            if kind != .directory && format.hasNlink1OrDotOmitted {
                 linkCount = 1
             } else {
-                linkCount = UInt32(iNB)
+                linkCount = UInt32(disk.nb)
                 startBlockHigh = 0
                 addressBits = 32
             }
         }
-        dotOmitted = kind == .directory && format & 0x10 != 0
+        dotOmitted = kind == .directory && format.hasNlink1OrDotOmitted
         rawDevice = 0
         startBlock = 0
         chunkFormat = 0
@@ -134,8 +134,8 @@ public struct Inode: Sendable, Equatable {
             if layout == .flatPlain && (startBlock ^ Inode.nullAddress) & mask == 0 { startBlock = Inode.nullAddress }
             compressedBlocks = iU
             if layout == .chunkBased {
-                chunkFormat = UInt16(iU & 0xffff)
-                guard chunkFormat & ~0x7F == 0 else {
+                chunkFormat = UInt16(truncatingIfNeeded: iU)
+                guard ChunkFormat(rawValue: chunkFormat).unknownBits == 0 else {
                     throw EROFSError(.unsupported, "unsupported chunk format 0x\(String(chunkFormat, radix: 16))", nid: nid, offset: location)
                 }
             }

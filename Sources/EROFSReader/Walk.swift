@@ -1,5 +1,6 @@
 import EROFSFormat
 import Manifest
+import SystemCalls
 
 /// A depth-first traversal of a tree with an explicit stack, so that an image's depth costs
 /// heap (a few hundred bytes per level), never the thread's stack; every directory may be
@@ -42,7 +43,7 @@ public struct TreeTraversal {
 
     let filesystem: EROFSFilesystem
     let order: Order
-    let startPath: String
+    let startPath: ByteString
     private var frames: [Frame] = []
     private var pending: (name: [UInt8], inode: Inode)?
     private var started = false
@@ -60,22 +61,22 @@ public struct TreeTraversal {
     /// component) instead of being an error.
     let givesNamesWithSlash: Bool
 
-    public init(_ filesystem: EROFSFilesystem, from start: Inode, path: String = "/", order: Order = .disk, givesNamesWithSlash: Bool = false) {
+    public init(_ filesystem: EROFSFilesystem, from start: Inode, path: ByteString = "/", order: Order = .disk, givesNamesWithSlash: Bool = false) {
         self.filesystem = filesystem
         self.givesNamesWithSlash = givesNamesWithSlash
         self.start = start
         self.order = order
         startPath = path
-        directoryPath = Array(path.utf8)
+        directoryPath = path.bytes
     }
 
     /// The path of the last object given: the start's path and the names below it.
-    public var path: String {
+    public var path: ByteString {
         guard depth > 0 else { return startPath }
         var bytes = directoryPath
         if bytes != [0x2f] { bytes.append(0x2f) }
         bytes += name
-        return String(decoding: bytes, as: UTF8.self)
+        return ByteString(bytes)
     }
 
     private mutating func push(_ name: [UInt8], _ directory: Inode) {
@@ -104,7 +105,7 @@ public struct TreeTraversal {
         }
         if let (name, directory) = pending {
             pending = nil
-            let steps = try withContext(path: path) { () throws(EROFSError) -> [Step] in try self.steps(of: directory) }
+            let steps = try withContext(path: path.description) { () throws(EROFSError) -> [Step] in try self.steps(of: directory) }
             push(name, directory)
             frames[frames.count - 1].steps = steps
         }
@@ -122,7 +123,7 @@ public struct TreeTraversal {
                 name = entry.name
                 if child.kind == .directory {
                     guard visitedDirectories.insert(child.nid).inserted else {
-                        throw EROFSError(.corrupt, "directory reached twice (a directory has one parent)", path: path, nid: child.nid)
+                        throw EROFSError(.corrupt, "directory reached twice (a directory has one parent)", path: path.description, nid: child.nid)
                     }
                     if order == .disk { pending = (entry.name, child) }
                 }
@@ -132,7 +133,7 @@ public struct TreeTraversal {
                 name = entry.name
                 let childPath = path
                 push(entry.name, child)
-                let steps = try withContext(path: childPath) { () throws(EROFSError) -> [Step] in try self.steps(of: child) }
+                let steps = try withContext(path: childPath.description) { () throws(EROFSError) -> [Step] in try self.steps(of: child) }
                 frames[frames.count - 1].steps = steps
             }
         }
@@ -164,7 +165,7 @@ public struct TreeTraversal {
 extension EROFSFilesystem {
     /// Visits every path of the tree depth-first from the root, each directory's entries in disk
     /// order; "." and ".." are skipped. A directory reached twice (a cycle or a DAG) is an error.
-    public func walk(_ visit: (_ path: String, _ inode: Inode) throws(EROFSError) -> Void) throws(EROFSError) {
+    public func walk(_ visit: (_ path: ByteString, _ inode: Inode) throws(EROFSError) -> Void) throws(EROFSError) {
         let root = try withContext(path: "/") { () throws(EROFSError) -> Inode in try inode(nid: rootNid) }
         guard root.kind == .directory else { throw EROFSError(.corrupt, "root inode is not a directory", path: "/", nid: rootNid) }
         var traversal = TreeTraversal(self, from: root)
@@ -185,8 +186,8 @@ extension EROFSFilesystem {
     }
 
     /// The manifest entry of one inode, as the kernel would show it at `path`.
-    public func manifestEntry(path: String, inode: Inode, sha256: Bool) throws(EROFSError) -> ManifestEntry {
-        try withContext(path: path) { () throws(EROFSError) -> ManifestEntry in
+    public func manifestEntry(path: ByteString, inode: Inode, sha256: Bool) throws(EROFSError) -> ManifestEntry {
+        try withContext(path: path.description) { () throws(EROFSError) -> ManifestEntry in
             let kind: ManifestEntry.Kind
             switch inode.kind {
             case .file: kind = .file
@@ -197,7 +198,7 @@ extension EROFSFilesystem {
             case .fifo: kind = .fifo
             case .socket: kind = .socket
             }
-            var attributes: [String: [UInt8]] = [:]
+            var attributes: [ByteString: [UInt8]] = [:]
             for (name, value) in try xattrs(inode) { attributes[name] = value }
             let mtime = Int64(truncatingIfNeeded: inode.mtimeSeconds) &* 1_000_000_000 &+ Int64(inode.mtimeNanoseconds)
             var entry = ManifestEntry(
@@ -205,7 +206,7 @@ extension EROFSFilesystem {
                 size: inode.size, mtimeNanoseconds: mtime, linkCount: UInt64(inode.linkCount), xattrs: attributes)
             switch inode.kind {
             case .characterDevice, .blockDevice: entry.rdev = (inode.deviceMajor, inode.deviceMinor)
-            case .symlink: entry.target = String(decoding: try readLink(inode), as: UTF8.self)
+            case .symlink: entry.target = ByteString(try readLink(inode))
             case .file:
                 if sha256 {
                     var hasher = SHA256()

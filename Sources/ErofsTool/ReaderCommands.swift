@@ -2,6 +2,7 @@ import ArgumentParser
 import EROFSFormat
 import EROFSReader
 import Manifest
+import SystemCalls
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -19,6 +20,21 @@ enum FileHandleStandardError {
     }
 }
 
+/// Standard output in 64 KiB writes, not one per line.
+struct OutputBuffer {
+    private var bytes: [UInt8] = []
+
+    mutating func append(_ line: [UInt8]) throws(ExitCode) {
+        bytes += line
+        if bytes.count >= 1 << 16 { try flush() }
+    }
+
+    mutating func flush() throws(ExitCode) {
+        try writeStandardOutput(bytes)
+        bytes.removeAll(keepingCapacity: true)
+    }
+}
+
 /// Writes bytes to stdout, all of them.
 func writeStandardOutput(_ bytes: [UInt8]) throws(ExitCode) {
     var written = 0
@@ -30,6 +46,26 @@ func writeStandardOutput(_ bytes: [UInt8]) throws(ExitCode) {
             throw ExitCode(1)
         }
         written += result
+    }
+}
+
+/// Arguments are bytes too, but ArgumentParser sees Strings, decoded with U+FFFD in place of
+/// bytes that are not UTF-8. This finds the bytes of the argument that decoded to `parsed`.
+enum RawArguments {
+    static func bytes(of parsed: String) throws(ExitCode) -> ByteString {
+        guard parsed.unicodeScalars.contains("\u{FFFD}") else { return ByteString(parsed) }
+        var candidates: Set<ByteString> = []
+        for index in 1..<Int(CommandLine.argc) {
+            guard let argument = CommandLine.unsafeArgv[index] else { continue }
+            let raw = ByteString(UnsafeBufferPointer(start: argument, count: strlen(argument)).map { UInt8(bitPattern: $0) })
+            // Compared as UTF-8 bytes: String's == would equate canonically equivalent forms.
+            if String(decoding: raw.bytes, as: UTF8.self).utf8.elementsEqual(parsed.utf8) { candidates.insert(raw) }
+        }
+        guard candidates.count == 1, let raw = candidates.first else {
+            FileHandleStandardError.write("erofs: cannot tell which argument is \(parsed): \(candidates.count) arguments decode to it\n")
+            throw ExitCode(1)
+        }
+        return raw
     }
 }
 
@@ -110,10 +146,25 @@ struct InspectCommand: ParsableCommand {
 struct ListCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ls",
-        abstract: "List a directory of an image; --recursive --json --sha256 prints the corpus manifest format.")
+        abstract: "List a directory of an image; --recursive --json --sha256 prints the corpus manifest format.",
+        discussion: """
+            Names are bytes and need not be UTF-8. On a terminal (or with -b) names and symlink \
+            targets are printed as GNU ls -b does: C escapes (\\n, \\t, ...) and three-digit \
+            octal for control characters and bytes that are not UTF-8, \\\\ for a backslash, \
+            "\\ " for a space. Otherwise they are written as they are, one per line (with -0, \
+            each ended by a NUL instead, so any name is unambiguous). In JSON, \
+            valid UTF-8 is written as itself (control characters as JSON escapes) and each byte \
+            that is not UTF-8 as \\udcXX, the lone surrogate Python's surrogateescape decodes \
+            it to (os.fsencode(json.loads(...)) gives the bytes back); `erofs walk` writes names \
+            the same way. Entries are sorted by name bytes. PATH is taken as bytes too.
+            """)
 
     @Flag(name: .short, help: "Long listing: mode, links, owner, size, mtime.") var long = false
     @Flag(help: "Descend into subdirectories (any depth; a directory reached twice is an error).") var recursive = false
+    @Flag(name: [.customShort("b"), .customLong("escape")], help: "Escape names as on a terminal (the default there), also into a pipe or file.")
+    var escape = false
+    @Flag(name: [.customShort("0"), .customLong("zero")], help: "End each line with NUL instead of newline, names unescaped (unless -b): for xargs -0 and the like.")
+    var zero = false
     @Flag(help: "JSON lines in the corpus manifest format.") var json = false
     @Flag(help: "With --json: include each regular file's SHA-256 (reads all data).") var sha256 = false
     @Argument(help: "The EROFS image.") var image: String
@@ -123,31 +174,57 @@ struct ListCommand: ParsableCommand {
     func run() throws {
         do {
             let filesystem = try extraDevices.open(image)
-            let start = try filesystem.lookup(path: path)
-            let base = "/" + path.split(separator: "/").joined(separator: "/")
+            let pathBytes = try RawArguments.bytes(of: path)
+            let start = try filesystem.lookup(path: pathBytes)
+            let base = pathBytes.bytes.split(separator: UInt8(ascii: "/")).reduce(ByteString("/")) {
+                $0.appending(component: ByteString($1))
+            }
+            let escaping = escape || (!zero && isatty(1) == 1)
+            let terminator: UInt8 = zero ? 0 : 0x0a
             var output = OutputBuffer()
+            func text(_ bytes: ByteString) -> [UInt8] { escaping ? Array(bytes.escaped.utf8) : bytes.bytes }
+            func emit(_ entryPath: ByteString, _ inode: Inode) throws {
+                if json {
+                    try output.append(Array(try filesystem.manifestEntry(path: entryPath, inode: inode, sha256: sha256).jsonLine.utf8) + [0x0a])
+                    return
+                }
+                let name = recursive ? entryPath : ByteString(entryPath.bytes.split(separator: UInt8(ascii: "/")).last ?? [UInt8(ascii: "/")])
+                if long {
+                    let kind: Character = switch inode.kind {
+                    case .directory: "d"
+                    case .symlink: "l"
+                    case .characterDevice: "c"
+                    case .blockDevice: "b"
+                    case .fifo: "p"
+                    case .socket: "s"
+                    case .file: "-"
+                    }
+                    var line = Array("\(kind)\(String(inode.permissions, radix: 8)) \(inode.linkCount) \(inode.uid) \(inode.gid) \(inode.size) \(inode.mtimeSeconds).\(nanoseconds(inode.mtimeNanoseconds)) ".utf8)
+                    line += text(name)
+                    if inode.kind == .symlink { line += Array(" -> ".utf8) + text(ByteString(try filesystem.readLink(inode))) }
+                    try output.append(line + [terminator])
+                } else {
+                    try output.append(text(name) + [terminator])
+                }
+            }
             if recursive {
                 // Streamed in the manifest's order (the paths' bytes), so memory does not grow
                 // with the tree; a directory reached twice stops the walk.
                 var traversal = TreeTraversal(filesystem, from: start, path: base, order: .paths)
                 while let event = try traversal.next() {
-                    guard case .enter(let inode) = event else { continue }
-                    try output.append(try line(filesystem, traversal.path, inode))
-                }
-                try output.flush()
-                return
-            }
-            var entries: [(String, Inode)] = []
-            if start.kind == .directory {
-                for entry in try filesystem.readDirectory(start) where entry.name != [0x2e] && entry.name != [0x2e, 0x2e] {
-                    let child = try filesystem.inode(nid: entry.nid)
-                    entries.append(((base == "/" ? "" : base) + "/" + entry.nameString, child))
+                    if case .enter(let inode) = event { try emit(traversal.path, inode) }
                 }
             } else {
-                entries.append((base, start))
-            }
-            for (entryPath, inode) in entries.sorted(by: { JSONText.codePointOrder($0.0, $1.0) }) {
-                try output.append(try line(filesystem, entryPath, inode))
+                var entries: [(ByteString, Inode)] = []
+                if start.kind == .directory {
+                    for entry in try filesystem.readDirectory(start) where entry.name != [0x2e] && entry.name != [0x2e, 0x2e] {
+                        let child = try filesystem.inode(nid: entry.nid)
+                        entries.append((base.appending(component: entry.nameBytes), child))
+                    }
+                } else {
+                    entries.append((base, start))
+                }
+                for (entryPath, inode) in entries.sorted(by: { $0.0 < $1.0 }) { try emit(entryPath, inode) }
             }
             try output.flush()
         } catch let error as EROFSError {
@@ -159,42 +236,6 @@ struct ListCommand: ParsableCommand {
         let digits = String(value)
         return String(repeating: "0", count: max(0, 9 - digits.count)) + digits
     }
-
-    /// One object's line: its manifest JSON, its long listing, or its path (name when not
-    /// recursive).
-    private func line(_ filesystem: EROFSFilesystem, _ entryPath: String, _ inode: Inode) throws(EROFSError) -> String {
-        if json { return try filesystem.manifestEntry(path: entryPath, inode: inode, sha256: sha256).jsonLine }
-        let name = recursive ? entryPath : String(entryPath.split(separator: "/").last ?? "/")
-        guard long else { return name }
-        let kind: Character = switch inode.kind {
-        case .directory: "d"
-        case .symlink: "l"
-        case .characterDevice: "c"
-        case .blockDevice: "b"
-        case .fifo: "p"
-        case .socket: "s"
-        case .file: "-"
-        }
-        var line = "\(kind)\(String(inode.permissions, radix: 8)) \(inode.linkCount) \(inode.uid) \(inode.gid) \(inode.size) \(inode.mtimeSeconds).\(nanoseconds(inode.mtimeNanoseconds)) \(name)"
-        if inode.kind == .symlink { line += " -> " + String(decoding: try filesystem.readLink(inode), as: UTF8.self) }
-        return line
-    }
-}
-
-/// Lines for stdout, written 64 KiB at a time.
-struct OutputBuffer {
-    private var bytes: [UInt8] = []
-
-    mutating func append(_ line: String) throws(ExitCode) {
-        bytes.append(contentsOf: line.utf8)
-        bytes.append(0x0a)
-        if bytes.count >= 1 << 16 { try flush() }
-    }
-
-    mutating func flush() throws(ExitCode) {
-        try writeStandardOutput(bytes)
-        bytes.removeAll(keepingCapacity: true)
-    }
 }
 
 /// `erofs cat IMAGE PATH`: a regular file's contents on stdout.
@@ -203,14 +244,15 @@ struct CatCommand: ParsableCommand {
         commandName: "cat", abstract: "Print a file of an image (its holes stay holes when standard output is a regular file).")
 
     @Argument(help: "The EROFS image.") var image: String
-    @Argument(help: "Path of a regular file inside the image.") var path: String
+    @Argument(help: "Path of a regular file inside the image (bytes: need not be UTF-8).") var path: String
     @OptionGroup var extraDevices: ExtraDeviceOptions
 
     func run() throws {
         do {
             let filesystem = try extraDevices.open(image)
-            let inode = try filesystem.lookup(path: path)
-            guard inode.kind == .file else { throw EROFSError(.notFound, "not a regular file", path: path, nid: inode.nid) }
+            let pathBytes = try RawArguments.bytes(of: path)
+            let inode = try filesystem.lookup(path: pathBytes)
+            guard inode.kind == .file else { throw EROFSError(.notFound, "not a regular file", path: pathBytes.description, nid: inode.nid) }
             // Holes stay holes in a regular file (seeked over, the size set at the end); a pipe
             // or terminal gets the zeros it asked for, 1 MiB at a time.
             let output = StandardOutputFile()

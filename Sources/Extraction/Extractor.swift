@@ -1,15 +1,8 @@
-import Dispatch
 import EROFSReader
-import Synchronization
+import SystemCalls
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// Why an extraction stopped (other than the image being unreadable: that is an EROFSError).
-public struct ExtractionError: Error, Sendable {
-    public var message: String
-    public init(message: String) { self.message = message }
-}
 
 /// Restores an image's tree under an open directory. Every object is created relative to an
 /// open descriptor of its parent (openat/mkdirat/symlinkat/mknodat, O_NOFOLLOW, O_EXCL), and
@@ -21,34 +14,22 @@ public struct ExtractionError: Error, Sendable {
 /// checked to be the directory made), holes are seeked over, never written, and the data to
 /// write (holes not counted) must fit the destination's free space.
 public struct Extractor {
-    public struct Options: Sendable {
-        /// chown every object to the image's owner (root only).
-        public var restoreOwners: Bool
-        /// Extract even when the files' data (holes not counted) exceeds the free space.
-        public var ignoreFreeSpace: Bool
-        /// Directory descriptors held open at once (the root's not counted).
-        public var openDirectories: Int
-        /// Regular files written concurrently by worker threads (each holds a descriptor).
-        public var filesInFlight: Int
-
-        public init(restoreOwners: Bool, ignoreFreeSpace: Bool = false, openDirectories: Int = 128, filesInFlight: Int = 32) {
-            self.restoreOwners = restoreOwners
-            self.ignoreFreeSpace = ignoreFreeSpace
-            self.openDirectories = max(1, openDirectories)
-            self.filesInFlight = max(1, filesInFlight)
-        }
-    }
-
     let filesystem: EROFSFilesystem
     let rootDescriptor: Int32
-    let options: Options
+    let policy: ExtractPolicy
+    /// Extract even when the files' data (holes not counted) exceeds the free space.
+    let ignoreFreeSpace: Bool
+    /// Directory descriptors held open at once (the root's not counted).
+    let openDirectories: Int
     let destinationName: String
     /// First extracted path (relative to the root) of each multiply linked inode.
-    var linkedPaths: [UInt64: String] = [:]
+    var linkedPaths: [UInt64: ByteString] = [:]
     var warnings: [String] = []
     /// Regular files' data and metadata are written by worker threads while the walk goes on.
     let fileJobs: FileJobs
     let metadata: MetadataWriter
+    /// What the policy left out, for one note at the end.
+    public var withheld: Withheld { metadata.withheld }
     /// The directories from the root to where the walk is; only the deepest ones are open.
     var directories: [OpenDirectory] = []
     /// directories[lowestOpen...] are open (and directories[0], the root, always).
@@ -67,13 +48,20 @@ public struct Extractor {
 
     /// `rootDescriptor`: the destination directory (not closed here); `destinationName` names
     /// it in messages.
-    public init(filesystem: EROFSFilesystem, rootDescriptor: Int32, destinationName: String, options: Options) {
+    /// `filesInFlight`: regular files written concurrently by worker threads (each holds a
+    /// descriptor).
+    public init(
+        filesystem: EROFSFilesystem, rootDescriptor: Int32, destinationName: String, policy: ExtractPolicy,
+        ignoreFreeSpace: Bool = false, openDirectories: Int = 128, filesInFlight: Int = 32
+    ) {
         self.filesystem = filesystem
         self.rootDescriptor = rootDescriptor
         self.destinationName = destinationName
-        self.options = options
-        fileJobs = FileJobs(inFlight: options.filesInFlight)
-        metadata = MetadataWriter(filesystem: filesystem, rootDescriptor: rootDescriptor, restoreOwners: options.restoreOwners)
+        self.policy = policy
+        self.ignoreFreeSpace = ignoreFreeSpace
+        self.openDirectories = max(1, openDirectories)
+        fileJobs = FileJobs(inFlight: max(1, filesInFlight))
+        metadata = MetadataWriter(filesystem: filesystem, rootDescriptor: rootDescriptor, policy: policy, withheld: Withheld())
     }
 
     /// Extracts the whole tree; returns the warnings (objects skipped or metadata not restored),
@@ -84,7 +72,7 @@ public struct Extractor {
             for directory in directories.dropFirst() where directory.descriptor >= 0 { close(directory.descriptor) }
             directories.removeAll()
         }
-        if !options.ignoreFreeSpace {
+        if !ignoreFreeSpace {
             var status = statvfs()
             if fstatvfs(rootDescriptor, &status) == 0 { freeSpace = UInt64(status.f_bavail) &* UInt64(status.f_frsize) }
         }
@@ -100,7 +88,7 @@ public struct Extractor {
                 directories = [OpenDirectory(descriptor: rootDescriptor, identity: (0, 0), inode: inode)]
             case .enter(let inode):
                 guard let name = Extractor.safeName(traversal.name) else {
-                    warnings.append("skipped unsafe name \(String(reflecting: String(decoding: traversal.name, as: UTF8.self))) in \(parentPath(traversal.path))")
+                    warnings.append("skipped unsafe name \(ByteString(traversal.name)) in \(parentPath(traversal.path))")
                     if inode.kind == .directory { traversal.skipChildren() }
                     continue
                 }
@@ -114,30 +102,33 @@ public struct Extractor {
     }
 
     /// A name from the image that is safe as one path component, or nil.
-    public static func safeName(_ name: [UInt8]) -> String? {
+    public static func safeName(_ name: [UInt8]) -> ByteString? {
         guard !name.isEmpty, name.count <= 255, !name.contains(0x2f), !name.contains(0),
             name != [0x2e], name != [0x2e, 0x2e]
         else { return nil }
-        return String(decoding: name, as: UTF8.self)
+        return ByteString(name)
     }
 
-    static func failure(_ operation: String, _ path: String) -> ExtractionError {
+    static func failure(_ operation: String, _ path: ByteString) -> ExtractionError {
         ExtractionError(message: "\(operation) \(path) failed: \(String(cString: strerror(errno)))")
     }
 
-    private func parentPath(_ path: String) -> String {
-        guard let slash = path.utf8.lastIndex(of: 0x2f), slash != path.utf8.startIndex else { return "/" }
-        return String(path[..<slash])
+    private func parentPath(_ path: ByteString) -> ByteString {
+        guard let slash = path.bytes.lastIndex(of: 0x2f), slash != 0 else { return "/" }
+        return ByteString(path.bytes[..<slash])
     }
 
     // MARK: Directories
 
     /// Applies the directory's metadata once everything in it exists, then closes it; the parent
     /// becomes the working directory again, reopened through ".." if it had been closed.
-    private mutating func leaveDirectory(_ inode: Inode, path: String) throws {
+    private mutating func leaveDirectory(_ inode: Inode, path: ByteString) throws {
         let top = directories.count - 1
         let descriptor = directories[top].descriptor
-        warnings += try metadata.apply(inode, descriptor: descriptor, parent: nil, name: nil, path: path)
+        // DEST itself keeps its own metadata unless asked.
+        if top > 0 || policy.rootMetadata {
+            warnings += try metadata.apply(inode, descriptor: descriptor, parent: nil, name: nil, path: path)
+        }
         guard top > 0 else { return }
         if lowestOpen == top && top > 1 {
             let parent = openat(descriptor, "..", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
@@ -160,13 +151,13 @@ public struct Extractor {
 
     /// Makes `name` in the working directory and makes it the working directory; closes the
     /// shallowest open one when more than `openDirectories` would be open.
-    private mutating func enterDirectory(_ inode: Inode, name: String, path: String) throws {
+    private mutating func enterDirectory(_ inode: Inode, name: ByteString, path: ByteString) throws {
         let parent = directories[directories.count - 1].descriptor
-        guard mkdirat(parent, name, 0o700) == 0 else { throw Extractor.failure("mkdir", path) }
-        let descriptor = openat(parent, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+        guard name.withCString({ mkdirat(parent, $0, 0o700) }) == 0 else { throw Extractor.failure("mkdir", path) }
+        let descriptor = name.withCString { openat(parent, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
         guard descriptor >= 0 else { throw Extractor.failure("open", path) }
         directories.append(OpenDirectory(descriptor: descriptor, identity: identity(of: descriptor), inode: inode))
-        if directories.count - lowestOpen > options.openDirectories {
+        if directories.count - lowestOpen > openDirectories {
             close(directories[lowestOpen].descriptor)
             directories[lowestOpen].descriptor = -1
             lowestOpen += 1
@@ -175,8 +166,12 @@ public struct Extractor {
 
     // MARK: Objects
 
-    private mutating func extract(_ inode: Inode, name: String, path: String) throws {
+    private mutating func extract(_ inode: Inode, name: ByteString, path: ByteString) throws {
         let parent = directories[directories.count - 1].descriptor
+        if (inode.kind == .characterDevice || inode.kind == .blockDevice) && !policy.devices {
+            withheld.device(path)
+            return
+        }
         if inode.kind != .directory && inode.linkCount > 1 {
             if let first = linkedPaths[inode.nid] {
                 try link(first, to: name, in: parent, path: path)
@@ -184,7 +179,6 @@ public struct Extractor {
             }
             linkedPaths[inode.nid] = path
         }
-        let mode = mode_t(inode.permissions)
         switch inode.kind {
         case .directory:
             try enterDirectory(inode, name: name, path: path)
@@ -193,56 +187,56 @@ public struct Extractor {
             try extractFile(inode, name: name, parent: parent, path: path)
             return
         case .symlink:
-            let target = try filesystem.readLink(inode)
-            guard !target.contains(0) else { throw EROFSError(.corrupt, "symlink target contains NUL", path: path, nid: inode.nid) }
-            let text = String(decoding: target, as: UTF8.self)
-            guard symlinkat(text, parent, name) == 0 else { throw Extractor.failure("symlink", path) }
+            let target = ByteString(try filesystem.readLink(inode))
+            guard !target.bytes.contains(0) else { throw EROFSError(.corrupt, "symlink target contains NUL", path: path.description, nid: inode.nid) }
+            let made = target.withCString { target in name.withCString { symlinkat(target, parent, $0) } }
+            guard made == 0 else { throw Extractor.failure("symlink", path) }
         case .characterDevice, .blockDevice:
             let type: mode_t = inode.kind == .characterDevice ? S_IFCHR : S_IFBLK
             // glibc's makedev encoding (a macro Swift cannot import).
             let major = UInt64(inode.deviceMajor), minor = UInt64(inode.deviceMinor)
             let device = dev_t((major & 0xfff) << 8 | (major & ~0xfff) << 32 | (minor & 0xff) | (minor & ~0xff) << 12)
-            guard mknodat(parent, name, type | mode, device) == 0 else { throw Extractor.failure("mknod", path) }
+            guard name.withCString({ mknodat(parent, $0, type | 0o600, device) }) == 0 else { throw Extractor.failure("mknod", path) }
         case .fifo:
-            guard mknodat(parent, name, S_IFIFO | mode, 0) == 0 else { throw Extractor.failure("mkfifo", path) }
+            guard name.withCString({ mknodat(parent, $0, S_IFIFO | 0o600, 0) }) == 0 else { throw Extractor.failure("mkfifo", path) }
         case .socket:
-            guard mknodat(parent, name, S_IFSOCK | mode, 0) == 0 else { throw Extractor.failure("mknod (socket)", path) }
+            guard name.withCString({ mknodat(parent, $0, S_IFSOCK | 0o600, 0) }) == 0 else { throw Extractor.failure("mknod (socket)", path) }
         }
         warnings += try metadata.apply(inode, descriptor: nil, parent: parent, name: name, path: path)
     }
 
     /// A hard link to the first extracted path of the inode. Paths longer than PATH_MAX are
     /// resolved one component at a time.
-    private func link(_ first: String, to name: String, in parent: Int32, path: String) throws {
-        var components = first.split(separator: "/").map(String.init)
-        let last = components.removeLast()
+    private func link(_ first: ByteString, to name: ByteString, in parent: Int32, path: ByteString) throws {
         var directory = rootDescriptor
         defer { if directory != rootDescriptor { close(directory) } }
-        if first.utf8.count >= Int(PATH_MAX) {
+        var from = ByteString(first.bytes.dropFirst())
+        if first.bytes.count >= Int(PATH_MAX) {
+            var components = first.bytes.split(separator: 0x2f).map { ByteString($0) }
+            from = components.removeLast()
             for component in components {
-                let next = openat(directory, component, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                let next = component.withCString { openat(directory, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
                 guard next >= 0 else { throw Extractor.failure("link (open \(component))", path) }
                 if directory != rootDescriptor { close(directory) }
                 directory = next
             }
-            guard linkat(directory, last, parent, name, 0) == 0 else { throw Extractor.failure("link", path) }
-        } else {
-            guard linkat(rootDescriptor, String(first.dropFirst()), parent, name, 0) == 0 else { throw Extractor.failure("link", path) }
         }
+        let linked = from.withCString { from in name.withCString { linkat(directory, from, parent, $0, 0) } }
+        guard linked == 0 else { throw Extractor.failure("link", path) }
     }
 
     /// Creates the file here (so that the walk's order holds: hard links, directory times); a
     /// worker fills it, seeking over holes, sets its size, metadata, and closes it.
-    private mutating func extractFile(_ inode: Inode, name: String, parent: Int32, path: String) throws {
+    private mutating func extractFile(_ inode: Inode, name: ByteString, parent: Int32, path: ByteString) throws {
         guard inode.size <= UInt64(Int64.max) else {
-            throw EROFSError(.corrupt, "file size \(inode.size) beyond 2^63", path: path, nid: inode.nid)
+            throw EROFSError(.corrupt, "file size \(inode.size) beyond 2^63", path: path.description, nid: inode.nid)
         }
         let stored = try filesystem.storedLength(of: inode)
         dataQueued &+= stored
         if dataQueued > freeSpace {
             throw ExtractionError(message: "not enough space: \(path) would bring the data written to \(dataQueued) bytes (holes not counted), \(destinationName) had \(freeSpace) bytes free; --ignore-free-space to extract anyway")
         }
-        let descriptor = openat(parent, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        let descriptor = name.withCString { openat(parent, $0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
         guard descriptor >= 0 else { throw Extractor.failure("create", path) }
         let (filesystem, metadata) = (self.filesystem, self.metadata)
         do {

@@ -7,29 +7,34 @@ import SystemPackage
 /// Builds the manifest of a mounted tree by asking the kernel (lstat, readlink, xattrs, read):
 /// the reference view that every backend's mount is compared against.
 public enum DirectoryWalker {
-    /// Every path below `root` (included, as "/"), sorted by path.
+    /// Every path below `root` (included, as "/"), sorted by path. Names are read and used as
+    /// bytes (readdir's d_name), so names that are not UTF-8 are walked as they are.
     public static func manifest(ofTreeAt root: String) throws(SystemError) -> [ManifestEntry] {
+        try manifest(ofTreeAt: ByteString(root))
+    }
+
+    public static func manifest(ofTreeAt root: ByteString) throws(SystemError) -> [ManifestEntry] {
         var entries: [ManifestEntry] = []
-        var pending = ["/"]
+        var pending: [ByteString] = ["/"]
         while let relative = pending.popLast() {
             let absolute = relative == "/" ? root : root + relative
             let entry = try entry(absolutePath: absolute, manifestPath: relative)
             entries.append(entry)
             if entry.kind == .dir {
                 for name in try childNames(absolute) {
-                    pending.append(relative == "/" ? "/" + name : relative + "/" + name)
+                    pending.append(relative.appending(component: name))
                 }
             }
         }
         return entries.sortedByPath()
     }
 
-    static func entry(absolutePath: String, manifestPath: String) throws(SystemError) -> ManifestEntry {
+    static func entry(absolutePath: ByteString, manifestPath: ByteString) throws(SystemError) -> ManifestEntry {
         let status = try FileStatus.lstat(absolutePath)
         guard let kind = ManifestEntry.Kind(rawValue: status.kind.rawValue) else {
-            throw SystemError("walk", path: absolutePath, detail: "unknown file type \(status.mode)")
+            throw SystemError("walk", path: absolutePath.description, detail: "unknown file type \(status.mode)")
         }
-        var xattrs: [String: [UInt8]] = [:]
+        var xattrs: [ByteString: [UInt8]] = [:]
         for name in try ExtendedAttributes.names(absolutePath) {
             xattrs[name] = try ExtendedAttributes.value(absolutePath, name: name)
         }
@@ -46,40 +51,42 @@ public enum DirectoryWalker {
         return entry
     }
 
-    static func childNames(_ path: String) throws(SystemError) -> [String] {
-        guard let directory = opendir(path) else { throw .lastErrno("opendir", path: path) }
+    static func childNames(_ path: ByteString) throws(SystemError) -> [ByteString] {
+        guard let directory = path.withCString({ opendir($0) }) else { throw .lastErrno("opendir", path: path.description) }
         defer { closedir(directory) }
-        var names: [String] = []
+        var names: [ByteString] = []
         while true {
             errno = 0
             guard let dirent = readdir(directory) else {
-                if errno != 0 { throw .lastErrno("readdir", path: path) }
+                if errno != 0 { throw .lastErrno("readdir", path: path.description) }
                 return names
             }
-            let name = withUnsafeBytes(of: dirent.pointee.d_name) { raw in
-                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-            }
+            let name = withUnsafeBytes(of: dirent.pointee.d_name) { raw in ByteString(raw.prefix { $0 != 0 }) }
             if name != "." && name != ".." { names.append(name) }
         }
     }
 
-    public static func readLink(_ path: String) throws(SystemError) -> String {
+    public static func readLink(_ path: ByteString) throws(SystemError) -> ByteString {
         var buffer = [UInt8](repeating: 0, count: Int(PATH_MAX) + 1)
-        let count = try retryingOnInterrupt("readlink", path: path) {
-            buffer.withUnsafeMutableBytes { raw in
-                readlink(path, raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count)
+        let count = try path.withCString { (cPath) throws(SystemError) in
+            try retryingOnInterrupt("readlink", path: path.description) {
+                buffer.withUnsafeMutableBytes { raw in
+                    readlink(cPath, raw.baseAddress!.assumingMemoryBound(to: CChar.self), raw.count)
+                }
             }
         }
-        return String(decoding: buffer[..<count], as: UTF8.self)
+        return ByteString(buffer[..<count])
     }
 
-    public static func sha256(ofFileAt path: String) throws(SystemError) -> String {
-        let fd = try FileDescriptor.open(path: path, .readOnly)
+    public static func sha256(ofFileAt path: ByteString) throws(SystemError) -> String {
+        let fd = try path.withCString { (cPath) throws(SystemError) in
+            try FileDescriptor(rawValue: retryingOnInterrupt("open", path: path.description) { open(cPath, O_RDONLY | O_CLOEXEC) })
+        }
         defer { try? fd.close() }
         var hasher = SHA256()
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
         while true {
-            let got = try retryingOnInterrupt("read", path: path) {
+            let got = try retryingOnInterrupt("read", path: path.description) {
                 buffer.withUnsafeMutableBytes { raw in read(fd.rawValue, raw.baseAddress!, raw.count) }
             }
             if got == 0 { break }

@@ -1,3 +1,5 @@
+import SystemCalls
+
 /// One path of a filesystem tree as the corpus manifests describe it
 /// (../shared/corpus/README.md): what the kernel shows for it, in a form that can be diffed.
 public struct ManifestEntry: Sendable, Equatable {
@@ -5,7 +7,8 @@ public struct ManifestEntry: Sendable, Equatable {
         case file, dir, symlink, char, block, fifo, socket
     }
 
-    public var path: String
+    /// Bytes, as the kernel names it (not necessarily UTF-8).
+    public var path: ByteString
     public var kind: Kind
     /// Permission bits including setuid, setgid and sticky (`st_mode & 0o7777`).
     public var permissions: UInt32
@@ -17,16 +20,16 @@ public struct ManifestEntry: Sendable, Equatable {
     /// Major and minor, for character and block devices only.
     public var rdev: (major: UInt32, minor: UInt32)?
     /// For symlinks only.
-    public var target: String?
-    /// Attribute name to raw value.
-    public var xattrs: [String: [UInt8]]
+    public var target: ByteString?
+    /// Attribute name (bytes, as file names) to raw value.
+    public var xattrs: [ByteString: [UInt8]]
     /// Lowercase hex SHA-256 of the contents, for regular files only.
     public var sha256: String?
 
     public init(
-        path: String, kind: Kind, permissions: UInt32, uid: UInt32, gid: UInt32, size: UInt64,
+        path: ByteString, kind: Kind, permissions: UInt32, uid: UInt32, gid: UInt32, size: UInt64,
         mtimeNanoseconds: Int64, linkCount: UInt64, rdev: (major: UInt32, minor: UInt32)? = nil,
-        target: String? = nil, xattrs: [String: [UInt8]] = [:], sha256: String? = nil
+        target: ByteString? = nil, xattrs: [ByteString: [UInt8]] = [:], sha256: String? = nil
     ) {
         self.path = path
         self.kind = kind
@@ -47,7 +50,8 @@ public struct ManifestEntry: Sendable, Equatable {
     }
 
     /// The entry as one line of JSON, exactly as Python's
-    /// `json.dumps(entry, sort_keys=True, ensure_ascii=False)` writes it.
+    /// `json.dumps(entry, sort_keys=True, ensure_ascii=False)` writes it; bytes of the path,
+    /// target or xattr names that are not UTF-8 as `\udcXX` (see `JSONText.quoted(_: ByteString)`).
     public var jsonLine: String {
         // Keys in sorted order: gid, mode, mtime_ns, nlink, path, rdev, sha256, size, target, type, uid, xattrs.
         var members: [String] = [
@@ -63,7 +67,7 @@ public struct ManifestEntry: Sendable, Equatable {
         if let target { members.append("\"target\": \(JSONText.quoted(target))") }
         members.append("\"type\": \"\(kind.rawValue)\"")
         members.append("\"uid\": \(uid)")
-        let attributes = xattrs.keys.sorted(by: JSONText.codePointOrder).map { name in
+        let attributes = xattrs.keys.sorted().map { name in
             "\(JSONText.quoted(name)): \"\(Hex.encode(xattrs[name]!))\""
         }
         members.append("\"xattrs\": {\(attributes.joined(separator: ", "))}")
@@ -77,9 +81,9 @@ public struct ManifestEntry: Sendable, Equatable {
 }
 
 extension Array where Element == ManifestEntry {
-    /// Sorted by path, comparing Unicode code points (UTF-8 byte order), root first.
+    /// Sorted by path bytes (for UTF-8, Unicode code-point order), root first.
     public func sortedByPath() -> [ManifestEntry] {
-        sorted { JSONText.codePointOrder($0.path, $1.path) }
+        sorted { $0.path < $1.path }
     }
 
     /// The whole manifest: one line per entry, each ending in a newline.
@@ -106,22 +110,42 @@ public enum Hex {
 public enum JSONText {
     public static func quoted(_ text: String) -> String {
         var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case "\u{08}": out += "\\b"
-            case "\u{0C}": out += "\\f"
-            case _ where scalar.value < 0x20:
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            default: out.unicodeScalars.append(scalar)
+        for scalar in text.unicodeScalars { append(scalar, to: &out) }
+        return out + "\""
+    }
+
+    /// Bytes that may not be UTF-8 (a file name): well-formed UTF-8 as `quoted(_: String)`
+    /// writes it, and each other byte B (0x80-0xff) as the escape `\udcBB`, the lone surrogate
+    /// U+DC00+B that Python's `surrogateescape` decodes it to (`os.fsdecode`). Well-formed UTF-8
+    /// never holds a surrogate, so the escape is unambiguous, and reversible: `json.loads` then
+    /// `os.fsencode` gives the bytes back. The line stays valid UTF-8.
+    public static func quoted(_ bytes: ByteString) -> String {
+        // Nearly every name is UTF-8: the standard library validates it faster than pieces.
+        if let text = bytes.validString { return quoted(text) }
+        var out = "\""
+        bytes.forEachPiece { piece in
+            switch piece {
+            case .scalar(let scalar, _): append(scalar, to: &out)
+            case .invalidByte(let byte): out += "\\udc" + Hex.encode([byte])
             }
         }
         return out + "\""
+    }
+
+    private static func append(_ scalar: Unicode.Scalar, to out: inout String) {
+        switch scalar {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        case "\u{08}": out += "\\b"
+        case "\u{0C}": out += "\\f"
+        case _ where scalar.value < 0x20:
+            let hex = String(scalar.value, radix: 16)
+            out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+        default: out.unicodeScalars.append(scalar)
+        }
     }
 
     /// Code-point order (Swift's `<` on String uses canonical equivalence instead).

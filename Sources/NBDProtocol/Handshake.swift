@@ -34,6 +34,17 @@ public enum NBDLimits {
     public static let maximumOptionLength: UInt32 = 64 << 10
 }
 
+/// Whether a server offers TLS (NBD_OPT_STARTTLS), and whether it insists on it.
+public enum TLSPolicy: String, Sendable, CaseIterable {
+    /// STARTTLS is refused as unsupported.
+    case off
+    /// Clients may upgrade with STARTTLS or go on in plain text.
+    case on
+    /// Every option but STARTTLS and ABORT is refused with NBD_REP_ERR_TLS_REQD until TLS is up
+    /// (EXPORT_NAME, which has no error reply, closes the connection).
+    case require
+}
+
 /// The server side of the fixed newstyle handshake as a pure state machine: it consumes decoded
 /// client input and produces the bytes to send, so it is tested (and fuzzed) without sockets.
 public struct HandshakeNegotiator: Sendable {
@@ -44,6 +55,9 @@ public struct HandshakeNegotiator: Sendable {
         case close
         /// Send the reply, then enter the transmission phase.
         case transmit
+        /// Send the reply (in plain text), then run the TLS handshake on the socket and call
+        /// `tlsEstablished()`; the options go on inside TLS.
+        case startTLS
     }
 
     public struct Step: Equatable, Sendable {
@@ -52,10 +66,22 @@ public struct HandshakeNegotiator: Sendable {
     }
 
     public let export: ExportDescription
+    public let tls: TLSPolicy
     public private(set) var clientFlags: ClientFlags = []
     public private(set) var structuredReplies = false
+    public private(set) var tlsActive = false
 
-    public init(export: ExportDescription) { self.export = export }
+    public init(export: ExportDescription, tls: TLSPolicy = .off) {
+        self.export = export
+        self.tls = tls
+    }
+
+    /// The TLS handshake after STARTTLS succeeded. What was negotiated in plain text is
+    /// forgotten, as the protocol asks: an attacker in the middle could have chosen it.
+    public mutating func tlsEstablished() {
+        tlsActive = true
+        structuredReplies = false
+    }
 
     /// NBDMAGIC, IHAVEOPT, handshake flags.
     public var greeting: [UInt8] {
@@ -82,7 +108,18 @@ public struct HandshakeNegotiator: Sendable {
             reply([.error(type, to: option, message: message)])
         }
 
+        if tls == .require && !tlsActive && option != .startTLS && option != .abort {
+            // EXPORT_NAME has no error reply: the connection closes, as nbdkit does.
+            if option == .exportName { return Step(reply: [], outcome: .close) }
+            return error(.errorTLSRequired, "TLS is required: send STARTTLS first")
+        }
         switch option {
+        case .startTLS:
+            guard tls != .off else { return error(.errorUnsupported, "TLS is not configured on this server") }
+            guard data.isEmpty else { return error(.errorInvalid, "STARTTLS takes no data") }
+            guard !tlsActive else { return error(.errorInvalid, "TLS is already active") }
+            return reply([OptionReply(option: option, type: .ack)], then: .startTLS)
+
         case .exportName:
             // No error reply exists for EXPORT_NAME: an unknown name closes the connection.
             guard let name = String(validating: data, as: UTF8.self), export.answers(to: name) else {

@@ -35,37 +35,81 @@ public final class RequestJournal: @unchecked Sendable {
     public static let receiveCapacity = 256 << 10
 
     // Layout. Header fields:
-    private static let magicOffset = 0
-    private static let layoutOffset = 8
-    private static let poisonedOffset = 16
-    private static let currentReceiveOffset = 20
-    private static let consumedOffset = 24
-    private static let sendActiveOffset = 32
-    private static let currentSendOffset = 36
-    private static let sendSlotCountOffset = 40
-    private static let sendTotalOffset = 48
+    static let magicOffset = 0
+    static let layoutOffset = 8
+    static let poisonedOffset = 16
+    static let currentReceiveOffset = 20
+    static let consumedOffset = 24
+    static let sendActiveOffset = 32
+    static let currentSendOffset = 36
+    static let sendSlotCountOffset = 40
+    static let sendTotalOffset = 48
     /// Two receive records {stream position of the buffer's first byte u64, bytes kept from the
     /// previous buffer u32, ..., transfer record at +64} and two send records {bytes of this
     /// send already sent before the call u64, ..., transfer record at +64}.
-    private static let receiveRecordsOffset = 64
-    private static let sendRecordsOffset = 320
-    private static let recordSize = 128
-    private static let transferInRecord = 64
-    private static let sendSlotListOffset = 576
+    static let receiveRecordsOffset = 64
+    static let sendRecordsOffset = 320
+    static let recordSize = 128
+    static let keptInRecord = 8
+    static let transferInRecord = 64
+    static let transferSize = Int(CSHIM_RECORDED_TRANSFER_SIZE)
+    static let sendSlotListOffset = 576
     /// A send may end with bytes sent by sendfile(2) from the reply file at its own position:
     /// {bytes from the file u64, where they start u64, the position was set u32}. sendfile
     /// moves that position by exactly the bytes it sent, within the syscall, so the position is
     /// the kernel's record of the file part's progress.
-    private static let sendFileLengthOffset = 704
-    private static let sendFileStartOffset = 712
-    private static let sendFilePositionedOffset = 720
+    static let sendFileLengthOffset = 704
+    static let sendFileStartOffset = 712
+    static let sendFilePositionedOffset = 720
     /// Slots {state u32 (0 free, 1 read and unanswered), reply error u32, stream position u64,
     /// the request's 28 bytes as read, workers that took it over from a dead one u32}.
-    private static let slotsOffset = 1024
-    private static let slotSize = 48
-    private static let takeoversInSlot = 44
-    private static let receiveBuffersOffset = 16384
+    static let slotsOffset = 1024
+    static let slotSize = 48
+    static let errorInSlot = 4
+    static let positionInSlot = 8
+    static let requestInSlot = 16
+    static let takeoversInSlot = 44
+    static let receiveBuffersOffset = 16384
     public static let size = receiveBuffersOffset + 2 * receiveCapacity
+
+    /// Every field and array of the mapping as (name, byte range): what the layout tests check
+    /// does not overlap, fits the mapping and is aligned for the atomic loads and stores.
+    static var regions: [(name: String, range: Range<Int>)] {
+        func field(_ name: String, _ offset: Int, _ width: Int) -> (name: String, range: Range<Int>) {
+            (name, offset..<(offset + width))
+        }
+        var regions = [
+            field("magic", magicOffset, 8), field("layout", layoutOffset, 8), field("poisoned", poisonedOffset, 4),
+            field("current receive", currentReceiveOffset, 4), field("consumed", consumedOffset, 8),
+            field("send active", sendActiveOffset, 4), field("current send", currentSendOffset, 4),
+            field("send slot count", sendSlotCountOffset, 4), field("send total", sendTotalOffset, 8),
+            field("send slot list", sendSlotListOffset, 2 * maximumSendSlots),
+            field("sendfile length", sendFileLengthOffset, 8), field("sendfile start", sendFileStartOffset, 8),
+            field("sendfile positioned", sendFilePositionedOffset, 4),
+            field("receive buffers", receiveBuffersOffset, 2 * receiveCapacity),
+        ]
+        for record in 0..<2 {
+            let receive = receiveRecordsOffset + record * recordSize
+            let send = sendRecordsOffset + record * recordSize
+            regions += [
+                field("receive record \(record) position", receive, 8),
+                field("receive record \(record) kept", receive + keptInRecord, 4),
+                field("receive record \(record) transfer", receive + transferInRecord, transferSize),
+                field("send record \(record) sent before", send, 8),
+                field("send record \(record) transfer", send + transferInRecord, transferSize),
+            ]
+        }
+        for slot in 0..<slotCount {
+            let start = slotsOffset + slot * slotSize
+            regions += [
+                field("slot \(slot) state", start, 4), field("slot \(slot) error", start + errorInSlot, 4),
+                field("slot \(slot) position", start + positionInSlot, 8),
+                field("slot \(slot) request", start + requestInSlot, Request.size),
+                field("slot \(slot) takeovers", start + takeoversInSlot, 4),
+            ]
+        }
+        return regions
+    }
 
     private static let magic: UInt64 = 0x4a42_4e53_4f52_4545  // "EEROSNBJ", little-endian
     private static let layout = UInt64(slotCount) << 32 | UInt64(receiveCapacity >> 10) << 8 | 1
@@ -133,7 +177,7 @@ public final class RequestJournal: @unchecked Sendable {
         if let from = kept.baseAddress, kept.count > 0 { buffer.baseAddress!.copyMemory(from: from, byteCount: kept.count) }
         let record = Self.receiveRecordsOffset + next * Self.recordSize
         store64(record, keptPosition)
-        store32(record + 8, UInt32(kept.count))
+        store32(record + Self.keptInRecord, UInt32(kept.count))
         cshim_recorded_reset(receiveTransfer(next))
         cshim_store_release_u32(memory + Self.currentReceiveOffset, UInt32(next))
         let count = cshim_recorded_receive(
@@ -151,11 +195,11 @@ public final class RequestJournal: @unchecked Sendable {
             return -1
         }
         let base = Self.slotsOffset + Int(slot) * Self.slotSize
-        store32(base + 4, 0)
-        store64(base + 8, position)
+        store32(base + Self.errorInSlot, 0)
+        store64(base + Self.positionInSlot, position)
         store32(base + Self.takeoversInSlot, 0)
         // The request as it was on the wire (28 bytes, big-endian), written in place.
-        let raw = memory + base + 16
+        let raw = memory + base + Self.requestInSlot
         raw.storeBytes(of: NBDMagic.request.bigEndian, toByteOffset: 0, as: UInt32.self)
         raw.storeBytes(of: request.flags.rawValue.bigEndian, toByteOffset: 4, as: UInt16.self)
         raw.storeBytes(of: request.type.rawValue.bigEndian, toByteOffset: 6, as: UInt16.self)
@@ -193,7 +237,7 @@ public final class RequestJournal: @unchecked Sendable {
                 poison()
                 return
             }
-            store32(Self.slotsOffset + Int(answer.slot) * Self.slotSize + 4, answer.error)
+            store32(Self.slotsOffset + Int(answer.slot) * Self.slotSize + Self.errorInSlot, answer.error)
             memory.storeBytes(of: UInt16(answer.slot).littleEndian, toByteOffset: Self.sendSlotListOffset + 2 * count, as: UInt16.self)
             count += 1
         }
@@ -280,7 +324,7 @@ public final class RequestJournal: @unchecked Sendable {
         let current = currentReceive
         let record = Self.receiveRecordsOffset + current * Self.recordSize
         let bufferPosition = load64(record)
-        let kept = Int(load32(record + 8))
+        let kept = Int(load32(record + Self.keptInRecord))
         let received = max(0, Int(cshim_recorded_count(receiveTransfer(current))))
         guard kept <= Self.receiveCapacity, received <= Self.receiveCapacity - kept else { throw distrust("receive record out of range") }
         let filled = bufferPosition + UInt64(kept + received)
@@ -292,10 +336,10 @@ public final class RequestJournal: @unchecked Sendable {
         typealias Entry = Recovery.Entry
         func entry(_ slot: Int32) throws(SystemError) -> Entry {
             let base = Self.slotsOffset + Int(slot) * Self.slotSize
-            let bytes = UnsafeRawBufferPointer(start: memory + base + 16, count: Request.size)
+            let bytes = UnsafeRawBufferPointer(start: memory + base + Self.requestInSlot, count: Request.size)
             guard let request = try? Request(decoding: bytes) else { throw distrust("slot \(slot) holds no request") }
             let takenOver = load32(base + Self.takeoversInSlot)
-            return Entry(slot: slot, request: request, error: load32(base + 4), takeovers: takenOver == .max ? .max : takenOver + 1)
+            return Entry(slot: slot, request: request, error: load32(base + Self.errorInSlot), takeovers: takenOver == .max ? .max : takenOver + 1)
         }
 
         // The send in progress, if any.
@@ -340,7 +384,7 @@ public final class RequestJournal: @unchecked Sendable {
         var free: [Int32] = []
         for slot in (0..<Int32(Self.slotCount)).reversed() {
             let base = Self.slotsOffset + Int(slot) * Self.slotSize
-            let position = load64(base + 8)
+            let position = load64(base + Self.positionInSlot)
             // A slot written for a request the dead worker had not yet counted as parsed is
             // still in the buffer: it will be read again.
             guard load32(base) == 1, position < consumed, !answered.contains(slot) else {

@@ -28,6 +28,11 @@ final class MessageReader {
     private var end = 0
     /// The stream position of `buffer`'s first byte.
     private var bufferPosition: UInt64 = 0
+    /// Set after STARTTLS: bytes then come through the TLS session.
+    var tls: TLSSession?
+    /// While set (CLOCK_MONOTONIC microseconds), waiting for bytes past it fails with ETIMEDOUT:
+    /// the time limit of a network client's handshake.
+    var deadline: UInt64?
     /// How long a message already begun may take to arrive in full once stop was requested.
     private let completionTimeoutMilliseconds: Int32 = 5000
 
@@ -154,7 +159,7 @@ final class MessageReader {
                 if got == 0 { return .endOfStream }
                 guard errno == EAGAIN || errno == EINTR else { break }
                 if tries % 8 == 0 {
-                    lastClock = Self.microsecondsNow()
+                    lastClock = monotonicMicroseconds()
                     if spinStarted == nil {
                         spinStarted = lastClock
                         deadline = lastClock + pollPolicy.window
@@ -167,15 +172,32 @@ final class MessageReader {
                 sched_yield()
             }
         }
-        let waitStarted = spinStarted ?? (pollPolicy.window > 0 ? Self.microsecondsNow() : 0)
-        defer { if pollPolicy.window > 0 { pollPolicy.record(waited: Self.microsecondsNow() - waitStarted) } }
+        let waitStarted = spinStarted ?? (pollPolicy.window > 0 ? monotonicMicroseconds() : 0)
+        defer { if pollPolicy.window > 0 { pollPolicy.record(waited: monotonicMicroseconds() - waitStarted) } }
         while true {
             if stopSeen && cleanStopAllowed { return .stopped }
-            var fds = [pollfd(fd: socket, events: Int16(POLLIN), revents: 0)]
+            // TLS may hold decrypted bytes that the socket no longer shows as readable.
+            if let tls, tls.hasPendingBytes {
+                let got = receive()
+                if got > 0 {
+                    end += got
+                    return .message
+                }
+                if got == 0 { return .endOfStream }
+            }
+            let events = tls?.readWantsWrite == true ? Int16(POLLIN | POLLOUT) : Int16(POLLIN)
+            var fds = [pollfd(fd: socket, events: events, revents: 0)]
             if let stop, !stopSeen { fds.append(pollfd(fd: stop.descriptor, events: Int16(POLLIN), revents: 0)) }
-            let timeout: Int32 = stopSeen ? completionTimeoutMilliseconds : -1
+            var timeout: Int32 = stopSeen ? completionTimeoutMilliseconds : -1
+            if let deadline {
+                let now = monotonicMicroseconds()
+                guard now < deadline else { throw SystemError("read \(what)", errno: .timedOut, detail: "the handshake time limit passed") }
+                let left = Int32(clamping: (deadline - now + 999) / 1000)
+                timeout = timeout < 0 ? left : min(timeout, left)
+            }
             let ready = try retryingOnInterrupt("poll", path: what) { poll(&fds, nfds_t(fds.count), timeout) }
             if ready == 0 {
+                guard stopSeen else { continue }  // the deadline, checked above
                 throw SystemError("read \(what)", detail: "peer did not finish the message after stop was requested")
             }
             if fds.count > 1 && fds[1].revents != 0 {
@@ -199,12 +221,6 @@ final class MessageReader {
     /// Whether and how long `fill` tries the socket without sleeping before it waits in poll(2).
     var pollPolicy = PollPolicy(window: 0)
 
-    static func microsecondsNow() -> UInt64 {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return UInt64(now.tv_sec) * 1_000_000 + UInt64(now.tv_nsec) / 1000
-    }
-
     /// One read after the kept bytes `start..<end`, which end up at the buffer's front.
     private func receive() -> Int {
         let kept = end - start
@@ -219,6 +235,7 @@ final class MessageReader {
         }
         if start > 0, kept > 0, let base = buffer.baseAddress { memmove(base, base + start, kept) }
         (start, end, bufferPosition) = (0, kept, keptPosition)
+        if let tls { return tls.receive(into: buffer.baseAddress! + kept, count: buffer.count - kept) }
         return recv(socket, buffer.baseAddress! + kept, buffer.count - kept, Int32(MSG_DONTWAIT))
     }
 }
@@ -234,18 +251,21 @@ final class ReplyWriter: @unchecked Sendable {
     /// With a journal: an open file description of the image used only here, at its own
     /// position, for sendfile (-1: none, big replies are copied instead).
     let replyFile: Int32
+    /// After STARTTLS: every reply is encrypted through it.
+    let tls: TLSSession?
     private let lock = ConditionLock()
     private var failure: SystemError?
 
-    init(socket: Int32, journal: RequestJournal? = nil, replyFile: Int32 = -1) {
+    init(socket: Int32, journal: RequestJournal? = nil, replyFile: Int32 = -1, tls: TLSSession? = nil) {
         self.socket = socket
         self.journal = journal
         self.replyFile = journal == nil ? -1 : replyFile
+        self.tls = tls
     }
 
-    /// Whether `sendFile` may be used: always without a journal, with one only through a
-    /// reply file.
-    var sendsFiles: Bool { journal == nil || replyFile >= 0 }
+    /// Whether `sendFile` may be used: not through TLS (the bytes must pass through userspace
+    /// to be encrypted); without a journal, or with one only through a reply file.
+    var sendsFiles: Bool { tls == nil && (journal == nil || replyFile >= 0) }
 
     /// IOV_MAX on Linux: the most vectors one sendmsg(2) takes.
     static let maximumVectors = 1024
@@ -297,7 +317,7 @@ final class ReplyWriter: @unchecked Sendable {
             let sent = Glibc.sendfile(socket, file, position, left)
             if sent < 0 {
                 if errno == EINTR { continue }
-                return SystemError("sendfile", errno: Errno(rawValue: errno))
+                return Self.sendFailure("sendfile")
             }
             if sent == 0 {
                 // The file shrank under us; the reply already promised the bytes.
@@ -362,6 +382,7 @@ final class ReplyWriter: @unchecked Sendable {
     /// sendmsg(2) until every vector went out; a partial send (socket buffer full) resumes in
     /// the middle of the vector where it stopped.
     private func sendAll(_ vectors: UnsafeMutableBufferPointer<iovec>, flags: Int32 = 0) -> SystemError? {
+        if let tls { return tls.send(UnsafeBufferPointer(vectors)) }
         var first = 0
         while first < vectors.count {
             if vectors[first].iov_len == 0 { first += 1; continue }
@@ -377,7 +398,7 @@ final class ReplyWriter: @unchecked Sendable {
             }
             if sent < 0 {
                 if errno == EINTR { continue }
-                return SystemError("send reply", errno: Errno(rawValue: errno))
+                return Self.sendFailure("send reply")
             }
             while sent > 0 {
                 let taken = min(sent, vectors[first].iov_len)
@@ -390,6 +411,17 @@ final class ReplyWriter: @unchecked Sendable {
         return nil
     }
 
+    /// The error of a failed send; EAGAIN on a blocking socket means its SO_SNDTIMEO passed.
+    private static func sendFailure(_ operation: String) -> SystemError {
+        let code = errno
+        guard code != EAGAIN else { return sendTimedOut(operation) }
+        return SystemError(operation, errno: Errno(rawValue: code))
+    }
+
+    static func sendTimedOut(_ operation: String) -> SystemError {
+        SystemError(operation, errno: .timedOut, detail: "the client read no reply within the send timeout")
+    }
+
     private func writeAll(_ bytes: UnsafeRawBufferPointer, more: Bool) -> SystemError? {
         guard let base = bytes.baseAddress else { return nil }
         var sent = 0
@@ -398,7 +430,7 @@ final class ReplyWriter: @unchecked Sendable {
             let got = Glibc.send(socket, base + sent, bytes.count - sent, flags)
             if got < 0 {
                 if errno == EINTR { continue }
-                return SystemError("send reply", errno: Errno(rawValue: errno))
+                return Self.sendFailure("send reply")
             }
             sent += got
         }

@@ -12,7 +12,12 @@ final class ConditionLock: @unchecked Sendable {
 
     init() {
         pthread_mutex_init(mutex, nil)
-        pthread_cond_init(condition, nil)
+        // Timed waits measure against the monotonic clock: a wall-clock step must not stretch them.
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(condition, &attributes)
+        pthread_condattr_destroy(&attributes)
     }
 
     deinit {
@@ -30,6 +35,16 @@ final class ConditionLock: @unchecked Sendable {
 
     /// Waits for a broadcast; call only inside `withLock`.
     func wait() { pthread_cond_wait(condition, mutex) }
+
+    /// Waits for a broadcast or until `microseconds` pass; call only inside `withLock`.
+    func wait(microseconds: UInt64) {
+        var deadline = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &deadline)
+        let nanoseconds = UInt64(deadline.tv_nsec) + (microseconds % 1_000_000) * 1000
+        deadline.tv_sec += Int(microseconds / 1_000_000) + Int(nanoseconds / 1_000_000_000)
+        deadline.tv_nsec = Int(nanoseconds % 1_000_000_000)
+        pthread_cond_timedwait(condition, mutex, &deadline)
+    }
 
     func broadcast() { pthread_cond_broadcast(condition) }
 }

@@ -60,7 +60,7 @@ final class TransmissionLoop: @unchecked Sendable {
         self.reader = reader
         self.journal = reader.journal
         self.recovery = recovery
-        self.writer = ReplyWriter(socket: reader.socket, journal: reader.journal, replyFile: replyFile)
+        self.writer = ReplyWriter(socket: reader.socket, journal: reader.journal, replyFile: replyFile, tls: reader.tls)
         self.source = source
         self.structuredReplies = structuredReplies
         self.configuration = configuration

@@ -53,8 +53,15 @@ public struct FileStatus: Sendable, Equatable {
 
     /// `lstat(2)`: does not follow a final symlink.
     public static func lstat(_ path: String) throws(SystemError) -> FileStatus {
+        try lstat(ByteString(path))
+    }
+
+    /// `lstat(2)` of a path that need not be UTF-8.
+    public static func lstat(_ path: ByteString) throws(SystemError) -> FileStatus {
         var st = Glibc.stat()
-        try retryingOnInterrupt("lstat", path: path) { fstatat(AT_FDCWD, path, &st, AT_SYMLINK_NOFOLLOW) }
+        try path.withCString { (cPath) throws(SystemError) in
+            try retryingOnInterrupt("lstat", path: path.description) { fstatat(AT_FDCWD, cPath, &st, AT_SYMLINK_NOFOLLOW) }
+        }
         return FileStatus(st)
     }
 

@@ -1,4 +1,6 @@
+import Foundation
 import Manifest
+import SystemCalls
 import Testing
 
 @Suite struct ManifestTests {
@@ -41,10 +43,44 @@ import Testing
     }
 
     @Test func sortsByCodePointNotByCanonicalEquivalence() {
-        let names = ["/é", "/z", "/e\u{301}", "/", "/a/b", "/a"]
+        let names: [ByteString] = ["/é", "/z", "/e\u{301}", "/", "/a/b", "/a"]
         let entries = names.map {
             ManifestEntry(path: $0, kind: .dir, permissions: 0o755, uid: 0, gid: 0, size: 0, mtimeNanoseconds: 0, linkCount: 2)
         }
         #expect(entries.sortedByPath().map(\.path) == ["/", "/a", "/a/b", "/e\u{301}", "/z", "/é"])
+    }
+}
+
+@Suite struct ByteNameJSONTests {
+    /// Bytes that are not UTF-8 become `\udcXX` (Python's surrogateescape, written as a JSON
+    /// escape); valid UTF-8 stays as Python's `ensure_ascii=False` writes it.
+    @Test func invalidBytesAreSurrogateEscapes() {
+        #expect(JSONText.quoted(ByteString([0x2f, 0x63, 0x61, 0x66, 0xe9])) == #""/caf\udce9""#)
+        #expect(JSONText.quoted(ByteString([0x2f, 0x63, 0x61, 0x66, 0xe8])) == #""/caf\udce8""#)
+        #expect(JSONText.quoted(ByteString("/café")) == "\"/café\"")
+        #expect(JSONText.quoted(ByteString([0x1b, 0x5b, 0x5c, 0xff, 0x22])) == #""\u001b[\\\udcff\"""#)
+    }
+
+    /// Python, the reference: json.loads then os.fsencode gives the bytes back.
+    @Test func pythonDecodesTheEscapeToTheSameBytes() throws {
+        let name: [UInt8] = [0x2f, 0x63, 0x61, 0x66, 0xe9, 0x20, 0xc3, 0xa9, 0x1b, 0xed, 0xa0, 0x80]
+        let line = JSONText.quoted(ByteString(name))
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        process.arguments = ["-c", "import json, os, sys; sys.stdout.write(os.fsencode(json.loads(sys.argv[1])).hex())", line]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let output = String(decoding: pipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        #expect(output == Hex.encode(name))
+    }
+
+    @Test func entriesSortByPathBytes() {
+        let paths: [ByteString] = [ByteString([0x2f, 0xe9]), "/é", "/", "/z"]
+        let entries = paths.map {
+            ManifestEntry(path: $0, kind: .file, permissions: 0o644, uid: 0, gid: 0, size: 0, mtimeNanoseconds: 0, linkCount: 1)
+        }
+        #expect(entries.sortedByPath().map(\.path) == ["/", "/z", "/é", ByteString([0x2f, 0xe9])])
     }
 }

@@ -92,4 +92,47 @@ func decodeOptionReplies(_ bytes: [UInt8]) throws -> [OptionReply] {
         #expect(replies.map(\.type) == [.errorUnsupported])
         #expect(replies[0].option == option)
     }
+
+    /// With TLS required, every option but STARTTLS and ABORT is refused with TLS_REQD (and
+    /// EXPORT_NAME, which has no error reply, closes) until TLS is up; then they work, and what
+    /// was negotiated in plain text is forgotten.
+    @Test func requiredTLSRefusesOptionsUntilStartTLS() throws {
+        var negotiator = HandshakeNegotiator(export: export, tls: .require)
+        for option in [OptionCode.list, .info, .go, .structuredReply, .listMetaContext, OptionCode(rawValue: 0xDEAD)] {
+            let data = option == .info || option == .go ? InfoRequest(exportName: "disk").encoded() : []
+            let step = negotiator.handle(option: option, data: data)
+            #expect(step.outcome == .awaitOption)
+            #expect(try decodeOptionReplies(step.reply).map(\.type) == [.errorTLSRequired], "\(option)")
+        }
+        #expect(!negotiator.structuredReplies)
+        let exportName = negotiator.handle(option: .exportName, data: Array("disk".utf8))
+        #expect(exportName.reply.isEmpty && exportName.outcome == .close)
+        #expect(try decodeOptionReplies(negotiator.handle(option: .startTLS, data: [0]).reply).map(\.type) == [.errorInvalid])
+        let start = negotiator.handle(option: .startTLS, data: [])
+        #expect(start.outcome == .startTLS)
+        #expect(try decodeOptionReplies(start.reply).map(\.type) == [.ack])
+        negotiator.tlsEstablished()
+        #expect(try decodeOptionReplies(negotiator.handle(option: .startTLS, data: []).reply).map(\.type) == [.errorInvalid])
+        let go = negotiator.handle(option: .go, data: InfoRequest(exportName: "disk").encoded())
+        #expect(go.outcome == .transmit)
+    }
+
+    @Test func abortIsAllowedBeforeRequiredTLS() throws {
+        var negotiator = HandshakeNegotiator(export: export, tls: .require)
+        let abort = negotiator.handle(option: .abort, data: [])
+        #expect(abort.outcome == .close)
+        #expect(try decodeOptionReplies(abort.reply).map(\.type) == [.ack])
+    }
+
+    /// Structured replies negotiated before STARTTLS do not survive it.
+    @Test func optionalTLSServesPlainClientsAndResetsStateOnUpgrade() throws {
+        var negotiator = HandshakeNegotiator(export: export, tls: .on)
+        _ = negotiator.handle(option: .structuredReply, data: [])
+        #expect(negotiator.structuredReplies)
+        #expect(negotiator.handle(option: .startTLS, data: []).outcome == .startTLS)
+        negotiator.tlsEstablished()
+        #expect(!negotiator.structuredReplies && negotiator.tlsActive)
+        var plain = HandshakeNegotiator(export: export, tls: .on)
+        #expect(plain.handle(option: .go, data: InfoRequest(exportName: "").encoded()).outcome == .transmit)
+    }
 }

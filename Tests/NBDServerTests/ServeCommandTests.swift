@@ -15,21 +15,22 @@ final class ServeProcess {
     let process = Process()
     let errorOutput = Pipe()
 
-    init(image: String, exportName: String = "img", extraArguments: [String] = []) throws {
+    /// `socketPath`: where to listen (default: in a fresh directory, removed at the end).
+    init(image: String, exportName: String = "img", extraArguments: [String] = [], socketPath: String? = nil) throws {
         directory = try #require(String(validatingCString: mkdtemp(strdup("/tmp/nbdserve.XXXXXX"))))
-        socketPath = directory + "/nbd.sock"
+        self.socketPath = socketPath ?? directory + "/nbd.sock"
         self.exportName = exportName
         self.image = image
         let binary = builtProductsDirectory() + "/erofs"
         try #require(FileManager.default.isExecutableFile(atPath: binary), "\(binary) not built")
         process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["serve", image, "--unix", socketPath, "--export-name", exportName] + extraArguments
+        process.arguments = ["serve", image, "--unix", self.socketPath, "--export-name", exportName] + extraArguments
         process.standardError = errorOutput
         try process.run()
         let deadline = Date().addingTimeInterval(10)
-        while !FileManager.default.fileExists(atPath: socketPath) {
+        while !FileManager.default.fileExists(atPath: self.socketPath) {
             try #require(process.isRunning, "erofs serve exited early")
-            try #require(Date() < deadline, "socket \(socketPath) did not appear")
+            try #require(Date() < deadline, "socket \(self.socketPath) did not appear")
             usleep(10_000)
         }
     }

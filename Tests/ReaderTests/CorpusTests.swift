@@ -9,6 +9,11 @@ import TestSupport
 @Suite struct CorpusTests {
     static let images: [Corpus.Image] = (try? Corpus.locate()?.images()) ?? []
 
+    /// The parametrized test below runs no case at all without the corpus: fail here instead.
+    @Test func corpusIsPresent() {
+        #expect(Self.images.count >= 12, "the corpus (../shared/corpus or $EROFS_CORPUS) is missing")
+    }
+
     @Test(arguments: images)
     func manifestMatchesKernel(image: Corpus.Image) throws {
         try compare(image)

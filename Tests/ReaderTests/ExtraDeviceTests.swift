@@ -131,13 +131,13 @@ import Glibc
         #expect(inspectedJSON.standardOutput.contains("\"extra_devices\": 1"))
     }
 
-    /// `erofs extract --device` and `erofs cat --device` reproduce what the reader (checked
+    /// `erofs extract --device` (with every opt-in) and `erofs cat --device` reproduce what the reader (checked
     /// against the kernel above) sees; directory sizes are the host's and are left out.
     @Test func toolsReadThroughTheBlob() throws {
         try #require(MkfsImageTests.canMount, "needs root and mkfs.erofs")
         let made = try MultiDeviceImage(chunkSize: 65536)
         defer { made.remove() }
-        let extracted = try runProgram(ToolTests.erofs, ["extract", "--device", made.blob, made.image, made.scratch + "/out"])
+        let extracted = try runProgram(ToolTests.erofs, ["extract"] + ToolTests.faithfulExtract + ["--device", made.blob, made.image, made.scratch + "/out"])
         #expect(extracted.status == 0, "\(extracted.standardError)")
         let filesystem = try EROFSFilesystem(path: made.image, devicePaths: [made.blob])
         var walked = try DirectoryWalker.manifest(ofTreeAt: made.scratch + "/out")

@@ -168,6 +168,11 @@ import TestSupport
         #expect(error?.offset.map { $0 >= UInt64(blockSize) } == true)
     }
 
+    /// The replay below runs no case when the findings are not found (a moved directory).
+    @Test func findingsArePresent() {
+        #expect(Self.findingNames.count >= 3, "no reproducers in Fuzz/findings/reader")
+    }
+
     /// Every reproducer goes through exactly what the fuzzer does with an input; each once
     /// trapped, recursed without end or took minutes.
     @Test(arguments: findingNames)

@@ -13,6 +13,8 @@ import TestSupport
         ["plain", "chunked", "lz4", "lzma", "ztailpacking-fragments-dedupe", "metadata-compressed"].contains($0.name)
     }
     static var erofs: String { builtProductsDirectory() + "/erofs" }
+    /// Every opt-in of `erofs extract`: the tree as the image has it, root's metadata included.
+    static let faithfulExtract = ["--same-permissions", "--devices", "--xattrs", "--capabilities", "--root-metadata"]
 
     @Test func corpusIsPresent() {
         #expect(!Self.images.isEmpty, "no corpus found (../shared/corpus or $EROFS_CORPUS)")
@@ -34,13 +36,14 @@ import TestSupport
         #expect(result.standardOutput.contains("OK, 511 paths"))
     }
 
-    /// Extraction reproduces every path: contents, modes, owners, nanosecond times, xattrs,
-    /// links, devices. Directory sizes are the host filesystem's, so they are left out.
+    /// Extraction with every opt-in reproduces every path: contents, modes, owners, nanosecond
+    /// times, xattrs, links, devices. Directory sizes are the host filesystem's, so they are
+    /// left out.
     @Test(arguments: sample)
     func extractReproducesTheTree(image: Corpus.Image) throws {
         let destination = try temporaryDirectory("extract-\(image.name)")
         defer { try? FileManager.default.removeItem(atPath: destination) }
-        let result = try runProgram(Self.erofs, ["extract", image.path, destination + "/tree"])
+        let result = try runProgram(Self.erofs, ["extract"] + Self.faithfulExtract + [image.path, destination + "/tree"])
         #expect(result.status == 0, "\(result.standardError)")
         var walked = try DirectoryWalker.manifest(ofTreeAt: destination + "/tree")
         let filesystem = try EROFSFilesystem(path: image.path)

@@ -54,9 +54,14 @@ import Testing
         guard setxattr(dir, "user.test", value, value.count, 0) == 0 else {
             return  // the filesystem under /tmp has no user xattrs: nothing to check here
         }
-        #expect(try ExtendedAttributes.names(dir).contains("user.test"))
-        #expect(try ExtendedAttributes.value(dir, name: "user.test") == value)
-        #expect(throws: SystemError.self) { try ExtendedAttributes.value(dir, name: "user.absent") }
+        #expect(try ExtendedAttributes.names(ByteString(dir)).contains("user.test"))
+        #expect(try ExtendedAttributes.value(ByteString(dir), name: "user.test") == value)
+        #expect(throws: SystemError.self) { try ExtendedAttributes.value(ByteString(dir), name: "user.absent") }
+        // Names are bytes: one that is not UTF-8 comes back as it went in.
+        let name = ByteString("user.caf") + ByteString([0xe9])
+        #expect(name.withCString { setxattr(dir, $0, value, value.count, 0) } == 0)
+        #expect(try ExtendedAttributes.names(ByteString(dir)).contains(name))
+        #expect(try ExtendedAttributes.value(ByteString(dir), name: name) == value)
     }
 
     @Test func readExactlyStopsAtEndOfFile() throws {

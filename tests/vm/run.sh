@@ -46,6 +46,8 @@ trap 'exit 130' INT TERM
     printf 'exec'; printf ' %q' "$@"; echo
 } > "$out/cmd"
 : > "$out/output"
+# The guest mounts a fresh tmpfs on /tmp; a checkout under /tmp would vanish behind it.
+[[ $REPO == /tmp/* ]] && : > "$out/keep-host-tmp"
 
 # TCG now and then crashes a guest kernel while it boots (an int3 oops while patching code):
 # a boot that never reached the command is retried, up to three boots in all.
