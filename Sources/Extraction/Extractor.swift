@@ -9,7 +9,7 @@ import Glibc
 /// names are checked first, so nothing in the image can make us write outside the destination.
 ///
 /// Hostile shapes stay bounded: the walk is `TreeTraversal` (an explicit stack; a directory
-/// reached twice is refused), at most `Options.openDirectories` directory descriptors are held
+/// reached twice is refused), at most `openDirectories` directory descriptors are held
 /// however deep the tree (shallower ones are closed and reopened through ".." on the way back,
 /// checked to be the directory made), holes are seeked over, never written, and the data to
 /// write (holes not counted) must fit the destination's free space.
