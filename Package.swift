@@ -97,8 +97,10 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "MountErofsTool", dependencies: ["MountCLI"]),
+        // `erofs extract`'s work, a library so that a fuzz target and tests can call it.
+        .target(name: "Extraction", dependencies: ["EROFSReader", "SystemCalls", "CShim"]),
         .executableTarget(name: "ErofsTool", dependencies: [
-            "EROFSFormat", "EROFSReader", "Manifest", "NBDProtocol", "NBDServer", "SystemCalls", "CShim", "RemoteSources", "ImageSources",
+            "EROFSFormat", "EROFSReader", "Extraction", "Manifest", "NBDProtocol", "NBDServer", "SystemCalls", "CShim", "RemoteSources", "ImageSources",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -113,8 +115,11 @@ let package = Package(
         .target(name: "ReaderFuzzSupport", dependencies: [
             "EROFSReader", "EROFSFormat", "ImageSources", "SystemCalls", .product(name: "SystemPackage", package: "swift-system"),
         ], path: "Fuzz/ReaderFuzzSupport"),
+        // What the extract fuzzer does with an input (ls --recursive, extract into a tmpfs).
+        .target(name: "ExtractFuzzSupport", dependencies: ["EROFSReader", "Extraction", "ReaderFuzzSupport"], path: "Fuzz/ExtractFuzzSupport"),
         .testTarget(name: "ReaderTests", dependencies: [
             "EROFSReader", "EROFSFormat", "ImageSources", "SystemCalls", "Manifest", "TestSupport", "ReaderFuzzSupport",
+            "ExtractFuzzSupport",
             .product(name: "SystemPackage", package: "swift-system"),
             // Built for the tests, which run the real binary.
             "ErofsTool", "CShim",
@@ -166,9 +171,11 @@ if Context.environment["EROFS_FUZZERS"] == "1" {
         .target(name: "FuzzDriver", path: "Fuzz/FuzzDriver", swiftSettings: [.enableExperimentalFeature("Extern")]),
         .executableTarget(name: "ReaderFuzzer", dependencies: ["ReaderFuzzSupport", "FuzzDriver"], path: "Fuzz/ReaderFuzzer"),
         .executableTarget(name: "NBDFuzzer", dependencies: ["NBDProtocol", "FuzzDriver"], path: "Fuzz/NBDFuzzer"),
+        .executableTarget(name: "ExtractFuzzer", dependencies: ["ExtractFuzzSupport", "ReaderFuzzSupport", "FuzzDriver"], path: "Fuzz/ExtractFuzzer"),
     ]
     package.products += [
         .executable(name: "ReaderFuzzer", targets: ["ReaderFuzzer"]),
         .executable(name: "NBDFuzzer", targets: ["NBDFuzzer"]),
+        .executable(name: "ExtractFuzzer", targets: ["ExtractFuzzer"]),
     ]
 }

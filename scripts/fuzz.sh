@@ -1,6 +1,6 @@
 #!/bin/bash
 # Builds one libFuzzer target (release, -sanitize=fuzzer, AddressSanitizer) and runs it.
-#   scripts/fuzz.sh reader|nbd|decompress [SECONDS] [extra libFuzzer flags...]   (default 60 s)
+#   scripts/fuzz.sh reader|extract|nbd|decompress [SECONDS] [extra libFuzzer flags...]   (default 60 s)
 # Work dir: .build-fuzz/work/TARGET/ (corpus/ grows across runs, seeds/ is regenerated,
 # crash-*/timeout-*/oom-* land in artifacts/, each run's log in logs/). Replay an artifact:
 #   .build-fuzz/release/ReaderFuzzer .build-fuzz/work/reader/artifacts/crash-...
@@ -9,16 +9,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
-target=${1:?usage: scripts/fuzz.sh reader|nbd|decompress [SECONDS] [libFuzzer flags...]}
+target=${1:?usage: scripts/fuzz.sh reader|extract|nbd|decompress [SECONDS] [libFuzzer flags...]}
 seconds=${2:-60}
 shift $(( $# >= 2 ? 2 : 1 ))
 
 case $target in
     reader) product=ReaderFuzzer; max_len=65536 ;;
+    # Lists and extracts each input into its own size-limited tmpfs (root only).
+    extract) product=ExtractFuzzer; max_len=65536 ;;
     nbd) product=NBDFuzzer; max_len=4096 ;;
     # The Compression target has its own script (swiftc over the module's sources).
     decompress) exec Fuzz/run.sh "$seconds" "$@" ;;
-    *) echo "unknown target '$target' (reader or nbd)" >&2; exit 2 ;;
+    *) echo "unknown target '$target' (reader, extract or nbd)" >&2; exit 2 ;;
 esac
 
 # The fuzzer targets exist only with EROFS_FUZZERS=1 (Package.swift); a separate scratch path
@@ -32,8 +34,10 @@ mkdir -p "$work/corpus" "$work/artifacts" "$work/logs"
 rm -rf "$work/seeds"
 mkdir -p "$work/seeds"
 cp "$repo/Fuzz/seeds/$target"/* "$work/seeds/" 2>/dev/null || true
+# The extract target starts from the crafted shapes (Fuzz/seeds/extract) and the reader's seeds.
+[ "$target" = extract ] && cp "$repo/Fuzz/seeds/reader"/* "$work/seeds/"
 
-if [ "$target" = reader ]; then
+if [ "$target" = reader ] || [ "$target" = extract ]; then
     # Small images of one tiny tree, one per layout mkfs.erofs (Debian's 1.5) can make.
     if command -v mkfs.erofs >/dev/null; then
         tree=$work/tree

@@ -58,6 +58,13 @@ public enum ReaderExercise {
         for index in 0..<4 { image[offset + 4 + index] = UInt8(truncatingIfNeeded: checksum >> (8 * UInt32(index))) }
     }
 
+    /// A libFuzzer input as an image: copied, its superblock checksum made to match.
+    public static func image(fromFuzzerInput data: UnsafePointer<UInt8>, count: Int) -> [UInt8] {
+        var image = Array(UnsafeBufferPointer(start: data, count: count))
+        fixSuperblockChecksum(&image)
+        return image
+    }
+
     private static let budgetExhausted = EROFSError(.io, "exercise budget exhausted")
 
     @discardableResult

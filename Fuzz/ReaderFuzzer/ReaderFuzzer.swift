@@ -5,9 +5,7 @@ import ReaderFuzzSupport
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func readerFuzzerTestOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
-    var image = Array(UnsafeBufferPointer(start: data, count: size))
-    ReaderExercise.fixSuperblockChecksum(&image)
-    ReaderExercise.run(image: image)
+    ReaderExercise.run(image: ReaderExercise.image(fromFuzzerInput: data, count: size))
     return 0
 }
 

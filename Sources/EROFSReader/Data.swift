@@ -134,3 +134,71 @@ extension EROFSFilesystem {
         return DataExtent(logicalStart: start, length: length, location: .image(physical, device: device))
     }
 }
+
+/// A stretch of a regular file's data: bytes, or a hole (reads as zeros, stored nowhere).
+public enum DataRun: Sendable {
+    case data([UInt8])
+    case hole(length: UInt64)
+}
+
+extension EROFSFilesystem {
+    /// Streams a regular file as runs of data (at most `chunkSize` bytes each) and holes, in
+    /// order from offset 0, so that a writer can seek over the holes: chunks with a null address,
+    /// flat files without blocks, compressed extents without a pcluster. Memory stays bounded by
+    /// `chunkSize` whatever the holes' length.
+    public func forEachRun(
+        of inode: Inode, chunkSize: Int = 1 << 20, _ body: (_ offset: UInt64, _ run: DataRun) throws(EROFSError) -> Void
+    ) throws(EROFSError) {
+        var offset: UInt64 = 0
+        while offset < inode.size {
+            let (isHole, end) = try span(of: inode, at: offset)
+            if isHole {
+                try body(offset, .hole(length: end - offset))
+                offset = end
+                continue
+            }
+            while offset < end {
+                let chunk = try read(inode, at: offset, count: Int(min(UInt64(chunkSize), end - offset)))
+                guard !chunk.isEmpty else { throw EROFSError(.corrupt, "data ends before the inode size", nid: inode.nid, offset: offset) }
+                try body(offset, .data(chunk))
+                offset += UInt64(chunk.count)
+            }
+        }
+    }
+
+    /// How many bytes of a regular file are not holes: what writing it out takes on disk (at
+    /// most; data blocks of zeros still count). Maps the file, decodes nothing.
+    public func storedLength(of inode: Inode) throws(EROFSError) -> UInt64 {
+        var stored: UInt64 = 0
+        var offset: UInt64 = 0
+        while offset < inode.size {
+            let (isHole, end) = try span(of: inode, at: offset)
+            if !isHole { stored += end - offset }
+            offset = end
+        }
+        return stored
+    }
+
+    /// Whether the data at `offset` is a hole, and where that extent ends (within the file, and
+    /// always beyond `offset`).
+    func span(of inode: Inode, at offset: UInt64) throws(EROFSError) -> (isHole: Bool, end: UInt64) {
+        try withContext(nid: inode.nid) { () throws(EROFSError) -> (isHole: Bool, end: UInt64) in
+            let start: UInt64, length: UInt64, isHole: Bool
+            if inode.layout.isCompressed {
+                let extent = try mapCompressed(inode, try compressionInfo(inode), at: offset)
+                (start, length) = (extent.logicalStart, extent.logicalLength)
+                if case .hole = extent.source { isHole = true } else { isHole = false }
+            } else {
+                let extent = try mapUncompressed(inode, at: offset)
+                (start, length) = (extent.logicalStart, extent.length)
+                if case .hole = extent.location { isHole = true } else { isHole = false }
+            }
+            guard start <= offset, offset - start < length else {
+                throw EROFSError(.corrupt, "data map does not cover offset \(offset)", nid: inode.nid)
+            }
+            // Extents may reach 2^64 (a hole as long as the file): clip before adding.
+            let remaining = length - (offset - start)
+            return (isHole, remaining >= inode.size - offset ? inode.size : offset + remaining)
+        }
+    }
+}

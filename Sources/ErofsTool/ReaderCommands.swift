@@ -167,7 +167,7 @@ struct ListCommand: ParsableCommand {
             """)
 
     @Flag(name: .short, help: "Long listing: mode, links, owner, size, mtime.") var long = false
-    @Flag(help: "Descend into subdirectories.") var recursive = false
+    @Flag(help: "Descend into subdirectories (any depth; a directory reached twice is an error).") var recursive = false
     @Flag(name: [.customShort("b"), .customLong("escape")], help: "Escape names as on a terminal (the default there), also into a pipe or file.")
     var escape = false
     @Flag(name: [.customShort("0"), .customLong("zero")], help: "End each line with NUL instead of newline, names unescaped (unless -b): for xargs -0 and the like.")
@@ -186,31 +186,15 @@ struct ListCommand: ParsableCommand {
             let base = pathBytes.bytes.split(separator: UInt8(ascii: "/")).reduce(ByteString("/")) {
                 $0.appending(component: ByteString($1))
             }
-            var entries: [(ByteString, Inode)] = []
-            if recursive {
-                // Walk below `base` only.
-                try collect(filesystem, base, start, &entries, seen: [])
-            } else if start.kind == .directory {
-                for entry in try filesystem.readDirectory(start) where entry.name != [0x2e] && entry.name != [0x2e, 0x2e] {
-                    let child = try filesystem.inode(nid: entry.nid)
-                    entries.append((base.appending(component: entry.nameBytes), child))
-                }
-            } else {
-                entries.append((base, start))
-            }
-            if json {
-                var manifest: [ManifestEntry] = []
-                for (entryPath, inode) in entries {
-                    manifest.append(try filesystem.manifestEntry(path: entryPath, inode: inode, sha256: sha256))
-                }
-                try writeStandardOutput(Array(manifest.sortedByPath().manifestText.utf8))
-                return
-            }
             let escaping = escape || (!zero && isatty(1) == 1)
             let terminator: UInt8 = zero ? 0 : 0x0a
             var output = OutputBuffer()
             func text(_ bytes: ByteString) -> [UInt8] { escaping ? Array(bytes.escaped.utf8) : bytes.bytes }
-            for (entryPath, inode) in entries.sorted(by: { $0.0 < $1.0 }) {
+            func emit(_ entryPath: ByteString, _ inode: Inode) throws {
+                if json {
+                    try output.append(Array(try filesystem.manifestEntry(path: entryPath, inode: inode, sha256: sha256).jsonLine.utf8) + [0x0a])
+                    return
+                }
                 let name = recursive ? entryPath : ByteString(entryPath.bytes.split(separator: UInt8(ascii: "/")).last ?? [UInt8(ascii: "/")])
                 if long {
                     let kind: Character = switch inode.kind {
@@ -230,6 +214,25 @@ struct ListCommand: ParsableCommand {
                     try output.append(text(name) + [terminator])
                 }
             }
+            if recursive {
+                // Streamed in the manifest's order (the paths' bytes), so memory does not grow
+                // with the tree; a directory reached twice stops the walk.
+                var traversal = TreeTraversal(filesystem, from: start, path: base, order: .paths)
+                while let event = try traversal.next() {
+                    if case .enter(let inode) = event { try emit(traversal.path, inode) }
+                }
+            } else {
+                var entries: [(ByteString, Inode)] = []
+                if start.kind == .directory {
+                    for entry in try filesystem.readDirectory(start) where entry.name != [0x2e] && entry.name != [0x2e, 0x2e] {
+                        let child = try filesystem.inode(nid: entry.nid)
+                        entries.append((base.appending(component: entry.nameBytes), child))
+                    }
+                } else {
+                    entries.append((base, start))
+                }
+                for (entryPath, inode) in entries.sorted(by: { $0.0 < $1.0 }) { try emit(entryPath, inode) }
+            }
             try output.flush()
         } catch let error as EROFSError {
             throw failing(error)
@@ -240,27 +243,12 @@ struct ListCommand: ParsableCommand {
         let digits = String(value)
         return String(repeating: "0", count: max(0, 9 - digits.count)) + digits
     }
-
-    private func collect(
-        _ filesystem: EROFSFilesystem, _ path: ByteString, _ inode: Inode, _ entries: inout [(ByteString, Inode)], seen: Set<UInt64>
-    ) throws(EROFSError) {
-        entries.append((path, inode))
-        guard inode.kind == .directory else { return }
-        guard !seen.contains(inode.nid) else { throw EROFSError(.corrupt, "directory cycle", path: path.description, nid: inode.nid) }
-        let seenHere = seen.union([inode.nid])
-        for entry in try filesystem.readDirectory(inode) where entry.name != [0x2e] && entry.name != [0x2e, 0x2e] {
-            guard !entry.name.contains(0x2f) else {
-                throw EROFSError(.corrupt, "directory entry name contains '/'", path: path.description, nid: inode.nid)
-            }
-            let child = try filesystem.inode(nid: entry.nid)
-            try collect(filesystem, path.appending(component: entry.nameBytes), child, &entries, seen: seenHere)
-        }
-    }
 }
 
 /// `erofs cat IMAGE PATH`: a regular file's contents on stdout.
 struct CatCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "cat", abstract: "Print a file of an image.")
+    static let configuration = CommandConfiguration(
+        commandName: "cat", abstract: "Print a file of an image (its holes stay holes when standard output is a regular file).")
 
     @Argument(help: "The EROFS image.") var image: String
     @Argument(help: "Path of a regular file inside the image (bytes: need not be UTF-8).") var path: String
@@ -272,14 +260,67 @@ struct CatCommand: ParsableCommand {
             let pathBytes = try RawArguments.bytes(of: path)
             let inode = try filesystem.lookup(path: pathBytes)
             guard inode.kind == .file else { throw EROFSError(.notFound, "not a regular file", path: pathBytes.description, nid: inode.nid) }
+            // Holes stay holes in a regular file (seeked over, the size set at the end); a pipe
+            // or terminal gets the zeros it asked for, 1 MiB at a time.
+            let output = StandardOutputFile()
             var failure: ExitCode?
-            try filesystem.forEachChunk(of: inode) { (chunk: [UInt8]) throws(EROFSError) in
+            try filesystem.forEachRun(of: inode) { (_, run: DataRun) throws(EROFSError) in
                 guard failure == nil else { return }
-                do throws(ExitCode) { try writeStandardOutput(chunk) } catch { failure = error }
+                do throws(ExitCode) {
+                    switch run {
+                    case .data(let chunk): try writeStandardOutput(chunk)
+                    case .hole(let length): try output.skip(length)
+                    }
+                } catch { failure = error }
+            }
+            if failure == nil {
+                do throws(ExitCode) { try output.finish() } catch { failure = error }
             }
             if let failure { throw failure }
         } catch let error as EROFSError {
             throw failing(error)
+        }
+    }
+}
+
+/// Standard output as the destination of a file that may have holes.
+struct StandardOutputFile {
+    /// A regular file written at its offset (not O_APPEND): holes can be seeked over.
+    let seekable: Bool
+    private static let zeros = [UInt8](repeating: 0, count: 1 << 20)
+
+    init() {
+        var status = stat()
+        let flags = fcntl(1, F_GETFL)
+        seekable = fstat(1, &status) == 0 && status.st_mode & S_IFMT == S_IFREG && flags >= 0 && flags & O_APPEND == 0
+    }
+
+    /// `length` bytes of zeros: a seek on a regular file, written zeros elsewhere.
+    func skip(_ length: UInt64) throws(ExitCode) {
+        if seekable {
+            guard length <= UInt64(Int64.max), lseek(1, off_t(length), SEEK_CUR) >= 0 else {
+                FileHandleStandardError.write("erofs: seek on standard output failed: \(String(cString: strerror(errno)))\n")
+                throw ExitCode(1)
+            }
+            return
+        }
+        var left = length
+        while left > 0 {
+            let count = Int(min(left, UInt64(StandardOutputFile.zeros.count)))
+            try writeStandardOutput(count == StandardOutputFile.zeros.count ? StandardOutputFile.zeros : Array(StandardOutputFile.zeros.prefix(count)))
+            left -= UInt64(count)
+        }
+    }
+
+    /// Extends the file over a final hole (never shortens what was already there).
+    func finish() throws(ExitCode) {
+        guard seekable else { return }
+        var status = stat()
+        let position = lseek(1, 0, SEEK_CUR)
+        guard position >= 0, fstat(1, &status) == 0 else { return }
+        if status.st_size < position && ftruncate(1, position) != 0 {
+            FileHandleStandardError.write("erofs: truncate of standard output failed: \(String(cString: strerror(errno)))\n")
+            throw ExitCode(1)
         }
     }
 }
