@@ -96,6 +96,29 @@ import TestSupport
         #expect(output.contains("still mounted"), "\(output)")
     }
 
+    /// `-N PID -u` unmounts in PID's namespace (found through our /proc, at PID's root) and
+    /// comes back: the mount was never ours to see, and after the -u this namespace is intact.
+    @Test func unmountInAnotherNamespace() throws {
+        let workspace = try MountHarness.Workspace("namespace", copying: BadInputTests.corpusImage("plain"))
+        defer { workspace.remove() }
+        let result = try runProgram("/bin/bash", ["-c", """
+            unshare -m --propagation private sleep 600 & holder=$!
+            until [[ $(readlink /proc/$holder/ns/mnt) != $(readlink /proc/self/ns/mnt) ]]; do sleep 0.05; done
+            "$1" -N $holder "$2" "$3"; echo "mount status $?"
+            grep -q " $3 " /proc/$holder/mountinfo && echo "mounted there"
+            mountpoint -q "$3" || echo "not here"
+            "$1" -N $holder -u /; echo "root status $?"
+            "$1" -N $holder -u "$3"; echo "unmount status $?"
+            grep -q " $3 " /proc/$holder/mountinfo || echo "gone there"
+            kill -9 $holder
+            """, "bash", harness.mountErofs, workspace.image, workspace.mountPoint])
+        let output = result.standardOutput
+        for line in ["mount status 0", "mounted there", "not here", "root status 32", "unmount status 0", "gone there"] {
+            #expect(output.contains(line), "\(line): \(output) \(result.standardError)")
+        }
+        #expect(result.standardError.contains("/ is not an EROFS mount"), "\(result.standardError)")
+    }
+
     /// -N is refused, not ignored, where it cannot apply.
     @Test(arguments: ["--list", "--disconnect", "--reattach", "--upgrade"])
     func namespaceIsRefusedWhereItCannotApply(mode: String) throws {

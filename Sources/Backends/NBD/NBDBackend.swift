@@ -99,13 +99,7 @@ public struct NBDBackend: Sendable {
                 logger.warning("\(device.path): cannot turn off the I/O scheduler: \(error)")
             }
             if let namespace = request.namespace {
-                try namespace.run { () throws(SystemError) in
-                    // The device is named relative to our /dev (the working directory): the
-                    // namespace's /dev/nbdN may be any node its owner put there.
-                    let target = canonicalPath(request.mountPoint)
-                    guard fchdir(namespace.devices) == 0 else { throw .lastErrno("enter our /dev from", path: namespace.name) }
-                    try Mount.mount(source: "nbd\(started.index)", target: target, type: "erofs", flags: request.flags, data: request.data)
-                }.get()
+                try namespace.mount(device: device.path, on: request.mountPoint, type: "erofs", flags: request.flags, data: request.data)
             } else {
                 try Mount.mount(source: device.path, target: request.mountPoint, type: "erofs", flags: request.flags, data: request.data)
             }
