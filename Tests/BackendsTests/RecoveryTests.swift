@@ -151,6 +151,19 @@ import Testing
         #expect(try Data(contentsOf: URL(fileURLWithPath: states.path(forDevice: 78))) == before)
     }
 
+    /// An ioctl device is refused for what it is, before the kernel is asked about it: once its
+    /// daemon died the kernel may still show the dead server's pid (seen on 6.12).
+    @Test func ioctlDeviceIsRefusedFirst() throws {
+        let states = store()
+        defer { try? FileManager.default.removeItem(atPath: states.directory) }
+        var state = StateStoreTests.sample(index: 81)
+        state.attachMethod = .ioctl
+        try states.save(state)
+        let recovery = NBDRecovery(logger: Logger(label: "test"), store: states)
+        #expect(message { _ = try recovery.reattach(index: 81, target: "/dev/nbd81") }?.hasSuffix("cannot be reattached") == true)
+        #expect(message { _ = try recovery.upgrade(index: 81, target: "/dev/nbd81") }?.hasSuffix("cannot be replaced while it is mounted") == true)
+    }
+
     @Test func unreadableStateIsReported() throws {
         let states = store()
         defer { try? FileManager.default.removeItem(atPath: states.directory) }

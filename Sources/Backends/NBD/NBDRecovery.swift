@@ -51,19 +51,18 @@ public struct NBDRecovery: Sendable {
         return index
     }
 
-    /// The state of TARGET's device, checked against the kernel: it must be connected, with our
-    /// backend identifier.
-    public func managedDevice(_ target: String) throws(MountFailure) -> DeviceState {
-        try managedDevice(index: Self.deviceIndex(of: target))
-    }
-
-    func managedDevice(index: Int) throws(MountFailure) -> DeviceState {
+    /// The state of TARGET's device, attached over netlink (`ioctl`: why an ioctl device is
+    /// refused) and checked against the kernel: it must be connected, with our backend identifier.
+    func managedDevice(index: Int, ioctl: String) throws(MountFailure) -> DeviceState {
         let state: DeviceState?
         do { state = try store.load(device: index) } catch {
             throw MountFailure("/dev/nbd\(index): cannot use its state", cause: error)
         }
         guard let state else {
             throw MountFailure("/dev/nbd\(index) is not managed by mount.erofs (no state in \(store.directory))")
+        }
+        guard state.attachMethod == .netlink else {
+            throw MountFailure("\(state.devicePath) is attached through the ioctl interface\(ioctl)")
         }
         switch state.connection() {
         case .ours:
@@ -83,10 +82,7 @@ public struct NBDRecovery: Sendable {
 
     /// `target` as the user named the device, for messages.
     func reattach(index: Int, target: String) throws(MountFailure) -> DeviceState {
-        var state = try managedDevice(index: index)
-        guard state.attachMethod == .netlink else {
-            throw MountFailure("\(state.devicePath) is attached through the ioctl interface, which cannot take a new socket: it cannot be reattached")
-        }
+        var state = try managedDevice(index: index, ioctl: ", which cannot take a new socket: it cannot be reattached")
         if let alive = livingDaemon(of: state) {
             throw MountFailure("\(state.devicePath) is still served by process \(alive); `mount.erofs --upgrade \(target)` replaces it")
         }
@@ -136,10 +132,7 @@ public struct NBDRecovery: Sendable {
     }
 
     func upgrade(index: Int, target: String, timeout: Double = 60) throws(MountFailure) -> DeviceState {
-        let state = try managedDevice(index: index)
-        guard state.attachMethod == .netlink else {
-            throw MountFailure("\(state.devicePath) is attached through the ioctl interface: its daemon cannot be replaced while it is mounted")
-        }
+        let state = try managedDevice(index: index, ioctl: ": its daemon cannot be replaced while it is mounted")
         let supervisor = state.daemon
         guard state.supervised == true, supervisor.isOurs(serving: state.backendIdentifier) else {
             if let alive = livingDaemon(of: state) {
