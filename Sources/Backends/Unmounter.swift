@@ -38,7 +38,7 @@ public struct Unmounter: Sendable {
         if let loop = LoopDevice.device(major: entry.major, minor: entry.minor) {
             result.releasedLoopDevice = try releaseIfUnused(loop, major: entry.major, minor: entry.minor)
         }
-        if let index = BlockDevice.name(major: entry.major, minor: entry.minor).flatMap { BlockDevice.index(of: $0, prefix: "nbd") } {
+        if let name = BlockDevice.name(major: entry.major, minor: entry.minor), let index = BlockDevice.index(of: name, prefix: "nbd") {
             try releaseNBD(index: index, major: entry.major, minor: entry.minor, unmounted: entry.mountPoint)
         }
         return result
