@@ -28,7 +28,7 @@ public final class MountNamespace: Sendable {
 
     public init(_ name: String) throws(SystemError) {
         self.name = name
-        let isPID = !name.isEmpty && name.utf8.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }
+        let isPID = Self.isDecimal(Substring(name))
         let path = isPID ? "/proc/\(name)/ns/mnt" : name
         let pid: Substring? = isPID ? Substring(name) : Self.pid(ofNamespacePath: name)
         var opened: [Int32] = []
@@ -56,8 +56,12 @@ public final class MountNamespace: Sendable {
     static func pid(ofNamespacePath path: String) -> Substring? {
         let parts = path.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 5, parts[0].isEmpty, parts[1] == "proc", parts[3] == "ns", parts[4] == "mnt",
-              !parts[2].isEmpty, parts[2].utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }) else { return nil }
+              isDecimal(parts[2]) else { return nil }
         return parts[2]
+    }
+
+    static func isDecimal(_ text: Substring) -> Bool {
+        !text.isEmpty && text.utf8.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }
     }
 
     /// Runs `body` inside the namespace (at the named process's root, if any) and comes back to
