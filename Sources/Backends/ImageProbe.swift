@@ -18,23 +18,40 @@ public struct ImageProbe: Sendable {
 
     /// Opens and validates `path`. Errors name the path and say what is wrong.
     public static func probe(_ path: String) throws(MountFailure) -> ImageProbe {
+        let fd = try open(path)
+        defer { try? fd.close() }
+        return try probe(fd, path: path)
+    }
+
+    /// Opens `path` for reading if it is a regular file or a block device (looked at first: an
+    /// open of a FIFO would wait for a writer).
+    public static func open(_ path: String) throws(MountFailure) -> FileDescriptor {
         let status: FileStatus
         do { status = try FileStatus.stat(path) } catch {
             throw MountFailure("cannot open source \(path)", cause: error)
         }
-        let kind: SourceKind
+        _ = try sourceKind(status, path: path)
+        do { return try FileDescriptor.open(path: path, .readOnly, options: .closeOnExec) } catch {
+            throw MountFailure("cannot open source \(path)", cause: error)
+        }
+    }
+
+    static func sourceKind(_ status: FileStatus, path: String) throws(MountFailure) -> SourceKind {
         switch status.kind {
-        case .file: kind = .regularFile
-        case .block: kind = .blockDevice
+        case .file: return .regularFile
+        case .block: return .blockDevice
         case .dir: throw MountFailure("source \(path) is a directory, not an EROFS image or block device")
         default: throw MountFailure("source \(path) is not a regular file or block device")
         }
-        let fd: FileDescriptor
-        do { fd = try FileDescriptor.open(path: path, .readOnly) } catch {
+    }
+
+    /// Validates the image open on `fd` (named `path` in messages).
+    public static func probe(_ fd: FileDescriptor, path: String) throws(MountFailure) -> ImageProbe {
+        let status: FileStatus
+        do { status = try FileStatus.fstat(fd) } catch {
             throw MountFailure("cannot open source \(path)", cause: error)
         }
-        defer { try? fd.close() }
-
+        let kind = try sourceKind(status, path: path)
         var size = UInt64(max(0, status.size))
         if kind == .blockDevice {
             var bytes: UInt64 = 0

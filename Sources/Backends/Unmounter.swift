@@ -24,57 +24,101 @@ public struct Unmounter: Sendable {
         public var minor: UInt32 = 0
     }
 
-    /// `target` is a mountpoint, or (as umount(8) allows) the mounted image or device.
-    public func unmount(_ target: String) throws(MountFailure) -> Result {
-        let canonical = canonicalPath(target)
-        let table: [MountInfoEntry]
-        do { table = try MountTable.read() } catch {
-            throw MountFailure("cannot read the mount table", cause: error)
+    /// `target` is a mountpoint, or (as umount(8) allows) the mounted image or device. With
+    /// `namespace`, only finding and unmounting the mount happens there; what the mount set up
+    /// (loop or nbd device, daemon, state) is released from our own namespace, found by the
+    /// mount's device number, never by a name the other namespace could have chosen.
+    public func unmount(_ target: String, in namespace: MountNamespace? = nil) throws(MountFailure) -> Result {
+        let entry: MountInfoEntry
+        if let namespace {
+            let outcome: Swift.Result<MountInfoEntry, MountFailure>
+            do { outcome = try namespace.run { () throws(MountFailure) in try detach(target, table: namespace.mountTable) } } catch {
+                throw MountFailure("cannot unmount \(target) in mount namespace \(namespace.name)", cause: error)
+            }
+            entry = try outcome.get()
+        } else {
+            entry = try detach(target, table: { () throws(SystemError) in try MountTable.read() })
         }
-        let bySource = { (entry: MountInfoEntry) -> Bool in
-            entry.source == canonical
-                || LoopDevice.device(major: entry.major, minor: entry.minor)?.backingFile == canonical
-        }
-        guard let entry = table.last(where: { $0.mountPoint == canonical }) ?? table.last(where: bySource) else {
-            throw MountFailure("\(target) is not mounted")
-        }
-        let mountPoint = entry.mountPoint
-        guard entry.fsType == "erofs" || entry.fsType.hasPrefix("fuse.erofs") || entry.fsType == "fuse" && entry.source.contains("erofs") else {
-            throw MountFailure("\(target) is not an EROFS mount (it is \(entry.fsType) from \(entry.source))")
-        }
-        do { try Mount.unmount(mountPoint) } catch {
-            throw MountFailure("cannot unmount \(mountPoint)", cause: error)
-        }
-        var result = Result(mountPoint: mountPoint, source: entry.source)
+        var result = Result(mountPoint: entry.mountPoint, source: entry.source)
         (result.fsType, result.major, result.minor) = (entry.fsType, entry.major, entry.minor)
         if let loop = LoopDevice.device(major: entry.major, minor: entry.minor) {
-            result.releasedLoopDevice = try releaseIfUnused(loop)
+            result.releasedLoopDevice = try releaseIfUnused(loop, major: entry.major, minor: entry.minor)
         }
-        if let index = nbdIndex(entry.source), let state = try? StateStore().load(device: index) {
-            // Mounted elsewhere too (a bind mount, another namespace's view): the device stays.
-            if let others = try? MountTable.read(), others.contains(where: { $0.source == entry.source }) {
-                logger.info("\(entry.source) is still mounted elsewhere; it stays attached")
-                return result
-            }
-            let problems = NBDTeardown(logger: logger).release(state)
-            if !problems.isEmpty {
-                throw MountFailure("unmounted \(mountPoint), but: \(problems.joined(separator: "; "))")
-            }
+        if let name = BlockDevice.name(major: entry.major, minor: entry.minor), let index = BlockDevice.index(of: name, prefix: "nbd") {
+            try releaseNBD(index: index, major: entry.major, minor: entry.minor, unmounted: entry.mountPoint)
         }
         return result
+    }
+
+    /// Finds TARGET in `table` and unmounts it, if it is an EROFS mount.
+    private func detach(_ target: String, table: () throws(SystemError) -> [MountInfoEntry]) throws(MountFailure) -> MountInfoEntry {
+        let canonical = canonicalPath(target)
+        let mounts: [MountInfoEntry]
+        do { mounts = try table() } catch {
+            throw MountFailure("cannot read the mount table", cause: error)
+        }
+        // A device given as TARGET is matched by its number; an image by the source of its
+        // file-backed mount or by the loop device on it. (Whatever matched must then be EROFS.)
+        let device = (try? FileStatus.stat(canonical)).flatMap { $0.kind == .block ? ($0.rdevMajor, $0.rdevMinor) : nil }
+        let bySource = { (entry: MountInfoEntry) -> Bool in
+            if let device { return (entry.major, entry.minor) == device }
+            return entry.source == canonical || LoopDevice.device(major: entry.major, minor: entry.minor)?.backingFile == canonical
+        }
+        guard let entry = mounts.last(where: { $0.mountPoint == canonical }) ?? mounts.last(where: bySource) else {
+            throw MountFailure("\(target) is not mounted")
+        }
+        guard Self.isOurs(entry) else {
+            throw MountFailure("\(target) is not an EROFS mount (it is \(entry.fsType) from \(entry.source))")
+        }
+        do { try Mount.unmount(entry.mountPoint) } catch {
+            throw MountFailure("cannot unmount \(entry.mountPoint)", cause: error)
+        }
+        return entry
+    }
+
+    /// A kernel EROFS mount, or a FUSE one of type erofs that root mounted (an unprivileged
+    /// user's FUSE mount may call itself anything, and its source may say anything).
+    static func isOurs(_ entry: MountInfoEntry) -> Bool {
+        if entry.fsType == "erofs" { return true }
+        return entry.fsType == "fuse.erofs" && entry.superOptions.split(separator: ",").contains("user_id=0")
+    }
+
+    /// Releases the nbd device of an unmount, unless a mount of it remains anywhere: a bind
+    /// mount, or a copy in another mount namespace (services with PrivateTmp hold copies of
+    /// every mount). The kernel knows: the filesystem of a mount holds its device exclusively.
+    /// A device still held is left to the kernel, which disconnects it when its last mount goes
+    /// (disconnect-on-close); its supervisor then removes the state.
+    private func releaseNBD(index: Int, major: UInt32, minor: UInt32, unmounted mountPoint: String) throws(MountFailure) {
+        let store = StateStore()
+        let state: DeviceState?
+        do { state = try store.load(device: index) } catch {
+            throw MountFailure("unmounted \(mountPoint), but /dev/nbd\(index) is left attached: its state cannot be used", cause: error)
+        }
+        guard let state else { return }  // not ours to release
+        switch BlockDevice.claim(path: state.devicePath, major: major, minor: minor) {
+        case .free:
+            break
+        case .held:
+            logger.info("\(state.devicePath) is still mounted elsewhere (a bind mount or another mount namespace): it stays attached until its last mount goes")
+            return
+        case .failed(let error):
+            throw MountFailure("unmounted \(mountPoint), but cannot tell whether \(state.devicePath) is still mounted elsewhere; it is left attached", cause: error)
+        }
+        let problems = NBDTeardown(logger: logger, store: store).release(state)
+        if !problems.isEmpty {
+            throw MountFailure("unmounted \(mountPoint), but: \(problems.joined(separator: "; "))")
+        }
     }
 
     /// Autoclear frees a loop device once its last user is gone, possibly a moment after the
     /// unmount; one set up for autoclear (by us or by mount(8)) that stays bound and is mounted
     /// nowhere else is released here. Loop devices set up by hand (no autoclear) are left alone.
-    private func releaseIfUnused(_ loop: LoopDevice) throws(MountFailure) -> String? {
+    private func releaseIfUnused(_ loop: LoopDevice, major: UInt32, minor: UInt32) throws(MountFailure) -> String? {
         for _ in 0..<50 {
             if loop.backingFile == nil { return nil }
             usleep(10_000)
         }
-        guard loop.autoclear else { return nil }
-        let stillMounted = (try? MountTable.read())?.contains { $0.source == loop.path } ?? true
-        guard !stillMounted else { return nil }
+        guard loop.autoclear, case .free = BlockDevice.claim(path: loop.path, major: major, minor: minor) else { return nil }
         do { try loop.detach() } catch {
             if error.errno == .noSuchAddressOrDevice || error.errno == .operationNotSupportedByDevice { return nil }  // freed meanwhile
             throw MountFailure("unmounted, but cannot release \(loop.path)", cause: error)
@@ -82,12 +126,6 @@ public struct Unmounter: Sendable {
         logger.debug("released \(loop.path)")
         return loop.path
     }
-}
-
-/// N of a path /dev/nbdN, else nil.
-public func nbdIndex(_ path: String) -> Int? {
-    guard path.hasPrefix("/dev/nbd") else { return nil }
-    return Int(path.dropFirst("/dev/nbd".count))
 }
 
 /// The absolute, symlink-free form of `path` when it exists (as /proc/self/mountinfo shows

@@ -184,6 +184,10 @@ public struct FUSEBackend: Sendable {
         guard let state = store.load(major: major, minor: minor) else { return [] }
         var problems: [String] = []
         let daemon = state.daemon
+        guard state.daemonIsOurs || !daemon.isAlive else {
+            store.remove(major: major, minor: minor)
+            return ["the state named process \(state.daemonPID), which is not our FUSE daemon: left alone"]
+        }
         if !daemon.waitForExit(timeout: 5) && !daemon.terminate(signal: SIGTERM, timeout: 5) {
             daemon.terminate(signal: SIGKILL, timeout: 5)
         }

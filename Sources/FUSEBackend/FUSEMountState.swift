@@ -22,13 +22,21 @@ public struct FUSEMountState: Codable, Sendable, Equatable {
     public var logFile: String
 
     public var daemon: DaemonProcess { DaemonProcess(pid: daemonPID, startTime: daemonStartTime) }
+
+    /// Whether the recorded daemon is, alive, our FUSE daemon serving this source: only such a
+    /// process is ever signalled (a state names a pid; the pid may be anyone's by now).
+    public var daemonIsOurs: Bool {
+        daemon.runsOurBinary { arguments in
+            arguments.count > 2 && arguments[1] == FUSEDaemon.flag && arguments.last == source
+        }
+    }
 }
 
 public struct FUSEStateStore: Sendable {
     public static let defaultDirectory = "/run/erofs-mount/fuse"
     public let directory: String
 
-    public init(directory: String = ProcessInfo.processInfo.environment["EROFS_MOUNT_FUSE_STATE_DIR"] ?? FUSEStateStore.defaultDirectory) {
+    public init(directory: String = FUSEStateStore.defaultDirectory) {
         self.directory = directory
     }
 
@@ -67,9 +75,12 @@ public struct FUSEStateStore: Sendable {
         load(path: path(major: major, minor: minor))
     }
 
+    /// Read as every state is (StateStore.readFile: a regular file of ours in our own
+    /// directory, no symlink followed); anything else is no state of ours.
     func load(path: String) -> FUSEMountState? {
-        guard let text = try? readTextFile(path) else { return nil }
-        return try? JSONDecoder().decode(FUSEMountState.self, from: Data(text.utf8))
+        let name = String(path.split(separator: "/").last ?? "")
+        guard path == "\(directory)/\(name)", let bytes = try? StateStore(directory: directory).readFile(named: name) else { return nil }
+        return try? JSONDecoder().decode(FUSEMountState.self, from: Data(bytes))
     }
 
     public func remove(major: UInt32, minor: UInt32) {

@@ -40,9 +40,14 @@ public final class FileSource: RandomAccessSource {
     public var displayName: String { path }
     public var localFileDescriptor: FileDescriptor? { descriptor }
 
-    public init(path: String) throws(SystemError) {
+    public convenience init(path: String) throws(SystemError) {
+        try self.init(descriptor: try FileDescriptor.open(path: path, .readOnly), path: path)
+    }
+
+    /// An image already open (handed down by the process that opened and checked it, so that
+    /// a file renamed over `path` since is not what is read); takes ownership of `fd`.
+    public init(descriptor fd: FileDescriptor, path: String) throws(SystemError) {
         self.path = path
-        let fd = try FileDescriptor.open(path: path, .readOnly)
         do {
             let status = try FileStatus.fstat(fd)
             if status.kind == .block {

@@ -89,11 +89,7 @@ public struct LoopDevice: Sendable, Equatable {
     /// The loop device behind a block device number, if it is one.
     public static func device(major: UInt32, minor: UInt32) -> LoopDevice? {
         guard major == 7 else { return nil }  // LOOP_MAJOR
-        guard let text = try? readTextFile("/sys/dev/block/\(major):\(minor)/uevent") else { return nil }
-        for line in text.split(separator: "\n") where line.hasPrefix("DEVNAME=loop") {
-            if let index = Int(line.dropFirst("DEVNAME=loop".count)) { return LoopDevice(index: index) }
-        }
-        return nil
+        return BlockDevice.name(major: major, minor: minor).flatMap { BlockDevice.index(of: $0, prefix: "loop") }.map(LoopDevice.init)
     }
 }
 

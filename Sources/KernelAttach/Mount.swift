@@ -16,8 +16,10 @@ public enum Mount {
         }
     }
 
+    /// UMOUNT_NOFOLLOW always: a symlink put in the mountpoint's place must not redirect the
+    /// unmount to another mount.
     public static func unmount(_ target: String, flags: Int32 = 0) throws(SystemError) {
-        try retryingOnInterrupt("umount", path: target) { umount2(target, flags) }
+        try retryingOnInterrupt("umount", path: target) { umount2(target, flags | Int32(UMOUNT_NOFOLLOW)) }
     }
 }
 
@@ -83,6 +85,11 @@ public enum MountTable {
 public func readTextFile(_ path: String) throws(SystemError) -> String {
     let fd = try retryingOnInterrupt("open", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
     defer { close(fd) }
+    return try readAll(fd, path: path)
+}
+
+/// The rest of an open file, as text.
+func readAll(_ fd: Int32, path: String) throws(SystemError) -> String {
     var bytes: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 65536)
     while true {

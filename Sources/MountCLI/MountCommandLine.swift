@@ -168,6 +168,11 @@ public struct MountCommandLine: Sendable, Equatable {
     }
 
     func checkConsistency() throws(UsageError) {
+        if namespace != nil, [.list, .disconnect, .reattach, .upgrade].contains(mode) {
+            // Refused, not ignored: an nbd device, its daemons and its state belong to no mount
+            // namespace, and another namespace's /run or mount table must not choose them.
+            throw UsageError("-N applies to mounting and -u only: for --\(mode.rawValue), name the device (/dev/nbdN) from this namespace")
+        }
         guard mode == .mount else { return }
         if options.forceLoop, let backend, backend != .local {
             throw UsageError("conflicting options: `-o loop` needs the local backend, not -t erofs.\(backend.rawValue)")

@@ -57,11 +57,18 @@ public enum MountTool {
         case .version:
             print("mount.erofs (erofs-mount) \(version)")
         case .mount:
-            try enterNamespace(line.namespace)
+            // The nbd backend enters the namespace only to mount (its daemon, state and image
+            // stay ours); the local one mounts from inside.
+            // A FUSE daemon started inside another namespace would run that namespace's
+            // /proc/self/exe and keep its state there: not supported yet.
+            if line.backend == .fuse, line.namespace != nil {
+                throw MountFailure("-N is not supported with -t erofs.fuse (yet): mount from inside the namespace")
+            }
+            if line.backend != .nbd { try enterNamespace(line.namespace) }
             try mount(line, logger: logger)
         case .unmount:
-            try enterNamespace(line.namespace)
-            let result = try Unmounter(logger: logger).unmount(line.target!)
+            let namespace = try line.namespace.map { (name) throws(MountFailure) in try openNamespace(name) }
+            let result = try Unmounter(logger: logger).unmount(line.target!, in: namespace)
             if result.fsType.hasPrefix("fuse.erofs") {
                 let problems = FUSEBackend(logger: logger).finishUnmount(major: result.major, minor: result.minor)
                 if !problems.isEmpty { throw MountFailure("unmounted \(result.mountPoint), but: \(problems.joined(separator: "; "))") }
@@ -70,7 +77,7 @@ public enum MountTool {
         case .disconnect:
             try disconnect(line.target!, logger: logger)
         case .list:
-            list()
+            try list()
         case .reattach:
             let state = try NBDRecovery(logger: logger).reattach(line.target!)
             logger.info("\(state.devicePath) is served again by daemon \(state.daemonPID)")
@@ -125,7 +132,8 @@ public enum MountTool {
                 source: source, mountPoint: target, flags: line.options.flags.rawValue,
                 data: line.options.kernelDataString, forceIoctl: forceIoctl, deadConnectionTimeout: deadTimeout,
                 automaticRecovery: automaticRecovery, requeueMilliseconds: requeueMilliseconds,
-                pollMicroseconds: pollMicroseconds, fake: line.fake)
+                pollMicroseconds: pollMicroseconds, fake: line.fake,
+                namespace: try line.namespace.map { (name) throws(MountFailure) in try openNamespace(name) })
             if let state = try NBDBackend(logger: logger).mount(request) {
                 logger.info("mounted \(source) on \(target) through \(state.devicePath) (\(state.attachMethod.rawValue), daemon \(state.daemonPID))")
             } else {
@@ -151,8 +159,13 @@ public enum MountTool {
     /// up as -u does; a mount on it then fails its reads instead of hanging.
     static func disconnect(_ target: String, logger: Logger) throws {
         let index = try NBDRecovery.deviceIndex(of: target)
-        guard let state = try StateStore().load(device: index) else {
-            throw MountFailure("/dev/nbd\(index) is not managed by mount.erofs (no state in \(StateStore().directory))")
+        let store = StateStore()
+        let loaded: DeviceState?
+        do { loaded = try store.load(device: index) } catch {
+            throw MountFailure("/dev/nbd\(index): cannot use its state", cause: error)
+        }
+        guard let state = loaded else {
+            throw MountFailure("/dev/nbd\(index) is not managed by mount.erofs (no state in \(store.directory))")
         }
         let problems = NBDTeardown(logger: logger).release(state)
         guard problems.isEmpty else { throw MountFailure("/dev/nbd\(index): \(problems.joined(separator: "; "))") }
@@ -160,22 +173,27 @@ public enum MountTool {
     }
 
     /// `--list`: every nbd device mount.erofs manages, with what the kernel says of its link.
-    static func list() {
+    static func list() throws {
+        let states: [(index: Int, state: Result<DeviceState, SystemError>)]
+        do { states = try StateStore().all() } catch {
+            throw MountFailure("cannot list the nbd devices", cause: error)
+        }
         let kernel = (try? NBDNetlink.open().status()).map { Dictionary($0.map { (Int($0.index), $0.connected) }, uniquingKeysWith: { $1 }) }
         print("DEVICE\tBACKEND\tMETHOD\tRECOVERY\tDAEMON\tWORKER\tLINK\tMOUNTPOINT\tSOURCE")
-        for (index, result) in StateStore().all() {
+        for (index, result) in states {
             switch result {
             case .success(let state):
                 let daemon = DaemonProcess(pid: state.daemonPID, startTime: state.daemonStartTime)
                 let worker = state.servingPID.map { DaemonProcess(pid: $0, startTime: state.servingStartTime ?? 0) } ?? daemon
+                let isOurs = { (process: DaemonProcess) in process.isOurs(serving: state.backendIdentifier) }
                 let recovery = state.attachMethod == .ioctl ? "none (ioctl)" : state.supervised == true ? "auto" : "manual"
                 let link: String
                 switch kernel?[index] {
                 case nil: link = NBDDevice(index: UInt32(index)).isInService ? "in service" : "not connected"
                 case false?: link = "disconnected"
-                case true?: link = worker.isAlive ? "connected" : "dead, waiting for a daemon"
+                case true?: link = isOurs(worker) ? "connected" : "dead, waiting for a daemon"
                 }
-                let describe = { (process: DaemonProcess) in "\(process.pid)\(process.isAlive ? "" : " (gone)")" }
+                let describe = { (process: DaemonProcess) in "\(process.pid)\(isOurs(process) ? "" : " (gone)")" }
                 print([state.devicePath, "nbd", state.attachMethod.rawValue, recovery, describe(daemon),
                        state.servingPID == nil ? "-" : describe(worker), link, state.mountPoint ?? "-", state.source]
                     .joined(separator: "\t"))
@@ -193,6 +211,12 @@ public enum MountTool {
         defer { close(fd) }
         guard cshim_setns_mount(fd) == 0 else {
             throw MountFailure("cannot enter mount namespace", cause: .lastErrno("setns", path: path))
+        }
+    }
+
+    static func openNamespace(_ name: String) throws(MountFailure) -> MountNamespace {
+        do { return try MountNamespace(name) } catch {
+            throw MountFailure("cannot open mount namespace \(name)", cause: error)
         }
     }
 
@@ -223,7 +247,8 @@ public enum MountTool {
           -u TARGET            unmount TARGET (mountpoint or image) and release what the
                                mount set up (loop device; nbd device, daemon and state;
                                the FUSE daemon)
-              --disconnect TARGET abort an nbd device (/dev/nbdN or its mountpoint) forcibly
+              --disconnect TARGET abort an nbd device (/dev/nbdN or the mountpoint of an
+                               EROFS mount of one) forcibly
               --list           show the nbd devices mount.erofs manages, their daemons and
                                the kernel's view of their link
               --reattach TARGET   start a new daemon for an nbd device (/dev/nbdN or its
@@ -234,7 +259,11 @@ public enum MountTool {
           -v                   verbose (same as -d 4)
           -f                   check the source and mountpoint, mount nothing
           -n, -s               accepted for mount(8); no effect
-          -N NAMESPACE         mount in that mount namespace (/proc/PID/ns/mnt or a PID)
+          -N NAMESPACE         mount (or with -u unmount) in that mount namespace
+                               (/proc/PID/ns/mnt or a PID); with -t erofs.nbd and -u only
+                               the mountpoint is looked up there: the image, the daemon and
+                               its state stay in this namespace. Refused with --list,
+                               --disconnect, --reattach, --upgrade
           -V, --version        print the version and exit
           -h, --help           print this help and exit
 

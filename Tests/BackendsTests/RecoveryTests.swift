@@ -122,19 +122,22 @@ import Testing
 
     @Test func targetsThatAreNoNBDDevice() {
         let recovery = NBDRecovery(logger: Logger(label: "test"), store: store())
-        #expect(message { _ = try recovery.reattach("/") }?.contains("/ is neither /dev/nbdN nor mounted from one") == true)
-        #expect(message { _ = try recovery.upgrade("/nonexistent/dir") }?.contains("is neither /dev/nbdN") == true)
+        // Found by device number: the root filesystem is no EROFS mount of an nbd device.
+        #expect(message { _ = try recovery.reattach("/") }?.contains("/ is not an EROFS mount of an nbd device (it is ") == true)
+        #expect(message { _ = try recovery.reattach(NSTemporaryDirectory()) }?.contains("is neither /dev/nbdN nor mounted from one") == true)
+        #expect(message { _ = try recovery.reattach("/dev/null") }?.contains("/dev/null is neither /dev/nbdN") == true)
+        #expect(message { _ = try recovery.upgrade("/nonexistent/dir") } == "cannot use /nonexistent/dir: No such file or directory")
     }
 
     @Test func deviceWithoutState() {
         let states = store()
         let recovery = NBDRecovery(logger: Logger(label: "test"), store: states)
-        #expect(message { _ = try recovery.reattach("/dev/nbd77") }
+        #expect(message { _ = try recovery.reattach(index: 77, target: "/dev/nbd77") }
             == "/dev/nbd77 is not managed by mount.erofs (no state in \(states.directory))")
     }
 
-    /// This host has no nbd driver: a state for a device the kernel does not show is stale, and
-    /// is left as it is.
+    /// This host has no nbd driver (so the device is given by index, past the lookup of its
+    /// number): a state for a device the kernel does not show is stale, and is left as it is.
     @Test func staleStateChangesNothing() throws {
         let states = store()
         defer { try? FileManager.default.removeItem(atPath: states.directory) }
@@ -143,9 +146,22 @@ import Testing
         try states.save(state)
         let before = try Data(contentsOf: URL(fileURLWithPath: states.path(forDevice: 78)))
         let recovery = NBDRecovery(logger: Logger(label: "test"), store: states)
-        #expect(message { _ = try recovery.reattach("/dev/nbd78") }?.contains("/dev/nbd78 is not connected: the state") == true)
-        #expect(message { _ = try recovery.upgrade("/dev/nbd78") }?.contains("is stale") == true)
+        #expect(message { _ = try recovery.reattach(index: 78, target: "/dev/nbd78") }?.contains("/dev/nbd78 is not connected: the state") == true)
+        #expect(message { _ = try recovery.upgrade(index: 78, target: "/dev/nbd78") }?.contains("is stale") == true)
         #expect(try Data(contentsOf: URL(fileURLWithPath: states.path(forDevice: 78))) == before)
+    }
+
+    /// An ioctl device is refused for what it is, before the kernel is asked about it: once its
+    /// daemon died the kernel may still show the dead server's pid (seen on 6.12).
+    @Test func ioctlDeviceIsRefusedFirst() throws {
+        let states = store()
+        defer { try? FileManager.default.removeItem(atPath: states.directory) }
+        var state = StateStoreTests.sample(index: 81)
+        state.attachMethod = .ioctl
+        try states.save(state)
+        let recovery = NBDRecovery(logger: Logger(label: "test"), store: states)
+        #expect(message { _ = try recovery.reattach(index: 81, target: "/dev/nbd81") }?.hasSuffix("cannot be reattached") == true)
+        #expect(message { _ = try recovery.upgrade(index: 81, target: "/dev/nbd81") }?.hasSuffix("cannot be replaced while it is mounted") == true)
     }
 
     @Test func unreadableStateIsReported() throws {
@@ -154,7 +170,7 @@ import Testing
         try states.ensureDirectory()
         try Data("{ not json".utf8).write(to: URL(fileURLWithPath: states.path(forDevice: 79)))
         let recovery = NBDRecovery(logger: Logger(label: "test"), store: states)
-        #expect(message { _ = try recovery.reattach("/dev/nbd79") }?.contains("/dev/nbd79: cannot use its state") == true)
+        #expect(message { _ = try recovery.reattach(index: 79, target: "/dev/nbd79") }?.contains("/dev/nbd79: cannot use its state") == true)
     }
 
     @Test func olderStateFilesStillLoad() throws {

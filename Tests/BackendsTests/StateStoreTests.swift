@@ -8,7 +8,7 @@ import Testing
     static func sample(index: Int = 3) -> DeviceState {
         DeviceState(
             index: index, source: "/images/a.erofs", sizeBytes: 4_050_944, blockSize: 4096,
-            backendIdentifier: "erofs-mount:0f3c", attachMethod: .netlink, deadConnectionTimeout: 60,
+            backendIdentifier: "erofs-mount-0123456789abcdef", attachMethod: .netlink, deadConnectionTimeout: 60,
             daemonPID: 4242, daemonStartTime: 99, mountPoint: "/mnt/a", mountOptions: "ro",
             createdAt: Date(timeIntervalSince1970: 1_800_000_000))
     }
@@ -25,7 +25,7 @@ import Testing
         #expect(try FileStatus.stat(store.path(forDevice: 3)).permissions == 0o600)
         #expect(try FileStatus.stat(store.directory).permissions == 0o700)
         #expect(try store.load(device: 4) == nil)
-        #expect(store.all().map(\.index) == [3])
+        #expect(try store.all().map(\.index) == [3])
         try store.remove(device: 3)
         #expect(try store.load(device: 3) == nil)
         try store.remove(device: 3)  // removing what is gone is fine
@@ -52,7 +52,7 @@ import Testing
         } throws: { error in
             "\(error)".contains(store.path(forDevice: 1)) && "\(error)".contains("not a valid state file")
         }
-        guard case .failure = store.all().first?.state else {
+        guard case .failure = try store.all().first?.state else {
             Issue.record("a corrupt state must be listed as a failure")
             return
         }

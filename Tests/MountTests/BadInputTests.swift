@@ -94,8 +94,11 @@ import TestSupport
              status: 1, message: { _, _ in "unknown or malformed nbd option `nbd.poll_us=20000`" }),
         Case(name: "reattach of something that is no nbd device", arguments: { _, dir in ["--reattach", dir] },
              status: 32, message: { _, dir in "\(dir) is neither /dev/nbdN nor mounted from one" }),
-        Case(name: "upgrade of an unmanaged device", arguments: { _, _ in ["--upgrade", "/dev/nbd93"] },
-             status: 32, message: { _, _ in "/dev/nbd93 is not managed by mount.erofs" }),
+        // Devices are found by number: one that does not exist here cannot be named.
+        Case(name: "upgrade of a device that does not exist", arguments: { _, _ in ["--upgrade", "/dev/nbd93"] },
+             status: 32, message: { _, _ in "cannot use /dev/nbd93: No such file or directory" }),
+        Case(name: "disconnect of a device that is no nbd device", arguments: { _, _ in ["--disconnect", "/dev/null"] },
+             status: 32, message: { _, _ in "/dev/null is neither /dev/nbdN nor mounted from one" }),
         Case(name: "unmount and reattach together", arguments: { _, dir in ["-u", "--reattach", dir] },
              status: 1, message: { _, _ in "conflicting options: -u and --reattach" }),
         Case(name: "unmount of something not mounted", arguments: { _, dir in ["-u", dir] },

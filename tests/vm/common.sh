@@ -15,10 +15,16 @@ kernel_dir() {
 }
 
 # For the scripts that run inside the VM:
-# The device mounted at $1 (the newest mount there), from /proc/self/mountinfo.
-device_of() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); print $(i + 2) }' /proc/self/mountinfo | tail -n 1; }
+# The device mounted at $1 (the newest mount there), from /proc/self/mountinfo (or from the
+# mountinfo file $2: another namespace's /proc/PID/mountinfo).
+device_of() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); print $(i + 2) }' "${2:-/proc/self/mountinfo}" | tail -n 1; }
 # Writes queue attributes ATTR=VALUE... of block device $1 (/sys/block/X/queue/ATTR).
 set_queue() {
     local device=${1#/dev/} setting; shift
     for setting; do echo "${setting#*=}" > "/sys/block/$device/queue/${setting%%=*}"; done
 }
+# mount.erofs's nbd state directory, and field $2 of device $1's state ('' when absent).
+STATE=/run/erofs-mount/nbd
+field() { python3 -c "import json,sys; v=json.load(open(sys.argv[1])).get(sys.argv[2]); print('' if v is None else v)" "$STATE/nbd$1.json" "$2" 2>/dev/null; }
+# Waits up to $2 s for command $1 to succeed.
+wait_for() { local deadline=$((SECONDS + $2)); until eval "$1"; do (( SECONDS < deadline )) || return 1; sleep 0.05; done; }

@@ -4,10 +4,9 @@
 # must leave nothing (device size 0, no server pid, no daemon, no state file).
 # Prints "ok - ..." / "not ok - ..." lines, then "N passed, N failed".
 set -uo pipefail
-source "$(dirname "$0")/common.sh"  # REPO, device_of, set_queue
+source "$(dirname "$0")/common.sh"  # REPO, STATE, device_of, set_queue, field, wait_for
 BIN=${EROFS_BIN_DIR:-$REPO/.build/debug}
 CORPUS=${EROFS_CORPUS:-$REPO/../shared/corpus}
-STATE=/run/erofs-mount/nbd
 kernel=$(uname -r)
 passed=0 failed=0
 ok() { echo "ok - [$kernel] $*"; passed=$((passed + 1)); }
@@ -128,6 +127,75 @@ if "$BIN/mount.erofs" -t erofs.nbd "$CORPUS/plain.erofs" "$work/busy"; then
         || not_ok "-u of the bind mount left: ${why:-failed}"
 else
     not_ok "mount for the busy mountpoint test"
+fi
+
+# Another mount namespace holds a copy of the mount (as a service with PrivateTmp does): -u must
+# not take the device from under it; the kernel disconnects the device when that copy goes.
+mkdir -p "$work/held"
+if "$BIN/mount.erofs" -t erofs.nbd "$CORPUS/plain.erofs" "$work/held"; then
+    dev=$(device_of "$work/held"); n=${dev#/dev/nbd}; pid=$(field "$n" daemonPID)
+    unshare -m --propagation private sleep 600 & holder=$!
+    wait_for "[[ \$(readlink /proc/$holder/ns/mnt) != \$(readlink /proc/self/ns/mnt) ]]" 10
+    "$BIN/mount.erofs" -u "$work/held" 2>"$work/err"; status=$?
+    if [[ $status == 0 ]] && ! mountpoint -q "$work/held" && [[ -e $STATE/nbd$n.json && $(cat /sys/block/nbd$n/size) != 0 ]] \
+        && nsenter -t "$holder" -m -r cat "$work/held/sizes/random-4097" >/dev/null; then
+        ok "-u keeps a device another mount namespace still has mounted, and it reads there"
+    else
+        not_ok "-u with a copy in another namespace: status $status, $(cat "$work/err"), state $(ls "$STATE"), size $(cat /sys/block/nbd$n/size)"
+    fi
+    kill "$holder"; wait "$holder" 2>/dev/null
+    if wait_for "left_nothing $dev $pid >/dev/null" 20; then ok "the device goes with the namespace's last mount (disconnect-on-close)"
+    else not_ok "after the namespace went: $(left_nothing "$dev" "$pid")"; fi
+else
+    not_ok "mount for the other-namespace test"
+fi
+
+# -N: only the mountpoint is the namespace's; its /run is not ours. A state planted there naming
+# an unrelated process (start time 0) must neither be used nor kill it.
+mkdir -p "$work/nsmnt"
+unshare -m --propagation private sh -c 'mount -t tmpfs tmpfs /run && mkdir -p /run/erofs-mount/nbd && exec sleep 600' & nsholder=$!
+sleep 600 & victim=$!
+if wait_for "[[ -d /proc/$nsholder/root/run/erofs-mount/nbd ]]" 10 \
+    && "$BIN/mount.erofs" -N "$nsholder" -t erofs.nbd "$CORPUS/plain.erofs" "$work/nsmnt" 2>"$work/err"; then
+    dev=$(device_of "$work/nsmnt" "/proc/$nsholder/mountinfo"); n=${dev#/dev/nbd}; pid=$(field "$n" daemonPID)
+    if [[ -n $pid ]] && ! mountpoint -q "$work/nsmnt" && nsenter -t "$nsholder" -m -r "$BIN/erofs" walk "$work/nsmnt" | cmp -s - "$CORPUS/plain.manifest.jsonl"; then
+        ok "-N: mounted in the namespace (walk equals the manifest), state in our /run"
+    else
+        not_ok "-N mount: device '$dev', state $(ls "$STATE"), mounted here: $(mountpoint "$work/nsmnt")"
+    fi
+    python3 -c "import json,sys; s=json.load(open(sys.argv[1])); s.update(daemonPID=int(sys.argv[3]), daemonStartTime=0, servingPID=int(sys.argv[3]), servingStartTime=0); json.dump(s, open(sys.argv[2], 'w'))" \
+        "$STATE/nbd$n.json" "/proc/$nsholder/root/run/erofs-mount/nbd/nbd$n.json" "$victim"
+    "$BIN/mount.erofs" -N "$nsholder" -u "$work/nsmnt" 2>"$work/err"; status=$?
+    if [[ $status == 0 ]] && kill -0 "$victim" 2>/dev/null && why=$(left_nothing "$dev" "$pid") \
+        && ! nsenter -t "$nsholder" -m -r mountpoint -q "$work/nsmnt"; then
+        ok "-N -u: unmounted there, released from our state, the process a planted state names lives"
+    else
+        not_ok "-N -u: status $status, $(cat "$work/err"), victim $(kill -0 "$victim" 2>/dev/null && echo alive || echo killed), left: ${why:-?}"
+    fi
+else
+    not_ok "-N mount failed: $(cat "$work/err")"
+fi
+kill "$nsholder" "$victim" 2>/dev/null; wait "$nsholder" "$victim" 2>/dev/null
+
+# A tmpfs whose source reads /dev/nbdN of a device we serve is no mount of ours: every mode
+# refuses it and the device goes on serving.
+mkdir -p "$work/real" "$work/fake"
+if "$BIN/mount.erofs" -t erofs.nbd "$CORPUS/plain.erofs" "$work/real"; then
+    dev=$(device_of "$work/real"); n=${dev#/dev/nbd}
+    mount -t tmpfs "$dev" "$work/fake"
+    before=$(cat "$STATE/nbd$n.json"); refused=0
+    for mode in --disconnect --reattach --upgrade -u; do
+        "$BIN/mount.erofs" $mode "$work/fake" 2>"$work/err"; status=$?
+        [[ $status == 32 ]] && grep -q "is not an EROFS mount" "$work/err" && refused=$((refused + 1)) || echo "# $mode: status $status, $(cat "$work/err")"
+    done
+    if [[ $refused == 4 && $(cat "$STATE/nbd$n.json") == "$before" ]] && mountpoint -q "$work/fake" && cat "$work/real/sizes/random-4097" >/dev/null; then
+        ok "a tmpfs named $dev is refused by --disconnect, --reattach, --upgrade and -u; $dev serves on"
+    else
+        not_ok "a tmpfs named $dev: $refused of 4 modes refused it"
+    fi
+    umount "$work/fake"; "$BIN/mount.erofs" -u "$work/real" || not_ok "-u after the tmpfs test"
+else
+    not_ok "mount for the tmpfs test"
 fi
 
 in_use() { cat /sys/block/nbd*/size | grep -vc '^0$'; }

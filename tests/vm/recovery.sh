@@ -9,10 +9,9 @@
 # live daemon; each must say why and change nothing. Prints "ok - ..." / "not ok - ..." lines,
 # "STALLS {json}" lines, then "N passed, N failed".
 set -uo pipefail
-source "$(dirname "$0")/common.sh"  # REPO, device_of, set_queue
+source "$(dirname "$0")/common.sh"  # REPO, STATE, device_of, set_queue, field, wait_for
 BIN=${EROFS_BIN_DIR:-$REPO/.build/debug}
 CORPUS=${EROFS_CORPUS:-$REPO/../shared/corpus}
-STATE=/run/erofs-mount/nbd
 KILLS=${KILLS:-20} REATTACHES=${REATTACHES:-5} UPGRADES=${UPGRADES:-10}
 IMAGE=${IMAGE:-lz4}
 NBD_OPTIONS=${NBD_OPTIONS:-}  # extra -o options for every mount, e.g. nbd.requeue_ms=100
@@ -26,10 +25,7 @@ install -m 0755 "$BIN/mount.erofs" "$work/mount.erofs"
 MOUNT=$work/mount.erofs
 manifest=$CORPUS/$IMAGE.manifest.jsonl
 
-field() { python3 -c "import json,sys; v=json.load(open(sys.argv[1])).get(sys.argv[2]); print('' if v is None else v)" "$STATE/nbd$1.json" "$2" 2>/dev/null; }
 uptime_now() { cut -d' ' -f1 /proc/uptime; }
-# Waits up to $2 s for command $1 to succeed.
-wait_for() { local deadline=$((SECONDS + $2)); until eval "$1"; do (( SECONDS < deadline )) || return 1; sleep 0.05; done; }
 
 start_load() {
     rm -f "$work/stop"
@@ -162,7 +158,55 @@ else
     not_ok "upgrade: mount failed"
 fi
 
-# 4. Refusals that change nothing.
+# 4. The image replaced while mounted (a new file renamed over the path): whatever takes over
+# serves the image that was mounted, from the descriptor handed down, or refuses saying why.
+other=plain; [[ $IMAGE == plain ]] && other=lz4
+cp "$CORPUS/$IMAGE.erofs" "$work/replaced.erofs"
+mnt=$work/replaced; mkdir -p "$mnt"
+if "$MOUNT" -t erofs.nbd "$work/replaced.erofs" "$mnt"; then
+    dev=$(device_of "$mnt"); n=${dev#/dev/nbd}; supervisor=$(field "$n" daemonPID)
+    cp "$CORPUS/$other.erofs" "$work/new.erofs" && mv -f "$work/new.erofs" "$work/replaced.erofs"
+    worker=$(field "$n" servingPID)
+    kill -9 "$worker"
+    if wait_for "[[ \$(field $n servingPID) != $worker ]] && kill -0 \$(field $n servingPID) 2>/dev/null" 10; then
+        echo 3 > /proc/sys/vm/drop_caches
+        "$BIN/erofs" walk "$mnt" | cmp -s - "$manifest" && ok "replaced image: after a SIGKILL the takeover serves the image mounted, not the file renamed over it" \
+            || not_ok "replaced image: after the takeover the walk differs from $IMAGE's manifest"
+    else
+        not_ok "replaced image: no takeover after the SIGKILL"
+    fi
+    if "$MOUNT" --upgrade "$mnt" 2>"$work/err"; then
+        echo 3 > /proc/sys/vm/drop_caches
+        "$BIN/erofs" walk "$mnt" | cmp -s - "$manifest" && ok "replaced image: after --upgrade the new worker serves the image mounted" \
+            || not_ok "replaced image: after --upgrade the walk differs from $IMAGE's manifest"
+    else
+        not_ok "replaced image: --upgrade failed: $(cat "$work/err")"
+    fi
+    "$MOUNT" -u "$mnt" && why=$(left_nothing "$n" "$supervisor") && ok "replaced image: -u left nothing" || not_ok "replaced image: -u left: ${why:-failed}"
+else
+    not_ok "replaced image: mount failed"
+fi
+# Without a supervisor nothing holds the image once the daemon died: --reattach opens the path
+# again and must refuse a file that is not the one mounted.
+cp "$CORPUS/$IMAGE.erofs" "$work/replaced.erofs"
+if "$MOUNT" -t erofs.nbd -o nbd.recovery=manual "$work/replaced.erofs" "$mnt"; then
+    dev=$(device_of "$mnt"); n=${dev#/dev/nbd}; daemon=$(field "$n" daemonPID)
+    kill -9 "$daemon"; wait_for "gone $daemon" 5
+    cp "$CORPUS/$other.erofs" "$work/new.erofs" && mv -f "$work/new.erofs" "$work/replaced.erofs"
+    before=$(cat "$STATE/nbd$n.json")
+    if ! "$MOUNT" --reattach "$mnt" 2>"$work/err" && grep -q "is not the image $dev was mounted from (device:inode" "$work/err" \
+        && [[ $(cat "$STATE/nbd$n.json") == "$before" ]] && ! pgrep -f "erofs-mount-.* .*:$n " >/dev/null; then
+        ok "replaced image: --reattach refuses a file renamed over the image: $(cat "$work/err")"
+    else
+        not_ok "replaced image: --reattach after a rename: $(cat "$work/err")"
+    fi
+    timeout 60 "$MOUNT" -u "$mnt" && why=$(left_nothing "$n" "$daemon") && ok "replaced image: -u after the refusal left nothing" \
+        || not_ok "replaced image: -u after the refusal left: ${why:-failed}"
+else
+    not_ok "replaced image (manual): mount failed"
+fi
+
+# 5. Refusals that change nothing.
 refuses() {  # NAME EXPECTED-MESSAGE-PART TARGET [MODE]
     local before after
     before=$(cat "$STATE"/*.json 2>/dev/null | md5sum)
@@ -180,7 +224,7 @@ if "$MOUNT" -t erofs.nbd "$CORPUS/$IMAGE.erofs" "$mnt"; then
     refuses "stale state" "is not connected: the state $STATE/nbd$free.json is stale" "/dev/nbd$free"
     rm -f "$STATE/nbd$free.json"
     cp "$STATE/nbd$n.json" "$work/saved.json"
-    sed -i 's/"backendIdentifier" : "erofs-mount-/"backendIdentifier" : "someone-else-/' "$STATE/nbd$n.json"
+    sed -i 's/"backendIdentifier" : "erofs-mount-[0-9a-f]*"/"backendIdentifier" : "erofs-mount-0000000000000000"/' "$STATE/nbd$n.json"
     refuses "foreign identifier" "is connected to backend \`erofs-mount-" "$mnt"
     cp "$work/saved.json" "$STATE/nbd$n.json"
     refuses "live daemon" "is still served by process" "$mnt"

@@ -24,29 +24,37 @@ public struct DaemonProcess: Sendable, Equatable {
     }
 
     /// Spawns `executable arguments...` (by default our own binary) with `descriptors[i]` as
-    /// descriptor 3 + i, stdin from /dev/null and stdout/stderr to `logFile` (or /dev/null), or
-    /// left as ours with `inheritOutput`.
+    /// descriptor 3 + i (a negative entry leaves that number closed), stdin from /dev/null and
+    /// stdout/stderr to `logFile` (or /dev/null), to `logDescriptor`, or left as ours with
+    /// `inheritOutput`.
     public static func spawn(
         executable: String = "/proc/self/exe", arguments: [String], descriptors: [Int32], logFile: String?,
-        inheritOutput: Bool = false
+        logDescriptor: Int32 = -1, inheritOutput: Bool = false
     ) throws(SystemError) -> DaemonProcess {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         if !inheritOutput {
-            if let logFile {
-                posix_spawn_file_actions_addopen(&actions, 1, logFile, O_WRONLY | O_CREAT | O_APPEND, 0o600)
+            if logDescriptor >= 0 {
+                posix_spawn_file_actions_adddup2(&actions, logDescriptor, 1)
+            } else if let logFile {
+                posix_spawn_file_actions_addopen(&actions, 1, logFile, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0o600)
             } else {
                 posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
             }
             posix_spawn_file_actions_adddup2(&actions, 1, 2)
         }
-        for (offset, fd) in descriptors.enumerated() {
+        for (offset, fd) in descriptors.enumerated() where fd >= 0 {
             // dup2 onto itself would keep CLOEXEC set; go through a high number first.
             posix_spawn_file_actions_adddup2(&actions, fd, 100 + Int32(offset))
         }
-        for offset in descriptors.indices {
+        for (offset, fd) in descriptors.enumerated() {
+            if fd < 0 {
+                // An inherited descriptor without CLOEXEC must not pass for the missing one.
+                posix_spawn_file_actions_addclose(&actions, 3 + Int32(offset))
+                continue
+            }
             posix_spawn_file_actions_adddup2(&actions, 100 + Int32(offset), 3 + Int32(offset))
             posix_spawn_file_actions_addclose(&actions, 100 + Int32(offset))
         }
@@ -74,12 +82,43 @@ public struct DaemonProcess: Sendable, Equatable {
         return DaemonProcess(pid: pid, startTime: DaemonProcess.startTime(of: pid) ?? 0)
     }
 
-    /// Whether this exact process (not a later one with a reused pid) is still alive.
+    /// Whether this exact process (not a later one with a reused pid) is still alive. A start
+    /// time of 0 (unknown) matches no process: a pid alone may name anyone's.
     public var isAlive: Bool {
+        guard pid > 1, startTime != 0 else { return false }
         guard kill(pid, 0) == 0 || errno == EPERM else { return false }
         guard let now = DaemonProcess.startTime(of: pid) else { return false }
         guard !DaemonProcess.isZombie(pid) else { return false }
-        return startTime == 0 || now == startTime
+        return now == startTime
+    }
+
+    /// Whether this is, alive, one of our daemons for the device whose backend identifier is
+    /// `identifier`: the start time matches, it runs our binary (or the one an upgrade replaced
+    /// at the same path: " (deleted)"), and its arguments are a supervisor's or a worker's for
+    /// that identifier. A state file may name any pid; only such a process is ever signalled.
+    public func isOurs(serving identifier: String) -> Bool {
+        runsOurBinary { arguments in
+            arguments.count > 3 && [NBDDaemon.flag, NBDSupervisor.flag].contains(arguments[1]) && arguments[3] == identifier
+        }
+    }
+
+    /// Whether this is, alive, a process running our binary whose arguments (argv[0] first)
+    /// satisfy `matches`: what every backend checks before it signals a pid a state names.
+    public func runsOurBinary(where matches: ([String]) -> Bool) -> Bool {
+        guard isAlive, let exe = Self.executable(of: "\(pid)"), exe == Self.executable(of: "self") else { return false }
+        guard var arguments = try? readTextFile("/proc/\(pid)/cmdline").split(separator: "\0", omittingEmptySubsequences: false).map(String.init)
+        else { return false }
+        if arguments.last == "" { arguments.removeLast() }  // cmdline ends each argument with a NUL
+        return matches(arguments)
+    }
+
+    /// /proc/PROCESS/exe without the " (deleted)" of a binary replaced since it started.
+    static func executable(of process: String) -> String? {
+        var buffer = [CChar](repeating: 0, count: 4097)
+        let length = readlink("/proc/\(process)/exe", &buffer, buffer.count - 1)
+        guard length > 0 else { return nil }
+        let path = String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return path.hasSuffix(" (deleted)") ? String(path.dropLast(" (deleted)".count)) : path
     }
 
     /// Dead and waiting to be reaped. A leader that exited while another of its threads is

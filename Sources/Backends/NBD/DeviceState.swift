@@ -3,6 +3,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import SystemCalls
 
 /// What `mount.erofs` records about an nbd device it manages: enough for `-u`, `--list`,
 /// `--disconnect` and `--reattach` to act on the device later, from another process.
@@ -45,6 +46,9 @@ public struct DeviceState: Codable, Sendable, Equatable {
     public var recoveries: Int?
     public var lastRecoveryMilliseconds: Int?
     public var upgrades: Int?
+    /// The image the device serves, as it was when mounted: a worker that has to open it again
+    /// (`--reattach`) refuses a file replaced since (nil: a state from before this was kept).
+    public var image: ImageIdentity?
     public var mountPoint: String?
     /// Kernel mount data and flags, for messages and --list.
     public var mountOptions: String
@@ -54,8 +58,10 @@ public struct DeviceState: Codable, Sendable, Equatable {
         index: Int, source: String, sizeBytes: UInt64, blockSize: UInt32, backendIdentifier: String,
         attachMethod: AttachMethod, deadConnectionTimeout: UInt64, daemonPID: Int32, daemonStartTime: UInt64,
         servingPID: Int32? = nil, servingStartTime: UInt64? = nil, supervised: Bool? = nil,
-        requeueMilliseconds: UInt32? = nil, pollMicroseconds: UInt32? = nil, mountPoint: String?, mountOptions: String, createdAt: Date = Date()
+        requeueMilliseconds: UInt32? = nil, pollMicroseconds: UInt32? = nil, image: ImageIdentity? = nil,
+        mountPoint: String?, mountOptions: String, createdAt: Date = Date()
     ) {
+        self.image = image
         self.servingPID = servingPID
         self.servingStartTime = servingStartTime
         self.supervised = supervised
@@ -76,4 +82,66 @@ public struct DeviceState: Codable, Sendable, Equatable {
     }
 
     public var devicePath: String { "/dev/nbd\(index)" }
+
+    /// nbd minors are 20 bits shared with partitions: no device index reaches 2^20.
+    public static let indexRange = 0..<(1 << 20)
+
+    /// Why a decoded state cannot be one we wrote for file `nbd<fileIndex>.json`. A state names
+    /// processes to signal, a device to disconnect and a log to remove: an index that is not the
+    /// file's, a pid that kill(2) reads as a group or everyone (0, -1, negative), an identifier
+    /// that is not one we generate (it becomes a file name) are refused before any of that.
+    public func validate(fileIndex: Int) throws(InvalidState) {
+        guard Self.indexRange.contains(index) else { throw InvalidState("device index \(index) out of range") }
+        guard index == fileIndex else { throw InvalidState("it describes /dev/nbd\(index), not /dev/nbd\(fileIndex)") }
+        guard daemonPID > 1 else { throw InvalidState("daemon pid \(daemonPID)") }
+        if let servingPID, servingPID <= 1 { throw InvalidState("serving pid \(servingPID)") }
+        guard Self.isGeneratedIdentifier(backendIdentifier) else {
+            throw InvalidState("backend identifier `\(backendIdentifier)` is not one mount.erofs generates")
+        }
+    }
+
+    public static let identifierPrefix = "erofs-mount-"
+
+    /// `erofs-mount-` and 16 lowercase hex digits (`NBDBackend` makes them).
+    static func isGeneratedIdentifier(_ identifier: String) -> Bool {
+        guard identifier.hasPrefix(identifierPrefix) else { return false }
+        let hex = identifier.utf8.dropFirst(identifierPrefix.utf8.count)
+        return hex.count == 16 && hex.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains($0) }
+    }
+
+    public struct InvalidState: Error, Sendable, Equatable {
+        public var reason: String
+        init(_ reason: String) { self.reason = reason }
+    }
+}
+
+/// Which file an image is: device and inode, and what changes when it is rewritten in place
+/// (size, modification time).
+public struct ImageIdentity: Codable, Sendable, Equatable {
+    public var device: UInt64
+    public var inode: UInt64
+    public var size: Int64
+    public var modificationSeconds: Int64
+    public var modificationNanoseconds: Int64
+
+    public init(_ status: FileStatus) {
+        device = status.device
+        inode = status.inode
+        size = status.size
+        modificationSeconds = status.mtimeSeconds
+        modificationNanoseconds = status.mtimeNanoseconds
+    }
+
+    /// What differs from `other`, for a message; nil when nothing does.
+    public func difference(from other: ImageIdentity) -> String? {
+        var changes: [String] = []
+        if device != other.device || inode != other.inode {
+            changes.append("device:inode \(other.device):\(other.inode) -> \(device):\(inode)")
+        }
+        if size != other.size { changes.append("size \(other.size) -> \(size)") }
+        if modificationSeconds != other.modificationSeconds || modificationNanoseconds != other.modificationNanoseconds {
+            changes.append("modified since")
+        }
+        return changes.isEmpty ? nil : changes.joined(separator: ", ")
+    }
 }

@@ -22,10 +22,14 @@ public struct NBDBackend: Sendable {
         public var requeueMilliseconds: UInt32
         public var pollMicroseconds: UInt32
         public var fake: Bool
+        /// `-N`: the mountpoint is in that namespace; only checking it and mount(2) happen there.
+        public var namespace: MountNamespace?
 
         public init(source: String, mountPoint: String, flags: UInt, data: String, forceIoctl: Bool,
                     deadConnectionTimeout: UInt64, automaticRecovery: Bool = true, requeueMilliseconds: UInt32 = 250,
-                    pollMicroseconds: UInt32 = NBDDaemon.Settings.defaultPollMicroseconds, fake: Bool) {
+                    pollMicroseconds: UInt32 = NBDDaemon.Settings.defaultPollMicroseconds, fake: Bool,
+                    namespace: MountNamespace? = nil) {
+            self.namespace = namespace
             self.source = source
             self.mountPoint = mountPoint
             self.flags = flags
@@ -49,8 +53,23 @@ public struct NBDBackend: Sendable {
 
     /// Returns the state of the mounted device.
     public func mount(_ request: Request) throws(MountFailure) -> DeviceState? {
-        let image = try ImageProbe.probe(request.source)
-        try MountPoint.check(request.mountPoint)
+        // Opened once: the daemon serves this very file, whatever is renamed over the path later.
+        let imageFile = try ImageProbe.open(request.source)
+        defer { try? imageFile.close() }
+        let image = try ImageProbe.probe(imageFile, path: request.source)
+        let identity: ImageIdentity
+        do { identity = ImageIdentity(try FileStatus.fstat(imageFile)) } catch {
+            throw MountFailure("cannot use source \(request.source)", cause: error)
+        }
+        if let namespace = request.namespace {
+            let checked: Result<Void, MountFailure>
+            do { checked = try namespace.run { () throws(MountFailure) in try MountPoint.check(request.mountPoint) } } catch {
+                throw MountFailure("cannot enter mount namespace \(namespace.name)", cause: error)
+            }
+            try checked.get()
+        } else {
+            try MountPoint.check(request.mountPoint)
+        }
         if request.fake { return nil }
         let source = canonicalPath(request.source)
         let identifier = "erofs-mount-" + randomHex(bytes: 8)
@@ -59,7 +78,7 @@ public struct NBDBackend: Sendable {
             forceIoctl: request.forceIoctl, requeueMilliseconds: request.requeueMilliseconds,
             pollMicroseconds: request.pollMicroseconds)
         let supervised = request.automaticRecovery && !request.forceIoctl
-        let started = try DaemonLauncher(store: store).start(settings, supervised: supervised)
+        let started = try DaemonLauncher(store: store).start(settings, supervised: supervised, image: imageFile.rawValue)
 
         let device = NBDDevice(index: UInt32(started.index))
         let state = DeviceState(
@@ -68,7 +87,7 @@ public struct NBDBackend: Sendable {
             daemonPID: started.daemon.pid, daemonStartTime: started.daemon.startTime,
             servingPID: started.serving?.pid, servingStartTime: started.serving?.startTime,
             supervised: supervised && started.method == .netlink, requeueMilliseconds: request.requeueMilliseconds,
-            pollMicroseconds: request.pollMicroseconds,
+            pollMicroseconds: request.pollMicroseconds, image: identity,
             mountPoint: canonicalPath(request.mountPoint), mountOptions: request.data)
         do {
             try store.save(state)
@@ -79,7 +98,11 @@ public struct NBDBackend: Sendable {
             do { if device.scheduler != "none" { try device.setScheduler("none") } } catch {
                 logger.warning("\(device.path): cannot turn off the I/O scheduler: \(error)")
             }
-            try Mount.mount(source: device.path, target: request.mountPoint, type: "erofs", flags: request.flags, data: request.data)
+            if let namespace = request.namespace {
+                try namespace.mount(device: device.path, on: request.mountPoint, type: "erofs", flags: request.flags, data: request.data)
+            } else {
+                try Mount.mount(source: device.path, target: request.mountPoint, type: "erofs", flags: request.flags, data: request.data)
+            }
         } catch {
             NBDTeardown(logger: logger, store: store).release(state)
             throw MountFailure("cannot mount \(source) through \(device.path)", cause: error)
@@ -111,21 +134,28 @@ struct DaemonLauncher {
 
     let store: StateStore
 
-    func start(_ settings: NBDDaemon.Settings, supervised: Bool) throws(MountFailure) -> Started {
-        do { try store.ensureDirectory() } catch {
+    /// `image`: the source, open; the daemon serves it and never opens the path itself.
+    func start(_ settings: NBDDaemon.Settings, supervised: Bool, image: Int32) throws(MountFailure) -> Started {
+        let log: Int32
+        do { log = try store.openLog(identifier: settings.identifier) } catch {
             throw MountFailure("cannot prepare the state directory", cause: error)
         }
+        defer { close(log) }
         var statusEnds: [Int32] = [-1, -1]
         guard closeOnExecPipe(&statusEnds) else {
             throw MountFailure("cannot start the serving daemon", cause: .lastErrno("pipe"))
         }
         let arguments = supervised ? NBDSupervisor.arguments(for: settings) : settings.arguments
-        let logFile = "\(store.directory)/\(settings.identifier).log"
+        // The supervisor takes the image as descriptor 4; a lone worker where every worker does.
+        let descriptors = supervised
+            ? [statusEnds[1], image]
+            : [statusEnds[1]] + Array(repeating: -1, count: Int(NBDDaemon.imageDescriptor) - 4) + [image]
         let daemon: DaemonProcess
         do {
-            daemon = try DaemonProcess.spawn(arguments: arguments, descriptors: [statusEnds[1]], logFile: logFile)
+            daemon = try DaemonProcess.spawn(arguments: arguments, descriptors: descriptors, logFile: nil, logDescriptor: log)
         } catch {
             close(statusEnds[0]); close(statusEnds[1])
+            store.removeLog(identifier: settings.identifier)
             throw MountFailure("cannot start the serving daemon", cause: error)
         }
         close(statusEnds[1])
@@ -134,18 +164,18 @@ struct DaemonLauncher {
         let report: DaemonReport?
         do { report = try DaemonReport.receive(from: statusEnds[0], timeout: 30) } catch {
             daemon.terminate(signal: SIGKILL)
-            unlink(logFile)
+            store.removeLog(identifier: settings.identifier)
             throw MountFailure("the serving daemon did not start", cause: error)
         }
         guard case .ready(let index, let method, let servingPID)? = report else {
             var status: Int32 = 0
             waitpid(daemon.pid, &status, 0)
-            let log = (try? readTextFile(logFile)) ?? ""
-            unlink(logFile)
+            let log = store.logTail(identifier: settings.identifier)
+            store.removeLog(identifier: settings.identifier)
             if settings.mode == .connect { releaseDevice(connectedAs: settings.identifier) }
             if case .failed(let message)? = report { throw MountFailure("cannot serve \(settings.source): \(message)") }
             throw MountFailure("the serving daemon exited before attaching a device (\(describe(waitStatus: status)))"
-                + (log.isEmpty ? "" : "; its log: \(log.split(separator: "\n").suffix(3).joined(separator: " | "))"))
+                + (log.isEmpty ? "" : "; its log: \(log)"))
         }
         let serving = servingPID == daemon.pid
             ? nil : DaemonProcess(pid: servingPID, startTime: DaemonProcess.startTime(of: servingPID) ?? 0)
@@ -172,14 +202,19 @@ public struct NBDTeardown: Sendable {
     }
 
     /// Best effort: every step runs even when an earlier one failed; what failed is returned.
+    /// Only what is ours is touched: a device the kernel says is connected to another backend,
+    /// or processes that are not our daemons for this device (a state may name any pid), are
+    /// left alone.
     @discardableResult
     public func release(_ state: DeviceState) -> [String] {
         var problems: [String] = []
         let device = NBDDevice(index: UInt32(state.index))
-        let daemon = DaemonProcess(pid: state.daemonPID, startTime: state.daemonStartTime)
+        let daemon = state.daemon.isOurs(serving: state.backendIdentifier) ? state.daemon : nil
+        let worker = state.worker.flatMap { $0.isOurs(serving: state.backendIdentifier) ? $0 : nil }
         // A supervisor told to stop brings no new worker when the disconnect ends the current one.
-        if state.supervised == true && daemon.isAlive { kill(daemon.pid, SIGTERM) }
-        if device.isInService || device.serverPID != nil {
+        if state.supervised == true, let daemon { kill(daemon.pid, SIGTERM) }
+        switch state.connection() {
+        case .ours where device.isInService || device.serverPID != nil:
             switch state.attachMethod {
             case .netlink:
                 do { try NBDNetlink.open().disconnect(index: UInt32(state.index)) } catch {
@@ -194,21 +229,26 @@ public struct NBDTeardown: Sendable {
                     problems.append("open \(device.path) to disconnect it: \(String(cString: strerror(errno)))")
                 }
             }
+        case .foreign(let other):
+            problems.append("\(device.path) is not ours (\(other)); it is left alone")
+        case .ours, .notConnected:
+            break
         }
         // The daemon ends by itself once the kernel disconnects; a daemon that does not is stopped.
         // On the ioctl path its NBD_DO_IT can take seconds to return under emulation (seen once
         // past 11 s on 6.12), during which no signal ends it: be patient before giving up.
-        if !daemon.waitForExit(timeout: 10) && !daemon.terminate(signal: SIGTERM, timeout: 5) {
-            daemon.terminate(signal: SIGKILL, timeout: 15)
+        if let daemon {
+            if !daemon.waitForExit(timeout: 10) && !daemon.terminate(signal: SIGTERM, timeout: 5) {
+                daemon.terminate(signal: SIGKILL, timeout: 15)
+            }
+            if daemon.isAlive { problems.append("daemon \(daemon.pid) is still running") }
         }
-        if daemon.isAlive { problems.append("daemon \(state.daemonPID) is still running") }
-        if let pid = state.servingPID {
-            let worker = DaemonProcess(pid: pid, startTime: state.servingStartTime ?? 0)
+        if let worker {
             if !worker.waitForExit(timeout: 5) { worker.terminate(signal: SIGKILL, timeout: 5) }
-            if worker.isAlive { problems.append("serving worker \(pid) is still running") }
+            if worker.isAlive { problems.append("serving worker \(worker.pid) is still running") }
         }
         do { try store.remove(device: state.index) } catch { problems.append("\(error)") }
-        unlink("\(store.directory)/\(state.backendIdentifier).log")
+        store.removeLog(identifier: state.backendIdentifier)
         return problems
     }
 }

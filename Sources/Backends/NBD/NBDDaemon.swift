@@ -17,13 +17,15 @@ import SystemPackage
 /// Descriptors: 3, the status pipe (one `DaemonReport` once attached); when supervised, 4, the
 /// control channel (`ControlMessage`), and 5, the request journal (shared memory recording what
 /// was taken off the socket and not answered, so a standby can go on serving the same socket
-/// if this worker dies). SIGUSR2 asks a supervised worker to hand its socket over: it stops at
+/// if this worker dies); 6, the image, opened and checked by whoever started the device (the
+/// path is opened only by a worker an older supervisor started, which passes no image). SIGUSR2 asks a supervised worker to hand its socket over: it stops at
 /// a request boundary, sends every reply it owes, and passes the socket back.
 public enum NBDDaemon {
     public static let flag = "--serve-nbd-device"
     static let statusDescriptor: Int32 = 3
     static let controlDescriptor: Int32 = 4
     static let journalDescriptor: Int32 = 5
+    static let imageDescriptor: Int32 = 6
 
     /// How the worker gets its socket.
     public enum Mode: Sendable, Equatable {
@@ -157,7 +159,10 @@ public enum NBDDaemon {
                 logger.warning("no request journal, a crash will cost a new socket: \(error)")
             }
         }
-        let source = try FileSource(path: settings.source)
+        let handedDown = fcntl(imageDescriptor, F_GETFD) >= 0
+        let source = handedDown
+            ? try FileSource(descriptor: FileDescriptor(rawValue: imageDescriptor), path: settings.source)
+            : try FileSource(path: settings.source)
         var recovery: RequestJournal.Recovery?
         /// With a journal: the open file big replies are sent from (see `KernelModeServer`).
         var replyFile: Int32 = -1
@@ -232,7 +237,7 @@ public enum NBDDaemon {
             // of a socket it handed us; another copy is harmless). A supervisor gone by now
             // also misses the report below, which releases the device.
             try? control.send(.serving(socket))
-            replyFile = open(settings.source, O_RDONLY | O_CLOEXEC)
+            replyFile = handedDown ? try reopen(source) : open(settings.source, O_RDONLY | O_CLOEXEC)
             try? control.send(.replyFile(replyFile))
         }
         logger.info("serving \(settings.source) on /dev/nbd\(index) over \(method.rawValue) (\(settings.mode.argument))")
@@ -269,6 +274,20 @@ public enum NBDDaemon {
         // An ioctl device's NBD_DO_IT returns once the kernel has let go of the socket.
         if let ioctlAttachment { _ = ioctlAttachment.waitUntilFinished() }
         return end == .disconnectRequested ? .disconnected : .socketClosed
+    }
+
+    /// A file description of its own (its position counts a big reply's progress) for the
+    /// image open on `source`: reopened through /proc/self/fd, and checked to be that file.
+    static func reopen(_ source: FileSource) throws(SystemError) -> Int32 {
+        let path = "/proc/self/fd/\(source.descriptor.rawValue)"
+        let fd = try retryingOnInterrupt("reopen \(source.path) as", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
+        let expected = try FileStatus.fstat(source.descriptor)
+        guard let actual = try? FileStatus.fstat(FileDescriptor(rawValue: fd)),
+              (actual.device, actual.inode) == (expected.device, expected.inode) else {
+            close(fd)
+            throw SystemError("reopen", path: source.path, detail: "\(path) is not the image handed down")
+        }
+        return fd
     }
 
     static func releaseUnclaimed(index: UInt32, method: DeviceState.AttachMethod, ioctl: NBDIoctlAttachment?) {

@@ -5,6 +5,7 @@ import KernelAttach
 import Logging
 import NBDKernel
 import SystemCalls
+import SystemPackage
 
 /// `--reattach` and `--upgrade`: act on a device mount.erofs manages, after checking that the
 /// state on disk, the kernel's view and the processes agree. A check that fails changes nothing.
@@ -17,23 +18,42 @@ public struct NBDRecovery: Sendable {
         self.store = store
     }
 
-    /// N of /dev/nbdN for TARGET: the device itself, or a mountpoint mounted from one.
+    /// N of /dev/nbdN for TARGET: the device itself, or the mountpoint of an EROFS mount of
+    /// one. Both are found by device number, never by a name: a tmpfs or a user's FUSE mount
+    /// may call its source /dev/nbd0.
     public static func deviceIndex(of target: String) throws(MountFailure) -> Int {
-        if let index = nbdIndex(target) { return index }
-        let entry: MountInfoEntry?
-        do { entry = try MountTable.mount(at: canonicalPath(target)) } catch {
-            throw MountFailure("cannot read the mount table", cause: error)
+        let canonical = canonicalPath(target)
+        let status: FileStatus
+        do { status = try FileStatus.stat(canonical) } catch {
+            throw MountFailure("cannot use \(target)", cause: error)
         }
-        guard let source = entry?.source, let index = nbdIndex(source) else {
+        let number: (major: UInt32, minor: UInt32)
+        switch status.kind {
+        case .block:
+            number = (status.rdevMajor, status.rdevMinor)
+        case .dir:
+            let entry: MountInfoEntry?
+            do { entry = try MountTable.mount(at: canonical) } catch {
+                throw MountFailure("cannot read the mount table", cause: error)
+            }
+            guard let entry else { throw MountFailure("\(target) is neither /dev/nbdN nor mounted from one") }
+            guard entry.fsType == "erofs" else {
+                throw MountFailure("\(target) is not an EROFS mount of an nbd device (it is \(entry.fsType) from \(entry.source))")
+            }
+            number = (entry.major, entry.minor)
+        default:
             throw MountFailure("\(target) is neither /dev/nbdN nor mounted from one")
+        }
+        guard let name = BlockDevice.name(major: number.major, minor: number.minor),
+              let index = BlockDevice.index(of: name, prefix: "nbd") else {
+            throw MountFailure("\(target) is neither /dev/nbdN nor mounted from one (its device \(number.major):\(number.minor) is \(BlockDevice.name(major: number.major, minor: number.minor) ?? "unknown"))")
         }
         return index
     }
 
-    /// The state of TARGET's device, checked against the kernel: it must be connected, with our
-    /// backend identifier.
-    public func managedDevice(_ target: String) throws(MountFailure) -> DeviceState {
-        let index = try Self.deviceIndex(of: target)
+    /// The state of TARGET's device, attached over netlink (`ioctl`: why an ioctl device is
+    /// refused) and checked against the kernel: it must be connected, with our backend identifier.
+    func managedDevice(index: Int, ioctl: String) throws(MountFailure) -> DeviceState {
         let state: DeviceState?
         do { state = try store.load(device: index) } catch {
             throw MountFailure("/dev/nbd\(index): cannot use its state", cause: error)
@@ -41,7 +61,10 @@ public struct NBDRecovery: Sendable {
         guard let state else {
             throw MountFailure("/dev/nbd\(index) is not managed by mount.erofs (no state in \(store.directory))")
         }
-        switch NBDDevice(index: UInt32(index)).connection(expecting: state.backendIdentifier) {
+        guard state.attachMethod == .netlink else {
+            throw MountFailure("\(state.devicePath) is attached through the ioctl interface\(ioctl)")
+        }
+        switch state.connection() {
         case .ours:
             break
         case .foreign(let actual):
@@ -54,10 +77,12 @@ public struct NBDRecovery: Sendable {
 
     /// Starts a new daemon on a device whose daemon is gone, and hands the device its socket.
     public func reattach(_ target: String) throws(MountFailure) -> DeviceState {
-        var state = try managedDevice(target)
-        guard state.attachMethod == .netlink else {
-            throw MountFailure("\(state.devicePath) is attached through the ioctl interface, which cannot take a new socket: it cannot be reattached")
-        }
+        try reattach(index: Self.deviceIndex(of: target), target: target)
+    }
+
+    /// `target` as the user named the device, for messages.
+    func reattach(index: Int, target: String) throws(MountFailure) -> DeviceState {
+        var state = try managedDevice(index: index, ioctl: ", which cannot take a new socket: it cannot be reattached")
         if let alive = livingDaemon(of: state) {
             throw MountFailure("\(state.devicePath) is still served by process \(alive); `mount.erofs --upgrade \(target)` replaces it")
         }
@@ -65,7 +90,9 @@ public struct NBDRecovery: Sendable {
             source: state.source, identifier: state.backendIdentifier, deadConnectionTimeout: state.deadConnectionTimeout,
             forceIoctl: false, mode: .reattach(UInt32(state.index)), requeueMilliseconds: state.requeueMilliseconds ?? 250,
             pollMicroseconds: state.pollMicroseconds ?? NBDDaemon.Settings.defaultPollMicroseconds)
-        let started = try DaemonLauncher(store: store).start(settings, supervised: state.supervised == true)
+        let image = try reopenImage(of: state)
+        defer { try? image.close() }
+        let started = try DaemonLauncher(store: store).start(settings, supervised: state.supervised == true, image: image.rawValue)
         state.daemonPID = started.daemon.pid
         state.daemonStartTime = started.daemon.startTime
         state.servingPID = started.serving?.pid
@@ -77,15 +104,37 @@ public struct NBDRecovery: Sendable {
         return state
     }
 
+    /// The image of a device whose every daemon is gone, opened again by its path: it must be
+    /// the very file the device was mounted from, unchanged (a file renamed over the path, or
+    /// rewritten, would be served under a filesystem that cached the old one).
+    func reopenImage(of state: DeviceState) throws(MountFailure) -> FileDescriptor {
+        let image = try ImageProbe.open(state.source)
+        guard let expected = state.image else {
+            logger.warning("\(state.devicePath): its state predates image checks; \(state.source) is served without checking it is the file mounted")
+            return image
+        }
+        let change: String?
+        do { change = ImageIdentity(try FileStatus.fstat(image)).difference(from: expected) } catch {
+            try? image.close()
+            throw MountFailure("cannot use \(state.source)", cause: error)
+        }
+        if let change {
+            try? image.close()
+            throw MountFailure("\(state.source) is not the image \(state.devicePath) was mounted from (\(change)): refusing to serve it under the mounted filesystem; unmount it (`mount.erofs -u`) and mount the new image")
+        }
+        return image
+    }
+
     /// Replaces the serving worker with the binary now installed, without failing a request:
     /// asks the supervisor and waits until the state names the new worker.
     public func upgrade(_ target: String, timeout: Double = 60) throws(MountFailure) -> DeviceState {
-        let state = try managedDevice(target)
-        guard state.attachMethod == .netlink else {
-            throw MountFailure("\(state.devicePath) is attached through the ioctl interface: its daemon cannot be replaced while it is mounted")
-        }
-        let supervisor = DaemonProcess(pid: state.daemonPID, startTime: state.daemonStartTime)
-        guard state.supervised == true, supervisor.isAlive else {
+        try upgrade(index: Self.deviceIndex(of: target), target: target, timeout: timeout)
+    }
+
+    func upgrade(index: Int, target: String, timeout: Double = 60) throws(MountFailure) -> DeviceState {
+        let state = try managedDevice(index: index, ioctl: ": its daemon cannot be replaced while it is mounted")
+        let supervisor = state.daemon
+        guard state.supervised == true, supervisor.isOurs(serving: state.backendIdentifier) else {
             if let alive = livingDaemon(of: state) {
                 throw MountFailure("\(state.devicePath) has no supervisor (mounted with nbd.recovery=manual, or the supervisor died): stop its daemon \(alive) and run `mount.erofs --reattach \(target)`")
             }
@@ -97,16 +146,38 @@ public struct NBDRecovery: Sendable {
         while monotonicSeconds() < deadline {
             usleep(20_000)
             if let now = try? store.load(device: state.index), (now.upgrades ?? 0) > before { return now }
-            if !supervisor.isAlive { break }
+            if !supervisor.isOurs(serving: state.backendIdentifier) { break }
         }
-        throw MountFailure("\(state.devicePath): the upgrade did not complete within \(Int(timeout)) s (see \(store.directory)/\(state.backendIdentifier).log)")
+        throw MountFailure("\(state.devicePath): the upgrade did not complete within \(Int(timeout)) s (see \(store.logPath(identifier: state.backendIdentifier)))")
     }
 
     /// The pid of a process of ours still serving or supervising the device.
     func livingDaemon(of state: DeviceState) -> Int32? {
-        if DaemonProcess(pid: state.daemonPID, startTime: state.daemonStartTime).isAlive { return state.daemonPID }
-        if let pid = state.servingPID, DaemonProcess(pid: pid, startTime: state.servingStartTime ?? 0).isAlive { return pid }
+        if state.daemon.isOurs(serving: state.backendIdentifier) { return state.daemonPID }
+        if let worker = state.worker, worker.isOurs(serving: state.backendIdentifier) { return worker.pid }
         return nil
+    }
+}
+
+extension DeviceState {
+    /// The supervisor, or the lone daemon.
+    var daemon: DaemonProcess { DaemonProcess(pid: daemonPID, startTime: daemonStartTime) }
+    /// The serving worker under a supervisor.
+    var worker: DaemonProcess? { servingPID.map { DaemonProcess(pid: $0, startTime: servingStartTime ?? 0) } }
+
+    /// What the kernel says of the device, against this state: over netlink, the backend
+    /// identifier given at CONNECT; over ioctl (no identifier), the device's server must be a
+    /// thread of our daemon.
+    func connection() -> DeviceConnection {
+        let device = NBDDevice(index: UInt32(index))
+        switch attachMethod {
+        case .netlink:
+            return device.connection(expecting: backendIdentifier)
+        case .ioctl:
+            guard let server = device.serverPID else { return (device.sizeSectors ?? 0) == 0 ? .notConnected : .ours }
+            let ours = daemon.isOurs(serving: backendIdentifier) && access("/proc/\(daemonPID)/task/\(server)", F_OK) == 0
+            return ours ? .ours : .foreign("served by pid \(server)")
+        }
     }
 }
 

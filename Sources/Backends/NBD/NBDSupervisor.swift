@@ -24,6 +24,7 @@ import SystemCalls
 /// A worker that ends because the kernel disconnected ends the supervisor.
 public enum NBDSupervisor {
     public static let flag = "--supervise-nbd-device"
+    static let imageDescriptor: Int32 = 4
 
     struct Worker {
         var process: DaemonProcess
@@ -64,6 +65,9 @@ public enum NBDSupervisor {
         var active: Worker?
         var standby: Worker?
         var index: UInt32 = 0
+        /// The image (descriptor 4, from whoever started us), handed to every worker; -1 from
+        /// an older launcher: the workers then open the path.
+        let image: Int32
         /// Shared with every worker (descriptor 5): what the serving one has read and not answered.
         let journal: RequestJournal?
         /// Our copy of the serving worker's socket: with it open, the worker's death does not
@@ -87,6 +91,7 @@ public enum NBDSupervisor {
             sigprocmask(SIG_BLOCK, &set, nil)
             signals = set
             journal = try? RequestJournal.create()
+            image = fcntl(NBDSupervisor.imageDescriptor, F_GETFD) >= 0 ? NBDSupervisor.imageDescriptor : -1
         }
 
         mutating func run() -> Int32 {
@@ -402,7 +407,7 @@ public enum NBDSupervisor {
                 // Our own stdout is the device's log file: the worker appends to the same one.
                 process = try DaemonProcess.spawn(
                     executable: executable, arguments: workerSettings.arguments,
-                    descriptors: [statusEnds[1], control.worker.descriptor] + (journal.map { [$0.descriptor] } ?? []),
+                    descriptors: [statusEnds[1], control.worker.descriptor, journal?.descriptor ?? -1, image],
                     logFile: nil, inheritOutput: true)
             } catch {
                 close(statusEnds[0])
@@ -424,7 +429,7 @@ public enum NBDSupervisor {
             let store = StateStore()
             if let state = try? store.load(device: Int(index)), state.backendIdentifier == settings.identifier {
                 try? store.remove(device: Int(index))
-                unlink("\(store.directory)/\(settings.identifier).log")
+                store.removeLog(identifier: settings.identifier)
             }
         }
 
@@ -449,12 +454,8 @@ public enum NBDSupervisor {
     /// The binary installed where ours was started from: after an upgrade replaced the file,
     /// /proc/self/exe still names the old one, with " (deleted)" appended.
     static func installedExecutable() -> String {
-        var buffer = [CChar](repeating: 0, count: 4096)
-        let length = readlink("/proc/self/exe", &buffer, buffer.count - 1)
-        guard length > 0 else { return "/proc/self/exe" }
-        var path = String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        if path.hasSuffix(" (deleted)") { path.removeLast(" (deleted)".count) }
-        return access(path, X_OK) == 0 ? path : "/proc/self/exe"
+        guard let path = DaemonProcess.executable(of: "self"), access(path, X_OK) == 0 else { return "/proc/self/exe" }
+        return path
     }
 }
 
