@@ -70,7 +70,8 @@ public struct Unmounter: Sendable {
         let stillMounted = (try? MountTable.read())?.contains { $0.source == loop.path } ?? true
         guard !stillMounted else { return nil }
         do { try loop.detach() } catch {
-            if error.errno == .noSuchAddressOrDevice || error.errno == .operationNotSupportedByDevice { return nil }  // freed meanwhile
+            // Freed meanwhile.
+            if error.errno == .noSuchAddressOrDevice || error.errno == .operationNotSupportedByDevice { return nil }
             throw MountFailure("unmounted, but cannot release \(loop.path)", cause: error)
         }
         logger.debug("released \(loop.path)")
