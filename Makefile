@@ -78,7 +78,7 @@ ifneq ($(VM_BENCH),)
 	done
 endif
 
-install: ## Install mount.erofs in $(SBINDIR) and erofs in $(PREFIX)/bin (static, release)
+install: ## Install mount.erofs in SBINDIR (/sbin) and erofs in PREFIX/bin (/usr/local/bin), static release builds
 	$(SWIFT) build -c release --static-swift-stdlib --product mount.erofs
 	$(SWIFT) build -c release --static-swift-stdlib --product erofs
 	install -D -s -m 0755 "$$($(SWIFT) build -c release --static-swift-stdlib --show-bin-path)/mount.erofs" $(DESTDIR)$(SBINDIR)/mount.erofs
