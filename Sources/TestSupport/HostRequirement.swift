@@ -46,7 +46,7 @@ public enum HostRequirement: Sendable, Equatable, CustomStringConvertible {
         public let requirement: HostRequirement
         public var description: String {
             let variable = requirement == .root ? "EROFS_REQUIRE_ROOT=1 or CI=true" : "EROFS_REQUIRE_MODULES"
-            return "this suite needs \(requirement), which this host lacks, and \(variable) says it must run, not skip"
+            return "needs \(requirement), which this host lacks, and \(variable) says it must run here, not be skipped"
         }
     }
 
