@@ -107,6 +107,7 @@ let package = Package(
 
         // Shared by the test targets: the corpus, walk-and-compare, running our binaries.
         .target(name: "TestSupport", dependencies: ["Manifest"]),
+        .testTarget(name: "TestSupportTests", dependencies: ["TestSupport"]),
 
         .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls", "CShim"]),
         .testTarget(name: "EROFSFormatTests", dependencies: ["EROFSFormat", "TestSupport"]),

@@ -3,7 +3,7 @@
 // driver through this.
 
 @_extern(c, "LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(
+func llvmFuzzerRunDriver(
     _ argc: UnsafeMutablePointer<CInt>, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
     _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> CInt
 ) -> CInt
@@ -15,5 +15,5 @@ public func runLibFuzzer(
 ) -> CInt {
     var argc = argc
     var argv = argv
-    return LLVMFuzzerRunDriver(&argc, &argv, testOneInput)
+    return llvmFuzzerRunDriver(&argc, &argv, testOneInput)
 }

@@ -120,7 +120,8 @@ public struct Unmounter: Sendable {
         }
         guard loop.autoclear, case .free = BlockDevice.claim(path: loop.path, major: major, minor: minor) else { return nil }
         do { try loop.detach() } catch {
-            if error.errno == .noSuchAddressOrDevice || error.errno == .operationNotSupportedByDevice { return nil }  // freed meanwhile
+            // Freed meanwhile.
+            if error.errno == .noSuchAddressOrDevice || error.errno == .operationNotSupportedByDevice { return nil }
             throw MountFailure("unmounted, but cannot release \(loop.path)", cause: error)
         }
         logger.debug("released \(loop.path)")

@@ -137,6 +137,7 @@ final class Listener {
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV
         var results: UnsafeMutablePointer<addrinfo>?
+        // swift-format-ignore: AlwaysUseLowerCamelCase
         let where_ = ListenAddress.tcp(host: host, port: port).description
         let status = getaddrinfo(host, String(port), &hints, &results)
         guard status == 0, let first = results else {

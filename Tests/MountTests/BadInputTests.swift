@@ -4,7 +4,7 @@ import TestSupport
 
 /// Bad sources, mountpoints and options: one clear line naming the path and the problem, the
 /// exit status mount(8) documents, and nothing mounted or attached afterwards.
-@Suite(.serialized) struct BadInputTests {
+@Suite(.requiresRoot, .serialized) struct BadInputTests {
     let harness = MountHarness()
 
     struct Case: CustomStringConvertible, Sendable {
@@ -155,7 +155,7 @@ import TestSupport
     }
 }
 
-@Suite(.serialized) struct UnmountTests {
+@Suite(.requiresRoot, .serialized) struct UnmountTests {
     let harness = MountHarness()
 
     @Test func unmountByImagePath() throws {

@@ -4,7 +4,7 @@ import TestSupport
 
 /// Every corpus image, mounted for real on this kernel by our mount.erofs, once file-backed and
 /// once through a forced loop device, must look exactly like its manifest.
-@Suite(.serialized) struct CorpusMountTests {
+@Suite(.requiresRoot, .serialized) struct CorpusMountTests {
     let harness = MountHarness()
 
     enum Mode: String, CaseIterable { case fileBacked, loop }

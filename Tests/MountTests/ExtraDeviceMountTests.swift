@@ -6,7 +6,7 @@ import TestSupport
 /// `mount.erofs -o device=BLOB` for images made by mkfs.erofs --blobdev: file-backed, through
 /// a loop device, and with the blob given as a block device. The kernel opens extra devices the
 /// way it opened the image, so mount.erofs adds loop devices where the kinds differ.
-@Suite(.serialized) struct ExtraDeviceMountTests {
+@Suite(.requiresRoot, .serialized) struct ExtraDeviceMountTests {
     let harness = MountHarness()
 
     /// An image whose chunked file data lives on `blob` (4 KiB chunks), and its reader manifest.

@@ -5,7 +5,7 @@ import TestSupport
 /// util-linux mount(8) runs /sbin/mount.<type> when it exists. In a private mount namespace,
 /// a copy of /usr/sbin with our binary as mount.erofs is bound over the real one, so the test
 /// installs nothing on the machine, and `mount -t erofs` must then go through our helper.
-@Suite(.serialized) struct MountHelperTests {
+@Suite(.requiresRoot, .serialized) struct MountHelperTests {
     let harness = MountHarness()
 
     /// `type` erofs.fuse: mount(8) finds no mount.erofs.fuse and runs mount.erofs -t erofs.fuse.

@@ -12,7 +12,7 @@ import TestSupport
 /// Corpus images served to a real nbd device, mounted by the kernel's EROFS driver from it,
 /// and walked: the tree must equal the image's manifest. Attached once over netlink, once over
 /// ioctl. In the test VM only (like KernelNBDTests).
-@Suite(.enabled(if: KernelNBD.available, "needs the nbd module and root (run in the test VM)"), .serialized)
+@Suite(.requiresRoot, .requires(.kernelModule("nbd")), .serialized)
 struct KernelNBDMountTests {
     enum Attach: String, CaseIterable { case netlink, ioctl }
 

@@ -6,14 +6,11 @@ import Netlink
 import SystemCalls
 import SystemPackage
 import Testing
-
-enum KernelNBD {
-    static var available: Bool { access("/sys/module/nbd", F_OK) == 0 && geteuid() == 0 }
-}
+import TestSupport
 
 /// Real nbd devices: these run where the nbd module is loaded and we are root (the test VM:
 /// tests/vm). Elsewhere they are skipped, visibly.
-@Suite(.enabled(if: KernelNBD.available, "needs the nbd module and root (run in the test VM)"), .serialized)
+@Suite(.requiresRoot, .requires(.kernelModule("nbd")), .serialized)
 struct KernelNBDTests {
     /// 1 MiB whose every 4-byte word holds its own offset: a misplaced block cannot match.
     static let image: [UInt8] = (0..<(1 << 18)).flatMap { (word: Int) -> [UInt8] in

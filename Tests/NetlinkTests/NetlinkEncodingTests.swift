@@ -9,7 +9,8 @@ import Testing
 @Suite struct NetlinkEncodingTests {
     @Test func getFamilyRequestMatchesTheWireForm() throws {
         let expected =
-            "1c000000" + "1000" + "0500" + "01000000" + "78563412"  // nlmsghdr: 28 B, GENL_ID_CTRL, REQUEST|ACK, seq 1, port
+            // nlmsghdr: 28 B, GENL_ID_CTRL, REQUEST|ACK, seq 1, port
+            "1c000000" + "1000" + "0500" + "01000000" + "78563412"
             + "03020000"  // genlmsghdr: CTRL_CMD_GETFAMILY, version 2
             + "08000200" + "6e626400"  // CTRL_ATTR_FAMILY_NAME "nbd\0" (8 B, no padding needed)
         let transport = RecordingTransport(replies: [Self.nbdFamilyReply, ackFixture(sequence: 1)])

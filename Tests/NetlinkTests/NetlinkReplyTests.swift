@@ -22,7 +22,8 @@ import Testing
             + "f0ffffff"  // error -16 (EBUSY)
             + "1c000000" + "1a00" + "0500" + "01000000" + "78563412"  // echoed header (28 B request)
             + "05010000" + "08000100" + "03000000"  // echoed genl header + INDEX 3
-            + "1b00" + "0100" + "6e62643320697320616c726561647920696e2075736500" + "00"  // MSG "nbd3 is already in use\0", 27 B + 1 pad
+            // MSG "nbd3 is already in use\0", 27 B + 1 pad
+            + "1b00" + "0100" + "6e62643320697320616c726561647920696e2075736500" + "00"
             + "0800" + "0200" + "14000000")  // OFFS 20
         let transport = RecordingTransport(replies: [reply])
         let client = GenericNetlinkClient(transport: transport)

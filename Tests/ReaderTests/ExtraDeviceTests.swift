@@ -11,7 +11,7 @@ import Glibc
 
 /// Multi-device images: Debian's mkfs.erofs 1.5 puts chunk-based file data on a blob
 /// (`--blobdev`), the host kernel mounts the image with `-o device=BLOB` and is the oracle.
-@Suite(.serialized) struct ExtraDeviceTests {
+@Suite(.requiresRoot, .serialized) struct ExtraDeviceTests {
     /// A tree made by `MkfsImageTests.makeTree` (files from 0 B to 300 KB, all-zero files that
     /// mkfs deduplicates, symlinks, devices, xattrs) turned into an image plus its blob.
     struct MultiDeviceImage {

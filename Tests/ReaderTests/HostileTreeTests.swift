@@ -13,7 +13,7 @@ import Glibc
 /// stranger could send (issue 13): a world-writable root owned by nobody, a device node,
 /// setuid/setgid files, file capabilities, trusted.* xattrs, names that are not UTF-8 and a name
 /// that drives a terminal. Extraction runs as root, the case the defaults must make safe.
-@Suite(.serialized) struct HostileTreeTests {
+@Suite(.requiresRoot, .serialized) struct HostileTreeTests {
     static var erofs: String { builtProductsDirectory() + "/erofs" }
     static let cafE9: [UInt8] = Array("caf".utf8) + [0xe9]
     static let cafE8: [UInt8] = Array("caf".utf8) + [0xe8]

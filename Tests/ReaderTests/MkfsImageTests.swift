@@ -71,7 +71,7 @@ import Glibc
         dev_t((major & 0xfff) << 8 | (major & ~0xfff) << 32 | (minor & 0xff) | (minor & ~0xff) << 12)
     }
 
-    @Test(arguments: [[String](), ["-zlz4"], ["-zlz4hc"]])
+    @Test(.requiresRoot, arguments: [[String](), ["-zlz4"], ["-zlz4hc"]])
     func readerMatchesKernel(options: [String]) throws {
         try #require(Self.canMount, "needs root and mkfs.erofs")
         let scratch = try temporaryDirectory("mkfs")

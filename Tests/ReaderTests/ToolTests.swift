@@ -39,7 +39,7 @@ import TestSupport
     /// Extraction with every opt-in reproduces every path: contents, modes, owners, nanosecond
     /// times, xattrs, links, devices. Directory sizes are the host filesystem's, so they are
     /// left out.
-    @Test(arguments: sample)
+    @Test(.requiresRoot, arguments: sample)
     func extractReproducesTheTree(image: Corpus.Image) throws {
         let destination = try temporaryDirectory("extract-\(image.name)")
         defer { try? FileManager.default.removeItem(atPath: destination) }
