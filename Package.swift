@@ -127,7 +127,7 @@ let package = Package(
         ]),
         .testTarget(name: "MountCLITests", dependencies: ["MountCLI"]),
         .testTarget(name: "BackendsTests", dependencies: [
-            "Backends", "SystemCalls", .product(name: "Logging", package: "swift-log"),
+            "Backends", "SystemCalls", "KernelAttach", "TestSupport", .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "KernelAttachTests", dependencies: ["KernelAttach"]),
         // Real servers started by the tests: a Range server with faults (Servers/), moto's S3.

@@ -5,10 +5,11 @@ import KernelAttach
 import Logging
 import SystemCalls
 import Testing
+import TestSupport
 
 /// State files, state directories and processes an attacker may have put in place: nothing of
 /// theirs is trusted, signalled or followed.
-@Suite(.serialized) struct HostileStateTests {
+@Suite(.requiresRoot, .serialized) struct HostileStateTests {
     func freshStore() -> StateStore {
         StateStore(directory: NSTemporaryDirectory() + "hostile-state-\(UUID().uuidString)/nbd")
     }

@@ -5,7 +5,7 @@ import TestSupport
 /// The crafted-image writer (TestSupport/CraftedImage) makes images the kernel mounts: a
 /// writer-made image, mounted by the kernel's own EROFS (mount(8), file-backed), shows exactly
 /// the tree our reader lists.
-@Suite(.serialized) struct CraftedImageMountTests {
+@Suite(.requiresRoot, .serialized) struct CraftedImageMountTests {
     let harness = MountHarness()
 
     @Test func kernelMountShowsWhatTheReaderLists() throws {

@@ -16,7 +16,7 @@ let SEEK_HOLE: Int32 = 4
 /// mkfs.erofs (chunk-based, so that it has real holes), mounted both through FUSE and by the
 /// kernel's own EROFS: reads at odd offsets and past the end, mmap, readdir with
 /// telldir/seekdir, SEEK_DATA/SEEK_HOLE, the xattr size probes.
-@Suite(.serialized) struct FUSEEdgeCaseTests {
+@Suite(.requiresRoot, .serialized) struct FUSEEdgeCaseTests {
     let harness = MountHarness()
 
     /// The tree, its image, and the image mounted through FUSE (`fuse`) and by the kernel (`kernel`).

@@ -9,7 +9,7 @@ import Glibc
 /// `mount.erofs -t erofs.fuse`, for real on this kernel: every corpus image walks to its
 /// manifest through FUSE with one and with several serving threads; `-u` leaves no mount and
 /// no daemon; failures leave nothing; a corrupt image fails only the reads that touch it.
-@Suite(.serialized) struct FUSEMountTests {
+@Suite(.requiresRoot, .serialized) struct FUSEMountTests {
     let harness = MountHarness()
 
     /// Serving daemons (`mount.erofs --serve-fuse ... IMAGE`) of `image`.

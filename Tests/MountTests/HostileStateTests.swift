@@ -6,7 +6,7 @@ import TestSupport
 /// The real mount.erofs against state and mounts an attacker put in place, each run in a
 /// private mount namespace with its own /run (so the host's state is never touched): nothing
 /// is trusted by name, nothing of theirs is signalled, nothing traps.
-@Suite(.serialized) struct HostileMountStateTests {
+@Suite(.requiresRoot, .serialized) struct HostileMountStateTests {
     let harness = MountHarness()
 
     /// Runs `script` with bash in a private mount namespace whose /run is an empty tmpfs; $1 is

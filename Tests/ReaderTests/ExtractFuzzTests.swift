@@ -7,7 +7,7 @@ import TestSupport
 
 /// The extract fuzzer's seeds (CraftedImage shapes, committed in Fuzz/seeds/extract) and
 /// findings (Fuzz/findings/extract), through the fuzzer's own code on the normal build.
-@Suite(.serialized) struct ExtractFuzzTests {
+@Suite(.requiresRoot, .serialized) struct ExtractFuzzTests {
     static let repository = URL(fileURLWithPath: #filePath)
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 

@@ -6,7 +6,7 @@ import TestSupport
 /// Images whose shape, not their bytes, is the attack (issue 13): a DAG of directories that
 /// multiplies into 2^30 paths, chains 20000 directories deep, terabyte sparse files. The real
 /// `erofs` binary runs on CraftedImage images under time, memory and descriptor limits.
-@Suite(.serialized) struct HostileShapeTests {
+@Suite(.requiresRoot, .serialized) struct HostileShapeTests {
     static var erofs: String { builtProductsDirectory() + "/erofs" }
 
     /// Runs `erofs` with a wall-clock limit (killed: status 9), an address-space limit and a

@@ -211,9 +211,9 @@ func readRemote(_ source: RemoteSource, _ offset: UInt64, _ count: Int) throws -
         let server = try TestServer.rangeServer(root: URL(fileURLWithPath: image.path).deletingLastPathComponent().path)
         let directory = try scratchDirectory("extract")
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let remote = try runProgram(Self.erofs, ["extract", "http://127.0.0.1:\(server.port)/lz4.erofs", directory + "/remote", "-o", "remote.cache=none,remote.block_size=4K"])
+        let remote = try runProgram(Self.erofs, ["extract", "http://127.0.0.1:\(server.port)/lz4.erofs", directory + "/remote", "--root-metadata", "-o", "remote.cache=none,remote.block_size=4K"])
         #expect(remote.status == 0, "\(remote.standardError)")
-        let local = try runProgram(Self.erofs, ["extract", image.path, directory + "/local"])
+        let local = try runProgram(Self.erofs, ["extract", image.path, directory + "/local", "--root-metadata"])
         #expect(local.status == 0, "\(local.standardError)")
         let remoteTree = try DirectoryWalker.manifest(ofTreeAt: directory + "/remote").manifestText
         let localTree = try DirectoryWalker.manifest(ofTreeAt: directory + "/local").manifestText
