@@ -69,9 +69,19 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // io_uring through the raw system calls (see Sources/IOURing/IOURing.swift for why).
+        .target(name: "IOURing", dependencies: ["SystemCalls", "CShim"]),
+        // The ublk driver's interface: uapi structures, control commands over io_uring.
+        .target(name: "UblkKernel", dependencies: ["IOURing", "SystemCalls"]),
+        // `-t erofs.ublk`: ADD_DEV/SET_PARAMS, the serving daemon, teardown.
+        .target(name: "UblkBackend", dependencies: [
+            "Backends", "UblkKernel", "IOURing", "KernelAttach", "SystemCalls", "CShim",
+            .product(name: "SystemPackage", package: "swift-system"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // mount(8)-compatible command line: options, -o parsing into MS_* flags and data.
         .target(name: "MountCLI", dependencies: [
-            "Backends", "SystemCalls", "EROFSFormat", "KernelAttach", "NBDKernel", "CShim",
+            "Backends", "UblkBackend", "SystemCalls", "EROFSFormat", "KernelAttach", "NBDKernel", "CShim",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "MountErofsTool", dependencies: ["MountCLI"]),

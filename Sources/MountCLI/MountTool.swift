@@ -7,6 +7,7 @@ import KernelAttach
 import Logging
 import NBDKernel
 import SystemCalls
+import UblkBackend
 
 /// mount.erofs: parses the command line, runs the chosen mode, and maps the outcome to
 /// mount(8)'s exit statuses (0 success, 1 bad usage, 32 mount failure).
@@ -23,6 +24,7 @@ public enum MountTool {
     public static func main(_ arguments: [String]) -> Int32 {
         if arguments.first == NBDDaemon.flag { return NBDDaemon.main(arguments) }
         if arguments.first == NBDSupervisor.flag { return NBDSupervisor.main(arguments) }
+        if arguments.first == UblkDaemon.flag { return UblkDaemon.main(arguments) }
         let line: MountCommandLine
         do { line = try MountCommandLine.parse(arguments) } catch {
             printError("\(error)")
@@ -59,6 +61,10 @@ public enum MountTool {
             try mount(line, logger: logger)
         case .unmount:
             try enterNamespace(line.namespace)
+            if let released = try UblkBackend(logger: logger).unmount(line.target!) {
+                logger.info("unmounted \(released.mountPoint) and deleted \(released.device)")
+                return
+            }
             let result = try Unmounter(logger: logger).unmount(line.target!)
             logger.info("unmounted \(result.mountPoint) (\(result.source))")
         case .disconnect:
@@ -122,6 +128,18 @@ public enum MountTool {
                 pollMicroseconds: pollMicroseconds, fake: line.fake)
             if let state = try NBDBackend(logger: logger).mount(request) {
                 logger.info("mounted \(source) on \(target) through \(state.devicePath) (\(state.attachMethod.rawValue), daemon \(state.daemonPID))")
+            } else {
+                logger.info("\(source) is a valid EROFS image; not mounted (-f)")
+            }
+        case .ublk:
+            if let name = line.options.backendOptions.first?.name {
+                throw UsageError("`\(name)` options are not supported with -t erofs.ublk")
+            }
+            let request = UblkBackend.Request(
+                source: source, mountPoint: target, flags: line.options.flags.rawValue,
+                data: line.options.kernelDataString, fake: line.fake)
+            if let state = try UblkBackend(logger: logger).mount(request) {
+                logger.info("mounted \(source) on \(target) through \(state.devicePath) (daemon \(state.daemonPID.map(String.init) ?? "?"))")
             } else {
                 logger.info("\(source) is a valid EROFS image; not mounted (-f)")
             }
@@ -200,10 +218,13 @@ public enum MountTool {
         Mount an EROFS image (a file or a block device) on MOUNTPOINT.
 
         Options:
-          -t erofs[.SUBTYPE]   backend: local (kernel mount; default), nbd, fuse
+          -t erofs[.SUBTYPE]   backend: local (kernel mount; default), nbd, fuse, ublk
+                               (ublk: the kernel's ublk driver over io_uring, Linux
+                               6.0+ with ublk_drv loaded)
           -o OPTIONS           comma-separated mount options (see below)
           -u TARGET            unmount TARGET (mountpoint or image) and release what the
-                               mount set up (loop device; nbd device, daemon and state)
+                               mount set up (loop device; nbd or ublk device, daemon
+                               and state)
               --disconnect TARGET abort an nbd device (/dev/nbdN or its mountpoint) forcibly
               --list           show the nbd devices mount.erofs manages, their daemons and
                                the kernel's view of their link
