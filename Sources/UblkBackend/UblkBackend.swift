@@ -143,7 +143,17 @@ public struct UblkBackend: Sendable {
         guard let table = try? MountTable.read(),
               let entry = table.last(where: { $0.mountPoint == canonical }) ?? table.last(where: { $0.source == canonical }),
               let id = ublkBlockIndex(entry.source), let state = try? store.load(device: id) else { return nil }
-        do { try Mount.unmount(entry.mountPoint) } catch { throw MountFailure("cannot unmount \(entry.mountPoint)", cause: error) }
+        do { try Mount.unmount(entry.mountPoint) } catch {
+            // A dead daemon (before the supervisor comes) leaves reads waiting in the device
+            // (user recovery): stopping it fails them, and the unmount can go on.
+            let daemon = state.daemonPID.map { DaemonProcess(pid: $0, startTime: state.daemonStartTime ?? 0) }
+            guard error.errno == .resourceBusy, daemon?.isAlive == false else {
+                throw MountFailure("cannot unmount \(entry.mountPoint)", cause: error)
+            }
+            logger.warning("\(entry.source): its daemon is gone; stopping the device to fail its waiting reads")
+            try? Self.control().stop(id)
+            do { try Mount.unmount(entry.mountPoint) } catch { throw MountFailure("cannot unmount \(entry.mountPoint)", cause: error) }
+        }
         // Mounted elsewhere too (a bind mount, another namespace's view): the device stays.
         if let others = try? MountTable.read(), others.contains(where: { $0.source == entry.source }) {
             logger.info("\(entry.source) is still mounted elsewhere; it stays attached")
@@ -201,12 +211,10 @@ public struct UblkTeardown: Sendable {
             if error.errno != .noSuchFileOrDirectory && error.errno != .operationNotSupportedByDevice { problems.append("stop: \(error)") }
         }
         if let pid = state.daemonPID {
+            // Once stopped, the device has nothing left to serve. Its pending fetches end when
+            // the daemon's rings go away (on 6.8+ STOP_DEV alone does not complete them).
             let daemon = DaemonProcess(pid: pid, startTime: state.daemonStartTime ?? 0)
-            // Kernels that cancel fetches only when their io_uring goes away (6.8+) need the
-            // daemon ended; the device is stopped, so nothing it would serve is lost.
-            if !daemon.waitForExit(timeout: 2) && !daemon.terminate(signal: SIGTERM, timeout: 5) {
-                daemon.terminate(signal: SIGKILL, timeout: 10)
-            }
+            if !daemon.terminate(signal: SIGTERM, timeout: 5) { daemon.terminate(signal: SIGKILL, timeout: 10) }
             if daemon.isAlive { problems.append("daemon \(pid) is still running") }
         }
         do { try control.delete(state.deviceID) } catch {

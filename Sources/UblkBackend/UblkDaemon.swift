@@ -129,8 +129,13 @@ public enum UblkDaemon {
         return thread
     }
 
-    /// One line to the mounting process, once; later calls do nothing.
+    /// Whether the status line went out (descriptor 3 is closed then, and may be reused).
+    nonisolated(unsafe) static var reported = false
+
+    /// One line to the mounting process, once (main thread only); later calls do nothing.
     static func report(_ line: String) {
+        guard !reported else { return }
+        reported = true
         let text = line + "\n"
         text.withCString { _ = write(statusDescriptor, $0, strlen($0)) }
         close(statusDescriptor)
