@@ -112,6 +112,7 @@ let package = Package(
             "Backends", "SystemCalls", .product(name: "Logging", package: "swift-log"),
         ]),
         .testTarget(name: "KernelAttachTests", dependencies: ["KernelAttach"]),
+        .testTarget(name: "UblkKernelTests", dependencies: ["UblkKernel", "IOURing"]),
         // LZ4 throughput: the Swift decoder against liblz4 (release build).
         .executableTarget(name: "LZ4Bench", dependencies: ["Compression", "CLZ4"]),
         .testTarget(name: "CompressionTests", dependencies: ["Compression", "CLZ4", "CLZMA", "CZlib", "CZstd", "TestSupport"]),
