@@ -140,8 +140,13 @@ public struct UblkBackend: Sendable {
     /// nil when TARGET is not such a mount (the generic unmount handles it).
     public func unmount(_ target: String) throws(MountFailure) -> (mountPoint: String, device: String)? {
         let canonical = canonicalPath(target)
+        // TARGET is the mountpoint, the device, or (as umount(8) allows) the image it serves.
+        let servesTarget = { (entry: MountInfoEntry) -> Bool in
+            ublkBlockIndex(entry.source).flatMap { try? store.load(device: $0) }?.source == canonical
+        }
         guard let table = try? MountTable.read(),
-              let entry = table.last(where: { $0.mountPoint == canonical }) ?? table.last(where: { $0.source == canonical }),
+              let entry = table.last(where: { $0.mountPoint == canonical }) ?? table.last(where: { $0.source == canonical })
+                ?? table.last(where: servesTarget),
               let id = ublkBlockIndex(entry.source), let state = try? store.load(device: id) else { return nil }
         do { try Mount.unmount(entry.mountPoint) } catch {
             // A dead daemon (before the supervisor comes) leaves reads waiting in the device

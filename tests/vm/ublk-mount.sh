@@ -63,7 +63,9 @@ for image in "$CORPUS"/*.erofs; do
     fi
     if [[ $(stat -c %a "$STATE/ublk${dev#/dev/ublkb}.json") == 600 ]]; then ok "$name: state file is 0600"
     else not_ok "$name: state file mode $(stat -c %a "$STATE/ublk${dev#/dev/ublkb}.json")"; fi
-    if ! "$BIN/mount.erofs" -u "$mnt" 2>"$work/err"; then not_ok "$name: -u failed: $(cat "$work/err")"; continue; fi
+    # -u takes the mountpoint, or (plain) the image, as umount(8) does.
+    target=$mnt; [[ $name == plain ]] && target=$image
+    if ! "$BIN/mount.erofs" -u "$target" 2>"$work/err"; then not_ok "$name: -u $target failed: $(cat "$work/err")"; continue; fi
     if why=$(left_nothing "$pid"); then ok "$name: -u left nothing"; else not_ok "$name: -u left $why"; fi
 done
 
