@@ -148,6 +148,9 @@ public final class IOURing {
         }
     }
 
+    /// Whether a completion is waiting in the ring (no system call).
+    public var hasCompletions: Bool { cshim_load_acquire_u32(cqTail) != cqHead.load(as: UInt32.self) }
+
     /// Takes every completion now in the ring, oldest first.
     public func reap(_ body: (Completion) -> Void) {
         var head = cqHead.load(as: UInt32.self)
