@@ -86,6 +86,16 @@ let package = Package(
             .product(name: "SystemPackage", package: "swift-system"),
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // io_uring through the raw system calls (see Sources/IOURing/IOURing.swift for why).
+        .target(name: "IOURing", dependencies: ["SystemCalls", "CShim"]),
+        // The ublk driver's interface: uapi structures, control commands over io_uring.
+        .target(name: "UblkKernel", dependencies: ["IOURing", "SystemCalls"]),
+        // `-t erofs.ublk`: ADD_DEV/SET_PARAMS, the serving daemon, teardown.
+        .target(name: "UblkBackend", dependencies: [
+            "Backends", "UblkKernel", "IOURing", "KernelAttach", "SystemCalls", "CShim",
+            .product(name: "SystemPackage", package: "swift-system"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
         // The FUSE backend: mount(2) over /dev/fuse and the daemon that serves it.
         .target(name: "FUSEBackend", dependencies: [
             "Backends", "FUSEServer", "EROFSReader", "KernelAttach", "SystemCalls",
@@ -93,7 +103,7 @@ let package = Package(
         ]),
         // mount(8)-compatible command line: options, -o parsing into MS_* flags and data.
         .target(name: "MountCLI", dependencies: [
-            "Backends", "FUSEBackend", "SystemCalls", "EROFSFormat", "KernelAttach", "NBDKernel", "CShim",
+            "Backends", "FUSEBackend", "UblkBackend", "SystemCalls", "EROFSFormat", "KernelAttach", "NBDKernel", "CShim",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .executableTarget(name: "MountErofsTool", dependencies: ["MountCLI"]),
@@ -136,6 +146,7 @@ let package = Package(
             // Built for the tests, which run `erofs ls` on remote sources.
             "ErofsTool",
         ], exclude: ["Servers"]),
+        .testTarget(name: "UblkKernelTests", dependencies: ["UblkKernel", "IOURing"]),
         // LZ4 throughput: the Swift decoder against liblz4 (release build).
         .executableTarget(name: "LZ4Bench", dependencies: ["Compression", "CLZ4"]),
         .testTarget(name: "CompressionTests", dependencies: ["Compression", "CLZ4", "CLZMA", "CZlib", "CZstd", "TestSupport"]),

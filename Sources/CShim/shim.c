@@ -8,6 +8,7 @@
 #include <spawn.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/syscall.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -178,4 +179,12 @@ int cshim_populate_executable_code_in_background(void) {
     int result = pthread_create(&thread, &attributes, populate_executable_code_thread, NULL);
     pthread_attr_destroy(&attributes);
     return result;
+}
+
+int cshim_io_uring_setup(uint32_t entries, void *params) {
+    return (int)syscall(__NR_io_uring_setup, entries, params);
+}
+
+int cshim_io_uring_enter(int fd, uint32_t to_submit, uint32_t min_complete, uint32_t flags) {
+    return (int)syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, NULL, 0);
 }

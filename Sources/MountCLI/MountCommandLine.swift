@@ -6,6 +6,8 @@ public enum BackendKind: String, Sendable, CaseIterable {
     case nbd
     /// A FUSE filesystem on this project's EROFS reader.
     case fuse
+    /// A userspace daemon serves the image to the kernel's ublk driver over io_uring.
+    case ublk
 }
 
 /// A parsed `mount.erofs` command line. Options may come before or after the operands, as
@@ -141,10 +143,11 @@ public struct MountCommandLine: Sendable, Equatable {
         case "local": backend = .local
         case "nbd": backend = .nbd
         case "fuse": backend = .fuse
-        case "fanotify", "ublk":
-            throw UsageError("filesystem subtype `\(parts[1])` is not built into this mount.erofs (subtypes: local, nbd, fuse)")
+        case "ublk": backend = .ublk
+        case "fanotify":
+            throw UsageError("filesystem subtype `\(parts[1])` is not built into this mount.erofs (subtypes: local, nbd, fuse, ublk)")
         default:
-            throw UsageError("invalid filesystem subtype `\(parts[1])` (subtypes: local, nbd, fuse)")
+            throw UsageError("invalid filesystem subtype `\(parts[1])` (subtypes: local, nbd, fuse, ublk)")
         }
     }
 

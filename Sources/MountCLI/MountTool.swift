@@ -8,6 +8,7 @@ import KernelAttach
 import Logging
 import NBDKernel
 import SystemCalls
+import UblkBackend
 
 /// mount.erofs: parses the command line, runs the chosen mode, and maps the outcome to
 /// mount(8)'s exit statuses (0 success, 1 bad usage, 32 mount failure).
@@ -25,6 +26,7 @@ public enum MountTool {
         if arguments.first == NBDDaemon.flag { return NBDDaemon.main(arguments) }
         if arguments.first == NBDSupervisor.flag { return NBDSupervisor.main(arguments) }
         if arguments.first == FUSEDaemon.flag { return FUSEDaemon.main(arguments) }
+        if arguments.first == UblkDaemon.flag { return UblkDaemon.main(arguments) }
         let line: MountCommandLine
         do { line = try MountCommandLine.parse(arguments) } catch {
             printError("\(error)")
@@ -59,14 +61,20 @@ public enum MountTool {
         case .mount:
             // The nbd backend enters the namespace only to mount (its daemon, state and image
             // stay ours); the local one mounts from inside.
-            // A FUSE daemon started inside another namespace would run that namespace's
+            // A FUSE or ublk daemon started inside another namespace would run that namespace's
             // /proc/self/exe and keep its state there: not supported yet.
-            if line.backend == .fuse, line.namespace != nil {
-                throw MountFailure("-N is not supported with -t erofs.fuse (yet): mount from inside the namespace")
+            if line.backend == .fuse || line.backend == .ublk, line.namespace != nil {
+                throw MountFailure("-N is not supported with -t erofs.\(line.backend?.rawValue ?? "?") (yet): mount from inside the namespace")
             }
             if line.backend != .nbd { try enterNamespace(line.namespace) }
             try mount(line, logger: logger)
         case .unmount:
+            // A ublk device is found by its state (ours, in our /run): with -N the generic
+            // unmounter finds the mount in that namespace instead.
+            if line.namespace == nil, let released = try UblkBackend(logger: logger).unmount(line.target!) {
+                logger.info("unmounted \(released.mountPoint) and deleted \(released.device)")
+                return
+            }
             let namespace = try line.namespace.map { (name) throws(MountFailure) in try openNamespace(name) }
             let result = try Unmounter(logger: logger).unmount(line.target!, in: namespace)
             if result.fsType.hasPrefix("fuse.erofs") {
@@ -136,6 +144,18 @@ public enum MountTool {
                 namespace: try line.namespace.map { (name) throws(MountFailure) in try openNamespace(name) })
             if let state = try NBDBackend(logger: logger).mount(request) {
                 logger.info("mounted \(source) on \(target) through \(state.devicePath) (\(state.attachMethod.rawValue), daemon \(state.daemonPID))")
+            } else {
+                logger.info("\(source) is a valid EROFS image; not mounted (-f)")
+            }
+        case .ublk:
+            if let name = line.options.backendOptions.first?.name {
+                throw UsageError("`\(name)` options are not supported with -t erofs.ublk")
+            }
+            let request = UblkBackend.Request(
+                source: source, mountPoint: target, flags: line.options.flags.rawValue,
+                data: line.options.kernelDataString, fake: line.fake)
+            if let state = try UblkBackend(logger: logger).mount(request) {
+                logger.info("mounted \(source) on \(target) through \(state.devicePath) (daemon \(state.daemonPID.map(String.init) ?? "?"))")
             } else {
                 logger.info("\(source) is a valid EROFS image; not mounted (-f)")
             }
@@ -242,11 +262,13 @@ public enum MountTool {
 
         Options:
           -t erofs[.SUBTYPE]   backend: local (kernel mount; default), nbd, fuse (a daemon
-                               serves the image over /dev/fuse with this project's reader)
+                               serves the image over /dev/fuse with this project's
+                               reader), ublk (the kernel's ublk driver over io_uring,
+                               Linux 6.0+ with ublk_drv loaded)
           -o OPTIONS           comma-separated mount options (see below)
           -u TARGET            unmount TARGET (mountpoint or image) and release what the
-                               mount set up (loop device; nbd device, daemon and state;
-                               the FUSE daemon)
+                               mount set up (loop device; nbd or ublk device, daemon
+                               and state; the FUSE daemon)
               --disconnect TARGET abort an nbd device (/dev/nbdN or the mountpoint of an
                                EROFS mount of one) forcibly
               --list           show the nbd devices mount.erofs manages, their daemons and

@@ -59,6 +59,11 @@ import Testing
         #expect(options.forceLoop)
     }
 
+    @Test func ublkSubtypeSelectsTheUblkBackend() throws {
+        let line = try MountCommandLine.parse(["-t", "erofs.ublk", "img", "dir"])
+        #expect(line.backend == .ublk)
+    }
+
     @Test func backendOptionsAreSeparated() throws {
         let line = try MountCommandLine.parse(["-t", "erofs.nbd", "-o", "nbd.ioctl,oci.platform=linux/arm64", "s", "t"])
         #expect(line.options.kernelData.isEmpty)
@@ -73,7 +78,8 @@ import Testing
     @Test(arguments: [
         (["-t", "erofs.foo", "a", "b"], "invalid filesystem subtype `foo`"),
         (["-t", "ext4", "a", "b"], "unsupported filesystem type `ext4`"),
-        (["-t", "erofs.ublk", "a", "b"], "not built into"),
+        (["-t", "erofs.fanotify", "a", "b"], "not built into"),
+        (["-t", "erofs.ublk", "-o", "nbd.ioctl", "a", "b"], "conflicting options"),
         (["-t", "erofs.nbd", "-o", "loop", "a", "b"], "conflicting options"),
         (["-t", "erofs.fuse", "-o", "nbd.ioctl", "a", "b"], "conflicting options"),
         (["-o", "fuse.threads=2", "a", "b"], "fuse.* options need -t erofs.fuse"),

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs inside the test VM (tests/vm/run.sh): the latency of one 4 KiB read at a time
-# (`dd iflag=direct bs=4k`) on the raw devices, loop against nbd, all attached at once and
+# (`dd iflag=direct bs=4k`) on the raw devices, loop against nbd (and ublk), all attached at once and
 # measured in turns, the image's pages warm in the guest's page cache (so 9p is out of it).
 #   tests/vm/run.sh --kernel 6.1 --timeout 900 -- tests/vm/bench-qd1.sh
 # EROFS_QD1_METHODS (default "loop nbd"): words KIND[:ATTR=VALUE,...][@BINDIR][%OPTIONS], KIND
-# loop or nbd; ATTR=VALUE are written to /sys/block/X/queue/ATTR after the attach (e.g.
+# loop, nbd or ublk (6.12: "loop nbd ublk"); ATTR=VALUE are written to /sys/block/X/queue/ATTR after the attach (e.g.
 # nbd:scheduler=mq-deadline); @BINDIR takes mount.erofs from another build (an A/B of a daemon
 # change); %OPTIONS are nbd mount options (nbd%nbd.poll_us=0). EROFS_QD1_READS per turn
 # (default 1000), EROFS_QD1_ROUNDS (default 15). Prints each method's microseconds per read,
@@ -23,7 +23,7 @@ cleanup() {
     for method in $METHODS; do
         case ${device[$method]:-} in
             /dev/loop*) losetup -d "${device[$method]}" ;;
-            /dev/nbd*) ${unmount[$method]} ;;
+            /dev/nbd*|/dev/ublkb*) ${unmount[$method]} ;;
         esac
     done
     rm -rf "$work"
@@ -39,9 +39,9 @@ for method in $METHODS; do
     [[ $spec == *:* ]] && settings=${spec#*:}
     case ${spec%%:*} in
         loop) device[$method]=$(losetup -f --show -r "$IMAGE") ;;
-        nbd)
+        nbd|ublk)
             mnt=$work/mnt$((i++)); mkdir -p "$mnt"
-            "$bin/mount.erofs" -t erofs.nbd ${options:+-o "$options"} "$IMAGE" "$mnt"
+            "$bin/mount.erofs" -t "erofs.${spec%%:*}" ${options:+-o "$options"} "$IMAGE" "$mnt"
             unmount[$method]="$bin/mount.erofs -u $mnt"
             device[$method]=$(device_of "$mnt") ;;
         *) echo "unknown method $method" >&2; exit 1 ;;

@@ -15,7 +15,7 @@ need apt-get apt-cache dpkg-deb depmod xz
 WANTED=(
     crc32c_generic crc32c_intel libcrc32c lz4_decompress xz_dec zstd_decompress
     virtio virtio_ring virtio_pci virtio_blk virtio_console
-    9pnet 9pnet_virtio 9p netfs overlay loop nbd fuse erofs
+    9pnet 9pnet_virtio 9p netfs overlay loop nbd fuse erofs ublk_drv
 )
 
 # Writes modules.load: the wanted modules and their dependencies, each after
@@ -41,7 +41,8 @@ fetch_kernel() {
     local alias=$1 package=$2 version=${2#linux-image-}
     version=${version%-unsigned}
     local dest=$VM_CACHE/kernels/$version
-    if [[ -f $dest/modules.load ]]; then
+    # A cache made from another module list (say, before ublk_drv was wanted) is fetched again.
+    if [[ -f $dest/modules.load && $(cat "$dest/wanted" 2>/dev/null) == "${WANTED[*]}" ]]; then
         echo "kernel $version: cached in $dest"
     else
         echo "kernel $version: fetching $package"
@@ -68,6 +69,7 @@ fetch_kernel() {
         grep -q '/nbd\.ko$' "$dest.new/modules.load" || die "$package: no nbd module found"
         grep -q '/erofs\.ko$' "$dest.new/modules.load" || echo "kernel $version: erofs is built in"
         cp "$src/modules.builtin" "$dest.new/"
+        echo "${WANTED[*]}" > "$dest.new/wanted"
         rm -rf "$dest"; mv "$dest.new" "$dest"
         rm -rf "$work"; trap - EXIT
         echo "kernel $version: $(wc -l < "$dest/modules.load") modules in $dest"
@@ -78,7 +80,8 @@ fetch_kernel() {
 mkdir -p "$VM_CACHE/kernels"
 # Both present: nothing to do (no apt query, works offline). VM_REFRESH=1 looks
 # for a newer 6.12 (or 6.1 ABI) and fetches it.
-if [[ ${VM_REFRESH:-0} != 1 ]] && kernel_dir 6.1 >/dev/null && kernel_dir 6.12 >/dev/null; then
+current() { local dir; dir=$(kernel_dir "$1") && [[ $(cat "$dir/wanted" 2>/dev/null) == "${WANTED[*]}" ]]; }
+if [[ ${VM_REFRESH:-0} != 1 ]] && current 6.1 && current 6.12; then
     echo "kernels cached: $(readlink "$VM_CACHE/kernels/6.1"), $(readlink "$VM_CACHE/kernels/6.12")"
     exit 0
 fi

@@ -5,7 +5,7 @@
 # manifest says, as far as this kernel can read it (the corpus README's table).
 # Prints one "ok - ..." / "not ok - ..." line per check, then "N passed, N failed".
 set -uo pipefail
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
+source "$(dirname "$0")/common.sh"  # REPO, expectation
 EROFS_BIN=${EROFS_BIN:-$REPO/.build/debug/erofs}
 CORPUS=${EROFS_CORPUS:-$REPO/../shared/corpus}
 kernel=$(uname -r)
@@ -24,22 +24,6 @@ check "fuse registered, /dev/fuse exists" sh -c 'grep -qw fuse /proc/filesystems
 check "loop available (/dev/loop-control)" test -c /dev/loop-control
 check "overlay registered" grep -qw overlay /proc/filesystems
 
-# What this kernel does with each image: read (must equal the manifest),
-# refuse (the mount must fail), or kernel-bug (this kernel is known to misread
-# it: a mismatch is reported but not counted; a match passes).
-#   blocksize512-lz4 on 6.1: reads fail part-way (corpus README).
-#   all-fragments-lzma on Debian 6.12.117: the last 739 bytes of /xattrs/x9
-#   differ from what 6.18 reads, on every read (seen with this harness).
-expectation() {
-    case $1:$kernel in
-        metadata-compressed:*) echo refuse ;;
-        blocksize512-lz4:6.1.*) echo kernel-bug ;;
-        lzma:6.1.*|deflate:6.1.*|zstd:6.1.*|all-fragments-lzma:6.1.*) echo refuse ;;
-        all-fragments-lzma:6.12.*) echo kernel-bug ;;
-        *) echo read ;;
-    esac
-}
-
 if [[ ! -x $EROFS_BIN ]]; then
     not_ok "walker $EROFS_BIN missing (swift build --product erofs)"
 elif [[ ! -d $CORPUS ]]; then
@@ -50,7 +34,7 @@ else
     mkdir "$scratch/mnt"
     for image in "$CORPUS"/*.erofs; do
         name=$(basename "$image" .erofs)
-        expect=$(expectation "$name")
+        expect=$(expectation "$name" "$kernel")
         if ! mount -t erofs -o ro,loop "$image" "$scratch/mnt" 2> "$scratch/mount.err"; then
             if [[ $expect == refuse ]]; then ok "$name: refused, as expected on this kernel"
             else not_ok "$name: mount failed: $(tr '\n' ' ' < "$scratch/mount.err")"; fi

@@ -81,4 +81,9 @@ int cshim_populate_executable_code(void);
 // The same on a detached thread, so nobody waits for it; 0, or an error number.
 int cshim_populate_executable_code_in_background(void);
 
+// io_uring_setup(2) and io_uring_enter(2) (no glibc wrappers; syscall(2) is variadic).
+// `params` points to a 120-byte struct io_uring_params. Return what the syscalls return.
+int cshim_io_uring_setup(uint32_t entries, void *params);
+int cshim_io_uring_enter(int fd, uint32_t to_submit, uint32_t min_complete, uint32_t flags);
+
 #endif

@@ -1,0 +1,246 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
+import Foundation
+#endif
+import Backends
+import KernelAttach
+import Logging
+import SystemCalls
+import UblkKernel
+
+/// `mount.erofs -t erofs.ublk IMAGE DIR`: the kernel's ublk driver (Linux 6.0+) presents the
+/// image as /dev/ublkbN, served by a daemon over io_uring, and that device is mounted. Anything
+/// that fails on the way is undone: no device, process or state is left behind.
+public struct UblkBackend: Sendable {
+    public struct Request: Sendable {
+        public var source: String
+        public var mountPoint: String
+        public var flags: UInt
+        public var data: String
+        public var fake: Bool
+
+        public init(source: String, mountPoint: String, flags: UInt, data: String, fake: Bool) {
+            self.source = source
+            self.mountPoint = mountPoint
+            self.flags = flags
+            self.data = data
+            self.fake = fake
+        }
+    }
+
+    /// Device shape. Queues: one per CPU up to 4 (each queue is a thread of the daemon).
+    /// Depth 64 (the block layer's default nr_requests is 64 per queue for `none`). 512 KiB per
+    /// request, as loop devices allow (max_sectors_kb), so a cold big-file read is not split more.
+    public static let queueDepth: UInt16 = 64
+    public static let maxIOBytes: UInt32 = 512 * 1024
+    public static var queueCount: UInt16 { UInt16(max(1, min(4, sysconf(Int32(_SC_NPROCESSORS_ONLN))))) }
+
+    let logger: Logger
+    let store: UblkStateStore
+
+    public init(logger: Logger, store: UblkStateStore = UblkStateStore()) {
+        self.logger = logger
+        self.store = store
+    }
+
+    /// Opens /dev/ublk-control, or fails with the one line a host without ublk gets.
+    static func control() throws(MountFailure) -> UblkControl {
+        do { return try UblkControl() } catch {
+            if error.errno == .noSuchFileOrDirectory || error.errno == .noSuchAddressOrDevice {
+                throw MountFailure("the ublk backend needs the kernel's ublk driver: \(Ublk.controlPath) is missing (modprobe ublk_drv; Linux 6.0+)")
+            }
+            throw MountFailure("cannot use the ublk driver", cause: error)
+        }
+    }
+
+    /// Returns the state of the mounted device (nil for `-f`).
+    public func mount(_ request: Request) throws(MountFailure) -> UblkDeviceState? {
+        let image = try ImageProbe.probe(request.source)
+        try MountPoint.check(request.mountPoint)
+        if request.fake { return nil }
+        let control = try Self.control()
+        let source = canonicalPath(request.source)
+        let identity: FileStatus
+        do { identity = try FileStatus.stat(source) } catch { throw MountFailure("cannot read \(source)", cause: error) }
+        do { try store.ensureDirectory() } catch { throw MountFailure("cannot prepare the state directory", cause: error) }
+
+        // Recovery-ready from the start: a server that dies leaves the device waiting (its
+        // in-flight reads reissued) instead of failing reads, for a successor to take over.
+        var flags: Ublk.Features = [.userRecovery, .userRecoveryReissue]
+        if !control.features.isEmpty { flags.formIntersection(control.features) }
+        let added: DeviceInfo
+        do {
+            added = try control.addDevice(DeviceInfo(queueCount: Self.queueCount, queueDepth: Self.queueDepth,
+                                                     maxIOBufferBytes: Self.maxIOBytes, flags: flags))
+        } catch { throw MountFailure("cannot add a ublk device", cause: error) }
+        let id = added.deviceID
+        var state = UblkDeviceState(
+            deviceID: id, source: source, sizeBytes: image.size, imageDevice: UInt64(identity.device), imageInode: UInt64(identity.inode),
+            queues: Int(added.queueCount), queueDepth: Int(added.queueDepth), mountPoint: canonicalPath(request.mountPoint),
+            mountOptions: request.data)
+        do throws(MountFailure) {
+            do { try store.save(state) } catch { throw MountFailure("cannot save the state of \(state.devicePath)", cause: error) }
+            // 512-byte logical blocks as a loop device has; 4 KiB physical, the EROFS block size.
+            let parameters = DeviceParameters(
+                logicalBlockShift: 9, physicalBlockShift: 12, optimalIOShift: 12, minimumIOShift: 9,
+                maxSectors: added.maxIOBufferBytes >> 9, deviceSectors: image.size >> 9)
+            do { try control.setParameters(parameters, deviceID: id) } catch {
+                throw MountFailure("cannot set the parameters of \(Ublk.blockDevice(id))", cause: error)
+            }
+            let daemon = try startDaemon(UblkDaemon.Settings(source: source, deviceID: id, attach: .start))
+            state.daemonPID = daemon.pid
+            state.daemonStartTime = daemon.startTime
+            do { try store.save(state) } catch { throw MountFailure("cannot save the state of \(state.devicePath)", cause: error) }
+            try waitForNode(state.devicePath)
+            do {
+                try Mount.mount(source: state.devicePath, target: request.mountPoint, type: "erofs", flags: request.flags, data: request.data)
+            } catch { throw MountFailure("cannot mount \(source) through \(state.devicePath)", cause: error) }
+        } catch {
+            let problems = UblkTeardown(logger: logger, store: store).release(state, control: control)
+            for problem in problems { logger.warning("\(state.devicePath): \(problem)") }
+            throw error
+        }
+        return state
+    }
+
+    /// Spawns the daemon and waits for its one-line report.
+    private func startDaemon(_ settings: UblkDaemon.Settings) throws(MountFailure) -> DaemonProcess {
+        var ends: [Int32] = [-1, -1]
+        guard pipe(&ends) == 0, fcntl(ends[0], F_SETFD, FD_CLOEXEC) == 0, fcntl(ends[1], F_SETFD, FD_CLOEXEC) == 0 else { throw MountFailure("cannot start the ublk daemon", cause: .lastErrno("pipe")) }
+        defer { close(ends[0]) }
+        let log = store.logPath(device: settings.deviceID)
+        let daemon: DaemonProcess
+        do { daemon = try DaemonProcess.spawn(arguments: settings.arguments, descriptors: [ends[1]], logFile: log) } catch {
+            close(ends[1])
+            throw MountFailure("cannot start the ublk daemon", cause: error)
+        }
+        close(ends[1])
+        let line = readLine(ends[0], timeout: 30)
+        guard let line, line.hasPrefix("ready") else {
+            daemon.terminate(signal: SIGKILL)
+            let reason = line.map { String($0.dropFirst("failed: ".count)) } ?? "no report in 30 s"
+            throw MountFailure("the ublk daemon for \(settings.source) did not start: \(reason)")
+        }
+        return daemon
+    }
+
+    private func waitForNode(_ path: String) throws(MountFailure) {
+        for _ in 0..<250 {
+            if access(path, F_OK) == 0 { return }
+            usleep(20_000)
+        }
+        throw MountFailure("\(path) did not appear in 5 s")
+    }
+
+    /// `-u TARGET` for a mount on a ublk device we manage: unmounts, then releases the device.
+    /// nil when TARGET is not such a mount (the generic unmount handles it).
+    public func unmount(_ target: String) throws(MountFailure) -> (mountPoint: String, device: String)? {
+        let canonical = canonicalPath(target)
+        // TARGET is the mountpoint, the device, or (as umount(8) allows) the image it serves.
+        // Mounts are known by device number and filesystem type, never by a source string
+        // (anyone may mount a tmpfs named /dev/ublkb0).
+        let device = (try? FileStatus.stat(canonical)).flatMap { $0.kind == .block ? ($0.rdevMajor, $0.rdevMinor) : nil }
+        let ublkID = { (entry: MountInfoEntry) -> UInt32? in
+            guard entry.fsType == "erofs", let name = BlockDevice.name(major: entry.major, minor: entry.minor) else { return nil }
+            return ublkBlockIndex("/dev/" + name)
+        }
+        let servesTarget = { (entry: MountInfoEntry) -> Bool in
+            if let device { return (entry.major, entry.minor) == device }
+            return ublkID(entry).flatMap { try? store.load(device: $0) }?.source == canonical
+        }
+        guard let table = try? MountTable.read(),
+              let entry = table.last(where: { $0.mountPoint == canonical }) ?? table.last(where: servesTarget),
+              let id = ublkID(entry), let state = try? store.load(device: id) else { return nil }
+        let devicePath = "/dev/ublkb\(id)"
+        do { try Mount.unmount(entry.mountPoint) } catch {
+            // A dead daemon (before the supervisor comes) leaves reads waiting in the device
+            // (user recovery): stopping it fails them, and the unmount can go on.
+            let daemon = state.daemonPID.map { DaemonProcess(pid: $0, startTime: state.daemonStartTime ?? 0) }
+            guard error.errno == .resourceBusy, daemon?.isAlive == false else {
+                throw MountFailure("cannot unmount \(entry.mountPoint)", cause: error)
+            }
+            logger.warning("\(entry.source): its daemon is gone; stopping the device to fail its waiting reads")
+            try? Self.control().stop(id)
+            do { try Mount.unmount(entry.mountPoint) } catch { throw MountFailure("cannot unmount \(entry.mountPoint)", cause: error) }
+        }
+        // Mounted elsewhere too (a bind mount, another namespace's copy): the kernel holds the
+        // device exclusively while any mount of it lives, and the device stays.
+        if case .held = BlockDevice.claim(path: devicePath, major: entry.major, minor: entry.minor) {
+            logger.info("\(devicePath) is still mounted elsewhere; it stays attached")
+            return (entry.mountPoint, devicePath)
+        }
+        let problems = UblkTeardown(logger: logger, store: store).release(state, control: try Self.control())
+        guard problems.isEmpty else { throw MountFailure("unmounted \(entry.mountPoint), but: \(problems.joined(separator: "; "))") }
+        return (entry.mountPoint, devicePath)
+    }
+}
+
+/// N of /dev/ublkbN, else nil.
+public func ublkBlockIndex(_ path: String) -> UInt32? {
+    guard path.hasPrefix("/dev/ublkb") else { return nil }
+    return UInt32(path.dropFirst("/dev/ublkb".count))
+}
+
+/// Reads one line from `fd` within `timeout` seconds; nil on timeout or end of file first.
+func readLine(_ fd: Int32, timeout: Int) -> String? {
+    var bytes: [UInt8] = []
+    let deadline = Date().addingTimeInterval(Double(timeout))
+    while bytes.last != UInt8(ascii: "\n") && bytes.count < 4096 {
+        let left = deadline.timeIntervalSinceNow
+        guard left > 0 else { return nil }
+        var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        let ready = poll(&poller, 1, Int32(left * 1000))
+        if ready < 0 && errno == EINTR { continue }
+        guard ready > 0 else { return nil }
+        var byte: UInt8 = 0
+        let got = read(fd, &byte, 1)
+        if got < 0 && errno == EINTR { continue }
+        guard got == 1 else { break }
+        bytes.append(byte)
+    }
+    guard bytes.last == UInt8(ascii: "\n") else { return nil }
+    return String(decoding: bytes.dropLast(), as: UTF8.self)
+}
+
+/// Releases a ublk device we manage: STOP_DEV (its pending fetches end, and the daemon with
+/// them), the daemon gone, DEL_DEV (which waits for /dev/ublkcN to be closed), state removed.
+public struct UblkTeardown: Sendable {
+    let logger: Logger
+    let store: UblkStateStore
+
+    public init(logger: Logger, store: UblkStateStore = UblkStateStore()) {
+        self.logger = logger
+        self.store = store
+    }
+
+    /// Best effort: every step runs even when an earlier one failed; what failed is returned.
+    @discardableResult
+    public func release(_ state: UblkDeviceState, control: UblkControl) -> [String] {
+        var problems: [String] = []
+        do { try control.stop(state.deviceID) } catch {
+            if error.errno != .noSuchFileOrDirectory && error.errno != .operationNotSupportedByDevice { problems.append("stop: \(error)") }
+        }
+        if let pid = state.daemonPID {
+            // Once stopped, the device has nothing left to serve. Its pending fetches end when
+            // the daemon's rings go away (on 6.8+ STOP_DEV alone does not complete them).
+            let daemon = DaemonProcess(pid: pid, startTime: state.daemonStartTime ?? 0)
+            // Signalled only when it is ours: our binary, serving this device (a state names a
+            // pid; by now the pid may be anyone's).
+            let ours = daemon.runsOurBinary { arguments in
+                arguments.count == 5 && arguments[1] == UblkDaemon.flag && arguments[3] == String(state.deviceID)
+            }
+            if ours, !daemon.terminate(signal: SIGTERM, timeout: 5) { daemon.terminate(signal: SIGKILL, timeout: 10) }
+            if ours, daemon.isAlive { problems.append("daemon \(pid) is still running") }
+            if !ours, daemon.isAlive { problems.append("the state named process \(pid), which is not our ublk daemon: left alone") }
+        }
+        do { try control.delete(state.deviceID) } catch {
+            if error.errno != .noSuchFileOrDirectory && error.errno != .operationNotSupportedByDevice { problems.append("delete: \(error)") }
+        }
+        do { try store.remove(device: state.deviceID) } catch { problems.append("\(error)") }
+        return problems
+    }
+}
