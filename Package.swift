@@ -31,89 +31,117 @@ let package = Package(
         .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
 
         // Thin, typed wrappers over syscalls: SystemError, file descriptors, mount, loop devices.
-        .target(name: "SystemCalls", dependencies: [
-            "CShim",
-            .product(name: "SystemPackage", package: "swift-system"),
-        ]),
+        .target(
+            name: "SystemCalls",
+            dependencies: [
+                "CShim",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
         // Random-access sources of image bytes: local files now, HTTP/OCI/S3 later.
-        .target(name: "ImageSources", dependencies: [
-            "SystemCalls", "CShim",
-            .product(name: "SystemPackage", package: "swift-system"),
-        ]),
+        .target(
+            name: "ImageSources",
+            dependencies: [
+                "SystemCalls", "CShim",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
         // Remote sources over one block layer: HTTP(S) range reads, S3 (SigV4/SigV2), the block
         // cache, readahead, pinning to one object version.
-        .target(name: "RemoteSources", dependencies: [
-            "ImageSources", "SystemCalls", "CCurl", "CZlib",
-            .product(name: "Crypto", package: "swift-crypto"),
-            .product(name: "SystemPackage", package: "swift-system"),
-        ]),
+        .target(
+            name: "RemoteSources",
+            dependencies: [
+                "ImageSources", "SystemCalls", "CCurl", "CZlib",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
         // EROFS on-disk structures, decoded byte by byte (little-endian).
         .target(name: "EROFSFormat", dependencies: []),
         // Decompressors: LZ4 in Swift; MicroLZMA, raw DEFLATE, ZSTD through system libraries.
         .target(name: "Compression", dependencies: ["CLZMA", "CZstd", "CZlib"]),
         // The filesystem reader over a random-access source.
-        .target(name: "EROFSReader", dependencies: ["EROFSFormat", "Compression", "ImageSources", "SystemCalls", "Manifest"]),
+        .target(
+            name: "EROFSReader",
+            dependencies: ["EROFSFormat", "Compression", "ImageSources", "SystemCalls", "Manifest"]),
         // The corpus manifest format: entries, exact JSON form, walking a mounted tree.
         .target(name: "Manifest", dependencies: ["SystemCalls"]),
         // FUSE wire protocol: request decoding, reply encoding (no I/O).
         .target(name: "FUSEProtocol", dependencies: []),
         // The FUSE serving loop over /dev/fuse, on the EROFS reader.
-        .target(name: "FUSEServer", dependencies: [
-            "FUSEProtocol", "EROFSReader", "SystemCalls", "CShim",
-            .product(name: "Logging", package: "swift-log"),
-        ]),
+        .target(
+            name: "FUSEServer",
+            dependencies: [
+                "FUSEProtocol", "EROFSReader", "SystemCalls", "CShim",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         // NBD wire protocol: requests, replies, handshake options (no I/O).
         .target(name: "NBDProtocol", dependencies: []),
         // The NBD serving loop: kernel mode (socketpair) and network mode (handshake).
-        .target(name: "NBDServer", dependencies: [
-            "NBDProtocol", "ImageSources", "SystemCalls", "CShim", "COpenSSL",
-            .product(name: "SystemPackage", package: "swift-system"),
-            .product(name: "Logging", package: "swift-log"),
-        ]),
+        .target(
+            name: "NBDServer",
+            dependencies: [
+                "NBDProtocol", "ImageSources", "SystemCalls", "CShim", "COpenSSL",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         // Kernel attachment of local images: mount(2), loop devices, the mount table.
         .target(name: "KernelAttach", dependencies: ["SystemCalls", "CShim"]),
         // Generic netlink client (no libnl).
-        .target(name: "Netlink", dependencies: [
-            "SystemCalls", "CShim", .product(name: "SystemPackage", package: "swift-system"),
-        ]),
+        .target(
+            name: "Netlink",
+            dependencies: [
+                "SystemCalls", "CShim", .product(name: "SystemPackage", package: "swift-system"),
+            ]),
         // Attaching nbd devices: the netlink `nbd` family and the ioctl fallback.
-        .target(name: "NBDKernel", dependencies: [
-            "Netlink", "SystemCalls", "CShim", .product(name: "SystemPackage", package: "swift-system"),
-        ]),
+        .target(
+            name: "NBDKernel",
+            dependencies: [
+                "Netlink", "SystemCalls", "CShim", .product(name: "SystemPackage", package: "swift-system"),
+            ]),
         // Mount backends: local (file-backed or loop), nbd, fuse.
-        .target(name: "Backends", dependencies: [
-            "SystemCalls", "EROFSFormat", "KernelAttach", "CShim", "NBDKernel", "NBDServer", "ImageSources",
-            .product(name: "SystemPackage", package: "swift-system"),
-            .product(name: "Logging", package: "swift-log"),
-        ]),
+        .target(
+            name: "Backends",
+            dependencies: [
+                "SystemCalls", "EROFSFormat", "KernelAttach", "CShim", "NBDKernel", "NBDServer", "ImageSources",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         // io_uring through the raw system calls (see Sources/IOURing/IOURing.swift for why).
         .target(name: "IOURing", dependencies: ["SystemCalls", "CShim"]),
         // The ublk driver's interface: uapi structures, control commands over io_uring.
         .target(name: "UblkKernel", dependencies: ["IOURing", "SystemCalls"]),
         // `-t erofs.ublk`: ADD_DEV/SET_PARAMS, the serving daemon, teardown.
-        .target(name: "UblkBackend", dependencies: [
-            "Backends", "UblkKernel", "IOURing", "KernelAttach", "SystemCalls", "CShim",
-            .product(name: "SystemPackage", package: "swift-system"),
-            .product(name: "Logging", package: "swift-log"),
-        ]),
+        .target(
+            name: "UblkBackend",
+            dependencies: [
+                "Backends", "UblkKernel", "IOURing", "KernelAttach", "SystemCalls", "CShim",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         // The FUSE backend: mount(2) over /dev/fuse and the daemon that serves it.
-        .target(name: "FUSEBackend", dependencies: [
-            "Backends", "FUSEServer", "EROFSReader", "KernelAttach", "SystemCalls",
-            .product(name: "Logging", package: "swift-log"),
-        ]),
+        .target(
+            name: "FUSEBackend",
+            dependencies: [
+                "Backends", "FUSEServer", "EROFSReader", "KernelAttach", "SystemCalls",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         // mount(8)-compatible command line: options, -o parsing into MS_* flags and data.
-        .target(name: "MountCLI", dependencies: [
-            "Backends", "FUSEBackend", "UblkBackend", "SystemCalls", "EROFSFormat", "KernelAttach", "NBDKernel", "CShim",
-            .product(name: "Logging", package: "swift-log"),
-        ]),
+        .target(
+            name: "MountCLI",
+            dependencies: [
+                "Backends", "FUSEBackend", "UblkBackend", "SystemCalls", "EROFSFormat", "KernelAttach", "NBDKernel",
+                "CShim",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .executableTarget(name: "MountErofsTool", dependencies: ["MountCLI"]),
         // `erofs extract`'s work, a library so that a fuzz target and tests can call it.
         .target(name: "Extraction", dependencies: ["EROFSReader", "SystemCalls", "CShim"]),
-        .executableTarget(name: "ErofsTool", dependencies: [
-            "EROFSFormat", "EROFSReader", "Extraction", "Manifest", "NBDProtocol", "NBDServer", "SystemCalls", "CShim", "RemoteSources", "ImageSources",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "Logging", package: "swift-log"),
-        ]),
+        .executableTarget(
+            name: "ErofsTool",
+            dependencies: [
+                "EROFSFormat", "EROFSReader", "Extraction", "Manifest", "NBDProtocol", "NBDServer", "SystemCalls",
+                "CShim", "RemoteSources", "ImageSources",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
 
         // Shared by the test targets: the corpus, walk-and-compare, running our binaries.
         .target(name: "TestSupport", dependencies: ["Manifest"]),
@@ -123,56 +151,80 @@ let package = Package(
         .testTarget(name: "EROFSFormatTests", dependencies: ["EROFSFormat", "TestSupport"]),
         .testTarget(name: "ManifestTests", dependencies: ["Manifest", "SystemCalls"]),
         // What the reader fuzzer does with an input; ReaderTests replays the findings through it.
-        .target(name: "ReaderFuzzSupport", dependencies: [
-            "EROFSReader", "EROFSFormat", "ImageSources", "SystemCalls", .product(name: "SystemPackage", package: "swift-system"),
-        ], path: "Fuzz/ReaderFuzzSupport"),
+        .target(
+            name: "ReaderFuzzSupport",
+            dependencies: [
+                "EROFSReader", "EROFSFormat", "ImageSources", "SystemCalls",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ], path: "Fuzz/ReaderFuzzSupport"),
         // What the extract fuzzer does with an input (ls --recursive, extract into a tmpfs).
-        .target(name: "ExtractFuzzSupport", dependencies: ["EROFSReader", "Extraction", "ReaderFuzzSupport"], path: "Fuzz/ExtractFuzzSupport"),
-        .testTarget(name: "ReaderTests", dependencies: [
-            "EROFSReader", "EROFSFormat", "ImageSources", "SystemCalls", "Manifest", "TestSupport", "ReaderFuzzSupport",
-            "ExtractFuzzSupport",
-            .product(name: "SystemPackage", package: "swift-system"),
-            // Built for the tests, which run the real binary.
-            "ErofsTool", "CShim",
-        ]),
+        .target(
+            name: "ExtractFuzzSupport", dependencies: ["EROFSReader", "Extraction", "ReaderFuzzSupport"],
+            path: "Fuzz/ExtractFuzzSupport"),
+        .testTarget(
+            name: "ReaderTests",
+            dependencies: [
+                "EROFSReader", "EROFSFormat", "ImageSources", "SystemCalls", "Manifest", "TestSupport",
+                "ReaderFuzzSupport",
+                "ExtractFuzzSupport",
+                .product(name: "SystemPackage", package: "swift-system"),
+                // Built for the tests, which run the real binary.
+                "ErofsTool", "CShim",
+            ]),
         .testTarget(name: "MountCLITests", dependencies: ["MountCLI"]),
-        .testTarget(name: "BackendsTests", dependencies: [
-            "Backends", "SystemCalls", "KernelAttach", "TestSupport", .product(name: "Logging", package: "swift-log"),
-        ]),
+        .testTarget(
+            name: "BackendsTests",
+            dependencies: [
+                "Backends", "SystemCalls", "KernelAttach", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(name: "KernelAttachTests", dependencies: ["KernelAttach"]),
         // Real servers started by the tests: a Range server with faults (Servers/), moto's S3.
-        .testTarget(name: "RemoteSourcesTests", dependencies: [
-            "RemoteSources", "ImageSources", "SystemCalls", "TestSupport", "Manifest",
-            // Built for the tests, which run `erofs ls` on remote sources.
-            "ErofsTool",
-        ], exclude: ["Servers"]),
+        .testTarget(
+            name: "RemoteSourcesTests",
+            dependencies: [
+                "RemoteSources", "ImageSources", "SystemCalls", "TestSupport", "Manifest",
+                // Built for the tests, which run `erofs ls` on remote sources.
+                "ErofsTool",
+            ], exclude: ["Servers"]),
         .testTarget(name: "UblkKernelTests", dependencies: ["UblkKernel", "IOURing"]),
         // LZ4 throughput: the Swift decoder against liblz4 (release build).
         .executableTarget(name: "LZ4Bench", dependencies: ["Compression", "CLZ4"]),
-        .testTarget(name: "CompressionTests", dependencies: ["Compression", "CLZ4", "CLZMA", "CZlib", "CZstd", "TestSupport"]),
+        .testTarget(
+            name: "CompressionTests", dependencies: ["Compression", "CLZ4", "CLZMA", "CZlib", "CZstd", "TestSupport"]),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol", "TestSupport"]),
         .testTarget(name: "FUSEProtocolTests", dependencies: ["FUSEProtocol", "TestSupport"]),
-        .testTarget(name: "FUSEServerTests", dependencies: [
-            "FUSEServer", "FUSEProtocol", "EROFSReader", "TestSupport", "ReaderFuzzSupport",
-            .product(name: "Logging", package: "swift-log"),
-        ]),
-        .testTarget(name: "NBDServerTests", dependencies: [
-            "NBDServer", "NBDProtocol", "ImageSources", "SystemCalls", "TestSupport",
-            .product(name: "Logging", package: "swift-log"),
-            // Built for the tests, which run `erofs serve` against real NBD clients.
-            "ErofsTool",
-        ]),
+        .testTarget(
+            name: "FUSEServerTests",
+            dependencies: [
+                "FUSEServer", "FUSEProtocol", "EROFSReader", "TestSupport", "ReaderFuzzSupport",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .testTarget(
+            name: "NBDServerTests",
+            dependencies: [
+                "NBDServer", "NBDProtocol", "ImageSources", "SystemCalls", "TestSupport",
+                .product(name: "Logging", package: "swift-log"),
+                // Built for the tests, which run `erofs serve` against real NBD clients.
+                "ErofsTool",
+            ]),
         // Canned netlink replies and a recording transport, shared by the two netlink test targets.
-        .target(name: "NetlinkTestSupport", dependencies: ["Netlink", "SystemCalls"], path: "Tests/NetlinkTestSupport"),
-        .testTarget(name: "NetlinkTests", dependencies: ["Netlink", "NetlinkTestSupport", "SystemCalls", "TestSupport"]),
-        .testTarget(name: "NBDKernelTests", dependencies: [
-            "NBDKernel", "Netlink", "NetlinkTestSupport", "SystemCalls", "TestSupport", "Manifest", "KernelAttach",
-        ]),
-        .testTarget(name: "MountTests", dependencies: [
-            "Manifest", "SystemCalls", "KernelAttach", "TestSupport", "CShim",
-            // Built for the tests, which run the real binaries.
-            "MountErofsTool", "ErofsTool",
-        ]),
+        .target(
+            name: "NetlinkTestSupport", dependencies: ["Netlink", "SystemCalls"], path: "Tests/NetlinkTestSupport"),
+        .testTarget(
+            name: "NetlinkTests", dependencies: ["Netlink", "NetlinkTestSupport", "SystemCalls", "TestSupport"]),
+        .testTarget(
+            name: "NBDKernelTests",
+            dependencies: [
+                "NBDKernel", "Netlink", "NetlinkTestSupport", "SystemCalls", "TestSupport", "Manifest", "KernelAttach",
+            ]),
+        .testTarget(
+            name: "MountTests",
+            dependencies: [
+                "Manifest", "SystemCalls", "KernelAttach", "TestSupport", "CShim",
+                // Built for the tests, which run the real binaries.
+                "MountErofsTool", "ErofsTool",
+            ]),
     ]
 )
 
@@ -181,9 +233,12 @@ let package = Package(
 if Context.environment["EROFS_FUZZERS"] == "1" {
     package.targets += [
         .target(name: "FuzzDriver", path: "Fuzz/FuzzDriver", swiftSettings: [.enableExperimentalFeature("Extern")]),
-        .executableTarget(name: "ReaderFuzzer", dependencies: ["ReaderFuzzSupport", "FuzzDriver"], path: "Fuzz/ReaderFuzzer"),
+        .executableTarget(
+            name: "ReaderFuzzer", dependencies: ["ReaderFuzzSupport", "FuzzDriver"], path: "Fuzz/ReaderFuzzer"),
         .executableTarget(name: "NBDFuzzer", dependencies: ["NBDProtocol", "FuzzDriver"], path: "Fuzz/NBDFuzzer"),
-        .executableTarget(name: "ExtractFuzzer", dependencies: ["ExtractFuzzSupport", "ReaderFuzzSupport", "FuzzDriver"], path: "Fuzz/ExtractFuzzer"),
+        .executableTarget(
+            name: "ExtractFuzzer", dependencies: ["ExtractFuzzSupport", "ReaderFuzzSupport", "FuzzDriver"],
+            path: "Fuzz/ExtractFuzzer"),
     ]
     package.products += [
         .executable(name: "ReaderFuzzer", targets: ["ReaderFuzzer"]),

@@ -35,7 +35,8 @@ public func fuzzDecompress(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     defer { reference.deallocate() }
     let source = input.baseAddress!.assumingMemoryBound(to: CChar.self)
     let target = reference.baseAddress!.assumingMemoryBound(to: CChar.self)
-    let produced = partial
+    let produced =
+        partial
         ? LZ4_decompress_safe_partial(source, target, Int32(input.count), Int32(outputSize), Int32(outputSize))
         : LZ4_decompress_safe(source, target, Int32(input.count), Int32(outputSize))
     let referenceSucceeded = Int(produced) == outputSize

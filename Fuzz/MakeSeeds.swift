@@ -36,9 +36,10 @@ for kind in 0..<3 {
         var lz4 = [UInt8](repeating: 0, count: Int(LZ4_compressBound(Int32(count))))
         let lz4Size = data.withUnsafeMutableBytes { src in
             lz4.withUnsafeMutableBytes { dst in
-                LZ4_compress_HC(src.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                dst.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                Int32(count), Int32(dst.count), 9)
+                LZ4_compress_HC(
+                    src.baseAddress!.assumingMemoryBound(to: CChar.self),
+                    dst.baseAddress!.assumingMemoryBound(to: CChar.self),
+                    Int32(count), Int32(dst.count), 9)
             }
         }
         write(directory, "lz4-" + name, selector: 0, outputSize: count, Array(lz4[..<Int(lz4Size)]))
@@ -61,7 +62,8 @@ for kind in 0..<3 {
         lzma_end(&stream)
 
         var z = z_stream()
-        _ = deflateInit2_(&z, 6, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY, zlibVersion(), Int32(MemoryLayout<z_stream>.size))
+        _ = deflateInit2_(
+            &z, 6, Z_DEFLATED, -15, 8, Z_DEFAULT_STRATEGY, zlibVersion(), Int32(MemoryLayout<z_stream>.size))
         var deflated = [UInt8](repeating: 0, count: count * 2 + 64)
         data.withUnsafeMutableBufferPointer { src in
             deflated.withUnsafeMutableBufferPointer { dst in

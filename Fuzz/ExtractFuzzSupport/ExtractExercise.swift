@@ -78,7 +78,11 @@ public enum ExtractExercise {
     /// A real extraction into a new tmpfs (nosuid, nodev, noexec) of `tmpfsBytes`.
     static func extract(_ filesystem: EROFSFilesystem, limits: Limits, outcome: inout Outcome) {
         let target = scratch
-        guard mount("tmpfs", target, "tmpfs", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC), "size=\(limits.tmpfsBytes),mode=0700") == 0 else {
+        guard
+            mount(
+                "tmpfs", target, "tmpfs", UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC), "size=\(limits.tmpfsBytes),mode=0700")
+                == 0
+        else {
             fatalError("cannot mount a tmpfs at \(target): errno \(errno) (the extract exercise needs root)")
         }
         defer {
@@ -91,7 +95,8 @@ public enum ExtractExercise {
             filesystem: filesystem, rootDescriptor: root, destinationName: target,
             // Everything restored (devices, setuid, every xattr): the tmpfs is nosuid and nodev.
             policy: ExtractPolicy(
-                restoreOwners: true, samePermissions: true, umask: 0, devices: true, xattrs: .all, capabilities: true, rootMetadata: true),
+                restoreOwners: true, samePermissions: true, umask: 0, devices: true, xattrs: .all, capabilities: true,
+                rootMetadata: true),
             openDirectories: 16, filesInFlight: 4)
         do {
             outcome.warnings = try extractor.run().count

@@ -52,7 +52,8 @@ func checkStep(_ step: HandshakeNegotiator.Step, option: OptionCode, noZeroes: B
     if option == .exportName {
         switch step.outcome {
         case .close: if !step.reply.isEmpty { violation("EXPORT_NAME refusal with a reply") }
-        case .transmit: if step.reply.count != (noZeroes ? 10 : 134) { violation("EXPORT_NAME reply of \(step.reply.count) bytes") }
+        case .transmit:
+            if step.reply.count != (noZeroes ? 10 : 134) { violation("EXPORT_NAME reply of \(step.reply.count) bytes") }
         case .awaitOption, .startTLS: violation("EXPORT_NAME must end the handshake")
         }
         return
@@ -77,9 +78,11 @@ func checkStep(_ step: HandshakeNegotiator.Step, option: OptionCode, noZeroes: B
 /// Encodes the replies the server sends to `request` and decodes them again.
 func checkReplyCodecs(for request: Request, structured: Bool) {
     if structured {
-        let data = StructuredReplyChunkHeader.offsetData(cookie: request.cookie, offset: request.offset, dataLength: request.length)
+        let data = StructuredReplyChunkHeader.offsetData(
+            cookie: request.cookie, offset: request.offset, dataLength: request.length)
         guard let header = try? StructuredReplyChunkHeader(decoding: data), header.cookie == request.cookie,
-            header.type == .offsetData, header.payloadLength == request.length &+ 8, data.count == StructuredReplyChunkHeader.size + 8
+            header.type == .offsetData, header.payloadLength == request.length &+ 8,
+            data.count == StructuredReplyChunkHeader.size + 8
         else { violation("OFFSET_DATA chunk does not round-trip") }
         let message = String(decoding: request.encoded(), as: UTF8.self)
         let error = StructuredReplyChunkHeader.error(cookie: request.cookie, error: .invalid, message: message)
@@ -120,7 +123,9 @@ public func nbdFuzzerTestOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> 
         guard let headerBytes = client.take(OptionRequestHeader.size) else { return 0 }
         guard let header = try? OptionRequestHeader(decoding: headerBytes) else { return 0 }
         if header.encoded() != Array(headerBytes) { violation("option header does not round-trip") }
-        guard header.length <= NBDLimits.maximumOptionLength, let optionData = client.take(Int(header.length)) else { return 0 }
+        guard header.length <= NBDLimits.maximumOptionLength, let optionData = client.take(Int(header.length)) else {
+            return 0
+        }
         let step = negotiator.handle(option: header.option, data: Array(optionData))
         checkStep(step, option: header.option, noZeroes: negotiator.clientFlags.contains(.noZeroes))
         switch step.outcome {

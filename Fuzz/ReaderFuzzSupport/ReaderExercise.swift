@@ -94,7 +94,9 @@ public enum ReaderExercise {
                     var offset: UInt64 = 0
                     while offset < inode.size, outcome.fileBytesRead < limits.fileBytes {
                         let count = Int(min(UInt64(limits.chunk), limits.fileBytes - outcome.fileBytesRead))
-                        guard let chunk = try? filesystem.read(inode, at: offset, count: count), !chunk.isEmpty else { break }
+                        guard let chunk = try? filesystem.read(inode, at: offset, count: count), !chunk.isEmpty else {
+                            break
+                        }
                         offset += UInt64(chunk.count)
                         outcome.fileBytesRead += UInt64(chunk.count)
                     }

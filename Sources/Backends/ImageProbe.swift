@@ -71,7 +71,8 @@ public struct ImageProbe: Sendable {
         let needed = superblock.blocks * UInt64(superblock.blockSize)
         if needed > size {
             throw MountFailure(
-                "\(path): truncated EROFS image: the superblock says \(superblock.blocks) blocks of \(superblock.blockSize) bytes (\(needed) bytes), the source has \(size)")
+                "\(path): truncated EROFS image: the superblock says \(superblock.blocks) blocks of \(superblock.blockSize) bytes (\(needed) bytes), the source has \(size)"
+            )
         }
         return ImageProbe(path: path, kind: kind, size: size, superblock: superblock)
     }

@@ -52,10 +52,11 @@ public struct LocalBackend: Sendable {
             return .blockDevice
         case .regularFile where !request.forceLoop && !extraDevices.anyBlockDevice:
             do {
-                try Mount.mount(source: request.source, target: request.mountPoint, type: "erofs",
-                                flags: request.flags, data: request.data)
+                try Mount.mount(
+                    source: request.source, target: request.mountPoint, type: "erofs",
+                    flags: request.flags, data: request.data)
                 return .fileBacked
-            } catch where error.errno == .notBlockDevice {
+            } catch  where error.errno == .notBlockDevice {
                 logger.debug("file-backed mount refused (ENOTBLK); using a loop device")
             } catch {
                 throw MountFailure("cannot mount \(request.source) on \(request.mountPoint)", cause: error)
@@ -98,8 +99,9 @@ public struct LocalBackend: Sendable {
             data = options.joined(separator: ",")
         }
         do {
-            try Mount.mount(source: device, target: request.mountPoint, type: "erofs",
-                            flags: request.flags, data: data)
+            try Mount.mount(
+                source: device, target: request.mountPoint, type: "erofs",
+                flags: request.flags, data: data)
         } catch {
             throw MountFailure("cannot mount \(device) on \(request.mountPoint)", cause: error)
         }

@@ -32,7 +32,10 @@ public struct Unmounter: Sendable {
         let entry: MountInfoEntry
         if let namespace {
             let outcome: Swift.Result<MountInfoEntry, MountFailure>
-            do { outcome = try namespace.run { () throws(MountFailure) in try detach(target, table: namespace.mountTable) } } catch {
+            do {
+                outcome = try namespace.run { () throws(MountFailure) in try detach(target, table: namespace.mountTable)
+                }
+            } catch {
                 throw MountFailure("cannot unmount \(target) in mount namespace \(namespace.name)", cause: error)
             }
             entry = try outcome.get()
@@ -44,14 +47,18 @@ public struct Unmounter: Sendable {
         if let loop = LoopDevice.device(major: entry.major, minor: entry.minor) {
             result.releasedLoopDevice = try releaseIfUnused(loop, major: entry.major, minor: entry.minor)
         }
-        if let name = BlockDevice.name(major: entry.major, minor: entry.minor), let index = BlockDevice.index(of: name, prefix: "nbd") {
+        if let name = BlockDevice.name(major: entry.major, minor: entry.minor),
+            let index = BlockDevice.index(of: name, prefix: "nbd")
+        {
             try releaseNBD(index: index, major: entry.major, minor: entry.minor, unmounted: entry.mountPoint)
         }
         return result
     }
 
     /// Finds TARGET in `table` and unmounts it, if it is an EROFS mount.
-    private func detach(_ target: String, table: () throws(SystemError) -> [MountInfoEntry]) throws(MountFailure) -> MountInfoEntry {
+    private func detach(_ target: String, table: () throws(SystemError) -> [MountInfoEntry]) throws(MountFailure)
+        -> MountInfoEntry
+    {
         let canonical = canonicalPath(target)
         let mounts: [MountInfoEntry]
         do { mounts = try table() } catch {
@@ -59,10 +66,13 @@ public struct Unmounter: Sendable {
         }
         // A device given as TARGET is matched by its number; an image by the source of its
         // file-backed mount or by the loop device on it. (Whatever matched must then be EROFS.)
-        let device = (try? FileStatus.stat(canonical)).flatMap { $0.kind == .block ? ($0.rdevMajor, $0.rdevMinor) : nil }
+        let device = (try? FileStatus.stat(canonical)).flatMap {
+            $0.kind == .block ? ($0.rdevMajor, $0.rdevMinor) : nil
+        }
         let bySource = { (entry: MountInfoEntry) -> Bool in
             if let device { return (entry.major, entry.minor) == device }
-            return entry.source == canonical || LoopDevice.device(major: entry.major, minor: entry.minor)?.backingFile == canonical
+            return entry.source == canonical
+                || LoopDevice.device(major: entry.major, minor: entry.minor)?.backingFile == canonical
         }
         guard let entry = mounts.last(where: { $0.mountPoint == canonical }) ?? mounts.last(where: bySource) else {
             throw MountFailure("\(target) is not mounted")
@@ -88,21 +98,28 @@ public struct Unmounter: Sendable {
     /// every mount). The kernel knows: the filesystem of a mount holds its device exclusively.
     /// A device still held is left to the kernel, which disconnects it when its last mount goes
     /// (disconnect-on-close); its supervisor then removes the state.
-    private func releaseNBD(index: Int, major: UInt32, minor: UInt32, unmounted mountPoint: String) throws(MountFailure) {
+    private func releaseNBD(index: Int, major: UInt32, minor: UInt32, unmounted mountPoint: String) throws(MountFailure)
+    {
         let store = StateStore()
         let state: DeviceState?
         do { state = try store.load(device: index) } catch {
-            throw MountFailure("unmounted \(mountPoint), but /dev/nbd\(index) is left attached: its state cannot be used", cause: error)
+            throw MountFailure(
+                "unmounted \(mountPoint), but /dev/nbd\(index) is left attached: its state cannot be used", cause: error
+            )
         }
         guard let state else { return }  // not ours to release
         switch BlockDevice.claim(path: state.devicePath, major: major, minor: minor) {
         case .free:
             break
         case .held:
-            logger.info("\(state.devicePath) is still mounted elsewhere (a bind mount or another mount namespace): it stays attached until its last mount goes")
+            logger.info(
+                "\(state.devicePath) is still mounted elsewhere (a bind mount or another mount namespace): it stays attached until its last mount goes"
+            )
             return
         case .failed(let error):
-            throw MountFailure("unmounted \(mountPoint), but cannot tell whether \(state.devicePath) is still mounted elsewhere; it is left attached", cause: error)
+            throw MountFailure(
+                "unmounted \(mountPoint), but cannot tell whether \(state.devicePath) is still mounted elsewhere; it is left attached",
+                cause: error)
         }
         let problems = NBDTeardown(logger: logger, store: store).release(state)
         if !problems.isEmpty {
@@ -118,7 +135,9 @@ public struct Unmounter: Sendable {
             if loop.backingFile == nil { return nil }
             usleep(10_000)
         }
-        guard loop.autoclear, case .free = BlockDevice.claim(path: loop.path, major: major, minor: minor) else { return nil }
+        guard loop.autoclear, case .free = BlockDevice.claim(path: loop.path, major: major, minor: minor) else {
+            return nil
+        }
         do { try loop.detach() } catch {
             // Freed meanwhile.
             if error.errno == .noSuchAddressOrDevice || error.errno == .operationNotSupportedByDevice { return nil }

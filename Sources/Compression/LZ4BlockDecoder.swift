@@ -68,13 +68,15 @@ enum LZ4BlockDecoder {
                     if op == outputEnd || ip &+ 2 >= inputEnd { return op }
                 } else {
                     guard literalEnd <= inputEnd else {
-                        throw failure("truncated input: \(literalLength) literals at \(ip) run past the input end \(inputEnd)")
+                        throw failure(
+                            "truncated input: \(literalLength) literals at \(ip) run past the input end \(inputEnd)")
                     }
                     guard literalLength <= outputEnd &- op else {
                         throw failure("\(literalLength) literals at output \(op) overflow the output size \(outputEnd)")
                     }
-                    copyLiterals(to: target + op, from: source + ip, count: literalLength,
-                                 wideCopyAllowed: literalEnd &+ 16 <= inputEnd && op &+ literalLength &+ 16 <= outputEnd)
+                    copyLiterals(
+                        to: target + op, from: source + ip, count: literalLength,
+                        wideCopyAllowed: literalEnd &+ 16 <= inputEnd && op &+ literalLength &+ 16 <= outputEnd)
                     op &+= literalLength
                     if literalEnd &+ minimumSequenceTail > inputEnd || op &+ lastMatchStartLimit > outputEnd {
                         // Only the final sequence may end this close to either end.
@@ -93,9 +95,10 @@ enum LZ4BlockDecoder {
             ip &+= 2
             // One unsigned comparison for both 0 < offset and offset <= op.
             guard UInt(bitPattern: offset &- 1) < UInt(bitPattern: op) else {
-                throw failure(offset == 0
-                    ? "zero match offset at input \(ip &- 2)"
-                    : "match offset \(offset) at output \(op) reaches before the output start")
+                throw failure(
+                    offset == 0
+                        ? "zero match offset at input \(ip &- 2)"
+                        : "match offset \(offset) at output \(op) reaches before the output start")
             }
             var matchLength = token & 15
             if matchLength != 15 && offset >= 8 && op &+ 24 <= outputEnd {
@@ -119,7 +122,8 @@ enum LZ4BlockDecoder {
                 matchLength = min(matchLength, room)
             } else if matchLength &+ lastLiterals > room {
                 throw failure(
-                    "match of \(matchLength) bytes at output \(op) leaves fewer than \(lastLiterals) bytes for the final literals")
+                    "match of \(matchLength) bytes at output \(op) leaves fewer than \(lastLiterals) bytes for the final literals"
+                )
             }
             copyMatch(target, at: op, offset: offset, count: matchLength, outputEnd: outputEnd)
             op &+= matchLength
@@ -208,7 +212,8 @@ enum LZ4BlockDecoder {
             if position &+ 8 <= outputEnd {
                 // Widen the period's bytes into one 8-byte word (bytes past the period are masked
                 // off; any bytes written past the match end are rewritten by later sequences).
-                let period = UInt64(littleEndian: target.loadUnaligned(fromByteOffset: position &- offset, as: UInt64.self))
+                let period = UInt64(
+                    littleEndian: target.loadUnaligned(fromByteOffset: position &- offset, as: UInt64.self))
                 var pattern = period & ((1 &<< UInt64(offset &* 8)) &- 1)
                 var filled = offset
                 while filled < 8 {
@@ -220,8 +225,9 @@ enum LZ4BlockDecoder {
             } else {
                 let prefixEnd = min(end, position &+ distance)
                 while destination < prefixEnd {
-                    target.storeBytes(of: target.load(fromByteOffset: destination &- offset, as: UInt8.self),
-                                      toByteOffset: destination, as: UInt8.self)
+                    target.storeBytes(
+                        of: target.load(fromByteOffset: destination &- offset, as: UInt8.self),
+                        toByteOffset: destination, as: UInt8.self)
                     destination &+= 1
                 }
             }
@@ -253,8 +259,9 @@ enum LZ4BlockDecoder {
             destination &+= 8
         }
         while destination < end {
-            target.storeBytes(of: target.load(fromByteOffset: destination &- distance, as: UInt8.self),
-                              toByteOffset: destination, as: UInt8.self)
+            target.storeBytes(
+                of: target.load(fromByteOffset: destination &- distance, as: UInt8.self),
+                toByteOffset: destination, as: UInt8.self)
             destination &+= 1
         }
     }

@@ -137,7 +137,9 @@ public struct LclusterIndex: FixedSizeStructure, Sendable, Equatable {
     /// di_u as blkaddr (HEAD)
     public var blockAddress: UInt32
     /// di_u as delta[0], delta[1] (NONHEAD): back to the head, on to the next head.
-    public var delta: (UInt16, UInt16) { (UInt16(truncatingIfNeeded: blockAddress), UInt16(truncatingIfNeeded: blockAddress >> 16)) }
+    public var delta: (UInt16, UInt16) {
+        (UInt16(truncatingIfNeeded: blockAddress), UInt16(truncatingIfNeeded: blockAddress >> 16))
+    }
 
     /// Decodes the first 8 of `bytes` (the caller reads exactly that many).
     public init(decoding bytes: some Collection<UInt8>) {
@@ -228,7 +230,9 @@ public struct ExtentRecord: Sendable, Equatable {
         } else {
             logicalStart = 0
         }
-        if raw.count > Self.logicalStartHighOffset { logicalStart |= UInt64(raw.le32(at: Self.logicalStartHighOffset)) << 32 }
+        if raw.count > Self.logicalStartHighOffset {
+            logicalStart |= UInt64(raw.le32(at: Self.logicalStartHighOffset)) << 32
+        }
     }
 
     /// The pcluster's encoded length.

@@ -61,7 +61,8 @@ public struct Superblock: Sendable, Equatable {
         let magic = raw.le32(at: 0)
         guard magic == Superblock.magic else {
             throw FormatError(
-                "not an EROFS image: bad magic 0x\(String(magic, radix: 16, uppercase: true)) at offset \(Superblock.offset)")
+                "not an EROFS image: bad magic 0x\(String(magic, radix: 16, uppercase: true)) at offset \(Superblock.offset)"
+            )
         }
         checksum = raw.le32(at: Superblock.checksumOffset)
         featureCompat = CompatFeatures(rawValue: raw.le32(at: 8))
@@ -132,7 +133,8 @@ extension Superblock {
     public func computedChecksum(firstBlockFromSuperblock bytes: [UInt8]) throws(FormatError) -> UInt32 {
         let length = blockSize > Superblock.offset ? blockSize - Superblock.offset : blockSize
         guard bytes.count >= length else {
-            throw FormatError("truncated EROFS image: superblock block needs \(length) bytes after offset \(Superblock.offset)")
+            throw FormatError(
+                "truncated EROFS image: superblock block needs \(length) bytes after offset \(Superblock.offset)")
         }
         var covered = Array(bytes[0..<length])
         let checksumField = Superblock.checksumOffset..<(Superblock.checksumOffset + 4)

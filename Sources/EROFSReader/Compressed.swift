@@ -85,10 +85,12 @@ extension EROFSFilesystem {
     public var compressionDescription: CompressionDescription {
         let settings = compressionSettings
         var description = CompressionDescription(algorithms: [])
-        let compressed = superblock.featureIncompat.contains(.compressionConfigs)
+        let compressed =
+            superblock.featureIncompat.contains(.compressionConfigs)
             || superblock.featureIncompat.contains(.zeroPadding) || superblock.availableCompressionAlgorithms != 0
         guard compressed else { return description }
-        for algorithm in CompressionAlgorithm.allCases where settings.availableAlgorithms & (1 << UInt16(algorithm.rawValue)) != 0 {
+        for algorithm in CompressionAlgorithm.allCases
+        where settings.availableAlgorithms & (1 << UInt16(algorithm.rawValue)) != 0 {
             description.algorithms.append("\(algorithm)")
             switch algorithm {
             case .lzma: description.lzmaDictionarySize = settings.decompression.lzmaDictionarySize
@@ -132,7 +134,8 @@ extension EROFSFilesystem {
             // z_erofs_deflate_cfgs.windowbits
             case .deflate where record.count >= 1: settings.deflateWindowBits = record[0]
             // z_erofs_zstd_cfgs.windowlog
-            case .zstd where record.count >= 2: settings.zstdWindowLog = record[1] &+ CompressionFormat.zstdMinimumWindowLog
+            case .zstd where record.count >= 2:
+                settings.zstdWindowLog = record[1] &+ CompressionFormat.zstdMinimumWindowLog
             default: break
             }
         }
@@ -157,7 +160,8 @@ extension EROFSFilesystem {
             let take = Int(min(extent.logicalLength - skip, end - position))
             switch extent.source {
             case .fragment(let fragmentStart):
-                let bytes = try readFragment(inode, at: try checkedSum(fragmentStart, skip, "fragment offset"), count: take)
+                let bytes = try readFragment(
+                    inode, at: try checkedSum(fragmentStart, skip, "fragment offset"), count: take)
                 result.append(contentsOf: bytes)
             case .hole:
                 // Only the zeros asked for: a hole extent may be as long as the file (2^64 bytes).
@@ -165,7 +169,9 @@ extension EROFSFilesystem {
             case .image, .metadata:
                 let data = try decodedExtent(inode, extent)
                 guard skip < UInt64(data.count), take <= data.count - Int(skip) else {
-                    throw EROFSError(.corrupt, "decoded extent of \(data.count) bytes is shorter than its map", nid: inode.nid, offset: position)
+                    throw EROFSError(
+                        .corrupt, "decoded extent of \(data.count) bytes is shorter than its map", nid: inode.nid,
+                        offset: position)
                 }
                 result.append(contentsOf: data[Int(skip)..<(Int(skip) + take)])
             }
@@ -181,7 +187,9 @@ extension EROFSFilesystem {
         // A packed inode in the metabox is read through the metabox inode: that one's data cannot
         // be a fragment of it.
         if inode.nid == superblock.metaboxNid && superblock.packedNid & Inode.metaboxBit != 0 {
-            throw EROFSError(.corrupt, "the metabox inode's data is a fragment of the packed inode inside the metabox", nid: inode.nid)
+            throw EROFSError(
+                .corrupt, "the metabox inode's data is a fragment of the packed inode inside the metabox",
+                nid: inode.nid)
         }
         let packed = try self.inode(nid: superblock.packedNid)
         let bytes = try read(packed, at: offset, count: count)
@@ -200,14 +208,17 @@ extension EROFSFilesystem {
         case .image(let physical): raw = try dataBytes(at: physical, count: extent.physicalLength)
         case .metadata(let physical, let inMetabox):
             raw = try metadataBytes(at: physical, count: extent.physicalLength, inMetabox: inMetabox)
-        case .fragment, .hole: throw EROFSError(.corrupt, "\(extent.source) extent decoded as a pcluster", nid: inode.nid)
+        case .fragment, .hole:
+            throw EROFSError(.corrupt, "\(extent.source) extent decoded as a pcluster", nid: inode.nid)
         }
         let length = Int(extent.logicalLength)
         var output = [UInt8](repeating: 0, count: length)
         switch extent.format {
         case .shifted:
             guard length <= raw.count else {
-                throw EROFSError(.corrupt, "uncompressed pcluster of \(raw.count) bytes holds \(length)", nid: inode.nid, offset: extent.logicalStart)
+                throw EROFSError(
+                    .corrupt, "uncompressed pcluster of \(raw.count) bytes holds \(length)", nid: inode.nid,
+                    offset: extent.logicalStart)
             }
             output = Array(raw[0..<length])
         case .interlaced:
@@ -216,7 +227,9 @@ extension EROFSFilesystem {
             // taken relative to the pcluster's end, also for inline (ztailpacking) pclusters
             // shorter than a block, where it starts before the inline data.
             guard length <= raw.count || raw.count < blockSize, raw.count <= blockSize else {
-                throw EROFSError(.corrupt, "interlaced pcluster of \(raw.count) bytes holds \(length)", nid: inode.nid, offset: extent.logicalStart)
+                throw EROFSError(
+                    .corrupt, "interlaced pcluster of \(raw.count) bytes holds \(length)", nid: inode.nid,
+                    offset: extent.logicalStart)
             }
             let toBlockEnd = blockSize - Int(extent.logicalStart % UInt64(blockSize))
             let first = min(toBlockEnd, length)
@@ -234,7 +247,8 @@ extension EROFSFilesystem {
         case .algorithm(let algorithm):
             let padding = raw.firstIndex { $0 != 0 } ?? raw.count
             guard padding < raw.count else {
-                throw EROFSError(.corrupt, "\(algorithm) pcluster is all zeros", nid: inode.nid, offset: extent.logicalStart)
+                throw EROFSError(
+                    .corrupt, "\(algorithm) pcluster is all zeros", nid: inode.nid, offset: extent.logicalStart)
             }
             let settings = compressionSettings.decompression
             let partial = extent.partial
@@ -251,7 +265,10 @@ extension EROFSFilesystem {
                 }
             }
             if let failure {
-                throw EROFSError(.corrupt, "\(failure) (pcluster of \(raw.count) bytes for \(length) bytes at file offset \(extent.logicalStart))", nid: inode.nid)
+                throw EROFSError(
+                    .corrupt,
+                    "\(failure) (pcluster of \(raw.count) bytes for \(length) bytes at file offset \(extent.logicalStart))",
+                    nid: inode.nid)
             }
         }
         // 64 cached extents of at most 1 MiB each bound the cache at 64 MiB; larger extents
@@ -261,7 +278,9 @@ extension EROFSFilesystem {
     }
 
     /// Bytes at a signed offset from a pcluster's start, in the pcluster's own address space.
-    private func bytesAround(_ source: CompressedExtent.Source, relative: Int64, count: Int, nid: UInt64) throws(EROFSError) -> [UInt8] {
+    private func bytesAround(_ source: CompressedExtent.Source, relative: Int64, count: Int, nid: UInt64)
+        throws(EROFSError) -> [UInt8]
+    {
         let start: UInt64
         switch source {
         case .image(let physical), .metadata(let physical, _):
@@ -283,7 +302,8 @@ extension EROFSFilesystem {
     func compressionInfo(_ inode: Inode) throws(EROFSError) -> CompressionInfo {
         if let cached = compressionInfos.value(for: inode.nid) { return cached }
         let headerOffset = MapHeader.start(after: inode.payloadLocation)
-        let header = MapHeader(decoding: try metadataBytes(at: headerOffset, count: MapHeader.size, inMetabox: inode.inMetabox))
+        let header = MapHeader(
+            decoding: try metadataBytes(at: headerOffset, count: MapHeader.size, inMetabox: inode.inMetabox))
         let info: CompressionInfo
         if header.isWholeFileFragment {
             info = CompressionInfo(
@@ -300,10 +320,13 @@ extension EROFSFilesystem {
     }
 
     /// Full layout with Z_EROFS_ADVISE_EXTENTS: the header counts extent records.
-    private func extentRecordsInfo(_ inode: Inode, _ header: MapHeader, at headerOffset: UInt64) throws(EROFSError) -> CompressionInfo {
+    private func extentRecordsInfo(_ inode: Inode, _ header: MapHeader, at headerOffset: UInt64) throws(EROFSError)
+        -> CompressionInfo
+    {
         let clusterBits = Int(superblock.blockSizeBits) + Int(header.clusterBitsOverBlock)
         guard clusterBits <= 30 else {
-            throw EROFSError(.corrupt, "logical cluster size 2^\(clusterBits) too large", nid: inode.nid, offset: headerOffset)
+            throw EROFSError(
+                .corrupt, "logical cluster size 2^\(clusterBits) too large", nid: inode.nid, offset: headerOffset)
         }
         return CompressionInfo(
             advise: header.advise, logicalClusterBits: clusterBits, headAlgorithms: (0, 0), inlineSize: 0,
@@ -312,7 +335,9 @@ extension EROFSFilesystem {
     }
 
     /// Lcluster indexes (full or compacted), and where the tail extent (inline or fragment) is.
-    private func lclusterIndexesInfo(_ inode: Inode, _ header: MapHeader, at headerOffset: UInt64) throws(EROFSError) -> CompressionInfo {
+    private func lclusterIndexesInfo(_ inode: Inode, _ header: MapHeader, at headerOffset: UInt64) throws(EROFSError)
+        -> CompressionInfo
+    {
         let advise = header.advise
         let clusterBits = Int(superblock.blockSizeBits) + Int(header.clusterBitsOverBlock)
         var info = CompressionInfo(
@@ -324,17 +349,20 @@ extension EROFSFilesystem {
             info.inlineSize = Int(header.inlineDataSize)
         }
         guard clusterBits <= 20 else {
-            throw EROFSError(.corrupt, "logical cluster size 2^\(clusterBits) too large", nid: inode.nid, offset: headerOffset)
+            throw EROFSError(
+                .corrupt, "logical cluster size 2^\(clusterBits) too large", nid: inode.nid, offset: headerOffset)
         }
         if inode.layout == .compressedCompact && advise.contains(.bigPcluster1) != advise.contains(.bigPcluster2) {
-            throw EROFSError(.corrupt, "compact indexes with inconsistent big pcluster flags", nid: inode.nid, offset: headerOffset)
+            throw EROFSError(
+                .corrupt, "compact indexes with inconsistent big pcluster flags", nid: inode.nid, offset: headerOffset)
         }
         if (info.inlineSize > 0 || info.hasFragment) && inode.size > 0 {
             // Find the extent holding the last byte: its head lcluster is the tail extent.
             let finder = ClusterMapper(filesystem: self, inode: inode, info: info)
             let last = try finder.load(lcn: (inode.size - 1) >> UInt64(clusterBits), lookahead: false)
             let inlineLocation = last.nextPackOffset
-            let head = try finder.findHead(from: last, offsetInCluster: (inode.size - 1) & ((1 << UInt64(clusterBits)) - 1))
+            let head = try finder.findHead(
+                from: last, offsetInCluster: (inode.size - 1) & ((1 << UInt64(clusterBits)) - 1))
             info.tailHeadLcn = head.cluster.lcn
             info.inlineLocation = inlineLocation
             if info.hasFragment && inode.layout == .compressedFull {
@@ -344,7 +372,9 @@ extension EROFSFilesystem {
         return info
     }
 
-    func mapCompressed(_ inode: Inode, _ info: CompressionInfo, at offset: UInt64) throws(EROFSError) -> CompressedExtent {
+    func mapCompressed(_ inode: Inode, _ info: CompressionInfo, at offset: UInt64) throws(EROFSError)
+        -> CompressedExtent
+    {
         if info.wholeFileFragment || (info.hasFragment && info.tailHeadLcn == 0) {
             return CompressedExtent(
                 logicalStart: 0, logicalLength: inode.size, source: .fragment(info.fragmentOffset), physicalLength: 0,
@@ -366,7 +396,8 @@ extension EROFSFilesystem {
             source = .metadata(info.inlineLocation, inMetabox: inode.inMetabox)
             physicalLength = info.inlineSize
             if info.inlineLocation % UInt64(blockSize) + UInt64(physicalLength) > UInt64(blockSize) {
-                throw EROFSError(.corrupt, "inline pcluster crosses a block boundary", nid: inode.nid, offset: info.inlineLocation)
+                throw EROFSError(
+                    .corrupt, "inline pcluster crosses a block boundary", nid: inode.nid, offset: info.inlineLocation)
             }
         } else if isTail && info.hasFragment {
             let length = try mapper.decompressedLength(head: head, logicalStart: logicalStart)
@@ -380,10 +411,13 @@ extension EROFSFilesystem {
             physicalLength = Int(blocks) * blockSize
         }
         let logicalLength = try mapper.decompressedLength(head: head, logicalStart: logicalStart)
-        guard physicalLength <= EROFSFilesystem.maximumPhysicalCluster, logicalLength <= EROFSFilesystem.maximumLogicalExtent,
+        guard physicalLength <= EROFSFilesystem.maximumPhysicalCluster,
+            logicalLength <= EROFSFilesystem.maximumLogicalExtent,
             logicalLength > 0
         else {
-            throw EROFSError(.corrupt, "absurd pcluster: \(physicalLength) bytes for \(logicalLength)", nid: inode.nid, offset: logicalStart)
+            throw EROFSError(
+                .corrupt, "absurd pcluster: \(physicalLength) bytes for \(logicalLength)", nid: inode.nid,
+                offset: logicalStart)
         }
         let format: CompressedExtent.Format
         switch head.kind {
@@ -392,10 +426,13 @@ extension EROFSFilesystem {
         case .head1, .head2:
             let number = head.kind == .head1 ? info.headAlgorithms.0 : info.headAlgorithms.1
             guard let algorithm = CompressionAlgorithm(rawValue: number) else {
-                throw EROFSError(.unsupported, "unknown compression algorithm \(number)", nid: inode.nid, offset: logicalStart)
+                throw EROFSError(
+                    .unsupported, "unknown compression algorithm \(number)", nid: inode.nid, offset: logicalStart)
             }
             guard compressionSettings.availableAlgorithms & (1 << UInt16(number)) != 0 else {
-                throw EROFSError(.corrupt, "algorithm \(algorithm) not announced by the superblock", nid: inode.nid, offset: logicalStart)
+                throw EROFSError(
+                    .corrupt, "algorithm \(algorithm) not announced by the superblock", nid: inode.nid,
+                    offset: logicalStart)
             }
             format = .algorithm(algorithm)
         case .nonhead:
@@ -421,18 +458,24 @@ extension EROFSFilesystem {
     /// Maps an offset through extent records (z_erofs_extent): short records (4 or 8 bytes) hold
     /// one pcluster per lcluster, long ones (16 or 32 bytes) are sorted by logical start and
     /// searched.
-    func mapExtentRecords(_ inode: Inode, _ info: CompressionInfo, at offset: UInt64) throws(EROFSError) -> CompressedExtent {
+    func mapExtentRecords(_ inode: Inode, _ info: CompressionInfo, at offset: UInt64) throws(EROFSError)
+        -> CompressedExtent
+    {
         let recordSize = UInt64(info.extentRecordSize)
         let headerEnd = MapHeader.end(after: inode.payloadLocation)
         let firstRecord = (headerEnd + recordSize - 1) / recordSize * recordSize
-        let match = recordSize <= UInt64(ExtentRecord.logicalStartOffset)
+        let match =
+            recordSize <= UInt64(ExtentRecord.logicalStartOffset)
             ? try shortExtentRecord(inode, info, at: offset, firstRecord: firstRecord)
             : try searchLongExtentRecords(inode, info, at: offset, firstRecord: firstRecord)
         return try compressedExtent(match, inode, info, at: offset)
     }
 
-    private func extentRecord(_ inode: Inode, _ info: CompressionInfo, at position: UInt64) throws(EROFSError) -> ExtentRecord {
-        ExtentRecord(decoding: try metadataBytes(at: position, count: info.extentRecordSize, inMetabox: inode.inMetabox))
+    private func extentRecord(_ inode: Inode, _ info: CompressionInfo, at position: UInt64) throws(EROFSError)
+        -> ExtentRecord
+    {
+        ExtentRecord(
+            decoding: try metadataBytes(at: position, count: info.extentRecordSize, inMetabox: inode.inMetabox))
     }
 
     /// Records of 4 or 8 bytes: one per lcluster, read in order from the first (4 bytes: only
@@ -447,7 +490,8 @@ extension EROFSFilesystem {
         var runningPhysical: UInt64?
         if recordSize <= UInt64(ExtentRecord.physicalStartOffset) {
             let addressSize = ExtentRecord.firstPclusterAddressSize
-            runningPhysical = try metadataBytes(at: position, count: addressSize, inMetabox: inode.inMetabox).le64(at: 0)
+            runningPhysical = try metadataBytes(at: position, count: addressSize, inMetabox: inode.inMetabox).le64(
+                at: 0)
             position += UInt64(addressSize)
             logicalStart = 0
         } else {
@@ -478,7 +522,8 @@ extension EROFSFilesystem {
     ) throws(EROFSError) -> ExtentRecordMatch {
         let recordSize = UInt64(info.extentRecordSize)
         var match = ExtentRecordMatch(
-            logicalStart: inode.size, logicalEnd: inode.size, record: ExtentRecord(plen: 0, physicalStart: 0, logicalStart: 0), isLast: false)
+            logicalStart: inode.size, logicalEnd: inode.size,
+            record: ExtentRecord(plen: 0, physicalStart: 0, logicalStart: 0), isLast: false)
         var low: UInt64 = 0
         var high = info.extentCount
         var steps = 0
@@ -486,12 +531,15 @@ extension EROFSFilesystem {
             steps += 1
             guard steps <= 64 else { throw EROFSError(.corrupt, "extent search does not converge", nid: inode.nid) }
             let middle = low + (high - low) / 2
-            let position = try checkedSum(firstRecord, try checkedProduct(middle, recordSize, "extent index"), "extent record")
+            let position = try checkedSum(
+                firstRecord, try checkedProduct(middle, recordSize, "extent index"), "extent record")
             let record = try extentRecord(inode, info, at: position)
             let start = record.logicalStart
             if start > offset {
                 high = middle
-                guard start <= match.logicalEnd else { throw EROFSError(.corrupt, "extent records out of order", nid: inode.nid) }
+                guard start <= match.logicalEnd else {
+                    throw EROFSError(.corrupt, "extent records out of order", nid: inode.nid)
+                }
                 match.logicalEnd = start
             } else {
                 low = middle + 1
@@ -525,25 +573,33 @@ extension EROFSFilesystem {
         let physicalLength = UInt64(record.physicalLength)
         guard physicalLength > 0 else {
             return CompressedExtent(
-                logicalStart: logicalStart, logicalLength: length, source: .hole, physicalLength: 0, format: .shifted, partial: false)
+                logicalStart: logicalStart, logicalLength: length, source: .hole, physicalLength: 0, format: .shifted,
+                partial: false)
         }
-        guard physicalLength <= UInt64(EROFSFilesystem.maximumPhysicalCluster), length <= EROFSFilesystem.maximumLogicalExtent else {
-            throw EROFSError(.corrupt, "absurd extent: \(physicalLength) bytes for \(length)", nid: inode.nid, offset: logicalStart)
+        guard physicalLength <= UInt64(EROFSFilesystem.maximumPhysicalCluster),
+            length <= EROFSFilesystem.maximumLogicalExtent
+        else {
+            throw EROFSError(
+                .corrupt, "absurd extent: \(physicalLength) bytes for \(length)", nid: inode.nid, offset: logicalStart)
         }
         let physical = record.physicalStart
         let format: CompressedExtent.Format
         if record.format > 0 {
             guard let algorithm = CompressionAlgorithm(rawValue: UInt8(record.format - 1)) else {
-                throw EROFSError(.unsupported, "unknown compression algorithm \(record.format - 1)", nid: inode.nid, offset: logicalStart)
+                throw EROFSError(
+                    .unsupported, "unknown compression algorithm \(record.format - 1)", nid: inode.nid,
+                    offset: logicalStart)
             }
             format = .algorithm(algorithm)
-        } else if info.advise.contains(.interlacedPcluster) && (physical | physicalLength) & UInt64(blockSize - 1) == 0 {
+        } else if info.advise.contains(.interlacedPcluster) && (physical | physicalLength) & UInt64(blockSize - 1) == 0
+        {
             format = .interlaced
         } else {
             format = .shifted
         }
         return CompressedExtent(
-            logicalStart: logicalStart, logicalLength: length, source: .image(physical), physicalLength: Int(physicalLength),
+            logicalStart: logicalStart, logicalLength: length, source: .image(physical),
+            physicalLength: Int(physicalLength),
             format: format, partial: record.isPartial)
     }
 }
@@ -570,7 +626,8 @@ struct ClusterMapper {
 
     func load(lcn: UInt64, lookahead: Bool) throws(EROFSError) -> LogicalCluster {
         guard lcn < clusterCount else { throw corrupt("lcluster beyond the end of the file", lcn: lcn) }
-        var cluster = inode.layout == .compressedCompact
+        var cluster =
+            inode.layout == .compressedCompact
             ? try loadCompact(lcn: lcn, lookahead: lookahead) : try loadFull(lcn: lcn)
         if cluster.kind != .nonhead && cluster.clusterOffset >= 1 << bits {
             throw corrupt("cluster offset \(cluster.clusterOffset) beyond the lcluster", lcn: lcn)
@@ -708,7 +765,9 @@ struct ClusterMapper {
 
     /// The head lcluster of the extent holding `offsetInCluster` of `cluster`, and where the
     /// extent starts in the file.
-    func findHead(from cluster: LogicalCluster, offsetInCluster: UInt64) throws(EROFSError) -> (cluster: LogicalCluster, logicalStart: UInt64) {
+    func findHead(from cluster: LogicalCluster, offsetInCluster: UInt64) throws(EROFSError) -> (
+        cluster: LogicalCluster, logicalStart: UInt64
+    ) {
         var current = cluster
         var distance: UInt64
         switch current.kind {
@@ -795,7 +854,9 @@ struct CompactPack {
         let bitPosition = layout.itemBits * index
         let byte = bitPosition / 8
         var word: UInt32 = 0
-        for offset in 0..<4 where byte + offset < bytes.count { word |= UInt32(bytes[byte + offset]) << (8 * UInt32(offset)) }
+        for offset in 0..<4 where byte + offset < bytes.count {
+            word |= UInt32(bytes[byte + offset]) << (8 * UInt32(offset))
+        }
         let value = word >> UInt32(bitPosition & 7)
         let lo = UInt64(value & ((1 << UInt32(loBits)) - 1))
         return (lo, LclusterType(lowBitsOf: value >> UInt32(loBits)))
@@ -824,7 +885,11 @@ struct CompactPack {
         guard index + 1 == layout.clusters else { return lo }
         let previous = item(index - 1)
         var previousLo = previous.lo
-        if previous.kind != .nonhead { previousLo = 0 } else if previousLo & Self.d0CompressedBlockCount != 0 { previousLo = 1 }
+        if previous.kind != .nonhead {
+            previousLo = 0
+        } else if previousLo & Self.d0CompressedBlockCount != 0 {
+            previousLo = 1
+        }
         return previousLo + 1
     }
 }

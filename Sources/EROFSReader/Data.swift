@@ -44,14 +44,16 @@ extension EROFSFilesystem {
                 result.append(contentsOf: repeatElement(0, count: take))
             case .image(let physical, let device):
                 let start = try checkedSum(physical, skip, "data offset")
-                result.append(contentsOf: try withContext(nid: inode.nid) { () throws(EROFSError) -> [UInt8] in
-                    try dataBytes(at: start, device: device, count: take)
-                })
+                result.append(
+                    contentsOf: try withContext(nid: inode.nid) { () throws(EROFSError) -> [UInt8] in
+                        try dataBytes(at: start, device: device, count: take)
+                    })
             case .metadata(let physical, let inMetabox):
                 let start = try checkedSum(physical, skip, "inline data offset")
-                result.append(contentsOf: try withContext(nid: inode.nid) { () throws(EROFSError) -> [UInt8] in
-                    try metadataBytes(at: start, count: take, inMetabox: inMetabox)
-                })
+                result.append(
+                    contentsOf: try withContext(nid: inode.nid) { () throws(EROFSError) -> [UInt8] in
+                        try metadataBytes(at: start, count: take, inMetabox: inMetabox)
+                    })
             }
             position += UInt64(take)
         }
@@ -80,7 +82,8 @@ extension EROFSFilesystem {
                 return DataExtent(logicalStart: offset, length: inode.size - offset, location: .hole)
             }
             let blockCount = dividingRoundingUp(inode.size, blockSize)
-            let blockedBytes = try checkedProduct(blockCount - (tailPacked ? 1 : 0), blockSize, "data size of nid \(inode.nid)")
+            let blockedBytes = try checkedProduct(
+                blockCount - (tailPacked ? 1 : 0), blockSize, "data size of nid \(inode.nid)")
             if offset < blockedBytes {
                 let base = try checkedProduct(inode.startBlock, blockSize, "start block of nid \(inode.nid)")
                 return DataExtent(logicalStart: 0, length: blockedBytes, location: .image(base))
@@ -89,9 +92,12 @@ extension EROFSFilesystem {
             let tailStart = inode.payloadLocation
             let tailLength = inode.size - blockedBytes
             if tailStart % blockSize + tailLength > blockSize {
-                throw EROFSError(.corrupt, "tail-packed data crosses a block boundary", nid: inode.nid, offset: tailStart)
+                throw EROFSError(
+                    .corrupt, "tail-packed data crosses a block boundary", nid: inode.nid, offset: tailStart)
             }
-            return DataExtent(logicalStart: blockedBytes, length: tailLength, location: .metadata(tailStart, inMetabox: inode.inMetabox))
+            return DataExtent(
+                logicalStart: blockedBytes, length: tailLength,
+                location: .metadata(tailStart, inMetabox: inode.inMetabox))
         case .chunkBased:
             return try mapChunk(inode, at: offset)
         case .compressedFull, .compressedCompact:
@@ -159,7 +165,9 @@ extension EROFSFilesystem {
             }
             while offset < end {
                 let chunk = try read(inode, at: offset, count: Int(min(UInt64(chunkSize), end - offset)))
-                guard !chunk.isEmpty else { throw EROFSError(.corrupt, "data ends before the inode size", nid: inode.nid, offset: offset) }
+                guard !chunk.isEmpty else {
+                    throw EROFSError(.corrupt, "data ends before the inode size", nid: inode.nid, offset: offset)
+                }
                 try body(offset, .data(chunk))
                 offset += UInt64(chunk.count)
             }
@@ -183,7 +191,9 @@ extension EROFSFilesystem {
     /// always beyond `offset`).
     func span(of inode: Inode, at offset: UInt64) throws(EROFSError) -> (isHole: Bool, end: UInt64) {
         try withContext(nid: inode.nid) { () throws(EROFSError) -> (isHole: Bool, end: UInt64) in
-            let start: UInt64, length: UInt64, isHole: Bool
+            let start: UInt64
+            let length: UInt64
+            let isHole: Bool
             if inode.layout.isCompressed {
                 let extent = try mapCompressed(inode, try compressionInfo(inode), at: offset)
                 (start, length) = (extent.logicalStart, extent.logicalLength)

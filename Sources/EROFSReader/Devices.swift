@@ -66,7 +66,8 @@ extension EROFSFilesystem {
         if deviceID != 0 {
             let index = Int(deviceID) - 1
             guard index < slots.count else {
-                throw EROFSError(.corrupt, "data on device \(deviceID), the image has \(slots.count) extra devices", offset: address)
+                throw EROFSError(
+                    .corrupt, "data on device \(deviceID), the image has \(slots.count) extra devices", offset: address)
             }
             guard devices.isEmpty else { return try extraDeviceBytes(index, at: address, count: count) }
             // Flat mode: the primary holds each device at its unified address. A slot without
@@ -101,27 +102,34 @@ extension EROFSFilesystem {
         let end = try checkedSum(offset, UInt64(count), "extra device offset")
         guard end <= device.size else {
             throw EROFSError(
-                .device, "data beyond the end of \(Self.describeDevice(index, slot)) (\(device.size) bytes), length \(count)",
+                .device,
+                "data beyond the end of \(Self.describeDevice(index, slot)) (\(device.size) bytes), length \(count)",
                 path: device.displayName, offset: offset)
         }
         let bytes: [UInt8]
         do {
             bytes = try device.read(count: count, at: offset)
         } catch {
-            throw EROFSError(.io, "read of \(Self.describeDevice(index, slot)) failed: \(error)", path: device.displayName, offset: offset)
+            throw EROFSError(
+                .io, "read of \(Self.describeDevice(index, slot)) failed: \(error)", path: device.displayName,
+                offset: offset)
         }
         guard bytes.count == count else {
-            throw EROFSError(.io, "short read of \(Self.describeDevice(index, slot)): \(bytes.count) of \(count) bytes", path: device.displayName, offset: offset)
+            throw EROFSError(
+                .io, "short read of \(Self.describeDevice(index, slot)): \(bytes.count) of \(count) bytes",
+                path: device.displayName, offset: offset)
         }
         return bytes
     }
 
     private func missingDevice(_ index: Int, address: UInt64) -> EROFSError {
-        let given = devices.isEmpty
+        let given =
+            devices.isEmpty
             ? "no extra devices were given and the image does not hold it at its unified address"
             : "only \(devices.count) of \(deviceTable.slots.count) extra devices were given"
         return EROFSError(
-            .device, "data is on \(Self.describeDevice(index, deviceTable.slots[index])), which is missing: \(given) (--device PATH)",
+            .device,
+            "data is on \(Self.describeDevice(index, deviceTable.slots[index])), which is missing: \(given) (--device PATH)",
             offset: address)
     }
 }

@@ -36,7 +36,9 @@ extension EROFSFilesystem {
             throw EROFSError(.notDirectory, "not a directory", nid: directory.nid)
         }
         guard directory.size <= ReaderLimits.directory else {
-            throw EROFSError(.corrupt, "absurd directory size \(directory.size) (limit \(ReaderLimits.directory))", nid: directory.nid)
+            throw EROFSError(
+                .corrupt, "absurd directory size \(directory.size) (limit \(ReaderLimits.directory))",
+                nid: directory.nid)
         }
         var entries: [DirectoryEntry] = []
         var previousName: [UInt8]?
@@ -45,9 +47,11 @@ extension EROFSFilesystem {
             let expected = Int(min(UInt64(blockSize), directory.size - blockStart))
             let block = try read(directory, at: blockStart, count: expected)
             guard block.count == expected else {
-                throw EROFSError(.corrupt, "directory data shorter than the inode size", nid: directory.nid, offset: blockStart)
+                throw EROFSError(
+                    .corrupt, "directory data shorter than the inode size", nid: directory.nid, offset: blockStart)
             }
-            try decodeDirectoryBlock(block, into: &entries, previousName: &previousName, nid: directory.nid, at: blockStart)
+            try decodeDirectoryBlock(
+                block, into: &entries, previousName: &previousName, nid: directory.nid, at: blockStart)
             blockStart += UInt64(expected)
         }
         return entries
@@ -56,7 +60,8 @@ extension EROFSFilesystem {
     /// Decodes one directory block. Names are sorted across the whole directory (lookups
     /// bisect over blocks), so `previousName` carries the last name from block to block.
     private func decodeDirectoryBlock(
-        _ block: [UInt8], into entries: inout [DirectoryEntry], previousName: inout [UInt8]?, nid: UInt64, at logical: UInt64
+        _ block: [UInt8], into entries: inout [DirectoryEntry], previousName: inout [UInt8]?, nid: UInt64,
+        at logical: UInt64
     ) throws(EROFSError) {
         guard block.count >= Dirent.size else {
             throw EROFSError(.corrupt, "directory block too short (\(block.count) bytes)", nid: nid, offset: logical)
@@ -64,24 +69,31 @@ extension EROFSFilesystem {
         // The first entry's name starts right after the last entry: it gives the entry count.
         let firstNameOffset = Int(Dirent(decoding: block, at: 0).nameOffset)
         guard firstNameOffset >= Dirent.size, firstNameOffset % Dirent.size == 0, firstNameOffset < block.count else {
-            throw EROFSError(.corrupt, "bad first name offset \(firstNameOffset) in directory block", nid: nid, offset: logical)
+            throw EROFSError(
+                .corrupt, "bad first name offset \(firstNameOffset) in directory block", nid: nid, offset: logical)
         }
         let count = firstNameOffset / Dirent.size
         for index in 0..<count {
             let base = index * Dirent.size
             let dirent = Dirent(decoding: block, at: base)
             let nameStart = Int(dirent.nameOffset)
-            var nameEnd = index + 1 < count ? Int(Dirent(decoding: block, at: base + Dirent.size).nameOffset) : block.count
+            var nameEnd =
+                index + 1 < count ? Int(Dirent(decoding: block, at: base + Dirent.size).nameOffset) : block.count
             guard nameStart >= firstNameOffset, nameStart <= nameEnd, nameEnd <= block.count else {
-                throw EROFSError(.corrupt, "bad name offsets \(nameStart)..<\(nameEnd) in directory block", nid: nid, offset: logical + UInt64(base))
+                throw EROFSError(
+                    .corrupt, "bad name offsets \(nameStart)..<\(nameEnd) in directory block", nid: nid,
+                    offset: logical + UInt64(base))
             }
             if index + 1 == count, let zero = block[nameStart..<nameEnd].firstIndex(of: 0) { nameEnd = zero }
             let name = Array(block[nameStart..<nameEnd])
             guard !name.isEmpty, name.count <= Dirent.maximumNameLength else {
-                throw EROFSError(.corrupt, "directory entry name of \(name.count) bytes", nid: nid, offset: logical + UInt64(nameStart))
+                throw EROFSError(
+                    .corrupt, "directory entry name of \(name.count) bytes", nid: nid,
+                    offset: logical + UInt64(nameStart))
             }
             if let previousName, !previousName.lexicographicallyPrecedes(name) {
-                throw EROFSError(.corrupt, "directory entries out of order", nid: nid, offset: logical + UInt64(nameStart))
+                throw EROFSError(
+                    .corrupt, "directory entries out of order", nid: nid, offset: logical + UInt64(nameStart))
             }
             previousName = name
             entries.append(DirectoryEntry(name: name, nid: dirent.nid, fileType: dirent.fileType))
@@ -94,7 +106,9 @@ extension EROFSFilesystem {
             throw EROFSError(.notDirectory, "not a directory", nid: directory.nid)
         }
         guard directory.size <= ReaderLimits.directory else {
-            throw EROFSError(.corrupt, "absurd directory size \(directory.size) (limit \(ReaderLimits.directory))", nid: directory.nid)
+            throw EROFSError(
+                .corrupt, "absurd directory size \(directory.size) (limit \(ReaderLimits.directory))",
+                nid: directory.nid)
         }
         return dividingRoundingUp(directory.size, UInt64(blockSize))
     }
@@ -108,7 +122,8 @@ extension EROFSFilesystem {
         let expected = Int(min(UInt64(blockSize), directory.size - blockStart))
         let block = try read(directory, at: blockStart, count: expected)
         guard block.count == expected else {
-            throw EROFSError(.corrupt, "directory data shorter than the inode size", nid: directory.nid, offset: blockStart)
+            throw EROFSError(
+                .corrupt, "directory data shorter than the inode size", nid: directory.nid, offset: blockStart)
         }
         var entries: [DirectoryEntry] = []
         var previousName: [UInt8]?
@@ -154,9 +169,13 @@ extension EROFSFilesystem {
             }
             let here = current
             let walkedSoFar = walked
-            guard let nid = try withContext(path: walkedSoFar, { () throws(EROFSError) -> UInt64? in
-                try lookup(Array(component), in: here)
-            }) else {
+            guard
+                let nid = try withContext(
+                    path: walkedSoFar,
+                    { () throws(EROFSError) -> UInt64? in
+                        try lookup(Array(component), in: here)
+                    })
+            else {
                 throw EROFSError(.notFound, "no such file or directory", path: walked)
             }
             current = try withContext(path: walkedSoFar) { () throws(EROFSError) -> Inode in try inode(nid: nid) }

@@ -54,7 +54,10 @@ public final class EROFSFilesystem: Sendable {
         decodedExtents = BoundedCache(capacity: 64)
         let (claimedBytes, overflow) = superblock.blocks.multipliedReportingOverflow(by: UInt64(blockSize))
         if overflow || claimedBytes > source.size {
-            throw EROFSError(.corrupt, "image truncated: the superblock says \(superblock.blocks) blocks of \(blockSize) bytes, the image has \(source.size) bytes")
+            throw EROFSError(
+                .corrupt,
+                "image truncated: the superblock says \(superblock.blocks) blocks of \(blockSize) bytes, the image has \(source.size) bytes"
+            )
         }
         deviceTable = try EROFSFilesystem.readDeviceTable(superblock, source: source, devices: devices)
         if superblock.featureIncompat.contains(.metabox) && superblock.metaboxNid == 0 {
@@ -99,7 +102,9 @@ public final class EROFSFilesystem: Sendable {
         guard count >= 0 else { throw EROFSError(.corrupt, "negative length", offset: offset) }
         let end = try checkedSum(offset, UInt64(count), "image offset")
         guard end <= source.size else {
-            throw EROFSError(.corrupt, "reference beyond the end of the image (\(source.size) bytes), length \(count)", offset: offset)
+            throw EROFSError(
+                .corrupt, "reference beyond the end of the image (\(source.size) bytes), length \(count)",
+                offset: offset)
         }
         let bytes: [UInt8]
         do {
@@ -142,7 +147,9 @@ public final class EROFSFilesystem: Sendable {
 
     /// `count` bytes of the metadata space at `offset` (may span blocks).
     func metadataBytes(at offset: UInt64, count: Int, inMetabox: Bool) throws(EROFSError) -> [UInt8] {
-        guard count >= 0, count <= 1 << 20 else { throw EROFSError(.corrupt, "absurd metadata length \(count)", offset: offset) }
+        guard count >= 0, count <= 1 << 20 else {
+            throw EROFSError(.corrupt, "absurd metadata length \(count)", offset: offset)
+        }
         _ = try checkedSum(offset, UInt64(count), "metadata offset")
         var result: [UInt8] = []
         result.reserveCapacity(count)
@@ -182,7 +189,9 @@ public final class EROFSFilesystem: Sendable {
 }
 
 /// Runs `body`, adding the path and nid to an error that does not name them yet.
-func withContext<T>(path: @autoclosure () -> String? = nil, nid: UInt64? = nil, _ body: () throws(EROFSError) -> T) throws(EROFSError) -> T {
+func withContext<T>(path: @autoclosure () -> String? = nil, nid: UInt64? = nil, _ body: () throws(EROFSError) -> T)
+    throws(EROFSError) -> T
+{
     do {
         return try body()
     } catch {

@@ -84,7 +84,9 @@ public struct Inode: Sendable, Equatable {
         }
         let format = disk.format
         guard format.unknownBits == 0 else {
-            throw EROFSError(.unsupported, "unsupported i_format 0x\(String(format.rawValue, radix: 16))", nid: nid, offset: location)
+            throw EROFSError(
+                .unsupported, "unsupported i_format 0x\(String(format.rawValue, radix: 16))", nid: nid, offset: location
+            )
         }
         guard let layout = DataLayout(rawValue: format.dataLayout) else {
             throw EROFSError(.unsupported, "unsupported data layout \(format.dataLayout)", nid: nid, offset: location)
@@ -136,7 +138,9 @@ public struct Inode: Sendable, Equatable {
             if layout == .chunkBased {
                 chunkFormat = UInt16(truncatingIfNeeded: iU)
                 guard ChunkFormat(rawValue: chunkFormat).unknownBits == 0 else {
-                    throw EROFSError(.unsupported, "unsupported chunk format 0x\(String(chunkFormat, radix: 16))", nid: nid, offset: location)
+                    throw EROFSError(
+                        .unsupported, "unsupported chunk format 0x\(String(chunkFormat, radix: 16))", nid: nid,
+                        offset: location)
                 }
             }
         case .characterDevice, .blockDevice:

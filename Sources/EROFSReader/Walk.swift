@@ -61,7 +61,10 @@ public struct TreeTraversal {
     /// component) instead of being an error.
     let givesNamesWithSlash: Bool
 
-    public init(_ filesystem: EROFSFilesystem, from start: Inode, path: ByteString = "/", order: Order = .disk, givesNamesWithSlash: Bool = false) {
+    public init(
+        _ filesystem: EROFSFilesystem, from start: Inode, path: ByteString = "/", order: Order = .disk,
+        givesNamesWithSlash: Bool = false
+    ) {
         self.filesystem = filesystem
         self.givesNamesWithSlash = givesNamesWithSlash
         self.start = start
@@ -105,7 +108,9 @@ public struct TreeTraversal {
         }
         if let (name, directory) = pending {
             pending = nil
-            let steps = try withContext(path: path.description) { () throws(EROFSError) -> [Step] in try self.steps(of: directory) }
+            let steps = try withContext(path: path.description) { () throws(EROFSError) -> [Step] in
+                try self.steps(of: directory)
+            }
             push(name, directory)
             frames[frames.count - 1].steps = steps
         }
@@ -123,7 +128,9 @@ public struct TreeTraversal {
                 name = entry.name
                 if child.kind == .directory {
                     guard visitedDirectories.insert(child.nid).inserted else {
-                        throw EROFSError(.corrupt, "directory reached twice (a directory has one parent)", path: path.description, nid: child.nid)
+                        throw EROFSError(
+                            .corrupt, "directory reached twice (a directory has one parent)", path: path.description,
+                            nid: child.nid)
                     }
                     if order == .disk { pending = (entry.name, child) }
                 }
@@ -133,7 +140,9 @@ public struct TreeTraversal {
                 name = entry.name
                 let childPath = path
                 push(entry.name, child)
-                let steps = try withContext(path: childPath.description) { () throws(EROFSError) -> [Step] in try self.steps(of: child) }
+                let steps = try withContext(path: childPath.description) { () throws(EROFSError) -> [Step] in
+                    try self.steps(of: child)
+                }
                 frames[frames.count - 1].steps = steps
             }
         }
@@ -147,7 +156,9 @@ public struct TreeTraversal {
             guard givesNamesWithSlash || !entry.name.contains(0x2f) else {
                 throw EROFSError(.corrupt, "directory entry name contains '/'", nid: directory.nid)
             }
-            let child = try withContext(nid: entry.nid) { () throws(EROFSError) -> Inode in try filesystem.inode(nid: entry.nid) }
+            let child = try withContext(nid: entry.nid) { () throws(EROFSError) -> Inode in
+                try filesystem.inode(nid: entry.nid)
+            }
             steps.append(.object(entry, child))
             if order == .paths && child.kind == .directory { steps.append(.descend(entry, child)) }
         }
@@ -167,7 +178,9 @@ extension EROFSFilesystem {
     /// order; "." and ".." are skipped. A directory reached twice (a cycle or a DAG) is an error.
     public func walk(_ visit: (_ path: ByteString, _ inode: Inode) throws(EROFSError) -> Void) throws(EROFSError) {
         let root = try withContext(path: "/") { () throws(EROFSError) -> Inode in try inode(nid: rootNid) }
-        guard root.kind == .directory else { throw EROFSError(.corrupt, "root inode is not a directory", path: "/", nid: rootNid) }
+        guard root.kind == .directory else {
+            throw EROFSError(.corrupt, "root inode is not a directory", path: "/", nid: rootNid)
+        }
         var traversal = TreeTraversal(self, from: root)
         while let event = try traversal.next() {
             if case .enter(let inode) = event { try visit(traversal.path, inode) }
@@ -175,11 +188,15 @@ extension EROFSFilesystem {
     }
 
     /// Streams a regular file's data in chunks.
-    public func forEachChunk(of inode: Inode, chunkSize: Int = 1 << 20, _ body: ([UInt8]) throws(EROFSError) -> Void) throws(EROFSError) {
+    public func forEachChunk(of inode: Inode, chunkSize: Int = 1 << 20, _ body: ([UInt8]) throws(EROFSError) -> Void)
+        throws(EROFSError)
+    {
         var offset: UInt64 = 0
         while offset < inode.size {
             let chunk = try read(inode, at: offset, count: chunkSize)
-            guard !chunk.isEmpty else { throw EROFSError(.corrupt, "data ends before the inode size", nid: inode.nid, offset: offset) }
+            guard !chunk.isEmpty else {
+                throw EROFSError(.corrupt, "data ends before the inode size", nid: inode.nid, offset: offset)
+            }
             try body(chunk)
             offset += UInt64(chunk.count)
         }

@@ -37,21 +37,29 @@ extension EROFSFilesystem {
                 let header = try entryHeader(body[position...], at: bodyStart + UInt64(position))
                 let length = header.entrySize
                 guard length <= body.count - position else {
-                    throw EROFSError(.corrupt, "xattr entry of \(length) bytes overruns the xattr area", offset: bodyStart + UInt64(position))
+                    throw EROFSError(
+                        .corrupt, "xattr entry of \(length) bytes overruns the xattr area",
+                        offset: bodyStart + UInt64(position))
                 }
-                result.append(try decodeXattrEntry(Array(body[position..<(position + length)]), at: bodyStart + UInt64(position)))
+                result.append(
+                    try decodeXattrEntry(Array(body[position..<(position + length)]), at: bodyStart + UInt64(position)))
                 position += header.alignedEntrySize
             }
             return result
         }
     }
 
-    private func entryHeader(_ bytes: some Collection<UInt8>, at offset: UInt64) throws(EROFSError) -> XattrEntryHeader {
-        do { return try XattrEntryHeader(decoding: bytes) } catch { throw EROFSError(.corrupt, error.message, offset: offset) }
+    private func entryHeader(_ bytes: some Collection<UInt8>, at offset: UInt64) throws(EROFSError) -> XattrEntryHeader
+    {
+        do { return try XattrEntryHeader(decoding: bytes) } catch {
+            throw EROFSError(.corrupt, error.message, offset: offset)
+        }
     }
 
     /// Decodes one erofs_xattr_entry (header, name, value) into a full name and its value.
-    private func decodeXattrEntry(_ entry: [UInt8], at offset: UInt64) throws(EROFSError) -> (name: ByteString, value: [UInt8]) {
+    private func decodeXattrEntry(_ entry: [UInt8], at offset: UInt64) throws(EROFSError) -> (
+        name: ByteString, value: [UInt8]
+    ) {
         let header = try entryHeader(entry, at: offset)
         let nameLength = Int(header.nameLength)
         let index = Int(header.nameIndex)
@@ -60,7 +68,8 @@ extension EROFSFilesystem {
             let table = longXattrPrefixes
             let tableIndex = Int(header.nameIndex & XattrEntryHeader.longPrefixMask)
             guard tableIndex < table.count else {
-                throw EROFSError(.corrupt, "xattr long prefix \(tableIndex) beyond the table of \(table.count)", offset: offset)
+                throw EROFSError(
+                    .corrupt, "xattr long prefix \(tableIndex) beyond the table of \(table.count)", offset: offset)
             }
             prefix = table[tableIndex]
         } else {

@@ -45,19 +45,29 @@ struct ExtractCommand: ParsableCommand {
     @Flag(help: .hidden) var noOwners = false
     @Flag(
         inversion: .prefixedNo,
-        help: "Restore modes exactly, setuid and setgid included (those only where the owner was restored too). Without: setuid and setgid are cleared and the umask applied.")
+        help:
+            "Restore modes exactly, setuid and setgid included (those only where the owner was restored too). Without: setuid and setgid are cleared and the umask applied."
+    )
     var samePermissions = false
     @Flag(help: "Create character and block device nodes (needs CAP_MKNOD). Default: skip them.")
     var devices = false
     @Flag(
         inversion: .prefixedNo,
-        help: "Restore every xattr (trusted.*, security.* such as SELinux labels, system.posix_acl_*) except security.capability. --no-xattrs: none. Default: user.* only.")
+        help:
+            "Restore every xattr (trusted.*, security.* such as SELinux labels, system.posix_acl_*) except security.capability. --no-xattrs: none. Default: user.* only."
+    )
     var xattrs: Bool?
     @Flag(help: "Restore file capabilities (security.capability). Default: no.")
     var capabilities = false
-    @Flag(help: "Give DEST the image root's owner, mode, times and xattrs (under the options above). Default: DEST keeps its own.")
+    @Flag(
+        help:
+            "Give DEST the image root's owner, mode, times and xattrs (under the options above). Default: DEST keeps its own."
+    )
     var rootMetadata = false
-    @Flag(help: "Extract even when the files' data (holes not counted: sparse files stay sparse) exceeds the free space of the destination's filesystem.")
+    @Flag(
+        help:
+            "Extract even when the files' data (holes not counted: sparse files stay sparse) exceeds the free space of the destination's filesystem."
+    )
     var ignoreFreeSpace = false
 
     func run() throws {
@@ -73,7 +83,8 @@ struct ExtractCommand: ParsableCommand {
         let (rootDescriptor, created) = try ExtractCommand.openDestination(destination)
         defer { close(rootDescriptor) }
         var extractor = Extractor(
-            filesystem: filesystem, rootDescriptor: rootDescriptor, destinationName: destination.description, policy: policy,
+            filesystem: filesystem, rootDescriptor: rootDescriptor, destinationName: destination.description,
+            policy: policy,
             ignoreFreeSpace: ignoreFreeSpace)
         var warnings: [String]
         do {
@@ -109,7 +120,8 @@ struct ExtractCommand: ParsableCommand {
         if !created, let entry = firstEntry(ofDirectory: descriptor) {
             let message: String
             switch entry {
-            case .success(let name): message = "not empty (it holds \(name)); extract writes only into a new or empty directory"
+            case .success(let name):
+                message = "not empty (it holds \(name)); extract writes only into a new or empty directory"
             case .failure(let failure): message = "cannot read: \(String(cString: strerror(failure.code)))"
             }
             close(descriptor)
@@ -138,4 +150,3 @@ struct ExtractCommand: ParsableCommand {
         }
     }
 }
-

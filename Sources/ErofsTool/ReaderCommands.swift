@@ -57,12 +57,14 @@ enum RawArguments {
         var candidates: Set<ByteString> = []
         for index in 1..<Int(CommandLine.argc) {
             guard let argument = CommandLine.unsafeArgv[index] else { continue }
-            let raw = ByteString(UnsafeBufferPointer(start: argument, count: strlen(argument)).map { UInt8(bitPattern: $0) })
+            let raw = ByteString(
+                UnsafeBufferPointer(start: argument, count: strlen(argument)).map { UInt8(bitPattern: $0) })
             // Compared as UTF-8 bytes: String's == would equate canonically equivalent forms.
             if String(decoding: raw.bytes, as: UTF8.self).utf8.elementsEqual(parsed.utf8) { candidates.insert(raw) }
         }
         guard candidates.count == 1, let raw = candidates.first else {
-            FileHandleStandardError.write("erofs: cannot tell which argument is \(parsed): \(candidates.count) arguments decode to it\n")
+            FileHandleStandardError.write(
+                "erofs: cannot tell which argument is \(parsed): \(candidates.count) arguments decode to it\n")
             throw ExitCode(1)
         }
         return raw
@@ -143,7 +145,9 @@ struct InspectCommand: ParsableCommand {
             print("incompat_features: \(incompat.joined(separator: " "))")
             for (index, slot) in filesystem.deviceTable.slots.enumerated() {
                 let given = index < filesystem.devices.count ? filesystem.devices[index].displayName : "not given"
-                print("device \(index + 1): tag \(JSONText.quoted(slot.tagText)) blocks \(slot.blocks) mapped_blkaddr \(slot.mappedBlockAddress) (\(given))")
+                print(
+                    "device \(index + 1): tag \(JSONText.quoted(slot.tagText)) blocks \(slot.blocks) mapped_blkaddr \(slot.mappedBlockAddress) (\(given))"
+                )
             }
         }
     }
@@ -168,9 +172,13 @@ struct ListCommand: ParsableCommand {
 
     @Flag(name: .short, help: "Long listing: mode, links, owner, size, mtime.") var long = false
     @Flag(help: "Descend into subdirectories (any depth; a directory reached twice is an error).") var recursive = false
-    @Flag(name: [.customShort("b"), .customLong("escape")], help: "Escape names as on a terminal (the default there), also into a pipe or file.")
+    @Flag(
+        name: [.customShort("b"), .customLong("escape")],
+        help: "Escape names as on a terminal (the default there), also into a pipe or file.")
     var escape = false
-    @Flag(name: [.customShort("0"), .customLong("zero")], help: "End each line with NUL instead of newline, names unescaped (unless -b): for xargs -0 and the like.")
+    @Flag(
+        name: [.customShort("0"), .customLong("zero")],
+        help: "End each line with NUL instead of newline, names unescaped (unless -b): for xargs -0 and the like.")
     var zero = false
     @Flag(help: "JSON lines in the corpus manifest format.") var json = false
     @Flag(help: "With --json: include each regular file's SHA-256 (reads all data).") var sha256 = false
@@ -192,23 +200,33 @@ struct ListCommand: ParsableCommand {
             func text(_ bytes: ByteString) -> [UInt8] { escaping ? Array(bytes.escaped.utf8) : bytes.bytes }
             func emit(_ entryPath: ByteString, _ inode: Inode) throws {
                 if json {
-                    try output.append(Array(try filesystem.manifestEntry(path: entryPath, inode: inode, sha256: sha256).jsonLine.utf8) + [0x0a])
+                    try output.append(
+                        Array(try filesystem.manifestEntry(path: entryPath, inode: inode, sha256: sha256).jsonLine.utf8)
+                            + [0x0a])
                     return
                 }
-                let name = recursive ? entryPath : ByteString(entryPath.bytes.split(separator: UInt8(ascii: "/")).last ?? [UInt8(ascii: "/")])
+                let name =
+                    recursive
+                    ? entryPath
+                    : ByteString(entryPath.bytes.split(separator: UInt8(ascii: "/")).last ?? [UInt8(ascii: "/")])
                 if long {
-                    let kind: Character = switch inode.kind {
-                    case .directory: "d"
-                    case .symlink: "l"
-                    case .characterDevice: "c"
-                    case .blockDevice: "b"
-                    case .fifo: "p"
-                    case .socket: "s"
-                    case .file: "-"
-                    }
-                    var line = Array("\(kind)\(String(inode.permissions, radix: 8)) \(inode.linkCount) \(inode.uid) \(inode.gid) \(inode.size) \(inode.mtimeSeconds).\(nanoseconds(inode.mtimeNanoseconds)) ".utf8)
+                    let kind: Character =
+                        switch inode.kind {
+                        case .directory: "d"
+                        case .symlink: "l"
+                        case .characterDevice: "c"
+                        case .blockDevice: "b"
+                        case .fifo: "p"
+                        case .socket: "s"
+                        case .file: "-"
+                        }
+                    var line = Array(
+                        "\(kind)\(String(inode.permissions, radix: 8)) \(inode.linkCount) \(inode.uid) \(inode.gid) \(inode.size) \(inode.mtimeSeconds).\(nanoseconds(inode.mtimeNanoseconds)) "
+                            .utf8)
                     line += text(name)
-                    if inode.kind == .symlink { line += Array(" -> ".utf8) + text(ByteString(try filesystem.readLink(inode))) }
+                    if inode.kind == .symlink {
+                        line += Array(" -> ".utf8) + text(ByteString(try filesystem.readLink(inode)))
+                    }
                     try output.append(line + [terminator])
                 } else {
                     try output.append(text(name) + [terminator])
@@ -224,7 +242,8 @@ struct ListCommand: ParsableCommand {
             } else {
                 var entries: [(ByteString, Inode)] = []
                 if start.kind == .directory {
-                    for entry in try filesystem.readDirectory(start) where entry.name != [0x2e] && entry.name != [0x2e, 0x2e] {
+                    for entry in try filesystem.readDirectory(start)
+                    where entry.name != [0x2e] && entry.name != [0x2e, 0x2e] {
                         let child = try filesystem.inode(nid: entry.nid)
                         entries.append((base.appending(component: entry.nameBytes), child))
                     }
@@ -248,7 +267,8 @@ struct ListCommand: ParsableCommand {
 /// `erofs cat IMAGE PATH`: a regular file's contents on stdout.
 struct CatCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "cat", abstract: "Print a file of an image (its holes stay holes when standard output is a regular file).")
+        commandName: "cat",
+        abstract: "Print a file of an image (its holes stay holes when standard output is a regular file).")
 
     @Argument(help: "The EROFS image.") var image: String
     @Argument(help: "Path of a regular file inside the image (bytes: need not be UTF-8).") var path: String
@@ -259,7 +279,9 @@ struct CatCommand: ParsableCommand {
             let filesystem = try extraDevices.open(image)
             let pathBytes = try RawArguments.bytes(of: path)
             let inode = try filesystem.lookup(path: pathBytes)
-            guard inode.kind == .file else { throw EROFSError(.notFound, "not a regular file", path: pathBytes.description, nid: inode.nid) }
+            guard inode.kind == .file else {
+                throw EROFSError(.notFound, "not a regular file", path: pathBytes.description, nid: inode.nid)
+            }
             // Holes stay holes in a regular file (seeked over, the size set at the end); a pipe
             // or terminal gets the zeros it asked for, 1 MiB at a time.
             let output = StandardOutputFile()
@@ -299,7 +321,8 @@ struct StandardOutputFile {
     func skip(_ length: UInt64) throws(ExitCode) {
         if seekable {
             guard length <= UInt64(Int64.max), lseek(1, off_t(length), SEEK_CUR) >= 0 else {
-                FileHandleStandardError.write("erofs: seek on standard output failed: \(String(cString: strerror(errno)))\n")
+                FileHandleStandardError.write(
+                    "erofs: seek on standard output failed: \(String(cString: strerror(errno)))\n")
                 throw ExitCode(1)
             }
             return
@@ -307,7 +330,9 @@ struct StandardOutputFile {
         var left = length
         while left > 0 {
             let count = Int(min(left, UInt64(StandardOutputFile.zeros.count)))
-            try writeStandardOutput(count == StandardOutputFile.zeros.count ? StandardOutputFile.zeros : Array(StandardOutputFile.zeros.prefix(count)))
+            try writeStandardOutput(
+                count == StandardOutputFile.zeros.count
+                    ? StandardOutputFile.zeros : Array(StandardOutputFile.zeros.prefix(count)))
             left -= UInt64(count)
         }
     }
@@ -319,7 +344,8 @@ struct StandardOutputFile {
         let position = lseek(1, 0, SEEK_CUR)
         guard position >= 0, fstat(1, &status) == 0 else { return }
         if status.st_size < position && ftruncate(1, position) != 0 {
-            FileHandleStandardError.write("erofs: truncate of standard output failed: \(String(cString: strerror(errno)))\n")
+            FileHandleStandardError.write(
+                "erofs: truncate of standard output failed: \(String(cString: strerror(errno)))\n")
             throw ExitCode(1)
         }
     }
@@ -328,7 +354,8 @@ struct StandardOutputFile {
 /// `erofs verify IMAGE`: reads every inode, directory, xattr and all data; names the first corruption.
 struct VerifyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "verify", abstract: "Read and decode everything in an image; exit non-zero at the first corruption.")
+        commandName: "verify",
+        abstract: "Read and decode everything in an image; exit non-zero at the first corruption.")
 
     @Argument(help: "The EROFS image.") var image: String
     @OptionGroup var extraDevices: ExtraDeviceOptions

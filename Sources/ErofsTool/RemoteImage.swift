@@ -25,7 +25,9 @@ func openImage(_ image: String, devicePaths: [String], options: [String]) throws
     guard let description else { return try EROFSFilesystem(path: image, devicePaths: devicePaths) }
     let source: RemoteSource
     do {
-        source = try description.open(environment: environment) { FileHandleStandardError.write("erofs: warning: \($0)\n") }
+        source = try description.open(environment: environment) {
+            FileHandleStandardError.write("erofs: warning: \($0)\n")
+        }
     } catch {
         throw EROFSError(.io, error.description)
     }

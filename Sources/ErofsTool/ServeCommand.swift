@@ -42,18 +42,24 @@ struct ServeCommand: ParsableCommand {
 
     @Option(
         name: .customLong("max-connections"),
-        help: "Connections in transmission at once (more are closed at accept); 4 times as many handshakes, the quietest dropped for a newcomer.")
+        help:
+            "Connections in transmission at once (more are closed at accept); 4 times as many handshakes, the quietest dropped for a newcomer."
+    )
     var maxConnections: Int = 64
 
     @Option(name: .customLong("handshake-timeout"), help: "Seconds a client has to finish the NBD handshake.")
     var handshakeTimeout: Double = 10
 
-    @Option(name: .customLong("send-timeout"), help: "Seconds a reply may wait for the client to read before the connection is dropped (0: forever).")
+    @Option(
+        name: .customLong("send-timeout"),
+        help: "Seconds a reply may wait for the client to read before the connection is dropped (0: forever).")
     var sendTimeout: Double = 30
 
     @Option(
         name: .customLong("tls"),
-        help: "off, on (clients may use TLS) or require (default with credentials: every option but STARTTLS is refused before TLS).")
+        help:
+            "off, on (clients may use TLS) or require (default with credentials: every option but STARTTLS is refused before TLS)."
+    )
     var tlsPolicy: TLSPolicy?
 
     @Option(name: .customLong("tls-certificate"), help: "PEM certificate chain for TLS (with --tls-key).")
@@ -73,16 +79,25 @@ struct ServeCommand: ParsableCommand {
             throw ValidationError("give exactly one of --unix PATH and --tcp HOST:PORT")
         }
         guard (1...256).contains(workers) else { throw ValidationError("--workers must be between 1 and 256") }
-        guard (1...65536).contains(maxConnections) else { throw ValidationError("--max-connections must be between 1 and 65536") }
+        guard (1...65536).contains(maxConnections) else {
+            throw ValidationError("--max-connections must be between 1 and 65536")
+        }
         guard handshakeTimeout > 0 && handshakeTimeout <= 86400 else {
             throw ValidationError("--handshake-timeout must be above 0 and at most 86400 seconds")
         }
-        guard sendTimeout >= 0 && sendTimeout <= 86400 else { throw ValidationError("--send-timeout must be between 0 and 86400 seconds") }
-        guard (tlsCertificate == nil) == (tlsKey == nil) else { throw ValidationError("give --tls-certificate and --tls-key together") }
+        guard sendTimeout >= 0 && sendTimeout <= 86400 else {
+            throw ValidationError("--send-timeout must be between 0 and 86400 seconds")
+        }
+        guard (tlsCertificate == nil) == (tlsKey == nil) else {
+            throw ValidationError("give --tls-certificate and --tls-key together")
+        }
         let credentials = tlsCertificate != nil || tlsPSK != nil
         switch tlsPolicy {
         case .off where credentials: throw ValidationError("--tls=off with TLS credentials: drop them or the option")
-        case .on, .require: guard credentials else { throw ValidationError("--tls=\(tlsPolicy!) needs --tls-certificate and --tls-key, or --tls-psk") }
+        case .on, .require:
+            guard credentials else {
+                throw ValidationError("--tls=\(tlsPolicy!) needs --tls-certificate and --tls-key, or --tls-psk")
+            }
         default: break
         }
     }
@@ -105,17 +120,24 @@ struct ServeCommand: ParsableCommand {
         logger.logLevel = verbose ? .debug : .info
         let address: ListenAddress = if let unixPath { .unix(path: unixPath) } else { try .parseTCP(tcpAddress ?? "") }
         let source = try FileSource(path: image)
-        let tls = effectiveTLSPolicy == .off ? nil : try TLSContext(certificateFile: tlsCertificate, keyFile: tlsKey, pskFile: tlsPSK)
+        let tls =
+            effectiveTLSPolicy == .off
+            ? nil : try TLSContext(certificateFile: tlsCertificate, keyFile: tlsKey, pskFile: tlsPSK)
         let server = try NetworkServer(
             source: source, address: address,
             options: .init(
                 exportName: exportName, exportDescription: exportDescription, workersPerConnection: workers,
-                maxConnections: maxConnections, handshakeTimeout: .seconds(handshakeTimeout), sendTimeout: .seconds(sendTimeout),
+                maxConnections: maxConnections, handshakeTimeout: .seconds(handshakeTimeout),
+                sendTimeout: .seconds(sendTimeout),
                 tls: tls, tlsPolicy: effectiveTLSPolicy),
             logger: logger)
-        logger.info("serving", metadata: [
-            "image": "\(image)", "size": "\(source.size)", "address": "\(server.address)", "max-connections": "\(server.maxConnections)",
-            "tls": "\(effectiveTLSPolicy)"])
+        logger.info(
+            "serving",
+            metadata: [
+                "image": "\(image)", "size": "\(source.size)", "address": "\(server.address)",
+                "max-connections": "\(server.maxConnections)",
+                "tls": "\(effectiveTLSPolicy)",
+            ])
         if !server.isLocalOnly && effectiveTLSPolicy != .require {
             let what = effectiveTLSPolicy == .off ? "without TLS" : "with TLS optional"
             logger.warning("serving \(server.address) \(what): any host that reaches it can read the image")

@@ -61,7 +61,8 @@ public struct Extractor {
         self.ignoreFreeSpace = ignoreFreeSpace
         self.openDirectories = max(1, openDirectories)
         fileJobs = FileJobs(inFlight: max(1, filesInFlight))
-        metadata = MetadataWriter(filesystem: filesystem, rootDescriptor: rootDescriptor, policy: policy, withheld: Withheld())
+        metadata = MetadataWriter(
+            filesystem: filesystem, rootDescriptor: rootDescriptor, policy: policy, withheld: Withheld())
     }
 
     /// Extracts the whole tree; returns the warnings (objects skipped or metadata not restored),
@@ -88,7 +89,8 @@ public struct Extractor {
                 directories = [OpenDirectory(descriptor: rootDescriptor, identity: (0, 0), inode: inode)]
             case .enter(let inode):
                 guard let name = Extractor.safeName(traversal.name) else {
-                    warnings.append("skipped unsafe name \(ByteString(traversal.name)) in \(parentPath(traversal.path))")
+                    warnings.append(
+                        "skipped unsafe name \(ByteString(traversal.name)) in \(parentPath(traversal.path))")
                     if inode.kind == .directory { traversal.skipChildren() }
                     continue
                 }
@@ -136,7 +138,8 @@ public struct Extractor {
             directories[top - 1].descriptor = parent
             lowestOpen = top - 1
             guard identity(of: parent) == directories[top - 1].identity else {
-                throw ExtractionError(message: "\(parentPath(path)) in \(destinationName) was replaced during the extraction")
+                throw ExtractionError(
+                    message: "\(parentPath(path)) in \(destinationName) was replaced during the extraction")
             }
         }
         close(descriptor)
@@ -188,19 +191,28 @@ public struct Extractor {
             return
         case .symlink:
             let target = ByteString(try filesystem.readLink(inode))
-            guard !target.bytes.contains(0) else { throw EROFSError(.corrupt, "symlink target contains NUL", path: path.description, nid: inode.nid) }
+            guard !target.bytes.contains(0) else {
+                throw EROFSError(.corrupt, "symlink target contains NUL", path: path.description, nid: inode.nid)
+            }
             let made = target.withCString { target in name.withCString { symlinkat(target, parent, $0) } }
             guard made == 0 else { throw Extractor.failure("symlink", path) }
         case .characterDevice, .blockDevice:
             let type: mode_t = inode.kind == .characterDevice ? S_IFCHR : S_IFBLK
             // glibc's makedev encoding (a macro Swift cannot import).
-            let major = UInt64(inode.deviceMajor), minor = UInt64(inode.deviceMinor)
+            let major = UInt64(inode.deviceMajor)
+            let minor = UInt64(inode.deviceMinor)
             let device = dev_t((major & 0xfff) << 8 | (major & ~0xfff) << 32 | (minor & 0xff) | (minor & ~0xff) << 12)
-            guard name.withCString({ mknodat(parent, $0, type | 0o600, device) }) == 0 else { throw Extractor.failure("mknod", path) }
+            guard name.withCString({ mknodat(parent, $0, type | 0o600, device) }) == 0 else {
+                throw Extractor.failure("mknod", path)
+            }
         case .fifo:
-            guard name.withCString({ mknodat(parent, $0, S_IFIFO | 0o600, 0) }) == 0 else { throw Extractor.failure("mkfifo", path) }
+            guard name.withCString({ mknodat(parent, $0, S_IFIFO | 0o600, 0) }) == 0 else {
+                throw Extractor.failure("mkfifo", path)
+            }
         case .socket:
-            guard name.withCString({ mknodat(parent, $0, S_IFSOCK | 0o600, 0) }) == 0 else { throw Extractor.failure("mknod (socket)", path) }
+            guard name.withCString({ mknodat(parent, $0, S_IFSOCK | 0o600, 0) }) == 0 else {
+                throw Extractor.failure("mknod (socket)", path)
+            }
         }
         warnings += try metadata.apply(inode, descriptor: nil, parent: parent, name: name, path: path)
     }
@@ -215,7 +227,9 @@ public struct Extractor {
             var components = first.bytes.split(separator: 0x2f).map { ByteString($0) }
             from = components.removeLast()
             for component in components {
-                let next = component.withCString { openat(directory, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+                let next = component.withCString {
+                    openat(directory, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+                }
                 guard next >= 0 else { throw Extractor.failure("link (open \(component))", path) }
                 if directory != rootDescriptor { close(directory) }
                 directory = next
@@ -234,9 +248,14 @@ public struct Extractor {
         let stored = try filesystem.storedLength(of: inode)
         dataQueued &+= stored
         if dataQueued > freeSpace {
-            throw ExtractionError(message: "not enough space: \(path) would bring the data written to \(dataQueued) bytes (holes not counted), \(destinationName) had \(freeSpace) bytes free; --ignore-free-space to extract anyway")
+            throw ExtractionError(
+                message:
+                    "not enough space: \(path) would bring the data written to \(dataQueued) bytes (holes not counted), \(destinationName) had \(freeSpace) bytes free; --ignore-free-space to extract anyway"
+            )
         }
-        let descriptor = name.withCString { openat(parent, $0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600) }
+        let descriptor = name.withCString {
+            openat(parent, $0, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        }
         guard descriptor >= 0 else { throw Extractor.failure("create", path) }
         let (filesystem, metadata) = (self.filesystem, self.metadata)
         do {
@@ -263,7 +282,8 @@ public struct Extractor {
         bytes.withUnsafeBytes { buffer in
             var done = 0
             while done < buffer.count {
-                let written = pwrite(descriptor, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+                let written = pwrite(
+                    descriptor, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
                 if written < 0 && errno == EINTR { continue }
                 guard written > 0 else { return false }
                 done += written

@@ -25,7 +25,10 @@ public struct ExtractPolicy: Sendable {
     public var capabilities: Bool
     public var rootMetadata: Bool
 
-    public init(restoreOwners: Bool, samePermissions: Bool, umask: UInt32, devices: Bool, xattrs: Xattrs, capabilities: Bool, rootMetadata: Bool) {
+    public init(
+        restoreOwners: Bool, samePermissions: Bool, umask: UInt32, devices: Bool, xattrs: Xattrs, capabilities: Bool,
+        rootMetadata: Bool
+    ) {
         self.restoreOwners = restoreOwners
         self.samePermissions = samePermissions
         self.umask = umask
@@ -75,7 +78,9 @@ public final class Withheld: Sendable {
 
     func xattr(_ name: ByteString) {
         // By namespace (and security.capability by itself): a summary, not a list.
-        let key = name == "security.capability" ? name.description : ByteString(name.bytes.prefix { $0 != UInt8(ascii: ".") }).description + ".*"
+        let key =
+            name == "security.capability"
+            ? name.description : ByteString(name.bytes.prefix { $0 != UInt8(ascii: ".") }).description + ".*"
         counts.withLock { $0.xattrs[key, default: 0] += 1 }
     }
 
@@ -85,7 +90,9 @@ public final class Withheld: Sendable {
         if let first = counts.firstDevice {
             parts.append("\(counts.devices) device node(s), first \(first) (--devices)")
         }
-        if counts.setIDModes > 0 { parts.append("setuid/setgid on \(counts.setIDModes) object(s) (--same-permissions, --same-owner)") }
+        if counts.setIDModes > 0 {
+            parts.append("setuid/setgid on \(counts.setIDModes) object(s) (--same-permissions, --same-owner)")
+        }
         for (key, count) in counts.xattrs.sorted(by: { $0.key < $1.key }) {
             parts.append("\(count) \(key) xattr(s) (\(key == "security.capability" ? "--capabilities" : "--xattrs"))")
         }
@@ -104,7 +111,9 @@ struct MetadataWriter: Sendable {
     /// Owner, xattrs (after the owner: chown clears security.capability), mode (after the
     /// owner: chown clears setuid), then times. Returns the warnings (failed chown, setxattr,
     /// chmod, utimensat) it met.
-    func apply(_ inode: Inode, descriptor: Int32?, parent: Int32?, name: ByteString?, path: ByteString) throws -> [String] {
+    func apply(_ inode: Inode, descriptor: Int32?, parent: Int32?, name: ByteString?, path: ByteString) throws
+        -> [String]
+    {
         var warnings: [String] = []
         let isSymlink = inode.kind == .symlink
         let name = name ?? ""
@@ -114,8 +123,12 @@ struct MetadataWriter: Sendable {
         var ownerRestored = false
         if policy.restoreOwners {
             let result: Int32
-            if let descriptor { result = fchown(descriptor, inode.uid, inode.gid) } else {
-                result = name.withCString { fchownat(parent ?? rootDescriptor, $0, inode.uid, inode.gid, AT_SYMLINK_NOFOLLOW) }
+            if let descriptor {
+                result = fchown(descriptor, inode.uid, inode.gid)
+            } else {
+                result = name.withCString {
+                    fchownat(parent ?? rootDescriptor, $0, inode.uid, inode.gid, AT_SYMLINK_NOFOLLOW)
+                }
             }
             if result != 0 { warnings.append("chown \(path): \(String(cString: strerror(errno)))") }
             ownerRestored = result == 0
@@ -137,7 +150,9 @@ struct MetadataWriter: Sendable {
             let permissions = policy.mode(inode.permissions, ownerRestored: ownerRestored)
             if inode.permissions & 0o6000 & ~permissions != 0 { withheld.setIDMode() }
             let mode = mode_t(permissions)
-            let result = descriptor.map { fchmod($0, mode) } ?? name.withCString { fchmodat(parent ?? rootDescriptor, $0, mode, 0) }
+            let result =
+                descriptor.map { fchmod($0, mode) }
+                ?? name.withCString { fchmodat(parent ?? rootDescriptor, $0, mode, 0) }
             if result != 0 { warnings.append("chmod \(path): \(String(cString: strerror(errno)))") }
         }
         var times = [timespec](repeating: timespec(), count: 2)
@@ -146,7 +161,9 @@ struct MetadataWriter: Sendable {
             times[index].tv_nsec = Int(inode.mtimeNanoseconds)
         }
         let result: Int32
-        if let descriptor { result = futimens(descriptor, times) } else {
+        if let descriptor {
+            result = futimens(descriptor, times)
+        } else {
             result = name.withCString { utimensat(parent ?? rootDescriptor, $0, times, AT_SYMLINK_NOFOLLOW) }
         }
         if result != 0 { warnings.append("utimensat \(path): \(String(cString: strerror(errno)))") }
@@ -182,7 +199,8 @@ final class FileJobs: Sendable {
                 let warnings = try job()
                 if !warnings.isEmpty { state.withLock { $0.warnings += warnings } }
             } catch {
-                let failure: any Error & Sendable = (error as? EROFSError) ?? (error as? ExtractionError) ?? ExtractionError(message: "\(error)")
+                let failure: any Error & Sendable =
+                    (error as? EROFSError) ?? (error as? ExtractionError) ?? ExtractionError(message: "\(error)")
                 state.withLock { if $0.failure == nil { $0.failure = failure } }
             }
         }

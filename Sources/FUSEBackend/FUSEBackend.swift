@@ -46,7 +46,9 @@ public struct FUSEBackend: Sendable {
         /// Sorts the kernel's EROFS options (`-o` data) and `fuse.*` options for this backend:
         /// what it honours, what it ignores with a warning, what it refuses (the error names
         /// the option and why). Never silently dropped.
-        public static func parse(kernelData: [String], backendOptions: [(name: String, value: String?)]) -> Result<Options, OptionError> {
+        public static func parse(kernelData: [String], backendOptions: [(name: String, value: String?)]) -> Result<
+            Options, OptionError
+        > {
             var options = Options()
             for (name, value) in backendOptions {
                 switch (name, value) {
@@ -56,23 +58,33 @@ public struct FUSEBackend: Sendable {
                     }
                     options.threads = count
                 default:
-                    return .failure(OptionError("unknown or malformed fuse option `\(name)\(value.map { "=" + $0 } ?? "")` (fuse.threads=1-\(maximumThreads))"))
+                    return .failure(
+                        OptionError(
+                            "unknown or malformed fuse option `\(name)\(value.map { "=" + $0 } ?? "")` (fuse.threads=1-\(maximumThreads))"
+                        ))
                 }
             }
             for option in kernelData {
                 let parts = option.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                let key = String(parts[0]), value = parts.count > 1 ? String(parts[1]) : nil
+                let key = String(parts[0])
+                let value = parts.count > 1 ? String(parts[1]) : nil
                 switch (key, value) {
                 case ("device", let path?) where !path.isEmpty:
                     options.devices.append(path)
                 case ("user_xattr", nil), ("acl", nil):
                     options.warnings.append("`\(option)` is always on with -t erofs.fuse")
                 case ("cache_strategy", _?), ("dax", _), ("directio", nil):
-                    options.warnings.append("`\(option)` tunes the kernel's EROFS and has no effect with -t erofs.fuse; ignored")
+                    options.warnings.append(
+                        "`\(option)` tunes the kernel's EROFS and has no effect with -t erofs.fuse; ignored")
                 case ("nouser_xattr", nil), ("noacl", nil):
-                    return .failure(OptionError("`\(option)` is not supported with -t erofs.fuse (extended attributes and ACLs are always shown)"))
+                    return .failure(
+                        OptionError(
+                            "`\(option)` is not supported with -t erofs.fuse (extended attributes and ACLs are always shown)"
+                        ))
                 case ("fsid", _), ("domain_id", _):
-                    return .failure(OptionError("`\(option)` selects the kernel's fscache mode; it has no meaning with -t erofs.fuse"))
+                    return .failure(
+                        OptionError(
+                            "`\(option)` selects the kernel's fscache mode; it has no meaning with -t erofs.fuse"))
                 default:
                     return .failure(OptionError("option `\(option)` is not supported with -t erofs.fuse"))
                 }
@@ -100,13 +112,16 @@ public struct FUSEBackend: Sendable {
     public func mount(_ request: Request) throws(MountFailure) -> FUSEMountState? {
         _ = try ImageProbe.probe(request.source)
         for device in request.options.devices {
-            do { _ = try FileStatus.stat(device) } catch { throw MountFailure("cannot open extra device \(device)", cause: error) }
+            do { _ = try FileStatus.stat(device) } catch {
+                throw MountFailure("cannot open extra device \(device)", cause: error)
+            }
         }
         try MountPoint.check(request.mountPoint)
         for warning in request.options.warnings { logger.warning("\(warning)") }
         if request.fake { return nil }
         guard access("/dev/fuse", R_OK | W_OK) == 0 else {
-            throw MountFailure("cannot use /dev/fuse (is the fuse module loaded?)", cause: .lastErrno("access", path: "/dev/fuse"))
+            throw MountFailure(
+                "cannot use /dev/fuse (is the fuse module loaded?)", cause: .lastErrno("access", path: "/dev/fuse"))
         }
         do { try store.ensureDirectory() } catch {
             throw MountFailure("cannot prepare the state directory", cause: error)
@@ -115,13 +130,16 @@ public struct FUSEBackend: Sendable {
         let mountPoint = canonicalPath(request.mountPoint)
 
         let device = open("/dev/fuse", O_RDWR | O_CLOEXEC)
-        guard device >= 0 else { throw MountFailure("cannot open /dev/fuse", cause: .lastErrno("open", path: "/dev/fuse")) }
+        guard device >= 0 else {
+            throw MountFailure("cannot open /dev/fuse", cause: .lastErrno("open", path: "/dev/fuse"))
+        }
         var deviceOpen = true
         defer { if deviceOpen { close(device) } }
         // rootmode is only the root's type; its permissions come from GETATTR. allow_other and
         // default_permissions make it behave as the kernel's EROFS does: everyone sees it and
         // the kernel checks modes (and ACLs) itself.
-        let data = "fd=\(device),rootmode=40000,user_id=\(getuid()),group_id=\(getgid()),allow_other,default_permissions"
+        let data =
+            "fd=\(device),rootmode=40000,user_id=\(getuid()),group_id=\(getgid()),allow_other,default_permissions"
         do {
             try Mount.mount(source: source, target: mountPoint, type: "fuse.erofs", flags: request.flags, data: data)
         } catch {
@@ -138,7 +156,8 @@ public struct FUSEBackend: Sendable {
             source: source, devices: request.options.devices.map(canonicalPath), threads: request.options.threads)
         let daemon: DaemonProcess
         do {
-            daemon = try DaemonProcess.spawn(arguments: settings.arguments, descriptors: [device, statusEnds[1]], logFile: logFile)
+            daemon = try DaemonProcess.spawn(
+                arguments: settings.arguments, descriptors: [device, statusEnds[1]], logFile: logFile)
         } catch {
             close(statusEnds[0]); close(statusEnds[1])
             detach(mountPoint)
@@ -159,8 +178,10 @@ public struct FUSEBackend: Sendable {
             let log = (try? readTextFile(logFile)) ?? ""
             abandon(daemon, mountPoint: mountPoint, logFile: logFile)
             if let line, line.hasPrefix("error ") { throw MountFailure("cannot serve \(source): \(line.dropFirst(6))") }
-            throw MountFailure("the FUSE daemon for \(source) exited before serving"
-                + (log.isEmpty ? "" : "; its log: \(log.split(separator: "\n").suffix(3).joined(separator: " | "))"))
+            throw MountFailure(
+                "the FUSE daemon for \(source) exited before serving"
+                    + (log.isEmpty ? "" : "; its log: \(log.split(separator: "\n").suffix(3).joined(separator: " | "))")
+            )
         }
         let state = FUSEMountState(
             daemonPID: daemon.pid, daemonStartTime: daemon.startTime, source: source, mountPoint: mountPoint,

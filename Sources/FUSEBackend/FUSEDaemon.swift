@@ -78,7 +78,8 @@ public enum FUSEDaemon {
             return 1
         }
         let server = FUSEServer(
-            operations: FUSEOperations(filesystem: filesystem, logger: logger), settings: .init(threads: settings.threads),
+            operations: FUSEOperations(filesystem: filesystem, logger: logger),
+            settings: .init(threads: settings.threads),
             logger: logger, onInitialized: { report("ready \(getpid())") })
         logger.info("serving \(settings.source) with \(settings.threads) thread(s)")
         do {
@@ -95,7 +96,11 @@ public enum FUSEDaemon {
 
     /// One line on the status pipe, then the pipe is closed (a second report goes nowhere).
     private static func report(_ line: String) {
-        guard reported.withLock({ done in defer { done = true }; return !done }) else { return }
+        guard
+            reported.withLock({ done in
+                defer { done = true }; return !done
+            })
+        else { return }
         let text = line.split(separator: "\n").joined(separator: " ") + "\n"
         text.withCString { _ = write(statusDescriptor, $0, strlen($0)) }
         close(statusDescriptor)

@@ -79,7 +79,8 @@ public struct FUSEStateStore: Sendable {
     /// directory, no symlink followed); anything else is no state of ours.
     func load(path: String) -> FUSEMountState? {
         let name = String(path.split(separator: "/").last ?? "")
-        guard path == "\(directory)/\(name)", let bytes = try? StateStore(directory: directory).readFile(named: name) else { return nil }
+        guard path == "\(directory)/\(name)", let bytes = try? StateStore(directory: directory).readFile(named: name)
+        else { return nil }
         return try? JSONDecoder().decode(FUSEMountState.self, from: Data(bytes))
     }
 

@@ -16,14 +16,18 @@ public struct FUSEAttr: Equatable, Sendable {
     public var rdev: UInt32
     public var blockSize: UInt32
 
-    public init(ino: UInt64, size: UInt64, blocks: UInt64, mtime: UInt64, mtimeNanoseconds: UInt32, mode: UInt32,
-                linkCount: UInt32, uid: UInt32, gid: UInt32, rdev: UInt32, blockSize: UInt32) {
+    public init(
+        ino: UInt64, size: UInt64, blocks: UInt64, mtime: UInt64, mtimeNanoseconds: UInt32, mode: UInt32,
+        linkCount: UInt32, uid: UInt32, gid: UInt32, rdev: UInt32, blockSize: UInt32
+    ) {
         self.ino = ino
         self.size = size
         self.blocks = blocks
         // EROFS keeps one time stamp; the kernel shows it as all three.
         (atime, ctime, self.mtime) = (mtime, mtime, mtime)
-        (atimeNanoseconds, ctimeNanoseconds, self.mtimeNanoseconds) = (mtimeNanoseconds, mtimeNanoseconds, mtimeNanoseconds)
+        (atimeNanoseconds, ctimeNanoseconds, self.mtimeNanoseconds) = (
+            mtimeNanoseconds, mtimeNanoseconds, mtimeNanoseconds
+        )
         self.mode = mode
         self.linkCount = linkCount
         self.uid = uid
@@ -34,7 +38,8 @@ public struct FUSEAttr: Equatable, Sendable {
 
     func encode(into out: inout WireWriter) {
         for value in [ino, size, blocks, atime, mtime, ctime] { out.append(value) }
-        for value in [atimeNanoseconds, mtimeNanoseconds, ctimeNanoseconds, mode, linkCount, uid, gid, rdev, blockSize] {
+        for value in [atimeNanoseconds, mtimeNanoseconds, ctimeNanoseconds, mode, linkCount, uid, gid, rdev, blockSize]
+        {
             out.append(value)
         }
         out.append(UInt32(0))  // flags
@@ -64,7 +69,9 @@ public struct FUSEEntryOut: Equatable, Sendable {
     public var attrValidity: FUSEValidity
     public var attr: FUSEAttr
 
-    public init(nodeID: UInt64, generation: UInt64 = 0, entryValidity: FUSEValidity, attrValidity: FUSEValidity, attr: FUSEAttr) {
+    public init(
+        nodeID: UInt64, generation: UInt64 = 0, entryValidity: FUSEValidity, attrValidity: FUSEValidity, attr: FUSEAttr
+    ) {
         self.nodeID = nodeID
         self.generation = generation
         self.entryValidity = entryValidity
@@ -95,8 +102,10 @@ public struct FUSEInitOut: Equatable, Sendable {
     public var timeGranularity: UInt32
     public var maxPages: UInt16
 
-    public init(major: UInt32, minor: UInt32, maxReadahead: UInt32, flags: FUSEInitFlags, maxBackground: UInt16,
-                congestionThreshold: UInt16, maxWrite: UInt32, timeGranularity: UInt32, maxPages: UInt16) {
+    public init(
+        major: UInt32, minor: UInt32, maxReadahead: UInt32, flags: FUSEInitFlags, maxBackground: UInt16,
+        congestionThreshold: UInt16, maxWrite: UInt32, timeGranularity: UInt32, maxPages: UInt16
+    ) {
         self.major = major
         self.minor = minor
         self.maxReadahead = maxReadahead
@@ -249,8 +258,12 @@ public struct FUSEDirentList: Sendable {
 
     /// Appends one entry; false (and nothing appended) when it does not fit. `entry` is for
     /// READDIRPLUS: nil sends a zero entry, which the kernel skips (as for "." and "..").
-    public mutating func append(name: [UInt8], ino: UInt64, type: UInt32, nextOffset: UInt64, entry: FUSEEntryOut?) -> Bool {
-        guard out.bytes.count + FUSEDirentList.entrySize(nameLength: name.count, plus: plus) <= capacity else { return false }
+    public mutating func append(name: [UInt8], ino: UInt64, type: UInt32, nextOffset: UInt64, entry: FUSEEntryOut?)
+        -> Bool
+    {
+        guard out.bytes.count + FUSEDirentList.entrySize(nameLength: name.count, plus: plus) <= capacity else {
+            return false
+        }
         if plus {
             if let entry {
                 entry.encode(into: &out)

@@ -40,8 +40,10 @@ public struct FUSEInHeader: Equatable, Sendable {
     /// Length of the extension headers after the body, in units of 8 bytes.
     public var totalExtensionLength: UInt16
 
-    public init(length: UInt32, opcode: FUSEOpcode, unique: UInt64, nodeID: UInt64,
-                uid: UInt32 = 0, gid: UInt32 = 0, pid: UInt32 = 0, totalExtensionLength: UInt16 = 0) {
+    public init(
+        length: UInt32, opcode: FUSEOpcode, unique: UInt64, nodeID: UInt64,
+        uid: UInt32 = 0, gid: UInt32 = 0, pid: UInt32 = 0, totalExtensionLength: UInt16 = 0
+    ) {
         self.length = length
         self.opcode = opcode
         self.unique = unique
@@ -168,17 +170,20 @@ public struct FUSERequest: Equatable, Sendable {
         }
         var reader = WireReader(bytes)
         let header = FUSEInHeader(
-            length: reader.u32(), opcode: FUSEOpcode(rawValue: reader.u32()), unique: reader.u64(), nodeID: reader.u64(),
+            length: reader.u32(), opcode: FUSEOpcode(rawValue: reader.u32()), unique: reader.u64(),
+            nodeID: reader.u64(),
             uid: reader.u32(), gid: reader.u32(), pid: reader.u32(), totalExtensionLength: reader.u16())
         let unique = header.unique
         guard Int(header.length) == bytes.count else {
-            throw FUSEDecodingError(.lengthMismatch, "header says \(header.length) bytes, \(bytes.count) were read", unique: unique)
+            throw FUSEDecodingError(
+                .lengthMismatch, "header says \(header.length) bytes, \(bytes.count) were read", unique: unique)
         }
         let extensions = Int(header.totalExtensionLength) * 8
         guard extensions <= bytes.count - FUSEWireSize.inHeader else {
             throw FUSEDecodingError(.truncated, "\(extensions) bytes of extension headers do not fit", unique: unique)
         }
-        let body = WireReader(UnsafeRawBufferPointer(rebasing: bytes[FUSEWireSize.inHeader..<(bytes.count - extensions)]))
+        let body = WireReader(
+            UnsafeRawBufferPointer(rebasing: bytes[FUSEWireSize.inHeader..<(bytes.count - extensions)]))
         self.header = header
         operation = try FUSERequest.decodeOperation(header.opcode, body: body, unique: unique)
     }
@@ -191,11 +196,14 @@ public struct FUSERequest: Equatable, Sendable {
         self = try result.get()
     }
 
-    private static func decodeOperation(_ opcode: FUSEOpcode, body: WireReader, unique: UInt64) throws(FUSEDecodingError) -> Operation {
+    private static func decodeOperation(_ opcode: FUSEOpcode, body: WireReader, unique: UInt64)
+        throws(FUSEDecodingError) -> Operation
+    {
         var body = body
         func need(_ count: Int, _ what: String) throws(FUSEDecodingError) {
             guard body.remaining >= count else {
-                throw FUSEDecodingError(.truncated, "\(what): \(body.remaining) bytes of body, \(count) needed", unique: unique)
+                throw FUSEDecodingError(
+                    .truncated, "\(what): \(body.remaining) bytes of body, \(count) needed", unique: unique)
             }
         }
         func name(_ what: String) throws(FUSEDecodingError) -> [UInt8] {
@@ -207,12 +215,15 @@ public struct FUSERequest: Equatable, Sendable {
         switch opcode {
         case .initialize:
             try need(FUSEWireSize.initInCompat, "INIT")
-            let major = body.u32(), minor = body.u32(), readahead = body.u32()
+            let major = body.u32()
+            let minor = body.u32()
+            let readahead = body.u32()
             var flags = UInt64(body.u32())
             if flags & FUSEInitFlags.initExt.rawValue != 0 && body.remaining >= 4 {
                 flags |= UInt64(body.u32()) << 32
             }
-            return .initialize(FUSEInitIn(major: major, minor: minor, maxReadahead: readahead, flags: FUSEInitFlags(rawValue: flags)))
+            return .initialize(
+                FUSEInitIn(major: major, minor: minor, maxReadahead: readahead, flags: FUSEInitFlags(rawValue: flags)))
         case .lookup:
             return .lookup(name: try name("LOOKUP"))
         case .forget:
@@ -223,7 +234,8 @@ public struct FUSERequest: Equatable, Sendable {
             let count = body.u32()
             _ = body.u32()
             guard UInt64(count) * UInt64(FUSEWireSize.forgetOne) <= UInt64(body.remaining) else {
-                throw FUSEDecodingError(.badCount, "BATCH_FORGET of \(count) entries in \(body.remaining) bytes", unique: unique)
+                throw FUSEDecodingError(
+                    .badCount, "BATCH_FORGET of \(count) entries in \(body.remaining) bytes", unique: unique)
             }
             return .batchForget(count: count)
         case .getattr:
@@ -241,9 +253,13 @@ public struct FUSERequest: Equatable, Sendable {
             return opcode == .open ? .open(flags: flags) : .opendir(flags: flags)
         case .read, .readdir, .readdirplus:
             try need(FUSEWireSize.readIn, "READ")
-            let handle = body.u64(), offset = body.u64(), size = body.u32(), readFlags = body.u32()
+            let handle = body.u64()
+            let offset = body.u64()
+            let size = body.u32()
+            let readFlags = body.u32()
             _ = body.u64()
-            let read = FUSEReadIn(fileHandle: handle, offset: offset, size: size, readFlags: readFlags, flags: body.u32())
+            let read = FUSEReadIn(
+                fileHandle: handle, offset: offset, size: size, readFlags: readFlags, flags: body.u32())
             switch opcode {
             case .read: return .read(read)
             case .readdir: return .readdir(read)

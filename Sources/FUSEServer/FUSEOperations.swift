@@ -130,23 +130,31 @@ public struct FUSEOperations: Sendable {
             return .message(FUSEReply.success(unique: unique))
         case .statfs:
             let superblock = filesystem.superblock
-            return .message(FUSEReply.statfs(unique: unique, FUSEStatfs(
-                blocks: superblock.blocks, files: superblock.inodeCount, blockSize: UInt32(superblock.blockSize))))
+            return .message(
+                FUSEReply.statfs(
+                    unique: unique,
+                    FUSEStatfs(
+                        blocks: superblock.blocks, files: superblock.inodeCount, blockSize: UInt32(superblock.blockSize)
+                    )))
         case .lookup(let name):
             let parent = try inode(request)
             guard parent.kind == .directory else { throw Failure(ENOTDIR) }
             guard let nid = try filesystem.lookup(name, in: parent) else {
                 // Node id 0 with a validity: the kernel caches the negative entry.
-                return .message(FUSEReply.entry(unique: unique, FUSEEntryOut(
-                    nodeID: 0, entryValidity: .forever, attrValidity: .forever, attr: FUSEAttr.zero)))
+                return .message(
+                    FUSEReply.entry(
+                        unique: unique,
+                        FUSEEntryOut(
+                            nodeID: 0, entryValidity: .forever, attrValidity: .forever, attr: FUSEAttr.zero)))
             }
             return .message(FUSEReply.entry(unique: unique, try entry(nid: nid)))
         case .getattr:
             return .message(FUSEReply.attr(unique: unique, validity: .forever, attributes(try inode(request))))
         case .access(let mask):
             _ = try inode(request)
-            return .message(mask & UInt32(W_OK) != 0
-                ? FUSEReply.error(unique: unique, errno: EROFS) : FUSEReply.success(unique: unique))
+            return .message(
+                mask & UInt32(W_OK) != 0
+                    ? FUSEReply.error(unique: unique, errno: EROFS) : FUSEReply.success(unique: unique))
         case .readlink:
             let link = try inode(request)
             guard link.kind == .symlink else { throw Failure(EINVAL) }
@@ -195,15 +203,19 @@ public struct FUSEOperations: Sendable {
 
     private func initialize(unique: UInt64, _ offer: FUSEInitIn) -> [UInt8] {
         guard offer.major == FUSEVersion.major, offer.minor >= FUSEVersion.oldestMinor else {
-            logger.error("the kernel speaks FUSE \(offer.major).\(offer.minor); this server needs 7.\(FUSEVersion.oldestMinor) or newer")
+            logger.error(
+                "the kernel speaks FUSE \(offer.major).\(offer.minor); this server needs 7.\(FUSEVersion.oldestMinor) or newer"
+            )
             return FUSEReply.error(unique: unique, errno: EPROTO)
         }
         var flags = offer.flags.intersection(FUSEOperations.wantedFlags)
         if offer.flags.contains(.initExt) { flags.insert(.initExt) }
-        return FUSEReply.initialize(unique: unique, FUSEInitOut(
-            major: FUSEVersion.major, minor: min(offer.minor, FUSEVersion.minor), maxReadahead: offer.maxReadahead,
-            flags: flags, maxBackground: 64, congestionThreshold: 48, maxWrite: 4096, timeGranularity: 1,
-            maxPages: FUSEOperations.maxPages))
+        return FUSEReply.initialize(
+            unique: unique,
+            FUSEInitOut(
+                major: FUSEVersion.major, minor: min(offer.minor, FUSEVersion.minor), maxReadahead: offer.maxReadahead,
+                flags: flags, maxBackground: 64, congestionThreshold: 48, maxWrite: 4096, timeGranularity: 1,
+                maxPages: FUSEOperations.maxPages))
     }
 
     private func inode(_ request: FUSERequest) throws -> Inode {
@@ -213,7 +225,8 @@ public struct FUSEOperations: Sendable {
 
     func entry(nid: UInt64) throws -> FUSEEntryOut {
         let child = try filesystem.inode(nid: nid)
-        return FUSEEntryOut(nodeID: nodes.nodeID(of: nid), entryValidity: .forever, attrValidity: .forever, attr: attributes(child))
+        return FUSEEntryOut(
+            nodeID: nodes.nodeID(of: nid), entryValidity: .forever, attrValidity: .forever, attr: attributes(child))
     }
 
     /// The attributes as the kernel's EROFS reports them (one time stamp for all three; blocks
@@ -227,7 +240,8 @@ public struct FUSEOperations: Sendable {
             blocks = rounded &* UInt64(blockSize / 512)
         }
         return FUSEAttr(
-            ino: inode.nid, size: inode.size, blocks: blocks, mtime: inode.mtimeSeconds, mtimeNanoseconds: inode.mtimeNanoseconds,
+            ino: inode.nid, size: inode.size, blocks: blocks, mtime: inode.mtimeSeconds,
+            mtimeNanoseconds: inode.mtimeNanoseconds,
             mode: UInt32(inode.mode), linkCount: inode.linkCount, uid: inode.uid, gid: inode.gid,
             rdev: inode.kind == .characterDevice || inode.kind == .blockDevice ? inode.rawDevice : 0,
             blockSize: UInt32(blockSize))
@@ -243,8 +257,10 @@ public struct FUSEOperations: Sendable {
             let entries = try filesystem.directoryBlock(directory, index: cookie.block)
             for index in cookie.entry..<max(cookie.entry, entries.count) {
                 let item = entries[index]
-                let next = index + 1 < entries.count
-                    ? DirectoryCookie(block: cookie.block, entry: index + 1) : DirectoryCookie(block: cookie.block + 1, entry: 0)
+                let next =
+                    index + 1 < entries.count
+                    ? DirectoryCookie(block: cookie.block, entry: index + 1)
+                    : DirectoryCookie(block: cookie.block + 1, entry: 0)
                 let isDot = item.name == [0x2e] || item.name == [0x2e, 0x2e]
                 // A child that cannot be read goes without attributes: its LOOKUP then fails
                 // alone (EIO), as on the kernel's EROFS, where readdir reads no child inode.
@@ -278,6 +294,7 @@ public struct FUSEOperations: Sendable {
 }
 
 extension FUSEAttr {
-    static let zero = FUSEAttr(ino: 0, size: 0, blocks: 0, mtime: 0, mtimeNanoseconds: 0, mode: 0, linkCount: 0,
-                               uid: 0, gid: 0, rdev: 0, blockSize: 0)
+    static let zero = FUSEAttr(
+        ino: 0, size: 0, blocks: 0, mtime: 0, mtimeNanoseconds: 0, mode: 0, linkCount: 0,
+        uid: 0, gid: 0, rdev: 0, blockSize: 0)
 }

@@ -41,7 +41,9 @@ public final class FUSEServer: Sendable {
     /// bytes, which we set to 4 KiB, or a 64 KiB SETXATTR), and at least 8 KiB.
     static let bufferSize = 128 * 1024 + 4096
 
-    public init(operations: FUSEOperations, settings: Settings, logger: Logger, onInitialized: (@Sendable () -> Void)? = nil) {
+    public init(
+        operations: FUSEOperations, settings: Settings, logger: Logger, onInitialized: (@Sendable () -> Void)? = nil
+    ) {
         self.operations = operations
         self.settings = settings
         self.logger = logger
@@ -61,7 +63,9 @@ public final class FUSEServer: Sendable {
         for channel in channels.dropFirst() {
             threads.append(try JoinableThread { [self] in self.run(channel: channel) })
         }
-        readiness.withLock { $0.threadsStarted = true; return $0.take() }?()
+        readiness.withLock {
+            $0.threadsStarted = true; return $0.take()
+        }?()
         run(channel: device)
         for thread in threads { thread.join() }
     }
@@ -104,13 +108,17 @@ public final class FUSEServer: Sendable {
                 request = try FUSERequest(decoding: UnsafeRawBufferPointer(rebasing: buffer[..<count]))
             } catch {
                 logger.error("\(error)")
-                if let unique = error.unique { send(.message(FUSEReply.error(unique: unique, errno: EIO)), on: channel) }
+                if let unique = error.unique {
+                    send(.message(FUSEReply.error(unique: unique, errno: EIO)), on: channel)
+                }
                 continue
             }
             let response = operations.respond(to: request)
             send(response, on: channel)
             if request.header.opcode == .initialize {
-                readiness.withLock { $0.initialized = true; return $0.take() }?()
+                readiness.withLock {
+                    $0.initialized = true; return $0.take()
+                }?()
             }
         }
     }

@@ -20,7 +20,10 @@ public final class RateLimitedLog: Sendable {
     let clock: @Sendable () -> Double
     private let state: Mutex<Window>
 
-    public init(logger: Logger, burst: Int = 20, window: Double = 10, clock: @escaping @Sendable () -> Double = RateLimitedLog.monotonicSeconds) {
+    public init(
+        logger: Logger, burst: Int = 20, window: Double = 10,
+        clock: @escaping @Sendable () -> Double = RateLimitedLog.monotonicSeconds
+    ) {
         self.logger = logger
         self.burst = burst
         self.window = window

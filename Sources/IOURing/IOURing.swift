@@ -58,10 +58,14 @@ public final class IOURing {
         params.withUnsafeMutableBytes { $0.storeBytes(of: flags.rawValue, toByteOffset: Params.flags, as: UInt32.self) }
         let fd = params.withUnsafeMutableBytes { cshim_io_uring_setup(entries, $0.baseAddress) }
         guard fd >= 0 else { throw .lastErrno("io_uring_setup") }
-        func field(_ offset: Int) -> UInt32 { params.withUnsafeBytes { $0.load(fromByteOffset: offset, as: UInt32.self) } }
-        let sqEntries = field(Params.sqEntries), cqEntries = field(Params.cqEntries)
+        func field(_ offset: Int) -> UInt32 {
+            params.withUnsafeBytes { $0.load(fromByteOffset: offset, as: UInt32.self) }
+        }
+        let sqEntries = field(Params.sqEntries)
+        let cqEntries = field(Params.cqEntries)
         // io_sqring_offsets: head, tail, ring_mask, ring_entries, flags, dropped, array.
-        let sq = Params.sqOffsets, cq = Params.cqOffsets
+        let sq = Params.sqOffsets
+        let cq = Params.cqOffsets
         // io_cqring_offsets: head, tail, ring_mask, ring_entries, overflow, cqes.
         let sqSize = Int(field(sq + 24)) + Int(sqEntries) * 4
         let cqSize = Int(field(cq + 20)) + Int(cqEntries) * 16
@@ -71,9 +75,12 @@ public final class IOURing {
             guard let address, address != MAP_FAILED else { return nil }
             return UnsafeMutableRawBufferPointer(start: address, count: length)
         }
-        guard let sqRing = map(sqSize, Self.offSQRing) else { let e = SystemError.lastErrno("mmap io_uring SQ ring"); close(fd); throw e }
+        guard let sqRing = map(sqSize, Self.offSQRing) else {
+            let e = SystemError.lastErrno("mmap io_uring SQ ring"); close(fd); throw e
+        }
         guard let cqRing = map(cqSize, Self.offCQRing) else {
-            let e = SystemError.lastErrno("mmap io_uring CQ ring"); munmap(sqRing.baseAddress, sqRing.count); close(fd); throw e
+            let e = SystemError.lastErrno("mmap io_uring CQ ring"); munmap(sqRing.baseAddress, sqRing.count); close(fd);
+            throw e
         }
         guard let sqes = map(Int(sqEntries) * sqeSize, Self.offSQEs) else {
             let e = SystemError.lastErrno("mmap io_uring SQEs")
@@ -110,7 +117,7 @@ public final class IOURing {
         let head = cshim_load_acquire_u32(sqHead)
         guard localTail &- head < entries else { return false }
         let index = localTail & sqMask
-        let sqe = UnsafeMutableRawBufferPointer(rebasing: sqes[Int(index) * sqeSize ..< Int(index + 1) * sqeSize])
+        let sqe = UnsafeMutableRawBufferPointer(rebasing: sqes[Int(index) * sqeSize..<Int(index + 1) * sqeSize])
         sqe.initializeMemory(as: UInt8.self, repeating: 0)
         fill(sqe)
         sqArray[Int(index)] = index
@@ -129,7 +136,7 @@ public final class IOURing {
             sqe.storeBytes(of: fd, toByteOffset: 4, as: Int32.self)
             sqe.storeBytes(of: command, toByteOffset: 8, as: UInt32.self)
             sqe.storeBytes(of: userData, toByteOffset: 32, as: UInt64.self)
-            UnsafeMutableRawBufferPointer(rebasing: sqe[48 ..< 48 + payload.count]).copyMemory(from: payload)
+            UnsafeMutableRawBufferPointer(rebasing: sqe[48..<48 + payload.count]).copyMemory(from: payload)
         }
     }
 
@@ -157,8 +164,10 @@ public final class IOURing {
         let tail = cshim_load_acquire_u32(cqTail)
         while head != tail {
             let cqe = cqes + Int(head & cqMask) * 16
-            body(Completion(userData: cqe.load(as: UInt64.self), result: cqe.load(fromByteOffset: 8, as: Int32.self),
-                            flags: cqe.load(fromByteOffset: 12, as: UInt32.self)))
+            body(
+                Completion(
+                    userData: cqe.load(as: UInt64.self), result: cqe.load(fromByteOffset: 8, as: Int32.self),
+                    flags: cqe.load(fromByteOffset: 12, as: UInt32.self)))
             head &+= 1
         }
         cshim_store_release_u32(cqHead, head)

@@ -27,7 +27,8 @@ public enum BlockDevice {
         }
         defer { close(fd) }
         guard let status = try? FileStatus.stat("/proc/self/fd/\(fd)"), status.kind == .block,
-              status.rdevMajor == major, status.rdevMinor == minor else {
+            status.rdevMajor == major, status.rdevMinor == minor
+        else {
             return .failed(SystemError("open", path: path, detail: "not the block device \(major):\(minor)"))
         }
         return .free

@@ -78,7 +78,9 @@ public struct LoopDevice: Sendable, Equatable {
         defer { closedir(directory) }
         var result: [(LoopDevice, String)] = []
         while let dirent = readdir(directory) {
-            let name = withUnsafeBytes(of: dirent.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let name = withUnsafeBytes(of: dirent.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
             guard name.hasPrefix("loop"), let index = Int(name.dropFirst(4)) else { continue }
             let device = LoopDevice(index: index)
             if let file = device.backingFile { result.append((device, file)) }
@@ -89,7 +91,8 @@ public struct LoopDevice: Sendable, Equatable {
     /// The loop device behind a block device number, if it is one.
     public static func device(major: UInt32, minor: UInt32) -> LoopDevice? {
         guard major == 7 else { return nil }  // LOOP_MAJOR
-        return BlockDevice.name(major: major, minor: minor).flatMap { BlockDevice.index(of: $0, prefix: "loop") }.map(LoopDevice.init)
+        return BlockDevice.name(major: major, minor: minor).flatMap { BlockDevice.index(of: $0, prefix: "loop") }.map(
+            LoopDevice.init)
     }
 }
 

@@ -8,7 +8,8 @@ public enum Mount {
     public static func mount(
         source: String, target: String, type: String, flags: UInt, data: String
     ) throws(SystemError) {
-        let result = data.isEmpty
+        let result =
+            data.isEmpty
             ? Glibc.mount(source, target, type, flags, nil)
             : data.withCString { Glibc.mount(source, target, type, flags, $0) }
         if result != 0 {
@@ -70,7 +71,8 @@ public enum MountTable {
         var utf8 = Array(field.utf8)[...]
         while let byte = utf8.popFirst() {
             if byte == UInt8(ascii: "\\"), utf8.count >= 3,
-               let value = UInt8(String(decoding: utf8.prefix(3), as: UTF8.self), radix: 8) {
+                let value = UInt8(String(decoding: utf8.prefix(3), as: UTF8.self), radix: 8)
+            {
                 bytes.append(value)
                 utf8 = utf8.dropFirst(3)
             } else {

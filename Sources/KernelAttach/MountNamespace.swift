@@ -43,7 +43,8 @@ public final class MountNamespace: Sendable {
             return fd
         }
         target = try take(path, O_RDONLY)
-        targetRoot = try pid.map { (pid) throws(SystemError) in try take("/proc/\(pid)/root", O_RDONLY | O_DIRECTORY) } ?? -1
+        targetRoot =
+            try pid.map { (pid) throws(SystemError) in try take("/proc/\(pid)/root", O_RDONLY | O_DIRECTORY) } ?? -1
         home = try take("/proc/self/ns/mnt", O_RDONLY)
         homeRoot = try take("/", O_RDONLY | O_DIRECTORY)
         homeDirectory = try take(".", O_RDONLY | O_DIRECTORY)
@@ -56,7 +57,8 @@ public final class MountNamespace: Sendable {
     static func pid(ofNamespacePath path: String) -> Substring? {
         let parts = path.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count == 5, parts[0].isEmpty, parts[1] == "proc", parts[3] == "ns", parts[4] == "mnt",
-              isDecimal(parts[2]) else { return nil }
+            isDecimal(parts[2])
+        else { return nil }
         return parts[2]
     }
 
@@ -87,18 +89,26 @@ public final class MountNamespace: Sendable {
     /// mountpoint is opened there; then, still in the namespace, the root goes back to ours, so
     /// that `device` is our node, not one the namespace's owner put at that path, and the mount
     /// goes on the opened directory (/proc/self/fd/N of our /proc).
-    public func mount(device: String, on mountPoint: String, type: String, flags: UInt, data: String) throws(SystemError) {
+    public func mount(device: String, on mountPoint: String, type: String, flags: UInt, data: String)
+        throws(SystemError)
+    {
         try run { () throws(SystemError) in
-            let target = try retryingOnInterrupt("open", path: mountPoint) { open(mountPoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+            let target = try retryingOnInterrupt("open", path: mountPoint) {
+                open(mountPoint, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+            }
             defer { close(target) }
-            guard fchdir(homeRoot) == 0, chroot(".") == 0 else { throw .lastErrno("return to our root from", path: name) }
+            guard fchdir(homeRoot) == 0, chroot(".") == 0 else {
+                throw .lastErrno("return to our root from", path: name)
+            }
             try Mount.mount(source: device, target: "/proc/self/fd/\(target)", type: type, flags: flags, data: data)
         }.get()
     }
 
     /// The mount table of the namespace the calling thread is in, read through our /proc.
     public func mountTable() throws(SystemError) -> [MountInfoEntry] {
-        let fd = try retryingOnInterrupt("open", path: "/proc/self/mountinfo") { openat(procfs, "self/mountinfo", O_RDONLY | O_CLOEXEC) }
+        let fd = try retryingOnInterrupt("open", path: "/proc/self/mountinfo") {
+            openat(procfs, "self/mountinfo", O_RDONLY | O_CLOEXEC)
+        }
         defer { close(fd) }
         return MountTable.parse(try readAll(fd, path: "/proc/self/mountinfo"))
     }

@@ -41,9 +41,10 @@ enum Chunking: CustomStringConvertible {
                     let bound = Int(LZ4_compressBound(Int32(count)))
                     var out = [UInt8](repeating: 0, count: bound)
                     let written = out.withUnsafeMutableBytes {
-                        LZ4_compress_default((base + start).assumingMemoryBound(to: CChar.self),
-                                             $0.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                             Int32(count), Int32(bound))
+                        LZ4_compress_default(
+                            (base + start).assumingMemoryBound(to: CChar.self),
+                            $0.baseAddress!.assumingMemoryBound(to: CChar.self),
+                            Int32(count), Int32(bound))
                     }
                     precondition(written > 0)
                     blocks.append(Block(compressed: Array(out[..<Int(written)]), original: data[start..<start + count]))
@@ -52,13 +53,16 @@ enum Chunking: CustomStringConvertible {
                     var consumed = Int32(min(data.count - start, Int(Int32.max)))
                     var out = [UInt8](repeating: 0, count: size)
                     let written = out.withUnsafeMutableBytes {
-                        LZ4_compress_destSize((base + start).assumingMemoryBound(to: CChar.self),
-                                              $0.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                              &consumed, Int32(size))
+                        LZ4_compress_destSize(
+                            (base + start).assumingMemoryBound(to: CChar.self),
+                            $0.baseAddress!.assumingMemoryBound(to: CChar.self),
+                            &consumed, Int32(size))
                     }
                     precondition(written > 0 && consumed > 0)
-                    blocks.append(Block(compressed: Array(out[..<Int(written)]),
-                                        original: data[start..<start + Int(consumed)]))
+                    blocks.append(
+                        Block(
+                            compressed: Array(out[..<Int(written)]),
+                            original: data[start..<start + Int(consumed)]))
                     start += Int(consumed)
                 }
             }
@@ -82,7 +86,9 @@ func headerText(limit: Int) -> [UInt8] {
         guard let dir = opendir(directory) else { continue }
         var names: [String] = []
         while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
             if name.hasSuffix(".h") { names.append(name) }
         }
         closedir(dir)
@@ -103,7 +109,8 @@ func pseudoRandom(count: Int) -> [UInt8] {
 
 /// Thread CPU time, so time slices lost to other processes on a shared machine do not count.
 func seconds(_ body: () -> Void) -> Double {
-    var start = timespec(), end = timespec()
+    var start = timespec()
+    var end = timespec()
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &start)
     body()
     clock_gettime(CLOCK_THREAD_CPUTIME_ID, &end)
@@ -118,7 +125,11 @@ var runs = 11
 var files: [String] = []
 var arguments = CommandLine.arguments.dropFirst()
 while let argument = arguments.popFirst() {
-    if argument == "--runs", let value = arguments.popFirst(), let n = Int(value), n > 0 { runs = n } else { files.append(argument) }
+    if argument == "--runs", let value = arguments.popFirst(), let n = Int(value), n > 0 {
+        runs = n
+    } else {
+        files.append(argument)
+    }
 }
 
 var datasets: [(String, [UInt8])] = []
@@ -151,9 +162,10 @@ for (name, data) in datasets {
                 for block in blocks {
                     block.compressed.withUnsafeBytes { input in
                         do {
-                            try Decompressor.decompress(.lz4, input: input,
-                                                        output: UnsafeMutableRawBufferPointer(rebasing: out[..<block.original.count]),
-                                                        partial: false)
+                            try Decompressor.decompress(
+                                .lz4, input: input,
+                                output: UnsafeMutableRawBufferPointer(rebasing: out[..<block.original.count]),
+                                partial: false)
                         } catch { fatalError("\(error)") }
                     }
                 }
@@ -163,9 +175,10 @@ for (name, data) in datasets {
             output.withUnsafeMutableBytes { out in
                 for block in blocks {
                     block.compressed.withUnsafeBytes { input in
-                        let n = LZ4_decompress_safe(input.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                                    out.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                                    Int32(input.count), Int32(block.original.count))
+                        let n = LZ4_decompress_safe(
+                            input.baseAddress!.assumingMemoryBound(to: CChar.self),
+                            out.baseAddress!.assumingMemoryBound(to: CChar.self),
+                            Int32(input.count), Int32(block.original.count))
                         precondition(Int(n) == block.original.count)
                     }
                 }
@@ -176,13 +189,16 @@ for (name, data) in datasets {
             var ours = [UInt8](repeating: 0, count: block.original.count)
             block.compressed.withUnsafeBytes { input in
                 ours.withUnsafeMutableBytes { out in
-                    do { try Decompressor.decompress(.lz4, input: input, output: out, partial: false) } catch { fatalError("\(error)") }
+                    do { try Decompressor.decompress(.lz4, input: input, output: out, partial: false) } catch {
+                        fatalError("\(error)")
+                    }
                 }
             }
             precondition(ours.elementsEqual(block.original), "Swift decoder output differs")
         }
 
-        var swiftTimes: [Double] = [], libTimes: [Double] = []
+        var swiftTimes: [Double] = []
+        var libTimes: [Double] = []
         runSwift(); runLiblz4()  // warm up
         for _ in 0..<runs {
             swiftTimes.append(seconds(runSwift))
@@ -191,7 +207,9 @@ for (name, data) in datasets {
         let swiftRate = Double(total) / median(swiftTimes) / 1e6
         let libRate = Double(total) / median(libTimes) / 1e6
         func mb(_ n: Int) -> String { String(Double(Int(Double(n) / 1e5)) / 10) }
-        print("| \(name), \(chunking) | \(blocks.count) | \(mb(compressedTotal)) → \(mb(total)) | \(Int(swiftRate)) | \(Int(libRate)) | \(Double(Int(swiftRate / libRate * 100)) / 100) |")
+        print(
+            "| \(name), \(chunking) | \(blocks.count) | \(mb(compressedTotal)) → \(mb(total)) | \(Int(swiftRate)) | \(Int(libRate)) | \(Double(Int(swiftRate / libRate * 100)) / 100) |"
+        )
     }
 }
 print("median of \(runs) runs each; MB = 10^6 bytes of decompressed output per second")

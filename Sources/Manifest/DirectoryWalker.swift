@@ -52,7 +52,9 @@ public enum DirectoryWalker {
     }
 
     static func childNames(_ path: ByteString) throws(SystemError) -> [ByteString] {
-        guard let directory = path.withCString({ opendir($0) }) else { throw .lastErrno("opendir", path: path.description) }
+        guard let directory = path.withCString({ opendir($0) }) else {
+            throw .lastErrno("opendir", path: path.description)
+        }
         defer { closedir(directory) }
         var names: [ByteString] = []
         while true {
@@ -80,7 +82,8 @@ public enum DirectoryWalker {
 
     public static func sha256(ofFileAt path: ByteString) throws(SystemError) -> String {
         let fd = try path.withCString { (cPath) throws(SystemError) in
-            try FileDescriptor(rawValue: retryingOnInterrupt("open", path: path.description) { open(cPath, O_RDONLY | O_CLOEXEC) })
+            try FileDescriptor(
+                rawValue: retryingOnInterrupt("open", path: path.description) { open(cPath, O_RDONLY | O_CLOEXEC) })
         }
         defer { try? fd.close() }
         var hasher = SHA256()

@@ -119,7 +119,8 @@ public struct MountCommandLine: Sendable, Equatable {
         if distinct.contains(.help) { line.mode = .help; return line }
         if distinct.contains(.version) { line.mode = .version; return line }
         if distinct.count > 1 {
-            throw UsageError("conflicting options: \(modes.map(\.1).joined(separator: " and ")) cannot be used together")
+            throw UsageError(
+                "conflicting options: \(modes.map(\.1).joined(separator: " and ")) cannot be used together")
         }
         line.mode = distinct.first ?? .mount
         if line.verbose { line.debugLevel = max(line.debugLevel, 4) }
@@ -145,7 +146,9 @@ public struct MountCommandLine: Sendable, Equatable {
         case "fuse": backend = .fuse
         case "ublk": backend = .ublk
         case "fanotify":
-            throw UsageError("filesystem subtype `\(parts[1])` is not built into this mount.erofs (subtypes: local, nbd, fuse, ublk)")
+            throw UsageError(
+                "filesystem subtype `\(parts[1])` is not built into this mount.erofs (subtypes: local, nbd, fuse, ublk)"
+            )
         default:
             throw UsageError("invalid filesystem subtype `\(parts[1])` (subtypes: local, nbd, fuse, ublk)")
         }
@@ -174,7 +177,9 @@ public struct MountCommandLine: Sendable, Equatable {
         if namespace != nil, [.list, .disconnect, .reattach, .upgrade].contains(mode) {
             // Refused, not ignored: an nbd device, its daemons and its state belong to no mount
             // namespace, and another namespace's /run or mount table must not choose them.
-            throw UsageError("-N applies to mounting and -u only: for --\(mode.rawValue), name the device (/dev/nbdN) from this namespace")
+            throw UsageError(
+                "-N applies to mounting and -u only: for --\(mode.rawValue), name the device (/dev/nbdN) from this namespace"
+            )
         }
         guard mode == .mount else { return }
         if options.forceLoop, let backend, backend != .local {
@@ -188,7 +193,9 @@ public struct MountCommandLine: Sendable, Equatable {
             throw UsageError("conflicting options: fuse.* options need -t erofs.fuse")
         }
         if options.forceLoop && !prefixes.isDisjoint(with: ["nbd", "fuse", "oci", "s3", "http"]) {
-            throw UsageError("conflicting options: `-o loop` cannot be combined with \(prefixes.sorted().joined(separator: ", ")) options")
+            throw UsageError(
+                "conflicting options: `-o loop` cannot be combined with \(prefixes.sorted().joined(separator: ", ")) options"
+            )
         }
         if options.backendOption("oci.blob") != nil && options.backendOption("oci.layer") != nil {
             throw UsageError("conflicting options: oci.blob and oci.layer cannot be set together")

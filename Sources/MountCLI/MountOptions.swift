@@ -85,7 +85,8 @@ public struct MountOptions: Sendable, Equatable {
                 flags.formUnion(change.set)
                 flags.subtract(change.clear)
             } else if MountOptions.userspaceOnly.contains(lowered) || lowered.hasPrefix("x-")
-                        || lowered.hasPrefix("comment=") {
+                || lowered.hasPrefix("comment=")
+            {
                 continue
             } else if MountOptions.backendPrefixes.contains(where: { lowered.hasPrefix($0) }) {
                 let parts = option.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)

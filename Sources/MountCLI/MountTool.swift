@@ -64,7 +64,9 @@ public enum MountTool {
             // A FUSE or ublk daemon started inside another namespace would run that namespace's
             // /proc/self/exe and keep its state there: not supported yet.
             if line.backend == .fuse || line.backend == .ublk, line.namespace != nil {
-                throw MountFailure("-N is not supported with -t erofs.\(line.backend?.rawValue ?? "?") (yet): mount from inside the namespace")
+                throw MountFailure(
+                    "-N is not supported with -t erofs.\(line.backend?.rawValue ?? "?") (yet): mount from inside the namespace"
+                )
             }
             if line.backend != .nbd { try enterNamespace(line.namespace) }
             try mount(line, logger: logger)
@@ -79,7 +81,9 @@ public enum MountTool {
             let result = try Unmounter(logger: logger).unmount(line.target!, in: namespace)
             if result.fsType.hasPrefix("fuse.erofs") {
                 let problems = FUSEBackend(logger: logger).finishUnmount(major: result.major, minor: result.minor)
-                if !problems.isEmpty { throw MountFailure("unmounted \(result.mountPoint), but: \(problems.joined(separator: "; "))") }
+                if !problems.isEmpty {
+                    throw MountFailure("unmounted \(result.mountPoint), but: \(problems.joined(separator: "; "))")
+                }
             }
             logger.info("unmounted \(result.mountPoint) (\(result.source))")
         case .disconnect:
@@ -91,12 +95,15 @@ public enum MountTool {
             logger.info("\(state.devicePath) is served again by daemon \(state.daemonPID)")
         case .upgrade:
             let state = try NBDRecovery(logger: logger).upgrade(line.target!)
-            logger.info("\(state.devicePath) is served by worker \(state.servingPID.map(String.init) ?? "?") of the installed binary")
+            logger.info(
+                "\(state.devicePath) is served by worker \(state.servingPID.map(String.init) ?? "?") of the installed binary"
+            )
         }
     }
 
     static func mount(_ line: MountCommandLine, logger: Logger) throws {
-        let source = line.source!, target = line.target!
+        let source = line.source!
+        let target = line.target!
         let backend = line.backend ?? .local
         switch backend {
         case .local:
@@ -131,7 +138,9 @@ public enum MountTool {
                     pollMicroseconds = UInt32(text)!
                 default:
                     if name.hasPrefix("nbd.") {
-                        throw UsageError("unknown or malformed nbd option `\(name)\(value.map { "=" + $0 } ?? "")` (nbd.ioctl, nbd.dead_timeout=SECONDS, nbd.recovery=auto|manual, nbd.requeue_ms=1-600000, nbd.poll_us=0-10000)")
+                        throw UsageError(
+                            "unknown or malformed nbd option `\(name)\(value.map { "=" + $0 } ?? "")` (nbd.ioctl, nbd.dead_timeout=SECONDS, nbd.recovery=auto|manual, nbd.requeue_ms=1-600000, nbd.poll_us=0-10000)"
+                        )
                     }
                     throw UsageError("`\(name)` sources are not supported yet")
                 }
@@ -143,7 +152,9 @@ public enum MountTool {
                 pollMicroseconds: pollMicroseconds, fake: line.fake,
                 namespace: try line.namespace.map { (name) throws(MountFailure) in try openNamespace(name) })
             if let state = try NBDBackend(logger: logger).mount(request) {
-                logger.info("mounted \(source) on \(target) through \(state.devicePath) (\(state.attachMethod.rawValue), daemon \(state.daemonPID))")
+                logger.info(
+                    "mounted \(source) on \(target) through \(state.devicePath) (\(state.attachMethod.rawValue), daemon \(state.daemonPID))"
+                )
             } else {
                 logger.info("\(source) is a valid EROFS image; not mounted (-f)")
             }
@@ -155,20 +166,27 @@ public enum MountTool {
                 source: source, mountPoint: target, flags: line.options.flags.rawValue,
                 data: line.options.kernelDataString, fake: line.fake)
             if let state = try UblkBackend(logger: logger).mount(request) {
-                logger.info("mounted \(source) on \(target) through \(state.devicePath) (daemon \(state.daemonPID.map(String.init) ?? "?"))")
+                logger.info(
+                    "mounted \(source) on \(target) through \(state.devicePath) (daemon \(state.daemonPID.map(String.init) ?? "?"))"
+                )
             } else {
                 logger.info("\(source) is a valid EROFS image; not mounted (-f)")
             }
         case .fuse:
             let options: FUSEBackend.Options
-            switch FUSEBackend.Options.parse(kernelData: line.options.kernelData, backendOptions: line.options.backendOptions) {
+            switch FUSEBackend.Options.parse(
+                kernelData: line.options.kernelData, backendOptions: line.options.backendOptions)
+            {
             case .success(let parsed): options = parsed
             case .failure(let error): throw UsageError(error.description)
             }
             let request = FUSEBackend.Request(
-                source: source, mountPoint: target, flags: line.options.flags.rawValue, options: options, fake: line.fake)
+                source: source, mountPoint: target, flags: line.options.flags.rawValue, options: options,
+                fake: line.fake)
             if let state = try FUSEBackend(logger: logger).mount(request) {
-                logger.info("mounted \(source) on \(target) through FUSE (daemon \(state.daemonPID), \(state.threads) thread(s))")
+                logger.info(
+                    "mounted \(source) on \(target) through FUSE (daemon \(state.daemonPID), \(state.threads) thread(s))"
+                )
             } else {
                 logger.info("\(source) is a valid EROFS image; not mounted (-f)")
             }
@@ -198,15 +216,19 @@ public enum MountTool {
         do { states = try StateStore().all() } catch {
             throw MountFailure("cannot list the nbd devices", cause: error)
         }
-        let kernel = (try? NBDNetlink.open().status()).map { Dictionary($0.map { (Int($0.index), $0.connected) }, uniquingKeysWith: { $1 }) }
+        let kernel = (try? NBDNetlink.open().status()).map {
+            Dictionary($0.map { (Int($0.index), $0.connected) }, uniquingKeysWith: { $1 })
+        }
         print("DEVICE\tBACKEND\tMETHOD\tRECOVERY\tDAEMON\tWORKER\tLINK\tMOUNTPOINT\tSOURCE")
         for (index, result) in states {
             switch result {
             case .success(let state):
                 let daemon = DaemonProcess(pid: state.daemonPID, startTime: state.daemonStartTime)
-                let worker = state.servingPID.map { DaemonProcess(pid: $0, startTime: state.servingStartTime ?? 0) } ?? daemon
+                let worker =
+                    state.servingPID.map { DaemonProcess(pid: $0, startTime: state.servingStartTime ?? 0) } ?? daemon
                 let isOurs = { (process: DaemonProcess) in process.isOurs(serving: state.backendIdentifier) }
-                let recovery = state.attachMethod == .ioctl ? "none (ioctl)" : state.supervised == true ? "auto" : "manual"
+                let recovery =
+                    state.attachMethod == .ioctl ? "none (ioctl)" : state.supervised == true ? "auto" : "manual"
                 let link: String
                 switch kernel?[index] {
                 case nil: link = NBDDevice(index: UInt32(index)).isInService ? "in service" : "not connected"
@@ -214,8 +236,11 @@ public enum MountTool {
                 case true?: link = isOurs(worker) ? "connected" : "dead, waiting for a daemon"
                 }
                 let describe = { (process: DaemonProcess) in "\(process.pid)\(isOurs(process) ? "" : " (gone)")" }
-                print([state.devicePath, "nbd", state.attachMethod.rawValue, recovery, describe(daemon),
-                       state.servingPID == nil ? "-" : describe(worker), link, state.mountPoint ?? "-", state.source]
+                print(
+                    [
+                        state.devicePath, "nbd", state.attachMethod.rawValue, recovery, describe(daemon),
+                        state.servingPID == nil ? "-" : describe(worker), link, state.mountPoint ?? "-", state.source,
+                    ]
                     .joined(separator: "\t"))
             case .failure(let error):
                 print("/dev/nbd\(index)\tnbd\t?\t?\t?\t?\t?\t?\t(unreadable state: \(error))")
@@ -244,14 +269,15 @@ public enum MountTool {
         var logger = Logger(label: "mount.erofs") { label in
             StderrLogHandler(label: label)
         }
-        logger.logLevel = switch level {
-        case 0: .critical
-        case 1: .error
-        case 2, 3: .warning
-        case 4, 5: .info
-        case 6, 7: .debug
-        default: .trace
-        }
+        logger.logLevel =
+            switch level {
+            case 0: .critical
+            case 1: .error
+            case 2, 3: .warning
+            case 4, 5: .info
+            case 6, 7: .debug
+            default: .trace
+            }
         return logger
     }
 

@@ -24,7 +24,9 @@ public struct NBDDevice: Sendable, Hashable {
         defer { closedir(directory) }
         var devices: [NBDDevice] = []
         while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
             guard name.hasPrefix("nbd"), let index = UInt32(name.dropFirst(3)) else { continue }
             devices.append(NBDDevice(index: index, sysfsBlock: sysfsBlock))
         }
@@ -67,7 +69,9 @@ public struct NBDDevice: Sendable, Hashable {
         defer { closedir(directory) }
         var names: [String] = []
         while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
             if name != "." && name != ".." { names.append(name) }
         }
         return names
@@ -84,7 +88,9 @@ public struct NBDDevice: Sendable, Hashable {
         if let pid = serverPID { return "served by pid \(pid)" }
         if let identifier = backendIdentifier { return "bound to backend \(identifier)" }
         if let size = sizeSectors, size != 0 { return "has a size (\(size) sectors)" }
-        if let inflight = inflightRequests, inflight.reads != 0 || inflight.writes != 0 { return "has requests in flight" }
+        if let inflight = inflightRequests, inflight.reads != 0 || inflight.writes != 0 {
+            return "has requests in flight"
+        }
         let holders = holders
         if !holders.isEmpty { return "held by \(holders.joined(separator: ", "))" }
         return nil
@@ -114,7 +120,8 @@ public struct NBDDevice: Sendable, Hashable {
     /// The block layer's I/O scheduler in use (queue/scheduler shows it in brackets).
     public var scheduler: String? {
         guard let line = attribute("queue/scheduler"), let open = line.firstIndex(of: "["),
-              let close = line[open...].firstIndex(of: "]") else { return nil }
+            let close = line[open...].firstIndex(of: "]")
+        else { return nil }
         return String(line[line.index(after: open)..<close])
     }
 
@@ -125,7 +132,9 @@ public struct NBDDevice: Sendable, Hashable {
         let descriptor = try FileDescriptor.open(path: path, .writeOnly, options: .truncate)
         defer { try? descriptor.close() }
         let text = name + "\n"
-        let written = text.utf8.withContiguousStorageIfAvailable { Glibc.write(descriptor.rawValue, $0.baseAddress, $0.count) } ?? -1
+        let written =
+            text.utf8.withContiguousStorageIfAvailable { Glibc.write(descriptor.rawValue, $0.baseAddress, $0.count) }
+            ?? -1
         guard written == text.utf8.count else { throw .lastErrno("write \(name)", path: path) }
     }
 

@@ -25,7 +25,9 @@ public final class NBDIoctlAttachment: @unchecked Sendable {
         public var timeoutSeconds: UInt64?
         public var serverFlags: NBDServerFlags
 
-        public init(sizeBytes: UInt64, blockSizeBytes: UInt64 = 512, timeoutSeconds: UInt64? = nil, serverFlags: NBDServerFlags) {
+        public init(
+            sizeBytes: UInt64, blockSizeBytes: UInt64 = 512, timeoutSeconds: UInt64? = nil, serverFlags: NBDServerFlags
+        ) {
             self.sizeBytes = sizeBytes
             self.blockSizeBytes = blockSizeBytes
             self.timeoutSeconds = timeoutSeconds
@@ -35,10 +37,14 @@ public final class NBDIoctlAttachment: @unchecked Sendable {
         /// NBD_SET_SIZE_BLOCKS takes whole blocks.
         func sizeInBlocks() throws(SystemError) -> UInt64 {
             guard (512...65536).contains(blockSizeBytes), blockSizeBytes & (blockSizeBytes - 1) == 0 else {
-                throw SystemError("nbd ioctl setup", errno: .invalidArgument, detail: "block size \(blockSizeBytes) is not a power of two from 512 to 65536")
+                throw SystemError(
+                    "nbd ioctl setup", errno: .invalidArgument,
+                    detail: "block size \(blockSizeBytes) is not a power of two from 512 to 65536")
             }
             guard sizeBytes != 0, sizeBytes % blockSizeBytes == 0 else {
-                throw SystemError("nbd ioctl setup", errno: .invalidArgument, detail: "size \(sizeBytes) is not a non-zero multiple of the block size \(blockSizeBytes)")
+                throw SystemError(
+                    "nbd ioctl setup", errno: .invalidArgument,
+                    detail: "size \(sizeBytes) is not a non-zero multiple of the block size \(blockSizeBytes)")
             }
             return sizeBytes / blockSizeBytes
         }
@@ -52,7 +58,9 @@ public final class NBDIoctlAttachment: @unchecked Sendable {
     ) throws(SystemError) -> NBDIoctlAttachment {
         let blocks = try configuration.sizeInBlocks()
         guard socket >= 0 else {
-            throw SystemError("nbd ioctl setup", path: device.path, errno: .badFileDescriptor, detail: "socket \(socket) is not a descriptor")
+            throw SystemError(
+                "nbd ioctl setup", path: device.path, errno: .badFileDescriptor,
+                detail: "socket \(socket) is not a descriptor")
         }
         let path = device.path
         let fd = try retryingOnInterrupt("open", path: path) { open(path, O_RDWR | O_CLOEXEC) }
@@ -101,9 +109,9 @@ public final class NBDIoctlAttachment: @unchecked Sendable {
             }
             do {
                 return try attach(device: device, socket: socket, configuration: configuration)
-            } catch where error.operation == "NBD_SET_SOCK" && error.errno == .resourceBusy {
+            } catch  where error.operation == "NBD_SET_SOCK" && error.errno == .resourceBusy {
                 skipped.append("nbd\(device.index) being set up by another task")
-            } catch where error.operation == "NBD_SET_SOCK" && error.errno == .invalidArgument {
+            } catch  where error.operation == "NBD_SET_SOCK" && error.errno == .invalidArgument {
                 // The kernel refuses ioctls on a device CONNECTed over netlink meanwhile.
                 skipped.append("nbd\(device.index) refused NBD_SET_SOCK (bound over netlink?)")
             }
@@ -161,11 +169,13 @@ public final class NBDIoctlAttachment: @unchecked Sendable {
         // The thread owns a retained reference until NBD_DO_IT returns.
         let context = Unmanaged.passRetained(self).toOpaque()
         var handle = pthread_t()
-        let code = pthread_create(&handle, nil, { raw in
-            let attachment = Unmanaged<NBDIoctlAttachment>.fromOpaque(raw!).takeRetainedValue()
-            attachment.runDoIt()
-            return nil
-        }, context)
+        let code = pthread_create(
+            &handle, nil,
+            { raw in
+                let attachment = Unmanaged<NBDIoctlAttachment>.fromOpaque(raw!).takeRetainedValue()
+                attachment.runDoIt()
+                return nil
+            }, context)
         guard code == 0 else {
             Unmanaged<NBDIoctlAttachment>.fromOpaque(context).release()
             throw SystemError("pthread_create for NBD_DO_IT", path: device.path, errno: Errno(rawValue: code))

@@ -44,9 +44,11 @@ public enum NBDNetlinkProtocol {
     }
 
     static func socketsAttribute(_ sockets: [Int32]) -> NetlinkAttribute {
-        .nested(Attribute.sockets, sockets.map { fd in
-            .nested(SocketAttribute.item, [.u32(SocketAttribute.fd, UInt32(bitPattern: fd))])
-        })
+        .nested(
+            Attribute.sockets,
+            sockets.map { fd in
+                .nested(SocketAttribute.item, [.u32(SocketAttribute.fd, UInt32(bitPattern: fd))])
+            })
     }
 
     public static func connectMessage(_ request: NBDConnectRequest) -> GenericNetlinkMessage {
@@ -57,8 +59,12 @@ public enum NBDNetlinkProtocol {
         if let timeout = request.timeoutSeconds { attributes.append(.u64(Attribute.timeout, timeout)) }
         if let flags = request.serverFlags { attributes.append(.u64(Attribute.serverFlags, flags.rawValue)) }
         if let flags = request.clientFlags { attributes.append(.u64(Attribute.clientFlags, flags.rawValue)) }
-        if let dead = request.deadConnectionTimeoutSeconds { attributes.append(.u64(Attribute.deadConnectionTimeout, dead)) }
-        if let identifier = request.backendIdentifier { attributes.append(.string(Attribute.backendIdentifier, identifier)) }
+        if let dead = request.deadConnectionTimeoutSeconds {
+            attributes.append(.u64(Attribute.deadConnectionTimeout, dead))
+        }
+        if let identifier = request.backendIdentifier {
+            attributes.append(.string(Attribute.backendIdentifier, identifier))
+        }
         attributes.append(socketsAttribute(request.sockets))
         return GenericNetlinkMessage(command: Command.connect, version: version, attributes: attributes)
     }
@@ -100,8 +106,12 @@ public enum NBDNetlinkProtocol {
             guard let list = reply.attributes.first(Attribute.deviceList) else { continue }
             for item in try list.nested() where item.type == DeviceAttribute.item {
                 let fields = try item.nested()
-                guard let index = fields.first(DeviceAttribute.index), let connected = fields.first(DeviceAttribute.connected)
-                else { throw SystemError("nbd STATUS", errno: .protocolError, detail: "device item without INDEX or CONNECTED") }
+                guard let index = fields.first(DeviceAttribute.index),
+                    let connected = fields.first(DeviceAttribute.connected)
+                else {
+                    throw SystemError(
+                        "nbd STATUS", errno: .protocolError, detail: "device item without INDEX or CONNECTED")
+                }
                 devices.append(NBDDeviceStatus(index: try index.u32(), connected: try connected.u8() != 0))
             }
         }

@@ -80,13 +80,13 @@ public enum NBDProtocolError: Error, Equatable, Sendable, CustomStringConvertibl
 
     public var description: String {
         switch self {
-        case let .badMagic(what, expected, found):
+        case .badMagic(let what, let expected, let found):
             "bad \(what) magic 0x\(String(found, radix: 16)) (expected 0x\(String(expected, radix: 16)))"
-        case let .truncated(what, needed, available):
+        case .truncated(let what, let needed, let available):
             "truncated \(what): needs \(needed) bytes, \(available) left"
-        case let .invalidUTF8(what): "\(what) is not valid UTF-8"
-        case let .trailingBytes(what, count): "\(count) unexpected bytes after \(what)"
-        case let .lengthTooLarge(what, length, limit): "\(what) length \(length) exceeds the limit \(limit)"
+        case .invalidUTF8(let what): "\(what) is not valid UTF-8"
+        case .trailingBytes(let what, let count): "\(count) unexpected bytes after \(what)"
+        case .lengthTooLarge(let what, let length, let limit): "\(what) length \(length) exceeds the limit \(limit)"
         }
     }
 }

@@ -141,7 +141,9 @@ public struct HandshakeNegotiator: Sendable {
             server.appendBigEndian(UInt32(name.count))
             server.append(contentsOf: name)
             server.append(contentsOf: export.description.utf8)
-            return reply([OptionReply(option: option, type: .server, data: server), OptionReply(option: option, type: .ack)])
+            return reply([
+                OptionReply(option: option, type: .server, data: server), OptionReply(option: option, type: .ack),
+            ])
 
         case .info, .go:
             let request: InfoRequest
@@ -153,9 +155,12 @@ public struct HandshakeNegotiator: Sendable {
             for info in Set(request.requested).sorted(by: { $0.rawValue < $1.rawValue }) {
                 switch info {
                 case .name:
-                    replies.append(OptionReply(option: option, type: .info, data: infoData(.name, Array(export.name.utf8))))
+                    replies.append(
+                        OptionReply(option: option, type: .info, data: infoData(.name, Array(export.name.utf8))))
                 case .description where !export.description.isEmpty:
-                    replies.append(OptionReply(option: option, type: .info, data: infoData(.description, Array(export.description.utf8))))
+                    replies.append(
+                        OptionReply(
+                            option: option, type: .info, data: infoData(.description, Array(export.description.utf8))))
                 case .blockSize:
                     var sizes: [UInt8] = []
                     sizes.appendBigEndian(export.minimumBlockSize)
@@ -181,7 +186,9 @@ public struct HandshakeNegotiator: Sendable {
     }
 
     private func reply(_ decodeError: NBDProtocolError, _ option: OptionCode) -> Step {
-        Step(reply: OptionReply.error(.errorInvalid, to: option, message: decodeError.description).encoded(), outcome: .awaitOption)
+        Step(
+            reply: OptionReply.error(.errorInvalid, to: option, message: decodeError.description).encoded(),
+            outcome: .awaitOption)
     }
 
     /// NBD_INFO_EXPORT: size u64, transmission flags u16. Always sent for INFO and GO.
@@ -205,7 +212,7 @@ public enum HandshakeError: Error, Equatable, Sendable, CustomStringConvertible 
 
     public var description: String {
         switch self {
-        case let .unknownClientFlags(raw): "client sent unknown flags 0x\(String(raw, radix: 16))"
+        case .unknownClientFlags(let raw): "client sent unknown flags 0x\(String(raw, radix: 16))"
         }
     }
 }

@@ -48,11 +48,12 @@ public final class KernelModeServer: Sendable {
     }
 
     public func run() throws(SystemError) -> ServingEnd {
-        let reader = if let journal {
-            MessageReader(socket: socket.rawValue, stop: stopSignal, journal: journal, resuming: recovery)
-        } else {
-            MessageReader(socket: socket.rawValue, stop: stopSignal)
-        }
+        let reader =
+            if let journal {
+                MessageReader(socket: socket.rawValue, stop: stopSignal, journal: journal, resuming: recovery)
+            } else {
+                MessageReader(socket: socket.rawValue, stop: stopSignal)
+            }
         reader.pollPolicy = PollPolicy(window: UInt64(pollMicroseconds))
         let loop = TransmissionLoop(
             reader: reader, source: source, structuredReplies: false,

@@ -23,8 +23,8 @@ public enum ListenAddress: Sendable, Equatable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case let .unix(path): "unix:\(path)"
-        case let .tcp(host, port): host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+        case .unix(let path): "unix:\(path)"
+        case .tcp(let host, let port): host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
         }
     }
 }
@@ -42,11 +42,11 @@ final class Listener {
 
     init(address: ListenAddress) throws(SystemError) {
         switch address {
-        case let .unix(path):
+        case .unix(let path):
             (descriptor, placed) = try Self.listenUnix(path: path)
             self.address = address
             isLocalOnly = true
-        case let .tcp(host, port):
+        case .tcp(let host, let port):
             descriptor = try Self.listenTCP(host: host, port: port)
             (self.address, isLocalOnly) = Self.boundTCPAddress(descriptor, host: host, port: port)
         }
@@ -72,11 +72,15 @@ final class Listener {
     private static func listenUnix(path: String) throws(SystemError) -> (Int32, (String, UInt64, UInt64)) {
         let temporary = "\(path).\(String(UInt32.random(in: 0...UInt32.max), radix: 16)).tmp"
         var address = try unixAddress(temporary, naming: path)
-        let fd = try retryingOnInterrupt("socket", path: path) { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+        let fd = try retryingOnInterrupt("socket", path: path) {
+            socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        }
         do throws(SystemError) {
             try retryingOnInterrupt("bind", path: temporary) {
                 withUnsafePointer(to: &address) {
-                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+                    $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                        bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                    }
                 }
             }
             do throws(SystemError) {
@@ -104,17 +108,22 @@ final class Listener {
     private static func ensureStaleSocket(_ path: String) throws(SystemError) {
         let status = try FileStatus.lstat(path)
         guard status.kind == .socket else {
-            throw SystemError("listen", path: path, errno: .fileExists, detail: "the path exists and is not a socket; not replacing it")
+            throw SystemError(
+                "listen", path: path, errno: .fileExists,
+                detail: "the path exists and is not a socket; not replacing it")
         }
         var address = try unixAddress(path, naming: path)
         let probe = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard probe >= 0 else { throw .lastErrno("socket", path: path) }
         defer { Glibc.close(probe) }
         let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(probe, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(probe, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         if connected == 0 || errno != ECONNREFUSED {
-            throw SystemError("listen", path: path, errno: .addressInUse, detail: "another server listens on this socket")
+            throw SystemError(
+                "listen", path: path, errno: .addressInUse, detail: "another server listens on this socket")
         }
     }
 
@@ -123,7 +132,9 @@ final class Listener {
         address.sun_family = sa_family_t(AF_UNIX)
         let capacity = MemoryLayout.size(ofValue: address.sun_path)
         guard path.utf8.count < capacity else {
-            throw SystemError("bind", path: name, detail: "socket path too long (at most \(capacity - 1 - (path.utf8.count - name.utf8.count)) bytes)")
+            throw SystemError(
+                "bind", path: name,
+                detail: "socket path too long (at most \(capacity - 1 - (path.utf8.count - name.utf8.count)) bytes)")
         }
         withUnsafeMutableBytes(of: &address.sun_path) { raw in
             for (index, byte) in path.utf8.enumerated() { raw[index] = byte }
@@ -148,7 +159,9 @@ final class Listener {
         var candidate: UnsafeMutablePointer<addrinfo>? = first
         while let info = candidate {
             candidate = info.pointee.ai_next
-            let fd = socket(info.pointee.ai_family, info.pointee.ai_socktype | Int32(SOCK_CLOEXEC.rawValue), info.pointee.ai_protocol)
+            let fd = socket(
+                info.pointee.ai_family, info.pointee.ai_socktype | Int32(SOCK_CLOEXEC.rawValue),
+                info.pointee.ai_protocol)
             if fd < 0 {
                 lastError = .lastErrno("socket", path: where_)
                 continue
@@ -180,7 +193,8 @@ final class Listener {
         case AF_INET6:
             let address = withUnsafeBytes(of: storage) { $0.load(as: sockaddr_in6.self) }
             let bytes = withUnsafeBytes(of: address.sin6_addr) { Array($0) }
-            let loopback = bytes == [UInt8](repeating: 0, count: 15) + [1]
+            let loopback =
+                bytes == [UInt8](repeating: 0, count: 15) + [1]
                 || (bytes[0..<10].allSatisfy { $0 == 0 } && bytes[10] == 0xff && bytes[11] == 0xff && bytes[12] == 127)
             return (.tcp(host: host, port: UInt16(bigEndian: address.sin6_port)), loopback)
         default:

@@ -72,17 +72,23 @@ public final class NetworkServer: @unchecked Sendable {
 
     /// Binds and listens at once, so errors (address in use, bad path) come before serving and
     /// clients can connect as soon as this returns.
-    public init(source: any RandomAccessSource, address: ListenAddress, options: Options = .init(), logger: Logger) throws(SystemError) {
+    public init(source: any RandomAccessSource, address: ListenAddress, options: Options = .init(), logger: Logger)
+        throws(SystemError)
+    {
         self.source = source
         self.options = options
         self.logger = logger
         let allowed = Self.connectionsWithinDescriptorLimit()
         maxConnections = max(1, min(options.maxConnections, allowed))
         if maxConnections < options.maxConnections {
-            logger.warning("connection cap lowered to fit the open-file limit (ulimit -n)", metadata: [
-                "requested": "\(options.maxConnections)", "cap": "\(maxConnections)"])
+            logger.warning(
+                "connection cap lowered to fit the open-file limit (ulimit -n)",
+                metadata: [
+                    "requested": "\(options.maxConnections)", "cap": "\(maxConnections)",
+                ])
         }
-        registry = ConnectionRegistry(transmissionCapacity: maxConnections, handshakeCapacity: maxConnections * Self.handshakesPerConnection)
+        registry = ConnectionRegistry(
+            transmissionCapacity: maxConnections, handshakeCapacity: maxConnections * Self.handshakesPerConnection)
         stopSignal = try StopSignal()
         listener = try Listener(address: address)
     }
@@ -92,7 +98,9 @@ public final class NetworkServer: @unchecked Sendable {
     /// server's own descriptors.
     private static func connectionsWithinDescriptorLimit() -> Int {
         var limit = rlimit()
-        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return .max }
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else {
+            return .max
+        }
         return (Int(clamping: limit.rlim_cur) - 64) / (1 + 2 * handshakesPerConnection)
     }
 
@@ -115,8 +123,10 @@ public final class NetworkServer: @unchecked Sendable {
         }
         signal(SIGPIPE, SIG_IGN)
         while true {
-            var fds = [pollfd(fd: listener.descriptor, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: stopSignal.descriptor, events: Int16(POLLIN), revents: 0)]
+            var fds = [
+                pollfd(fd: listener.descriptor, events: Int16(POLLIN), revents: 0),
+                pollfd(fd: stopSignal.descriptor, events: Int16(POLLIN), revents: 0),
+            ]
             _ = try retryingOnInterrupt("poll", path: address.description) { poll(&fds, 2, -1) }
             if fds[1].revents != 0 { return }
             guard fds[0].revents != 0 else { continue }
@@ -126,7 +136,9 @@ public final class NetworkServer: @unchecked Sendable {
                 case EINTR, EAGAIN, ECONNABORTED, EPROTO: continue
                 case EMFILE, ENFILE, ENOBUFS, ENOMEM:
                     // Out of resources: say so, back off, keep serving the connections we have.
-                    logger.warning("accept failed", metadata: ["error": "\(SystemError.lastErrno("accept", path: address.description))"])
+                    logger.warning(
+                        "accept failed",
+                        metadata: ["error": "\(SystemError.lastErrno("accept", path: address.description))"])
                     usleep(100_000)
                     continue
                 default:
@@ -150,12 +162,13 @@ public final class NetworkServer: @unchecked Sendable {
             var timeout = timeval(tv_sec: Int(microseconds / 1_000_000), tv_usec: Int(microseconds % 1_000_000))
             setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         }
-        guard case let .admitted(id) = registry.admit(client) else {
+        guard case .admitted(let id) = registry.admit(client) else {
             close(client)
             let now = monotonicMicroseconds()
             if now - lastCapWarning >= 10_000_000 {
                 lastCapWarning = now
-                logger.warning("connection cap reached: closing new connections", metadata: ["cap": "\(maxConnections)"])
+                logger.warning(
+                    "connection cap reached: closing new connections", metadata: ["cap": "\(maxConnections)"])
             }
             return
         }
@@ -195,7 +208,9 @@ public final class NetworkServer: @unchecked Sendable {
             // never finishes (timed out, dropped for a newcomer): a flood of those must not
             // flood the log. A transmitting connection's failure is worth a line.
             let vanished = error.errno == .brokenPipe || error.errno == .connectionReset
-            logger.log(level: vanished || !transmitting ? .debug : .info, "connection closed", metadata: ["reason": "\(error)"])
+            logger.log(
+                level: vanished || !transmitting ? .debug : .info, "connection closed", metadata: ["reason": "\(error)"]
+            )
         }
     }
 
@@ -213,7 +228,8 @@ public final class NetworkServer: @unchecked Sendable {
             throw SystemError("NBD handshake", detail: "\(error)")
         }
         while true {
-            guard let headerBytes = try reader.readBytes(OptionRequestHeader.size, atBoundary: true, what: "NBD option") else {
+            guard let headerBytes = try reader.readBytes(OptionRequestHeader.size, atBoundary: true, what: "NBD option")
+            else {
                 return nil
             }
             let header: OptionRequestHeader
@@ -223,9 +239,13 @@ public final class NetworkServer: @unchecked Sendable {
             guard header.length <= NBDLimits.maximumOptionLength else {
                 throw SystemError(
                     "NBD handshake",
-                    detail: "\(header.option) carries \(header.length) bytes, over the limit of \(NBDLimits.maximumOptionLength)")
+                    detail:
+                        "\(header.option) carries \(header.length) bytes, over the limit of \(NBDLimits.maximumOptionLength)"
+                )
             }
-            let data = header.length == 0 ? [] : (try reader.readBytes(Int(header.length), atBoundary: false, what: "NBD option data") ?? [])
+            let data =
+                header.length == 0
+                ? [] : (try reader.readBytes(Int(header.length), atBoundary: false, what: "NBD option data") ?? [])
             registry.progressed(id)
             let step = negotiator.handle(option: header.option, data: data)
             logger.debug("NBD option", metadata: ["option": "\(header.option)", "outcome": "\(step.outcome)"])
@@ -245,7 +265,8 @@ public final class NetworkServer: @unchecked Sendable {
                 // The client waits for our TLS handshake: bytes after STARTTLS are an attack
                 // (injected before the encryption starts), never to be read as options.
                 guard !reader.hasBufferedBytes else {
-                    throw SystemError("NBD handshake", detail: "client sent data after STARTTLS before the TLS handshake")
+                    throw SystemError(
+                        "NBD handshake", detail: "client sent data after STARTTLS before the TLS handshake")
                 }
                 let session = try tls.accept(reader.socket, deadline: deadline, sendTimeout: options.sendTimeout)
                 reader.tls = session

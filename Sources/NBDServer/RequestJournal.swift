@@ -134,9 +134,12 @@ public final class RequestJournal: @unchecked Sendable {
         var status = stat()
         guard fstat(descriptor, &status) == 0 else { throw .lastErrno("fstat", path: "nbd request journal") }
         guard status.st_size == off_t(Self.size) else {
-            throw SystemError("map the nbd request journal", detail: "it has \(status.st_size) bytes, this build expects \(Self.size)")
+            throw SystemError(
+                "map the nbd request journal", detail: "it has \(status.st_size) bytes, this build expects \(Self.size)"
+            )
         }
-        guard let mapped = mmap(nil, Self.size, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0), mapped != MAP_FAILED else {
+        guard let mapped = mmap(nil, Self.size, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0), mapped != MAP_FAILED
+        else {
             throw .lastErrno("mmap", path: "nbd request journal")
         }
         self.descriptor = descriptor
@@ -163,7 +166,8 @@ public final class RequestJournal: @unchecked Sendable {
     // MARK: Receiving (reader thread)
 
     public func receiveBuffer(_ record: Int) -> UnsafeMutableRawBufferPointer {
-        UnsafeMutableRawBufferPointer(start: memory + Self.receiveBuffersOffset + record * Self.receiveCapacity, count: Self.receiveCapacity)
+        UnsafeMutableRawBufferPointer(
+            start: memory + Self.receiveBuffersOffset + record * Self.receiveCapacity, count: Self.receiveCapacity)
     }
 
     var currentReceive: Int { Int(load32(Self.currentReceiveOffset) & 1) }
@@ -171,17 +175,22 @@ public final class RequestJournal: @unchecked Sendable {
     /// Reads what the socket has into the other receive buffer, after `kept` (the unparsed tail
     /// of the current one, starting at stream position `keptPosition`). Returns the bytes read
     /// (0 at end of stream, -1 with errno) and the buffer they are in, which becomes current.
-    func receive(from socket: Int32, keeping kept: UnsafeRawBufferPointer, at keptPosition: UInt64) -> (count: Int, buffer: Int) {
+    func receive(from socket: Int32, keeping kept: UnsafeRawBufferPointer, at keptPosition: UInt64) -> (
+        count: Int, buffer: Int
+    ) {
         let next = 1 - currentReceive
         let buffer = receiveBuffer(next)
-        if let from = kept.baseAddress, kept.count > 0 { buffer.baseAddress!.copyMemory(from: from, byteCount: kept.count) }
+        if let from = kept.baseAddress, kept.count > 0 {
+            buffer.baseAddress!.copyMemory(from: from, byteCount: kept.count)
+        }
         let record = Self.receiveRecordsOffset + next * Self.recordSize
         store64(record, keptPosition)
         store32(record + Self.keptInRecord, UInt32(kept.count))
         cshim_recorded_reset(receiveTransfer(next))
         cshim_store_release_u32(memory + Self.currentReceiveOffset, UInt32(next))
         let count = cshim_recorded_receive(
-            socket, receiveTransfer(next), buffer.baseAddress! + kept.count, buffer.count - kept.count, Int32(MSG_DONTWAIT))
+            socket, receiveTransfer(next), buffer.baseAddress! + kept.count, buffer.count - kept.count,
+            Int32(MSG_DONTWAIT))
         return (count, next)
     }
 
@@ -238,7 +247,9 @@ public final class RequestJournal: @unchecked Sendable {
                 return
             }
             store32(Self.slotsOffset + Int(answer.slot) * Self.slotSize + Self.errorInSlot, answer.error)
-            memory.storeBytes(of: UInt16(answer.slot).littleEndian, toByteOffset: Self.sendSlotListOffset + 2 * count, as: UInt16.self)
+            memory.storeBytes(
+                of: UInt16(answer.slot).littleEndian, toByteOffset: Self.sendSlotListOffset + 2 * count, as: UInt16.self
+            )
             count += 1
         }
         store32(Self.sendSlotCountOffset, UInt32(count))
@@ -258,7 +269,8 @@ public final class RequestJournal: @unchecked Sendable {
         let moved = cshim_recorded_count(sendTransfer(current))
         if moved >= 0 {
             // A continuation: the other record starts where this one ended.
-            current = switchSendRecord(sentBefore: load64(Self.sendRecordsOffset + current * Self.recordSize) + UInt64(moved))
+            current = switchSendRecord(
+                sentBefore: load64(Self.sendRecordsOffset + current * Self.recordSize) + UInt64(moved))
         }
         return cshim_recorded_send(socket, sendTransfer(current), vectors, count, Int32(MSG_NOSIGNAL) | flags)
     }
@@ -273,7 +285,10 @@ public final class RequestJournal: @unchecked Sendable {
         let count = min(Int(load32(Self.sendSlotCountOffset)), Self.maximumSendSlots)
         lock.withLock {
             for index in 0..<count {
-                let slot = Int32(UInt16(littleEndian: memory.loadUnaligned(fromByteOffset: Self.sendSlotListOffset + 2 * index, as: UInt16.self)))
+                let slot = Int32(
+                    UInt16(
+                        littleEndian: memory.loadUnaligned(
+                            fromByteOffset: Self.sendSlotListOffset + 2 * index, as: UInt16.self)))
                 guard slot < Self.slotCount else { continue }
                 cshim_store_release_u32(memory + Self.slotsOffset + Int(slot) * Self.slotSize, 0)
                 freeSlots.append(slot)
@@ -316,8 +331,12 @@ public final class RequestJournal: @unchecked Sendable {
     /// parts from (the supervisor's copy of it shares the position).
     public func recover(replyFilePosition: UInt64?) throws(SystemError) -> Recovery {
         func distrust(_ why: String) -> SystemError { SystemError("resume from the nbd request journal", detail: why) }
-        guard cshim_load_acquire_u64(memory + Self.magicOffset) == Self.magic else { throw distrust("no journal (another version, or never started)") }
-        guard load64(Self.layoutOffset) == Self.layout else { throw distrust("journal layout \(load64(Self.layoutOffset)) differs from \(Self.layout)") }
+        guard cshim_load_acquire_u64(memory + Self.magicOffset) == Self.magic else {
+            throw distrust("no journal (another version, or never started)")
+        }
+        guard load64(Self.layoutOffset) == Self.layout else {
+            throw distrust("journal layout \(load64(Self.layoutOffset)) differs from \(Self.layout)")
+        }
         guard load32(Self.poisonedOffset) == 0 else { throw distrust("the journal gave up describing the stream") }
 
         // Received bytes.
@@ -326,7 +345,9 @@ public final class RequestJournal: @unchecked Sendable {
         let bufferPosition = load64(record)
         let kept = Int(load32(record + Self.keptInRecord))
         let received = max(0, Int(cshim_recorded_count(receiveTransfer(current))))
-        guard kept <= Self.receiveCapacity, received <= Self.receiveCapacity - kept else { throw distrust("receive record out of range") }
+        guard kept <= Self.receiveCapacity, received <= Self.receiveCapacity - kept else {
+            throw distrust("receive record out of range")
+        }
         let filled = bufferPosition + UInt64(kept + received)
         let consumed = load64(Self.consumedOffset)
         guard consumed >= bufferPosition, consumed <= filled else {
@@ -339,7 +360,9 @@ public final class RequestJournal: @unchecked Sendable {
             let bytes = UnsafeRawBufferPointer(start: memory + base + Self.requestInSlot, count: Request.size)
             guard let request = try? Request(decoding: bytes) else { throw distrust("slot \(slot) holds no request") }
             let takenOver = load32(base + Self.takeoversInSlot)
-            return Entry(slot: slot, request: request, error: load32(base + Self.errorInSlot), takeovers: takenOver == .max ? .max : takenOver + 1)
+            return Entry(
+                slot: slot, request: request, error: load32(base + Self.errorInSlot),
+                takeovers: takenOver == .max ? .max : takenOver + 1)
         }
 
         // The send in progress, if any.
@@ -351,13 +374,19 @@ public final class RequestJournal: @unchecked Sendable {
             guard count <= Self.maximumSendSlots else { throw distrust("send record lists \(count) replies") }
             var answers: [Entry] = []
             for index in 0..<count {
-                let slot = Int32(UInt16(littleEndian: memory.loadUnaligned(fromByteOffset: Self.sendSlotListOffset + 2 * index, as: UInt16.self)))
-                guard slot < Self.slotCount, !inSend.contains(slot) else { throw distrust("send record names slot \(slot)") }
+                let slot = Int32(
+                    UInt16(
+                        littleEndian: memory.loadUnaligned(
+                            fromByteOffset: Self.sendSlotListOffset + 2 * index, as: UInt16.self)))
+                guard slot < Self.slotCount, !inSend.contains(slot) else {
+                    throw distrust("send record names slot \(slot)")
+                }
                 inSend.insert(slot)
                 answers.append(try entry(slot))
             }
             let sendRecord = Int(load32(Self.currentSendOffset) & 1)
-            var sent = Int(load64(Self.sendRecordsOffset + sendRecord * Self.recordSize))
+            var sent =
+                Int(load64(Self.sendRecordsOffset + sendRecord * Self.recordSize))
                 + max(0, Int(cshim_recorded_count(sendTransfer(sendRecord))))
             let total = Int(load64(Self.sendTotalOffset))
             let fileLength = Int(load64(Self.sendFileLengthOffset))
@@ -367,7 +396,9 @@ public final class RequestJournal: @unchecked Sendable {
             if fileLength > 0, sent == total - fileLength, load32(Self.sendFilePositionedOffset) == 1 {
                 let start = load64(Self.sendFileStartOffset)
                 guard let position = replyFilePosition, position >= start, position - start <= UInt64(fileLength) else {
-                    throw distrust("the reply file's position \(replyFilePosition.map(String.init) ?? "unknown") is outside the file part \(start)+\(fileLength)")
+                    throw distrust(
+                        "the reply file's position \(replyFilePosition.map(String.init) ?? "unknown") is outside the file part \(start)+\(fileLength)"
+                    )
                 }
                 sent += Int(position - start)
             }
@@ -400,7 +431,8 @@ public final class RequestJournal: @unchecked Sendable {
         // and so is its takeover of each request, before it serves any.
         for slot in free { cshim_store_release_u32(memory + Self.slotsOffset + Int(slot) * Self.slotSize, 0) }
         for entry in unanswered.map(\.entry) + (unfinished?.answers ?? []) {
-            cshim_store_release_u32(memory + Self.slotsOffset + Int(entry.slot) * Self.slotSize + Self.takeoversInSlot, entry.takeovers)
+            cshim_store_release_u32(
+                memory + Self.slotsOffset + Int(entry.slot) * Self.slotSize + Self.takeoversInSlot, entry.takeovers)
         }
         if unfinished == nil { cshim_store_release_u32(memory + Self.sendActiveOffset, 0) }
         lock.withLock { freeSlots = free }

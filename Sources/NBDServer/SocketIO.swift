@@ -68,7 +68,9 @@ final class MessageReader {
 
     /// Fills `destination` with the next `destination.count` bytes. `atBoundary` says that no
     /// byte of this message has been read yet, so EOF or stop here are clean.
-    func read(into destination: UnsafeMutableRawBufferPointer, atBoundary: Bool, what: String) throws(SystemError) -> Result {
+    func read(into destination: UnsafeMutableRawBufferPointer, atBoundary: Bool, what: String) throws(SystemError)
+        -> Result
+    {
         guard destination.count <= buffer.count else {
             return try readPiecewise(into: destination, atBoundary: atBoundary, what: what)
         }
@@ -91,7 +93,9 @@ final class MessageReader {
 
     /// A message bigger than the buffer (a network client's oversized option) is copied out as
     /// it arrives.
-    private func readPiecewise(into destination: UnsafeMutableRawBufferPointer, atBoundary: Bool, what: String) throws(SystemError) -> Result {
+    private func readPiecewise(into destination: UnsafeMutableRawBufferPointer, atBoundary: Bool, what: String)
+        throws(SystemError) -> Result
+    {
         journal?.poison()
         var filled = 0
         while filled < destination.count {
@@ -116,7 +120,9 @@ final class MessageReader {
     func readBytes(_ count: Int, atBoundary: Bool, what: String) throws(SystemError) -> [UInt8]? {
         var bytes = [UInt8](repeating: 0, count: count)
         let outcome = try bytes.withUnsafeMutableBytes { destination in
-            Swift.Result { () throws(SystemError) -> Result in try read(into: destination, atBoundary: atBoundary, what: what) }
+            Swift.Result { () throws(SystemError) -> Result in
+                try read(into: destination, atBoundary: atBoundary, what: what)
+            }
         }.get()
         return outcome == .message ? bytes : nil
     }
@@ -191,7 +197,9 @@ final class MessageReader {
             var timeout: Int32 = stopSeen ? completionTimeoutMilliseconds : -1
             if let deadline {
                 let now = monotonicMicroseconds()
-                guard now < deadline else { throw SystemError("read \(what)", errno: .timedOut, detail: "the handshake time limit passed") }
+                guard now < deadline else {
+                    throw SystemError("read \(what)", errno: .timedOut, detail: "the handshake time limit passed")
+                }
                 let left = Int32(clamping: (deadline - now + 999) / 1000)
                 timeout = timeout < 0 ? left : min(timeout, left)
             }
@@ -276,7 +284,9 @@ final class ReplyWriter: @unchecked Sendable {
     func send(_ bytes: [UInt8], answering answers: [Answer] = []) throws(SystemError) {
         let error = bytes.withUnsafeBytes { bytes in
             var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)
-            return withUnsafeMutablePointer(to: &vector) { deliver(UnsafeMutableBufferPointer(start: $0, count: 1), answering: answers) }
+            return withUnsafeMutablePointer(to: &vector) {
+                deliver(UnsafeMutableBufferPointer(start: $0, count: 1), answering: answers)
+            }
         }
         if let error { throw error }
     }
@@ -285,7 +295,9 @@ final class ReplyWriter: @unchecked Sendable {
     /// the page cache to the socket without a copy through userspace. Journaled, the header's
     /// bytes are counted by the kernel in the journal and the data goes from the reply file at
     /// its own position, which sendfile advances by exactly what it sent.
-    func sendFile(header: [UInt8], file: Int32, offset: UInt64, length: Int, answering answers: [Answer] = []) throws(SystemError) {
+    func sendFile(header: [UInt8], file: Int32, offset: UInt64, length: Int, answering answers: [Answer] = [])
+        throws(SystemError)
+    {
         try lock.withLock { () throws(SystemError) in
             if let failure { throw failure }
             guard let journal else {
@@ -301,10 +313,14 @@ final class ReplyWriter: @unchecked Sendable {
                 return
             }
             journal.filePositioned()
-            try record(header.withUnsafeBytes { header in
-                var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: header.baseAddress), iov_len: header.count)
-                return withUnsafeMutablePointer(to: &vector) { sendAll(UnsafeMutableBufferPointer(start: $0, count: 1), flags: Int32(MSG_MORE)) }
-            })
+            try record(
+                header.withUnsafeBytes { header in
+                    var vector = iovec(
+                        iov_base: UnsafeMutableRawPointer(mutating: header.baseAddress), iov_len: header.count)
+                    return withUnsafeMutablePointer(to: &vector) {
+                        sendAll(UnsafeMutableBufferPointer(start: $0, count: 1), flags: Int32(MSG_MORE))
+                    }
+                })
             try record(sendFileData(from: replyFile, position: nil, length: length))
             journal.endSend()
         }
@@ -333,7 +349,8 @@ final class ReplyWriter: @unchecked Sendable {
         let error = header.withUnsafeBytes { header in
             var vectors = (
                 iovec(iov_base: UnsafeMutableRawPointer(mutating: header.baseAddress), iov_len: header.count),
-                iovec(iov_base: UnsafeMutableRawPointer(mutating: data.baseAddress), iov_len: data.count))
+                iovec(iov_base: UnsafeMutableRawPointer(mutating: data.baseAddress), iov_len: data.count)
+            )
             return withUnsafeMutableBytes(of: &vectors) { deliver($0.bindMemory(to: iovec.self), answering: answers) }
         }
         if let error { throw error }
@@ -342,7 +359,9 @@ final class ReplyWriter: @unchecked Sendable {
     /// Several complete replies at once, in order: one sendmsg(2) where the socket takes it all,
     /// so a burst of cached READs costs one syscall and one wake-up of the peer. `vectors` is
     /// consumed (advanced past what was sent).
-    func send(gathering vectors: UnsafeMutableBufferPointer<iovec>, answering answers: [Answer] = []) throws(SystemError) {
+    func send(gathering vectors: UnsafeMutableBufferPointer<iovec>, answering answers: [Answer] = [])
+        throws(SystemError)
+    {
         if let error = deliver(vectors, answering: answers) { throw error }
     }
 
@@ -353,8 +372,11 @@ final class ReplyWriter: @unchecked Sendable {
         let error: SystemError? = lock.withLock {
             journal.resumeSend(sent: sent)
             let error = bytes.withUnsafeBytes { bytes in
-                var vector = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress! + sent), iov_len: bytes.count - sent)
-                return withUnsafeMutablePointer(to: &vector) { sendAll(UnsafeMutableBufferPointer(start: $0, count: 1)) }
+                var vector = iovec(
+                    iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress! + sent), iov_len: bytes.count - sent)
+                return withUnsafeMutablePointer(to: &vector) {
+                    sendAll(UnsafeMutableBufferPointer(start: $0, count: 1))
+                }
             }
             if let error { failure = error } else { journal.endSend() }
             return error

@@ -52,10 +52,12 @@ public final class TLSContext: @unchecked Sendable {
         let bytes = try file.read(exactly: (1 << 20) + 1, at: 0, path: path)
         guard bytes.count <= 1 << 20 else { throw SystemError("read", path: path, detail: "a PSK file over 1 MiB") }
         var keys: [String: [UInt8]] = [:]
-        for (index, line) in bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated() where !line.isEmpty {
+        for (index, line) in bytes.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false).enumerated()
+        where !line.isEmpty {
             let malformed = SystemError("read", path: path, detail: "line \(index + 1) is not IDENTITY:HEXKEY")
             guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon > line.startIndex,
-                  let identity = String(validating: line[..<colon], as: UTF8.self) else { throw malformed }
+                let identity = String(validating: line[..<colon], as: UTF8.self)
+            else { throw malformed }
             let hex = Array(line[(colon + 1)...])
             guard !hex.isEmpty, hex.count % 2 == 0, hex.count <= 2 * 256 else { throw malformed }
             var key: [UInt8] = []
@@ -92,12 +94,13 @@ public final class TLSContext: @unchecked Sendable {
             let result = SSL_accept(ssl)
             if result == 1 { break }
             let code = SSL_get_error(ssl, result)
-            let failure: SystemError? = switch code {
-            case SSL_ERROR_WANT_READ: wait(socket, for: Int16(POLLIN), until: deadline)
-            case SSL_ERROR_WANT_WRITE: wait(socket, for: Int16(POLLOUT), until: deadline)
-            case SSL_ERROR_SYSCALL where errno != 0: SystemError("TLS handshake", errno: Errno(rawValue: errno))
-            default: openSSLError("TLS handshake")
-            }
+            let failure: SystemError? =
+                switch code {
+                case SSL_ERROR_WANT_READ: wait(socket, for: Int16(POLLIN), until: deadline)
+                case SSL_ERROR_WANT_WRITE: wait(socket, for: Int16(POLLOUT), until: deadline)
+                case SSL_ERROR_SYSCALL where errno != 0: SystemError("TLS handshake", errno: Errno(rawValue: errno))
+                default: openSSLError("TLS handshake")
+                }
             if let failure {
                 SSL_free(ssl)
                 throw failure
@@ -109,21 +112,25 @@ public final class TLSContext: @unchecked Sendable {
 
 /// The PSK lookup OpenSSL calls during a handshake (TLS 1.2, and TLS 1.3 through OpenSSL's
 /// compatibility path): the key of the client's identity, or 0 to refuse it.
-private let pskServerCallback: @convention(c) (OpaquePointer?, UnsafePointer<CChar>?, UnsafeMutablePointer<UInt8>?, UInt32) -> UInt32 = {
-    ssl, identity, destination, capacity in
-    guard let ssl, let identity, let destination, let context = SSL_get_SSL_CTX(ssl),
-          let owner = cshim_ssl_ctx_get_app_data(context) else { return 0 }
-    let tls = Unmanaged<TLSContext>.fromOpaque(owner).takeUnretainedValue()
-    guard let key = tls.key(for: String(cString: identity)), key.count <= Int(capacity) else { return 0 }
-    key.withUnsafeBufferPointer { destination.update(from: $0.baseAddress!, count: key.count) }
-    return UInt32(key.count)
-}
+private let pskServerCallback:
+    @convention(c) (OpaquePointer?, UnsafePointer<CChar>?, UnsafeMutablePointer<UInt8>?, UInt32) -> UInt32 = {
+        ssl, identity, destination, capacity in
+        guard let ssl, let identity, let destination, let context = SSL_get_SSL_CTX(ssl),
+            let owner = cshim_ssl_ctx_get_app_data(context)
+        else { return 0 }
+        let tls = Unmanaged<TLSContext>.fromOpaque(owner).takeUnretainedValue()
+        guard let key = tls.key(for: String(cString: identity)), key.count <= Int(capacity) else { return 0 }
+        key.withUnsafeBufferPointer { destination.update(from: $0.baseAddress!, count: key.count) }
+        return UInt32(key.count)
+    }
 
 /// Polls `socket` for `events` until `deadline`; nil when ready, else why not.
 private func wait(_ socket: Int32, for events: Int16, until deadline: UInt64) -> SystemError? {
     while true {
         let now = monotonicMicroseconds()
-        guard now < deadline else { return SystemError("TLS handshake", errno: .timedOut, detail: "the handshake time limit passed") }
+        guard now < deadline else {
+            return SystemError("TLS handshake", errno: .timedOut, detail: "the handshake time limit passed")
+        }
         var descriptor = pollfd(fd: socket, events: events, revents: 0)
         let ready = poll(&descriptor, 1, Int32(clamping: (deadline - now + 999) / 1000))
         if ready > 0 { return nil }
@@ -139,7 +146,8 @@ private func openSSLError(_ operation: String, path: String? = nil) -> SystemErr
         ERR_error_string_n(code, &text, text.count)
         reasons.append(String(cString: text))
     }
-    return SystemError(operation, path: path, detail: reasons.isEmpty ? "OpenSSL failed" : reasons.joined(separator: "; "))
+    return SystemError(
+        operation, path: path, detail: reasons.isEmpty ? "OpenSSL failed" : reasons.joined(separator: "; "))
 }
 
 /// One connection's TLS state over its non-blocking socket. OpenSSL objects are not safe for

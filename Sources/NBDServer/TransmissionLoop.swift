@@ -86,7 +86,8 @@ final class TransmissionLoop: @unchecked Sendable {
     }
 
     private func readLoop() throws(SystemError) -> ServingEnd {
-        var inlineScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(Self.inlineCopyLimit), alignment: 4096)
+        var inlineScratch = UnsafeMutableRawBufferPointer.allocate(
+            byteCount: Int(Self.inlineCopyLimit), alignment: 4096)
         defer { inlineScratch.deallocate() }
         let header = UnsafeMutableRawBufferPointer.allocate(byteCount: Request.size, alignment: 8)
         defer { header.deallocate() }
@@ -115,7 +116,9 @@ final class TransmissionLoop: @unchecked Sendable {
     /// Serves what a dead predecessor left: the rest of the send it was killed in, then the
     /// requests it read and never answered. The bytes it read and did not parse are already the
     /// reader's.
-    private func resume(_ recovery: RequestJournal.Recovery, batch: ReplyBatch, scratch: inout UnsafeMutableRawBufferPointer) throws(SystemError) {
+    private func resume(
+        _ recovery: RequestJournal.Recovery, batch: ReplyBatch, scratch: inout UnsafeMutableRawBufferPointer
+    ) throws(SystemError) {
         if let unfinished = recovery.unfinishedSend {
             var bytes: [UInt8] = []
             for entry in unfinished.answers {
@@ -126,11 +129,13 @@ final class TransmissionLoop: @unchecked Sendable {
                 bytes += [UInt8](repeating: 0, count: Int(entry.request.length))
                 let got = try bytes.withUnsafeMutableBytes { all in
                     Swift.Result { () throws(SystemError) -> Int in
-                        try source.read(into: UnsafeMutableRawBufferPointer(rebasing: all[start...]), at: entry.request.offset)
+                        try source.read(
+                            into: UnsafeMutableRawBufferPointer(rebasing: all[start...]), at: entry.request.offset)
                     }
                 }.get()
                 guard got == Int(entry.request.length) else {
-                    throw SystemError("complete a reply of the previous worker", detail: "short read from \(source.displayName)")
+                    throw SystemError(
+                        "complete a reply of the previous worker", detail: "short read from \(source.displayName)")
                 }
             }
             guard bytes.count == unfinished.total else {
@@ -145,7 +150,8 @@ final class TransmissionLoop: @unchecked Sendable {
                 // Every worker that held it died: serving it again would kill this one too, and
                 // the device would hang in a crash loop. The filesystem gets an I/O error.
                 logger.error(
-                    "NBD \(entry.request.type) of \(entry.request.length) bytes at \(entry.request.offset) was held by \(entry.takeovers) workers that died; answering it with EIO")
+                    "NBD \(entry.request.type) of \(entry.request.length) bytes at \(entry.request.offset) was held by \(entry.takeovers) workers that died; answering it with EIO"
+                )
                 try reply(to: entry.request, slot: entry.slot, error: .ioError, "its workers died")
                 continue
             }
@@ -154,9 +160,12 @@ final class TransmissionLoop: @unchecked Sendable {
     }
 
     /// Answers one request, at once or through a worker. False for NBD_CMD_DISC.
-    private func dispatch(_ request: Request, slot: Int32, batch: ReplyBatch, scratch inlineScratch: inout UnsafeMutableRawBufferPointer) throws(SystemError) -> Bool {
+    private func dispatch(
+        _ request: Request, slot: Int32, batch: ReplyBatch, scratch inlineScratch: inout UnsafeMutableRawBufferPointer
+    ) throws(SystemError) -> Bool {
         if request.length > NBDLimits.maximumRequestLength
-            && (request.type == .read || request.type.carriesPayload) {
+            && (request.type == .read || request.type.carriesPayload)
+        {
             throw SystemError(
                 "NBD \(request.type) request",
                 detail: "length \(request.length) exceeds \(NBDLimits.maximumRequestLength); closing the connection")
@@ -165,7 +174,9 @@ final class TransmissionLoop: @unchecked Sendable {
         case .read:
             let (end, overflow) = request.offset.addingReportingOverflow(UInt64(request.length))
             guard request.length > 0, !overflow, end <= source.size else {
-                try reply(to: request, slot: slot, error: .invalid, "read of \(request.length) bytes at \(request.offset) is outside the export (\(source.size) bytes)")
+                try reply(
+                    to: request, slot: slot, error: .invalid,
+                    "read of \(request.length) bytes at \(request.offset) is outside the export (\(source.size) bytes)")
                 return true
             }
             guard let descriptor = source.localFileDescriptor else {
@@ -184,7 +195,9 @@ final class TransmissionLoop: @unchecked Sendable {
             }
             sendBatch(batch)
             if alone {
-                do { try serveRead(request, slot: slot, scratch: &inlineScratch, zeroCopy: true) } catch { reportWriteFailure(error) }
+                do { try serveRead(request, slot: slot, scratch: &inlineScratch, zeroCopy: true) } catch {
+                    reportWriteFailure(error)
+                }
             } else {
                 enqueue((request, slot))
             }
@@ -225,8 +238,10 @@ final class TransmissionLoop: @unchecked Sendable {
             if got < 0 && errno == EOPNOTSUPP { nonBlockingReadsWork = false }
             return false
         }
-        let header = structuredReplies
-            ? StructuredReplyChunkHeader.offsetData(cookie: request.cookie, offset: request.offset, dataLength: request.length)
+        let header =
+            structuredReplies
+            ? StructuredReplyChunkHeader.offsetData(
+                cookie: request.cookie, offset: request.offset, dataLength: request.length)
             : SimpleReply(cookie: request.cookie).encoded()
         batch.append(header: header, length: length, answering: slot)
         return true
@@ -281,17 +296,25 @@ final class TransmissionLoop: @unchecked Sendable {
     }
 
     /// `zeroCopy`: send even a small read by sendfile (the reader thread's lone request).
-    private func serveRead(_ request: Request, slot: Int32, scratch: inout UnsafeMutableRawBufferPointer, zeroCopy: Bool = false) throws(SystemError) {
+    private func serveRead(
+        _ request: Request, slot: Int32, scratch: inout UnsafeMutableRawBufferPointer, zeroCopy: Bool = false
+    ) throws(SystemError) {
         let length = Int(request.length)
-        let header = structuredReplies
-            ? StructuredReplyChunkHeader.offsetData(cookie: request.cookie, offset: request.offset, dataLength: request.length)
+        let header =
+            structuredReplies
+            ? StructuredReplyChunkHeader.offsetData(
+                cookie: request.cookie, offset: request.offset, dataLength: request.length)
             : SimpleReply(cookie: request.cookie).encoded()
         // sendfile moves the page cache's pages to the socket without copying them through
         // userspace: big reads, and a lone request, go that way. A worker copies a small read
         // first and sends it with its header in one sendmsg: the writer's lock is then never
         // held across a read from the disk, so workers overlap their disk reads.
-        if let descriptor = source.localFileDescriptor, request.length > Self.inlineCopyLimit || zeroCopy, sendsFromSource {
-            try writer.sendFile(header: header, file: descriptor.rawValue, offset: request.offset, length: length, answering: Self.answers(slot))
+        if let descriptor = source.localFileDescriptor, request.length > Self.inlineCopyLimit || zeroCopy,
+            sendsFromSource
+        {
+            try writer.sendFile(
+                header: header, file: descriptor.rawValue, offset: request.offset, length: length,
+                answering: Self.answers(slot))
             return
         }
         if scratch.count < length {
@@ -305,22 +328,28 @@ final class TransmissionLoop: @unchecked Sendable {
             return
         }
         guard got == length else {
-            try reply(to: request, slot: slot, error: .ioError, "short read from \(source.displayName): \(got) of \(length) bytes")
+            try reply(
+                to: request, slot: slot, error: .ioError,
+                "short read from \(source.displayName): \(got) of \(length) bytes")
             return
         }
         try writer.send(header: header, data: UnsafeRawBufferPointer(data), answering: Self.answers(slot))
     }
 
     private func replySuccess(to request: Request, slot: Int32) throws(SystemError) {
-        try send(structuredReplies ? StructuredReplyChunkHeader.done(cookie: request.cookie) : SimpleReply(cookie: request.cookie).encoded(),
-                 answering: Self.answers(slot))
+        try send(
+            structuredReplies
+                ? StructuredReplyChunkHeader.done(cookie: request.cookie)
+                : SimpleReply(cookie: request.cookie).encoded(),
+            answering: Self.answers(slot))
     }
 
     private func reply(to request: Request, slot: Int32, error: NBDErrorCode, _ message: String) throws(SystemError) {
         logger.debug("NBD \(request.type) refused", metadata: ["error": "\(error.rawValue)", "reason": "\(message)"])
-        try send(structuredReplies
-            ? StructuredReplyChunkHeader.error(cookie: request.cookie, error: error, message: message)
-            : SimpleReply(cookie: request.cookie, error: error).encoded(),
+        try send(
+            structuredReplies
+                ? StructuredReplyChunkHeader.error(cookie: request.cookie, error: error, message: message)
+                : SimpleReply(cookie: request.cookie, error: error).encoded(),
             answering: Self.answers(slot, error: error))
     }
 

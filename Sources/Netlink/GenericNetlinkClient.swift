@@ -68,7 +68,8 @@ public final class GenericNetlinkClient {
                 case NetlinkMessage.ControlType.noop:
                     continue
                 case NetlinkMessage.ControlType.overrun:
-                    throw SystemError(operation, errno: .noBufferSpace, detail: "netlink reported data lost (NLMSG_OVERRUN)")
+                    throw SystemError(
+                        operation, errno: .noBufferSpace, detail: "netlink reported data lost (NLMSG_OVERRUN)")
                 default:
                     if reply.flags.contains(.dumpInterrupted) { interrupted = true }
                     guard reply.type == family else {
@@ -94,9 +95,10 @@ public final class GenericNetlinkClient {
             replies = try request(
                 family: GenericNetlinkController.familyID, GenericNetlinkController.getFamilyRequest(name: name),
                 operation: operation)
-        } catch where error.errno == .noSuchFileOrDirectory {
+        } catch  where error.errno == .noSuchFileOrDirectory {
             var missing = error
-            missing.detail = (error.detail.map { $0 + "; " } ?? "")
+            missing.detail =
+                (error.detail.map { $0 + "; " } ?? "")
                 + "the kernel has no such family (is its module loaded?)"
             throw missing
         }
@@ -111,11 +113,14 @@ public final class GenericNetlinkClient {
         let operation = "list generic netlink families"
         let replies = try request(
             family: GenericNetlinkController.familyID,
-            GenericNetlinkMessage(command: GenericNetlinkController.Command.getFamily, version: GenericNetlinkController.version),
+            GenericNetlinkMessage(
+                command: GenericNetlinkController.Command.getFamily, version: GenericNetlinkController.version),
             flags: .dump, operation: operation)
         var families: [GenericNetlinkFamily] = []
         for reply in replies where reply.command == GenericNetlinkController.Command.newFamily {
-            do { families.append(try GenericNetlinkController.family(from: reply)) } catch { throw context(error, operation) }
+            do { families.append(try GenericNetlinkController.family(from: reply)) } catch {
+                throw context(error, operation)
+            }
         }
         return families
     }

@@ -105,7 +105,9 @@ extension Array where Element == NetlinkAttribute {
                 throw malformed("attribute at offset \(offset) has length \(attributeLength), below the 4-byte header")
             }
             guard attributeLength <= total - offset else {
-                throw malformed("attribute \(rawType) at offset \(offset) claims \(attributeLength) bytes, only \(total - offset) remain")
+                throw malformed(
+                    "attribute \(rawType) at offset \(offset) claims \(attributeLength) bytes, only \(total - offset) remain"
+                )
             }
             let payload = [UInt8](bytes[(base + NetlinkAttribute.headerSize)..<(base + attributeLength)])
             result.append(NetlinkAttribute(rawType: rawType, payload: payload))

@@ -75,8 +75,9 @@ public struct NetlinkMessage: Sendable, Equatable {
             }
             let length = Int(length32)
             let payload = Array(bytes[(offset + headerSize)..<(offset + length)])
-            messages.append(NetlinkMessage(
-                type: type, flags: Flags(rawValue: flags), sequence: sequence, portID: portID, payload: payload))
+            messages.append(
+                NetlinkMessage(
+                    type: type, flags: Flags(rawValue: flags), sequence: sequence, portID: portID, payload: payload))
             offset += min(netlinkAligned(length) ?? length, bytes.count - offset)
         }
         guard offset == bytes.count else {
@@ -103,7 +104,8 @@ public struct NetlinkErrorReply: Sendable, Equatable {
         static let offset: UInt16 = 2
     }
 
-    public init(error: Int32, requestSequence: UInt32, message: String? = nil, offendingAttributeOffset: UInt32? = nil) {
+    public init(error: Int32, requestSequence: UInt32, message: String? = nil, offendingAttributeOffset: UInt32? = nil)
+    {
         self.error = error
         self.requestSequence = requestSequence
         self.message = message
@@ -127,6 +129,8 @@ public struct NetlinkErrorReply: Sendable, Equatable {
         else { throw malformed("NLMSG_ERROR echoes \(echoed) bytes of request but carries \(payload.count - 4)") }
         let attributes = try [NetlinkAttribute].decode(payload[(4 + alignedEcho)...])
         if let text = attributes.first(ExtendedAckAttribute.message) { self.message = text.string() }
-        if let offset = attributes.first(ExtendedAckAttribute.offset) { self.offendingAttributeOffset = try offset.u32() }
+        if let offset = attributes.first(ExtendedAckAttribute.offset) {
+            self.offendingAttributeOffset = try offset.u32()
+        }
     }
 }

@@ -84,7 +84,8 @@ public final class NetlinkSocket: NetlinkTransport {
     public func joinMulticastGroup(_ group: UInt32) throws(SystemError) {
         var value = group
         try retryingOnInterrupt("NETLINK_ADD_MEMBERSHIP \(group)") {
-            setsockopt(descriptor, Option.solNetlink, Option.addMembership, &value, socklen_t(MemoryLayout<UInt32>.size))
+            setsockopt(
+                descriptor, Option.solNetlink, Option.addMembership, &value, socklen_t(MemoryLayout<UInt32>.size))
         }
     }
 

@@ -38,7 +38,10 @@ final class MemoryBlockStore: BlockStore {
     func read(block: Int, offset: Int, into destination: UnsafeMutableRawBufferPointer) -> Bool {
         state.withLock { state in
             guard var entry = state.blocks[block], offset + destination.count <= entry.bytes.count else { return false }
-            entry.bytes.withUnsafeBytes { destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[offset..<(offset + destination.count)])) }
+            entry.bytes.withUnsafeBytes {
+                destination.copyMemory(
+                    from: UnsafeRawBufferPointer(rebasing: $0[offset..<(offset + destination.count)]))
+            }
             state.clock += 1
             entry.used = state.clock
             state.blocks[block] = entry
@@ -51,7 +54,9 @@ final class MemoryBlockStore: BlockStore {
     func store(block: Int, bytes: UnsafeRawBufferPointer) {
         state.withLock { state in
             state.clock += 1
-            if let old = state.blocks.updateValue((Array(bytes), state.clock), forKey: block) { state.bytes -= old.bytes.count }
+            if let old = state.blocks.updateValue((Array(bytes), state.clock), forKey: block) {
+                state.bytes -= old.bytes.count
+            }
             state.bytes += bytes.count
             // A scan per eviction: capacity / blockSize entries at most (1024 by default).
             while state.bytes > capacity, let victim = state.blocks.min(by: { $0.value.used < $1.value.used }) {
@@ -109,7 +114,8 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
         withUnsafeBytes(of: objectSize.littleEndian) { header.replaceSubrange(16..<24, with: $0) }
         header.replaceSubrange(32..<64, with: digest)
         let mapLength = off_t(Self.headerSize + 8 * blockCount)
-        let mapPath = "\(directory)/\(key).map", dataPath = "\(directory)/\(key).data"
+        let mapPath = "\(directory)/\(key).map"
+        let dataPath = "\(directory)/\(key).data"
         func failure(_ what: String, _ path: String) -> RemoteError {
             RemoteError(.cache, path, "\(what): \(String(cString: strerror(errno)))")
         }
@@ -169,7 +175,9 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
 
     private func entry(_ block: Int) -> (crc: UInt32, length: Int) {
         var raw: (UInt32, UInt32) = (0, 0)
-        let got = withUnsafeMutableBytes(of: &raw) { pread(mapDescriptor, $0.baseAddress, 8, off_t(Self.headerSize + 8 * block)) }
+        let got = withUnsafeMutableBytes(of: &raw) {
+            pread(mapDescriptor, $0.baseAddress, 8, off_t(Self.headerSize + 8 * block))
+        }
         guard got == 8 else { return (0, 0) }
         return (UInt32(littleEndian: raw.0), Int(UInt32(littleEndian: raw.1)))
     }
@@ -201,7 +209,9 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
         }
         guard good else { return false }
         markVerified(block)
-        bytes.withUnsafeBytes { destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[offset..<(offset + destination.count)])) }
+        bytes.withUnsafeBytes {
+            destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[offset..<(offset + destination.count)]))
+        }
         return true
     }
 
@@ -213,7 +223,9 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
         }
         var written = 0
         while written < bytes.count {
-            let result = pwrite(dataDescriptor, bytes.baseAddress! + written, bytes.count - written, off_t(block) * off_t(blockSize) + off_t(written))
+            let result = pwrite(
+                dataDescriptor, bytes.baseAddress! + written, bytes.count - written,
+                off_t(block) * off_t(blockSize) + off_t(written))
             if result < 0 && errno == EINTR { continue }
             guard result > 0 else {
                 // Disk full or failing: keep it in memory, the read still succeeds.
@@ -249,7 +261,8 @@ final class CacheBudget: Sendable {
         for component in directory.split(separator: "/") {
             path += "/" + component
             if mkdir(path, 0o700) != 0 && errno != EEXIST {
-                throw RemoteError(.cache, directory, "cannot create the cache directory: \(String(cString: strerror(errno)))")
+                throw RemoteError(
+                    .cache, directory, "cannot create the cache directory: \(String(cString: strerror(errno)))")
             }
         }
     }
@@ -281,10 +294,13 @@ final class CacheBudget: Sendable {
         var objects: [(key: String, used: Int, bytes: UInt64)] = []
         var total: UInt64 = 0
         while let entry = readdir(handle) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self) }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
             guard name.hasSuffix(".map") else { continue }
             let objectKey = String(name.dropLast(4))
-            var map = stat(), data = stat()
+            var map = stat()
+            var data = stat()
             guard stat("\(directory)/\(name)", &map) == 0 else { continue }
             let bytes = stat("\(directory)/\(objectKey).data", &data) == 0 ? UInt64(data.st_blocks) * 512 : 0
             total += bytes

@@ -88,7 +88,8 @@ final class HTTPTransport: Sendable {
         }
         return withoutActuallyEscaping(onHead) { onHead in
             withoutActuallyEscaping(onBody) { onBody in
-                let context = TransferContext(handle: box.handle, stallTimeout: settings.stallTimeout, onHead: onHead, onBody: onBody)
+                let context = TransferContext(
+                    handle: box.handle, stallTimeout: settings.stallTimeout, onHead: onHead, onBody: onBody)
                 return box.run(request, context)
             }
         }
@@ -194,7 +195,10 @@ private final class TransferContext {
     /// When the last byte (header or body) arrived, or the transfer started.
     var lastByte = monotonicSeconds()
 
-    init(handle: UnsafeMutableRawPointer, stallTimeout: Double, onHead: @escaping (HTTPResponseHead) -> Bool, onBody: @escaping (UnsafeRawBufferPointer) -> Bool) {
+    init(
+        handle: UnsafeMutableRawPointer, stallTimeout: Double, onHead: @escaping (HTTPResponseHead) -> Bool,
+        onBody: @escaping (UnsafeRawBufferPointer) -> Bool
+    ) {
         self.handle = handle
         self.stallTimeout = stallTimeout
         self.onHead = onHead

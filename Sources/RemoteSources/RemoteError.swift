@@ -50,14 +50,15 @@ public struct RemoteError: Error, CustomStringConvertible, Sendable, Equatable {
     /// The same failure as the SystemError that `RandomAccessSource.read` throws (EIO, or the
     /// errno a caller can act on), keeping the one-line message.
     public var systemError: SystemError {
-        let code: Errno = switch kind {
-        case .timeout: .timedOut
-        case .denied: .permissionDenied
-        case .notFound: .noSuchFileOrDirectory
-        case .unreachable: Errno(rawValue: EHOSTUNREACH)
-        case .changed: .staleNFSFileHandle
-        default: .ioError
-        }
+        let code: Errno =
+            switch kind {
+            case .timeout: .timedOut
+            case .denied: .permissionDenied
+            case .notFound: .noSuchFileOrDirectory
+            case .unreachable: Errno(rawValue: EHOSTUNREACH)
+            case .changed: .staleNFSFileHandle
+            default: .ioError
+            }
         return SystemError("read", path: displayName, errno: code, detail: message)
     }
 }

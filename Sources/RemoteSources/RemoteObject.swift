@@ -42,7 +42,8 @@ final class RemoteObject: Sendable {
         return "\(displayName)\n\(version)\n\(size)"
     }
 
-    private init(endpoint: RemoteEndpoint, transport: HTTPTransport, size: UInt64, etag: String?, lastModified: String?) {
+    private init(endpoint: RemoteEndpoint, transport: HTTPTransport, size: UInt64, etag: String?, lastModified: String?)
+    {
         self.endpoint = endpoint
         self.transport = transport
         self.size = size
@@ -53,13 +54,18 @@ final class RemoteObject: Sendable {
     /// Opens the object with one ranged GET of its first `probe` bytes, which tells the size
     /// (Content-Range), the version (ETag, Last-Modified) and that the server honours Range.
     /// Returns the object and those first bytes.
-    static func open(endpoint: RemoteEndpoint, transport: HTTPTransport, probe: Int) throws(RemoteError) -> (RemoteObject, [UInt8]) {
+    static func open(endpoint: RemoteEndpoint, transport: HTTPTransport, probe: Int) throws(RemoteError) -> (
+        RemoteObject, [UInt8]
+    ) {
         var bytes = [UInt8](repeating: 0, count: probe)
-        let reading = RangeRead(endpoint: endpoint, transport: transport, pin: [], expectedTotal: nil, expectedETag: nil)
+        let reading = RangeRead(
+            endpoint: endpoint, transport: transport, pin: [], expectedTotal: nil, expectedETag: nil)
         let outcome = try bytes.withUnsafeMutableBytes { buffer in
             Result { () throws(RemoteError) in try reading.read(into: buffer, at: 0, progress: { _ in }) }
         }.get()
-        guard outcome.total > 0 else { throw RemoteError(.protocolViolation, endpoint.displayName, "the object is empty") }
+        guard outcome.total > 0 else {
+            throw RemoteError(.protocolViolation, endpoint.displayName, "the object is empty")
+        }
         bytes.removeSubrange(outcome.filled...)
         let etag = outcome.head.headers["etag"]
         let object = RemoteObject(
@@ -70,7 +76,9 @@ final class RemoteObject: Sendable {
 
     /// Reads `buffer.count` bytes at `offset` (the range must lie inside the object), calling
     /// `progress` with the number of bytes filled so far as they arrive.
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, progress: (Int) -> Void) throws(RemoteError) {
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, progress: (Int) -> Void)
+        throws(RemoteError)
+    {
         precondition(offset + UInt64(buffer.count) <= size)
         var pin: [(String, String)] = []
         // If-Match needs a strong ETag (RFC 9110 13.1.1); a weak one pins by date instead.
@@ -79,7 +87,8 @@ final class RemoteObject: Sendable {
         } else if let lastModified {
             pin.append(("If-Unmodified-Since", lastModified))
         }
-        let reading = RangeRead(endpoint: endpoint, transport: transport, pin: pin, expectedTotal: size, expectedETag: etag)
+        let reading = RangeRead(
+            endpoint: endpoint, transport: transport, pin: pin, expectedTotal: size, expectedETag: etag)
         _ = try reading.read(into: buffer, at: offset, progress: progress)
     }
 }
@@ -101,7 +110,9 @@ private struct RangeRead {
         var head: HTTPResponseHead
     }
 
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, progress: (Int) -> Void) throws(RemoteError) -> Outcome {
+    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, progress: (Int) -> Void)
+        throws(RemoteError) -> Outcome
+    {
         let name = endpoint.displayName
         var wanted = buffer.count
         var filled = 0
@@ -109,7 +120,8 @@ private struct RangeRead {
         var total = expectedTotal
         while true {
             let start = offset + UInt64(filled)
-            let request = endpoint.request(headers: [("Range", "bytes=\(start)-\(start + UInt64(wanted - filled) - 1)")] + pin)
+            let request = endpoint.request(
+                headers: [("Range", "bytes=\(start)-\(start + UInt64(wanted - filled) - 1)")] + pin)
             var violation: RemoteError?
             var errorBody: [UInt8] = []
             var status = 0
@@ -129,15 +141,24 @@ private struct RangeRead {
                     }
                     switch ContentRange(head.headers["content-range"]) {
                     case .none:
-                        violation = RemoteError(.protocolViolation, name, "206 without a valid Content-Range (\(head.headers["content-range"] ?? "none"))", status: 206)
+                        violation = RemoteError(
+                            .protocolViolation, name,
+                            "206 without a valid Content-Range (\(head.headers["content-range"] ?? "none"))",
+                            status: 206)
                         return false
                     case .some(let range):
                         if let known = total, range.total != known {
-                            violation = RemoteError(.changed, name, "the object's size changed from \(known) to \(range.total) bytes since it was opened", status: 206)
+                            violation = RemoteError(
+                                .changed, name,
+                                "the object's size changed from \(known) to \(range.total) bytes since it was opened",
+                                status: 206)
                             return false
                         }
                         if let expectedETag, let etag = head.headers["etag"], etag != expectedETag {
-                            violation = RemoteError(.changed, name, "the object changed since it was opened (ETag \(expectedETag), now \(etag))", status: 206)
+                            violation = RemoteError(
+                                .changed, name,
+                                "the object changed since it was opened (ETag \(expectedETag), now \(etag))",
+                                status: 206)
                             return false
                         }
                         if total == nil {
@@ -149,7 +170,8 @@ private struct RangeRead {
                         guard range.first == start, range.last == end else {
                             violation = RemoteError(
                                 .protocolViolation, name,
-                                "asked for bytes \(start)-\(end), the server sent \(range.first)-\(range.last) (Content-Range)", status: 206)
+                                "asked for bytes \(start)-\(end), the server sent \(range.first)-\(range.last) (Content-Range)",
+                                status: 206)
                             return false
                         }
                         return true
@@ -161,7 +183,9 @@ private struct RangeRead {
                         return true
                     }
                     guard bytes.count <= wanted - filled else {
-                        violation = RemoteError(.protocolViolation, name, "the server sent more bytes than the range it announced", status: 206)
+                        violation = RemoteError(
+                            .protocolViolation, name, "the server sent more bytes than the range it announced",
+                            status: 206)
                         return false
                     }
                     (buffer.baseAddress! + filled).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
@@ -181,7 +205,8 @@ private struct RangeRead {
                     if ContentRange.unsatisfiedTotal(head.headers["content-range"]) == 0 {
                         return Outcome(total: 0, filled: 0, head: head)
                     }
-                    failure = RemoteError(.protocolViolation, name, "416 Range Not Satisfiable for the first byte", status: 416)
+                    failure = RemoteError(
+                        .protocolViolation, name, "416 Range Not Satisfiable for the first byte", status: 416)
                 } else {
                     failure = Self.statusError(head.status, errorBody, name)
                 }
@@ -210,13 +235,20 @@ private struct RangeRead {
         }
         switch status {
         case 401, 403:
-            return RemoteError(.denied, name, "access denied (HTTP \(status)\(detail)): check the credentials, region and permissions", status: status)
+            return RemoteError(
+                .denied, name, "access denied (HTTP \(status)\(detail)): check the credentials, region and permissions",
+                status: status)
         case 404:
             return RemoteError(.notFound, name, "no such object (HTTP 404\(detail))", status: status)
         case 412:
-            return RemoteError(.changed, name, "the object changed since it was opened (HTTP 412 on If-Match): not mixing two versions", status: status)
+            return RemoteError(
+                .changed, name,
+                "the object changed since it was opened (HTTP 412 on If-Match): not mixing two versions", status: status
+            )
         case 416:
-            return RemoteError(.changed, name, "range not satisfiable (HTTP 416): the object is shorter than when it was opened", status: status)
+            return RemoteError(
+                .changed, name, "range not satisfiable (HTTP 416): the object is shorter than when it was opened",
+                status: status)
         case 408, 429, 500...599:
             return RemoteError(.transient, name, "HTTP \(status)\(detail)", status: status)
         default:
@@ -257,9 +289,9 @@ struct ContentRange: Equatable {
         guard let header, header.hasPrefix("bytes ") else { return nil }
         let rest = header.dropFirst(6)
         guard let dash = rest.firstIndex(of: "-"), let slash = rest.firstIndex(of: "/"), dash < slash,
-              let first = Self.number(rest[..<dash]), let last = Self.number(rest[rest.index(after: dash)..<slash]),
-              let total = Self.number(rest[rest.index(after: slash)...]),
-              first <= last, last < total
+            let first = Self.number(rest[..<dash]), let last = Self.number(rest[rest.index(after: dash)..<slash]),
+            let total = Self.number(rest[rest.index(after: slash)...]),
+            first <= last, last < total
         else { return nil }
         self.first = first
         self.last = last
@@ -282,7 +314,7 @@ struct ContentRange: Equatable {
 func xmlElement(_ name: String, in xml: String) -> String? {
     let bytes = Array(xml.utf8)
     guard let start = find(Array("<\(name)>".utf8), in: bytes, from: 0),
-          let end = find(Array("</\(name)>".utf8), in: bytes, from: start + name.utf8.count + 2)
+        let end = find(Array("</\(name)>".utf8), in: bytes, from: start + name.utf8.count + 2)
     else { return nil }
     return String(decoding: bytes[(start + name.utf8.count + 2)..<end].prefix(200), as: UTF8.self)
 }

@@ -69,8 +69,12 @@ public final class RemoteSource: RandomAccessSource {
         guard offset < size, buffer.count > 0 else { return 0 }
         let wanted = Int(min(UInt64(buffer.count), size - offset))
         let lastBlock = Int((offset + UInt64(wanted) - 1) / UInt64(blockSize))
-        let ahead = streams.withLock { $0.note(offset: offset, count: wanted, blockSize: blockSize, maxWindow: maxReadahead) }
-        if let ahead { readAhead(from: ahead.lowerBound, to: min(ahead.upperBound, (Int(size) + blockSize - 1) / blockSize)) }
+        let ahead = streams.withLock {
+            $0.note(offset: offset, count: wanted, blockSize: blockSize, maxWindow: maxReadahead)
+        }
+        if let ahead {
+            readAhead(from: ahead.lowerBound, to: min(ahead.upperBound, (Int(size) + blockSize - 1) / blockSize))
+        }
         var done = 0
         while done < wanted {
             let position = offset + UInt64(done)
@@ -89,7 +93,9 @@ public final class RemoteSource: RandomAccessSource {
             } catch {
                 throw error.systemError
             }
-            bytes.withUnsafeBytes { destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[inBlock..<(inBlock + count)])) }
+            bytes.withUnsafeBytes {
+                destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[inBlock..<(inBlock + count)]))
+            }
             done += count
         }
         return wanted
@@ -193,10 +199,12 @@ final class FetchWorkers: Sendable {
         for _ in 0..<threads {
             let box = Unmanaged.passRetained(self).toOpaque()
             var thread = pthread_t()
-            pthread_create(&thread, nil, { context in
-                let workers = Unmanaged<FetchWorkers>.fromOpaque(context!).takeRetainedValue()
-                workers.run()
-            }, box)
+            pthread_create(
+                &thread, nil,
+                { context in
+                    let workers = Unmanaged<FetchWorkers>.fromOpaque(context!).takeRetainedValue()
+                    workers.run()
+                }, box)
             pthread_detach(thread)
         }
     }
@@ -254,7 +262,9 @@ struct StreamTracker {
         let endBlock = Int((end + UInt64(blockSize) - 1) / UInt64(blockSize))
         // A read that starts within a block of where a stream stopped continues it (a reader
         // may skip a little, e.g. a compressed cluster boundary).
-        if let index = streams.firstIndex(where: { offset + UInt64(blockSize) >= $0.next && offset <= $0.next + UInt64(blockSize) }) {
+        if let index = streams.firstIndex(where: {
+            offset + UInt64(blockSize) >= $0.next && offset <= $0.next + UInt64(blockSize)
+        }) {
             var stream = streams[index]
             stream.next = end
             stream.used = clock

@@ -24,7 +24,9 @@ public struct S3Location: Sendable, Codable, Equatable {
         if pathStyle {
             return ("\(scheme)://\(authority)\(resource)", authority, resource, resource)
         }
-        return ("\(scheme)://\(bucket).\(authority)/\(encodedKey)", "\(bucket).\(authority)", "/\(encodedKey)", resource)
+        return (
+            "\(scheme)://\(bucket).\(authority)/\(encodedKey)", "\(bucket).\(authority)", "/\(encodedKey)", resource
+        )
     }
 }
 
@@ -78,16 +80,20 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
         let isS3 = lowered.hasPrefix("s3://") || options.contains { $0.key.hasPrefix("s3.") }
         guard isHTTP || isS3 else {
             if let stray = options.first(where: { owns($0.key) }) {
-                throw bad("\(stray.key) is for remote sources (an http(s):// URL, or BUCKET/KEY with s3.* options); \(source) is a local path")
+                throw bad(
+                    "\(stray.key) is for remote sources (an http(s):// URL, or BUCKET/KEY with s3.* options); \(source) is a local path"
+                )
             }
             return nil
         }
         if isHTTP && isS3 { throw bad("s3.* options take SOURCE as BUCKET/KEY, not a URL") }
         var http = HTTPSettings()
         var cache = CacheSettings()
-        var s3 = (endpoint: environment["AWS_ENDPOINT_URL_S3"] ?? environment["AWS_ENDPOINT_URL"],
-                  region: environment["AWS_REGION"] ?? environment["AWS_DEFAULT_REGION"],
-                  sig: 4, style: String?.none, passwd: String?.none)
+        var s3 = (
+            endpoint: environment["AWS_ENDPOINT_URL_S3"] ?? environment["AWS_ENDPOINT_URL"],
+            region: environment["AWS_REGION"] ?? environment["AWS_DEFAULT_REGION"],
+            sig: 4, style: String?.none, passwd: String?.none
+        )
         for (key, value) in options where owns(key) {
             func required() throws(RemoteError) -> String {
                 guard let value, !value.isEmpty else { throw bad("\(key) needs a value") }
@@ -95,7 +101,9 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
             }
             func seconds() throws(RemoteError) -> Double {
                 let text = try required()
-                guard let number = Double(text), number > 0, number <= 3600 else { throw bad("\(key)=\(text): seconds, > 0") }
+                guard let number = Double(text), number > 0, number <= 3600 else {
+                    throw bad("\(key)=\(text): seconds, > 0")
+                }
                 return number
             }
             switch key {
@@ -106,13 +114,16 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
             case "http.timeout": http.stallTimeout = try seconds()
             case "http.connect_timeout": http.connectTimeout = try seconds()
             case "http.retries":
-                guard let count = Int(try required()), (0...20).contains(count) else { throw bad("http.retries: 0 to 20") }
+                guard let count = Int(try required()), (0...20).contains(count) else {
+                    throw bad("http.retries: 0 to 20")
+                }
                 http.retries = count
             case "remote.cache":
                 let text = try required()
                 cache.directory = text == "none" ? nil : text
                 if text != "none" && !text.hasPrefix("/") { throw bad("remote.cache: an absolute directory, or none") }
-            case "remote.cache_size": cache.limit = UInt64(try byteCount(key, try required(), range: 1 << 20...(1 << 50)))
+            case "remote.cache_size":
+                cache.limit = UInt64(try byteCount(key, try required(), range: 1 << 20...(1 << 50)))
             case "remote.block_size":
                 let size = try byteCount(key, try required(), range: 4096...(16 << 20))
                 guard size & (size - 1) == 0 else { throw bad("remote.block_size: a power of two") }
@@ -134,16 +145,21 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
             // user:password@ would sit in the process list, state files and a daemon's argv.
             let authority = source.split(separator: "/", omittingEmptySubsequences: false).dropFirst(2).first ?? ""
             if authority.contains("@") {
-                throw RemoteError(.configuration, redacted(source), "credentials in the URL are not accepted (they would show in the process list)")
+                throw RemoteError(
+                    .configuration, redacted(source),
+                    "credentials in the URL are not accepted (they would show in the process list)")
             }
-            return RemoteSourceDescription(location: .http(url: source), credentials: .anonymous, http: http, cache: cache)
+            return RemoteSourceDescription(
+                location: .http(url: source), credentials: .anonymous, http: http, cache: cache)
         }
         var path = Substring(source)
         if lowered.hasPrefix("s3://") { path = path.dropFirst(5) }
-        guard let slash = path.firstIndex(of: "/"), slash != path.startIndex, path.index(after: slash) != path.endIndex else {
+        guard let slash = path.firstIndex(of: "/"), slash != path.startIndex, path.index(after: slash) != path.endIndex
+        else {
             throw bad("an S3 SOURCE is BUCKET/KEY, not \(source)")
         }
-        let bucket = String(path[..<slash]), key = String(path[path.index(after: slash)...])
+        let bucket = String(path[..<slash])
+        let key = String(path[path.index(after: slash)...])
         let region = s3.region ?? "us-east-1"
         var endpoint = s3.endpoint ?? "https://s3.\(region).amazonaws.com"
         if !endpoint.contains("://") { endpoint = "https://" + endpoint }
@@ -157,11 +173,13 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
         let host = authority.split(separator: ":").first.map(String.init) ?? ""
         let ipOrLocal = host == "localhost" || host.allSatisfy { $0.isNumber || $0 == "." } || authority.hasPrefix("[")
         let pathStyle = s3.style.map { $0 == "path" } ?? (ipOrLocal || bucket.contains("."))
-        let location = S3Location(bucket: bucket, key: key, endpoint: endpoint, region: region, signatureVersion: s3.sig, pathStyle: pathStyle)
+        let location = S3Location(
+            bucket: bucket, key: key, endpoint: endpoint, region: region, signatureVersion: s3.sig, pathStyle: pathStyle
+        )
         let credentials: CredentialSource =
-            if let passwd = s3.passwd { .passwdFile(passwd) }
-            else if environment["AWS_ACCESS_KEY_ID"] != nil { .environment }
-            else { .anonymous }
+            if let passwd = s3.passwd { .passwdFile(passwd) } else if environment["AWS_ACCESS_KEY_ID"] != nil {
+                .environment
+            } else { .anonymous }
         return RemoteSourceDescription(location: .s3(location), credentials: credentials, http: http, cache: cache)
     }
 
@@ -170,7 +188,9 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
     /// passwd file, a cache that could not be used).
     public func open(environment: [String: String], warn: (String) -> Void) throws(RemoteError) -> RemoteSource {
         if http.insecureTLS {
-            warn("\(displayName): http.insecure_tls: the server's certificate is not checked; anyone on the path can serve other bytes")
+            warn(
+                "\(displayName): http.insecure_tls: the server's certificate is not checked; anyone on the path can serve other bytes"
+            )
         }
         let transport = HTTPTransport(settings: http)
         let endpoint: RemoteEndpoint
@@ -180,12 +200,14 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
         case .s3(let s3):
             let addressing = s3.addressing
             let signer = try resolveCredentials(s3, environment: environment, warn: warn).map {
-                S3Signer(credentials: $0, version: s3.signatureVersion, region: s3.region, host: addressing.host,
-                         canonicalURI: addressing.path, resource: addressing.resource)
+                S3Signer(
+                    credentials: $0, version: s3.signatureVersion, region: s3.region, host: addressing.host,
+                    canonicalURI: addressing.path, resource: addressing.resource)
             }
             endpoint = RemoteEndpoint(url: addressing.url, displayName: displayName, signer: signer)
         }
-        let (object, firstBytes) = try RemoteObject.open(endpoint: endpoint, transport: transport, probe: cache.blockSize)
+        let (object, firstBytes) = try RemoteObject.open(
+            endpoint: endpoint, transport: transport, probe: cache.blockSize)
         var store: any BlockStore = MemoryBlockStore(blockSize: cache.blockSize, capacity: cache.memoryLimit)
         if let directory = cache.directory {
             if let identity = object.identity {
@@ -197,20 +219,30 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
                     warn("\(error): reading without the disk cache")
                 }
             } else {
-                warn("\(displayName): the server sends neither ETag nor Last-Modified: the object cannot be pinned, and is not cached on disk")
+                warn(
+                    "\(displayName): the server sends neither ETag nor Last-Modified: the object cannot be pinned, and is not cached on disk"
+                )
             }
         }
         return RemoteSource(object: object, store: store, firstBytes: firstBytes, maxReadahead: cache.maxReadahead)
     }
 
-    private func resolveCredentials(_ s3: S3Location, environment: [String: String], warn: (String) -> Void) throws(RemoteError) -> S3Credentials? {
+    private func resolveCredentials(_ s3: S3Location, environment: [String: String], warn: (String) -> Void)
+        throws(RemoteError) -> S3Credentials?
+    {
         switch credentials {
         case .anonymous:
             return nil
         case .environment:
-            guard let access = environment["AWS_ACCESS_KEY_ID"], let secret = environment["AWS_SECRET_ACCESS_KEY"], !access.isEmpty, !secret.isEmpty
-            else { throw RemoteError(.configuration, "AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID is set without AWS_SECRET_ACCESS_KEY") }
-            return S3Credentials(accessKey: access, secretKey: secret, sessionToken: environment["AWS_SESSION_TOKEN"].flatMap { $0.isEmpty ? nil : $0 })
+            guard let access = environment["AWS_ACCESS_KEY_ID"], let secret = environment["AWS_SECRET_ACCESS_KEY"],
+                !access.isEmpty, !secret.isEmpty
+            else {
+                throw RemoteError(
+                    .configuration, "AWS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID is set without AWS_SECRET_ACCESS_KEY")
+            }
+            return S3Credentials(
+                accessKey: access, secretKey: secret,
+                sessionToken: environment["AWS_SESSION_TOKEN"].flatMap { $0.isEmpty ? nil : $0 })
         case .passwdFile(let path):
             return try Self.readPasswdFile(path, bucket: s3.bucket, warn: warn)
         }
@@ -219,9 +251,13 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
     /// s3fs's format: `ACCESS:SECRET` (any bucket) or `BUCKET:ACCESS:SECRET` lines; `#`
     /// comments. A line for the bucket wins over a default line. Messages name the file and
     /// line, never a key.
-    static func readPasswdFile(_ path: String, bucket: String, warn: (String) -> Void) throws(RemoteError) -> S3Credentials {
+    static func readPasswdFile(_ path: String, bucket: String, warn: (String) -> Void) throws(RemoteError)
+        -> S3Credentials
+    {
         let descriptor = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { throw RemoteError(.configuration, path, "cannot open the passwd file: \(String(cString: strerror(errno)))") }
+        guard descriptor >= 0 else {
+            throw RemoteError(.configuration, path, "cannot open the passwd file: \(String(cString: strerror(errno)))")
+        }
         defer { close(descriptor) }
         var status = stat()
         if fstat(descriptor, &status) == 0 && status.st_mode & 0o077 != 0 {
@@ -236,7 +272,9 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
             bytes += chunk[..<got]
         }
         var fallback: S3Credentials?
-        for (number, line) in String(decoding: bytes, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        for (number, line) in String(decoding: bytes, as: UTF8.self).split(
+            separator: "\n", omittingEmptySubsequences: false
+        ).enumerated() {
             let text = line.trimmingCharacters(in: " \t\r")
             if text.isEmpty || text.hasPrefix("#") { continue }
             let fields = text.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
@@ -246,7 +284,8 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
             case 3 where !fields[1].isEmpty && !fields[2].isEmpty:
                 if fields[0] == bucket { return S3Credentials(accessKey: fields[1], secretKey: fields[2]) }
             default:
-                throw RemoteError(.configuration, path, "line \(number + 1): expected ACCESS:SECRET or BUCKET:ACCESS:SECRET")
+                throw RemoteError(
+                    .configuration, path, "line \(number + 1): expected ACCESS:SECRET or BUCKET:ACCESS:SECRET")
             }
         }
         guard let fallback else { throw RemoteError(.configuration, path, "no credentials for bucket \(bucket)") }
@@ -280,7 +319,9 @@ func byteCount(_ key: String, _ text: String, range: ClosedRange<Int>) throws(Re
     }
     if scale > 1 { digits = digits.dropLast() }
     guard let number = Int(digits), number >= 0, number <= Int.max / scale, range.contains(number * scale) else {
-        throw RemoteError(.configuration, "-o", "\(key)=\(text): a byte count (K, M, G suffixes) from \(range.lowerBound) to \(range.upperBound)")
+        throw RemoteError(
+            .configuration, "-o",
+            "\(key)=\(text): a byte count (K, M, G suffixes) from \(range.lowerBound) to \(range.upperBound)")
     }
     return number * scale
 }

@@ -52,13 +52,15 @@ public enum SigV4 {
             key = SymmetricKey(data: Array(HMAC<SHA256>.authenticationCode(for: Array(part.utf8), using: key)))
         }
         let signature = hex(HMAC<SHA256>.authenticationCode(for: Array(stringToSign.utf8), using: key))
-        return "AWS4-HMAC-SHA256 Credential=\(credentials.accessKey)/\(scope), SignedHeaders=\(signedHeaders), Signature=\(signature)"
+        return
+            "AWS4-HMAC-SHA256 Credential=\(credentials.accessKey)/\(scope), SignedHeaders=\(signedHeaders), Signature=\(signature)"
     }
 
     /// `YYYYMMDDTHHMMSSZ`.
     public static func amzDate(_ time: time_t) -> String {
         let t = utc(time)
-        return "\(pad(Int(t.tm_year) + 1900, 4))\(pad(Int(t.tm_mon) + 1, 2))\(pad(Int(t.tm_mday), 2))T\(pad(Int(t.tm_hour), 2))\(pad(Int(t.tm_min), 2))\(pad(Int(t.tm_sec), 2))Z"
+        return
+            "\(pad(Int(t.tm_year) + 1900, 4))\(pad(Int(t.tm_mon) + 1, 2))\(pad(Int(t.tm_mday), 2))T\(pad(Int(t.tm_hour), 2))\(pad(Int(t.tm_min), 2))\(pad(Int(t.tm_sec), 2))Z"
     }
 }
 
@@ -74,11 +76,13 @@ public enum SigV2 {
         var amz: [String: String] = [:]
         for (name, value) in amzHeaders {
             let key = name.lowercased()
-            amz[key] = amz[key].map { $0 + "," + value.trimmingCharacters(in: " ") } ?? value.trimmingCharacters(in: " ")
+            amz[key] =
+                amz[key].map { $0 + "," + value.trimmingCharacters(in: " ") } ?? value.trimmingCharacters(in: " ")
         }
         let canonicalAmz = amz.keys.sorted().map { "\($0):\(amz[$0]!)\n" }.joined()
         let stringToSign = "\(method)\n\(contentMD5)\n\(contentType)\n\(date)\n\(canonicalAmz)\(resource)"
-        let code = HMAC<Insecure.SHA1>.authenticationCode(for: Array(stringToSign.utf8), using: SymmetricKey(data: Array(credentials.secretKey.utf8)))
+        let code = HMAC<Insecure.SHA1>.authenticationCode(
+            for: Array(stringToSign.utf8), using: SymmetricKey(data: Array(credentials.secretKey.utf8)))
         return "AWS \(credentials.accessKey):\(base64(Array(code)))"
     }
 
@@ -87,7 +91,8 @@ public enum SigV2 {
         let t = utc(time)
         let days = ["Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"]
         let months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        return "\(days[Int(t.tm_wday)]), \(pad(Int(t.tm_mday), 2)) \(months[Int(t.tm_mon)]) \(Int(t.tm_year) + 1900) \(pad(Int(t.tm_hour), 2)):\(pad(Int(t.tm_min), 2)):\(pad(Int(t.tm_sec), 2)) GMT"
+        return
+            "\(days[Int(t.tm_wday)]), \(pad(Int(t.tm_mday), 2)) \(months[Int(t.tm_mon)]) \(Int(t.tm_year) + 1900) \(pad(Int(t.tm_hour), 2)):\(pad(Int(t.tm_min), 2)):\(pad(Int(t.tm_sec), 2)) GMT"
     }
 }
 
@@ -111,13 +116,23 @@ struct S3Signer: RequestSigner {
             let date = SigV2.httpDate(now)
             signed.append(("Date", date))
             let amz = signed.filter { $0.0.lowercased().hasPrefix("x-amz-") }
-            signed.append(("Authorization", SigV2.authorization(method: method, date: date, amzHeaders: amz, resource: resource, credentials: credentials)))
+            signed.append(
+                (
+                    "Authorization",
+                    SigV2.authorization(
+                        method: method, date: date, amzHeaders: amz, resource: resource, credentials: credentials)
+                ))
         } else {
             signed.append(("X-Amz-Date", SigV4.amzDate(now)))
             signed.append(("X-Amz-Content-SHA256", SigV4.emptyPayloadHash))
-            signed.append(("Authorization", SigV4.authorization(
-                method: method, canonicalURI: canonicalURI, headers: signed, payloadHash: SigV4.emptyPayloadHash,
-                amzDate: SigV4.amzDate(now), region: region, service: "s3", credentials: credentials)))
+            signed.append(
+                (
+                    "Authorization",
+                    SigV4.authorization(
+                        method: method, canonicalURI: canonicalURI, headers: signed,
+                        payloadHash: SigV4.emptyPayloadHash,
+                        amzDate: SigV4.amzDate(now), region: region, service: "s3", credentials: credentials)
+                ))
         }
         return signed
     }
@@ -150,7 +165,9 @@ func base64(_ bytes: [UInt8]) -> String {
         let chunk = bytes[index..<min(index + 3, bytes.count)]
         let value = chunk.enumerated().reduce(UInt32(0)) { $0 | UInt32($1.element) << (16 - 8 * UInt32($1.offset)) }
         for position in 0..<4 {
-            out.append(position <= chunk.count ? alphabet[Int((value >> (18 - 6 * UInt32(position))) & 63)] : UInt8(ascii: "="))
+            out.append(
+                position <= chunk.count ? alphabet[Int((value >> (18 - 6 * UInt32(position))) & 63)] : UInt8(ascii: "=")
+            )
         }
         index += 3
     }
@@ -163,8 +180,9 @@ func percentEncoded(_ text: String, keepSlash: Bool) -> String {
     var out = ""
     for byte in text.utf8 {
         switch byte {
-        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
-             UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "~"):
+        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"),
+            UInt8(ascii: "0")...UInt8(ascii: "9"),
+            UInt8(ascii: "-"), UInt8(ascii: "_"), UInt8(ascii: "."), UInt8(ascii: "~"):
             out.unicodeScalars.append(UnicodeScalar(byte))
         case UInt8(ascii: "/") where keepSlash:
             out += "/"

@@ -33,7 +33,9 @@ public struct ByteString: Hashable, Sendable, Comparable, ExpressibleByStringLit
         _ body: (UnsafePointer<CChar>) throws(Failure) -> Result
     ) throws(Failure) -> Result {
         let terminated = bytes.map { CChar(bitPattern: $0) } + [0]
-        return try terminated.withUnsafeBufferPointer { (buffer) throws(Failure) -> Result in try body(buffer.baseAddress!) }
+        return try terminated.withUnsafeBufferPointer { (buffer) throws(Failure) -> Result in
+            try body(buffer.baseAddress!)
+        }
     }
 
     /// One piece of the bytes: a Unicode scalar from a well-formed UTF-8 sequence, or a byte
@@ -62,7 +64,9 @@ public struct ByteString: Hashable, Sendable, Comparable, ExpressibleByStringLit
     private static func scalar(in bytes: [UInt8], at index: Int) -> (Unicode.Scalar, Int)? {
         let lead = bytes[index]
         if lead < 0x80 { return (Unicode.Scalar(lead), 1) }
-        let length: Int, secondRange: ClosedRange<UInt8>, initial: UInt32
+        let length: Int
+        let secondRange: ClosedRange<UInt8>
+        let initial: UInt32
         switch lead {
         case 0xc2...0xdf: (length, secondRange, initial) = (2, 0x80...0xbf, UInt32(lead & 0x1f))
         case 0xe0: (length, secondRange, initial) = (3, 0xa0...0xbf, 0)

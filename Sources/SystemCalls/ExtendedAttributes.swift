@@ -26,7 +26,9 @@ public enum ExtendedAttributes {
         while true {
             let size = try path.withCString { (cPath) throws(SystemError) in
                 try name.withCString { (cName) throws(SystemError) in
-                    try retryingOnInterrupt("lgetxattr \(name)", path: path.description) { lgetxattr(cPath, cName, nil, 0) }
+                    try retryingOnInterrupt("lgetxattr \(name)", path: path.description) {
+                        lgetxattr(cPath, cName, nil, 0)
+                    }
                 }
             }
             if size == 0 { return [] }

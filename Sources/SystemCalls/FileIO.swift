@@ -42,7 +42,9 @@ extension FileDescriptor {
     /// the file's own position is not moved.
     public var supportsSendfile: Bool {
         var ends: [Int32] = [-1, -1]
-        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else { return false }
+        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
+            return false
+        }
         defer { Glibc.close(ends[0]); Glibc.close(ends[1]) }
         var offset: off_t = 0
         var sent: Int

@@ -60,7 +60,9 @@ public struct FileStatus: Sendable, Equatable {
     public static func lstat(_ path: ByteString) throws(SystemError) -> FileStatus {
         var st = Glibc.stat()
         try path.withCString { (cPath) throws(SystemError) in
-            try retryingOnInterrupt("lstat", path: path.description) { fstatat(AT_FDCWD, cPath, &st, AT_SYMLINK_NOFOLLOW) }
+            try retryingOnInterrupt("lstat", path: path.description) {
+                fstatat(AT_FDCWD, cPath, &st, AT_SYMLINK_NOFOLLOW)
+            }
         }
         return FileStatus(st)
     }

@@ -39,8 +39,9 @@ public struct Corpus: Sendable {
         let index = try String(contentsOfFile: directory + "/INDEX.tsv", encoding: .utf8)
         return index.split(separator: "\n").compactMap { line in
             guard let name = line.split(separator: "\t").first else { return nil }
-            return Image(name: String(name), path: "\(directory)/\(name).erofs",
-                         manifestPath: "\(directory)/\(name).manifest.jsonl")
+            return Image(
+                name: String(name), path: "\(directory)/\(name).erofs",
+                manifestPath: "\(directory)/\(name).manifest.jsonl")
         }
     }
 
@@ -57,7 +58,8 @@ public func manifestDifference(actual: String, expected: String) -> String? {
     let actualLines = actual.split(separator: "\n", omittingEmptySubsequences: false)
     let expectedLines = expected.split(separator: "\n", omittingEmptySubsequences: false)
     var report: [String] = ["\(actualLines.count) lines walked, \(expectedLines.count) expected"]
-    let expectedSet = Set(expectedLines), actualSet = Set(actualLines)
+    let expectedSet = Set(expectedLines)
+    let actualSet = Set(actualLines)
     for line in actualLines where !expectedSet.contains(line) && report.count < 4 {
         report.append("+ \(line.prefix(400))")
     }
@@ -80,7 +82,8 @@ public func runProgram(_ executable: String, _ arguments: [String]) throws -> Pr
     let process = Process()
     process.executableURL = URL(fileURLWithPath: executable)
     process.arguments = arguments
-    let out = Pipe(), err = Pipe()
+    let out = Pipe()
+    let err = Pipe()
     process.standardOutput = out
     process.standardError = err
     try process.run()

@@ -74,8 +74,10 @@ public struct CraftedImage: Sendable {
         public var linkCount: UInt32?
         public var xattrs: [Xattr] = []
 
-        public init(_ content: Content, permissions: UInt16, uid: UInt32 = 0, gid: UInt32 = 0, mtime: UInt64 = 0,
-                    mtimeNanoseconds: UInt32 = 0, linkCount: UInt32? = nil, xattrs: [Xattr] = []) {
+        public init(
+            _ content: Content, permissions: UInt16, uid: UInt32 = 0, gid: UInt32 = 0, mtime: UInt64 = 0,
+            mtimeNanoseconds: UInt32 = 0, linkCount: UInt32? = nil, xattrs: [Xattr] = []
+        ) {
             self.content = content
             self.permissions = permissions
             self.uid = uid
@@ -154,7 +156,9 @@ public struct CraftedImage: Sendable {
         let block = CraftedImage.blockSize
         let parents = parentDirectories()
         // Directory contents depend on the nids only through their values, not their sizes.
-        var placements = nodes.indices.map { placementSizes(of: $0, directoryBytes: directoryData($0, parent: parents[$0], nids: nil)) }
+        var placements = nodes.indices.map {
+            placementSizes(of: $0, directoryBytes: directoryData($0, parent: parents[$0], nids: nil))
+        }
 
         // Inodes, root first: nid 36 is right after the superblock, as mkfs.erofs puts it.
         var cursor = 1152
@@ -179,7 +183,8 @@ public struct CraftedImage: Sendable {
             if case .file(.chunks(let size, let bits, let data)) = nodes[id].content {
                 let chunkSize = UInt64(block) << bits
                 for index in data.keys.sorted() {
-                    let stored = min(chunkSize, (size - index * chunkSize + UInt64(block) - 1) / UInt64(block) * UInt64(block))
+                    let stored = min(
+                        chunkSize, (size - index * chunkSize + UInt64(block) - 1) / UInt64(block) * UInt64(block))
                     placements[id].chunkBlocks[index] = nextBlock
                     nextBlock += stored / UInt64(block)
                 }
@@ -214,8 +219,12 @@ public struct CraftedImage: Sendable {
                 data = []
             default: data = []
             }
-            if placement.blockBytes > 0 { image.store(Array(data.prefix(placement.blockBytes)), at: Int(placement.startBlock) * block) }
-            if placement.layout == .flatInline { image.store(Array(data.dropFirst(placement.blockBytes)), at: inlineAt) }
+            if placement.blockBytes > 0 {
+                image.store(Array(data.prefix(placement.blockBytes)), at: Int(placement.startBlock) * block)
+            }
+            if placement.layout == .flatInline {
+                image.store(Array(data.dropFirst(placement.blockBytes)), at: inlineAt)
+            }
         }
 
         // The superblock (erofs_super_block).
@@ -255,13 +264,17 @@ public struct CraftedImage: Sendable {
         case .symlink(let target): flat(target.count)
         case .file(.blocks(let bytes)): flat(bytes.count, tailPacked: false)
         case .file(.tailPacked(let bytes)):
-            precondition(bytes.count % block == 0 || bytes.count % block <= room, "inode \(id): tail does not fit after the inode")
+            precondition(
+                bytes.count % block == 0 || bytes.count % block <= room,
+                "inode \(id): tail does not fit after the inode")
             flat(bytes.count)
         case .file(.chunks(let size, let bits, let data)):
             precondition(bits < 20, "chunk bits out of range")
             let chunkSize = UInt64(block) << bits
             for (index, bytes) in data {
-                precondition(index * chunkSize < size && UInt64(bytes.count) <= min(chunkSize, size - index * chunkSize), "inode \(id): chunk \(index) outside the file")
+                precondition(
+                    index * chunkSize < size && UInt64(bytes.count) <= min(chunkSize, size - index * chunkSize),
+                    "inode \(id): chunk \(index) outside the file")
             }
             placement.layout = .chunkBased
             placement.size = size
@@ -276,15 +289,16 @@ public struct CraftedImage: Sendable {
         bytes.storeLE(UInt16(1) | placement.layout.rawValue << 1, at: 0)  // extended
         let xattrCount = placement.xattrBody.isEmpty ? 0 : (placement.xattrBody.count - 12) / 4 + 1
         bytes.storeLE(UInt16(xattrCount), at: 2)
-        let type: UInt16 = switch node.content {
-        case .directory: 0o040000
-        case .file: 0o100000
-        case .symlink: 0o120000
-        case .characterDevice: 0o020000
-        case .blockDevice: 0o060000
-        case .fifo: 0o010000
-        case .socket: 0o140000
-        }
+        let type: UInt16 =
+            switch node.content {
+            case .directory: 0o040000
+            case .file: 0o100000
+            case .symlink: 0o120000
+            case .characterDevice: 0o020000
+            case .blockDevice: 0o060000
+            case .fifo: 0o010000
+            case .socket: 0o140000
+            }
         bytes.storeLE(type | (node.permissions & 0o7777), at: 4)
         bytes.storeLE(placement.size, at: 8)
         let iU: UInt32
@@ -419,21 +433,35 @@ extension CraftedImage {
     public static func sample(nonUTF8Name: Bool = false) -> CraftedImage {
         var image = CraftedImage()
         image.nodes[image.root].mtime = 1_700_000_000
-        let directory = image.add(Node(.directory([]), permissions: 0o2775, uid: 1000, gid: 100, mtime: 1_700_000_001,
-                                       mtimeNanoseconds: 123_456_789, xattrs: [.user("comment", Array("a directory".utf8))]),
-                                  named: "dir", in: image.root)
+        let directory = image.add(
+            Node(
+                .directory([]), permissions: 0o2775, uid: 1000, gid: 100, mtime: 1_700_000_001,
+                mtimeNanoseconds: 123_456_789, xattrs: [.user("comment", Array("a directory".utf8))]),
+            named: "dir", in: image.root)
         let pattern = (0..<10_000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 8) }
-        image.add(Node(.file(.blocks(pattern)), permissions: 0o644, uid: 1, gid: 2, mtime: 1_600_000_000, mtimeNanoseconds: 1),
-                  named: "blocks.bin", in: directory)
-        let tailPacked = image.add(Node(.file(.tailPacked(Array(pattern.prefix(5000)))), permissions: 0o4755, mtime: 1_600_000_002),
-                                   named: "setuid-tail", in: directory)
+        image.add(
+            Node(
+                .file(.blocks(pattern)), permissions: 0o644, uid: 1, gid: 2, mtime: 1_600_000_000, mtimeNanoseconds: 1),
+            named: "blocks.bin", in: directory)
+        let tailPacked = image.add(
+            Node(.file(.tailPacked(Array(pattern.prefix(5000)))), permissions: 0o4755, mtime: 1_600_000_002),
+            named: "setuid-tail", in: directory)
         image.link("hardlink-to-setuid-tail", to: tailPacked, in: image.root)
-        image.add(Node(.file(.tailPacked(Array("hello\n".utf8))), permissions: 0o640, uid: 65534, gid: 65534,
-                       xattrs: [.user("mime", Array("text/plain".utf8)),
-                                .security("capability", [0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])]),
-                  named: "small.txt", in: image.root)
-        image.add(Node(.file(.chunks(size: 5 * 4096 + 100, chunkBits: 0, data: [1: Array(pattern.prefix(4096)), 5: Array(pattern.prefix(100))])),
-                       permissions: 0o600), named: "sparse", in: image.root)
+        image.add(
+            Node(
+                .file(.tailPacked(Array("hello\n".utf8))), permissions: 0o640, uid: 65534, gid: 65534,
+                xattrs: [
+                    .user("mime", Array("text/plain".utf8)),
+                    .security("capability", [0, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+                ]),
+            named: "small.txt", in: image.root)
+        image.add(
+            Node(
+                .file(
+                    .chunks(
+                        size: 5 * 4096 + 100, chunkBits: 0,
+                        data: [1: Array(pattern.prefix(4096)), 5: Array(pattern.prefix(100))])),
+                permissions: 0o600), named: "sparse", in: image.root)
         image.add(Node(.file(.blocks([])), permissions: 0o644), named: "empty", in: image.root)
         image.add(Node(.symlink(Array("dir/blocks.bin".utf8)), permissions: 0o777), named: "link", in: image.root)
         image.add(Node(.characterDevice(major: 1, minor: 3), permissions: 0o666), named: "null", in: directory)
@@ -441,9 +469,13 @@ extension CraftedImage {
         image.add(Node(.fifo, permissions: 0o620), named: "fifo", in: directory)
         image.add(Node(.socket, permissions: 0o755), named: "socket", in: directory)
         image.add(Node(.directory([]), permissions: 0o1777), named: "sticky", in: image.root)
-        image.add(Node(.file(.tailPacked([1])), permissions: 0o644), named: [0x63, 0x01, 0x1b, 0x5b, 0x32, 0x4a], in: directory)
+        image.add(
+            Node(.file(.tailPacked([1])), permissions: 0o644), named: [0x63, 0x01, 0x1b, 0x5b, 0x32, 0x4a],
+            in: directory)
         if nonUTF8Name {
-            image.add(Node(.file(.tailPacked([2])), permissions: 0o644), named: [0x6c, 0x61, 0x74, 0x69, 0x6e, 0x31, 0xe9], in: directory)
+            image.add(
+                Node(.file(.tailPacked([2])), permissions: 0o644), named: [0x6c, 0x61, 0x74, 0x69, 0x6e, 0x31, 0xe9],
+                in: directory)
         }
         return image
     }
@@ -477,13 +509,17 @@ extension CraftedImage {
     /// One chunk-based file of `holes` bytes of holes (4096 << `chunkBits`-byte chunks with
     /// null addresses), then `tail` stored in one last short chunk: 1 TiB of holes is a 4 KiB
     /// chunk table with the default 1 GiB chunks.
-    public static func sparseFile(holes: UInt64, tail: [UInt8] = [], chunkBits: UInt8 = 18, name: String = "sparse") -> CraftedImage {
+    public static func sparseFile(holes: UInt64, tail: [UInt8] = [], chunkBits: UInt8 = 18, name: String = "sparse")
+        -> CraftedImage
+    {
         let chunkSize = UInt64(CraftedImage.blockSize) << chunkBits
         precondition(holes % chunkSize == 0 && tail.count <= chunkSize)
         var image = CraftedImage()
         let data: [UInt64: [UInt8]] = tail.isEmpty ? [:] : [holes / chunkSize: tail]
-        image.add(Node(.file(.chunks(size: holes + UInt64(tail.count), chunkBits: chunkBits, data: data)), permissions: 0o644),
-                  named: name, in: image.root)
+        image.add(
+            Node(
+                .file(.chunks(size: holes + UInt64(tail.count), chunkBits: chunkBits, data: data)), permissions: 0o644),
+            named: name, in: image.root)
         return image
     }
 }

@@ -41,7 +41,9 @@ public func mutate(_ seed: [UInt8], using generator: inout SplitMix64) -> [UInt8
         case 2:  // truncate
             bytes.removeLast(Int.random(in: 0...bytes.count, using: &generator))
         case 3:  // extend with random bytes
-            bytes += (0..<Int.random(in: 1...16, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
+            bytes += (0..<Int.random(in: 1...16, using: &generator)).map { _ in
+                UInt8.random(in: 0...255, using: &generator)
+            }
         default:  // overwrite a 32-bit field with an extreme length
             if bytes.count >= 4 {
                 let index = Int.random(in: 0...(bytes.count - 4), using: &generator)

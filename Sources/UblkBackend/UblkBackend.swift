@@ -51,7 +51,9 @@ public struct UblkBackend: Sendable {
     static func control() throws(MountFailure) -> UblkControl {
         do { return try UblkControl() } catch {
             if error.errno == .noSuchFileOrDirectory || error.errno == .noSuchAddressOrDevice {
-                throw MountFailure("the ublk backend needs the kernel's ublk driver: \(Ublk.controlPath) is missing (modprobe ublk_drv; Linux 6.0+)")
+                throw MountFailure(
+                    "the ublk backend needs the kernel's ublk driver: \(Ublk.controlPath) is missing (modprobe ublk_drv; Linux 6.0+)"
+                )
             }
             throw MountFailure("cannot use the ublk driver", cause: error)
         }
@@ -65,8 +67,12 @@ public struct UblkBackend: Sendable {
         let control = try Self.control()
         let source = canonicalPath(request.source)
         let identity: FileStatus
-        do { identity = try FileStatus.stat(source) } catch { throw MountFailure("cannot read \(source)", cause: error) }
-        do { try store.ensureDirectory() } catch { throw MountFailure("cannot prepare the state directory", cause: error) }
+        do { identity = try FileStatus.stat(source) } catch {
+            throw MountFailure("cannot read \(source)", cause: error)
+        }
+        do { try store.ensureDirectory() } catch {
+            throw MountFailure("cannot prepare the state directory", cause: error)
+        }
 
         // Recovery-ready from the start: a server that dies leaves the device waiting (its
         // in-flight reads reissued) instead of failing reads, for a successor to take over.
@@ -74,16 +80,22 @@ public struct UblkBackend: Sendable {
         if !control.features.isEmpty { flags.formIntersection(control.features) }
         let added: DeviceInfo
         do {
-            added = try control.addDevice(DeviceInfo(queueCount: Self.queueCount, queueDepth: Self.queueDepth,
-                                                     maxIOBufferBytes: Self.maxIOBytes, flags: flags))
+            added = try control.addDevice(
+                DeviceInfo(
+                    queueCount: Self.queueCount, queueDepth: Self.queueDepth,
+                    maxIOBufferBytes: Self.maxIOBytes, flags: flags))
         } catch { throw MountFailure("cannot add a ublk device", cause: error) }
         let id = added.deviceID
         var state = UblkDeviceState(
-            deviceID: id, source: source, sizeBytes: image.size, imageDevice: UInt64(identity.device), imageInode: UInt64(identity.inode),
-            queues: Int(added.queueCount), queueDepth: Int(added.queueDepth), mountPoint: canonicalPath(request.mountPoint),
+            deviceID: id, source: source, sizeBytes: image.size, imageDevice: UInt64(identity.device),
+            imageInode: UInt64(identity.inode),
+            queues: Int(added.queueCount), queueDepth: Int(added.queueDepth),
+            mountPoint: canonicalPath(request.mountPoint),
             mountOptions: request.data)
         do throws(MountFailure) {
-            do { try store.save(state) } catch { throw MountFailure("cannot save the state of \(state.devicePath)", cause: error) }
+            do { try store.save(state) } catch {
+                throw MountFailure("cannot save the state of \(state.devicePath)", cause: error)
+            }
             // 512-byte logical blocks as a loop device has; 4 KiB physical, the EROFS block size.
             let parameters = DeviceParameters(
                 logicalBlockShift: 9, physicalBlockShift: 12, optimalIOShift: 12, minimumIOShift: 9,
@@ -94,10 +106,14 @@ public struct UblkBackend: Sendable {
             let daemon = try startDaemon(UblkDaemon.Settings(source: source, deviceID: id, attach: .start))
             state.daemonPID = daemon.pid
             state.daemonStartTime = daemon.startTime
-            do { try store.save(state) } catch { throw MountFailure("cannot save the state of \(state.devicePath)", cause: error) }
+            do { try store.save(state) } catch {
+                throw MountFailure("cannot save the state of \(state.devicePath)", cause: error)
+            }
             try waitForNode(state.devicePath)
             do {
-                try Mount.mount(source: state.devicePath, target: request.mountPoint, type: "erofs", flags: request.flags, data: request.data)
+                try Mount.mount(
+                    source: state.devicePath, target: request.mountPoint, type: "erofs", flags: request.flags,
+                    data: request.data)
             } catch { throw MountFailure("cannot mount \(source) through \(state.devicePath)", cause: error) }
         } catch {
             let problems = UblkTeardown(logger: logger, store: store).release(state, control: control)
@@ -110,11 +126,14 @@ public struct UblkBackend: Sendable {
     /// Spawns the daemon and waits for its one-line report.
     private func startDaemon(_ settings: UblkDaemon.Settings) throws(MountFailure) -> DaemonProcess {
         var ends: [Int32] = [-1, -1]
-        guard pipe(&ends) == 0, fcntl(ends[0], F_SETFD, FD_CLOEXEC) == 0, fcntl(ends[1], F_SETFD, FD_CLOEXEC) == 0 else { throw MountFailure("cannot start the ublk daemon", cause: .lastErrno("pipe")) }
+        guard pipe(&ends) == 0, fcntl(ends[0], F_SETFD, FD_CLOEXEC) == 0, fcntl(ends[1], F_SETFD, FD_CLOEXEC) == 0
+        else { throw MountFailure("cannot start the ublk daemon", cause: .lastErrno("pipe")) }
         defer { close(ends[0]) }
         let log = store.logPath(device: settings.deviceID)
         let daemon: DaemonProcess
-        do { daemon = try DaemonProcess.spawn(arguments: settings.arguments, descriptors: [ends[1]], logFile: log) } catch {
+        do {
+            daemon = try DaemonProcess.spawn(arguments: settings.arguments, descriptors: [ends[1]], logFile: log)
+        } catch {
             close(ends[1])
             throw MountFailure("cannot start the ublk daemon", cause: error)
         }
@@ -143,9 +162,13 @@ public struct UblkBackend: Sendable {
         // TARGET is the mountpoint, the device, or (as umount(8) allows) the image it serves.
         // Mounts are known by device number and filesystem type, never by a source string
         // (anyone may mount a tmpfs named /dev/ublkb0).
-        let device = (try? FileStatus.stat(canonical)).flatMap { $0.kind == .block ? ($0.rdevMajor, $0.rdevMinor) : nil }
+        let device = (try? FileStatus.stat(canonical)).flatMap {
+            $0.kind == .block ? ($0.rdevMajor, $0.rdevMinor) : nil
+        }
         let ublkID = { (entry: MountInfoEntry) -> UInt32? in
-            guard entry.fsType == "erofs", let name = BlockDevice.name(major: entry.major, minor: entry.minor) else { return nil }
+            guard entry.fsType == "erofs", let name = BlockDevice.name(major: entry.major, minor: entry.minor) else {
+                return nil
+            }
             return ublkBlockIndex("/dev/" + name)
         }
         let servesTarget = { (entry: MountInfoEntry) -> Bool in
@@ -153,8 +176,9 @@ public struct UblkBackend: Sendable {
             return ublkID(entry).flatMap { try? store.load(device: $0) }?.source == canonical
         }
         guard let table = try? MountTable.read(),
-              let entry = table.last(where: { $0.mountPoint == canonical }) ?? table.last(where: servesTarget),
-              let id = ublkID(entry), let state = try? store.load(device: id) else { return nil }
+            let entry = table.last(where: { $0.mountPoint == canonical }) ?? table.last(where: servesTarget),
+            let id = ublkID(entry), let state = try? store.load(device: id)
+        else { return nil }
         let devicePath = "/dev/ublkb\(id)"
         do { try Mount.unmount(entry.mountPoint) } catch {
             // A dead daemon (before the supervisor comes) leaves reads waiting in the device
@@ -165,7 +189,9 @@ public struct UblkBackend: Sendable {
             }
             logger.warning("\(entry.source): its daemon is gone; stopping the device to fail its waiting reads")
             try? Self.control().stop(id)
-            do { try Mount.unmount(entry.mountPoint) } catch { throw MountFailure("cannot unmount \(entry.mountPoint)", cause: error) }
+            do { try Mount.unmount(entry.mountPoint) } catch {
+                throw MountFailure("cannot unmount \(entry.mountPoint)", cause: error)
+            }
         }
         // Mounted elsewhere too (a bind mount, another namespace's copy): the kernel holds the
         // device exclusively while any mount of it lives, and the device stays.
@@ -174,7 +200,9 @@ public struct UblkBackend: Sendable {
             return (entry.mountPoint, devicePath)
         }
         let problems = UblkTeardown(logger: logger, store: store).release(state, control: try Self.control())
-        guard problems.isEmpty else { throw MountFailure("unmounted \(entry.mountPoint), but: \(problems.joined(separator: "; "))") }
+        guard problems.isEmpty else {
+            throw MountFailure("unmounted \(entry.mountPoint), but: \(problems.joined(separator: "; "))")
+        }
         return (entry.mountPoint, devicePath)
     }
 }
@@ -222,7 +250,9 @@ public struct UblkTeardown: Sendable {
     public func release(_ state: UblkDeviceState, control: UblkControl) -> [String] {
         var problems: [String] = []
         do { try control.stop(state.deviceID) } catch {
-            if error.errno != .noSuchFileOrDirectory && error.errno != .operationNotSupportedByDevice { problems.append("stop: \(error)") }
+            if error.errno != .noSuchFileOrDirectory && error.errno != .operationNotSupportedByDevice {
+                problems.append("stop: \(error)")
+            }
         }
         if let pid = state.daemonPID {
             // Once stopped, the device has nothing left to serve. Its pending fetches end when
@@ -235,10 +265,14 @@ public struct UblkTeardown: Sendable {
             }
             if ours, !daemon.terminate(signal: SIGTERM, timeout: 5) { daemon.terminate(signal: SIGKILL, timeout: 10) }
             if ours, daemon.isAlive { problems.append("daemon \(pid) is still running") }
-            if !ours, daemon.isAlive { problems.append("the state named process \(pid), which is not our ublk daemon: left alone") }
+            if !ours, daemon.isAlive {
+                problems.append("the state named process \(pid), which is not our ublk daemon: left alone")
+            }
         }
         do { try control.delete(state.deviceID) } catch {
-            if error.errno != .noSuchFileOrDirectory && error.errno != .operationNotSupportedByDevice { problems.append("delete: \(error)") }
+            if error.errno != .noSuchFileOrDirectory && error.errno != .operationNotSupportedByDevice {
+                problems.append("delete: \(error)")
+            }
         }
         do { try store.remove(device: state.deviceID) } catch { problems.append("\(error)") }
         return problems

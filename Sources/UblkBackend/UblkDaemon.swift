@@ -38,7 +38,8 @@ public enum UblkDaemon {
 
         init?(arguments: [String]) {
             guard arguments.count == 4, arguments[0] == UblkDaemon.flag, let attach = Attach(rawValue: arguments[1]),
-                  let id = UInt32(arguments[2]) else { return nil }
+                let id = UInt32(arguments[2])
+            else { return nil }
             self.init(source: arguments[3], deviceID: id, attach: attach)
         }
     }
@@ -84,9 +85,10 @@ public enum UblkDaemon {
 
         let size = UInt64(status.st_size)
         let queues = try (0..<info.queueCount).map { (index: UInt16) throws(SystemError) -> UblkQueue in
-            try UblkQueue(device: device, devicePath: path, queueID: index, depth: Int(info.queueDepth),
-                          bufferBytes: Int(info.maxIOBufferBytes), image: image, imageSize: size,
-                          ioctlEncoding: control.ioctlEncoding)
+            try UblkQueue(
+                device: device, devicePath: path, queueID: index, depth: Int(info.queueDepth),
+                bufferBytes: Int(info.maxIOBufferBytes), image: image, imageSize: size,
+                ioctlEncoding: control.ioctlEncoding)
         }
         var armed: [Int32] = [-1, -1]
         guard pipe(&armed) == 0 else { throw .lastErrno("pipe") }
@@ -102,7 +104,9 @@ public enum UblkDaemon {
             var byte: UInt8 = 0
             guard read(armed[0], &byte, 1) == 1 else { throw .lastErrno("read", path: "queue status pipe") }
             guard byte == 1 else {
-                throw SystemError("arm the queues", path: path, detail: queues.compactMap(\.failure).first.map { "\($0)" } ?? "a queue failed")
+                throw SystemError(
+                    "arm the queues", path: path,
+                    detail: queues.compactMap(\.failure).first.map { "\($0)" } ?? "a queue failed")
             }
         }
         switch settings.attach {
@@ -117,11 +121,13 @@ public enum UblkDaemon {
     private static func startThread(_ queue: UblkQueue) throws(SystemError) -> pthread_t {
         let context = Unmanaged.passRetained(queue).toOpaque()
         var thread = pthread_t()
-        let result = pthread_create(&thread, nil, { raw in
-            let queue = Unmanaged<UblkQueue>.fromOpaque(raw!).takeRetainedValue()
-            queue.run()
-            return nil
-        }, context)
+        let result = pthread_create(
+            &thread, nil,
+            { raw in
+                let queue = Unmanaged<UblkQueue>.fromOpaque(raw!).takeRetainedValue()
+                queue.run()
+                return nil
+            }, context)
         guard result == 0 else {
             Unmanaged<UblkQueue>.fromOpaque(context).release()
             throw SystemError("pthread_create", errno: .init(rawValue: result))
@@ -166,8 +172,11 @@ final class UblkQueue: @unchecked Sendable {
     /// Set before the thread starts; the thread writes 1 (armed) or 0 (failed) to it once.
     var armedSignal: Int32 = -1
 
-    init(device: Int32, devicePath: String, queueID: UInt16, depth: Int, bufferBytes: Int, image: Int32, imageSize: UInt64,
-         ioctlEncoding: Bool) throws(SystemError) {
+    init(
+        device: Int32, devicePath: String, queueID: UInt16, depth: Int, bufferBytes: Int, image: Int32,
+        imageSize: UInt64,
+        ioctlEncoding: Bool
+    ) throws(SystemError) {
         self.device = device
         self.queueID = queueID
         self.depth = depth
@@ -178,20 +187,24 @@ final class UblkQueue: @unchecked Sendable {
         let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         let length = (depth * IODescriptor.size + page - 1) / page * page
         let offset = off_t(Int(queueID) * Ublk.descriptorAreaStride)
-        guard let array = mmap(nil, length, PROT_READ, MAP_SHARED | MAP_POPULATE, device, offset), array != MAP_FAILED else {
+        guard let array = mmap(nil, length, PROT_READ, MAP_SHARED | MAP_POPULATE, device, offset), array != MAP_FAILED
+        else {
             throw .lastErrno("mmap the descriptors of queue \(queueID)", path: devicePath)
         }
         descriptors = UnsafeMutableRawBufferPointer(start: array, count: length)
         // Anonymous memory is only backed once a read of that size lands in it.
         guard let memory = mmap(nil, depth * bufferBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
-              memory != MAP_FAILED else {
+            memory != MAP_FAILED
+        else {
             let error = SystemError.lastErrno("mmap the buffers of queue \(queueID)")
             munmap(array, length)
             throw error
         }
         buffers = UnsafeMutableRawBufferPointer(start: memory, count: depth * bufferBytes)
         fetch = ioctlEncoding ? Ublk.IOCommand.fetchRequest.ioctlEncoded : Ublk.IOCommand.fetchRequest.rawValue
-        commit = ioctlEncoding ? Ublk.IOCommand.commitAndFetchRequest.ioctlEncoded : Ublk.IOCommand.commitAndFetchRequest.rawValue
+        commit =
+            ioctlEncoding
+            ? Ublk.IOCommand.commitAndFetchRequest.ioctlEncoded : Ublk.IOCommand.commitAndFetchRequest.rawValue
     }
 
     deinit {
@@ -202,10 +215,13 @@ final class UblkQueue: @unchecked Sendable {
     func buffer(_ tag: Int) -> UnsafeMutableRawPointer { buffers.baseAddress! + tag * bufferBytes }
 
     private func queueCommand(_ command: UInt32, tag: Int, result: Int32) {
-        let payload = IOCommandPayload(queueID: queueID, tag: UInt16(tag), result: result,
-                                       bufferAddress: UInt64(UInt(bitPattern: buffer(tag))))
+        let payload = IOCommandPayload(
+            queueID: queueID, tag: UInt16(tag), result: result,
+            bufferAddress: UInt64(UInt(bitPattern: buffer(tag))))
         // Never full: each tag has at most one command in the ring, and it holds `depth`.
-        let queued = payload.withBytes { ring.prepareCommand(fd: device, command: command, userData: UInt64(tag), payload: $0) }
+        let queued = payload.withBytes {
+            ring.prepareCommand(fd: device, command: command, userData: UInt64(tag), payload: $0)
+        }
         precondition(queued, "io_uring submission ring full")
     }
 
@@ -256,11 +272,14 @@ final class UblkQueue: @unchecked Sendable {
 
     /// Spins until a completion arrives or `microseconds` pass; whether one arrived.
     private func poll(microseconds: Int64) -> Bool {
-        var start = timespec(), now = timespec()
+        var start = timespec()
+        var now = timespec()
         clock_gettime(CLOCK_MONOTONIC, &start)
         while !ring.hasCompletions {
             clock_gettime(CLOCK_MONOTONIC, &now)
-            if (now.tv_sec - start.tv_sec) * 1_000_000 + (now.tv_nsec - start.tv_nsec) / 1000 >= microseconds { return false }
+            if (now.tv_sec - start.tv_sec) * 1_000_000 + (now.tv_nsec - start.tv_nsec) / 1000 >= microseconds {
+                return false
+            }
         }
         return true
     }

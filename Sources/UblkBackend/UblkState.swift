@@ -47,9 +47,12 @@ public struct UblkStateStore: Sendable {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let data: Data
-        do { data = try encoder.encode(state) } catch { throw SystemError("encode state", path: final, detail: "\(error)") }
+        do { data = try encoder.encode(state) } catch {
+            throw SystemError("encode state", path: final, detail: "\(error)")
+        }
         let temporary = final + ".tmp"
-        let file = try FileDescriptor.open(path: temporary, .writeOnly, options: [.create, .truncate, .noFollow], permissions: [.ownerReadWrite])
+        let file = try FileDescriptor.open(
+            path: temporary, .writeOnly, options: [.create, .truncate, .noFollow], permissions: [.ownerReadWrite])
         do {
             _ = try file.closeAfter { try data.withUnsafeBytes { try file.writeAll($0) } }
         } catch {
@@ -72,7 +75,9 @@ public struct UblkStateStore: Sendable {
         do { state = try JSONDecoder().decode(UblkDeviceState.self, from: Data(bytes)) } catch {
             throw SystemError("read state", path: file, detail: "not a valid state file (\(error))")
         }
-        guard state.deviceID == id else { throw SystemError("read state", path: file, detail: "it names device \(state.deviceID)") }
+        guard state.deviceID == id else {
+            throw SystemError("read state", path: file, detail: "it names device \(state.deviceID)")
+        }
         return state
     }
 

@@ -19,7 +19,11 @@ public enum Ublk {
 
         /// _IOR for the getters, _IOWR for the rest, on 'u' with a 32-byte ublksrv_ctrl_cmd.
         public var ioctlEncoded: UInt32 {
-            let readOnly: Bool = switch self { case .getDeviceInfo, .getParameters, .getFeatures: true; default: false }
+            let readOnly: Bool =
+                switch self {
+                case .getDeviceInfo, .getParameters, .getFeatures: true;
+                default: false
+                }
             return ioctlCode(direction: readOnly ? 2 : 3, number: rawValue, size: ControlCommandHeader.size)
         }
     }
@@ -59,7 +63,8 @@ public enum Ublk {
     public static let maxQueueDepth = 4096
     /// Each queue's descriptor array sits at this stride in /dev/ublkcN's mapping.
     public static var descriptorAreaStride: Int {
-        let bytes = maxQueueDepth * IODescriptor.size, page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let bytes = maxQueueDepth * IODescriptor.size
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
         return (bytes + page - 1) / page * page
     }
 }
@@ -154,8 +159,10 @@ public struct DeviceParameters: Sendable, Equatable {
     public var maxSectors: UInt32
     public var deviceSectors: UInt64
 
-    public init(logicalBlockShift: UInt8, physicalBlockShift: UInt8, optimalIOShift: UInt8, minimumIOShift: UInt8,
-                maxSectors: UInt32, deviceSectors: UInt64, readOnly: Bool = true) {
+    public init(
+        logicalBlockShift: UInt8, physicalBlockShift: UInt8, optimalIOShift: UInt8, minimumIOShift: UInt8,
+        maxSectors: UInt32, deviceSectors: UInt64, readOnly: Bool = true
+    ) {
         self.logicalBlockShift = logicalBlockShift
         self.physicalBlockShift = physicalBlockShift
         self.optimalIOShift = optimalIOShift
@@ -186,7 +193,9 @@ public struct DeviceParameters: Sendable, Equatable {
 /// struct ublksrv_io_desc (24 bytes), read from the shared descriptor array of a queue.
 public struct IODescriptor: Sendable, Equatable {
     public static let size = 24
-    public enum Operation: UInt8, Sendable { case read = 0, write = 1, flush = 2, discard = 3, writeSame = 4, writeZeroes = 5 }
+    public enum Operation: UInt8, Sendable {
+        case read = 0, write = 1, flush = 2, discard = 3, writeSame = 4, writeZeroes = 5
+    }
     /// op in bits 0-7, flags above.
     public var operationAndFlags: UInt32
     public var sectorCount: UInt32
@@ -262,7 +271,9 @@ public final class UblkControl {
         for ioctl in [true, false] {
             var value: UInt64 = 0
             let result = withUnsafeMutableBytes(of: &value) { out in
-                Self.send(ring: ring, fd: fd, .getFeatures, ioctl: ioctl, deviceID: ControlCommandHeader.anyDevice, buffer: out)
+                Self.send(
+                    ring: ring, fd: fd, .getFeatures, ioctl: ioctl, deviceID: ControlCommandHeader.anyDevice,
+                    buffer: out)
             }
             if result == 0 {
                 found = Ublk.Features(rawValue: UInt64(littleEndian: value))
@@ -276,8 +287,10 @@ public final class UblkControl {
 
     deinit { close(descriptor) }
 
-    private static func send(ring: IOURing, fd: Int32, _ command: Ublk.ControlCommand, ioctl: Bool, deviceID: UInt32,
-                             buffer: UnsafeMutableRawBufferPointer?, data: UInt64 = 0) -> Int32 {
+    private static func send(
+        ring: IOURing, fd: Int32, _ command: Ublk.ControlCommand, ioctl: Bool, deviceID: UInt32,
+        buffer: UnsafeMutableRawBufferPointer?, data: UInt64 = 0
+    ) -> Int32 {
         var header = ControlCommandHeader(deviceID: deviceID)
         if let buffer {
             header.address = UInt64(UInt(bitPattern: buffer.baseAddress))
@@ -301,12 +314,17 @@ public final class UblkControl {
         if let failure { throw failure }
     }
 
-    func run(_ command: Ublk.ControlCommand, deviceID: UInt32, buffer: UnsafeMutableRawBufferPointer? = nil,
-             data: UInt64 = 0) throws(SystemError) {
-        let result = Self.send(ring: ring, fd: descriptor, command, ioctl: ioctlEncoding, deviceID: deviceID, buffer: buffer, data: data)
+    func run(
+        _ command: Ublk.ControlCommand, deviceID: UInt32, buffer: UnsafeMutableRawBufferPointer? = nil,
+        data: UInt64 = 0
+    ) throws(SystemError) {
+        let result = Self.send(
+            ring: ring, fd: descriptor, command, ioctl: ioctlEncoding, deviceID: deviceID, buffer: buffer, data: data)
         guard result >= 0 else {
-            throw SystemError("ublk \(command)", path: deviceID == ControlCommandHeader.anyDevice ? Ublk.controlPath : Ublk.characterDevice(deviceID),
-                              errno: .init(rawValue: -result))
+            throw SystemError(
+                "ublk \(command)",
+                path: deviceID == ControlCommandHeader.anyDevice ? Ublk.controlPath : Ublk.characterDevice(deviceID),
+                errno: .init(rawValue: -result))
         }
     }
 
@@ -342,7 +360,9 @@ public final class UblkControl {
 
 extension UblkControl {
     /// START_USER_RECOVERY: a device whose server died (UBLK_F_USER_RECOVERY) takes a new one.
-    public func startUserRecovery(_ deviceID: UInt32) throws(SystemError) { try run(.startUserRecovery, deviceID: deviceID) }
+    public func startUserRecovery(_ deviceID: UInt32) throws(SystemError) {
+        try run(.startUserRecovery, deviceID: deviceID)
+    }
 
     /// END_USER_RECOVERY: the new server (`serverPID`) has fetched every tag.
     public func endUserRecovery(_ deviceID: UInt32, serverPID: Int32) throws(SystemError) {

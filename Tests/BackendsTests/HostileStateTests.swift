@@ -27,11 +27,13 @@ import TestSupport
         return try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
     }
 
-    @Test(arguments: [
-        ("nbd3.json", 3), ("nbd0.json", 0), ("nbd1048575.json", 1_048_575), ("nbd-1.json", nil), ("nbd+1.json", nil),
-        ("nbd01.json", nil), ("nbd.json", nil), ("nbd1048576.json", nil), ("nbd99999999999999999999.json", nil),
-        ("nbd3.json.tmp.12", nil), ("nbd３.json", nil), ("xnbd3.json", nil),
-    ] as [(String, Int?)])
+    @Test(
+        arguments: [
+            ("nbd3.json", 3), ("nbd0.json", 0), ("nbd1048575.json", 1_048_575), ("nbd-1.json", nil),
+            ("nbd+1.json", nil),
+            ("nbd01.json", nil), ("nbd.json", nil), ("nbd1048576.json", nil), ("nbd99999999999999999999.json", nil),
+            ("nbd3.json.tmp.12", nil), ("nbd３.json", nil), ("xnbd3.json", nil),
+        ] as [(String, Int?)])
     func stateFileNames(name: String, index: Int?) {
         #expect(StateStore.deviceIndex(fileName: name) == index)
     }

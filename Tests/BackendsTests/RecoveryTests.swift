@@ -40,7 +40,8 @@ import Testing
         #expect(ControlMessage(code: UInt8(ascii: "K"), descriptor: -1) == nil)
         #expect(ControlMessage(code: UInt8(ascii: "Y"), descriptor: 7) == nil)
         #expect(ControlMessage(code: UInt8(ascii: "I"), payload: [1, 2], descriptor: -1) == nil, "a short index")
-        #expect(ControlMessage(code: UInt8(ascii: "P"), payload: [1], descriptor: -1) == nil, "bytes after a one-byte word")
+        #expect(
+            ControlMessage(code: UInt8(ascii: "P"), payload: [1], descriptor: -1) == nil, "bytes after a one-byte word")
     }
 
     /// The socket handed over is the same open socket: bytes written into one copy come out of
@@ -92,7 +93,8 @@ import Testing
     /// A supervisor of the build before the poll setting passes 7 arguments to the workers of a
     /// hot upgrade: they take the default.
     @Test func sevenArgumentsOfAnOlderSupervisorStillWork() throws {
-        let settings = try #require(NBDDaemon.Settings(arguments: ["--serve-nbd-device", "/a", "id", "60", "netlink", "standby:3", "250"]))
+        let settings = try #require(
+            NBDDaemon.Settings(arguments: ["--serve-nbd-device", "/a", "id", "60", "netlink", "standby:3", "250"]))
         #expect(settings.mode == .standby(3) && settings.pollMicroseconds == NBDDaemon.Settings.defaultPollMicroseconds)
     }
 
@@ -123,17 +125,24 @@ import Testing
     @Test func targetsThatAreNoNBDDevice() {
         let recovery = NBDRecovery(logger: Logger(label: "test"), store: store())
         // Found by device number: the root filesystem is no EROFS mount of an nbd device.
-        #expect(message { _ = try recovery.reattach("/") }?.contains("/ is not an EROFS mount of an nbd device (it is ") == true)
-        #expect(message { _ = try recovery.reattach(NSTemporaryDirectory()) }?.contains("is neither /dev/nbdN nor mounted from one") == true)
+        #expect(
+            message { _ = try recovery.reattach("/") }?.contains("/ is not an EROFS mount of an nbd device (it is ")
+                == true)
+        #expect(
+            message { _ = try recovery.reattach(NSTemporaryDirectory()) }?.contains(
+                "is neither /dev/nbdN nor mounted from one") == true)
         #expect(message { _ = try recovery.reattach("/dev/null") }?.contains("/dev/null is neither /dev/nbdN") == true)
-        #expect(message { _ = try recovery.upgrade("/nonexistent/dir") } == "cannot use /nonexistent/dir: No such file or directory")
+        #expect(
+            message { _ = try recovery.upgrade("/nonexistent/dir") }
+                == "cannot use /nonexistent/dir: No such file or directory")
     }
 
     @Test func deviceWithoutState() {
         let states = store()
         let recovery = NBDRecovery(logger: Logger(label: "test"), store: states)
-        #expect(message { _ = try recovery.reattach(index: 77, target: "/dev/nbd77") }
-            == "/dev/nbd77 is not managed by mount.erofs (no state in \(states.directory))")
+        #expect(
+            message { _ = try recovery.reattach(index: 77, target: "/dev/nbd77") }
+                == "/dev/nbd77 is not managed by mount.erofs (no state in \(states.directory))")
     }
 
     /// This host has no nbd driver (so the device is given by index, past the lookup of its
@@ -146,7 +155,9 @@ import Testing
         try states.save(state)
         let before = try Data(contentsOf: URL(fileURLWithPath: states.path(forDevice: 78)))
         let recovery = NBDRecovery(logger: Logger(label: "test"), store: states)
-        #expect(message { _ = try recovery.reattach(index: 78, target: "/dev/nbd78") }?.contains("/dev/nbd78 is not connected: the state") == true)
+        #expect(
+            message { _ = try recovery.reattach(index: 78, target: "/dev/nbd78") }?.contains(
+                "/dev/nbd78 is not connected: the state") == true)
         #expect(message { _ = try recovery.upgrade(index: 78, target: "/dev/nbd78") }?.contains("is stale") == true)
         #expect(try Data(contentsOf: URL(fileURLWithPath: states.path(forDevice: 78))) == before)
     }
@@ -160,8 +171,12 @@ import Testing
         state.attachMethod = .ioctl
         try states.save(state)
         let recovery = NBDRecovery(logger: Logger(label: "test"), store: states)
-        #expect(message { _ = try recovery.reattach(index: 81, target: "/dev/nbd81") }?.hasSuffix("cannot be reattached") == true)
-        #expect(message { _ = try recovery.upgrade(index: 81, target: "/dev/nbd81") }?.hasSuffix("cannot be replaced while it is mounted") == true)
+        #expect(
+            message { _ = try recovery.reattach(index: 81, target: "/dev/nbd81") }?.hasSuffix("cannot be reattached")
+                == true)
+        #expect(
+            message { _ = try recovery.upgrade(index: 81, target: "/dev/nbd81") }?.hasSuffix(
+                "cannot be replaced while it is mounted") == true)
     }
 
     @Test func unreadableStateIsReported() throws {
@@ -170,7 +185,9 @@ import Testing
         try states.ensureDirectory()
         try Data("{ not json".utf8).write(to: URL(fileURLWithPath: states.path(forDevice: 79)))
         let recovery = NBDRecovery(logger: Logger(label: "test"), store: states)
-        #expect(message { _ = try recovery.reattach(index: 79, target: "/dev/nbd79") }?.contains("/dev/nbd79: cannot use its state") == true)
+        #expect(
+            message { _ = try recovery.reattach(index: 79, target: "/dev/nbd79") }?.contains(
+                "/dev/nbd79: cannot use its state") == true)
     }
 
     @Test func olderStateFilesStillLoad() throws {
@@ -179,7 +196,8 @@ import Testing
         try states.save(StateStoreTests.sample(index: 80))
         // A state written before recovery existed has none of its fields.
         let path = states.path(forDevice: 80)
-        var object = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
+        var object =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as! [String: Any]
         object.removeValue(forKey: "supervised")
         try JSONSerialization.data(withJSONObject: object).write(to: URL(fileURLWithPath: path))
         let loaded = try states.load(device: 80)

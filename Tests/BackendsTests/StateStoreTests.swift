@@ -66,7 +66,8 @@ import Testing
         let log = NSTemporaryDirectory() + "daemon-\(UUID().uuidString).log"
         defer { unlink(log) }
         // The child reports its session id, pid, and what fds 0 and 3 are, then exits.
-        let script = "echo sid=$(cut -d' ' -f6 /proc/$$/stat) pid=$$ fd0=$(readlink /proc/$$/fd/0) >&3; ls /proc/$$/fd | tr '\\n' ' ' >&3; echo to-log"
+        let script =
+            "echo sid=$(cut -d' ' -f6 /proc/$$/stat) pid=$$ fd0=$(readlink /proc/$$/fd/0) >&3; ls /proc/$$/fd | tr '\\n' ' ' >&3; echo to-log"
         let daemon = try DaemonProcess.spawn(
             executable: "/bin/sh", arguments: ["-c", script], descriptors: [pipeEnds[1]], logFile: log)
         close(pipeEnds[1])

@@ -32,12 +32,13 @@ import Testing
     /// and holds 5 bytes: libzstd allocated the declared window for it. Windows are now capped at
     /// the image's configuration, at most EROFS's 1 MiB.
     @Test func zstdFrameDeclaringAHugeWindow() throws {
-        let frame: [UInt8] = [
-            0x28, 0xB5, 0x2F, 0xFD,  // magic
-            0x00,  // no content size, not single-segment, no checksum, no dictionary
-            17 << 3,  // window descriptor: 2^(10 + 17) = 128 MiB
-            0x29, 0x00, 0x00,  // last block, raw, 5 bytes
-        ] + Array("hello".utf8)
+        let frame: [UInt8] =
+            [
+                0x28, 0xB5, 0x2F, 0xFD,  // magic
+                0x00,  // no content size, not single-segment, no checksum, no dictionary
+                17 << 3,  // window descriptor: 2^(10 + 17) = 128 MiB
+                0x29, 0x00, 0x00,  // last block, raw, 5 bytes
+            ] + Array("hello".utf8)
         let error = #expect(throws: DecompressionError.self) {
             try decompress(.zstd, frame, outputSize: 5, partial: false)
         }
@@ -48,4 +49,3 @@ import Testing
         #expect(try decompress(.zstd, small, outputSize: 5, partial: false) == Array("hello".utf8))
     }
 }
-

@@ -54,19 +54,25 @@ import Testing
     /// Hand-made blocks: (bytes, output size, partial, expected output or nil for an error).
     static let crafted: [(String, [UInt8], Int, Bool, [UInt8]?)] = [
         ("literals only", [0x30, 0x61, 0x62, 0x63], 3, false, Array("abc".utf8)),
-        ("overlapping offset 1",
-         [0x1F, 0x61, 0x01, 0x00, 0x05, 0x50] + Array("vwxyz".utf8), 30, false,
-         [UInt8](repeating: 0x61, count: 25) + Array("vwxyz".utf8)),
+        (
+            "overlapping offset 1",
+            [0x1F, 0x61, 0x01, 0x00, 0x05, 0x50] + Array("vwxyz".utf8), 30, false,
+            [UInt8](repeating: 0x61, count: 25) + Array("vwxyz".utf8)
+        ),
         ("offset 0", [0x14, 0x61, 0x00, 0x00, 0x50] + Array("vwxyz".utf8), 14, false, nil),
         ("offset before output start", [0x14, 0x61, 0x02, 0x00, 0x50] + Array("vwxyz".utf8), 14, false, nil),
         ("literal run past input end", [0x50, 0x61, 0x62], 5, false, nil),
         ("literal length extension past input end", [0xF0, 0xFF, 0xFF], 600, false, nil),
-        ("match length extension past input end",
-         [0x1F, 0x61, 0x01, 0x00, 0xFF, 0xFF], 600, true, nil),
+        (
+            "match length extension past input end",
+            [0x1F, 0x61, 0x01, 0x00, 0xFF, 0xFF], 600, true, nil
+        ),
         ("missing offset", [0x14, 0x61, 0x01], 10, false, nil),
         ("match into the last 5 bytes", [0x14, 0x61, 0x01, 0x00], 9, false, nil),
-        ("partial stop inside a match", [0x1F, 0x61, 0x01, 0x00, 0x05, 0x50] + Array("vwxyz".utf8), 7, true,
-         [UInt8](repeating: 0x61, count: 7)),
+        (
+            "partial stop inside a match", [0x1F, 0x61, 0x01, 0x00, 0x05, 0x50] + Array("vwxyz".utf8), 7, true,
+            [UInt8](repeating: 0x61, count: 7)
+        ),
         ("partial stop inside literals", [0x30, 0x61, 0x62, 0x63], 2, true, Array("ab".utf8)),
         ("literals beyond output in full mode", [0x30, 0x61, 0x62, 0x63], 2, false, nil),
         ("block shorter than output", [0x30, 0x61, 0x62, 0x63], 4, false, nil),

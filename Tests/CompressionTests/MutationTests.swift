@@ -14,7 +14,9 @@ import Testing
             let position = Int.random(in: 0..<bytes.count, using: &rng)
             switch Mutation.allCases.randomElement(using: &rng)! {
             case .flipBit: bytes[position] ^= UInt8(1) << UInt8.random(in: 0...7, using: &rng)
-            case .setByte: bytes[position] = [0, 0xFF, 0x0F, 0xF0, UInt8.random(in: 0...255, using: &rng)].randomElement(using: &rng)!
+            case .setByte:
+                bytes[position] = [0, 0xFF, 0x0F, 0xF0, UInt8.random(in: 0...255, using: &rng)].randomElement(
+                    using: &rng)!
             case .truncate: bytes.removeSubrange(position...)
             case .insertByte: bytes.insert(UInt8.random(in: 0...255, using: &rng), at: position)
             case .deleteByte: bytes.remove(at: position)
@@ -27,8 +29,10 @@ import Testing
     }
 
     static func seeds(_ algorithm: CompressionAlgorithm) -> [[UInt8]] {
-        [TestData.make(.mixed, count: 4096, seed: 3), TestData.make(.text, count: 8192, seed: 4),
-         TestData.make(.shortPeriods, count: 4096, seed: 5), TestData.make(.farMatches, count: 70_000, seed: 6)]
+        [
+            TestData.make(.mixed, count: 4096, seed: 3), TestData.make(.text, count: 8192, seed: 4),
+            TestData.make(.shortPeriods, count: 4096, seed: 5), TestData.make(.farMatches, count: 70_000, seed: 6),
+        ]
     }
 
     @Test(arguments: CompressionAlgorithm.allCases)
@@ -77,7 +81,9 @@ import Testing
                     let reference = ReferenceEncoder.lz4Decode(mutated, outputSize: size, partial: partial)
                         .flatMap { $0.count == size ? $0 : nil }
                     if ours != reference && !(ours == nil && Self.hasZeroOffset(mutated)) {
-                        disagreements.append("partial \(partial), size \(size): ours \(ours == nil ? "error" : "ok"), liblz4 \(reference == nil ? "error" : "ok") \(message) HEX \(mutated.map { String($0, radix: 16) }.joined(separator: ","))")
+                        disagreements.append(
+                            "partial \(partial), size \(size): ours \(ours == nil ? "error" : "ok"), liblz4 \(reference == nil ? "error" : "ok") \(message) HEX \(mutated.map { String($0, radix: 16) }.joined(separator: ","))"
+                        )
                     }
                 }
             }
@@ -92,7 +98,9 @@ import Testing
         while ip < block.count {
             let token = Int(block[ip]); ip += 1
             var literals = token >> 4
-            if literals == 15 { while ip < block.count { let b = Int(block[ip]); ip += 1; literals += b; if b != 255 { break } } }
+            if literals == 15 {
+                while ip < block.count { let b = Int(block[ip]); ip += 1; literals += b; if b != 255 { break } }
+            }
             ip += literals
             guard ip + 2 <= block.count else { return false }
             if block[ip] == 0 && block[ip + 1] == 0 { return true }

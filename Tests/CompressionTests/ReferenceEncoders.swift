@@ -33,9 +33,10 @@ enum ReferenceEncoder {
         var consumed = Int32(data.count)
         let written = Array(data).withUnsafeBytes { src in
             out.withUnsafeMutableBytes { dst in
-                LZ4_compress_destSize(src.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                      dst.baseAddress!.assumingMemoryBound(to: CChar.self),
-                                      &consumed, Int32(capacity))
+                LZ4_compress_destSize(
+                    src.baseAddress!.assumingMemoryBound(to: CChar.self),
+                    dst.baseAddress!.assumingMemoryBound(to: CChar.self),
+                    &consumed, Int32(capacity))
             }
         }
         precondition(written > 0 && consumed > 0, "LZ4_compress_destSize failed")
@@ -85,8 +86,10 @@ enum ReferenceEncoder {
     /// A raw deflate stream (no zlib header).
     static func rawDeflate(_ data: [UInt8], level: Int32 = 6, windowBits: Int32 = 15) -> [UInt8] {
         var stream = z_stream()
-        precondition(deflateInit2_(&stream, level, Z_DEFLATED, -windowBits, 8, Z_DEFAULT_STRATEGY,
-                                   zlibVersion(), Int32(MemoryLayout<z_stream>.size)) == Z_OK)
+        precondition(
+            deflateInit2_(
+                &stream, level, Z_DEFLATED, -windowBits, 8, Z_DEFAULT_STRATEGY,
+                zlibVersion(), Int32(MemoryLayout<z_stream>.size)) == Z_OK)
         defer { deflateEnd(&stream) }
         var source = data + [0]
         let bound = Int(deflateBound(&stream, UInt(data.count))) + 16

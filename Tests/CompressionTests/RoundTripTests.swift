@@ -13,13 +13,16 @@ import Testing
         for size in sizes {
             let data = TestData.make(kind, count: size)
             let compressed = ReferenceEncoder.encode(algorithm, data)
-            #expect(try decompress(algorithm, compressed, outputSize: size, partial: false) == data,
-                    "full decode of \(size) bytes")
-            #expect(try decompress(algorithm, compressed, outputSize: size, partial: true) == data,
-                    "partial decode of all \(size) bytes")
+            #expect(
+                try decompress(algorithm, compressed, outputSize: size, partial: false) == data,
+                "full decode of \(size) bytes")
+            #expect(
+                try decompress(algorithm, compressed, outputSize: size, partial: true) == data,
+                "partial decode of all \(size) bytes")
             for prefix in Set([1, size / 2, size - 1]) where prefix > 0 && prefix < size {
-                #expect(try decompress(algorithm, compressed, outputSize: prefix, partial: true) == Array(data[..<prefix]),
-                        "partial decode of \(prefix) of \(size) bytes")
+                #expect(
+                    try decompress(algorithm, compressed, outputSize: prefix, partial: true) == Array(data[..<prefix]),
+                    "partial decode of \(prefix) of \(size) bytes")
                 #expect(throws: DecompressionError.self, "full decode into \(prefix) of \(size) bytes") {
                     try decompress(algorithm, compressed, outputSize: prefix, partial: false)
                 }
@@ -38,14 +41,16 @@ import Testing
         let data = TestData.make(.mixed, count: 200_000)
         let compressed = ReferenceEncoder.rawDeflate(data, windowBits: windowBits)
         let settings = DecompressionSettings(deflateWindowBits: UInt8(windowBits))
-        #expect(try decompress(.deflate, compressed, outputSize: data.count, partial: false, settings: settings) == data)
+        #expect(
+            try decompress(.deflate, compressed, outputSize: data.count, partial: false, settings: settings) == data)
     }
 
     @Test func deflateRejectsAnInvalidWindow() {
         let compressed = ReferenceEncoder.rawDeflate([1, 2, 3])
         let error = #expect(throws: DecompressionError.self) {
-            try decompress(.deflate, compressed, outputSize: 3, partial: false,
-                           settings: DecompressionSettings(deflateWindowBits: 16))
+            try decompress(
+                .deflate, compressed, outputSize: 3, partial: false,
+                settings: DecompressionSettings(deflateWindowBits: 16))
         }
         #expect(error?.message.contains("window bits 16") == true)
     }
@@ -55,11 +60,13 @@ import Testing
         let compressed = ReferenceEncoder.microLZMA(data, dictionarySize: 64 << 10)
         for dictionary: UInt32 in [0, 64 << 10, 8 << 20] {
             let settings = DecompressionSettings(lzmaDictionarySize: dictionary)
-            #expect(try decompress(.lzma, compressed, outputSize: data.count, partial: false, settings: settings) == data)
+            #expect(
+                try decompress(.lzma, compressed, outputSize: data.count, partial: false, settings: settings) == data)
         }
         #expect(throws: DecompressionError.self) {
-            try decompress(.lzma, compressed, outputSize: data.count, partial: false,
-                           settings: DecompressionSettings(lzmaDictionarySize: (8 << 20) + 1))
+            try decompress(
+                .lzma, compressed, outputSize: data.count, partial: false,
+                settings: DecompressionSettings(lzmaDictionarySize: (8 << 20) + 1))
         }
     }
 
@@ -68,12 +75,17 @@ import Testing
         let compressed = ReferenceEncoder.zstd(data, level: 19, checksum: true)
         for windowLog: UInt8 in [0, 17, 20] {
             let settings = DecompressionSettings(zstdWindowLog: windowLog)
-            #expect(try decompress(.zstd, compressed, outputSize: data.count, partial: false, settings: settings) == data)
-            #expect(try decompress(.zstd, compressed, outputSize: 777, partial: true, settings: settings) == Array(data[..<777]))
+            #expect(
+                try decompress(.zstd, compressed, outputSize: data.count, partial: false, settings: settings) == data)
+            #expect(
+                try decompress(.zstd, compressed, outputSize: 777, partial: true, settings: settings)
+                    == Array(data[..<777]))
         }
         // EROFS windows are at most 1 MiB (the kernel refuses larger configurations).
         #expect(throws: DecompressionError.self) {
-            try decompress(.zstd, compressed, outputSize: data.count, partial: false, settings: DecompressionSettings(zstdWindowLog: 21))
+            try decompress(
+                .zstd, compressed, outputSize: data.count, partial: false,
+                settings: DecompressionSettings(zstdWindowLog: 21))
         }
         // A corrupted checksum is detected even though all the data fit.
         var corrupt = compressed

@@ -3,7 +3,9 @@ import Testing
 
 @Suite struct DeviceTableTests {
     /// A minimal valid superblock (4 KiB blocks) with the given device table fields.
-    static func superblock(extraDevices: UInt16, slotOffset: UInt16, features: IncompatFeatures = [.chunkedFile, .deviceTable]) throws -> Superblock {
+    static func superblock(
+        extraDevices: UInt16, slotOffset: UInt16, features: IncompatFeatures = [.chunkedFile, .deviceTable]
+    ) throws -> Superblock {
         var bytes = [UInt8](repeating: 0, count: 128)
         func put(_ value: UInt64, at offset: Int, width: Int) {
             for index in 0..<width { bytes[offset + index] = UInt8(truncatingIfNeeded: value >> (8 * index)) }
@@ -16,7 +18,9 @@ import Testing
         return try Superblock(decoding: bytes)
     }
 
-    static func slotBytes(tag: String, blocksLow: UInt32, addressLow: UInt32, blocksHigh: UInt16, addressHigh: UInt16) -> [UInt8] {
+    static func slotBytes(tag: String, blocksLow: UInt32, addressLow: UInt32, blocksHigh: UInt16, addressHigh: UInt16)
+        -> [UInt8]
+    {
         var bytes = [UInt8](repeating: 0, count: DeviceSlot.size)
         bytes.replaceSubrange(0..<tag.utf8.count, with: tag.utf8)
         for index in 0..<4 {
@@ -32,7 +36,8 @@ import Testing
     }
 
     @Test func slotFieldsAndTheirHighHalves() throws {
-        let bytes = Self.slotBytes(tag: "blob-0", blocksLow: 0x1234_5678, addressLow: 0x9ABC_DEF0, blocksHigh: 0x12, addressHigh: 0x34)
+        let bytes = Self.slotBytes(
+            tag: "blob-0", blocksLow: 0x1234_5678, addressLow: 0x9ABC_DEF0, blocksHigh: 0x12, addressHigh: 0x34)
         let narrow = try DeviceSlot(decoding: bytes, has48BitFields: false)
         #expect(narrow == DeviceSlot(tag: Array(bytes[0..<64]), blocks: 0x1234_5678, mappedBlockAddress: 0x9ABC_DEF0))
         #expect(narrow.tagText == "blob-0")
@@ -48,7 +53,8 @@ import Testing
         // roundup_pow_of_two(devices + 1) - 1
         for (devices, mask) in [(1, 1), (2, 3), (3, 3), (4, 7), (7, 7), (8, 15), (65535, 65535)] as [(UInt16, UInt16)] {
             let block = try Self.superblock(extraDevices: devices, slotOffset: 16)
-            let table = try DeviceTable(decoding: [UInt8](repeating: 0, count: Int(devices) * DeviceSlot.size), superblock: block)
+            let table = try DeviceTable(
+                decoding: [UInt8](repeating: 0, count: Int(devices) * DeviceSlot.size), superblock: block)
             #expect(table.deviceIDMask == mask, "\(devices) devices")
             #expect(table.slots.count == Int(devices))
         }
@@ -74,6 +80,8 @@ import Testing
     @Test func tableInsideTheImageIsLocated() throws {
         let block = try Self.superblock(extraDevices: 2, slotOffset: 9)
         #expect(try DeviceTable.location(in: block, imageSize: 4096) == 1152..<1408)
-        #expect(throws: FormatError.self) { try DeviceTable(decoding: [UInt8](repeating: 0, count: 128), superblock: block) }
+        #expect(throws: FormatError.self) {
+            try DeviceTable(decoding: [UInt8](repeating: 0, count: 128), superblock: block)
+        }
     }
 }

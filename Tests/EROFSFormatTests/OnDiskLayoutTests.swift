@@ -42,48 +42,71 @@ import Testing
         }
     }
 
-    static let superblock = Layout("erofs_super_block", size: 144, [
-        ("magic", 4), ("checksum", 4), ("feature_compat", 4), ("blkszbits", 1), ("sb_extslots", 1),
-        ("rb", 2), ("inos", 8), ("epoch", 8), ("fixed_nsec", 4), ("blocks_lo", 4), ("meta_blkaddr", 4),
-        ("xattr_blkaddr", 4), ("uuid", 16), ("volume_name", 16), ("feature_incompat", 4), ("u1", 2),
-        ("extra_devices", 2), ("devt_slotoff", 2), ("dirblkbits", 1), ("xattr_prefix_count", 1),
-        ("xattr_prefix_start", 4), ("packed_nid", 8), ("xattr_filter_reserved", 1), ("ishare_xattr_prefix_id", 1),
-        ("reserved", 2), ("build_time", 4), ("rootnid_8b", 8), ("reserved2", 8), ("metabox_nid", 8), ("reserved3", 8),
-    ])
-    static let compactInode = Layout("erofs_inode_compact", size: 32, [
-        ("i_format", 2), ("i_xattr_icount", 2), ("i_mode", 2), ("i_nb", 2), ("i_size", 4), ("i_mtime", 4),
-        ("i_u", 4), ("i_ino", 4), ("i_uid", 2), ("i_gid", 2), ("i_reserved", 4),
-    ])
-    static let extendedInode = Layout("erofs_inode_extended", size: 64, [
-        ("i_format", 2), ("i_xattr_icount", 2), ("i_mode", 2), ("i_nb", 2), ("i_size", 8), ("i_u", 4),
-        ("i_ino", 4), ("i_uid", 4), ("i_gid", 4), ("i_mtime", 8), ("i_mtime_nsec", 4), ("i_nlink", 4),
-        ("i_reserved2", 16),
-    ])
-    static let xattrBodyHeader = Layout("erofs_xattr_ibody_header", size: 12, [
-        ("h_name_filter", 4), ("h_shared_count", 1), ("h_reserved2", 7),
-    ])
-    static let xattrEntry = Layout("erofs_xattr_entry", size: 4, [
-        ("e_name_len", 1), ("e_name_index", 1), ("e_value_size", 2),
-    ])
+    static let superblock = Layout(
+        "erofs_super_block", size: 144,
+        [
+            ("magic", 4), ("checksum", 4), ("feature_compat", 4), ("blkszbits", 1), ("sb_extslots", 1),
+            ("rb", 2), ("inos", 8), ("epoch", 8), ("fixed_nsec", 4), ("blocks_lo", 4), ("meta_blkaddr", 4),
+            ("xattr_blkaddr", 4), ("uuid", 16), ("volume_name", 16), ("feature_incompat", 4), ("u1", 2),
+            ("extra_devices", 2), ("devt_slotoff", 2), ("dirblkbits", 1), ("xattr_prefix_count", 1),
+            ("xattr_prefix_start", 4), ("packed_nid", 8), ("xattr_filter_reserved", 1), ("ishare_xattr_prefix_id", 1),
+            ("reserved", 2), ("build_time", 4), ("rootnid_8b", 8), ("reserved2", 8), ("metabox_nid", 8),
+            ("reserved3", 8),
+        ])
+    static let compactInode = Layout(
+        "erofs_inode_compact", size: 32,
+        [
+            ("i_format", 2), ("i_xattr_icount", 2), ("i_mode", 2), ("i_nb", 2), ("i_size", 4), ("i_mtime", 4),
+            ("i_u", 4), ("i_ino", 4), ("i_uid", 2), ("i_gid", 2), ("i_reserved", 4),
+        ])
+    static let extendedInode = Layout(
+        "erofs_inode_extended", size: 64,
+        [
+            ("i_format", 2), ("i_xattr_icount", 2), ("i_mode", 2), ("i_nb", 2), ("i_size", 8), ("i_u", 4),
+            ("i_ino", 4), ("i_uid", 4), ("i_gid", 4), ("i_mtime", 8), ("i_mtime_nsec", 4), ("i_nlink", 4),
+            ("i_reserved2", 16),
+        ])
+    static let xattrBodyHeader = Layout(
+        "erofs_xattr_ibody_header", size: 12,
+        [
+            ("h_name_filter", 4), ("h_shared_count", 1), ("h_reserved2", 7),
+        ])
+    static let xattrEntry = Layout(
+        "erofs_xattr_entry", size: 4,
+        [
+            ("e_name_len", 1), ("e_name_index", 1), ("e_value_size", 2),
+        ])
     static let chunkInfo = Layout("erofs_inode_chunk_info", size: 4, [("format", 2), ("reserved", 2)])
-    static let chunkIndex = Layout("erofs_inode_chunk_index", size: 8, [
-        ("startblk_hi", 2), ("device_id", 2), ("startblk_lo", 4),
-    ])
-    static let mapHeader = Layout("z_erofs_map_header", size: 8, [
-        ("h_reserved1", 2), ("h_idata_size", 2), ("h_advise", 2), ("h_algorithmtype", 1), ("h_clusterbits", 1),
-    ])
-    static let lclusterIndex = Layout("z_erofs_lcluster_index", size: 8, [
-        ("di_advise", 2), ("di_clusterofs", 2), ("di_u", 4),
-    ])
-    static let extent = Layout("z_erofs_extent", size: 32, [
-        ("plen", 4), ("pstart_lo", 4), ("pstart_hi", 4), ("lstart_lo", 4), ("lstart_hi", 4), ("reserved", 12),
-    ])
-    static let dirent = Layout("erofs_dirent", size: 12, [
-        ("nid", 8), ("nameoff", 2), ("file_type", 1), ("reserved", 1),
-    ])
-    static let deviceSlot = Layout("erofs_deviceslot", size: 128, [
-        ("tag", 64), ("blocks_lo", 4), ("uniaddr_lo", 4), ("blocks_hi", 2), ("uniaddr_hi", 2), ("reserved", 52),
-    ])
+    static let chunkIndex = Layout(
+        "erofs_inode_chunk_index", size: 8,
+        [
+            ("startblk_hi", 2), ("device_id", 2), ("startblk_lo", 4),
+        ])
+    static let mapHeader = Layout(
+        "z_erofs_map_header", size: 8,
+        [
+            ("h_reserved1", 2), ("h_idata_size", 2), ("h_advise", 2), ("h_algorithmtype", 1), ("h_clusterbits", 1),
+        ])
+    static let lclusterIndex = Layout(
+        "z_erofs_lcluster_index", size: 8,
+        [
+            ("di_advise", 2), ("di_clusterofs", 2), ("di_u", 4),
+        ])
+    static let extent = Layout(
+        "z_erofs_extent", size: 32,
+        [
+            ("plen", 4), ("pstart_lo", 4), ("pstart_hi", 4), ("lstart_lo", 4), ("lstart_hi", 4), ("reserved", 12),
+        ])
+    static let dirent = Layout(
+        "erofs_dirent", size: 12,
+        [
+            ("nid", 8), ("nameoff", 2), ("file_type", 1), ("reserved", 1),
+        ])
+    static let deviceSlot = Layout(
+        "erofs_deviceslot", size: 128,
+        [
+            ("tag", 64), ("blocks_lo", 4), ("uniaddr_lo", 4), ("blocks_hi", 2), ("uniaddr_hi", 2), ("reserved", 52),
+        ])
 
     static let all = [
         superblock, compactInode, extendedInode, xattrBodyHeader, xattrEntry, chunkInfo, chunkIndex, mapHeader,
@@ -162,7 +185,9 @@ import Testing
         var bytes = layout.pattern
         func set(_ name: String, _ value: UInt64) {
             let field = layout.field(name)
-            for index in 0..<field.width { bytes[field.offset + index] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(index))) }
+            for index in 0..<field.width {
+                bytes[field.offset + index] = UInt8(truncatingIfNeeded: value >> (8 * UInt64(index)))
+            }
         }
         set("magic", UInt64(Superblock.magic))
         set("blkszbits", 12)
@@ -244,7 +269,9 @@ import Testing
         bytes = layout.pattern
         let header = MapHeader(decoding: bytes)
         #expect(UInt64(header.inlineDataSize) == layout.value("h_idata_size", in: bytes))
-        #expect(UInt64(header.fragmentOffset) == layout.value("h_reserved1", in: bytes) | layout.value("h_idata_size", in: bytes) << 16)
+        #expect(
+            UInt64(header.fragmentOffset) == layout.value("h_reserved1", in: bytes) | layout.value(
+                "h_idata_size", in: bytes) << 16)
         #expect(UInt64(header.advise.rawValue) == layout.value("h_advise", in: bytes))
         #expect(UInt64(header.algorithmType) == layout.value("h_algorithmtype", in: bytes))
         #expect(UInt64(header.clusterBitsOverBlock) == layout.value("h_clusterbits", in: bytes) & 0xF)
@@ -298,6 +325,8 @@ import Testing
         let slot = try DeviceSlot(decoding: bytes, has48BitFields: true)
         #expect(slot.tag == Array(bytes[0..<DeviceSlot.tagSize]))
         #expect(slot.blocks == layout.value("blocks_lo", in: bytes) | layout.value("blocks_hi", in: bytes) << 32)
-        #expect(slot.mappedBlockAddress == layout.value("uniaddr_lo", in: bytes) | layout.value("uniaddr_hi", in: bytes) << 32)
+        #expect(
+            slot.mappedBlockAddress == layout.value("uniaddr_lo", in: bytes) | layout.value("uniaddr_hi", in: bytes)
+                << 32)
     }
 }

@@ -3,7 +3,8 @@ import Testing
 
 @Suite struct RequestDecodingTests {
     @Test func lookupNameStopsAtItsNul() throws {
-        let decoded = try FUSERequest(decoding: request(.lookup, unique: 99, node: 12, body: Array("a\u{1}b".utf8) + [0]))
+        let decoded = try FUSERequest(
+            decoding: request(.lookup, unique: 99, node: 12, body: Array("a\u{1}b".utf8) + [0]))
         #expect(decoded.header.unique == 99)
         #expect(decoded.header.nodeID == 12)
         #expect(decoded.header.pid == 42)
@@ -39,7 +40,8 @@ import Testing
         #expect(try FUSERequest(decoding: bytes).operation == .lookup(name: [0x61, 0x62]))
         header.totalExtensionLength = 2
         #expect(throws: FUSEDecodingError.self) {
-            try FUSERequest(decoding: header.encoded() + Array("ab".utf8) + [0, 0] + [UInt8](repeating: 0xee, count: 8))
+            try FUSERequest(
+                decoding: header.encoded() + Array("ab".utf8) + [0, 0] + [UInt8](repeating: 0xee, count: 8))
         }
     }
 
@@ -60,7 +62,8 @@ import Testing
     @Test func batchForgetCountMustFitTheBody() throws {
         #expect(try FUSERequest(decoding: validRequests[4]).operation == .batchForget(count: 2))
         #expect(throws: FUSEDecodingError.self) {
-            try FUSERequest(decoding: request(.batchForget, body: le(UInt32(3)) + le(UInt32(0)) + [UInt8](repeating: 0, count: 32)))
+            try FUSERequest(
+                decoding: request(.batchForget, body: le(UInt32(3)) + le(UInt32(0)) + [UInt8](repeating: 0, count: 32)))
         }
         #expect(throws: FUSEDecodingError.self) {
             try FUSERequest(decoding: request(.batchForget, body: le(UInt32.max) + le(UInt32(0))))
@@ -68,33 +71,43 @@ import Testing
     }
 
     @Test func operationsAreClassified() throws {
-        #expect(try FUSERequest(decoding: validRequests[9]).operation
-            == .read(FUSEReadIn(fileHandle: 0, offset: 4096, size: 131072)))
-        #expect(try FUSERequest(decoding: validRequests[13]).operation == .getxattr(name: Array("user.a".utf8), size: 0))
-        #expect(try FUSERequest(decoding: validRequests[17]).operation
-            == .lseek(FUSELseekIn(fileHandle: 0, offset: 8192, whence: FUSESeekWhence.data)))
+        #expect(
+            try FUSERequest(decoding: validRequests[9]).operation
+                == .read(FUSEReadIn(fileHandle: 0, offset: 4096, size: 131072)))
+        #expect(
+            try FUSERequest(decoding: validRequests[13]).operation == .getxattr(name: Array("user.a".utf8), size: 0))
+        #expect(
+            try FUSERequest(decoding: validRequests[17]).operation
+                == .lseek(FUSELseekIn(fileHandle: 0, offset: 8192, whence: FUSESeekWhence.data)))
         #expect(try FUSERequest(decoding: validRequests[20]).operation == .modifying(.write))
         #expect(try FUSERequest(decoding: validRequests[21]).operation == .unsupported(FUSEOpcode(rawValue: 4096)))
-        #expect(try FUSERequest(decoding: request(.flush, body: [UInt8](repeating: 0, count: 24))).operation == .sync(.flush))
+        #expect(
+            try FUSERequest(decoding: request(.flush, body: [UInt8](repeating: 0, count: 24))).operation
+                == .sync(.flush))
         #expect(try !FUSERequest(decoding: validRequests[3]).expectsReply)
         #expect(try !FUSERequest(decoding: validRequests[18]).expectsReply)
         #expect(try FUSERequest(decoding: validRequests[19]).expectsReply)
         // GETATTR names a file handle only when FUSE_GETATTR_FH is set.
         #expect(try FUSERequest(decoding: validRequests[5]).operation == .getattr(fileHandle: 9))
-        #expect(try FUSERequest(decoding: request(.getattr, body: [UInt8](repeating: 0, count: 16))).operation == .getattr(fileHandle: nil))
+        #expect(
+            try FUSERequest(decoding: request(.getattr, body: [UInt8](repeating: 0, count: 16))).operation
+                == .getattr(fileHandle: nil))
     }
 }
 
 @Suite struct ReplyEncodingTests {
     func outHeader(_ bytes: [UInt8]) -> (length: UInt32, error: Int32, unique: UInt64) {
         bytes.withUnsafeBytes {
-            ($0.loadUnaligned(as: UInt32.self), $0.loadUnaligned(fromByteOffset: 4, as: Int32.self),
-             $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+            (
+                $0.loadUnaligned(as: UInt32.self), $0.loadUnaligned(fromByteOffset: 4, as: Int32.self),
+                $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+            )
         }
     }
 
-    let attr = FUSEAttr(ino: 36, size: 5000, blocks: 16, mtime: 1_700_000_000, mtimeNanoseconds: 5, mode: 0o100644,
-                        linkCount: 2, uid: 1000, gid: 100, rdev: 0, blockSize: 4096)
+    let attr = FUSEAttr(
+        ino: 36, size: 5000, blocks: 16, mtime: 1_700_000_000, mtimeNanoseconds: 5, mode: 0o100644,
+        linkCount: 2, uid: 1000, gid: 100, rdev: 0, blockSize: 4096)
 
     @Test func errorsAreNegatedWithAnEmptyBody() {
         let reply = FUSEReply.error(unique: 77, errno: 2)
@@ -105,11 +118,13 @@ import Testing
     @Test func structureSizesMatchTheKernelHeader() {
         // Sizes of include/uapi/linux/fuse.h: entry_out 128, attr_out 104, init_out 64,
         // open_out 16, kstatfs 80, getxattr_out 8, lseek_out 8; plus the 16-byte out header.
-        let entry = FUSEReply.entry(unique: 1, FUSEEntryOut(nodeID: 38, entryValidity: .forever, attrValidity: .forever, attr: attr))
+        let entry = FUSEReply.entry(
+            unique: 1, FUSEEntryOut(nodeID: 38, entryValidity: .forever, attrValidity: .forever, attr: attr))
         #expect(entry.count == 16 + 128 && outHeader(entry).length == 144)
         #expect(FUSEReply.attr(unique: 1, validity: .forever, attr).count == 16 + 104)
-        let initOut = FUSEInitOut(major: 7, minor: 38, maxReadahead: 1 << 20, flags: [.asyncRead, .initExt, .hasResend],
-                                  maxBackground: 64, congestionThreshold: 48, maxWrite: 4096, timeGranularity: 1, maxPages: 256)
+        let initOut = FUSEInitOut(
+            major: 7, minor: 38, maxReadahead: 1 << 20, flags: [.asyncRead, .initExt, .hasResend],
+            maxBackground: 64, congestionThreshold: 48, maxWrite: 4096, timeGranularity: 1, maxPages: 256)
         #expect(FUSEReply.initialize(unique: 1, initOut).count == 16 + 64)
         #expect(FUSEReply.open(unique: 1, fileHandle: 0, flags: .keepCache).count == 16 + 16)
         #expect(FUSEReply.statfs(unique: 1, FUSEStatfs(blocks: 10, files: 3, blockSize: 4096)).count == 16 + 80)
@@ -118,7 +133,8 @@ import Testing
     }
 
     @Test func fieldsLandAtTheirOffsets() {
-        let entry = FUSEReply.entry(unique: 1, FUSEEntryOut(nodeID: 38, entryValidity: .forever, attrValidity: .forever, attr: attr))
+        let entry = FUSEReply.entry(
+            unique: 1, FUSEEntryOut(nodeID: 38, entryValidity: .forever, attrValidity: .forever, attr: attr))
         entry.withUnsafeBytes { bytes in
             #expect(bytes.loadUnaligned(fromByteOffset: 16, as: UInt64.self) == 38)  // nodeid
             #expect(bytes.loadUnaligned(fromByteOffset: 16 + 16, as: UInt64.self) == FUSEValidity.forever.seconds)
@@ -132,9 +148,11 @@ import Testing
             #expect(bytes.loadUnaligned(fromByteOffset: attrStart + 68, as: UInt32.self) == 1000)  // uid
             #expect(bytes.loadUnaligned(fromByteOffset: attrStart + 80, as: UInt32.self) == 4096)  // blksize
         }
-        let initOut = FUSEReply.initialize(unique: 1, FUSEInitOut(
-            major: 7, minor: 38, maxReadahead: 1 << 20, flags: [.asyncRead, .hasResend], maxBackground: 64,
-            congestionThreshold: 48, maxWrite: 4096, timeGranularity: 1, maxPages: 256))
+        let initOut = FUSEReply.initialize(
+            unique: 1,
+            FUSEInitOut(
+                major: 7, minor: 38, maxReadahead: 1 << 20, flags: [.asyncRead, .hasResend], maxBackground: 64,
+                congestionThreshold: 48, maxWrite: 4096, timeGranularity: 1, maxPages: 256))
         initOut.withUnsafeBytes { bytes in
             #expect(bytes.loadUnaligned(fromByteOffset: 16 + 12, as: UInt32.self) == 1)  // flags
             #expect(bytes.loadUnaligned(fromByteOffset: 16 + 28, as: UInt16.self) == 256)  // max_pages
@@ -145,11 +163,14 @@ import Testing
     @Test func direntsAreAlignedAndStopAtTheCapacity() {
         var list = FUSEDirentList(capacity: 80, plus: false)
         // 24 + 5 = 29 -> 32 bytes each: two fit in 80, the third does not.
-        let appended1 = list.append(name: Array("first".utf8), ino: 40, type: FUSEDirentType.regular, nextOffset: 24, entry: nil)
+        let appended1 = list.append(
+            name: Array("first".utf8), ino: 40, type: FUSEDirentType.regular, nextOffset: 24, entry: nil)
         #expect(appended1)
-        let appended2 = list.append(name: Array("other".utf8), ino: 41, type: FUSEDirentType.directory, nextOffset: 36, entry: nil)
+        let appended2 = list.append(
+            name: Array("other".utf8), ino: 41, type: FUSEDirentType.directory, nextOffset: 36, entry: nil)
         #expect(appended2)
-        let appended3 = list.append(name: Array("third".utf8), ino: 42, type: FUSEDirentType.regular, nextOffset: 48, entry: nil)
+        let appended3 = list.append(
+            name: Array("third".utf8), ino: 42, type: FUSEDirentType.regular, nextOffset: 48, entry: nil)
         #expect(!appended3)
         #expect(list.count == 2 && list.bytes.count == 64)
         list.bytes.withUnsafeBytes { bytes in

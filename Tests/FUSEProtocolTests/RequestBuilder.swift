@@ -2,7 +2,8 @@ import FUSEProtocol
 
 /// Builds request bytes as the kernel writes them (host byte order).
 func request(_ opcode: FUSEOpcode, unique: UInt64 = 7, node: UInt64 = 1, body: [UInt8] = []) -> [UInt8] {
-    let header = FUSEInHeader(length: UInt32(40 + body.count), opcode: opcode, unique: unique, nodeID: node, uid: 0, gid: 0, pid: 42)
+    let header = FUSEInHeader(
+        length: UInt32(40 + body.count), opcode: opcode, unique: unique, nodeID: node, uid: 0, gid: 0, pid: 42)
     return header.encoded() + body
 }
 
@@ -16,12 +17,16 @@ func readIn(handle: UInt64 = 0, offset: UInt64, size: UInt32) -> [UInt8] {
 
 /// A valid request of every opcode the server decodes, for the mutation test.
 let validRequests: [[UInt8]] = [
-    request(.initialize, body: le(UInt32(7)) + le(UInt32(41)) + le(UInt32(131072)) + le(UInt32(1 << 30 | 1))
-        + le(UInt32(1 << 7)) + [UInt8](repeating: 0, count: 44)),
+    request(
+        .initialize,
+        body: le(UInt32(7)) + le(UInt32(41)) + le(UInt32(131072)) + le(UInt32(1 << 30 | 1))
+            + le(UInt32(1 << 7)) + [UInt8](repeating: 0, count: 44)),
     request(.initialize, body: le(UInt32(7)) + le(UInt32(27)) + le(UInt32(4096)) + le(UInt32(1))),
     request(.lookup, body: Array("file.txt".utf8) + [0]),
     request(.forget, body: le(UInt64(3))),
-    request(.batchForget, body: le(UInt32(2)) + le(UInt32(0)) + le(UInt64(5)) + le(UInt64(1)) + le(UInt64(6)) + le(UInt64(2))),
+    request(
+        .batchForget,
+        body: le(UInt32(2)) + le(UInt32(0)) + le(UInt64(5)) + le(UInt64(1)) + le(UInt64(6)) + le(UInt64(2))),
     request(.getattr, body: le(UInt32(1)) + le(UInt32(0)) + le(UInt64(9))),
     request(.readlink),
     request(.open, body: le(UInt32(0)) + le(UInt32(0))),

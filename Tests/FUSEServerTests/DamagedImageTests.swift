@@ -34,7 +34,9 @@ import TestSupport
             case .message(let message): bytes = message
             case .data(let head, let payload): bytes = head + payload
             }
-            let (length, error) = bytes.withUnsafeBytes { ($0.loadUnaligned(as: UInt32.self), $0.loadUnaligned(fromByteOffset: 4, as: Int32.self)) }
+            let (length, error) = bytes.withUnsafeBytes {
+                ($0.loadUnaligned(as: UInt32.self), $0.loadUnaligned(fromByteOffset: 4, as: Int32.self))
+            }
             #expect(Int(length) == bytes.count)
             #expect(allowed.contains(error), "\(opcode): errno \(-error)")
             return (error, Array(bytes.dropFirst(16)))
@@ -55,10 +57,19 @@ import TestSupport
                 var position = 0
                 while position + 152 <= payload.count, reached < budget {
                     let node = payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: position, as: UInt64.self) }
-                    let mode = payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: position + 40 + 60, as: UInt32.self) }
-                    offset = payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: position + 128 + 8, as: UInt64.self) }
-                    let nameLength = Int(payload.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: position + 128 + 16, as: UInt32.self) })
-                    guard position + 152 + nameLength <= payload.count else { Issue.record("dirent overruns the reply"); break }
+                    let mode = payload.withUnsafeBytes {
+                        $0.loadUnaligned(fromByteOffset: position + 40 + 60, as: UInt32.self)
+                    }
+                    offset = payload.withUnsafeBytes {
+                        $0.loadUnaligned(fromByteOffset: position + 128 + 8, as: UInt64.self)
+                    }
+                    let nameLength = Int(
+                        payload.withUnsafeBytes {
+                            $0.loadUnaligned(fromByteOffset: position + 128 + 16, as: UInt32.self)
+                        })
+                    guard position + 152 + nameLength <= payload.count else {
+                        Issue.record("dirent overruns the reply"); break
+                    }
                     let name = Array(payload[(position + 152)..<(position + 152 + nameLength)])
                     position += (152 + nameLength + 7) & ~7
                     reached += 1

@@ -32,15 +32,22 @@ import TestSupport
         case .data(let head, let payload): bytes = head + payload
         }
         let (length, error, unique) = bytes.withUnsafeBytes {
-            ($0.loadUnaligned(as: UInt32.self), $0.loadUnaligned(fromByteOffset: 4, as: Int32.self), $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+            (
+                $0.loadUnaligned(as: UInt32.self), $0.loadUnaligned(fromByteOffset: 4, as: Int32.self),
+                $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self)
+            )
         }
         #expect(Int(length) == bytes.count && unique == 5)
         return (error, Array(bytes.dropFirst(16)))
     }
 
     func le<T: FixedWidthInteger>(_ value: T) -> [UInt8] { withUnsafeBytes(of: value) { Array($0) } }
-    func u64(_ bytes: [UInt8], at offset: Int) -> UInt64 { bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self) } }
-    func u32(_ bytes: [UInt8], at offset: Int) -> UInt32 { bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt32.self) } }
+    func u64(_ bytes: [UInt8], at offset: Int) -> UInt64 {
+        bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt64.self) }
+    }
+    func u32(_ bytes: [UInt8], at offset: Int) -> UInt32 {
+        bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: UInt32.self) }
+    }
 
     func lookup(_ name: String, in node: UInt64 = 1) throws -> (error: Int32, nodeID: UInt64) {
         let reply = try ask(.lookup, node: node, body: Array(name.utf8) + [0])
@@ -56,7 +63,8 @@ import TestSupport
         while position + 24 <= reply.payload.count {
             let next = u64(reply.payload, at: position + 8)
             let length = Int(u32(reply.payload, at: position + 16))
-            entries.append((String(decoding: reply.payload[(position + 24)..<(position + 24 + length)], as: UTF8.self), next))
+            entries.append(
+                (String(decoding: reply.payload[(position + 24)..<(position + 24 + length)], as: UTF8.self), next))
             position += (24 + length + 7) & ~7
         }
         return entries
@@ -64,13 +72,18 @@ import TestSupport
 
     @Test func initNegotiatesWhatTheKernelOffersAndWeWant() throws {
         let offered: UInt32 = 1 | 1 << 13 | 1 << 14 | 1 << 18 | 1 << 20 | 1 << 22 | 1 << 23 | 1 << 16 | 1 << 30
-        let reply = try ask(.initialize, body: le(UInt32(7)) + le(UInt32(41)) + le(UInt32(1 << 20)) + le(offered)
-            + le(UInt32(1 << 7)) + [UInt8](repeating: 0, count: 44))
+        let reply = try ask(
+            .initialize,
+            body: le(UInt32(7)) + le(UInt32(41)) + le(UInt32(1 << 20)) + le(offered)
+                + le(UInt32(1 << 7)) + [UInt8](repeating: 0, count: 44))
         #expect(reply.error == 0 && reply.payload.count == 64)
         #expect(u32(reply.payload, at: 4) == FUSEVersion.minor)
         #expect(u32(reply.payload, at: 8) == 1 << 20)  // max_readahead: all the kernel offers
         let flags = FUSEInitFlags(rawValue: UInt64(u32(reply.payload, at: 12)))
-        #expect(flags.isSuperset(of: [.asyncRead, .doReaddirplus, .readdirplusAuto, .parallelDirops, .posixACL, .maxPages, .cacheSymlinks]))
+        #expect(
+            flags.isSuperset(of: [
+                .asyncRead, .doReaddirplus, .readdirplusAuto, .parallelDirops, .posixACL, .maxPages, .cacheSymlinks,
+            ]))
         #expect(!flags.contains(.writebackCache))  // offered, not wanted on a read-only image
         #expect(u32(reply.payload, at: 32) == 0)  // flags2: HAS_RESEND offered, not taken (yet)
         // Too old a kernel is refused.
@@ -140,7 +153,8 @@ import TestSupport
         let names = try ask(.listxattr, node: xattrs.nodeID, body: le(UInt32(size)) + le(UInt32(0)))
         #expect(names.error == 0 && names.payload.count == Int(size))
         #expect(try ask(.listxattr, node: xattrs.nodeID, body: le(UInt32(size - 1)) + le(UInt32(0))).error == -ERANGE)
-        let missing = try ask(.getxattr, node: xattrs.nodeID, body: le(UInt32(0)) + le(UInt32(0)) + Array("user.none".utf8) + [0])
+        let missing = try ask(
+            .getxattr, node: xattrs.nodeID, body: le(UInt32(0)) + le(UInt32(0)) + Array("user.none".utf8) + [0])
         #expect(missing.error == -ENODATA)
     }
 }
@@ -171,7 +185,9 @@ struct CapturingHandler: LogHandler {
     @Test func aBurstIsLoggedTheRestCountedOnce() {
         let sink = CapturedLog()
         let clock = FakeClock()
-        let log = RateLimitedLog(logger: Logger(label: "t") { _ in CapturingHandler(sink: sink) }, burst: 3, window: 10, clock: { clock.now })
+        let log = RateLimitedLog(
+            logger: Logger(label: "t") { _ in CapturingHandler(sink: sink) }, burst: 3, window: 10, clock: { clock.now }
+        )
         for index in 0..<1000 { log.log("error \(index)") }
         #expect(sink.lines == ["error 0", "error 1", "error 2"])
         clock.now += 10

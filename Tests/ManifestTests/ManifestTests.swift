@@ -7,9 +7,11 @@ import Testing
     @Test func sha256KnownAnswers() {
         #expect(SHA256.hex([]) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
         #expect(SHA256.hex(Array("abc".utf8)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
-        #expect(SHA256.hex(Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8))
+        #expect(
+            SHA256.hex(Array("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq".utf8))
                 == "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1")
-        #expect(SHA256.hex([UInt8](repeating: 0x61, count: 1_000_000))
+        #expect(
+            SHA256.hex([UInt8](repeating: 0x61, count: 1_000_000))
                 == "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0")
     }
 
@@ -35,17 +37,24 @@ import Testing
         var entry = ManifestEntry(
             path: "/dev/block", kind: .block, permissions: 0o640, uid: 0, gid: 0, size: 0,
             mtimeNanoseconds: 1_768_170_996_297_109_184, linkCount: 1, rdev: (8, 1))
-        #expect(entry.jsonLine == #"{"gid": 0, "mode": "0640", "mtime_ns": 1768170996297109184, "nlink": 1, "path": "/dev/block", "rdev": [8, 1], "size": 0, "type": "block", "uid": 0, "xattrs": {}}"#)
+        #expect(
+            entry.jsonLine
+                == #"{"gid": 0, "mode": "0640", "mtime_ns": 1768170996297109184, "nlink": 1, "path": "/dev/block", "rdev": [8, 1], "size": 0, "type": "block", "uid": 0, "xattrs": {}}"#
+        )
         entry = ManifestEntry(
             path: "/x", kind: .file, permissions: 0o4755, uid: 1, gid: 2, size: 3, mtimeNanoseconds: 5, linkCount: 1,
             xattrs: ["user.b": [0x01], "trusted.a": [0xff, 0x00]], sha256: "ab")
-        #expect(entry.jsonLine == #"{"gid": 2, "mode": "4755", "mtime_ns": 5, "nlink": 1, "path": "/x", "sha256": "ab", "size": 3, "type": "file", "uid": 1, "xattrs": {"trusted.a": "ff00", "user.b": "01"}}"#)
+        #expect(
+            entry.jsonLine
+                == #"{"gid": 2, "mode": "4755", "mtime_ns": 5, "nlink": 1, "path": "/x", "sha256": "ab", "size": 3, "type": "file", "uid": 1, "xattrs": {"trusted.a": "ff00", "user.b": "01"}}"#
+        )
     }
 
     @Test func sortsByCodePointNotByCanonicalEquivalence() {
         let names: [ByteString] = ["/é", "/z", "/e\u{301}", "/", "/a/b", "/a"]
         let entries = names.map {
-            ManifestEntry(path: $0, kind: .dir, permissions: 0o755, uid: 0, gid: 0, size: 0, mtimeNanoseconds: 0, linkCount: 2)
+            ManifestEntry(
+                path: $0, kind: .dir, permissions: 0o755, uid: 0, gid: 0, size: 0, mtimeNanoseconds: 0, linkCount: 2)
         }
         #expect(entries.sortedByPath().map(\.path) == ["/", "/a", "/a/b", "/e\u{301}", "/z", "/é"])
     }
@@ -67,7 +76,9 @@ import Testing
         let line = JSONText.quoted(ByteString(name))
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        process.arguments = ["-c", "import json, os, sys; sys.stdout.write(os.fsencode(json.loads(sys.argv[1])).hex())", line]
+        process.arguments = [
+            "-c", "import json, os, sys; sys.stdout.write(os.fsencode(json.loads(sys.argv[1])).hex())", line,
+        ]
         let pipe = Pipe()
         process.standardOutput = pipe
         try process.run()
@@ -79,7 +90,8 @@ import Testing
     @Test func entriesSortByPathBytes() {
         let paths: [ByteString] = [ByteString([0x2f, 0xe9]), "/é", "/", "/z"]
         let entries = paths.map {
-            ManifestEntry(path: $0, kind: .file, permissions: 0o644, uid: 0, gid: 0, size: 0, mtimeNanoseconds: 0, linkCount: 1)
+            ManifestEntry(
+                path: $0, kind: .file, permissions: 0o644, uid: 0, gid: 0, size: 0, mtimeNanoseconds: 0, linkCount: 1)
         }
         #expect(entries.sortedByPath().map(\.path) == ["/", "/z", "/é", ByteString([0x2f, 0xe9])])
     }

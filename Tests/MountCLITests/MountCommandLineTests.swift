@@ -30,14 +30,19 @@ import Testing
     @Test func standardFlagsAndKernelData() throws {
         var options = MountOptions()
         try options.parse("nosuid,nodev,noexec,noatime,nodiratime,sync,dirsync,silent,lazytime")
-        #expect(options.flags == [.readOnly, .noSuid, .noDev, .noExec, .noAtime, .noDirAtime, .synchronous,
-                                  .dirSync, .silent, .lazyTime])
+        #expect(
+            options.flags == [
+                .readOnly, .noSuid, .noDev, .noExec, .noAtime, .noDirAtime, .synchronous,
+                .dirSync, .silent, .lazyTime,
+            ])
         try options.parse("suid,dev,exec,atime,diratime,relatime")
         #expect(options.flags == [.readOnly, .synchronous, .dirSync, .silent, .lazyTime, .relAtime])
         try options.parse("strictatime")
         #expect(options.flags.contains(.strictAtime) && !options.flags.contains(.relAtime))
         try options.parse("device=/dev/sdb,domain_id=d,fsid=f,dax,user_xattr,acl,cache_strategy=readahead")
-        #expect(options.kernelDataString == "device=/dev/sdb,domain_id=d,fsid=f,dax,user_xattr,acl,cache_strategy=readahead")
+        #expect(
+            options.kernelDataString == "device=/dev/sdb,domain_id=d,fsid=f,dax,user_xattr,acl,cache_strategy=readahead"
+        )
     }
 
     @Test func rwIsIgnoredWithAWarning() throws {
@@ -69,7 +74,9 @@ import Testing
         #expect(line.options.kernelData.isEmpty)
         #expect(line.options.backendOption("nbd.ioctl") == .some(nil))
         #expect(line.options.backendOption("oci.platform") == .some("linux/arm64"))
-        let fuse = try MountCommandLine.parse(["-t", "erofs.fuse", "-o", "fuse.threads=3,cache_strategy=readahead", "s", "t"])
+        let fuse = try MountCommandLine.parse([
+            "-t", "erofs.fuse", "-o", "fuse.threads=3,cache_strategy=readahead", "s", "t",
+        ])
         #expect(fuse.backend == .fuse)
         #expect(fuse.options.backendOption("fuse.threads") == .some("3"))
         #expect(fuse.options.kernelData == ["cache_strategy=readahead"])  // the backend warns about it

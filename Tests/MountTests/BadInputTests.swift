@@ -33,76 +33,101 @@ import TestSupport
     }
 
     static let cases: [Case] = [
-        Case(name: "missing file", arguments: { image, dir in [image + ".absent", dir] }, status: 32,
-             message: { image, _ in "cannot open source \(image).absent: No such file or directory" }),
-        Case(name: "not an EROFS file", arguments: { image, dir in [image, dir] },
-             prepare: { image in try Data(repeating: 0x5a, count: 8192).write(to: URL(fileURLWithPath: image)) },
-             status: 32, message: { image, _ in "\(image): not an EROFS image: bad magic 0x5A5A5A5A at offset 1024" }),
-        Case(name: "empty file", arguments: { image, dir in [image, dir] },
-             prepare: { image in try Data().write(to: URL(fileURLWithPath: image)) },
-             status: 32, message: { image, _ in "\(image): not an EROFS image: too short for a superblock" }),
-        Case(name: "truncated image", arguments: { image, dir in [image, dir] },
-             prepare: { image in
-                 try copy("plain", to: image)
-                 try FileHandle(forWritingTo: URL(fileURLWithPath: image)).truncate(atOffset: 1 << 20)
-             },
-             status: 32, message: { image, _ in "\(image): truncated EROFS image: the superblock says" }),
-        Case(name: "truncated image through a loop device", arguments: { image, dir in ["-o", "loop", image, dir] },
-             prepare: { image in
-                 try copy("lz4", to: image)
-                 try FileHandle(forWritingTo: URL(fileURLWithPath: image)).truncate(atOffset: 8192)
-             },
-             status: 32, message: { image, _ in "\(image): truncated EROFS image" }),
-        Case(name: "unknown incompatible feature", arguments: { image, dir in [image, dir] },
-             prepare: { image in
-                 try copy("plain", to: image)
-                 try patch(image, at: 1024 + 80 + 3, [0x80])  // bit 31 of feature_incompat
-             },
-             status: 32,
-             message: { image, _ in "\(image): unsupported EROFS image: unknown incompatible feature bits 0x80000000" }),
-        Case(name: "corrupt superblock checksum", arguments: { image, dir in [image, dir] },
-             prepare: { image in
-                 try copy("lz4", to: image)
-                 try patch(image, at: 1024 + 64, [0x58])  // volume name, covered by the crc32c
-             },
-             status: 32, message: { image, _ in "\(image): corrupt EROFS superblock: checksum" }),
-        Case(name: "missing mountpoint", arguments: { image, dir in [image, dir + "/absent"] },
-             prepare: { image in try copy("plain", to: image) },
-             status: 32, message: { _, dir in "mountpoint \(dir)/absent does not exist" }),
-        Case(name: "mountpoint is a file", arguments: { image, _ in [image, image] },
-             prepare: { image in try copy("plain", to: image) },
-             status: 32, message: { image, _ in "mountpoint \(image) is not a directory" }),
-        Case(name: "source is a directory", arguments: { _, dir in [dir, dir] }, status: 32,
-             message: { _, dir in "source \(dir) is a directory" }),
-        Case(name: "unknown subtype", arguments: { image, dir in ["-t", "erofs.zfs", image, dir] },
-             prepare: { image in try copy("plain", to: image) },
-             status: 1, message: { _, _ in "invalid filesystem subtype `zfs`" }),
-        Case(name: "other filesystem type", arguments: { image, dir in ["-t", "squashfs", image, dir] },
-             prepare: { image in try copy("plain", to: image) },
-             status: 1, message: { _, _ in "unsupported filesystem type `squashfs`" }),
-        Case(name: "loop with the nbd backend", arguments: { image, dir in ["-t", "erofs.nbd", "-o", "loop", image, dir] },
-             prepare: { image in try copy("plain", to: image) },
-             status: 1, message: { _, _ in "conflicting options: `-o loop` needs the local backend" }),
-        Case(name: "unknown nbd recovery mode", arguments: { image, dir in ["-t", "erofs.nbd", "-o", "nbd.recovery=sometimes", image, dir] },
-             prepare: { image in try copy("plain", to: image) },
-             status: 1, message: { _, _ in "unknown or malformed nbd option `nbd.recovery=sometimes`" }),
-        Case(name: "request timer of zero", arguments: { image, dir in ["-t", "erofs.nbd", "-o", "nbd.requeue_ms=0", image, dir] },
-             prepare: { image in try copy("plain", to: image) },
-             status: 1, message: { _, _ in "unknown or malformed nbd option `nbd.requeue_ms=0`" }),
-        Case(name: "poll longer than 10 ms", arguments: { image, dir in ["-t", "erofs.nbd", "-o", "nbd.poll_us=20000", image, dir] },
-             prepare: { image in try copy("plain", to: image) },
-             status: 1, message: { _, _ in "unknown or malformed nbd option `nbd.poll_us=20000`" }),
-        Case(name: "reattach of something that is no nbd device", arguments: { _, dir in ["--reattach", dir] },
-             status: 32, message: { _, dir in "\(dir) is neither /dev/nbdN nor mounted from one" }),
+        Case(
+            name: "missing file", arguments: { image, dir in [image + ".absent", dir] }, status: 32,
+            message: { image, _ in "cannot open source \(image).absent: No such file or directory" }),
+        Case(
+            name: "not an EROFS file", arguments: { image, dir in [image, dir] },
+            prepare: { image in try Data(repeating: 0x5a, count: 8192).write(to: URL(fileURLWithPath: image)) },
+            status: 32, message: { image, _ in "\(image): not an EROFS image: bad magic 0x5A5A5A5A at offset 1024" }),
+        Case(
+            name: "empty file", arguments: { image, dir in [image, dir] },
+            prepare: { image in try Data().write(to: URL(fileURLWithPath: image)) },
+            status: 32, message: { image, _ in "\(image): not an EROFS image: too short for a superblock" }),
+        Case(
+            name: "truncated image", arguments: { image, dir in [image, dir] },
+            prepare: { image in
+                try copy("plain", to: image)
+                try FileHandle(forWritingTo: URL(fileURLWithPath: image)).truncate(atOffset: 1 << 20)
+            },
+            status: 32, message: { image, _ in "\(image): truncated EROFS image: the superblock says" }),
+        Case(
+            name: "truncated image through a loop device", arguments: { image, dir in ["-o", "loop", image, dir] },
+            prepare: { image in
+                try copy("lz4", to: image)
+                try FileHandle(forWritingTo: URL(fileURLWithPath: image)).truncate(atOffset: 8192)
+            },
+            status: 32, message: { image, _ in "\(image): truncated EROFS image" }),
+        Case(
+            name: "unknown incompatible feature", arguments: { image, dir in [image, dir] },
+            prepare: { image in
+                try copy("plain", to: image)
+                try patch(image, at: 1024 + 80 + 3, [0x80])  // bit 31 of feature_incompat
+            },
+            status: 32,
+            message: { image, _ in "\(image): unsupported EROFS image: unknown incompatible feature bits 0x80000000" }),
+        Case(
+            name: "corrupt superblock checksum", arguments: { image, dir in [image, dir] },
+            prepare: { image in
+                try copy("lz4", to: image)
+                try patch(image, at: 1024 + 64, [0x58])  // volume name, covered by the crc32c
+            },
+            status: 32, message: { image, _ in "\(image): corrupt EROFS superblock: checksum" }),
+        Case(
+            name: "missing mountpoint", arguments: { image, dir in [image, dir + "/absent"] },
+            prepare: { image in try copy("plain", to: image) },
+            status: 32, message: { _, dir in "mountpoint \(dir)/absent does not exist" }),
+        Case(
+            name: "mountpoint is a file", arguments: { image, _ in [image, image] },
+            prepare: { image in try copy("plain", to: image) },
+            status: 32, message: { image, _ in "mountpoint \(image) is not a directory" }),
+        Case(
+            name: "source is a directory", arguments: { _, dir in [dir, dir] }, status: 32,
+            message: { _, dir in "source \(dir) is a directory" }),
+        Case(
+            name: "unknown subtype", arguments: { image, dir in ["-t", "erofs.zfs", image, dir] },
+            prepare: { image in try copy("plain", to: image) },
+            status: 1, message: { _, _ in "invalid filesystem subtype `zfs`" }),
+        Case(
+            name: "other filesystem type", arguments: { image, dir in ["-t", "squashfs", image, dir] },
+            prepare: { image in try copy("plain", to: image) },
+            status: 1, message: { _, _ in "unsupported filesystem type `squashfs`" }),
+        Case(
+            name: "loop with the nbd backend",
+            arguments: { image, dir in ["-t", "erofs.nbd", "-o", "loop", image, dir] },
+            prepare: { image in try copy("plain", to: image) },
+            status: 1, message: { _, _ in "conflicting options: `-o loop` needs the local backend" }),
+        Case(
+            name: "unknown nbd recovery mode",
+            arguments: { image, dir in ["-t", "erofs.nbd", "-o", "nbd.recovery=sometimes", image, dir] },
+            prepare: { image in try copy("plain", to: image) },
+            status: 1, message: { _, _ in "unknown or malformed nbd option `nbd.recovery=sometimes`" }),
+        Case(
+            name: "request timer of zero",
+            arguments: { image, dir in ["-t", "erofs.nbd", "-o", "nbd.requeue_ms=0", image, dir] },
+            prepare: { image in try copy("plain", to: image) },
+            status: 1, message: { _, _ in "unknown or malformed nbd option `nbd.requeue_ms=0`" }),
+        Case(
+            name: "poll longer than 10 ms",
+            arguments: { image, dir in ["-t", "erofs.nbd", "-o", "nbd.poll_us=20000", image, dir] },
+            prepare: { image in try copy("plain", to: image) },
+            status: 1, message: { _, _ in "unknown or malformed nbd option `nbd.poll_us=20000`" }),
+        Case(
+            name: "reattach of something that is no nbd device", arguments: { _, dir in ["--reattach", dir] },
+            status: 32, message: { _, dir in "\(dir) is neither /dev/nbdN nor mounted from one" }),
         // Devices are found by number: one that does not exist here cannot be named.
-        Case(name: "upgrade of a device that does not exist", arguments: { _, _ in ["--upgrade", "/dev/nbd93"] },
-             status: 32, message: { _, _ in "cannot use /dev/nbd93: No such file or directory" }),
-        Case(name: "disconnect of a device that is no nbd device", arguments: { _, _ in ["--disconnect", "/dev/null"] },
-             status: 32, message: { _, _ in "/dev/null is neither /dev/nbdN nor mounted from one" }),
-        Case(name: "unmount and reattach together", arguments: { _, dir in ["-u", "--reattach", dir] },
-             status: 1, message: { _, _ in "conflicting options: -u and --reattach" }),
-        Case(name: "unmount of something not mounted", arguments: { _, dir in ["-u", dir] },
-             status: 32, message: { _, dir in "\(dir) is not mounted" }),
+        Case(
+            name: "upgrade of a device that does not exist", arguments: { _, _ in ["--upgrade", "/dev/nbd93"] },
+            status: 32, message: { _, _ in "cannot use /dev/nbd93: No such file or directory" }),
+        Case(
+            name: "disconnect of a device that is no nbd device", arguments: { _, _ in ["--disconnect", "/dev/null"] },
+            status: 32, message: { _, _ in "/dev/null is neither /dev/nbdN nor mounted from one" }),
+        Case(
+            name: "unmount and reattach together", arguments: { _, dir in ["-u", "--reattach", dir] },
+            status: 1, message: { _, _ in "conflicting options: -u and --reattach" }),
+        Case(
+            name: "unmount of something not mounted", arguments: { _, dir in ["-u", dir] },
+            status: 32, message: { _, dir in "\(dir) is not mounted" }),
     ]
 
     @Test(arguments: cases)

@@ -23,14 +23,23 @@ import TestSupport
             try FileManager.default.createDirectory(atPath: tree + "/sub", withIntermediateDirectories: true)
             try FileManager.default.createDirectory(atPath: directory + "/mnt", withIntermediateDirectories: false)
             var generator = SplitMix64(seed: 7)
-            for (name, size) in [("empty", 0), ("small", 100), ("chunk", 4096), ("sub/big", 300_001), ("sub/odd", 70_001)] {
+            for (name, size) in [
+                ("empty", 0), ("small", 100), ("chunk", 4096), ("sub/big", 300_001), ("sub/odd", 70_001),
+            ] {
                 let bytes = (0..<size).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
                 try Data(bytes).write(to: URL(fileURLWithPath: tree + "/" + name))
             }
             try Data(count: 200_000).write(to: URL(fileURLWithPath: tree + "/zeros"))
-            let made = try runProgram("/usr/bin/mkfs.erofs", ["-T0", "--blobdev=\(directory)/blob", "--chunksize=4096", directory + "/image.erofs", tree])
+            let made = try runProgram(
+                "/usr/bin/mkfs.erofs",
+                ["-T0", "--blobdev=\(directory)/blob", "--chunksize=4096", directory + "/image.erofs", tree])
             try #require(made.status == 0, "mkfs.erofs: \(made.standardError)")
-            let listed = try runProgram(harness.erofs, ["ls", "--recursive", "--json", "--sha256", "--device", directory + "/blob", directory + "/image.erofs"])
+            let listed = try runProgram(
+                harness.erofs,
+                [
+                    "ls", "--recursive", "--json", "--sha256", "--device", directory + "/blob",
+                    directory + "/image.erofs",
+                ])
             try #require(listed.status == 0, "erofs ls: \(listed.standardError)")
             manifest = listed.standardOutput
         }

@@ -9,8 +9,8 @@ import Glibc
 #endif
 
 /// lseek(2) whence values for holes (not in Glibc's Swift overlay).
-let SEEK_DATA: Int32 = 3
-let SEEK_HOLE: Int32 = 4
+let seekData: Int32 = 3  // SEEK_DATA
+let seekHole: Int32 = 4  // SEEK_HOLE
 
 /// fstests-style checks of the read-only paths through FUSE, on an image made now by
 /// mkfs.erofs (chunk-based, so that it has real holes), mounted both through FUSE and by the
@@ -34,10 +34,12 @@ let SEEK_HOLE: Int32 = 4
         /// none, mask r, other none.
         static let accessACL: [UInt8] = {
             func entry(_ tag: UInt16, _ perm: UInt16, _ id: UInt32) -> [UInt8] {
-                withUnsafeBytes(of: tag.littleEndian) { Array($0) } + withUnsafeBytes(of: perm.littleEndian) { Array($0) }
+                withUnsafeBytes(of: tag.littleEndian) { Array($0) }
+                    + withUnsafeBytes(of: perm.littleEndian) { Array($0) }
                     + withUnsafeBytes(of: id.littleEndian) { Array($0) }
             }
-            return [2, 0, 0, 0] + entry(1, 6, .max) + entry(2, 4, 1234) + entry(4, 0, .max) + entry(0x10, 4, .max) + entry(0x20, 0, .max)
+            return [2, 0, 0, 0] + entry(1, 6, .max) + entry(2, 4, 1234) + entry(4, 0, .max) + entry(0x10, 4, .max)
+                + entry(0x20, 0, .max)
         }()
     }
 
@@ -53,25 +55,34 @@ let SEEK_HOLE: Int32 = 4
         }
         try Data(random).write(to: URL(fileURLWithPath: fixture.tree + "/random"))
         for index in 0..<1000 {
-            try Data().write(to: URL(fileURLWithPath: "\(fixture.tree)/many/entry-\(index)-\(String(repeating: "n", count: index % 50))"))
+            try Data().write(
+                to: URL(
+                    fileURLWithPath: "\(fixture.tree)/many/entry-\(index)-\(String(repeating: "n", count: index % 50))")
+            )
         }
         let sparse = open(fixture.tree + "/sparse", O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         try #require(sparse >= 0)
         for (offset, count) in Fixture.sparseData {
-            _ = [UInt8](repeating: 0x5a, count: count).withUnsafeBytes { pwrite(sparse, $0.baseAddress, count, off_t(offset)) }
+            _ = [UInt8](repeating: 0x5a, count: count).withUnsafeBytes {
+                pwrite(sparse, $0.baseAddress, count, off_t(offset))
+            }
         }
         ftruncate(sparse, off_t(Fixture.sparseSize))
         close(sparse)
         try Data("x".utf8).write(to: URL(fileURLWithPath: fixture.tree + "/xattrs"))
         #expect(setxattr(fixture.tree + "/xattrs", "user.small", "v", 1, 0) == 0)
-        #expect(Fixture.bigXattr.withUnsafeBytes { setxattr(fixture.tree + "/xattrs", "user.big", $0.baseAddress, $0.count, 0) } == 0)
+        #expect(
+            Fixture.bigXattr.withUnsafeBytes {
+                setxattr(fixture.tree + "/xattrs", "user.big", $0.baseAddress, $0.count, 0)
+            } == 0)
 
         // A file only its owner (root) may read by mode, and uid 1234 by its POSIX ACL.
         try Data("acl\n".utf8).write(to: URL(fileURLWithPath: fixture.tree + "/acl"))
         #expect(chmod(fixture.tree + "/acl", 0o600) == 0)
-        #expect(Fixture.accessACL.withUnsafeBytes {
-            setxattr(fixture.tree + "/acl", "system.posix_acl_access", $0.baseAddress, $0.count, 0)
-        } == 0)
+        #expect(
+            Fixture.accessACL.withUnsafeBytes {
+                setxattr(fixture.tree + "/acl", "system.posix_acl_access", $0.baseAddress, $0.count, 0)
+            } == 0)
 
         let made = try runProgram("/usr/bin/mkfs.erofs", ["--chunksize=4096", fixture.image, fixture.tree])
         try #require(made.status == 0, "\(made.standardError)")
@@ -91,7 +102,9 @@ let SEEK_HOLE: Int32 = 4
     static func punchHoles(in image: String) throws {
         var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: image)))
         let words = bytes.count / 4
-        func word(_ index: Int) -> UInt32 { bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 4, as: UInt32.self) } }
+        func word(_ index: Int) -> UInt32 {
+            bytes.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: index * 4, as: UInt32.self) }
+        }
         var start = 0
         while start + 256 <= words {
             let value = word(start)
@@ -99,7 +112,9 @@ let SEEK_HOLE: Int32 = 4
             start += 1
         }
         try #require(start + 256 <= words, "no chunk table of the sparse file in \(image)")
-        for index in start..<(start + 256) { bytes.replaceSubrange((index * 4)..<(index * 4 + 4), with: [0xff, 0xff, 0xff, 0xff]) }
+        for index in start..<(start + 256) {
+            bytes.replaceSubrange((index * 4)..<(index * 4 + 4), with: [0xff, 0xff, 0xff, 0xff])
+        }
         try Data(bytes).write(to: URL(fileURLWithPath: image))
     }
 
@@ -123,13 +138,17 @@ let SEEK_HOLE: Int32 = 4
 
     @Test func preadAtOddOffsetsAndPastTheEnd() throws {
         try withRandomFile { fixture, fd, size in
-            for offset in [0, 1, 511, 4095, 4096, 4097, 65_535, 131_073, size - 1, size, size + 1, size + 100_000, 1 << 40] {
+            for offset in [
+                0, 1, 511, 4095, 4096, 4097, 65_535, 131_073, size - 1, size, size + 1, size + 100_000, 1 << 40,
+            ] {
                 for count in [1, 7, 4096, 65_537, 1 << 20] {
                     var buffer = [UInt8](repeating: 0xee, count: count)
                     let n = pread(fd, &buffer, count, off_t(offset))
                     let expected = offset >= size ? [] : Array(fixture.random[offset..<min(size, offset + count)])
                     #expect(n == expected.count, "pread(\(count) at \(offset)) returned \(n)")
-                    if n > 0 { #expect(Array(buffer[..<n]) == expected, "pread(\(count) at \(offset)) returned other bytes") }
+                    if n > 0 {
+                        #expect(Array(buffer[..<n]) == expected, "pread(\(count) at \(offset)) returned other bytes")
+                    }
                 }
             }
         }
@@ -151,7 +170,9 @@ let SEEK_HOLE: Int32 = 4
     @Test func readdirResumesAtEveryTelldirPosition() throws {
         try withFixture { fixture in
             func name(_ entry: UnsafeMutablePointer<dirent>) -> String {
-                withUnsafeBytes(of: entry.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+                withUnsafeBytes(of: entry.pointee.d_name) {
+                    String(cString: $0.bindMemory(to: CChar.self).baseAddress!)
+                }
             }
             func list(_ path: String) -> [(name: String, position: Int)] {
                 guard let stream = opendir(path) else { return [] }
@@ -190,7 +211,7 @@ let SEEK_HOLE: Int32 = 4
             // Valid answers: SEEK_DATA lands at or before the next written byte with only zeros
             // skipped; SEEK_HOLE lands after the data it starts in; both stay inside the file.
             for start in stride(from: 0, to: Fixture.sparseSize, by: 256 * 1024) {
-                let data = lseek(fd, off_t(start), SEEK_DATA)
+                let data = lseek(fd, off_t(start), seekData)
                 let next = Fixture.sparseData.first { $0.offset + $0.count > start }
                 if let next {
                     #expect(data >= start && data <= max(start, next.offset), "SEEK_DATA from \(start) gave \(data)")
@@ -200,17 +221,17 @@ let SEEK_HOLE: Int32 = 4
                     #expect(errno == ENXIO)
                 }
                 if data >= 0 { #expect(content[start..<Int(data)].allSatisfy { $0 == 0 }) }
-                let hole = lseek(fd, off_t(start), SEEK_HOLE)
+                let hole = lseek(fd, off_t(start), seekHole)
                 #expect(hole >= start && hole <= Fixture.sparseSize, "SEEK_HOLE from \(start) gave \(hole)")
                 for (offset, count) in Fixture.sparseData where start >= offset && start < offset + count {
                     #expect(hole >= offset + count, "SEEK_HOLE inside data at \(start) gave \(hole)")
                 }
             }
             // The first hole is before the first data (chunk-based nulls), not only at the end.
-            #expect(lseek(fd, 0, SEEK_HOLE) == 0)
-            #expect(lseek(fd, 0, SEEK_DATA) == off_t(Fixture.sparseData[0].offset))
-            #expect(lseek(fd, off_t(Fixture.sparseSize), SEEK_DATA) == -1 && errno == ENXIO)
-            #expect(lseek(fd, off_t(Fixture.sparseSize + 1), SEEK_HOLE) == -1 && errno == ENXIO)
+            #expect(lseek(fd, 0, seekHole) == 0)
+            #expect(lseek(fd, 0, seekData) == off_t(Fixture.sparseData[0].offset))
+            #expect(lseek(fd, off_t(Fixture.sparseSize), seekData) == -1 && errno == ENXIO)
+            #expect(lseek(fd, off_t(Fixture.sparseSize + 1), seekHole) == -1 && errno == ENXIO)
         }
     }
 
@@ -219,12 +240,17 @@ let SEEK_HOLE: Int32 = 4
     @Test func posixACLsGrantAndDenyAsOnTheKernelMount() throws {
         try withFixture { fixture in
             for root in [fixture.fuse, fixture.kernel] {
-                let allowed = try runProgram("/usr/bin/setpriv", ["--reuid=1234", "--regid=1234", "--clear-groups", "/bin/cat", root + "/acl"])
+                let allowed = try runProgram(
+                    "/usr/bin/setpriv", ["--reuid=1234", "--regid=1234", "--clear-groups", "/bin/cat", root + "/acl"])
                 #expect(allowed.status == 0 && allowed.standardOutput == "acl\n", "\(root): \(allowed.standardError)")
-                let refused = try runProgram("/usr/bin/setpriv", ["--reuid=4321", "--regid=4321", "--clear-groups", "/bin/cat", root + "/acl"])
-                #expect(refused.status != 0 && refused.standardError.contains("Permission denied"), "\(root): \(refused.standardError)")
+                let refused = try runProgram(
+                    "/usr/bin/setpriv", ["--reuid=4321", "--regid=4321", "--clear-groups", "/bin/cat", root + "/acl"])
+                #expect(
+                    refused.status != 0 && refused.standardError.contains("Permission denied"),
+                    "\(root): \(refused.standardError)")
             }
-            var fuse = [UInt8](repeating: 0, count: 256), kernel = [UInt8](repeating: 0, count: 256)
+            var fuse = [UInt8](repeating: 0, count: 256)
+            var kernel = [UInt8](repeating: 0, count: 256)
             let fuseLength = getxattr(fixture.fuse + "/acl", "system.posix_acl_access", &fuse, fuse.count)
             let kernelLength = getxattr(fixture.kernel + "/acl", "system.posix_acl_access", &kernel, kernel.count)
             #expect(fuseLength == Fixture.accessACL.count && fuseLength == kernelLength)
@@ -249,7 +275,9 @@ let SEEK_HOLE: Int32 = 4
                 var buffer = [CChar](repeating: 0, count: size)
                 #expect(listxattr(path, &buffer, 3) == -1 && errno == ERANGE)
                 #expect(listxattr(path, &buffer, size) == size)
-                return buffer.split(separator: 0).map { String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self) }.sorted()
+                return buffer.split(separator: 0).map {
+                    String(decoding: $0.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                }.sorted()
             }
             #expect(names(path) == ["user.big", "user.small"])
             #expect(names(path) == names(fixture.kernel + "/xattrs"))

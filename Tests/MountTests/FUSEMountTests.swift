@@ -27,24 +27,32 @@ import Glibc
     }
 
     /// Mounts `image` through FUSE; returns the mount table entry.
-    func mount(_ image: String, at mountPoint: String, options: [String] = [],
-               sourceLocation: SourceLocation = #_sourceLocation) throws -> MountInfoEntry {
+    func mount(
+        _ image: String, at mountPoint: String, options: [String] = [],
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) throws -> MountInfoEntry {
         let mounted = try harness.run(["-t", "erofs.fuse"] + options + [image, mountPoint])
-        try #require(mounted.status == 0, "mount.erofs failed: \(mounted.standardError)", sourceLocation: sourceLocation)
+        try #require(
+            mounted.status == 0, "mount.erofs failed: \(mounted.standardError)", sourceLocation: sourceLocation)
         let entries = try MountHarness.mounts(at: mountPoint)
         try #require(entries.count == 1, sourceLocation: sourceLocation)
         return entries[0]
     }
 
     /// Unmounts with `-u` and checks nothing is left: no mount, no daemon, no state file.
-    func unmountAndExpectNothingLeft(_ mountPoint: String, image: String, entry: MountInfoEntry,
-                                     sourceLocation: SourceLocation = #_sourceLocation) throws {
+    func unmountAndExpectNothingLeft(
+        _ mountPoint: String, image: String, entry: MountInfoEntry,
+        sourceLocation: SourceLocation = #_sourceLocation
+    ) throws {
         let unmounted = try harness.run(["-u", mountPoint])
-        #expect(unmounted.status == 0, "mount.erofs -u failed: \(unmounted.standardError)", sourceLocation: sourceLocation)
+        #expect(
+            unmounted.status == 0, "mount.erofs -u failed: \(unmounted.standardError)", sourceLocation: sourceLocation)
         try MountHarness.expectNothingLeft(mountPoint: mountPoint, image: image, sourceLocation: sourceLocation)
-        #expect(FUSEMountTests.daemons(serving: image).isEmpty, "a FUSE daemon outlived -u", sourceLocation: sourceLocation)
-        #expect(!FileManager.default.fileExists(atPath: "/run/erofs-mount/fuse/\(entry.major)-\(entry.minor).json"),
-                "the FUSE state outlived -u", sourceLocation: sourceLocation)
+        #expect(
+            FUSEMountTests.daemons(serving: image).isEmpty, "a FUSE daemon outlived -u", sourceLocation: sourceLocation)
+        #expect(
+            !FileManager.default.fileExists(atPath: "/run/erofs-mount/fuse/\(entry.major)-\(entry.minor).json"),
+            "the FUSE state outlived -u", sourceLocation: sourceLocation)
     }
 
     @Test(arguments: Corpus.imagesOrEmpty, [1, 4])
@@ -91,10 +99,14 @@ import Glibc
         let workspace = try MountHarness.Workspace("fuse-daemon-fails", copying: BadInputTests.corpusImage("plain"))
         defer { workspace.remove() }
         let before = (try? FileManager.default.contentsOfDirectory(atPath: "/run/erofs-mount/fuse")) ?? []
-        let result = try harness.run(["-t", "erofs.fuse", "-o", "device=\(workspace.image)", workspace.image, workspace.mountPoint])
+        let result = try harness.run([
+            "-t", "erofs.fuse", "-o", "device=\(workspace.image)", workspace.image, workspace.mountPoint,
+        ])
         #expect(result.status == 32)
         let lines = result.standardError.split(separator: "\n")
-        #expect(lines.count == 1 && lines[0].hasPrefix("mount.erofs: cannot serve \(workspace.image): "), "\(result.standardError)")
+        #expect(
+            lines.count == 1 && lines[0].hasPrefix("mount.erofs: cannot serve \(workspace.image): "),
+            "\(result.standardError)")
         #expect(try MountHarness.mounts(at: workspace.mountPoint).isEmpty)
         #expect(FUSEMountTests.daemons(serving: workspace.image).isEmpty)
         let after = (try? FileManager.default.contentsOfDirectory(atPath: "/run/erofs-mount/fuse")) ?? []
@@ -124,7 +136,9 @@ import Glibc
         let refused = try harness.run(["-o", "fuse.threads=2", workspace.image, workspace.mountPoint])
         #expect(refused.status == 1 && refused.standardError.contains("fuse.* options need -t erofs.fuse"))
 
-        let warned = try harness.run(["-t", "erofs.fuse", "-o", "cache_strategy=readaround,acl", workspace.image, workspace.mountPoint])
+        let warned = try harness.run([
+            "-t", "erofs.fuse", "-o", "cache_strategy=readaround,acl", workspace.image, workspace.mountPoint,
+        ])
         #expect(warned.status == 0, "\(warned.standardError)")
         #expect(warned.standardError.contains("`cache_strategy=readaround` tunes the kernel's EROFS and has no effect"))
         #expect(warned.standardError.contains("`acl` is always on"))
@@ -163,7 +177,9 @@ import Glibc
     @Test func corruptDataGivesEIOAndTheDaemonSurvives() throws {
         let directory = try MountHarness.scratchDirectory("fuse-corrupt")
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let tree = directory + "/tree", image = directory + "/image.erofs", mountPoint = directory + "/mnt"
+        let tree = directory + "/tree"
+        let image = directory + "/image.erofs"
+        let mountPoint = directory + "/mnt"
         try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
         let big = (0..<40_000).map { "line \($0) of the corrupt-image test\n" }.joined()
@@ -174,7 +190,9 @@ import Glibc
 
         // dump.erofs -e lists the file's extents: "  1:  28147..  56145 |  27998 :  8192..  12288 |  4096".
         let dump = try runProgram("/usr/bin/dump.erofs", ["--path=/big", "-e", image])
-        let extent = try #require(dump.standardOutput.split(separator: "\n").first { $0.trimmingCharacters(in: .whitespaces).hasPrefix("1:") })
+        let extent = try #require(
+            dump.standardOutput.split(separator: "\n").first { $0.trimmingCharacters(in: .whitespaces).hasPrefix("1:") }
+        )
         let fields = extent.split(whereSeparator: { " .:|".contains($0) })
         // fields: 1, logical start, logical end, length, physical start, physical end, length
         let physical = try #require(UInt64(fields[4]))
@@ -202,8 +220,10 @@ import Glibc
         }
         #expect(try String(contentsOfFile: mountPoint + "/small", encoding: .utf8) == "small file\n")
         #expect(kill(daemon, 0) == 0, "the daemon died")
-        let state = try String(contentsOfFile: "/run/erofs-mount/fuse/\(entry.major)-\(entry.minor).json", encoding: .utf8)
-        let logFile = try #require((try JSONSerialization.jsonObject(with: Data(state.utf8)) as? [String: Any])?["logFile"] as? String)
+        let state = try String(
+            contentsOfFile: "/run/erofs-mount/fuse/\(entry.major)-\(entry.minor).json", encoding: .utf8)
+        let logFile = try #require(
+            (try JSONSerialization.jsonObject(with: Data(state.utf8)) as? [String: Any])?["logFile"] as? String)
         let log = try String(contentsOfFile: logFile, encoding: .utf8)
         #expect(log.contains("nid"), "no log line names the damage: \(log)")
         try unmountAndExpectNothingLeft(mountPoint, image: image, entry: entry)

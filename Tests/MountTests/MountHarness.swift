@@ -51,7 +51,9 @@ struct MountHarness {
     }
 
     /// Asserts the mount left nothing: no mount at `mountPoint`, no loop device on `image`.
-    static func expectNothingLeft(mountPoint: String, image: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    static func expectNothingLeft(mountPoint: String, image: String, sourceLocation: SourceLocation = #_sourceLocation)
+        throws
+    {
         #expect(try mounts(at: mountPoint).isEmpty, "a mount was left at \(mountPoint)", sourceLocation: sourceLocation)
         // Autoclear may complete a moment after the unmount returns.
         var left = loopDevices(backing: image)
@@ -63,7 +65,9 @@ struct MountHarness {
     }
 
     /// Walks a mounted tree and compares it with the manifest, byte for byte.
-    static func expectTreeMatches(_ mountPoint: String, manifest: String, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    static func expectTreeMatches(
+        _ mountPoint: String, manifest: String, sourceLocation: SourceLocation = #_sourceLocation
+    ) throws {
         let walked = try DirectoryWalker.manifest(ofTreeAt: mountPoint).manifestText
         let difference = manifestDifference(actual: walked, expected: manifest)
         #expect(difference == nil, "\(difference ?? "")", sourceLocation: sourceLocation)

@@ -9,7 +9,9 @@ import TestSupport
     let harness = MountHarness()
 
     /// `type` erofs.fuse: mount(8) finds no mount.erofs.fuse and runs mount.erofs -t erofs.fuse.
-    @Test(arguments: [("erofs", [String]()), ("erofs", ["-o", "ro,nodev"]), ("erofs", ["-o", "loop"]), ("erofs.fuse", [])])
+    @Test(arguments: [
+        ("erofs", [String]()), ("erofs", ["-o", "ro,nodev"]), ("erofs", ["-o", "loop"]), ("erofs.fuse", []),
+    ])
     func mountEightPicksUpTheHelper(type: String, options: [String]) throws {
         let image = try #require(Corpus.imagesOrEmpty.first { $0.name == "lz4" })
         let workspace = try MountHarness.Workspace("helper", copying: image.path)
@@ -28,7 +30,8 @@ import TestSupport
             grep ' \(mountPoint) ' /proc/self/mountinfo > '\(scratch)/mountinfo'
             '\(sbin)/mount.erofs' -u '\(mountPoint)'
             """
-        let result = try runProgram("/usr/bin/unshare", ["--mount", "--propagation", "private", "/bin/sh", "-c", script])
+        let result = try runProgram(
+            "/usr/bin/unshare", ["--mount", "--propagation", "private", "/bin/sh", "-c", script])
         #expect(result.status == 0, "stderr: \(result.standardError)")
         // Our helper ran: it reports the mount on stderr because mount(8) passed -v through.
         #expect(result.standardError.contains("mount.erofs: mounted "), "stderr: \(result.standardError)")

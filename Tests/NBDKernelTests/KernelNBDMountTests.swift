@@ -37,14 +37,16 @@ struct KernelNBDMountTests {
         switch attach {
         case .netlink:
             let nbd = try NBDNetlink.open()
-            let index = try nbd.connect(NBDConnectRequest(
-                sizeBytes: sizeBytes, blockSizeBytes: 512, serverFlags: [.hasFlags, .readOnly],
-                backendIdentifier: image.path, sockets: [kernelEnd]))
+            let index = try nbd.connect(
+                NBDConnectRequest(
+                    sizeBytes: sizeBytes, blockSizeBytes: 512, serverFlags: [.hasFlags, .readOnly],
+                    backendIdentifier: image.path, sockets: [kernelEnd]))
             device = NBDDevice(index: index)
             detach = { try nbd.disconnect(index: index) }
         case .ioctl:
             let attachment = try NBDIoctlAttachment.attachToFreeDevice(
-                socket: kernelEnd, configuration: .init(sizeBytes: sizeBytes, blockSizeBytes: 512, serverFlags: [.hasFlags, .readOnly]))
+                socket: kernelEnd,
+                configuration: .init(sizeBytes: sizeBytes, blockSizeBytes: 512, serverFlags: [.hasFlags, .readOnly]))
             device = attachment.device
             detach = { if case .failure(let error) = try attachment.disconnect() { throw error } }
         }

@@ -15,8 +15,10 @@ struct KernelNBDTests {
     /// 1 MiB whose every 4-byte word holds its own offset: a misplaced block cannot match.
     static let image: [UInt8] = (0..<(1 << 18)).flatMap { (word: Int) -> [UInt8] in
         let offset = UInt32(word * 4)
-        return [UInt8(truncatingIfNeeded: offset), UInt8(truncatingIfNeeded: offset >> 8),
-                UInt8(truncatingIfNeeded: offset >> 16), UInt8(truncatingIfNeeded: offset >> 24)]
+        return [
+            UInt8(truncatingIfNeeded: offset), UInt8(truncatingIfNeeded: offset >> 8),
+            UInt8(truncatingIfNeeded: offset >> 16), UInt8(truncatingIfNeeded: offset >> 24),
+        ]
     }
 
     /// Reads `range` of the device after dropping its cached pages, so reads reach the server.
@@ -41,7 +43,9 @@ struct KernelNBDTests {
         let clock = ContinuousClock()
         let deadline = clock.now.advanced(by: timeout)
         while !condition() {
-            guard clock.now < deadline else { throw SystemError("wait", detail: "\(what) did not happen within \(timeout)") }
+            guard clock.now < deadline else {
+                throw SystemError("wait", detail: "\(what) did not happen within \(timeout)")
+            }
             usleep(10_000)
         }
     }
@@ -50,10 +54,11 @@ struct KernelNBDTests {
         let nbd = try NBDNetlink.open()
         let monitor = try NBDLinkDeadMonitor(family: nbd.family)
         let (first, kernelEnd) = try TinyNBDResponder.pair(image: Self.image)
-        let index = try nbd.connect(NBDConnectRequest(
-            sizeBytes: UInt64(Self.image.count), blockSizeBytes: 4096, timeoutSeconds: 30,
-            serverFlags: [.hasFlags, .readOnly], deadConnectionTimeoutSeconds: 60,
-            backendIdentifier: "netlink-test", sockets: [kernelEnd]))
+        let index = try nbd.connect(
+            NBDConnectRequest(
+                sizeBytes: UInt64(Self.image.count), blockSizeBytes: 4096, timeoutSeconds: 30,
+                serverFlags: [.hasFlags, .readOnly], deadConnectionTimeoutSeconds: 60,
+                backendIdentifier: "netlink-test", sockets: [kernelEnd]))
         close(kernelEnd)  // the kernel holds its own reference
         let device = NBDDevice(index: index)
         try device.waitUntilInService(timeout: .seconds(10))
@@ -106,8 +111,9 @@ struct KernelNBDTests {
     @Test func disconnectOnCloseSetByReconfigure() throws {
         let nbd = try NBDNetlink.open()
         let (responder, kernelEnd) = try TinyNBDResponder.pair(image: Self.image)
-        let index = try nbd.connect(NBDConnectRequest(
-            sizeBytes: UInt64(Self.image.count), serverFlags: [.hasFlags, .readOnly], sockets: [kernelEnd]))
+        let index = try nbd.connect(
+            NBDConnectRequest(
+                sizeBytes: UInt64(Self.image.count), serverFlags: [.hasFlags, .readOnly], sockets: [kernelEnd]))
         close(kernelEnd)
         let device = NBDDevice(index: index)
         try device.waitUntilInService(timeout: .seconds(10))
@@ -124,11 +130,13 @@ struct KernelNBDTests {
 
     @Test(arguments: [true, false])
     func ioctlAttachReadDisconnect(serverClosesOnDisconnect: Bool) throws {
-        let (responder, kernelEnd) = try TinyNBDResponder.pair(image: Self.image, closesOnDisconnect: serverClosesOnDisconnect)
+        let (responder, kernelEnd) = try TinyNBDResponder.pair(
+            image: Self.image, closesOnDisconnect: serverClosesOnDisconnect)
         let attachment = try NBDIoctlAttachment.attachToFreeDevice(
             socket: kernelEnd,
-            configuration: .init(sizeBytes: UInt64(Self.image.count), blockSizeBytes: 4096, timeoutSeconds: 30,
-                                 serverFlags: [.hasFlags, .readOnly]))
+            configuration: .init(
+                sizeBytes: UInt64(Self.image.count), blockSizeBytes: 4096, timeoutSeconds: 30,
+                serverFlags: [.hasFlags, .readOnly]))
         close(kernelEnd)
         let device = attachment.device
         try device.waitUntilInService(timeout: .seconds(10))

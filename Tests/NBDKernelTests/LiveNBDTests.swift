@@ -18,8 +18,10 @@ import Testing
         } else {
             let error = #expect(throws: SystemError.self) { try NBDNetlink.open() }
             #expect(error?.errno == .noSuchFileOrDirectory)
-            #expect(error?.description ==
-                "resolve generic netlink family \"nbd\": the kernel has no such family (is its module loaded?): No such file or directory")
+            #expect(
+                error?.description
+                    == "resolve generic netlink family \"nbd\": the kernel has no such family (is its module loaded?): No such file or directory"
+            )
         }
     }
 }

@@ -22,7 +22,9 @@ import Testing
         deinit {
             // Only what `add` made: files in nbdN and nbdN/holders, then the directories.
             for device in NBDDevice.all(sysfsBlock: root) {
-                for name in ["pid", "backend", "size", "inflight", "queue/scheduler"] { unlink("\(device.sysfsPath)/\(name)") }
+                for name in ["pid", "backend", "size", "inflight", "queue/scheduler"] {
+                    unlink("\(device.sysfsPath)/\(name)")
+                }
                 rmdir("\(device.sysfsPath)/queue")
                 for holder in device.holders { rmdir("\(device.sysfsPath)/holders/\(holder)") }
                 rmdir("\(device.sysfsPath)/holders")
@@ -31,8 +33,10 @@ import Testing
             rmdir(root)
         }
 
-        func add(_ index: UInt32, size: String = "0", pid: String? = nil, backend: String? = nil,
-                 inflight: String = "       0        0", holders: [String] = []) {
+        func add(
+            _ index: UInt32, size: String = "0", pid: String? = nil, backend: String? = nil,
+            inflight: String = "       0        0", holders: [String] = []
+        ) {
             let directory = "\(root)/nbd\(index)"
             mkdir(directory, 0o755)
             mkdir(directory + "/holders", 0o755)
@@ -99,10 +103,11 @@ import Testing
         sysfs.add(4, holders: ["dm-0"])
         sysfs.add(5, backend: "")  // an empty backend file: connected once without identifier
         let reasons = NBDDevice.all(sysfsBlock: sysfs.root).map(\.reasonInUse)
-        #expect(reasons == [
-            "served by pid 17", "bound to backend other", "has a size (8 sectors)", "has requests in flight",
-            "held by dm-0", nil,
-        ])
+        #expect(
+            reasons == [
+                "served by pid 17", "bound to backend other", "has a size (8 sectors)", "has requests in flight",
+                "held by dm-0", nil,
+            ])
     }
 
     @Test func scanReportsWhyNoDeviceWasFree() throws {
@@ -129,10 +134,14 @@ import Testing
 
     @Test func ioctlConfigurationIsCheckedBeforeAnyDeviceIsTouched() {
         for (configuration, why) in [
-            (NBDIoctlAttachment.Configuration(sizeBytes: 4096, blockSizeBytes: 3000, serverFlags: []),
-             "block size 3000 is not a power of two from 512 to 65536"),
-            (NBDIoctlAttachment.Configuration(sizeBytes: 4097, blockSizeBytes: 4096, serverFlags: []),
-             "size 4097 is not a non-zero multiple of the block size 4096"),
+            (
+                NBDIoctlAttachment.Configuration(sizeBytes: 4096, blockSizeBytes: 3000, serverFlags: []),
+                "block size 3000 is not a power of two from 512 to 65536"
+            ),
+            (
+                NBDIoctlAttachment.Configuration(sizeBytes: 4097, blockSizeBytes: 4096, serverFlags: []),
+                "size 4097 is not a non-zero multiple of the block size 4096"
+            ),
         ] {
             let error = #expect(throws: SystemError.self) {
                 try NBDIoctlAttachment.attach(device: NBDDevice(index: 999), socket: 0, configuration: configuration)

@@ -20,10 +20,11 @@ import TestSupport
 
     /// The kernel's CONNECT reply: the genl header and INDEX.
     static func connectReply(index: UInt32, sequence: UInt32 = 1) -> [UInt8] {
-        [UInt8](hex:
-            "1c000000" + "1a00" + "0000" + hexLE32(sequence) + "78563412"  // nlmsghdr 28 B, family nbd
-            + "01010000"  // genl: NBD_CMD_CONNECT v1
-            + "08000100" + hexLE32(index))  // NBD_ATTR_INDEX
+        [UInt8](
+            hex:
+                "1c000000" + "1a00" + "0000" + hexLE32(sequence) + "78563412"  // nlmsghdr 28 B, family nbd
+                + "01010000"  // genl: NBD_CMD_CONNECT v1
+                + "08000100" + hexLE32(index))  // NBD_ATTR_INDEX
     }
 
     @Test func connectWithEveryAttribute() throws {
@@ -86,16 +87,17 @@ import TestSupport
 
     /// STATUS reply for nbd0 (connected) and nbd1 (not). The kernel nests with
     /// nla_nest_start_noflag: no NLA_F_NESTED bit on DEVICE_LIST or DEVICE_ITEM.
-    static let statusReply = [UInt8](hex:
-        "40000000" + "1a00" + "0000" + "01000000" + "78563412"  // nlmsghdr: 64 B
-        + "05010000"  // genl: NBD_CMD_STATUS
-        + "2c00" + "0900"  // DEVICE_LIST, 44 B
-        + "1400" + "0100"  //   DEVICE_ITEM, 20 B
-        + "0800" + "0100" + "00000000"  //     DEVICE_INDEX 0
-        + "0500" + "0200" + "01" + "000000"  //     DEVICE_CONNECTED 1 (u8 + pad)
-        + "1400" + "0100"  //   DEVICE_ITEM
-        + "0800" + "0100" + "01000000"  //     DEVICE_INDEX 1
-        + "0500" + "0200" + "00" + "000000"  //     DEVICE_CONNECTED 0
+    static let statusReply = [UInt8](
+        hex:
+            "40000000" + "1a00" + "0000" + "01000000" + "78563412"  // nlmsghdr: 64 B
+            + "05010000"  // genl: NBD_CMD_STATUS
+            + "2c00" + "0900"  // DEVICE_LIST, 44 B
+            + "1400" + "0100"  //   DEVICE_ITEM, 20 B
+            + "0800" + "0100" + "00000000"  //     DEVICE_INDEX 0
+            + "0500" + "0200" + "01" + "000000"  //     DEVICE_CONNECTED 1 (u8 + pad)
+            + "1400" + "0100"  //   DEVICE_ITEM
+            + "0800" + "0100" + "01000000"  //     DEVICE_INDEX 1
+            + "0500" + "0200" + "00" + "000000"  //     DEVICE_CONNECTED 0
     )
 
     @Test func statusOfAllDevices() throws {
@@ -103,7 +105,10 @@ import TestSupport
             "14000000" + "1a00" + "0500" + "01000000" + "78563412"  // nlmsghdr: 20 B
             + "05010000"  // genl: NBD_CMD_STATUS, no INDEX: every device
         let (nbd, transport) = Self.session([Self.statusReply, ackFixture(sequence: 1)])
-        #expect(try nbd.status() == [NBDDeviceStatus(index: 0, connected: true), NBDDeviceStatus(index: 1, connected: false)])
+        #expect(
+            try nbd.status() == [
+                NBDDeviceStatus(index: 0, connected: true), NBDDeviceStatus(index: 1, connected: false),
+            ])
         #expect(transport.sent.map(\.hex) == [expected])
     }
 
@@ -117,19 +122,23 @@ import TestSupport
     }
 
     @Test func kernelErrorNamesTheDevice() throws {
-        let busy = [UInt8](hex:
-            "24000000" + "0200" + "0001" + "01000000" + "78563412"  // NLMSG_ERROR, capped, no TLVs
-            + "f0ffffff"  // -EBUSY
-            + "1c000000" + "1a00" + "0500" + "01000000" + "78563412")
+        let busy = [UInt8](
+            hex:
+                "24000000" + "0200" + "0001" + "01000000" + "78563412"  // NLMSG_ERROR, capped, no TLVs
+                + "f0ffffff"  // -EBUSY
+                + "1c000000" + "1a00" + "0500" + "01000000" + "78563412")
         let (nbd, _) = Self.session([busy])
-        let error = #expect(throws: SystemError.self) { try nbd.connect(NBDConnectRequest(index: 0, sizeBytes: 4096, sockets: [3])) }
+        let error = #expect(throws: SystemError.self) {
+            try nbd.connect(NBDConnectRequest(index: 0, sizeBytes: 4096, sockets: [3]))
+        }
         #expect(error?.description == "nbd CONNECT /dev/nbd0: Device or resource busy")
     }
 
     @Test func permissionErrorSaysWhatIsNeeded() throws {
-        let denied = [UInt8](hex:
-            "24000000" + "0200" + "0001" + "01000000" + "78563412" + "ffffffff"  // -EPERM
-            + "1c000000" + "1a00" + "0500" + "01000000" + "78563412")
+        let denied = [UInt8](
+            hex:
+                "24000000" + "0200" + "0001" + "01000000" + "78563412" + "ffffffff"  // -EPERM
+                + "1c000000" + "1a00" + "0500" + "01000000" + "78563412")
         let (nbd, _) = Self.session([denied])
         let error = #expect(throws: SystemError.self) { try nbd.disconnect(index: 4) }
         #expect(error?.description == "nbd DISCONNECT /dev/nbd4: needs CAP_SYS_ADMIN: Operation not permitted")
@@ -139,7 +148,10 @@ import TestSupport
         let cases: [(NBDConnectRequest, String)] = [
             (NBDConnectRequest(sizeBytes: 4096, sockets: []), "at least one socket is needed"),
             (NBDConnectRequest(sizeBytes: 0, sockets: [3]), "the device size must not be 0"),
-            (NBDConnectRequest(sizeBytes: 4096, blockSizeBytes: 1000, sockets: [3]), "block size 1000 is not a power of two from 512 to 65536"),
+            (
+                NBDConnectRequest(sizeBytes: 4096, blockSizeBytes: 1000, sockets: [3]),
+                "block size 1000 is not a power of two from 512 to 65536"
+            ),
             (NBDConnectRequest(sizeBytes: 4096, sockets: [3, 4]), "2 sockets need the server flag CAN_MULTI_CONN"),
         ]
         for (request, why) in cases {
@@ -152,10 +164,11 @@ import TestSupport
     }
 
     @Test func linkDeadNotificationDecodes() throws {
-        let notification = [UInt8](hex:
-            "1c000000" + "1a00" + "0000" + "00000000" + "00000000"  // multicast: seq 0, port 0
-            + "04010000"  // genl: NBD_CMD_LINK_DEAD
-            + "0800" + "0100" + "05000000")  // INDEX 5
+        let notification = [UInt8](
+            hex:
+                "1c000000" + "1a00" + "0000" + "00000000" + "00000000"  // multicast: seq 0, port 0
+                + "04010000"  // genl: NBD_CMD_LINK_DEAD
+                + "0800" + "0100" + "05000000")  // INDEX 5
         let messages = try decodeNotifications(notification, family: 0x1a)
         #expect(try messages.map { try NBDNetlinkProtocol.linkDeadIndex($0) } == [5])
         // Another family's message in the same group is not ours.

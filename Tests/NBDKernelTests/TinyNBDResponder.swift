@@ -17,9 +17,13 @@ final class TinyNBDResponder: @unchecked Sendable {
     let closesOnDisconnect: Bool
 
     /// A socketpair: the responder keeps one end; `kernelEnd` is handed to the kernel.
-    static func pair(image: [UInt8], closesOnDisconnect: Bool = true) throws -> (responder: TinyNBDResponder, kernelEnd: Int32) {
+    static func pair(image: [UInt8], closesOnDisconnect: Bool = true) throws -> (
+        responder: TinyNBDResponder, kernelEnd: Int32
+    ) {
         var ends: [Int32] = [0, 0]
-        try retryingOnInterrupt("socketpair") { socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) }
+        try retryingOnInterrupt("socketpair") {
+            socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends)
+        }
         let responder = TinyNBDResponder(image: image, descriptor: ends[0], closesOnDisconnect: closesOnDisconnect)
         responder.start()
         return (responder, ends[1])
@@ -33,12 +37,14 @@ final class TinyNBDResponder: @unchecked Sendable {
 
     private func start() {
         let context = Unmanaged.passRetained(self).toOpaque()
-        pthread_create(&thread, nil, { raw in
-            let responder = Unmanaged<TinyNBDResponder>.fromOpaque(raw!).takeRetainedValue()
-            responder.serve()
-            if responder.closesOnDisconnect { shutdown(responder.descriptor, Int32(SHUT_RDWR)) }
-            return nil
-        }, context)
+        pthread_create(
+            &thread, nil,
+            { raw in
+                let responder = Unmanaged<TinyNBDResponder>.fromOpaque(raw!).takeRetainedValue()
+                responder.serve()
+                if responder.closesOnDisconnect { shutdown(responder.descriptor, Int32(SHUT_RDWR)) }
+                return nil
+            }, context)
     }
 
     /// Simulates the server's death: the kernel sees EOF on its end.
@@ -91,7 +97,9 @@ final class TinyNBDResponder: @unchecked Sendable {
     private func writeFully(_ bytes: [UInt8]) -> Bool {
         var sent = 0
         while sent < bytes.count {
-            let put = bytes.withUnsafeBytes { send(descriptor, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
+            let put = bytes.withUnsafeBytes {
+                send(descriptor, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL))
+            }
             if put < 0 && errno == EINTR { continue }
             if put <= 0 { return false }
             sent += put

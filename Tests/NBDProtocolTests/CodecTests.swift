@@ -3,14 +3,16 @@ import Testing
 
 @Suite struct CodecTests {
     @Test func requestEncodesBigEndianFieldsInWireOrder() throws {
-        let request = Request(type: .read, flags: .fua, cookie: 0x0102_0304_0506_0708, offset: 0x1122_3344_5566_7788, length: 0x99AA_BBCC)
+        let request = Request(
+            type: .read, flags: .fua, cookie: 0x0102_0304_0506_0708, offset: 0x1122_3344_5566_7788, length: 0x99AA_BBCC)
         let bytes = request.encoded()
-        #expect(bytes == [
-            0x25, 0x60, 0x95, 0x13, 0x00, 0x01, 0x00, 0x00,
-            0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08,
-            0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88,
-            0x99, 0xAA, 0xBB, 0xCC,
-        ])
+        #expect(
+            bytes == [
+                0x25, 0x60, 0x95, 0x13, 0x00, 0x01, 0x00, 0x00,
+                0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08,
+                0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88,
+                0x99, 0xAA, 0xBB, 0xCC,
+            ])
         #expect(try Request(decoding: bytes) == request)
     }
 
@@ -33,13 +35,18 @@ import Testing
             var bytes = Request(
                 type: CommandType(rawValue: .random(in: 0...20, using: &generator)),
                 flags: CommandFlags(rawValue: .random(in: 0...UInt16.max, using: &generator)),
-                cookie: .random(in: 0...UInt64.max, using: &generator), offset: .random(in: 0...UInt64.max, using: &generator),
+                cookie: .random(in: 0...UInt64.max, using: &generator),
+                offset: .random(in: 0...UInt64.max, using: &generator),
                 length: .random(in: 0...UInt32.max, using: &generator)
             ).encoded()
-            if round % 4 == 1 { bytes[Int.random(in: 0..<4, using: &generator)] ^= UInt8.random(in: 1...255, using: &generator) }
+            if round % 4 == 1 {
+                bytes[Int.random(in: 0..<4, using: &generator)] ^= UInt8.random(in: 1...255, using: &generator)
+            }
             if round % 4 == 2 { bytes.removeLast(Int.random(in: 1...Request.size, using: &generator)) }
             let generic = Swift.Result { () throws(NBDProtocolError) -> Request in try Request(decoding: bytes) }
-            let raw = bytes.withUnsafeBytes { raw in Swift.Result { () throws(NBDProtocolError) -> Request in try Request(decoding: raw) } }
+            let raw = bytes.withUnsafeBytes { raw in
+                Swift.Result { () throws(NBDProtocolError) -> Request in try Request(decoding: raw) }
+            }
             #expect(raw == generic, "\(bytes)")
         }
     }

@@ -9,7 +9,9 @@ func decodeOptionReplies(_ bytes: [UInt8]) throws -> [OptionReply] {
         let header = try OptionReply.decodeHeader(bytes[position...])
         let start = position + OptionReply.headerSize
         let end = start + Int(header.length)
-        guard end <= bytes.count else { throw NBDProtocolError.truncated("option reply", needed: end - start, available: bytes.count - start) }
+        guard end <= bytes.count else {
+            throw NBDProtocolError.truncated("option reply", needed: end - start, available: bytes.count - start)
+        }
         replies.append(OptionReply(option: header.option, type: header.type, data: Array(bytes[start..<end])))
         position = end
     }
@@ -32,7 +34,8 @@ func decodeOptionReplies(_ bytes: [UInt8]) throws -> [OptionReply] {
 
     @Test func goAnswersExportInfoRequestedInfoThenAckAndTransmits() throws {
         var negotiator = HandshakeNegotiator(export: export)
-        let step = negotiator.handle(option: .go, data: InfoRequest(exportName: "disk", requested: [.blockSize, .name, .description]).encoded())
+        let step = negotiator.handle(
+            option: .go, data: InfoRequest(exportName: "disk", requested: [.blockSize, .name, .description]).encoded())
         #expect(step.outcome == .transmit)
         let replies = try decodeOptionReplies(step.reply)
         #expect(replies.map(\.type) == [.info, .info, .info, .info, .ack])
@@ -70,7 +73,8 @@ func decodeOptionReplies(_ bytes: [UInt8]) throws -> [OptionReply] {
         let list = try decodeOptionReplies(negotiator.handle(option: .list, data: []).reply)
         #expect(list.map(\.type) == [.server, .ack])
         #expect(list[0].data == [0, 0, 0, 4] + Array("disk".utf8) + Array("an image".utf8))
-        #expect(try decodeOptionReplies(negotiator.handle(option: .list, data: [1]).reply).map(\.type) == [.errorInvalid])
+        #expect(
+            try decodeOptionReplies(negotiator.handle(option: .list, data: [1]).reply).map(\.type) == [.errorInvalid])
         let abort = negotiator.handle(option: .abort, data: [])
         #expect(abort.outcome == .close)
         #expect(try decodeOptionReplies(abort.reply).map(\.type) == [.ack])
@@ -78,12 +82,19 @@ func decodeOptionReplies(_ bytes: [UInt8]) throws -> [OptionReply] {
 
     @Test func structuredRepliesNegotiateOnce() throws {
         var negotiator = HandshakeNegotiator(export: export)
-        #expect(try decodeOptionReplies(negotiator.handle(option: .structuredReply, data: []).reply).map(\.type) == [.ack])
+        #expect(
+            try decodeOptionReplies(negotiator.handle(option: .structuredReply, data: []).reply).map(\.type) == [.ack])
         #expect(negotiator.structuredReplies)
-        #expect(try decodeOptionReplies(negotiator.handle(option: .structuredReply, data: []).reply).map(\.type) == [.errorInvalid])
+        #expect(
+            try decodeOptionReplies(negotiator.handle(option: .structuredReply, data: []).reply).map(\.type) == [
+                .errorInvalid
+            ])
     }
 
-    @Test(arguments: [OptionCode.startTLS, .peekExport, .listMetaContext, .setMetaContext, .extendedHeaders, OptionCode(rawValue: 0xDEAD)])
+    @Test(arguments: [
+        OptionCode.startTLS, .peekExport, .listMetaContext, .setMetaContext, .extendedHeaders,
+        OptionCode(rawValue: 0xDEAD),
+    ])
     func everythingElseIsUnsupported(option: OptionCode) throws {
         var negotiator = HandshakeNegotiator(export: export)
         let step = negotiator.handle(option: option, data: [1, 2, 3])
@@ -107,12 +118,17 @@ func decodeOptionReplies(_ bytes: [UInt8]) throws -> [OptionReply] {
         #expect(!negotiator.structuredReplies)
         let exportName = negotiator.handle(option: .exportName, data: Array("disk".utf8))
         #expect(exportName.reply.isEmpty && exportName.outcome == .close)
-        #expect(try decodeOptionReplies(negotiator.handle(option: .startTLS, data: [0]).reply).map(\.type) == [.errorInvalid])
+        #expect(
+            try decodeOptionReplies(negotiator.handle(option: .startTLS, data: [0]).reply).map(\.type) == [
+                .errorInvalid
+            ])
         let start = negotiator.handle(option: .startTLS, data: [])
         #expect(start.outcome == .startTLS)
         #expect(try decodeOptionReplies(start.reply).map(\.type) == [.ack])
         negotiator.tlsEstablished()
-        #expect(try decodeOptionReplies(negotiator.handle(option: .startTLS, data: []).reply).map(\.type) == [.errorInvalid])
+        #expect(
+            try decodeOptionReplies(negotiator.handle(option: .startTLS, data: []).reply).map(\.type) == [.errorInvalid]
+        )
         let go = negotiator.handle(option: .go, data: InfoRequest(exportName: "disk").encoded())
         #expect(go.outcome == .transmit)
     }

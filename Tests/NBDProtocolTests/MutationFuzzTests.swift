@@ -38,7 +38,8 @@ import TestSupport
         for iteration in 0..<20_000 {
             var negotiator = HandshakeNegotiator(export: export)
             let (seedOption, seedData) = seeds[iteration % seeds.count]
-            let option = Int.random(in: 0..<8, using: &generator) == 0
+            let option =
+                Int.random(in: 0..<8, using: &generator) == 0
                 ? OptionCode(rawValue: UInt32.random(in: 0...12, using: &generator)) : seedOption
             let step = negotiator.handle(option: option, data: mutate(seedData, using: &generator))
             if option == .exportName {

@@ -108,7 +108,8 @@ final class KernelModeHarness: @unchecked Sendable {
         client = KernelSideClient(fd: ends[1])
         var logger = Logger(label: "test.nbd")
         logger.logLevel = ProcessInfo.processInfo.environment["NBD_TEST_LOG"] != nil ? .trace : .critical
-        server = try KernelModeServer(socket: FileDescriptor(rawValue: ends[0]), source: source, logger: logger, workers: workers)
+        server = try KernelModeServer(
+            socket: FileDescriptor(rawValue: ends[0]), source: source, logger: logger, workers: workers)
         _ = try JoinableThread { [self] in
             let outcome = Result { () throws(SystemError) -> ServingEnd in try server.run() }
             result = outcome
@@ -181,8 +182,9 @@ func corpusImagePath(_ name: String = "plain") throws -> String {
     @Test func aSlowReadDoesNotHoldBackLaterOnes() throws {
         let source = MemorySource(count: 1 << 20, slowOffsets: [0])
         let harness = try KernelModeHarness(source: source)
-        harness.client.send(Request(type: .read, cookie: 1, offset: 0, length: 4096).encoded()
-            + Request(type: .read, cookie: 2, offset: 8192, length: 4096).encoded())
+        harness.client.send(
+            Request(type: .read, cookie: 1, offset: 0, length: 4096).encoded()
+                + Request(type: .read, cookie: 2, offset: 8192, length: 4096).encoded())
         var order: [UInt64] = []
         for _ in 0..<2 {
             let reply = try #require(try harness.client.receiveReply())
@@ -204,8 +206,9 @@ func corpusImagePath(_ name: String = "plain") throws -> String {
         // that does not consume it), TRIM, WRITE_ZEROES, FLUSH, an unknown command, reads past
         // the end and of length 0, and an offset that overflows.
         let fakeRequest = Request(type: .read, cookie: 666, offset: 0, length: 16).encoded()
-        client.send(Request(type: .write, cookie: 1, offset: 0, length: 512).encoded()
-            + fakeRequest + [UInt8](repeating: 0xAB, count: 512 - fakeRequest.count))
+        client.send(
+            Request(type: .write, cookie: 1, offset: 0, length: 512).encoded()
+                + fakeRequest + [UInt8](repeating: 0xAB, count: 512 - fakeRequest.count))
         client.send(Request(type: .trim, cookie: 2, offset: 0, length: 4096))
         client.send(Request(type: .writeZeroes, cookie: 3, offset: 0, length: 4096))
         client.send(Request(type: .flush, cookie: 4, offset: 0, length: 0))
@@ -213,7 +216,10 @@ func corpusImagePath(_ name: String = "plain") throws -> String {
         client.send(Request(type: .read, cookie: 6, offset: 65536 - 100, length: 101))
         client.send(Request(type: .read, cookie: 7, offset: 0, length: 0))
         client.send(Request(type: .read, cookie: 8, offset: .max - 10, length: 4096))
-        let expected: [UInt64: NBDErrorCode] = [1: .notPermitted, 2: .notPermitted, 3: .notPermitted, 4: .none, 5: .invalid, 6: .invalid, 7: .invalid, 8: .invalid]
+        let expected: [UInt64: NBDErrorCode] = [
+            1: .notPermitted, 2: .notPermitted, 3: .notPermitted, 4: .none, 5: .invalid, 6: .invalid, 7: .invalid,
+            8: .invalid,
+        ]
         for cookie in UInt64(1)...8 {
             let reply = try #require(try client.receiveReply())
             #expect(reply.cookie == cookie)  // errors are answered inline, in order
@@ -232,8 +238,9 @@ func corpusImagePath(_ name: String = "plain") throws -> String {
     @Test func largeReadsThroughTheCopyingPathArriveIntact() throws {
         let source = MemorySource(count: 12 << 20)
         let harness = try KernelModeHarness(source: source)
-        harness.client.send(Request(type: .read, cookie: 1, offset: 1 << 20, length: 4 << 20).encoded()
-            + Request(type: .read, cookie: 2, offset: 7, length: 8 << 20).encoded())
+        harness.client.send(
+            Request(type: .read, cookie: 1, offset: 1 << 20, length: 4 << 20).encoded()
+                + Request(type: .read, cookie: 2, offset: 7, length: 8 << 20).encoded())
         for _ in 0..<2 {
             let reply = try #require(try harness.client.receiveReply())
             let (offset, length) = reply.cookie == 1 ? (1 << 20, 4 << 20) : (7, 8 << 20)

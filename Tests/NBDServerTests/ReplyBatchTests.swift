@@ -70,7 +70,9 @@ import Testing
         let harness = try KernelModeHarness(source: source)
         var burst: [UInt8] = []
         for cookie in UInt64(1)...300 {
-            burst += Request(type: .read, cookie: cookie, offset: UInt64(Int(cookie) * 512 % (image.count - 65536)), length: 65536).encoded()
+            burst += Request(
+                type: .read, cookie: cookie, offset: UInt64(Int(cookie) * 512 % (image.count - 65536)), length: 65536
+            ).encoded()
         }
         harness.client.send(burst)  // 300 x 64 KiB of replies: far more than the socket holds
         _ = harness.client.receive(1000)

@@ -43,7 +43,8 @@ import Testing
             var slots: [Int32] = []
             for _ in 0..<count {
                 let header = try #require(try reader.readBytes(Request.size, atBoundary: true, what: "request"))
-                slots.append(journal.admit(try Request(decoding: header), at: reader.streamPosition - UInt64(Request.size)))
+                slots.append(
+                    journal.admit(try Request(decoding: header), at: reader.streamPosition - UInt64(Request.size)))
             }
             return slots
         }
@@ -54,7 +55,8 @@ import Testing
             var logger = Logger(label: "test.journal")
             logger.logLevel = .critical
             let server = try KernelModeServer(
-                socket: FileDescriptor(rawValue: serverEnd), source: source, logger: logger, journal: journal, resuming: recovery)
+                socket: FileDescriptor(rawValue: serverEnd), source: source, logger: logger, journal: journal,
+                resuming: recovery)
             _ = try JoinableThread {
                 _ = try? server.run()
                 done.signal()
@@ -64,7 +66,9 @@ import Testing
 
         /// Reads `count` replies, each checked against the source's bytes for its cookie.
         func receiveReplies(_ count: Int) throws -> Set<UInt64> {
-            try client.expectReplies(count, image: source.bytes, length: Int(RequestJournalTests.length)) { Int($0) * 8192 }
+            try client.expectReplies(count, image: source.bytes, length: Int(RequestJournalTests.length)) {
+                Int($0) * 8192
+            }
         }
     }
 
@@ -149,7 +153,9 @@ import Testing
     @Test func successorCompletesAReplyCutInItsSendfilePart() throws {
         let connection = Connection()
         defer { close(connection.serverEnd) }
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("journal-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "journal-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        ).path
         #expect(FileManager.default.createFile(atPath: path, contents: Data(connection.source.bytes)))
         defer { unlink(path) }
         let replyFile = open(path, O_RDONLY | O_CLOEXEC)
@@ -165,7 +171,9 @@ import Testing
         // As ReplyWriter.sendFile does it, killed after 1000 bytes of the file part.
         let request = connection.request(1)
         let header = SimpleReply(cookie: 1).encoded()
-        journal.beginSend(answering: [.init(slot: slots[0])], total: header.count + Int(request.length), fileStart: request.offset, fileLength: Int(request.length))
+        journal.beginSend(
+            answering: [.init(slot: slots[0])], total: header.count + Int(request.length), fileStart: request.offset,
+            fileLength: Int(request.length))
         #expect(lseek(replyFile, off_t(request.offset), SEEK_SET) == off_t(request.offset))
         journal.filePositioned()
         let headerSent = header.withUnsafeBytes { bytes in
@@ -182,7 +190,9 @@ import Testing
         #expect(unfinished.sent == header.count + 1000)
         #expect(recovery.unanswered.isEmpty)
         // A position that cannot be right is not trusted.
-        #expect(throws: SystemError.self) { try RequestJournal(descriptor: dup(journal.descriptor)).recover(replyFilePosition: 7) }
+        #expect(throws: SystemError.self) {
+            try RequestJournal(descriptor: dup(journal.descriptor)).recover(replyFilePosition: 7)
+        }
 
         let done = try connection.resume(journal: successor, recovery: recovery)
         #expect(try connection.receiveReplies(1) == [1])
@@ -207,7 +217,8 @@ import Testing
         var logger = Logger(label: "test.journal")
         logger.logLevel = .critical
         let server = try KernelModeServer(
-            socket: FileDescriptor(rawValue: ends[0]), source: source, logger: logger, journal: journal, replyFile: replyFile)
+            socket: FileDescriptor(rawValue: ends[0]), source: source, logger: logger, journal: journal,
+            replyFile: replyFile)
         let done = DispatchSemaphore(value: 0)
         _ = try JoinableThread {
             _ = try? server.run()

@@ -72,7 +72,8 @@ func runOrRecord(_ executable: String, _ arguments: [String]) throws -> ProcessR
         let image = try corpusImagePath()
         let server = try ServeProcess(image: image, exportName: "plain")
         let info = try runOrRecord("/usr/bin/nbdinfo", ["--json", server.uri])
-        let json = try #require(try JSONSerialization.jsonObject(with: Data(info.standardOutput.utf8)) as? [String: Any])
+        let json = try #require(
+            try JSONSerialization.jsonObject(with: Data(info.standardOutput.utf8)) as? [String: Any])
         #expect(json["protocol"] as? String == "newstyle-fixed")
         #expect(json["structured"] as? Bool == true)
         let export = try #require((json["exports"] as? [[String: Any]])?.first)
@@ -87,7 +88,8 @@ func runOrRecord(_ executable: String, _ arguments: [String]) throws -> ProcessR
         #expect(export["block_size_maximum"] as? Int == 32 << 20)
 
         let list = try runOrRecord("/usr/bin/nbdinfo", ["--list", "--json", "nbd+unix://?socket=\(server.socketPath)"])
-        let listed = try #require(try JSONSerialization.jsonObject(with: Data(list.standardOutput.utf8)) as? [String: Any])
+        let listed = try #require(
+            try JSONSerialization.jsonObject(with: Data(list.standardOutput.utf8)) as? [String: Any])
         #expect((listed["exports"] as? [[String: Any]])?.compactMap { $0["export-name"] as? String } == ["plain"])
         expectCleanShutdown(server)
     }
@@ -96,7 +98,8 @@ func runOrRecord(_ executable: String, _ arguments: [String]) throws -> ProcessR
         let image = try corpusImagePath("chunked")
         let server = try ServeProcess(image: image)
         let copy = server.directory + "/copy.img"
-        try runOrRecord("/usr/bin/nbdcopy", ["--connections=4", "--requests=16", "--request-size=65536", server.uri, copy])
+        try runOrRecord(
+            "/usr/bin/nbdcopy", ["--connections=4", "--requests=16", "--request-size=65536", server.uri, copy])
         #expect(FileManager.default.contentsEqual(atPath: copy, andPath: image))
         // And the default export (empty name) is the same export.
         let copyDefault = server.directory + "/copy-default.img"
@@ -172,7 +175,9 @@ final class UnixClient {
             for (index, byte) in path.utf8.enumerated() { raw[index] = byte }
         }
         let status = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+            }
         }
         try #require(status == 0, "connect \(path): errno \(errno)")
     }

@@ -44,10 +44,15 @@ import TestSupport
     @Test func capIsLoweredToFitTheDescriptorLimit() throws {
         let directory = try #require(String(validatingCString: mkdtemp(strdup("/tmp/nbdfd.XXXXXX"))))
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let command = "ulimit -n 100 && exec timeout --preserve-status -s TERM 1 \"$0\" serve \"$1\" --unix \"$2\" --max-connections 500"
-        let result = try runProgram("/bin/sh", ["-c", command, builtProductsDirectory() + "/erofs", try corpusImagePath(), directory + "/s.sock"])
+        let command =
+            "ulimit -n 100 && exec timeout --preserve-status -s TERM 1 \"$0\" serve \"$1\" --unix \"$2\" --max-connections 500"
+        let result = try runProgram(
+            "/bin/sh",
+            ["-c", command, builtProductsDirectory() + "/erofs", try corpusImagePath(), directory + "/s.sock"])
         #expect(result.status == 0, "\(result.standardError)")
-        #expect(result.standardError.contains("connection cap lowered to fit the open-file limit"), "\(result.standardError)")
+        #expect(
+            result.standardError.contains("connection cap lowered to fit the open-file limit"),
+            "\(result.standardError)")
         #expect(result.standardError.contains("max-connections=4 "), "\(result.standardError)")  // (100 - 64) / 9
     }
 
@@ -101,18 +106,26 @@ import TestSupport
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let path = directory + "/precious"
         try Data("keep me\n".utf8).write(to: URL(fileURLWithPath: path))
-        let result = try runProgram("/usr/bin/timeout", ["10", builtProductsDirectory() + "/erofs", "serve", try corpusImagePath(), "--unix", path])
+        let result = try runProgram(
+            "/usr/bin/timeout",
+            ["10", builtProductsDirectory() + "/erofs", "serve", try corpusImagePath(), "--unix", path])
         #expect(result.status == 1, "status \(result.status): \(result.standardError)")
-        #expect(result.standardError.contains("\(path): the path exists and is not a socket"), "\(result.standardError)")
+        #expect(
+            result.standardError.contains("\(path): the path exists and is not a socket"), "\(result.standardError)")
         #expect(try String(contentsOfFile: path, encoding: .utf8) == "keep me\n")
-        #expect(try FileManager.default.contentsOfDirectory(atPath: directory) == ["precious"], "temporary socket left behind")
+        #expect(
+            try FileManager.default.contentsOfDirectory(atPath: directory) == ["precious"],
+            "temporary socket left behind")
     }
 
     /// A socket no server answers on (left by one that died) is replaced; a live one is not.
     @Test func staleSocketIsReplacedAndLiveOneRefused() throws {
         let server = try ServeProcess(image: try corpusImagePath())
-        let second = try runProgram("/usr/bin/timeout", ["10", builtProductsDirectory() + "/erofs", "serve", try corpusImagePath(), "--unix", server.socketPath])
-        #expect(second.status == 1 && second.standardError.contains("another server listens"), "\(second.standardError)")
+        let second = try runProgram(
+            "/usr/bin/timeout",
+            ["10", builtProductsDirectory() + "/erofs", "serve", try corpusImagePath(), "--unix", server.socketPath])
+        #expect(
+            second.status == 1 && second.standardError.contains("another server listens"), "\(second.standardError)")
         // Kill the first without its cleanup: its socket file stays, stale.
         kill(server.process.processIdentifier, SIGKILL)
         server.process.waitUntilExit()
@@ -139,8 +152,11 @@ import TestSupport
         for (arguments, expected) in [([String](), nil as String?), (["--description", "base layer"], "base layer")] {
             let server = try ServeProcess(image: image, extraArguments: arguments)
             let info = try runOrRecord("/usr/bin/nbdinfo", ["--json", server.uri])
-            #expect(!info.standardOutput.contains(image) && !info.standardOutput.contains(URL(fileURLWithPath: image).lastPathComponent))
-            let json = try #require(try JSONSerialization.jsonObject(with: Data(info.standardOutput.utf8)) as? [String: Any])
+            #expect(
+                !info.standardOutput.contains(image)
+                    && !info.standardOutput.contains(URL(fileURLWithPath: image).lastPathComponent))
+            let json = try #require(
+                try JSONSerialization.jsonObject(with: Data(info.standardOutput.utf8)) as? [String: Any])
             let export = try #require((json["exports"] as? [[String: Any]])?.first)
             #expect(export["description"] as? String == expected)
             expectCleanShutdown(server)
@@ -155,7 +171,8 @@ import TestSupport
             let port = try freeTCPPort()
             let process = Process()
             process.executableURL = URL(fileURLWithPath: builtProductsDirectory() + "/erofs")
-            process.arguments = ["serve", try corpusImagePath(), "--tcp", "\(host):\(port)"] + (tls ? ["--tls-psk", pki.pskFile] : [])
+            process.arguments =
+                ["serve", try corpusImagePath(), "--tcp", "\(host):\(port)"] + (tls ? ["--tls-psk", pki.pskFile] : [])
             let errors = Pipe()
             process.standardError = errors
             try process.run()
@@ -168,7 +185,9 @@ import TestSupport
             process.waitUntilExit()
             let log = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             #expect(process.terminationStatus == 0, "\(log)")
-            #expect(listening == (host.isEmpty ? "0100007F" : "00000000"), "\(host):\(port) listened on \(listening ?? "nothing")")
+            #expect(
+                listening == (host.isEmpty ? "0100007F" : "00000000"),
+                "\(host):\(port) listened on \(listening ?? "nothing")")
             #expect(log.contains("any host that reaches it can read the image") == warns, "\(log)")
         }
     }
@@ -179,10 +198,12 @@ import TestSupport
     @Test func smallSoakServesRealClientsAndStopsInTime() throws {
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("tests/nbd/soak.py").path
-        let result = try runProgram("/usr/bin/python3", [
-            script, builtProductsDirectory() + "/erofs", try corpusImagePath("chunked"),
-            "--idle", "400", "--half-open", "60", "--slow", "6", "--max-connections", "16",
-        ])
+        let result = try runProgram(
+            "/usr/bin/python3",
+            [
+                script, builtProductsDirectory() + "/erofs", try corpusImagePath("chunked"),
+                "--idle", "400", "--half-open", "60", "--slow", "6", "--max-connections", "16",
+            ])
         #expect(result.status == 0, "\(result.standardOutput)\(result.standardError)")
         #expect(result.standardOutput.hasPrefix("served ") && result.standardOutput.contains("\nok sigterm-exit="))
     }
@@ -220,7 +241,8 @@ extension UnixClient {
         let go = InfoRequest(exportName: "").encoded()
         send(OptionRequestHeader(option: .go, length: UInt32(go.count)).encoded() + go)
         while true {
-            let header = try OptionReply.decodeHeader(try #require(receive(OptionReply.headerSize), "handshake cut short"))
+            let header = try OptionReply.decodeHeader(
+                try #require(receive(OptionReply.headerSize), "handshake cut short"))
             if header.length > 0 { _ = receive(Int(header.length)) }  // a 0-byte MSG_WAITALL recv blocks
             try #require(!header.type.isError, "GO refused")
             if header.type == .ack { return }
@@ -232,8 +254,12 @@ extension UnixClient {
         var small: Int32 = 4096
         setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, socklen_t(MemoryLayout<Int32>.size))
         for cookie in 0..<512 {
-            let request = Request(type: .read, cookie: UInt64(cookie), offset: UInt64(cookie % 4) << 20, length: 1 << 20).encoded()
-            let sent = request.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT)) }
+            let request = Request(
+                type: .read, cookie: UInt64(cookie), offset: UInt64(cookie % 4) << 20, length: 1 << 20
+            ).encoded()
+            let sent = request.withUnsafeBytes {
+                Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL | MSG_DONTWAIT))
+            }
             if sent != request.count { break }
         }
     }

@@ -22,12 +22,20 @@ final class TestPKI {
         directory = try #require(String(validatingCString: mkdtemp(strdup("/tmp/nbdtls.XXXXXX"))))
         let curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
         for subdirectory in ["client", "other"] {
-            try FileManager.default.createDirectory(atPath: directory + "/" + subdirectory, withIntermediateDirectories: false)
+            try FileManager.default.createDirectory(
+                atPath: directory + "/" + subdirectory, withIntermediateDirectories: false)
         }
-        try openssl(["req", "-x509"] + curve + ["-keyout", "ca-key.pem", "-out", "client/ca-cert.pem", "-days", "2", "-subj", "/CN=test CA"])
-        try openssl(["req", "-x509"] + curve + ["-keyout", "other/ca-key.pem", "-out", "other/ca-cert.pem", "-days", "2", "-subj", "/CN=other CA"])
+        try openssl(
+            ["req", "-x509"] + curve + [
+                "-keyout", "ca-key.pem", "-out", "client/ca-cert.pem", "-days", "2", "-subj", "/CN=test CA",
+            ])
+        try openssl(
+            ["req", "-x509"] + curve + [
+                "-keyout", "other/ca-key.pem", "-out", "other/ca-cert.pem", "-days", "2", "-subj", "/CN=other CA",
+            ])
         try openssl(["req"] + curve + ["-keyout", "server-key.pem", "-out", "server.csr", "-subj", "/CN=localhost"])
-        try Data("subjectAltName=DNS:localhost,IP:127.0.0.1\n".utf8).write(to: URL(fileURLWithPath: directory + "/ext.cnf"))
+        try Data("subjectAltName=DNS:localhost,IP:127.0.0.1\n".utf8).write(
+            to: URL(fileURLWithPath: directory + "/ext.cnf"))
         try openssl([
             "x509", "-req", "-in", "server.csr", "-CA", "client/ca-cert.pem", "-CAkey", "ca-key.pem", "-CAcreateserial",
             "-out", "server-cert.pem", "-days", "2", "-extfile", "ext.cnf",
@@ -70,7 +78,9 @@ final class TCPServeProcess {
         address.sin_port = port.bigEndian
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         } == 0
     }
 
@@ -89,10 +99,12 @@ final class TCPServeProcess {
     @Test func certificateTLSServesRealClientsAndRefusesOthers() throws {
         let pki = try TestPKI()
         let image = try corpusImagePath("chunked")
-        let server = try TCPServeProcess(image: image, arguments: ["--tls-certificate", pki.certificate, "--tls-key", pki.key])
+        let server = try TCPServeProcess(
+            image: image, arguments: ["--tls-certificate", pki.certificate, "--tls-key", pki.key])
         let uri = "nbds://localhost:\(server.port)/?tls-certificates=\(pki.clientDirectory)"
         let info = try runOrRecord("/usr/bin/nbdinfo", ["--json", uri])
-        let json = try #require(try JSONSerialization.jsonObject(with: Data(info.standardOutput.utf8)) as? [String: Any])
+        let json = try #require(
+            try JSONSerialization.jsonObject(with: Data(info.standardOutput.utf8)) as? [String: Any])
         #expect(json["TLS"] as? Bool == true)
         let copy = pki.directory + "/copy.img"
         _ = try runOrRecord("/usr/bin/nbdcopy", ["--connections=2", uri, copy])
@@ -100,8 +112,11 @@ final class TCPServeProcess {
 
         let plain = try runProgram("/usr/bin/nbdinfo", ["--size", "nbd://localhost:\(server.port)/"])
         #expect(plain.status != 0 && plain.standardError.contains("requires TLS"), "\(plain.standardError)")
-        let untrusted = try runProgram("/usr/bin/nbdinfo", ["--size", "nbds://localhost:\(server.port)/?tls-certificates=\(pki.otherCADirectory)"])
-        #expect(untrusted.status != 0 && untrusted.standardError.contains("certificate verification"), "\(untrusted.standardError)")
+        let untrusted = try runProgram(
+            "/usr/bin/nbdinfo", ["--size", "nbds://localhost:\(server.port)/?tls-certificates=\(pki.otherCADirectory)"])
+        #expect(
+            untrusted.status != 0 && untrusted.standardError.contains("certificate verification"),
+            "\(untrusted.standardError)")
         #expect(server.terminate() == 0)
     }
 
@@ -133,9 +148,13 @@ final class TCPServeProcess {
         let copy = pki.directory + "/copy.img"
         _ = try runOrRecord("/usr/bin/nbdcopy", [uri, copy])
         #expect(FileManager.default.contentsEqual(atPath: copy, andPath: image))
-        let wrong = try runProgram("/usr/bin/nbdinfo", ["--size", "nbds+unix://alice@/?socket=\(server.socketPath)&tls-psk-file=\(pki.wrongPSKFile)"])
+        let wrong = try runProgram(
+            "/usr/bin/nbdinfo",
+            ["--size", "nbds+unix://alice@/?socket=\(server.socketPath)&tls-psk-file=\(pki.wrongPSKFile)"])
         #expect(wrong.status != 0, "a wrong key was accepted")
-        let stranger = try runProgram("/usr/bin/nbdinfo", ["--size", "nbds+unix://mallory@/?socket=\(server.socketPath)&tls-psk-file=\(pki.pskFile)"])
+        let stranger = try runProgram(
+            "/usr/bin/nbdinfo",
+            ["--size", "nbds+unix://mallory@/?socket=\(server.socketPath)&tls-psk-file=\(pki.pskFile)"])
         #expect(stranger.status != 0, "an unknown identity was accepted")
         expectCleanShutdown(server)
     }
@@ -144,10 +163,15 @@ final class TCPServeProcess {
     @Test func optionalTLSServesBoth() throws {
         let pki = try TestPKI()
         let server = try TCPServeProcess(
-            image: try corpusImagePath(), arguments: ["--tls=on", "--tls-certificate", pki.certificate, "--tls-key", pki.key])
-        for (uri, tls) in [("nbd://localhost:\(server.port)/", false), ("nbds://localhost:\(server.port)/?tls-certificates=\(pki.clientDirectory)", true)] {
+            image: try corpusImagePath(),
+            arguments: ["--tls=on", "--tls-certificate", pki.certificate, "--tls-key", pki.key])
+        for (uri, tls) in [
+            ("nbd://localhost:\(server.port)/", false),
+            ("nbds://localhost:\(server.port)/?tls-certificates=\(pki.clientDirectory)", true),
+        ] {
             let info = try runOrRecord("/usr/bin/nbdinfo", ["--json", uri])
-            let json = try #require(try JSONSerialization.jsonObject(with: Data(info.standardOutput.utf8)) as? [String: Any])
+            let json = try #require(
+                try JSONSerialization.jsonObject(with: Data(info.standardOutput.utf8)) as? [String: Any])
             #expect(json["TLS"] as? Bool == tls)
         }
         #expect(server.terminate() == 0)
@@ -157,7 +181,8 @@ final class TCPServeProcess {
     @Test func sigtermWithAStalledTLSClientExitsWithinFiveSeconds() throws {
         let pki = try TestPKI()
         let server = try TCPServeProcess(
-            image: try corpusImagePath("chunked"), arguments: ["--tls-certificate", pki.certificate, "--tls-key", pki.key])
+            image: try corpusImagePath("chunked"),
+            arguments: ["--tls-certificate", pki.certificate, "--tls-key", pki.key])
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("tests/nbd/tls_stalled_reader.py").path
         let client = Process()
@@ -182,10 +207,20 @@ final class TCPServeProcess {
         let noCredentials = try runProgram(binary, ["serve", image, "--unix", socket, "--tls=require"])
         #expect(noCredentials.status == 64 && noCredentials.standardError.contains("needs --tls-certificate"))
         try Data("alice:5a5\n".utf8).write(to: URL(fileURLWithPath: pki.directory + "/bad.psk"))
-        let badPSK = try runProgram(binary, ["serve", image, "--unix", socket, "--tls-psk", pki.directory + "/bad.psk"])
-        #expect(badPSK.status == 1 && badPSK.standardError.contains("bad.psk: line 1 is not IDENTITY:HEXKEY"), "\(badPSK.standardError)")
-        let mismatched = try runProgram(binary, ["serve", image, "--unix", socket, "--tls-certificate", pki.certificate, "--tls-key", pki.directory + "/ca-key.pem"])
-        #expect(mismatched.status == 1 && mismatched.standardError.contains("ca-key.pem: error:") && mismatched.standardError.contains("key values mismatch"), "\(mismatched.standardError)")
+        let badPSK = try runProgram(
+            binary, ["serve", image, "--unix", socket, "--tls-psk", pki.directory + "/bad.psk"])
+        #expect(
+            badPSK.status == 1 && badPSK.standardError.contains("bad.psk: line 1 is not IDENTITY:HEXKEY"),
+            "\(badPSK.standardError)")
+        let mismatched = try runProgram(
+            binary,
+            [
+                "serve", image, "--unix", socket, "--tls-certificate", pki.certificate, "--tls-key",
+                pki.directory + "/ca-key.pem",
+            ])
+        #expect(
+            mismatched.status == 1 && mismatched.standardError.contains("ca-key.pem: error:")
+                && mismatched.standardError.contains("key values mismatch"), "\(mismatched.standardError)")
         #expect(!FileManager.default.fileExists(atPath: socket))
     }
 }

@@ -49,8 +49,9 @@ public func hexLE32(_ value: UInt32) -> String {
 /// The kernel's ACK (NLMSG_ERROR with error 0, capped) for request `sequence` from port
 /// 0x12345678; the echoed request header's length and type are not looked at.
 public func ackFixture(sequence: UInt32) -> [UInt8] {
-    [UInt8](hex:
-        "24000000" + "0200" + "0001" + hexLE32(sequence) + "78563412"  // NLMSG_ERROR, NLM_F_CAPPED
-        + "00000000"  // error 0: ACK
-        + "14000000" + "1000" + "0500" + hexLE32(sequence) + "78563412")  // echoed request header
+    [UInt8](
+        hex:
+            "24000000" + "0200" + "0001" + hexLE32(sequence) + "78563412"  // NLMSG_ERROR, NLM_F_CAPPED
+            + "00000000"  // error 0: ACK
+            + "14000000" + "1000" + "0500" + hexLE32(sequence) + "78563412")  // echoed request header
 }

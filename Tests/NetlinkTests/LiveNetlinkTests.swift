@@ -42,7 +42,9 @@ extension FileStatus {
 
 extension LiveNetlinkTests {
     @Test func overlongFamilyNameIsRefusedBeforeAsking() {
-        let error = #expect(throws: SystemError.self) { try GenericNetlinkClient().resolveFamily("erofs-no-such-family") }
+        let error = #expect(throws: SystemError.self) {
+            try GenericNetlinkClient().resolveFamily("erofs-no-such-family")
+        }
         #expect(error?.detail == "family names have 1 to 15 bytes")
     }
 }

@@ -25,9 +25,10 @@ import TestSupport
         }
         // Extended-ack flag with an echoed length past the payload.
         #expect(throws: SystemError.self) {
-            try NetlinkErrorReply(NetlinkMessage(
-                type: 2, flags: .ackTLVs, sequence: 1,
-                payload: [UInt8](hex: "f0ffffff" + "ff000000" + "1a000500" + "01000000" + "00000000")))
+            try NetlinkErrorReply(
+                NetlinkMessage(
+                    type: 2, flags: .ackTLVs, sequence: 1,
+                    payload: [UInt8](hex: "f0ffffff" + "ff000000" + "1a000500" + "01000000" + "00000000")))
         }
     }
 

@@ -21,28 +21,29 @@ import Testing
 
     /// CTRL_CMD_NEWFAMILY for nbd, as the kernel sends it (trimmed to the attributes we read,
     /// plus one we do not, CTRL_ATTR_HDRSIZE, which must be skipped).
-    static let nbdFamilyReply = [UInt8](hex:
-        "58000000" + "1000" + "0000" + "01000000" + "78563412"  // nlmsghdr: 88 B, seq 1
-        + "01020000"  // genlmsghdr: CTRL_CMD_NEWFAMILY
-        + "0600" + "0100" + "1a00" + "0000"  // CTRL_ATTR_FAMILY_ID u16 0x1a, 2 B padding
-        + "0800" + "0200" + "6e626400"  // CTRL_ATTR_FAMILY_NAME "nbd"
-        + "0800" + "0300" + "01000000"  // CTRL_ATTR_VERSION 1
-        + "0800" + "0400" + "00000000"  // CTRL_ATTR_HDRSIZE 0 (ignored)
-        + "2400" + "0780"  // CTRL_ATTR_MCAST_GROUPS, nested, 36 B
-        + "2000" + "0180"  //   group #1, nested, 32 B
-        + "1100" + "0100" + "6e62645f6d635f67726f757000" + "000000"  //     NAME "nbd_mc_group\0" + 3 B pad
-        + "0800" + "0200" + "05000000"  //     ID 5
+    static let nbdFamilyReply = [UInt8](
+        hex:
+            "58000000" + "1000" + "0000" + "01000000" + "78563412"  // nlmsghdr: 88 B, seq 1
+            + "01020000"  // genlmsghdr: CTRL_CMD_NEWFAMILY
+            + "0600" + "0100" + "1a00" + "0000"  // CTRL_ATTR_FAMILY_ID u16 0x1a, 2 B padding
+            + "0800" + "0200" + "6e626400"  // CTRL_ATTR_FAMILY_NAME "nbd"
+            + "0800" + "0300" + "01000000"  // CTRL_ATTR_VERSION 1
+            + "0800" + "0400" + "00000000"  // CTRL_ATTR_HDRSIZE 0 (ignored)
+            + "2400" + "0780"  // CTRL_ATTR_MCAST_GROUPS, nested, 36 B
+            + "2000" + "0180"  //   group #1, nested, 32 B
+            + "1100" + "0100" + "6e62645f6d635f67726f757000" + "000000"  //     NAME "nbd_mc_group\0" + 3 B pad
+            + "0800" + "0200" + "05000000"  //     ID 5
     )
 
     @Test func nestedAttributesArePaddedAndFlagged() {
         let attribute = NetlinkAttribute.nested(7, [.nested(1, [.u32(1, 9)]), .u8(2, 0xab)])
         var bytes: [UInt8] = []
         attribute.encode(into: &bytes)
-        #expect(bytes.hex ==
-            "1800" + "0780"  // type 7 | NLA_F_NESTED, 24 B
-            + "0c00" + "0180"  //   type 1 | NLA_F_NESTED, 12 B
-            + "0800" + "0100" + "09000000"  //     u32 9
-            + "0500" + "0200" + "ab" + "000000")  //   u8 0xab, length 5, padded to 8
+        #expect(
+            bytes.hex == "1800" + "0780"  // type 7 | NLA_F_NESTED, 24 B
+                + "0c00" + "0180"  //   type 1 | NLA_F_NESTED, 12 B
+                + "0800" + "0100" + "09000000"  //     u32 9
+                + "0500" + "0200" + "ab" + "000000")  //   u8 0xab, length 5, padded to 8
     }
 
     @Test func attributesRoundTrip() throws {

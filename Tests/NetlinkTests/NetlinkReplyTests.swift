@@ -17,14 +17,15 @@ import Testing
 
     @Test func errorWithExtendedAckCarriesTheKernelsMessage() throws {
         // Uncapped: the whole 28-byte request is echoed before the extended-ack attributes.
-        let reply = [UInt8](hex:
-            "54000000" + "0200" + "0002" + "01000000" + "78563412"  // NLMSG_ERROR 84 B, NLM_F_ACK_TLVS
-            + "f0ffffff"  // error -16 (EBUSY)
-            + "1c000000" + "1a00" + "0500" + "01000000" + "78563412"  // echoed header (28 B request)
-            + "05010000" + "08000100" + "03000000"  // echoed genl header + INDEX 3
-            // MSG "nbd3 is already in use\0", 27 B + 1 pad
-            + "1b00" + "0100" + "6e62643320697320616c726561647920696e2075736500" + "00"
-            + "0800" + "0200" + "14000000")  // OFFS 20
+        let reply = [UInt8](
+            hex:
+                "54000000" + "0200" + "0002" + "01000000" + "78563412"  // NLMSG_ERROR 84 B, NLM_F_ACK_TLVS
+                + "f0ffffff"  // error -16 (EBUSY)
+                + "1c000000" + "1a00" + "0500" + "01000000" + "78563412"  // echoed header (28 B request)
+                + "05010000" + "08000100" + "03000000"  // echoed genl header + INDEX 3
+                // MSG "nbd3 is already in use\0", 27 B + 1 pad
+                + "1b00" + "0100" + "6e62643320697320616c726561647920696e2075736500" + "00"
+                + "0800" + "0200" + "14000000")  // OFFS 20
         let transport = RecordingTransport(replies: [reply])
         let client = GenericNetlinkClient(transport: transport)
         let error = #expect(throws: SystemError.self) {
@@ -77,7 +78,8 @@ extension NetlinkReplyTests {
     @Test func failedOrInterruptedDumpsAreErrors() throws {
         let part = NetlinkMessage(
             type: 0x1a, flags: [.multi, .dumpInterrupted], sequence: 1, portID: 0x1234_5678,
-            payload: GenericNetlinkMessage(command: 5, version: 1).encodedPayload()).encoded()
+            payload: GenericNetlinkMessage(command: 5, version: 1).encodedPayload()
+        ).encoded()
         let done = [UInt8](hex: "14000000" + "0300" + "0200" + "01000000" + "78563412" + "00000000")
         let interrupted = #expect(throws: SystemError.self) {
             try GenericNetlinkClient(transport: RecordingTransport(replies: [part, done]))

@@ -27,7 +27,9 @@ import TestSupport
             let ourLines = ours.split(separator: "\n")
             let theirLines = expected.split(separator: "\n")
             let firstDifference = zip(ourLines, theirLines).first { $0 != $1 }
-            Issue.record("\(image.name): manifests differ (\(ourLines.count) vs \(theirLines.count) lines); first: ours \(firstDifference.map { String($0.0) } ?? "-") kernel \(firstDifference.map { String($0.1) } ?? "-")")
+            Issue.record(
+                "\(image.name): manifests differ (\(ourLines.count) vs \(theirLines.count) lines); first: ours \(firstDifference.map { String($0.0) } ?? "-") kernel \(firstDifference.map { String($0.1) } ?? "-")"
+            )
         }
     }
 

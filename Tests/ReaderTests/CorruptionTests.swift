@@ -50,7 +50,9 @@ final class MemorySource: RandomAccessSource {
             try filesystem.walk { (path, inode) throws(EROFSError) in
                 _ = try filesystem.xattrs(inode)
                 if inode.kind == .symlink { _ = try filesystem.readLink(inode) }
-                if inode.kind == .file && inode.size < fileLimit { _ = try filesystem.read(inode, at: 0, count: Int(fileLimit)) }
+                if inode.kind == .file && inode.size < fileLimit {
+                    _ = try filesystem.read(inode, at: 0, count: Int(fileLimit))
+                }
             }
             return false
         } catch {
@@ -147,7 +149,8 @@ final class MemorySource: RandomAccessSource {
         // root's first real child directory entry to the root nid.
         let root = try filesystem.inode(nid: filesystem.rootNid)
         let entries = try filesystem.readDirectory(root)
-        let index = try #require(entries.firstIndex { $0.fileType == 2 && $0.name != [0x2e] && $0.name != [0x2e, 0x2e] })
+        let index = try #require(
+            entries.firstIndex { $0.fileType == 2 && $0.name != [0x2e] && $0.name != [0x2e, 0x2e] })
         // The root directory is tail-packed or in one block: find its first block's bytes.
         let rootData = try filesystem.read(root, at: 0, count: 4096)
         let needle = Array(rootData[(index * 12)..<(index * 12 + 12)])

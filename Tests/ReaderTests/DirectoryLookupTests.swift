@@ -12,7 +12,8 @@ import TestSupport
     @Test(arguments: CorpusTests.images)
     func everyNameIsFoundAndNoOtherIs(image: Corpus.Image) throws {
         let filesystem = try EROFSFilesystem(path: image.path)
-        var directories = 0, multiBlock = 0
+        var directories = 0
+        var multiBlock = 0
         try filesystem.walk { (_, inode) throws(EROFSError) in
             guard inode.kind == .directory else { return }
             directories += 1

@@ -59,8 +59,9 @@ import Glibc
         let ours = try filesystem.manifest(sha256: true).manifestText
         let kernel = try Self.kernelManifest(source: made.image, data: "device=\(made.blob)", at: made.scratch + "/mnt")
         #expect(kernel.split(separator: "\n").count > 300)
-        #expect(manifestDifference(actual: ours, expected: kernel) == nil,
-                "chunk size \(chunkSize): \(manifestDifference(actual: ours, expected: kernel) ?? "")")
+        #expect(
+            manifestDifference(actual: ours, expected: kernel) == nil,
+            "chunk size \(chunkSize): \(manifestDifference(actual: ours, expected: kernel) ?? "")")
     }
 
     /// With a loop device for the image, the kernel opens extra devices as block devices too:
@@ -79,7 +80,9 @@ import Glibc
             try Self.kernelManifest(source: imageLoop, data: "device=\(made.blob)", at: mountPoint)
         }
         let kernel = try Self.kernelManifest(source: imageLoop, data: "device=\(blobLoop)", at: mountPoint)
-        #expect(manifestDifference(actual: ours, expected: kernel) == nil, "\(manifestDifference(actual: ours, expected: kernel) ?? "")")
+        #expect(
+            manifestDifference(actual: ours, expected: kernel) == nil,
+            "\(manifestDifference(actual: ours, expected: kernel) ?? "")")
     }
 
     static func attachLoop(_ path: String) throws -> String {
@@ -98,7 +101,9 @@ import Glibc
         #expect(try !withoutBlob.readDirectory(root).isEmpty)
         let missing = #expect(throws: EROFSError.self) { try withoutBlob.manifest(sha256: true) }
         #expect(missing?.kind == .device)
-        #expect(missing?.message.contains("extra device 1 (slot 0, tag empty), which is missing") == true, "\(String(describing: missing))")
+        #expect(
+            missing?.message.contains("extra device 1 (slot 0, tag empty), which is missing") == true,
+            "\(String(describing: missing))")
         #expect(missing?.path != nil && missing?.nid != nil)
 
         // A blob cut short: the read past its end names the device and its path.
@@ -120,14 +125,21 @@ import Glibc
         let tool = try runProgram(ToolTests.erofs, ["verify", made.image])
         #expect(tool.status != 0)
         #expect(tool.standardError.contains("which is missing"), "\(tool.standardError)")
-        let listed = try runProgram(ToolTests.erofs, ["ls", "--recursive", "--json", "--sha256", "--device", made.blob, made.image])
+        let listed = try runProgram(
+            ToolTests.erofs, ["ls", "--recursive", "--json", "--sha256", "--device", made.blob, made.image])
         #expect(listed.status == 0, "\(listed.standardError)")
-        let expected = try EROFSFilesystem(path: made.image, devicePaths: [made.blob]).manifest(sha256: true).manifestText
+        let expected = try EROFSFilesystem(path: made.image, devicePaths: [made.blob]).manifest(sha256: true)
+            .manifestText
         #expect(listed.standardOutput == expected)
         let inspected = try runProgram(ToolTests.erofs, ["inspect", made.image])
-        #expect(inspected.standardOutput.contains("device 1: tag \"\" blocks 0 mapped_blkaddr 0 (not given)"), "\(inspected.standardOutput)")
+        #expect(
+            inspected.standardOutput.contains("device 1: tag \"\" blocks 0 mapped_blkaddr 0 (not given)"),
+            "\(inspected.standardOutput)")
         let inspectedJSON = try runProgram(ToolTests.erofs, ["inspect", "--json", made.image, "--device", made.blob])
-        #expect(inspectedJSON.standardOutput.contains("\"devices\": [{\"tag\": \"\", \"blocks\": 0, \"mapped_blkaddr\": 0}]"), "\(inspectedJSON.standardOutput)")
+        #expect(
+            inspectedJSON.standardOutput.contains(
+                "\"devices\": [{\"tag\": \"\", \"blocks\": 0, \"mapped_blkaddr\": 0}]"),
+            "\(inspectedJSON.standardOutput)")
         #expect(inspectedJSON.standardOutput.contains("\"extra_devices\": 1"))
     }
 
@@ -137,15 +149,18 @@ import Glibc
         try #require(MkfsImageTests.canMount, "needs root and mkfs.erofs")
         let made = try MultiDeviceImage(chunkSize: 65536)
         defer { made.remove() }
-        let extracted = try runProgram(ToolTests.erofs, ["extract"] + ToolTests.faithfulExtract + ["--device", made.blob, made.image, made.scratch + "/out"])
+        let extracted = try runProgram(
+            ToolTests.erofs,
+            ["extract"] + ToolTests.faithfulExtract + ["--device", made.blob, made.image, made.scratch + "/out"])
         #expect(extracted.status == 0, "\(extracted.standardError)")
         let filesystem = try EROFSFilesystem(path: made.image, devicePaths: [made.blob])
         var walked = try DirectoryWalker.manifest(ofTreeAt: made.scratch + "/out")
         var expected = try filesystem.manifest(sha256: true)
         for index in walked.indices where walked[index].kind == .dir { walked[index].size = 0 }
         for index in expected.indices where expected[index].kind == .dir { expected[index].size = 0 }
-        #expect(manifestDifference(actual: walked.manifestText, expected: expected.manifestText) == nil,
-                "\(manifestDifference(actual: walked.manifestText, expected: expected.manifestText) ?? "")")
+        #expect(
+            manifestDifference(actual: walked.manifestText, expected: expected.manifestText) == nil,
+            "\(manifestDifference(actual: walked.manifestText, expected: expected.manifestText) ?? "")")
         let catted = try runProgram(ToolTests.erofs, ["cat", made.image, "/sizes/text-300001", "--device", made.blob])
         #expect(catted.status == 0, "\(catted.standardError)")
         let inode = try filesystem.lookup(path: "/sizes/text-300001")
@@ -173,8 +188,8 @@ import Glibc
         func putLE32(_ value: UInt32, at offset: Int) {
             for index in 0..<4 { image[offset + index] = UInt8(truncatingIfNeeded: value >> (8 * index)) }
         }
-        putLE32(UInt32(blob.count / blockSize), at: slotStart + 64)   // blocks
-        putLE32(UInt32(superblock.blocks), at: slotStart + 68)        // unified address: right after the image
+        putLE32(UInt32(blob.count / blockSize), at: slotStart + 64)  // blocks
+        putLE32(UInt32(superblock.blocks), at: slotStart + 68)  // unified address: right after the image
         let checksum = try superblock.computedChecksum(firstBlockFromSuperblock: Array(image[Superblock.offset...]))
         putLE32(checksum, at: Superblock.offset + 4)
         let patched = made.scratch + "/patched.erofs"
@@ -187,7 +202,9 @@ import Glibc
         let kernel = try Self.kernelManifest(source: flat, data: "", at: made.scratch + "/mnt")
         let fromFlat = try EROFSFilesystem(path: flat).manifest(sha256: true).manifestText
         let fromBlob = try EROFSFilesystem(path: patched, devicePaths: [made.blob]).manifest(sha256: true).manifestText
-        #expect(manifestDifference(actual: fromFlat, expected: kernel) == nil, "\(manifestDifference(actual: fromFlat, expected: kernel) ?? "")")
+        #expect(
+            manifestDifference(actual: fromFlat, expected: kernel) == nil,
+            "\(manifestDifference(actual: fromFlat, expected: kernel) ?? "")")
         #expect(fromBlob == fromFlat)
         // Now that the slot records the blob's size, a short blob is refused when opening.
         let short = made.scratch + "/blob.short"
@@ -233,7 +250,9 @@ extension ExtraDeviceTests {
             for line in dump.standardOutput.split(separator: "\n") {
                 let halves = line.split(separator: ":")
                 guard halves.count == 3 else { continue }
-                let physical = halves[2].split(separator: "|").first.map { $0.split(separator: ".").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+                let physical = halves[2].split(separator: "|").first.map {
+                    $0.split(separator: ".").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+                }
                 guard let range = physical, range.count == 2, range[0] % blockSize == 0, range[1] % blockSize == 0,
                     range[0] >= blockSize, range[1] <= image.count, range[0] < range[1]
                 else { continue }
@@ -256,17 +275,24 @@ extension ExtraDeviceTests {
         put(1, at: Superblock.offset + 86, width: 2)
         put(UInt64(blocks * blockSize / DeviceSlot.size), at: Superblock.offset + 88, width: 2)
         let patchedBlock = try Superblock(decoding: image[Superblock.offset...])
-        put(UInt64(try patchedBlock.computedChecksum(firstBlockFromSuperblock: Array(image[Superblock.offset...]))), at: Superblock.offset + 4, width: 4)
+        put(
+            UInt64(try patchedBlock.computedChecksum(firstBlockFromSuperblock: Array(image[Superblock.offset...]))),
+            at: Superblock.offset + 4, width: 4)
         let primary = scratch + "/primary.erofs"
         let devicePath = scratch + "/device"
         try Data(image).write(to: URL(fileURLWithPath: primary))
         try Data(device).write(to: URL(fileURLWithPath: devicePath))
 
         let filesystem = try EROFSFilesystem(path: primary, devicePaths: [devicePath])
-        #expect(filesystem.deviceTable.slots == [DeviceSlot(tag: slot.prefix(64).map { $0 }, blocks: UInt64(blocks - 1), mappedBlockAddress: 1)])
+        #expect(
+            filesystem.deviceTable.slots == [
+                DeviceSlot(tag: slot.prefix(64).map { $0 }, blocks: UInt64(blocks - 1), mappedBlockAddress: 1)
+            ])
         let ours = try filesystem.manifest(sha256: true).manifestText
         let kernel = try Self.kernelManifest(source: primary, data: "device=\(devicePath)", at: scratch + "/mnt")
-        #expect(manifestDifference(actual: ours, expected: kernel) == nil, "\(manifestDifference(actual: ours, expected: kernel) ?? "")")
+        #expect(
+            manifestDifference(actual: ours, expected: kernel) == nil,
+            "\(manifestDifference(actual: ours, expected: kernel) ?? "")")
         #expect(ours == expected.manifestText)
         // Without the device the zeroed primary is read: the data is wrong or fails to decode.
         let alone = try? EROFSFilesystem(path: primary).manifest(sha256: true).manifestText

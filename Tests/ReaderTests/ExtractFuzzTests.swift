@@ -38,8 +38,12 @@ import TestSupport
         for (name, image) in Self.seeds {
             let outcome = ExtractExercise.run(image: image.bytes())
             if name.hasPrefix("dag") {
-                #expect(outcome.listingError?.message.contains("directory reached twice") == true, "\(name): \(String(describing: outcome.listingError))")
-                #expect(outcome.extractionError?.contains("directory reached twice") == true, "\(name): \(outcome.extractionError ?? "no error")")
+                #expect(
+                    outcome.listingError?.message.contains("directory reached twice") == true,
+                    "\(name): \(String(describing: outcome.listingError))")
+                #expect(
+                    outcome.extractionError?.contains("directory reached twice") == true,
+                    "\(name): \(outcome.extractionError ?? "no error")")
             } else {
                 #expect(outcome.listingError == nil, "\(name): \(String(describing: outcome.listingError))")
                 #expect(outcome.extractionError == nil, "\(name): \(outcome.extractionError ?? "")")

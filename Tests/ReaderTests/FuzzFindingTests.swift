@@ -49,7 +49,9 @@ import TestSupport
         image.replaceSubrange(offset..<(offset + bytes.count), with: bytes)
         let head = Array(image[Superblock.offset...].prefix(4096))
         let checksum = try Superblock(decoding: head).computedChecksum(firstBlockFromSuperblock: head)
-        for index in 0..<4 { image[Superblock.offset + 4 + index] = UInt8(truncatingIfNeeded: checksum >> (8 * UInt32(index))) }
+        for index in 0..<4 {
+            image[Superblock.offset + 4 + index] = UInt8(truncatingIfNeeded: checksum >> (8 * UInt32(index)))
+        }
         return image
     }
 
@@ -104,7 +106,8 @@ import TestSupport
         let image = try Self.bytes(ofSeed: "metabox.erofs")
         #expect(Self.readError(image) == nil)
         let nid = Array(image[(Superblock.offset + 128)...]).le64(at: 0) | 1 << 63
-        let damaged = try Self.patched(image, at: Superblock.offset + 128, (0..<8).map { UInt8(truncatingIfNeeded: nid >> (8 * $0)) })
+        let damaged = try Self.patched(
+            image, at: Superblock.offset + 128, (0..<8).map { UInt8(truncatingIfNeeded: nid >> (8 * $0)) })
         let error = try #require(Self.readError(damaged))
         #expect(error.kind == .corrupt)
         #expect(error.message.contains("metabox inode is inside the metabox"))
@@ -158,12 +161,17 @@ import TestSupport
         let location = Int(root.location)
         let format = image.le16(at: location) & ~0xE
         let blocks = firstBlock + 2
-        image = try Self.patched(image, at: Superblock.offset + 36, (0..<4).map { UInt8(truncatingIfNeeded: blocks >> (8 * $0)) })
+        image = try Self.patched(
+            image, at: Superblock.offset + 36, (0..<4).map { UInt8(truncatingIfNeeded: blocks >> (8 * $0)) })
         image = try Self.patched(image, at: location, [UInt8(format & 0xFF), UInt8(format >> 8)])
-        image = try Self.patched(image, at: location + 8, (0..<4).map { UInt8(truncatingIfNeeded: UInt32(2 * blockSize) >> (8 * $0)) })
-        image = try Self.patched(image, at: location + 16, (0..<4).map { UInt8(truncatingIfNeeded: firstBlock >> (8 * $0)) })
+        image = try Self.patched(
+            image, at: location + 8, (0..<4).map { UInt8(truncatingIfNeeded: UInt32(2 * blockSize) >> (8 * $0)) })
+        image = try Self.patched(
+            image, at: location + 16, (0..<4).map { UInt8(truncatingIfNeeded: firstBlock >> (8 * $0)) })
         let damaged = try EROFSFilesystem(source: MemorySource(image))
-        let error = #expect(throws: EROFSError.self) { try damaged.readDirectory(try damaged.inode(nid: damaged.rootNid)) }
+        let error = #expect(throws: EROFSError.self) {
+            try damaged.readDirectory(try damaged.inode(nid: damaged.rootNid))
+        }
         #expect(error?.message == "directory entries out of order")
         #expect(error?.offset.map { $0 >= UInt64(blockSize) } == true)
     }

@@ -11,10 +11,13 @@ import TestSupport
 
     /// Runs `erofs` with a wall-clock limit (killed: status 9), an address-space limit and a
     /// descriptor limit; GNU time adds "erofs-usage: SECONDS s MAXRSS KiB" to its stderr.
-    static func runLimited(_ arguments: [String], seconds: Int = 60, memoryMiB: Int = 2048, files: Int = 1024,
-                           standardOutput: String? = nil) throws -> ProcessResult {
+    static func runLimited(
+        _ arguments: [String], seconds: Int = 60, memoryMiB: Int = 2048, files: Int = 1024,
+        standardOutput: String? = nil
+    ) throws -> ProcessResult {
         let redirect = standardOutput.map { " >'\($0)'" } ?? ""
-        let script = "ulimit -v \(memoryMiB * 1024); ulimit -n \(files); exec /usr/bin/time -f 'erofs-usage: %e s %M KiB' timeout -s KILL \(seconds) \"$@\"\(redirect)"
+        let script =
+            "ulimit -v \(memoryMiB * 1024); ulimit -n \(files); exec /usr/bin/time -f 'erofs-usage: %e s %M KiB' timeout -s KILL \(seconds) \"$@\"\(redirect)"
         let result = try runProgram("/bin/sh", ["-c", script, "sh", erofs] + arguments)
         if let usage = result.standardError.split(separator: "\n").last(where: { $0.hasPrefix("erofs-usage:") }) {
             print("erofs \(arguments.first ?? ""): \(usage)")
@@ -24,7 +27,8 @@ import TestSupport
 
     /// The peak RSS GNU time reported, in KiB.
     static func peakKiB(_ result: ProcessResult) -> Int {
-        guard let line = result.standardError.split(separator: "\n").last(where: { $0.hasPrefix("erofs-usage:") }) else { return .max }
+        guard let line = result.standardError.split(separator: "\n").last(where: { $0.hasPrefix("erofs-usage:") })
+        else { return .max }
         return Int(line.split(separator: " ").dropLast().last ?? "") ?? .max
     }
 
@@ -54,7 +58,8 @@ import TestSupport
     /// 30 levels of `a` and `b` naming the same next directory: 2^30 paths from 12 KiB. Every
     /// recursive command refuses it at the second name, quickly, naming the path.
     @Test(arguments: [
-        ["extract", "IMAGE", "DEST"], ["ls", "--recursive", "IMAGE"], ["ls", "--recursive", "--json", "--sha256", "IMAGE"],
+        ["extract", "IMAGE", "DEST"], ["ls", "--recursive", "IMAGE"],
+        ["ls", "--recursive", "--json", "--sha256", "IMAGE"],
         ["verify", "IMAGE"],
     ])
     func directoryReachedTwiceIsRefused(command: [String]) throws {
@@ -85,12 +90,15 @@ import TestSupport
         defer { Self.removeTree(directory) }
         let image = try Self.write(.deepChain(depth: depth), in: directory)
 
-        let listed = try Self.runLimited(["ls", "--recursive", image], seconds: 120, memoryMiB: 2048, standardOutput: directory + "/ls.txt")
+        let listed = try Self.runLimited(
+            ["ls", "--recursive", image], seconds: 120, memoryMiB: 2048, standardOutput: directory + "/ls.txt")
         #expect(listed.status == 0, "status \(listed.status): \(listed.standardError.suffix(300))")
         // Streamed: the 20000 levels' frames, not the 400 MB of output.
         #expect(Self.peakKiB(listed) < 200 << 10, "peak RSS \(Self.peakKiB(listed)) KiB")
         // 400 MB of paths: counted by wc, the last line read from the end.
-        let lineCount = try runProgram("/usr/bin/wc", ["-l", directory + "/ls.txt"]).standardOutput.split(separator: " ").first
+        let lineCount = try runProgram("/usr/bin/wc", ["-l", directory + "/ls.txt"]).standardOutput.split(
+            separator: " "
+        ).first
         #expect(lineCount == Substring(String(depth + 2)))
         let output = try FileHandle(forReadingFrom: URL(fileURLWithPath: directory + "/ls.txt"))
         let bottom = String(repeating: "/d", count: depth) + "/file\n"
@@ -105,7 +113,8 @@ import TestSupport
         // Down the chain one descriptor at a time: every level was made, the file at the bottom.
         var current = open(directory + "/out", O_RDONLY | O_DIRECTORY)
         try #require(current >= 0)
-        var levels = 0, restoredModes = 0
+        var levels = 0
+        var restoredModes = 0
         var status = stat()
         while true {
             let next = openat(current, "d", O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
@@ -152,7 +161,7 @@ import TestSupport
             let tailMatches = read == tail
             #expect(tailMatches)
             // The hole is a hole to SEEK_DATA as well.
-            #expect(lseek(descriptor, 0, 3 /* SEEK_DATA */) == off_t(1) << 40)
+            #expect(lseek(descriptor, 0, 3) == off_t(1) << 40)  // 3: SEEK_DATA
         }
     }
 
@@ -176,7 +185,9 @@ import TestSupport
         let directory = try temporaryDirectory("space")
         defer { Self.removeTree(directory) }
         var crafted = CraftedImage()
-        crafted.add(.init(.file(.blocks([UInt8](repeating: 0x5a, count: 8 << 20))), permissions: 0o644), named: "big", in: crafted.root)
+        crafted.add(
+            .init(.file(.blocks([UInt8](repeating: 0x5a, count: 8 << 20))), permissions: 0o644), named: "big",
+            in: crafted.root)
         let image = try Self.write(crafted, in: directory)
         try Self.withTmpfs(size: "4m") { tmpfs in
             let refused = try Self.runLimited(["extract", image, tmpfs + "/out"], seconds: 30)
@@ -187,7 +198,8 @@ import TestSupport
 
             let forced = try Self.runLimited(["extract", "--ignore-free-space", image, tmpfs + "/out2"], seconds: 30)
             #expect(forced.status == 1)
-            #expect(forced.standardError.contains("write /big failed: No space left on device"), "\(forced.standardError)")
+            #expect(
+                forced.standardError.contains("write /big failed: No space left on device"), "\(forced.standardError)")
         }
     }
 
@@ -208,7 +220,8 @@ import TestSupport
             #expect(status.st_blocks <= 16, "\(status.st_blocks) blocks")
         }
 
-        let small = try Self.write(.sparseFile(holes: 3 << 20, tail: tail, chunkBits: 0), in: directory, as: "small.erofs")
+        let small = try Self.write(
+            .sparseFile(holes: 3 << 20, tail: tail, chunkBits: 0), in: directory, as: "small.erofs")
         let toPipe = try runProgram(Self.erofs, ["cat", small, "/sparse"])
         #expect(toPipe.status == 0)
         let bytes = Array(toPipe.standardOutput.utf8)

@@ -22,9 +22,12 @@ import Glibc
     static let byteDirectory: [UInt8] = Array("dir".utf8) + [0xff]
     static let linkTarget: [UInt8] = Array("target".utf8) + [0xfe]
     /// Two xattr names that differ only in a byte that is not UTF-8.
-    static let xattrNames: [ByteString] = [ByteString("user.") + ByteString(cafE9), ByteString("user.") + ByteString(cafE8)]
+    static let xattrNames: [ByteString] = [
+        ByteString("user.") + ByteString(cafE9), ByteString("user.") + ByteString(cafE8),
+    ]
     /// security.capability v2 (VFS_CAP_REVISION_2, effective) granting CAP_NET_RAW (13).
-    static let capability: [UInt8] = [0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00] + [UInt8](repeating: 0, count: 12)
+    static let capability: [UInt8] =
+        [0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00] + [UInt8](repeating: 0, count: 12)
 
     struct Made {
         let scratch: String
@@ -47,11 +50,15 @@ import Glibc
             try #require(contents.withUnsafeBytes { write(descriptor, $0.baseAddress, $0.count) } == contents.count)
             try #require(fchmod(descriptor, mode) == 0)
         }
-        func check(_ result: Int32, _ what: String) throws { try #require(result == 0, "\(what): \(String(cString: strerror(errno)))") }
+        func check(_ result: Int32, _ what: String) throws {
+            try #require(result == 0, "\(what): \(String(cString: strerror(errno)))")
+        }
         try check(tree.withCString { mkdir($0, 0o755) }, "mkdir tree")
         try check(tree.withCString { chown($0, 65534, 65534) }, "chown tree")
         try check(tree.withCString { chmod($0, 0o777) }, "chmod tree")
-        try check(path(Array("null".utf8)).withCString { mknod($0, S_IFCHR | 0o666, MkfsImageTests.makeDevice(1, 3)) }, "mknod")
+        try check(
+            path(Array("null".utf8)).withCString { mknod($0, S_IFCHR | 0o666, MkfsImageTests.makeDevice(1, 3)) },
+            "mknod")
         // Owner first: chown clears setuid and setgid.
         try file(path(Array("setuid".utf8)), Array("u".utf8))
         try check(path(Array("setuid".utf8)).withCString { chown($0, 1234, 5678) }, "chown setuid")
@@ -61,8 +68,13 @@ import Glibc
         try check(path(Array("sticky".utf8)).withCString { mkdir($0, 0o755) }, "mkdir sticky")
         try check(path(Array("sticky".utf8)).withCString { chmod($0, 0o1777) }, "chmod sticky")
         try file(path(Array("capable".utf8)), Array("c".utf8), mode: 0o755)
-        for (name, value) in [("security.capability", capability), ("trusted.overlay.opaque", Array("y".utf8)), ("user.note", Array("hi".utf8))] {
-            let result = path(Array("capable".utf8)).withCString { cPath in value.withUnsafeBytes { setxattr(cPath, name, $0.baseAddress, $0.count, 0) } }
+        for (name, value) in [
+            ("security.capability", capability), ("trusted.overlay.opaque", Array("y".utf8)),
+            ("user.note", Array("hi".utf8)),
+        ] {
+            let result = path(Array("capable".utf8)).withCString { cPath in
+                value.withUnsafeBytes { setxattr(cPath, name, $0.baseAddress, $0.count, 0) }
+            }
             try check(result, "setxattr \(name)")
         }
         if names {
@@ -76,7 +88,10 @@ import Glibc
             try file(path(newline), newline)
             try check(path(byteDirectory).withCString { mkdir($0, 0o755) }, "mkdir dir\\377")
             try file(path(byteDirectory, cafE9), Array("inside".utf8))
-            try check(ByteString(linkTarget).withCString { target in path(Array("link".utf8)).withCString { symlink(target, $0) } }, "symlink")
+            try check(
+                ByteString(linkTarget).withCString { target in
+                    path(Array("link".utf8)).withCString { symlink(target, $0) }
+                }, "symlink")
         }
         let image = scratch + "/image.erofs"
         let made = try runProgram(MkfsImageTests.mkfs, ["-T0", image, scratch + "/tree"])
@@ -171,7 +186,8 @@ import Glibc
         let new = try Self.status(made.scratch + "/new")
         #expect(new.permissions == 0o777 & ~Self.umaskValue && new.uid == 0 && new.gid == 0, "\(new)")
 
-        let asked = try runProgram(Self.erofs, ["extract", "--root-metadata", "--same-permissions", made.image, made.scratch + "/root"])
+        let asked = try runProgram(
+            Self.erofs, ["extract", "--root-metadata", "--same-permissions", made.image, made.scratch + "/root"])
         #expect(asked.status == 0, "\(asked.standardError)")
         let root = try Self.status(made.scratch + "/root")
         #expect(root.permissions == 0o777 && root.uid == 65534 && root.gid == 65534, "\(root)")
@@ -205,7 +221,8 @@ import Glibc
 
         // --no-same-owner with --same-permissions: a setuid file owned by the extracting user
         // would run as that user (root here), so setuid is dropped there too, as tar does.
-        let unowned = try runProgram(Self.erofs, ["extract", "--no-same-owner", "--same-permissions", made.image, made.scratch + "/unowned"])
+        let unowned = try runProgram(
+            Self.erofs, ["extract", "--no-same-owner", "--same-permissions", made.image, made.scratch + "/unowned"])
         #expect(unowned.status == 0, "\(unowned.standardError)")
         let mine = try Self.status(made.scratch + "/unowned/setuid")
         #expect(mine.permissions == 0o755 && mine.uid == 0 && mine.gid == 0, "\(mine)")
@@ -226,9 +243,11 @@ import Glibc
         var expected = try EROFSFilesystem(path: made.image).manifest(sha256: true)
         for index in walked.indices where walked[index].kind == .dir { walked[index].size = 0 }
         for index in expected.indices where expected[index].kind == .dir { expected[index].size = 0 }
-        #expect(manifestDifference(actual: walked.manifestText, expected: expected.manifestText) == nil,
-                "\(manifestDifference(actual: walked.manifestText, expected: expected.manifestText) ?? "")")
-        #expect(try ExtendedAttributes.value(ByteString(out + "/capable"), name: "security.capability") == Self.capability)
+        #expect(
+            manifestDifference(actual: walked.manifestText, expected: expected.manifestText) == nil,
+            "\(manifestDifference(actual: walked.manifestText, expected: expected.manifestText) ?? "")")
+        #expect(
+            try ExtendedAttributes.value(ByteString(out + "/capable"), name: "security.capability") == Self.capability)
         let device = try Self.status(out + "/null")
         #expect(device.kind == .char && device.rdevMajor == 1 && device.rdevMinor == 3)
         #expect(try Self.status(out + "/setuid").permissions == 0o4755)
@@ -274,25 +293,31 @@ import Glibc
             return String(line.suffix(from: start.upperBound).prefix { $0 != "\"" })
         }
         #expect(Set(paths).count == paths.count, "duplicate paths: \(paths)")
-        #expect(paths.contains("/caf\\udce9") && paths.contains("/caf\\udce8") && paths.contains("/dir\\udcff/caf\\udce9"))
+        #expect(
+            paths.contains("/caf\\udce9") && paths.contains("/caf\\udce8") && paths.contains("/dir\\udcff/caf\\udce9"))
         #expect(paths.contains("/\\u001b[31mred"))
         #expect(listed.standardOutput.contains("\"target\": \"target\\udcfe\""))
-        #expect(listed.standardOutput.contains(#""xattrs": {"user.caf\udce8": "01", "user.caf\udce9": "01"}"#), "\(listed.standardOutput)")
+        #expect(
+            listed.standardOutput.contains(#""xattrs": {"user.caf\udce8": "01", "user.caf\udce9": "01"}"#),
+            "\(listed.standardOutput)")
         let mountPoint = made.scratch + "/mnt"
         try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: false)
         let mountPointBytes = ByteString(mountPoint + "/") + ByteString([0xfd])
         #expect(mountPointBytes.withCString { mkdir($0, 0o755) } == 0)
-        let mounted = try Self.shell(#"mount -t erofs -o ro,loop "$1" "$2/$(printf '\375')""#, [made.image, mountPoint])
+        let mounted = try Self.shell(
+            #"mount -t erofs -o ro,loop "$1" "$2/$(printf '\375')""#, [made.image, mountPoint])
         try #require(mounted.status == 0, "mount: \(mounted.standardError)")
         let walked = try Self.shell(#""$1" walk "$2/$(printf '\375')""#, [Self.erofs, mountPoint])
         let python = try Self.shell(#"python3 -c "$1" "$2/$(printf '\375')""#, [Self.pythonWalker, mountPoint])
         _ = try Self.shell(#"umount "$1/$(printf '\375')""#, [mountPoint])
         #expect(walked.status == 0, "\(walked.standardError)")
-        #expect(manifestDifference(actual: walked.standardOutput, expected: listed.standardOutput) == nil,
-                "\(manifestDifference(actual: walked.standardOutput, expected: listed.standardOutput) ?? "")")
+        #expect(
+            manifestDifference(actual: walked.standardOutput, expected: listed.standardOutput) == nil,
+            "\(manifestDifference(actual: walked.standardOutput, expected: listed.standardOutput) ?? "")")
         #expect(python.status == 0, "\(python.standardError)")
-        #expect(manifestDifference(actual: listed.standardOutput, expected: python.standardOutput) == nil,
-                "\(manifestDifference(actual: listed.standardOutput, expected: python.standardOutput) ?? "")")
+        #expect(
+            manifestDifference(actual: listed.standardOutput, expected: python.standardOutput) == nil,
+            "\(manifestDifference(actual: listed.standardOutput, expected: python.standardOutput) ?? "")")
 
         // cat takes the path as bytes.
         let catted = try Self.shell(#""$1" cat "$2" "$(printf '/dir\377/caf\351')""#, [Self.erofs, made.image])
@@ -311,12 +336,17 @@ import Glibc
         #expect(piped.status == 0, "\(piped.standardError)")
         let raw = Array(try Data(contentsOf: URL(fileURLWithPath: rawFile)))
         let lines = raw.split(separator: 0x0a, omittingEmptySubsequences: false).map(Array.init)
-        #expect(lines.contains(Self.cafE9) && lines.contains(Self.cafE8) && lines.contains(Self.red) && lines.contains(Self.byteDirectory),
-                "\(lines.map { ByteString($0).escaped })")
+        #expect(
+            lines.contains(Self.cafE9) && lines.contains(Self.cafE8) && lines.contains(Self.red)
+                && lines.contains(Self.byteDirectory),
+            "\(lines.map { ByteString($0).escaped })")
 
         let escaped = try runProgram(Self.erofs, ["ls", "-b", made.image])
         let expected = ["\\033[31mred", "caf\\350", "caf\\351", "dir\\377"]
-        for name in expected { #expect(escaped.standardOutput.split(separator: "\n").contains(Substring(name)), "\(escaped.standardOutput)") }
+        for name in expected {
+            #expect(
+                escaped.standardOutput.split(separator: "\n").contains(Substring(name)), "\(escaped.standardOutput)")
+        }
         // -0: raw names, each ended by a NUL, so a newline in a name is unambiguous.
         let zeroFile = made.scratch + "/zero"
         let zeroed = try Self.shell(#""$1" ls -0 "$2" > "$3""#, [Self.erofs, made.image, zeroFile])
@@ -330,7 +360,8 @@ import Glibc
         // A terminal: script(1) gives the command a pty.
         let terminal = try Self.shell(#"script -qec "'$1' ls '$2'" /dev/null"#, [Self.erofs, made.image])
         #expect(terminal.status == 0, "\(terminal.standardError)")
-        let shown = terminal.standardOutput.split(whereSeparator: { $0 == "\n" || $0 == "\r\n" || $0 == "\r" }).map(String.init)
+        let shown = terminal.standardOutput.split(whereSeparator: { $0 == "\n" || $0 == "\r\n" || $0 == "\r" }).map(
+            String.init)
         for name in expected { #expect(shown.contains(name), "\(shown)") }
         #expect(!terminal.standardOutput.unicodeScalars.contains("\u{1b}"))
     }

@@ -41,10 +41,12 @@ import Glibc
         try Data("bottom\n".utf8).write(to: URL(fileURLWithPath: root + "/deep/a/b/c/d/e/bottom.txt"))
         try manager.createDirectory(atPath: root + "/many", withIntermediateDirectories: true)
         for index in 0..<300 {
-            try Data("\(index)".utf8).write(to: URL(fileURLWithPath: "\(root)/many/entry-\(index)-\(String(repeating: "x", count: index % 40))"))
+            try Data("\(index)".utf8).write(
+                to: URL(fileURLWithPath: "\(root)/many/entry-\(index)-\(String(repeating: "x", count: index % 40))"))
         }
         try manager.createSymbolicLink(atPath: root + "/link-short", withDestinationPath: "sizes/text-1")
-        try manager.createSymbolicLink(atPath: root + "/link-long", withDestinationPath: String(repeating: "long/", count: 200))
+        try manager.createSymbolicLink(
+            atPath: root + "/link-long", withDestinationPath: String(repeating: "long/", count: 200))
         try manager.createSymbolicLink(atPath: root + "/link-dangling", withDestinationPath: "/nowhere/at/all")
         try manager.linkItem(atPath: root + "/sizes/text-4097", toPath: root + "/hardlink-a")
         try manager.linkItem(atPath: root + "/sizes/text-4097", toPath: root + "/hardlink-b")
@@ -58,12 +60,17 @@ import Glibc
         try manager.createDirectory(atPath: root + "/special/sticky", withIntermediateDirectories: true)
         #expect(chmod(root + "/special/sticky", 0o1777) == 0)
         try Data("x".utf8).write(to: URL(fileURLWithPath: root + "/xattrs"))
-        for (name, value) in [("user.short", [UInt8]("v".utf8)), ("user.long", [UInt8](repeating: 0x41, count: 600)),
-                              ("trusted.overlay.opaque", [UInt8]("y".utf8)), ("security.label", [0, 1, 2, 255])] {
+        for (name, value) in [
+            ("user.short", [UInt8]("v".utf8)), ("user.long", [UInt8](repeating: 0x41, count: 600)),
+            ("trusted.overlay.opaque", [UInt8]("y".utf8)), ("security.label", [0, 1, 2, 255]),
+        ] {
             let result = value.withUnsafeBytes { setxattr(root + "/xattrs", name, $0.baseAddress, $0.count, 0) }
             #expect(result == 0, "setxattr \(name)")
         }
-        let times = [timespec(tv_sec: 1_600_000_000, tv_nsec: 123_456_789), timespec(tv_sec: 1_600_000_000, tv_nsec: 123_456_789)]
+        let times = [
+            timespec(tv_sec: 1_600_000_000, tv_nsec: 123_456_789),
+            timespec(tv_sec: 1_600_000_000, tv_nsec: 123_456_789),
+        ]
         #expect(utimensat(AT_FDCWD, root + "/sizes/mixed", times, 0) == 0)
     }
 
@@ -95,7 +102,8 @@ import Glibc
         }
         _ = try runProgram("/bin/umount", [mountPoint])
         #expect(kernel.split(separator: "\n").count > 300)
-        #expect(manifestDifference(actual: ours, expected: kernel) == nil,
-                "mkfs.erofs \(options): \(manifestDifference(actual: ours, expected: kernel) ?? "")")
+        #expect(
+            manifestDifference(actual: ours, expected: kernel) == nil,
+            "mkfs.erofs \(options): \(manifestDifference(actual: ours, expected: kernel) ?? "")")
     }
 }

@@ -25,8 +25,9 @@ import TestSupport
         let result = try runProgram(Self.erofs, ["ls", "--recursive", "--json", "--sha256", image.path])
         #expect(result.status == 0, "\(result.standardError)")
         let expected = try image.expectedManifest()
-        #expect(manifestDifference(actual: result.standardOutput, expected: expected) == nil,
-                "\(manifestDifference(actual: result.standardOutput, expected: expected) ?? "")")
+        #expect(
+            manifestDifference(actual: result.standardOutput, expected: expected) == nil,
+            "\(manifestDifference(actual: result.standardOutput, expected: expected) ?? "")")
     }
 
     @Test(arguments: images)
@@ -43,20 +44,23 @@ import TestSupport
     func extractReproducesTheTree(image: Corpus.Image) throws {
         let destination = try temporaryDirectory("extract-\(image.name)")
         defer { try? FileManager.default.removeItem(atPath: destination) }
-        let result = try runProgram(Self.erofs, ["extract"] + Self.faithfulExtract + [image.path, destination + "/tree"])
+        let result = try runProgram(
+            Self.erofs, ["extract"] + Self.faithfulExtract + [image.path, destination + "/tree"])
         #expect(result.status == 0, "\(result.standardError)")
         var walked = try DirectoryWalker.manifest(ofTreeAt: destination + "/tree")
         let filesystem = try EROFSFilesystem(path: image.path)
         var expected = try filesystem.manifest(sha256: true)
         for index in walked.indices where walked[index].kind == .dir { walked[index].size = 0 }
         for index in expected.indices where expected[index].kind == .dir { expected[index].size = 0 }
-        #expect(manifestDifference(actual: walked.manifestText, expected: expected.manifestText) == nil,
-                "\(manifestDifference(actual: walked.manifestText, expected: expected.manifestText) ?? "")")
+        #expect(
+            manifestDifference(actual: walked.manifestText, expected: expected.manifestText) == nil,
+            "\(manifestDifference(actual: walked.manifestText, expected: expected.manifestText) ?? "")")
     }
 
     @Test func catPrintsAFile() throws {
         let image = try #require(Self.images.first { $0.name == "lz4" })
-        let path = "/level0/level1/level2/level3/level4/level5/level6/level7/level8/level9/level10/level11/level12/level13/level14/level15/level16/level17/level18/level19/level20/level21/level22/level23/bottom.txt"
+        let path =
+            "/level0/level1/level2/level3/level4/level5/level6/level7/level8/level9/level10/level11/level12/level13/level14/level15/level16/level17/level18/level19/level20/level21/level22/level23/bottom.txt"
         let filesystem = try EROFSFilesystem(path: image.path)
         let inode = try filesystem.lookup(path: path)
         let expected = try filesystem.read(inode, at: 0, count: Int(inode.size))

@@ -6,10 +6,16 @@ import Testing
 @Suite struct BlockCacheTests {
     static let blockSize = 4096
 
-    func block(_ seed: UInt8, _ count: Int = blockSize) -> [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: $0) &+ seed } }
+    func block(_ seed: UInt8, _ count: Int = blockSize) -> [UInt8] {
+        (0..<count).map { UInt8(truncatingIfNeeded: $0) &+ seed }
+    }
 
-    func open(_ directory: String, identity: String = "object", size: UInt64 = 10 * 4096 + 100, limit: UInt64 = 1 << 30) throws -> DiskBlockStore {
-        try DiskBlockStore(identity: identity, objectSize: size, blockSize: Self.blockSize, budget: CacheBudget(directory: directory, limit: limit))
+    func open(_ directory: String, identity: String = "object", size: UInt64 = 10 * 4096 + 100, limit: UInt64 = 1 << 30)
+        throws -> DiskBlockStore
+    {
+        try DiskBlockStore(
+            identity: identity, objectSize: size, blockSize: Self.blockSize,
+            budget: CacheBudget(directory: directory, limit: limit))
     }
 
     @Test func aSecondOpenerReusesBlocksAndTheShortLastBlock() throws {

@@ -8,10 +8,14 @@ import Testing
 import TestSupport
 
 /// Opens `url` with `-o` style options (memory cache unless one is given).
-func openRemote(_ url: String, _ options: [(String, String?)] = [], environment: [String: String] = [:]) throws -> RemoteSource {
+func openRemote(_ url: String, _ options: [(String, String?)] = [], environment: [String: String] = [:]) throws
+    -> RemoteSource
+{
     var all = options
     if !all.contains(where: { $0.0 == "remote.cache" }) { all.append(("remote.cache", "none")) }
-    let description = try #require(try RemoteSourceDescription.parse(source: url, options: all.map { (key: $0.0, value: $0.1) }, environment: environment))
+    let description = try #require(
+        try RemoteSourceDescription.parse(
+            source: url, options: all.map { (key: $0.0, value: $0.1) }, environment: environment))
     return try description.open(environment: environment) { _ in }
 }
 
@@ -66,7 +70,8 @@ func readRemote(_ source: RemoteSource, _ offset: UInt64, _ count: Int) throws -
             _ = try readRemote(source, 2 << 20, 100_000)
         } throws: { error in
             let text = "\(error)"
-            return (error as? SystemError)?.errno == .timedOut && text.contains("/object.bin") && text.contains("timed out")
+            return (error as? SystemError)?.errno == .timedOut && text.contains("/object.bin")
+                && text.contains("timed out")
         }
         // Two attempts of about a second each, one backoff.
         #expect(Date().timeIntervalSince(start) < 6)
@@ -156,9 +161,13 @@ func readRemote(_ source: RemoteSource, _ offset: UInt64, _ count: Int) throws -
 /// and a second run reuses the block cache.
 @Suite struct HTTPToolTests {
     static var erofs: String { builtProductsDirectory() + "/erofs" }
-    static let sample = Corpus.imagesOrEmpty.filter { ["plain", "lz4", "lzma", "chunked", "ztailpacking-fragments-dedupe"].contains($0.name) }
+    static let sample = Corpus.imagesOrEmpty.filter {
+        ["plain", "lz4", "lzma", "chunked", "ztailpacking-fragments-dedupe"].contains($0.name)
+    }
 
-    @Test func sampleIsPresent() { #expect(Self.sample.count == 5, "no corpus found (../shared/corpus or $EROFS_CORPUS)") }
+    @Test func sampleIsPresent() {
+        #expect(Self.sample.count == 5, "no corpus found (../shared/corpus or $EROFS_CORPUS)")
+    }
 
     @Test(arguments: sample)
     func listOverHTTPEqualsTheManifest(image: Corpus.Image) throws {
@@ -170,8 +179,9 @@ func readRemote(_ source: RemoteSource, _ offset: UInt64, _ count: Int) throws -
         let result = try runProgram(Self.erofs, arguments)
         #expect(result.status == 0, "\(result.standardError)")
         let expected = try image.expectedManifest()
-        #expect(manifestDifference(actual: result.standardOutput, expected: expected) == nil,
-                "\(manifestDifference(actual: result.standardOutput, expected: expected) ?? "")")
+        #expect(
+            manifestDifference(actual: result.standardOutput, expected: expected) == nil,
+            "\(manifestDifference(actual: result.standardOutput, expected: expected) ?? "")")
         let first = try server.rangeRequests()
         let again = try runProgram(Self.erofs, arguments)
         #expect(again.standardOutput == result.standardOutput)
@@ -186,7 +196,10 @@ func readRemote(_ source: RemoteSource, _ offset: UInt64, _ count: Int) throws -
         let server = try TestServer.rangeServer(root: URL(fileURLWithPath: image.path).deletingLastPathComponent().path)
         let cache = try scratchDirectory("shared-cache")
         defer { try? FileManager.default.removeItem(atPath: cache) }
-        let arguments = ["ls", "--recursive", "--json", "--sha256", "http://127.0.0.1:\(server.port)/lzma.erofs", "-o", "remote.cache=\(cache),remote.block_size=16K"]
+        let arguments = [
+            "ls", "--recursive", "--json", "--sha256", "http://127.0.0.1:\(server.port)/lzma.erofs", "-o",
+            "remote.cache=\(cache),remote.block_size=16K",
+        ]
         let results = Mutex<[ProcessResult]>([])
         DispatchQueue.concurrentPerform(iterations: 2) { _ in
             if let result = try? runProgram(Self.erofs, arguments) { results.withLock { $0.append(result) } }
@@ -211,7 +224,12 @@ func readRemote(_ source: RemoteSource, _ offset: UInt64, _ count: Int) throws -
         let server = try TestServer.rangeServer(root: URL(fileURLWithPath: image.path).deletingLastPathComponent().path)
         let directory = try scratchDirectory("extract")
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let remote = try runProgram(Self.erofs, ["extract", "http://127.0.0.1:\(server.port)/lz4.erofs", directory + "/remote", "--root-metadata", "-o", "remote.cache=none,remote.block_size=4K"])
+        let remote = try runProgram(
+            Self.erofs,
+            [
+                "extract", "http://127.0.0.1:\(server.port)/lz4.erofs", directory + "/remote", "--root-metadata", "-o",
+                "remote.cache=none,remote.block_size=4K",
+            ])
         #expect(remote.status == 0, "\(remote.standardError)")
         let local = try runProgram(Self.erofs, ["extract", image.path, directory + "/local", "--root-metadata"])
         #expect(local.status == 0, "\(local.standardError)")
@@ -226,20 +244,27 @@ func readRemote(_ source: RemoteSource, _ offset: UInt64, _ count: Int) throws -
     @Test func tlsIsVerified() throws {
         let directory = try scratchDirectory("tls")
         defer { try? FileManager.default.removeItem(atPath: directory) }
-        let made = try runProgram("/usr/bin/openssl", [
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
-            "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", directory + "/key.pem", "-out", directory + "/cert.pem",
-        ])
+        let made = try runProgram(
+            "/usr/bin/openssl",
+            [
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", directory + "/key.pem", "-out",
+                directory + "/cert.pem",
+            ])
         try #require(made.status == 0, "\(made.standardError)")
         let image = try #require(Self.sample.first { $0.name == "plain" })
         let server = try TestServer.rangeServer(
-            root: URL(fileURLWithPath: image.path).deletingLastPathComponent().path, tls: (directory + "/cert.pem", directory + "/key.pem"))
+            root: URL(fileURLWithPath: image.path).deletingLastPathComponent().path,
+            tls: (directory + "/cert.pem", directory + "/key.pem"))
         let url = "https://127.0.0.1:\(server.port)/plain.erofs"
         let untrusted = try runProgram(Self.erofs, ["inspect", url, "-o", "remote.cache=none"])
         #expect(untrusted.status != 0)
-        #expect(untrusted.standardError.contains("TLS") && untrusted.standardError.contains("http.cafile"), "\(untrusted.standardError)")
+        #expect(
+            untrusted.standardError.contains("TLS") && untrusted.standardError.contains("http.cafile"),
+            "\(untrusted.standardError)")
         #expect(untrusted.standardError.split(separator: "\n").count == 1, "\(untrusted.standardError)")
-        let trusted = try runProgram(Self.erofs, ["inspect", url, "-o", "remote.cache=none,http.cafile=\(directory)/cert.pem"])
+        let trusted = try runProgram(
+            Self.erofs, ["inspect", url, "-o", "remote.cache=none,http.cafile=\(directory)/cert.pem"])
         #expect(trusted.status == 0, "\(trusted.standardError)")
         #expect(trusted.standardError.isEmpty)
         let insecure = try runProgram(Self.erofs, ["inspect", url, "-o", "remote.cache=none,http.insecure_tls"])
@@ -249,15 +274,25 @@ func readRemote(_ source: RemoteSource, _ offset: UInt64, _ count: Int) throws -
     }
 
     @Test func errorsAreOneLineWithoutSecrets() throws {
-        let result = try runProgram(Self.erofs, ["ls", "http://user:hunter2@127.0.0.1:\(TestServer.freePort())/x.erofs?sig=SECRETSIG", "-o", "http.retries=0"])
+        let result = try runProgram(
+            Self.erofs,
+            [
+                "ls", "http://user:hunter2@127.0.0.1:\(TestServer.freePort())/x.erofs?sig=SECRETSIG", "-o",
+                "http.retries=0",
+            ])
         #expect(result.status != 0)
         #expect(result.standardError.split(separator: "\n").count == 1, "\(result.standardError)")
-        #expect(!result.standardError.contains("hunter2") && !result.standardError.contains("SECRETSIG"), "\(result.standardError)")
+        #expect(
+            !result.standardError.contains("hunter2") && !result.standardError.contains("SECRETSIG"),
+            "\(result.standardError)")
         let port = TestServer.freePort()
-        let unreachable = try runProgram(Self.erofs, ["ls", "http://127.0.0.1:\(port)/x.erofs?sig=SECRETSIG", "-o", "http.retries=0"])
+        let unreachable = try runProgram(
+            Self.erofs, ["ls", "http://127.0.0.1:\(port)/x.erofs?sig=SECRETSIG", "-o", "http.retries=0"])
         #expect(unreachable.status != 0)
         #expect(unreachable.standardError.split(separator: "\n").count == 1, "\(unreachable.standardError)")
-        #expect(unreachable.standardError.contains("cannot connect") && !unreachable.standardError.contains("SECRETSIG"), "\(unreachable.standardError)")
+        #expect(
+            unreachable.standardError.contains("cannot connect") && !unreachable.standardError.contains("SECRETSIG"),
+            "\(unreachable.standardError)")
         let local = try runProgram(Self.erofs, ["ls", "/nonexistent.erofs", "-o", "s3.region=x"])
         #expect(local.status != 0)
     }

@@ -11,10 +11,14 @@ import TestSupport
     @Test func sigV4GetVanilla() {
         let credentials = S3Credentials(accessKey: "AKIDEXAMPLE", secretKey: "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
         let authorization = SigV4.authorization(
-            method: "GET", canonicalURI: "/", headers: [("Host", "example.amazonaws.com"), ("X-Amz-Date", "20150830T123600Z")],
+            method: "GET", canonicalURI: "/",
+            headers: [("Host", "example.amazonaws.com"), ("X-Amz-Date", "20150830T123600Z")],
             payloadHash: SigV4.emptyPayloadHash, amzDate: "20150830T123600Z", region: "us-east-1", service: "service",
             credentials: credentials)
-        #expect(authorization == "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31")
+        #expect(
+            authorization
+                == "AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/20150830/us-east-1/service/aws4_request, SignedHeaders=host;x-amz-date, Signature=5fa00fa31553b73ebf1942676e86291e8372ff2a2260956d9b8aae1d763fbf31"
+        )
     }
 
     /// The S3 documentation's "GET Object" example (examplebucket/test.txt, Range bytes=0-9).
@@ -36,7 +40,8 @@ import TestSupport
     /// token, and both signature versions.
     @Test(arguments: [(4, false), (4, true), (2, false), (2, true)])
     func matchesBotocore(version: Int, pathStyle: Bool) throws {
-        let credentials = S3Credentials(accessKey: "AKIDTEST", secretKey: "se/cr+et", sessionToken: version == 4 ? "tok/en=" : nil)
+        let credentials = S3Credentials(
+            accessKey: "AKIDTEST", secretKey: "se/cr+et", sessionToken: version == 4 ? "tok/en=" : nil)
         let location = S3Location(
             bucket: "bucket", key: "dir/a b+c~ü.erofs", endpoint: "http://s3.example.test:9000", region: "eu-west-3",
             signatureVersion: version, pathStyle: pathStyle)
@@ -45,12 +50,18 @@ import TestSupport
             credentials: credentials, version: version, region: location.region, host: addressing.host,
             canonicalURI: addressing.path, resource: addressing.resource)
         let now = 1_764_940_000
-        let signed = signer.sign(method: "GET", headers: [("Range", "bytes=0-65535"), ("If-Match", "\"abc\"")], now: now)
+        let signed = signer.sign(
+            method: "GET", headers: [("Range", "bytes=0-65535"), ("If-Match", "\"abc\"")], now: now)
         let ours = try #require(signed.first { $0.0 == "Authorization" }?.1)
         // botocore computes its own Host, date and content-hash headers: give it the others.
-        let given = signed.filter { !["authorization", "host", "x-amz-date", "x-amz-content-sha256", "date"].contains($0.0.lowercased()) }
-        var arguments = [TestServer.serversDirectory + "/botocore_sign.py", version == 4 ? "v4" : "v2", "GET", addressing.url, "\(now)",
-                         credentials.accessKey, credentials.secretKey]
+        let given = signed.filter {
+            !["authorization", "host", "x-amz-date", "x-amz-content-sha256", "date"].contains($0.0.lowercased())
+        }
+        var arguments = [
+            TestServer.serversDirectory + "/botocore_sign.py", version == 4 ? "v4" : "v2", "GET", addressing.url,
+            "\(now)",
+            credentials.accessKey, credentials.secretKey,
+        ]
         if version == 4 { arguments += [location.region, "s3"] }
         arguments += given.map { "\($0.0):\($0.1)" }
         let result = try runProgram("/usr/bin/env", ["AUTH_PATH=\(addressing.resource)", "python3"] + arguments)
@@ -69,22 +80,28 @@ import TestSupport
 
     /// Credentials never show in a description of the source or of the credentials.
     @Test func descriptionsCarryNoSecret() throws {
-        let description = try #require(try RemoteSourceDescription.parse(
-            source: "bucket/key", options: [("s3.endpoint", "http://127.0.0.1:1")],
-            environment: ["AWS_ACCESS_KEY_ID": "AKIDSECRETLESS", "AWS_SECRET_ACCESS_KEY": "TOPSECRETVALUE", "AWS_SESSION_TOKEN": "TOKENVALUE"]))
+        let description = try #require(
+            try RemoteSourceDescription.parse(
+                source: "bucket/key", options: [("s3.endpoint", "http://127.0.0.1:1")],
+                environment: [
+                    "AWS_ACCESS_KEY_ID": "AKIDSECRETLESS", "AWS_SECRET_ACCESS_KEY": "TOPSECRETVALUE",
+                    "AWS_SESSION_TOKEN": "TOKENVALUE",
+                ]))
         #expect(description.credentials == .environment)
         let encoded = String(decoding: try JSONEncoder().encode(description), as: UTF8.self)
         #expect(!encoded.contains("TOPSECRETVALUE") && !encoded.contains("TOKENVALUE"))
         let credentials = S3Credentials(accessKey: "AKID", secretKey: "TOPSECRETVALUE", sessionToken: "TOKENVALUE")
         #expect(!"\(credentials)".contains("TOPSECRETVALUE") && !"\(credentials)".contains("TOKENVALUE"))
-        #expect(RemoteSourceDescription.redacted("https://user:pw@host:8/a/b?X-Amz-Signature=s#f") == "https://host:8/a/b")
+        #expect(
+            RemoteSourceDescription.redacted("https://user:pw@host:8/a/b?X-Amz-Signature=s#f") == "https://host:8/a/b")
     }
 
     @Test func passwdFileLines() throws {
         let directory = try scratchDirectory("passwd")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let path = directory + "/passwd"
-        try "# comment\nDEFAULTKEY:DEFAULTSECRET\nother:OTHERKEY:OTHERSECRET\nmine:MINEKEY:MINESECRET\n".write(toFile: path, atomically: true, encoding: .utf8)
+        try "# comment\nDEFAULTKEY:DEFAULTSECRET\nother:OTHERKEY:OTHERSECRET\nmine:MINEKEY:MINESECRET\n".write(
+            toFile: path, atomically: true, encoding: .utf8)
         chmod(path, 0o600)
         var warnings: [String] = []
         let mine = try RemoteSourceDescription.readPasswdFile(path, bucket: "mine") { warnings.append($0) }
@@ -107,7 +124,10 @@ import TestSupport
     @Test func contentRangeIsParsedStrictly() {
         #expect(ContentRange("bytes 0-9/10") == ContentRange("bytes 0-9/10"))
         #expect(ContentRange("bytes 0-9/10")?.total == 10)
-        for bad in ["bytes 0-10/10", "bytes 5-4/10", "bytes -1-4/10", "bytes 0-9/*", "bytes=0-9/10", "bytes 0-9/10x", "bytes +0-9/10"] {
+        for bad in [
+            "bytes 0-10/10", "bytes 5-4/10", "bytes -1-4/10", "bytes 0-9/*", "bytes=0-9/10", "bytes 0-9/10x",
+            "bytes +0-9/10",
+        ] {
             #expect(ContentRange(bad) == nil, "\(bad)")
         }
         #expect(ContentRange.unsatisfiedTotal("bytes */0") == 0)

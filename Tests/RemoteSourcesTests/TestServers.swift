@@ -8,7 +8,9 @@ final class TestServer: @unchecked Sendable {
 
     /// Runs `executable` with `arguments`; the port is the first line it prints, or `port`
     /// when given (then the server is waited for with TCP connects: moto counts any request).
-    init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], port fixedPort: Int? = nil) throws {
+    init(_ executable: String, _ arguments: [String], environment: [String: String] = [:], port fixedPort: Int? = nil)
+        throws
+    {
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         var merged = ProcessInfo.processInfo.environment
@@ -22,7 +24,9 @@ final class TestServer: @unchecked Sendable {
             port = fixedPort
             let deadline = Date().addingTimeInterval(20)
             while !Self.accepts(port) {
-                guard Date() < deadline, process.isRunning else { throw ServerError("\(executable) did not listen on \(port)") }
+                guard Date() < deadline, process.isRunning else {
+                    throw ServerError("\(executable) did not listen on \(port)")
+                }
                 usleep(50_000)
             }
         } else {
@@ -32,7 +36,9 @@ final class TestServer: @unchecked Sendable {
                 guard !byte.isEmpty else { throw ServerError("\(executable) exited before printing its port") }
                 line += byte
             }
-            guard let parsed = Int(String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            guard
+                let parsed = Int(String(decoding: line, as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines))
+            else {
                 throw ServerError("\(executable) printed no port")
             }
             port = parsed
@@ -46,7 +52,9 @@ final class TestServer: @unchecked Sendable {
     }
 
     /// The range server of Servers/range_server.py over `root`, or as a proxy to `upstream`.
-    static func rangeServer(root: String? = nil, upstream: Int? = nil, tls: (certificate: String, key: String)? = nil) throws -> TestServer {
+    static func rangeServer(root: String? = nil, upstream: Int? = nil, tls: (certificate: String, key: String)? = nil)
+        throws -> TestServer
+    {
         var arguments = [serversDirectory + "/range_server.py"]
         if let tls { arguments += ["--tls", tls.certificate, tls.key] }
         if let root { arguments += ["--root", root] }
@@ -54,7 +62,9 @@ final class TestServer: @unchecked Sendable {
         return try TestServer("/usr/bin/env", ["python3"] + arguments)
     }
 
-    static var serversDirectory: String { URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/Servers" }
+    static var serversDirectory: String {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().path + "/Servers"
+    }
 
     /// A free TCP port on loopback (bound, read, released).
     static func freePort() -> Int {
@@ -81,7 +91,9 @@ final class TestServer: @unchecked Sendable {
         address.sin_port = in_port_t(UInt16(port).bigEndian)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         } == 0
     }
 

@@ -18,7 +18,9 @@ import Testing
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         for name in Self.awkwardNames {
-            let descriptor = (ByteString(directory + "/") + ByteString(name)).withCString { open($0, O_CREAT | O_WRONLY | O_CLOEXEC, 0o644) }
+            let descriptor = (ByteString(directory + "/") + ByteString(name)).withCString {
+                open($0, O_CREAT | O_WRONLY | O_CLOEXEC, 0o644)
+            }
             try #require(descriptor >= 0, "create \(ByteString(name))")
             close(descriptor)
         }
@@ -33,17 +35,22 @@ import Testing
         #expect(Set(escaped).count == escaped.count)
         #expect(ByteString([0x63, 0x61, 0x66, 0xe9]).escaped == "caf\\351")
         #expect(ByteString([0x1b, 0x5b]).escaped == "\\033[")
-        for name in escaped { #expect(!name.unicodeScalars.contains { $0.value < 0x20 || (0x7f...0x9f).contains($0.value) }) }
+        for name in escaped {
+            #expect(!name.unicodeScalars.contains { $0.value < 0x20 || (0x7f...0x9f).contains($0.value) })
+        }
     }
 
     @Test func piecesFollowUnicodeWellFormedness() {
         var pieces: [ByteString.Piece] = []
-        ByteString([0x61, 0xc3, 0xa9, 0xed, 0xa0, 0x80, 0xf0, 0x9f, 0x99, 0x82, 0xe2, 0x82]).forEachPiece { pieces.append($0) }
-        #expect(pieces == [
-            .scalar("a", utf8: [0x61]), .scalar("é", utf8: [0xc3, 0xa9]),
-            .invalidByte(0xed), .invalidByte(0xa0), .invalidByte(0x80),  // an encoded surrogate is not UTF-8
-            .scalar("🙂", utf8: [0xf0, 0x9f, 0x99, 0x82]), .invalidByte(0xe2), .invalidByte(0x82),
-        ])
+        ByteString([0x61, 0xc3, 0xa9, 0xed, 0xa0, 0x80, 0xf0, 0x9f, 0x99, 0x82, 0xe2, 0x82]).forEachPiece {
+            pieces.append($0)
+        }
+        #expect(
+            pieces == [
+                .scalar("a", utf8: [0x61]), .scalar("é", utf8: [0xc3, 0xa9]),
+                .invalidByte(0xed), .invalidByte(0xa0), .invalidByte(0x80),  // an encoded surrogate is not UTF-8
+                .scalar("🙂", utf8: [0xf0, 0x9f, 0x99, 0x82]), .invalidByte(0xe2), .invalidByte(0x82),
+            ])
     }
 
     static func run(_ executable: String, _ arguments: [String]) throws -> String {

@@ -81,7 +81,10 @@ import Testing
     /// executable's code is mapped (its resident set covers the whole mapping).
     @Test func populatingTheExecutableCodeMapsEveryPage() throws {
         #expect(cshim_populate_executable_code() == 0, "errno \(errno)")
-        let executable = try #require(realpath("/proc/self/exe", nil).map { path in defer { free(path) }; return String(cString: path) })
+        let executable = try #require(
+            realpath("/proc/self/exe", nil).map { path in
+                defer { free(path) }; return String(cString: path)
+            })
         let smaps = try String(contentsOfFile: "/proc/self/smaps", encoding: .utf8)
         var inCode = false
         var size = 0
@@ -89,7 +92,8 @@ import Testing
         for line in smaps.split(separator: "\n") {
             let fields = line.split(separator: " ", omittingEmptySubsequences: true)
             if fields.first?.contains("-") == true, fields.count >= 5, !fields[0].hasSuffix(":") {
-                inCode = fields.count >= 6 && fields[1].contains("x") && fields[5...].joined(separator: " ") == executable
+                inCode =
+                    fields.count >= 6 && fields[1].contains("x") && fields[5...].joined(separator: " ") == executable
             } else if inCode, fields.count >= 2, let kilobytes = Int(fields[1]) {
                 if fields[0] == "Size:" { size = kilobytes }
                 if fields[0] == "Rss:" {

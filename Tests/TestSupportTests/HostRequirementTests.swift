@@ -19,8 +19,9 @@ import TestSupport
         let error = #expect(throws: HostRequirement.Missing.self) {
             try absent.check(environment: ["EROFS_REQUIRE_MODULES": "nbd,erofs_test_no_such_module"])
         }
-        #expect(error?.description == "needs the erofs_test_no_such_module kernel module, which this host lacks, "
-            + "and EROFS_REQUIRE_MODULES says it must run here, not be skipped")
+        #expect(
+            error?.description == "needs the erofs_test_no_such_module kernel module, which this host lacks, "
+                + "and EROFS_REQUIRE_MODULES says it must run here, not be skipped")
     }
 
     @Test func presentIsARunWhateverTheEnvironment() throws {

@@ -32,7 +32,8 @@ import UblkKernel
     }
 
     @Test func deviceInfoRoundTrips() {
-        var info = DeviceInfo(queueCount: 2, queueDepth: 64, maxIOBufferBytes: 512 * 1024, flags: [.userRecovery, .userRecoveryReissue])
+        var info = DeviceInfo(
+            queueCount: 2, queueDepth: 64, maxIOBufferBytes: 512 * 1024, flags: [.userRecovery, .userRecoveryReissue])
         info.deviceID = 3
         info.serverPID = 1234
         let bytes = info.bytes
@@ -42,8 +43,9 @@ import UblkKernel
     }
 
     @Test func parametersLayout() {
-        let parameters = DeviceParameters(logicalBlockShift: 9, physicalBlockShift: 12, optimalIOShift: 12, minimumIOShift: 9,
-                                          maxSectors: 1024, deviceSectors: 0x1_0000_0001)
+        let parameters = DeviceParameters(
+            logicalBlockShift: 9, physicalBlockShift: 12, optimalIOShift: 12, minimumIOShift: 9,
+            maxSectors: 1024, deviceSectors: 0x1_0000_0001)
         let bytes = parameters.bytes
         #expect(bytes.count == DeviceParameters.size)
         #expect(Array(bytes[0..<8]) == [40, 0, 0, 0, 1, 0, 0, 0])  // len, types = BASIC
@@ -69,10 +71,11 @@ import UblkKernel
     @Test func nopRoundTrip() throws {
         let ring = try IOURing(entries: 4, flags: .sqe128)
         for value in [UInt64(1), 0xdead_beef] {
-            #expect(ring.prepare { sqe in
-                sqe.storeBytes(of: IOURing.Opcode.nop.rawValue, toByteOffset: 0, as: UInt8.self)
-                sqe.storeBytes(of: value, toByteOffset: 32, as: UInt64.self)
-            })
+            #expect(
+                ring.prepare { sqe in
+                    sqe.storeBytes(of: IOURing.Opcode.nop.rawValue, toByteOffset: 0, as: UInt8.self)
+                    sqe.storeBytes(of: value, toByteOffset: 32, as: UInt64.self)
+                })
         }
         try ring.submit(waitFor: 2)
         var seen: [IOURing.Completion] = []

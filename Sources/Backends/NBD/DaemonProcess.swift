@@ -39,7 +39,8 @@ public struct DaemonProcess: Sendable, Equatable {
             if logDescriptor >= 0 {
                 posix_spawn_file_actions_adddup2(&actions, logDescriptor, 1)
             } else if let logFile {
-                posix_spawn_file_actions_addopen(&actions, 1, logFile, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0o600)
+                posix_spawn_file_actions_addopen(
+                    &actions, 1, logFile, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0o600)
             } else {
                 posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
             }
@@ -70,7 +71,8 @@ public struct DaemonProcess: Sendable, Equatable {
         posix_spawnattr_setsigmask(&attributes, &noSignals)
         posix_spawnattr_setsigdefault(&attributes, &defaultSignals)
         posix_spawnattr_setflags(
-            &attributes, Int16(Int32(POSIX_SPAWN_SETSIGMASK) | Int32(POSIX_SPAWN_SETSIGDEF) | Int32(CSHIM_POSIX_SPAWN_SETSID)))
+            &attributes,
+            Int16(Int32(POSIX_SPAWN_SETSIGMASK) | Int32(POSIX_SPAWN_SETSIGDEF) | Int32(CSHIM_POSIX_SPAWN_SETSID)))
 
         var argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
@@ -98,7 +100,8 @@ public struct DaemonProcess: Sendable, Equatable {
     /// that identifier. A state file may name any pid; only such a process is ever signalled.
     public func isOurs(serving identifier: String) -> Bool {
         runsOurBinary { arguments in
-            arguments.count > 3 && [NBDDaemon.flag, NBDSupervisor.flag].contains(arguments[1]) && arguments[3] == identifier
+            arguments.count > 3 && [NBDDaemon.flag, NBDSupervisor.flag].contains(arguments[1])
+                && arguments[3] == identifier
         }
     }
 
@@ -106,7 +109,10 @@ public struct DaemonProcess: Sendable, Equatable {
     /// satisfy `matches`: what every backend checks before it signals a pid a state names.
     public func runsOurBinary(where matches: ([String]) -> Bool) -> Bool {
         guard isAlive, let exe = Self.executable(of: "\(pid)"), exe == Self.executable(of: "self") else { return false }
-        guard var arguments = try? readTextFile("/proc/\(pid)/cmdline").split(separator: "\0", omittingEmptySubsequences: false).map(String.init)
+        guard
+            var arguments = try? readTextFile("/proc/\(pid)/cmdline").split(
+                separator: "\0", omittingEmptySubsequences: false
+            ).map(String.init)
         else { return false }
         if arguments.last == "" { arguments.removeLast() }  // cmdline ends each argument with a NUL
         return matches(arguments)
@@ -124,7 +130,9 @@ public struct DaemonProcess: Sendable, Equatable {
     /// Dead and waiting to be reaped. A leader that exited while another of its threads is
     /// still in the kernel (an NBD_DO_IT returning) shows Z too, but is not gone yet.
     static func isZombie(_ pid: Int32) -> Bool {
-        guard let stat = try? readTextFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return false }
+        guard let stat = try? readTextFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else {
+            return false
+        }
         guard stat[stat.index(close, offsetBy: 2)...].hasPrefix("Z") else { return false }
         let threads = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task"))?.count ?? 1
         return threads <= 1

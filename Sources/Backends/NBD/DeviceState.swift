@@ -106,7 +106,11 @@ public struct DeviceState: Codable, Sendable, Equatable {
     static func isGeneratedIdentifier(_ identifier: String) -> Bool {
         guard identifier.hasPrefix(identifierPrefix) else { return false }
         let hex = identifier.utf8.dropFirst(identifierPrefix.utf8.count)
-        return hex.count == 16 && hex.allSatisfy { (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains($0) }
+        return hex.count == 16
+            && hex.allSatisfy {
+                (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0)
+                    || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains($0)
+            }
     }
 
     public struct InvalidState: Error, Sendable, Equatable {
@@ -139,7 +143,8 @@ public struct ImageIdentity: Codable, Sendable, Equatable {
             changes.append("device:inode \(other.device):\(other.inode) -> \(device):\(inode)")
         }
         if size != other.size { changes.append("size \(other.size) -> \(size)") }
-        if modificationSeconds != other.modificationSeconds || modificationNanoseconds != other.modificationNanoseconds {
+        if modificationSeconds != other.modificationSeconds || modificationNanoseconds != other.modificationNanoseconds
+        {
             changes.append("modified since")
         }
         return changes.isEmpty ? nil : changes.joined(separator: ", ")

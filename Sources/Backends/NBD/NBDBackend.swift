@@ -25,10 +25,12 @@ public struct NBDBackend: Sendable {
         /// `-N`: the mountpoint is in that namespace; only checking it and mount(2) happen there.
         public var namespace: MountNamespace?
 
-        public init(source: String, mountPoint: String, flags: UInt, data: String, forceIoctl: Bool,
-                    deadConnectionTimeout: UInt64, automaticRecovery: Bool = true, requeueMilliseconds: UInt32 = 250,
-                    pollMicroseconds: UInt32 = NBDDaemon.Settings.defaultPollMicroseconds, fake: Bool,
-                    namespace: MountNamespace? = nil) {
+        public init(
+            source: String, mountPoint: String, flags: UInt, data: String, forceIoctl: Bool,
+            deadConnectionTimeout: UInt64, automaticRecovery: Bool = true, requeueMilliseconds: UInt32 = 250,
+            pollMicroseconds: UInt32 = NBDDaemon.Settings.defaultPollMicroseconds, fake: Bool,
+            namespace: MountNamespace? = nil
+        ) {
             self.namespace = namespace
             self.source = source
             self.mountPoint = mountPoint
@@ -63,7 +65,9 @@ public struct NBDBackend: Sendable {
         }
         if let namespace = request.namespace {
             let checked: Result<Void, MountFailure>
-            do { checked = try namespace.run { () throws(MountFailure) in try MountPoint.check(request.mountPoint) } } catch {
+            do {
+                checked = try namespace.run { () throws(MountFailure) in try MountPoint.check(request.mountPoint) }
+            } catch {
                 throw MountFailure("cannot enter mount namespace \(namespace.name)", cause: error)
             }
             try checked.get()
@@ -78,7 +82,8 @@ public struct NBDBackend: Sendable {
             forceIoctl: request.forceIoctl, requeueMilliseconds: request.requeueMilliseconds,
             pollMicroseconds: request.pollMicroseconds)
         let supervised = request.automaticRecovery && !request.forceIoctl
-        let started = try DaemonLauncher(store: store).start(settings, supervised: supervised, image: imageFile.rawValue)
+        let started = try DaemonLauncher(store: store).start(
+            settings, supervised: supervised, image: imageFile.rawValue)
 
         let device = NBDDevice(index: UInt32(started.index))
         let state = DeviceState(
@@ -99,9 +104,13 @@ public struct NBDBackend: Sendable {
                 logger.warning("\(device.path): cannot turn off the I/O scheduler: \(error)")
             }
             if let namespace = request.namespace {
-                try namespace.mount(device: device.path, on: request.mountPoint, type: "erofs", flags: request.flags, data: request.data)
+                try namespace.mount(
+                    device: device.path, on: request.mountPoint, type: "erofs", flags: request.flags, data: request.data
+                )
             } else {
-                try Mount.mount(source: device.path, target: request.mountPoint, type: "erofs", flags: request.flags, data: request.data)
+                try Mount.mount(
+                    source: device.path, target: request.mountPoint, type: "erofs", flags: request.flags,
+                    data: request.data)
             }
         } catch {
             NBDTeardown(logger: logger, store: store).release(state)
@@ -110,12 +119,14 @@ public struct NBDBackend: Sendable {
         if started.method == .netlink {
             // Now that the mount holds the device, its last close (the unmount) may disconnect it.
             do {
-                try NBDNetlink.open().reconfigure(index: UInt32(started.index), identifier: identifier, clientFlags: [.disconnectOnClose])
+                try NBDNetlink.open().reconfigure(
+                    index: UInt32(started.index), identifier: identifier, clientFlags: [.disconnectOnClose])
             } catch {
                 logger.warning("\(device.path): cannot turn on disconnect-on-close: \(error)")
             }
         } else {
-            logger.warning("\(device.path) is attached through the ioctl interface: it cannot be recovered if its daemon dies")
+            logger.warning(
+                "\(device.path) is attached through the ioctl interface: it cannot be recovered if its daemon dies")
         }
         return state
     }
@@ -147,12 +158,14 @@ struct DaemonLauncher {
         }
         let arguments = supervised ? NBDSupervisor.arguments(for: settings) : settings.arguments
         // The supervisor takes the image as descriptor 4; a lone worker where every worker does.
-        let descriptors = supervised
+        let descriptors =
+            supervised
             ? [statusEnds[1], image]
             : [statusEnds[1]] + Array(repeating: -1, count: Int(NBDDaemon.imageDescriptor) - 4) + [image]
         let daemon: DaemonProcess
         do {
-            daemon = try DaemonProcess.spawn(arguments: arguments, descriptors: descriptors, logFile: nil, logDescriptor: log)
+            daemon = try DaemonProcess.spawn(
+                arguments: arguments, descriptors: descriptors, logFile: nil, logDescriptor: log)
         } catch {
             close(statusEnds[0]); close(statusEnds[1])
             store.removeLog(identifier: settings.identifier)
@@ -174,10 +187,12 @@ struct DaemonLauncher {
             store.removeLog(identifier: settings.identifier)
             if settings.mode == .connect { releaseDevice(connectedAs: settings.identifier) }
             if case .failed(let message)? = report { throw MountFailure("cannot serve \(settings.source): \(message)") }
-            throw MountFailure("the serving daemon exited before attaching a device (\(describe(waitStatus: status)))"
-                + (log.isEmpty ? "" : "; its log: \(log)"))
+            throw MountFailure(
+                "the serving daemon exited before attaching a device (\(describe(waitStatus: status)))"
+                    + (log.isEmpty ? "" : "; its log: \(log)"))
         }
-        let serving = servingPID == daemon.pid
+        let serving =
+            servingPID == daemon.pid
             ? nil : DaemonProcess(pid: servingPID, startTime: DaemonProcess.startTime(of: servingPID) ?? 0)
         return Started(daemon: daemon, serving: serving, index: index, method: method)
     }

@@ -88,12 +88,17 @@ public enum NBDDaemon {
         public var pollMicroseconds: UInt32
 
         var arguments: [String] {
-            [NBDDaemon.flag, source, identifier, String(deadConnectionTimeout), forceIoctl ? "ioctl" : "netlink",
-             mode.argument, String(requeueMilliseconds), String(pollMicroseconds)]
+            [
+                NBDDaemon.flag, source, identifier, String(deadConnectionTimeout), forceIoctl ? "ioctl" : "netlink",
+                mode.argument, String(requeueMilliseconds), String(pollMicroseconds),
+            ]
         }
 
-        public init(source: String, identifier: String, deadConnectionTimeout: UInt64, forceIoctl: Bool,
-                    mode: Mode = .connect, requeueMilliseconds: UInt32 = 250, pollMicroseconds: UInt32 = Self.defaultPollMicroseconds) {
+        public init(
+            source: String, identifier: String, deadConnectionTimeout: UInt64, forceIoctl: Bool,
+            mode: Mode = .connect, requeueMilliseconds: UInt32 = 250,
+            pollMicroseconds: UInt32 = Self.defaultPollMicroseconds
+        ) {
             self.source = source
             self.identifier = identifier
             self.deadConnectionTimeout = deadConnectionTimeout
@@ -113,15 +118,17 @@ public enum NBDDaemon {
         /// spawns the workers of a hot upgrade.
         init?(arguments: [String]) {
             guard arguments.count == 7 || arguments.count == 8, arguments[0] == NBDDaemon.flag,
-                  let timeout = UInt64(arguments[3]), ["ioctl", "netlink"].contains(arguments[4]),
-                  let mode = Mode(argument: arguments[5]), let requeue = UInt32(arguments[6]) else { return nil }
+                let timeout = UInt64(arguments[3]), ["ioctl", "netlink"].contains(arguments[4]),
+                let mode = Mode(argument: arguments[5]), let requeue = UInt32(arguments[6])
+            else { return nil }
             var poll = Self.defaultPollMicroseconds
             if arguments.count == 8 {
                 guard let value = UInt32(arguments[7]) else { return nil }
                 poll = value
             }
-            self.init(source: arguments[1], identifier: arguments[2], deadConnectionTimeout: timeout,
-                      forceIoctl: arguments[4] == "ioctl", mode: mode, requeueMilliseconds: requeue, pollMicroseconds: poll)
+            self.init(
+                source: arguments[1], identifier: arguments[2], deadConnectionTimeout: timeout,
+                forceIoctl: arguments[4] == "ioctl", mode: mode, requeueMilliseconds: requeue, pollMicroseconds: poll)
         }
     }
 
@@ -152,7 +159,8 @@ public enum NBDDaemon {
     static func serve(_ settings: Settings, logger: Logger) throws(SystemError) -> Exit {
         // Looked at before anything is opened: descriptors 4 and 5 are the supervisor's only if
         // they are open now (the spawn closed everything above what it passed).
-        let control: ControlChannel? = fcntl(controlDescriptor, F_GETFD) >= 0 ? ControlChannel(descriptor: controlDescriptor) : nil
+        let control: ControlChannel? =
+            fcntl(controlDescriptor, F_GETFD) >= 0 ? ControlChannel(descriptor: controlDescriptor) : nil
         var journal: RequestJournal?
         if control != nil, fcntl(journalDescriptor, F_GETFD) >= 0 {
             do { journal = try RequestJournal(descriptor: journalDescriptor) } catch {
@@ -160,7 +168,8 @@ public enum NBDDaemon {
             }
         }
         let handedDown = fcntl(imageDescriptor, F_GETFD) >= 0
-        let source = handedDown
+        let source =
+            handedDown
             ? try FileSource(descriptor: FileDescriptor(rawValue: imageDescriptor), path: settings.source)
             : try FileSource(path: settings.source)
         var recovery: RequestJournal.Recovery?
@@ -197,7 +206,8 @@ public enum NBDDaemon {
                 word = try control.receive()
             }
             guard let device = known ?? told else {
-                throw SystemError("standby", detail: "the supervisor never said which device (\(String(describing: word)))")
+                throw SystemError(
+                    "standby", detail: "the supervisor never said which device (\(String(describing: word)))")
             }
             if case .replyFile(let file)? = word {
                 replyFile = file
@@ -205,11 +215,15 @@ public enum NBDDaemon {
             }
             if case .resume(let live)? = word {
                 do {
-                    guard let journal else { throw SystemError("resume /dev/nbd\(device)", detail: "no request journal") }
+                    guard let journal else {
+                        throw SystemError("resume /dev/nbd\(device)", detail: "no request journal")
+                    }
                     let position = replyFile >= 0 ? lseek(replyFile, 0, SEEK_CUR) : -1
                     recovery = try journal.recover(replyFilePosition: position >= 0 ? UInt64(position) : nil)
                     try control.send(.resumed(true))
-                    logger.info("/dev/nbd\(device): resuming: \(recovery?.unanswered.count ?? 0) requests to answer, \(recovery?.unfinishedSend == nil ? "no" : "one") reply to complete")
+                    logger.info(
+                        "/dev/nbd\(device): resuming: \(recovery?.unanswered.count ?? 0) requests to answer, \(recovery?.unfinishedSend == nil ? "no" : "one") reply to complete"
+                    )
                 } catch {
                     logger.warning("/dev/nbd\(device): cannot resume the live socket, asking for a new one: \(error)")
                     close(live)
@@ -226,7 +240,9 @@ public enum NBDDaemon {
             case .reconnect?:
                 socket = try reconnect(device: device, settings: settings, netlink: netlink)
             case let other:
-                throw SystemError("standby for /dev/nbd\(device)", detail: "unexpected word from the supervisor: \(String(describing: other))")
+                throw SystemError(
+                    "standby for /dev/nbd\(device)",
+                    detail: "unexpected word from the supervisor: \(String(describing: other))")
             }
             (index, method) = (device, .netlink)
         }
@@ -240,7 +256,8 @@ public enum NBDDaemon {
             replyFile = handedDown ? try reopen(source) : open(settings.source, O_RDONLY | O_CLOEXEC)
             try? control.send(.replyFile(replyFile))
         }
-        logger.info("serving \(settings.source) on /dev/nbd\(index) over \(method.rawValue) (\(settings.mode.argument))")
+        logger.info(
+            "serving \(settings.source) on /dev/nbd\(index) over \(method.rawValue) (\(settings.mode.argument))")
         guard DaemonReport.ready(index: Int(index), method: method, pid: getpid()).send(to: statusDescriptor) else {
             // Whoever started us died before learning of the device: nobody will mount or
             // release it, so it must not outlive us.
@@ -251,7 +268,8 @@ public enum NBDDaemon {
         }
 
         let server = try KernelModeServer(
-            socket: FileDescriptor(rawValue: socket), source: source, logger: logger, journal: journal, resuming: recovery,
+            socket: FileDescriptor(rawValue: socket), source: source, logger: logger, journal: journal,
+            resuming: recovery,
             replyFile: replyFile, pollMicroseconds: settings.pollMicroseconds)
         if control != nil {
             _ = try JoinableThread {
@@ -283,7 +301,8 @@ public enum NBDDaemon {
         let fd = try retryingOnInterrupt("reopen \(source.path) as", path: path) { open(path, O_RDONLY | O_CLOEXEC) }
         let expected = try FileStatus.fstat(source.descriptor)
         guard let actual = try? FileStatus.fstat(FileDescriptor(rawValue: fd)),
-              (actual.device, actual.inode) == (expected.device, expected.inode) else {
+            (actual.device, actual.inode) == (expected.device, expected.inode)
+        else {
             close(fd)
             throw SystemError("reopen", path: source.path, detail: "\(path) is not the image handed down")
         }
@@ -315,10 +334,11 @@ public enum NBDDaemon {
         let flags: NBDServerFlags = [.hasFlags, .readOnly, .sendFlush]
         do {
             if !settings.forceIoctl, let netlink = try? NBDNetlink.open() {
-                let index = try netlink.connect(NBDConnectRequest(
-                    sizeBytes: size, blockSizeBytes: 512, serverFlags: flags,
-                    deadConnectionTimeoutSeconds: settings.deadConnectionTimeout,
-                    backendIdentifier: settings.identifier, sockets: [kernelEnd]))
+                let index = try netlink.connect(
+                    NBDConnectRequest(
+                        sizeBytes: size, blockSizeBytes: 512, serverFlags: flags,
+                        deadConnectionTimeoutSeconds: settings.deadConnectionTimeout,
+                        backendIdentifier: settings.identifier, sockets: [kernelEnd]))
                 setRequeueTimer(device: index, milliseconds: settings.requeueMilliseconds)
                 return (serverEnd, index, .netlink, nil)
             }
@@ -334,7 +354,9 @@ public enum NBDDaemon {
     /// Gives device `index`, whose link is dead, a new socket with RECONFIGURE, and makes sure
     /// the kernel kept it: when no socket of the device is dead the kernel returns success and
     /// drops the new one, which shows as a hang-up on our end.
-    static func reconnect(device index: UInt32, settings: Settings, netlink: NBDNetlink? = nil) throws(SystemError) -> Int32 {
+    static func reconnect(device index: UInt32, settings: Settings, netlink: NBDNetlink? = nil) throws(SystemError)
+        -> Int32
+    {
         let netlink = if let netlink { netlink } else { try NBDNetlink.open() }
         // The kernel marks the old socket dead from its receive worker, a moment after the old
         // server's end closed: a socket it drops that early is worth a few more tries.
@@ -357,7 +379,9 @@ public enum NBDDaemon {
             guard attempt < 20 else {
                 throw SystemError(
                     "nbd RECONFIGURE /dev/nbd\(index)",
-                    detail: "the kernel did not take the new socket: the device has no dead connection (is its daemon still serving?)")
+                    detail:
+                        "the kernel did not take the new socket: the device has no dead connection (is its daemon still serving?)"
+                )
             }
             usleep(50_000)
         }

@@ -38,15 +38,19 @@ public struct NBDRecovery: Sendable {
             }
             guard let entry else { throw MountFailure("\(target) is neither /dev/nbdN nor mounted from one") }
             guard entry.fsType == "erofs" else {
-                throw MountFailure("\(target) is not an EROFS mount of an nbd device (it is \(entry.fsType) from \(entry.source))")
+                throw MountFailure(
+                    "\(target) is not an EROFS mount of an nbd device (it is \(entry.fsType) from \(entry.source))")
             }
             number = (entry.major, entry.minor)
         default:
             throw MountFailure("\(target) is neither /dev/nbdN nor mounted from one")
         }
         guard let name = BlockDevice.name(major: number.major, minor: number.minor),
-              let index = BlockDevice.index(of: name, prefix: "nbd") else {
-            throw MountFailure("\(target) is neither /dev/nbdN nor mounted from one (its device \(number.major):\(number.minor) is \(BlockDevice.name(major: number.major, minor: number.minor) ?? "unknown"))")
+            let index = BlockDevice.index(of: name, prefix: "nbd")
+        else {
+            throw MountFailure(
+                "\(target) is neither /dev/nbdN nor mounted from one (its device \(number.major):\(number.minor) is \(BlockDevice.name(major: number.major, minor: number.minor) ?? "unknown"))"
+            )
         }
         return index
     }
@@ -68,9 +72,13 @@ public struct NBDRecovery: Sendable {
         case .ours:
             break
         case .foreign(let actual):
-            throw MountFailure("/dev/nbd\(index) is connected to backend `\(actual)`, not to `\(state.backendIdentifier)` of \(store.path(forDevice: index)): it is not ours")
+            throw MountFailure(
+                "/dev/nbd\(index) is connected to backend `\(actual)`, not to `\(state.backendIdentifier)` of \(store.path(forDevice: index)): it is not ours"
+            )
         case .notConnected:
-            throw MountFailure("/dev/nbd\(index) is not connected: the state \(store.path(forDevice: index)) is stale (`mount.erofs -u` or `--disconnect` removes it)")
+            throw MountFailure(
+                "/dev/nbd\(index) is not connected: the state \(store.path(forDevice: index)) is stale (`mount.erofs -u` or `--disconnect` removes it)"
+            )
         }
         return state
     }
@@ -84,15 +92,20 @@ public struct NBDRecovery: Sendable {
     func reattach(index: Int, target: String) throws(MountFailure) -> DeviceState {
         var state = try managedDevice(index: index, ioctl: ", which cannot take a new socket: it cannot be reattached")
         if let alive = livingDaemon(of: state) {
-            throw MountFailure("\(state.devicePath) is still served by process \(alive); `mount.erofs --upgrade \(target)` replaces it")
+            throw MountFailure(
+                "\(state.devicePath) is still served by process \(alive); `mount.erofs --upgrade \(target)` replaces it"
+            )
         }
         let settings = NBDDaemon.Settings(
-            source: state.source, identifier: state.backendIdentifier, deadConnectionTimeout: state.deadConnectionTimeout,
-            forceIoctl: false, mode: .reattach(UInt32(state.index)), requeueMilliseconds: state.requeueMilliseconds ?? 250,
+            source: state.source, identifier: state.backendIdentifier,
+            deadConnectionTimeout: state.deadConnectionTimeout,
+            forceIoctl: false, mode: .reattach(UInt32(state.index)),
+            requeueMilliseconds: state.requeueMilliseconds ?? 250,
             pollMicroseconds: state.pollMicroseconds ?? NBDDaemon.Settings.defaultPollMicroseconds)
         let image = try reopenImage(of: state)
         defer { try? image.close() }
-        let started = try DaemonLauncher(store: store).start(settings, supervised: state.supervised == true, image: image.rawValue)
+        let started = try DaemonLauncher(store: store).start(
+            settings, supervised: state.supervised == true, image: image.rawValue)
         state.daemonPID = started.daemon.pid
         state.daemonStartTime = started.daemon.startTime
         state.servingPID = started.serving?.pid
@@ -110,7 +123,9 @@ public struct NBDRecovery: Sendable {
     func reopenImage(of state: DeviceState) throws(MountFailure) -> FileDescriptor {
         let image = try ImageProbe.open(state.source)
         guard let expected = state.image else {
-            logger.warning("\(state.devicePath): its state predates image checks; \(state.source) is served without checking it is the file mounted")
+            logger.warning(
+                "\(state.devicePath): its state predates image checks; \(state.source) is served without checking it is the file mounted"
+            )
             return image
         }
         let change: String?
@@ -120,7 +135,9 @@ public struct NBDRecovery: Sendable {
         }
         if let change {
             try? image.close()
-            throw MountFailure("\(state.source) is not the image \(state.devicePath) was mounted from (\(change)): refusing to serve it under the mounted filesystem; unmount it (`mount.erofs -u`) and mount the new image")
+            throw MountFailure(
+                "\(state.source) is not the image \(state.devicePath) was mounted from (\(change)): refusing to serve it under the mounted filesystem; unmount it (`mount.erofs -u`) and mount the new image"
+            )
         }
         return image
     }
@@ -136,7 +153,9 @@ public struct NBDRecovery: Sendable {
         let supervisor = state.daemon
         guard state.supervised == true, supervisor.isOurs(serving: state.backendIdentifier) else {
             if let alive = livingDaemon(of: state) {
-                throw MountFailure("\(state.devicePath) has no supervisor (mounted with nbd.recovery=manual, or the supervisor died): stop its daemon \(alive) and run `mount.erofs --reattach \(target)`")
+                throw MountFailure(
+                    "\(state.devicePath) has no supervisor (mounted with nbd.recovery=manual, or the supervisor died): stop its daemon \(alive) and run `mount.erofs --reattach \(target)`"
+                )
             }
             throw MountFailure("no daemon serves \(state.devicePath): `mount.erofs --reattach \(target)` starts one")
         }
@@ -148,7 +167,9 @@ public struct NBDRecovery: Sendable {
             if let now = try? store.load(device: state.index), (now.upgrades ?? 0) > before { return now }
             if !supervisor.isOurs(serving: state.backendIdentifier) { break }
         }
-        throw MountFailure("\(state.devicePath): the upgrade did not complete within \(Int(timeout)) s (see \(store.logPath(identifier: state.backendIdentifier)))")
+        throw MountFailure(
+            "\(state.devicePath): the upgrade did not complete within \(Int(timeout)) s (see \(store.logPath(identifier: state.backendIdentifier)))"
+        )
     }
 
     /// The pid of a process of ours still serving or supervising the device.
@@ -175,7 +196,8 @@ extension DeviceState {
             return device.connection(expecting: backendIdentifier)
         case .ioctl:
             guard let server = device.serverPID else { return (device.sizeSectors ?? 0) == 0 ? .notConnected : .ours }
-            let ours = daemon.isOurs(serving: backendIdentifier) && access("/proc/\(daemonPID)/task/\(server)", F_OK) == 0
+            let ours =
+                daemon.isOurs(serving: backendIdentifier) && access("/proc/\(daemonPID)/task/\(server)", F_OK) == 0
             return ours ? .ours : .foreign("served by pid \(server)")
         }
     }

@@ -50,8 +50,10 @@ public enum NBDSupervisor {
 
     public static func main(_ arguments: [String]) -> Int32 {
         guard let settings = NBDDaemon.Settings(arguments: [NBDDaemon.flag] + arguments.dropFirst()),
-              arguments.first == flag, !settings.forceIoctl else {
-            DaemonReport.failed("internal error: bad supervisor arguments \(arguments)").send(to: NBDDaemon.statusDescriptor)
+            arguments.first == flag, !settings.forceIoctl
+        else {
+            DaemonReport.failed("internal error: bad supervisor arguments \(arguments)").send(
+                to: NBDDaemon.statusDescriptor)
             return NBDDaemon.Exit.badArguments.rawValue
         }
         signal(SIGPIPE, SIG_IGN)
@@ -243,7 +245,9 @@ public enum NBDSupervisor {
             guard let active else { return }
             if !resumed { adoptSocket(of: active) }
             let milliseconds = Int((monotonicSeconds() - started) * 1000)
-            log("/dev/nbd\(index): worker \(active.process.pid) serves again after \(milliseconds) ms (\(resumed ? "same socket, from the journal" : "new socket"))")
+            log(
+                "/dev/nbd\(index): worker \(active.process.pid) serves again after \(milliseconds) ms (\(resumed ? "same socket, from the journal" : "new socket"))"
+            )
             record { state in
                 state.recoveries = (state.recoveries ?? 0) + 1
                 state.lastRecoveryMilliseconds = milliseconds
@@ -331,7 +335,9 @@ public enum NBDSupervisor {
         mutating func adoptSocket(of worker: Worker) {
             guard journal != nil else { return }  // workers without a journal send no copy
             guard case .serving(let socket)? = try? worker.nextWord(timeout: 2) else {
-                log("/dev/nbd\(index): worker \(worker.process.pid) sent no copy of its socket; a crash will need a new one")
+                log(
+                    "/dev/nbd\(index): worker \(worker.process.pid) sent no copy of its socket; a crash will need a new one"
+                )
                 return
             }
             dropLiveSocket()
@@ -383,7 +389,10 @@ public enum NBDSupervisor {
                 var status: Int32 = 0
                 waitpid(worker.process.pid, &status, 0)
                 worker.release()
-                return (worker, .failed("the serving worker exited before attaching a device (\(describe(waitStatus: status)))"))
+                return (
+                    worker,
+                    .failed("the serving worker exited before attaching a device (\(describe(waitStatus: status)))")
+                )
             }
             return (worker, report)
         }
@@ -436,7 +445,9 @@ public enum NBDSupervisor {
         /// Updates the device's state file with the serving worker, if the file is still ours.
         func record(_ change: (inout DeviceState) -> Void) {
             let store = StateStore()
-            guard var state = try? store.load(device: Int(index)), state.backendIdentifier == settings.identifier else { return }
+            guard var state = try? store.load(device: Int(index)), state.backendIdentifier == settings.identifier else {
+                return
+            }
             if let active {
                 state.servingPID = active.process.pid
                 state.servingStartTime = active.process.startTime

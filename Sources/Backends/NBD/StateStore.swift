@@ -38,8 +38,9 @@ public struct StateStore: Sendable {
         guard name.hasPrefix("nbd"), name.hasSuffix(".json") else { return nil }
         let digits = name.dropFirst(3).dropLast(5)
         guard !digits.isEmpty, digits.count <= 7, digits.allSatisfy({ ("0"..."9").contains($0) }),
-              digits == "0" || !digits.hasPrefix("0"), let index = Int(digits),
-              DeviceState.indexRange.contains(index) else { return nil }
+            digits == "0" || !digits.hasPrefix("0"), let index = Int(digits),
+            DeviceState.indexRange.contains(index)
+        else { return nil }
         return index
     }
 
@@ -119,15 +120,20 @@ public struct StateStore: Sendable {
         let fd = openat(directory.fd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
         if fd < 0 {
             if errno == ENOENT { return nil }
-            if errno == ELOOP { throw SystemError("read state", path: file, detail: "a symlink, not a state file of ours") }
+            if errno == ELOOP {
+                throw SystemError("read state", path: file, detail: "a symlink, not a state file of ours")
+            }
             throw .lastErrno("open", path: file)
         }
         defer { close(fd) }
         var status = stat()
         guard fstat(fd, &status) == 0 else { throw .lastErrno("fstat", path: file) }
-        guard status.st_mode & S_IFMT == S_IFREG else { throw SystemError("read state", path: file, detail: "not a regular file") }
+        guard status.st_mode & S_IFMT == S_IFREG else {
+            throw SystemError("read state", path: file, detail: "not a regular file")
+        }
         guard status.st_uid == geteuid() else {
-            throw SystemError("read state", path: file, detail: "owned by uid \(status.st_uid), not by us (uid \(geteuid()))")
+            throw SystemError(
+                "read state", path: file, detail: "owned by uid \(status.st_uid), not by us (uid \(geteuid()))")
         }
         guard status.st_size <= Self.maximumFileBytes else {
             throw SystemError("read state", path: file, detail: "\(status.st_size) bytes: too big for a state file")
@@ -164,7 +170,9 @@ public struct StateStore: Sendable {
         defer { closedir(stream) }
         var indices: [Int] = []
         while let entry = readdir(stream) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
             if let index = Self.deviceIndex(fileName: name) { indices.append(index) }
         }
         return indices.sorted().compactMap { index -> (Int, Result<DeviceState, SystemError>)? in
@@ -185,7 +193,8 @@ public struct StateStore: Sendable {
     func openLog(identifier: String) throws(SystemError) -> Int32 {
         let directory = try openCreating()
         return try retryingOnInterrupt("open", path: logPath(identifier: identifier)) {
-            openat(directory.fd, Self.logName(identifier), O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0o600)
+            openat(
+                directory.fd, Self.logName(identifier), O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0o600)
         }
     }
 
@@ -199,9 +208,12 @@ public struct StateStore: Sendable {
         guard fstat(fd, &status) == 0, status.st_mode & S_IFMT == S_IFREG else { return "" }
         let length = min(Int(status.st_size), 16 * 1024)
         var bytes = [UInt8](repeating: 0, count: length)
-        let got = bytes.withUnsafeMutableBytes { pread(fd, $0.baseAddress!, length, off_t(status.st_size) - off_t(length)) }
+        let got = bytes.withUnsafeMutableBytes {
+            pread(fd, $0.baseAddress!, length, off_t(status.st_size) - off_t(length))
+        }
         guard got > 0 else { return "" }
-        return String(decoding: bytes[..<got], as: UTF8.self).split(separator: "\n").suffix(lines).joined(separator: " | ")
+        return String(decoding: bytes[..<got], as: UTF8.self).split(separator: "\n").suffix(lines).joined(
+            separator: " | ")
     }
 
     func removeLog(identifier: String) {
@@ -214,7 +226,9 @@ public struct StateStore: Sendable {
     static func logName(_ identifier: String) -> String { "\(identifier).log" }
 
     private func openCreating() throws(SystemError) -> DirectoryHandle {
-        guard let directory = try open(creating: true) else { throw SystemError("create state directory", path: directory) }
+        guard let directory = try open(creating: true) else {
+            throw SystemError("create state directory", path: directory)
+        }
         return directory
     }
 
@@ -229,7 +243,8 @@ public struct StateStore: Sendable {
             throw SystemError("use state directory", path: directory, detail: "`.` or `..` in the path")
         }
         let me = geteuid()
-        var current = DirectoryHandle(fd: try retryingOnInterrupt("open", path: "/") { Glibc.open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC) })
+        var current = DirectoryHandle(
+            fd: try retryingOnInterrupt("open", path: "/") { Glibc.open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC) })
         var path = ""
         for (position, component) in components.enumerated() {
             path += "/" + component
@@ -237,12 +252,15 @@ public struct StateStore: Sendable {
             var fd = openat(current.fd, component, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             if fd < 0 && errno == ENOENT {
                 guard creating else { return nil }
-                if mkdirat(current.fd, component, 0o700) != 0 && errno != EEXIST { throw .lastErrno("mkdir", path: path) }
+                if mkdirat(current.fd, component, 0o700) != 0 && errno != EEXIST {
+                    throw .lastErrno("mkdir", path: path)
+                }
                 fd = openat(current.fd, component, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             }
             if fd < 0 {
                 if errno == ELOOP || errno == ENOTDIR {
-                    throw SystemError("use state directory", path: path, detail: "not a directory (a symlink is not followed)")
+                    throw SystemError(
+                        "use state directory", path: path, detail: "not a directory (a symlink is not followed)")
                 }
                 throw .lastErrno("open", path: path)
             }
@@ -254,7 +272,9 @@ public struct StateStore: Sendable {
                 guard status.st_uid == me else {
                     throw SystemError(
                         "use state directory", path: path,
-                        detail: "owned by uid \(status.st_uid), not by us (uid \(me)): its states cannot be trusted; remove it")
+                        detail:
+                            "owned by uid \(status.st_uid), not by us (uid \(me)): its states cannot be trusted; remove it"
+                    )
                 }
                 if status.st_mode & 0o7777 != 0o700 && fchmod(fd, 0o700) != 0 { throw .lastErrno("chmod", path: path) }
             } else {
@@ -263,7 +283,9 @@ public struct StateStore: Sendable {
                 guard status.st_uid == 0 || status.st_uid == me, !othersMayWrite || sticky else {
                     throw SystemError(
                         "use state directory", path: path,
-                        detail: "owned by uid \(status.st_uid) with mode \(String(status.st_mode & 0o7777, radix: 8)): others could replace what lies under it")
+                        detail:
+                            "owned by uid \(status.st_uid) with mode \(String(status.st_mode & 0o7777, radix: 8)): others could replace what lies under it"
+                    )
                 }
             }
         }

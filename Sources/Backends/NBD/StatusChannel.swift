@@ -25,7 +25,8 @@ public enum DaemonReport: Equatable, Sendable {
         case "ready":
             let fields = parts.count > 1 ? parts[1].split(separator: " ") : []
             guard fields.count == 3, let index = Int(fields[0]),
-                  let method = DeviceState.AttachMethod(rawValue: String(fields[1])), let pid = Int32(fields[2]) else { return nil }
+                let method = DeviceState.AttachMethod(rawValue: String(fields[1])), let pid = Int32(fields[2])
+            else { return nil }
             self = .ready(index: index, method: method, pid: pid)
         case "error":
             self = .failed(parts.count > 1 ? String(parts[1]) : "unknown error")
