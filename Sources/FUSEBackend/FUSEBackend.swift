@@ -205,14 +205,17 @@ public struct FUSEBackend: Sendable {
         guard let state = store.load(major: major, minor: minor) else { return [] }
         var problems: [String] = []
         let daemon = state.daemon
-        guard state.daemonIsOurs || !daemon.isAlive else {
-            store.remove(major: major, minor: minor)
-            return ["the state named process \(state.daemonPID), which is not our FUSE daemon: left alone"]
+        // The connection is gone and the daemon on its way out (its /proc/PID/exe may already
+        // be unreadable): wait for that first; only a daemon that stays, and is ours, is
+        // signalled.
+        if !daemon.waitForExit(timeout: 5) {
+            if state.daemonIsOurs {
+                if !daemon.terminate(signal: SIGTERM, timeout: 5) { daemon.terminate(signal: SIGKILL, timeout: 5) }
+                if daemon.isAlive { problems.append("FUSE daemon \(state.daemonPID) is still running") }
+            } else if daemon.isAlive {
+                problems.append("the state named process \(state.daemonPID), which is not our FUSE daemon: left alone")
+            }
         }
-        if !daemon.waitForExit(timeout: 5) && !daemon.terminate(signal: SIGTERM, timeout: 5) {
-            daemon.terminate(signal: SIGKILL, timeout: 5)
-        }
-        if daemon.isAlive { problems.append("FUSE daemon \(state.daemonPID) is still running") }
         store.remove(major: major, minor: minor)
         unlink(state.logFile)
         return problems

@@ -249,20 +249,22 @@ public struct UblkTeardown: Sendable {
     @discardableResult
     public func release(_ state: UblkDeviceState, control: UblkControl) -> [String] {
         var problems: [String] = []
+        // Whether the state's daemon is ours (our binary, serving this device), asked before
+        // STOP_DEV sends it on its way out: only then is it signalled (a state names a pid; by
+        // now the pid may be anyone's).
+        let daemon = state.daemonPID.map { DaemonProcess(pid: $0, startTime: state.daemonStartTime ?? 0) }
+        let ours =
+            daemon?.runsOurBinary { arguments in
+                arguments.count == 5 && arguments[1] == UblkDaemon.flag && arguments[3] == String(state.deviceID)
+            } ?? false
         do { try control.stop(state.deviceID) } catch {
             if error.errno != .noSuchFileOrDirectory && error.errno != .operationNotSupportedByDevice {
                 problems.append("stop: \(error)")
             }
         }
-        if let pid = state.daemonPID {
+        if let daemon, let pid = state.daemonPID {
             // Once stopped, the device has nothing left to serve. Its pending fetches end when
             // the daemon's rings go away (on 6.8+ STOP_DEV alone does not complete them).
-            let daemon = DaemonProcess(pid: pid, startTime: state.daemonStartTime ?? 0)
-            // Signalled only when it is ours: our binary, serving this device (a state names a
-            // pid; by now the pid may be anyone's).
-            let ours = daemon.runsOurBinary { arguments in
-                arguments.count == 5 && arguments[1] == UblkDaemon.flag && arguments[3] == String(state.deviceID)
-            }
             if ours, !daemon.terminate(signal: SIGTERM, timeout: 5) { daemon.terminate(signal: SIGKILL, timeout: 10) }
             if ours, daemon.isAlive { problems.append("daemon \(pid) is still running") }
             if !ours, daemon.isAlive {
