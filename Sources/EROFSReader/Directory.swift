@@ -32,14 +32,7 @@ extension EROFSFilesystem {
     /// Read and decoded one block at a time, so that a damaged directory fails at its first bad
     /// block instead of after reading (perhaps 1 GiB of holes) to its end.
     public func readDirectory(_ directory: Inode) throws(EROFSError) -> [DirectoryEntry] {
-        guard directory.kind == .directory else {
-            throw EROFSError(.notDirectory, "not a directory", nid: directory.nid)
-        }
-        guard directory.size <= ReaderLimits.directory else {
-            throw EROFSError(
-                .corrupt, "absurd directory size \(directory.size) (limit \(ReaderLimits.directory))",
-                nid: directory.nid)
-        }
+        try checkDirectory(directory)
         var entries: [DirectoryEntry] = []
         var previousName: [UInt8]?
         var blockStart: UInt64 = 0
@@ -100,8 +93,8 @@ extension EROFSFilesystem {
         }
     }
 
-    /// How many blocks a directory's entries take (each block holds whole entries).
-    public func directoryBlockCount(_ directory: Inode) throws(EROFSError) -> UInt64 {
+    /// A directory inode whose size the reader will walk: anything else is refused first.
+    func checkDirectory(_ directory: Inode) throws(EROFSError) {
         guard directory.kind == .directory else {
             throw EROFSError(.notDirectory, "not a directory", nid: directory.nid)
         }
@@ -110,6 +103,11 @@ extension EROFSFilesystem {
                 .corrupt, "absurd directory size \(directory.size) (limit \(ReaderLimits.directory))",
                 nid: directory.nid)
         }
+    }
+
+    /// How many blocks a directory's entries take (each block holds whole entries).
+    public func directoryBlockCount(_ directory: Inode) throws(EROFSError) -> UInt64 {
+        try checkDirectory(directory)
         return dividingRoundingUp(directory.size, UInt64(blockSize))
     }
 
