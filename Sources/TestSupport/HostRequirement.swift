@@ -13,11 +13,15 @@ public enum HostRequirement: Sendable, Equatable, CustomStringConvertible {
     case root
     /// A loaded kernel module, as /sys/module/NAME shows it.
     case kernelModule(String)
+    /// A Python module the first `python3` on PATH imports (test peers: moto, botocore), which
+    /// scripts/install-deps.sh installs for root; required wherever root is.
+    case pythonModule(String)
 
     public var description: String {
         switch self {
         case .root: "root"
         case .kernelModule(let name): "the \(name) kernel module"
+        case .pythonModule(let name): "the Python module \(name)"
         }
     }
 
@@ -25,6 +29,7 @@ public enum HostRequirement: Sendable, Equatable, CustomStringConvertible {
         switch self {
         case .root: geteuid() == 0
         case .kernelModule(let name): access("/sys/module/" + name, F_OK) == 0
+        case .pythonModule(let name): Self.pythonImports(name)
         }
     }
 
@@ -34,7 +39,7 @@ public enum HostRequirement: Sendable, Equatable, CustomStringConvertible {
     /// require modules.
     public func isRequired(environment: [String: String]) -> Bool {
         switch self {
-        case .root:
+        case .root, .pythonModule:
             environment["EROFS_REQUIRE_ROOT"] == "1" || environment["CI"] == "true"
         case .kernelModule(let name):
             (environment["EROFS_REQUIRE_MODULES"] ?? "").split(separator: ",").contains { $0 == name }
@@ -45,9 +50,25 @@ public enum HostRequirement: Sendable, Equatable, CustomStringConvertible {
     public struct Missing: Error, CustomStringConvertible {
         public let requirement: HostRequirement
         public var description: String {
-            let variable = requirement == .root ? "EROFS_REQUIRE_ROOT=1 or CI=true" : "EROFS_REQUIRE_MODULES"
+            let variable: String
+            if case .kernelModule = requirement {
+                variable = "EROFS_REQUIRE_MODULES"
+            } else {
+                variable = "EROFS_REQUIRE_ROOT=1 or CI=true"
+            }
             return "needs \(requirement), which this host lacks, and \(variable) says it must run here, not be skipped"
         }
+    }
+
+    static func pythonImports(_ name: String) -> Bool {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["python3", "-c", "import " + name]
+        process.standardOutput = FileHandle.nullDevice
+        process.standardError = FileHandle.nullDevice
+        do { try process.run() } catch { return false }
+        process.waitUntilExit()
+        return process.terminationStatus == 0
     }
 
     /// True when met; false (skip) when missing and allowed to be; throws `Missing` (a failure)

@@ -219,7 +219,7 @@ func readRemote(_ source: RemoteSource, _ offset: UInt64, _ count: Int) throws -
 
     /// `erofs extract` reads from its worker threads at once (all waiting on the same fetches):
     /// the tree equals the one extracted from the local image.
-    @Test func extractOverHTTPEqualsLocalExtraction() throws {
+    @Test(.requiresRoot) func extractOverHTTPEqualsLocalExtraction() throws {
         let image = try #require(Self.sample.first { $0.name == "lz4" })
         let server = try TestServer.rangeServer(root: URL(fileURLWithPath: image.path).deletingLastPathComponent().path)
         let directory = try scratchDirectory("extract")

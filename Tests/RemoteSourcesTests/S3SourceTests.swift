@@ -32,7 +32,7 @@ struct MotoFixture {
 
 /// The S3 source against moto with signature checks on: corpus images equal their manifests,
 /// credentials from the environment or an s3fs passwd file, wrong secrets refused in one line.
-@Suite(.serialized) struct S3SourceTests {
+@Suite(.requires(.pythonModule("moto")), .serialized) struct S3SourceTests {
     static var erofs: String { builtProductsDirectory() + "/erofs" }
     static let sample = Corpus.imagesOrEmpty.filter { ["lz4", "lzma", "chunked"].contains($0.name) }
 

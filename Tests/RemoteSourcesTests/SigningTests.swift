@@ -38,7 +38,7 @@ import TestSupport
     /// Our S3Signer's headers, signed again by botocore for the same instant: the same
     /// Authorization, for vhost and path addressing, a key needing percent-encoding, a session
     /// token, and both signature versions.
-    @Test(arguments: [(4, false), (4, true), (2, false), (2, true)])
+    @Test(.requires(.pythonModule("botocore")), arguments: [(4, false), (4, true), (2, false), (2, true)])
     func matchesBotocore(version: Int, pathStyle: Bool) throws {
         let credentials = S3Credentials(
             accessKey: "AKIDTEST", secretKey: "se/cr+et", sessionToken: version == 4 ? "tok/en=" : nil)
