@@ -126,8 +126,9 @@ public struct UblkBackend: Sendable {
     /// Spawns the daemon and waits for its one-line report.
     private func startDaemon(_ settings: UblkDaemon.Settings) throws(MountFailure) -> DaemonProcess {
         var ends: [Int32] = [-1, -1]
-        guard pipe(&ends) == 0, fcntl(ends[0], F_SETFD, FD_CLOEXEC) == 0, fcntl(ends[1], F_SETFD, FD_CLOEXEC) == 0
-        else { throw MountFailure("cannot start the ublk daemon", cause: .lastErrno("pipe")) }
+        guard closeOnExecPipe(&ends) else {
+            throw MountFailure("cannot start the ublk daemon", cause: .lastErrno("pipe"))
+        }
         defer { close(ends[0]) }
         let log = store.logPath(device: settings.deviceID)
         let daemon: DaemonProcess
@@ -138,7 +139,8 @@ public struct UblkBackend: Sendable {
             throw MountFailure("cannot start the ublk daemon", cause: error)
         }
         close(ends[1])
-        let line = readLine(ends[0], timeout: 30)
+        // A timeout and a pipe closed without a whole line are both "no report".
+        let line = (try? receiveStatusLine(from: ends[0], timeout: 30)) ?? nil
         guard let line, line.hasPrefix("ready") else {
             daemon.terminate(signal: SIGKILL)
             let reason = line.map { String($0.dropFirst("failed: ".count)) } ?? "no report in 30 s"
@@ -211,27 +213,6 @@ public struct UblkBackend: Sendable {
 public func ublkBlockIndex(_ path: String) -> UInt32? {
     guard path.hasPrefix("/dev/ublkb") else { return nil }
     return UInt32(path.dropFirst("/dev/ublkb".count))
-}
-
-/// Reads one line from `fd` within `timeout` seconds; nil on timeout or end of file first.
-func readLine(_ fd: Int32, timeout: Int) -> String? {
-    var bytes: [UInt8] = []
-    let deadline = Date().addingTimeInterval(Double(timeout))
-    while bytes.last != UInt8(ascii: "\n") && bytes.count < 4096 {
-        let left = deadline.timeIntervalSinceNow
-        guard left > 0 else { return nil }
-        var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        let ready = poll(&poller, 1, Int32(left * 1000))
-        if ready < 0 && errno == EINTR { continue }
-        guard ready > 0 else { return nil }
-        var byte: UInt8 = 0
-        let got = read(fd, &byte, 1)
-        if got < 0 && errno == EINTR { continue }
-        guard got == 1 else { break }
-        bytes.append(byte)
-    }
-    guard bytes.last == UInt8(ascii: "\n") else { return nil }
-    return String(decoding: bytes.dropLast(), as: UTF8.self)
 }
 
 /// Releases a ublk device we manage: STOP_DEV (its pending fetches end, and the daemon with
