@@ -60,7 +60,9 @@ let package = Package(
         // The filesystem reader over a random-access source.
         .target(
             name: "EROFSReader",
-            dependencies: ["EROFSFormat", "Compression", "ImageSources", "SystemCalls", "Manifest"]),
+            dependencies: ["EROFSFormat", "Compression", "ImageSources", "SystemCalls"]),
+        // The reader's view of an image in the manifest form (the tool's `ls --json`, the tests).
+        .target(name: "ImageManifest", dependencies: ["EROFSReader", "Manifest", "SystemCalls"]),
         // The corpus manifest format: entries, exact JSON form, walking a mounted tree.
         .target(name: "Manifest", dependencies: ["SystemCalls"]),
         // FUSE wire protocol: request decoding, reply encoding (no I/O).
@@ -137,7 +139,8 @@ let package = Package(
         .executableTarget(
             name: "ErofsTool",
             dependencies: [
-                "EROFSFormat", "EROFSReader", "Extraction", "Manifest", "NBDProtocol", "NBDServer", "SystemCalls",
+                "EROFSFormat", "EROFSReader", "Extraction", "ImageManifest", "Manifest", "NBDProtocol", "NBDServer",
+                "SystemCalls",
                 "CShim", "RemoteSources", "ImageSources",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -159,12 +162,13 @@ let package = Package(
             ], path: "Fuzz/ReaderFuzzSupport"),
         // What the extract fuzzer does with an input (ls --recursive, extract into a tmpfs).
         .target(
-            name: "ExtractFuzzSupport", dependencies: ["EROFSReader", "Extraction", "ReaderFuzzSupport"],
+            name: "ExtractFuzzSupport",
+            dependencies: ["EROFSReader", "Extraction", "ImageManifest", "ReaderFuzzSupport"],
             path: "Fuzz/ExtractFuzzSupport"),
         .testTarget(
             name: "ReaderTests",
             dependencies: [
-                "EROFSReader", "EROFSFormat", "ImageSources", "SystemCalls", "Manifest", "TestSupport",
+                "EROFSReader", "EROFSFormat", "ImageSources", "SystemCalls", "Manifest", "ImageManifest", "TestSupport",
                 "ReaderFuzzSupport",
                 "ExtractFuzzSupport",
                 .product(name: "SystemPackage", package: "swift-system"),

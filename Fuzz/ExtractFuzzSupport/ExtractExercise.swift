@@ -1,6 +1,7 @@
 // What the extract fuzzer does with each input, shared with ReaderTests so that every finding is
 // replayed on the normal build through exactly the same calls. See Fuzz/README.md.
 import EROFSReader
+import ImageManifest
 import Extraction
 import ReaderFuzzSupport
 #if canImport(Glibc)

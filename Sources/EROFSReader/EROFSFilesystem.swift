@@ -189,7 +189,9 @@ public final class EROFSFilesystem: Sendable {
 }
 
 /// Runs `body`, adding the path and nid to an error that does not name them yet.
-func withContext<T>(path: @autoclosure () -> String? = nil, nid: UInt64? = nil, _ body: () throws(EROFSError) -> T)
+public func withContext<T>(
+    path: @autoclosure () -> String? = nil, nid: UInt64? = nil, _ body: () throws(EROFSError) -> T
+)
     throws(EROFSError) -> T
 {
     do {

@@ -1,6 +1,7 @@
 import ArgumentParser
 import EROFSFormat
 import EROFSReader
+import ImageManifest
 import Manifest
 import SystemCalls
 #if canImport(Glibc)

@@ -1,4 +1,5 @@
 import EROFSReader
+import ImageManifest
 import Foundation
 import Manifest
 import Synchronization

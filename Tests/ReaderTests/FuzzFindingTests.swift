@@ -1,5 +1,6 @@
 import EROFSFormat
 import EROFSReader
+import ImageManifest
 import Foundation
 import Manifest
 import ReaderFuzzSupport

@@ -1,5 +1,6 @@
 import CShim
 import EROFSReader
+import ImageManifest
 import Foundation
 import Manifest
 import SystemCalls
