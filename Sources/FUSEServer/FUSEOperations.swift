@@ -71,11 +71,20 @@ public struct FUSEOperations: Sendable {
     ]
 
     let errorLog: RateLimitedLog
+    /// Pushes the small files after one read from its start (nil: off).
+    let prefetch: SiblingPrefetch?
 
-    public init(filesystem: EROFSFilesystem, logger: Logger, errorLog: RateLimitedLog? = nil) {
+    /// The bytes of small files pushed after a read, by default (`fuse.prefetch_kb`).
+    public static let defaultPrefetchBudget = 512 * 1024
+
+    public init(
+        filesystem: EROFSFilesystem, logger: Logger, errorLog: RateLimitedLog? = nil,
+        prefetchBudget: Int = FUSEOperations.defaultPrefetchBudget
+    ) {
         self.filesystem = filesystem
         self.logger = logger
         self.errorLog = errorLog ?? RateLimitedLog(logger: logger)
+        prefetch = prefetchBudget > 0 ? SiblingPrefetch(budget: prefetchBudget) : nil
         nodes = NodeIDMap(rootNid: filesystem.rootNid)
         blockSize = filesystem.superblock.blockSize
     }
@@ -265,6 +274,9 @@ public struct FUSEOperations: Sendable {
                 // A child that cannot be read goes without attributes: its LOOKUP then fails
                 // alone (EIO), as on the kernel's EROFS, where readdir reads no child inode.
                 let entry = plus && !isDot ? try? self.entry(nid: item.nid) : nil
+                if let prefetch, let entry, entry.attr.mode & UInt32(S_IFMT) == UInt32(S_IFREG) {
+                    prefetch.noteListed(item.nid, in: directory.nid, next: next.offset(blockSize: blockSize))
+                }
                 let appended = list.append(
                     name: item.name, ino: item.nid, type: FUSEOperations.direntType(item.fileType),
                     nextOffset: next.offset(blockSize: blockSize), entry: entry)
