@@ -61,6 +61,9 @@ public struct FUSEOperations: Sendable {
     let logger: Logger
     let blockSize: Int
 
+    /// O_DIRECT in fuse_read_in's flags (the file's open flags; x86_64 and arm64 value).
+    static let directIOFlag: UInt32 = 0o40000
+
     /// The most readahead the kernel may ask for, and the pages per request: 1 MiB.
     public static let maxPages: UInt16 = 256
     static let wantedFlags: FUSEInitFlags = [
@@ -171,6 +174,12 @@ public struct FUSEOperations: Sendable {
         case .read(let read):
             let file = try inode(request)
             guard file.kind == .file else { throw Failure(file.kind == .directory ? EISDIR : EINVAL) }
+            // O_DIRECT reads at an offset or of a size off the 512-byte sector: EINVAL, as the
+            // kernel's EROFS answers them (FUSE itself would serve them; the buffer's own
+            // alignment is not visible here).
+            if read.flags & FUSEOperations.directIOFlag != 0, read.offset % 512 != 0 || read.size % 512 != 0 {
+                throw Failure(EINVAL)
+            }
             let count = Int(min(read.size, UInt32(FUSEOperations.maxPages) * 4096 * 4))
             let data = try filesystem.read(file, at: read.offset, count: count)
             return .data(header: FUSEReply.successHeader(unique: unique, payloadLength: data.count), payload: data)
