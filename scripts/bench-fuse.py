@@ -4,6 +4,7 @@
 Run by scripts/bench-fuse.sh, which makes the images. Methods:
   kernel      mount.erofs IMAGE DIR (the kernel's file-backed EROFS mount)
   fuse        mount.erofs -t erofs.fuse IMAGE DIR (ours)
+  fuse-noprefetch  the same with -o fuse.prefetch_kb=0 (only when BENCH_METHODS names it)
   squashfuse  squashfuse_ll SQUASHFS DIR (Debian's squashfuse; mksquashfs -comp lz4 -Xhc of the tree)
 Measures, each round visiting the methods in a rotated order so that a change of load hits all:
   mount         mount command start to return (small image)
@@ -54,6 +55,8 @@ def mount(method, kind):
         args = [tool, images[kind]["erofs"], target]
     elif method == "fuse":
         args = [tool, "-t", "erofs.fuse", *fuse_options, images[kind]["erofs"], target]
+    elif method == "fuse-noprefetch":  # ours without SiblingPrefetch, for an A/B in one run
+        args = [tool, "-t", "erofs.fuse", *fuse_options, "-o", "fuse.prefetch_kb=0", images[kind]["erofs"], target]
     else:
         args = ["squashfuse_ll", images[kind]["squashfs"], target]
     start = time.perf_counter()
