@@ -163,7 +163,24 @@ import Glibc
         #expect(!FileManager.default.fileExists(atPath: state), "the state outlived umount")
     }
 
-    /// Pages of `path` in the page cache (mincore of a mapping of it), and its bytes.
+    /// A scratch directory with an empty `tree` to make `image` of and an empty `mountPoint`.
+    struct ScratchTree {
+        let directory: String
+        var tree: String { directory + "/tree" }
+        var image: String { directory + "/image.erofs" }
+        var mountPoint: String { directory + "/mnt" }
+
+        init(_ label: String) throws {
+            directory = try MountHarness.scratchDirectory(label)
+            for path in [directory + "/tree", directory + "/mnt"] {
+                try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+            }
+        }
+
+        func remove() { try? FileManager.default.removeItem(atPath: directory) }
+    }
+
+    /// Pages of `path` in the page cache (mincore of a mapping of it).
     static func residentPages(_ path: String) throws -> (resident: Int, pages: Int) {
         let fd = open(path, O_RDONLY)
         try #require(fd >= 0, "open \(path)")
@@ -186,13 +203,10 @@ import Glibc
     /// reader asks for them; `fuse.prefetch_kb=0` turns it off (nothing resident), and a file
     /// over 64 KiB is left to its own readahead.
     @Test func readingAFileFromItsStartPrefetchesTheSmallFilesAfterIt() throws {
-        let directory = try MountHarness.scratchDirectory("fuse-prefetch")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let tree = directory + "/tree"
-        let image = directory + "/image.erofs"
-        let mountPoint = directory + "/mnt"
+        let scratch = try ScratchTree("fuse-prefetch")
+        defer { scratch.remove() }
+        let (tree, image, mountPoint) = (scratch.tree, scratch.image, scratch.mountPoint)
         try FileManager.default.createDirectory(atPath: tree + "/d", withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
         var generator = SplitMix64(seed: 15)
         var contents: [String: [UInt8]] = [:]
         for index in 0..<30 {
@@ -245,13 +259,9 @@ import Glibc
     /// A compressed extent overwritten with 0xFF: reading the file fails with EIO (never wrong
     /// bytes), the daemon logs it and keeps serving everything else.
     @Test func corruptDataGivesEIOAndTheDaemonSurvives() throws {
-        let directory = try MountHarness.scratchDirectory("fuse-corrupt")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let tree = directory + "/tree"
-        let image = directory + "/image.erofs"
-        let mountPoint = directory + "/mnt"
-        try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        let scratch = try ScratchTree("fuse-corrupt")
+        defer { scratch.remove() }
+        let (tree, image, mountPoint) = (scratch.tree, scratch.image, scratch.mountPoint)
         let big = (0..<40_000).map { "line \($0) of the corrupt-image test\n" }.joined()
         try Data(big.utf8).write(to: URL(fileURLWithPath: tree + "/big"))
         try Data("small file\n".utf8).write(to: URL(fileURLWithPath: tree + "/small"))
