@@ -22,6 +22,8 @@ public enum FUSEExercise {
         public var decoded = 0
         public var refused = 0
         public var answered = 0
+        /// FUSE_NOTIFY_STORE messages the reads would have been followed by.
+        public var pushed = 0
         public init() {}
     }
 
@@ -58,6 +60,13 @@ public enum FUSEExercise {
             guard let operations else { continue }
             try checkResponse(operations.respond(to: request), to: request)
             counts.answered += 1
+            // What the pushing thread would send after this read (SiblingPrefetch).
+            if let place = operations.prefetchPlace(for: request) {
+                for message in operations.prefetchNotifications(from: place) {
+                    try checkNotifyStore(message)
+                    counts.pushed += 1
+                }
+            }
         }
         return counts
     }
@@ -86,6 +95,21 @@ public enum FUSEExercise {
         default:
             break
         }
+    }
+
+    /// A FUSE_NOTIFY_STORE as fuse_notify_store takes it: unique 0, the store code, a length
+    /// that is the header's, the store header's and the data's, a valid node id, offset 0.
+    static func checkNotifyStore(_ message: FUSEResponse) throws(Violation) {
+        guard case .data(let header, let payload) = message,
+            header.count == FUSEWireSize.outHeader + FUSEWireSize.notifyStoreOut
+        else { throw Violation("a push that is not a store header and its data") }
+        func field<T: FixedWidthInteger>(_ offset: Int, _: T.Type) -> T {
+            header.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: offset, as: T.self) }
+        }
+        guard Int(field(0, UInt32.self)) == header.count + payload.count, field(4, Int32.self) == FUSENotifyCode.store,
+            field(8, UInt64.self) == 0, field(16, UInt64.self) >= 1, field(24, UInt64.self) == 0,
+            Int(field(32, UInt32.self)) == payload.count, !payload.isEmpty
+        else { throw Violation("a malformed FUSE_NOTIFY_STORE header") }
     }
 
     static func checkResponse(_ response: FUSEResponse, to request: FUSERequest) throws(Violation) {

@@ -26,10 +26,10 @@ public final class SiblingPrefetch: Sendable {
     /// Files whose place is remembered, at most (~40 bytes each).
     static let capacity = 1 << 16
 
-    struct Place: Equatable {
-        var directory: UInt64
+    public struct Place: Equatable, Sendable {
+        public var directory: UInt64
         /// The readdir cookie of the entry after the file's own.
-        var next: UInt64
+        public var next: UInt64
     }
 
     struct State {
@@ -46,7 +46,9 @@ public final class SiblingPrefetch: Sendable {
         guard budget > 0 else { return }
         state.withLock { state in
             if state.places.count >= SiblingPrefetch.capacity { state = State() }
-            state.places[nid] = Place(directory: directory, next: next)
+            // A hard link listed again (same directory or another) keeps its first place: a
+            // later one would skip the files between.
+            if state.places[nid] == nil { state.places[nid] = Place(directory: directory, next: next) }
         }
     }
 
@@ -168,7 +170,7 @@ final class PushQueue: @unchecked Sendable {
 extension FUSEOperations {
     /// Where pushing starts after a read of `request`, if it is a read from the start of a
     /// file READDIRPLUS showed whose directory has small files left to push.
-    func prefetchPlace(for request: FUSERequest) -> SiblingPrefetch.Place? {
+    public func prefetchPlace(for request: FUSERequest) -> SiblingPrefetch.Place? {
         guard let prefetch, case .read(let read) = request.operation, read.offset == 0,
             let nid = nodes.nid(of: request.header.nodeID)
         else { return nil }
@@ -177,7 +179,7 @@ extension FUSEOperations {
 
     /// The FUSE_NOTIFY_STORE messages with the small files of a directory from `place` on,
     /// within the budget; records how far it got.
-    func prefetchNotifications(from place: SiblingPrefetch.Place) -> [FUSEResponse] {
+    public func prefetchNotifications(from place: SiblingPrefetch.Place) -> [FUSEResponse] {
         guard let prefetch, let directory = try? filesystem.inode(nid: place.directory), directory.kind == .directory
         else { return [] }
         var messages: [FUSEResponse] = []

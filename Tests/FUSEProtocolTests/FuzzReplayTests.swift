@@ -28,16 +28,47 @@ import TestSupport
 
     @Test func seedsAndFindingsDecodeAndAreAnsweredWithinTheRules() throws {
         var answered = 0
+        var pushed = 0
         for image in FuzzReplayTests.images {
             let operations = FUSEExercise.operations(for: try EROFSFilesystem(path: image.path))
             for input in FuzzReplayTests.inputs {
                 let bytes = Array(try Data(contentsOf: input))
                 #expect(throws: Never.self, "\(input.lastPathComponent) on \(image.lastPathComponent)") {
-                    answered += try FUSEExercise.run(bytes, operations: operations).answered
+                    let counts = try FUSEExercise.run(bytes, operations: operations)
+                    answered += counts.answered
+                    pushed += counts.pushed
                 }
             }
         }
         #expect(answered > 500)
+        _ = pushed
+    }
+
+    /// The pushes after a read (SiblingPrefetch's NOTIFY_STOREs) pass the fuzzer's checks on every
+    /// seed image: READDIRPLUS of the root, then a read from the start of each node it listed.
+    @Test func pushesAfterReadsAreWellFormed() throws {
+        var pushed = 0
+        for image in FuzzReplayTests.images {
+            let operations = FUSEExercise.operations(for: try EROFSFilesystem(path: image.path))
+            let listing = operations.respond(
+                to: try FUSERequest(decoding: request(.readdirplus, node: 1, body: readIn(offset: 0, size: 65536))))
+            guard case .message(let reply) = listing, reply.count > 16 else { continue }
+            // fuse_entry_out (its node id first), then fuse_dirent with the name, 8-aligned.
+            var position = 16
+            var reads: [UInt8] = []
+            while position + FUSEWireSize.entryOut + FUSEWireSize.direntHeader <= reply.count {
+                let node = reply.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: position, as: UInt64.self) }
+                let nameLength = reply.withUnsafeBytes {
+                    Int($0.loadUnaligned(fromByteOffset: position + FUSEWireSize.entryOut + 16, as: UInt32.self))
+                }
+                if node != 0 { reads += request(.read, node: node, body: readIn(offset: 0, size: 4096)) }
+                position += FUSEDirentList.entrySize(nameLength: nameLength, plus: true)
+            }
+            #expect(throws: Never.self, "\(image.lastPathComponent)") {
+                pushed += try FUSEExercise.run(reads, operations: operations).pushed
+            }
+        }
+        #expect(pushed > 5)
     }
 
     /// Mutations of the seeds through decoding and answering, deterministic (the fuzzer's
