@@ -10,7 +10,7 @@ SWIFTPM_FLAGS = $(if $(SCRATCH),--scratch-path $(SCRATCH))
 # What the format targets look at: the Swift sources, not generated or fetched code.
 FORMAT_PATHS = Package.swift Sources Tests Fuzz
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS ?= reader nbd decompress
+FUZZ_TARGETS ?= reader nbd fuse decompress
 # `make bench VM_BENCH=1` adds the VM benchmarks (boots Debian kernels; see tests/vm/README.md).
 VM_BENCH ?=
 VM_KERNELS ?= 6.1 6.12
@@ -61,7 +61,7 @@ test-vm: ## The nbd and recovery tests in Debian VMs, 6.1 and 6.12 kernels (root
 fuzz: ## Each libFuzzer target for FUZZ_SECONDS (default 30) via scripts/fuzz.sh
 	@set -e; for target in $(FUZZ_TARGETS); do scripts/fuzz.sh $$target $(FUZZ_SECONDS); done
 
-bench: ## Host benchmarks (LZ4, extract, serve over TLS, NBD servers); VM_BENCH=1 adds nbd vs loop in VMs
+bench: ## Host benchmarks (LZ4, extract, serve over TLS, NBD servers, FUSE vs kernel vs squashfuse); VM_BENCH=1 adds VMs
 	$(SWIFT) build -c release --product erofs
 	$(SWIFT) build -c release --product lz4-bench
 	$(SWIFT) build -c release --product mount.erofs
@@ -70,6 +70,7 @@ bench: ## Host benchmarks (LZ4, extract, serve over TLS, NBD servers); VM_BENCH=
 	scripts/bench-serve-tls.sh $(BENCH_ROUNDS)
 	mkdir -p $(BENCH_DIR)/nbd && cat $(BENCH_DIR)/real-1g-lz4hc.erofs >/dev/null
 	/usr/bin/python3 tests/nbd/bench.py .build/release/erofs $(BENCH_DIR)/real-1g-lz4hc.erofs $(BENCH_DIR)/nbd $(BENCH_ROUNDS)
+	BENCH_DIR=$(BENCH_DIR) scripts/bench-fuse.sh $(BENCH_ROUNDS)
 ifneq ($(VM_BENCH),)
 	tests/vm/make-bench-images.sh
 	@set -e; for kernel in $(VM_KERNELS); do \

@@ -175,7 +175,7 @@ let package = Package(
                 // Built for the tests, which run the real binary.
                 "ErofsTool", "CShim",
             ]),
-        .testTarget(name: "MountCLITests", dependencies: ["MountCLI"]),
+        .testTarget(name: "MountCLITests", dependencies: ["MountCLI", "FUSEBackend"]),
         .testTarget(
             name: "BackendsTests",
             dependencies: [
@@ -197,11 +197,18 @@ let package = Package(
         .testTarget(
             name: "CompressionTests", dependencies: ["Compression", "CLZ4", "CLZMA", "CZlib", "CZstd", "TestSupport"]),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol", "TestSupport"]),
-        .testTarget(name: "FUSEProtocolTests", dependencies: ["FUSEProtocol", "TestSupport"]),
+        // What the FUSE fuzzer does with an input; FUSEProtocolTests replays the findings through it.
+        .target(
+            name: "FUSEFuzzSupport",
+            dependencies: [
+                "FUSEProtocol", "FUSEServer", "EROFSReader", .product(name: "Logging", package: "swift-log"),
+            ], path: "Fuzz/FUSEFuzzSupport"),
+        .testTarget(
+            name: "FUSEProtocolTests", dependencies: ["FUSEProtocol", "TestSupport", "FUSEFuzzSupport", "EROFSReader"]),
         .testTarget(
             name: "FUSEServerTests",
             dependencies: [
-                "FUSEServer", "FUSEProtocol", "EROFSReader", "TestSupport", "ReaderFuzzSupport",
+                "FUSEServer", "FUSEProtocol", "EROFSReader", "TestSupport", "ReaderFuzzSupport", "SystemCalls",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(
@@ -241,12 +248,16 @@ if Context.environment["EROFS_FUZZERS"] == "1" {
             name: "ReaderFuzzer", dependencies: ["ReaderFuzzSupport", "FuzzDriver"], path: "Fuzz/ReaderFuzzer"),
         .executableTarget(name: "NBDFuzzer", dependencies: ["NBDProtocol", "FuzzDriver"], path: "Fuzz/NBDFuzzer"),
         .executableTarget(
+            name: "FUSEFuzzer", dependencies: ["FUSEFuzzSupport", "FUSEServer", "EROFSReader", "FuzzDriver"],
+            path: "Fuzz/FUSEFuzzer"),
+        .executableTarget(
             name: "ExtractFuzzer", dependencies: ["ExtractFuzzSupport", "ReaderFuzzSupport", "FuzzDriver"],
             path: "Fuzz/ExtractFuzzer"),
     ]
     package.products += [
         .executable(name: "ReaderFuzzer", targets: ["ReaderFuzzer"]),
         .executable(name: "NBDFuzzer", targets: ["NBDFuzzer"]),
+        .executable(name: "FUSEFuzzer", targets: ["FUSEFuzzer"]),
         .executable(name: "ExtractFuzzer", targets: ["ExtractFuzzer"]),
     ]
 }

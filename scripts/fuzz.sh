@@ -1,6 +1,6 @@
 #!/bin/bash
 # Builds one libFuzzer target (release, -sanitize=fuzzer, AddressSanitizer) and runs it.
-#   scripts/fuzz.sh reader|extract|nbd|decompress [SECONDS] [extra libFuzzer flags...]   (default 60 s)
+#   scripts/fuzz.sh reader|extract|nbd|fuse|decompress [SECONDS] [extra libFuzzer flags...]   (default 60 s)
 # Work dir: .build-fuzz/work/TARGET/ (corpus/ grows across runs, seeds/ is regenerated,
 # crash-*/timeout-*/oom-* land in artifacts/, each run's log in logs/). Replay an artifact:
 #   .build-fuzz/release/ReaderFuzzer .build-fuzz/work/reader/artifacts/crash-...
@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
-target=${1:?usage: scripts/fuzz.sh reader|extract|nbd|decompress [SECONDS] [libFuzzer flags...]}
+target=${1:?usage: scripts/fuzz.sh reader|extract|nbd|fuse|decompress [SECONDS] [libFuzzer flags...]}
 seconds=${2:-60}
 shift $(( $# >= 2 ? 2 : 1 ))
 
@@ -18,9 +18,11 @@ case $target in
     # Lists and extracts each input into its own size-limited tmpfs (root only).
     extract) product=ExtractFuzzer; max_len=65536 ;;
     nbd) product=NBDFuzzer; max_len=4096 ;;
+    # Requests as read from /dev/fuse, answered on one of the mkfs.erofs seed images below.
+    fuse) product=FUSEFuzzer; max_len=8192 ;;
     # The Compression target has its own script (swiftc over the module's sources).
     decompress) exec Fuzz/run.sh "$seconds" "$@" ;;
-    *) echo "unknown target '$target' (reader, extract or nbd)" >&2; exit 2 ;;
+    *) echo "unknown target '$target' (reader, extract, nbd, fuse or decompress)" >&2; exit 2 ;;
 esac
 
 # The fuzzer targets exist only with EROFS_FUZZERS=1 (Package.swift); a separate scratch path
@@ -37,7 +39,7 @@ cp "$repo/Fuzz/seeds/$target"/* "$work/seeds/" 2>/dev/null || true
 # The extract target starts from the crafted shapes (Fuzz/seeds/extract) and the reader's seeds.
 [ "$target" = extract ] && cp "$repo/Fuzz/seeds/reader"/* "$work/seeds/"
 
-if [ "$target" = reader ] || [ "$target" = extract ]; then
+if [ "$target" = reader ] || [ "$target" = extract ] || [ "$target" = fuse ]; then
     # Small images of one tiny tree, one per layout mkfs.erofs (Debian's 1.5) can make.
     if command -v mkfs.erofs >/dev/null; then
         tree=$work/tree
@@ -55,6 +57,14 @@ if [ "$target" = reader ] || [ "$target" = extract ]; then
     else
         echo "mkfs.erofs not found: only the committed seeds" >&2
     fi
+fi
+
+if [ "$target" = fuse ]; then
+    # The requests are the input; the image they are answered from is fixed: lz4hc with
+    # fragments and tail packing, so that reads, readdir, xattrs and lseek reach real data.
+    export FUSE_FUZZ_IMAGE=$work/image.erofs
+    mv "$work/seeds/mkfs-7.erofs" "$FUSE_FUZZ_IMAGE"
+    rm -f "$work"/seeds/*.erofs
 fi
 
 log=$work/logs/$(date -u +%Y%m%dT%H%M%SZ).log

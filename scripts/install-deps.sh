@@ -10,6 +10,8 @@ packages=(
   erofs-utils util-linux mount attr
   # real NBD peers for tests and benchmarks
   libnbd-bin python3-libnbd nbdkit nbd-server qemu-utils fio
+  # the FUSE benchmark's peer: squashfuse over a mksquashfs image of the same tree
+  squashfuse squashfs-tools
   # certificates for the TLS tests
   openssl
   # the VM harness: software-emulated qemu, a busybox initramfs, module unpacking

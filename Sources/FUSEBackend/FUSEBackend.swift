@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Backends
+import FUSEServer
 import KernelAttach
 import Logging
 import SystemCalls
@@ -36,6 +37,10 @@ public struct FUSEBackend: Sendable {
         public var devices: [String] = []
         /// Kernel EROFS options accepted but without effect here, each with why.
         public var warnings: [String] = []
+        /// KiB of small files pushed into the page cache after a read from a file's start
+        /// (FUSEServer's SiblingPrefetch); 0: off.
+        public var prefetchKiB = FUSEOperations.defaultPrefetchBudget / 1024
+        public static let maximumPrefetchKiB = 16384
 
         public static let maximumThreads = 64
         /// One per CPU, up to 8: requests are short, a few channels keep every CPU fed.
@@ -57,10 +62,15 @@ public struct FUSEBackend: Sendable {
                         return .failure(OptionError("fuse.threads=\(text): expected 1 to \(maximumThreads)"))
                     }
                     options.threads = count
+                case ("fuse.prefetch_kb", let text?):
+                    guard let kib = Int(text), (0...maximumPrefetchKiB).contains(kib) else {
+                        return .failure(OptionError("fuse.prefetch_kb=\(text): expected 0 to \(maximumPrefetchKiB)"))
+                    }
+                    options.prefetchKiB = kib
                 default:
                     return .failure(
                         OptionError(
-                            "unknown or malformed fuse option `\(name)\(value.map { "=" + $0 } ?? "")` (fuse.threads=1-\(maximumThreads))"
+                            "unknown or malformed fuse option `\(name)\(value.map { "=" + $0 } ?? "")` (fuse.threads=1-\(maximumThreads), fuse.prefetch_kb=0-\(maximumPrefetchKiB))"
                         ))
                 }
             }
@@ -73,7 +83,7 @@ public struct FUSEBackend: Sendable {
                     options.devices.append(path)
                 case ("user_xattr", nil), ("acl", nil):
                     options.warnings.append("`\(option)` is always on with -t erofs.fuse")
-                case ("cache_strategy", _?), ("dax", _), ("directio", nil):
+                case ("cache_strategy", _?), ("dax", _), ("directio", nil), ("nodirectio", nil):
                     options.warnings.append(
                         "`\(option)` tunes the kernel's EROFS and has no effect with -t erofs.fuse; ignored")
                 case ("nouser_xattr", nil), ("noacl", nil):
@@ -153,7 +163,8 @@ public struct FUSEBackend: Sendable {
         }
         let logFile = "\(store.directory)/fuse-\(randomHex(bytes: 8)).log"
         let settings = FUSEDaemon.Settings(
-            source: source, devices: request.options.devices.map(canonicalPath), threads: request.options.threads)
+            source: source, devices: request.options.devices.map(canonicalPath), threads: request.options.threads,
+            prefetchKiB: request.options.prefetchKiB)
         let daemon: DaemonProcess
         do {
             daemon = try DaemonProcess.spawn(

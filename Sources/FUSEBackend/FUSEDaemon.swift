@@ -22,20 +22,28 @@ public enum FUSEDaemon {
         public var source: String
         public var devices: [String]
         public var threads: Int
+        /// SiblingPrefetch's budget in KiB (0: off).
+        public var prefetchKiB: Int
 
-        public init(source: String, devices: [String] = [], threads: Int) {
+        public init(
+            source: String, devices: [String] = [], threads: Int,
+            prefetchKiB: Int = FUSEOperations.defaultPrefetchBudget / 1024
+        ) {
             self.source = source
             self.devices = devices
             self.threads = threads
+            self.prefetchKiB = prefetchKiB
         }
 
         public var arguments: [String] {
-            [FUSEDaemon.flag, "--threads", String(threads)] + devices.flatMap { ["--device", $0] } + ["--", source]
+            [FUSEDaemon.flag, "--threads", String(threads), "--prefetch-kb", String(prefetchKiB)]
+                + devices.flatMap { ["--device", $0] } + ["--", source]
         }
 
         public init?(arguments: [String]) {
             guard arguments.first == FUSEDaemon.flag else { return nil }
             var threads = 1
+            var prefetchKiB = FUSEOperations.defaultPrefetchBudget / 1024
             var devices: [String] = []
             var index = 1
             while index < arguments.count {
@@ -44,11 +52,16 @@ public enum FUSEDaemon {
                     guard let value = Int(arguments[index + 1]), value >= 1 else { return nil }
                     threads = value
                     index += 2
+                case "--prefetch-kb" where index + 1 < arguments.count:
+                    guard let value = Int(arguments[index + 1]), value >= 0 else { return nil }
+                    prefetchKiB = value
+                    index += 2
                 case "--device" where index + 1 < arguments.count:
                     devices.append(arguments[index + 1])
                     index += 2
                 case "--" where index + 2 == arguments.count:
-                    self.init(source: arguments[index + 1], devices: devices, threads: threads)
+                    self.init(
+                        source: arguments[index + 1], devices: devices, threads: threads, prefetchKiB: prefetchKiB)
                     return
                 default:
                     return nil
@@ -78,7 +91,8 @@ public enum FUSEDaemon {
             return 1
         }
         let server = FUSEServer(
-            operations: FUSEOperations(filesystem: filesystem, logger: logger),
+            operations: FUSEOperations(
+                filesystem: filesystem, logger: logger, prefetchBudget: settings.prefetchKiB * 1024),
             settings: .init(threads: settings.threads),
             logger: logger, onInitialized: { report("ready \(getpid())") })
         logger.info("serving \(settings.source) with \(settings.threads) thread(s)")

@@ -157,6 +157,13 @@ public enum FUSEDirentType {
     public static let socket: UInt32 = 12
 }
 
+/// Notifications the server sends unasked (fuse_notify_code): the out header's error field
+/// carries the code, its unique is 0.
+public enum FUSENotifyCode {
+    /// FUSE_NOTIFY_STORE: data for an inode's page cache.
+    public static let store: Int32 = 4
+}
+
 /// lseek whence values the kernel forwards (the others it answers itself).
 public enum FUSESeekWhence {
     public static let data: UInt32 = 3
@@ -186,6 +193,7 @@ public enum FUSEWireSize {
     public static let accessIn = 8
     public static let lseekIn = 24
     public static let lseekOut = 8
+    public static let notifyStoreOut = 24
     public static let interruptIn = 8
     public static let statfsOut = 80
     /// fuse_dirent up to its name.

@@ -37,11 +37,23 @@ public struct FUSEAttr: Equatable, Sendable {
     }
 
     func encode(into out: inout WireWriter) {
-        for value in [ino, size, blocks, atime, mtime, ctime] { out.append(value) }
-        for value in [atimeNanoseconds, mtimeNanoseconds, ctimeNanoseconds, mode, linkCount, uid, gid, rdev, blockSize]
-        {
-            out.append(value)
-        }
+        // Field by field, no array literals: READDIRPLUS encodes one of these per entry, and
+        // each literal would be a heap allocation.
+        out.append(ino)
+        out.append(size)
+        out.append(blocks)
+        out.append(atime)
+        out.append(mtime)
+        out.append(ctime)
+        out.append(atimeNanoseconds)
+        out.append(mtimeNanoseconds)
+        out.append(ctimeNanoseconds)
+        out.append(mode)
+        out.append(linkCount)
+        out.append(uid)
+        out.append(gid)
+        out.append(rdev)
+        out.append(blockSize)
         out.append(UInt32(0))  // flags
     }
 }
@@ -158,11 +170,14 @@ public enum FUSEReply {
     /// Only the out header of a success whose payload (`payloadLength` bytes) goes out in a
     /// second iovec: large reads are not copied into the header's buffer.
     public static func successHeader(unique: UInt64, payloadLength: Int) -> [UInt8] {
-        header(unique: unique, error: 0, payloadLength: payloadLength).bytes
+        header(unique: unique, error: 0, payloadLength: payloadLength, inline: false).bytes
     }
 
-    static func header(unique: UInt64, error: Int32, payloadLength: Int) -> WireWriter {
-        var out = WireWriter(capacity: FUSEWireSize.outHeader + payloadLength)
+    /// `inline`: the payload will be appended to this buffer (room is reserved for it); else
+    /// it goes out in its own iovec and only the header's bytes are allocated (a 1 MiB READ
+    /// must not cost a 1 MiB allocation for its 16-byte header).
+    static func header(unique: UInt64, error: Int32, payloadLength: Int, inline: Bool = true) -> WireWriter {
+        var out = WireWriter(capacity: FUSEWireSize.outHeader + (inline ? payloadLength : 0))
         out.append(UInt32(truncatingIfNeeded: FUSEWireSize.outHeader + payloadLength))
         out.append(error)
         out.append(unique)
@@ -225,6 +240,18 @@ public enum FUSEReply {
         }
         for value in [statfs.blockSize, statfs.nameLength, statfs.fragmentSize] { out.append(value) }
         for _ in 0..<7 { out.append(UInt32(0)) }  // padding, spare[6]
+        return out.bytes
+    }
+
+    /// The head of a FUSE_NOTIFY_STORE (out header and fuse_notify_store_out): `length` bytes
+    /// of the inode's data at `offset` follow in a second iovec.
+    public static func notifyStoreHeader(nodeID: UInt64, offset: UInt64, length: Int) -> [UInt8] {
+        var out = header(
+            unique: 0, error: FUSENotifyCode.store, payloadLength: FUSEWireSize.notifyStoreOut + length, inline: false)
+        out.append(nodeID)
+        out.append(offset)
+        out.append(UInt32(truncatingIfNeeded: length))
+        out.append(UInt32(0))
         return out.bytes
     }
 

@@ -61,6 +61,9 @@ public struct FUSEOperations: Sendable {
     let logger: Logger
     let blockSize: Int
 
+    /// O_DIRECT in fuse_read_in's flags (the file's open flags; x86_64 and arm64 value).
+    static let directIOFlag: UInt32 = 0o40000
+
     /// The most readahead the kernel may ask for, and the pages per request: 1 MiB.
     public static let maxPages: UInt16 = 256
     static let wantedFlags: FUSEInitFlags = [
@@ -71,11 +74,20 @@ public struct FUSEOperations: Sendable {
     ]
 
     let errorLog: RateLimitedLog
+    /// Pushes the small files after one read from its start (nil: off).
+    let prefetch: SiblingPrefetch?
 
-    public init(filesystem: EROFSFilesystem, logger: Logger, errorLog: RateLimitedLog? = nil) {
+    /// The bytes of small files pushed after a read, by default (`fuse.prefetch_kb`).
+    public static let defaultPrefetchBudget = 512 * 1024
+
+    public init(
+        filesystem: EROFSFilesystem, logger: Logger, errorLog: RateLimitedLog? = nil,
+        prefetchBudget: Int = FUSEOperations.defaultPrefetchBudget
+    ) {
         self.filesystem = filesystem
         self.logger = logger
         self.errorLog = errorLog ?? RateLimitedLog(logger: logger)
+        prefetch = prefetchBudget > 0 ? SiblingPrefetch(budget: prefetchBudget) : nil
         nodes = NodeIDMap(rootNid: filesystem.rootNid)
         blockSize = filesystem.superblock.blockSize
     }
@@ -162,6 +174,12 @@ public struct FUSEOperations: Sendable {
         case .read(let read):
             let file = try inode(request)
             guard file.kind == .file else { throw Failure(file.kind == .directory ? EISDIR : EINVAL) }
+            // O_DIRECT reads at an offset or of a size off the 512-byte sector: EINVAL, as the
+            // kernel's EROFS answers them (FUSE itself would serve them; the buffer's own
+            // alignment is not visible here).
+            if read.flags & FUSEOperations.directIOFlag != 0, read.offset % 512 != 0 || read.size % 512 != 0 {
+                throw Failure(EINVAL)
+            }
             let count = Int(min(read.size, UInt32(FUSEOperations.maxPages) * 4096 * 4))
             let data = try filesystem.read(file, at: read.offset, count: count)
             return .data(header: FUSEReply.successHeader(unique: unique, payloadLength: data.count), payload: data)
@@ -265,6 +283,9 @@ public struct FUSEOperations: Sendable {
                 // A child that cannot be read goes without attributes: its LOOKUP then fails
                 // alone (EIO), as on the kernel's EROFS, where readdir reads no child inode.
                 let entry = plus && !isDot ? try? self.entry(nid: item.nid) : nil
+                if let prefetch, let entry, entry.attr.mode & UInt32(S_IFMT) == UInt32(S_IFREG) {
+                    prefetch.noteListed(item.nid, in: directory.nid, next: next.offset(blockSize: blockSize))
+                }
                 let appended = list.append(
                     name: item.name, ino: item.nid, type: FUSEOperations.direntType(item.fileType),
                     nextOffset: next.offset(blockSize: blockSize), entry: entry)

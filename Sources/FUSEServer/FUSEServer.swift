@@ -36,6 +36,8 @@ public final class FUSEServer: Sendable {
         }
     }
     private let readiness: Mutex<Readiness>
+    /// Reads from a file's start, for the pushing thread (nil: prefetch off).
+    private let pushes: PushQueue?
 
     /// Request buffers: the kernel wants room for its largest request (a WRITE of max_write
     /// bytes, which we set to 4 KiB, or a 64 KiB SETXATTR), and at least 8 KiB.
@@ -48,6 +50,7 @@ public final class FUSEServer: Sendable {
         self.settings = settings
         self.logger = logger
         readiness = Mutex(Readiness(callback: onInitialized))
+        pushes = operations.prefetch == nil ? nil : PushQueue()
     }
 
     /// Serves the connection on `device` (an open /dev/fuse descriptor attached to a mount)
@@ -62,6 +65,20 @@ public final class FUSEServer: Sendable {
         var threads: [JoinableThread] = []
         for channel in channels.dropFirst() {
             threads.append(try JoinableThread { [self] in self.run(channel: channel) })
+        }
+        // The thread that pushes small files after a read (SiblingPrefetch), on a channel of
+        // its own; it stops once the workers have.
+        var pusher: JoinableThread?
+        if let pushes {
+            pusher = try JoinableThread { [self] in
+                pushes.serve { place in
+                    for message in operations.prefetchNotifications(from: place) { send(message, on: device) }
+                }
+            }
+        }
+        defer {
+            pushes?.stop()
+            pusher?.join()
         }
         readiness.withLock {
             $0.threadsStarted = true; return $0.take()
@@ -114,6 +131,9 @@ public final class FUSEServer: Sendable {
                 continue
             }
             let response = operations.respond(to: request)
+            // The files after one read from its start go to the page cache before its answer
+            // (SiblingPrefetch, PushQueue).
+            if let pushes, let place = operations.prefetchPlace(for: request) { pushes.pushAndWait(place) }
             send(response, on: channel)
             if request.header.opcode == .initialize {
                 readiness.withLock {

@@ -345,8 +345,13 @@ public enum MountTool {
           fuse.threads=N       (-t erofs.fuse) serving threads, one /dev/fuse channel each
                                (default: one per CPU, up to 8; 1-64). With -t erofs.fuse,
                                device= names extra devices, user_xattr and acl are always
-                               on, cache_strategy=, dax and directio are ignored with a
+                               on, cache_strategy=, dax, (no)directio are ignored with a
                                warning, other kernel options are refused
+          fuse.prefetch_kb=N   (-t erofs.fuse) after a file is read from its start, push up
+                               to N KiB of the small files (<= 64 KiB) after it in its
+                               directory into the page cache: a walk reading every file
+                               then costs ~1 round trip per directory, not per file
+                               (default 512, 0-16384; 0: off)
           anything else        passed to the kernel's EROFS (device=, domain_id=, fsid=,
                                dax, user_xattr, acl, cache_strategy=, ...)
 

@@ -1,3 +1,4 @@
+import FUSEBackend
 import MountCLI
 import Testing
 
@@ -124,5 +125,43 @@ import Testing
         #expect(try MountCommandLine.parse(["-h"]).mode == .help)
         #expect(try MountCommandLine.parse(["-V"]).mode == .version)
         #expect(try MountCommandLine.parse(["--", "-img", "dir"]).source == "-img")
+    }
+}
+
+/// Every option the kernel's EROFS takes (6.18), as `-t erofs.fuse` sorts it: honoured, ignored
+/// with a warning naming it, or refused with a reason naming it. None is dropped silently.
+@Suite struct FUSEKernelOptionTests {
+    enum Fate: Equatable { case honoured, warned, refused }
+
+    @Test(arguments: [
+        ("device=/dev/blob", Fate.honoured),
+        ("user_xattr", .warned), ("acl", .warned),
+        ("cache_strategy=disabled", .warned), ("cache_strategy=readahead", .warned),
+        ("cache_strategy=readaround", .warned),
+        ("dax", .warned), ("dax=always", .warned), ("dax=never", .warned), ("dax=inode", .warned),
+        ("directio", .warned), ("nodirectio", .warned),
+        ("nouser_xattr", .refused), ("noacl", .refused), ("fsid=abc", .refused), ("domain_id=d", .refused),
+        ("fsoffset=4096", .refused), ("device=", .refused), ("bogus", .refused),
+    ])
+    func kernelOption(option: String, fate: Fate) throws {
+        let line = try MountCommandLine.parse(["-t", "erofs.fuse", "-o", option, "image", "dir"])
+        #expect(line.options.kernelData == [option], "the CLI hands \(option) to the backend")
+        switch FUSEBackend.Options.parse(
+            kernelData: line.options.kernelData, backendOptions: line.options.backendOptions)
+        {
+        case .success(let options):
+            switch fate {
+            case .honoured:
+                #expect(options.devices == ["/dev/blob"] && options.warnings.isEmpty)
+            case .warned:
+                #expect(
+                    options.warnings.count == 1 && options.warnings[0].contains("`\(option)`"), "\(options.warnings)")
+            case .refused:
+                Issue.record("\(option) accepted: \(options)")
+            }
+        case .failure(let error):
+            #expect(fate == .refused, "\(option) refused: \(error)")
+            #expect(error.description.contains("`\(option)`"), "\(error)")
+        }
     }
 }

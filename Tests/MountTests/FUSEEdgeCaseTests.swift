@@ -235,6 +235,165 @@ let seekHole: Int32 = 4  // SEEK_HOLE
         }
     }
 
+    /// A result as a test compares it across the two mounts: the value, or the errno.
+    enum Outcome: Equatable, CustomStringConvertible {
+        case value(Int)
+        case failed(errno: Int32)
+
+        /// `call`'s result, or errno when it returned -1.
+        static func of(_ call: () -> Int) -> Outcome {
+            errno = 0
+            let result = call()
+            return result == -1 ? .failed(errno: errno) : .value(result)
+        }
+
+        var description: String {
+            switch self {
+            case .value(let value): "\(value)"
+            case .failed(let code): "errno \(code) (\(String(cString: strerror(code))))"
+            }
+        }
+    }
+
+    /// Every way of asking to change the tree fails with EROFS, on both mounts alike (the
+    /// kernel's VFS answers some before the filesystem sees them: FUSE must agree).
+    @Test func writesOfEveryKindFailWithEROFSAsOnTheKernelMount() throws {
+        try withFixture { fixture in
+            func attempts(_ root: String) -> [String: Outcome] {
+                func opened(_ path: String, _ flags: Int32) -> Outcome {
+                    .of {
+                        let fd = open(root + path, flags, 0o644)
+                        if fd >= 0 { close(fd) }
+                        return fd >= 0 ? 0 : -1
+                    }
+                }
+                return [
+                    "O_WRONLY": opened("/random", O_WRONLY),
+                    "O_RDWR": opened("/random", O_RDWR),
+                    "O_RDONLY|O_TRUNC": opened("/random", O_RDONLY | O_TRUNC),
+                    "O_WRONLY|O_APPEND": opened("/random", O_WRONLY | O_APPEND),
+                    "O_CREAT new": opened("/new-file", O_WRONLY | O_CREAT),
+                    "O_CREAT existing": opened("/random", O_RDONLY | O_CREAT),
+                    "truncate": .of { Int(truncate(root + "/random", 0)) },
+                    "mkdir": .of { Int(mkdir(root + "/new-dir", 0o755)) },
+                    "rmdir": .of { Int(rmdir(root + "/many")) },
+                    "unlink": .of { Int(unlink(root + "/random")) },
+                    "rename": .of { Int(rename(root + "/random", root + "/renamed")) },
+                    "symlink": .of { Int(symlink("random", root + "/new-link")) },
+                    "link": .of { Int(link(root + "/random", root + "/new-hardlink")) },
+                    "chmod": .of { Int(chmod(root + "/random", 0o600)) },
+                    "chown": .of { Int(chown(root + "/random", 1, 1)) },
+                    "utimes": .of { Int(utimes(root + "/random", nil)) },
+                    "setxattr": .of { Int(setxattr(root + "/xattrs", "user.new", "v", 1, 0)) },
+                    "removexattr": .of { Int(removexattr(root + "/xattrs", "user.small")) },
+                    "mknod": .of { Int(mknod(root + "/new-fifo", S_IFIFO | 0o644, 0)) },
+                ]
+            }
+            let fuse = attempts(fixture.fuse)
+            let kernel = attempts(fixture.kernel)
+            for (name, outcome) in fuse.sorted(by: { $0.key < $1.key }) {
+                #expect(
+                    outcome == kernel[name], "\(name): FUSE \(outcome), kernel \(kernel[name].map { "\($0)" } ?? "-")")
+            }
+            // Whatever the VFS lets through to the filesystem is refused as EROFS, never
+            // ENOSYS or EIO; opening for reading with O_CREAT of an existing file is allowed.
+            #expect(fuse["O_WRONLY"] == .failed(errno: EROFS) && fuse["mkdir"] == .failed(errno: EROFS))
+            #expect(fuse["O_CREAT existing"] == .value(0))
+            #expect(FileManager.default.fileExists(atPath: fixture.fuse + "/random"))
+        }
+    }
+
+    /// Reads the two mounts must answer alike: O_DIRECT reads (aligned, unaligned, past the
+    /// end), reads of a directory, pread at offsets up to the largest off_t and negative,
+    /// lseek to the end and past it.
+    @Test func directAndOddReadsAnswerAsOnTheKernelMount() throws {
+        try withFixture { fixture in
+            let oDirect: Int32 = 0o40000  // O_DIRECT on x86_64 and arm64 Linux
+            func outcomes(_ root: String) -> [String: Outcome] {
+                var results: [String: Outcome] = [:]
+                let fd = open(root + "/random", O_RDONLY | oDirect)
+                results["open O_DIRECT"] = fd >= 0 ? .value(0) : .failed(errno: errno)
+                if fd >= 0 {
+                    defer { close(fd) }
+                    let buffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 20, alignment: 4096)
+                    defer { buffer.deallocate() }
+                    for (offset, count) in [(0, 4096), (4096, 65_536), (290_816, 65_536), (1 << 30, 4096), (1, 4096)] {
+                        let outcome = Outcome.of { pread(fd, buffer, count, off_t(offset)) }
+                        results["O_DIRECT pread \(count) at \(offset)"] = outcome
+                        if case .value(let n) = outcome, n > 0 {
+                            let bytes = Array(UnsafeRawBufferPointer(start: buffer, count: n))
+                            #expect(
+                                bytes == Array(fixture.random[offset..<(offset + n)]),
+                                "\(root): O_DIRECT bytes at \(offset)")
+                        }
+                    }
+                }
+                let file = open(root + "/random", O_RDONLY)
+                defer { close(file) }
+                var byte: UInt8 = 0
+                results["pread at Int64.max - 1"] = .of { pread(file, &byte, 1, off_t.max - 1) }
+                results["pread at -1"] = .of { pread(file, &byte, 1, -1) }
+                results["SEEK_END"] = .of { Int(lseek(file, 0, SEEK_END)) }
+                results["SEEK_END + 10"] = .of { Int(lseek(file, 10, SEEK_END)) }
+                results["read after SEEK_END + 10"] = .of { read(file, &byte, 1) }
+                results["SEEK_SET -1"] = .of { Int(lseek(file, -1, SEEK_SET)) }
+                let directory = open(root + "/many", O_RDONLY | O_DIRECTORY)
+                defer { close(directory) }
+                results["read of a directory"] = .of { read(directory, &byte, 1) }
+                results["open a file as O_DIRECTORY"] = .of {
+                    let fd = open(root + "/random", O_RDONLY | O_DIRECTORY)
+                    if fd >= 0 { close(fd) }
+                    return fd >= 0 ? 0 : -1
+                }
+                return results
+            }
+            let fuse = outcomes(fixture.fuse)
+            let kernel = outcomes(fixture.kernel)
+            #expect(fuse.count == kernel.count)
+            for (name, outcome) in fuse.sorted(by: { $0.key < $1.key }) {
+                #expect(
+                    outcome == kernel[name], "\(name): FUSE \(outcome), kernel \(kernel[name].map { "\($0)" } ?? "-")")
+            }
+            #expect(fuse["read of a directory"] == .failed(errno: EISDIR))
+            #expect(fuse["SEEK_END"] == .value(fixture.random.count))
+        }
+    }
+
+    /// A file mapped and then read, read and then mapped, and a private writable mapping
+    /// (copy-on-write, allowed on a read-only file): the same bytes everywhere, the file
+    /// unchanged, as on the kernel's mount.
+    @Test func mmapAndReadAgreeInEitherOrder() throws {
+        try withFixture { fixture in
+            for root in [fixture.fuse, fixture.kernel] {
+                let fd = open(root + "/random", O_RDONLY)
+                try #require(fd >= 0)
+                defer { close(fd) }
+                let size = fixture.random.count
+                let mapped = try #require(mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0), "\(root)")
+                try #require(mapped != MAP_FAILED)
+                defer { munmap(mapped, size) }
+                // Touch the middle of the mapping first, then read the whole file through read(2).
+                #expect(mapped.load(fromByteOffset: 150_000, as: UInt8.self) == fixture.random[150_000])
+                var read = [UInt8](repeating: 0, count: size)
+                #expect(pread(fd, &read, size, 0) == size)
+                #expect(read == fixture.random, "\(root): read after mmap")
+                #expect(Array(UnsafeRawBufferPointer(start: mapped, count: size)) == fixture.random)
+
+                let copy = try #require(mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0))
+                try #require(copy != MAP_FAILED, "\(root): private writable mapping refused")
+                defer { munmap(copy, size) }
+                copy.storeBytes(of: ~fixture.random[10], toByteOffset: 10, as: UInt8.self)
+                var again: UInt8 = 0
+                #expect(pread(fd, &again, 1, 10) == 1 && again == fixture.random[10], "\(root): private write leaked")
+                // A mapping past the end of the file: the page after the last faults (SIGBUS), so
+                // only its length is checked here: the mapping itself is allowed.
+                let beyond = mmap(nil, size + (1 << 20), PROT_READ, MAP_SHARED, fd, 0)
+                #expect(beyond != MAP_FAILED)
+                if beyond != MAP_FAILED { munmap(beyond, size + (1 << 20)) }
+            }
+        }
+    }
+
     /// ACLs are enforced as the kernel's EROFS enforces them (FUSE_POSIX_ACL with
     /// default_permissions): uid 1234 reads by its ACL entry, uid 4321 is refused, on both mounts.
     @Test func posixACLsGrantAndDenyAsOnTheKernelMount() throws {

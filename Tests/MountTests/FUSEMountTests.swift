@@ -163,6 +163,90 @@ import Glibc
         #expect(!FileManager.default.fileExists(atPath: state), "the state outlived umount")
     }
 
+    /// A scratch directory with an empty `tree` to make `image` of and an empty `mountPoint`.
+    struct ScratchTree {
+        let directory: String
+        var tree: String { directory + "/tree" }
+        var image: String { directory + "/image.erofs" }
+        var mountPoint: String { directory + "/mnt" }
+
+        init(_ label: String) throws {
+            directory = try MountHarness.scratchDirectory(label)
+            for path in [directory + "/tree", directory + "/mnt"] {
+                try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+            }
+        }
+
+        func remove() { try? FileManager.default.removeItem(atPath: directory) }
+    }
+
+    /// Pages of `path` in the page cache (mincore of a mapping of it).
+    static func residentPages(_ path: String) throws -> (resident: Int, pages: Int) {
+        let fd = open(path, O_RDONLY)
+        try #require(fd >= 0, "open \(path)")
+        defer { close(fd) }
+        var status = stat()
+        try #require(fstat(fd, &status) == 0)
+        let size = Int(status.st_size)
+        let pages = (size + 4095) / 4096
+        guard size > 0 else { return (0, 0) }
+        let mapped = try #require(mmap(nil, size, PROT_READ, MAP_SHARED, fd, 0))
+        try #require(mapped != MAP_FAILED)
+        defer { munmap(mapped, size) }
+        var vector = [UInt8](repeating: 0, count: pages)
+        try #require(mincore(mapped, size, &vector) == 0)
+        return (vector.filter { $0 & 1 != 0 }.count, pages)
+    }
+
+    /// SiblingPrefetch: reading the first file of a directory through a fresh mount puts the
+    /// small files after it in the page cache (NOTIFY_STORE) with the right bytes, before the
+    /// reader asks for them; `fuse.prefetch_kb=0` turns it off (nothing resident), and a file
+    /// over 64 KiB is left to its own readahead.
+    @Test func readingAFileFromItsStartPrefetchesTheSmallFilesAfterIt() throws {
+        let scratch = try ScratchTree("fuse-prefetch")
+        defer { scratch.remove() }
+        let (tree, image, mountPoint) = (scratch.tree, scratch.image, scratch.mountPoint)
+        try FileManager.default.createDirectory(atPath: tree + "/d", withIntermediateDirectories: true)
+        var generator = SplitMix64(seed: 15)
+        var contents: [String: [UInt8]] = [:]
+        for index in 0..<30 {
+            let size = index == 20 ? 100_000 : 1 + Int(generator.next() % 12_000)
+            let text = (0..<size).map { UInt8(ascii: "a") + UInt8(($0 * 7 + index + Int(generator.next() % 3)) % 26) }
+            contents[String(format: "f%02d", index)] = text
+            try Data(text).write(to: URL(fileURLWithPath: tree + String(format: "/d/f%02d", index)))
+        }
+        let made = try runProgram("/usr/bin/mkfs.erofs", ["-zlz4hc", image, tree])
+        try #require(made.status == 0, "\(made.standardError)")
+
+        for prefetch in [true, false] {
+            let entry = try mount(image, at: mountPoint, options: prefetch ? [] : ["-o", "fuse.prefetch_kb=0"])
+            let names = try FileManager.default.contentsOfDirectory(atPath: mountPoint + "/d").sorted()
+            #expect(names.count == 30)
+            let first = try Data(contentsOf: URL(fileURLWithPath: mountPoint + "/d/f00"))
+            #expect(Array(first) == contents["f00"])
+            var resident = 0
+            for name in names.dropFirst() {
+                let pages = try FUSEMountTests.residentPages(mountPoint + "/d/" + name)
+                if name == "f20" {
+                    #expect(pages.resident == 0, "prefetch \(prefetch): the 100 KB file was pushed")
+                } else if pages.resident == pages.pages {
+                    resident += 1
+                }
+            }
+            if prefetch {
+                // The pushes happen before the first file's answer: all there by now.
+                #expect(resident == 28, "\(resident) of the 28 small files after f00 in the page cache")
+            } else {
+                #expect(resident == 0, "\(resident) files in the page cache with the prefetch off")
+            }
+            for name in names {
+                let bytes = try Data(contentsOf: URL(fileURLWithPath: mountPoint + "/d/" + name))
+                #expect(Array(bytes) == contents[name], "prefetch \(prefetch): \(name) differs")
+            }
+            try unmountAndExpectNothingLeft(mountPoint, image: image, entry: entry)
+        }
+    }
+
     /// A multi-device image: `-o device=BLOB` reaches the daemon, which reads the chunks there.
     @Test func extraDeviceIsServed() throws {
         let made = try ExtraDeviceMountTests.BlobImage(harness: harness)
@@ -175,13 +259,9 @@ import Glibc
     /// A compressed extent overwritten with 0xFF: reading the file fails with EIO (never wrong
     /// bytes), the daemon logs it and keeps serving everything else.
     @Test func corruptDataGivesEIOAndTheDaemonSurvives() throws {
-        let directory = try MountHarness.scratchDirectory("fuse-corrupt")
-        defer { try? FileManager.default.removeItem(atPath: directory) }
-        let tree = directory + "/tree"
-        let image = directory + "/image.erofs"
-        let mountPoint = directory + "/mnt"
-        try FileManager.default.createDirectory(atPath: tree, withIntermediateDirectories: true)
-        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        let scratch = try ScratchTree("fuse-corrupt")
+        defer { scratch.remove() }
+        let (tree, image, mountPoint) = (scratch.tree, scratch.image, scratch.mountPoint)
         let big = (0..<40_000).map { "line \($0) of the corrupt-image test\n" }.joined()
         try Data(big.utf8).write(to: URL(fileURLWithPath: tree + "/big"))
         try Data("small file\n".utf8).write(to: URL(fileURLWithPath: tree + "/small"))

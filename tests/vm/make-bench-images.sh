@@ -2,9 +2,11 @@
 # Runs on the host (the VM sees the repo read-only): makes the two images that
 # bench-nbd-vs-loop.sh reads, with Debian's mkfs.erofs (lz4hc), under DIR
 # (default $REPO/.build-bench, git-ignored). Deterministic content; skipped when present.
-# BENCH_IMAGES=small makes only the small one (scripts/bench-fuse.sh).
+# BENCH_IMAGES picks the kinds (default: big small); BENCH_KEEP_TREES=1 keeps each source tree
+# as DIR/KIND.tree, for the other filesystems scripts/bench-fuse.sh builds from the same files.
 #   big.erofs:   4 files, 256 MiB: 2 x 64 MiB incompressible (random) + 2 x 64 MiB text-like
 #   small.erofs: 8000 files of 512 B..24 KiB (mixed random and text) in 200 directories
+#   small16k.erofs: 8000 files of 0..16 KiB (mixed random and text) in 200 directories
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 DIR=${1:-$REPO/.build-bench}
@@ -37,7 +39,7 @@ else:
     for d in range(200):
         os.makedirs(f"{dest}/d{d:03}")
         for i in range(40):
-            n = rng.randint(512, 24 << 10)
+            n = rng.randint(0, 16 << 10) if kind == "small16k" else rng.randint(512, 24 << 10)
             data = rng.randbytes(n) if i % 3 == 0 else pool[(s := rng.randrange(len(pool) - n)):s + n]
             with open(f"{dest}/d{d:03}/f{i:02}", "wb") as f:
                 f.write(data)
@@ -46,11 +48,11 @@ PY
 
 for kind in ${BENCH_IMAGES:-big small}; do
     image=$DIR/$kind.erofs
-    [[ -s $image ]] && continue
+    [[ -s $image && ( -z ${BENCH_KEEP_TREES:-} || -d $DIR/$kind.tree ) ]] && continue
     rm -rf "$DIR/$kind.tree"
     make_tree "$kind" "$DIR/$kind.tree"
     mkfs.erofs --quiet -zlz4hc -T0 --all-root "$image.tmp" "$DIR/$kind.tree"
     mv "$image.tmp" "$image"
-    rm -rf "$DIR/$kind.tree"
+    [[ -n ${BENCH_KEEP_TREES:-} ]] || rm -rf "$DIR/$kind.tree"
     echo "made $image: $(stat -c %s "$image") bytes"
 done

@@ -1,0 +1,61 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+@testable import FUSEServer
+import Synchronization
+import SystemCalls
+import Testing
+
+/// The hand-over between a worker and the pushing thread (SiblingPrefetch): the worker waits
+/// for its push, but never longer than the bound, whatever the push does (a real push can wait
+/// for page locks only a worker's answer releases).
+@Suite struct PushQueueTests {
+    static func milliseconds(since start: timespec) -> Double {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return Double(now.tv_sec - start.tv_sec) * 1000 + Double(now.tv_nsec - start.tv_nsec) / 1e6
+    }
+
+    static func now() -> timespec {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &now)
+        return now
+    }
+
+    @Test func everyPushIsMadeInOrder() throws {
+        let queue = PushQueue()
+        let pushed = Mutex<[UInt64]>([])
+        let pusher = try JoinableThread { queue.serve { place in pushed.withLock { $0.append(place.directory) } } }
+        for directory in UInt64(1)...20 {
+            queue.pushAndWait(.init(directory: directory, next: 0))
+        }
+        queue.stop()
+        pusher.join()
+        #expect(pushed.withLock { $0 } == Array(1...20))
+    }
+
+    @Test func aStuckPushHoldsTheWorkerOnlyForTheBound() throws {
+        let queue = PushQueue()
+        let release = Mutex(false)
+        let pusher = try JoinableThread {
+            queue.serve { _ in
+                // A push stuck on a page lock: until the test lets it go.
+                while !release.withLock({ $0 }) { usleep(1000) }
+            }
+        }
+        let start = PushQueueTests.now()
+        queue.pushAndWait(.init(directory: 1, next: 0))
+        let waited = PushQueueTests.milliseconds(since: start)
+        #expect(waited >= Double(PushQueue.waitNanoseconds) / 1e6 * 0.9, "returned after \(waited) ms")
+        #expect(waited < 1000, "a stuck push held the worker \(waited) ms")
+        // Further pushes queue behind it and return at the bound too; nothing blocks for good.
+        for _ in 0..<3 { queue.pushAndWait(.init(directory: 2, next: 0)) }
+        release.withLock { $0 = true }
+        queue.stop()
+        pusher.join()
+        // After stop, a worker does not wait at all.
+        let after = PushQueueTests.now()
+        queue.pushAndWait(.init(directory: 3, next: 0))
+        #expect(PushQueueTests.milliseconds(since: after) < 100)
+    }
+}
