@@ -8,47 +8,107 @@ import Logging
 import Synchronization
 import SystemCalls
 
-/// The serving daemon: `mount.erofs --serve-fuse --threads N [--device PATH]... -- IMAGE`,
-/// spawned by the mount with the /dev/fuse descriptor of the new mount as descriptor 3 and its
-/// status pipe as descriptor 4. It opens the image, serves the connection, says "ready PID" on
-/// the pipe once INIT is answered, and exits when the connection ends (unmount: ENODEV).
+/// A serving worker: `mount.erofs --serve-fuse --threads N [--device PATH]... [ROLE] -- IMAGE`,
+/// started by the supervisor (FUSESupervisor) with its status pipe as descriptor 3, its wake-up
+/// pipe as 4 (standby only), the request journal as 5 and the connection's channels (the
+/// /dev/fuse descriptor and its clones, all held by the supervisor too) from 6 on. It opens the
+/// image, then by role:
+/// - first: serves from the kernel's INIT on; says "ready PID METHOD" once INIT is answered;
+/// - standby: says "prepared PID" and waits; a byte on descriptor 4 makes it take over, its
+///   end of file (the supervisor is gone) makes it exit: a standby must never be what keeps a
+///   dead connection open;
+/// - take-over: at once, as a standby woken.
+/// Taking over: the dead worker's unanswered requests are answered (FUSE_NOTIFY_RESEND, or the
+/// journal), then it serves and says "ready PID METHOD". It exits with 0 when the connection
+/// ends (unmount, abort: ENODEV).
 public enum FUSEDaemon {
     public static let flag = "--serve-fuse"
-    static let deviceDescriptor: Int32 = 3
-    static let statusDescriptor: Int32 = 4
-    private static let reported = Mutex(false)
+    static let statusDescriptor: Int32 = 3
+    static let wakeDescriptor: Int32 = 4
+    static let journalDescriptor: Int32 = 5
+    static let firstChannelDescriptor: Int32 = 6
+
+    public enum Role: Equatable, Sendable {
+        case first
+        case standby
+        case takeOver
+    }
 
     public struct Settings: Sendable, Equatable {
         public var source: String
         public var devices: [String]
         public var threads: Int
+        /// Recover from the journal even where the kernel could resend (`fuse.recovery=journal`):
+        /// how the path older kernels take is tested on a new one.
+        public var journalOnly: Bool
+        public var role: Role
+        /// The mount's device number (the FUSE connection): names its state for the supervisor.
+        public var connection: (major: UInt32, minor: UInt32)?
 
-        public init(source: String, devices: [String] = [], threads: Int) {
+        public init(
+            source: String, devices: [String] = [], threads: Int, journalOnly: Bool = false, role: Role = .first,
+            connection: (major: UInt32, minor: UInt32)? = nil
+        ) {
             self.source = source
             self.devices = devices
             self.threads = threads
+            self.journalOnly = journalOnly
+            self.role = role
+            self.connection = connection
         }
 
-        public var arguments: [String] {
-            [FUSEDaemon.flag, "--threads", String(threads)] + devices.flatMap { ["--device", $0] } + ["--", source]
+        public static func == (a: Settings, b: Settings) -> Bool {
+            a.source == b.source && a.devices == b.devices && a.threads == b.threads && a.journalOnly == b.journalOnly
+                && a.role == b.role && a.connection?.major == b.connection?.major
+                && a.connection?.minor == b.connection?.minor
         }
 
-        public init?(arguments: [String]) {
-            guard arguments.first == FUSEDaemon.flag else { return nil }
-            var threads = 1
-            var devices: [String] = []
+        /// The arguments after argv[0], led by `flag` (the worker's or the supervisor's).
+        public func arguments(flag: String = FUSEDaemon.flag) -> [String] {
+            var arguments = [flag, "--threads", String(threads)] + devices.flatMap { ["--device", $0] }
+            if journalOnly { arguments.append("--journal") }
+            if let connection { arguments += ["--connection", "\(connection.major):\(connection.minor)"] }
+            switch role {
+            case .first: break
+            case .standby: arguments.append("--standby")
+            case .takeOver: arguments.append("--take-over")
+            }
+            return arguments + ["--", source]
+        }
+
+        public init?(arguments: [String], flag: String = FUSEDaemon.flag) {
+            guard arguments.first == flag else { return nil }
+            var settings = Settings(source: "", threads: 1)
             var index = 1
             while index < arguments.count {
-                switch arguments[index] {
-                case "--threads" where index + 1 < arguments.count:
-                    guard let value = Int(arguments[index + 1]), value >= 1 else { return nil }
-                    threads = value
+                let value = index + 1 < arguments.count ? arguments[index + 1] : nil
+                switch (arguments[index], value) {
+                case ("--threads", let text?):
+                    guard let count = Int(text), (1...FUSEJournal.maximumChannels).contains(count) else { return nil }
+                    settings.threads = count
                     index += 2
-                case "--device" where index + 1 < arguments.count:
-                    devices.append(arguments[index + 1])
+                case ("--device", let path?):
+                    settings.devices.append(path)
                     index += 2
-                case "--" where index + 2 == arguments.count:
-                    self.init(source: arguments[index + 1], devices: devices, threads: threads)
+                case ("--connection", let text?):
+                    let parts = text.split(separator: ":")
+                    guard parts.count == 2, let major = UInt32(parts[0]), let minor = UInt32(parts[1]) else {
+                        return nil
+                    }
+                    settings.connection = (major, minor)
+                    index += 2
+                case ("--journal", _):
+                    settings.journalOnly = true
+                    index += 1
+                case ("--standby", _):
+                    settings.role = .standby
+                    index += 1
+                case ("--take-over", _):
+                    settings.role = .takeOver
+                    index += 1
+                case ("--", let source?) where index + 2 == arguments.count:
+                    settings.source = source
+                    self = settings
                     return
                 default:
                     return nil
@@ -62,47 +122,92 @@ public enum FUSEDaemon {
         // A long-lived daemon must not keep its starter's working directory busy (it would
         // block unmounting that filesystem); every path it is given is absolute.
         _ = chdir("/")
-        var logger = Logger(label: "erofs-fuse-daemon")
+        var logger = Logger(label: "erofs-fuse-worker[\(getpid())]")
         logger.logLevel = .info
+        let status = StatusPipe(descriptor: statusDescriptor)
         guard let settings = Settings(arguments: arguments) else {
             logger.error("bad arguments: \(arguments)")
-            _ = "error bad daemon arguments\n".withCString { write(statusDescriptor, $0, strlen($0)) }
+            status.finish("error bad worker arguments")
             return 2
         }
         let filesystem: EROFSFilesystem
+        let journal: FUSEJournal
         do {
             filesystem = try EROFSFilesystem(path: settings.source, devicePaths: settings.devices)
+            journal = try FUSEJournal(descriptor: journalDescriptor, channels: settings.threads)
         } catch {
             logger.error("\(error)")
-            report("error \(error)")
+            status.finish("error \(error)")
             return 1
         }
+        let channels = (0..<Int32(settings.threads)).map { firstChannelDescriptor + $0 }
         let server = FUSEServer(
             operations: FUSEOperations(filesystem: filesystem, logger: logger),
-            settings: .init(threads: settings.threads),
-            logger: logger, onInitialized: { report("ready \(getpid())") })
-        logger.info("serving \(settings.source) with \(settings.threads) thread(s)")
+            settings: .init(threads: settings.threads), logger: logger)
+        switch settings.role {
+        case .first:
+            server.whenReady {
+                let resend = server.kernelFlags.contains(.hasResend) && !settings.journalOnly
+                status.finish("ready \(getpid()) \(resend ? "resend" : "journal")")
+            }
+        case .standby:
+            status.say("prepared \(getpid())")
+            guard waitForWakeUp() else {
+                logger.info("the supervisor is gone; a standby has nothing to do")
+                return 0
+            }
+            fallthrough
+        case .takeOver:
+            let started = monotonicSeconds()
+            let outcome = server.takeOver(channels: channels, journal: journal, preferResend: !settings.journalOnly)
+            let method = outcome == .resent ? "resend" : "journal"
+            logger.info(
+                "took over \(settings.source): \(outcome) in \(Int((monotonicSeconds() - started) * 1_000_000)) us")
+            server.whenReady { status.finish("ready \(getpid()) \(method)") }
+        }
         do {
-            try server.serve(device: deviceDescriptor)
+            try server.serve(channels: channels, journal: journal, initialized: settings.role != .first)
         } catch {
             logger.error("\(error)")
-            report("error \(error)")
+            status.finish("error \(error)")
             return 1
         }
         logger.info("connection ended; exiting")
-        FUSEStateStore().removeStates(ofDaemon: getpid())
+        FUSEStateStore().removeStates(ofProcess: getpid())
         return 0
     }
 
-    /// One line on the status pipe, then the pipe is closed (a second report goes nowhere).
-    private static func report(_ line: String) {
+    /// Blocks until the supervisor writes the wake-up byte (true) or is gone (false).
+    static func waitForWakeUp() -> Bool {
+        var byte: UInt8 = 0
+        while true {
+            let got = read(wakeDescriptor, &byte, 1)
+            if got < 0 && errno == EINTR { continue }
+            return got == 1
+        }
+    }
+}
+
+/// A worker's status pipe to its supervisor: lines, the last of which closes it.
+final class StatusPipe: Sendable {
+    let descriptor: Int32
+    private let finished = Mutex(false)
+
+    init(descriptor: Int32) { self.descriptor = descriptor }
+
+    func say(_ line: String) {
+        let text = line.split(separator: "\n").joined(separator: " ") + "\n"
+        text.withCString { _ = write(descriptor, $0, strlen($0)) }
+    }
+
+    /// The last line, once: later calls write nothing.
+    func finish(_ line: String) {
         guard
-            reported.withLock({ done in
+            finished.withLock({ done in
                 defer { done = true }; return !done
             })
         else { return }
-        let text = line.split(separator: "\n").joined(separator: " ") + "\n"
-        text.withCString { _ = write(statusDescriptor, $0, strlen($0)) }
-        close(statusDescriptor)
+        say(line)
+        close(descriptor)
     }
 }

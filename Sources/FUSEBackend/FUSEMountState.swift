@@ -10,26 +10,56 @@ import Backends
 import KernelAttach
 import SystemCalls
 
-/// What `-u` needs to finish a FUSE mount: the daemon serving it. One file per mount in
-/// /run/erofs-mount/fuse (0700; files 0600), named by the mount's device number (the FUSE
-/// connection), which the mount table shows.
+/// What `-u`, `--upgrade` and `--list` need of a FUSE mount: its supervisor and the worker
+/// serving it. One file per mount in /run/erofs-mount/fuse (0700; files 0600), named by the
+/// mount's device number (the FUSE connection), which the mount table shows.
 public struct FUSEMountState: Codable, Sendable, Equatable {
+    /// The supervisor (holds the connection's descriptors; starts workers).
     public var daemonPID: Int32
     public var daemonStartTime: UInt64
     public var source: String
     public var mountPoint: String
     public var threads: Int
     public var logFile: String
+    /// The worker serving requests, as the supervisor last recorded it.
+    public var servingPID: Int32?
+    public var servingStartTime: UInt64?
+    /// How a new worker gets the dead one's unanswered requests: "resend" or "journal".
+    public var recovery: String?
+    public var recoveries: Int?
+    public var upgrades: Int?
+    /// How long the last recovery or upgrade took, from the old worker's end to the new one
+    /// serving, as the supervisor measured it.
+    public var lastStallMilliseconds: Int?
+
+    public init(
+        daemonPID: Int32, daemonStartTime: UInt64, source: String, mountPoint: String, threads: Int, logFile: String,
+        servingPID: Int32? = nil, servingStartTime: UInt64? = nil, recovery: String? = nil
+    ) {
+        self.daemonPID = daemonPID
+        self.daemonStartTime = daemonStartTime
+        self.source = source
+        self.mountPoint = mountPoint
+        self.threads = threads
+        self.logFile = logFile
+        self.servingPID = servingPID
+        self.servingStartTime = servingStartTime
+        self.recovery = recovery
+    }
 
     public var daemon: DaemonProcess { DaemonProcess(pid: daemonPID, startTime: daemonStartTime) }
+    public var worker: DaemonProcess? { servingPID.map { DaemonProcess(pid: $0, startTime: servingStartTime ?? 0) } }
 
-    /// Whether the recorded daemon is, alive, our FUSE daemon serving this source: only such a
+    /// Whether `process` is, alive, our FUSE supervisor or worker for this source: only such a
     /// process is ever signalled (a state names a pid; the pid may be anyone's by now).
-    public var daemonIsOurs: Bool {
-        daemon.runsOurBinary { arguments in
-            arguments.count > 2 && arguments[1] == FUSEDaemon.flag && arguments.last == source
+    public func isOurs(_ process: DaemonProcess) -> Bool {
+        process.runsOurBinary { arguments in
+            arguments.count > 2 && [FUSEDaemon.flag, FUSESupervisor.flag].contains(arguments[1])
+                && arguments.last == source
         }
     }
+
+    public var daemonIsOurs: Bool { isOurs(daemon) }
 }
 
 public struct FUSEStateStore: Sendable {
@@ -54,7 +84,7 @@ public struct FUSEStateStore: Sendable {
         do { data = try JSONEncoder().encode(state) } catch {
             throw SystemError("encode FUSE mount state", path: target, detail: "\(error)")
         }
-        let temporary = target + ".tmp"
+        let temporary = target + ".tmp.\(getpid())"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
         guard fd >= 0 else { throw .lastErrno("open", path: temporary) }
         let written = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
@@ -88,15 +118,31 @@ public struct FUSEStateStore: Sendable {
         unlink(path(major: major, minor: minor))
     }
 
-    /// Removes the state (and log) of every mount served by the daemon `pid`: what the daemon
-    /// does as it exits, so that a plain umount(8) leaves no state behind either.
-    public func removeStates(ofDaemon pid: Int32) {
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
-        for name in names where name.hasSuffix(".json") {
-            let path = "\(directory)/\(name)"
-            guard let state = load(path: path), state.daemonPID == pid else { continue }
-            unlink(path)
+    /// Removes the state (and log) of every mount whose supervisor or serving worker is `pid`:
+    /// what they do as the connection ends, so that a plain umount(8) leaves no state behind.
+    public func removeStates(ofProcess pid: Int32) {
+        for (major, minor, state) in all() where state.daemonPID == pid || state.servingPID == pid {
+            remove(major: major, minor: minor)
             unlink(state.logFile)
         }
+    }
+
+    /// Every readable state, by the mount's device number.
+    public func all() -> [(major: UInt32, minor: UInt32, state: FUSEMountState)] {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return [] }
+        return names.sorted().compactMap { name in
+            let parts = name.dropLast(".json".count).split(separator: "-")
+            guard name.hasSuffix(".json"), parts.count == 2, let major = UInt32(parts[0]), let minor = UInt32(parts[1]),
+                let state = load(path: "\(directory)/\(name)")
+            else { return nil }
+            return (major, minor, state)
+        }
+    }
+
+    /// Applies `change` to the state of connection `major:minor`, if there is one.
+    public func update(major: UInt32, minor: UInt32, _ change: (inout FUSEMountState) -> Void) throws(SystemError) {
+        guard var state = load(major: major, minor: minor) else { return }
+        change(&state)
+        try save(state, major: major, minor: minor)
     }
 }

@@ -161,6 +161,14 @@ public enum FUSEReply {
         header(unique: unique, error: 0, payloadLength: payloadLength).bytes
     }
 
+    /// FUSE_NOTIFY_RESEND (6.9+, announced by FUSE_HAS_RESEND in INIT): a notification (unique
+    /// 0, the code in the error field) asking the kernel to queue again every request read on
+    /// any of the connection's open channels and not answered; they come back with
+    /// `fuseUniqueResend` set in their unique. Older kernels refuse the code with EINVAL.
+    public static func notifyResend() -> [UInt8] {
+        header(unique: 0, error: fuseNotifyResend, payloadLength: 0).bytes
+    }
+
     static func header(unique: UInt64, error: Int32, payloadLength: Int) -> WireWriter {
         var out = WireWriter(capacity: FUSEWireSize.outHeader + payloadLength)
         out.append(UInt32(truncatingIfNeeded: FUSEWireSize.outHeader + payloadLength))

@@ -11,7 +11,8 @@ import SystemCalls
 /// The serving loop over a /dev/fuse connection: N threads, each on its own channel (a clone
 /// of the connection's descriptor, FUSE_DEV_IOC_CLONE), each reading a request, answering it
 /// and reading the next. Everything a thread needs is the image and its descriptor, so a
-/// future supervisor can hand the descriptor to a replacement process.
+/// supervisor holding the channels can hand them to a replacement process, which first has
+/// the dead one's unanswered requests answered (`takeOver`) and then serves on.
 public final class FUSEServer: Sendable {
     public struct Settings: Sendable {
         public var threads: Int
@@ -26,6 +27,8 @@ public final class FUSEServer: Sendable {
     private struct Readiness {
         var initialized = false
         var threadsStarted = false
+        /// What the kernel offered in INIT (empty until then, and in a worker that took over).
+        var kernelFlags: FUSEInitFlags = []
         var callback: (@Sendable () -> Void)?
 
         /// The callback, once both have happened (and only once).
@@ -59,15 +62,64 @@ public final class FUSEServer: Sendable {
         for _ in 1..<settings.threads {
             channels.append(try FUSEServer.cloneChannel(of: device))
         }
+        try serve(channels: channels, journal: nil)
+    }
+
+    /// Serves `channels` (the connection's descriptor and clones of it, one thread each) until
+    /// the kernel ends the connection. With a journal, each thread reads into its channel's
+    /// slot (see FUSEJournal). `initialized`: INIT was answered by an earlier worker.
+    public func serve(channels: [Int32], journal: FUSEJournal?, initialized: Bool = false) throws(SystemError) {
+        precondition(!channels.isEmpty && (journal == nil || journal!.channels == channels.count))
+        if initialized { readiness.withLock { $0.initialized = true } }
         var threads: [JoinableThread] = []
-        for channel in channels.dropFirst() {
-            threads.append(try JoinableThread { [self] in self.run(channel: channel) })
+        for index in channels.indices.dropFirst() {
+            threads.append(
+                try JoinableThread { [self] in self.run(channel: channels[index], index: index, journal: journal) })
         }
         readiness.withLock {
             $0.threadsStarted = true; return $0.take()
         }?()
-        run(channel: device)
+        run(channel: channels[0], index: 0, journal: journal)
         for thread in threads { thread.join() }
+    }
+
+    /// Sets the readiness callback (see `init`): called once INIT is answered (or, in a worker
+    /// that took over, at once) and every thread runs.
+    public func whenReady(_ callback: @escaping @Sendable () -> Void) {
+        readiness.withLock { $0.callback = callback }
+    }
+
+    /// What the kernel offered in INIT (empty before, or when an earlier worker answered it).
+    public var kernelFlags: FUSEInitFlags { readiness.withLock { $0.kernelFlags } }
+
+    /// How a worker taking over a connection got the dead worker's unanswered requests answered.
+    public enum Takeover: Equatable, Sendable {
+        /// The kernel queued them again (FUSE_NOTIFY_RESEND).
+        case resent
+        /// Answered from the journal: this many slots held a request.
+        case replayed(Int)
+    }
+
+    /// Before serving `channels` a dead worker served: asks the kernel to resend what it had
+    /// read and not answered (`preferResend`, and the kernel knows FUSE_NOTIFY_RESEND), else
+    /// answers what the journal recorded, each on its own channel. Call before `serve`, whose
+    /// threads reuse the slots.
+    public func takeOver(channels: [Int32], journal: FUSEJournal, preferResend: Bool) -> Takeover {
+        if preferResend {
+            let notice = FUSEReply.notifyResend()
+            let written = notice.withUnsafeBytes { write(channels[0], $0.baseAddress, $0.count) }
+            if written == notice.count { return .resent }
+            // EINVAL: a kernel before 6.9 does not know the code.
+            logger.info("FUSE_NOTIFY_RESEND refused (\(String(cString: strerror(errno)))); replaying the journal")
+        }
+        var replayed = 0
+        for index in channels.indices {
+            guard let bytes = journal.recorded(index) else { continue }
+            replayed += 1
+            answer(bytes, on: channels[index])
+            journal.clear(index)
+        }
+        return .replayed(replayed)
     }
 
     /// A new descriptor on the same connection with its own processing queue.
@@ -84,10 +136,15 @@ public final class FUSEServer: Sendable {
     }
 
     /// One worker: read, answer, repeat, until the connection is gone (ENODEV).
-    func run(channel: Int32) {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: FUSEServer.bufferSize, alignment: 8)
-        defer { buffer.deallocate() }
+    func run(channel: Int32, index: Int, journal: FUSEJournal?) {
+        let owned = journal == nil
+        let buffer =
+            journal?.slot(index)
+            ?? UnsafeMutableRawBufferPointer.allocate(byteCount: FUSEServer.bufferSize, alignment: 8)
+        defer { if owned { buffer.deallocate() } }
         while true {
+            // The slot is empty until the kernel fills it: what a death leaves there was read.
+            journal?.clear(index)
             let count = read(channel, buffer.baseAddress, buffer.count)
             if count < 0 {
                 switch errno {
@@ -103,23 +160,29 @@ public final class FUSEServer: Sendable {
                     return
                 }
             }
-            let request: FUSERequest
-            do {
-                request = try FUSERequest(decoding: UnsafeRawBufferPointer(rebasing: buffer[..<count]))
-            } catch {
-                logger.error("\(error)")
-                if let unique = error.unique {
-                    send(.message(FUSEReply.error(unique: unique, errno: EIO)), on: channel)
-                }
-                continue
+            answer(UnsafeRawBufferPointer(rebasing: buffer[..<count]), on: channel)
+        }
+    }
+
+    /// Decodes and answers one request read from `channel`.
+    private func answer(_ bytes: UnsafeRawBufferPointer, on channel: Int32) {
+        let request: FUSERequest
+        do {
+            request = try FUSERequest(decoding: bytes)
+        } catch {
+            logger.error("\(error)")
+            if let unique = error.unique {
+                send(.message(FUSEReply.error(unique: unique, errno: EIO)), on: channel)
             }
-            let response = operations.respond(to: request)
-            send(response, on: channel)
-            if request.header.opcode == .initialize {
-                readiness.withLock {
-                    $0.initialized = true; return $0.take()
-                }?()
-            }
+            return
+        }
+        let response = operations.respond(to: request)
+        send(response, on: channel)
+        if case .initialize(let offer) = request.operation {
+            readiness.withLock {
+                $0.kernelFlags = offer.flags
+                $0.initialized = true; return $0.take()
+            }?()
         }
     }
 

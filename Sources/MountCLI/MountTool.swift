@@ -26,6 +26,7 @@ public enum MountTool {
         if arguments.first == NBDDaemon.flag { return NBDDaemon.main(arguments) }
         if arguments.first == NBDSupervisor.flag { return NBDSupervisor.main(arguments) }
         if arguments.first == FUSEDaemon.flag { return FUSEDaemon.main(arguments) }
+        if arguments.first == FUSESupervisor.flag { return FUSESupervisor.main(arguments) }
         if arguments.first == UblkDaemon.flag { return UblkDaemon.main(arguments) }
         let line: MountCommandLine
         do { line = try MountCommandLine.parse(arguments) } catch {
@@ -94,6 +95,14 @@ public enum MountTool {
             let state = try NBDRecovery(logger: logger).reattach(line.target!)
             logger.info("\(state.devicePath) is served again by daemon \(state.daemonPID)")
         case .upgrade:
+            let fuse = FUSEBackend(logger: logger)
+            if let mount = try fuse.managedMount(at: line.target!) {
+                let state = try fuse.upgrade(major: mount.major, minor: mount.minor, state: mount.state)
+                logger.info(
+                    "\(state.mountPoint) is served by worker \(state.servingPID.map(String.init) ?? "?") of the installed binary"
+                )
+                return
+            }
             let state = try NBDRecovery(logger: logger).upgrade(line.target!)
             logger.info(
                 "\(state.devicePath) is served by worker \(state.servingPID.map(String.init) ?? "?") of the installed binary"
@@ -246,6 +255,7 @@ public enum MountTool {
                 print("/dev/nbd\(index)\tnbd\t?\t?\t?\t?\t?\t?\t(unreadable state: \(error))")
             }
         }
+        for row in FUSEBackend.listRows() { print(row.joined(separator: "\t")) }
     }
 
     static func enterNamespace(_ namespace: String?) throws {

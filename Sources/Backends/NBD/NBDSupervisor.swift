@@ -464,7 +464,7 @@ public enum NBDSupervisor {
 
     /// The binary installed where ours was started from: after an upgrade replaced the file,
     /// /proc/self/exe still names the old one, with " (deleted)" appended.
-    static func installedExecutable() -> String {
+    public static func installedExecutable() -> String {
         guard let path = DaemonProcess.executable(of: "self"), access(path, X_OK) == 0 else { return "/proc/self/exe" }
         return path
     }
