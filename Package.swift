@@ -120,7 +120,7 @@ let package = Package(
         .target(
             name: "FUSEBackend",
             dependencies: [
-                "Backends", "FUSEServer", "EROFSReader", "KernelAttach", "SystemCalls",
+                "Backends", "FUSEServer", "EROFSReader", "KernelAttach", "SystemCalls", "CShim",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // mount(8)-compatible command line: options, -o parsing into MS_* flags and data.

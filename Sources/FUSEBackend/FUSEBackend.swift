@@ -224,8 +224,9 @@ public struct FUSEBackend: Sendable {
     /// After `-u` unmounted a FUSE mount (`major:minor` from the mount table): the connection
     /// is over, so its worker and supervisor exit; wait for them (stop those that do not) and
     /// drop the state. Returns what went wrong, if anything.
-    public func finishUnmount(major: UInt32, minor: UInt32) -> [String] {
-        guard let state = store.load(major: major, minor: minor) else { return [] }
+    /// `state`: as read before the unmount (the processes remove it as they exit).
+    public func finishUnmount(major: UInt32, minor: UInt32, state known: FUSEMountState? = nil) -> [String] {
+        guard let state = known ?? store.load(major: major, minor: minor) else { return [] }
         var problems: [String] = []
         // The connection is gone and they are on their way out (their /proc/PID/exe may already
         // be unreadable): wait for that first; only a process that stays, and is ours, is

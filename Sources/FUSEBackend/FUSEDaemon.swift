@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Backends
+import CShim
 import EROFSReader
 import FUSEServer
 import Logging
@@ -151,6 +152,10 @@ public enum FUSEDaemon {
                 status.finish("ready \(getpid()) \(resend ? "resend" : "journal")")
             }
         case .standby:
+            // Our code mapped now, while nothing waits: a takeover that had to read it from
+            // disk (the caches dropped since the binary last ran) would stall every request.
+            // Mapped pages also stay through drop_caches.
+            _ = cshim_populate_executable_code()
             status.say("prepared \(getpid())")
             guard waitForWakeUp() else {
                 logger.info("the supervisor is gone; a standby has nothing to do")

@@ -118,10 +118,13 @@ public struct FUSEStateStore: Sendable {
         unlink(path(major: major, minor: minor))
     }
 
-    /// Removes the state (and log) of every mount whose supervisor or serving worker is `pid`:
-    /// what they do as the connection ends, so that a plain umount(8) leaves no state behind.
+    /// Removes the state (and log) of every mount whose supervisor is `pid`, or whose serving
+    /// worker is `pid` and whose supervisor is gone: what they do as the connection ends, so
+    /// that a plain umount(8) leaves no state behind. While the supervisor lives the state is
+    /// its to remove: `-u` finds in it whom to wait for.
     public func removeStates(ofProcess pid: Int32) {
-        for (major, minor, state) in all() where state.daemonPID == pid || state.servingPID == pid {
+        for (major, minor, state) in all()
+        where state.daemonPID == pid || (state.servingPID == pid && !state.daemon.isAlive) {
             remove(major: major, minor: minor)
             unlink(state.logFile)
         }

@@ -79,9 +79,14 @@ public enum MountTool {
                 return
             }
             let namespace = try line.namespace.map { (name) throws(MountFailure) in try openNamespace(name) }
+            // Read before unmounting: the processes remove the state as they exit, and -u
+            // waits for them.
+            let fuse = FUSEBackend(logger: logger)
+            let fuseMount = line.namespace == nil ? try? fuse.managedMount(at: line.target!) : nil
             let result = try Unmounter(logger: logger).unmount(line.target!, in: namespace)
             if result.fsType.hasPrefix("fuse.erofs") {
-                let problems = FUSEBackend(logger: logger).finishUnmount(major: result.major, minor: result.minor)
+                let known = fuseMount.flatMap { $0.major == result.major && $0.minor == result.minor ? $0.state : nil }
+                let problems = fuse.finishUnmount(major: result.major, minor: result.minor, state: known)
                 if !problems.isEmpty {
                     throw MountFailure("unmounted \(result.mountPoint), but: \(problems.joined(separator: "; "))")
                 }
@@ -297,22 +302,23 @@ public enum MountTool {
         Mount an EROFS image (a file or a block device) on MOUNTPOINT.
 
         Options:
-          -t erofs[.SUBTYPE]   backend: local (kernel mount; default), nbd, fuse (a daemon
-                               serves the image over /dev/fuse with this project's
-                               reader), ublk (the kernel's ublk driver over io_uring,
+          -t erofs[.SUBTYPE]   backend: local (kernel mount; default), nbd, fuse (workers
+                               serve the image over /dev/fuse with this project's
+                               reader, under a supervisor that replaces a dead one), ublk (the kernel's ublk driver over io_uring,
                                Linux 6.0+ with ublk_drv loaded)
           -o OPTIONS           comma-separated mount options (see below)
           -u TARGET            unmount TARGET (mountpoint or image) and release what the
                                mount set up (loop device; nbd or ublk device, daemon
-                               and state; the FUSE daemon)
+                               and state; the FUSE supervisor and worker)
               --disconnect TARGET abort an nbd device (/dev/nbdN or the mountpoint of an
                                EROFS mount of one) forcibly
-              --list           show the nbd devices mount.erofs manages, their daemons and
-                               the kernel's view of their link
+              --list           show the nbd devices and FUSE mounts mount.erofs manages,
+                               their supervisor and serving worker, and their link
               --reattach TARGET   start a new daemon for an nbd device (/dev/nbdN or its
                                mountpoint) whose daemon died; refused while one lives
-              --upgrade TARGET    replace the serving worker of an nbd device with the binary
-                               now installed, without failing a request
+              --upgrade TARGET    replace the serving worker of an nbd device or a FUSE
+                               mount (its mountpoint) with the binary now installed,
+                               without failing a request
           -d 0-9               verbosity: 0 quiet, 2 warnings (default), 9 everything
           -v                   verbose (same as -d 4)
           -f                   check the source and mountpoint, mount nothing
@@ -353,7 +359,11 @@ public enum MountTool {
                                request before it sleeps, while most requests come that
                                soon (default 1000, 0-10000; 0: never): CPU for latency
           fuse.threads=N       (-t erofs.fuse) serving threads, one /dev/fuse channel each
-                               (default: one per CPU, up to 8; 1-64). With -t erofs.fuse,
+                               (default: one per CPU, up to 8; 1-64)
+          fuse.recovery=M      (-t erofs.fuse) how a new worker gets the requests a dead
+                               one had read: resend (default: the kernel resends them,
+                               6.9+; the journal where it cannot) or journal (always
+                               the journal, as on older kernels). With -t erofs.fuse,
                                device= names extra devices, user_xattr and acl are always
                                on, cache_strategy=, dax and directio are ignored with a
                                warning, other kernel options are refused
