@@ -4,6 +4,7 @@ import Glibc
 import Backends
 import KernelAttach
 import Logging
+import Supervision
 import SystemCalls
 
 /// `mount.erofs -t erofs.fuse IMAGE DIR`: the image is served by a daemon on this project's

@@ -7,6 +7,7 @@ import CShim
 import KernelAttach
 import Logging
 import NBDKernel
+import Supervision
 import SystemCalls
 import UblkBackend
 

@@ -80,7 +80,7 @@ if "$MOUNT" -t erofs.nbd ${NBD_OPTIONS:+-o "$NBD_OPTIONS"} "$CORPUS/$IMAGE.erofs
     echo "TAKEOVERS [$kernel] $(grep -o 'serves again after [0-9]* ms' "$STATE"/*.log | grep -o '[0-9]*' | sort -n | tr '\n' ' ')"
     # Every takeover must have gone on with the live socket from the journal (a new socket
     # would leave the dead worker's requests to the kernel's timer: about a second).
-    journaled=$(cat "$STATE"/*.log | grep -c 'same socket, from the journal')
+    journaled=$(cat "$STATE"/*.log | grep -c 'same link, from the journal')
     [[ $journaled == "$KILLS" ]] && ok "auto: all $KILLS recoveries resumed the live socket from the journal" \
         || not_ok "auto: $journaled of $KILLS recoveries resumed from the journal"
     "$BIN/erofs" walk "$mnt" | cmp -s - "$manifest" && ok "auto: the walk equals the manifest after the recoveries" || not_ok "auto: walk differs"
