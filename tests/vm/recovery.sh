@@ -3,7 +3,8 @@
 # load of two readers that check every file they read against the manifest (issue 6).
 #   1. the serving worker is killed with SIGKILL $KILLS times; the supervisor recovers it;
 #   2. recovery is manual: the daemon is killed and `--reattach` runs 2 s later, $REATTACHES times;
-#   3. the daemon is hot-upgraded $UPGRADES times to a freshly installed binary.
+#   3. the daemon is hot-upgraded $UPGRADES times to a freshly installed binary;
+#   5. (debug builds) a request that crashes every worker is failed with EIO, the rest served.
 # Each run must have zero read errors and zero mismatches; the stalls go to BENCHMARKS.md.
 # Then the refusals: stale or missing state, a foreign backend identifier, an ioctl device, a
 # live daemon; each must say why and change nothing. Prints "ok - ..." / "not ok - ..." lines,
@@ -206,7 +207,41 @@ else
     not_ok "replaced image (manual): mount failed"
 fi
 
-# 5. Refusals that change nothing.
+# 5. The crash-loop guard: a worker that dies on one request (a debug build's
+# EROFS_TEST_CRASH_READ_AT makes every worker abort on a READ covering that byte) would kill each
+# successor the journal hands it to. That one read gets EIO after three deaths; the rest serve.
+if grep -aq EROFS_TEST_CRASH_READ_AT "$MOUNT"; then
+    mnt=$work/poison; mkdir -p "$mnt"
+    image=$CORPUS/$IMAGE.erofs
+    poison=$(( $(stat -c %s "$image") / 2 / 4096 * 4096 ))
+    if EROFS_TEST_CRASH_READ_AT=$poison "$MOUNT" -t erofs.nbd "$image" "$mnt"; then
+        dev=$(device_of "$mnt"); n=${dev#/dev/nbd}; supervisor=$(field "$n" daemonPID)
+        block() { dd if="$dev" bs=4096 skip=$(($1 / 4096)) count=1 iflag=direct status=none; }
+        expected() { dd if="$image" bs=4096 skip=$(($1 / 4096)) count=1 status=none; }
+        if block "$poison" >/dev/null 2>"$work/err" || ! grep -q "Input/output error" "$work/err"; then
+            not_ok "crash loop: the poisoned read did not fail with EIO: $(cat "$work/err")"
+        else
+            ok "crash loop: the read that kills every worker fails with EIO"
+        fi
+        good=0
+        for offset in 0 4096 $((poison - 4096)) $((poison + 4096)); do
+            cmp -s <(block "$offset") <(expected "$offset") && good=$((good + 1))
+        done
+        [[ $good == 4 ]] && ok "crash loop: the blocks around it read back the image's bytes" || not_ok "crash loop: $good of 4 blocks read back right"
+        "$BIN/erofs" walk "$mnt" | cmp -s - "$manifest" || echo "# the walk differs (it may read the poisoned block)"
+        guard=$(grep -c 'was in flight at 3 worker deaths in a row; failing it with EIO' "$STATE"/*.log)
+        [[ $guard == 1 && $(field "$n" recoveries) == 3 ]] && ok "crash loop: the supervisor failed it once, after 3 deaths, and serves on" \
+            || not_ok "crash loop: guard logged $guard times, $(field "$n" recoveries) recoveries"
+        kill -0 "$(field "$n" servingPID)" && block 0 >/dev/null && ok "crash loop: a worker still serves" || not_ok "crash loop: no worker serves"
+        "$MOUNT" -u "$mnt" && why=$(left_nothing "$n" "$supervisor") && ok "crash loop: -u left nothing" || not_ok "crash loop: -u left: ${why:-failed}"
+    else
+        not_ok "crash loop: mount failed"
+    fi
+else
+    echo "# crash loop: skipped ($MOUNT is a release build, without EROFS_TEST_CRASH_READ_AT)"
+fi
+
+# 6. Refusals that change nothing.
 refuses() {  # NAME EXPECTED-MESSAGE-PART TARGET [MODE]
     local before after
     before=$(cat "$STATE"/*.json 2>/dev/null | md5sum)
