@@ -211,7 +211,8 @@ public enum MountTool {
         logger.info("disconnected /dev/nbd\(index)")
     }
 
-    /// `--list`: every nbd device mount.erofs manages, with what the kernel says of its link.
+    /// `--list`: every nbd device mount.erofs manages, with what the kernel says of its link and
+    /// which binary its processes run (an upgrade leaves the old one "(deleted)").
     static func list() throws {
         let states: [(index: Int, state: Result<DeviceState, SystemError>)]
         do { states = try StateStore().all() } catch {
@@ -220,7 +221,7 @@ public enum MountTool {
         let kernel = (try? NBDNetlink.open().status()).map {
             Dictionary($0.map { (Int($0.index), $0.connected) }, uniquingKeysWith: { $1 })
         }
-        print("DEVICE\tBACKEND\tMETHOD\tRECOVERY\tDAEMON\tWORKER\tLINK\tMOUNTPOINT\tSOURCE")
+        print("DEVICE\tBACKEND\tMETHOD\tRECOVERY\tDAEMON\tWORKER\tLINK\tMOUNTPOINT\tBINARY\tSOURCE")
         for (index, result) in states {
             switch result {
             case .success(let state):
@@ -237,14 +238,26 @@ public enum MountTool {
                 case true?: link = isOurs(worker) ? "connected" : "dead, waiting for a daemon"
                 }
                 let describe = { (process: DaemonProcess) in "\(process.pid)\(isOurs(process) ? "" : " (gone)")" }
+                // /proc/PID/exe: " (deleted)" once an upgrade installed another file there.
+                let running = { (process: DaemonProcess) in
+                    isOurs(process) ? DaemonProcess.runningBinary(of: "\(process.pid)") : nil
+                }
+                let binary =
+                    switch (running(daemon), state.servingPID == nil ? nil : running(worker)) {
+                    case (let supervisor?, let served?) where served != supervisor: "\(supervisor) | worker: \(served)"
+                    case (let daemon?, _): daemon
+                    case (nil, let served?): "worker: \(served)"
+                    case (nil, nil): "-"
+                    }
                 print(
                     [
                         state.devicePath, "nbd", state.attachMethod.rawValue, recovery, describe(daemon),
-                        state.servingPID == nil ? "-" : describe(worker), link, state.mountPoint ?? "-", state.source,
+                        state.servingPID == nil ? "-" : describe(worker), link, state.mountPoint ?? "-", binary,
+                        state.source,
                     ]
                     .joined(separator: "\t"))
             case .failure(let error):
-                print("/dev/nbd\(index)\tnbd\t?\t?\t?\t?\t?\t?\t(unreadable state: \(error))")
+                print("/dev/nbd\(index)\tnbd\t?\t?\t?\t?\t?\t?\t?\t(unreadable state: \(error))")
             }
         }
     }
@@ -298,8 +311,9 @@ public enum MountTool {
                                and state; the FUSE daemon)
               --disconnect TARGET abort an nbd device (/dev/nbdN or the mountpoint of an
                                EROFS mount of one) forcibly
-              --list           show the nbd devices mount.erofs manages, their daemons and
-                               the kernel's view of their link
+              --list           show the nbd devices mount.erofs manages, their daemons, the
+                               binary they run ("(deleted)": replaced since) and the
+                               kernel's view of their link
               --reattach TARGET   start a new daemon for an nbd device (/dev/nbdN or its
                                mountpoint) whose daemon died; refused while one lives
               --upgrade TARGET    replace the serving worker of an nbd device with the binary

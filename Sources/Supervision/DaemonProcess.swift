@@ -109,11 +109,17 @@ public struct DaemonProcess: Sendable, Equatable {
 
     /// /proc/PROCESS/exe without the " (deleted)" of a binary replaced since it started.
     public static func executable(of process: String) -> String? {
+        guard let path = runningBinary(of: process) else { return nil }
+        return path.hasSuffix(" (deleted)") ? String(path.dropLast(" (deleted)".count)) : path
+    }
+
+    /// The binary the process runs, as /proc/PROCESS/exe says: with " (deleted)" when the file
+    /// was replaced or removed since it started (an upgrade installed a new one).
+    public static func runningBinary(of process: String) -> String? {
         var buffer = [CChar](repeating: 0, count: 4097)
         let length = readlink("/proc/\(process)/exe", &buffer, buffer.count - 1)
         guard length > 0 else { return nil }
-        let path = String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return path.hasSuffix(" (deleted)") ? String(path.dropLast(" (deleted)".count)) : path
+        return String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// Dead and waiting to be reaped. A leader that exited while another of its threads is
