@@ -316,8 +316,9 @@ public enum MountTool {
                                kernel's view of their link
               --reattach TARGET   start a new daemon for an nbd device (/dev/nbdN or its
                                mountpoint) whose daemon died; refused while one lives
-              --upgrade TARGET    replace the serving worker of an nbd device with the binary
-                               now installed, without failing a request
+              --upgrade TARGET    replace the serving worker and the supervisor of an nbd
+                               device with the binary now installed, without failing a
+                               request
           -d 0-9               verbosity: 0 quiet, 2 warnings (default), 9 everything
           -v                   verbose (same as -d 4)
           -f                   check the source and mountpoint, mount nothing

@@ -141,6 +141,14 @@ if "$MOUNT" -t erofs.nbd "$CORPUS/$IMAGE.erofs" "$mnt"; then
             echo "# upgrade $i: $(cat "$work/err")"
         fi
     done
+    # The supervisor replaced itself too (same pid, exec of the installed binary); --list says so.
+    if wait_for "[[ \$(readlink /proc/$supervisor/exe) == '$MOUNT' ]]" 10 && [[ $(field "$n" daemonPID) == "$supervisor" ]]; then
+        ok "upgrade: the supervisor runs the upgraded binary, same pid"
+    else
+        not_ok "upgrade: the supervisor runs '$(readlink "/proc/$supervisor/exe")'"
+    fi
+    binary=$("$MOUNT" --list | awk -F'\t' -v d="$dev" '$1 == d { print $9 }')
+    [[ $binary == "$MOUNT" ]] && ok "upgrade: --list shows every process on $MOUNT" || not_ok "upgrade: --list shows '$binary'"
     # A crash after the upgrades must not bring the old code back: the standby runs the new binary.
     old=$(field "$n" servingPID)
     kill -9 "$old"
