@@ -149,3 +149,11 @@ public struct InFlightRequest: Sendable, Hashable {
         self.summary = summary
     }
 }
+
+extension SupervisedBackend {
+    /// A backend without a journal cannot tell: the crash-loop guard sees nothing.
+    public func requestsInFlight() -> [InFlightRequest] { [] }
+    public func failRequests(_ requests: [InFlightRequest]) -> Bool { false }
+    /// A backend that says nothing keeps its supervisor across upgrades (only its workers move).
+    public func supervisorArguments(resuming handover: SupervisorHandover) -> [String]? { nil }
+}
