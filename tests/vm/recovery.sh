@@ -233,13 +233,13 @@ if grep -aq EROFS_TEST_CRASH_READ_AT "$MOUNT"; then
         fi
         good=0
         for offset in 0 4096 $((poison - 4096)) $((poison + 4096)); do
-            cmp -s <(block "$offset") <(expected "$offset") && good=$((good + 1))
+            if block "$offset" >"$work/got" 2>"$work/err" && expected "$offset" | cmp -s - "$work/got"; then good=$((good + 1))
+            else echo "# block at $offset: $(cat "$work/err") ($(stat -c %s "$work/got") bytes)"; fi
         done
         [[ $good == 4 ]] && ok "crash loop: the blocks around it read back the image's bytes" || not_ok "crash loop: $good of 4 blocks read back right"
-        "$BIN/erofs" walk "$mnt" | cmp -s - "$manifest" || echo "# the walk differs (it may read the poisoned block)"
         guard=$(grep -c 'was in flight at 3 worker deaths in a row; failing it with EIO' "$STATE"/*.log)
         [[ $guard == 1 && $(field "$n" recoveries) == 3 ]] && ok "crash loop: the supervisor failed it once, after 3 deaths, and serves on" \
-            || not_ok "crash loop: guard logged $guard times, $(field "$n" recoveries) recoveries"
+            || { not_ok "crash loop: guard logged $guard times, $(field "$n" recoveries) recoveries"; grep -h 'died\|in flight\|EIO' "$STATE"/*.log | tail -20; }
         kill -0 "$(field "$n" servingPID)" && block 0 >/dev/null && ok "crash loop: a worker still serves" || not_ok "crash loop: no worker serves"
         "$MOUNT" -u "$mnt" && why=$(left_nothing "$n" "$supervisor") && ok "crash loop: -u left nothing" || not_ok "crash loop: -u left: ${why:-failed}"
     else
