@@ -96,11 +96,19 @@ let package = Package(
             dependencies: [
                 "Netlink", "SystemCalls", "CShim", .product(name: "SystemPackage", package: "swift-system"),
             ]),
-        // Mount backends: local (file-backed or loop), nbd, fuse.
+        // One supervisor for every userspace backend's daemons: spawning, the control channel,
+        // standby and hot upgrade, the state directory (see Supervision/SupervisedBackend.swift).
+        .target(
+            name: "Supervision",
+            dependencies: [
+                "SystemCalls", "KernelAttach", "CShim", .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        // Mount backends: local (file-backed or loop), nbd.
         .target(
             name: "Backends",
             dependencies: [
-                "SystemCalls", "EROFSFormat", "KernelAttach", "CShim", "NBDKernel", "NBDServer", "ImageSources",
+                "SystemCalls", "EROFSFormat", "KernelAttach", "CShim", "NBDKernel", "NBDServer", "NBDProtocol",
+                "ImageSources", "Supervision",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -112,7 +120,7 @@ let package = Package(
         .target(
             name: "UblkBackend",
             dependencies: [
-                "Backends", "UblkKernel", "IOURing", "KernelAttach", "SystemCalls", "CShim",
+                "Backends", "Supervision", "UblkKernel", "IOURing", "KernelAttach", "SystemCalls", "CShim",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -120,14 +128,15 @@ let package = Package(
         .target(
             name: "FUSEBackend",
             dependencies: [
-                "Backends", "FUSEServer", "EROFSReader", "KernelAttach", "SystemCalls", "CShim",
+                "Backends", "Supervision", "FUSEServer", "EROFSReader", "KernelAttach", "SystemCalls", "CShim",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // mount(8)-compatible command line: options, -o parsing into MS_* flags and data.
         .target(
             name: "MountCLI",
             dependencies: [
-                "Backends", "FUSEBackend", "UblkBackend", "SystemCalls", "EROFSFormat", "KernelAttach", "NBDKernel",
+                "Backends", "FUSEBackend", "UblkBackend", "Supervision", "SystemCalls", "EROFSFormat", "KernelAttach",
+                "NBDKernel",
                 "CShim",
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -173,9 +182,12 @@ let package = Package(
             ]),
         .testTarget(name: "MountCLITests", dependencies: ["MountCLI"]),
         .testTarget(
+            name: "SupervisionTests",
+            dependencies: ["Supervision", "SystemCalls", "TestSupport"]),
+        .testTarget(
             name: "BackendsTests",
             dependencies: [
-                "Backends", "SystemCalls", "KernelAttach", "TestSupport",
+                "Backends", "Supervision", "NBDServer", "NBDProtocol", "SystemCalls", "KernelAttach", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "KernelAttachTests", dependencies: ["KernelAttach"]),

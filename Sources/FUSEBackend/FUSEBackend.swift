@@ -4,6 +4,7 @@ import Glibc
 import Backends
 import KernelAttach
 import Logging
+import Supervision
 import SystemCalls
 
 /// `mount.erofs -t erofs.fuse IMAGE DIR`: the image is served by workers on this project's
@@ -196,9 +197,10 @@ public struct FUSEBackend: Sendable {
             abandon(daemon, mountPoint: mountPoint, logFile: logFile)
             throw MountFailure("the FUSE daemon for \(source) did not answer", cause: error)
         }
+        // The first worker's report, which the supervisor passes on: "ready MINOR METHOD PID".
         let fields = line?.split(separator: " ") ?? []
-        guard fields.count == 5, fields[0] == "ready", let workerPID = Int32(fields[2]),
-            let workerStart = UInt64(fields[3])
+        guard fields.count == 4, fields[0] == "ready", let workerPID = Int32(fields[3]),
+            let workerStart = DaemonProcess.startTime(of: workerPID)
         else {
             let log = (try? readTextFile(logFile)) ?? ""
             abandon(daemon, mountPoint: mountPoint, logFile: logFile)
@@ -211,7 +213,7 @@ public struct FUSEBackend: Sendable {
         let state = FUSEMountState(
             daemonPID: daemon.pid, daemonStartTime: daemon.startTime, source: source, mountPoint: mountPoint,
             threads: request.options.threads, logFile: logFile, servingPID: workerPID, servingStartTime: workerStart,
-            recovery: String(fields[4]))
+            recovery: String(fields[2]))
         do throws(SystemError) {
             try store.save(state, major: entry.major, minor: entry.minor)
         } catch {
@@ -285,11 +287,14 @@ public struct FUSEBackend: Sendable {
     }
 
     /// `--list` rows of the FUSE mounts, in nbd's columns (DEVICE BACKEND METHOD RECOVERY DAEMON
-    /// WORKER LINK MOUNTPOINT SOURCE): DEVICE is the connection's device number, METHOD how a
-    /// new worker gets a dead one's requests (resend or journal), DAEMON the supervisor, WORKER
-    /// the process serving requests. Without its supervisor a mount still serves, but a worker
-    /// death is then final: RECOVERY says so.
-    public static func listRows(store: FUSEStateStore = FUSEStateStore()) -> [[String]] {
+    /// WORKER LINK MOUNTPOINT BINARY SOURCE): DEVICE is the connection's device number, METHOD
+    /// how a new worker gets a dead one's requests (resend or journal), DAEMON the supervisor,
+    /// WORKER the process serving requests, BINARY as `binaries` says for nbd. Without its
+    /// supervisor a mount still serves, but a worker death is then final: RECOVERY says so.
+    public static func listRows(
+        store: FUSEStateStore = FUSEStateStore(),
+        binaries: (_ supervisor: DaemonProcess, _ worker: DaemonProcess?, _ isOurs: (DaemonProcess) -> Bool) -> String
+    ) -> [[String]] {
         let mounted = Set(
             ((try? MountTable.read()) ?? []).filter { $0.fsType == "fuse.erofs" }.map { "\($0.major):\($0.minor)" })
         return store.all().map { major, minor, state in
@@ -309,7 +314,7 @@ public struct FUSEBackend: Sendable {
             return [
                 "\(major):\(minor)", "fuse", state.recovery ?? "-",
                 supervised ? "auto" : "none (supervisor gone)", describe(state.daemon), describe(state.worker), link,
-                state.mountPoint, state.source,
+                state.mountPoint, binaries(state.daemon, state.worker, state.isOurs), state.source,
             ]
         }
     }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Backends
+import Supervision
 import CShim
 import EROFSReader
 import FUSEServer
@@ -9,30 +10,35 @@ import Logging
 import Synchronization
 import SystemCalls
 
-/// A serving worker: `mount.erofs --serve-fuse --threads N [--device PATH]... [ROLE] -- IMAGE`,
-/// started by the supervisor (FUSESupervisor) with its status pipe as descriptor 3, its wake-up
-/// pipe as 4 (standby only), the request journal as 5 and the connection's channels (the
-/// /dev/fuse descriptor and its clones, all held by the supervisor too) from 6 on. It opens the
-/// image, then by role:
-/// - first: serves from the kernel's INIT on; says "ready PID METHOD" once INIT is answered;
-/// - standby: says "prepared PID" and waits; a byte on descriptor 4 makes it take over, its
-///   end of file (the supervisor is gone) makes it exit: a standby must never be what keeps a
-///   dead connection open;
-/// - take-over: at once, as a standby woken.
+/// A serving worker: `mount.erofs --serve-fuse --threads N [--device PATH]... --mode MODE --
+/// IMAGE`, started by the shared supervisor (FUSESupervisor) with its status pipe as
+/// descriptor 3, its control channel as 4, the request journal as 5 and the connection's
+/// channels (the /dev/fuse descriptor and its clones, all held by the supervisor too) from 6
+/// on. It opens the image, then by mode (Supervision.WorkerMode):
+/// - connect (the mount's first worker): serves from the kernel's INIT on;
+/// - standby: says `prepared` and waits for the supervisor's word: `resume` (the worker died),
+///   `serveLink` (an upgrade: the worker stopped at a request boundary) or `reconnect`; the end
+///   of the channel (the supervisor is gone) makes it exit: a standby must never be what keeps
+///   a dead connection open;
+/// - reattach: takes over at once, as a standby told to.
 /// Taking over: the dead worker's unanswered requests are answered (FUSE_NOTIFY_RESEND, or the
-/// journal), then it serves and says "ready PID METHOD". It exits with 0 when the connection
-/// ends (unmount, abort: ENODEV).
+/// journal), then it serves. It sends channel 0 as its link (`serving`) unless it resumed, and
+/// reports "ready LINK METHOD PID" (METHOD: resend or journal). SIGUSR2 (hot upgrade): it stops
+/// at a request boundary, hands channel 0 over and exits `handedOff`; it exits
+/// `connectionEnded` when the kernel ends the connection (unmount, abort: ENODEV).
 public enum FUSEDaemon {
     public static let flag = "--serve-fuse"
     static let statusDescriptor: Int32 = 3
-    static let wakeDescriptor: Int32 = 4
+    static let controlDescriptor: Int32 = 4
     static let journalDescriptor: Int32 = 5
     static let firstChannelDescriptor: Int32 = 6
 
-    public enum Role: Equatable, Sendable {
-        case first
-        case standby
-        case takeOver
+    public enum Exit: Int32 {
+        case connectionEnded = 0
+        case failed = 1
+        case badArguments = 2
+        /// Stopped by SIGUSR2 and handed the connection back.
+        case handedOff = 4
     }
 
     public struct Settings: Sendable, Equatable {
@@ -42,25 +48,25 @@ public enum FUSEDaemon {
         /// Recover from the journal even where the kernel could resend (`fuse.recovery=journal`):
         /// how the path older kernels take is tested on a new one.
         public var journalOnly: Bool
-        public var role: Role
-        /// The mount's device number (the FUSE connection): names its state for the supervisor.
+        public var mode: WorkerMode
+        /// The mount's device number (the FUSE connection): names its state.
         public var connection: (major: UInt32, minor: UInt32)?
 
         public init(
-            source: String, devices: [String] = [], threads: Int, journalOnly: Bool = false, role: Role = .first,
-            connection: (major: UInt32, minor: UInt32)? = nil
+            source: String, devices: [String] = [], threads: Int, journalOnly: Bool = false,
+            mode: WorkerMode = .connect, connection: (major: UInt32, minor: UInt32)? = nil
         ) {
             self.source = source
             self.devices = devices
             self.threads = threads
             self.journalOnly = journalOnly
-            self.role = role
+            self.mode = mode
             self.connection = connection
         }
 
         public static func == (a: Settings, b: Settings) -> Bool {
             a.source == b.source && a.devices == b.devices && a.threads == b.threads && a.journalOnly == b.journalOnly
-                && a.role == b.role && a.connection?.major == b.connection?.major
+                && a.mode == b.mode && a.connection?.major == b.connection?.major
                 && a.connection?.minor == b.connection?.minor
         }
 
@@ -69,12 +75,7 @@ public enum FUSEDaemon {
             var arguments = [flag, "--threads", String(threads)] + devices.flatMap { ["--device", $0] }
             if journalOnly { arguments.append("--journal") }
             if let connection { arguments += ["--connection", "\(connection.major):\(connection.minor)"] }
-            switch role {
-            case .first: break
-            case .standby: arguments.append("--standby")
-            case .takeOver: arguments.append("--take-over")
-            }
-            return arguments + ["--", source]
+            return arguments + ["--mode", mode.argument, "--", source]
         }
 
         public init?(arguments: [String], flag: String = FUSEDaemon.flag) {
@@ -101,12 +102,10 @@ public enum FUSEDaemon {
                 case ("--journal", _):
                     settings.journalOnly = true
                     index += 1
-                case ("--standby", _):
-                    settings.role = .standby
-                    index += 1
-                case ("--take-over", _):
-                    settings.role = .takeOver
-                    index += 1
+                case ("--mode", let text?):
+                    guard let mode = WorkerMode(argument: text) else { return nil }
+                    settings.mode = mode
+                    index += 2
                 case ("--", let source?) where index + 2 == arguments.count:
                     settings.source = source
                     self = settings
@@ -119,18 +118,28 @@ public enum FUSEDaemon {
         }
     }
 
+    /// Set by the SIGUSR2 thread: `serve` returned for a hand-over, not because the connection
+    /// ended.
+    private static let handingOff = Atomic<Bool>(false)
+
     public static func main(_ arguments: [String]) -> Int32 {
         // A long-lived daemon must not keep its starter's working directory busy (it would
         // block unmounting that filesystem); every path it is given is absolute.
         _ = chdir("/")
         var logger = Logger(label: "erofs-fuse-worker[\(getpid())]")
         logger.logLevel = .info
-        let status = StatusPipe(descriptor: statusDescriptor)
-        guard let settings = Settings(arguments: arguments) else {
+        guard let settings = Settings(arguments: arguments), let connection = settings.connection else {
             logger.error("bad arguments: \(arguments)")
-            status.finish("error bad worker arguments")
-            return 2
+            DaemonReport.failed("bad worker arguments").send(to: statusDescriptor)
+            return Exit.badArguments.rawValue
         }
+        // SIGUSR2 (hand over) is taken by one thread with sigwait: blocked here, before any
+        // thread exists, so every thread inherits the mask.
+        var handOffSignal = sigset_t()
+        sigemptyset(&handOffSignal)
+        sigaddset(&handOffSignal, SIGUSR2)
+        pthread_sigmask(SIG_BLOCK, &handOffSignal, nil)
+        let control = ControlChannel(descriptor: controlDescriptor)
         let filesystem: EROFSFilesystem
         let journal: FUSEJournal
         do {
@@ -138,81 +147,97 @@ public enum FUSEDaemon {
             journal = try FUSEJournal(descriptor: journalDescriptor, channels: settings.threads)
         } catch {
             logger.error("\(error)")
-            status.finish("error \(error)")
-            return 1
+            DaemonReport.failed("\(error)").send(to: statusDescriptor)
+            return Exit.failed.rawValue
         }
         let channels = (0..<Int32(settings.threads)).map { firstChannelDescriptor + $0 }
         let server = FUSEServer(
             operations: FUSEOperations(filesystem: filesystem, logger: logger),
             settings: .init(threads: settings.threads), logger: logger)
-        switch settings.role {
-        case .first:
-            server.whenReady {
-                let resend = server.kernelFlags.contains(.hasResend) && !settings.journalOnly
-                status.finish("ready \(getpid()) \(resend ? "resend" : "journal")")
-            }
+        var takesOver = false
+        var resumed = false
+        switch settings.mode {
+        case .connect:
+            break
+        case .reattach:
+            takesOver = true
         case .standby:
             // Our code mapped now, while nothing waits: a takeover that had to read it from
             // disk (the caches dropped since the binary last ran) would stall every request.
-            // Mapped pages also stay through drop_caches.
             _ = cshim_populate_executable_code()
-            status.say("prepared \(getpid())")
-            guard waitForWakeUp() else {
-                logger.info("the supervisor is gone; a standby has nothing to do")
-                return 0
+            do {
+                try control.send(.prepared)
+                word: while true {
+                    switch try control.receive() {
+                    case nil:
+                        logger.info("the supervisor is gone; a standby has nothing to do")
+                        return Exit.connectionEnded.rawValue
+                    case .resume(let link)?:
+                        close(link)  // the channels are ours already
+                        resumed = true
+                        break word
+                    case .serveLink(let link)?:
+                        close(link)
+                        break word
+                    case .reconnect?:
+                        break word
+                    case .replyFile(let file)?:
+                        if file >= 0 { close(file) }
+                    default:
+                        continue  // `device`: the link is known from our arguments
+                    }
+                }
+            } catch {
+                logger.error("\(error)")
+                return Exit.failed.rawValue
             }
-            fallthrough
-        case .takeOver:
+            takesOver = true
+        }
+        var method = ""
+        if takesOver {
             let started = monotonicSeconds()
             let outcome = server.takeOver(channels: channels, journal: journal, preferResend: !settings.journalOnly)
-            let method = outcome == .resent ? "resend" : "journal"
+            method = outcome == .resent ? "resend" : "journal"
             logger.info(
                 "took over \(settings.source): \(outcome) in \(Int((monotonicSeconds() - started) * 1_000_000)) us")
-            server.whenReady { status.finish("ready \(getpid()) \(method)") }
+            if resumed { try? control.send(.resumed(true)) }
+        }
+        server.whenReady { [method, takesOver, resumed] in
+            let resend = server.kernelFlags.contains(.hasResend) && !settings.journalOnly
+            if !resumed {
+                // Our link for the supervisor (it holds every channel already; see
+                // FUSESupervisedBackend), and no reply file.
+                try? control.send(.serving(channels[0]))
+                try? control.send(.replyFile(-1))
+            }
+            DaemonReport.ready(
+                index: Int(connection.minor), method: takesOver ? method : resend ? "resend" : "journal", pid: getpid()
+            ).send(to: statusDescriptor)
         }
         do {
-            try server.serve(channels: channels, journal: journal, initialized: settings.role != .first)
+            _ = try JoinableThread {
+                var signals = sigset_t()
+                sigemptyset(&signals)
+                sigaddset(&signals, SIGUSR2)
+                var received: Int32 = 0
+                while sigwait(&signals, &received) != 0 {}
+                handingOff.store(true, ordering: .sequentiallyConsistent)
+                server.stop()
+            }
+            try server.serve(channels: channels, journal: journal, initialized: takesOver)
         } catch {
             logger.error("\(error)")
-            status.finish("error \(error)")
-            return 1
+            DaemonReport.failed("\(error)").send(to: statusDescriptor)
+            return Exit.failed.rawValue
+        }
+        if handingOff.load(ordering: .sequentiallyConsistent) {
+            // Every thread stopped with its replies sent: the successor finds nothing owed.
+            do { try control.send(.handOff(channels[0])) } catch { logger.error("\(error)") }
+            logger.info("handed over")
+            return Exit.handedOff.rawValue
         }
         logger.info("connection ended; exiting")
         FUSEStateStore().removeStates(ofProcess: getpid())
-        return 0
-    }
-
-    /// Blocks until the supervisor writes the wake-up byte (true) or is gone (false).
-    static func waitForWakeUp() -> Bool {
-        var byte: UInt8 = 0
-        while true {
-            let got = read(wakeDescriptor, &byte, 1)
-            if got < 0 && errno == EINTR { continue }
-            return got == 1
-        }
-    }
-}
-
-/// A worker's status pipe to its supervisor: lines, the last of which closes it.
-final class StatusPipe: Sendable {
-    let descriptor: Int32
-    private let finished = Mutex(false)
-
-    init(descriptor: Int32) { self.descriptor = descriptor }
-
-    func say(_ line: String) {
-        let text = line.split(separator: "\n").joined(separator: " ") + "\n"
-        text.withCString { _ = write(descriptor, $0, strlen($0)) }
-    }
-
-    /// The last line, once: later calls write nothing.
-    func finish(_ line: String) {
-        guard
-            finished.withLock({ done in
-                defer { done = true }; return !done
-            })
-        else { return }
-        say(line)
-        close(descriptor)
+        return Exit.connectionEnded.rawValue
     }
 }

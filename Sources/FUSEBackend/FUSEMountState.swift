@@ -8,6 +8,7 @@ import Foundation
 #endif
 import Backends
 import KernelAttach
+import Supervision
 import SystemCalls
 
 /// What `-u`, `--upgrade` and `--list` need of a FUSE mount: its supervisor and the worker
@@ -72,50 +73,34 @@ public struct FUSEStateStore: Sendable {
 
     public func path(major: UInt32, minor: UInt32) -> String { "\(directory)/\(major)-\(minor).json" }
 
-    public func ensureDirectory() throws(SystemError) {
-        try StateStore(directory: directory).ensureDirectory()
-    }
+    var files: StateDirectory { StateDirectory(directory) }
 
-    /// Written atomically (temporary file, then rename): a crash leaves the old state or the new.
+    static func fileName(major: UInt32, minor: UInt32) -> String { "\(major)-\(minor).json" }
+
+    public func ensureDirectory() throws(SystemError) { try files.ensureExists() }
+
+    /// Written as every state is (`StateDirectory.write`: temporary file, fsync, rename).
     public func save(_ state: FUSEMountState, major: UInt32, minor: UInt32) throws(SystemError) {
-        try ensureDirectory()
-        let target = path(major: major, minor: minor)
         let data: Data
         do { data = try JSONEncoder().encode(state) } catch {
-            throw SystemError("encode FUSE mount state", path: target, detail: "\(error)")
+            throw SystemError("encode FUSE mount state", path: path(major: major, minor: minor), detail: "\(error)")
         }
-        let temporary = target + ".tmp.\(getpid())"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw .lastErrno("open", path: temporary) }
-        let written = data.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-        let failure = written != data.count ? SystemError.lastErrno("write", path: temporary) : nil
-        close(fd)
-        if let failure {
-            unlink(temporary)
-            throw failure
-        }
-        guard rename(temporary, target) == 0 else {
-            let error = SystemError.lastErrno("rename", path: temporary)
-            unlink(temporary)
-            throw error
-        }
+        try files.write(data, named: Self.fileName(major: major, minor: minor))
     }
 
     public func load(major: UInt32, minor: UInt32) -> FUSEMountState? {
-        load(path: path(major: major, minor: minor))
+        load(named: Self.fileName(major: major, minor: minor))
     }
 
-    /// Read as every state is (StateStore.readFile: a regular file of ours in our own
+    /// Read as every state is (StateDirectory.readFile: a regular file of ours in our own
     /// directory, no symlink followed); anything else is no state of ours.
-    func load(path: String) -> FUSEMountState? {
-        let name = String(path.split(separator: "/").last ?? "")
-        guard path == "\(directory)/\(name)", let bytes = try? StateStore(directory: directory).readFile(named: name)
-        else { return nil }
+    func load(named name: String) -> FUSEMountState? {
+        guard let bytes = try? files.readFile(named: name) else { return nil }
         return try? JSONDecoder().decode(FUSEMountState.self, from: Data(bytes))
     }
 
     public func remove(major: UInt32, minor: UInt32) {
-        unlink(path(major: major, minor: minor))
+        try? files.remove(named: Self.fileName(major: major, minor: minor))
     }
 
     /// Removes the state (and log) of every mount whose supervisor is `pid`, or whose serving
@@ -132,11 +117,11 @@ public struct FUSEStateStore: Sendable {
 
     /// Every readable state, by the mount's device number.
     public func all() -> [(major: UInt32, minor: UInt32, state: FUSEMountState)] {
-        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return [] }
+        guard let names = try? files.names() else { return [] }
         return names.sorted().compactMap { name in
             let parts = name.dropLast(".json".count).split(separator: "-")
             guard name.hasSuffix(".json"), parts.count == 2, let major = UInt32(parts[0]), let minor = UInt32(parts[1]),
-                let state = load(path: "\(directory)/\(name)")
+                let state = load(named: name)
             else { return nil }
             return (major, minor, state)
         }

@@ -39,6 +39,10 @@ public final class FUSEServer: Sendable {
         }
     }
     private let readiness: Mutex<Readiness>
+    /// `stop()`: every thread returns at its next request boundary.
+    private let stopRequested = Atomic<Bool>(false)
+    /// The threads in `run`, which `stop()` interrupts in read(2).
+    private let running = Mutex<[pthread_t]>([])
 
     /// Request buffers: the kernel wants room for its largest request (a WRITE of max_write
     /// bytes, which we set to 4 KiB, or a 64 KiB SETXATTR), and at least 8 KiB.
@@ -142,7 +146,15 @@ public final class FUSEServer: Sendable {
             journal?.slot(index)
             ?? UnsafeMutableRawBufferPointer.allocate(byteCount: FUSEServer.bufferSize, alignment: 8)
         defer { if owned { buffer.deallocate() } }
+        let me = pthread_self()
+        running.withLock { $0.append(me) }
+        // Out of the list under its lock: `stop()` never signals a thread that has returned.
+        defer { running.withLock { $0.removeAll { pthread_equal($0, me) != 0 } } }
         while true {
+            if stopRequested.load(ordering: .sequentiallyConsistent) {
+                journal?.clear(index)  // answered: nothing for a successor
+                return
+            }
             // The slot is empty until the kernel fills it: what a death leaves there was read.
             journal?.clear(index)
             let count = read(channel, buffer.baseAddress, buffer.count)
@@ -161,6 +173,25 @@ public final class FUSEServer: Sendable {
                 }
             }
             answer(UnsafeRawBufferPointer(rebasing: buffer[..<count]), on: channel)
+        }
+    }
+
+    /// Stops serving at a request boundary (a hand-over): each thread finishes the request it
+    /// is answering and returns; `serve` then returns. A thread blocked in read(2) is woken by
+    /// SIGURG (a no-op handler without SA_RESTART: the read fails with EINTR), sent until every
+    /// thread is out, as one may block just after it looked at the flag.
+    public func stop() {
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { _ in }
+        sigemptyset(&action.sa_mask)
+        action.sa_flags = 0
+        sigaction(SIGURG, &action, nil)
+        stopRequested.store(true, ordering: .sequentiallyConsistent)
+        while running.withLock({ threads in
+            for thread in threads { pthread_kill(thread, SIGURG) }
+            return !threads.isEmpty
+        }) {
+            usleep(1000)
         }
     }
 

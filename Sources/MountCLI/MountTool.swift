@@ -7,6 +7,7 @@ import CShim
 import KernelAttach
 import Logging
 import NBDKernel
+import Supervision
 import SystemCalls
 import UblkBackend
 
@@ -224,7 +225,8 @@ public enum MountTool {
         logger.info("disconnected /dev/nbd\(index)")
     }
 
-    /// `--list`: every nbd device mount.erofs manages, with what the kernel says of its link.
+    /// `--list`: every nbd device mount.erofs manages, with what the kernel says of its link and
+    /// which binary its processes run (an upgrade leaves the old one "(deleted)").
     static func list() throws {
         let states: [(index: Int, state: Result<DeviceState, SystemError>)]
         do { states = try StateStore().all() } catch {
@@ -233,7 +235,7 @@ public enum MountTool {
         let kernel = (try? NBDNetlink.open().status()).map {
             Dictionary($0.map { (Int($0.index), $0.connected) }, uniquingKeysWith: { $1 })
         }
-        print("DEVICE\tBACKEND\tMETHOD\tRECOVERY\tDAEMON\tWORKER\tLINK\tMOUNTPOINT\tSOURCE")
+        print("DEVICE\tBACKEND\tMETHOD\tRECOVERY\tDAEMON\tWORKER\tLINK\tMOUNTPOINT\tBINARY\tSOURCE")
         for (index, result) in states {
             switch result {
             case .success(let state):
@@ -250,17 +252,36 @@ public enum MountTool {
                 case true?: link = isOurs(worker) ? "connected" : "dead, waiting for a daemon"
                 }
                 let describe = { (process: DaemonProcess) in "\(process.pid)\(isOurs(process) ? "" : " (gone)")" }
+                let binary = binaries(
+                    supervisor: daemon, worker: state.servingPID == nil ? nil : worker, isOurs: isOurs)
                 print(
                     [
                         state.devicePath, "nbd", state.attachMethod.rawValue, recovery, describe(daemon),
-                        state.servingPID == nil ? "-" : describe(worker), link, state.mountPoint ?? "-", state.source,
+                        state.servingPID == nil ? "-" : describe(worker), link, state.mountPoint ?? "-", binary,
+                        state.source,
                     ]
                     .joined(separator: "\t"))
             case .failure(let error):
-                print("/dev/nbd\(index)\tnbd\t?\t?\t?\t?\t?\t?\t(unreadable state: \(error))")
+                print("/dev/nbd\(index)\tnbd\t?\t?\t?\t?\t?\t?\t?\t(unreadable state: \(error))")
             }
         }
-        for row in FUSEBackend.listRows() { print(row.joined(separator: "\t")) }
+        for row in FUSEBackend.listRows(binaries: binaries) { print(row.joined(separator: "\t")) }
+    }
+
+    /// `--list`'s BINARY column: the binary the supervisor runs, and the worker's when it
+    /// differs (/proc/PID/exe: " (deleted)" once an upgrade installed another file there).
+    static func binaries(
+        supervisor: DaemonProcess, worker: DaemonProcess?, isOurs: (DaemonProcess) -> Bool
+    ) -> String {
+        func running(_ process: DaemonProcess) -> String? {
+            isOurs(process) ? DaemonProcess.runningBinary(of: "\(process.pid)") : nil
+        }
+        return switch (running(supervisor), worker.flatMap { running($0) }) {
+        case (let supervisor?, let served?) where served != supervisor: "\(supervisor) | worker: \(served)"
+        case (let daemon?, _): daemon
+        case (nil, let served?): "worker: \(served)"
+        case (nil, nil): "-"
+        }
     }
 
     static func enterNamespace(_ namespace: String?) throws {
@@ -313,12 +334,14 @@ public enum MountTool {
               --disconnect TARGET abort an nbd device (/dev/nbdN or the mountpoint of an
                                EROFS mount of one) forcibly
               --list           show the nbd devices and FUSE mounts mount.erofs manages,
-                               their supervisor and serving worker, and their link
+                               their supervisor and serving worker, the binary they
+                               run ("(deleted)": replaced since) and their link
               --reattach TARGET   start a new daemon for an nbd device (/dev/nbdN or its
                                mountpoint) whose daemon died; refused while one lives
-              --upgrade TARGET    replace the serving worker of an nbd device or a FUSE
-                               mount (its mountpoint) with the binary now installed,
-                               without failing a request
+              --upgrade TARGET    replace the serving worker (and, for nbd, the
+                               supervisor) of an nbd device or a FUSE mount (its
+                               mountpoint) with the binary now installed, without
+                               failing a request
           -d 0-9               verbosity: 0 quiet, 2 warnings (default), 9 everything
           -v                   verbose (same as -d 4)
           -f                   check the source and mountpoint, mount nothing
