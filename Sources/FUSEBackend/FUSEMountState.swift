@@ -14,7 +14,7 @@ import SystemCalls
 /// What `-u`, `--upgrade` and `--list` need of a FUSE mount: its supervisor and the worker
 /// serving it. One file per mount in /run/erofs-mount/fuse (0700; files 0600), named by the
 /// mount's device number (the FUSE connection), which the mount table shows.
-public struct FUSEMountState: Codable, Sendable, Equatable {
+public struct FUSEMountState: Codable, Sendable, Equatable, SupervisedState {
     /// The supervisor (holds the connection's descriptors; starts workers).
     public var daemonPID: Int32
     public var daemonStartTime: UInt64
@@ -29,9 +29,9 @@ public struct FUSEMountState: Codable, Sendable, Equatable {
     public var recovery: String?
     public var recoveries: Int?
     public var upgrades: Int?
-    /// How long the last recovery or upgrade took, from the old worker's end to the new one
+    /// How long the last recovery took, from the old worker's death seen to the new one
     /// serving, as the supervisor measured it.
-    public var lastStallMilliseconds: Int?
+    public var lastRecoveryMilliseconds: Int?
 
     public init(
         daemonPID: Int32, daemonStartTime: UInt64, source: String, mountPoint: String, threads: Int, logFile: String,

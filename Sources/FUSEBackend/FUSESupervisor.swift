@@ -99,18 +99,6 @@ public struct FUSESupervisedBackend: SupervisedBackend {
     public func forget(link: UInt32) { store.removeStates(ofProcess: getpid()) }
 
     public func record(_ event: SupervisorEvent, link: UInt32, serving: DaemonProcess?) throws(SystemError) {
-        try store.update(major: connection.major, minor: connection.minor) { state in
-            if let serving {
-                state.servingPID = serving.pid
-                state.servingStartTime = serving.startTime
-            }
-            switch event {
-            case .recovered(let milliseconds):
-                state.recoveries = (state.recoveries ?? 0) + 1
-                state.lastStallMilliseconds = milliseconds
-            case .upgraded:
-                state.upgrades = (state.upgrades ?? 0) + 1
-            }
-        }
+        try store.update(major: connection.major, minor: connection.minor) { $0.apply(event, serving: serving) }
     }
 }

@@ -208,7 +208,7 @@ import Glibc
             let to = FUSERecoveryTests.now()
             // The supervisor times recoveries (a worker's death seen to its successor serving).
             let measured =
-                kind == "upgrade" ? -1 : try FUSEMountTests.state(of: entry)["lastStallMilliseconds"] as? Int ?? -1
+                kind == "upgrade" ? -1 : try FUSEMountTests.state(of: entry)["lastRecoveryMilliseconds"] as? Int ?? -1
             events.append((kind, from, to, measured))
         }
         usleep(1_000_000)

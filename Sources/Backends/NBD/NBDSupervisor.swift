@@ -143,17 +143,7 @@ public struct NBDSupervisedBackend: SupervisedBackend {
         guard var state = try? store.load(device: Int(link)), state.backendIdentifier == settings.identifier else {
             return
         }
-        if let serving {
-            state.servingPID = serving.pid
-            state.servingStartTime = serving.startTime
-        }
-        switch event {
-        case .recovered(let milliseconds):
-            state.recoveries = (state.recoveries ?? 0) + 1
-            state.lastRecoveryMilliseconds = milliseconds
-        case .upgraded:
-            state.upgrades = (state.upgrades ?? 0) + 1
-        }
+        state.apply(event, serving: serving)
         try store.save(state)
     }
 
@@ -179,3 +169,5 @@ public struct NBDSupervisedBackend: SupervisedBackend {
             summary: "NBD \(request.type) of \(request.length) bytes at \(request.offset)")
     }
 }
+
+extension DeviceState: SupervisedState {}
