@@ -144,6 +144,7 @@ import Glibc
             ("fsid=abc", "`fsid=abc` selects the kernel's fscache mode"),
             ("fuse.threads=0", "fuse.threads=0: expected 1 to 64"),
             ("fuse.bogus", "unknown or malformed fuse option `fuse.bogus`"),
+            ("fuse.recovery=sometimes", "unknown or malformed fuse option `fuse.recovery=sometimes`"),
         ] {
             let result = try harness.run(["-t", "erofs.fuse", "-o", options, workspace.image, workspace.mountPoint])
             #expect(result.status == 1, "\(options): \(result.standardError)")

@@ -311,7 +311,10 @@ import Glibc
         digest.update([UInt8](first))
         #expect(Hex.encode(digest.finalize()) == files[0].sha256)
         let list = try harness.run(["--list"])
-        let row = try #require(list.standardOutput.split(separator: "\n").first { $0.hasSuffix(workspace.image) })
+        let lines = list.standardOutput.split(separator: "\n")
+        let row = try #require(lines.first { $0.hasSuffix(workspace.image) })
+        // The nbd columns, WORKER the serving process.
+        #expect(row.split(separator: "\t").count == lines[0].split(separator: "\t").count, "\(lines[0])\n\(row)")
         #expect(row.contains("none (supervisor gone)") && row.contains("\(supervisor) (gone)"), "\(row)")
         #expect(row.contains("\t\(worker)\tconnected\t"), "\(row)")
 
