@@ -128,7 +128,8 @@ let package = Package(
         .target(
             name: "FUSEBackend",
             dependencies: [
-                "Backends", "Supervision", "FUSEServer", "EROFSReader", "KernelAttach", "SystemCalls", "CShim",
+                "Backends", "Supervision", "FUSEProtocol", "FUSEServer", "EROFSReader", "KernelAttach", "SystemCalls",
+                "CShim",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // mount(8)-compatible command line: options, -o parsing into MS_* flags and data.

@@ -193,26 +193,31 @@ public enum FUSEDaemon {
             }
             takesOver = true
         }
-        var method = ""
-        if takesOver {
-            let started = monotonicSeconds()
-            let outcome = server.takeOver(channels: channels, journal: journal, preferResend: !settings.journalOnly)
-            method = outcome == .resent ? "resend" : "journal"
-            logger.info(
-                "took over \(settings.source): \(outcome) in \(Int((monotonicSeconds() - started) * 1_000_000)) us")
-            if resumed { try? control.send(.resumed(true)) }
-        }
-        server.whenReady { [method, takesOver, resumed] in
-            let resend = server.kernelFlags.contains(.hasResend) && !settings.journalOnly
-            if !resumed {
-                // Our link for the supervisor (it holds every channel already; see
-                // FUSESupervisedBackend), and no reply file.
+        // Ready: our link for the supervisor unless it told us to resume the one it holds (it
+        // holds every channel anyway; see FUSESupervisedBackend), no reply file, the report.
+        let linkKept = resumed
+        let report = { @Sendable (method: String) in
+            if !linkKept {
                 try? control.send(.serving(channels[0]))
                 try? control.send(.replyFile(-1))
             }
-            DaemonReport.ready(
-                index: Int(connection.minor), method: takesOver ? method : resend ? "resend" : "journal", pid: getpid()
-            ).send(to: statusDescriptor)
+            DaemonReport.ready(index: Int(connection.minor), method: method, pid: getpid()).send(to: statusDescriptor)
+        }
+        var replaying = false
+        if takesOver {
+            let started = monotonicSeconds()
+            let outcome = server.takeOver(channels: channels, journal: journal, preferResend: !settings.journalOnly)
+            replaying = outcome != .resent
+            logger.info(
+                "took over \(settings.source): \(outcome) in \(Int((monotonicSeconds() - started) * 1_000_000)) us")
+            if resumed { try? control.send(.resumed(true)) }
+            // Said before any request is answered: a request that kills us then kills a worker
+            // the supervisor counts as serving (its crash-loop guard).
+            report(outcome == .resent ? "resend" : "journal")
+        } else {
+            server.whenReady {
+                report(server.kernelFlags.contains(.hasResend) && !settings.journalOnly ? "resend" : "journal")
+            }
         }
         do {
             _ = try JoinableThread {
@@ -224,7 +229,7 @@ public enum FUSEDaemon {
                 handingOff.store(true, ordering: .sequentiallyConsistent)
                 server.stop()
             }
-            try server.serve(channels: channels, journal: journal, initialized: takesOver)
+            try server.serve(channels: channels, journal: journal, initialized: takesOver, replaying: replaying)
         } catch {
             logger.error("\(error)")
             DaemonReport.failed("\(error)").send(to: statusDescriptor)

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import FUSEProtocol
 import FUSEServer
 import Supervision
 import SystemCalls
@@ -100,5 +101,20 @@ public struct FUSESupervisedBackend: SupervisedBackend {
 
     public func record(_ event: SupervisorEvent, link: UInt32, serving: DaemonProcess?) throws(SystemError) {
         try store.update(major: connection.major, minor: connection.minor) { $0.apply(event, serving: serving) }
+    }
+
+    /// The journal's slots: what each channel's thread had read and not answered. A request the
+    /// kernel resent carries the resend bit in its unique: the key leaves it out.
+    public func requestsInFlight() -> [InFlightRequest] {
+        journal.unanswered().map { header in
+            InFlightRequest(
+                key: String(header.unique & ~fuseUniqueResend),
+                summary: "request \(header.unique & ~fuseUniqueResend) (\(header.opcode), node \(header.nodeID))")
+        }
+    }
+
+    /// The next workers answer them with EIO (the journal's list, which every worker checks).
+    public func failRequests(_ requests: [InFlightRequest]) -> Bool {
+        journal.failFromNowOn(requests.compactMap { UInt64($0.key) })
     }
 }

@@ -72,18 +72,23 @@ public final class FUSEServer: Sendable {
     /// Serves `channels` (the connection's descriptor and clones of it, one thread each) until
     /// the kernel ends the connection. With a journal, each thread reads into its channel's
     /// slot (see FUSEJournal). `initialized`: INIT was answered by an earlier worker.
-    public func serve(channels: [Int32], journal: FUSEJournal?, initialized: Bool = false) throws(SystemError) {
+    /// `replaying`: each thread first answers what its channel's journal slot holds (`takeOver`).
+    public func serve(
+        channels: [Int32], journal: FUSEJournal?, initialized: Bool = false, replaying: Bool = false
+    ) throws(SystemError) {
         precondition(!channels.isEmpty && (journal == nil || journal!.channels == channels.count))
         if initialized { readiness.withLock { $0.initialized = true } }
         var threads: [JoinableThread] = []
         for index in channels.indices.dropFirst() {
             threads.append(
-                try JoinableThread { [self] in self.run(channel: channels[index], index: index, journal: journal) })
+                try JoinableThread { [self] in
+                    self.run(channel: channels[index], index: index, journal: journal, replaying: replaying)
+                })
         }
         readiness.withLock {
             $0.threadsStarted = true; return $0.take()
         }?()
-        run(channel: channels[0], index: 0, journal: journal)
+        run(channel: channels[0], index: 0, journal: journal, replaying: replaying)
         for thread in threads { thread.join() }
     }
 
@@ -96,18 +101,20 @@ public final class FUSEServer: Sendable {
     /// What the kernel offered in INIT (empty before, or when an earlier worker answered it).
     public var kernelFlags: FUSEInitFlags { readiness.withLock { $0.kernelFlags } }
 
-    /// How a worker taking over a connection got the dead worker's unanswered requests answered.
+    /// How a worker taking over a connection gets the dead worker's unanswered requests answered.
     public enum Takeover: Equatable, Sendable {
         /// The kernel queued them again (FUSE_NOTIFY_RESEND).
         case resent
-        /// Answered from the journal: this many slots held a request.
+        /// From the journal: this many slots hold a request, which `serve` answers first (each
+        /// thread its own slot, before it reads).
         case replayed(Int)
     }
 
     /// Before serving `channels` a dead worker served: asks the kernel to resend what it had
     /// read and not answered (`preferResend`, and the kernel knows FUSE_NOTIFY_RESEND), else
-    /// answers what the journal recorded, each on its own channel. Call before `serve`, whose
-    /// threads reuse the slots.
+    /// counts what the journal holds, for `serve(replaying: true)` to answer. Nothing is
+    /// answered here: a request that kills its worker must kill a worker that already serves
+    /// (and said so), whose death the supervisor's crash-loop guard counts.
     public func takeOver(channels: [Int32], journal: FUSEJournal, preferResend: Bool) -> Takeover {
         if preferResend {
             let notice = FUSEReply.notifyResend()
@@ -116,14 +123,7 @@ public final class FUSEServer: Sendable {
             // EINVAL: a kernel before 6.9 does not know the code.
             logger.info("FUSE_NOTIFY_RESEND refused (\(String(cString: strerror(errno)))); replaying the journal")
         }
-        var replayed = 0
-        for index in channels.indices {
-            guard let bytes = journal.recorded(index) else { continue }
-            replayed += 1
-            answer(bytes, on: channels[index])
-            journal.clear(index)
-        }
-        return .replayed(replayed)
+        return .replayed(channels.indices.filter { journal.recorded($0) != nil }.count)
     }
 
     /// A new descriptor on the same connection with its own processing queue.
@@ -140,7 +140,7 @@ public final class FUSEServer: Sendable {
     }
 
     /// One worker: read, answer, repeat, until the connection is gone (ENODEV).
-    func run(channel: Int32, index: Int, journal: FUSEJournal?) {
+    func run(channel: Int32, index: Int, journal: FUSEJournal?, replaying: Bool = false) {
         let owned = journal == nil
         let buffer =
             journal?.slot(index)
@@ -150,6 +150,9 @@ public final class FUSEServer: Sendable {
         running.withLock { $0.append(me) }
         // Out of the list under its lock: `stop()` never signals a thread that has returned.
         defer { running.withLock { $0.removeAll { pthread_equal($0, me) != 0 } } }
+        if replaying, let journal, let recorded = journal.recorded(index) {
+            answer(recorded, on: channel, journal: journal)
+        }
         while true {
             if stopRequested.load(ordering: .sequentiallyConsistent) {
                 journal?.clear(index)  // answered: nothing for a successor
@@ -172,7 +175,8 @@ public final class FUSEServer: Sendable {
                     return
                 }
             }
-            answer(UnsafeRawBufferPointer(rebasing: buffer[..<count]), on: channel)
+            answer(UnsafeRawBufferPointer(rebasing: buffer[..<count]), on: channel, journal: journal)
+            journal?.clear(index)  // answered
         }
     }
 
@@ -196,7 +200,15 @@ public final class FUSEServer: Sendable {
     }
 
     /// Decodes and answers one request read from `channel`.
-    private func answer(_ bytes: UnsafeRawBufferPointer, on channel: Int32) {
+    private func answer(_ bytes: UnsafeRawBufferPointer, on channel: Int32, journal: FUSEJournal?) {
+        if let journal, bytes.count >= FUSEWireSize.inHeader {
+            let unique = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+            if journal.mustFail(unique) {
+                logger.error("request \(unique) killed the workers before this one: answered EIO")
+                send(.message(FUSEReply.error(unique: unique, errno: EIO)), on: channel)
+                return
+            }
+        }
         let request: FUSERequest
         do {
             request = try FUSERequest(decoding: bytes)
@@ -207,6 +219,9 @@ public final class FUSEServer: Sendable {
             }
             return
         }
+        #if DEBUG
+        TestFaults.crashIfAsked(request, nodes: operations.nodes)
+        #endif
         let response = operations.respond(to: request)
         send(response, on: channel)
         if case .initialize(let offer) = request.operation {

@@ -331,4 +331,44 @@ import Glibc
         #expect(FUSEMountTests.daemons(serving: workspace.image).isEmpty)
         #expect(!FileManager.default.fileExists(atPath: "/run/erofs-mount/fuse/\(entry.major)-\(entry.minor).json"))
     }
+
+    /// A request that kills every worker it reaches (a debug build's fault: abort on READ of one
+    /// inode) is not resent forever: after three deaths in a row with it in flight, the
+    /// supervisor has the next worker fail it with EIO. The reader gets EIO, never a hang or
+    /// ENOTCONN; the rest of the mount serves on; `-u` leaves nothing.
+    @Test(arguments: ["resend", "journal"])
+    func requestThatKillsEveryWorkerFailsWithEIO(recovery: String) throws {
+        #if DEBUG
+        let image = try #require(Corpus.imagesOrEmpty.first { $0.name == "lz4" }, "the corpus is missing")
+        let workspace = try MountHarness.Workspace("fuse-crash-loop", copying: image.path)
+        defer { workspace.remove() }
+        let options = ["-t", "erofs.fuse", "-o", "fuse.threads=2,fuse.recovery=\(recovery)"]
+        let poisoned = workspace.mountPoint + "/sizes/text-4097"
+        // The file's inode (its nid), from a first mount without the fault.
+        try #require(try harness.run(options + [workspace.image, workspace.mountPoint]).status == 0)
+        var status = stat()
+        try #require(stat(poisoned, &status) == 0)
+        #expect(try harness.run(["-u", workspace.mountPoint]).status == 0)
+
+        setenv("EROFS_TEST_CRASH_READ_INODE", String(status.st_ino), 1)
+        let mounted = try harness.run(options + [workspace.image, workspace.mountPoint])
+        unsetenv("EROFS_TEST_CRASH_READ_INODE")
+        try #require(mounted.status == 0, "\(mounted.standardError)")
+        let entry = try #require(try MountHarness.mounts(at: workspace.mountPoint).first)
+        let read = try runProgram("/usr/bin/timeout", ["30", "/bin/cat", poisoned])
+        #expect(
+            read.status == 1 && read.standardError.contains("Input/output error"),
+            "\(read.status) \(read.standardError)")
+        let state = try FUSEMountTests.state(of: entry)
+        #expect((state["recoveries"] as? Int ?? 0) >= 3)
+        let other = try Data(contentsOf: URL(fileURLWithPath: workspace.mountPoint + "/sizes/text-4096"))
+        #expect(other.count == 4096)
+        let log = try String(contentsOfFile: try #require(state["logFile"] as? String), encoding: .utf8)
+        #expect(log.contains("worker deaths in a row; failing it with EIO"), "\(log)")
+
+        #expect(try harness.run(["-u", workspace.mountPoint]).status == 0)
+        try MountHarness.expectNothingLeft(mountPoint: workspace.mountPoint, image: workspace.image)
+        #expect(FUSEMountTests.daemons(serving: workspace.image).isEmpty)
+        #endif
+    }
 }
