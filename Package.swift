@@ -98,11 +98,19 @@ let package = Package(
             dependencies: [
                 "Netlink", "SystemCalls", "CShim", .product(name: "SystemPackage", package: "swift-system"),
             ]),
-        // Mount backends: local (file-backed or loop), nbd, fuse.
+        // One supervisor for every userspace backend's daemons: spawning, the control channel,
+        // standby and hot upgrade, the state directory (see Supervision/SupervisedBackend.swift).
+        .target(
+            name: "Supervision",
+            dependencies: [
+                "SystemCalls", "KernelAttach", "CShim", .product(name: "SystemPackage", package: "swift-system"),
+            ]),
+        // Mount backends: local (file-backed or loop), nbd.
         .target(
             name: "Backends",
             dependencies: [
-                "SystemCalls", "EROFSFormat", "KernelAttach", "CShim", "NBDKernel", "NBDServer", "ImageSources",
+                "SystemCalls", "EROFSFormat", "KernelAttach", "CShim", "NBDKernel", "NBDServer", "NBDProtocol",
+                "ImageSources", "Supervision",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -114,7 +122,7 @@ let package = Package(
         .target(
             name: "UblkBackend",
             dependencies: [
-                "Backends", "UblkKernel", "IOURing", "KernelAttach", "SystemCalls", "CShim",
+                "Backends", "Supervision", "UblkKernel", "IOURing", "KernelAttach", "SystemCalls", "CShim",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -122,14 +130,16 @@ let package = Package(
         .target(
             name: "FUSEBackend",
             dependencies: [
-                "Backends", "FUSEServer", "EROFSReader", "KernelAttach", "SystemCalls",
+                "Backends", "Supervision", "FUSEProtocol", "FUSEServer", "EROFSReader", "KernelAttach", "SystemCalls",
+                "CShim",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // mount(8)-compatible command line: options, -o parsing into MS_* flags and data.
         .target(
             name: "MountCLI",
             dependencies: [
-                "Backends", "FUSEBackend", "UblkBackend", "SystemCalls", "EROFSFormat", "KernelAttach", "NBDKernel",
+                "Backends", "FUSEBackend", "UblkBackend", "Supervision", "SystemCalls", "EROFSFormat", "KernelAttach",
+                "NBDKernel",
                 "CShim",
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -177,9 +187,12 @@ let package = Package(
             ]),
         .testTarget(name: "MountCLITests", dependencies: ["MountCLI", "FUSEBackend"]),
         .testTarget(
+            name: "SupervisionTests",
+            dependencies: ["Supervision", "SystemCalls", "TestSupport"]),
+        .testTarget(
             name: "BackendsTests",
             dependencies: [
-                "Backends", "SystemCalls", "KernelAttach", "TestSupport",
+                "Backends", "Supervision", "NBDServer", "NBDProtocol", "SystemCalls", "KernelAttach", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "KernelAttachTests", dependencies: ["KernelAttach"]),

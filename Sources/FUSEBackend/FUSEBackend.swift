@@ -5,11 +5,13 @@ import Backends
 import FUSEServer
 import KernelAttach
 import Logging
+import Supervision
 import SystemCalls
 
-/// `mount.erofs -t erofs.fuse IMAGE DIR`: the image is served by a daemon on this project's
-/// reader over /dev/fuse. The mount is made here (mount(2) with `fd=`), the daemon is given the
-/// descriptor, and the mount returns once the daemon has answered the kernel's INIT. Anything
+/// `mount.erofs -t erofs.fuse IMAGE DIR`: the image is served by workers on this project's
+/// reader over /dev/fuse, under a supervisor that keeps the connection across their deaths
+/// (FUSESupervisor). The mount is made here (mount(2) with `fd=`), the supervisor is given the
+/// descriptor, and the mount returns once a worker has answered the kernel's INIT. Anything
 /// that fails on the way is undone: nothing stays mounted or running.
 public struct FUSEBackend: Sendable {
     public struct Request: Sendable {
@@ -33,6 +35,9 @@ public struct FUSEBackend: Sendable {
     public struct Options: Sendable, Equatable {
         /// Serving threads, each on its own channel of the connection.
         public var threads: Int
+        /// Recover from the request journal even where the kernel can resend
+        /// (`fuse.recovery=journal`).
+        public var journalOnly = false
         /// Extra devices (blobs) of a multi-device image, in device-table order.
         public var devices: [String] = []
         /// Kernel EROFS options accepted but without effect here, each with why.
@@ -67,10 +72,14 @@ public struct FUSEBackend: Sendable {
                         return .failure(OptionError("fuse.prefetch_kb=\(text): expected 0 to \(maximumPrefetchKiB)"))
                     }
                     options.prefetchKiB = kib
+                case ("fuse.recovery", "resend"):
+                    options.journalOnly = false
+                case ("fuse.recovery", "journal"):
+                    options.journalOnly = true
                 default:
                     return .failure(
                         OptionError(
-                            "unknown or malformed fuse option `\(name)\(value.map { "=" + $0 } ?? "")` (fuse.threads=1-\(maximumThreads), fuse.prefetch_kb=0-\(maximumPrefetchKiB))"
+                            "unknown or malformed fuse option `\(name)\(value.map { "=" + $0 } ?? "")` (fuse.threads=1-\(maximumThreads), fuse.prefetch_kb=0-\(maximumPrefetchKiB), fuse.recovery=resend|journal)"
                         ))
                 }
             }
@@ -156,6 +165,17 @@ public struct FUSEBackend: Sendable {
             throw MountFailure("cannot mount \(source) on \(mountPoint) (fuse)", cause: error)
         }
 
+        // The connection's number names the state; the supervisor updates it as workers change.
+        let entry: MountInfoEntry
+        do throws(SystemError) {
+            guard let found = try MountTable.mount(at: mountPoint) else {
+                throw SystemError("find the new mount", path: mountPoint, detail: "not in the mount table")
+            }
+            entry = found
+        } catch {
+            detach(mountPoint)
+            throw MountFailure("cannot find the FUSE mount of \(source)", cause: error)
+        }
         var statusEnds: [Int32] = [-1, -1]
         guard closeOnExecPipe(&statusEnds) else {
             detach(mountPoint)
@@ -164,17 +184,20 @@ public struct FUSEBackend: Sendable {
         let logFile = "\(store.directory)/fuse-\(randomHex(bytes: 8)).log"
         let settings = FUSEDaemon.Settings(
             source: source, devices: request.options.devices.map(canonicalPath), threads: request.options.threads,
+            journalOnly: request.options.journalOnly, connection: (entry.major, entry.minor),
             prefetchKiB: request.options.prefetchKiB)
         let daemon: DaemonProcess
         do {
             daemon = try DaemonProcess.spawn(
-                arguments: settings.arguments, descriptors: [device, statusEnds[1]], logFile: logFile)
+                arguments: settings.arguments(flag: FUSESupervisor.flag), descriptors: [statusEnds[1], device],
+                logFile: logFile)
         } catch {
             close(statusEnds[0]); close(statusEnds[1])
             detach(mountPoint)
             throw MountFailure("cannot start the serving daemon", cause: error)
         }
-        // From here the daemon holds the connection alone: if it dies, the connection ends.
+        // From here the supervisor holds the connection: it lives as long as the supervisor or
+        // a worker does.
         close(device)
         deviceOpen = false
         close(statusEnds[1])
@@ -185,7 +208,11 @@ public struct FUSEBackend: Sendable {
             abandon(daemon, mountPoint: mountPoint, logFile: logFile)
             throw MountFailure("the FUSE daemon for \(source) did not answer", cause: error)
         }
-        guard let line, line.hasPrefix("ready ") else {
+        // The first worker's report, which the supervisor passes on: "ready MINOR METHOD PID".
+        let fields = line?.split(separator: " ") ?? []
+        guard fields.count == 4, fields[0] == "ready", let workerPID = Int32(fields[3]),
+            let workerStart = DaemonProcess.startTime(of: workerPID)
+        else {
             let log = (try? readTextFile(logFile)) ?? ""
             abandon(daemon, mountPoint: mountPoint, logFile: logFile)
             if let line, line.hasPrefix("error ") { throw MountFailure("cannot serve \(source): \(line.dropFirst(6))") }
@@ -196,11 +223,9 @@ public struct FUSEBackend: Sendable {
         }
         let state = FUSEMountState(
             daemonPID: daemon.pid, daemonStartTime: daemon.startTime, source: source, mountPoint: mountPoint,
-            threads: request.options.threads, logFile: logFile)
+            threads: request.options.threads, logFile: logFile, servingPID: workerPID, servingStartTime: workerStart,
+            recovery: String(fields[2]))
         do throws(SystemError) {
-            guard let entry = try MountTable.mount(at: mountPoint) else {
-                throw SystemError("find the new mount", path: mountPoint, detail: "not in the mount table")
-            }
             try store.save(state, major: entry.major, minor: entry.minor)
         } catch {
             abandon(daemon, mountPoint: mountPoint, logFile: logFile)
@@ -210,26 +235,99 @@ public struct FUSEBackend: Sendable {
     }
 
     /// After `-u` unmounted a FUSE mount (`major:minor` from the mount table): the connection
-    /// is over, so its daemon exits; wait for it (stop it if it does not) and drop the state.
-    /// Returns what went wrong, if anything.
-    public func finishUnmount(major: UInt32, minor: UInt32) -> [String] {
-        guard let state = store.load(major: major, minor: minor) else { return [] }
+    /// is over, so its worker and supervisor exit; wait for them (stop those that do not) and
+    /// drop the state. Returns what went wrong, if anything.
+    /// `state`: as read before the unmount (the processes remove it as they exit).
+    public func finishUnmount(major: UInt32, minor: UInt32, state known: FUSEMountState? = nil) -> [String] {
+        guard let state = known ?? store.load(major: major, minor: minor) else { return [] }
         var problems: [String] = []
-        let daemon = state.daemon
-        // The connection is gone and the daemon on its way out (its /proc/PID/exe may already
-        // be unreadable): wait for that first; only a daemon that stays, and is ours, is
-        // signalled.
-        if !daemon.waitForExit(timeout: 5) {
-            if state.daemonIsOurs {
-                if !daemon.terminate(signal: SIGTERM, timeout: 5) { daemon.terminate(signal: SIGKILL, timeout: 5) }
-                if daemon.isAlive { problems.append("FUSE daemon \(state.daemonPID) is still running") }
-            } else if daemon.isAlive {
-                problems.append("the state named process \(state.daemonPID), which is not our FUSE daemon: left alone")
+        // The connection is gone and they are on their way out (their /proc/PID/exe may already
+        // be unreadable): wait for that first; only a process that stays, and is ours, is
+        // signalled. The worker is waited for even when the supervisor was killed before.
+        for process in [state.daemon] + (state.worker.map { [$0] } ?? []) where !process.waitForExit(timeout: 5) {
+            if state.isOurs(process) {
+                if !process.terminate(signal: SIGTERM, timeout: 5) { process.terminate(signal: SIGKILL, timeout: 5) }
+                if process.isAlive { problems.append("FUSE daemon \(process.pid) is still running") }
+            } else if process.isAlive {
+                problems.append("the state named process \(process.pid), which is not our FUSE daemon: left alone")
             }
         }
         store.remove(major: major, minor: minor)
         unlink(state.logFile)
         return problems
+    }
+
+    /// The state of the FUSE mount at `target` (a mountpoint), or nil when `target` is no FUSE
+    /// mount of ours.
+    public func managedMount(at target: String) throws(MountFailure) -> (
+        major: UInt32, minor: UInt32, state: FUSEMountState
+    )? {
+        let entry: MountInfoEntry?
+        do { entry = try MountTable.mount(at: canonicalPath(target)) } catch {
+            throw MountFailure("cannot read the mount table", cause: error)
+        }
+        guard let entry, entry.fsType == "fuse.erofs" else { return nil }
+        guard let state = store.load(major: entry.major, minor: entry.minor) else {
+            throw MountFailure(
+                "\(target) is a FUSE mount without a state in \(store.directory): not mounted by mount.erofs, or its state was removed"
+            )
+        }
+        return (entry.major, entry.minor, state)
+    }
+
+    /// `--upgrade`: asks the supervisor to replace the serving worker with the binary now
+    /// installed, and waits until the state names the new worker.
+    public func upgrade(
+        major: UInt32, minor: UInt32, state: FUSEMountState, timeout: Double = 60
+    ) throws(MountFailure) -> FUSEMountState {
+        guard state.daemonIsOurs else {
+            throw MountFailure(
+                "the supervisor of \(state.mountPoint) (\(state.daemonPID)) is gone: its worker serves on, but cannot be replaced; unmount and mount again"
+            )
+        }
+        let before = state.upgrades ?? 0
+        kill(state.daemonPID, SIGUSR1)
+        let deadline = monotonicSeconds() + timeout
+        while monotonicSeconds() < deadline {
+            usleep(10_000)
+            if let now = store.load(major: major, minor: minor), (now.upgrades ?? 0) > before { return now }
+            if !state.daemonIsOurs { break }
+        }
+        throw MountFailure(
+            "\(state.mountPoint): the upgrade did not complete within \(Int(timeout)) s (see \(state.logFile))")
+    }
+
+    /// `--list` rows of the FUSE mounts, in nbd's columns (DEVICE BACKEND METHOD RECOVERY DAEMON
+    /// WORKER LINK MOUNTPOINT BINARY SOURCE): DEVICE is the connection's device number, METHOD
+    /// how a new worker gets a dead one's requests (resend or journal), DAEMON the supervisor,
+    /// WORKER the process serving requests, BINARY as `binaries` says for nbd. Without its
+    /// supervisor a mount still serves, but a worker death is then final: RECOVERY says so.
+    public static func listRows(
+        store: FUSEStateStore = FUSEStateStore(),
+        binaries: (_ supervisor: DaemonProcess, _ worker: DaemonProcess?, _ isOurs: (DaemonProcess) -> Bool) -> String
+    ) -> [[String]] {
+        let mounted = Set(
+            ((try? MountTable.read()) ?? []).filter { $0.fsType == "fuse.erofs" }.map { "\($0.major):\($0.minor)" })
+        return store.all().map { major, minor, state in
+            let supervised = state.daemonIsOurs
+            let workerAlive = state.worker.map(state.isOurs) ?? false
+            let link: String
+            if !mounted.contains("\(major):\(minor)") {
+                link = "unmounted"
+            } else if workerAlive {
+                link = "connected"
+            } else {
+                link = supervised ? "waiting for a worker" : "dead (no worker, no supervisor)"
+            }
+            let describe = { (process: DaemonProcess?) in
+                process.map { "\($0.pid)\(state.isOurs($0) ? "" : " (gone)")" } ?? "-"
+            }
+            return [
+                "\(major):\(minor)", "fuse", state.recovery ?? "-",
+                supervised ? "auto" : "none (supervisor gone)", describe(state.daemon), describe(state.worker), link,
+                state.mountPoint, binaries(state.daemon, state.worker, state.isOurs), state.source,
+            ]
+        }
     }
 
     /// Undoes a mount whose daemon failed: the daemon is killed (its connection ends with it)

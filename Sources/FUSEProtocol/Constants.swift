@@ -205,3 +205,10 @@ public enum FUSEWireSize {
 /// The ioctl that gives a new /dev/fuse descriptor its own channel on an existing
 /// connection: `_IOR(229, 0, uint32_t)`.
 public let fuseDevIocClone: UInt = 0x8004_E500
+
+/// The notification code of FUSE_NOTIFY_RESEND (`enum fuse_notify_code`).
+public let fuseNotifyResend: Int32 = 7
+
+/// The bit the kernel sets in the unique of a request it queues again after
+/// FUSE_NOTIFY_RESEND (`FUSE_UNIQUE_RESEND`): the reply must carry the unique as received.
+public let fuseUniqueResend: UInt64 = 1 << 63

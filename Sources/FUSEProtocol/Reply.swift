@@ -173,6 +173,14 @@ public enum FUSEReply {
         header(unique: unique, error: 0, payloadLength: payloadLength, inline: false).bytes
     }
 
+    /// FUSE_NOTIFY_RESEND (6.9+, announced by FUSE_HAS_RESEND in INIT): a notification (unique
+    /// 0, the code in the error field) asking the kernel to queue again every request read on
+    /// any of the connection's open channels and not answered; they come back with
+    /// `fuseUniqueResend` set in their unique. Older kernels refuse the code with EINVAL.
+    public static func notifyResend() -> [UInt8] {
+        header(unique: 0, error: fuseNotifyResend, payloadLength: 0).bytes
+    }
+
     /// `inline`: the payload will be appended to this buffer (room is reserved for it); else
     /// it goes out in its own iovec and only the header's bytes are allocated (a 1 MiB READ
     /// must not cost a 1 MiB allocation for its 16-byte header).

@@ -11,7 +11,8 @@ import SystemCalls
 /// The serving loop over a /dev/fuse connection: N threads, each on its own channel (a clone
 /// of the connection's descriptor, FUSE_DEV_IOC_CLONE), each reading a request, answering it
 /// and reading the next. Everything a thread needs is the image and its descriptor, so a
-/// future supervisor can hand the descriptor to a replacement process.
+/// supervisor holding the channels can hand them to a replacement process, which first has
+/// the dead one's unanswered requests answered (`takeOver`) and then serves on.
 public final class FUSEServer: Sendable {
     public struct Settings: Sendable {
         public var threads: Int
@@ -26,6 +27,8 @@ public final class FUSEServer: Sendable {
     private struct Readiness {
         var initialized = false
         var threadsStarted = false
+        /// What the kernel offered in INIT (empty until then, and in a worker that took over).
+        var kernelFlags: FUSEInitFlags = []
         var callback: (@Sendable () -> Void)?
 
         /// The callback, once both have happened (and only once).
@@ -38,6 +41,10 @@ public final class FUSEServer: Sendable {
     private let readiness: Mutex<Readiness>
     /// Reads from a file's start, for the pushing thread (nil: prefetch off).
     private let pushes: PushQueue?
+    /// `stop()`: every thread returns at its next request boundary.
+    private let stopRequested = Atomic<Bool>(false)
+    /// The threads in `run`, which `stop()` interrupts in read(2).
+    private let running = Mutex<[pthread_t]>([])
 
     /// Request buffers: the kernel wants room for its largest request (a WRITE of max_write
     /// bytes, which we set to 4 KiB, or a 64 KiB SETXATTR), and at least 8 KiB.
@@ -62,9 +69,24 @@ public final class FUSEServer: Sendable {
         for _ in 1..<settings.threads {
             channels.append(try FUSEServer.cloneChannel(of: device))
         }
+        try serve(channels: channels, journal: nil)
+    }
+
+    /// Serves `channels` (the connection's descriptor and clones of it, one thread each) until
+    /// the kernel ends the connection. With a journal, each thread reads into its channel's
+    /// slot (see FUSEJournal). `initialized`: INIT was answered by an earlier worker.
+    /// `replaying`: each thread first answers what its channel's journal slot holds (`takeOver`).
+    public func serve(
+        channels: [Int32], journal: FUSEJournal?, initialized: Bool = false, replaying: Bool = false
+    ) throws(SystemError) {
+        precondition(!channels.isEmpty && (journal == nil || journal!.channels == channels.count))
+        if initialized { readiness.withLock { $0.initialized = true } }
         var threads: [JoinableThread] = []
-        for channel in channels.dropFirst() {
-            threads.append(try JoinableThread { [self] in self.run(channel: channel) })
+        for index in channels.indices.dropFirst() {
+            threads.append(
+                try JoinableThread { [self] in
+                    self.run(channel: channels[index], index: index, journal: journal, replaying: replaying)
+                })
         }
         // The thread that pushes small files after a read (SiblingPrefetch), on a channel of
         // its own; it stops once the workers have.
@@ -72,7 +94,7 @@ public final class FUSEServer: Sendable {
         if let pushes {
             pusher = try JoinableThread { [self] in
                 pushes.serve { place in
-                    for message in operations.prefetchNotifications(from: place) { send(message, on: device) }
+                    for message in operations.prefetchNotifications(from: place) { send(message, on: channels[0]) }
                 }
             }
         }
@@ -83,8 +105,42 @@ public final class FUSEServer: Sendable {
         readiness.withLock {
             $0.threadsStarted = true; return $0.take()
         }?()
-        run(channel: device)
+        run(channel: channels[0], index: 0, journal: journal, replaying: replaying)
         for thread in threads { thread.join() }
+    }
+
+    /// Sets the readiness callback (see `init`): called once INIT is answered (or, in a worker
+    /// that took over, at once) and every thread runs.
+    public func whenReady(_ callback: @escaping @Sendable () -> Void) {
+        readiness.withLock { $0.callback = callback }
+    }
+
+    /// What the kernel offered in INIT (empty before, or when an earlier worker answered it).
+    public var kernelFlags: FUSEInitFlags { readiness.withLock { $0.kernelFlags } }
+
+    /// How a worker taking over a connection gets the dead worker's unanswered requests answered.
+    public enum Takeover: Equatable, Sendable {
+        /// The kernel queued them again (FUSE_NOTIFY_RESEND).
+        case resent
+        /// From the journal: this many slots hold a request, which `serve` answers first (each
+        /// thread its own slot, before it reads).
+        case replayed(Int)
+    }
+
+    /// Before serving `channels` a dead worker served: asks the kernel to resend what it had
+    /// read and not answered (`preferResend`, and the kernel knows FUSE_NOTIFY_RESEND), else
+    /// counts what the journal holds, for `serve(replaying: true)` to answer. Nothing is
+    /// answered here: a request that kills its worker must kill a worker that already serves
+    /// (and said so), whose death the supervisor's crash-loop guard counts.
+    public func takeOver(channels: [Int32], journal: FUSEJournal, preferResend: Bool) -> Takeover {
+        if preferResend {
+            let notice = FUSEReply.notifyResend()
+            let written = notice.withUnsafeBytes { write(channels[0], $0.baseAddress, $0.count) }
+            if written == notice.count { return .resent }
+            // EINVAL: a kernel before 6.9 does not know the code.
+            logger.info("FUSE_NOTIFY_RESEND refused (\(String(cString: strerror(errno)))); replaying the journal")
+        }
+        return .replayed(channels.indices.filter { journal.recorded($0) != nil }.count)
     }
 
     /// A new descriptor on the same connection with its own processing queue.
@@ -101,10 +157,26 @@ public final class FUSEServer: Sendable {
     }
 
     /// One worker: read, answer, repeat, until the connection is gone (ENODEV).
-    func run(channel: Int32) {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: FUSEServer.bufferSize, alignment: 8)
-        defer { buffer.deallocate() }
+    func run(channel: Int32, index: Int, journal: FUSEJournal?, replaying: Bool = false) {
+        let owned = journal == nil
+        let buffer =
+            journal?.slot(index)
+            ?? UnsafeMutableRawBufferPointer.allocate(byteCount: FUSEServer.bufferSize, alignment: 8)
+        defer { if owned { buffer.deallocate() } }
+        let me = pthread_self()
+        running.withLock { $0.append(me) }
+        // Out of the list under its lock: `stop()` never signals a thread that has returned.
+        defer { running.withLock { $0.removeAll { pthread_equal($0, me) != 0 } } }
+        if replaying, let journal, let recorded = journal.recorded(index) {
+            answer(recorded, on: channel, journal: journal)
+        }
         while true {
+            if stopRequested.load(ordering: .sequentiallyConsistent) {
+                journal?.clear(index)  // answered: nothing for a successor
+                return
+            }
+            // The slot is empty until the kernel fills it: what a death leaves there was read.
+            journal?.clear(index)
             let count = read(channel, buffer.baseAddress, buffer.count)
             if count < 0 {
                 switch errno {
@@ -120,26 +192,63 @@ public final class FUSEServer: Sendable {
                     return
                 }
             }
-            let request: FUSERequest
-            do {
-                request = try FUSERequest(decoding: UnsafeRawBufferPointer(rebasing: buffer[..<count]))
-            } catch {
-                logger.error("\(error)")
-                if let unique = error.unique {
-                    send(.message(FUSEReply.error(unique: unique, errno: EIO)), on: channel)
-                }
-                continue
+            answer(UnsafeRawBufferPointer(rebasing: buffer[..<count]), on: channel, journal: journal)
+            journal?.clear(index)  // answered
+        }
+    }
+
+    /// Stops serving at a request boundary (a hand-over): each thread finishes the request it
+    /// is answering and returns; `serve` then returns. A thread blocked in read(2) is woken by
+    /// SIGURG (a no-op handler without SA_RESTART: the read fails with EINTR), sent until every
+    /// thread is out, as one may block just after it looked at the flag.
+    public func stop() {
+        var action = sigaction()
+        action.__sigaction_handler.sa_handler = { _ in }
+        sigemptyset(&action.sa_mask)
+        action.sa_flags = 0
+        sigaction(SIGURG, &action, nil)
+        stopRequested.store(true, ordering: .sequentiallyConsistent)
+        while running.withLock({ threads in
+            for thread in threads { pthread_kill(thread, SIGURG) }
+            return !threads.isEmpty
+        }) {
+            usleep(1000)
+        }
+    }
+
+    /// Decodes and answers one request read from `channel`.
+    private func answer(_ bytes: UnsafeRawBufferPointer, on channel: Int32, journal: FUSEJournal?) {
+        if let journal, bytes.count >= FUSEWireSize.inHeader {
+            let unique = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+            if journal.mustFail(unique) {
+                logger.error("request \(unique) killed the workers before this one: answered EIO")
+                send(.message(FUSEReply.error(unique: unique, errno: EIO)), on: channel)
+                return
             }
-            let response = operations.respond(to: request)
-            // The files after one read from its start go to the page cache before its answer
-            // (SiblingPrefetch, PushQueue).
-            if let pushes, let place = operations.prefetchPlace(for: request) { pushes.pushAndWait(place) }
-            send(response, on: channel)
-            if request.header.opcode == .initialize {
-                readiness.withLock {
-                    $0.initialized = true; return $0.take()
-                }?()
+        }
+        let request: FUSERequest
+        do {
+            request = try FUSERequest(decoding: bytes)
+        } catch {
+            logger.error("\(error)")
+            if let unique = error.unique {
+                send(.message(FUSEReply.error(unique: unique, errno: EIO)), on: channel)
             }
+            return
+        }
+        #if DEBUG
+        TestFaults.crashIfAsked(request, nodes: operations.nodes)
+        #endif
+        let response = operations.respond(to: request)
+        // The files after one read from its start go to the page cache before its answer
+        // (SiblingPrefetch, PushQueue).
+        if let pushes, let place = operations.prefetchPlace(for: request) { pushes.pushAndWait(place) }
+        send(response, on: channel)
+        if case .initialize(let offer) = request.operation {
+            readiness.withLock {
+                $0.kernelFlags = offer.flags
+                $0.initialized = true; return $0.take()
+            }?()
         }
     }
 

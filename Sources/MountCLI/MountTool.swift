@@ -7,6 +7,7 @@ import CShim
 import KernelAttach
 import Logging
 import NBDKernel
+import Supervision
 import SystemCalls
 import UblkBackend
 
@@ -26,6 +27,7 @@ public enum MountTool {
         if arguments.first == NBDDaemon.flag { return NBDDaemon.main(arguments) }
         if arguments.first == NBDSupervisor.flag { return NBDSupervisor.main(arguments) }
         if arguments.first == FUSEDaemon.flag { return FUSEDaemon.main(arguments) }
+        if arguments.first == FUSESupervisor.flag { return FUSESupervisor.main(arguments) }
         if arguments.first == UblkDaemon.flag { return UblkDaemon.main(arguments) }
         let line: MountCommandLine
         do { line = try MountCommandLine.parse(arguments) } catch {
@@ -78,9 +80,14 @@ public enum MountTool {
                 return
             }
             let namespace = try line.namespace.map { (name) throws(MountFailure) in try openNamespace(name) }
+            // Read before unmounting: the processes remove the state as they exit, and -u
+            // waits for them.
+            let fuse = FUSEBackend(logger: logger)
+            let fuseMount = line.namespace == nil ? try? fuse.managedMount(at: line.target!) : nil
             let result = try Unmounter(logger: logger).unmount(line.target!, in: namespace)
             if result.fsType.hasPrefix("fuse.erofs") {
-                let problems = FUSEBackend(logger: logger).finishUnmount(major: result.major, minor: result.minor)
+                let known = fuseMount.flatMap { $0.major == result.major && $0.minor == result.minor ? $0.state : nil }
+                let problems = fuse.finishUnmount(major: result.major, minor: result.minor, state: known)
                 if !problems.isEmpty {
                     throw MountFailure("unmounted \(result.mountPoint), but: \(problems.joined(separator: "; "))")
                 }
@@ -94,6 +101,14 @@ public enum MountTool {
             let state = try NBDRecovery(logger: logger).reattach(line.target!)
             logger.info("\(state.devicePath) is served again by daemon \(state.daemonPID)")
         case .upgrade:
+            let fuse = FUSEBackend(logger: logger)
+            if let mount = try fuse.managedMount(at: line.target!) {
+                let state = try fuse.upgrade(major: mount.major, minor: mount.minor, state: mount.state)
+                logger.info(
+                    "\(state.mountPoint) is served by worker \(state.servingPID.map(String.init) ?? "?") of the installed binary"
+                )
+                return
+            }
             let state = try NBDRecovery(logger: logger).upgrade(line.target!)
             logger.info(
                 "\(state.devicePath) is served by worker \(state.servingPID.map(String.init) ?? "?") of the installed binary"
@@ -210,7 +225,8 @@ public enum MountTool {
         logger.info("disconnected /dev/nbd\(index)")
     }
 
-    /// `--list`: every nbd device mount.erofs manages, with what the kernel says of its link.
+    /// `--list`: every nbd device mount.erofs manages, with what the kernel says of its link and
+    /// which binary its processes run (an upgrade leaves the old one "(deleted)").
     static func list() throws {
         let states: [(index: Int, state: Result<DeviceState, SystemError>)]
         do { states = try StateStore().all() } catch {
@@ -219,7 +235,7 @@ public enum MountTool {
         let kernel = (try? NBDNetlink.open().status()).map {
             Dictionary($0.map { (Int($0.index), $0.connected) }, uniquingKeysWith: { $1 })
         }
-        print("DEVICE\tBACKEND\tMETHOD\tRECOVERY\tDAEMON\tWORKER\tLINK\tMOUNTPOINT\tSOURCE")
+        print("DEVICE\tBACKEND\tMETHOD\tRECOVERY\tDAEMON\tWORKER\tLINK\tMOUNTPOINT\tBINARY\tSOURCE")
         for (index, result) in states {
             switch result {
             case .success(let state):
@@ -236,15 +252,35 @@ public enum MountTool {
                 case true?: link = isOurs(worker) ? "connected" : "dead, waiting for a daemon"
                 }
                 let describe = { (process: DaemonProcess) in "\(process.pid)\(isOurs(process) ? "" : " (gone)")" }
+                let binary = binaries(
+                    supervisor: daemon, worker: state.servingPID == nil ? nil : worker, isOurs: isOurs)
                 print(
                     [
                         state.devicePath, "nbd", state.attachMethod.rawValue, recovery, describe(daemon),
-                        state.servingPID == nil ? "-" : describe(worker), link, state.mountPoint ?? "-", state.source,
+                        state.servingPID == nil ? "-" : describe(worker), link, state.mountPoint ?? "-", binary,
+                        state.source,
                     ]
                     .joined(separator: "\t"))
             case .failure(let error):
-                print("/dev/nbd\(index)\tnbd\t?\t?\t?\t?\t?\t?\t(unreadable state: \(error))")
+                print("/dev/nbd\(index)\tnbd\t?\t?\t?\t?\t?\t?\t?\t(unreadable state: \(error))")
             }
+        }
+        for row in FUSEBackend.listRows(binaries: binaries) { print(row.joined(separator: "\t")) }
+    }
+
+    /// `--list`'s BINARY column: the binary the supervisor runs, and the worker's when it
+    /// differs (/proc/PID/exe: " (deleted)" once an upgrade installed another file there).
+    static func binaries(
+        supervisor: DaemonProcess, worker: DaemonProcess?, isOurs: (DaemonProcess) -> Bool
+    ) -> String {
+        func running(_ process: DaemonProcess) -> String? {
+            isOurs(process) ? DaemonProcess.runningBinary(of: "\(process.pid)") : nil
+        }
+        return switch (running(supervisor), worker.flatMap { running($0) }) {
+        case (let supervisor?, let served?) where served != supervisor: "\(supervisor) | worker: \(served)"
+        case (let daemon?, _): daemon
+        case (nil, let served?): "worker: \(served)"
+        case (nil, nil): "-"
         }
     }
 
@@ -287,22 +323,25 @@ public enum MountTool {
         Mount an EROFS image (a file or a block device) on MOUNTPOINT.
 
         Options:
-          -t erofs[.SUBTYPE]   backend: local (kernel mount; default), nbd, fuse (a daemon
-                               serves the image over /dev/fuse with this project's
-                               reader), ublk (the kernel's ublk driver over io_uring,
+          -t erofs[.SUBTYPE]   backend: local (kernel mount; default), nbd, fuse (workers
+                               serve the image over /dev/fuse with this project's
+                               reader, under a supervisor that replaces a dead one), ublk (the kernel's ublk driver over io_uring,
                                Linux 6.0+ with ublk_drv loaded)
           -o OPTIONS           comma-separated mount options (see below)
           -u TARGET            unmount TARGET (mountpoint or image) and release what the
                                mount set up (loop device; nbd or ublk device, daemon
-                               and state; the FUSE daemon)
+                               and state; the FUSE supervisor and worker)
               --disconnect TARGET abort an nbd device (/dev/nbdN or the mountpoint of an
                                EROFS mount of one) forcibly
-              --list           show the nbd devices mount.erofs manages, their daemons and
-                               the kernel's view of their link
+              --list           show the nbd devices and FUSE mounts mount.erofs manages,
+                               their supervisor and serving worker, the binary they
+                               run ("(deleted)": replaced since) and their link
               --reattach TARGET   start a new daemon for an nbd device (/dev/nbdN or its
                                mountpoint) whose daemon died; refused while one lives
-              --upgrade TARGET    replace the serving worker of an nbd device with the binary
-                               now installed, without failing a request
+              --upgrade TARGET    replace the serving worker (and, for nbd, the
+                               supervisor) of an nbd device or a FUSE mount (its
+                               mountpoint) with the binary now installed, without
+                               failing a request
           -d 0-9               verbosity: 0 quiet, 2 warnings (default), 9 everything
           -v                   verbose (same as -d 4)
           -f                   check the source and mountpoint, mount nothing
@@ -343,7 +382,11 @@ public enum MountTool {
                                request before it sleeps, while most requests come that
                                soon (default 1000, 0-10000; 0: never): CPU for latency
           fuse.threads=N       (-t erofs.fuse) serving threads, one /dev/fuse channel each
-                               (default: one per CPU, up to 8; 1-64). With -t erofs.fuse,
+                               (default: one per CPU, up to 8; 1-64)
+          fuse.recovery=M      (-t erofs.fuse) how a new worker gets the requests a dead
+                               one had read: resend (default: the kernel resends them,
+                               6.9+; the journal where it cannot) or journal (always
+                               the journal, as on older kernels). With -t erofs.fuse,
                                device= names extra devices, user_xattr and acl are always
                                on, cache_strategy=, dax, (no)directio are ignored with a
                                warning, other kernel options are refused

@@ -299,6 +299,37 @@ public final class RequestJournal: @unchecked Sendable {
 
     // MARK: Recovery (a new worker, the old one dead)
 
+    /// The requests read and not answered, as the dead worker left them (the supervisor's
+    /// crash-loop guard looks, between a worker's death and its successor's start).
+    public func unansweredRequests() -> [Request] {
+        guard cshim_load_acquire_u64(memory + Self.magicOffset) == Self.magic else { return [] }
+        return (0..<Self.slotCount).compactMap { slot in
+            let base = Self.slotsOffset + slot * Self.slotSize
+            guard cshim_load_acquire_u32(memory + base) == 1 else { return nil }
+            return try? Request(
+                decoding: UnsafeRawBufferPointer(start: memory + base + Self.requestInSlot, count: Request.size))
+        }
+    }
+
+    /// Makes the next worker that resumes from the journal answer the unanswered requests that
+    /// `matches` picks with EIO instead of serving them (as if every worker that held them had
+    /// died: `TransmissionLoop.resume`). Returns how many it marked.
+    @discardableResult
+    public func failOnResume(where matches: (Request) -> Bool) -> Int {
+        var marked = 0
+        for slot in 0..<Self.slotCount {
+            let base = Self.slotsOffset + slot * Self.slotSize
+            guard cshim_load_acquire_u32(memory + base) == 1,
+                let request = try? Request(
+                    decoding: UnsafeRawBufferPointer(start: memory + base + Self.requestInSlot, count: Request.size)),
+                matches(request)
+            else { continue }
+            store32(base + Self.takeoversInSlot, .max)
+            marked += 1
+        }
+        return marked
+    }
+
     /// What the dead worker left: the reply it was killed in the middle of, the requests it
     /// read and never answered, and the bytes it read and had not parsed yet.
     public struct Recovery: Sendable {

@@ -172,6 +172,9 @@ final class TransmissionLoop: @unchecked Sendable {
         }
         switch request.type {
         case .read:
+            #if DEBUG
+            TestFaults.crashIfAsked(request)
+            #endif
             let (end, overflow) = request.offset.addingReportingOverflow(UInt64(request.length))
             guard request.length > 0, !overflow, end <= source.size else {
                 try reply(

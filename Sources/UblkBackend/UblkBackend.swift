@@ -9,6 +9,7 @@ import Foundation
 import Backends
 import KernelAttach
 import Logging
+import Supervision
 import SystemCalls
 import UblkKernel
 

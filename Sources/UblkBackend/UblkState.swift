@@ -7,6 +7,7 @@ import FoundationEssentials
 import Foundation
 #endif
 import Backends
+import Supervision
 import SystemCalls
 import SystemPackage
 import UblkKernel
@@ -42,35 +43,24 @@ public struct UblkStateStore: Sendable {
     public func path(device id: UInt32) -> String { "\(directory)/ublk\(id).json" }
     func logPath(device id: UInt32) -> String { "\(directory)/ublk\(id).log" }
 
+    var files: StateDirectory { StateDirectory(directory) }
+
+    /// Written as every state is (`StateDirectory.write`: temporary file, fsync, rename).
     public func save(_ state: UblkDeviceState) throws(SystemError) {
-        let final = path(device: state.deviceID)
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let data: Data
         do { data = try encoder.encode(state) } catch {
-            throw SystemError("encode state", path: final, detail: "\(error)")
+            throw SystemError("encode state", path: path(device: state.deviceID), detail: "\(error)")
         }
-        let temporary = final + ".tmp"
-        let file = try FileDescriptor.open(
-            path: temporary, .writeOnly, options: [.create, .truncate, .noFollow], permissions: [.ownerReadWrite])
-        do {
-            _ = try file.closeAfter { try data.withUnsafeBytes { try file.writeAll($0) } }
-        } catch {
-            unlink(temporary)
-            throw SystemError("write", path: temporary, errno: error as? Errno)
-        }
-        guard rename(temporary, final) == 0 else {
-            let error = SystemError.lastErrno("rename", path: final)
-            unlink(temporary)
-            throw error
-        }
+        try files.write(data, named: "ublk\(state.deviceID).json")
     }
 
-    /// Read as every state is (StateStore.readFile: a regular file of ours in a directory of
+    /// Read as every state is (StateDirectory.readFile: a regular file of ours in a directory of
     /// ours, no symlink followed, at most 64 KiB), and only if it names its own device.
     public func load(device id: UInt32) throws(SystemError) -> UblkDeviceState? {
         let file = path(device: id)
-        guard let bytes = try StateStore(directory: directory).readFile(named: "ublk\(id).json") else { return nil }
+        guard let bytes = try files.readFile(named: "ublk\(id).json") else { return nil }
         let state: UblkDeviceState
         do { state = try JSONDecoder().decode(UblkDeviceState.self, from: Data(bytes)) } catch {
             throw SystemError("read state", path: file, detail: "not a valid state file (\(error))")
@@ -82,13 +72,9 @@ public struct UblkStateStore: Sendable {
     }
 
     public func remove(device id: UInt32) throws(SystemError) {
-        for file in [path(device: id), logPath(device: id)] where unlink(file) != 0 && errno != ENOENT {
-            throw .lastErrno("remove", path: file)
-        }
+        for name in ["ublk\(id).json", "ublk\(id).log"] { try files.remove(named: name) }
     }
 
-    /// Creates the directory 0700, checked as every state directory is (StateStore).
-    public func ensureDirectory() throws(SystemError) {
-        try StateStore(directory: directory).ensureDirectory()
-    }
+    /// Creates the directory 0700, checked as every state directory is (StateDirectory).
+    public func ensureDirectory() throws(SystemError) { try files.ensureExists() }
 }

@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import KernelAttach
 import Logging
+import Supervision
 import SystemCalls
 import Testing
 import TestSupport

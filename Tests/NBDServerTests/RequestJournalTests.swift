@@ -282,6 +282,36 @@ import Testing
         #expect(done.wait(timeout: .now() + 10) == .success)
     }
 
+    /// The supervisor's crash-loop guard, nbd's half: between a death and the next worker it
+    /// sees what the dead worker held, and the request it marks is answered with EIO by the
+    /// successor, which serves the rest.
+    @Test func aRequestTheSupervisorFailsIsAnsweredWithEIO() throws {
+        let connection = Connection()
+        defer { close(connection.serverEnd) }
+        let journal = try RequestJournal.create()
+        #expect(journal.unansweredRequests().isEmpty, "never started: nothing to see")
+        journal.reset()
+        connection.client.send(connection.request(1))
+        connection.client.send(connection.request(2))
+        usleep(50_000)
+        let reader = MessageReader(socket: connection.serverEnd, stop: nil, journal: journal, resuming: nil)
+        _ = try connection.readAndAdmit(2, reader: reader, journal: journal)
+        // The worker died holding both.
+        #expect(journal.unansweredRequests().map(\.cookie).sorted() == [1, 2])
+        #expect(journal.failOnResume { $0.cookie == 1 } == 1)
+        #expect(journal.failOnResume { $0.cookie == 7 } == 0)
+
+        let successor = try RequestJournal(descriptor: dup(journal.descriptor))
+        let recovery = try successor.recover(replyFilePosition: nil)
+        let done = try connection.resume(journal: successor, recovery: recovery)
+        let refused = try #require(try connection.client.receiveReply())
+        #expect(refused.cookie == 1 && refused.error == .ioError)
+        #expect(try connection.receiveReplies(1) == [2])
+        connection.client.send(Request(type: .disconnect, cookie: 99, offset: 0, length: 0))
+        #expect(done.wait(timeout: .now() + 10) == .success)
+        #expect(successor.unansweredRequests().isEmpty)
+    }
+
     @Test func aJournalThatGaveUpOrNeverStartedIsNotTrusted() throws {
         let journal = try RequestJournal.create()
         #expect(throws: SystemError.self) { try journal.recover(replyFilePosition: nil) }  // never reset: no magic

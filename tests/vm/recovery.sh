@@ -3,7 +3,8 @@
 # load of two readers that check every file they read against the manifest (issue 6).
 #   1. the serving worker is killed with SIGKILL $KILLS times; the supervisor recovers it;
 #   2. recovery is manual: the daemon is killed and `--reattach` runs 2 s later, $REATTACHES times;
-#   3. the daemon is hot-upgraded $UPGRADES times to a freshly installed binary.
+#   3. the daemon is hot-upgraded $UPGRADES times to a freshly installed binary;
+#   5. (debug builds) a request that crashes every worker is failed with EIO, the rest served.
 # Each run must have zero read errors and zero mismatches; the stalls go to BENCHMARKS.md.
 # Then the refusals: stale or missing state, a foreign backend identifier, an ioctl device, a
 # live daemon; each must say why and change nothing. Prints "ok - ..." / "not ok - ..." lines,
@@ -80,7 +81,7 @@ if "$MOUNT" -t erofs.nbd ${NBD_OPTIONS:+-o "$NBD_OPTIONS"} "$CORPUS/$IMAGE.erofs
     echo "TAKEOVERS [$kernel] $(grep -o 'serves again after [0-9]* ms' "$STATE"/*.log | grep -o '[0-9]*' | sort -n | tr '\n' ' ')"
     # Every takeover must have gone on with the live socket from the journal (a new socket
     # would leave the dead worker's requests to the kernel's timer: about a second).
-    journaled=$(cat "$STATE"/*.log | grep -c 'same socket, from the journal')
+    journaled=$(cat "$STATE"/*.log | grep -c 'same link, from the journal')
     [[ $journaled == "$KILLS" ]] && ok "auto: all $KILLS recoveries resumed the live socket from the journal" \
         || not_ok "auto: $journaled of $KILLS recoveries resumed from the journal"
     "$BIN/erofs" walk "$mnt" | cmp -s - "$manifest" && ok "auto: the walk equals the manifest after the recoveries" || not_ok "auto: walk differs"
@@ -140,6 +141,14 @@ if "$MOUNT" -t erofs.nbd "$CORPUS/$IMAGE.erofs" "$mnt"; then
             echo "# upgrade $i: $(cat "$work/err")"
         fi
     done
+    # The supervisor replaced itself too (same pid, exec of the installed binary); --list says so.
+    if wait_for "[[ \$(readlink /proc/$supervisor/exe) == '$MOUNT' ]]" 10 && [[ $(field "$n" daemonPID) == "$supervisor" ]]; then
+        ok "upgrade: the supervisor runs the upgraded binary, same pid"
+    else
+        not_ok "upgrade: the supervisor runs '$(readlink "/proc/$supervisor/exe")'"
+    fi
+    binary=$("$MOUNT" --list | awk -F'\t' -v d="$dev" '$1 == d { print $9 }')
+    [[ $binary == "$MOUNT" ]] && ok "upgrade: --list shows every process on $MOUNT" || not_ok "upgrade: --list shows '$binary'"
     # A crash after the upgrades must not bring the old code back: the standby runs the new binary.
     old=$(field "$n" servingPID)
     kill -9 "$old"
@@ -206,7 +215,41 @@ else
     not_ok "replaced image (manual): mount failed"
 fi
 
-# 5. Refusals that change nothing.
+# 5. The crash-loop guard: a worker that dies on one request (a debug build's
+# EROFS_TEST_CRASH_READ_AT makes every worker abort on a READ covering that byte) would kill each
+# successor the journal hands it to. That one read gets EIO after three deaths; the rest serve.
+if grep -aq EROFS_TEST_CRASH_READ_AT "$MOUNT"; then
+    mnt=$work/poison; mkdir -p "$mnt"
+    image=$CORPUS/$IMAGE.erofs
+    poison=$(( $(stat -c %s "$image") / 2 / 4096 * 4096 ))
+    if EROFS_TEST_CRASH_READ_AT=$poison "$MOUNT" -t erofs.nbd "$image" "$mnt"; then
+        dev=$(device_of "$mnt"); n=${dev#/dev/nbd}; supervisor=$(field "$n" daemonPID)
+        block() { dd if="$dev" bs=4096 skip=$(($1 / 4096)) count=1 iflag=direct status=none; }
+        expected() { dd if="$image" bs=4096 skip=$(($1 / 4096)) count=1 status=none; }
+        if block "$poison" >/dev/null 2>"$work/err" || ! grep -q "Input/output error" "$work/err"; then
+            not_ok "crash loop: the poisoned read did not fail with EIO: $(cat "$work/err")"
+        else
+            ok "crash loop: the read that kills every worker fails with EIO"
+        fi
+        good=0
+        for offset in 0 4096 $((poison - 4096)) $((poison + 4096)); do
+            if block "$offset" >"$work/got" 2>"$work/err" && expected "$offset" | cmp -s - "$work/got"; then good=$((good + 1))
+            else echo "# block at $offset: $(cat "$work/err") ($(stat -c %s "$work/got") bytes)"; fi
+        done
+        [[ $good == 4 ]] && ok "crash loop: the blocks around it read back the image's bytes" || not_ok "crash loop: $good of 4 blocks read back right"
+        guard=$(grep -c 'was in flight at 3 worker deaths in a row; failing it with EIO' "$STATE"/*.log)
+        [[ $guard == 1 && $(field "$n" recoveries) == 3 ]] && ok "crash loop: the supervisor failed it once, after 3 deaths, and serves on" \
+            || { not_ok "crash loop: guard logged $guard times, $(field "$n" recoveries) recoveries"; grep -h 'died\|in flight\|EIO' "$STATE"/*.log | tail -20; }
+        kill -0 "$(field "$n" servingPID)" && block 0 >/dev/null && ok "crash loop: a worker still serves" || not_ok "crash loop: no worker serves"
+        "$MOUNT" -u "$mnt" && why=$(left_nothing "$n" "$supervisor") && ok "crash loop: -u left nothing" || not_ok "crash loop: -u left: ${why:-failed}"
+    else
+        not_ok "crash loop: mount failed"
+    fi
+else
+    echo "# crash loop: skipped ($MOUNT is a release build, without EROFS_TEST_CRASH_READ_AT)"
+fi
+
+# 6. Refusals that change nothing.
 refuses() {  # NAME EXPECTED-MESSAGE-PART TARGET [MODE]
     local before after
     before=$(cat "$STATE"/*.json 2>/dev/null | md5sum)

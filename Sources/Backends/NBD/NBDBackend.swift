@@ -4,6 +4,7 @@ import Glibc
 import KernelAttach
 import Logging
 import NBDKernel
+import Supervision
 import SystemCalls
 
 /// `mount.erofs -t erofs.nbd IMAGE DIR`: a daemon serves the image to the kernel's nbd driver
@@ -180,7 +181,9 @@ struct DaemonLauncher {
             store.removeLog(identifier: settings.identifier)
             throw MountFailure("the serving daemon did not start", cause: error)
         }
-        guard case .ready(let index, let method, let servingPID)? = report else {
+        guard case .ready(let index, let word, let servingPID)? = report,
+            let method = DeviceState.AttachMethod(rawValue: word)
+        else {
             var status: Int32 = 0
             waitpid(daemon.pid, &status, 0)
             let log = store.logTail(identifier: settings.identifier)

@@ -6,6 +6,7 @@ import ImageSources
 import Logging
 import NBDKernel
 import NBDServer
+import Supervision
 import SystemCalls
 import SystemPackage
 
@@ -27,37 +28,9 @@ public enum NBDDaemon {
     static let journalDescriptor: Int32 = 5
     static let imageDescriptor: Int32 = 6
 
-    /// How the worker gets its socket.
-    public enum Mode: Sendable, Equatable {
-        /// CONNECT a free device (a new mount).
-        case connect
-        /// RECONFIGURE device N, whose link is dead (`--reattach`, or a recovery without standby).
-        case reattach(UInt32)
-        /// Open the source, say `prepared`, and wait for the supervisor's word for device N (nil:
-        /// a standby started with the first worker, told the device by a `device` word).
-        case standby(UInt32?)
-
-        var argument: String {
-            switch self {
-            case .connect: "connect"
-            case .reattach(let index): "reattach:\(index)"
-            case .standby(let index?): "standby:\(index)"
-            case .standby(nil): "standby"
-            }
-        }
-
-        init?(argument: String) {
-            if argument == "connect" { self = .connect; return }
-            if argument == "standby" { self = .standby(nil); return }
-            let parts = argument.split(separator: ":")
-            guard parts.count == 2, let index = UInt32(parts[1]) else { return nil }
-            switch parts[0] {
-            case "reattach": self = .reattach(index)
-            case "standby": self = .standby(index)
-            default: return nil
-            }
-        }
-    }
+    /// How the worker gets its socket: CONNECT a free device, RECONFIGURE device N whose link is
+    /// dead, or wait as a standby for the supervisor's word.
+    public typealias Mode = WorkerMode
 
     /// How a worker ended, as its exit status: the supervisor decides from it whether the device
     /// still needs a server.
@@ -232,10 +205,10 @@ public enum NBDDaemon {
                     try control.send(.resumed(false))
                     word = try control.receive()
                 }
-                if recovery != nil { word = .serveSocket(live) }
+                if recovery != nil { word = .serveLink(live) }
             }
             switch word {
-            case .serveSocket(let handedOver)?:
+            case .serveLink(let handedOver)?:
                 socket = handedOver
             case .reconnect?:
                 socket = try reconnect(device: device, settings: settings, netlink: netlink)
@@ -258,7 +231,8 @@ public enum NBDDaemon {
         }
         logger.info(
             "serving \(settings.source) on /dev/nbd\(index) over \(method.rawValue) (\(settings.mode.argument))")
-        guard DaemonReport.ready(index: Int(index), method: method, pid: getpid()).send(to: statusDescriptor) else {
+        guard DaemonReport.ready(index: Int(index), method: method.rawValue, pid: getpid()).send(to: statusDescriptor)
+        else {
             // Whoever started us died before learning of the device: nobody will mount or
             // release it, so it must not outlive us.
             logger.error("/dev/nbd\(index): nobody took the report; releasing the device")

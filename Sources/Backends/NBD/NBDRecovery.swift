@@ -4,6 +4,7 @@ import Glibc
 import KernelAttach
 import Logging
 import NBDKernel
+import Supervision
 import SystemCalls
 import SystemPackage
 
@@ -177,6 +178,19 @@ public struct NBDRecovery: Sendable {
         if state.daemon.isOurs(serving: state.backendIdentifier) { return state.daemonPID }
         if let worker = state.worker, worker.isOurs(serving: state.backendIdentifier) { return worker.pid }
         return nil
+    }
+}
+
+extension DaemonProcess {
+    /// Whether this is, alive, one of our daemons for the device whose backend identifier is
+    /// `identifier`: the start time matches, it runs our binary (or the one an upgrade replaced
+    /// at the same path: " (deleted)"), and its arguments are a supervisor's or a worker's for
+    /// that identifier. A state file may name any pid; only such a process is ever signalled.
+    public func isOurs(serving identifier: String) -> Bool {
+        runsOurBinary { arguments in
+            arguments.count > 3 && [NBDDaemon.flag, NBDSupervisor.flag].contains(arguments[1])
+                && arguments[3] == identifier
+        }
     }
 }
 

@@ -7,13 +7,15 @@ import SystemCalls
 /// on a pipe, then the pipe is closed. A daemon that dies first leaves the pipe empty, which
 /// the parent reports with the daemon's exit status and log.
 public enum DaemonReport: Equatable, Sendable {
-    /// Attached and serving; `pid` is the serving worker's.
-    case ready(index: Int, method: DeviceState.AttachMethod, pid: Int32)
+    /// Attached and serving link `index` (N of /dev/nbdN, /dev/ublkbN, ...), attached by
+    /// `method` (a backend's word without spaces: "netlink", "ioctl", ...); `pid` is the
+    /// serving worker's.
+    case ready(index: Int, method: String, pid: Int32)
     case failed(String)
 
     var line: String {
         switch self {
-        case .ready(let index, let method, let pid): "ready \(index) \(method.rawValue) \(pid)\n"
+        case .ready(let index, let method, let pid): "ready \(index) \(method) \(pid)\n"
         case .failed(let message): "error " + message.split(separator: "\n").joined(separator: " ") + "\n"
         }
     }
@@ -24,10 +26,10 @@ public enum DaemonReport: Equatable, Sendable {
         switch word {
         case "ready":
             let fields = parts.count > 1 ? parts[1].split(separator: " ") : []
-            guard fields.count == 3, let index = Int(fields[0]),
-                let method = DeviceState.AttachMethod(rawValue: String(fields[1])), let pid = Int32(fields[2])
+            guard fields.count == 3, let index = Int(fields[0]), let pid = Int32(fields[2]),
+                !fields[1].isEmpty, fields[1].utf8.allSatisfy({ (UInt8(ascii: "a")...UInt8(ascii: "z")).contains($0) })
             else { return nil }
-            self = .ready(index: index, method: method, pid: pid)
+            self = .ready(index: index, method: String(fields[1]), pid: pid)
         case "error":
             self = .failed(parts.count > 1 ? String(parts[1]) : "unknown error")
         default:
@@ -98,4 +100,10 @@ public func closeOnExecPipe(_ ends: inout [Int32]) -> Bool {
     guard pipe(&ends) == 0 else { return false }
     for end in ends { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
     return true
+}
+
+/// How a wait status reads in a log line.
+public func describe(waitStatus status: Int32) -> String {
+    if status & 0x7f == 0 { return "exit status \((status >> 8) & 0xff)" }
+    return "killed by signal \(status & 0x7f)"
 }

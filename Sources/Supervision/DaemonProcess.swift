@@ -94,17 +94,6 @@ public struct DaemonProcess: Sendable, Equatable {
         return now == startTime
     }
 
-    /// Whether this is, alive, one of our daemons for the device whose backend identifier is
-    /// `identifier`: the start time matches, it runs our binary (or the one an upgrade replaced
-    /// at the same path: " (deleted)"), and its arguments are a supervisor's or a worker's for
-    /// that identifier. A state file may name any pid; only such a process is ever signalled.
-    public func isOurs(serving identifier: String) -> Bool {
-        runsOurBinary { arguments in
-            arguments.count > 3 && [NBDDaemon.flag, NBDSupervisor.flag].contains(arguments[1])
-                && arguments[3] == identifier
-        }
-    }
-
     /// Whether this is, alive, a process running our binary whose arguments (argv[0] first)
     /// satisfy `matches`: what every backend checks before it signals a pid a state names.
     public func runsOurBinary(where matches: ([String]) -> Bool) -> Bool {
@@ -119,12 +108,18 @@ public struct DaemonProcess: Sendable, Equatable {
     }
 
     /// /proc/PROCESS/exe without the " (deleted)" of a binary replaced since it started.
-    static func executable(of process: String) -> String? {
+    public static func executable(of process: String) -> String? {
+        guard let path = runningBinary(of: process) else { return nil }
+        return path.hasSuffix(" (deleted)") ? String(path.dropLast(" (deleted)".count)) : path
+    }
+
+    /// The binary the process runs, as /proc/PROCESS/exe says: with " (deleted)" when the file
+    /// was replaced or removed since it started (an upgrade installed a new one).
+    public static func runningBinary(of process: String) -> String? {
         var buffer = [CChar](repeating: 0, count: 4097)
         let length = readlink("/proc/\(process)/exe", &buffer, buffer.count - 1)
         guard length > 0 else { return nil }
-        let path = String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return path.hasSuffix(" (deleted)") ? String(path.dropLast(" (deleted)".count)) : path
+        return String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// Dead and waiting to be reaped. A leader that exited while another of its threads is

@@ -6,22 +6,23 @@ import SystemCalls
 
 /// The channel between the supervisor and one serving worker: a SOCK_SEQPACKET socketpair, one
 /// byte per message (five for `device`), with a descriptor attached where the message carries
-/// one. Messages are few and tiny, so the supervisor stays a handful of syscalls.
+/// one. Messages are few and tiny, so the supervisor stays a handful of syscalls. The "link" is
+/// the backend's kernel link: nbd's socket, a /dev/fuse or /dev/ublkcN descriptor.
 public enum ControlMessage: Equatable, Sendable {
     /// Worker → supervisor: the standby has opened the source and waits for a device.
     case prepared
     /// Supervisor → a standby started before the device was known (with the first worker):
     /// the device's index.
     case device(UInt32)
-    /// Supervisor → standby: serve this socket, the kernel's live connection handed over by the
+    /// Supervisor → standby: serve this link, the kernel's live connection handed over by the
     /// previous worker (hot upgrade; the kernel never sees a change).
-    case serveSocket(Int32)
-    /// Supervisor → standby: the link is dead; give the device a new socket with RECONFIGURE.
+    case serveLink(Int32)
+    /// Supervisor → standby: the link is dead; give the device a new one (nbd: RECONFIGURE).
     case reconnect
     /// Worker → supervisor: stopped at a request boundary with every reply sent; here is the
-    /// live socket for the next worker.
+    /// live link for the next worker.
     case handOff(Int32)
-    /// Worker → supervisor, before its report: a copy of the socket it serves. Held by the
+    /// Worker → supervisor, before its report: a copy of the link it serves. Held by the
     /// supervisor, it keeps the kernel's link alive when the worker dies.
     case serving(Int32)
     /// Supervisor → standby: the serving worker died; go on serving its live socket from where
@@ -32,14 +33,14 @@ public enum ControlMessage: Equatable, Sendable {
     /// the progress of such a reply; -1 (no descriptor) when there is none.
     case replyFile(Int32)
     /// Standby → supervisor, answering `resume`: serving (`true`), or the journal cannot be
-    /// trusted (`false`; the standby closed the socket and waits for `reconnect`).
+    /// trusted (`false`; the standby closed the link and waits for `reconnect`).
     case resumed(Bool)
 
-    var code: UInt8 {
+    public var code: UInt8 {
         switch self {
         case .prepared: UInt8(ascii: "P")
         case .device: UInt8(ascii: "I")
-        case .serveSocket: UInt8(ascii: "S")
+        case .serveLink: UInt8(ascii: "S")
         case .reconnect: UInt8(ascii: "R")
         case .handOff: UInt8(ascii: "H")
         case .serving: UInt8(ascii: "K")
@@ -49,20 +50,20 @@ public enum ControlMessage: Equatable, Sendable {
         }
     }
 
-    var descriptor: Int32 {
+    public var descriptor: Int32 {
         switch self {
-        case .serveSocket(let fd), .handOff(let fd), .serving(let fd), .resume(let fd), .replyFile(let fd): fd
+        case .serveLink(let fd), .handOff(let fd), .serving(let fd), .resume(let fd), .replyFile(let fd): fd
         case .prepared, .reconnect, .resumed, .device: -1
         }
     }
 
     /// Bytes after the code: the index of `device`, little-endian.
-    var payload: [UInt8] {
+    public var payload: [UInt8] {
         guard case .device(let index) = self else { return [] }
         return withUnsafeBytes(of: index.littleEndian) { Array($0) }
     }
 
-    init?(code: UInt8, payload: ArraySlice<UInt8> = [], descriptor: Int32) {
+    public init?(code: UInt8, payload: ArraySlice<UInt8> = [], descriptor: Int32) {
         if code == UInt8(ascii: "I") {
             guard payload.count == 4, descriptor < 0 else { return nil }
             self = .device(payload.reversed().reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
@@ -72,7 +73,7 @@ public enum ControlMessage: Equatable, Sendable {
         switch (code, descriptor >= 0) {
         case (UInt8(ascii: "P"), false): self = .prepared
         case (UInt8(ascii: "R"), false): self = .reconnect
-        case (UInt8(ascii: "S"), true): self = .serveSocket(descriptor)
+        case (UInt8(ascii: "S"), true): self = .serveLink(descriptor)
         case (UInt8(ascii: "H"), true): self = .handOff(descriptor)
         case (UInt8(ascii: "K"), true): self = .serving(descriptor)
         case (UInt8(ascii: "J"), true): self = .resume(descriptor)
