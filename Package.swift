@@ -120,7 +120,7 @@ let package = Package(
         .target(
             name: "FUSEBackend",
             dependencies: [
-                "Backends", "FUSEServer", "EROFSReader", "KernelAttach", "SystemCalls",
+                "Backends", "FUSEServer", "EROFSReader", "KernelAttach", "SystemCalls", "RemoteSources", "ImageSources",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // mount(8)-compatible command line: options, -o parsing into MS_* flags and data.
@@ -128,7 +128,7 @@ let package = Package(
             name: "MountCLI",
             dependencies: [
                 "Backends", "FUSEBackend", "UblkBackend", "SystemCalls", "EROFSFormat", "KernelAttach", "NBDKernel",
-                "CShim",
+                "CShim", "RemoteSources", "EROFSReader", "ImageSources",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(name: "MountErofsTool", dependencies: ["MountCLI"]),

@@ -34,6 +34,7 @@ final class RemoteObject: Sendable {
     let lastModified: String?
 
     var displayName: String { endpoint.displayName }
+    var version: ObjectVersion { ObjectVersion(etag: etag, lastModified: lastModified, size: size) }
 
     /// What names this version of the object in the block cache; nil when the server gives
     /// neither an ETag nor a Last-Modified (then nothing is cached on disk: it could be stale).

@@ -33,6 +33,8 @@ public final class RemoteSource: RandomAccessSource {
     public let size: UInt64
     public var displayName: String { object.displayName }
     public var localFileDescriptor: FileDescriptor? { nil }
+    /// The version read (and pinned): what a daemon opening the object again must find.
+    public var version: ObjectVersion { object.version }
 
     let object: RemoteObject
     let store: any BlockStore
