@@ -101,6 +101,7 @@ let package = Package(
             name: "Backends",
             dependencies: [
                 "SystemCalls", "EROFSFormat", "KernelAttach", "CShim", "NBDKernel", "NBDServer", "ImageSources",
+                "RemoteSources",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -184,8 +185,8 @@ let package = Package(
             name: "RemoteSourcesTests",
             dependencies: [
                 "RemoteSources", "ImageSources", "SystemCalls", "TestSupport", "Manifest",
-                // Built for the tests, which run `erofs ls` on remote sources.
-                "ErofsTool",
+                // Built for the tests, which run `erofs ls` and `mount.erofs` on remote sources.
+                "ErofsTool", "MountErofsTool",
             ], exclude: ["Servers"]),
         .testTarget(name: "UblkKernelTests", dependencies: ["UblkKernel", "IOURing"]),
         // LZ4 throughput: the Swift decoder against liblz4 (release build).

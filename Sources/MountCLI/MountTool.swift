@@ -161,15 +161,16 @@ public enum MountTool {
                     throw UsageError("`\(name)` sources are not supported yet")
                 }
             }
-            let request = NBDBackend.Request(
+            var request = NBDBackend.Request(
                 source: source, mountPoint: target, flags: line.options.flags.rawValue,
                 data: line.options.kernelDataString, forceIoctl: forceIoctl, deadConnectionTimeout: deadTimeout,
                 automaticRecovery: automaticRecovery, requeueMilliseconds: requeueMilliseconds,
                 pollMicroseconds: pollMicroseconds, fake: line.fake,
                 namespace: try line.namespace.map { (name) throws(MountFailure) in try openNamespace(name) })
+            request.remote = remote.map { ($0.served, $0.probe.size) }
             if let state = try NBDBackend(logger: logger).mount(request) {
                 logger.info(
-                    "mounted \(source) on \(target) through \(state.devicePath) (\(state.attachMethod.rawValue), daemon \(state.daemonPID))"
+                    "mounted \(state.source) on \(target) through \(state.devicePath) (\(state.attachMethod.rawValue), daemon \(state.daemonPID))"
                 )
             } else {
                 logger.info("\(source) is a valid EROFS image; not mounted (-f)")
