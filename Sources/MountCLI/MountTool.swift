@@ -331,13 +331,19 @@ public enum MountTool {
     static let helpText = """
         Usage: mount.erofs [OPTIONS] SOURCE MOUNTPOINT
                mount.erofs -u TARGET
-        Mount an EROFS image (a file or a block device) on MOUNTPOINT.
+        Mount an EROFS image (a file, a block device, an http(s):// URL or an S3
+        BUCKET/KEY) on MOUNTPOINT.
 
         Options:
-          -t erofs[.SUBTYPE]   backend: local (kernel mount; default), nbd, fuse (a daemon
-                               serves the image over /dev/fuse with this project's
-                               reader), ublk (the kernel's ublk driver over io_uring,
-                               Linux 6.0+ with ublk_drv loaded)
+          -t erofs[.SUBTYPE]   backend: local (kernel mount), nbd, fuse (a daemon serves
+                               the image over /dev/fuse with this project's reader),
+                               ublk (the kernel's ublk driver over io_uring, Linux 6.0+
+                               with ublk_drv loaded; local images only). Plain -t erofs
+                               (or none): a local image is mounted by the kernel, or
+                               through FUSE where the kernel refuses it (ENODEV, EPERM,
+                               EOPNOTSUPP: no EROFS, not allowed, an algorithm it lacks);
+                               a remote source through nbd where the kernel has it, else
+                               FUSE. The fallback or choice is said on stderr
           -o OPTIONS           comma-separated mount options (see below)
           -u TARGET            unmount TARGET (mountpoint or image) and release what the
                                mount set up (loop device; nbd or ublk device, daemon
@@ -396,6 +402,15 @@ public enum MountTool {
                                warning, other kernel options are refused
           anything else        passed to the kernel's EROFS (device=, domain_id=, fsid=,
                                dax, user_xattr, acl, cache_strategy=, ...)
+
+        Remote sources (-t erofs, erofs.nbd, erofs.fuse): SOURCE is an http:// or
+        https:// URL, or BUCKET/KEY (or s3://BUCKET/KEY) with any s3.* option. The mount
+        opens the object, checks its superblock and pins its version (ETag); a bad
+        source fails in one line (exit 32) with nothing left behind. Credentials from
+        the environment reach the daemon in a 0600 file under
+        /run/erofs-mount/credentials, removed at unmount: never in its argv,
+        environment, the state or a log.
+        \(RemoteSourceDescription.optionsHelp)
 
         Exit status: 0 success, 1 bad usage, 32 mount failure.
         """
