@@ -289,3 +289,36 @@ extension RemoteMountTests {
         #expect(environment.range(of: Data(marker.utf8)) == nil, "the daemon's environment holds AWS_* variables")
     }
 }
+
+extension RemoteMountTests {
+    /// Long work on a remote image (`remote.verify=full`, `erofs extract`) shows progress when
+    /// standard error is a terminal (script(1) gives it one) and nothing into a pipe.
+    @Test func progressOnATerminalOnly() throws {
+        let image = try #require(Self.sample.first { $0.name == "chunked" })
+        let http = try TestServer.rangeServer(root: try #require(Corpus.locate()).directory)
+        let url = "http://127.0.0.1:\(http.port)/\(image.name).erofs"
+        let directory = try scratchDirectory("progress")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let mountPoint = directory + "/mnt"
+        try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+
+        // On a terminal: script runs the command on a pty and copies what it writes.
+        let mountCommand =
+            "\(Self.mountErofs) -t erofs.fuse \(url) \(mountPoint) -o remote.verify=full,remote.cache=none"
+        let onTerminal = try runProgram("/usr/bin/script", ["-qec", mountCommand, "/dev/null"])
+        #expect(onTerminal.status == 0, "\(onTerminal.standardOutput)")
+        #expect(onTerminal.standardOutput.contains("\(url): fetching"), "\(onTerminal.standardOutput)")
+        #expect(onTerminal.standardOutput.contains("(100%)"), "\(onTerminal.standardOutput)")
+        #expect(try mountErofs(["-u", mountPoint]).status == 0)
+
+        let extractCommand = "\(Self.erofs) extract \(url) \(directory)/tty -o remote.cache=none"
+        let extractOnTerminal = try runProgram("/usr/bin/script", ["-qec", extractCommand, "/dev/null"])
+        #expect(extractOnTerminal.status == 0, "\(extractOnTerminal.standardOutput)")
+        #expect(extractOnTerminal.standardOutput.contains("\(url): fetched"), "\(extractOnTerminal.standardOutput)")
+
+        // Into a pipe: no progress.
+        let quiet = try runProgram(Self.erofs, ["extract", url, directory + "/pipe", "-o", "remote.cache=none"])
+        #expect(quiet.status == 0, "\(quiet.standardError)")
+        #expect(!quiet.standardError.contains("fetched"), "\(quiet.standardError)")
+    }
+}
