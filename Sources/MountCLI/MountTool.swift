@@ -111,7 +111,8 @@ public enum MountTool {
         let backend = try chooseBackend(line, remote: description != nil)
         var remote: RemoteMount?
         if let description {
-            try MountPoint.check(target)
+            // Before anything is fetched or captured (with -N the nbd backend checks it there).
+            if line.namespace == nil { try MountPoint.check(target) }
             remote = try RemoteMount.prepare(description, environment: environment, fake: line.fake, logger: logger)
         }
         switch backend {
