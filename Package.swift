@@ -110,7 +110,7 @@ let package = Package(
             name: "Backends",
             dependencies: [
                 "SystemCalls", "EROFSFormat", "KernelAttach", "CShim", "NBDKernel", "NBDServer", "NBDProtocol",
-                "ImageSources", "Supervision",
+                "ImageSources", "RemoteSources", "Supervision",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -131,7 +131,7 @@ let package = Package(
             name: "FUSEBackend",
             dependencies: [
                 "Backends", "Supervision", "FUSEProtocol", "FUSEServer", "EROFSReader", "KernelAttach", "SystemCalls",
-                "CShim",
+                "CShim", "RemoteSources", "ImageSources",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // mount(8)-compatible command line: options, -o parsing into MS_* flags and data.
@@ -139,8 +139,7 @@ let package = Package(
             name: "MountCLI",
             dependencies: [
                 "Backends", "FUSEBackend", "UblkBackend", "Supervision", "SystemCalls", "EROFSFormat", "KernelAttach",
-                "NBDKernel",
-                "CShim",
+                "NBDKernel", "CShim", "RemoteSources", "EROFSReader", "ImageManifest", "ImageSources",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(name: "MountErofsTool", dependencies: ["MountCLI"]),
@@ -185,7 +184,12 @@ let package = Package(
                 // Built for the tests, which run the real binary.
                 "ErofsTool", "CShim",
             ]),
-        .testTarget(name: "MountCLITests", dependencies: ["MountCLI", "FUSEBackend"]),
+        .testTarget(
+            name: "MountCLITests",
+            dependencies: [
+                "MountCLI", "FUSEBackend", "Backends", "SystemCalls",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
         .testTarget(
             name: "SupervisionTests",
             dependencies: ["Supervision", "SystemCalls", "TestSupport"]),
@@ -201,8 +205,8 @@ let package = Package(
             name: "RemoteSourcesTests",
             dependencies: [
                 "RemoteSources", "ImageSources", "SystemCalls", "TestSupport", "Manifest",
-                // Built for the tests, which run `erofs ls` on remote sources.
-                "ErofsTool",
+                // Built for the tests, which run `erofs ls` and `mount.erofs` on remote sources.
+                "ErofsTool", "MountErofsTool",
             ], exclude: ["Servers"]),
         .testTarget(name: "UblkKernelTests", dependencies: ["UblkKernel", "IOURing"]),
         // LZ4 throughput: the Swift decoder against liblz4 (release build).

@@ -15,7 +15,7 @@ func openImage(_ image: String, devicePaths: [String], options: [String]) throws
     if let foreign = pairs.first(where: { !RemoteSourceDescription.owns($0.key) }) {
         throw EROFSError(.notFound, "-o \(foreign.key): the erofs tool takes only http.*, s3.* and remote.* options")
     }
-    let environment = processEnvironment()
+    let environment = ProcessEnvironment.current()
     let description: RemoteSourceDescription?
     do {
         description = try RemoteSourceDescription.parse(source: image, options: pairs, environment: environment)
@@ -38,17 +38,4 @@ func openImage(_ image: String, devicePaths: [String], options: [String]) throws
         }
     }
     return try EROFSFilesystem(source: source, devices: devices)
-}
-
-private func processEnvironment() -> [String: String] {
-    var result: [String: String] = [:]
-    var entry = environ
-    while let pointer = entry.pointee {
-        let text = String(cString: pointer)
-        if let equals = text.firstIndex(of: "=") {
-            result[String(text[..<equals])] = String(text[text.index(after: equals)...])
-        }
-        entry += 1
-    }
-    return result
 }

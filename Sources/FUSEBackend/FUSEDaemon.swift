@@ -6,6 +6,8 @@ import Supervision
 import CShim
 import EROFSReader
 import FUSEServer
+import ImageSources
+import RemoteSources
 import Logging
 import Synchronization
 import SystemCalls
@@ -153,8 +155,26 @@ public enum FUSEDaemon {
         let control = ControlChannel(descriptor: controlDescriptor)
         let filesystem: EROFSFilesystem
         let journal: FUSEJournal
+        let served: ServedSource
         do {
-            filesystem = try EROFSFilesystem(path: settings.source, devicePaths: settings.devices)
+            served = try ServedSource(argument: settings.source)
+        } catch {
+            logger.error("\(error)")
+            DaemonReport.failed("\(error)").send(to: statusDescriptor)
+            return Exit.badArguments.rawValue
+        }
+        do {
+            let source: any RandomAccessSource
+            do { source = try served.open { logger.warning("\($0)") } } catch {
+                throw EROFSError(.io, "cannot open the image: \(error)", path: served.displayName)
+            }
+            var devices: [any RandomAccessSource] = []
+            for path in settings.devices {
+                do { devices.append(try FileSource(path: path)) } catch {
+                    throw EROFSError(.device, "cannot open extra device \(devices.count + 1): \(error)", path: path)
+                }
+            }
+            filesystem = try EROFSFilesystem(source: source, devices: devices)
             journal = try FUSEJournal(descriptor: journalDescriptor, channels: settings.threads)
         } catch {
             logger.error("\(error)")
@@ -221,7 +241,7 @@ public enum FUSEDaemon {
             let outcome = server.takeOver(channels: channels, journal: journal, preferResend: !settings.journalOnly)
             replaying = outcome != .resent
             logger.info(
-                "took over \(settings.source): \(outcome) in \(Int((monotonicSeconds() - started) * 1_000_000)) us")
+                "took over \(served.displayName): \(outcome) in \(Int((monotonicSeconds() - started) * 1_000_000)) us")
             if resumed { try? control.send(.resumed(true)) }
             // Said before any request is answered: a request that kills us then kills a worker
             // the supervisor counts as serving (its crash-loop guard).
@@ -254,6 +274,9 @@ public enum FUSEDaemon {
             return Exit.handedOff.rawValue
         }
         logger.info("connection ended; exiting")
+        // The mount's captured credentials live as long as its connection (a worker that dies
+        // or hands over leaves them to its successor; -u removes them after a crash).
+        CapturedCredentials.remove(served.capturedCredentials)
         FUSEStateStore().removeStates(ofProcess: getpid())
         return Exit.connectionEnded.rawValue
     }

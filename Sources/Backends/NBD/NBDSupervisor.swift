@@ -5,6 +5,7 @@ import KernelAttach
 import NBDKernel
 import NBDServer
 import NBDProtocol
+import RemoteSources
 import Supervision
 import SystemCalls
 
@@ -135,6 +136,7 @@ public struct NBDSupervisedBackend: SupervisedBackend {
         if let state = try? store.load(device: Int(link)), state.backendIdentifier == settings.identifier {
             try? store.remove(device: Int(link))
             store.removeLog(identifier: settings.identifier)
+            CapturedCredentials.remove(state.servedSource.capturedCredentials)
         }
     }
 
