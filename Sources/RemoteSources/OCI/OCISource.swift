@@ -270,9 +270,7 @@ struct RegistryClient {
         switch head.status {
         case 200: return
         case 401, 403:
-            throw authorizer.lastFailure
-                ?? RemoteError(
-                    .denied, name, "access denied (HTTP \(head.status)): check the credentials", status: head.status)
+            throw authorizer.refusal(status: head.status, name: name)
         case 404:
             throw RemoteError(.notFound, name, "no such \(what) (HTTP 404)", status: 404)
         default:

@@ -97,6 +97,20 @@ final class RegistryAuthorizer: RequestSigner {
     }
 
     var lastFailure: RemoteError? { state.withLock { $0.failure } }
+
+    /// Why the registry still answers 401 or 403 (`name` is what was asked for): the reason
+    /// authentication failed, else what the credentials sent were.
+    func refusal(status: Int, name: String) -> RemoteError {
+        let (failure, header) = state.withLock { ($0.failure, $0.header) }
+        if let failure { return failure }
+        let detail =
+            switch header?.split(separator: " ").first {
+            case "Basic": "the registry refused the user name or password"
+            case "Bearer": "the registry refused the token: no pull access to \(repository) for these credentials"
+            default: "access denied: check the credentials"
+            }
+        return RemoteError(.denied, name, "\(detail) (HTTP \(status))", status: status)
+    }
     var tokensIssued: Int { state.withLock { $0.tokensIssued } }
 
     func sign(method: String, headers: [(String, String)], now: time_t) -> [(String, String)] {

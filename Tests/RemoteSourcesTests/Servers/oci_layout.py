@@ -2,8 +2,8 @@
 """Writes an OCI image layout for `skopeo copy oci:DIR:TAG ...`.
 
 oci_layout.py DIR TAG [--platform OS/ARCH[/VARIANT]]... LAYER:MEDIATYPE...
-One image with the given layers; with --platform (repeatable), an index of one image per
-platform, all with the same layers. Prints nothing; exits non-zero on error.
+One image with the given layers; with --platform (repeatable), an index of one single-layer
+image per platform: the Nth platform's image has the Nth layer. Prints nothing; exits non-zero on error.
 
 oci_layout.py --push DIR TAG http://HOST:PORT/REPO
 Pushes the layout's image with the Distribution API as it is (monolithic blob uploads, then the
@@ -37,14 +37,12 @@ def main():
         json.dump({"imageLayoutVersion": "1.0.0"}, f)
     descriptors = []
     for path, media in layers:
-        digest = hashlib.sha256()
-        size = 0
         with open(path, "rb") as f:
             data = f.read()
         d, size = blob(directory, data)
         descriptors.append({"mediaType": media, "digest": d, "size": size})
 
-    def image(os_name, arch, variant):
+    def image(os_name, arch, variant, descriptors):
         config = {"architecture": arch, "os": os_name, "rootfs": {"type": "layers", "diff_ids": [x["digest"] for x in descriptors]}}
         if variant:
             config["variant"] = variant
@@ -57,9 +55,9 @@ def main():
 
     if platforms:
         entries = []
-        for platform in platforms:
+        for platform, layer in zip(platforms, descriptors):
             parts = platform.split("/")
-            entry = image(parts[0], parts[1], parts[2] if len(parts) > 2 else None)
+            entry = image(parts[0], parts[1], parts[2] if len(parts) > 2 else None, [layer])
             entry["platform"] = {"os": parts[0], "architecture": parts[1]}
             if len(parts) > 2:
                 entry["platform"]["variant"] = parts[2]
@@ -68,7 +66,7 @@ def main():
         top_digest, top_size = blob(directory, json.dumps(index).encode())
         top = {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": top_digest, "size": top_size}
     else:
-        top = image("linux", "amd64", None)
+        top = image("linux", "amd64", None, descriptors)
     top["annotations"] = {"org.opencontainers.image.ref.name": tag}
     with open(os.path.join(directory, "index.json"), "w") as f:
         json.dump({"schemaVersion": 2, "manifests": [top]}, f)
