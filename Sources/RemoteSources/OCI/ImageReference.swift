@@ -37,6 +37,11 @@ public struct ImageReference: Sendable, Codable, Equatable, CustomStringConverti
     public init(parsing text: String) throws(ParseError) {
         func fail(_ reason: String) -> ParseError { ParseError(reference: text, reason: reason) }
         guard !text.isEmpty else { throw fail("empty") }
+        // docker refuses a bare image ID where a name is expected.
+        if text.utf8.count == 64 && text.utf8.allSatisfy({ Self.isLowerAlphanumeric($0) && ($0 <= 0x39 || $0 <= 0x66) })
+        {
+            throw fail("a 64-digit hexadecimal string is an image ID, not a repository name")
+        }
         guard text.utf8.count <= 4096, text.unicodeScalars.allSatisfy({ $0.isASCII && $0.value > 0x20 }) else {
             throw fail("only printable ASCII without spaces")
         }
