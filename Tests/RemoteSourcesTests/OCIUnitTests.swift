@@ -1,4 +1,5 @@
 import Foundation
+import Manifest
 import ImageSources
 @testable import RemoteSources
 import Testing
@@ -304,4 +305,53 @@ import Testing
         #expect(throws: RemoteError.self) { try parse([]) }
         #expect(throws: RemoteError.self) { try parse(real, compressedSize: 1000) }
     }
+}
+
+/// A content-addressed blob is hashed once every block has been read: bytes that do not match
+/// the digest fail every later read; matching ones are marked verified.
+@Suite(.requires(.pythonModule("http.server"))) struct BlobDigestTests {
+    func open(_ url: String, digest: String) throws -> RemoteSource {
+        let endpoint = RemoteEndpoint(url: url, displayName: url, followRedirects: true, contentDigest: digest)
+        var settings = HTTPSettings()
+        settings.retries = 0
+        let (object, first) = try RemoteObject.open(
+            endpoint: endpoint, transport: HTTPTransport(settings: settings), probe: 64 << 10)
+        var cache = CacheSettings()
+        cache.directory = nil
+        return RemoteSource.cached(object: object, firstBytes: first, cache: cache) { _ in }
+    }
+
+    func waitForCheck(_ source: RemoteSource, until done: () -> Bool) {
+        let deadline = Date().addingTimeInterval(10)
+        while !done() && Date() < deadline { usleep(20_000) }
+    }
+
+    @Test func aBlobIsVerifiedOnceWholeAndAMismatchFailsLaterReads() throws {
+        let directory = try scratchDirectory("digest")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let bytes = randomBytes(1 << 20 | 123)
+        try Data(bytes).write(to: URL(fileURLWithPath: directory + "/blob"))
+        let server = try TestServer.rangeServer(root: directory)
+        let url = "http://127.0.0.1:\(server.port)/blob"
+        let right = "sha256:" + hex(SHA256Digest(bytes))
+
+        let good = try open(url, digest: right)
+        #expect(try good.read(count: bytes.count, at: 0) == bytes)
+        waitForCheck(good) { good.digestVerified }
+        #expect(good.digestVerified)
+
+        let bad = try open(url, digest: "sha256:" + String(repeating: "0", count: 64))
+        #expect(try bad.read(count: bytes.count, at: 0) == bytes)
+        waitForCheck(bad) { (try? bad.read(count: 1, at: 0)) == nil }
+        #expect {
+            _ = try bad.read(count: 1, at: 0)
+        } throws: { "\($0)".contains("not its digest") }
+        #expect(!bad.digestVerified)
+    }
+}
+
+private func SHA256Digest(_ bytes: [UInt8]) -> [UInt8] {
+    var hasher = Manifest.SHA256()
+    hasher.update(bytes)
+    return hasher.finalize()
 }
