@@ -333,7 +333,7 @@ import Testing
         try Data(bytes).write(to: URL(fileURLWithPath: directory + "/blob"))
         let server = try TestServer.rangeServer(root: directory)
         let url = "http://127.0.0.1:\(server.port)/blob"
-        let right = "sha256:" + hex(SHA256Digest(bytes))
+        let right = "sha256:" + hex(sha256Digest(bytes))
 
         let good = try open(url, digest: right)
         #expect(try good.read(count: bytes.count, at: 0) == bytes)
@@ -350,7 +350,7 @@ import Testing
     }
 }
 
-private func SHA256Digest(_ bytes: [UInt8]) -> [UInt8] {
+private func sha256Digest(_ bytes: [UInt8]) -> [UInt8] {
     var hasher = Manifest.SHA256()
     hasher.update(bytes)
     return hasher.finalize()
