@@ -101,6 +101,7 @@ let package = Package(
             name: "Backends",
             dependencies: [
                 "SystemCalls", "EROFSFormat", "KernelAttach", "CShim", "NBDKernel", "NBDServer", "ImageSources",
+                "RemoteSources",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -120,7 +121,7 @@ let package = Package(
         .target(
             name: "FUSEBackend",
             dependencies: [
-                "Backends", "FUSEServer", "EROFSReader", "KernelAttach", "SystemCalls",
+                "Backends", "FUSEServer", "EROFSReader", "KernelAttach", "SystemCalls", "RemoteSources", "ImageSources",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         // mount(8)-compatible command line: options, -o parsing into MS_* flags and data.
@@ -128,7 +129,7 @@ let package = Package(
             name: "MountCLI",
             dependencies: [
                 "Backends", "FUSEBackend", "UblkBackend", "SystemCalls", "EROFSFormat", "KernelAttach", "NBDKernel",
-                "CShim",
+                "CShim", "RemoteSources", "EROFSReader", "ImageSources",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .executableTarget(name: "MountErofsTool", dependencies: ["MountCLI"]),
@@ -184,8 +185,8 @@ let package = Package(
             name: "RemoteSourcesTests",
             dependencies: [
                 "RemoteSources", "ImageSources", "SystemCalls", "TestSupport", "Manifest",
-                // Built for the tests, which run `erofs ls` on remote sources.
-                "ErofsTool",
+                // Built for the tests, which run `erofs ls` and `mount.erofs` on remote sources.
+                "ErofsTool", "MountErofsTool",
             ], exclude: ["Servers"]),
         .testTarget(name: "UblkKernelTests", dependencies: ["UblkKernel", "IOURing"]),
         // LZ4 throughput: the Swift decoder against liblz4 (release build).

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import CShim
 import EROFSFormat
+import ImageSources
 import SystemCalls
 import SystemPackage
 
@@ -61,6 +62,24 @@ public struct ImageProbe: Sendable {
         do { head = try fd.read(exactly: Superblock.offset + 64 * 1024, at: 0, path: path) } catch {
             throw MountFailure("cannot read source \(path)", cause: error)
         }
+        let superblock = try validate(head: head, size: size, name: path)
+        return ImageProbe(path: path, kind: kind, size: size, superblock: superblock)
+    }
+
+    /// Validates a remote image (named by its `displayName`) as a local one is validated: the
+    /// superblock, its checksum, and an object at least as long as the superblock says.
+    public static func probe(source: any RandomAccessSource) throws(MountFailure) -> ImageProbe {
+        let head: [UInt8]
+        do { head = try source.read(count: Superblock.offset + 64 * 1024, at: 0) } catch {
+            // The remote layer's own words (status, timeout...), not only an errno.
+            throw MountFailure("cannot read \(source.displayName): \(error.detail ?? error.description)")
+        }
+        let superblock = try validate(head: head, size: source.size, name: source.displayName)
+        return ImageProbe(path: source.displayName, kind: .regularFile, size: source.size, superblock: superblock)
+    }
+
+    /// The superblock in `head` (the source's first bytes), checked against the source's size.
+    static func validate(head: [UInt8], size: UInt64, name path: String) throws(MountFailure) -> Superblock {
         let superblock: Superblock
         do {
             superblock = try Superblock(decoding: head.dropFirst(Superblock.offset))
@@ -74,7 +93,7 @@ public struct ImageProbe: Sendable {
                 "\(path): truncated EROFS image: the superblock says \(superblock.blocks) blocks of \(superblock.blockSize) bytes (\(needed) bytes), the source has \(size)"
             )
         }
-        return ImageProbe(path: path, kind: kind, size: size, superblock: superblock)
+        return superblock
     }
 }
 

@@ -1,4 +1,5 @@
 import ArgumentParser
+import RemoteSources
 
 @main
 struct ErofsCommand: ParsableCommand {
@@ -10,23 +11,7 @@ struct ErofsCommand: ParsableCommand {
             over HTTP(S) or from S3, lazily (ranged GETs, a block cache). IMAGE is
             an http:// or https:// URL, or BUCKET/KEY (or s3://BUCKET/KEY) when an
             s3.* option is given. Options (-o KEY=VALUE,...):
-              http.cafile=PATH        trust this CA bundle, not the system store
-              http.insecure_tls       skip certificate checks (warned about)
-              http.timeout=S          give up an attempt after S s without a byte
-                                      (30); http.connect_timeout=S (10)
-              http.retries=N          retries on resets, short bodies, 5xx (4)
-              s3.endpoint=URL         AWS_ENDPOINT_URL, else AWS for the region
-              s3.region=R             AWS_REGION, else us-east-1
-              s3.sig=4|2              signature version: 4 (erofs-utils: 2)
-              s3.urlstyle=vhost|path  vhost; path for IP/localhost endpoints
-              s3.passwd_file=PATH     s3fs format: ACCESS:SECRET lines, or
-                                      BUCKET:ACCESS:SECRET; else AWS_ACCESS_KEY_ID,
-                                      AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN;
-                                      else anonymous
-              remote.cache=DIR|none   block cache (/var/cache/erofs-mount)
-              remote.cache_size=N     its limit (4G); unused objects go first
-              remote.block_size=N     cache block, the smallest fetch (64K)
-              remote.readahead=N      largest sequential readahead (8M)
+            \(RemoteSourceDescription.optionsHelp)
             The object is pinned when opened (If-Match on its ETag): if it is
             replaced, reads fail rather than mix two versions.
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import EROFSReader
 import Extraction
+import RemoteSources
 import SystemCalls
 #if canImport(Glibc)
 import Glibc
@@ -87,7 +88,11 @@ struct ExtractCommand: ParsableCommand {
             policy: policy,
             ignoreFreeSpace: ignoreFreeSpace)
         var warnings: [String]
+        // A remote image: how much has been fetched, on a terminal.
+        let progress = (filesystem.source as? RemoteSource).flatMap { FetchProgress($0, label: "fetched") }
         do {
+            // Ended before any message, so that none lands on the progress line.
+            defer { progress?.stop() }
             warnings = try extractor.run()
         } catch let error as EROFSError {
             throw failing(error)

@@ -18,7 +18,7 @@ func openImage(_ image: String, devicePaths: [String], options: [String]) throws
         throw EROFSError(
             .notFound, "-o \(foreign.key): the erofs tool takes only http.*, s3.*, oci.* and remote.* options")
     }
-    let environment = processEnvironment()
+    let environment = ProcessEnvironment.current()
     let warn = { (message: String) in FileHandleStandardError.write("erofs: warning: \(message)\n") }
     let source: (any RandomAccessSource)?
     do throws(RemoteError) {
@@ -42,17 +42,4 @@ func openImage(_ image: String, devicePaths: [String], options: [String]) throws
         }
     }
     return try EROFSFilesystem(source: source, devices: devices)
-}
-
-private func processEnvironment() -> [String: String] {
-    var result: [String: String] = [:]
-    var entry = environ
-    while let pointer = entry.pointee {
-        let text = String(cString: pointer)
-        if let equals = text.firstIndex(of: "=") {
-            result[String(text[..<equals])] = String(text[text.index(after: equals)...])
-        }
-        entry += 1
-    }
-    return result
 }

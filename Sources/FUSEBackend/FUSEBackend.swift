@@ -4,6 +4,7 @@ import Glibc
 import Backends
 import KernelAttach
 import Logging
+import RemoteSources
 import SystemCalls
 
 /// `mount.erofs -t erofs.fuse IMAGE DIR`: the image is served by a daemon on this project's
@@ -18,8 +19,13 @@ public struct FUSEBackend: Sendable {
         public var flags: UInt
         public var options: Options
         public var fake: Bool
+        /// A remote source, opened and checked by the caller; nil: `source` is a local image.
+        public var remote: ServedSource?
 
-        public init(source: String, mountPoint: String, flags: UInt, options: Options, fake: Bool) {
+        public init(
+            source: String, mountPoint: String, flags: UInt, options: Options, fake: Bool, remote: ServedSource? = nil
+        ) {
+            self.remote = remote
             self.source = source
             self.mountPoint = mountPoint
             self.flags = flags
@@ -110,7 +116,10 @@ public struct FUSEBackend: Sendable {
     /// Mounts and returns the state recorded for `-u` (nil with `-f`).
     @discardableResult
     public func mount(_ request: Request) throws(MountFailure) -> FUSEMountState? {
-        _ = try ImageProbe.probe(request.source)
+        if request.remote == nil { _ = try ImageProbe.probe(request.source) }
+        // Whatever happens before the daemon takes over, its captured credentials go.
+        var handedOver = false
+        defer { if !handedOver { CapturedCredentials.remove(request.remote?.capturedCredentials) } }
         for device in request.options.devices {
             do { _ = try FileStatus.stat(device) } catch {
                 throw MountFailure("cannot open extra device \(device)", cause: error)
@@ -126,7 +135,9 @@ public struct FUSEBackend: Sendable {
         do { try store.ensureDirectory() } catch {
             throw MountFailure("cannot prepare the state directory", cause: error)
         }
-        let source = canonicalPath(request.source)
+        let served = request.remote ?? .local(path: canonicalPath(request.source))
+        // For the mount table and messages: the path, or the object without credentials.
+        let source = served.displayName
         let mountPoint = canonicalPath(request.mountPoint)
 
         let device = open("/dev/fuse", O_RDWR | O_CLOEXEC)
@@ -153,7 +164,8 @@ public struct FUSEBackend: Sendable {
         }
         let logFile = "\(store.directory)/fuse-\(randomHex(bytes: 8)).log"
         let settings = FUSEDaemon.Settings(
-            source: source, devices: request.options.devices.map(canonicalPath), threads: request.options.threads)
+            source: served.argument, devices: request.options.devices.map(canonicalPath),
+            threads: request.options.threads)
         let daemon: DaemonProcess
         do {
             daemon = try DaemonProcess.spawn(
@@ -183,8 +195,10 @@ public struct FUSEBackend: Sendable {
                     + (log.isEmpty ? "" : "; its log: \(log.split(separator: "\n").suffix(3).joined(separator: " | "))")
             )
         }
+        // The daemon removes the captured credentials as it exits; -u after a crash does.
+        handedOver = true
         let state = FUSEMountState(
-            daemonPID: daemon.pid, daemonStartTime: daemon.startTime, source: source, mountPoint: mountPoint,
+            daemonPID: daemon.pid, daemonStartTime: daemon.startTime, source: served.argument, mountPoint: mountPoint,
             threads: request.options.threads, logFile: logFile)
         do throws(SystemError) {
             guard let entry = try MountTable.mount(at: mountPoint) else {
@@ -218,6 +232,7 @@ public struct FUSEBackend: Sendable {
         }
         store.remove(major: major, minor: minor)
         unlink(state.logFile)
+        CapturedCredentials.remove((try? ServedSource(argument: state.source))?.capturedCredentials)
         return problems
     }
 

@@ -4,6 +4,8 @@ import Glibc
 import Backends
 import EROFSReader
 import FUSEServer
+import ImageSources
+import RemoteSources
 import Logging
 import Synchronization
 import SystemCalls
@@ -70,8 +72,27 @@ public enum FUSEDaemon {
             return 2
         }
         let filesystem: EROFSFilesystem
+        let served: ServedSource
         do {
-            filesystem = try EROFSFilesystem(path: settings.source, devicePaths: settings.devices)
+            served = try ServedSource(argument: settings.source)
+        } catch {
+            report("error \(error)")
+            return 2
+        }
+        // The mount's captured credentials live as long as this daemon.
+        defer { CapturedCredentials.remove(served.capturedCredentials) }
+        do throws(EROFSError) {
+            let source: any RandomAccessSource
+            do { source = try served.open { logger.warning("\($0)") } } catch {
+                throw EROFSError(.io, "cannot open the image: \(error)", path: served.displayName)
+            }
+            var devices: [any RandomAccessSource] = []
+            for path in settings.devices {
+                do { devices.append(try FileSource(path: path)) } catch {
+                    throw EROFSError(.device, "cannot open extra device \(devices.count + 1): \(error)", path: path)
+                }
+            }
+            filesystem = try EROFSFilesystem(source: source, devices: devices)
         } catch {
             logger.error("\(error)")
             report("error \(error)")
@@ -81,7 +102,7 @@ public enum FUSEDaemon {
             operations: FUSEOperations(filesystem: filesystem, logger: logger),
             settings: .init(threads: settings.threads),
             logger: logger, onInitialized: { report("ready \(getpid())") })
-        logger.info("serving \(settings.source) with \(settings.threads) thread(s)")
+        logger.info("serving \(served.displayName) with \(settings.threads) thread(s)")
         do {
             try server.serve(device: deviceDescriptor)
         } catch {

@@ -192,7 +192,7 @@ public struct MountCommandLine: Sendable, Equatable {
         if prefixes.contains("fuse"), backend != .fuse {
             throw UsageError("conflicting options: fuse.* options need -t erofs.fuse")
         }
-        if options.forceLoop && !prefixes.isDisjoint(with: ["nbd", "fuse", "oci", "s3", "http"]) {
+        if options.forceLoop && !prefixes.isDisjoint(with: ["nbd", "fuse", "oci", "s3", "http", "remote"]) {
             throw UsageError(
                 "conflicting options: `-o loop` cannot be combined with \(prefixes.sorted().joined(separator: ", ")) options"
             )

@@ -27,7 +27,7 @@ public struct MountOptions: Sendable, Equatable {
     public var kernelData: [String] = []
     /// `-o loop`: use a loop device even where a file-backed mount would work.
     public var forceLoop = false
-    /// Options with a backend prefix (`nbd.`, `fuse.`, `oci.`, `s3.`, `http.`), by full name.
+    /// Options with a backend prefix (`nbd.`, `fuse.`, `oci.`, `s3.`, `http.`, `remote.`), by full name.
     public var backendOptions: [(name: String, value: String?)] = []
     /// Said to the user once parsing is done (e.g. `rw` on a read-only filesystem).
     public var warnings: [String] = []
@@ -46,7 +46,7 @@ public struct MountOptions: Sendable, Equatable {
         backendOptions.last { $0.name == name }.map { $0.value }
     }
 
-    static let backendPrefixes = ["nbd.", "fuse.", "oci.", "s3.", "http."]
+    static let backendPrefixes = ["nbd.", "fuse.", "oci.", "s3.", "http.", "remote."]
 
     /// Options that only mean something to mount(8) or fstab; a helper ignores them.
     static let userspaceOnly: Set<String> = [

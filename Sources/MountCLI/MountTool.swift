@@ -7,6 +7,7 @@ import CShim
 import KernelAttach
 import Logging
 import NBDKernel
+import RemoteSources
 import SystemCalls
 import UblkBackend
 
@@ -104,7 +105,16 @@ public enum MountTool {
     static func mount(_ line: MountCommandLine, logger: Logger) throws {
         let source = line.source!
         let target = line.target!
-        let backend = line.backend ?? .local
+        let environment = ProcessEnvironment.current()
+        let description = try RemoteMount.description(
+            source: source, options: line.options, environment: environment)
+        let backend = try chooseBackend(line, remote: description != nil)
+        var remote: RemoteMount?
+        if let description {
+            // Before anything is fetched or captured (with -N the nbd backend checks it there).
+            if line.namespace == nil { try MountPoint.check(target) }
+            remote = try RemoteMount.prepare(description, environment: environment, fake: line.fake, logger: logger)
+        }
         switch backend {
         case .local:
             if line.options.flags.contains(.remount) {
@@ -113,7 +123,14 @@ public enum MountTool {
             let request = LocalBackend.Request(
                 source: source, mountPoint: target, flags: line.options.flags.rawValue,
                 data: line.options.kernelDataString, forceLoop: line.options.forceLoop, fake: line.fake)
-            let outcome = try LocalBackend(logger: logger).mount(request)
+            let outcome: LocalBackend.Outcome
+            do { outcome = try LocalBackend(logger: logger).mount(request) } catch {
+                // Plain `-t erofs`: where the kernel cannot mount the image, FUSE can.
+                guard line.backend == nil, error.kernelRefused else { throw error }
+                printError("\(error); mounting through FUSE instead (-t erofs.fuse)")
+                try mountFUSE(line, remote: nil, logger: logger)
+                return
+            }
             switch outcome {
             case .loopDevice(let device): logger.info("mounted \(source) on \(target) through \(device)")
             case .fileBacked: logger.info("mounted \(source) on \(target) (file-backed)")
@@ -126,7 +143,7 @@ public enum MountTool {
             var automaticRecovery = true
             var requeueMilliseconds: UInt32 = 250
             var pollMicroseconds = NBDDaemon.Settings.defaultPollMicroseconds
-            for (name, value) in line.options.backendOptions {
+            for (name, value) in line.options.backendOptions where !RemoteSourceDescription.owns(name) {
                 switch (name, value) {
                 case ("nbd.ioctl", nil): forceIoctl = true
                 case ("nbd.dead_timeout", let text?) where UInt64(text) != nil: deadTimeout = UInt64(text)!
@@ -145,15 +162,16 @@ public enum MountTool {
                     throw UsageError("`\(name)` sources are not supported yet")
                 }
             }
-            let request = NBDBackend.Request(
+            var request = NBDBackend.Request(
                 source: source, mountPoint: target, flags: line.options.flags.rawValue,
                 data: line.options.kernelDataString, forceIoctl: forceIoctl, deadConnectionTimeout: deadTimeout,
                 automaticRecovery: automaticRecovery, requeueMilliseconds: requeueMilliseconds,
                 pollMicroseconds: pollMicroseconds, fake: line.fake,
                 namespace: try line.namespace.map { (name) throws(MountFailure) in try openNamespace(name) })
+            request.remote = remote.map { ($0.served, $0.probe.size) }
             if let state = try NBDBackend(logger: logger).mount(request) {
                 logger.info(
-                    "mounted \(source) on \(target) through \(state.devicePath) (\(state.attachMethod.rawValue), daemon \(state.daemonPID))"
+                    "mounted \(state.source) on \(target) through \(state.devicePath) (\(state.attachMethod.rawValue), daemon \(state.daemonPID))"
                 )
             } else {
                 logger.info("\(source) is a valid EROFS image; not mounted (-f)")
@@ -173,23 +191,53 @@ public enum MountTool {
                 logger.info("\(source) is a valid EROFS image; not mounted (-f)")
             }
         case .fuse:
-            let options: FUSEBackend.Options
-            switch FUSEBackend.Options.parse(
-                kernelData: line.options.kernelData, backendOptions: line.options.backendOptions)
-            {
-            case .success(let parsed): options = parsed
-            case .failure(let error): throw UsageError(error.description)
+            try mountFUSE(line, remote: remote, logger: logger)
+        }
+    }
+
+    /// The backend of a mount: the one `-t erofs.SUBTYPE` names, else (plain `-t erofs`) for a
+    /// remote source nbd where the kernel has it and FUSE otherwise (said on stderr), and the
+    /// kernel for a local image (falling back to FUSE where it refuses: see `mount`).
+    static func chooseBackend(_ line: MountCommandLine, remote: Bool) throws -> BackendKind {
+        guard remote else { return line.backend ?? .local }
+        switch line.backend {
+        case .local?:
+            throw UsageError(
+                "a remote source is served by a daemon: use -t erofs.nbd, -t erofs.fuse or plain -t erofs, not -t erofs.local"
+            )
+        case .ublk?:
+            throw UsageError("-t erofs.ublk serves local images only (yet): use -t erofs.nbd or -t erofs.fuse")
+        case let chosen?:
+            return chosen
+        case nil:
+            if (try? NBDNetlink.open()) != nil {
+                printError("\(line.source!) is remote: mounting through nbd (-t erofs.nbd)")
+                return .nbd
             }
-            let request = FUSEBackend.Request(
-                source: source, mountPoint: target, flags: line.options.flags.rawValue, options: options,
-                fake: line.fake)
-            if let state = try FUSEBackend(logger: logger).mount(request) {
-                logger.info(
-                    "mounted \(source) on \(target) through FUSE (daemon \(state.daemonPID), \(state.threads) thread(s))"
-                )
-            } else {
-                logger.info("\(source) is a valid EROFS image; not mounted (-f)")
-            }
+            printError("\(line.source!) is remote and this kernel has no nbd: mounting through FUSE (-t erofs.fuse)")
+            return .fuse
+        }
+    }
+
+    static func mountFUSE(_ line: MountCommandLine, remote: RemoteMount?, logger: Logger) throws {
+        let options: FUSEBackend.Options
+        switch FUSEBackend.Options.parse(
+            kernelData: line.options.kernelData,
+            backendOptions: line.options.backendOptions.filter { !RemoteSourceDescription.owns($0.name) })
+        {
+        case .success(let parsed): options = parsed
+        case .failure(let error): throw UsageError(error.description)
+        }
+        let request = FUSEBackend.Request(
+            source: line.source!, mountPoint: line.target!, flags: line.options.flags.rawValue, options: options,
+            fake: line.fake, remote: remote?.served)
+        let name = remote?.displayName ?? line.source!
+        if let state = try FUSEBackend(logger: logger).mount(request) {
+            logger.info(
+                "mounted \(name) on \(line.target!) through FUSE (daemon \(state.daemonPID), \(state.threads) thread(s))"
+            )
+        } else {
+            logger.info("\(name) is a valid EROFS image; not mounted (-f)")
         }
     }
 
@@ -284,13 +332,19 @@ public enum MountTool {
     static let helpText = """
         Usage: mount.erofs [OPTIONS] SOURCE MOUNTPOINT
                mount.erofs -u TARGET
-        Mount an EROFS image (a file or a block device) on MOUNTPOINT.
+        Mount an EROFS image (a file, a block device, an http(s):// URL or an S3
+        BUCKET/KEY) on MOUNTPOINT.
 
         Options:
-          -t erofs[.SUBTYPE]   backend: local (kernel mount; default), nbd, fuse (a daemon
-                               serves the image over /dev/fuse with this project's
-                               reader), ublk (the kernel's ublk driver over io_uring,
-                               Linux 6.0+ with ublk_drv loaded)
+          -t erofs[.SUBTYPE]   backend: local (kernel mount), nbd, fuse (a daemon serves
+                               the image over /dev/fuse with this project's reader),
+                               ublk (the kernel's ublk driver over io_uring, Linux 6.0+
+                               with ublk_drv loaded; local images only). Plain -t erofs
+                               (or none): a local image is mounted by the kernel, or
+                               through FUSE where the kernel refuses it (ENODEV, EPERM,
+                               EOPNOTSUPP: no EROFS, not allowed, an algorithm it lacks);
+                               a remote source through nbd where the kernel has it, else
+                               FUSE. The fallback or choice is said on stderr
           -o OPTIONS           comma-separated mount options (see below)
           -u TARGET            unmount TARGET (mountpoint or image) and release what the
                                mount set up (loop device; nbd or ublk device, daemon
@@ -350,8 +404,27 @@ public enum MountTool {
           anything else        passed to the kernel's EROFS (device=, domain_id=, fsid=,
                                dax, user_xattr, acl, cache_strategy=, ...)
 
+        Remote sources (-t erofs, erofs.nbd, erofs.fuse): SOURCE is an http:// or
+        https:// URL, or BUCKET/KEY (or s3://BUCKET/KEY) with any s3.* option. The mount
+        opens the object, checks its superblock and pins its version (ETag); a bad
+        source fails in one line (exit 32) with nothing left behind. Credentials from
+        the environment reach the daemon in a 0600 file under
+        /run/erofs-mount/credentials, removed at unmount: never in its argv,
+        environment, the state or a log.
+        \(RemoteSourceDescription.optionsHelp)
+
         Exit status: 0 success, 1 bad usage, 32 mount failure.
         """
+}
+
+extension MountFailure {
+    /// Whether the kernel's mount(2) refused the image in a way FUSE does not: no EROFS in
+    /// this kernel (ENODEV), not allowed here (EPERM), or a feature or algorithm it lacks
+    /// (EOPNOTSUPP).
+    var kernelRefused: Bool {
+        guard let cause, cause.operation.hasPrefix("mount "), let code = cause.errno?.rawValue else { return false }
+        return [ENODEV, EPERM, EOPNOTSUPP].contains(code)
+    }
 }
 
 /// Prints one line to standard error.

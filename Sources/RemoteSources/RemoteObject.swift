@@ -45,6 +45,7 @@ final class RemoteObject: Sendable {
     let lastModified: String?
 
     var displayName: String { endpoint.displayName }
+    var version: ObjectVersion { ObjectVersion(etag: etag, lastModified: lastModified, size: size) }
 
     /// What names this version of the object in the block cache; nil when the server gives
     /// neither an ETag nor a Last-Modified (then nothing is cached on disk: it could be stale).
@@ -250,6 +251,17 @@ struct RangeRead {
         if let code = xmlElement("Code", in: text) {
             detail = ": \(code)"
             if let message = xmlElement("Message", in: text) { detail += " (\(message))" }
+        }
+        // S3's answer to a request signed for another region (400) or sent to another
+        // region's endpoint (301) names the bucket's region.
+        if ["AuthorizationHeaderMalformed", "PermanentRedirect", "IllegalLocationConstraintException"].contains(
+            xmlElement("Code", in: text)), let region = xmlElement("Region", in: text),
+            !region.isEmpty,
+            region.utf8.allSatisfy({ $0 == UInt8(ascii: "-") || ($0 < 128 && isalnum(Int32($0)) != 0) })
+        {
+            return RemoteError(
+                .denied, name, "wrong region: the bucket is in \(region) (-o s3.region=\(region)) (HTTP \(status))",
+                status: status)
         }
         switch status {
         case 401, 403:

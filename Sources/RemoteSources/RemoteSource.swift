@@ -34,6 +34,10 @@ public final class RemoteSource: RandomAccessSource {
     public let size: UInt64
     public var displayName: String { object.displayName }
     public var localFileDescriptor: FileDescriptor? { nil }
+    /// Bytes fetched from the server so far (what progress reports).
+    public var fetchedBytes: UInt64 { statistics.withLock { $0.fetchedBytes } }
+    /// The version read (and pinned): what a daemon opening the object again must find.
+    public var version: ObjectVersion { object.version }
 
     let object: RemoteObject
     let store: any BlockStore

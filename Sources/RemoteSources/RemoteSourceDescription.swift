@@ -40,6 +40,18 @@ public enum CredentialSource: Sendable, Codable, Equatable {
     /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN` of the environment
     /// given to `open`.
     case environment
+    /// Those variables captured by `mount.erofs` into a 0600 file (`KEY=VALUE` lines) under
+    /// /run/erofs-mount/credentials, for the daemons it starts (their environment and argv
+    /// hold no secret); removed when the mount ends. Only the path is recorded.
+    case captured(path: String)
+}
+
+/// The version of an object a mount validated: a daemon that opens the object again serves
+/// that version or nothing (never bytes of a replacement the mount did not check).
+public struct ObjectVersion: Sendable, Codable, Equatable {
+    public var etag: String?
+    public var lastModified: String?
+    public var size: UInt64
 }
 
 /// A remote SOURCE with everything needed to open it again later (in a recovered daemon):
@@ -54,6 +66,10 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
     public var credentials: CredentialSource
     public var http = HTTPSettings()
     public var cache = CacheSettings()
+    /// `remote.verify=full`: fetch and check everything before the mount completes.
+    public var verifyFully = false
+    /// Set by the mount for its daemons: `open` refuses any other version.
+    public var pinnedVersion: ObjectVersion?
 
     /// The object for messages: an HTTP URL without user info or query, or `s3://BUCKET/KEY`.
     public var displayName: String {
@@ -62,6 +78,29 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
         case .s3(let s3): return "s3://\(s3.bucket)/\(s3.key)"
         }
     }
+
+    /// The `-o` keys for `--help` (erofs and mount.erofs), one per line, indented by two.
+    public static let optionsHelp = """
+          http.cafile=PATH        trust this CA bundle, not the system store
+          http.insecure_tls       skip certificate checks (warned about)
+          http.timeout=S          give up an attempt after S s without a byte
+                                  (30); http.connect_timeout=S (10)
+          http.retries=N          retries on resets, short bodies, 5xx (4)
+          s3.endpoint=URL         AWS_ENDPOINT_URL, else AWS for the region
+          s3.region=R             AWS_REGION, else us-east-1
+          s3.sig=4|2              signature version: 4 (erofs-utils: 2)
+          s3.urlstyle=vhost|path  vhost; path for IP/localhost endpoints
+          s3.passwd_file=PATH     s3fs format: ACCESS:SECRET lines, or
+                                  BUCKET:ACCESS:SECRET; else AWS_ACCESS_KEY_ID,
+                                  AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN;
+                                  else anonymous
+          remote.cache=DIR|none   block cache (/var/cache/erofs-mount)
+          remote.cache_size=N     its limit (4G); unused objects go first
+          remote.block_size=N     cache block, the smallest fetch (64K)
+          remote.readahead=N      largest sequential readahead (8M)
+          remote.verify=full      (mount.erofs) fetch and decode everything
+                                  before the mount completes
+        """
 
     /// The option keys this layer owns (`-o KEY=VALUE`); others belong to the caller.
     public static func owns(_ key: String) -> Bool {
@@ -89,6 +128,7 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
         if isHTTP && isS3 { throw bad("s3.* options take SOURCE as BUCKET/KEY, not a URL") }
         var http = HTTPSettings()
         var cache = CacheSettings()
+        var verifyFully = false
         var s3 = (
             endpoint: environment["AWS_ENDPOINT_URL_S3"] ?? environment["AWS_ENDPOINT_URL"],
             region: environment["AWS_REGION"] ?? environment["AWS_DEFAULT_REGION"],
@@ -101,6 +141,9 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
                 return value
             }
             switch key {
+            case "remote.verify":
+                guard value == "full" || value == "none" else { throw bad("remote.verify: full or none") }
+                verifyFully = value == "full"
             case "s3.endpoint": s3.endpoint = try required()
             case "s3.region": s3.region = try required()
             case "s3.sig":
@@ -122,7 +165,8 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
                     "credentials in the URL are not accepted (they would show in the process list)")
             }
             return RemoteSourceDescription(
-                location: .http(url: source), credentials: .anonymous, http: http, cache: cache)
+                location: .http(url: source), credentials: .anonymous, http: http, cache: cache,
+                verifyFully: verifyFully)
         }
         var path = Substring(source)
         if lowered.hasPrefix("s3://") { path = path.dropFirst(5) }
@@ -152,7 +196,8 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
             if let passwd = s3.passwd { .passwdFile(passwd) } else if environment["AWS_ACCESS_KEY_ID"] != nil {
                 .environment
             } else { .anonymous }
-        return RemoteSourceDescription(location: .s3(location), credentials: credentials, http: http, cache: cache)
+        return RemoteSourceDescription(
+            location: .s3(location), credentials: credentials, http: http, cache: cache, verifyFully: verifyFully)
     }
 
     /// Applies an `http.*` or `remote.*` option (shared by every remote source kind); false for
@@ -227,6 +272,12 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
         }
         let (object, firstBytes) = try RemoteObject.open(
             endpoint: endpoint, transport: transport, probe: cache.blockSize)
+        if let pinnedVersion, pinnedVersion != object.version {
+            throw RemoteError(
+                .changed, displayName,
+                "the object changed since it was mounted (\(pinnedVersion.etag ?? pinnedVersion.lastModified ?? "?"), \(pinnedVersion.size) bytes; now \(object.version.etag ?? object.version.lastModified ?? "?"), \(object.size) bytes)"
+            )
+        }
         return RemoteSource.cached(object: object, firstBytes: firstBytes, cache: cache, warn: warn)
     }
 
@@ -248,6 +299,10 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
                 sessionToken: environment["AWS_SESSION_TOKEN"].flatMap { $0.isEmpty ? nil : $0 })
         case .passwdFile(let path):
             return try Self.readPasswdFile(path, bucket: s3.bucket, warn: warn)
+        case .captured(let path):
+            var copy = self
+            copy.credentials = .environment
+            return try copy.resolveCredentials(s3, environment: try CapturedCredentials.read(path), warn: warn)
         }
     }
 

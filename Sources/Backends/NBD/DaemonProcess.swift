@@ -76,12 +76,29 @@ public struct DaemonProcess: Sendable, Equatable {
 
         var argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
         defer { for pointer in argv { free(pointer) } }
+        var environment: [UnsafeMutablePointer<CChar>?] = daemonEnvironment().map { strdup($0) } + [nil]
+        defer { for pointer in environment { free(pointer) } }
         var pid: pid_t = 0
-        let result = posix_spawn(&pid, executable, &actions, &attributes, &argv, environ)
+        let result = posix_spawn(&pid, executable, &actions, &attributes, &argv, &environment)
         guard result == 0 else {
             throw SystemError("spawn the serving daemon", path: executable, errno: .init(rawValue: result))
         }
         return DaemonProcess(pid: pid, startTime: DaemonProcess.startTime(of: pid) ?? 0)
+    }
+
+    /// Our environment without secrets: a daemon lives long and its /proc/PID/environ is
+    /// readable by root for its whole life, so no credential variable (`AWS_*`: keys, tokens,
+    /// and the rest of the family for good measure) goes to it. Remote credentials reach a
+    /// daemon through a captured file (RemoteSources' `CapturedCredentials`).
+    static func daemonEnvironment() -> [String] {
+        var result: [String] = []
+        var entry = environ
+        while let pointer = entry.pointee {
+            let text = String(cString: pointer)
+            if !text.hasPrefix("AWS_") { result.append(text) }
+            entry += 1
+        }
+        return result
     }
 
     /// Whether this exact process (not a later one with a reused pid) is still alive. A start

@@ -3,6 +3,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import RemoteSources
 import SystemCalls
 
 /// What `mount.erofs` records about an nbd device it manages: enough for `-u`, `--list`,
@@ -50,6 +51,9 @@ public struct DeviceState: Codable, Sendable, Equatable {
     /// (`--reattach`) refuses a file replaced since (nil: a state from before this was kept).
     public var image: ImageIdentity?
     public var mountPoint: String?
+    /// A remote image: how every worker opens it (`source` is then its name for messages).
+    /// Where credentials come from, never their values.
+    public var remote: RemoteSourceDescription?
     /// Kernel mount data and flags, for messages and --list.
     public var mountOptions: String
     public var createdAt: Date
@@ -82,6 +86,9 @@ public struct DeviceState: Codable, Sendable, Equatable {
     }
 
     public var devicePath: String { "/dev/nbd\(index)" }
+
+    /// What a worker for this device is handed.
+    public var servedSource: ServedSource { remote.map { .remote($0) } ?? .local(path: source) }
 
     /// nbd minors are 20 bits shared with partitions: no device index reaches 2^20.
     public static let indexRange = 0..<(1 << 20)

@@ -4,7 +4,9 @@ import Glibc
 import KernelAttach
 import Logging
 import NBDKernel
+import RemoteSources
 import SystemCalls
+import SystemPackage
 
 /// `mount.erofs -t erofs.nbd IMAGE DIR`: a daemon serves the image to the kernel's nbd driver
 /// and /dev/nbdN is mounted. Anything that fails on the way is undone: the device is
@@ -24,6 +26,8 @@ public struct NBDBackend: Sendable {
         public var fake: Bool
         /// `-N`: the mountpoint is in that namespace; only checking it and mount(2) happen there.
         public var namespace: MountNamespace?
+        /// A remote image the caller opened and checked, and its size; nil: `source` is local.
+        public var remote: (source: ServedSource, size: UInt64)?
 
         public init(
             source: String, mountPoint: String, flags: UInt, data: String, forceIoctl: Bool,
@@ -55,13 +59,21 @@ public struct NBDBackend: Sendable {
 
     /// Returns the state of the mounted device.
     public func mount(_ request: Request) throws(MountFailure) -> DeviceState? {
+        // Whatever fails before a daemon serves, the captured credentials go (then -u does).
+        var served = false
+        defer { if !served { CapturedCredentials.remove(request.remote?.source.capturedCredentials) } }
         // Opened once: the daemon serves this very file, whatever is renamed over the path later.
-        let imageFile = try ImageProbe.open(request.source)
-        defer { try? imageFile.close() }
-        let image = try ImageProbe.probe(imageFile, path: request.source)
-        let identity: ImageIdentity
-        do { identity = ImageIdentity(try FileStatus.fstat(imageFile)) } catch {
-            throw MountFailure("cannot use source \(request.source)", cause: error)
+        // A remote image is opened by each worker from its description (pinned to the version
+        // the caller checked).
+        let imageFile: FileDescriptor? = request.remote == nil ? try ImageProbe.open(request.source) : nil
+        defer { try? imageFile?.close() }
+        var imageSize = request.remote?.size ?? 0
+        var identity: ImageIdentity?
+        if let imageFile {
+            imageSize = try ImageProbe.probe(imageFile, path: request.source).size
+            do { identity = ImageIdentity(try FileStatus.fstat(imageFile)) } catch {
+                throw MountFailure("cannot use source \(request.source)", cause: error)
+            }
         }
         if let namespace = request.namespace {
             let checked: Result<Void, MountFailure>
@@ -75,25 +87,28 @@ public struct NBDBackend: Sendable {
             try MountPoint.check(request.mountPoint)
         }
         if request.fake { return nil }
-        let source = canonicalPath(request.source)
+        let servedSource = request.remote?.source ?? .local(path: canonicalPath(request.source))
+        let source = servedSource.displayName
         let identifier = "erofs-mount-" + randomHex(bytes: 8)
         let settings = NBDDaemon.Settings(
-            source: source, identifier: identifier, deadConnectionTimeout: request.deadConnectionTimeout,
+            source: servedSource.argument, identifier: identifier, deadConnectionTimeout: request.deadConnectionTimeout,
             forceIoctl: request.forceIoctl, requeueMilliseconds: request.requeueMilliseconds,
             pollMicroseconds: request.pollMicroseconds)
         let supervised = request.automaticRecovery && !request.forceIoctl
         let started = try DaemonLauncher(store: store).start(
-            settings, supervised: supervised, image: imageFile.rawValue)
+            settings, supervised: supervised, image: imageFile?.rawValue ?? -1)
+        served = true
 
         let device = NBDDevice(index: UInt32(started.index))
-        let state = DeviceState(
-            index: started.index, source: source, sizeBytes: image.size, blockSize: 512, backendIdentifier: identifier,
+        var state = DeviceState(
+            index: started.index, source: source, sizeBytes: imageSize, blockSize: 512, backendIdentifier: identifier,
             attachMethod: started.method, deadConnectionTimeout: request.deadConnectionTimeout,
             daemonPID: started.daemon.pid, daemonStartTime: started.daemon.startTime,
             servingPID: started.serving?.pid, servingStartTime: started.serving?.startTime,
             supervised: supervised && started.method == .netlink, requeueMilliseconds: request.requeueMilliseconds,
             pollMicroseconds: request.pollMicroseconds, image: identity,
             mountPoint: canonicalPath(request.mountPoint), mountOptions: request.data)
+        if case .remote(let description)? = request.remote?.source { state.remote = description }
         do {
             try store.save(state)
             try device.waitUntilInService(timeout: .seconds(30))
@@ -264,6 +279,7 @@ public struct NBDTeardown: Sendable {
         }
         do { try store.remove(device: state.index) } catch { problems.append("\(error)") }
         store.removeLog(identifier: state.backendIdentifier)
+        CapturedCredentials.remove(state.servedSource.capturedCredentials)
         return problems
     }
 }

@@ -6,6 +6,7 @@ import ImageSources
 import Logging
 import NBDKernel
 import NBDServer
+import RemoteSources
 import SystemCalls
 import SystemPackage
 
@@ -168,10 +169,20 @@ public enum NBDDaemon {
             }
         }
         let handedDown = fcntl(imageDescriptor, F_GETFD) >= 0
-        let source =
-            handedDown
-            ? try FileSource(descriptor: FileDescriptor(rawValue: imageDescriptor), path: settings.source)
-            : try FileSource(path: settings.source)
+        let served: ServedSource
+        do { served = try ServedSource(argument: settings.source) } catch {
+            throw SystemError("serve", detail: "\(error)")
+        }
+        // A remote image is opened by every worker from its description (no descriptor to hand
+        // down); a local one is the file the mount checked.
+        let source: any RandomAccessSource =
+            if case .remote = served {
+                try served.open { logger.warning("\($0)") }
+            } else if handedDown {
+                try FileSource(descriptor: FileDescriptor(rawValue: imageDescriptor), path: settings.source)
+            } else {
+                try FileSource(path: settings.source)
+            }
         var recovery: RequestJournal.Recovery?
         /// With a journal: the open file big replies are sent from (see `KernelModeServer`).
         var replyFile: Int32 = -1
@@ -253,11 +264,14 @@ public enum NBDDaemon {
             // of a socket it handed us; another copy is harmless). A supervisor gone by now
             // also misses the report below, which releases the device.
             try? control.send(.serving(socket))
-            replyFile = handedDown ? try reopen(source) : open(settings.source, O_RDONLY | O_CLOEXEC)
-            try? control.send(.replyFile(replyFile))
+            // Big replies go by sendfile from a file of their own; a remote image has none.
+            if let file = source as? FileSource {
+                replyFile = handedDown ? try reopen(file) : open(settings.source, O_RDONLY | O_CLOEXEC)
+                try? control.send(.replyFile(replyFile))
+            }
         }
         logger.info(
-            "serving \(settings.source) on /dev/nbd\(index) over \(method.rawValue) (\(settings.mode.argument))")
+            "serving \(served.displayName) on /dev/nbd\(index) over \(method.rawValue) (\(settings.mode.argument))")
         guard DaemonReport.ready(index: Int(index), method: method, pid: getpid()).send(to: statusDescriptor) else {
             // Whoever started us died before learning of the device: nobody will mount or
             // release it, so it must not outlive us.

@@ -97,15 +97,16 @@ public struct NBDRecovery: Sendable {
             )
         }
         let settings = NBDDaemon.Settings(
-            source: state.source, identifier: state.backendIdentifier,
+            source: state.servedSource.argument, identifier: state.backendIdentifier,
             deadConnectionTimeout: state.deadConnectionTimeout,
             forceIoctl: false, mode: .reattach(UInt32(state.index)),
             requeueMilliseconds: state.requeueMilliseconds ?? 250,
             pollMicroseconds: state.pollMicroseconds ?? NBDDaemon.Settings.defaultPollMicroseconds)
-        let image = try reopenImage(of: state)
-        defer { try? image.close() }
+        // A remote image is opened again by the worker, pinned to the version mounted.
+        let image = state.remote == nil ? try reopenImage(of: state) : nil
+        defer { try? image?.close() }
         let started = try DaemonLauncher(store: store).start(
-            settings, supervised: state.supervised == true, image: image.rawValue)
+            settings, supervised: state.supervised == true, image: image?.rawValue ?? -1)
         state.daemonPID = started.daemon.pid
         state.daemonStartTime = started.daemon.startTime
         state.servingPID = started.serving?.pid

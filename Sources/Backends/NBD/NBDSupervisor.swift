@@ -5,6 +5,7 @@ import CShim
 import KernelAttach
 import NBDKernel
 import NBDServer
+import RemoteSources
 import SystemCalls
 
 /// The supervisor of one netlink-attached nbd device, run as `mount.erofs --supervise-nbd-device
@@ -439,6 +440,7 @@ public enum NBDSupervisor {
             if let state = try? store.load(device: Int(index)), state.backendIdentifier == settings.identifier {
                 try? store.remove(device: Int(index))
                 store.removeLog(identifier: settings.identifier)
+                CapturedCredentials.remove(state.servedSource.capturedCredentials)
             }
         }
 

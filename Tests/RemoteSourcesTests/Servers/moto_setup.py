@@ -12,11 +12,15 @@ import os
 import sys
 
 import boto3
+from botocore.config import Config
 
 port, bucket, files = sys.argv[1], sys.argv[2], sys.argv[3:]
 endpoint = "http://127.0.0.1:%s" % port
+# No retry of the unauthenticated calls: a slow first answer (moto loading its IAM backend under
+# emulation) retried would create the user twice. A long read timeout instead.
 iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
-                   aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
+                   aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap",
+                   config=Config(read_timeout=600, retries={"total_max_attempts": 1}))
 iam.create_user(UserName="tester")
 iam.put_user_policy(UserName="tester", PolicyName="s3", PolicyDocument=json.dumps({
     "Version": "2012-10-17",

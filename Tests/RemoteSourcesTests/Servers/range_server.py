@@ -16,12 +16,15 @@ Faults: `POST /__fault?mode=M&count=N[&after=K][&seconds=S]` makes the next N da
   stall     send the headers and half of the body, then nothing for S seconds
   corrupt   send the right length with the bytes flipped (no checksum can see it: tests
             document what a client without a digest gets)
+  region    (&region=R) answer as S3 does a SigV4 request scoped to another region than R:
+            400 AuthorizationHeaderMalformed naming R (moto accepts any region)
 `GET /__stats` returns JSON counters: requests, ranges (bytes asked), faults applied.
 """
 import argparse
 import http.client
 import json
 import os
+import re
 import socket
 import sys
 import threading
@@ -100,6 +103,7 @@ class Handler(BaseHTTPRequestHandler):
                     FAULTS.append({
                         "mode": query["mode"], "count": int(query.get("count", "1")),
                         "after": int(query.get("after", "0")), "seconds": float(query.get("seconds", "30")),
+                        "region": query.get("region", ""),
                     })
             self.send_response(204)
             self.send_header("Content-Length", "0")
@@ -135,6 +139,18 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
             return
+        if fault and fault["mode"] == "region":
+            scope = re.search(r"Credential=[^/]+/[0-9]+/([^/]+)/", self.headers.get("Authorization", ""))
+            if scope and scope.group(1) != fault["region"]:
+                body = (
+                    "<Error><Code>AuthorizationHeaderMalformed</Code><Message>The authorization header is malformed;"
+                    " the region '%s' is wrong; expecting '%s'</Message><Region>%s</Region></Error>"
+                    % (scope.group(1), fault["region"], fault["region"])).encode()
+                self.send_response(400)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
         if UPSTREAM:
             status, headers, body = self.relay(fault)
         else:

@@ -1,0 +1,94 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The environment's S3 credentials captured for the daemons of one mount: a 0600 file of
+/// `KEY=VALUE` lines in a root-only directory under /run (tmpfs: never on disk), so that no
+/// secret travels in a daemon's argv or environment and a recovered daemon finds them again.
+/// The mount removes the file when it ends (or fails).
+public enum CapturedCredentials {
+    public static let directory = "/run/erofs-mount/credentials"
+    static let keys = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"]
+
+    /// The description a daemon is handed: `.environment` credentials become `.captured(path)`
+    /// (the file written here); any other description is returned as it is, with no file.
+    public static func capture(_ description: RemoteSourceDescription, environment: [String: String])
+        throws(RemoteError) -> (description: RemoteSourceDescription, file: String?)
+    {
+        guard description.credentials == .environment else { return (description, nil) }
+        func failure(_ what: String, _ path: String) -> RemoteError {
+            RemoteError(.configuration, path, "cannot \(what): \(String(cString: strerror(errno)))")
+        }
+        for path in ["/run/erofs-mount", directory] where mkdir(path, 0o700) != 0 && errno != EEXIST {
+            throw failure("create the credentials directory", path)
+        }
+        var status = stat()
+        guard lstat(directory, &status) == 0, status.st_mode & S_IFMT == S_IFDIR, status.st_uid == geteuid(),
+            status.st_mode & 0o077 == 0
+        else {
+            throw RemoteError(.configuration, directory, "not a directory of ours, closed to other users")
+        }
+        var bytes: [UInt8] = []
+        for _ in 0..<16 { bytes.append(UInt8.random(in: 0...255)) }
+        let path = directory + "/" + bytes.map { String($0, radix: 16) }.map { $0.count == 1 ? "0" + $0 : $0 }.joined()
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw failure("create the credentials file", path) }
+        var text = ""
+        for key in keys { if let value = environment[key], !value.isEmpty { text += "\(key)=\(value)\n" } }
+        let written = text.utf8.withContiguousStorageIfAvailable { write(fd, $0.baseAddress, $0.count) } ?? -1
+        close(fd)
+        guard written == text.utf8.count else {
+            unlink(path)
+            throw failure("write the credentials file", path)
+        }
+        var handed = description
+        handed.credentials = .captured(path: path)
+        return (handed, path)
+    }
+
+    /// The variables in a captured file. Messages name the file, never a value.
+    static func read(_ path: String) throws(RemoteError) -> [String: String] {
+        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw RemoteError(
+                .configuration, path, "cannot open the captured credentials: \(String(cString: strerror(errno)))")
+        }
+        defer { close(fd) }
+        var bytes = [UInt8](repeating: 0, count: 64 << 10)
+        let got = Glibc.read(fd, &bytes, bytes.count)
+        guard got >= 0 else {
+            throw RemoteError(
+                .configuration, path, "cannot read the captured credentials: \(String(cString: strerror(errno)))")
+        }
+        var result: [String: String] = [:]
+        for line in String(decoding: bytes[..<got], as: UTF8.self).split(separator: "\n") {
+            guard let equals = line.firstIndex(of: "="), keys.contains(String(line[..<equals])) else { continue }
+            result[String(line[..<equals])] = String(line[line.index(after: equals)...])
+        }
+        return result
+    }
+
+    /// Removes a captured file (a path outside the directory is never touched).
+    public static func remove(_ path: String?) {
+        guard let path, path.hasPrefix(directory + "/"), !path.dropFirst(directory.count + 1).contains("/") else {
+            return
+        }
+        unlink(path)
+    }
+}
+
+/// The process environment as a dictionary: where S3 credentials and defaults come from.
+public enum ProcessEnvironment {
+    public static func current() -> [String: String] {
+        var result: [String: String] = [:]
+        var entry = environ
+        while let pointer = entry.pointee {
+            let text = String(cString: pointer)
+            if let equals = text.firstIndex(of: "=") {
+                result[String(text[..<equals])] = String(text[text.index(after: equals)...])
+            }
+            entry += 1
+        }
+        return result
+    }
+}
