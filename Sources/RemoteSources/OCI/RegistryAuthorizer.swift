@@ -160,7 +160,7 @@ final class RegistryAuthorizer: RequestSigner {
                         status: 401))
                 return false
             }
-            let header = "Basic " + Data("\(username):\(password)".utf8).base64EncodedString()
+            let header = basicHeader(username, password)
             // The same Basic credentials refused again: they are wrong.
             if state.withLock({ $0.header }) == header {
                 fail(
@@ -219,23 +219,21 @@ final class RegistryAuthorizer: RequestSigner {
         let scope = challenge.parameters["scope"] ?? "repository:\(repository):pull"
         var query = [("scope", scope)]
         if let service = challenge.parameters["service"] { query.insert(("service", service), at: 0) }
+        func encoded(_ pairs: [(String, String)]) -> String {
+            pairs.map { "\($0.0)=\(percentEncoded($0.1, keepSlash: false))" }.joined(separator: "&")
+        }
         var request = HTTPRequest(url: realm, followRedirects: true)
         switch credentials {
         case .identityToken(let token):
             let form =
-                (query + [("grant_type", "refresh_token"), ("refresh_token", token), ("client_id", "erofs-mount")])
-                .map { "\($0.0)=\(percentEncoded($0.1, keepSlash: false))" }.joined(separator: "&")
-            request.body = Array(form.utf8)
+                query + [("grant_type", "refresh_token"), ("refresh_token", token), ("client_id", "erofs-mount")]
+            request.body = Array(encoded(form).utf8)
             request.headers = [("Content-Type", "application/x-www-form-urlencoded")]
-        case .basic(let username, let password):
-            request.url =
-                realm + (realm.contains("?") ? "&" : "?")
-                + query.map { "\($0.0)=\(percentEncoded($0.1, keepSlash: false))" }.joined(separator: "&")
-            request.headers = [("Authorization", "Basic " + Data("\(username):\(password)".utf8).base64EncodedString())]
-        case nil:
-            request.url =
-                realm + (realm.contains("?") ? "&" : "?")
-                + query.map { "\($0.0)=\(percentEncoded($0.1, keepSlash: false))" }.joined(separator: "&")
+        default:
+            request.url = realm + (realm.contains("?") ? "&" : "?") + encoded(query)
+            if case .basic(let username, let password) = credentials {
+                request.headers = [("Authorization", basicHeader(username, password))]
+            }
         }
         let (head, body) = try SmallFetch.perform(request, transport: transport, name: realmName, limit: 1 << 20)
         guard head.status == 200 else {
@@ -269,6 +267,10 @@ final class RegistryAuthorizer: RequestSigner {
         let lifetime = min(max(reply.expiresIn ?? 60, 0), 86400)
         return (token, lifetime)
     }
+}
+
+private func basicHeader(_ username: String, _ password: String) -> String {
+    "Basic " + Data("\(username):\(password)".utf8).base64EncodedString()
 }
 
 /// A GET (or POST) whose whole body is wanted and small: manifests, tokens. Transient failures
