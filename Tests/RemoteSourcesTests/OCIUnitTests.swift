@@ -355,3 +355,57 @@ private func sha256Digest(_ bytes: [UInt8]) -> [UInt8] {
     hasher.update(bytes)
     return hasher.finalize()
 }
+
+/// Docker's config.json lookup: which entry a registry gets, in docker's order, and the
+/// helper's answers; nothing is read when no file exists.
+@Suite struct DockerConfigTests {
+    func lookup(
+        _ json: String, _ domain: String, helper: @escaping (String, String) -> RegistryCredentials? = { _, _ in nil }
+    )
+        throws -> RegistryCredentials?
+    {
+        let directory = try scratchDirectory("docker-config-unit")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        try json.write(toFile: directory + "/config.json", atomically: true, encoding: .utf8)
+        return try DockerConfig.credentials(for: domain, environment: ["DOCKER_CONFIG": directory]) { name, server in
+            helper(name, server)
+        }
+    }
+
+    @Test func findsTheEntryForTheRegistry() throws {
+        let auth = Data("u:p:with:colons".utf8).base64EncodedString()
+        #expect(
+            try lookup(#"{"auths": {"https://index.docker.io/v1/": {"auth": "\#(auth)"}}}"#, "docker.io")
+                == .basic(username: "u", password: "p:with:colons"))
+        #expect(try lookup(#"{"auths": {"reg.example:5000": {"auth": "\#(auth)"}}}"#, "reg.example:5000") != nil)
+        #expect(try lookup(#"{"auths": {"reg.example:5000": {"auth": "\#(auth)"}}}"#, "reg.example") == nil)
+        #expect(
+            try lookup(#"{"auths": {"https://reg.example/v1/": {"identitytoken": "tok"}}}"#, "reg.example")
+                == .identityToken("tok"))
+        #expect(throws: RemoteError.self) { try lookup(#"{"auths": {"r.io": {"auth": "not base64!"}}}"#, "r.io") }
+        #expect(throws: RemoteError.self) { try lookup("{not json", "r.io") }
+    }
+
+    @Test func credentialHelpersComeFirstThenAuthsThenTheStore() throws {
+        var asked: [(String, String)] = []
+        let helper = { (name: String, server: String) -> RegistryCredentials? in
+            asked.append((name, server))
+            return .basic(username: name, password: "x")
+        }
+        let auth = Data("a:b".utf8).base64EncodedString()
+        let config =
+            #"{"credHelpers": {"r.io": "one"}, "auths": {"r.io": {"auth": "\#(auth)"}, "s.io": {"auth": "\#(auth)"}}, "credsStore": "store"}"#
+        #expect(try lookup(config, "r.io", helper: helper) == .basic(username: "one", password: "x"))
+        #expect(try lookup(config, "s.io", helper: helper) == .basic(username: "a", password: "b"))
+        #expect(try lookup(config, "t.io", helper: helper) == .basic(username: "store", password: "x"))
+        #expect(try lookup(#"{"credsStore": "store"}"#, "docker.io", helper: helper) != nil)
+        #expect(asked.map(\.0) == ["one", "store", "store"])
+        #expect(asked.last?.1 == "https://index.docker.io/v1/")
+    }
+
+    @Test func aMissingHelperOrConfigIsSaidOrIgnored() throws {
+        #expect(try DockerConfig.credentials(for: "r.io", environment: ["DOCKER_CONFIG": "/nonexistent"]) == nil)
+        #expect(throws: RemoteError.self) { try DockerConfig.runCredentialHelper("no-such-helper-here", "r.io") }
+        #expect(throws: RemoteError.self) { try DockerConfig.runCredentialHelper("../x", "r.io") }
+    }
+}
