@@ -172,7 +172,11 @@ let package = Package(
                 // Built for the tests, which run the real binary.
                 "ErofsTool", "CShim",
             ]),
-        .testTarget(name: "MountCLITests", dependencies: ["MountCLI"]),
+        .testTarget(
+            name: "MountCLITests",
+            dependencies: [
+                "MountCLI", "Backends", "SystemCalls", .product(name: "SystemPackage", package: "swift-system"),
+            ]),
         .testTarget(
             name: "BackendsTests",
             dependencies: [

@@ -5,8 +5,9 @@ import TestSupport
 
 /// What a daemon is handed: the description round-trips through its argument, holds no secret
 /// when credentials come from the environment, and the captured file is 0600, read back whole,
-/// and removed only inside its directory.
-@Suite(.requiresRoot, .serialized) struct ServedSourceTests {
+/// and removed only inside its directory. In RemoteMountTests' serialized suite: those tests
+/// count the captured files.
+extension RemoteMountTests {
     @Test func aDescriptionCarriesWhereCredentialsAreNeverWhat() throws {
         let secret = "S3CR3T-\(UInt64.random(in: 0...UInt64.max))"
         let environment = [
