@@ -18,6 +18,8 @@ packages=(
   qemu-system-x86 busybox-static cpio gzip xz-utils kmod zstd python3
   # remote sources: libcurl (HTTP client), curl (tests' control requests), pip for the S3 server
   libcurl4-openssl-dev curl python3-pip
+  # OCI registries: Distribution 2.8 (docker-registry), skopeo to push, htpasswd for Basic auth
+  docker-registry skopeo apache2-utils
 )
 
 # Python packages for the remote-source tests: moto's S3 server (checks SigV4), boto3 to set it

@@ -14,6 +14,27 @@ struct ErofsCommand: ParsableCommand {
             \(RemoteSourceDescription.optionsHelp)
             The object is pinned when opened (If-Match on its ETag): if it is
             replaced, reads fail rather than mix two versions.
+
+            OCI registries: with any oci.* option IMAGE is an image reference,
+            [REGISTRY[:PORT]/]REPO[:TAG|@sha256:DIGEST] (Docker Hub by default,
+            as docker parses it), and one layer of it is read (http.* and
+            remote.* apply; the cache is keyed by the layer's digest):
+              oci.layer=N             layer N (0 = first) of the manifest
+              oci.blob=DIGEST         the layer with this digest (sha256: added)
+                                      one of the two when the image has >1 layer
+              oci.platform=OS/ARCH[/VARIANT]  from an index (default: the host's,
+                                      matched as containerd does)
+              oci.insecure            plain http to the registry
+              oci.tarindex=PATH       a tar or gzip-tar layer read through its
+                                      EROFS tar index (mkfs.erofs --tar=i)
+              oci.zinfo=PATH          gzip checkpoints (mkfs.erofs --gzinfo) for
+                                      a gzip-tar layer
+              oci.username=U,oci.password=P  visible in the process list (warned
+                                      about); else ~/.docker/config.json (or
+                                      $DOCKER_CONFIG): auths, identitytoken,
+                                      credHelpers/credsStore; else anonymous
+            A digest in the reference pins the manifest and config; the layer's
+            size is checked against the manifest. zstd layers are refused.
             """,
         subcommands: [
             WalkCommand.self, ServeCommand.self, InspectCommand.self, ListCommand.self, CatCommand.self,

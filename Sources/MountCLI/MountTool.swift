@@ -461,6 +461,8 @@ public enum MountTool {
         /run/erofs-mount/credentials, removed at unmount: never in its argv,
         environment, the state or a log.
         \(RemoteSourceDescription.optionsHelp)
+        OCI registries (-o oci.*): not mounted yet (refused, exit 1); the erofs tool
+        reads a layer: erofs ls -o oci.layer=N REF (see erofs --help).
 
         Exit status: 0 success, 1 bad usage, 32 mount failure.
         """

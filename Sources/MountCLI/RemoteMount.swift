@@ -25,6 +25,12 @@ struct RemoteMount {
     static func description(source: String, options: MountOptions, environment: [String: String]) throws(UsageError)
         -> RemoteSourceDescription?
     {
+        if let oci = options.backendOptions.first(where: { OCISourceDescription.owns($0.name) }) {
+            // Not yet: a layer is read by the erofs tool; the daemons take URL and S3 sources.
+            throw UsageError(
+                "-o \(oci.name): mounting an image from an OCI registry is not implemented yet; read it with erofs ls/cat/extract -o oci.*"
+            )
+        }
         let pairs = options.backendOptions.filter { RemoteSourceDescription.owns($0.name) }.map {
             (key: $0.name, value: $0.value)
         }

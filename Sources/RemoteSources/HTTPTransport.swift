@@ -31,6 +31,8 @@ struct HTTPRequest {
     var head = false
     var headers: [(String, String)] = []
     var followRedirects = false
+    /// A POST body (`application/x-www-form-urlencoded`); nil = GET or HEAD.
+    var body: [UInt8]?
 }
 
 /// What came back before the body: the status and the headers of the final response
@@ -151,6 +153,11 @@ private final class HandleBox: @unchecked Sendable {
         ccurl_setopt_pointer(handle, CURLOPT_HTTPHEADER, list)
         ccurl_setopt_long(handle, CURLOPT_NOBODY, request.head ? 1 : 0)
         if !request.head { ccurl_setopt_long(handle, CURLOPT_HTTPGET, 1) }
+        if let body = request.body {
+            // Copied by curl; HTTPGET above puts the next request of this handle back to GET.
+            ccurl_setopt_long(handle, CURLOPT_POSTFIELDSIZE, body.count)
+            body.withUnsafeBytes { _ = ccurl_setopt_pointer(handle, CURLOPT_COPYPOSTFIELDS, $0.baseAddress) }
+        }
         ccurl_setopt_long(handle, CURLOPT_FOLLOWLOCATION, request.followRedirects ? 1 : 0)
         let unmanaged = Unmanaged.passRetained(context)
         defer { unmanaged.release() }

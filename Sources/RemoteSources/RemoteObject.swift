@@ -7,6 +7,13 @@ import Glibc
 protocol RequestSigner: Sendable {
     /// `headers` as they will be sent, without Authorization; returns them signed.
     func sign(method: String, headers: [(String, String)], now: time_t) -> [(String, String)]
+    /// Called with a 401 response: true when new credentials were obtained (a registry token
+    /// renewed) and the request should be sent again.
+    func renew(after response: HTTPResponseHead) -> Bool
+}
+
+extension RequestSigner {
+    func renew(after response: HTTPResponseHead) -> Bool { false }
 }
 
 /// Where an object is and how requests for it are made.
@@ -16,6 +23,10 @@ struct RemoteEndpoint: Sendable {
     var displayName: String
     var followRedirects = false
     var signer: (any RequestSigner)?
+    /// The digest of a content-addressed object (an OCI blob): it names the bytes, so reads are
+    /// not pinned by ETag (a redirect to blob storage may answer with another one each time) and
+    /// the cache is keyed by it.
+    var contentDigest: String?
 
     func request(head: Bool = false, headers: [(String, String)]) -> HTTPRequest {
         let signed = signer?.sign(method: head ? "HEAD" : "GET", headers: headers, now: time(nil)) ?? headers
@@ -39,6 +50,7 @@ final class RemoteObject: Sendable {
     /// What names this version of the object in the block cache; nil when the server gives
     /// neither an ETag nor a Last-Modified (then nothing is cached on disk: it could be stale).
     var identity: String? {
+        if let digest = endpoint.contentDigest { return "\(digest)\n\(size)" }
         guard let version = etag ?? lastModified else { return nil }
         return "\(displayName)\n\(version)\n\(size)"
     }
@@ -68,10 +80,10 @@ final class RemoteObject: Sendable {
             throw RemoteError(.protocolViolation, endpoint.displayName, "the object is empty")
         }
         bytes.removeSubrange(outcome.filled...)
-        let etag = outcome.head.headers["etag"]
+        let etag = endpoint.contentDigest == nil ? outcome.head.headers["etag"] : nil
         let object = RemoteObject(
             endpoint: endpoint, transport: transport, size: outcome.total, etag: etag,
-            lastModified: outcome.head.headers["last-modified"])
+            lastModified: endpoint.contentDigest == nil ? outcome.head.headers["last-modified"] : nil)
         return (object, bytes)
     }
 
@@ -97,7 +109,7 @@ final class RemoteObject: Sendable {
 /// One ranged read with the retry policy: resets, short bodies, stalls, 5xx and 429 are retried
 /// with exponential backoff, resuming after the bytes already received (the pin guarantees
 /// they belong to the same version); everything else fails at once with one clear line.
-private struct RangeRead {
+struct RangeRead {
     let endpoint: RemoteEndpoint
     let transport: HTTPTransport
     let pin: [(String, String)]
@@ -118,6 +130,7 @@ private struct RangeRead {
         var wanted = buffer.count
         var filled = 0
         var attempt = 0
+        var renewed = false
         var total = expectedTotal
         while true {
             let start = offset + UInt64(filled)
@@ -198,6 +211,11 @@ private struct RangeRead {
             let failure: RemoteError
             switch result {
             case .success(let head):
+                if head.status == 401 && !renewed, let signer = endpoint.signer, signer.renew(after: head) {
+                    // An expired registry token: renewed once per read, then sent again.
+                    renewed = true
+                    continue
+                }
                 if head.status == 206 {
                     if filled == wanted { return Outcome(total: total ?? 0, filled: filled, head: head) }
                     failure = RemoteError(.transient, name, "short body: \(filled) of \(wanted) bytes", status: 206)

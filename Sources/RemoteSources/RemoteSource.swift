@@ -1,3 +1,4 @@
+import Crypto
 import Dispatch
 import ImageSources
 import Synchronization
@@ -46,6 +47,10 @@ public final class RemoteSource: RandomAccessSource {
     private let streams = Mutex(StreamTracker())
     /// Counters for tests and benchmarks.
     let statistics = Mutex(Statistics())
+    /// For a content-addressed object: which blocks have passed through (fetched or read from
+    /// the cache), to hash the whole object once when every one has, and why reads now fail
+    /// when it did not match its digest.
+    private let digestCheck: Mutex<DigestCheck?>
 
     struct Statistics {
         var requests = 0
@@ -59,6 +64,8 @@ public final class RemoteSource: RandomAccessSource {
         self.size = object.size
         self.blockSize = store.blockSize
         self.maxReadahead = max(maxReadahead, store.blockSize)
+        let blocks = Int((object.size + UInt64(store.blockSize) - 1) / UInt64(store.blockSize))
+        digestCheck = Mutex(object.endpoint.contentDigest.map { DigestCheck(digest: $0, blocks: blocks) })
         // The open's probe read block 0: keep it.
         if firstBytes.count == blockLength(0) && !store.contains(block: 0) {
             firstBytes.withUnsafeBytes { store.store(block: 0, bytes: $0) }
@@ -71,6 +78,7 @@ public final class RemoteSource: RandomAccessSource {
 
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(SystemError) -> Int {
         guard offset < size, buffer.count > 0 else { return 0 }
+        if let failure = digestCheck.withLock({ $0?.failure }) { throw failure.systemError }
         let wanted = Int(min(UInt64(buffer.count), size - offset))
         let lastBlock = Int((offset + UInt64(wanted) - 1) / UInt64(blockSize))
         let ahead = streams.withLock {
@@ -88,6 +96,7 @@ public final class RemoteSource: RandomAccessSource {
             let destination = UnsafeMutableRawBufferPointer(rebasing: buffer[done..<(done + count)])
             if store.read(block: block, offset: inBlock, into: destination) {
                 statistics.withLock { $0.cacheHits += 1 }
+                passed(block: block)
                 done += count
                 continue
             }
@@ -170,6 +179,7 @@ public final class RemoteSource: RandomAccessSource {
                 let range = (completed * self.blockSize)..<min(Int(end - start), (completed + 1) * self.blockSize)
                 let bytes = UnsafeRawBufferPointer(rebasing: buffer[range])
                 self.store.store(block: block, bytes: bytes)
+                self.passed(block: block)
                 self.flights.withLock { $0[block] = nil }
                 run[completed].finish(.success(Array(bytes)))
                 completed += 1
@@ -187,6 +197,69 @@ public final class RemoteSource: RandomAccessSource {
                 run[index].finish(.failure(error))
             }
         }
+    }
+}
+
+extension RemoteSource {
+    /// Notes that `block` was read or fetched; the first time every block has, hashes the
+    /// whole object from the store in the background and compares it with its digest (when a
+    /// block has been dropped from a memory store meanwhile, the check is skipped).
+    func passed(block: Int) {
+        let complete = digestCheck.withLock { $0?.mark(block) ?? false }
+        guard complete else { return }
+        FetchWorkers.shared.submit { self.verifyDigest() }
+    }
+
+    /// Hashes the object from the store; a mismatch fails every later read.
+    func verifyDigest() {
+        guard let (blocks, digest) = digestCheck.withLock({ $0.map { ($0.blocks, $0.digest) } }) else { return }
+        var hasher = SHA256()
+        var buffer = [UInt8](repeating: 0, count: blockSize)
+        for block in 0..<blocks {
+            let length = blockLength(block)
+            let present = buffer.withUnsafeMutableBytes {
+                store.read(block: block, offset: 0, into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<length]))
+            }
+            guard present else { return }
+            hasher.update(data: buffer[0..<length])
+        }
+        let actual = "sha256:" + hex(hasher.finalize())
+        digestCheck.withLock { check in
+            check?.verified = actual == digest
+            if actual != digest {
+                check?.failure = RemoteError(
+                    .changed, displayName,
+                    "the blob's bytes hash to \(actual), not its digest \(digest): refusing to read it further")
+            }
+        }
+    }
+
+    /// Whether the whole object was hashed and matched (tests).
+    var digestVerified: Bool { digestCheck.withLock { $0?.verified ?? false } }
+}
+
+/// Which blocks of a content-addressed object have been seen, one bit each.
+struct DigestCheck {
+    let digest: String
+    let blocks: Int
+    var seen: [UInt64]
+    var count = 0
+    var verified = false
+    var failure: RemoteError?
+
+    init(digest: String, blocks: Int) {
+        self.digest = digest
+        self.blocks = blocks
+        seen = [UInt64](repeating: 0, count: (blocks + 63) / 64)
+    }
+
+    /// Marks `block`; true exactly once: when the last unseen block is marked.
+    mutating func mark(_ block: Int) -> Bool {
+        let bit = UInt64(1) << UInt64(block % 64)
+        guard seen[block / 64] & bit == 0 else { return false }
+        seen[block / 64] |= bit
+        count += 1
+        return count == blocks
     }
 }
 

@@ -135,43 +135,15 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
             sig: 4, style: String?.none, passwd: String?.none
         )
         for (key, value) in options where owns(key) {
+            if try applyTransportOption(key, value, http: &http, cache: &cache) { continue }
             func required() throws(RemoteError) -> String {
                 guard let value, !value.isEmpty else { throw bad("\(key) needs a value") }
                 return value
             }
-            func seconds() throws(RemoteError) -> Double {
-                let text = try required()
-                guard let number = Double(text), number > 0, number <= 3600 else {
-                    throw bad("\(key)=\(text): seconds, > 0")
-                }
-                return number
-            }
             switch key {
-            case "http.cafile": http.caFile = try required()
-            case "http.insecure_tls":
-                guard value == nil else { throw bad("http.insecure_tls takes no value") }
-                http.insecureTLS = true
-            case "http.timeout": http.stallTimeout = try seconds()
-            case "http.connect_timeout": http.connectTimeout = try seconds()
-            case "http.retries":
-                guard let count = Int(try required()), (0...20).contains(count) else {
-                    throw bad("http.retries: 0 to 20")
-                }
-                http.retries = count
-            case "remote.cache":
-                let text = try required()
-                cache.directory = text == "none" ? nil : text
-                if text != "none" && !text.hasPrefix("/") { throw bad("remote.cache: an absolute directory, or none") }
-            case "remote.cache_size":
-                cache.limit = UInt64(try byteCount(key, try required(), range: 1 << 20...(1 << 50)))
-            case "remote.block_size":
-                let size = try byteCount(key, try required(), range: 4096...(16 << 20))
-                guard size & (size - 1) == 0 else { throw bad("remote.block_size: a power of two") }
-                cache.blockSize = size
             case "remote.verify":
                 guard value == "full" || value == "none" else { throw bad("remote.verify: full or none") }
                 verifyFully = value == "full"
-            case "remote.readahead": cache.maxReadahead = try byteCount(key, try required(), range: 0...(256 << 20))
             case "s3.endpoint": s3.endpoint = try required()
             case "s3.region": s3.region = try required()
             case "s3.sig":
@@ -228,6 +200,53 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
             location: .s3(location), credentials: credentials, http: http, cache: cache, verifyFully: verifyFully)
     }
 
+    /// Applies an `http.*` or `remote.*` option (shared by every remote source kind); false for
+    /// any other key.
+    static func applyTransportOption(
+        _ key: String, _ value: String?, http: inout HTTPSettings, cache: inout CacheSettings
+    )
+        throws(RemoteError) -> Bool
+    {
+        func bad(_ message: String) -> RemoteError { RemoteError(.configuration, "-o", message) }
+        func required() throws(RemoteError) -> String {
+            guard let value, !value.isEmpty else { throw bad("\(key) needs a value") }
+            return value
+        }
+        func seconds() throws(RemoteError) -> Double {
+            let text = try required()
+            guard let number = Double(text), number > 0, number <= 3600 else {
+                throw bad("\(key)=\(text): seconds, > 0")
+            }
+            return number
+        }
+        switch key {
+        case "http.cafile": http.caFile = try required()
+        case "http.insecure_tls":
+            guard value == nil else { throw bad("http.insecure_tls takes no value") }
+            http.insecureTLS = true
+        case "http.timeout": http.stallTimeout = try seconds()
+        case "http.connect_timeout": http.connectTimeout = try seconds()
+        case "http.retries":
+            guard let count = Int(try required()), (0...20).contains(count) else {
+                throw bad("http.retries: 0 to 20")
+            }
+            http.retries = count
+        case "remote.cache":
+            let text = try required()
+            cache.directory = text == "none" ? nil : text
+            if text != "none" && !text.hasPrefix("/") { throw bad("remote.cache: an absolute directory, or none") }
+        case "remote.cache_size":
+            cache.limit = UInt64(try byteCount(key, try required(), range: 1 << 20...(1 << 50)))
+        case "remote.block_size":
+            let size = try byteCount(key, try required(), range: 4096...(16 << 20))
+            guard size & (size - 1) == 0 else { throw bad("remote.block_size: a power of two") }
+            cache.blockSize = size
+        case "remote.readahead": cache.maxReadahead = try byteCount(key, try required(), range: 0...(256 << 20))
+        default: return false
+        }
+        return true
+    }
+
     /// Opens the object: resolves the credentials, checks the object with one ranged GET and
     /// sets up its block cache. `warn` receives one-line warnings (insecure TLS, a readable
     /// passwd file, a cache that could not be used).
@@ -259,23 +278,7 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
                 "the object changed since it was mounted (\(pinnedVersion.etag ?? pinnedVersion.lastModified ?? "?"), \(pinnedVersion.size) bytes; now \(object.version.etag ?? object.version.lastModified ?? "?"), \(object.size) bytes)"
             )
         }
-        var store: any BlockStore = MemoryBlockStore(blockSize: cache.blockSize, capacity: cache.memoryLimit)
-        if let directory = cache.directory {
-            if let identity = object.identity {
-                do {
-                    store = try DiskBlockStore(
-                        identity: identity, objectSize: object.size, blockSize: cache.blockSize,
-                        budget: CacheBudget(directory: directory, limit: cache.limit))
-                } catch {
-                    warn("\(error): reading without the disk cache")
-                }
-            } else {
-                warn(
-                    "\(displayName): the server sends neither ETag nor Last-Modified: the object cannot be pinned, and is not cached on disk"
-                )
-            }
-        }
-        return RemoteSource(object: object, store: store, firstBytes: firstBytes, maxReadahead: cache.maxReadahead)
+        return RemoteSource.cached(object: object, firstBytes: firstBytes, cache: cache, warn: warn)
     }
 
     private func resolveCredentials(_ s3: S3Location, environment: [String: String], warn: (String) -> Void)
@@ -394,4 +397,30 @@ extension Substring {
 
 extension String {
     func range(of needle: String) -> Range<Index>? { self[...].range(of: needle) }
+}
+
+extension RemoteSource {
+    /// A source over `object` with its disk cache (keyed by the object's identity), or memory
+    /// only when there is no cache directory, no identity, or the cache cannot be used.
+    static func cached(object: RemoteObject, firstBytes: [UInt8], cache: CacheSettings, warn: (String) -> Void)
+        -> RemoteSource
+    {
+        var store: any BlockStore = MemoryBlockStore(blockSize: cache.blockSize, capacity: cache.memoryLimit)
+        if let directory = cache.directory {
+            if let identity = object.identity {
+                do {
+                    store = try DiskBlockStore(
+                        identity: identity, objectSize: object.size, blockSize: cache.blockSize,
+                        budget: CacheBudget(directory: directory, limit: cache.limit))
+                } catch {
+                    warn("\(error): reading without the disk cache")
+                }
+            } else {
+                warn(
+                    "\(object.displayName): the server sends neither ETag nor Last-Modified: the object cannot be pinned, and is not cached on disk"
+                )
+            }
+        }
+        return RemoteSource(object: object, store: store, firstBytes: firstBytes, maxReadahead: cache.maxReadahead)
+    }
 }

@@ -16,12 +16,16 @@ public enum HostRequirement: Sendable, Equatable, CustomStringConvertible {
     /// A Python module the first `python3` on PATH imports (test peers: moto, botocore), which
     /// scripts/install-deps.sh installs for root; required wherever root is.
     case pythonModule(String)
+    /// A program in /usr/bin or /usr/sbin (test peers: docker-registry, skopeo), which
+    /// scripts/install-deps.sh installs; required wherever root is.
+    case program(String)
 
     public var description: String {
         switch self {
         case .root: "root"
         case .kernelModule(let name): "the \(name) kernel module"
         case .pythonModule(let name): "the Python module \(name)"
+        case .program(let name): "the program \(name)"
         }
     }
 
@@ -30,6 +34,7 @@ public enum HostRequirement: Sendable, Equatable, CustomStringConvertible {
         case .root: geteuid() == 0
         case .kernelModule(let name): access("/sys/module/" + name, F_OK) == 0
         case .pythonModule(let name): Self.pythonImports(name)
+        case .program(let name): ["/usr/bin/", "/usr/sbin/"].contains { access($0 + name, X_OK) == 0 }
         }
     }
 
@@ -39,7 +44,7 @@ public enum HostRequirement: Sendable, Equatable, CustomStringConvertible {
     /// require modules.
     public func isRequired(environment: [String: String]) -> Bool {
         switch self {
-        case .root, .pythonModule:
+        case .root, .pythonModule, .program:
             environment["EROFS_REQUIRE_ROOT"] == "1" || environment["CI"] == "true"
         case .kernelModule(let name):
             (environment["EROFS_REQUIRE_MODULES"] ?? "").split(separator: ",").contains { $0 == name }
