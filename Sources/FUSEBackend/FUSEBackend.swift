@@ -265,7 +265,13 @@ public struct FUSEBackend: Sendable {
                 problems.append("the state named process \(process.pid), which is not our FUSE daemon: left alone")
             }
         }
-        store.remove(major: major, minor: minor)
+        // Only if the file is still this mount's: once unmounted, its device number may already
+        // name a new mount, whose state is not ours to drop.
+        if let current = store.load(major: major, minor: minor), current.daemonPID == state.daemonPID,
+            current.daemonStartTime == state.daemonStartTime
+        {
+            store.remove(major: major, minor: minor)
+        }
         unlink(state.logFile)
         CapturedCredentials.remove((try? ServedSource(argument: state.source))?.capturedCredentials)
         return problems

@@ -39,7 +39,9 @@ import TestSupport
         return pids.filter { pid in
             guard let data = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline") else { return false }
             let arguments = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-            return arguments.contains { ["--serve-fuse", "--serve-nbd-device", "--supervise-nbd-device"].contains($0) }
+            return arguments.contains {
+                ["--serve-fuse", "--supervise-fuse", "--serve-nbd-device", "--supervise-nbd-device"].contains($0)
+            }
         }
     }
 
