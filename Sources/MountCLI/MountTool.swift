@@ -28,6 +28,7 @@ public enum MountTool {
         if arguments.first == NBDSupervisor.flag { return NBDSupervisor.main(arguments) }
         if arguments.first == FUSEDaemon.flag { return FUSEDaemon.main(arguments) }
         if arguments.first == UblkDaemon.flag { return UblkDaemon.main(arguments) }
+        if arguments.first == UblkSupervisor.flag { return UblkSupervisor.main(arguments) }
         let line: MountCommandLine
         do { line = try MountCommandLine.parse(arguments) } catch {
             printError("\(error)")
@@ -90,11 +91,25 @@ public enum MountTool {
         case .disconnect:
             try disconnect(line.target!, logger: logger)
         case .list:
-            try list()
+            try list(logger: logger)
         case .reattach:
+            if let id = UblkRecovery.deviceID(of: line.target!) {
+                let state = try UblkRecovery(logger: logger).reattach(id, target: line.target!)
+                logger.info(
+                    "\(state.devicePath) is served again by worker \(state.servingPID.map(String.init) ?? "?") (supervisor \(state.daemonPID.map(String.init) ?? "?"))"
+                )
+                return
+            }
             let state = try NBDRecovery(logger: logger).reattach(line.target!)
             logger.info("\(state.devicePath) is served again by daemon \(state.daemonPID)")
         case .upgrade:
+            if let id = UblkRecovery.deviceID(of: line.target!) {
+                let state = try UblkRecovery(logger: logger).upgrade(id, target: line.target!)
+                logger.info(
+                    "\(state.devicePath) is served by worker \(state.servingPID.map(String.init) ?? "?") of the installed binary"
+                )
+                return
+            }
             let state = try NBDRecovery(logger: logger).upgrade(line.target!)
             logger.info(
                 "\(state.devicePath) is served by worker \(state.servingPID.map(String.init) ?? "?") of the installed binary"
@@ -211,9 +226,9 @@ public enum MountTool {
         logger.info("disconnected /dev/nbd\(index)")
     }
 
-    /// `--list`: every nbd device mount.erofs manages, with what the kernel says of its link and
-    /// which binary its processes run (an upgrade leaves the old one "(deleted)").
-    static func list() throws {
+    /// `--list`: every nbd and ublk device mount.erofs manages, with what the kernel says of its
+    /// link and which binary its processes run (an upgrade leaves the old one "(deleted)").
+    static func list(logger: Logger) throws {
         let states: [(index: Int, state: Result<DeviceState, SystemError>)]
         do { states = try StateStore().all() } catch {
             throw MountFailure("cannot list the nbd devices", cause: error)
@@ -238,17 +253,8 @@ public enum MountTool {
                 case true?: link = isOurs(worker) ? "connected" : "dead, waiting for a daemon"
                 }
                 let describe = { (process: DaemonProcess) in "\(process.pid)\(isOurs(process) ? "" : " (gone)")" }
-                // /proc/PID/exe: " (deleted)" once an upgrade installed another file there.
-                let running = { (process: DaemonProcess) in
-                    isOurs(process) ? DaemonProcess.runningBinary(of: "\(process.pid)") : nil
-                }
-                let binary =
-                    switch (running(daemon), state.servingPID == nil ? nil : running(worker)) {
-                    case (let supervisor?, let served?) where served != supervisor: "\(supervisor) | worker: \(served)"
-                    case (let daemon?, _): daemon
-                    case (nil, let served?): "worker: \(served)"
-                    case (nil, nil): "-"
-                    }
+                let binary = DaemonProcess.binaryColumn(
+                    supervisor: daemon, worker: state.servingPID == nil ? nil : worker, isOurs: isOurs)
                 print(
                     [
                         state.devicePath, "nbd", state.attachMethod.rawValue, recovery, describe(daemon),
@@ -260,6 +266,7 @@ public enum MountTool {
                 print("/dev/nbd\(index)\tnbd\t?\t?\t?\t?\t?\t?\t?\t(unreadable state: \(error))")
             }
         }
+        for row in try UblkRecovery(logger: logger).listRows() { print(row.joined(separator: "\t")) }
     }
 
     static func enterNamespace(_ namespace: String?) throws {
@@ -311,13 +318,14 @@ public enum MountTool {
                                and state; the FUSE daemon)
               --disconnect TARGET abort an nbd device (/dev/nbdN or the mountpoint of an
                                EROFS mount of one) forcibly
-              --list           show the nbd devices mount.erofs manages, their daemons, the
-                               binary they run ("(deleted)": replaced since) and the
-                               kernel's view of their link
-              --reattach TARGET   start a new daemon for an nbd device (/dev/nbdN or its
-                               mountpoint) whose daemon died; refused while one lives
-              --upgrade TARGET    replace the serving worker of an nbd device with the binary
-                               now installed, without failing a request
+              --list           show the nbd and ublk devices mount.erofs manages, their
+                               daemons, the binary they run ("(deleted)": replaced since)
+                               and the kernel's view of their link
+              --reattach TARGET   start a new daemon for an nbd or ublk device (/dev/nbdN,
+                               /dev/ublkbN or its mountpoint) whose daemons died (ublk:
+                               by user recovery); refused while one lives
+              --upgrade TARGET    replace the serving worker of an nbd or ublk device with
+                               the binary now installed, without failing a request
           -d 0-9               verbosity: 0 quiet, 2 warnings (default), 9 everything
           -v                   verbose (same as -d 4)
           -f                   check the source and mountpoint, mount nothing

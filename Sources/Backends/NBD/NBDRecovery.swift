@@ -19,41 +19,9 @@ public struct NBDRecovery: Sendable {
         self.store = store
     }
 
-    /// N of /dev/nbdN for TARGET: the device itself, or the mountpoint of an EROFS mount of
-    /// one. Both are found by device number, never by a name: a tmpfs or a user's FUSE mount
-    /// may call its source /dev/nbd0.
+    /// N of /dev/nbdN for TARGET: the device itself, or the mountpoint of an EROFS mount of one.
     public static func deviceIndex(of target: String) throws(MountFailure) -> Int {
-        let canonical = canonicalPath(target)
-        let status: FileStatus
-        do { status = try FileStatus.stat(canonical) } catch {
-            throw MountFailure("cannot use \(target)", cause: error)
-        }
-        let number: (major: UInt32, minor: UInt32)
-        switch status.kind {
-        case .block:
-            number = (status.rdevMajor, status.rdevMinor)
-        case .dir:
-            let entry: MountInfoEntry?
-            do { entry = try MountTable.mount(at: canonical) } catch {
-                throw MountFailure("cannot read the mount table", cause: error)
-            }
-            guard let entry else { throw MountFailure("\(target) is neither /dev/nbdN nor mounted from one") }
-            guard entry.fsType == "erofs" else {
-                throw MountFailure(
-                    "\(target) is not an EROFS mount of an nbd device (it is \(entry.fsType) from \(entry.source))")
-            }
-            number = (entry.major, entry.minor)
-        default:
-            throw MountFailure("\(target) is neither /dev/nbdN nor mounted from one")
-        }
-        guard let name = BlockDevice.name(major: number.major, minor: number.minor),
-            let index = BlockDevice.index(of: name, prefix: "nbd")
-        else {
-            throw MountFailure(
-                "\(target) is neither /dev/nbdN nor mounted from one (its device \(number.major):\(number.minor) is \(BlockDevice.name(major: number.major, minor: number.minor) ?? "unknown"))"
-            )
-        }
-        return index
+        try managedDeviceIndex(of: target, prefix: "nbd", kind: "an nbd device")
     }
 
     /// The state of TARGET's device, attached over netlink (`ioctl`: why an ioctl device is
@@ -179,6 +147,45 @@ public struct NBDRecovery: Sendable {
         if let worker = state.worker, worker.isOurs(serving: state.backendIdentifier) { return worker.pid }
         return nil
     }
+}
+
+/// N of /dev/PREFIXN for TARGET (`kind`: "an nbd device", for messages): the device itself, or
+/// the mountpoint of an EROFS mount of one.
+/// Both are found by device number, never by a name: a tmpfs or a user's FUSE mount may call
+/// its source /dev/nbd0.
+public func managedDeviceIndex(of target: String, prefix: String, kind: String) throws(MountFailure) -> Int {
+    let canonical = canonicalPath(target)
+    let status: FileStatus
+    do { status = try FileStatus.stat(canonical) } catch {
+        throw MountFailure("cannot use \(target)", cause: error)
+    }
+    let neither = "\(target) is neither /dev/\(prefix)N nor mounted from one"
+    let number: (major: UInt32, minor: UInt32)
+    switch status.kind {
+    case .block:
+        number = (status.rdevMajor, status.rdevMinor)
+    case .dir:
+        let entry: MountInfoEntry?
+        do { entry = try MountTable.mount(at: canonical) } catch {
+            throw MountFailure("cannot read the mount table", cause: error)
+        }
+        guard let entry else { throw MountFailure(neither) }
+        guard entry.fsType == "erofs" else {
+            throw MountFailure(
+                "\(target) is not an EROFS mount of \(kind) (it is \(entry.fsType) from \(entry.source))")
+        }
+        number = (entry.major, entry.minor)
+    default:
+        throw MountFailure(neither)
+    }
+    guard let name = BlockDevice.name(major: number.major, minor: number.minor),
+        let index = BlockDevice.index(of: name, prefix: prefix)
+    else {
+        throw MountFailure(
+            "\(neither) (its device \(number.major):\(number.minor) is \(BlockDevice.name(major: number.major, minor: number.minor) ?? "unknown"))"
+        )
+    }
+    return index
 }
 
 extension DaemonProcess {
