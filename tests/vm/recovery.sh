@@ -11,6 +11,7 @@
 # "STALLS {json}" lines, then "N passed, N failed".
 set -uo pipefail
 source "$(dirname "$0")/common.sh"  # REPO, STATE, device_of, set_queue, field, wait_for
+source "$(dirname "$0")/load.sh"    # start_load, stop_load, report, gone, uptime_now
 BIN=${EROFS_BIN_DIR:-$REPO/.build/debug}
 CORPUS=${EROFS_CORPUS:-$REPO/../shared/corpus}
 KILLS=${KILLS:-20} REATTACHES=${REATTACHES:-5} UPGRADES=${UPGRADES:-10}
@@ -26,28 +27,6 @@ install -m 0755 "$BIN/mount.erofs" "$work/mount.erofs"
 MOUNT=$work/mount.erofs
 manifest=$CORPUS/$IMAGE.manifest.jsonl
 
-uptime_now() { cut -d' ' -f1 /proc/uptime; }
-
-start_load() {
-    rm -f "$work/stop"
-    for seed in 1 2; do
-        python3 "$REPO/tests/vm/read-load.py" "$1" "$manifest" "$work/stop" "$seed$RANDOM" --drop-caches >"$work/load$seed.json" &
-    done
-    sleep 1
-}
-stop_load() { touch "$work/stop"; wait; }
-report() {  # NAME: prints the summary and checks errors and mismatches
-    local summary
-    summary=$(python3 "$REPO/tests/vm/stall-report.py" "$1" "$work/events" "$work/load1.json" "$work/load2.json") || { not_ok "$1: no load report"; return; }
-    echo "STALLS [$kernel] $summary"
-    if python3 -c "import json,sys; s=json.loads(sys.argv[1]); sys.exit(0 if s['errors'] == 0 and s['mismatches'] == 0 and s['reads'] > 0 else 1)" "$summary"; then
-        ok "$1: $(python3 -c "import json,sys; s=json.loads(sys.argv[1]); print(f\"{s['reads']} reads, 0 errors, 0 mismatches; stall median {s['stall_median_ms']} ms, worst {s['stall_worst_ms']} ms\")" "$summary")"
-    else
-        not_ok "$1: read errors or mismatches: $summary"
-    fi
-}
-# Process $1 has exited (a zombie waiting for PID 1 to reap it counts as gone).
-gone() { [[ ! -e /proc/$1 ]] || { [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) == Z ]] && [[ $(ls "/proc/$1/task" 2>/dev/null | wc -l) -le 1 ]]; }; }
 left_nothing() {  # DEVICE INDEX, PIDS...: nothing of the device remains
     local n=$1; shift
     [[ $(cat /sys/block/nbd$n/size) == 0 ]] || { echo "nbd$n size $(cat /sys/block/nbd$n/size)"; return 1; }
