@@ -324,8 +324,9 @@ public enum MountTool {
               --reattach TARGET   start a new daemon for an nbd or ublk device (/dev/nbdN,
                                /dev/ublkbN or its mountpoint) whose daemons died (ublk:
                                by user recovery); refused while one lives
-              --upgrade TARGET    replace the serving worker of an nbd or ublk device with
-                               the binary now installed, without failing a request
+              --upgrade TARGET    replace the serving worker and the supervisor of an nbd or
+                               ublk device with the binary now installed, without failing a
+                               request
           -d 0-9               verbosity: 0 quiet, 2 warnings (default), 9 everything
           -v                   verbose (same as -d 4)
           -f                   check the source and mountpoint, mount nothing

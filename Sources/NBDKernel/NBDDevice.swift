@@ -22,15 +22,10 @@ public struct NBDDevice: Sendable, Hashable {
     public static func all(sysfsBlock: String = "/sys/block") -> [NBDDevice] {
         guard let directory = opendir(sysfsBlock) else { return [] }
         defer { closedir(directory) }
-        var devices: [NBDDevice] = []
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            guard name.hasPrefix("nbd"), let index = UInt32(name.dropFirst(3)) else { continue }
-            devices.append(NBDDevice(index: index, sysfsBlock: sysfsBlock))
-        }
-        return devices.sorted { $0.index < $1.index }
+        return directoryEntryNames(directory).compactMap { name in
+            guard name.hasPrefix("nbd"), let index = UInt32(name.dropFirst(3)) else { return nil }
+            return NBDDevice(index: index, sysfsBlock: sysfsBlock)
+        }.sorted { $0.index < $1.index }
     }
 
     /// The pid of the task that started the device (`pid`, present only while it runs). After
@@ -67,14 +62,7 @@ public struct NBDDevice: Sendable, Hashable {
     public var holders: [String] {
         guard let directory = opendir(sysfsPath + "/holders") else { return [] }
         defer { closedir(directory) }
-        var names: [String] = []
-        while let entry = readdir(directory) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
+        return directoryEntryNames(directory)
     }
 
     /// In service: started (pid present) with its capacity set.

@@ -117,14 +117,7 @@ public struct StateDirectory: Sendable {
             throw .lastErrno("read directory", path: path)
         }
         defer { closedir(stream) }
-        var names: [String] = []
-        while let entry = readdir(stream) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
-            }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
+        return directoryEntryNames(stream)
     }
 
     /// Creates the directory (0700) if needed and checks that it is safe to use.

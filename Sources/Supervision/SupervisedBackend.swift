@@ -23,8 +23,11 @@ import SystemCalls
 /// 5. The backend tells the supervisor what the kernel and its state say (`linkIsOurs`,
 ///    `record`, `forget`), and, for the crash-loop guard, which requests a dead worker held
 ///    (`requestsInFlight`) and how its successor fails one with EIO (`failRequests`).
+/// 6. A hot upgrade ends with the supervisor exec'ing the installed binary with
+///    `supervisorArguments(resuming:)`, keeping its pid, its children and its descriptors.
 /// The supervisor's main is `Supervisor(backend:system:).run(firstMode:)`: it starts the first
-/// worker, forwards its report to descriptor 3 and then serves signals.
+/// worker, forwards its report to descriptor 3 and then serves signals; after an exec,
+/// `Supervisor(backend:system:resuming:).resume()`.
 public protocol SupervisedBackend {
     /// The link as messages name it: "/dev/nbd3".
     func linkName(_ link: UInt32) -> String
@@ -72,6 +75,11 @@ public protocol SupervisedBackend {
     /// Makes the next worker answer `requests` with EIO instead of serving them (they crashed
     /// the workers before it). False when the backend cannot.
     func failRequests(_ requests: [InFlightRequest]) -> Bool
+
+    /// The arguments after argv[0] with which the installed binary goes on supervising from
+    /// `handover` (a hot upgrade replaces the supervisor too); nil when it cannot. The backend's
+    /// main passes the parsed handover to `Supervisor(backend:system:resuming:)`.
+    func supervisorArguments(resuming handover: SupervisorHandover) -> [String]?
 }
 
 /// How a worker gets its kernel link. The words are part of the command line of workers that
@@ -140,4 +148,12 @@ public struct InFlightRequest: Sendable, Hashable {
         self.key = key
         self.summary = summary
     }
+}
+
+extension SupervisedBackend {
+    /// A backend without a journal cannot tell: the crash-loop guard sees nothing.
+    public func requestsInFlight() -> [InFlightRequest] { [] }
+    public func failRequests(_ requests: [InFlightRequest]) -> Bool { false }
+    /// A backend that says nothing keeps its supervisor across upgrades (only its workers move).
+    public func supervisorArguments(resuming handover: SupervisorHandover) -> [String]? { nil }
 }

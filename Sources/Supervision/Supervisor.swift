@@ -81,9 +81,44 @@ public final class Supervisor<Backend: SupervisedBackend> {
         self.reportDescriptor = reportDescriptor
     }
 
+    /// Goes on supervising after the exec of a hot upgrade, from what the previous binary
+    /// handed over (see `SupervisorHandover`).
+    public convenience init(
+        backend: Backend, system: any SupervisorSystem, resuming handover: SupervisorHandover,
+        workerExecutable: String, crashLoopLimit: Int = 3
+    ) {
+        self.init(
+            backend: backend, system: system, workerExecutable: workerExecutable, crashLoopLimit: crashLoopLimit,
+            reportDescriptor: -1)
+        link = handover.link
+        recovers = handover.recovers
+        active = Worker(
+            process: handover.worker, status: handover.workerStatus,
+            control: ControlChannel(descriptor: handover.workerControl))
+        if handover.liveLink >= 0 { liveLink = OwnedDescriptor(handover.liveLink) }
+        if handover.liveReplyFile >= 0 { liveReplyFile = OwnedDescriptor(handover.liveReplyFile) }
+        // Close-on-exec again: the workers get them only where spawn puts them.
+        handover.setInherited(false)
+    }
+
     /// The supervisor's whole life; returns its exit status.
     public func run(firstMode: WorkerMode = .connect) -> Int32 {
         if let status = start(firstMode: firstMode) { return status }
+        return serve()
+    }
+
+    /// After `init(resuming:)`: a standby, then signals as before the exec.
+    public func resume() -> Int32 {
+        log("\(name): supervising again as \(system.installedExecutable()), worker \(active?.process.pid ?? 0)")
+        if recovers {
+            replaceStandby()
+            _ = cshim_populate_executable_code_in_background()
+        }
+        // A child that ended during the exec left its SIGCHLD pending: it is taken below.
+        return serve()
+    }
+
+    func serve() -> Int32 {
         while true {
             if let status = handle(system.nextSignal(timeout: 1)) { return status }
         }
@@ -316,7 +351,26 @@ public final class Supervisor<Backend: SupervisedBackend> {
         let milliseconds = Int((system.now() - started) * 1000)
         log("\(name): upgraded to worker \(fresh.process.pid) in \(milliseconds) ms")
         record(.upgraded, serving: fresh.process)
+        replaceSupervisor(with: executable)
         replaceStandby()
+    }
+
+    /// The end of a hot upgrade: this process becomes the installed binary too, keeping its
+    /// pid (the state names it), its children and the descriptors of the serving worker. On
+    /// success it does not return; when the exec fails the old supervisor goes on.
+    func replaceSupervisor(with executable: String) {
+        guard let active else { return }
+        stopStandby()  // the new supervisor starts its own
+        let handover = SupervisorHandover(
+            link: link, recovers: recovers, worker: active.process, workerStatus: active.status,
+            workerControl: active.control.descriptor, liveLink: liveLink?.rawValue ?? -1,
+            liveReplyFile: liveReplyFile?.rawValue ?? -1, shared: backend.sharedDescriptors)
+        guard let arguments = backend.supervisorArguments(resuming: handover) else { return }
+        log("\(name): replacing the supervisor with \(executable)")
+        handover.setInherited(true)
+        let error = system.replaceProcess(executable: executable, arguments: arguments)
+        handover.setInherited(false)
+        log("\(name): the supervisor stays as it was: \(error)")
     }
 
     /// Asks the standby to go on serving the live link from the journal; false when it could

@@ -30,6 +30,9 @@ public protocol SupervisorSystem: AnyObject {
     func installedExecutable() -> String
     /// One line of the supervisor's log.
     func log(_ line: String)
+    /// Replaces this process with `executable arguments...` (execve: same pid, same children,
+    /// signal mask and descriptors without close-on-exec); returns only when that failed.
+    func replaceProcess(executable: String, arguments: [String]) -> SystemError
 }
 
 /// The real system: posix_spawn, waitpid, sigtimedwait on signals blocked at creation.
@@ -96,6 +99,13 @@ public final class ProcessSystem: SupervisorSystem {
     public func log(_ line: String) {
         var text = line + "\n"
         text.withUTF8 { _ = write(1, $0.baseAddress, $0.count) }
+    }
+
+    public func replaceProcess(executable: String, arguments: [String]) -> SystemError {
+        var argv: [UnsafeMutablePointer<CChar>?] = ([executable] + arguments).map { strdup($0) } + [nil]
+        defer { for pointer in argv { free(pointer) } }
+        execve(executable, &argv, environ)
+        return .lastErrno("execve", path: executable)
     }
 }
 

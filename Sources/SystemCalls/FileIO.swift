@@ -52,3 +52,16 @@ extension FileDescriptor {
         return sent >= 0
     }
 }
+
+/// The names in an open directory stream (opendir/fdopendir), without "." and "..": names are
+/// bytes, decoded as UTF-8 for the callers that match them against names they made.
+public func directoryEntryNames(_ stream: OpaquePointer) -> [String] {
+    var names: [String] = []
+    while let entry = readdir(stream) {
+        let name = withUnsafeBytes(of: entry.pointee.d_name) {
+            String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+        }
+        if name != "." && name != ".." { names.append(name) }
+    }
+    return names
+}

@@ -96,6 +96,16 @@ import Testing
         func installedExecutable() -> String { installed }
         func log(_ line: String) { logs.append(line) }
 
+        /// Each exec asked for, with whether its descriptors were inheritable at that moment;
+        /// the exec then fails, as one of a missing binary would.
+        var replacements: [(executable: String, arguments: [String], inheritable: Bool)] = []
+        func replaceProcess(executable: String, arguments: [String]) -> SystemError {
+            let handover = arguments.last.flatMap(SupervisorHandover.init(argument:))
+            let inheritable = handover?.descriptors.allSatisfy { fcntl($0, F_GETFD) & FD_CLOEXEC == 0 } ?? false
+            replacements.append((executable, arguments, inheritable))
+            return SystemError("execve", path: executable, errno: .noSuchFileOrDirectory)
+        }
+
         func worker(_ pid: Int32?) -> FakeWorker? { workers.first { $0.process.pid == pid } }
 
         /// Worker `pid` died by `signal`: its ends close and SIGCHLD is due.
@@ -154,6 +164,9 @@ import Testing
         func failRequests(_ requests: [InFlightRequest]) -> Bool {
             failed.append(requests)
             return true
+        }
+        func supervisorArguments(resuming handover: SupervisorHandover) -> [String]? {
+            ["--supervise", SupervisorHandover.flag, handover.argument]
         }
     }
 
@@ -432,6 +445,69 @@ import Testing
         }
         #expect(harness.backend.events == [.upgraded])
         #expect(harness.standby?.executable == harness.system.installed)
+    }
+
+    /// The upgrade ends by exec'ing the installed binary as the supervisor, handing over the
+    /// serving worker and the links; a supervisor resumed from that handover supervises on.
+    @Test func upgradeReplacesTheSupervisorWithItsState() throws {
+        let harness = Harness()
+        _ = try harness.start()
+        harness.standbyBehaviour = .takeOver
+        harness.system.onSignal = { signal, worker in
+            if signal == SIGUSR2 { worker.say(.handOff(harness.link.server)) }
+        }
+        #expect(harness.supervisor.handle(SIGUSR1) == nil)
+        let fresh = try #require(harness.active)
+        let replacement = try #require(harness.system.replacements.first)
+        #expect(replacement.executable == harness.system.installed)
+        #expect(replacement.inheritable, "the descriptors survive the exec")
+        let argument = try #require(replacement.arguments.last)
+        let handover = try #require(SupervisorHandover(argument: argument))
+        #expect(handover.link == 5 && handover.recovers && handover.worker == fresh.process)
+        #expect(handover.descriptors.allSatisfy { fcntl($0, F_GETFD) & FD_CLOEXEC != 0 }, "close-on-exec again")
+        #expect(harness.system.logs.contains { $0.contains("the supervisor stays as it was") })
+        #expect(harness.standby != nil, "the exec failed: the old supervisor goes on, with a standby")
+
+        // What the new binary would do with it (copies: the old supervisor here still owns them).
+        var copy = handover
+        copy.workerStatus = dup(handover.workerStatus)
+        copy.workerControl = dup(handover.workerControl)
+        copy.liveLink = dup(handover.liveLink)
+        copy.liveReplyFile = -1
+        copy.shared = []
+        let parsed = try #require(SupervisorHandover(argument: copy.argument))
+        let resumed = Supervisor(
+            backend: harness.backend, system: harness.system, resuming: parsed,
+            workerExecutable: harness.system.installed)
+        #expect(resumed.active?.process == fresh.process && resumed.liveLink?.rawValue == copy.liveLink)
+        harness.standbyBehaviour = .resume
+        resumed.replaceStandby()
+        let standby = try #require(harness.system.worker(resumed.standby?.process.pid))
+        harness.system.kill(fresh.process.pid)
+        #expect(resumed.handle(SIGCHLD) == nil)
+        #expect(resumed.active?.process == standby.process)
+        guard case .resume? = standby.heard().last else {
+            Issue.record("the resumed supervisor did not resume the live link")
+            return
+        }
+    }
+
+    @Test(arguments: [
+        "", "link=5", "link=5,recovers=1,worker=1:2,status=3,control=4,live=-1,reply=-1,shared=",
+        "link=5,recovers=2,worker=100:2,status=0,control=1,live=-1,reply=-1,shared=",
+        "link=5,recovers=1,worker=100:2,status=0,control=1,live=-1,reply=-1,shared=0:x",
+        "link=5,recovers=1,worker=100:2,status=0,control=1,live=-1,reply=-1,shared=,link=6",
+        "link=5,recovers=1,worker=100:2,status=0,control=99999,live=-1,reply=-1,shared=",
+    ])
+    func malformedHandoversAreRefused(argument: String) {
+        #expect(SupervisorHandover(argument: argument) == nil)
+    }
+
+    @Test func handoverRoundTrips() throws {
+        let handover = SupervisorHandover(
+            link: 7, recovers: true, worker: DaemonProcess(pid: 4242, startTime: 99), workerStatus: 0,
+            workerControl: 1, liveLink: 2, liveReplyFile: -1, shared: [-1, 0])
+        #expect(SupervisorHandover(argument: handover.argument) == handover)
     }
 
     /// Upgrade during a recovery: the serving worker died before it could hand its link over.

@@ -25,7 +25,18 @@ public enum NBDSupervisor {
     }
 
     public static func main(_ arguments: [String]) -> Int32 {
-        guard let settings = NBDDaemon.Settings(arguments: [NBDDaemon.flag] + arguments.dropFirst()),
+        // After the exec of a hot upgrade: the settings, then the handover.
+        var settingsArguments = arguments
+        var handover: SupervisorHandover?
+        if arguments.count >= 2, arguments[arguments.count - 2] == SupervisorHandover.flag {
+            handover = SupervisorHandover(argument: arguments[arguments.count - 1])
+            settingsArguments.removeLast(2)
+            guard handover != nil else {
+                ProcessSystem().log("erofs-nbd-supervisor[\(getpid())]: internal error: bad handover \(arguments)")
+                return NBDDaemon.Exit.badArguments.rawValue
+            }
+        }
+        guard let settings = NBDDaemon.Settings(arguments: [NBDDaemon.flag] + settingsArguments.dropFirst()),
             arguments.first == flag, !settings.forceIoctl
         else {
             DaemonReport.failed("internal error: bad supervisor arguments \(arguments)").send(
@@ -34,6 +45,21 @@ public enum NBDSupervisor {
         }
         signal(SIGPIPE, SIG_IGN)
         let system = ProcessSystem()
+        if let handover {
+            // The descriptors every worker shares are the previous binary's: the journal (its
+            // layout is checked by each worker that maps it) and the image.
+            let shared = handover.shared + [-1, -1]
+            var journal: RequestJournal?
+            if shared[0] >= 0 {
+                do { journal = try RequestJournal(descriptor: shared[0]) } catch {
+                    system.log("erofs-nbd-supervisor[\(getpid())]: the request journal is not this build's: \(error)")
+                }
+            }
+            let backend = NBDSupervisedBackend(settings: settings, journal: journal, image: shared[1])
+            return Supervisor(
+                backend: backend, system: system, resuming: handover, workerExecutable: system.installedExecutable()
+            ).resume()
+        }
         let journal: RequestJournal?
         do { journal = try RequestJournal.create() } catch {
             system.log(
@@ -141,6 +167,10 @@ public struct NBDSupervisedBackend: SupervisedBackend {
         guard let journal else { return false }
         let keys = Set(requests.map(\.key))
         return journal.failOnResume { keys.contains(Self.inFlight($0).key) } > 0
+    }
+
+    public func supervisorArguments(resuming handover: SupervisorHandover) -> [String]? {
+        NBDSupervisor.arguments(for: settings) + [SupervisorHandover.flag, handover.argument]
     }
 
     static func inFlight(_ request: Request) -> InFlightRequest {
