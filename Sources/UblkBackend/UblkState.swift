@@ -14,7 +14,7 @@ import UblkKernel
 
 /// What `-u`, `--reattach`, `--upgrade` and the supervisor need of a ublk device we made: no
 /// secrets, only the device, the image's identity and our processes.
-public struct UblkDeviceState: Codable, Sendable, Equatable {
+public struct UblkDeviceState: Codable, Sendable, Equatable, SupervisedState {
     public var deviceID: UInt32
     public var source: String
     public var sizeBytes: UInt64
@@ -48,7 +48,8 @@ public struct UblkDeviceState: Codable, Sendable, Equatable {
     /// flag, this device): only such a process is ever signalled.
     public func isOurs(_ process: DaemonProcess?) -> Bool {
         process?.runsOurBinary { arguments in
-            arguments.count == 5 && [UblkDaemon.flag, UblkSupervisor.flag].contains(arguments[1])
+            // A supervisor exec'd by an upgrade has the handover after these.
+            arguments.count >= 5 && [UblkDaemon.flag, UblkSupervisor.flag].contains(arguments[1])
                 && arguments[3] == String(deviceID)
         } ?? false
     }

@@ -17,7 +17,8 @@ import UblkKernel
 /// the standby's `reconnect` is a user recovery (START_USER_RECOVERY, FETCH, END_USER_RECOVERY).
 /// A hot upgrade asks the worker for a hand-over with SIGUSR2; a ublk worker ends on it
 /// (SIGUSR2's default action), which the supervisor takes as a worker gone on the way: it
-/// sends the upgraded standby `reconnect`, the same recovery.
+/// sends the upgraded standby `reconnect`, the same recovery. Then the supervisor execs the
+/// installed binary with `--resume-supervision` (same pid, children and descriptors).
 public enum UblkSupervisor {
     public static let flag = "--supervise-ublk-device"
     static let imageDescriptor: Int32 = 4
@@ -27,7 +28,9 @@ public enum UblkSupervisor {
     }
 
     public static func main(_ arguments: [String]) -> Int32 {
-        guard let settings = UblkDaemon.Settings(arguments: arguments, flag: flag),
+        // After the exec of a hot upgrade: the settings, then the handover.
+        guard let (own, handover) = SupervisorHandover.split(arguments),
+            let settings = UblkDaemon.Settings(arguments: own, flag: flag),
             settings.mode == .connect || settings.mode == .reattach(settings.deviceID)
         else {
             DaemonReport.failed("internal error: bad supervisor arguments \(arguments)").send(to: 3)
@@ -36,16 +39,27 @@ public enum UblkSupervisor {
         signal(SIGPIPE, SIG_IGN)
         // Before any thread: the supervisor takes its signals with sigtimedwait.
         let system = ProcessSystem()
+        if let handover {
+            let backend = UblkSupervisedDevice(settings: settings, image: handover.shared.first ?? -1)
+            return Supervisor(
+                backend: backend, system: system, resuming: handover, workerExecutable: system.installedExecutable()
+            ).resume()
+        }
         let image = fcntl(imageDescriptor, F_GETFD) >= 0 ? imageDescriptor : -1
-        let backend = UblkSupervisedDevice(source: settings.source, deviceID: settings.deviceID, image: image)
+        let backend = UblkSupervisedDevice(settings: settings, image: image)
         return Supervisor(backend: backend, system: system).run(firstMode: settings.mode)
     }
 }
 
-/// One ublk device as the shared supervisor sees it.
+/// One ublk device as the shared supervisor sees it. No crash-loop guard (the protocol's
+/// defaults): the driver reissues what a dead worker held without saying which requests those
+/// were, and a worker answers reads with pread into bounded buffers, so no request of a hostile
+/// image kills it.
 struct UblkSupervisedDevice: SupervisedBackend {
-    let source: String
-    let deviceID: UInt32
+    /// The supervisor's own: its command line after an upgrade's exec.
+    let settings: UblkDaemon.Settings
+    var source: String { settings.source }
+    var deviceID: UInt32 { settings.deviceID }
     /// The image, handed to every worker as its descriptor 5; -1: workers open the path.
     let image: Int32
     var store = UblkStateStore()
@@ -94,24 +108,13 @@ struct UblkSupervisedDevice: SupervisedBackend {
         if (try? store.load(device: link))??.source == source { try? store.remove(device: link) }
     }
 
-    func record(_ event: SupervisorEvent, link: UInt32, serving: DaemonProcess?) {
-        guard var state = (try? store.load(device: link)) ?? nil, state.source == source else { return }
-        if let serving {
-            state.servingPID = serving.pid
-            state.servingStartTime = serving.startTime
-        }
-        switch event {
-        case .recovered(let milliseconds):
-            state.recoveries = (state.recoveries ?? 0) + 1
-            state.lastRecoveryMilliseconds = milliseconds
-        case .upgraded:
-            state.upgrades = (state.upgrades ?? 0) + 1
-        }
-        try? store.save(state)
+    func record(_ event: SupervisorEvent, link: UInt32, serving: DaemonProcess?) throws(SystemError) {
+        guard var state = try store.load(device: link), state.source == source else { return }
+        state.apply(event, serving: serving)
+        try store.save(state)
     }
 
-    /// The driver reissues what a dead worker held; which requests those were is not ours to
-    /// know, and a request cannot be failed from outside: no crash-loop guard for ublk yet.
-    func requestsInFlight() -> [InFlightRequest] { [] }
-    func failRequests(_ requests: [InFlightRequest]) -> Bool { false }
+    func supervisorArguments(resuming handover: SupervisorHandover) -> [String]? {
+        UblkSupervisor.arguments(for: settings) + [SupervisorHandover.flag, handover.argument]
+    }
 }

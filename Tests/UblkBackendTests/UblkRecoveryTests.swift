@@ -30,7 +30,8 @@ import UblkKernel
     /// Only a worker that exited 0 (its device ended under it) ends the supervision; a kill, a
     /// crash, a failure or the SIGUSR2 of an upgrade leave a device to recover.
     @Test func workerEndings() {
-        let device = UblkSupervisedDevice(source: "/i", deviceID: 0, image: -1)
+        let device = UblkSupervisedDevice(
+            settings: UblkDaemon.Settings(source: "/i", deviceID: 0, mode: .connect), image: -1)
         #expect(device.ending(ofWorkerWithStatus: 0) == .linkEnded)
         #expect(device.ending(ofWorkerWithStatus: 1 << 8) == .died)
         #expect(device.ending(ofWorkerWithStatus: UblkDaemon.Exit.released.rawValue << 8) == .died)

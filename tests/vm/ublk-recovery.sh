@@ -12,7 +12,7 @@
 # Prints "ok - ..." / "not ok - ..." lines, "STALLS {json}" lines, then "N passed, N failed".
 set -uo pipefail
 source "$(dirname "$0")/common.sh"  # REPO, device_of, wait_for
-source "$(dirname "$0")/load.sh"    # start_load, stop_load, report, gone, uptime_now
+source "$(dirname "$0")/load.sh"    # start_load, stop_load, report, gone, uptime_now, upgrade_runs, ...
 BIN=${EROFS_BIN_DIR:-$REPO/.build/debug}
 CORPUS=${EROFS_CORPUS:-$REPO/../shared/corpus}
 KILLS=${KILLS:-20} REATTACHES=${REATTACHES:-5} UPGRADES=${UPGRADES:-10}
@@ -52,7 +52,7 @@ if "$MOUNT" -t erofs.ublk "$CORPUS/$IMAGE.erofs" "$mnt" 2>"$work/err"; then
     dev=$(device_of "$mnt"); n=${dev#/dev/ublkb}
     row=$("$MOUNT" --list | grep "^$dev	")
     if [[ $(awk -F'\t' '{print NF}' <<<"$row") == 10 && $(cut -f2,3,4,7 <<<"$row") == "ublk	uring	auto	live" \
-        && $(cut -f9 <<<"$row") == "$MOUNT" && $(cut -f10 <<<"$row") == "$CORPUS/$IMAGE.erofs" \
+        && $(cut -f9 <<<"$row") == "$MOUNT" && $(cut -f10 <<<"$row") == "$(readlink -f "$CORPUS/$IMAGE.erofs")" \
         && $(cut -f5 <<<"$row") == "$(ufield "$n" daemonPID)" && $(cut -f6 <<<"$row") == "$(ufield "$n" servingPID)" ]]; then
         ok "--list shows $dev in the nbd columns: $row"
     else
@@ -117,31 +117,10 @@ fi
 # 3. Hot upgrade to a newly installed binary.
 mnt=$work/upgrade; mkdir -p "$mnt"; : >"$work/events"
 if "$MOUNT" -t erofs.ublk "$CORPUS/$IMAGE.erofs" "$mnt" 2>"$work/err"; then
-    dev=$(device_of "$mnt"); n=${dev#/dev/ublkb}
+    dev=$(device_of "$mnt"); n=${dev#/dev/ublkb}; supervisor=$(ufield "$n" daemonPID)
     start_load "$mnt"
-    upgraded=0
-    for i in $(seq "$UPGRADES"); do
-        sleep "0.$((RANDOM % 5 + 1))"
-        install -m 0755 "$BIN/mount.erofs" "$work/mount.erofs.new" && mv -f "$work/mount.erofs.new" "$MOUNT"
-        old=$(ufield "$n" servingPID)
-        uptime_now >>"$work/events"
-        if "$MOUNT" --upgrade "$mnt" 2>"$work/err"; then
-            new=$(ufield "$n" servingPID)
-            exe=$(readlink "/proc/$new/exe")
-            if [[ $new != "$old" && $exe == "$MOUNT" ]] && wait_for "gone $old" 5; then upgraded=$((upgraded + 1))
-            else echo "# upgrade $i: worker $old -> $new ($exe)"; fi
-        else
-            echo "# upgrade $i: $(cat "$work/err")"
-        fi
-    done
-    # A crash after the upgrades must not bring the old code back: the standby runs the new binary.
-    old=$(ufield "$n" servingPID)
-    kill -9 "$old"
-    if wait_for "served_again $n $old" 20 && exe=$(readlink "/proc/$(ufield "$n" servingPID)/exe") && [[ $exe == "$MOUNT" ]]; then
-        ok "upgrade: the worker that takes over after a crash runs the upgraded binary"
-    else
-        not_ok "upgrade: after a crash the worker runs '${exe:-?}', not $MOUNT"
-    fi
+    upgrade_runs "$mnt" "ufield $n servingPID"
+    upgraded_everywhere "$dev" "$supervisor" "ufield $n daemonPID" "ufield $n servingPID"
     stop_load
     [[ $upgraded == "$UPGRADES" ]] && ok "upgrade: $UPGRADES hot upgrades, each to the newly installed binary" || not_ok "upgrade: $upgraded of $UPGRADES"
     report "ublk hot upgrade ($UPGRADES x)"

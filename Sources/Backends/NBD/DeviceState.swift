@@ -3,12 +3,13 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import Supervision
 import SystemCalls
 
 /// What `mount.erofs` records about an nbd device it manages: enough for `-u`, `--list`,
 /// `--disconnect` and `--reattach` to act on the device later, from another process.
 /// Written 0600 under /run; it never holds credentials (remote sources keep theirs elsewhere).
-public struct DeviceState: Codable, Sendable, Equatable {
+public struct DeviceState: Codable, Sendable, Equatable, SupervisedState {
     public enum AttachMethod: String, Codable, Sendable {
         /// Generic netlink: the device survives its daemon and can be reattached.
         case netlink

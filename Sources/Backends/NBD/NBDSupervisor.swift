@@ -26,15 +26,9 @@ public enum NBDSupervisor {
 
     public static func main(_ arguments: [String]) -> Int32 {
         // After the exec of a hot upgrade: the settings, then the handover.
-        var settingsArguments = arguments
-        var handover: SupervisorHandover?
-        if arguments.count >= 2, arguments[arguments.count - 2] == SupervisorHandover.flag {
-            handover = SupervisorHandover(argument: arguments[arguments.count - 1])
-            settingsArguments.removeLast(2)
-            guard handover != nil else {
-                ProcessSystem().log("erofs-nbd-supervisor[\(getpid())]: internal error: bad handover \(arguments)")
-                return NBDDaemon.Exit.badArguments.rawValue
-            }
+        guard let (settingsArguments, handover) = SupervisorHandover.split(arguments) else {
+            ProcessSystem().log("erofs-nbd-supervisor[\(getpid())]: internal error: bad handover \(arguments)")
+            return NBDDaemon.Exit.badArguments.rawValue
         }
         guard let settings = NBDDaemon.Settings(arguments: [NBDDaemon.flag] + settingsArguments.dropFirst()),
             arguments.first == flag, !settings.forceIoctl
@@ -143,17 +137,7 @@ public struct NBDSupervisedBackend: SupervisedBackend {
         guard var state = try? store.load(device: Int(link)), state.backendIdentifier == settings.identifier else {
             return
         }
-        if let serving {
-            state.servingPID = serving.pid
-            state.servingStartTime = serving.startTime
-        }
-        switch event {
-        case .recovered(let milliseconds):
-            state.recoveries = (state.recoveries ?? 0) + 1
-            state.lastRecoveryMilliseconds = milliseconds
-        case .upgraded:
-            state.upgrades = (state.upgrades ?? 0) + 1
-        }
+        state.apply(event, serving: serving)
         try store.save(state)
     }
 
