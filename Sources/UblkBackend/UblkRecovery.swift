@@ -61,7 +61,7 @@ public struct UblkRecovery: Sendable {
                 "\(state.devicePath) is still served by process \(alive.pid); `mount.erofs --upgrade \(target)` replaces its worker"
             )
         }
-        let image = try reopenImage(of: state)
+        let image = try ImageIdentity.reopen(state.source, mountedAs: state.image, on: state.devicePath, logger: logger)
         defer { try? image.close() }
         try UblkLauncher(store: store).start(
             UblkDaemon.Settings(source: state.source, deviceID: id, mode: .reattach(id)), image: image.rawValue,
@@ -71,34 +71,6 @@ public struct UblkRecovery: Sendable {
             throw MountFailure("\(state.devicePath) is served again, but its state could not be saved", cause: error)
         }
         return state
-    }
-
-    /// The image opened again by its path: it must be the very file the device was mounted
-    /// from, unchanged (a file renamed over the path, or rewritten, would be served under a
-    /// filesystem that cached the old one).
-    func reopenImage(of state: UblkDeviceState) throws(MountFailure) -> FileDescriptor {
-        let image = try ImageProbe.open(state.source)
-        let current: FileStatus
-        do { current = try FileStatus.fstat(image) } catch {
-            try? image.close()
-            throw MountFailure("cannot use \(state.source)", cause: error)
-        }
-        let change: String?
-        if let expected = state.image {
-            change = ImageIdentity(current).difference(from: expected)
-        } else {
-            let same = UInt64(current.device) == state.imageDevice && UInt64(current.inode) == state.imageInode
-            change =
-                same
-                ? nil : "device:inode \(state.imageDevice):\(state.imageInode) -> \(current.device):\(current.inode)"
-        }
-        if let change {
-            try? image.close()
-            throw MountFailure(
-                "\(state.source) is not the image \(state.devicePath) was mounted from (\(change)): refusing to serve it under the mounted filesystem; unmount it (`mount.erofs -u`) and mount the new image"
-            )
-        }
-        return image
     }
 
     /// Replaces the serving worker with the binary now installed: asks the supervisor and

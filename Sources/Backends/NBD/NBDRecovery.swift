@@ -90,25 +90,7 @@ public struct NBDRecovery: Sendable {
     /// the very file the device was mounted from, unchanged (a file renamed over the path, or
     /// rewritten, would be served under a filesystem that cached the old one).
     func reopenImage(of state: DeviceState) throws(MountFailure) -> FileDescriptor {
-        let image = try ImageProbe.open(state.source)
-        guard let expected = state.image else {
-            logger.warning(
-                "\(state.devicePath): its state predates image checks; \(state.source) is served without checking it is the file mounted"
-            )
-            return image
-        }
-        let change: String?
-        do { change = ImageIdentity(try FileStatus.fstat(image)).difference(from: expected) } catch {
-            try? image.close()
-            throw MountFailure("cannot use \(state.source)", cause: error)
-        }
-        if let change {
-            try? image.close()
-            throw MountFailure(
-                "\(state.source) is not the image \(state.devicePath) was mounted from (\(change)): refusing to serve it under the mounted filesystem; unmount it (`mount.erofs -u`) and mount the new image"
-            )
-        }
-        return image
+        try ImageIdentity.reopen(state.source, mountedAs: state.image, on: state.devicePath, logger: logger)
     }
 
     /// Replaces the serving worker with the binary now installed, without failing a request:
