@@ -200,7 +200,7 @@ import Testing
 
     /// What a standby says once asked: go on from the journal, reconnect after a refused
     /// resume, or take a link over (a hot upgrade's `serveLink`).
-    enum StandbyBehaviour { case resume, reconnect, takeOver }
+    enum StandbyBehaviour { case resume, reconnect, takeOver, silent }
 
     /// A supervisor whose first worker attached /dev/fake5 over "netlink" and shares `link`;
     /// every standby says `prepared`, then behaves as `standbyBehaviour` says.
@@ -225,6 +225,7 @@ import Testing
                     case .resume: worker.say(.resumed(true))
                     case .reconnect: worker.say(.resumed(false))
                     case .takeOver: break
+                    case .silent: return
                     }
                     if standbyBehaviour != .resume {
                         // Serving a link of its own: it shares it.
@@ -354,6 +355,25 @@ import Testing
         #expect(
             try receiveStatusLine(from: harness.reportEnds[0], timeout: 2)?.hasPrefix(
                 "error the serving worker exited before attaching") == true)
+    }
+
+    /// The standby dies as it is asked to take over (before any answer): a fresh worker
+    /// reattaches the device instead.
+    @Test func standbyDeathDuringTheTakeover() throws {
+        let harness = Harness()
+        harness.standbyBehaviour = .silent
+        _ = try harness.start()
+        let standby = try #require(harness.standby)
+        standby.vanish()  // its SIGCHLD comes after the worker's
+        harness.system.kill(harness.active?.process.pid)
+        harness.standbyBehaviour = .resume
+        #expect(harness.supervisor.handle(SIGCHLD) == nil)
+        #expect(harness.active?.mode == "reattach:5")
+        #expect(harness.system.terminated.contains(standby.process.pid))
+        #expect(harness.supervisor.liveLink?.rawValue != nil, "the reattached worker's link is held")
+        harness.system.exited.append((standby.process.pid, SIGKILL))
+        #expect(harness.supervisor.handle(SIGCHLD) == nil, "the late SIGCHLD of the dead standby changes nothing")
+        #expect(harness.active?.mode == "reattach:5")
     }
 
     /// The standby dies: it is replaced a second later, not in a loop.
