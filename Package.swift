@@ -209,6 +209,8 @@ let package = Package(
                 "ErofsTool", "MountErofsTool",
             ], exclude: ["Servers"]),
         .testTarget(name: "UblkKernelTests", dependencies: ["UblkKernel", "IOURing"]),
+        .testTarget(
+            name: "UblkBackendTests", dependencies: ["UblkBackend", "UblkKernel", "Supervision", "SystemCalls"]),
         // LZ4 throughput: the Swift decoder against liblz4 (release build).
         .executableTarget(name: "LZ4Bench", dependencies: ["Compression", "CLZ4"]),
         .testTarget(

@@ -320,12 +320,10 @@ public struct FUSEBackend: Sendable {
     /// `--list` rows of the FUSE mounts, in nbd's columns (DEVICE BACKEND METHOD RECOVERY DAEMON
     /// WORKER LINK MOUNTPOINT BINARY SOURCE): DEVICE is the connection's device number, METHOD
     /// how a new worker gets a dead one's requests (resend or journal), DAEMON the supervisor,
-    /// WORKER the process serving requests, BINARY as `binaries` says for nbd. Without its
+    /// WORKER the process serving requests, BINARY as for nbd, SOURCE the image or the remote
+    /// object's name (never a credential). Without its
     /// supervisor a mount still serves, but a worker death is then final: RECOVERY says so.
-    public static func listRows(
-        store: FUSEStateStore = FUSEStateStore(),
-        binaries: (_ supervisor: DaemonProcess, _ worker: DaemonProcess?, _ isOurs: (DaemonProcess) -> Bool) -> String
-    ) -> [[String]] {
+    public static func listRows(store: FUSEStateStore = FUSEStateStore()) -> [[String]] {
         let mounted = Set(
             ((try? MountTable.read()) ?? []).filter { $0.fsType == "fuse.erofs" }.map { "\($0.major):\($0.minor)" })
         return store.all().map { major, minor, state in
@@ -345,7 +343,9 @@ public struct FUSEBackend: Sendable {
             return [
                 "\(major):\(minor)", "fuse", state.recovery ?? "-",
                 supervised ? "auto" : "none (supervisor gone)", describe(state.daemon), describe(state.worker), link,
-                state.mountPoint, binaries(state.daemon, state.worker, state.isOurs), state.source,
+                state.mountPoint,
+                DaemonProcess.binaryColumn(supervisor: state.daemon, worker: state.worker, isOurs: state.isOurs),
+                (try? ServedSource(argument: state.source))?.displayName ?? state.source,
             ]
         }
     }

@@ -30,6 +30,7 @@ public enum MountTool {
         if arguments.first == FUSEDaemon.flag { return FUSEDaemon.main(arguments) }
         if arguments.first == FUSESupervisor.flag { return FUSESupervisor.main(arguments) }
         if arguments.first == UblkDaemon.flag { return UblkDaemon.main(arguments) }
+        if arguments.first == UblkSupervisor.flag { return UblkSupervisor.main(arguments) }
         let line: MountCommandLine
         do { line = try MountCommandLine.parse(arguments) } catch {
             printError("\(error)")
@@ -97,8 +98,15 @@ public enum MountTool {
         case .disconnect:
             try disconnect(line.target!, logger: logger)
         case .list:
-            try list()
+            try list(logger: logger)
         case .reattach:
+            if let id = UblkRecovery.deviceID(of: line.target!) {
+                let state = try UblkRecovery(logger: logger).reattach(id, target: line.target!)
+                logger.info(
+                    "\(state.devicePath) is served again by worker \(state.servingPID.map(String.init) ?? "?") (supervisor \(state.daemonPID.map(String.init) ?? "?"))"
+                )
+                return
+            }
             let state = try NBDRecovery(logger: logger).reattach(line.target!)
             logger.info("\(state.devicePath) is served again by daemon \(state.daemonPID)")
         case .upgrade:
@@ -107,6 +115,13 @@ public enum MountTool {
                 let state = try fuse.upgrade(major: mount.major, minor: mount.minor, state: mount.state)
                 logger.info(
                     "\(state.mountPoint) is served by worker \(state.servingPID.map(String.init) ?? "?") of the installed binary"
+                )
+                return
+            }
+            if let id = UblkRecovery.deviceID(of: line.target!) {
+                let state = try UblkRecovery(logger: logger).upgrade(id, target: line.target!)
+                logger.info(
+                    "\(state.devicePath) is served by worker \(state.servingPID.map(String.init) ?? "?") of the installed binary"
                 )
                 return
             }
@@ -273,9 +288,9 @@ public enum MountTool {
         logger.info("disconnected /dev/nbd\(index)")
     }
 
-    /// `--list`: every nbd device mount.erofs manages, with what the kernel says of its link and
-    /// which binary its processes run (an upgrade leaves the old one "(deleted)").
-    static func list() throws {
+    /// `--list`: every nbd and ublk device mount.erofs manages, with what the kernel says of its
+    /// link and which binary its processes run (an upgrade leaves the old one "(deleted)").
+    static func list(logger: Logger) throws {
         let states: [(index: Int, state: Result<DeviceState, SystemError>)]
         do { states = try StateStore().all() } catch {
             throw MountFailure("cannot list the nbd devices", cause: error)
@@ -300,7 +315,7 @@ public enum MountTool {
                 case true?: link = isOurs(worker) ? "connected" : "dead, waiting for a daemon"
                 }
                 let describe = { (process: DaemonProcess) in "\(process.pid)\(isOurs(process) ? "" : " (gone)")" }
-                let binary = binaries(
+                let binary = DaemonProcess.binaryColumn(
                     supervisor: daemon, worker: state.servingPID == nil ? nil : worker, isOurs: isOurs)
                 print(
                     [
@@ -313,23 +328,8 @@ public enum MountTool {
                 print("/dev/nbd\(index)\tnbd\t?\t?\t?\t?\t?\t?\t?\t(unreadable state: \(error))")
             }
         }
-        for row in FUSEBackend.listRows(binaries: binaries) { print(row.joined(separator: "\t")) }
-    }
-
-    /// `--list`'s BINARY column: the binary the supervisor runs, and the worker's when it
-    /// differs (/proc/PID/exe: " (deleted)" once an upgrade installed another file there).
-    static func binaries(
-        supervisor: DaemonProcess, worker: DaemonProcess?, isOurs: (DaemonProcess) -> Bool
-    ) -> String {
-        func running(_ process: DaemonProcess) -> String? {
-            isOurs(process) ? DaemonProcess.runningBinary(of: "\(process.pid)") : nil
-        }
-        return switch (running(supervisor), worker.flatMap { running($0) }) {
-        case (let supervisor?, let served?) where served != supervisor: "\(supervisor) | worker: \(served)"
-        case (let daemon?, _): daemon
-        case (nil, let served?): "worker: \(served)"
-        case (nil, nil): "-"
-        }
+        for row in FUSEBackend.listRows() { print(row.joined(separator: "\t")) }
+        for row in try UblkRecovery(logger: logger).listRows() { print(row.joined(separator: "\t")) }
     }
 
     static func enterNamespace(_ namespace: String?) throws {
@@ -388,15 +388,15 @@ public enum MountTool {
                                and state; the FUSE supervisor and worker)
               --disconnect TARGET abort an nbd device (/dev/nbdN or the mountpoint of an
                                EROFS mount of one) forcibly
-              --list           show the nbd devices and FUSE mounts mount.erofs manages,
-                               their supervisor and serving worker, the binary they
-                               run ("(deleted)": replaced since) and their link
-              --reattach TARGET   start a new daemon for an nbd device (/dev/nbdN or its
-                               mountpoint) whose daemon died; refused while one lives
-              --upgrade TARGET    replace the serving worker (and, for nbd, the
-                               supervisor) of an nbd device or a FUSE mount (its
-                               mountpoint) with the binary now installed, without
-                               failing a request
+              --list           show the nbd and ublk devices and FUSE mounts mount.erofs
+                               manages, their supervisor and serving worker, the binary
+                               they run ("(deleted)": replaced since) and their link
+              --reattach TARGET   start a new daemon for an nbd or ublk device (/dev/nbdN,
+                               /dev/ublkbN or its mountpoint) whose daemons died (ublk:
+                               by user recovery); refused while one lives
+              --upgrade TARGET    replace the serving worker and the supervisor of an nbd or
+                               ublk device (the worker of a FUSE mount: its mountpoint)
+                               with the binary now installed, without failing a request
           -d 0-9               verbosity: 0 quiet, 2 warnings (default), 9 everything
           -v                   verbose (same as -d 4)
           -f                   check the source and mountpoint, mount nothing

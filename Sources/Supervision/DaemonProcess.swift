@@ -139,6 +139,23 @@ public struct DaemonProcess: Sendable, Equatable {
         return String(decoding: buffer[..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    /// The BINARY column of `--list` for a device's supervisor (or lone daemon) and serving
+    /// worker: the supervisor's /proc/PID/exe, and the worker's when it differs (an upgrade
+    /// under way, or one that replaced the file: " (deleted)"); "-" when neither is ours.
+    public static func binaryColumn(
+        supervisor: DaemonProcess?, worker: DaemonProcess?, isOurs: (DaemonProcess) -> Bool
+    ) -> String {
+        func running(_ process: DaemonProcess?) -> String? {
+            process.flatMap { isOurs($0) ? runningBinary(of: "\($0.pid)") : nil }
+        }
+        switch (running(supervisor), running(worker)) {
+        case (let supervisor?, let served?) where served != supervisor: return "\(supervisor) | worker: \(served)"
+        case (let supervisor?, _): return supervisor
+        case (nil, let served?): return "worker: \(served)"
+        case (nil, nil): return "-"
+        }
+    }
+
     /// Dead and waiting to be reaped. A leader that exited while another of its threads is
     /// still in the kernel (an NBD_DO_IT returning) shows Z too, but is not gone yet.
     static func isZombie(_ pid: Int32) -> Bool {

@@ -157,31 +157,3 @@ extension SupervisedBackend {
     /// A backend that says nothing keeps its supervisor across upgrades (only its workers move).
     public func supervisorArguments(resuming handover: SupervisorHandover) -> [String]? { nil }
 }
-
-/// The supervisor's part of a link's state, as each backend's state file keeps it: `record`
-/// applies an event with `apply`.
-public protocol SupervisedState {
-    var servingPID: Int32? { get set }
-    var servingStartTime: UInt64? { get set }
-    var recoveries: Int? { get set }
-    /// How long the last recovery took, from the death seen to the new worker serving.
-    var lastRecoveryMilliseconds: Int? { get set }
-    var upgrades: Int? { get set }
-}
-
-extension SupervisedState {
-    /// `event`, with `serving` as the worker now serving.
-    public mutating func apply(_ event: SupervisorEvent, serving: DaemonProcess?) {
-        if let serving {
-            servingPID = serving.pid
-            servingStartTime = serving.startTime
-        }
-        switch event {
-        case .recovered(let milliseconds):
-            recoveries = (recoveries ?? 0) + 1
-            lastRecoveryMilliseconds = milliseconds
-        case .upgraded:
-            upgrades = (upgrades ?? 0) + 1
-        }
-    }
-}

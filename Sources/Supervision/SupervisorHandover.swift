@@ -79,6 +79,15 @@ public struct SupervisorHandover: Sendable, Equatable {
         guard descriptors.allSatisfy({ fcntl($0, F_GETFD) >= 0 }) else { return nil }
     }
 
+    /// A supervisor's command line split into its own arguments and the handover an upgraded
+    /// binary is exec'd with (`FLAG HANDOVER` at the end; nil when there is none); nil when the
+    /// handover is there but malformed.
+    public static func split(_ arguments: [String]) -> (arguments: [String], handover: SupervisorHandover?)? {
+        guard arguments.count >= 2, arguments[arguments.count - 2] == flag else { return (arguments, nil) }
+        guard let handover = SupervisorHandover(argument: arguments[arguments.count - 1]) else { return nil }
+        return (Array(arguments.dropLast(2)), handover)
+    }
+
     /// Lets the descriptors survive the exec (`inherit`), or makes them close-on-exec again
     /// after an exec that failed.
     func setInherited(_ inherit: Bool) {

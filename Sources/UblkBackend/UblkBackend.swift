@@ -7,6 +7,7 @@ import FoundationEssentials
 import Foundation
 #endif
 import Backends
+import Supervision
 import KernelAttach
 import Logging
 import Supervision
@@ -62,13 +63,16 @@ public struct UblkBackend: Sendable {
 
     /// Returns the state of the mounted device (nil for `-f`).
     public func mount(_ request: Request) throws(MountFailure) -> UblkDeviceState? {
-        let image = try ImageProbe.probe(request.source)
+        let source = canonicalPath(request.source)
+        // One open for everything: what is probed is what the supervisor hands every worker.
+        let file = try ImageProbe.open(source)
+        defer { try? file.close() }
+        let image = try ImageProbe.probe(file, path: source)
         try MountPoint.check(request.mountPoint)
         if request.fake { return nil }
         let control = try Self.control()
-        let source = canonicalPath(request.source)
         let identity: FileStatus
-        do { identity = try FileStatus.stat(source) } catch {
+        do { identity = try FileStatus.fstat(file) } catch {
             throw MountFailure("cannot read \(source)", cause: error)
         }
         do { try store.ensureDirectory() } catch {
@@ -89,7 +93,7 @@ public struct UblkBackend: Sendable {
         let id = added.deviceID
         var state = UblkDeviceState(
             deviceID: id, source: source, sizeBytes: image.size, imageDevice: UInt64(identity.device),
-            imageInode: UInt64(identity.inode),
+            imageInode: UInt64(identity.inode), image: ImageIdentity(identity),
             queues: Int(added.queueCount), queueDepth: Int(added.queueDepth),
             mountPoint: canonicalPath(request.mountPoint),
             mountOptions: request.data)
@@ -104,12 +108,8 @@ public struct UblkBackend: Sendable {
             do { try control.setParameters(parameters, deviceID: id) } catch {
                 throw MountFailure("cannot set the parameters of \(Ublk.blockDevice(id))", cause: error)
             }
-            let daemon = try startDaemon(UblkDaemon.Settings(source: source, deviceID: id, attach: .start))
-            state.daemonPID = daemon.pid
-            state.daemonStartTime = daemon.startTime
-            do { try store.save(state) } catch {
-                throw MountFailure("cannot save the state of \(state.devicePath)", cause: error)
-            }
+            try UblkLauncher(store: store).start(
+                UblkDaemon.Settings(source: source, deviceID: id, mode: .connect), image: file.rawValue, into: &state)
             try waitForNode(state.devicePath)
             do {
                 try Mount.mount(
@@ -122,32 +122,6 @@ public struct UblkBackend: Sendable {
             throw error
         }
         return state
-    }
-
-    /// Spawns the daemon and waits for its one-line report.
-    private func startDaemon(_ settings: UblkDaemon.Settings) throws(MountFailure) -> DaemonProcess {
-        var ends: [Int32] = [-1, -1]
-        guard closeOnExecPipe(&ends) else {
-            throw MountFailure("cannot start the ublk daemon", cause: .lastErrno("pipe"))
-        }
-        defer { close(ends[0]) }
-        let log = store.logPath(device: settings.deviceID)
-        let daemon: DaemonProcess
-        do {
-            daemon = try DaemonProcess.spawn(arguments: settings.arguments, descriptors: [ends[1]], logFile: log)
-        } catch {
-            close(ends[1])
-            throw MountFailure("cannot start the ublk daemon", cause: error)
-        }
-        close(ends[1])
-        // A timeout and a pipe closed without a whole line are both "no report".
-        let line = (try? receiveStatusLine(from: ends[0], timeout: 30)) ?? nil
-        guard let line, line.hasPrefix("ready") else {
-            daemon.terminate(signal: SIGKILL)
-            let reason = line.map { String($0.dropFirst("failed: ".count)) } ?? "no report in 30 s"
-            throw MountFailure("the ublk daemon for \(settings.source) did not start: \(reason)")
-        }
-        return daemon
     }
 
     private func waitForNode(_ path: String) throws(MountFailure) {
@@ -184,13 +158,12 @@ public struct UblkBackend: Sendable {
         else { return nil }
         let devicePath = "/dev/ublkb\(id)"
         do { try Mount.unmount(entry.mountPoint) } catch {
-            // A dead daemon (before the supervisor comes) leaves reads waiting in the device
-            // (user recovery): stopping it fails them, and the unmount can go on.
-            let daemon = state.daemonPID.map { DaemonProcess(pid: $0, startTime: state.daemonStartTime ?? 0) }
-            guard error.errno == .resourceBusy, daemon?.isAlive == false else {
+            // With every process of ours dead (killed, awaiting --reattach) reads wait in the
+            // device (user recovery): stopping it fails them, and the unmount can go on.
+            guard error.errno == .resourceBusy, !state.isOurs(state.supervisor), !state.isOurs(state.worker) else {
                 throw MountFailure("cannot unmount \(entry.mountPoint)", cause: error)
             }
-            logger.warning("\(entry.source): its daemon is gone; stopping the device to fail its waiting reads")
+            logger.warning("\(entry.source): its daemons are gone; stopping the device to fail its waiting reads")
             try? Self.control().stop(id)
             do { try Mount.unmount(entry.mountPoint) } catch {
                 throw MountFailure("cannot unmount \(entry.mountPoint)", cause: error)
@@ -231,27 +204,28 @@ public struct UblkTeardown: Sendable {
     @discardableResult
     public func release(_ state: UblkDeviceState, control: UblkControl) -> [String] {
         var problems: [String] = []
-        // Whether the state's daemon is ours (our binary, serving this device), asked before
-        // STOP_DEV sends it on its way out: only then is it signalled (a state names a pid; by
-        // now the pid may be anyone's).
-        let daemon = state.daemonPID.map { DaemonProcess(pid: $0, startTime: state.daemonStartTime ?? 0) }
-        let ours =
-            daemon?.runsOurBinary { arguments in
-                arguments.count == 5 && arguments[1] == UblkDaemon.flag && arguments[3] == String(state.deviceID)
-            } ?? false
+        // Which of the state's processes are ours (our binary, serving this device), asked
+        // before anything sends them on their way out: only those are signalled (a state names
+        // pids; by now they may be anyone's).
+        let processes = [state.supervisor, state.worker].compactMap { $0 }
+        let ours = processes.filter { state.isOurs($0) }
+        // The supervisor first, so that it does not recover the worker STOP_DEV is about to end.
+        if let supervisor = state.supervisor, ours.contains(supervisor) { kill(supervisor.pid, SIGTERM) }
         do { try control.stop(state.deviceID) } catch {
             if error.errno != .noSuchFileOrDirectory && error.errno != .operationNotSupportedByDevice {
                 problems.append("stop: \(error)")
             }
         }
-        if let daemon, let pid = state.daemonPID {
-            // Once stopped, the device has nothing left to serve. Its pending fetches end when
-            // the daemon's rings go away (on 6.8+ STOP_DEV alone does not complete them).
-            if ours, !daemon.terminate(signal: SIGTERM, timeout: 5) { daemon.terminate(signal: SIGKILL, timeout: 10) }
-            if ours, daemon.isAlive { problems.append("daemon \(pid) is still running") }
-            if !ours, daemon.isAlive {
-                problems.append("the state named process \(pid), which is not our ublk daemon: left alone")
-            }
+        // Once stopped, the device has nothing left to serve. The worker's pending fetches end
+        // when its rings go away (on 6.8+ STOP_DEV alone may not complete them).
+        for process in ours where !process.terminate(signal: SIGTERM, timeout: 5) {
+            process.terminate(signal: SIGKILL, timeout: 10)
+        }
+        for process in processes where process.isAlive {
+            problems.append(
+                ours.contains(process)
+                    ? "process \(process.pid) is still running"
+                    : "the state named process \(process.pid), which is not ours: left alone")
         }
         do { try control.delete(state.deviceID) } catch {
             if error.errno != .noSuchFileOrDirectory && error.errno != .operationNotSupportedByDevice {
@@ -260,5 +234,49 @@ public struct UblkTeardown: Sendable {
         }
         do { try store.remove(device: state.deviceID) } catch { problems.append("\(error)") }
         return problems
+    }
+}
+
+/// Starts a device's supervisor and waits for the report of its first worker.
+struct UblkLauncher {
+    let store: UblkStateStore
+
+    /// Records the supervisor and the serving worker in `state` and saves it.
+    func start(_ settings: UblkDaemon.Settings, image: Int32, into state: inout UblkDeviceState)
+        throws(MountFailure)
+    {
+        var ends: [Int32] = [-1, -1]
+        guard closeOnExecPipe(&ends) else {
+            throw MountFailure("cannot start the ublk daemon", cause: .lastErrno("pipe"))
+        }
+        defer { close(ends[0]) }
+        let supervisor: DaemonProcess
+        do {
+            supervisor = try DaemonProcess.spawn(
+                arguments: UblkSupervisor.arguments(for: settings), descriptors: [ends[1], image],
+                logFile: store.logPath(device: settings.deviceID))
+        } catch {
+            close(ends[1])
+            throw MountFailure("cannot start the ublk daemon", cause: error)
+        }
+        close(ends[1])
+        state.daemonPID = supervisor.pid
+        state.daemonStartTime = supervisor.startTime
+        // A timeout and a pipe closed without a whole line are both "no report".
+        let report = (try? DaemonReport.receive(from: ends[0], timeout: 60)) ?? nil
+        guard case .ready(_, _, let pid)? = report else {
+            supervisor.terminate(signal: SIGKILL)
+            let reason: String
+            switch report {
+            case .failed(let message)?: reason = message
+            default: reason = "no report in 60 s (see \(store.logPath(device: settings.deviceID)))"
+            }
+            throw MountFailure("the ublk daemon for \(settings.source) did not start: \(reason)")
+        }
+        state.servingPID = pid
+        state.servingStartTime = DaemonProcess.startTime(of: pid)
+        do { try store.save(state) } catch {
+            throw MountFailure("cannot save the state of \(state.devicePath)", cause: error)
+        }
     }
 }

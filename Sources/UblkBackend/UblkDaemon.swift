@@ -4,75 +4,114 @@ import Glibc
 import CShim
 import IOURing
 import SystemCalls
+import Supervision
 import UblkKernel
 
-/// The serving process of a ublk device: one thread per hardware queue, each with its own
-/// io_uring (the driver binds a queue to the task that fetched its tags), answering READs
-/// from the image. It holds nothing a successor could not rebuild from its arguments and
-/// GET_DEV_INFO: that is what lets a supervisor replace it through user recovery later.
+/// A serving worker of one ublk device, run by its supervisor (`UblkSupervisor`) as
+/// `mount.erofs --ublk-daemon MODE ID SOURCE`: one thread per hardware queue, each with its own
+/// io_uring (the driver binds a queue to the task that fetched its tags), answering READs from
+/// the image.
+///
+/// MODE is the supervision protocol's `WorkerMode`: `connect` arms a new device and sends
+/// START_DEV; `reattach:ID` takes over a device whose server is gone (START_USER_RECOVERY,
+/// FETCH every tag, END_USER_RECOVERY); `standby[:ID]` sets up its rings and buffers, says
+/// `prepared` and waits for the supervisor's `reconnect`, then does what `reattach` does. A
+/// ublk queue belongs to the task that fetched it, so a live device is never handed from one
+/// worker to the next: a hot upgrade stops this worker (SIGUSR2, whose default action ends
+/// it) and the kernel requeues what it held (UBLK_F_USER_RECOVERY_REISSUE) for the standby.
+///
+/// Descriptors: 3, the status pipe (one `DaemonReport` once serving); 4, the control channel
+/// (`ControlMessage`); 5, the image, opened and checked by whoever mounted it (the path is
+/// opened only when 5 is closed).
 public enum UblkDaemon {
     /// Hidden first argument selecting this mode of the mount.erofs binary.
     public static let flag = "--ublk-daemon"
-
-    /// How the daemon joins its device.
-    public enum Attach: String, Sendable {
-        /// A new device: FETCH every tag, then START_DEV.
-        case start
-        /// A device whose server died (UBLK_F_USER_RECOVERY): START_USER_RECOVERY, FETCH every
-        /// tag, END_USER_RECOVERY. For the supervisor to come.
-        case recover
-    }
+    static let statusDescriptor: Int32 = 3
+    static let controlDescriptor: Int32 = 4
+    static let imageDescriptor: Int32 = 5
+    /// The method word of a ublk worker's report.
+    public static let method = "uring"
 
     public struct Settings: Sendable, Equatable {
         public var source: String
         public var deviceID: UInt32
-        public var attach: Attach
+        public var mode: WorkerMode
 
-        public var arguments: [String] { [UblkDaemon.flag, attach.rawValue, String(deviceID), source] }
+        public var arguments: [String] { [UblkDaemon.flag, mode.argument, String(deviceID), source] }
 
-        public init(source: String, deviceID: UInt32, attach: Attach) {
+        public init(source: String, deviceID: UInt32, mode: WorkerMode) {
             self.source = source
             self.deviceID = deviceID
-            self.attach = attach
+            self.mode = mode
         }
 
-        init?(arguments: [String]) {
-            guard arguments.count == 4, arguments[0] == UblkDaemon.flag, let attach = Attach(rawValue: arguments[1]),
+        /// `arguments` as the process got them (argv[0] dropped), the first being `flag`.
+        init?(arguments: [String], flag: String = UblkDaemon.flag) {
+            guard arguments.count == 4, arguments[0] == flag, let mode = WorkerMode(argument: arguments[1]),
                 let id = UInt32(arguments[2])
             else { return nil }
-            self.init(source: arguments[3], deviceID: id, attach: attach)
+            self.init(source: arguments[3], deviceID: id, mode: mode)
         }
     }
 
-    /// The status pipe the mounting process reads: descriptor 3, one line, then closed.
-    static let statusDescriptor: Int32 = 3
+    /// How a worker's exit reads to its supervisor: 0 only when the device ended under it.
+    public enum Exit: Int32 {
+        case deviceEnded = 0
+        case failed = 1
+        case badArguments = 2
+        /// A standby let go by its supervisor (its channel closed) before serving.
+        case released = 3
+    }
 
     public static func main(_ arguments: [String]) -> Int32 {
         guard let settings = Settings(arguments: arguments) else {
-            report("failed: bad daemon arguments")
-            return 2
+            DaemonReport.failed("internal error: bad worker arguments \(arguments)").send(to: statusDescriptor)
+            return Exit.badArguments.rawValue
         }
         do {
-            try serve(settings)
-            return 0
+            return try serve(settings).rawValue
         } catch {
-            report("failed: \(error)")
-            printLog("\(error)")
-            return 1
+            printLog("/dev/ublkb\(settings.deviceID): \(error)")
+            // After the report, descriptor 3 is closed and its number may be reused.
+            if !reported { DaemonReport.failed("\(error)").send(to: statusDescriptor) }
+            return Exit.failed.rawValue
         }
     }
 
-    static func serve(_ settings: Settings) throws(SystemError) {
+    /// Whether the status line went out (main thread only).
+    nonisolated(unsafe) static var reported = false
+
+    static func serve(_ settings: Settings) throws(SystemError) -> Exit {
         signal(SIGPIPE, SIG_IGN)
-        let image = open(settings.source, O_RDONLY | O_CLOEXEC)
-        guard image >= 0 else { throw .lastErrno("open", path: settings.source) }
+        let id = settings.deviceID
+        let image: Int32
+        if fcntl(imageDescriptor, F_GETFD) >= 0 {
+            image = imageDescriptor
+        } else {
+            image = open(settings.source, O_RDONLY | O_CLOEXEC)
+            guard image >= 0 else { throw .lastErrno("open", path: settings.source) }
+        }
         defer { close(image) }
         var status = stat()
         guard fstat(image, &status) == 0 else { throw .lastErrno("fstat", path: settings.source) }
         let control = try UblkControl()
-        let info = try control.deviceInfo(settings.deviceID)
-        let path = Ublk.characterDevice(settings.deviceID)
-        if settings.attach == .recover { try control.startUserRecovery(settings.deviceID) }
+        let info = try control.deviceInfo(id)
+        let path = Ublk.characterDevice(id)
+        // Rings and buffers first: a standby has them ready before the device needs it.
+        let queues = try (0..<info.queueCount).map { (index: UInt16) throws(SystemError) -> UblkQueue in
+            try UblkQueue(
+                queueID: index, depth: Int(info.queueDepth), bufferBytes: Int(info.maxIOBufferBytes), image: image,
+                imageSize: UInt64(status.st_size), ioctlEncoding: control.ioctlEncoding)
+        }
+        var recovering = false
+        switch settings.mode {
+        case .connect: break
+        case .reattach: recovering = true
+        case .standby:
+            guard try waitForTurn(ControlChannel(descriptor: controlDescriptor), device: id) else { return .released }
+            recovering = true
+        }
+        if recovering { try control.startUserRecovery(id, waitingUpTo: 30) }
         // devtmpfs creates the node as ADD_DEV returns; udev may still be fixing it up.
         var device: Int32 = -1
         for _ in 0..<100 {
@@ -82,16 +121,10 @@ public enum UblkDaemon {
         }
         guard device >= 0 else { throw .lastErrno("open", path: path) }
         defer { close(device) }
+        for queue in queues { try queue.attach(device: device, path: path) }
 
-        let size = UInt64(status.st_size)
-        let queues = try (0..<info.queueCount).map { (index: UInt16) throws(SystemError) -> UblkQueue in
-            try UblkQueue(
-                device: device, devicePath: path, queueID: index, depth: Int(info.queueDepth),
-                bufferBytes: Int(info.maxIOBufferBytes), image: image, imageSize: size,
-                ioctlEncoding: control.ioctlEncoding)
-        }
         var armed: [Int32] = [-1, -1]
-        guard pipe(&armed) == 0 else { throw .lastErrno("pipe") }
+        guard closeOnExecPipe(&armed) else { throw .lastErrno("pipe") }
         defer { close(armed[0]); close(armed[1]) }
         var threads: [pthread_t] = []
         for queue in queues {
@@ -109,13 +142,46 @@ public enum UblkDaemon {
                     detail: queues.compactMap(\.failure).first.map { "\($0)" } ?? "a queue failed")
             }
         }
-        switch settings.attach {
-        case .start: try control.start(settings.deviceID, serverPID: getpid())
-        case .recover: try control.endUserRecovery(settings.deviceID, serverPID: getpid())
+        if recovering {
+            try control.endUserRecovery(id, serverPID: getpid())
+        } else {
+            try control.start(id, serverPID: getpid())
         }
-        report("ready \(getpid())")
+        reported = true
+        DaemonReport.ready(index: Int(id), method: method, pid: getpid()).send(to: statusDescriptor)
         for thread in threads { pthread_join(thread, nil) }
         if let failure = queues.compactMap(\.failure).first { throw failure }
+        return .deviceEnded
+    }
+
+    /// A standby's wait: `prepared`, then the supervisor's word. True on `reconnect` (the
+    /// serving worker is gone: recover the device); false when the supervisor let us go.
+    static func waitForTurn(_ channel: ControlChannel, device id: UInt32) throws(SystemError) -> Bool {
+        do { try channel.send(.prepared) } catch {
+            // The supervisor let us go before we were ready (it stopped, or replaced us).
+            if error.errno?.rawValue == EPIPE || error.errno?.rawValue == ECONNRESET { return false }
+            throw error
+        }
+        while true {
+            switch try channel.receive() {
+            case nil: return false
+            case .reconnect?: return true
+            case .device?: continue  // we were given the device on the command line
+            case .resume(let link)?:
+                // Nothing to resume: a ublk queue cannot change hands while its server lives.
+                close(link)
+                try channel.send(.resumed(false))
+            case .replyFile(let file)?:
+                if file >= 0 { close(file) }
+            case .serveLink(let link)?:
+                close(link)
+                throw SystemError(
+                    "take over \(Ublk.blockDevice(id))",
+                    detail: "a live ublk device cannot be handed to another process")
+            case let other?:
+                throw SystemError("wait for the supervisor", detail: "unexpected message \(other)")
+            }
+        }
     }
 
     private static func startThread(_ queue: UblkQueue) throws(SystemError) -> pthread_t {
@@ -135,35 +201,24 @@ public enum UblkDaemon {
         return thread
     }
 
-    /// Whether the status line went out (descriptor 3 is closed then, and may be reused).
-    nonisolated(unsafe) static var reported = false
-
-    /// One line to the mounting process, once (main thread only); later calls do nothing.
-    static func report(_ line: String) {
-        guard !reported else { return }
-        reported = true
-        let text = line + "\n"
-        text.withCString { _ = write(statusDescriptor, $0, strlen($0)) }
-        close(statusDescriptor)
-    }
-
     static func printLog(_ text: String) {
-        let line = "erofs ublk daemon: \(text)\n"
+        let line = "erofs-ublk-worker[\(getpid())]: \(text)\n"
         line.withCString { _ = write(2, $0, strlen($0)) }
     }
 }
 
 /// One hardware queue: its io_uring, its view of the kernel's descriptor array, and one
-/// buffer per tag. Created by the main thread, then used only by its own thread.
+/// buffer per tag. Created and attached by the main thread, then used only by its own thread.
 final class UblkQueue: @unchecked Sendable {
-    let device: Int32
+    /// /dev/ublkcN and its descriptor array, from `attach`.
+    var device: Int32 = -1
+    var descriptors: UnsafeMutableRawBufferPointer?
     let queueID: UInt16
     let depth: Int
     let bufferBytes: Int
     let image: Int32
     let imageSize: UInt64
     let ring: IOURing
-    let descriptors: UnsafeMutableRawBufferPointer
     let buffers: UnsafeMutableRawBufferPointer
     let fetch: UInt32
     let commit: UInt32
@@ -173,32 +228,19 @@ final class UblkQueue: @unchecked Sendable {
     var armedSignal: Int32 = -1
 
     init(
-        device: Int32, devicePath: String, queueID: UInt16, depth: Int, bufferBytes: Int, image: Int32,
-        imageSize: UInt64,
-        ioctlEncoding: Bool
+        queueID: UInt16, depth: Int, bufferBytes: Int, image: Int32, imageSize: UInt64, ioctlEncoding: Bool
     ) throws(SystemError) {
-        self.device = device
         self.queueID = queueID
         self.depth = depth
         self.bufferBytes = bufferBytes
         self.image = image
         self.imageSize = imageSize
         self.ring = try IOURing(entries: UInt32(depth))
-        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
-        let length = (depth * IODescriptor.size + page - 1) / page * page
-        let offset = off_t(Int(queueID) * Ublk.descriptorAreaStride)
-        guard let array = mmap(nil, length, PROT_READ, MAP_SHARED | MAP_POPULATE, device, offset), array != MAP_FAILED
-        else {
-            throw .lastErrno("mmap the descriptors of queue \(queueID)", path: devicePath)
-        }
-        descriptors = UnsafeMutableRawBufferPointer(start: array, count: length)
         // Anonymous memory is only backed once a read of that size lands in it.
         guard let memory = mmap(nil, depth * bufferBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
             memory != MAP_FAILED
         else {
-            let error = SystemError.lastErrno("mmap the buffers of queue \(queueID)")
-            munmap(array, length)
-            throw error
+            throw .lastErrno("mmap the buffers of queue \(queueID)")
         }
         buffers = UnsafeMutableRawBufferPointer(start: memory, count: depth * bufferBytes)
         fetch = ioctlEncoding ? Ublk.IOCommand.fetchRequest.ioctlEncoded : Ublk.IOCommand.fetchRequest.rawValue
@@ -207,9 +249,23 @@ final class UblkQueue: @unchecked Sendable {
             ? Ublk.IOCommand.commitAndFetchRequest.ioctlEncoded : Ublk.IOCommand.commitAndFetchRequest.rawValue
     }
 
+    /// Maps the queue's descriptor array of the opened /dev/ublkcN (the driver lets only the
+    /// process that serves the device map it).
+    func attach(device: Int32, path: String) throws(SystemError) {
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+        let length = (depth * IODescriptor.size + page - 1) / page * page
+        let offset = off_t(Int(queueID) * Ublk.descriptorAreaStride)
+        guard let array = mmap(nil, length, PROT_READ, MAP_SHARED | MAP_POPULATE, device, offset), array != MAP_FAILED
+        else {
+            throw .lastErrno("mmap the descriptors of queue \(queueID)", path: path)
+        }
+        self.device = device
+        descriptors = UnsafeMutableRawBufferPointer(start: array, count: length)
+    }
+
     deinit {
         munmap(buffers.baseAddress, buffers.count)
-        munmap(descriptors.baseAddress, descriptors.count)
+        if let descriptors { munmap(descriptors.baseAddress, descriptors.count) }
     }
 
     func buffer(_ tag: Int) -> UnsafeMutableRawPointer { buffers.baseAddress! + tag * bufferBytes }
@@ -262,7 +318,7 @@ final class UblkQueue: @unchecked Sendable {
                     live -= 1
                     return
                 }
-                let request = IODescriptor(array: descriptors.baseAddress!, tag: tag)
+                let request = IODescriptor(array: descriptors!.baseAddress!, tag: tag)
                 queueCommand(commit, tag: tag, result: answer(request, into: buffer(tag)))
             }
         }

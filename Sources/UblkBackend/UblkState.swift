@@ -12,23 +12,47 @@ import SystemCalls
 import SystemPackage
 import UblkKernel
 
-/// What `-u` and a future supervisor need of a ublk device we made: no secrets, only the
-/// device, the image's identity and the daemon (pid and start time, against pid reuse).
-public struct UblkDeviceState: Codable, Sendable, Equatable {
+/// What `-u`, `--reattach`, `--upgrade` and the supervisor need of a ublk device we made: no
+/// secrets, only the device, the image's identity and our processes.
+public struct UblkDeviceState: Codable, Sendable, Equatable, SupervisedState {
     public var deviceID: UInt32
     public var source: String
     public var sizeBytes: UInt64
     /// st_dev and st_ino of the image when mounted: a successor serves the same file.
     public var imageDevice: UInt64
     public var imageInode: UInt64
+    /// The image's identity when mounted, size and modification time too: `--reattach` serves
+    /// only that very file, unchanged.
+    public var image: ImageIdentity?
     public var queues: Int
     public var queueDepth: Int
+    /// The supervisor (pid and start time, against pid reuse).
     public var daemonPID: Int32?
     public var daemonStartTime: UInt64?
+    /// The worker now serving, as the supervisor last recorded it.
+    public var servingPID: Int32?
+    public var servingStartTime: UInt64?
+    /// Automatic recoveries and `--reattach`es; the last automatic one's duration.
+    public var recoveries: Int?
+    public var lastRecoveryMilliseconds: Int?
+    public var upgrades: Int?
     public var mountPoint: String?
     public var mountOptions: String?
 
     public var devicePath: String { Ublk.blockDevice(deviceID) }
+
+    public var supervisor: DaemonProcess? { daemonPID.map { DaemonProcess(pid: $0, startTime: daemonStartTime ?? 0) } }
+    public var worker: DaemonProcess? { servingPID.map { DaemonProcess(pid: $0, startTime: servingStartTime ?? 0) } }
+
+    /// Whether `process` is, alive, our supervisor or worker of this device (our binary, its
+    /// flag, this device): only such a process is ever signalled.
+    public func isOurs(_ process: DaemonProcess?) -> Bool {
+        process?.runsOurBinary { arguments in
+            // A supervisor exec'd by an upgrade has the handover after these.
+            arguments.count >= 5 && [UblkDaemon.flag, UblkSupervisor.flag].contains(arguments[1])
+                && arguments[3] == String(deviceID)
+        } ?? false
+    }
 }
 
 /// States as `ublkN.json`, 0600 in a 0700 directory, replaced atomically.
@@ -69,6 +93,14 @@ public struct UblkStateStore: Sendable {
             throw SystemError("read state", path: file, detail: "it names device \(state.deviceID)")
         }
         return state
+    }
+
+    /// The devices that have a state file, in order.
+    public func deviceIDs() throws(SystemError) -> [UInt32] {
+        try files.names().compactMap { name -> UInt32? in
+            guard name.hasPrefix("ublk"), name.hasSuffix(".json") else { return nil }
+            return UInt32(name.dropFirst("ublk".count).dropLast(".json".count))
+        }.sorted()
     }
 
     public func remove(device id: UInt32) throws(SystemError) {

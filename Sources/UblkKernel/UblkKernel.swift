@@ -358,10 +358,56 @@ public final class UblkControl {
     public func delete(_ deviceID: UInt32) throws(SystemError) { try run(.deleteDevice, deviceID: deviceID) }
 }
 
+extension DeviceInfo {
+    /// The driver's UBLK_S_DEV_* word; nil for a value this code does not know.
+    public var deviceState: Ublk.DeviceState? { Ublk.DeviceState(rawValue: state) }
+}
+
 extension UblkControl {
     /// START_USER_RECOVERY: a device whose server died (UBLK_F_USER_RECOVERY) takes a new one.
     public func startUserRecovery(_ deviceID: UInt32) throws(SystemError) {
         try run(.startUserRecovery, deviceID: deviceID)
+    }
+
+    /// START_USER_RECOVERY once the device allows it, waiting at most `timeout` seconds.
+    ///
+    /// The driver takes it only when (a) the dead server's /dev/ublkcN is closed (its
+    /// io_uring's requests hold the file until they are cancelled at the task's exit and
+    /// freed) and (b) the device is QUIESCED: the cancel function that ran at that exit has
+    /// requeued what the server held (REISSUE) and queued the quiesce work. Both follow the
+    /// server's death by a little, during which the driver answers EBUSY (6.12's
+    /// ublk_ctrl_start_recovery). A server still alive keeps the device LIVE: that EBUSY lasts
+    /// until the timeout. A stopped device (DEAD) cannot be recovered: that fails at once.
+    public func startUserRecovery(_ deviceID: UInt32, waitingUpTo timeout: Double) throws(SystemError) {
+        var start = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &start)
+        var pause: UInt32 = 1000
+        while true {
+            do throws(SystemError) {
+                try startUserRecovery(deviceID)
+                return
+            } catch {
+                guard error.errno?.rawValue == EBUSY else { throw error }
+                if let state = try? deviceInfo(deviceID).deviceState, state == .dead {
+                    throw SystemError(
+                        "ublk \(Ublk.ControlCommand.startUserRecovery)", path: Ublk.characterDevice(deviceID),
+                        detail: "the device was stopped: it cannot take a new server")
+                }
+                var now = timespec()
+                clock_gettime(CLOCK_MONOTONIC, &now)
+                let waited = Double(now.tv_sec - start.tv_sec) + Double(now.tv_nsec - start.tv_nsec) / 1e9
+                guard waited < timeout else {
+                    let live = (try? deviceInfo(deviceID).deviceState) == .live
+                    throw SystemError(
+                        "ublk \(Ublk.ControlCommand.startUserRecovery)", path: Ublk.characterDevice(deviceID),
+                        detail: live
+                            ? "the device is still served (its server is alive) after \(Int(timeout)) s"
+                            : "the device did not become recoverable within \(Int(timeout)) s")
+                }
+                usleep(pause)
+                pause = min(pause * 2, 20_000)
+            }
+        }
     }
 
     /// END_USER_RECOVERY: the new server (`serverPID`) has fetched every tag.

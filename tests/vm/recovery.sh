@@ -11,6 +11,7 @@
 # "STALLS {json}" lines, then "N passed, N failed".
 set -uo pipefail
 source "$(dirname "$0")/common.sh"  # REPO, STATE, device_of, set_queue, field, wait_for
+source "$(dirname "$0")/load.sh"    # start_load, stop_load, report, gone, uptime_now, upgrade_runs, ...
 BIN=${EROFS_BIN_DIR:-$REPO/.build/debug}
 CORPUS=${EROFS_CORPUS:-$REPO/../shared/corpus}
 KILLS=${KILLS:-20} REATTACHES=${REATTACHES:-5} UPGRADES=${UPGRADES:-10}
@@ -26,28 +27,6 @@ install -m 0755 "$BIN/mount.erofs" "$work/mount.erofs"
 MOUNT=$work/mount.erofs
 manifest=$CORPUS/$IMAGE.manifest.jsonl
 
-uptime_now() { cut -d' ' -f1 /proc/uptime; }
-
-start_load() {
-    rm -f "$work/stop"
-    for seed in 1 2; do
-        python3 "$REPO/tests/vm/read-load.py" "$1" "$manifest" "$work/stop" "$seed$RANDOM" --drop-caches >"$work/load$seed.json" &
-    done
-    sleep 1
-}
-stop_load() { touch "$work/stop"; wait; }
-report() {  # NAME: prints the summary and checks errors and mismatches
-    local summary
-    summary=$(python3 "$REPO/tests/vm/stall-report.py" "$1" "$work/events" "$work/load1.json" "$work/load2.json") || { not_ok "$1: no load report"; return; }
-    echo "STALLS [$kernel] $summary"
-    if python3 -c "import json,sys; s=json.loads(sys.argv[1]); sys.exit(0 if s['errors'] == 0 and s['mismatches'] == 0 and s['reads'] > 0 else 1)" "$summary"; then
-        ok "$1: $(python3 -c "import json,sys; s=json.loads(sys.argv[1]); print(f\"{s['reads']} reads, 0 errors, 0 mismatches; stall median {s['stall_median_ms']} ms, worst {s['stall_worst_ms']} ms\")" "$summary")"
-    else
-        not_ok "$1: read errors or mismatches: $summary"
-    fi
-}
-# Process $1 has exited (a zombie waiting for PID 1 to reap it counts as gone).
-gone() { [[ ! -e /proc/$1 ]] || { [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) == Z ]] && [[ $(ls "/proc/$1/task" 2>/dev/null | wc -l) -le 1 ]]; }; }
 left_nothing() {  # DEVICE INDEX, PIDS...: nothing of the device remains
     local n=$1; shift
     [[ $(cat /sys/block/nbd$n/size) == 0 ]] || { echo "nbd$n size $(cat /sys/block/nbd$n/size)"; return 1; }
@@ -125,39 +104,8 @@ mnt=$work/upgrade; mkdir -p "$mnt"; : >"$work/events"
 if "$MOUNT" -t erofs.nbd "$CORPUS/$IMAGE.erofs" "$mnt"; then
     dev=$(device_of "$mnt"); n=${dev#/dev/nbd}; supervisor=$(field "$n" daemonPID)
     start_load "$mnt"
-    upgraded=0
-    for i in $(seq "$UPGRADES"); do
-        sleep "0.$((RANDOM % 5 + 1))"
-        install -m 0755 "$BIN/mount.erofs" "$work/mount.erofs.new" && mv -f "$work/mount.erofs.new" "$MOUNT"
-        old=$(field "$n" servingPID)
-        uptime_now >>"$work/events"
-        if "$MOUNT" --upgrade "$mnt" 2>"$work/err"; then
-            new=$(field "$n" servingPID)
-            exe=$(readlink "/proc/$new/exe")
-            # The old worker exits right after its hand-off: give it a moment.
-            if [[ $new != "$old" && $exe == "$MOUNT" ]] && wait_for "gone $old" 5; then upgraded=$((upgraded + 1))
-            else echo "# upgrade $i: worker $old -> $new ($exe)"; fi
-        else
-            echo "# upgrade $i: $(cat "$work/err")"
-        fi
-    done
-    # The supervisor replaced itself too (same pid, exec of the installed binary); --list says so.
-    if wait_for "[[ \$(readlink /proc/$supervisor/exe) == '$MOUNT' ]]" 10 && [[ $(field "$n" daemonPID) == "$supervisor" ]]; then
-        ok "upgrade: the supervisor runs the upgraded binary, same pid"
-    else
-        not_ok "upgrade: the supervisor runs '$(readlink "/proc/$supervisor/exe")'"
-    fi
-    binary=$("$MOUNT" --list | awk -F'\t' -v d="$dev" '$1 == d { print $9 }')
-    [[ $binary == "$MOUNT" ]] && ok "upgrade: --list shows every process on $MOUNT" || not_ok "upgrade: --list shows '$binary'"
-    # A crash after the upgrades must not bring the old code back: the standby runs the new binary.
-    old=$(field "$n" servingPID)
-    kill -9 "$old"
-    if wait_for "[[ \$(field $n servingPID) != $old ]] && kill -0 \$(field $n servingPID) 2>/dev/null" 10 \
-        && exe=$(readlink "/proc/$(field "$n" servingPID)/exe") && [[ $exe == "$MOUNT" ]]; then
-        ok "upgrade: the worker that takes over after a crash runs the upgraded binary"
-    else
-        not_ok "upgrade: after a crash the worker runs '${exe:-?}', not $MOUNT"
-    fi
+    upgrade_runs "$mnt" "field $n servingPID"
+    upgraded_everywhere "$dev" "$supervisor" "field $n daemonPID" "field $n servingPID"
     stop_load
     [[ $upgraded == "$UPGRADES" ]] && ok "upgrade: $UPGRADES hot upgrades, each to the newly installed binary" || not_ok "upgrade: $upgraded of $UPGRADES"
     report "hot upgrade ($UPGRADES x)"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The VM test suite CI runs: tests/vm/smoke.sh, tests/vm/nbd-mount.sh, tests/vm/fuse-mount.sh,
-# tests/vm/recovery.sh and tests/vm/ublk-mount.sh (6.12: the ublk backend; 6.1, without ublk_drv:
-# its one-line refusal)
+# tests/vm/recovery.sh, tests/vm/ublk-mount.sh (6.12: the ublk backend; 6.1, without ublk_drv:
+# its one-line refusal) and tests/vm/ublk-recovery.sh (6.12: ublk crash recovery, --reattach,
+# --upgrade)
 # on Debian's 6.1 and 6.12 kernels, one boot per kernel. Exits non-zero on any failure; the last line is "N passed, N failed".
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
@@ -29,7 +30,8 @@ for kernel in "${KERNELS[@]}"; do
                t=$(date +%s); tests/vm/fuse-mount.sh; fuse=$?; echo "# fuse-mount.sh took $(($(date +%s) - t)) s"
                t=$(date +%s); tests/vm/recovery.sh; recovery=$?; echo "# recovery.sh took $(($(date +%s) - t)) s"
                t=$(date +%s); tests/vm/ublk-mount.sh; ublk=$?; echo "# ublk-mount.sh took $(($(date +%s) - t)) s"
-               [ $recovery = 0 ] && [ $nbd = 0 ] && [ $ublk = 0 ] && [ $fuse = 0 ] && exit $smoke' | tee "$output" || status=$?
+               t=$(date +%s); tests/vm/ublk-recovery.sh; ublkrecovery=$?; echo "# ublk-recovery.sh took $(($(date +%s) - t)) s"
+               [ $recovery = 0 ] && [ $nbd = 0 ] && [ $ublk = 0 ] && [ $ublkrecovery = 0 ] && [ $fuse = 0 ] && exit $smoke' | tee "$output" || status=$?
     echo "== kernel $kernel: status $status in $((SECONDS - started)) s"
     passed=$((passed + $(grep -c '^ok - ' "$output" || true)))
     failed=$((failed + $(grep -c '^not ok - ' "$output" || true)))

@@ -17,14 +17,17 @@ not_ok() { echo "not ok - [$kernel] $*"; failed=$((failed + 1)); }
 work=$(mktemp -d /tmp/ublk-mount.XXXXXX)
 
 gone() { [[ ! -e /proc/$1 ]] || [[ $(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) == Z ]]; }
-daemon_of() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['daemonPID'])" "$STATE/ublk${1#/dev/ublkb}.json"; }
+# The serving worker of device $1 (the state's daemonPID is its supervisor).
+daemon_of() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['servingPID'])" "$STATE/ublk${1#/dev/ublkb}.json"; }
+supervisor_of() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['daemonPID'])" "$STATE/ublk${1#/dev/ublkb}.json"; }
 
-# Nothing of ours is left: no ublk node, no state, daemon $1 gone.
+# Nothing of ours is left: no ublk node, no state, processes $@ gone, no worker or supervisor.
 left_nothing() {
-    local nodes; nodes=$(ls /dev/ublkb* /dev/ublkc* 2>/dev/null | tr '\n' ' ')
+    local nodes pid; nodes=$(ls /dev/ublkb* /dev/ublkc* 2>/dev/null | tr '\n' ' ')
     [[ -z $nodes ]] || { echo "nodes $nodes"; return 1; }
     [[ -z $(ls "$STATE" 2>/dev/null) ]] || { echo "state $(ls "$STATE" | tr '\n' ' ')"; return 1; }
-    [[ -z ${1:-} ]] || gone "$1" || { echo "daemon $1 alive"; return 1; }
+    for pid; do gone "$pid" || { echo "process $pid alive"; return 1; }; done
+    ! pgrep -f -- "--(ublk-daemon|supervise-ublk-device) " >/dev/null || { echo "processes $(pgrep -f -- "--(ublk-daemon|supervise-ublk-device) " | tr '\n' ' ')"; return 1; }
 }
 
 if [[ ! -e /dev/ublk-control ]]; then
@@ -52,7 +55,7 @@ for image in "$CORPUS"/*.erofs; do
         continue
     fi
     dev=$(device_of "$mnt")
-    pid=$(daemon_of "$dev")
+    pid=$(daemon_of "$dev") supervisor=$(supervisor_of "$dev")
     if [[ $dev != /dev/ublkb* ]]; then not_ok "$name: mounted from $dev, not a ublk device"
     elif "$BIN/erofs" walk "$mnt" > "$work/walk" 2>"$work/walk.err" && cmp -s "$work/walk" "$CORPUS/$name.manifest.jsonl"; then
         ok "$name: $dev walk equals the manifest"
@@ -66,7 +69,7 @@ for image in "$CORPUS"/*.erofs; do
     # -u takes the mountpoint, or (plain) the image, as umount(8) does.
     target=$mnt; [[ $name == plain ]] && target=$image
     if ! "$BIN/mount.erofs" -u "$target" 2>"$work/err"; then not_ok "$name: -u $target failed: $(cat "$work/err")"; continue; fi
-    if why=$(left_nothing "$pid"); then ok "$name: -u left nothing"; else not_ok "$name: -u left $why"; fi
+    if why=$(left_nothing "$pid" "$supervisor"); then ok "$name: -u left nothing"; else not_ok "$name: -u left $why"; fi
 done
 
 # The image cut short under the daemon: reads past the cut fail with EIO, reads before it
@@ -91,15 +94,16 @@ else
     not_ok "cut image: mount failed: $(cat "$work/err")"
 fi
 
-# The daemon killed (no supervisor yet): -u still releases everything.
+# The supervisor and the worker killed (reads would wait for --reattach): -u still releases
+# everything.
 mkdir -p "$work/mnt-kill"
 if "$BIN/mount.erofs" -t erofs.ublk "$CORPUS/plain.erofs" "$work/mnt-kill" 2>"$work/err"; then
-    pid=$(daemon_of "$(device_of "$work/mnt-kill")")
-    kill -9 "$pid"
-    for _ in $(seq 50); do gone "$pid" && break; sleep 0.1; done
-    if timeout 60 "$BIN/mount.erofs" -u "$work/mnt-kill" 2>"$work/err"; then ok "daemon killed: -u works"
-    else not_ok "daemon killed: -u failed: $(cat "$work/err")"; fi
-    if why=$(left_nothing "$pid"); then ok "daemon killed: -u left nothing"; else not_ok "daemon killed: -u left $why"; fi
+    pid=$(daemon_of "$(device_of "$work/mnt-kill")") supervisor=$(supervisor_of "$(device_of "$work/mnt-kill")")
+    kill -9 "$supervisor" "$pid"
+    for _ in $(seq 50); do gone "$pid" && gone "$supervisor" && break; sleep 0.1; done
+    if timeout 60 "$BIN/mount.erofs" -u "$work/mnt-kill" 2>"$work/err"; then ok "daemons killed: -u works"
+    else not_ok "daemons killed: -u failed: $(cat "$work/err")"; fi
+    if why=$(left_nothing "$pid" "$supervisor"); then ok "daemons killed: -u left nothing"; else not_ok "daemons killed: -u left $why"; fi
 else
     not_ok "daemon killed: mount failed: $(cat "$work/err")"
 fi

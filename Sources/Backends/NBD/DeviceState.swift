@@ -3,13 +3,16 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import Logging
 import RemoteSources
+import Supervision
 import SystemCalls
+import SystemPackage
 
 /// What `mount.erofs` records about an nbd device it manages: enough for `-u`, `--list`,
 /// `--disconnect` and `--reattach` to act on the device later, from another process.
 /// Written 0600 under /run; it never holds credentials (remote sources keep theirs elsewhere).
-public struct DeviceState: Codable, Sendable, Equatable {
+public struct DeviceState: Codable, Sendable, Equatable, SupervisedState {
     public enum AttachMethod: String, Codable, Sendable {
         /// Generic netlink: the device survives its daemon and can be reattached.
         case netlink
@@ -141,6 +144,33 @@ public struct ImageIdentity: Codable, Sendable, Equatable {
         size = status.size
         modificationSeconds = status.mtimeSeconds
         modificationNanoseconds = status.mtimeNanoseconds
+    }
+
+    /// The image of a device whose every daemon is gone, opened again by its `path`: it must be
+    /// the very file the device was mounted from (`expected`), unchanged (a file renamed over the
+    /// path, or rewritten, would be served under a filesystem that cached the old one). A state
+    /// from before these checks has no identity: the file is served with a warning.
+    public static func reopen(_ path: String, mountedAs expected: ImageIdentity?, on device: String, logger: Logger)
+        throws(MountFailure) -> FileDescriptor
+    {
+        let image = try ImageProbe.open(path)
+        guard let expected else {
+            logger.warning(
+                "\(device): its state predates image checks; \(path) is served without checking it is the file mounted")
+            return image
+        }
+        let change: String?
+        do { change = ImageIdentity(try FileStatus.fstat(image)).difference(from: expected) } catch {
+            try? image.close()
+            throw MountFailure("cannot use \(path)", cause: error)
+        }
+        if let change {
+            try? image.close()
+            throw MountFailure(
+                "\(path) is not the image \(device) was mounted from (\(change)): refusing to serve it under the mounted filesystem; unmount it (`mount.erofs -u`) and mount the new image"
+            )
+        }
+        return image
     }
 
     /// What differs from `other`, for a message; nil when nothing does.

@@ -19,41 +19,9 @@ public struct NBDRecovery: Sendable {
         self.store = store
     }
 
-    /// N of /dev/nbdN for TARGET: the device itself, or the mountpoint of an EROFS mount of
-    /// one. Both are found by device number, never by a name: a tmpfs or a user's FUSE mount
-    /// may call its source /dev/nbd0.
+    /// N of /dev/nbdN for TARGET: the device itself, or the mountpoint of an EROFS mount of one.
     public static func deviceIndex(of target: String) throws(MountFailure) -> Int {
-        let canonical = canonicalPath(target)
-        let status: FileStatus
-        do { status = try FileStatus.stat(canonical) } catch {
-            throw MountFailure("cannot use \(target)", cause: error)
-        }
-        let number: (major: UInt32, minor: UInt32)
-        switch status.kind {
-        case .block:
-            number = (status.rdevMajor, status.rdevMinor)
-        case .dir:
-            let entry: MountInfoEntry?
-            do { entry = try MountTable.mount(at: canonical) } catch {
-                throw MountFailure("cannot read the mount table", cause: error)
-            }
-            guard let entry else { throw MountFailure("\(target) is neither /dev/nbdN nor mounted from one") }
-            guard entry.fsType == "erofs" else {
-                throw MountFailure(
-                    "\(target) is not an EROFS mount of an nbd device (it is \(entry.fsType) from \(entry.source))")
-            }
-            number = (entry.major, entry.minor)
-        default:
-            throw MountFailure("\(target) is neither /dev/nbdN nor mounted from one")
-        }
-        guard let name = BlockDevice.name(major: number.major, minor: number.minor),
-            let index = BlockDevice.index(of: name, prefix: "nbd")
-        else {
-            throw MountFailure(
-                "\(target) is neither /dev/nbdN nor mounted from one (its device \(number.major):\(number.minor) is \(BlockDevice.name(major: number.major, minor: number.minor) ?? "unknown"))"
-            )
-        }
-        return index
+        try managedDeviceIndex(of: target, prefix: "nbd", kind: "an nbd device")
     }
 
     /// The state of TARGET's device, attached over netlink (`ioctl`: why an ioctl device is
@@ -123,25 +91,7 @@ public struct NBDRecovery: Sendable {
     /// the very file the device was mounted from, unchanged (a file renamed over the path, or
     /// rewritten, would be served under a filesystem that cached the old one).
     func reopenImage(of state: DeviceState) throws(MountFailure) -> FileDescriptor {
-        let image = try ImageProbe.open(state.source)
-        guard let expected = state.image else {
-            logger.warning(
-                "\(state.devicePath): its state predates image checks; \(state.source) is served without checking it is the file mounted"
-            )
-            return image
-        }
-        let change: String?
-        do { change = ImageIdentity(try FileStatus.fstat(image)).difference(from: expected) } catch {
-            try? image.close()
-            throw MountFailure("cannot use \(state.source)", cause: error)
-        }
-        if let change {
-            try? image.close()
-            throw MountFailure(
-                "\(state.source) is not the image \(state.devicePath) was mounted from (\(change)): refusing to serve it under the mounted filesystem; unmount it (`mount.erofs -u`) and mount the new image"
-            )
-        }
-        return image
+        try ImageIdentity.reopen(state.source, mountedAs: state.image, on: state.devicePath, logger: logger)
     }
 
     /// Replaces the serving worker with the binary now installed, without failing a request:
@@ -180,6 +130,45 @@ public struct NBDRecovery: Sendable {
         if let worker = state.worker, worker.isOurs(serving: state.backendIdentifier) { return worker.pid }
         return nil
     }
+}
+
+/// N of /dev/PREFIXN for TARGET (`kind`: "an nbd device", for messages): the device itself, or
+/// the mountpoint of an EROFS mount of one.
+/// Both are found by device number, never by a name: a tmpfs or a user's FUSE mount may call
+/// its source /dev/nbd0.
+public func managedDeviceIndex(of target: String, prefix: String, kind: String) throws(MountFailure) -> Int {
+    let canonical = canonicalPath(target)
+    let status: FileStatus
+    do { status = try FileStatus.stat(canonical) } catch {
+        throw MountFailure("cannot use \(target)", cause: error)
+    }
+    let neither = "\(target) is neither /dev/\(prefix)N nor mounted from one"
+    let number: (major: UInt32, minor: UInt32)
+    switch status.kind {
+    case .block:
+        number = (status.rdevMajor, status.rdevMinor)
+    case .dir:
+        let entry: MountInfoEntry?
+        do { entry = try MountTable.mount(at: canonical) } catch {
+            throw MountFailure("cannot read the mount table", cause: error)
+        }
+        guard let entry else { throw MountFailure(neither) }
+        guard entry.fsType == "erofs" else {
+            throw MountFailure(
+                "\(target) is not an EROFS mount of \(kind) (it is \(entry.fsType) from \(entry.source))")
+        }
+        number = (entry.major, entry.minor)
+    default:
+        throw MountFailure(neither)
+    }
+    guard let name = BlockDevice.name(major: number.major, minor: number.minor),
+        let index = BlockDevice.index(of: name, prefix: prefix)
+    else {
+        throw MountFailure(
+            "\(neither) (its device \(number.major):\(number.minor) is \(BlockDevice.name(major: number.major, minor: number.minor) ?? "unknown"))"
+        )
+    }
+    return index
 }
 
 extension DaemonProcess {

@@ -27,15 +27,9 @@ public enum NBDSupervisor {
 
     public static func main(_ arguments: [String]) -> Int32 {
         // After the exec of a hot upgrade: the settings, then the handover.
-        var settingsArguments = arguments
-        var handover: SupervisorHandover?
-        if arguments.count >= 2, arguments[arguments.count - 2] == SupervisorHandover.flag {
-            handover = SupervisorHandover(argument: arguments[arguments.count - 1])
-            settingsArguments.removeLast(2)
-            guard handover != nil else {
-                ProcessSystem().log("erofs-nbd-supervisor[\(getpid())]: internal error: bad handover \(arguments)")
-                return NBDDaemon.Exit.badArguments.rawValue
-            }
+        guard let (settingsArguments, handover) = SupervisorHandover.split(arguments) else {
+            ProcessSystem().log("erofs-nbd-supervisor[\(getpid())]: internal error: bad handover \(arguments)")
+            return NBDDaemon.Exit.badArguments.rawValue
         }
         guard let settings = NBDDaemon.Settings(arguments: [NBDDaemon.flag] + settingsArguments.dropFirst()),
             arguments.first == flag, !settings.forceIoctl
@@ -171,5 +165,3 @@ public struct NBDSupervisedBackend: SupervisedBackend {
             summary: "NBD \(request.type) of \(request.length) bytes at \(request.offset)")
     }
 }
-
-extension DeviceState: SupervisedState {}
