@@ -31,7 +31,8 @@ for kernel in "${KERNELS[@]}"; do
                t=$(date +%s); tests/vm/recovery.sh; recovery=$?; echo "# recovery.sh took $(($(date +%s) - t)) s"
                t=$(date +%s); tests/vm/ublk-mount.sh; ublk=$?; echo "# ublk-mount.sh took $(($(date +%s) - t)) s"
                t=$(date +%s); tests/vm/ublk-recovery.sh; ublkrecovery=$?; echo "# ublk-recovery.sh took $(($(date +%s) - t)) s"
-               [ $recovery = 0 ] && [ $nbd = 0 ] && [ $ublk = 0 ] && [ $ublkrecovery = 0 ] && [ $fuse = 0 ] && exit $smoke' | tee "$output" || status=$?
+               t=$(date +%s); tests/vm/remote-mount.sh; remote=$?; echo "# remote-mount.sh took $(($(date +%s) - t)) s"
+               [ $recovery = 0 ] && [ $nbd = 0 ] && [ $ublk = 0 ] && [ $ublkrecovery = 0 ] && [ $fuse = 0 ] && [ $remote = 0 ] && exit $smoke' | tee "$output" || status=$?
     echo "== kernel $kernel: status $status in $((SECONDS - started)) s"
     passed=$((passed + $(grep -c '^ok - ' "$output" || true)))
     failed=$((failed + $(grep -c '^not ok - ' "$output" || true)))
