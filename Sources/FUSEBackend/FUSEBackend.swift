@@ -305,13 +305,11 @@ public struct FUSEBackend: Sendable {
                 "the supervisor of \(state.mountPoint) (\(state.daemonPID)) is gone: its worker serves on, but cannot be replaced; unmount and mount again"
             )
         }
-        let before = state.upgrades ?? 0
-        kill(state.daemonPID, SIGUSR1)
-        let deadline = monotonicSeconds() + timeout
-        while monotonicSeconds() < deadline {
-            usleep(10_000)
-            if let now = store.load(major: major, minor: minor), (now.upgrades ?? 0) > before { return now }
-            if !state.daemonIsOurs { break }
+        if let upgraded = state.daemon.requestUpgrade(
+            from: state, timeout: timeout, stillOurs: { state.daemonIsOurs },
+            reload: { store.load(major: major, minor: minor) })
+        {
+            return upgraded
         }
         throw MountFailure(
             "\(state.mountPoint): the upgrade did not complete within \(Int(timeout)) s (see \(state.logFile))")

@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The part of a link's state file the supervisor keeps up to date, whatever the backend: the
 /// serving worker and the counters `--list`, `--upgrade` and the tests read.
 public protocol SupervisedState {
@@ -22,5 +26,24 @@ extension SupervisedState {
         case .upgraded:
             upgrades = (upgrades ?? 0) + 1
         }
+    }
+}
+
+extension DaemonProcess {
+    /// `--upgrade`: SIGUSR1 asks this supervisor to move its link to the binary now installed.
+    /// Returns the link's state once it counts one more upgrade than `state`; nil when the
+    /// supervisor stops being `stillOurs` or `timeout` seconds pass first.
+    public func requestUpgrade<State: SupervisedState>(
+        from state: State, timeout: Double, stillOurs: () -> Bool, reload: () -> State?
+    ) -> State? {
+        let before = state.upgrades ?? 0
+        kill(pid, SIGUSR1)
+        let deadline = monotonicSeconds() + timeout
+        while monotonicSeconds() < deadline {
+            usleep(20_000)
+            if let now = reload(), (now.upgrades ?? 0) > before { return now }
+            if !stillOurs() { break }
+        }
+        return nil
     }
 }

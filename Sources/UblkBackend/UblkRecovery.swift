@@ -82,13 +82,11 @@ public struct UblkRecovery: Sendable {
                 "no supervisor serves \(state.devicePath) (it was killed?): `mount.erofs --reattach \(target)` starts one once its worker is gone"
             )
         }
-        let before = state.upgrades ?? 0
-        kill(supervisor.pid, SIGUSR1)
-        let deadline = monotonicSeconds() + timeout
-        while monotonicSeconds() < deadline {
-            usleep(20_000)
-            if let now = try? store.load(device: id), (now.upgrades ?? 0) > before { return now }
-            if !state.isOurs(supervisor) { break }
+        if let upgraded = supervisor.requestUpgrade(
+            from: state, timeout: timeout, stillOurs: { state.isOurs(supervisor) },
+            reload: { try? store.load(device: id) })
+        {
+            return upgraded
         }
         throw MountFailure(
             "\(state.devicePath): the upgrade did not complete within \(Int(timeout)) s (see \(store.logPath(device: id)))"

@@ -111,13 +111,11 @@ public struct NBDRecovery: Sendable {
             }
             throw MountFailure("no daemon serves \(state.devicePath): `mount.erofs --reattach \(target)` starts one")
         }
-        let before = state.upgrades ?? 0
-        kill(supervisor.pid, SIGUSR1)
-        let deadline = monotonicSeconds() + timeout
-        while monotonicSeconds() < deadline {
-            usleep(20_000)
-            if let now = try? store.load(device: state.index), (now.upgrades ?? 0) > before { return now }
-            if !supervisor.isOurs(serving: state.backendIdentifier) { break }
+        if let upgraded = supervisor.requestUpgrade(
+            from: state, timeout: timeout, stillOurs: { supervisor.isOurs(serving: state.backendIdentifier) },
+            reload: { try? store.load(device: state.index) })
+        {
+            return upgraded
         }
         throw MountFailure(
             "\(state.devicePath): the upgrade did not complete within \(Int(timeout)) s (see \(store.logPath(identifier: state.backendIdentifier)))"
