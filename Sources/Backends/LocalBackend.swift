@@ -16,13 +16,13 @@ public struct LocalBackend: Sendable {
     public struct Request: Sendable {
         public var source: String
         public var mountPoint: String
-        public var flags: UInt
+        public var flags: MountFlags
         public var data: String
         public var forceLoop: Bool
         /// -f: check and prepare everything, mount nothing.
         public var fake: Bool
 
-        public init(source: String, mountPoint: String, flags: UInt, data: String, forceLoop: Bool, fake: Bool) {
+        public init(source: String, mountPoint: String, flags: MountFlags, data: String, forceLoop: Bool, fake: Bool) {
             self.source = source
             self.mountPoint = mountPoint
             self.flags = flags

@@ -131,12 +131,16 @@ public struct Unmounter: Sendable {
     /// unmount; one set up for autoclear (by us or by mount(8)) that stays bound and is mounted
     /// nowhere else is released here. Loop devices set up by hand (no autoclear) are left alone.
     private func releaseIfUnused(_ loop: LoopDevice, major: UInt32, minor: UInt32) throws(MountFailure) -> String? {
-        for _ in 0..<50 {
+        // Someone else may hold it open a moment longer (a probing blkid or udev): autoclear
+        // then frees it when they close it, so that is waited for too, up to 5 s.
+        var waited = 0
+        while true {
             if loop.backingFile == nil { return nil }
+            guard loop.autoclear else { return nil }
+            if waited >= 50, case .free = BlockDevice.claim(path: loop.path, major: major, minor: minor) { break }
+            if waited >= 500 { return nil }
             usleep(10_000)
-        }
-        guard loop.autoclear, case .free = BlockDevice.claim(path: loop.path, major: major, minor: minor) else {
-            return nil
+            waited += 1
         }
         do { try loop.detach() } catch {
             // Freed meanwhile.

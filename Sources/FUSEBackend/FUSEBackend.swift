@@ -19,14 +19,15 @@ public struct FUSEBackend: Sendable {
         public var source: String
         public var mountPoint: String
         /// MS_* flags (MS_RDONLY always).
-        public var flags: UInt
+        public var flags: MountFlags
         public var options: Options
         public var fake: Bool
         /// A remote source, opened and checked by the caller; nil: `source` is a local image.
         public var remote: ServedSource?
 
         public init(
-            source: String, mountPoint: String, flags: UInt, options: Options, fake: Bool, remote: ServedSource? = nil
+            source: String, mountPoint: String, flags: MountFlags, options: Options, fake: Bool,
+            remote: ServedSource? = nil
         ) {
             self.remote = remote
             self.source = source

@@ -6,12 +6,12 @@ import SystemCalls
 /// `mount(2)` and `umount2(2)`.
 public enum Mount {
     public static func mount(
-        source: String, target: String, type: String, flags: UInt, data: String
+        source: String, target: String, type: String, flags: MountFlags, data: String
     ) throws(SystemError) {
         let result =
             data.isEmpty
-            ? Glibc.mount(source, target, type, flags, nil)
-            : data.withCString { Glibc.mount(source, target, type, flags, $0) }
+            ? Glibc.mount(source, target, type, flags.rawValue, nil)
+            : data.withCString { Glibc.mount(source, target, type, flags.rawValue, $0) }
         if result != 0 {
             throw .lastErrno("mount \(source) on", path: target)
         }
@@ -102,4 +102,24 @@ func readAll(_ fd: Int32, path: String) throws(SystemError) -> String {
         bytes.append(contentsOf: chunk[..<got])
     }
     return String(decoding: bytes, as: UTF8.self)
+}
+
+/// mount(2) flags, from linux/mount.h.
+public struct MountFlags: OptionSet, Sendable, Hashable {
+    public let rawValue: UInt
+    public init(rawValue: UInt) { self.rawValue = rawValue }
+
+    public static let readOnly = MountFlags(rawValue: 1)
+    public static let noSuid = MountFlags(rawValue: 2)
+    public static let noDev = MountFlags(rawValue: 4)
+    public static let noExec = MountFlags(rawValue: 8)
+    public static let synchronous = MountFlags(rawValue: 16)
+    public static let remount = MountFlags(rawValue: 32)
+    public static let dirSync = MountFlags(rawValue: 128)
+    public static let noAtime = MountFlags(rawValue: 1024)
+    public static let noDirAtime = MountFlags(rawValue: 2048)
+    public static let silent = MountFlags(rawValue: 32768)
+    public static let relAtime = MountFlags(rawValue: 1 << 21)
+    public static let strictAtime = MountFlags(rawValue: 1 << 24)
+    public static let lazyTime = MountFlags(rawValue: 1 << 25)
 }

@@ -89,7 +89,7 @@ public final class MountNamespace: Sendable {
     /// mountpoint is opened there; then, still in the namespace, the root goes back to ours, so
     /// that `device` is our node, not one the namespace's owner put at that path, and the mount
     /// goes on the opened directory (/proc/self/fd/N of our /proc).
-    public func mount(device: String, on mountPoint: String, type: String, flags: UInt, data: String)
+    public func mount(device: String, on mountPoint: String, type: String, flags: MountFlags, data: String)
         throws(SystemError)
     {
         try run { () throws(SystemError) in

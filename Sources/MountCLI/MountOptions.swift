@@ -1,22 +1,4 @@
-/// mount(2) flags, from linux/mount.h.
-public struct MountFlags: OptionSet, Sendable, Hashable {
-    public let rawValue: UInt
-    public init(rawValue: UInt) { self.rawValue = rawValue }
-
-    public static let readOnly = MountFlags(rawValue: 1)
-    public static let noSuid = MountFlags(rawValue: 2)
-    public static let noDev = MountFlags(rawValue: 4)
-    public static let noExec = MountFlags(rawValue: 8)
-    public static let synchronous = MountFlags(rawValue: 16)
-    public static let remount = MountFlags(rawValue: 32)
-    public static let dirSync = MountFlags(rawValue: 128)
-    public static let noAtime = MountFlags(rawValue: 1024)
-    public static let noDirAtime = MountFlags(rawValue: 2048)
-    public static let silent = MountFlags(rawValue: 32768)
-    public static let relAtime = MountFlags(rawValue: 1 << 21)
-    public static let strictAtime = MountFlags(rawValue: 1 << 24)
-    public static let lazyTime = MountFlags(rawValue: 1 << 25)
-}
+import KernelAttach
 
 /// What `-o` says, split the way mount(8) helpers split it: standard options become flags,
 /// our own (`loop`, `nbd.*`, ...) steer the backend, and everything else is EROFS mount data

@@ -151,7 +151,7 @@ public enum MountTool {
                 throw UsageError("`remount` is not supported: unmount and mount again")
             }
             let request = LocalBackend.Request(
-                source: source, mountPoint: target, flags: line.options.flags.rawValue,
+                source: source, mountPoint: target, flags: line.options.flags,
                 data: line.options.kernelDataString, forceLoop: line.options.forceLoop, fake: line.fake)
             let outcome: LocalBackend.Outcome
             do { outcome = try LocalBackend(logger: logger).mount(request) } catch {
@@ -193,7 +193,7 @@ public enum MountTool {
                 }
             }
             var request = NBDBackend.Request(
-                source: source, mountPoint: target, flags: line.options.flags.rawValue,
+                source: source, mountPoint: target, flags: line.options.flags,
                 data: line.options.kernelDataString, forceIoctl: forceIoctl, deadConnectionTimeout: deadTimeout,
                 automaticRecovery: automaticRecovery, requeueMilliseconds: requeueMilliseconds,
                 pollMicroseconds: pollMicroseconds, fake: line.fake,
@@ -211,7 +211,7 @@ public enum MountTool {
                 throw UsageError("`\(name)` options are not supported with -t erofs.ublk")
             }
             let request = UblkBackend.Request(
-                source: source, mountPoint: target, flags: line.options.flags.rawValue,
+                source: source, mountPoint: target, flags: line.options.flags,
                 data: line.options.kernelDataString, fake: line.fake)
             if let state = try UblkBackend(logger: logger).mount(request) {
                 logger.info(
@@ -259,7 +259,7 @@ public enum MountTool {
         case .failure(let error): throw UsageError(error.description)
         }
         let request = FUSEBackend.Request(
-            source: line.source!, mountPoint: line.target!, flags: line.options.flags.rawValue, options: options,
+            source: line.source!, mountPoint: line.target!, flags: line.options.flags, options: options,
             fake: line.fake, remote: remote?.served)
         let name = remote?.displayName ?? line.source!
         if let state = try FUSEBackend(logger: logger).mount(request) {

@@ -21,11 +21,11 @@ public struct UblkBackend: Sendable {
     public struct Request: Sendable {
         public var source: String
         public var mountPoint: String
-        public var flags: UInt
+        public var flags: MountFlags
         public var data: String
         public var fake: Bool
 
-        public init(source: String, mountPoint: String, flags: UInt, data: String, fake: Bool) {
+        public init(source: String, mountPoint: String, flags: MountFlags, data: String, fake: Bool) {
             self.source = source
             self.mountPoint = mountPoint
             self.flags = flags

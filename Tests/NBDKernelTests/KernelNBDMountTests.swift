@@ -56,7 +56,7 @@ struct KernelNBDMountTests {
         var template = Array("/tmp/nbd-mount-XXXXXX".utf8CString)
         let mountPoint = String(cString: try #require(mkdtemp(&template)))
         defer { rmdir(mountPoint) }
-        try Mount.mount(source: device.path, target: mountPoint, type: "erofs", flags: UInt(MS_RDONLY), data: "")
+        try Mount.mount(source: device.path, target: mountPoint, type: "erofs", flags: .readOnly, data: "")
         let walked: String
         do {
             walked = try DirectoryWalker.manifest(ofTreeAt: mountPoint).manifestText

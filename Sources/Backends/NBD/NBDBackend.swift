@@ -16,7 +16,7 @@ public struct NBDBackend: Sendable {
     public struct Request: Sendable {
         public var source: String
         public var mountPoint: String
-        public var flags: UInt
+        public var flags: MountFlags
         public var data: String
         public var forceIoctl: Bool
         public var deadConnectionTimeout: UInt64
@@ -31,7 +31,7 @@ public struct NBDBackend: Sendable {
         public var remote: (source: ServedSource, size: UInt64)?
 
         public init(
-            source: String, mountPoint: String, flags: UInt, data: String, forceIoctl: Bool,
+            source: String, mountPoint: String, flags: MountFlags, data: String, forceIoctl: Bool,
             deadConnectionTimeout: UInt64, automaticRecovery: Bool = true, requeueMilliseconds: UInt32 = 250,
             pollMicroseconds: UInt32 = NBDDaemon.Settings.defaultPollMicroseconds, fake: Bool,
             namespace: MountNamespace? = nil
