@@ -31,7 +31,14 @@ left_nothing() {  # DEVICE INDEX, PIDS...: nothing of the device remains
     local n=$1; shift
     [[ $(cat /sys/block/nbd$n/size) == 0 ]] || { echo "nbd$n size $(cat /sys/block/nbd$n/size)"; return 1; }
     [[ ! -e $STATE/nbd$n.json ]] || { echo "state file left"; return 1; }
-    for pid in "$@"; do gone "$pid" || { echo "process $pid alive"; return 1; }; done
+    for pid in "$@"; do
+        gone "$pid" && continue
+        # What it is and whether it is on its way out (an exit under emulation can be slow).
+        local what; what=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null; awk '{print " state " $3 " ppid " $4}' "/proc/$pid/stat" 2>/dev/null)
+        sleep 5
+        gone "$pid" && { echo "process $pid ($what) still running when -u returned, gone 5 s later"; return 1; }
+        echo "process $pid alive ($what)"; return 1
+    done
     ! pgrep -f "erofs-mount-.* .*:$n " >/dev/null || { echo "a worker for nbd$n is alive"; return 1; }
 }
 

@@ -24,7 +24,7 @@ for kernel in "${KERNELS[@]}"; do
     echo "== kernel $kernel"
     started=$SECONDS
     status=0
-    "$VM_DIR/run.sh" --kernel "$kernel" --timeout "${VM_TIMEOUT:-1200}" -- \
+    "$VM_DIR/run.sh" --kernel "$kernel" --timeout "${VM_TIMEOUT:-1800}" -- \
         sh -c 't=$(date +%s); tests/vm/smoke.sh; smoke=$?; echo "# smoke.sh took $(($(date +%s) - t)) s"
                t=$(date +%s); tests/vm/nbd-mount.sh; nbd=$?; echo "# nbd-mount.sh took $(($(date +%s) - t)) s"
                t=$(date +%s); tests/vm/fuse-mount.sh; fuse=$?; echo "# fuse-mount.sh took $(($(date +%s) - t)) s"
