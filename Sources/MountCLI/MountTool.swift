@@ -121,14 +121,16 @@ public enum MountTool {
         let source = line.source!
         let target = line.target!
         let environment = ProcessEnvironment.current()
-        let description = try RemoteMount.description(
-            source: source, options: line.options, environment: environment)
-        let backend = try chooseBackend(line, remote: description != nil)
+        let planned = try RemoteMount.description(
+            source: source, options: line.options, environment: environment, logger: logger)
+        let backend = try chooseBackend(line, remote: planned != nil)
         var remote: RemoteMount?
-        if let description {
+        if let planned {
             // Before anything is fetched or captured (with -N the nbd backend checks it there).
             if line.namespace == nil { try MountPoint.check(target) }
-            remote = try RemoteMount.prepare(description, environment: environment, fake: line.fake, logger: logger)
+            remote = try RemoteMount.prepare(
+                planned.description, registry: planned.registry, environment: environment, fake: line.fake,
+                logger: logger)
         }
         switch backend {
         case .local:
