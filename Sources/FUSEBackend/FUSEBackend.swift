@@ -339,7 +339,10 @@ public struct FUSEBackend: Sendable {
             return [
                 "\(major):\(minor)", "fuse", state.recovery ?? "-",
                 supervised ? "auto" : "none (supervisor gone)", describe(state.daemon), describe(state.worker), link,
-                state.mountPoint, binaries(state.daemon, state.worker, state.isOurs), state.source,
+                // The state keeps the daemon's argument (a remote source's JSON description):
+                // shown as the mount table names it (URL, s3://, REF layer DIGEST).
+                state.mountPoint, binaries(state.daemon, state.worker, state.isOurs),
+                (try? ServedSource(argument: state.source))?.displayName ?? state.source,
             ]
         }
     }

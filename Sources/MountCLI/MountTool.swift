@@ -122,7 +122,7 @@ public enum MountTool {
         let target = line.target!
         let environment = ProcessEnvironment.current()
         let planned = try RemoteMount.description(
-            source: source, options: line.options, environment: environment, logger: logger)
+            source: source, options: line.options, environment: environment)
         let backend = try chooseBackend(line, remote: planned != nil)
         var remote: RemoteMount?
         if let planned {

@@ -25,14 +25,14 @@ struct RemoteMount {
     /// with the registry credentials of `oci.username=`/`oci.password=` (never in the
     /// description). Bad options are usage errors (exit 1).
     static func description(
-        source: String, options: MountOptions, environment: [String: String], logger: Logger
+        source: String, options: MountOptions, environment: [String: String]
     ) throws(UsageError) -> (description: RemoteSourceDescription, registry: RegistryCredentials?)? {
         let pairs = options.backendOptions.filter { RemoteSourceDescription.owns($0.name) }.map {
             (key: $0.name, value: $0.value)
         }
         do {
             if let (image, registry) = try OCISourceDescription.parse(
-                source: source, options: pairs, warn: { logger.warning("\($0)") })
+                source: source, options: pairs, warn: { printError("warning: \($0)") })
             {
                 return (RemoteSourceDescription(oci: image), registry)
             }
