@@ -370,8 +370,8 @@ public enum MountTool {
     static let helpText = """
         Usage: mount.erofs [OPTIONS] SOURCE MOUNTPOINT
                mount.erofs -u TARGET
-        Mount an EROFS image (a file, a block device, an http(s):// URL or an S3
-        BUCKET/KEY) on MOUNTPOINT.
+        Mount an EROFS image (a file, a block device, an http(s):// URL, an S3
+        BUCKET/KEY, or a layer of an image in an OCI registry) on MOUNTPOINT.
 
         Options:
           -t erofs[.SUBTYPE]   backend: local (kernel mount), nbd, fuse (workers serve
@@ -463,8 +463,13 @@ public enum MountTool {
         /run/erofs-mount/credentials, removed at unmount: never in its argv,
         environment, the state or a log.
         \(RemoteSourceDescription.optionsHelp)
-        OCI registries (-o oci.*): not mounted yet (refused, exit 1); the erofs tool
-        reads a layer: erofs ls -o oci.layer=N REF (see erofs --help).
+        OCI registries: with any oci.* option SOURCE is an image reference,
+        [REGISTRY[:PORT]/]REPO[:TAG|@sha256:DIGEST], and one layer of it is mounted as
+        a remote source (oci.layer=N or oci.blob=DIGEST, oci.platform=, oci.insecure,
+        oci.tarindex=, oci.zinfo=, oci.username=/oci.password=: see erofs --help).
+        The mount pins the manifest and layer digests for its daemons; registry
+        credentials (oci.username/password, ~/.docker/config.json or a credential
+        helper) are captured like the AWS ones above; --list shows REF layer DIGEST.
 
         Exit status: 0 success, 1 bad usage, 32 mount failure.
         """
