@@ -22,6 +22,12 @@ struct OCIMountTests {
             sourceLocation: sourceLocation)
     }
 
+    /// The serving worker a FUSE state file names.
+    func servingWorker(_ state: String) throws -> Int32 {
+        let object = try JSONSerialization.jsonObject(with: FileManager.default.contents(atPath: state) ?? Data())
+        return Int32(try #require((object as? [String: Any])?["servingPID"] as? Int))
+    }
+
     /// `--list`'s row for `mountPoint` holds the reference and the layer digest.
     func expectListed(_ mountPoint: String, reference: String, layer: String) throws {
         let list = try mounts.mountErofs(["--list"])
@@ -85,6 +91,22 @@ struct OCIMountTests {
             warnings: Self.warnings)
         expectNoDaemon(for: registry)
 
+        // A wrong password: exit 32, one line naming the registry, nothing mounted, running or
+        // captured.
+        let mountPoint = try scratchDirectory("oci-wrong")
+        defer { try? FileManager.default.removeItem(atPath: mountPoint) }
+        let wrong = try mounts.mountErofs([
+            "-t", "erofs.fuse", source, mountPoint, "-o",
+            "oci.insecure,oci.username=reader,oci.password=wrong-\(password)",
+        ])
+        #expect(wrong.status == 32, "\(wrong.standardError)")
+        let errors = wrong.standardError.split(separator: "\n").filter { !$0.contains("warning:") }
+        #expect(errors.count == 1 && errors[0].contains(registry.host), "\(wrong.standardError)")
+        #expect(!wrong.standardError.contains(password))
+        #expect(RemoteMountTests.mount(at: mountPoint) == nil)
+        #expect(RemoteMountTests.captured(holding: Data("reader:wrong-\(password)".utf8).base64EncodedString()).isEmpty)
+        expectNoDaemon(for: registry)
+
         let directory = try scratchDirectory("oci-docker-config")
         defer { try? FileManager.default.removeItem(atPath: directory) }
         try #"{"auths": {"\#(registry.host)": {"auth": "\#(auth)"}}}"#.write(
@@ -120,18 +142,11 @@ struct OCIMountTests {
                 try walk.run()
                 for _ in 0..<2 {
                     usleep(100_000)
-                    let object = try JSONSerialization.jsonObject(
-                        with: FileManager.default.contents(atPath: state) ?? Data())
-                    let worker = try #require((object as? [String: Any])?["servingPID"] as? Int)
+                    let worker = try servingWorker(state)
                     // Counted only while the walk reads (else the kill proves nothing).
-                    if walk.isRunning && kill(Int32(worker), SIGKILL) == 0 { kills += 1 }
+                    if walk.isRunning && kill(worker, SIGKILL) == 0 { kills += 1 }
                     // Until the supervisor names the next worker.
-                    for _ in 0..<2000 {
-                        let now = try? JSONSerialization.jsonObject(
-                            with: FileManager.default.contents(atPath: state) ?? Data())
-                        if (now as? [String: Any])?["servingPID"] as? Int != worker { break }
-                        usleep(1000)
-                    }
+                    for _ in 0..<2000 where try servingWorker(state) == worker { usleep(1000) }
                 }
                 let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
                 walk.waitUntilExit()
@@ -140,6 +155,24 @@ struct OCIMountTests {
                 #expect(difference == nil, "\(difference ?? "")")
             }
             #expect(kills >= 3, "only \(kills) kills landed during a walk")
+
+            // The tag moved to another image: the next worker still opens the pinned manifest
+            // and layer, not what the tag names now.
+            let other = try #require(Corpus.imagesOrEmpty.first { $0.name == "plain" }, "a tree other than lz4's")
+            try registry.push([(other.path, OCIData.erofsType)], as: "corpus/lz4")
+            // Twice: the standby the supervisor keeps ready opened the layer before the push.
+            for _ in 0..<2 {
+                let worker = try servingWorker(state)
+                #expect(kill(worker, SIGKILL) == 0)
+                for _ in 0..<2000 where try servingWorker(state) == worker { usleep(1000) }
+                usleep(500_000)
+            }
+            try "3\n".write(toFile: "/proc/sys/vm/drop_caches", atomically: false, encoding: .utf8)
+            let walk = try runProgram(RemoteMountTests.erofs, ["walk", mountPoint])
+            #expect(walk.status == 0, "\(walk.standardError)")
+            #expect(manifestDifference(actual: walk.standardOutput, expected: expected) == nil)
+            let list = try mounts.mountErofs(["--list"]).standardOutput
+            #expect(list.contains(mountPoint) && !list.contains("dead"), "\(list)")
         }
         expectNoDaemon(for: registry)
     }
