@@ -30,11 +30,19 @@ struct RemoteMount {
         let pairs = options.backendOptions.filter { RemoteSourceDescription.owns($0.name) }.map {
             (key: $0.name, value: $0.value)
         }
-        do {
+        do throws(RemoteError) {
+            // remote.verify is mount.erofs's (the erofs tool has no mount to complete).
+            let verify = pairs.last { $0.key == "remote.verify" }?.value
             if let (image, registry) = try OCISourceDescription.parse(
-                source: source, options: pairs, warn: { printError("warning: \($0)") })
+                source: source, options: pairs.filter { $0.key != "remote.verify" },
+                warn: { printError("warning: \($0)") })
             {
-                return (RemoteSourceDescription(oci: image), registry)
+                guard verify == nil || verify == "full" || verify == "none" else {
+                    throw RemoteError(.configuration, "-o", "remote.verify: full or none")
+                }
+                var description = RemoteSourceDescription(oci: image)
+                description.verifyFully = verify == "full"
+                return (description, registry)
             }
             return try RemoteSourceDescription.parse(source: source, options: pairs, environment: environment).map {
                 ($0, nil)
