@@ -52,7 +52,9 @@ struct OCIMountTests {
         for (index, image) in images.enumerated() {
             let digest = layers[index]["digest"] as! String
             try mounts.mountWalkUnmount(
-                source: reference, options: "oci.insecure,oci.layer=\(index),remote.cache=none", name: image.name,
+                source: reference,
+                options: "oci.insecure,oci.layer=\(index),remote.cache=none"
+                    + (index == 1 ? ",remote.verify=full" : ""), name: image.name,
                 manifest: try image.expectedManifest(), warnings: Self.warnings
             ) { mountPoint, _ in
                 try expectListed(mountPoint, reference: reference, layer: digest)

@@ -81,6 +81,22 @@ kill_under_readers() {
     check "readers across the kill and --reattach: $r1 + $r2 walks, $e1 + $e2 errors" test "$e1$e2" = 00 -a "$r1" -gt 0 -a "$r2" -gt 0
 }
 
+# The secrets ($3...) are in no daemon's argv or environment nor in $STATE; --list shows $2
+# (a fixed string) and none of them. $1 names the secret in the messages.
+no_secret_in_daemons() {
+    local what=$1 listed=$2 ours leaks secret; shift 2
+    local patterns=(); for secret in "$@"; do patterns+=(-e "$secret"); done
+    ours=$(pgrep -f -- '--serve-nbd-device|--supervise-nbd-device')
+    leaks=$(for pid in $ours; do grep -l -a -F "${patterns[@]}" /proc/$pid/cmdline /proc/$pid/environ 2>/dev/null; done
+        grep -rl -a -F "${patterns[@]}" "$STATE" 2>/dev/null)
+    check "the $what is in no daemon's argv or environment, nor in $STATE (daemons: $(echo $ours))" \
+        test -z "$leaks" -a -n "$ours"
+    local shown=no
+    "$BIN/mount.erofs" --list >"$work/list"
+    grep -q -F -- "$listed" "$work/list" && ! grep -q -F "${patterns[@]}" "$work/list" && shown=yes
+    check "--list shows $listed, not the $what" test $shown = yes
+}
+
 # 1. Plain -t erofs of a URL: nbd where the kernel has it.
 mnt=$work/http; mkdir -p "$mnt"
 if "$BIN/mount.erofs" -t erofs "$http/lz4.erofs" "$mnt" -o remote.cache=$work/cache 2>"$work/err"; then
@@ -122,13 +138,7 @@ if AWS_ACCESS_KEY_ID=$access AWS_SECRET_ACCESS_KEY=$secret \
     device=$(device_of "$mnt")
     check "chunked from S3 through nbd: walk equals the manifest" \
         walk_equals "$mnt" "$CORPUS/chunked.manifest.jsonl"
-    ours=$(pgrep -f -- '--serve-nbd-device|--supervise-nbd-device')
-    leaks=$(for pid in $ours; do grep -l -a -- "$secret" /proc/$pid/cmdline /proc/$pid/environ 2>/dev/null; done
-        grep -rl -a -- "$secret" "$STATE" 2>/dev/null)
-    check "the secret is in no daemon's argv or environment, nor in $STATE (daemons: $(echo $ours))" \
-        test -z "$leaks" -a -n "$ours"
-    check "--list shows the object, not the secret" \
-        bash -c "'$BIN/mount.erofs' --list | grep -q 's3://images/chunked.erofs' && ! '$BIN/mount.erofs' --list | grep -q -- '$secret'"
+    no_secret_in_daemons secret s3://images/chunked.erofs "$secret"
 
     kill_under_readers "$mnt" "$CORPUS/chunked.manifest.jsonl"
     "$BIN/mount.erofs" -u "$mnt" 2>"$work/err" || not_ok "-u: $(cat "$work/err")"
@@ -173,13 +183,7 @@ if "$BIN/mount.erofs" -t erofs.nbd "$reference" "$mnt" \
     -o "oci.insecure,oci.username=reader,oci.password=$password,remote.cache=$work/cache" 2>"$work/err"; then
     device=$(device_of "$mnt")
     check "an OCI layer through nbd: walk equals the manifest" walk_equals "$mnt" "$CORPUS/lz4.manifest.jsonl"
-    ours=$(pgrep -f -- '--serve-nbd-device|--supervise-nbd-device')
-    leaks=$(for pid in $ours; do grep -l -a -e "$password" -e "$auth" /proc/$pid/cmdline /proc/$pid/environ 2>/dev/null; done
-        grep -rl -a -e "$password" -e "$auth" "$STATE" 2>/dev/null)
-    check "the password is in no daemon's argv or environment, nor in $STATE (daemons: $(echo $ours))" \
-        test -z "$leaks" -a -n "$ours"
-    check "--list shows the reference and the layer digest, not the password" \
-        bash -c "'$BIN/mount.erofs' --list | grep -q '$reference layer sha256:' && ! '$BIN/mount.erofs' --list | grep -q -- '$password'"
+    no_secret_in_daemons password "$reference layer sha256:" "$password" "$auth"
     kill_under_readers "$mnt" "$CORPUS/lz4.manifest.jsonl"
     "$BIN/mount.erofs" -u "$mnt" 2>"$work/err" || not_ok "-u: $(cat "$work/err")"
     check "-u of the OCI mount left nothing (no captured credentials either)" nothing_left "$mnt" "$device"
