@@ -4,9 +4,9 @@ import Foundation
 import Glibc
 #endif
 
-/// The environment's S3 credentials captured for the daemons of one mount: a 0600 file of
-/// `KEY=VALUE` lines in a root-only directory under /run (tmpfs: never on disk), so that no
-/// secret travels in a daemon's argv or environment and a recovered daemon finds them again.
+/// The environment's S3 credentials, or a registry's, captured for the daemons of one mount: a
+/// 0600 file of `KEY=VALUE` lines in a root-only directory under /run (tmpfs: never on disk), so
+/// that no secret travels in a daemon's argv or environment and a recovered daemon finds them again.
 /// The mount removes the file when it ends (or fails).
 public enum CapturedCredentials {
     public static let directory = "/run/erofs-mount/credentials"
