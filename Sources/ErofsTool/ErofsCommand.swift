@@ -35,6 +35,7 @@ struct ErofsCommand: ParsableCommand {
                                       credHelpers/credsStore; else anonymous
             A digest in the reference pins the manifest and config; the layer's
             size is checked against the manifest. zstd layers are refused.
+            mount.erofs mounts a layer with the same options.
             """,
         subcommands: [
             WalkCommand.self, ServeCommand.self, InspectCommand.self, ListCommand.self, CatCommand.self,

@@ -344,6 +344,8 @@ public struct FUSEBackend: Sendable {
                 supervised ? "auto" : "none (supervisor gone)", describe(state.daemon), describe(state.worker), link,
                 state.mountPoint,
                 DaemonProcess.binaryColumn(supervisor: state.daemon, worker: state.worker, isOurs: state.isOurs),
+                // The state keeps the daemon's argument (a remote source's JSON description):
+                // shown as the mount table names it (URL, s3://, REF layer DIGEST).
                 (try? ServedSource(argument: state.source))?.displayName ?? state.source,
             ]
         }

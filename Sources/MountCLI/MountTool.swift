@@ -136,14 +136,16 @@ public enum MountTool {
         let source = line.source!
         let target = line.target!
         let environment = ProcessEnvironment.current()
-        let description = try RemoteMount.description(
+        let planned = try RemoteMount.description(
             source: source, options: line.options, environment: environment)
-        let backend = try chooseBackend(line, remote: description != nil)
+        let backend = try chooseBackend(line, remote: planned != nil)
         var remote: RemoteMount?
-        if let description {
+        if let planned {
             // Before anything is fetched or captured (with -N the nbd backend checks it there).
             if line.namespace == nil { try MountPoint.check(target) }
-            remote = try RemoteMount.prepare(description, environment: environment, fake: line.fake, logger: logger)
+            remote = try RemoteMount.prepare(
+                planned.description, registry: planned.registry, environment: environment, fake: line.fake,
+                logger: logger)
         }
         switch backend {
         case .local:
@@ -368,8 +370,8 @@ public enum MountTool {
     static let helpText = """
         Usage: mount.erofs [OPTIONS] SOURCE MOUNTPOINT
                mount.erofs -u TARGET
-        Mount an EROFS image (a file, a block device, an http(s):// URL or an S3
-        BUCKET/KEY) on MOUNTPOINT.
+        Mount an EROFS image (a file, a block device, an http(s):// URL, an S3
+        BUCKET/KEY, or a layer of an image in an OCI registry) on MOUNTPOINT.
 
         Options:
           -t erofs[.SUBTYPE]   backend: local (kernel mount), nbd, fuse (workers serve
@@ -461,8 +463,13 @@ public enum MountTool {
         /run/erofs-mount/credentials, removed at unmount: never in its argv,
         environment, the state or a log.
         \(RemoteSourceDescription.optionsHelp)
-        OCI registries (-o oci.*): not mounted yet (refused, exit 1); the erofs tool
-        reads a layer: erofs ls -o oci.layer=N REF (see erofs --help).
+        OCI registries: with any oci.* option SOURCE is an image reference,
+        [REGISTRY[:PORT]/]REPO[:TAG|@sha256:DIGEST], and one layer of it is mounted as
+        a remote source (oci.layer=N or oci.blob=DIGEST, oci.platform=, oci.insecure,
+        oci.tarindex=, oci.zinfo=, oci.username=/oci.password=: see erofs --help).
+        The mount pins the manifest and layer digests for its daemons; registry
+        credentials (oci.username/password, ~/.docker/config.json or a credential
+        helper) are captured like the AWS ones above; --list shows REF layer DIGEST.
 
         Exit status: 0 success, 1 bad usage, 32 mount failure.
         """

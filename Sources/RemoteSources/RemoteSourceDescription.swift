@@ -1,3 +1,5 @@
+import ImageSources
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -46,6 +48,17 @@ public enum CredentialSource: Sendable, Codable, Equatable {
     case captured(path: String)
 }
 
+/// An image layer in a registry as a mount's daemons open it: what `-o oci.*` chose, and what
+/// the mount resolved that to (the image manifest's digest and the layer's), so that a worker
+/// started later opens those bytes or fails, whatever the tag points to by then.
+public struct OCILocation: Sendable, Codable, Equatable {
+    /// Reference (registry, repository, tag or digest), layer choice, platform, `oci.insecure`,
+    /// tar index and zinfo paths. Its http and cache settings are not used (the description's).
+    public var image: OCISourceDescription
+    public var manifestDigest: String?
+    public var layerDigest: String?
+}
+
 /// The version of an object a mount validated: a daemon that opens the object again serves
 /// that version or nothing (never bytes of a replacement the mount did not check).
 public struct ObjectVersion: Sendable, Codable, Equatable {
@@ -60,6 +73,7 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
     public enum Location: Sendable, Codable, Equatable {
         case http(url: String)
         case s3(S3Location)
+        case oci(OCILocation)
     }
 
     public var location: Location
@@ -76,6 +90,8 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
         switch location {
         case .http(let url): return Self.redacted(url)
         case .s3(let s3): return "s3://\(s3.bucket)/\(s3.key)"
+        case .oci(let oci):
+            return oci.layerDigest.map { "\(oci.image.reference) layer \($0)" } ?? oci.image.reference.description
         }
     }
 
@@ -104,7 +120,7 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
 
     /// The option keys this layer owns (`-o KEY=VALUE`); others belong to the caller.
     public static func owns(_ key: String) -> Bool {
-        key.hasPrefix("http.") || key.hasPrefix("s3.") || key.hasPrefix("remote.")
+        key.hasPrefix("http.") || key.hasPrefix("s3.") || key.hasPrefix("remote.") || key.hasPrefix("oci.")
     }
 
     /// Reads SOURCE and the remote options: an `http://` or `https://` URL is an HTTP source;
@@ -261,6 +277,8 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
         switch location {
         case .http(let url):
             endpoint = RemoteEndpoint(url: url, displayName: displayName, followRedirects: true, signer: nil)
+        case .oci:
+            throw RemoteError(.configuration, displayName, "an image layer is opened with openPinned")
         case .s3(let s3):
             let addressing = s3.addressing
             let signer = try resolveCredentials(s3, environment: environment, warn: warn).map {
@@ -279,6 +297,42 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
             )
         }
         return RemoteSource.cached(object: object, firstBytes: firstBytes, cache: cache, warn: warn)
+    }
+
+    /// Opens any kind of source, and returns it with this description pinned to what was
+    /// opened: an object's version, or an image's manifest and layer digests (so that a daemon
+    /// recovered after the tag moved still reads the layer the mount checked, or fails).
+    /// `registry` is what an OCI source authenticates with (already resolved by the caller);
+    /// nil: the credentials this description names.
+    public func openPinned(
+        environment: [String: String], registry: RegistryCredentials? = nil, warn: (String) -> Void
+    ) throws(RemoteError) -> (source: any RandomAccessSource, pinned: RemoteSourceDescription) {
+        var pinned = self
+        guard case .oci(var oci) = location else {
+            let source = try open(environment: environment, warn: warn)
+            pinned.pinnedVersion = source.version
+            return (source, pinned)
+        }
+        var image = oci.image
+        image.http = http
+        image.cache = cache
+        if let manifestDigest = oci.manifestDigest, let layerDigest = oci.layerDigest {
+            image.reference.digest = manifestDigest
+            image.layer = .digest(layerDigest)
+        }
+        var credentials = registry
+        switch (registry, self.credentials) {
+        case (nil, .captured(let path)): credentials = try CapturedCredentials.registryCredentials(path)
+        case (nil, .environment):
+            credentials = try DockerConfig.credentials(
+                for: image.reference.domain, environment: environment)
+        default: break
+        }
+        let layer = try image.open(credentials: credentials, environment: [:], warn: warn)
+        oci.manifestDigest = layer.manifestDigest
+        oci.layerDigest = layer.layer.digest
+        pinned.location = .oci(oci)
+        return (layer, pinned)
     }
 
     private func resolveCredentials(_ s3: S3Location, environment: [String: String], warn: (String) -> Void)
@@ -362,6 +416,16 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
             return String(text[..<schemeEnd.upperBound]) + String(rest[rest.index(after: at)...])
         }
         return String(text)
+    }
+}
+
+extension RemoteSourceDescription {
+    /// An image layer in a registry (`-o oci.*`); its transport and cache settings are this
+    /// description's. Credentials: `.environment` (Docker's config.json of the environment
+    /// given to `open`), `.captured` (a mount's daemons), or `.anonymous`.
+    public init(oci image: OCISourceDescription) {
+        self.init(
+            location: .oci(OCILocation(image: image)), credentials: .environment, http: image.http, cache: image.cache)
     }
 }
 

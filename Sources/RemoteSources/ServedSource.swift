@@ -57,13 +57,17 @@ public enum ServedSource: Sendable, Equatable {
     }
 
     /// Opens the bytes. A remote object is opened with no environment (a daemon's has no
-    /// credentials) and must be the version the mount checked (`pinnedVersion`).
+    /// credentials) and must be the version the mount checked (`pinnedVersion`); an image
+    /// layer, the manifest and layer digests it pinned (each worker resolves them again, with
+    /// a bearer token of its own).
     public func open(warn: (String) -> Void) throws(SystemError) -> any RandomAccessSource {
         switch self {
         case .local(let path):
             return try FileSource(path: path)
         case .remote(let description):
-            do { return try description.open(environment: [:], warn: warn) } catch { throw error.systemError }
+            do { return try description.openPinned(environment: [:], warn: warn).source } catch {
+                throw error.systemError
+            }
         }
     }
 }

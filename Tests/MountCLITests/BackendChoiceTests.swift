@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Backends
 @testable import MountCLI
+import RemoteSources
 import SystemCalls
 import SystemPackage
 import Testing
@@ -40,9 +41,20 @@ import Testing
             "bucket/key.erofs", "/mnt", "-o", "s3.region=eu-west-3,remote.verify=full",
         ])
         let description = try #require(
-            try RemoteMount.description(source: s3.source!, options: s3.options, environment: [:]))
+            try RemoteMount.description(source: s3.source!, options: s3.options, environment: [:])?.description)
         #expect(description.displayName == "s3://bucket/key.erofs")
         #expect(description.verifyFully)
+        // oci.*: an image reference; oci.username/password come back apart from the description.
+        let oci = try MountCommandLine.parse([
+            "localhost:5000/repo:v1", "/mnt", "-o",
+            "oci.layer=1,oci.username=u,oci.password=p,remote.cache=none,remote.verify=full",
+        ])
+        let planned = try #require(
+            try RemoteMount.description(source: oci.source!, options: oci.options, environment: [:]))
+        #expect(planned.description.displayName == "localhost:5000/repo:v1")
+        #expect(planned.registry == .basic(username: "u", password: "p"))
+        #expect(planned.description.verifyFully)
+        #expect(!ServedSource.remote(planned.description).argument.contains("\"p\""))
         // A remote option on a local path, a bad value: usage errors (exit 1), nothing opened.
         let stray = try MountCommandLine.parse(["/img.erofs", "/mnt", "-o", "remote.cache=none"])
         #expect(throws: UsageError.self) {

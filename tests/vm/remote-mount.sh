@@ -56,6 +56,47 @@ nothing_left() {  # $1 mountpoint, $2 device
     [[ -z $left ]] || { echo "left: $left"; return 1; }
 }
 
+# SIGKILL of every process of ours under two verifying readers of mount $1 (manifest $2), then
+# --reattach: 0 errors.
+kill_under_readers() {
+    local mnt=$1 manifest=$2 stop=$work/stop r1 e1 r2 e2
+    rm -f "$stop" "$work/reader1" "$work/reader2"
+    for reader in 1 2; do
+        ( errors=0 rounds=0
+          while [[ ! -e $stop ]]; do
+              echo 3 >/proc/sys/vm/drop_caches
+              "$BIN/erofs" walk "$mnt" | cmp -s - "$manifest" || errors=$((errors + 1))
+              rounds=$((rounds + 1))
+          done
+          echo "$rounds $errors" >"$work/reader$reader" ) &
+    done
+    sleep 3
+    kill -9 $(pgrep -f -- '--serve-nbd-device|--supervise-nbd-device') 2>/dev/null
+    sleep 1
+    if "$BIN/mount.erofs" --reattach "$mnt" 2>"$work/err"; then ok "--reattach after SIGKILL of every process of ours"
+    else not_ok "--reattach: $(cat "$work/err")"; fi
+    sleep 5
+    touch "$stop"; wait_for "[[ -s $work/reader1 && -s $work/reader2 ]]" 120
+    read -r r1 e1 <"$work/reader1"; read -r r2 e2 <"$work/reader2"
+    check "readers across the kill and --reattach: $r1 + $r2 walks, $e1 + $e2 errors" test "$e1$e2" = 00 -a "$r1" -gt 0 -a "$r2" -gt 0
+}
+
+# The secrets ($3...) are in no daemon's argv or environment nor in $STATE; --list shows $2
+# (a fixed string) and none of them. $1 names the secret in the messages.
+no_secret_in_daemons() {
+    local what=$1 listed=$2 ours leaks secret; shift 2
+    local patterns=(); for secret in "$@"; do patterns+=(-e "$secret"); done
+    ours=$(pgrep -f -- '--serve-nbd-device|--supervise-nbd-device')
+    leaks=$(for pid in $ours; do grep -l -a -F "${patterns[@]}" /proc/$pid/cmdline /proc/$pid/environ 2>/dev/null; done
+        grep -rl -a -F "${patterns[@]}" "$STATE" 2>/dev/null)
+    check "the $what is in no daemon's argv or environment, nor in $STATE (daemons: $(echo $ours))" \
+        test -z "$leaks" -a -n "$ours"
+    local shown=no
+    "$BIN/mount.erofs" --list >"$work/list"
+    grep -q -F -- "$listed" "$work/list" && ! grep -q -F "${patterns[@]}" "$work/list" && shown=yes
+    check "--list shows $listed, not the $what" test $shown = yes
+}
+
 # 1. Plain -t erofs of a URL: nbd where the kernel has it.
 mnt=$work/http; mkdir -p "$mnt"
 if "$BIN/mount.erofs" -t erofs "$http/lz4.erofs" "$mnt" -o remote.cache=$work/cache 2>"$work/err"; then
@@ -97,34 +138,9 @@ if AWS_ACCESS_KEY_ID=$access AWS_SECRET_ACCESS_KEY=$secret \
     device=$(device_of "$mnt")
     check "chunked from S3 through nbd: walk equals the manifest" \
         walk_equals "$mnt" "$CORPUS/chunked.manifest.jsonl"
-    ours=$(pgrep -f -- '--serve-nbd-device|--supervise-nbd-device')
-    leaks=$(for pid in $ours; do grep -l -a -- "$secret" /proc/$pid/cmdline /proc/$pid/environ 2>/dev/null; done
-        grep -rl -a -- "$secret" "$STATE" 2>/dev/null)
-    check "the secret is in no daemon's argv or environment, nor in $STATE (daemons: $(echo $ours))" \
-        test -z "$leaks" -a -n "$ours"
-    check "--list shows the object, not the secret" \
-        bash -c "'$BIN/mount.erofs' --list | grep -q 's3://images/chunked.erofs' && ! '$BIN/mount.erofs' --list | grep -q -- '$secret'"
+    no_secret_in_daemons secret s3://images/chunked.erofs "$secret"
 
-    # SIGKILL of every process of ours under two verifying readers, then --reattach.
-    stop=$work/stop; rm -f "$stop"
-    for reader in 1 2; do
-        ( errors=0 rounds=0
-          while [[ ! -e $stop ]]; do
-              echo 3 >/proc/sys/vm/drop_caches
-              "$BIN/erofs" walk "$mnt" | cmp -s - "$CORPUS/chunked.manifest.jsonl" || errors=$((errors + 1))
-              rounds=$((rounds + 1))
-          done
-          echo "$rounds $errors" >"$work/reader$reader" ) &
-    done
-    sleep 3
-    kill -9 $(pgrep -f -- '--serve-nbd-device|--supervise-nbd-device') 2>/dev/null
-    sleep 1
-    if "$BIN/mount.erofs" --reattach "$mnt" 2>"$work/err"; then ok "--reattach after SIGKILL of every process of ours"
-    else not_ok "--reattach: $(cat "$work/err")"; fi
-    sleep 5
-    touch "$stop"; wait_for "[[ -s $work/reader1 && -s $work/reader2 ]]" 120
-    read -r r1 e1 <"$work/reader1"; read -r r2 e2 <"$work/reader2"
-    check "readers across the kill and --reattach: $r1 + $r2 walks, $e1 + $e2 errors" test "$e1$e2" = 00 -a "$r1" -gt 0 -a "$r2" -gt 0
+    kill_under_readers "$mnt" "$CORPUS/chunked.manifest.jsonl"
     "$BIN/mount.erofs" -u "$mnt" 2>"$work/err" || not_ok "-u: $(cat "$work/err")"
     check "-u of the S3 mount left nothing (no captured credentials either)" nothing_left "$mnt" "$device"
 else
@@ -145,6 +161,35 @@ case $kernel in
             not_ok "plain -t erofs of zstd.erofs: $(cat "$work/err")"
         fi ;;
 esac
+
+# 4. A layer of an image in an OCI registry (issue 16): Debian's docker-registry on the guest's
+# loopback with htpasswd auth, the image pushed by skopeo from an OCI layout.
+registry_port=45932 password=pw-$RANDOM$RANDOM
+htpasswd -Bbc "$work/htpasswd" reader "$password" >/dev/null 2>&1
+printf 'version: 0.1\nlog: {level: error, accesslog: {disabled: true}}\nstorage: {filesystem: {rootdirectory: %s}}\nhttp: {addr: 127.0.0.1:%s}\nauth: {htpasswd: {realm: test, path: %s}}\n' \
+    "$work/registry" $registry_port "$work/htpasswd" >"$work/registry.yml"
+docker-registry serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+pids+=($!)
+wait_for "python3 -c 'import socket; socket.create_connection((\"127.0.0.1\", $registry_port))' 2>/dev/null" 60 \
+    || { echo "docker-registry did not start: $(tail -3 "$work/registry.log")"; exit 1; }
+python3 "$SERVERS/oci_layout.py" "$work/layout" v1 "$CORPUS/lz4.erofs:application/vnd.erofs.layer.v1" \
+    && skopeo copy -q --dest-tls-verify=false --dest-creds "reader:$password" "oci:$work/layout:v1" \
+        "docker://127.0.0.1:$registry_port/corpus/lz4:v1" 2>"$work/err" \
+    || { echo "push to the registry failed: $(cat "$work/err")"; exit 1; }
+reference=127.0.0.1:$registry_port/corpus/lz4:v1
+auth=$(printf 'reader:%s' "$password" | base64 -w0)
+mnt=$work/oci; mkdir -p "$mnt"
+if "$BIN/mount.erofs" -t erofs.nbd "$reference" "$mnt" \
+    -o "oci.insecure,oci.username=reader,oci.password=$password,remote.cache=$work/cache" 2>"$work/err"; then
+    device=$(device_of "$mnt")
+    check "an OCI layer through nbd: walk equals the manifest" walk_equals "$mnt" "$CORPUS/lz4.manifest.jsonl"
+    no_secret_in_daemons password "$reference layer sha256:" "$password" "$auth"
+    kill_under_readers "$mnt" "$CORPUS/lz4.manifest.jsonl"
+    "$BIN/mount.erofs" -u "$mnt" 2>"$work/err" || not_ok "-u: $(cat "$work/err")"
+    check "-u of the OCI mount left nothing (no captured credentials either)" nothing_left "$mnt" "$device"
+else
+    not_ok "OCI mount through nbd: $(cat "$work/err")"
+fi
 
 rm -rf "$work"
 echo "$passed passed, $failed failed"

@@ -124,7 +124,7 @@ public struct OCISourceDescription: Sendable, Codable, Equatable {
         let transport = HTTPTransport(settings: http)
         let registry = RegistryClient(
             reference: reference, transport: transport, credentials: credentials, insecure: insecure)
-        let layer = try registry.resolveLayer(choice: self.layer, platform: platform ?? .host)
+        let (manifestDigest, layer) = try registry.resolveLayer(choice: self.layer, platform: platform ?? .host)
         let format = LayerFormat(mediaType: layer.mediaType)
         let blobName = "\(displayName) layer \(layer.digest)"
         switch (format, tarIndex, zinfo) {
@@ -136,7 +136,8 @@ public struct OCISourceDescription: Sendable, Codable, Equatable {
         case (.erofs(let known), nil, _):
             let blob = try registry.openBlob(layer, name: blobName, cache: cache, warn: warn)
             try Self.checkEROFS(blob, mediaType: layer.mediaType, known: known, name: blobName)
-            return OCILayerSource(source: blob, layer: layer, reference: reference, blob: blob)
+            return OCILayerSource(
+                source: blob, layer: layer, reference: reference, manifestDigest: manifestDigest, blob: blob)
         case (.erofs, .some, _):
             throw RemoteError(
                 .configuration, blobName,
@@ -155,7 +156,7 @@ public struct OCISourceDescription: Sendable, Codable, Equatable {
             let index = try Self.openIndex(indexPath)
             return OCILayerSource(
                 source: ConcatenatedSource([index, blob], displayName: blobName), layer: layer, reference: reference,
-                blob: blob)
+                manifestDigest: manifestDigest, blob: blob)
         case (.gzipTar, .some(let indexPath), nil):
             throw RemoteError(
                 .configuration, blobName,
@@ -167,7 +168,7 @@ public struct OCISourceDescription: Sendable, Codable, Equatable {
             let tar = try GzipIndexedSource(compressed: blob, zinfoPath: zinfoPath)
             return OCILayerSource(
                 source: ConcatenatedSource([index, tar], displayName: blobName), layer: layer, reference: reference,
-                blob: blob)
+                manifestDigest: manifestDigest, blob: blob)
         }
     }
 
@@ -203,12 +204,19 @@ public final class OCILayerSource: RandomAccessSource {
     public let source: any RandomAccessSource
     public let layer: Descriptor
     public let reference: ImageReference
+    /// The digest of the image manifest the layer was found in (the platform's, under an
+    /// index): with the layer's digest, what a mount pins.
+    public let manifestDigest: String
     let blob: RemoteSource
 
-    init(source: any RandomAccessSource, layer: Descriptor, reference: ImageReference, blob: RemoteSource) {
+    init(
+        source: any RandomAccessSource, layer: Descriptor, reference: ImageReference, manifestDigest: String,
+        blob: RemoteSource
+    ) {
         self.source = source
         self.layer = layer
         self.reference = reference
+        self.manifestDigest = manifestDigest
         self.blob = blob
     }
 
@@ -242,8 +250,9 @@ struct RegistryClient {
 
     /// GETs a manifest or index by tag or digest, checking its digest against `pinned` (and its
     /// size against `size`) when known.
-    func fetchDocument(_ manifestReference: String, pinned: String?, size: Int64?) throws(RemoteError) -> ImageDocument
-    {
+    func fetchDocument(_ manifestReference: String, pinned: String?, size: Int64?) throws(RemoteError) -> (
+        digest: String, document: ImageDocument
+    ) {
         let name = "\(reference.domain)/\(reference.repository)@\(manifestReference)"
         let request = HTTPRequest(
             url: "\(base)/manifests/\(manifestReference)",
@@ -255,14 +264,12 @@ struct RegistryClient {
             throw RemoteError(
                 .protocolViolation, name, "the manifest is \(body.count) bytes; its descriptor says \(size)")
         }
-        if let pinned {
-            let actual = "sha256:" + hex(SHA256.hash(data: body))
-            guard actual == pinned else {
-                throw RemoteError(
-                    .protocolViolation, name, "the manifest's digest is \(actual), not \(pinned): refusing it")
-            }
+        let actual = "sha256:" + hex(SHA256.hash(data: body))
+        if let pinned, actual != pinned {
+            throw RemoteError(
+                .protocolViolation, name, "the manifest's digest is \(actual), not \(pinned): refusing it")
         }
-        return try ImageDocument.decode(body, contentType: head.headers["content-type"], name: name)
+        return (actual, try ImageDocument.decode(body, contentType: head.headers["content-type"], name: name))
     }
 
     /// A failed status as one line; a 401 after renewal says why authentication failed.
@@ -279,12 +286,16 @@ struct RegistryClient {
     }
 
     /// Follows the reference to the chosen layer: index -> platform -> manifest -> layer.
-    func resolveLayer(choice: OCISourceDescription.Layer, platform: Platform) throws(RemoteError) -> Descriptor {
-        var document = try fetchDocument(reference.manifestReference, pinned: reference.digest, size: nil)
+    /// Returns the manifest's digest (of the bytes received) with the layer.
+    func resolveLayer(choice: OCISourceDescription.Layer, platform: Platform) throws(RemoteError) -> (
+        manifestDigest: String, layer: Descriptor
+    ) {
+        var (manifestDigest, document) = try fetchDocument(
+            reference.manifestReference, pinned: reference.digest, size: nil)
         var manifestName = reference.description
         if case .index(let manifests) = document {
             let chosen = try ImageDocument.select(manifests, for: platform, name: manifestName)
-            document = try fetchDocument(chosen.digest, pinned: chosen.digest, size: chosen.size)
+            (manifestDigest, document) = try fetchDocument(chosen.digest, pinned: chosen.digest, size: chosen.size)
             manifestName = "\(reference.domain)/\(reference.repository)@\(chosen.digest)"
             if case .index = document {
                 throw RemoteError(.protocolViolation, manifestName, "an index inside an index is not followed")
@@ -303,7 +314,7 @@ struct RegistryClient {
                     "the image has \(layers.count) layers: choose one with -o oci.layer=N (0 to \(layers.count - 1)) or oci.blob=DIGEST"
                 )
             }
-            return layers[0]
+            return (manifestDigest, layers[0])
         case .index(let index):
             guard index < layers.count else {
                 throw RemoteError(
@@ -311,12 +322,12 @@ struct RegistryClient {
                     "oci.layer=\(index): the image has \(layers.count) layer\(layers.count == 1 ? "" : "s") (0 to \(layers.count - 1))"
                 )
             }
-            return layers[index]
+            return (manifestDigest, layers[index])
         case .digest(let digest):
             guard let layer = layers.first(where: { $0.digest == digest }) else {
                 throw RemoteError(.notFound, manifestName, "oci.blob=\(digest): no layer with that digest in the image")
             }
-            return layer
+            return (manifestDigest, layer)
         }
     }
 
