@@ -11,7 +11,7 @@ SWIFTPM_FLAGS = $(if $(SCRATCH),--scratch-path $(SCRATCH))
 FORMAT_PATHS = Package.swift Sources Tests Fuzz
 FUZZ_SECONDS ?= 30
 FUZZ_TARGETS ?= reader nbd fuse decompress
-# `make bench VM_BENCH=1` adds the VM benchmarks (boots Debian kernels; see tests/vm/README.md).
+# `make bench VM_BENCH=1` adds the VM benchmarks (boots Debian kernels; see vmtests/README.md).
 VM_BENCH ?=
 VM_KERNELS ?= 6.1 6.12
 BENCH_ROUNDS ?= 3
@@ -55,8 +55,8 @@ test-unit: ## All Swift tests on this kernel, real mounts included; a missing ca
 	EROFS_REQUIRE_ROOT=1 $(SWIFT) test $(SWIFTPM_FLAGS) --skip-build
 
 test-vm: ## The nbd and recovery tests in Debian VMs, 6.1 and 6.12 kernels (root)
-	tests/vm/test.sh
-	tests/vm/nbd-kernel-tests.sh
+	vmtests/test.sh
+	vmtests/nbd-kernel-tests.sh
 
 fuzz: ## Each libFuzzer target for FUZZ_SECONDS (default 30) via scripts/fuzz.sh
 	@set -e; for target in $(FUZZ_TARGETS); do scripts/fuzz.sh $$target $(FUZZ_SECONDS); done
@@ -66,16 +66,16 @@ bench: ## Host benchmarks (LZ4, extract, serve over TLS, NBD servers, FUSE vs ke
 	$(SWIFT) build -c release --product lz4-bench
 	$(SWIFT) build -c release --product mount.erofs
 	.build/release/lz4-bench
-	scripts/bench-extract.sh $(BENCH_ROUNDS) $(BENCH_DIR)
-	scripts/bench-serve-tls.sh $(BENCH_ROUNDS)
+	Benchmarks/bench-extract.sh $(BENCH_ROUNDS) $(BENCH_DIR)
+	Benchmarks/bench-serve-tls.sh $(BENCH_ROUNDS)
 	mkdir -p $(BENCH_DIR)/nbd && cat $(BENCH_DIR)/real-1g-lz4hc.erofs >/dev/null
-	/usr/bin/python3 tests/nbd/bench.py .build/release/erofs $(BENCH_DIR)/real-1g-lz4hc.erofs $(BENCH_DIR)/nbd $(BENCH_ROUNDS)
-	BENCH_DIR=$(BENCH_DIR) scripts/bench-fuse.sh $(BENCH_ROUNDS)
+	/usr/bin/python3 Benchmarks/bench-nbd-servers.py .build/release/erofs $(BENCH_DIR)/real-1g-lz4hc.erofs $(BENCH_DIR)/nbd $(BENCH_ROUNDS)
+	BENCH_DIR=$(BENCH_DIR) Benchmarks/bench-fuse.sh $(BENCH_ROUNDS)
 ifneq ($(VM_BENCH),)
-	tests/vm/make-bench-images.sh
+	Benchmarks/make-bench-images.sh
 	@set -e; for kernel in $(VM_KERNELS); do \
-	    tests/vm/run.sh --kernel $$kernel --timeout 2000 -- tests/vm/bench-nbd-vs-loop.sh; \
-	    tests/vm/run.sh --kernel $$kernel --timeout 900 -- tests/vm/bench-qd1.sh; \
+	    vmtests/run.sh --kernel $$kernel --timeout 2000 -- Benchmarks/vm/bench-nbd-vs-loop.sh; \
+	    vmtests/run.sh --kernel $$kernel --timeout 900 -- Benchmarks/vm/bench-qd1.sh; \
 	done
 endif
 

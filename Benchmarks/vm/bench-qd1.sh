@@ -1,22 +1,22 @@
 #!/usr/bin/env bash
-# Runs inside the test VM (tests/vm/run.sh): the latency of one 4 KiB read at a time
+# Runs inside the test VM (vmtests/run.sh): the latency of one 4 KiB read at a time
 # (`dd iflag=direct bs=4k`) on the raw devices, loop against nbd (and ublk), all attached at once and
 # measured in turns, the image's pages warm in the guest's page cache (so 9p is out of it).
-#   tests/vm/run.sh --kernel 6.1 --timeout 900 -- tests/vm/bench-qd1.sh
+#   vmtests/run.sh --kernel 6.1 --timeout 900 -- Benchmarks/vm/bench-qd1.sh
 # EROFS_QD1_METHODS (default "loop nbd"): words KIND[:ATTR=VALUE,...][@BINDIR][%OPTIONS], KIND
 # loop, nbd or ublk (6.12: "loop nbd ublk"); ATTR=VALUE are written to /sys/block/X/queue/ATTR after the attach (e.g.
 # nbd:scheduler=mq-deadline); @BINDIR takes mount.erofs from another build (an A/B of a daemon
-# change); %OPTIONS are nbd mount options (nbd%nbd.poll_us=0). EROFS_QD1_READS per turn
+# change); %OPTIONS are mount options (nbd%nbd.poll_us=0, ublk%ublk.queues=1). EROFS_QD1_READS per turn
 # (default 1000), EROFS_QD1_ROUNDS (default 15). Prints each method's microseconds per read,
 # every round and the median.
 set -euo pipefail
-source "$(dirname "$0")/common.sh"  # REPO, device_of, set_queue
+source "$(dirname "$0")/../../vmtests/common.sh"  # REPO, device_of, set_queue
 BIN=${EROFS_BIN_DIR:-$REPO/.build/release}
 IMAGE=${EROFS_BENCH_DIR:-$REPO/.build-bench}/small.erofs
 METHODS=${EROFS_QD1_METHODS:-loop nbd}
 READS=${EROFS_QD1_READS:-1000}
 ROUNDS=${EROFS_QD1_ROUNDS:-15}
-[[ -s $IMAGE ]] || { echo "missing $IMAGE: run tests/vm/make-bench-images.sh on the host" >&2; exit 1; }
+[[ -s $IMAGE ]] || { echo "missing $IMAGE: run Benchmarks/make-bench-images.sh on the host" >&2; exit 1; }
 work=$(mktemp -d /tmp/qd1.XXXXXX)
 declare -A device unmount times
 cleanup() {

@@ -49,6 +49,10 @@ round_trip() {
     # Like loop, no I/O scheduler (mq-deadline costs each request a hop through kblockd).
     if grep -q '\[none\]' "/sys/block/${dev#/dev/}/queue/scheduler"; then ok "$method $image: no I/O scheduler"
     else not_ok "$method $image: scheduler is $(cat "/sys/block/${dev#/dev/}/queue/scheduler")"; fi
+    # Requests as large as loop's (1280 KiB, or the driver's ceiling): 6.1's nbd starts at 128.
+    q=/sys/block/${dev#/dev/}/queue want=$(( $(cat $q/max_hw_sectors_kb) < 1280 ? $(cat $q/max_hw_sectors_kb) : 1280 ))
+    if (( $(cat $q/max_sectors_kb) >= want )); then ok "$method $image: max_sectors_kb $(cat $q/max_sectors_kb)"
+    else not_ok "$method $image: max_sectors_kb $(cat $q/max_sectors_kb), want $want"; fi
     if [[ $method == netlink ]]; then
         id=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['backendIdentifier'])" "$STATE/${dev#/dev/}.json")
         if [[ $(cat /sys/block/${dev#/dev/}/backend 2>/dev/null) == "$id" ]]; then ok "$method $image: sysfs backend is ours"

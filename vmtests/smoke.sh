@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs inside the test VM (tests/vm/run.sh -- tests/vm/smoke.sh): checks the
+# Runs inside the test VM (vmtests/run.sh -- vmtests/smoke.sh): checks the
 # kernel offers what the project needs (nbd, its netlink family, erofs, fuse,
 # loop) and that every corpus image reads through a loop mount exactly as its
 # manifest says, as far as this kernel can read it (the corpus README's table).
@@ -18,7 +18,7 @@ check() { local what=$1; shift; if "$@" >/dev/null 2>&1; then ok "$what"; else n
 # what they register instead.
 check "nbd module loaded" test -d /sys/module/nbd
 check "/dev/nbd0 is a block device" test -b /dev/nbd0
-check "generic netlink family nbd resolves" python3 "$REPO/tests/vm/genl-family.py" nbd
+check "generic netlink family nbd resolves" python3 "$REPO/vmtests/genl-family.py" nbd
 check "erofs registered" grep -qw erofs /proc/filesystems
 check "fuse registered, /dev/fuse exists" sh -c 'grep -qw fuse /proc/filesystems && test -c /dev/fuse'
 check "loop available (/dev/loop-control)" test -c /dev/loop-control

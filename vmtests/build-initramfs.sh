@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Builds $VM_CACHE/initramfs-<version>.cpio.gz for a kernel fetched by
 # fetch-kernels.sh (KERNEL: 6.1, 6.12 or a full version): busybox, the modules
-# and tests/vm/init. Rebuilds only when one of those changed.
+# and vmtests/init. Rebuilds only when one of those changed.
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 (( $# == 1 )) || die "usage: build-initramfs.sh KERNEL_VERSION"
 need cpio gzip
 busybox=$(command -v busybox) || die "missing busybox (install busybox-static)"
 if ldd "$busybox" >/dev/null 2>&1; then die "$busybox is dynamically linked: install busybox-static"; fi
-kdir=$(kernel_dir "$1") || die "kernel $1 not fetched: run tests/vm/fetch-kernels.sh"
+kdir=$(kernel_dir "$1") || die "kernel $1 not fetched: run vmtests/fetch-kernels.sh"
 version=${kdir##*/}
 image=$VM_CACHE/initramfs-$version.cpio.gz
 

@@ -2,7 +2,7 @@
 # nbdcopy (4 connections, to null:) of a 256 MiB file over TCP loopback: `erofs serve` against
 # nbdkit's file plugin, each in plain text and with TLS (certificates made here by openssl),
 # interleaved, ROUNDS rounds of 3 copies each. Prints one line per copy: NAME SECONDS.
-# Usage: scripts/bench-serve-tls.sh [ROUNDS]   (ERofs binary: $EROFS, default .build/release/erofs)
+# Usage: Benchmarks/bench-serve-tls.sh [ROUNDS]   (ERofs binary: $EROFS, default .build/release/erofs)
 set -euo pipefail
 
 rounds=${1:-2}

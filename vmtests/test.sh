@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The VM test suite CI runs: tests/vm/smoke.sh, tests/vm/nbd-mount.sh, tests/vm/fuse-mount.sh,
-# tests/vm/recovery.sh, tests/vm/ublk-mount.sh (6.12: the ublk backend; 6.1, without ublk_drv:
-# its one-line refusal) and tests/vm/ublk-recovery.sh (6.12: ublk crash recovery, --reattach,
+# The VM test suite CI runs: vmtests/smoke.sh, vmtests/nbd-mount.sh, vmtests/fuse-mount.sh,
+# vmtests/recovery.sh, vmtests/ublk-mount.sh (6.12: the ublk backend; 6.1, without ublk_drv:
+# its one-line refusal) and vmtests/ublk-recovery.sh (6.12: ublk crash recovery, --reattach,
 # --upgrade)
 # on Debian's 6.1 and 6.12 kernels, one boot per kernel. Exits non-zero on any failure; the last line is "N passed, N failed".
 set -euo pipefail
@@ -25,13 +25,13 @@ for kernel in "${KERNELS[@]}"; do
     started=$SECONDS
     status=0
     "$VM_DIR/run.sh" --kernel "$kernel" --timeout "${VM_TIMEOUT:-1800}" -- \
-        sh -c 't=$(date +%s); tests/vm/smoke.sh; smoke=$?; echo "# smoke.sh took $(($(date +%s) - t)) s"
-               t=$(date +%s); tests/vm/nbd-mount.sh; nbd=$?; echo "# nbd-mount.sh took $(($(date +%s) - t)) s"
-               t=$(date +%s); tests/vm/fuse-mount.sh; fuse=$?; echo "# fuse-mount.sh took $(($(date +%s) - t)) s"
-               t=$(date +%s); tests/vm/recovery.sh; recovery=$?; echo "# recovery.sh took $(($(date +%s) - t)) s"
-               t=$(date +%s); tests/vm/ublk-mount.sh; ublk=$?; echo "# ublk-mount.sh took $(($(date +%s) - t)) s"
-               t=$(date +%s); tests/vm/ublk-recovery.sh; ublkrecovery=$?; echo "# ublk-recovery.sh took $(($(date +%s) - t)) s"
-               t=$(date +%s); tests/vm/remote-mount.sh; remote=$?; echo "# remote-mount.sh took $(($(date +%s) - t)) s"
+        sh -c 't=$(date +%s); vmtests/smoke.sh; smoke=$?; echo "# smoke.sh took $(($(date +%s) - t)) s"
+               t=$(date +%s); vmtests/nbd-mount.sh; nbd=$?; echo "# nbd-mount.sh took $(($(date +%s) - t)) s"
+               t=$(date +%s); vmtests/fuse-mount.sh; fuse=$?; echo "# fuse-mount.sh took $(($(date +%s) - t)) s"
+               t=$(date +%s); vmtests/recovery.sh; recovery=$?; echo "# recovery.sh took $(($(date +%s) - t)) s"
+               t=$(date +%s); vmtests/ublk-mount.sh; ublk=$?; echo "# ublk-mount.sh took $(($(date +%s) - t)) s"
+               t=$(date +%s); vmtests/ublk-recovery.sh; ublkrecovery=$?; echo "# ublk-recovery.sh took $(($(date +%s) - t)) s"
+               t=$(date +%s); vmtests/remote-mount.sh; remote=$?; echo "# remote-mount.sh took $(($(date +%s) - t)) s"
                [ $recovery = 0 ] && [ $nbd = 0 ] && [ $ublk = 0 ] && [ $ublkrecovery = 0 ] && [ $fuse = 0 ] && [ $remote = 0 ] && exit $smoke' | tee "$output" || status=$?
     echo "== kernel $kernel: status $status in $((SECONDS - started)) s"
     passed=$((passed + $(grep -c '^ok - ' "$output" || true)))

@@ -5,8 +5,8 @@
 # until 1 GiB of file data; the image is made once with `mkfs.erofs -zlz4hc -T0` and kept under
 # DIR (default $REPO/.build-bench, git-ignored). Both tools extract onto tmpfs (/dev/shm), so the
 # tools' own work is measured, not the disk's writeback; runs alternate which tool goes first.
-#   scripts/bench-extract.sh [RUNS] [DIR] [IMAGE]   RUNS default 3 (0: only make the image);
-#       IMAGE: another image to measure the same way (e.g. tests/vm/make-bench-images.sh's
+#   Benchmarks/bench-extract.sh [RUNS] [DIR] [IMAGE]   RUNS default 3 (0: only make the image);
+#       IMAGE: another image to measure the same way (e.g. Benchmarks/make-bench-images.sh's
 #       small.erofs); the runs need swift build -c release --product erofs
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)

@@ -87,11 +87,39 @@ if "$BIN/mount.erofs" -t erofs.ublk "$work/cut.erofs" "$work/mnt-cut" 2>"$work/e
     else not_ok "cut image: a read past the cut failed, but not with EIO: $(cat "$work/err")"; fi
     if dd if="$dev" of=/dev/null bs=4096 count=1 iflag=direct 2>/dev/null; then ok "cut image: a read before the cut works"
     else not_ok "cut image: a read before the cut fails"; fi
+    # Cut again inside a page: the daemon answers from a mapping of the image, where the rest
+    # of that page would read as zeros. It must fail (EIO), not return zeros.
+    truncate -s $((size / 2 - 100)) "$work/cut.erofs"
+    if dd if="$dev" of=/dev/null bs=4096 skip=$(((size / 2 - 100) / 4096)) count=1 iflag=direct 2>"$work/err"; then
+        not_ok "cut image: a read of the page cut inside succeeded"
+    elif grep -q 'Input/output error' "$work/err"; then ok "cut image: a read of the page cut inside fails with EIO"
+    else not_ok "cut image: a read of the page cut inside failed, but not with EIO: $(cat "$work/err")"; fi
     if gone "$pid"; then not_ok "cut image: the daemon died"; else ok "cut image: the daemon lives"; fi
     "$BIN/mount.erofs" -u "$work/mnt-cut" 2>"$work/err" || not_ok "cut image: -u failed: $(cat "$work/err")"
     if why=$(left_nothing "$pid"); then ok "cut image: -u left nothing"; else not_ok "cut image: -u left $why"; fi
 else
     not_ok "cut image: mount failed: $(cat "$work/err")"
+fi
+
+# -o ublk.queues=1,ublk.depth=32: the device has that shape, no I/O scheduler (the kernel
+# gives a single-queue device mq-deadline; the mount turns it off, as loop has none) and
+# 256 KiB of read-ahead; the image still reads equal to its manifest.
+mkdir -p "$work/mnt-shape"
+if "$BIN/mount.erofs" -t erofs.ublk -o ublk.queues=1,ublk.depth=32 "$CORPUS/plain.erofs" "$work/mnt-shape" 2>"$work/err"; then
+    dev=$(device_of "$work/mnt-shape") pid=$(daemon_of "$(device_of "$work/mnt-shape")")
+    q=/sys/block/${dev#/dev/}
+    shape="$(ls "$q/mq" | wc -l) queue(s), nr_requests $(cat "$q/queue/nr_requests"), scheduler $(cat "$q/queue/scheduler"), read_ahead_kb $(cat "$q/queue/read_ahead_kb")"
+    # Read-ahead 256 KiB: twice the 128 KiB optimal I/O size the mount declares, as nbd's.
+    if [[ $(ls "$q/mq" | wc -l) == 1 && $(cat "$q/queue/nr_requests") == 32 && $(cat "$q/queue/read_ahead_kb") == 256 ]] &&
+        grep -q '\[none\]' "$q/queue/scheduler"; then
+        ok "ublk.queues=1,ublk.depth=32: $shape"
+    else not_ok "ublk.queues=1,ublk.depth=32: $shape"; fi
+    if "$BIN/erofs" walk "$work/mnt-shape" 2>/dev/null | cmp -s - "$CORPUS/plain.manifest.jsonl"; then ok "ublk.queues=1: walk equals the manifest"
+    else not_ok "ublk.queues=1: walk differs from the manifest"; fi
+    "$BIN/mount.erofs" -u "$work/mnt-shape" 2>"$work/err" || not_ok "ublk.queues=1: -u failed: $(cat "$work/err")"
+    if why=$(left_nothing "$pid"); then ok "ublk.queues=1: -u left nothing"; else not_ok "ublk.queues=1: -u left $why"; fi
+else
+    not_ok "ublk.queues=1,ublk.depth=32: mount failed: $(cat "$work/err")"
 fi
 
 # The supervisor and the worker killed (reads would wait for --reattach): -u still releases

@@ -1,10 +1,10 @@
 # Shared settings for the VM harness scripts (sourced, not run).
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VM_CACHE=${VM_CACHE:-$REPO/.vmcache}
-VM_DIR=$REPO/tests/vm
+VM_DIR=$REPO/vmtests
 
 die() { echo "${0##*/}: $*" >&2; exit 1; }
-need() { local tool; for tool; do command -v "$tool" >/dev/null || die "missing tool '$tool' (install it: see tests/vm/README.md)"; done; }
+need() { local tool; for tool; do command -v "$tool" >/dev/null || die "missing tool '$tool' (install it: see vmtests/README.md)"; done; }
 
 # Resolves a kernel name given by the user (6.1, 6.12 or a full version) to the
 # directory fetch-kernels.sh made for it.

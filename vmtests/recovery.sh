@@ -11,7 +11,7 @@
 # "STALLS {json}" lines, then "N passed, N failed".
 set -uo pipefail
 source "$(dirname "$0")/common.sh"  # REPO, STATE, device_of, set_queue, field, wait_for
-source "$(dirname "$0")/load.sh"    # start_load, stop_load, report, gone, uptime_now, upgrade_runs, ...
+source "$(dirname "$0")/load.sh"    # start_load, stop_load, report, gone, uptime_now, kill_runs, upgrade_runs, ...
 BIN=${EROFS_BIN_DIR:-$REPO/.build/debug}
 CORPUS=${EROFS_CORPUS:-$REPO/../shared/corpus}
 KILLS=${KILLS:-20} REATTACHES=${REATTACHES:-5} UPGRADES=${UPGRADES:-10}
@@ -42,23 +42,17 @@ left_nothing() {  # DEVICE INDEX, PIDS...: nothing of the device remains
     ! pgrep -f "erofs-mount-.* .*:$n " >/dev/null || { echo "a worker for nbd$n is alive"; return 1; }
 }
 
+serving() { field "$1" servingPID; }
+# The serving worker of device $1 changed from $2 and is alive.
+served_again() { local now; now=$(field "$1" servingPID); [[ -n $now && $now != "$2" ]] && kill -0 "$now" 2>/dev/null; }
+log_tail() { cat "$STATE"/*.log | tail -5; }
+
 # 1. Automatic recovery from SIGKILL of the serving worker.
 mnt=$work/auto; mkdir -p "$mnt"; : >"$work/events"
 if "$MOUNT" -t erofs.nbd ${NBD_OPTIONS:+-o "$NBD_OPTIONS"} "$CORPUS/$IMAGE.erofs" "$mnt"; then
     dev=$(device_of "$mnt"); n=${dev#/dev/nbd}; supervisor=$(field "$n" daemonPID)
     start_load "$mnt"
-    recovered=0
-    for i in $(seq "$KILLS"); do
-        sleep "0.$((RANDOM % 8 + 2))"
-        worker=$(field "$n" servingPID)
-        uptime_now >>"$work/events"
-        kill -9 "$worker"
-        if wait_for "[[ \$(field $n servingPID) != $worker ]] && kill -0 \$(field $n servingPID) 2>/dev/null" 10; then
-            recovered=$((recovered + 1))
-        else
-            echo "# kill $i: no new worker"; cat "$STATE"/*.log | tail -5
-        fi
-    done
+    kill_runs "serving $n" "served_again $n" 10 "log_tail"
     stop_load
     [[ $recovered == "$KILLS" && $(field "$n" recoveries) == "$KILLS" ]] && ok "auto: $KILLS SIGKILLs of the serving worker, $KILLS recoveries" \
         || not_ok "auto: $recovered of $KILLS recovered (state says $(field "$n" recoveries))"
@@ -87,16 +81,8 @@ if "$MOUNT" -t erofs.nbd -o nbd.recovery=manual "$CORPUS/$IMAGE.erofs" "$mnt"; t
         && [[ $(cat "$STATE/nbd$n.json") == "$before" ]]; then ok "manual: --reattach refuses a live daemon and changes nothing"
     else not_ok "manual: --reattach with a live daemon: $(cat "$work/err")"; fi
     start_load "$mnt"
-    reattached=0
-    for i in $(seq "$REATTACHES"); do
-        sleep 0.5
-        daemon=$(field "$n" daemonPID)
-        uptime_now >>"$work/events"
-        kill -9 "$daemon"
-        sleep 2
-        if "$MOUNT" --reattach "$dev" 2>"$work/err" && [[ $(field "$n" daemonPID) != "$daemon" ]]; then reattached=$((reattached + 1))
-        else echo "# reattach $i: $(cat "$work/err")"; fi
-    done
+    new_daemon() { [[ $(field "$n" daemonPID) != "$1" ]]; }
+    reattach_runs "$dev" "field $n daemonPID" new_daemon
     stop_load
     [[ $reattached == "$REATTACHES" ]] && ok "manual: $REATTACHES kills each followed by --reattach 2 s later" || not_ok "manual: $reattached of $REATTACHES reattached"
     report "manual --reattach 2 s after SIGKILL ($REATTACHES x)"
@@ -111,8 +97,8 @@ mnt=$work/upgrade; mkdir -p "$mnt"; : >"$work/events"
 if "$MOUNT" -t erofs.nbd "$CORPUS/$IMAGE.erofs" "$mnt"; then
     dev=$(device_of "$mnt"); n=${dev#/dev/nbd}; supervisor=$(field "$n" daemonPID)
     start_load "$mnt"
-    upgrade_runs "$mnt" "field $n servingPID"
-    upgraded_everywhere "$dev" "$supervisor" "field $n daemonPID" "field $n servingPID"
+    upgrade_runs "$mnt" "serving $n"
+    upgraded_everywhere "$dev" "$supervisor" "field $n daemonPID" "serving $n"
     stop_load
     [[ $upgraded == "$UPGRADES" ]] && ok "upgrade: $UPGRADES hot upgrades, each to the newly installed binary" || not_ok "upgrade: $upgraded of $UPGRADES"
     report "hot upgrade ($UPGRADES x)"
@@ -132,7 +118,7 @@ if "$MOUNT" -t erofs.nbd "$work/replaced.erofs" "$mnt"; then
     cp "$CORPUS/$other.erofs" "$work/new.erofs" && mv -f "$work/new.erofs" "$work/replaced.erofs"
     worker=$(field "$n" servingPID)
     kill -9 "$worker"
-    if wait_for "[[ \$(field $n servingPID) != $worker ]] && kill -0 \$(field $n servingPID) 2>/dev/null" 10; then
+    if wait_for "served_again $n $worker" 10; then
         echo 3 > /proc/sys/vm/drop_caches
         "$BIN/erofs" walk "$mnt" | cmp -s - "$manifest" && ok "replaced image: after a SIGKILL the takeover serves the image mounted, not the file renamed over it" \
             || not_ok "replaced image: after the takeover the walk differs from $IMAGE's manifest"

@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """The FUSE backend against the kernel's own EROFS and squashfuse, same files, same run (issue 15).
 
-Run by scripts/bench-fuse.sh, which makes the images. Methods:
+Run by Benchmarks/bench-fuse.sh, which makes the images. Methods:
   kernel      mount.erofs IMAGE DIR (the kernel's file-backed EROFS mount)
   fuse        mount.erofs -t erofs.fuse IMAGE DIR (ours)
   fuse-noprefetch  the same with -o fuse.prefetch_kb=0 (only when BENCH_METHODS names it)
   squashfuse  squashfuse_ll SQUASHFS DIR (Debian's squashfuse; mksquashfs -comp lz4 -Xhc of the tree)
+  fuse-baseline  -t erofs.fuse with another build, $BENCH_FUSE_BASELINE (a mount.erofs binary):
+              an A/B of two builds in one run (only when BENCH_METHODS names it)
 Measures, each round visiting the methods in a rotated order so that a change of load hits all:
   mount         mount command start to return (small image)
   find+stat     fresh mount, image file evicted from the page cache: walk the tree, lstat everything
@@ -26,6 +28,7 @@ import time
 rounds = int(sys.argv[1])
 tool, work = sys.argv[2], sys.argv[3]
 fuse_options = sys.argv[4].split() if len(sys.argv) > 4 and sys.argv[4] else []
+baseline = os.environ.get("BENCH_FUSE_BASELINE", "")
 methods = os.environ.get("BENCH_METHODS", "kernel fuse squashfuse").split()
 images = {
     "small": {"erofs": f"{work}/small16k.erofs", "squashfs": f"{work}/small16k.sqfs"},
@@ -44,7 +47,7 @@ def unmount(method, kind):
     if method == "squashfuse":
         subprocess.run(["umount", target], stderr=subprocess.DEVNULL)
     else:
-        subprocess.run([tool, "-u", target], stderr=subprocess.DEVNULL)
+        subprocess.run([baseline if method == "fuse-baseline" else tool, "-u", target], stderr=subprocess.DEVNULL)
 
 
 def mount(method, kind):
@@ -57,6 +60,8 @@ def mount(method, kind):
         args = [tool, "-t", "erofs.fuse", *fuse_options, images[kind]["erofs"], target]
     elif method == "fuse-noprefetch":  # ours without SiblingPrefetch, for an A/B in one run
         args = [tool, "-t", "erofs.fuse", *fuse_options, "-o", "fuse.prefetch_kb=0", images[kind]["erofs"], target]
+    elif method == "fuse-baseline":
+        args = [baseline, "-t", "erofs.fuse", *fuse_options, images[kind]["erofs"], target]
     else:
         args = ["squashfuse_ll", images[kind]["squashfs"], target]
     start = time.perf_counter()

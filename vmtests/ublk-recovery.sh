@@ -12,7 +12,7 @@
 # Prints "ok - ..." / "not ok - ..." lines, "STALLS {json}" lines, then "N passed, N failed".
 set -uo pipefail
 source "$(dirname "$0")/common.sh"  # REPO, device_of, wait_for
-source "$(dirname "$0")/load.sh"    # start_load, stop_load, report, gone, uptime_now, upgrade_runs, ...
+source "$(dirname "$0")/load.sh"    # start_load, stop_load, report, gone, uptime_now, kill_runs, upgrade_runs, ...
 BIN=${EROFS_BIN_DIR:-$REPO/.build/debug}
 CORPUS=${EROFS_CORPUS:-$REPO/../shared/corpus}
 KILLS=${KILLS:-20} REATTACHES=${REATTACHES:-5} UPGRADES=${UPGRADES:-10}
@@ -43,8 +43,10 @@ left_nothing() {  # DEVICE ID: nothing of the device remains
     [[ ! -e $UBLK_STATE/ublk$n.json && ! -e $UBLK_STATE/ublk$n.log ]] || { echo "state left: $(ls "$UBLK_STATE")"; return 1; }
     [[ -z $(ours "$n") ]] || { echo "processes $(ours "$n")"; return 1; }
 }
-# The serving worker changed from $2 and is alive.
+serving() { ufield "$1" servingPID; }
+# The serving worker of device $1 changed from $2 and is alive.
 served_again() { local now; now=$(ufield "$1" servingPID); [[ -n $now && $now != "$2" ]] && kill -0 "$now" 2>/dev/null; }
+log_tail() { tail -5 "$UBLK_STATE/ublk$1.log"; }
 
 # 1. Automatic recovery from SIGKILL of the serving worker.
 mnt=$work/auto; mkdir -p "$mnt"; : >"$work/events"
@@ -59,15 +61,7 @@ if "$MOUNT" -t erofs.ublk "$CORPUS/$IMAGE.erofs" "$mnt" 2>"$work/err"; then
         not_ok "--list: '$row' from $("$MOUNT" --list)"
     fi
     start_load "$mnt"
-    recovered=0
-    for i in $(seq "$KILLS"); do
-        sleep "0.$((RANDOM % 8 + 2))"
-        worker=$(ufield "$n" servingPID)
-        uptime_now >>"$work/events"
-        kill -9 "$worker"
-        if wait_for "served_again $n $worker" 20; then recovered=$((recovered + 1))
-        else echo "# kill $i: no new worker"; tail -5 "$UBLK_STATE/ublk$n.log"; fi
-    done
+    kill_runs "serving $n" "served_again $n" 20 "log_tail $n"
     stop_load
     [[ $recovered == "$KILLS" && $(ufield "$n" recoveries) == "$KILLS" ]] && ok "auto: $KILLS SIGKILLs of the serving worker, $KILLS recoveries" \
         || not_ok "auto: $recovered of $KILLS recovered (state says $(ufield "$n" recoveries))"
@@ -91,19 +85,9 @@ if "$MOUNT" -t erofs.ublk "$CORPUS/$IMAGE.erofs" "$mnt" 2>"$work/err"; then
         && [[ $(cat "$UBLK_STATE/ublk$n.json") == "$before" ]]; then ok "manual: --reattach refuses live daemons and changes nothing"
     else not_ok "manual: --reattach with live daemons: $(cat "$work/err")"; fi
     start_load "$mnt"
-    reattached=0
-    for i in $(seq "$REATTACHES"); do
-        sleep 0.5
-        supervisor=$(ufield "$n" daemonPID)
-        processes=$(ours "$n")
-        uptime_now >>"$work/events"
-        kill -9 $processes
-        sleep 2
-        [[ -z $(ours "$n") ]] || echo "# reattach $i: still alive after SIGKILL: $(ours "$n")"
-        if "$MOUNT" --reattach "$dev" 2>"$work/err" && [[ $(ufield "$n" daemonPID) != "$supervisor" ]] \
-            && kill -0 "$(ufield "$n" servingPID)"; then reattached=$((reattached + 1))
-        else echo "# reattach $i: $(cat "$work/err")"; fi
-    done
+    # A new supervisor (none of the killed ones) and a live worker.
+    new_daemons() { [[ " $1 " != *" $(ufield "$n" daemonPID) "* ]] && kill -0 "$(ufield "$n" servingPID)"; }
+    reattach_runs "$dev" "ours $n" new_daemons
     stop_load
     [[ $reattached == "$REATTACHES" ]] && ok "manual: $REATTACHES kills of every process of ours, each followed by --reattach 2 s later" \
         || not_ok "manual: $reattached of $REATTACHES reattached"
@@ -119,8 +103,8 @@ mnt=$work/upgrade; mkdir -p "$mnt"; : >"$work/events"
 if "$MOUNT" -t erofs.ublk "$CORPUS/$IMAGE.erofs" "$mnt" 2>"$work/err"; then
     dev=$(device_of "$mnt"); n=${dev#/dev/ublkb}; supervisor=$(ufield "$n" daemonPID)
     start_load "$mnt"
-    upgrade_runs "$mnt" "ufield $n servingPID"
-    upgraded_everywhere "$dev" "$supervisor" "ufield $n daemonPID" "ufield $n servingPID"
+    upgrade_runs "$mnt" "serving $n"
+    upgraded_everywhere "$dev" "$supervisor" "ufield $n daemonPID" "serving $n"
     stop_load
     [[ $upgraded == "$UPGRADES" ]] && ok "upgrade: $UPGRADES hot upgrades, each to the newly installed binary" || not_ok "upgrade: $upgraded of $UPGRADES"
     report "ublk hot upgrade ($UPGRADES x)"

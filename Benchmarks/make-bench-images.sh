@@ -3,12 +3,12 @@
 # bench-nbd-vs-loop.sh reads, with Debian's mkfs.erofs (lz4hc), under DIR
 # (default $REPO/.build-bench, git-ignored). Deterministic content; skipped when present.
 # BENCH_IMAGES picks the kinds (default: big small); BENCH_KEEP_TREES=1 keeps each source tree
-# as DIR/KIND.tree, for the other filesystems scripts/bench-fuse.sh builds from the same files.
+# as DIR/KIND.tree, for the other filesystems Benchmarks/bench-fuse.sh builds from the same files.
 #   big.erofs:   4 files, 256 MiB: 2 x 64 MiB incompressible (random) + 2 x 64 MiB text-like
 #   small.erofs: 8000 files of 512 B..24 KiB (mixed random and text) in 200 directories
 #   small16k.erofs: 8000 files of 0..16 KiB (mixed random and text) in 200 directories
 set -euo pipefail
-REPO=$(cd "$(dirname "$0")/../.." && pwd)
+REPO=$(cd "$(dirname "$0")/.." && pwd)
 DIR=${1:-$REPO/.build-bench}
 mkdir -p "$DIR"
 command -v mkfs.erofs >/dev/null || { echo "mkfs.erofs not found (apt-get install erofs-utils)" >&2; exit 1; }

@@ -8,7 +8,9 @@
 #   - every process of ours SIGKILLed under two verifying readers, then --reattach: 0 errors;
 #   - -u leaves no mount, device, daemon, state or captured credentials;
 #   - plain -t erofs of an image this kernel refuses (EOPNOTSUPP: zstd on 6.1) falls back to
-#     FUSE, says so, and equals its manifest.
+#     FUSE, says so, and equals its manifest;
+#   - an OCI layer through nbd, and (where the kernel has ublk) an S3 object through ublk, each
+#     with the same secret, kill and --reattach checks.
 # Prints "ok - ..." / "not ok - ..." lines, then "N passed, N failed".
 set -uo pipefail
 source "$(dirname "$0")/common.sh"  # REPO, STATE, device_of, wait_for
@@ -23,6 +25,8 @@ check() { local what=$1; shift; if "$@"; then ok "$what"; else not_ok "$what"; r
 work=$(mktemp -d /tmp/remote-mount.XXXXXX)
 pids=()
 trap 'for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null; done' EXIT
+# Our daemons of the backend under test (pgrep -f patterns); section 5 switches to ublk's.
+DAEMONS='--serve-nbd-device|--supervise-nbd-device'
 
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up 2>/dev/null
 # The guest's PATH has no pyenv shim: the python that has moto.
@@ -49,8 +53,9 @@ http=http://127.0.0.1:$(head -1 "$work/http.port")
 nothing_left() {  # $1 mountpoint, $2 device
     local left
     left=$(awk -v m="$1" '$5 == m' /proc/self/mountinfo
-        pgrep -f -- '--serve-nbd-device|--supervise-nbd-device|--serve-fuse' || true
-        ls "$STATE" /run/erofs-mount/fuse 2>/dev/null | grep json
+        pgrep -f -- '--serve-nbd-device|--supervise-nbd-device|--serve-fuse|--ublk-daemon|--supervise-ublk-device' || true
+        ls "$STATE" /run/erofs-mount/fuse /run/erofs-mount/ublk 2>/dev/null | grep json
+        ls /dev/ublkb* /dev/ublkc* 2>/dev/null
         ls /run/erofs-mount/credentials 2>/dev/null
         [[ -n ${2:-} && $(cat /sys/block/${2#/dev/}/size 2>/dev/null) != 0 ]] && echo "$2 still has a size")
     [[ -z $left ]] || { echo "left: $left"; return 1; }
@@ -71,7 +76,7 @@ kill_under_readers() {
           echo "$rounds $errors" >"$work/reader$reader" ) &
     done
     sleep 3
-    kill -9 $(pgrep -f -- '--serve-nbd-device|--supervise-nbd-device') 2>/dev/null
+    kill -9 $(pgrep -f -- "$DAEMONS") 2>/dev/null
     sleep 1
     if "$BIN/mount.erofs" --reattach "$mnt" 2>"$work/err"; then ok "--reattach after SIGKILL of every process of ours"
     else not_ok "--reattach: $(cat "$work/err")"; fi
@@ -86,10 +91,10 @@ kill_under_readers() {
 no_secret_in_daemons() {
     local what=$1 listed=$2 ours leaks secret; shift 2
     local patterns=(); for secret in "$@"; do patterns+=(-e "$secret"); done
-    ours=$(pgrep -f -- '--serve-nbd-device|--supervise-nbd-device')
+    ours=$(pgrep -f -- "$DAEMONS")
     leaks=$(for pid in $ours; do grep -l -a -F "${patterns[@]}" /proc/$pid/cmdline /proc/$pid/environ 2>/dev/null; done
-        grep -rl -a -F "${patterns[@]}" "$STATE" 2>/dev/null)
-    check "the $what is in no daemon's argv or environment, nor in $STATE (daemons: $(echo $ours))" \
+        grep -rl -a -F "${patterns[@]}" "$STATE" /run/erofs-mount/ublk 2>/dev/null)
+    check "the $what is in no daemon's argv or environment, nor in a state file (daemons: $(echo $ours))" \
         test -z "$leaks" -a -n "$ours"
     local shown=no
     "$BIN/mount.erofs" --list >"$work/list"
@@ -189,6 +194,25 @@ if "$BIN/mount.erofs" -t erofs.nbd "$reference" "$mnt" \
     check "-u of the OCI mount left nothing (no captured credentials either)" nothing_left "$mnt" "$device"
 else
     not_ok "OCI mount through nbd: $(cat "$work/err")"
+fi
+
+# 5. An S3 object through ublk (issue 17: every source), where the kernel has the driver.
+if [[ -c /dev/ublk-control ]]; then
+    DAEMONS='--ublk-daemon|--supervise-ublk-device'
+    mnt=$work/ublk; mkdir -p "$mnt"
+    if AWS_ACCESS_KEY_ID=$access AWS_SECRET_ACCESS_KEY=$secret \
+        "$BIN/mount.erofs" -t erofs.ublk images/plain.erofs "$mnt" -o "$s3opts" 2>"$work/err"; then
+        device=$(device_of "$mnt")
+        check "the S3 object is mounted from a ublk device ($device)" test "${device#/dev/ublkb}" != "$device"
+        check "plain from S3 through ublk: walk equals the manifest" \
+            walk_equals "$mnt" "$CORPUS/plain.manifest.jsonl"
+        no_secret_in_daemons secret s3://images/plain.erofs "$secret"
+        kill_under_readers "$mnt" "$CORPUS/plain.manifest.jsonl"
+        "$BIN/mount.erofs" -u "$mnt" 2>"$work/err" || not_ok "-u: $(cat "$work/err")"
+        check "-u of the S3 ublk mount left nothing (no device, no captured credentials)" nothing_left "$mnt"
+    else
+        not_ok "S3 mount through ublk: $(cat "$work/err")"
+    fi
 fi
 
 rm -rf "$work"
