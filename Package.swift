@@ -27,8 +27,10 @@ let package = Package(
         .systemLibrary(name: "CLZ4", pkgConfig: "liblz4", providers: [.apt(["liblz4-dev"])]),
         // TLS for `erofs serve` (NBD STARTTLS).
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
-        // HTTP(S) for remote sources (BENCHMARKS.md says why libcurl and not AsyncHTTPClient).
-        .systemLibrary(name: "CCurl", pkgConfig: "libcurl", providers: [.apt(["libcurl4-openssl-dev"])]),
+        // HTTP(S) for remote sources (BENCHMARKS.md says why libcurl and not AsyncHTTPClient),
+        // loaded with dlopen on first use (Sources/CCurl/include/ccurl.h says why); the build
+        // needs only its header (libcurl4-openssl-dev).
+        .target(name: "CCurl", linkerSettings: [.linkedLibrary("dl")]),
 
         // Thin, typed wrappers over syscalls: SystemError, file descriptors, mount, loop devices.
         .target(
@@ -49,7 +51,7 @@ let package = Package(
         .target(
             name: "RemoteSources",
             dependencies: [
-                "ImageSources", "SystemCalls", "CCurl", "CZlib",
+                "ImageSources", "SystemCalls", "CShim", "CCurl", "CZlib",
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
@@ -64,7 +66,8 @@ let package = Package(
         // The reader's view of an image in the manifest form (the tool's `ls --json`, the tests).
         .target(name: "ImageManifest", dependencies: ["EROFSReader", "Manifest", "SystemCalls"]),
         // The corpus manifest format: entries, exact JSON form, walking a mounted tree.
-        .target(name: "Manifest", dependencies: ["SystemCalls"]),
+        .target(
+            name: "Manifest", dependencies: ["SystemCalls", .product(name: "SystemPackage", package: "swift-system")]),
         // FUSE wire protocol: request decoding, reply encoding (no I/O).
         .target(name: "FUSEProtocol", dependencies: []),
         // The FUSE serving loop over /dev/fuse, on the EROFS reader.
@@ -96,20 +99,30 @@ let package = Package(
         .target(
             name: "NBDKernel",
             dependencies: [
-                "Netlink", "SystemCalls", "CShim", .product(name: "SystemPackage", package: "swift-system"),
+                "Netlink", "SystemCalls", "KernelAttach", "CShim",
+                .product(name: "SystemPackage", package: "swift-system"),
             ]),
         // One supervisor for every userspace backend's daemons: spawning, the control channel,
         // standby and hot upgrade, the state directory (see Supervision/SupervisedBackend.swift).
         .target(
             name: "Supervision",
             dependencies: [
-                "SystemCalls", "KernelAttach", "CShim", .product(name: "SystemPackage", package: "swift-system"),
+                "SystemCalls", "KernelAttach", "CShim",
             ]),
-        // Mount backends: local (file-backed or loop), nbd.
+        // The local backend (file-backed or loop mounts) and what every backend builds on: the
+        // source probe, `MountFailure`, the mountpoint check, unmounting, image identity.
         .target(
-            name: "Backends",
+            name: "LocalBackend",
             dependencies: [
-                "SystemCalls", "EROFSFormat", "KernelAttach", "CShim", "NBDKernel", "NBDServer", "NBDProtocol",
+                "SystemCalls", "EROFSFormat", "KernelAttach", "CShim", "ImageSources",
+                .product(name: "SystemPackage", package: "swift-system"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        // `-t erofs.nbd`: the serving worker, its `SupervisedBackend`, state, recovery, teardown.
+        .target(
+            name: "NBDBackend",
+            dependencies: [
+                "LocalBackend", "SystemCalls", "KernelAttach", "CShim", "NBDKernel", "NBDServer", "NBDProtocol",
                 "ImageSources", "RemoteSources", "Supervision",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
@@ -122,7 +135,8 @@ let package = Package(
         .target(
             name: "UblkBackend",
             dependencies: [
-                "Backends", "Supervision", "UblkKernel", "IOURing", "KernelAttach", "SystemCalls", "CShim",
+                "LocalBackend", "Supervision", "UblkKernel", "IOURing", "KernelAttach", "SystemCalls", "CShim",
+                "RemoteSources", "ImageSources",
                 .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -130,7 +144,8 @@ let package = Package(
         .target(
             name: "FUSEBackend",
             dependencies: [
-                "Backends", "Supervision", "FUSEProtocol", "FUSEServer", "EROFSReader", "KernelAttach", "SystemCalls",
+                "LocalBackend", "Supervision", "FUSEProtocol", "FUSEServer", "EROFSReader", "KernelAttach",
+                "SystemCalls",
                 "CShim", "RemoteSources", "ImageSources",
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -138,7 +153,8 @@ let package = Package(
         .target(
             name: "MountCLI",
             dependencies: [
-                "Backends", "FUSEBackend", "UblkBackend", "Supervision", "SystemCalls", "EROFSFormat", "KernelAttach",
+                "LocalBackend", "NBDBackend", "FUSEBackend", "UblkBackend", "Supervision", "SystemCalls",
+                "KernelAttach",
                 "NBDKernel", "CShim", "RemoteSources", "EROFSReader", "ImageManifest", "ImageSources",
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -150,7 +166,7 @@ let package = Package(
             dependencies: [
                 "EROFSFormat", "EROFSReader", "Extraction", "ImageManifest", "Manifest", "NBDProtocol", "NBDServer",
                 "SystemCalls",
-                "CShim", "RemoteSources", "ImageSources",
+                "RemoteSources", "ImageSources",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
@@ -159,7 +175,9 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["Manifest"]),
         .testTarget(name: "TestSupportTests", dependencies: ["TestSupport"]),
 
-        .testTarget(name: "SystemCallsTests", dependencies: ["SystemCalls", "CShim"]),
+        .testTarget(
+            name: "SystemCallsTests",
+            dependencies: ["SystemCalls", "CShim", .product(name: "SystemPackage", package: "swift-system")]),
         .testTarget(name: "EROFSFormatTests", dependencies: ["EROFSFormat", "TestSupport"]),
         .testTarget(name: "ManifestTests", dependencies: ["Manifest", "SystemCalls"]),
         // What the reader fuzzer does with an input; ReaderTests replays the findings through it.
@@ -187,16 +205,16 @@ let package = Package(
         .testTarget(
             name: "MountCLITests",
             dependencies: [
-                "MountCLI", "FUSEBackend", "Backends", "SystemCalls",
+                "MountCLI", "FUSEBackend", "LocalBackend", "SystemCalls", "RemoteSources",
                 .product(name: "SystemPackage", package: "swift-system"),
             ]),
         .testTarget(
             name: "SupervisionTests",
-            dependencies: ["Supervision", "SystemCalls", "TestSupport"]),
+            dependencies: ["Supervision", "SystemCalls"]),
         .testTarget(
-            name: "BackendsTests",
+            name: "NBDBackendTests",
             dependencies: [
-                "Backends", "Supervision", "NBDServer", "NBDProtocol", "SystemCalls", "KernelAttach", "TestSupport",
+                "NBDBackend", "LocalBackend", "Supervision", "SystemCalls", "KernelAttach", "TestSupport",
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "KernelAttachTests", dependencies: ["KernelAttach"]),
@@ -234,24 +252,31 @@ let package = Package(
             name: "NBDServerTests",
             dependencies: [
                 "NBDServer", "NBDProtocol", "ImageSources", "SystemCalls", "TestSupport",
+                .product(name: "SystemPackage", package: "swift-system"),
                 .product(name: "Logging", package: "swift-log"),
                 // Built for the tests, which run `erofs serve` against real NBD clients.
                 "ErofsTool",
-            ]),
+                // Peers/: Python clients (libnbd) the tests run against `erofs serve`.
+            ], exclude: ["Peers"]),
         // Canned netlink replies and a recording transport, shared by the two netlink test targets.
         .target(
             name: "NetlinkTestSupport", dependencies: ["Netlink", "SystemCalls"], path: "Tests/NetlinkTestSupport"),
         .testTarget(
-            name: "NetlinkTests", dependencies: ["Netlink", "NetlinkTestSupport", "SystemCalls", "TestSupport"]),
+            name: "NetlinkTests",
+            dependencies: [
+                "Netlink", "NetlinkTestSupport", "SystemCalls", "TestSupport",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]),
         .testTarget(
             name: "NBDKernelTests",
             dependencies: [
                 "NBDKernel", "Netlink", "NetlinkTestSupport", "SystemCalls", "TestSupport", "Manifest", "KernelAttach",
+                .product(name: "SystemPackage", package: "swift-system"),
             ]),
         .testTarget(
             name: "MountTests",
             dependencies: [
-                "Manifest", "SystemCalls", "KernelAttach", "TestSupport", "CShim",
+                "Manifest", "KernelAttach", "TestSupport", "CShim",
                 // Built for the tests, which run the real binaries.
                 "MountErofsTool", "ErofsTool",
             ]),

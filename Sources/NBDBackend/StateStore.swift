@@ -39,14 +39,14 @@ public struct StateStore: Sendable {
 
     public func save(_ state: DeviceState) throws(SystemError) {
         do { try state.validate(fileIndex: state.index) } catch {
-            throw SystemError("save state", path: path(forDevice: state.index), detail: error.reason)
+            throw SystemError(.refused, "save state", path: path(forDevice: state.index), detail: error.reason)
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         encoder.dateEncodingStrategy = .iso8601
         let data: Data
         do { data = try encoder.encode(state) } catch {
-            throw SystemError("encode state", path: path(forDevice: state.index), detail: "\(error)")
+            throw SystemError(.failed, "encode state", path: path(forDevice: state.index), underlying: error)
         }
         try files.write(data, named: Self.fileName(forDevice: state.index))
     }
@@ -61,10 +61,11 @@ public struct StateStore: Sendable {
         decoder.dateDecodingStrategy = .iso8601
         let state: DeviceState
         do { state = try decoder.decode(DeviceState.self, from: Data(bytes)) } catch {
-            throw SystemError("read state", path: file, detail: "not a valid state file (\(error))")
+            throw SystemError(
+                .corrupt, "read state", path: file, detail: "not a valid state file (\(error))", underlying: error)
         }
         do { try state.validate(fileIndex: index) } catch {
-            throw SystemError("read state", path: file, detail: "not a valid state file (\(error.reason))")
+            throw SystemError(.corrupt, "read state", path: file, detail: "not a valid state file (\(error.reason))")
         }
         return state
     }

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import KernelAttach
+import LocalBackend
 import Logging
 import NBDKernel
 import Supervision
@@ -111,15 +112,12 @@ public struct NBDRecovery: Sendable {
             }
             throw MountFailure("no daemon serves \(state.devicePath): `mount.erofs --reattach \(target)` starts one")
         }
-        if let upgraded = supervisor.requestUpgrade(
-            from: state, timeout: timeout, stillOurs: { supervisor.isOurs(serving: state.backendIdentifier) },
-            reload: { try? store.load(device: state.index) })
-        {
-            return upgraded
-        }
-        throw MountFailure(
-            "\(state.devicePath): the upgrade did not complete within \(Int(timeout)) s (see \(store.logPath(identifier: state.backendIdentifier)))"
-        )
+        do {
+            return try supervisor.requestUpgrade(
+                of: state.devicePath, from: state, timeout: timeout,
+                log: store.logPath(identifier: state.backendIdentifier),
+                reload: { try? store.load(device: state.index) })
+        } catch { throw MountFailure(error.description) }
     }
 
     /// The pid of a process of ours still serving or supervising the device.
@@ -128,45 +126,6 @@ public struct NBDRecovery: Sendable {
         if let worker = state.worker, worker.isOurs(serving: state.backendIdentifier) { return worker.pid }
         return nil
     }
-}
-
-/// N of /dev/PREFIXN for TARGET (`kind`: "an nbd device", for messages): the device itself, or
-/// the mountpoint of an EROFS mount of one.
-/// Both are found by device number, never by a name: a tmpfs or a user's FUSE mount may call
-/// its source /dev/nbd0.
-public func managedDeviceIndex(of target: String, prefix: String, kind: String) throws(MountFailure) -> Int {
-    let canonical = canonicalPath(target)
-    let status: FileStatus
-    do { status = try FileStatus.stat(canonical) } catch {
-        throw MountFailure("cannot use \(target)", cause: error)
-    }
-    let neither = "\(target) is neither /dev/\(prefix)N nor mounted from one"
-    let number: (major: UInt32, minor: UInt32)
-    switch status.kind {
-    case .block:
-        number = (status.rdevMajor, status.rdevMinor)
-    case .dir:
-        let entry: MountInfoEntry?
-        do { entry = try MountTable.mount(at: canonical) } catch {
-            throw MountFailure("cannot read the mount table", cause: error)
-        }
-        guard let entry else { throw MountFailure(neither) }
-        guard entry.fsType == "erofs" else {
-            throw MountFailure(
-                "\(target) is not an EROFS mount of \(kind) (it is \(entry.fsType) from \(entry.source))")
-        }
-        number = (entry.major, entry.minor)
-    default:
-        throw MountFailure(neither)
-    }
-    guard let name = BlockDevice.name(major: number.major, minor: number.minor),
-        let index = BlockDevice.index(of: name, prefix: prefix)
-    else {
-        throw MountFailure(
-            "\(neither) (its device \(number.major):\(number.minor) is \(BlockDevice.name(major: number.major, minor: number.minor) ?? "unknown"))"
-        )
-    }
-    return index
 }
 
 extension DaemonProcess {

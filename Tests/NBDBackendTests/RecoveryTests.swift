@@ -1,4 +1,4 @@
-@testable import Backends
+@testable import NBDBackend
 import Foundation
 import Glibc
 import Logging

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import KernelAttach
+import LocalBackend
 import Logging
 import NBDKernel
 import RemoteSources
@@ -116,8 +117,14 @@ public struct NBDBackend: Sendable {
             // A loop device has no I/O scheduler either. nbd's default, mq-deadline, hands
             // every request to a kblockd worker before the driver sends it (the queue may
             // sleep): one more context switch per read, ~10% of a 4 KiB read under emulation.
-            do { if device.scheduler != "none" { try device.setScheduler("none") } } catch {
+            do { try device.queue.turnOffScheduler() } catch {
                 logger.warning("\(device.path): cannot turn off the I/O scheduler: \(error)")
+            }
+            // Requests as large as a loop device's: 6.1's nbd caps them at 128 KiB (max_sectors
+            // 256 under a max_hw_sectors of 32 MiB), so a cold sequential read took twice
+            // loop's requests there. 6.12 already gives 1280 KiB.
+            do { try device.queue.raiseMaxRequestKiB() } catch {
+                logger.warning("\(device.path): cannot raise max_sectors_kb: \(error)")
             }
             if let namespace = request.namespace {
                 try namespace.mount(
@@ -163,35 +170,25 @@ struct DaemonLauncher {
 
     /// `image`: the source, open; the daemon serves it and never opens the path itself.
     func start(_ settings: NBDDaemon.Settings, supervised: Bool, image: Int32) throws(MountFailure) -> Started {
-        let log: Int32
-        do { log = try store.openLog(identifier: settings.identifier) } catch {
+        let log: OwnedDescriptor
+        do { log = OwnedDescriptor(try store.openLog(identifier: settings.identifier)) } catch {
             throw MountFailure("cannot prepare the state directory", cause: error)
-        }
-        defer { close(log) }
-        var statusEnds: [Int32] = [-1, -1]
-        guard closeOnExecPipe(&statusEnds) else {
-            throw MountFailure("cannot start the serving daemon", cause: .lastErrno("pipe"))
         }
         let arguments = supervised ? NBDSupervisor.arguments(for: settings) : settings.arguments
         // The supervisor takes the image as descriptor 4; a lone worker where every worker does.
         let descriptors =
-            supervised
-            ? [statusEnds[1], image]
-            : [statusEnds[1]] + Array(repeating: -1, count: Int(NBDDaemon.imageDescriptor) - 4) + [image]
-        let daemon: DaemonProcess
+            supervised ? [image] : Array(repeating: -1, count: Int(NBDDaemon.imageDescriptor) - 4) + [image]
+        let started: ReportingDaemon
         do {
-            daemon = try DaemonProcess.spawn(
-                arguments: arguments, descriptors: descriptors, logFile: nil, logDescriptor: log)
+            started = try ReportingDaemon.spawn(
+                arguments: arguments, descriptors: descriptors, logDescriptor: log.rawValue)
         } catch {
-            close(statusEnds[0]); close(statusEnds[1])
             store.removeLog(identifier: settings.identifier)
             throw MountFailure("cannot start the serving daemon", cause: error)
         }
-        close(statusEnds[1])
-        defer { close(statusEnds[0]) }
-
+        let daemon = started.process
         let report: DaemonReport?
-        do { report = try DaemonReport.receive(from: statusEnds[0], timeout: 30) } catch {
+        do { report = try started.report(timeout: 30) } catch {
             daemon.terminate(signal: SIGKILL)
             store.removeLog(identifier: settings.identifier)
             throw MountFailure("the serving daemon did not start", cause: error)
@@ -232,6 +229,43 @@ public struct NBDTeardown: Sendable {
     public init(logger: Logger, store: StateStore = StateStore()) {
         self.logger = logger
         self.store = store
+    }
+
+    /// After `Unmounter` unmounted `result`: releases its nbd device, if it is one we manage,
+    /// unless a mount of it remains anywhere: a bind mount, or a copy in another mount namespace
+    /// (services with PrivateTmp hold copies of every mount). The kernel knows: the filesystem
+    /// of a mount holds its device exclusively. A device still held is left to the kernel,
+    /// which disconnects it when its last mount goes (disconnect-on-close); its supervisor then
+    /// removes the state.
+    public func finishUnmount(_ result: Unmounter.Result) throws(MountFailure) {
+        let (major, minor, mountPoint) = (result.major, result.minor, result.mountPoint)
+        guard let name = BlockDevice.name(major: major, minor: minor),
+            let index = BlockDevice.index(of: name, prefix: "nbd")
+        else { return }
+        let state: DeviceState?
+        do { state = try store.load(device: index) } catch {
+            throw MountFailure(
+                "unmounted \(mountPoint), but /dev/nbd\(index) is left attached: its state cannot be used", cause: error
+            )
+        }
+        guard let state else { return }  // not ours to release
+        switch BlockDevice.claim(path: state.devicePath, major: major, minor: minor) {
+        case .free:
+            break
+        case .held:
+            logger.info(
+                "\(state.devicePath) is still mounted elsewhere (a bind mount or another mount namespace): it stays attached until its last mount goes"
+            )
+            return
+        case .failed(let error):
+            throw MountFailure(
+                "unmounted \(mountPoint), but cannot tell whether \(state.devicePath) is still mounted elsewhere; it is left attached",
+                cause: error)
+        }
+        let problems = release(state)
+        if !problems.isEmpty {
+            throw MountFailure("unmounted \(mountPoint), but: \(problems.joined(separator: "; "))")
+        }
     }
 
     /// Best effort: every step runs even when an earlier one failed; what failed is returned.
@@ -285,12 +319,4 @@ public struct NBDTeardown: Sendable {
         CapturedCredentials.remove(state.servedSource.capturedCredentials)
         return problems
     }
-}
-
-public func randomHex(bytes count: Int) -> String {
-    var generator = SystemRandomNumberGenerator()
-    return (0..<count).map { _ in
-        let byte = UInt8.random(in: 0...255, using: &generator)
-        return String(byte >> 4, radix: 16) + String(byte & 0xf, radix: 16)
-    }.joined()
 }

@@ -1,4 +1,4 @@
-import Backends
+import NBDBackend
 import Foundation
 import Glibc
 import SystemCalls
@@ -51,7 +51,12 @@ import Testing
             try store.load(device: 1)
         } throws: { error in
             "\(error)".contains(store.path(forDevice: 1)) && "\(error)".contains("not a valid state file")
+                && (error as? SystemError)?.kind == .corrupt && (error as? SystemError)?.underlying != nil
         }
+        // A state that is not valid is refused before it is written.
+        var impossible = Self.sample(index: 2)
+        impossible.daemonPID = -1
+        #expect { try store.save(impossible) } throws: { ($0 as? SystemError)?.kind == .refused }
         guard case .failure = try store.all().first?.state else {
             Issue.record("a corrupt state must be listed as a failure")
             return

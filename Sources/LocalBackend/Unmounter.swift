@@ -6,7 +6,9 @@ import Logging
 import SystemCalls
 import SystemPackage
 
-/// `mount.erofs -u TARGET`: unmounts and releases what the mount set up.
+/// `mount.erofs -u TARGET`: unmounts and releases a loop device the mount set up. What a
+/// userspace backend set up (an nbd device, a FUSE or ublk daemon) its backend releases, found
+/// by the `Result`'s filesystem type and device number.
 public struct Unmounter: Sendable {
     let logger: Logger
 
@@ -47,11 +49,6 @@ public struct Unmounter: Sendable {
         if let loop = LoopDevice.device(major: entry.major, minor: entry.minor) {
             result.releasedLoopDevice = try releaseIfUnused(loop, major: entry.major, minor: entry.minor)
         }
-        if let name = BlockDevice.name(major: entry.major, minor: entry.minor),
-            let index = BlockDevice.index(of: name, prefix: "nbd")
-        {
-            try releaseNBD(index: index, major: entry.major, minor: entry.minor, unmounted: entry.mountPoint)
-        }
         return result
     }
 
@@ -91,40 +88,6 @@ public struct Unmounter: Sendable {
     static func isOurs(_ entry: MountInfoEntry) -> Bool {
         if entry.fsType == "erofs" { return true }
         return entry.fsType == "fuse.erofs" && entry.superOptions.split(separator: ",").contains("user_id=0")
-    }
-
-    /// Releases the nbd device of an unmount, unless a mount of it remains anywhere: a bind
-    /// mount, or a copy in another mount namespace (services with PrivateTmp hold copies of
-    /// every mount). The kernel knows: the filesystem of a mount holds its device exclusively.
-    /// A device still held is left to the kernel, which disconnects it when its last mount goes
-    /// (disconnect-on-close); its supervisor then removes the state.
-    private func releaseNBD(index: Int, major: UInt32, minor: UInt32, unmounted mountPoint: String) throws(MountFailure)
-    {
-        let store = StateStore()
-        let state: DeviceState?
-        do { state = try store.load(device: index) } catch {
-            throw MountFailure(
-                "unmounted \(mountPoint), but /dev/nbd\(index) is left attached: its state cannot be used", cause: error
-            )
-        }
-        guard let state else { return }  // not ours to release
-        switch BlockDevice.claim(path: state.devicePath, major: major, minor: minor) {
-        case .free:
-            break
-        case .held:
-            logger.info(
-                "\(state.devicePath) is still mounted elsewhere (a bind mount or another mount namespace): it stays attached until its last mount goes"
-            )
-            return
-        case .failed(let error):
-            throw MountFailure(
-                "unmounted \(mountPoint), but cannot tell whether \(state.devicePath) is still mounted elsewhere; it is left attached",
-                cause: error)
-        }
-        let problems = NBDTeardown(logger: logger, store: store).release(state)
-        if !problems.isEmpty {
-            throw MountFailure("unmounted \(mountPoint), but: \(problems.joined(separator: "; "))")
-        }
     }
 
     /// Autoclear frees a loop device once its last user is gone, possibly a moment after the

@@ -142,33 +142,24 @@ public enum NBDDaemon {
             }
         }
         let handedDown = fcntl(imageDescriptor, F_GETFD) >= 0
-        let served: ServedSource
-        do { served = try ServedSource(argument: settings.source) } catch {
-            throw SystemError("serve", detail: "\(error)")
-        }
         // A remote image is opened by every worker from its description (no descriptor to hand
         // down); a local one is the file the mount checked.
-        let source: any RandomAccessSource =
-            if case .remote = served {
-                try served.open { logger.warning("\($0)") }
-            } else if handedDown {
-                try FileSource(descriptor: FileDescriptor(rawValue: imageDescriptor), path: settings.source)
-            } else {
-                try FileSource(path: settings.source)
-            }
+        let (served, source) = try ServedSource.openServed(
+            argument: settings.source, handedDown: imageDescriptor, warn: { logger.warning("\($0)") })
         var recovery: RequestJournal.Recovery?
         /// With a journal: the open file big replies are sent from (see `KernelModeServer`).
-        var replyFile: Int32 = -1
+        var replyFile: OwnedDescriptor?
 
         var ioctlAttachment: NBDIoctlAttachment?
-        let socket: Int32
+        // Our end of the kernel's link, open until we return (or hand it over).
+        let socket: OwnedDescriptor
         let index: UInt32
         let method: DeviceState.AttachMethod
         switch settings.mode {
         case .connect:
-            let serverEnd: Int32
-            (serverEnd, index, method, ioctlAttachment) = try connect(settings, size: source.size)
-            socket = serverEnd
+            let connection = try connect(settings, size: source.size)
+            (index, method, ioctlAttachment) = (connection.index, connection.method, connection.ioctl)
+            socket = connection.socket
         case .reattach(let device):
             socket = try reconnect(device: device, settings: settings)
             (index, method) = (device, .netlink)
@@ -191,10 +182,11 @@ public enum NBDDaemon {
             }
             guard let device = known ?? told else {
                 throw SystemError(
-                    "standby", detail: "the supervisor never said which device (\(String(describing: word)))")
+                    .protocolViolation, "standby",
+                    detail: "the supervisor never said which device (\(String(describing: word)))")
             }
             if case .replyFile(let file)? = word {
-                replyFile = file
+                replyFile = OwnedDescriptor(file.take())
                 word = try control.receive()
             }
             if case .resume(let live)? = word {
@@ -202,7 +194,8 @@ public enum NBDDaemon {
                     guard let journal else {
                         throw SystemError("resume /dev/nbd\(device)", detail: "no request journal")
                     }
-                    let position = replyFile >= 0 ? lseek(replyFile, 0, SEEK_CUR) : -1
+                    let file = replyFile?.rawValue ?? -1
+                    let position = file >= 0 ? lseek(file, 0, SEEK_CUR) : -1
                     recovery = try journal.recover(replyFilePosition: position >= 0 ? UInt64(position) : nil)
                     try control.send(.resumed(true))
                     logger.info(
@@ -210,9 +203,9 @@ public enum NBDDaemon {
                     )
                 } catch {
                     logger.warning("/dev/nbd\(device): cannot resume the live socket, asking for a new one: \(error)")
-                    close(live)
-                    if replyFile >= 0 { close(replyFile) }
-                    replyFile = -1
+                    // Our copies go before we answer: the supervisor then lets the link die.
+                    live.close()
+                    replyFile = nil
                     try control.send(.resumed(false))
                     word = try control.receive()
                 }
@@ -220,12 +213,12 @@ public enum NBDDaemon {
             }
             switch word {
             case .serveLink(let handedOver)?:
-                socket = handedOver
+                socket = OwnedDescriptor(handedOver.take())
             case .reconnect?:
                 socket = try reconnect(device: device, settings: settings, netlink: netlink)
             case let other:
                 throw SystemError(
-                    "standby for /dev/nbd\(device)",
+                    .protocolViolation, "standby for /dev/nbd\(device)",
                     detail: "unexpected word from the supervisor: \(String(describing: other))")
             }
             (index, method) = (device, .netlink)
@@ -236,11 +229,12 @@ public enum NBDDaemon {
             // The supervisor's copy keeps the kernel's link up if we die (it has one already
             // of a socket it handed us; another copy is harmless). A supervisor gone by now
             // also misses the report below, which releases the device.
-            try? control.send(.serving(socket))
+            try? control.send(.serving(socket.rawValue))
             // Big replies go by sendfile from a file of their own; a remote image has none.
             if let file = source as? FileSource {
-                replyFile = handedDown ? try reopen(file) : open(settings.source, O_RDONLY | O_CLOEXEC)
-                try? control.send(.replyFile(replyFile))
+                replyFile = OwnedDescriptor(
+                    handedDown ? try reopen(file) : open(settings.source, O_RDONLY | O_CLOEXEC))
+                try? control.send(.replyFile(replyFile?.rawValue ?? -1))
             } else {
                 try? control.send(.replyFile(-1))  // none: the supervisor need not wait for one
             }
@@ -253,14 +247,13 @@ public enum NBDDaemon {
             // release it, so it must not outlive us.
             logger.error("/dev/nbd\(index): nobody took the report; releasing the device")
             if settings.mode == .connect { releaseUnclaimed(index: index, method: method, ioctl: ioctlAttachment) }
-            close(socket)
             return .failed
         }
 
         let server = try KernelModeServer(
-            socket: FileDescriptor(rawValue: socket), source: source, logger: logger, journal: journal,
+            socket: FileDescriptor(rawValue: socket.rawValue), source: source, logger: logger, journal: journal,
             resuming: recovery,
-            replyFile: replyFile, pollMicroseconds: settings.pollMicroseconds)
+            replyFile: replyFile?.rawValue ?? -1, pollMicroseconds: settings.pollMicroseconds)
         if control != nil {
             _ = try JoinableThread {
                 var set = sigset_t()
@@ -274,11 +267,10 @@ public enum NBDDaemon {
         let end = try server.run()
         logger.info("/dev/nbd\(index): serving ended (\(end))")
         if end == .stopped, let control {
-            defer { close(socket) }
-            try control.send(.handOff(socket))
+            try control.send(.handOff(socket.rawValue))
             return .handedOff
         }
-        close(socket)
+        socket.close()
         // An ioctl device's NBD_DO_IT returns once the kernel has let go of the socket.
         if let ioctlAttachment { _ = ioctlAttachment.waitUntilFinished() }
         return end == .disconnectRequested ? .disconnected : .socketClosed
@@ -294,7 +286,7 @@ public enum NBDDaemon {
             (actual.device, actual.inode) == (expected.device, expected.inode)
         else {
             close(fd)
-            throw SystemError("reopen", path: source.path, detail: "\(path) is not the image handed down")
+            throw SystemError(.refused, "reopen", path: source.path, detail: "\(path) is not the image handed down")
         }
         return fd
     }
@@ -313,39 +305,41 @@ public enum NBDDaemon {
         }
     }
 
+    /// A new device: our end of its socketpair, and how it was attached.
+    struct Connection: ~Copyable {
+        var socket: OwnedDescriptor
+        var index: UInt32
+        var method: DeviceState.AttachMethod
+        var ioctl: NBDIoctlAttachment?
+    }
+
     /// A new device: netlink CONNECT (the ioctl interface where the family is missing or when
-    /// asked). Returns our end of the socketpair.
-    static func connect(_ settings: Settings, size: UInt64) throws(SystemError)
-        -> (socket: Int32, index: UInt32, method: DeviceState.AttachMethod, ioctl: NBDIoctlAttachment?)
-    {
-        let (kernelEnd, serverEnd) = try socketPair()
-        // The kernel holds its own reference once attached: keeping ours would keep a dead link looking alive.
-        defer { close(kernelEnd) }
+    /// asked).
+    static func connect(_ settings: Settings, size: UInt64) throws(SystemError) -> Connection {
+        // The kernel holds its own reference to its end once attached: ours closes as this
+        // returns (keeping it would keep a dead link looking alive).
+        let ends = try socketPair()
         let flags: NBDServerFlags = [.hasFlags, .readOnly, .sendFlush]
-        do {
-            if !settings.forceIoctl, let netlink = try? NBDNetlink.open() {
-                let index = try netlink.connect(
-                    NBDConnectRequest(
-                        sizeBytes: size, blockSizeBytes: 512, serverFlags: flags,
-                        deadConnectionTimeoutSeconds: settings.deadConnectionTimeout,
-                        backendIdentifier: settings.identifier, sockets: [kernelEnd]))
-                setRequeueTimer(device: index, milliseconds: settings.requeueMilliseconds)
-                return (serverEnd, index, .netlink, nil)
-            }
-            let attachment = try NBDIoctlAttachment.attachToFreeDevice(
-                socket: kernelEnd, configuration: .init(sizeBytes: size, blockSizeBytes: 512, serverFlags: flags))
-            return (serverEnd, attachment.device.index, .ioctl, attachment)
-        } catch {
-            close(serverEnd)
-            throw error
+        if !settings.forceIoctl, let netlink = try? NBDNetlink.open() {
+            let index = try netlink.connect(
+                NBDConnectRequest(
+                    sizeBytes: size, blockSizeBytes: 512, serverFlags: flags,
+                    deadConnectionTimeoutSeconds: settings.deadConnectionTimeout,
+                    backendIdentifier: settings.identifier, sockets: [ends.kernelEnd.rawValue]))
+            setRequeueTimer(device: index, milliseconds: settings.requeueMilliseconds)
+            return Connection(socket: ends.serverEnd, index: index, method: .netlink, ioctl: nil)
         }
+        let attachment = try NBDIoctlAttachment.attachToFreeDevice(
+            socket: ends.kernelEnd.rawValue,
+            configuration: .init(sizeBytes: size, blockSizeBytes: 512, serverFlags: flags))
+        return Connection(socket: ends.serverEnd, index: attachment.device.index, method: .ioctl, ioctl: attachment)
     }
 
     /// Gives device `index`, whose link is dead, a new socket with RECONFIGURE, and makes sure
     /// the kernel kept it: when no socket of the device is dead the kernel returns success and
     /// drops the new one, which shows as a hang-up on our end.
     static func reconnect(device index: UInt32, settings: Settings, netlink: NBDNetlink? = nil) throws(SystemError)
-        -> Int32
+        -> OwnedDescriptor
     {
         let netlink = if let netlink { netlink } else { try NBDNetlink.open() }
         // The kernel marks the old socket dead from its receive worker, a moment after the old
@@ -353,22 +347,17 @@ public enum NBDDaemon {
         var attempt = 0
         while true {
             attempt += 1
-            let (kernelEnd, serverEnd) = try socketPair()
-            do {
-                try netlink.reconfigure(index: index, sockets: [kernelEnd], identifier: settings.identifier)
-            } catch {
-                close(kernelEnd)
-                close(serverEnd)
-                throw error
-            }
-            close(kernelEnd)
+            let ends = try socketPair()
+            try netlink.reconfigure(index: index, sockets: [ends.kernelEnd.rawValue], identifier: settings.identifier)
+            // Ours closed first: only the kernel's reference is left to keep the peer open.
+            ends.kernelEnd.close()
+            let serverEnd = ends.serverEnd
             // The request timer set at CONNECT stays; setting it now would freeze the queue,
             // which waits for the very requests that wait for this socket.
-            if !isHungUp(serverEnd) { return serverEnd }
-            close(serverEnd)
+            if !isHungUp(serverEnd.rawValue) { return serverEnd }
             guard attempt < 20 else {
                 throw SystemError(
-                    "nbd RECONFIGURE /dev/nbd\(index)",
+                    .refused, "nbd RECONFIGURE /dev/nbd\(index)",
                     detail:
                         "the kernel did not take the new socket: the device has no dead connection (is its daemon still serving?)"
                 )
@@ -377,12 +366,15 @@ public enum NBDDaemon {
         }
     }
 
-    static func socketPair() throws(SystemError) -> (kernelEnd: Int32, serverEnd: Int32) {
-        var ends: [Int32] = [-1, -1]
-        guard socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0, &ends) == 0 else {
-            throw .lastErrno("socketpair")
-        }
-        return (ends[0], ends[1])
+    /// A socketpair for the kernel: its end, and the server's.
+    struct SocketEnds: ~Copyable {
+        var kernelEnd: OwnedDescriptor
+        var serverEnd: OwnedDescriptor
+    }
+
+    static func socketPair() throws(SystemError) -> SocketEnds {
+        let pair = try DescriptorPair.socketPair(type: SOCK_STREAM)
+        return SocketEnds(kernelEnd: pair.first, serverEnd: pair.second)
     }
 
     /// Whether the other end of a socketpair is gone (every reference closed).
