@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Backends
+import LocalBackend
 import FUSEServer
 import KernelAttach
 import Logging
@@ -53,6 +53,15 @@ public struct FUSEBackend: Sendable {
         /// (FUSEServer's SiblingPrefetch); 0: off.
         public var prefetchKiB = FUSEOperations.defaultPrefetchBudget / 1024
         public static let maximumPrefetchKiB = 16384
+        /// Whether listings are pushed ahead of their reads (`fuse.prefetch_ahead`).
+        public var prefetchAhead = SiblingPrefetch.Ahead.auto
+        /// The mount's readahead window in KiB (`fuse.readahead_kb`), set after INIT: the
+        /// kernel starts a FUSE mount at 128 KiB (its default; INIT's max_readahead can only
+        /// lower it), so a sequential read reached us in 128 KiB requests although 512 KiB
+        /// ones were negotiated. 0 leaves the kernel's.
+        public var readaheadKiB = Options.defaultReadaheadKiB
+        public static let defaultReadaheadKiB = 1024
+        public static let maximumReadaheadKiB = 16384
 
         public static let maximumThreads = 64
         /// One per CPU, up to 8: requests are short, a few channels keep every CPU fed.
@@ -79,6 +88,16 @@ public struct FUSEBackend: Sendable {
                         return .failure(OptionError("fuse.prefetch_kb=\(text): expected 0 to \(maximumPrefetchKiB)"))
                     }
                     options.prefetchKiB = kib
+                case ("fuse.prefetch_ahead", let text?):
+                    guard let ahead = SiblingPrefetch.Ahead(rawValue: text) else {
+                        return .failure(OptionError("fuse.prefetch_ahead=\(text): expected auto, on or off"))
+                    }
+                    options.prefetchAhead = ahead
+                case ("fuse.readahead_kb", let text?):
+                    guard let kib = Int(text), (0...maximumReadaheadKiB).contains(kib) else {
+                        return .failure(OptionError("fuse.readahead_kb=\(text): expected 0 to \(maximumReadaheadKiB)"))
+                    }
+                    options.readaheadKiB = kib
                 case ("fuse.recovery", "resend"):
                     options.journalOnly = false
                 case ("fuse.recovery", "journal"):
@@ -86,7 +105,7 @@ public struct FUSEBackend: Sendable {
                 default:
                     return .failure(
                         OptionError(
-                            "unknown or malformed fuse option `\(name)\(value.map { "=" + $0 } ?? "")` (fuse.threads=1-\(maximumThreads), fuse.prefetch_kb=0-\(maximumPrefetchKiB), fuse.recovery=resend|journal)"
+                            "unknown or malformed fuse option `\(name)\(value.map { "=" + $0 } ?? "")` (fuse.threads=1-\(maximumThreads), fuse.prefetch_kb=0-\(maximumPrefetchKiB), fuse.prefetch_ahead=auto|on|off, fuse.readahead_kb=0-\(maximumReadaheadKiB), fuse.recovery=resend|journal)"
                         ))
                 }
             }
@@ -188,57 +207,53 @@ public struct FUSEBackend: Sendable {
             detach(mountPoint)
             throw MountFailure("cannot find the FUSE mount of \(source)", cause: error)
         }
-        var statusEnds: [Int32] = [-1, -1]
-        guard closeOnExecPipe(&statusEnds) else {
-            detach(mountPoint)
-            throw MountFailure("cannot start the serving daemon", cause: .lastErrno("pipe"))
-        }
         let logFile = "\(store.directory)/fuse-\(randomHex(bytes: 8)).log"
-        let settings = FUSEDaemon.Settings(
+        var settings = FUSEDaemon.Settings(
             source: served.argument, devices: request.options.devices.map(canonicalPath),
             threads: request.options.threads, journalOnly: request.options.journalOnly,
             connection: (entry.major, entry.minor), prefetchKiB: request.options.prefetchKiB)
-        let daemon: DaemonProcess
+        settings.prefetchAhead = request.options.prefetchAhead
+        let started: ReportingDaemon
         do {
-            daemon = try DaemonProcess.spawn(
-                arguments: settings.arguments(flag: FUSESupervisor.flag), descriptors: [statusEnds[1], device],
-                logFile: logFile)
+            started = try ReportingDaemon.spawn(
+                arguments: settings.arguments(flag: FUSESupervisor.flag), descriptors: [device], logFile: logFile)
         } catch {
-            close(statusEnds[0]); close(statusEnds[1])
             detach(mountPoint)
             throw MountFailure("cannot start the serving daemon", cause: error)
         }
+        let daemon = started.process
         // From here the supervisor holds the connection: it lives as long as the supervisor or
         // a worker does.
         close(device)
         deviceOpen = false
-        close(statusEnds[1])
-        defer { close(statusEnds[0]) }
 
-        let line: String?
-        do { line = try receiveStatusLine(from: statusEnds[0], timeout: 30) } catch {
+        let report: DaemonReport?
+        do { report = try started.report(timeout: 30) } catch {
             abandon(daemon, mountPoint: mountPoint, logFile: logFile)
             throw MountFailure("the FUSE daemon for \(source) did not answer", cause: error)
         }
-        // The first worker's report, which the supervisor passes on: "ready MINOR METHOD PID".
-        let fields = line?.split(separator: " ") ?? []
-        guard fields.count == 4, fields[0] == "ready", let workerPID = Int32(fields[3]),
+        // The first worker's report, which the supervisor passes on.
+        guard case .ready(_, let method, let workerPID)? = report,
             let workerStart = DaemonProcess.startTime(of: workerPID)
         else {
             let log = (try? readTextFile(logFile)) ?? ""
             abandon(daemon, mountPoint: mountPoint, logFile: logFile)
-            if let line, line.hasPrefix("error ") { throw MountFailure("cannot serve \(source): \(line.dropFirst(6))") }
+            if case .failed(let message)? = report { throw MountFailure("cannot serve \(source): \(message)") }
             throw MountFailure(
                 "the FUSE daemon for \(source) exited before serving"
                     + (log.isEmpty ? "" : "; its log: \(log.split(separator: "\n").suffix(3).joined(separator: " | "))")
             )
+        }
+        // INIT is answered (its reply set the window): a larger one sticks from now on.
+        if request.options.readaheadKiB > 0 {
+            setReadahead(kib: request.options.readaheadKiB, major: entry.major, minor: entry.minor)
         }
         // The daemon removes the captured credentials as it exits; -u after a crash does.
         handedOver = true
         let state = FUSEMountState(
             daemonPID: daemon.pid, daemonStartTime: daemon.startTime, source: served.argument, mountPoint: mountPoint,
             threads: request.options.threads, logFile: logFile, servingPID: workerPID, servingStartTime: workerStart,
-            recovery: String(fields[2]))
+            recovery: method)
         do throws(SystemError) {
             try store.save(state, major: entry.major, minor: entry.minor)
         } catch {
@@ -306,14 +321,11 @@ public struct FUSEBackend: Sendable {
                 "the supervisor of \(state.mountPoint) (\(state.daemonPID)) is gone: its worker serves on, but cannot be replaced; unmount and mount again"
             )
         }
-        if let upgraded = state.daemon.requestUpgrade(
-            from: state, timeout: timeout, stillOurs: { state.daemonIsOurs },
-            reload: { store.load(major: major, minor: minor) })
-        {
-            return upgraded
-        }
-        throw MountFailure(
-            "\(state.mountPoint): the upgrade did not complete within \(Int(timeout)) s (see \(state.logFile))")
+        do {
+            return try state.daemon.requestUpgrade(
+                of: state.mountPoint, from: state, timeout: timeout, log: state.logFile,
+                reload: { store.load(major: major, minor: minor) })
+        } catch { throw MountFailure(error.description) }
     }
 
     /// `--list` rows of the FUSE mounts, in nbd's columns (DEVICE BACKEND METHOD RECOVERY DAEMON
@@ -348,6 +360,19 @@ public struct FUSEBackend: Sendable {
                 // shown as the mount table names it (URL, s3://, REF layer DIGEST).
                 (try? ServedSource(argument: state.source))?.displayName ?? state.source,
             ]
+        }
+    }
+
+    /// Sets the readahead window of the mount's backing device info (named after the
+    /// connection's device number). Only speed depends on it: a failure is a warning.
+    private func setReadahead(kib: Int, major: UInt32, minor: UInt32) {
+        let path = "/sys/class/bdi/\(major):\(minor)/read_ahead_kb"
+        let text = "\(kib)\n"
+        let descriptor = open(path, O_WRONLY | O_CLOEXEC)
+        let written = descriptor < 0 ? -1 : text.withCString { write(descriptor, $0, strlen($0)) }
+        if descriptor >= 0 { close(descriptor) }
+        if written < 0 {
+            logger.warning("cannot set the readahead of \(path): \(String(cString: strerror(errno)))")
         }
     }
 

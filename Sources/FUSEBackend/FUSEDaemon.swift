@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Backends
+import LocalBackend
 import Supervision
 import CShim
 import EROFSReader
@@ -52,6 +52,8 @@ public enum FUSEDaemon {
         public var journalOnly: Bool
         /// SiblingPrefetch's budget in KiB (0: off).
         public var prefetchKiB: Int
+        /// Whether listings are pushed ahead of their reads (SiblingPrefetch.Ahead).
+        public var prefetchAhead: SiblingPrefetch.Ahead = .auto
         public var mode: WorkerMode
         /// The mount's device number (the FUSE connection): names its state.
         public var connection: (major: UInt32, minor: UInt32)?
@@ -72,7 +74,7 @@ public enum FUSEDaemon {
 
         public static func == (a: Settings, b: Settings) -> Bool {
             a.source == b.source && a.devices == b.devices && a.threads == b.threads && a.journalOnly == b.journalOnly
-                && a.prefetchKiB == b.prefetchKiB
+                && a.prefetchKiB == b.prefetchKiB && a.prefetchAhead == b.prefetchAhead
                 && a.mode == b.mode && a.connection?.major == b.connection?.major
                 && a.connection?.minor == b.connection?.minor
         }
@@ -83,6 +85,8 @@ public enum FUSEDaemon {
                 [flag, "--threads", String(threads), "--prefetch-kb", String(prefetchKiB)]
                 + devices.flatMap { ["--device", $0] }
             if journalOnly { arguments.append("--journal") }
+            // Only when not the default: a worker of an older build (an upgrade's standby) parses them.
+            if prefetchAhead != .auto { arguments += ["--prefetch-ahead", prefetchAhead.rawValue] }
             if let connection { arguments += ["--connection", "\(connection.major):\(connection.minor)"] }
             return arguments + ["--mode", mode.argument, "--", source]
         }
@@ -101,6 +105,10 @@ public enum FUSEDaemon {
                 case ("--prefetch-kb", let text?):
                     guard let kib = Int(text), kib >= 0 else { return nil }
                     settings.prefetchKiB = kib
+                    index += 2
+                case ("--prefetch-ahead", let text?):
+                    guard let ahead = SiblingPrefetch.Ahead(rawValue: text) else { return nil }
+                    settings.prefetchAhead = ahead
                     index += 2
                 case ("--device", let path?):
                     settings.devices.append(path)
@@ -184,7 +192,8 @@ public enum FUSEDaemon {
         let channels = (0..<Int32(settings.threads)).map { firstChannelDescriptor + $0 }
         let server = FUSEServer(
             operations: FUSEOperations(
-                filesystem: filesystem, logger: logger, prefetchBudget: settings.prefetchKiB * 1024),
+                filesystem: filesystem, logger: logger, prefetchBudget: settings.prefetchKiB * 1024,
+                prefetchAhead: settings.prefetchAhead),
             settings: .init(threads: settings.threads), logger: logger)
         var takesOver = false
         var resumed = false
@@ -204,17 +213,17 @@ public enum FUSEDaemon {
                     case nil:
                         logger.info("the supervisor is gone; a standby has nothing to do")
                         return Exit.connectionEnded.rawValue
-                    case .resume(let link)?:
-                        close(link)  // the channels are ours already
+                    // A descriptor a word carries closes with the word: the channels are ours
+                    // already.
+                    case .resume?:
                         resumed = true
                         break word
-                    case .serveLink(let link)?:
-                        close(link)
+                    case .serveLink?:
                         break word
                     case .reconnect?:
                         break word
-                    case .replyFile(let file)?:
-                        if file >= 0 { close(file) }
+                    case .replyFile?:
+                        continue
                     default:
                         continue  // `device`: the link is known from our arguments
                     }

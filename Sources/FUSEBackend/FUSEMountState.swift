@@ -6,7 +6,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
-import Backends
+import LocalBackend
 import KernelAttach
 import Supervision
 import SystemCalls
@@ -83,7 +83,8 @@ public struct FUSEStateStore: Sendable {
     public func save(_ state: FUSEMountState, major: UInt32, minor: UInt32) throws(SystemError) {
         let data: Data
         do { data = try JSONEncoder().encode(state) } catch {
-            throw SystemError("encode FUSE mount state", path: path(major: major, minor: minor), detail: "\(error)")
+            throw SystemError(
+                .failed, "encode FUSE mount state", path: path(major: major, minor: minor), underlying: error)
         }
         try files.write(data, named: Self.fileName(major: major, minor: minor))
     }

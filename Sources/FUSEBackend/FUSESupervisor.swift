@@ -74,6 +74,11 @@ public struct FUSESupervisedBackend: SupervisedBackend {
 
     public func canRecover(attachedBy method: String) -> Bool { true }
 
+    /// The mount waits for the first worker's INIT, not for a standby: it starts after (mount
+    /// time measured in BENCHMARKS.md). A kill in the few ms between costs a fresh worker's
+    /// start instead of a standby's takeover.
+    public var startsFirstStandbyWithFirstWorker: Bool { false }
+
     /// The connection lives while the kernel has not ended it: /dev/fuse polls POLLERR once it
     /// has (unmount, abort).
     public func linkIsOurs(_ link: UInt32) -> Bool { !linkIsDead(channels[0]) }

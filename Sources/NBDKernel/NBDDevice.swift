@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import KernelAttach
 import SystemCalls
 import SystemPackage
 
@@ -105,35 +106,9 @@ public struct NBDDevice: Sendable, Hashable {
         }
     }
 
-    /// The block layer's I/O scheduler in use (queue/scheduler shows it in brackets).
-    public var scheduler: String? {
-        guard let line = attribute("queue/scheduler"), let open = line.firstIndex(of: "["),
-            let close = line[open...].firstIndex(of: "]")
-        else { return nil }
-        return String(line[line.index(after: open)..<close])
-    }
-
-    /// Selects the I/O scheduler (`none`, `mq-deadline`, ...). The switch freezes the queue
-    /// until the requests in flight are answered: only while the device is served.
-    public func setScheduler(_ name: String) throws(SystemError) {
-        let path = "\(sysfsPath)/queue/scheduler"
-        let descriptor = try FileDescriptor.open(path: path, .writeOnly, options: .truncate)
-        defer { try? descriptor.close() }
-        let text = name + "\n"
-        let written =
-            text.utf8.withContiguousStorageIfAvailable { Glibc.write(descriptor.rawValue, $0.baseAddress, $0.count) }
-            ?? -1
-        guard written == text.utf8.count else { throw .lastErrno("write \(name)", path: path) }
-    }
+    /// The device's request queue in sysfs (scheduler, request size).
+    public var queue: BlockQueue { BlockQueue(devicePath: sysfsPath) }
 
     /// One sysfs attribute without its trailing newline, or nil when it cannot be read.
-    func attribute(_ name: String) -> String? {
-        let path = "\(sysfsPath)/\(name)"
-        guard let descriptor = try? FileDescriptor.open(path: path, .readOnly) else { return nil }
-        defer { try? descriptor.close() }
-        guard let bytes = try? descriptor.read(exactly: 4096, at: 0, path: path) else { return nil }
-        var text = String(decoding: bytes, as: UTF8.self)
-        while text.hasSuffix("\n") { text.removeLast() }
-        return text
-    }
+    func attribute(_ name: String) -> String? { sysfsAttribute("\(sysfsPath)/\(name)") }
 }

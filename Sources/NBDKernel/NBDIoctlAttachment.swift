@@ -15,6 +15,8 @@ public final class NBDIoctlAttachment: @unchecked Sendable {
     /// on the device's configuration: the device is free for others only once it is closed,
     /// which `waitUntilFinished` does after NBD_DO_IT returned.
     private let descriptor: Int32
+    // No lock: `descriptorClosed` and `thread` are set while attaching and read by
+    // `waitUntilFinished` and deinit, one thread at a time (see above); `outcome` has its own.
     private var descriptorClosed = false
     private var thread: pthread_t?
     private let outcome = DoItOutcome()

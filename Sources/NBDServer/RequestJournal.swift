@@ -24,7 +24,10 @@ import SystemPackage
 /// writer's lock, so at most one send is in progress.
 public final class RequestJournal: @unchecked Sendable {
     public let descriptor: Int32
+    /// Shared with other processes: every field is read and written with the acquire/release
+    /// loads and stores of CShim, in the order the comment above says; no lock can cover it.
     private let memory: UnsafeMutableRawPointer
+    /// Guards `freeSlots` (the reader thread takes slots, the reply writer gives them back).
     private let lock = ConditionLock()
     private var freeSlots: [Int32] = []
 
@@ -62,13 +65,17 @@ public final class RequestJournal: @unchecked Sendable {
     static let sendFileStartOffset = 712
     static let sendFilePositionedOffset = 720
     /// Slots {state u32 (0 free, 1 read and unanswered), reply error u32, stream position u64,
-    /// the request's 28 bytes as read, workers that took it over from a dead one u32}.
+    /// the request's 28 bytes as read, fail mark u32 (`failMark`: the supervisor's crash-loop
+    /// guard says answer it with EIO; builds before counted takeovers there, below the mark)}.
     static let slotsOffset = 1024
     static let slotSize = 48
     static let errorInSlot = 4
     static let positionInSlot = 8
     static let requestInSlot = 16
-    static let takeoversInSlot = 44
+    static let failMarkInSlot = 44
+    /// The one value of the fail-mark field that means "fail it" (older builds wrote counts
+    /// below it there, which mean nothing now).
+    static let failMark = UInt32.max
     static let receiveBuffersOffset = 16384
     public static let size = receiveBuffersOffset + 2 * receiveCapacity
 
@@ -105,7 +112,7 @@ public final class RequestJournal: @unchecked Sendable {
                 field("slot \(slot) state", start, 4), field("slot \(slot) error", start + errorInSlot, 4),
                 field("slot \(slot) position", start + positionInSlot, 8),
                 field("slot \(slot) request", start + requestInSlot, Request.size),
-                field("slot \(slot) takeovers", start + takeoversInSlot, 4),
+                field("slot \(slot) fail mark", start + failMarkInSlot, 4),
             ]
         }
         return regions
@@ -135,7 +142,8 @@ public final class RequestJournal: @unchecked Sendable {
         guard fstat(descriptor, &status) == 0 else { throw .lastErrno("fstat", path: "nbd request journal") }
         guard status.st_size == off_t(Self.size) else {
             throw SystemError(
-                "map the nbd request journal", detail: "it has \(status.st_size) bytes, this build expects \(Self.size)"
+                .corrupt, "map the nbd request journal",
+                detail: "it has \(status.st_size) bytes, this build expects \(Self.size)"
             )
         }
         guard let mapped = mmap(nil, Self.size, PROT_READ | PROT_WRITE, MAP_SHARED, descriptor, 0), mapped != MAP_FAILED
@@ -206,7 +214,7 @@ public final class RequestJournal: @unchecked Sendable {
         let base = Self.slotsOffset + Int(slot) * Self.slotSize
         store32(base + Self.errorInSlot, 0)
         store64(base + Self.positionInSlot, position)
-        store32(base + Self.takeoversInSlot, 0)
+        store32(base + Self.failMarkInSlot, 0)
         // The request as it was on the wire (28 bytes, big-endian), written in place.
         let raw = memory + base + Self.requestInSlot
         raw.storeBytes(of: NBDMagic.request.bigEndian, toByteOffset: 0, as: UInt32.self)
@@ -312,8 +320,9 @@ public final class RequestJournal: @unchecked Sendable {
     }
 
     /// Makes the next worker that resumes from the journal answer the unanswered requests that
-    /// `matches` picks with EIO instead of serving them (as if every worker that held them had
-    /// died: `TransmissionLoop.resume`). Returns how many it marked.
+    /// `matches` picks with EIO instead of serving them (`TransmissionLoop.resume`): what the
+    /// supervisor's crash-loop guard, the one counter of deaths, decided. Returns how many it
+    /// marked.
     @discardableResult
     public func failOnResume(where matches: (Request) -> Bool) -> Int {
         var marked = 0
@@ -324,7 +333,7 @@ public final class RequestJournal: @unchecked Sendable {
                     decoding: UnsafeRawBufferPointer(start: memory + base + Self.requestInSlot, count: Request.size)),
                 matches(request)
             else { continue }
-            store32(base + Self.takeoversInSlot, .max)
+            store32(base + Self.failMarkInSlot, Self.failMark)
             marked += 1
         }
         return marked
@@ -337,10 +346,10 @@ public final class RequestJournal: @unchecked Sendable {
             public var slot: Int32
             public var request: Request
             public var error: UInt32
-            /// Workers that have taken this request over from a dead one, this one included:
-            /// 1 after one death. A request that keeps killing its workers is not served again
-            /// forever (`TransmissionLoop.resume`).
-            public var takeovers: UInt32
+            /// The supervisor's crash-loop guard marked it (`failOnResume`): it killed the
+            /// workers before, so it is answered with EIO rather than served
+            /// (`TransmissionLoop.resume`).
+            public var failOnResume: Bool
         }
         /// A send that reached the socket in part: `sent` of its `total` bytes. The replies to
         /// `answers`, rebuilt in order, must be completed from byte `sent` before anything else.
@@ -361,7 +370,9 @@ public final class RequestJournal: @unchecked Sendable {
     /// `replyFilePosition`: the current position of the reply file the dead worker sent file
     /// parts from (the supervisor's copy of it shares the position).
     public func recover(replyFilePosition: UInt64?) throws(SystemError) -> Recovery {
-        func distrust(_ why: String) -> SystemError { SystemError("resume from the nbd request journal", detail: why) }
+        func distrust(_ why: String) -> SystemError {
+            SystemError(.corrupt, "resume from the nbd request journal", detail: why)
+        }
         guard cshim_load_acquire_u64(memory + Self.magicOffset) == Self.magic else {
             throw distrust("no journal (another version, or never started)")
         }
@@ -390,10 +401,9 @@ public final class RequestJournal: @unchecked Sendable {
             let base = Self.slotsOffset + Int(slot) * Self.slotSize
             let bytes = UnsafeRawBufferPointer(start: memory + base + Self.requestInSlot, count: Request.size)
             guard let request = try? Request(decoding: bytes) else { throw distrust("slot \(slot) holds no request") }
-            let takenOver = load32(base + Self.takeoversInSlot)
             return Entry(
                 slot: slot, request: request, error: load32(base + Self.errorInSlot),
-                takeovers: takenOver == .max ? .max : takenOver + 1)
+                failOnResume: load32(base + Self.failMarkInSlot) == Self.failMark)
         }
 
         // The send in progress, if any.
@@ -458,13 +468,9 @@ public final class RequestJournal: @unchecked Sendable {
         }
         unanswered.sort { $0.position < $1.position }
 
-        // From here on this process owns the journal: the state it resumes from is recorded,
-        // and so is its takeover of each request, before it serves any.
+        // From here on this process owns the journal: the state it resumes from is recorded
+        // before it serves any request.
         for slot in free { cshim_store_release_u32(memory + Self.slotsOffset + Int(slot) * Self.slotSize, 0) }
-        for entry in unanswered.map(\.entry) + (unfinished?.answers ?? []) {
-            cshim_store_release_u32(
-                memory + Self.slotsOffset + Int(entry.slot) * Self.slotSize + Self.takeoversInSlot, entry.takeovers)
-        }
         if unfinished == nil { cshim_store_release_u32(memory + Self.sendActiveOffset, 0) }
         lock.withLock { freeSlots = free }
         return Recovery(
@@ -503,6 +509,6 @@ public final class RequestJournal: @unchecked Sendable {
 
     private func load32(_ offset: Int) -> UInt32 { cshim_load_acquire_u32(memory + offset) }
     private func load64(_ offset: Int) -> UInt64 { cshim_load_acquire_u64(memory + offset) }
-    private func store32(_ offset: Int, _ value: UInt32) { cshim_store_release_u32(memory + offset, value) }
+    func store32(_ offset: Int, _ value: UInt32) { cshim_store_release_u32(memory + offset, value) }
     private func store64(_ offset: Int, _ value: UInt64) { cshim_store_release_u64(memory + offset, value) }
 }

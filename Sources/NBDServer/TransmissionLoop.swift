@@ -146,11 +146,12 @@ final class TransmissionLoop: @unchecked Sendable {
             try writer.finish(bytes, sent: unfinished.sent)
         }
         for entry in recovery.unanswered {
-            guard entry.takeovers < Self.takeoverLimit else {
-                // Every worker that held it died: serving it again would kill this one too, and
-                // the device would hang in a crash loop. The filesystem gets an I/O error.
+            guard !entry.failOnResume else {
+                // The supervisor saw it kill the workers before: serving it again would kill
+                // this one too, and the device would hang in a crash loop. The filesystem gets
+                // an I/O error.
                 logger.error(
-                    "NBD \(entry.request.type) of \(entry.request.length) bytes at \(entry.request.offset) was held by \(entry.takeovers) workers that died; answering it with EIO"
+                    "NBD \(entry.request.type) of \(entry.request.length) bytes at \(entry.request.offset) killed the workers that held it; answering it with EIO"
                 )
                 try reply(to: entry.request, slot: entry.slot, error: .ioError, "its workers died")
                 continue
@@ -219,10 +220,6 @@ final class TransmissionLoop: @unchecked Sendable {
         }
         return true
     }
-
-    /// A request held by this many dead workers (one and the successors that took it over) is
-    /// answered with EIO by the next, not served.
-    static let takeoverLimit: UInt32 = 3
 
     /// The largest READ the reader copies from the page cache itself; larger ones go by sendfile.
     static let inlineCopyLimit: UInt32 = 64 << 10

@@ -159,22 +159,48 @@ public struct DaemonProcess: Sendable, Equatable {
     /// Dead and waiting to be reaped. A leader that exited while another of its threads is
     /// still in the kernel (an NBD_DO_IT returning) shows Z too, but is not gone yet.
     static func isZombie(_ pid: Int32) -> Bool {
-        guard let stat = try? readTextFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else {
+        guard let fields = statFields(of: pid), fields.count > StatField.state, fields[StatField.state] == "Z" else {
             return false
         }
-        guard stat[stat.index(close, offsetBy: 2)...].hasPrefix("Z") else { return false }
         let threads = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task"))?.count ?? 1
         return threads <= 1
     }
 
-    /// Field 22 of /proc/PID/stat; the command name (field 2) may hold spaces and parentheses,
-    /// so count from the last ')'.
-    public static func startTime(of pid: Int32) -> UInt64? {
+    /// Where `statFields` puts the fields used here: field N of proc_pid_stat(5) at N - 3.
+    enum StatField {
+        static let state = 3 - 3
+        /// The kernel's PF_* flags (field 9).
+        static let flags = 9 - 3
+        static let startTime = 22 - 3
+        /// The wait status, set when the exit begins (field 52).
+        static let exitCode = 52 - 3
+    }
+
+    /// The fields of /proc/PID/stat from field 3 (state) on: the command name (field 2) may
+    /// hold spaces and parentheses, so they are counted from the last ')'.
+    static func statFields(of pid: Int32) -> [Substring]? {
         guard let stat = try? readTextFile("/proc/\(pid)/stat"), let close = stat.lastIndex(of: ")") else { return nil }
-        let fields = stat[stat.index(after: close)...].split(separator: " ")
-        // fields[0] is field 3 (state); field 22 is fields[19].
-        guard fields.count > 19 else { return nil }
-        return UInt64(fields[19])
+        return stat[stat.index(after: close)...].split { $0 == " " || $0 == "\n" }
+    }
+
+    /// Field 22 of /proc/PID/stat.
+    public static func startTime(of pid: Int32) -> UInt64? {
+        guard let fields = statFields(of: pid), fields.count > StatField.startTime else { return nil }
+        return UInt64(fields[StatField.startTime])
+    }
+
+    /// The wait status of this process if it is exiting (or has exited and is not yet reaped):
+    /// the kernel records it (field 52 of /proc/PID/stat, as waitpid would report it) when the
+    /// exit begins, long before the parent's SIGCHLD. Nil while it is not exiting or when it
+    /// is not this process any more.
+    public var exitStatusWhileExiting: Int32? {
+        // PF_EXITING: set as the exit begins.
+        let exiting: UInt64 = 0x4
+        guard let fields = DaemonProcess.statFields(of: pid), fields.count > StatField.exitCode,
+            UInt64(fields[StatField.startTime]) == startTime, let flags = UInt64(fields[StatField.flags]),
+            flags & exiting != 0
+        else { return nil }
+        return Int32(fields[StatField.exitCode])
     }
 
     /// Sends `signal` and waits up to `timeout` seconds for the process to be gone.

@@ -66,7 +66,7 @@ public struct StateDirectory: Sendable {
         if fd < 0 {
             if errno == ENOENT { return nil }
             if errno == ELOOP {
-                throw SystemError("read state", path: file, detail: "a symlink, not a state file of ours")
+                throw SystemError(.refused, "read state", path: file, detail: "a symlink, not a state file of ours")
             }
             throw .lastErrno("open", path: file)
         }
@@ -74,14 +74,16 @@ public struct StateDirectory: Sendable {
         var status = stat()
         guard fstat(fd, &status) == 0 else { throw .lastErrno("fstat", path: file) }
         guard status.st_mode & S_IFMT == S_IFREG else {
-            throw SystemError("read state", path: file, detail: "not a regular file")
+            throw SystemError(.refused, "read state", path: file, detail: "not a regular file")
         }
         guard status.st_uid == geteuid() else {
             throw SystemError(
-                "read state", path: file, detail: "owned by uid \(status.st_uid), not by us (uid \(geteuid()))")
+                .refused, "read state", path: file,
+                detail: "owned by uid \(status.st_uid), not by us (uid \(geteuid()))")
         }
         guard status.st_size <= Self.maximumFileBytes else {
-            throw SystemError("read state", path: file, detail: "\(status.st_size) bytes: too big for a state file")
+            throw SystemError(
+                .refused, "read state", path: file, detail: "\(status.st_size) bytes: too big for a state file")
         }
         var bytes = [UInt8](repeating: 0, count: Int(status.st_size))
         var filled = 0
@@ -172,11 +174,11 @@ public struct StateDirectory: Sendable {
     /// nil when it does not exist and `creating` is false.
     func open(creating: Bool) throws(SystemError) -> DirectoryHandle? {
         guard path.hasPrefix("/") else {
-            throw SystemError("use state directory", path: path, detail: "not an absolute path")
+            throw SystemError(.refused, "use state directory", path: path, detail: "not an absolute path")
         }
         let components = path.split(separator: "/").map(String.init)
         guard !components.contains(where: { $0 == "." || $0 == ".." }) else {
-            throw SystemError("use state directory", path: path, detail: "`.` or `..` in the path")
+            throw SystemError(.refused, "use state directory", path: path, detail: "`.` or `..` in the path")
         }
         let me = geteuid()
         var current = DirectoryHandle(
@@ -196,7 +198,8 @@ public struct StateDirectory: Sendable {
             if fd < 0 {
                 if errno == ELOOP || errno == ENOTDIR {
                     throw SystemError(
-                        "use state directory", path: reached, detail: "not a directory (a symlink is not followed)")
+                        .refused, "use state directory", path: reached,
+                        detail: "not a directory (a symlink is not followed)")
                 }
                 throw .lastErrno("open", path: reached)
             }
@@ -207,7 +210,7 @@ public struct StateDirectory: Sendable {
                 // Ours alone: a directory someone else made may hold states they planted.
                 guard status.st_uid == me else {
                     throw SystemError(
-                        "use state directory", path: reached,
+                        .refused, "use state directory", path: reached,
                         detail:
                             "owned by uid \(status.st_uid), not by us (uid \(me)): its states cannot be trusted; remove it"
                     )
@@ -220,7 +223,7 @@ public struct StateDirectory: Sendable {
                 let sticky = status.st_mode & UInt32(S_ISVTX) != 0
                 guard status.st_uid == 0 || status.st_uid == me, !othersMayWrite || sticky else {
                     throw SystemError(
-                        "use state directory", path: reached,
+                        .refused, "use state directory", path: reached,
                         detail:
                             "owned by uid \(status.st_uid) with mode \(String(status.st_mode & 0o7777, radix: 8)): others could replace what lies under it"
                     )

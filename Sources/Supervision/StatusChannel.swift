@@ -71,7 +71,7 @@ public func receiveStatusLine(from fd: Int32, timeout: Double) throws(SystemErro
     while !collected.contains(UInt8(ascii: "\n")) {
         let remaining = deadline - monotonicSeconds()
         guard remaining > 0 else {
-            throw SystemError("wait for the serving daemon", detail: "no answer within \(Int(timeout)) s")
+            throw SystemError(.timedOut, "wait for the serving daemon", detail: "no answer within \(Int(timeout)) s")
         }
         var poller = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         let ready = poll(&poller, 1, Int32(min(remaining, 1) * 1000))
@@ -89,12 +89,6 @@ public func receiveStatusLine(from fd: Int32, timeout: Double) throws(SystemErro
     return String(decoding: collected[..<end], as: UTF8.self)
 }
 
-public func monotonicSeconds() -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
-}
-
 /// pipe(2) with both ends close-on-exec (pipe2 is out of Glibc's Swift overlay).
 public func closeOnExecPipe(_ ends: inout [Int32]) -> Bool {
     guard pipe(&ends) == 0 else { return false }
@@ -106,4 +100,29 @@ public func closeOnExecPipe(_ ends: inout [Int32]) -> Bool {
 public func describe(waitStatus status: Int32) -> String {
     if status & 0x7f == 0 { return "exit status \((status >> 8) & 0xff)" }
     return "killed by signal \(status & 0x7f)"
+}
+
+/// A daemon just started and the read end of the pipe it reports on (`DaemonReport`, on its
+/// descriptor 3). The write end lives only in the daemon, so the pipe ends when it does.
+public struct ReportingDaemon: ~Copyable {
+    public let process: DaemonProcess
+    public let reports: OwnedDescriptor
+
+    /// Starts `arguments` of our own binary with its report pipe as descriptor 3 and
+    /// `descriptors` as 4, 5, ...; output to `logFile` or `logDescriptor`.
+    public static func spawn(
+        arguments: [String], descriptors: [Int32], logFile: String? = nil, logDescriptor: Int32 = -1
+    ) throws(SystemError) -> ReportingDaemon {
+        let pipe = try DescriptorPair.pipe()
+        let process = try DaemonProcess.spawn(
+            arguments: arguments, descriptors: [pipe.second.rawValue] + descriptors, logFile: logFile,
+            logDescriptor: logDescriptor)
+        return ReportingDaemon(process: process, reports: pipe.first)
+    }
+
+    /// Its first report, waiting at most `timeout` seconds; nil when it ended (or closed the
+    /// pipe) without a readable one.
+    public func report(timeout: Double) throws(SystemError) -> DaemonReport? {
+        try DaemonReport.receive(from: reports.rawValue, timeout: timeout)
+    }
 }

@@ -80,6 +80,11 @@ public protocol SupervisedBackend {
     /// `handover` (a hot upgrade replaces the supervisor too); nil when it cannot. The backend's
     /// main passes the parsed handover to `Supervisor(backend:system:resuming:)`.
     func supervisorArguments(resuming handover: SupervisorHandover) -> [String]?
+
+    /// Whether the first standby starts with the first worker (ready for a crash right after
+    /// the attach) rather than once the first worker has reported (the attach returns sooner:
+    /// on a small machine the two starts compete for the CPUs).
+    var startsFirstStandbyWithFirstWorker: Bool { get }
 }
 
 /// How a worker gets its kernel link. The words are part of the command line of workers that
@@ -133,7 +138,11 @@ public enum WorkerEnding: Sendable, Equatable {
 public enum SupervisorEvent: Sendable, Equatable {
     /// A new worker serves again after a death, `milliseconds` after it was seen.
     case recovered(milliseconds: Int)
-    /// A hot upgrade moved the link to a worker of the installed binary.
+    /// A hot upgrade moved the link to a worker of the installed binary; not counted yet (the
+    /// supervisor may exec the installed binary next): the state names the serving worker.
+    case upgradeHandedOver
+    /// A hot upgrade is complete: the link's worker, and its supervisor where it execs itself,
+    /// run the installed binary.
     case upgraded
 }
 
@@ -156,4 +165,5 @@ extension SupervisedBackend {
     public func failRequests(_ requests: [InFlightRequest]) -> Bool { false }
     /// A backend that says nothing keeps its supervisor across upgrades (only its workers move).
     public func supervisorArguments(resuming handover: SupervisorHandover) -> [String]? { nil }
+    public var startsFirstStandbyWithFirstWorker: Bool { true }
 }

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import SystemCalls
 
 /// The part of a link's state file the supervisor keeps up to date, whatever the backend: the
 /// serving worker and the counters `--list`, `--upgrade` and the tests read.
@@ -23,27 +24,39 @@ extension SupervisedState {
         case .recovered(let milliseconds):
             recoveries = (recoveries ?? 0) + 1
             lastRecoveryMilliseconds = milliseconds
+        case .upgradeHandedOver:
+            break
         case .upgraded:
             upgrades = (upgrades ?? 0) + 1
         }
     }
 }
 
+/// Why `--upgrade` of a link failed.
+public struct UpgradeFailure: Error, CustomStringConvertible, Sendable {
+    public let description: String
+}
+
 extension DaemonProcess {
-    /// `--upgrade`: SIGUSR1 asks this supervisor to move its link to the binary now installed.
-    /// Returns the link's state once it counts one more upgrade than `state`; nil when the
-    /// supervisor stops being `stillOurs` or `timeout` seconds pass first.
+    /// `--upgrade`: SIGUSR1 asks this supervisor, which the caller checked is ours, to move
+    /// `link` (a device or a mountpoint) to the binary now installed; returns the link's state
+    /// once it counts one more upgrade than `state`. While it waits only the supervisor's
+    /// identity (pid and start time) is checked, not its command line: the supervisor execs
+    /// itself, and mid-exec its /proc/PID/cmdline reads empty. `log` is the supervisor's.
     public func requestUpgrade<State: SupervisedState>(
-        from state: State, timeout: Double, stillOurs: () -> Bool, reload: () -> State?
-    ) -> State? {
+        of link: String, from state: State, timeout: Double, log: String, reload: () -> State?
+    ) throws(UpgradeFailure) -> State {
         let before = state.upgrades ?? 0
         kill(pid, SIGUSR1)
         let deadline = monotonicSeconds() + timeout
         while monotonicSeconds() < deadline {
             usleep(20_000)
             if let now = reload(), (now.upgrades ?? 0) > before { return now }
-            if !stillOurs() { break }
+            if !isAlive {
+                throw UpgradeFailure(
+                    description: "\(link): its supervisor ended before the upgrade completed (see \(log))")
+            }
         }
-        return nil
+        throw UpgradeFailure(description: "\(link): the upgrade did not complete within \(Int(timeout)) s (see \(log))")
     }
 }

@@ -6,9 +6,10 @@ import SystemCalls
 
 /// The supervisor of one kernel link (an nbd device, a FUSE connection, a ublk device): it
 /// serves no I/O itself. It keeps one worker serving and one standby worker that has already
-/// opened the source, and waits for signals, nothing else:
-/// - SIGCHLD, the serving worker died (any signal, any crash): the supervisor holds a copy of
-///   the worker's link, so the kernel's link did not die with it. The standby goes on serving
+/// opened the source, and waits for signals and its worker's death, nothing else:
+/// - SIGCHLD, or sooner the hang-up of its control channel: the serving worker died (any
+///   signal, any crash). The supervisor holds a copy of the worker's link, so the kernel's
+///   link did not die with it. The standby goes on serving
 ///   that link from where the backend's journal says the dead worker stopped, and a new standby
 ///   starts. Only when that cannot be done does the standby give the device a new link
 ///   (`reconnect`). A request in flight at every one of `CrashLoopGuard.limit` consecutive
@@ -31,14 +32,28 @@ public final class Supervisor<Backend: SupervisedBackend> {
         case failed = 1
     }
 
-    struct Worker {
-        var process: DaemonProcess
-        var status: Int32
-        var control: ControlChannel
+    /// A worker and our ends of its status pipe and control channel, which it owns: closed by
+    /// `release()` or when the last reference goes, so no path out of a spawn, a recovery or an
+    /// upgrade leaves them open.
+    final class Worker {
+        let process: DaemonProcess
+        private var statusEnd: OwnedDescriptor?
+        private var controlEnd: OwnedDescriptor?
 
+        init(process: DaemonProcess, status: consuming OwnedDescriptor, control: consuming OwnedDescriptor) {
+            self.process = process
+            statusEnd = Optional(status)
+            controlEnd = Optional(control)
+        }
+
+        /// -1 once released.
+        var status: Int32 { statusEnd?.rawValue ?? -1 }
+        var control: ControlChannel { ControlChannel(descriptor: controlEnd?.rawValue ?? -1) }
+
+        /// Closes our ends now (a standby waiting for its word ends when its channel closes).
         func release() {
-            close(status)
-            control.close()
+            statusEnd = nil
+            controlEnd = nil
         }
 
         /// The worker's next word past a `prepared` not yet read (a standby started without
@@ -93,8 +108,8 @@ public final class Supervisor<Backend: SupervisedBackend> {
         link = handover.link
         recovers = handover.recovers
         active = Worker(
-            process: handover.worker, status: handover.workerStatus,
-            control: ControlChannel(descriptor: handover.workerControl))
+            process: handover.worker, status: OwnedDescriptor(handover.workerStatus),
+            control: OwnedDescriptor(handover.workerControl))
         if handover.liveLink >= 0 { liveLink = OwnedDescriptor(handover.liveLink) }
         if handover.liveReplyFile >= 0 { liveReplyFile = OwnedDescriptor(handover.liveReplyFile) }
         // Close-on-exec again: the workers get them only where spawn puts them.
@@ -107,28 +122,67 @@ public final class Supervisor<Backend: SupervisedBackend> {
         return serve()
     }
 
-    /// After `init(resuming:)`: a standby, then signals as before the exec.
+    /// After `init(resuming:)`: supervises on, taking signals as before the exec.
     public func resume() -> Int32 {
-        log("\(name): supervising again as \(system.installedExecutable()), worker \(active?.process.pid ?? 0)")
-        if recovers {
-            replaceStandby()
-            _ = cshim_populate_executable_code_in_background()
-        }
+        resumeAfterExec()
         // A child that ended during the exec left its SIGCHLD pending: it is taken below.
         return serve()
     }
 
+    /// Counts the upgrade that exec'd us and starts a standby.
+    func resumeAfterExec() {
+        log("\(name): supervising again as \(system.installedExecutable()), worker \(active?.process.pid ?? 0)")
+        if let active { record(.upgraded, serving: active.process) }
+        if recovers {
+            replaceStandby()
+            _ = cshim_populate_executable_code_in_background()
+        }
+    }
+
     func serve() -> Int32 {
         while true {
-            if let status = handle(system.nextSignal(timeout: 1)) { return status }
+            let status: Int32?
+            switch system.nextEvent(timeout: 1, hangUpOf: watchedControl) {
+            case .signal(let signal)?: status = handle(signal)
+            case .hangUp?: status = activeWorkerHungUp()
+            case nil: status = handle(nil)
+            }
+            if let status { return status }
         }
+    }
+
+    /// The serving worker's control channel, watched for its death while the link can be taken
+    /// over without it (it is shared); nil once it hung up, so a hang-up is taken once.
+    var watchedControl: Int32? {
+        guard recovers, backend.workersShareTheirLink, let active, active.process.pid != hungUp else { return nil }
+        return active.control.descriptor
+    }
+
+    /// The worker whose control channel hung up last.
+    var hungUp: Int32?
+
+    /// The serving worker's control channel hung up: the last of its threads let its
+    /// descriptors go, so it can no longer read or write the link, and it has begun exiting.
+    /// Its SIGCHLD comes only after it has also dropped its mappings, one round trip per mapped
+    /// file where the binary is on a network filesystem, on a loaded host seconds: a death is
+    /// recovered from now (its wait status is readable already). A clean end waits for SIGCHLD.
+    func activeWorkerHungUp() -> Int32? {
+        guard let ended = active else { return nil }
+        hungUp = ended.process.pid
+        guard let status = system.exitStatusWhileExiting(ended.process),
+            backend.ending(ofWorkerWithStatus: status) == .died
+        else { return nil }
+        return activeWorkerEnded(ended, status: status, seenAtHangUp: true)
     }
 
     /// Starts the first worker and its standby, and reports; an exit status when that failed.
     public func start(firstMode: WorkerMode = .connect) -> Int32? {
         // The first standby starts with the first worker and learns the link from us: a crash
-        // soon after the mount then finds it ready, not still starting.
-        standby = try? spawn(mode: .standby(nil), executable: workerExecutable)
+        // soon after the mount then finds it ready, not still starting. Unless the backend
+        // would rather return sooner: it then starts once the report is sent.
+        if backend.startsFirstStandbyWithFirstWorker {
+            standby = try? spawn(mode: .standby(nil), executable: workerExecutable)
+        }
         // The first worker's report goes, as is, to whoever started us.
         let first: Worker
         let report: DaemonReport
@@ -206,25 +260,36 @@ public final class Supervisor<Backend: SupervisedBackend> {
                 standbyRetryAt = system.now() + 1
                 continue
             }
+            // A worker recovered from at its hang-up is not active any more: only reaped here.
             guard pid == active?.process.pid, let ended = active else { continue }
-            ended.release()
-            active = nil
-            let ending = backend.ending(ofWorkerWithStatus: status)
-            if stopping || ending == .linkEnded || !recovers || !backend.linkIsOurs(link) {
-                log("\(name): worker \(pid) ended (\(describe(waitStatus: status))); done")
-                dropLiveLink()
-                stopStandby()
-                if !stopping { backend.forget(link: link) }
-                return Exit.done.rawValue
-            }
-            log("\(name): worker \(pid) died (\(describe(waitStatus: status))); recovering")
-            if ending == .linkDropped { dropLiveLink() }
-            recover()
-            if active == nil {
-                dropLiveLink()
-                stopStandby()
-                return Exit.failed.rawValue
-            }
+            if let status = activeWorkerEnded(ended, status: status) { return status }
+        }
+        return nil
+    }
+
+    /// The serving worker ended with wait status `status`: recovers, or returns the
+    /// supervisor's exit status when it should end.
+    func activeWorkerEnded(_ ended: Worker, status: Int32, seenAtHangUp: Bool = false) -> Int32? {
+        let pid = ended.process.pid
+        ended.release()
+        active = nil
+        let ending = backend.ending(ofWorkerWithStatus: status)
+        if stopping || ending == .linkEnded || !recovers || !backend.linkIsOurs(link) {
+            log("\(name): worker \(pid) ended (\(describe(waitStatus: status))); done")
+            dropLiveLink()
+            stopStandby()
+            if !stopping { backend.forget(link: link) }
+            return Exit.done.rawValue
+        }
+        log(
+            "\(name): worker \(pid) died (\(describe(waitStatus: status))\(seenAtHangUp ? ", seen at its hang-up" : "")); recovering"
+        )
+        if ending == .linkDropped { dropLiveLink() }
+        recover(after: ended.process)
+        if active == nil {
+            dropLiveLink()
+            stopStandby()
+            return Exit.failed.rawValue
         }
         return nil
     }
@@ -241,9 +306,9 @@ public final class Supervisor<Backend: SupervisedBackend> {
         }
     }
 
-    /// A new worker on the dead link: the standby if there is one, else a fresh one; retried
-    /// while the link still waits for us.
-    func recover() {
+    /// A new worker on the dead link after `dead`: the standby if there is one, else a fresh
+    /// one; retried while the link still waits for us.
+    func recover(after dead: DaemonProcess) {
         let started = system.now()
         guardAgainstCrashLoop()
         var resumed = false
@@ -255,8 +320,12 @@ public final class Supervisor<Backend: SupervisedBackend> {
                 if resumed { active = candidate } else { standby = candidate }
             }
         }
-        // The slow way: the link must die first, then the kernel takes a new one.
-        if !resumed { dropLiveLink() }
+        // The slow way: the link must die first, then the kernel takes a new one. Taken at its
+        // hang-up, the dead worker may still hold its copy: it is gone once reaped.
+        if !resumed {
+            _ = system.waitForExit(dead, timeout: 10)
+            dropLiveLink()
+        }
         if active == nil, let candidate = standby {
             standby = nil
             do {
@@ -313,7 +382,7 @@ public final class Supervisor<Backend: SupervisedBackend> {
         var handedOver: OwnedDescriptor?
         do {
             if case .handOff(let descriptor)? = try old.control.receive(timeout: 30) {
-                handedOver = OwnedDescriptor(descriptor)
+                handedOver = OwnedDescriptor(descriptor.take())
             }
         } catch {
             log("\(name): worker \(old.process.pid) did not hand over its link: \(error)")
@@ -350,8 +419,12 @@ public final class Supervisor<Backend: SupervisedBackend> {
         if !resumed { adoptLink(of: fresh) }
         let milliseconds = Int((system.now() - started) * 1000)
         log("\(name): upgraded to worker \(fresh.process.pid) in \(milliseconds) ms")
-        record(.upgraded, serving: fresh.process)
+        // The state names the new worker before the exec (a supervisor lost in it leaves a
+        // state `--reattach` can trust), but the upgrade is counted by the new supervisor
+        // (`resume`): `--upgrade` returns only once no part of the link runs the old code.
+        record(.upgradeHandedOver, serving: fresh.process)
         replaceSupervisor(with: executable)
+        record(.upgraded, serving: fresh.process)
         replaceStandby()
     }
 
@@ -403,9 +476,9 @@ public final class Supervisor<Backend: SupervisedBackend> {
             return
         }
         dropLiveLink()
-        liveLink = OwnedDescriptor(descriptor)
-        if case .replyFile(let file)? = try? worker.control.receive(timeout: 2), file >= 0 {
-            liveReplyFile = OwnedDescriptor(file)
+        liveLink = OwnedDescriptor(descriptor.take())
+        if case .replyFile(let file)? = try? worker.control.receive(timeout: 2), file.rawValue >= 0 {
+            liveReplyFile = OwnedDescriptor(file.take())
         }
     }
 
@@ -462,29 +535,13 @@ public final class Supervisor<Backend: SupervisedBackend> {
     }
 
     func spawn(mode: WorkerMode, executable: String) throws(SystemError) -> Worker {
-        var statusEnds: [Int32] = [-1, -1]
-        guard closeOnExecPipe(&statusEnds) else { throw .lastErrno("pipe") }
-        let control: (supervisor: ControlChannel, worker: ControlChannel)
-        do { control = try ControlChannel.pair() } catch {
-            close(statusEnds[0])
-            close(statusEnds[1])
-            throw error
-        }
-        defer {
-            close(statusEnds[1])
-            control.worker.close()
-        }
-        let process: DaemonProcess
-        do {
-            process = try system.spawn(
-                executable: executable, arguments: backend.workerArguments(for: mode),
-                descriptors: [statusEnds[1], control.worker.descriptor] + backend.sharedDescriptors)
-        } catch {
-            close(statusEnds[0])
-            control.supervisor.close()
-            throw error
-        }
-        return Worker(process: process, status: statusEnds[0], control: control.supervisor)
+        // The worker's ends close when this returns (it has its copies); ours go to `Worker`.
+        let status = try DescriptorPair.pipe()
+        let control = try DescriptorPair.socketPair(type: SOCK_SEQPACKET, "socketpair (worker control)")
+        let process = try system.spawn(
+            executable: executable, arguments: backend.workerArguments(for: mode),
+            descriptors: [status.second.rawValue, control.second.rawValue] + backend.sharedDescriptors)
+        return Worker(process: process, status: status.first, control: control.first)
     }
 
     func record(_ event: SupervisorEvent, serving: DaemonProcess) {

@@ -15,9 +15,12 @@ public protocol SupervisorSystem: AnyObject {
     func reapChild() -> (pid: Int32, status: Int32)?
     /// Waits for `process`, our child, to exit; its wait status.
     func waitForChild(_ process: DaemonProcess) -> Int32
-    /// The next of the supervisor's signals (SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1),
-    /// waiting at most `timeout` seconds; nil when none came.
-    func nextSignal(timeout: Double) -> Int32?
+    /// The next of the supervisor's signals (SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1) or the
+    /// hang-up of `descriptor` (a worker's control channel: its process let its descriptors
+    /// go), waiting at most `timeout` seconds; nil when neither came.
+    func nextEvent(timeout: Double, hangUpOf descriptor: Int32?) -> SupervisorWakeUp?
+    /// `process`'s wait status if it is exiting, before it can be reaped; nil if it is not.
+    func exitStatusWhileExiting(_ process: DaemonProcess) -> Int32?
     /// Seconds on a monotonic clock.
     func now() -> Double
     func send(_ signal: Int32, to process: DaemonProcess)
@@ -35,11 +38,22 @@ public protocol SupervisorSystem: AnyObject {
     func replaceProcess(executable: String, arguments: [String]) -> SystemError
 }
 
-/// The real system: posix_spawn, waitpid, sigtimedwait on signals blocked at creation.
+/// What woke the supervisor.
+public enum SupervisorWakeUp: Equatable, Sendable {
+    case signal(Int32)
+    /// The watched control channel hung up.
+    case hangUp
+}
+
+/// The real system: posix_spawn, waitpid, and a signalfd of the signals blocked at creation,
+/// polled with the serving worker's control channel.
 public final class ProcessSystem: SupervisorSystem {
     let signals: sigset_t
+    /// Nil if the kernel refused one: the signals are then taken with sigtimedwait, and a
+    /// worker's death is seen at SIGCHLD only.
+    private var signalEnd: OwnedDescriptor?
 
-    /// Blocks the supervisor's signals, so that only `nextSignal` takes them; call before any
+    /// Blocks the supervisor's signals, so that only `nextEvent` takes them; call before any
     /// thread exists.
     public init() {
         var set = sigset_t()
@@ -47,6 +61,10 @@ public final class ProcessSystem: SupervisorSystem {
         for signal in [SIGCHLD, SIGTERM, SIGINT, SIGHUP, SIGUSR1] { sigaddset(&set, signal) }
         sigprocmask(SIG_BLOCK, &set, nil)
         signals = set
+        // Non-blocking: a signal polled as pending may be gone by the read (another thread of
+        // the process that does not block it took it).
+        let descriptor = signalfd(-1, &set, Int32(SFD_CLOEXEC) | Int32(SFD_NONBLOCK))
+        signalEnd = descriptor >= 0 ? OwnedDescriptor(descriptor) : nil
     }
 
     public func spawn(executable: String, arguments: [String], descriptors: [Int32]) throws(SystemError)
@@ -69,13 +87,33 @@ public final class ProcessSystem: SupervisorSystem {
         return status
     }
 
-    public func nextSignal(timeout: Double) -> Int32? {
-        var info = siginfo_t()
-        var wait = timespec(tv_sec: Int(timeout), tv_nsec: Int((timeout - timeout.rounded(.down)) * 1e9))
-        var set = signals
-        let signal = sigtimedwait(&set, &info, &wait)
-        return signal > 0 ? signal : nil
+    public func nextEvent(timeout: Double, hangUpOf descriptor: Int32?) -> SupervisorWakeUp? {
+        let signalDescriptor = signalEnd?.rawValue ?? -1
+        guard signalDescriptor >= 0 else {
+            var info = siginfo_t()
+            var wait = timespec(tv_sec: Int(timeout), tv_nsec: Int((timeout - timeout.rounded(.down)) * 1e9))
+            var set = signals
+            let signal = sigtimedwait(&set, &info, &wait)
+            return signal > 0 ? .signal(signal) : nil
+        }
+        // POLLRDHUP, not POLLIN: a word the worker sends is read where it is awaited.
+        var watched = [
+            pollfd(fd: signalDescriptor, events: Int16(POLLIN), revents: 0),
+            pollfd(fd: descriptor ?? -1, events: CSHIM_POLLRDHUP, revents: 0),
+        ]
+        guard poll(&watched, 2, Int32(timeout * 1000)) > 0 else { return nil }
+        // Signals first: a SIGTERM that came with the hang-up stops us rather than recovering.
+        if watched[0].revents & Int16(POLLIN) != 0 {
+            var info = signalfd_siginfo()
+            if read(signalDescriptor, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size
+            {
+                return .signal(Int32(bitPattern: info.ssi_signo))
+            }
+        }
+        return watched[1].revents & (CSHIM_POLLRDHUP | Int16(POLLHUP)) != 0 ? .hangUp : nil
     }
+
+    public func exitStatusWhileExiting(_ process: DaemonProcess) -> Int32? { process.exitStatusWhileExiting }
 
     public func now() -> Double { monotonicSeconds() }
 
@@ -107,24 +145,6 @@ public final class ProcessSystem: SupervisorSystem {
         execve(executable, &argv, environ)
         return .lastErrno("execve", path: executable)
     }
-}
-
-/// A descriptor with one owner, closed when the owner goes unless handed on with `take()`.
-/// What the supervisor receives (a worker's link, its reply file) is held in one, so that no
-/// path out of a hand-over leaves a copy of the kernel's link open.
-public struct OwnedDescriptor: ~Copyable {
-    public let rawValue: Int32
-
-    public init(_ rawValue: Int32) { self.rawValue = rawValue }
-
-    /// Gives the descriptor up without closing it.
-    public consuming func take() -> Int32 {
-        let value = rawValue
-        discard self
-        return value
-    }
-
-    deinit { if rawValue >= 0 { close(rawValue) } }
 }
 
 /// The crash-loop guard: a request that was in flight at each of `limit` consecutive worker

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CShim
+import Synchronization
 import SystemCalls
 
 /// The channel between the supervisor and one serving worker: a SOCK_SEQPACKET socketpair, one
@@ -16,22 +17,22 @@ public enum ControlMessage: Equatable, Sendable {
     case device(UInt32)
     /// Supervisor → standby: serve this link, the kernel's live connection handed over by the
     /// previous worker (hot upgrade; the kernel never sees a change).
-    case serveLink(Int32)
+    case serveLink(CarriedDescriptor)
     /// Supervisor → standby: the link is dead; give the device a new one (nbd: RECONFIGURE).
     case reconnect
     /// Worker → supervisor: stopped at a request boundary with every reply sent; here is the
     /// live link for the next worker.
-    case handOff(Int32)
+    case handOff(CarriedDescriptor)
     /// Worker → supervisor, before its report: a copy of the link it serves. Held by the
     /// supervisor, it keeps the kernel's link alive when the worker dies.
-    case serving(Int32)
+    case serving(CarriedDescriptor)
     /// Supervisor → standby: the serving worker died; go on serving its live socket from where
     /// the request journal says it stopped.
-    case resume(Int32)
+    case resume(CarriedDescriptor)
     /// Worker → supervisor after `serving`, and supervisor → standby before `resume`: the open
     /// file description of the image the worker sends big replies from, whose position counts
     /// the progress of such a reply; -1 (no descriptor) when there is none.
-    case replyFile(Int32)
+    case replyFile(CarriedDescriptor)
     /// Standby → supervisor, answering `resume`: serving (`true`), or the journal cannot be
     /// trusted (`false`; the standby closed the link and waits for `reconnect`).
     case resumed(Bool)
@@ -50,9 +51,16 @@ public enum ControlMessage: Equatable, Sendable {
         }
     }
 
+    // A sender names a descriptor it keeps owning: these build the words from its number.
+    public static func serveLink(_ fd: Int32) -> ControlMessage { .serveLink(.borrowed(fd)) }
+    public static func handOff(_ fd: Int32) -> ControlMessage { .handOff(.borrowed(fd)) }
+    public static func serving(_ fd: Int32) -> ControlMessage { .serving(.borrowed(fd)) }
+    public static func resume(_ fd: Int32) -> ControlMessage { .resume(.borrowed(fd)) }
+    public static func replyFile(_ fd: Int32) -> ControlMessage { .replyFile(.borrowed(fd)) }
+
     public var descriptor: Int32 {
         switch self {
-        case .serveLink(let fd), .handOff(let fd), .serving(let fd), .resume(let fd), .replyFile(let fd): fd
+        case .serveLink(let fd), .handOff(let fd), .serving(let fd), .resume(let fd), .replyFile(let fd): fd.rawValue
         case .prepared, .reconnect, .resumed, .device: -1
         }
     }
@@ -63,14 +71,22 @@ public enum ControlMessage: Equatable, Sendable {
         return withUnsafeBytes(of: index.littleEndian) { Array($0) }
     }
 
+    /// Parses a word whose descriptor, if any, stays the caller's.
     public init?(code: UInt8, payload: ArraySlice<UInt8> = [], descriptor: Int32) {
+        self.init(code: code, payload: payload, carrying: descriptor >= 0 ? .borrowed(descriptor) : nil)
+    }
+
+    /// Parses a word; `carried` is the descriptor that came with it.
+    init?(code: UInt8, payload: ArraySlice<UInt8> = [], carrying carried: CarriedDescriptor?) {
         if code == UInt8(ascii: "I") {
-            guard payload.count == 4, descriptor < 0 else { return nil }
+            guard payload.count == 4, carried == nil else { return nil }
             self = .device(payload.reversed().reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
             return
         }
         guard payload.isEmpty else { return nil }
-        switch (code, descriptor >= 0) {
+        let none = CarriedDescriptor.borrowed(-1)
+        let descriptor = carried ?? none
+        switch (code, carried != nil) {
         case (UInt8(ascii: "P"), false): self = .prepared
         case (UInt8(ascii: "R"), false): self = .reconnect
         case (UInt8(ascii: "S"), true): self = .serveLink(descriptor)
@@ -104,7 +120,9 @@ public struct ControlChannel: Sendable {
         let sent = try retryingOnInterrupt("send on the worker control channel") {
             bytes.withUnsafeBytes { cshim_send_fd(descriptor, $0.baseAddress, $0.count, message.descriptor) }
         }
-        guard sent == bytes.count else { throw SystemError("send on the worker control channel", detail: "short send") }
+        guard sent == bytes.count else {
+            throw SystemError(.protocolViolation, "send on the worker control channel", detail: "short send")
+        }
     }
 
     /// The next message, waiting at most `timeout` seconds (nil: forever). Returns nil when the
@@ -116,7 +134,8 @@ public struct ControlChannel: Sendable {
                 poll(&poller, 1, Int32(timeout * 1000))
             }
             guard ready > 0 else {
-                throw SystemError("wait on the worker control channel", detail: "no message within \(timeout) s")
+                throw SystemError(
+                    .timedOut, "wait on the worker control channel", detail: "no message within \(timeout) s")
             }
         }
         var bytes = [UInt8](repeating: 0, count: 8)
@@ -125,16 +144,68 @@ public struct ControlChannel: Sendable {
             bytes.withUnsafeMutableBytes { cshim_recv_fd(descriptor, $0.baseAddress, $0.count, &received) }
         }
         if received >= 0 { _ = fcntl(received, F_SETFD, FD_CLOEXEC) }
-        guard got >= 1 else {
-            if received >= 0 { Glibc.close(received) }
-            return nil
-        }
-        guard let message = ControlMessage(code: bytes[0], payload: bytes[1..<got], descriptor: received) else {
-            if received >= 0 { Glibc.close(received) }
-            throw SystemError("receive on the worker control channel", detail: "unexpected message \(bytes[..<got])")
+        // Ours from here: closed with the message unless the receiver takes it, and at once
+        // when the word is not one we know.
+        let carried = received >= 0 ? CarriedDescriptor(owning: received) : nil
+        guard got >= 1 else { return nil }
+        guard let message = ControlMessage(code: bytes[0], payload: bytes[1..<got], carrying: carried) else {
+            throw SystemError(
+                .protocolViolation, "receive on the worker control channel",
+                detail: "unexpected message \(bytes[..<got])")
         }
         return message
     }
 
     public func close() { _ = Glibc.close(descriptor) }
+}
+
+/// The descriptor a control word carries. One received is the receiver's: it is closed when
+/// the last reference to the word goes, unless `take()` claimed it, so no path through a
+/// receiver (an unexpected word, a thrown error, a word it ignores) leaks the kernel's link.
+/// One being sent is `borrowed`: the sender keeps owning it and nothing here closes it.
+public final class CarriedDescriptor: Sendable, Equatable, CustomStringConvertible {
+    /// The descriptor; -1 once an owned one is taken. The mutex guards it: a word may be
+    /// looked at from the thread that received it and dropped on another.
+    private let state: Mutex<Int32>
+    private let owned: Bool
+
+    init(owning fd: Int32) {
+        state = Mutex(fd)
+        owned = true
+    }
+
+    private init(borrowing fd: Int32) {
+        state = Mutex(fd)
+        owned = false
+    }
+
+    public static func borrowed(_ fd: Int32) -> CarriedDescriptor { CarriedDescriptor(borrowing: fd) }
+
+    /// The number, still open (or -1 when taken): for a look, or to pass on while owned here.
+    public var rawValue: Int32 { state.withLock { $0 } }
+
+    /// Claims the descriptor: the caller closes it from now on (an owner type, or by hand).
+    public func take() -> Int32 {
+        state.withLock { fd in
+            defer { if owned { fd = -1 } }
+            return fd
+        }
+    }
+
+    /// Closes an owned descriptor now (a link the peer must see die before it acts).
+    public func close() {
+        guard owned else { return }
+        let fd = take()
+        if fd >= 0 { Glibc.close(fd) }
+    }
+
+    public static func == (lhs: CarriedDescriptor, rhs: CarriedDescriptor) -> Bool { lhs.rawValue == rhs.rawValue }
+
+    public var description: String { "fd \(rawValue)" }
+
+    deinit {
+        guard owned else { return }
+        let fd = state.withLock { $0 }
+        if fd >= 0 { Glibc.close(fd) }
+    }
 }

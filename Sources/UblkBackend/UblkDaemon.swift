@@ -3,14 +3,17 @@ import Glibc
 #endif
 import CShim
 import IOURing
+import ImageSources
+import RemoteSources
 import SystemCalls
+import SystemPackage
 import Supervision
 import UblkKernel
 
 /// A serving worker of one ublk device, run by its supervisor (`UblkSupervisor`) as
 /// `mount.erofs --ublk-daemon MODE ID SOURCE`: one thread per hardware queue, each with its own
 /// io_uring (the driver binds a queue to the task that fetched its tags), answering READs from
-/// the image.
+/// the image. SOURCE is a `ServedSource` argument: an image path, or a remote description.
 ///
 /// MODE is the supervision protocol's `WorkerMode`: `connect` arms a new device and sends
 /// START_DEV; `reattach:ID` takes over a device whose server is gone (START_USER_RECOVERY,
@@ -21,8 +24,8 @@ import UblkKernel
 /// it) and the kernel requeues what it held (UBLK_F_USER_RECOVERY_REISSUE) for the standby.
 ///
 /// Descriptors: 3, the status pipe (one `DaemonReport` once serving); 4, the control channel
-/// (`ControlMessage`); 5, the image, opened and checked by whoever mounted it (the path is
-/// opened only when 5 is closed).
+/// (`ControlMessage`); 5, a local image, opened and checked by whoever mounted it (the path is
+/// opened only when 5 is closed; a remote image is opened by every worker from its description).
 public enum UblkDaemon {
     /// Hidden first argument selecting this mode of the mount.erofs binary.
     public static let flag = "--ublk-daemon"
@@ -81,27 +84,31 @@ public enum UblkDaemon {
     /// Whether the status line went out (main thread only).
     nonisolated(unsafe) static var reported = false
 
+    /// The bytes to serve: descriptor 5 when the mount handed one down, else the source opened
+    /// here (a path, or a remote object pinned to the version the mount checked).
+    static func openImage(_ argument: String) throws(SystemError) -> any RandomAccessSource {
+        try ServedSource.openServed(argument: argument, handedDown: imageDescriptor, warn: { printLog("\($0)") })
+            .source
+    }
+
     static func serve(_ settings: Settings) throws(SystemError) -> Exit {
         signal(SIGPIPE, SIG_IGN)
         let id = settings.deviceID
-        let image: Int32
-        if fcntl(imageDescriptor, F_GETFD) >= 0 {
-            image = imageDescriptor
-        } else {
-            image = open(settings.source, O_RDONLY | O_CLOEXEC)
-            guard image >= 0 else { throw .lastErrno("open", path: settings.source) }
-        }
-        defer { close(image) }
-        var status = stat()
-        guard fstat(image, &status) == 0 else { throw .lastErrno("fstat", path: settings.source) }
+        let image = try openImage(settings.source)
         let control = try UblkControl()
         let info = try control.deviceInfo(id)
         let path = Ublk.characterDevice(id)
+        // Only where the device asks for write buffers (NEED_GET_DATA, set at ADD_DEV): see
+        // UblkQueue.mapping. A device an older binary made is served from the buffers.
+        // A local image only: a remote one has no file to map.
+        let mapping =
+            info.flags.contains(.needGetData)
+            ? image.localFileDescriptor.flatMap { ImageMapping($0.rawValue, size: image.size) } : nil
         // Rings and buffers first: a standby has them ready before the device needs it.
         let queues = try (0..<info.queueCount).map { (index: UInt16) throws(SystemError) -> UblkQueue in
             try UblkQueue(
                 queueID: index, depth: Int(info.queueDepth), bufferBytes: Int(info.maxIOBufferBytes), image: image,
-                imageSize: UInt64(status.st_size), ioctlEncoding: control.ioctlEncoding)
+                mapping: mapping, ioctlEncoding: control.ioctlEncoding)
         }
         var recovering = false
         switch settings.mode {
@@ -167,19 +174,18 @@ public enum UblkDaemon {
             case nil: return false
             case .reconnect?: return true
             case .device?: continue  // we were given the device on the command line
-            case .resume(let link)?:
+            case .resume?:
                 // Nothing to resume: a ublk queue cannot change hands while its server lives.
-                close(link)
+                // (A descriptor a word carries closes with the word, unless taken.)
                 try channel.send(.resumed(false))
-            case .replyFile(let file)?:
-                if file >= 0 { close(file) }
-            case .serveLink(let link)?:
-                close(link)
+            case .replyFile?:
+                continue
+            case .serveLink?:
                 throw SystemError(
-                    "take over \(Ublk.blockDevice(id))",
+                    .refused, "take over \(Ublk.blockDevice(id))",
                     detail: "a live ublk device cannot be handed to another process")
             case let other?:
-                throw SystemError("wait for the supervisor", detail: "unexpected message \(other)")
+                throw SystemError(.protocolViolation, "wait for the supervisor", detail: "unexpected message \(other)")
             }
         }
     }
@@ -208,7 +214,8 @@ public enum UblkDaemon {
 }
 
 /// One hardware queue: its io_uring, its view of the kernel's descriptor array, and one
-/// buffer per tag. Created and attached by the main thread, then used only by its own thread.
+/// buffer per tag. Created and attached by the main thread, then used only by its own thread:
+/// no lock, the thread's start and pthread_join order the accesses (`failure` below).
 final class UblkQueue: @unchecked Sendable {
     /// /dev/ublkcN and its descriptor array, from `attach`.
     var device: Int32 = -1
@@ -216,25 +223,34 @@ final class UblkQueue: @unchecked Sendable {
     let queueID: UInt16
     let depth: Int
     let bufferBytes: Int
-    let image: Int32
-    let imageSize: UInt64
+    /// Read by every queue thread at once (a `RandomAccessSource` allows it).
+    let image: any RandomAccessSource
     let ring: IOURing
     let buffers: UnsafeMutableRawBufferPointer
-    let fetch: UInt32
-    let commit: UInt32
+    /// The image mapped read-only, on a device that asks for write buffers on demand
+    /// (UBLK_F_NEED_GET_DATA). A READ is committed with the address of its bytes there, and the
+    /// driver copies them from the image's page cache into the request: one copy, as a loop
+    /// device makes, where a pread into the tag's buffer made two (the pread's, then the
+    /// driver's). The committed address is also where the driver would copy the tag's next
+    /// WRITE, and it retries a copy it cannot make forever (ublk_start_io): NEED_GET_DATA makes
+    /// it ask for a buffer first, and gets the tag's own.
+    let mapping: ImageMapping?
+    let ioctlEncoding: Bool
     /// Written by this queue's thread before it ends; read after pthread_join.
     var failure: SystemError?
     /// Set before the thread starts; the thread writes 1 (armed) or 0 (failed) to it once.
     var armedSignal: Int32 = -1
 
     init(
-        queueID: UInt16, depth: Int, bufferBytes: Int, image: Int32, imageSize: UInt64, ioctlEncoding: Bool
+        queueID: UInt16, depth: Int, bufferBytes: Int, image: any RandomAccessSource, mapping: ImageMapping?,
+        ioctlEncoding: Bool
     ) throws(SystemError) {
         self.queueID = queueID
+        self.mapping = mapping
+        self.ioctlEncoding = ioctlEncoding
         self.depth = depth
         self.bufferBytes = bufferBytes
         self.image = image
-        self.imageSize = imageSize
         self.ring = try IOURing(entries: UInt32(depth))
         // Anonymous memory is only backed once a read of that size lands in it.
         guard let memory = mmap(nil, depth * bufferBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
@@ -243,10 +259,6 @@ final class UblkQueue: @unchecked Sendable {
             throw .lastErrno("mmap the buffers of queue \(queueID)")
         }
         buffers = UnsafeMutableRawBufferPointer(start: memory, count: depth * bufferBytes)
-        fetch = ioctlEncoding ? Ublk.IOCommand.fetchRequest.ioctlEncoded : Ublk.IOCommand.fetchRequest.rawValue
-        commit =
-            ioctlEncoding
-            ? Ublk.IOCommand.commitAndFetchRequest.ioctlEncoded : Ublk.IOCommand.commitAndFetchRequest.rawValue
     }
 
     /// Maps the queue's descriptor array of the opened /dev/ublkcN (the driver lets only the
@@ -270,13 +282,16 @@ final class UblkQueue: @unchecked Sendable {
 
     func buffer(_ tag: Int) -> UnsafeMutableRawPointer { buffers.baseAddress! + tag * bufferBytes }
 
-    private func queueCommand(_ command: UInt32, tag: Int, result: Int32) {
+    /// Queues `command` for `tag`; `address` is where the driver copies a READ's data from
+    /// and the next WRITE's data to (the tag's buffer unless given).
+    private func queueCommand(_ command: Ublk.IOCommand, tag: Int, result: Int32, address: UnsafeRawPointer? = nil) {
         let payload = IOCommandPayload(
             queueID: queueID, tag: UInt16(tag), result: result,
-            bufferAddress: UInt64(UInt(bitPattern: buffer(tag))))
+            bufferAddress: UInt64(UInt(bitPattern: address ?? UnsafeRawPointer(buffer(tag)))))
+        let opcode = ioctlEncoding ? command.ioctlEncoded : command.rawValue
         // Never full: each tag has at most one command in the ring, and it holds `depth`.
         let queued = payload.withBytes {
-            ring.prepareCommand(fd: device, command: command, userData: UInt64(tag), payload: $0)
+            ring.prepareCommand(fd: device, command: opcode, userData: UInt64(tag), payload: $0)
         }
         precondition(queued, "io_uring submission ring full")
     }
@@ -286,7 +301,7 @@ final class UblkQueue: @unchecked Sendable {
             var byte: UInt8 = armed ? 1 : 0
             _ = write(armedSignal, &byte, 1)
         }
-        for tag in 0..<depth { queueCommand(fetch, tag: tag, result: 0) }
+        for tag in 0..<depth { queueCommand(.fetchRequest, tag: tag, result: 0) }
         do { try ring.submit() } catch {
             failure = error
             signalArmed(false)
@@ -309,6 +324,11 @@ final class UblkQueue: @unchecked Sendable {
             }
             ring.reap { completion in
                 let tag = Int(completion.userData)
+                if completion.result == Ublk.resultNeedGetData, tag < depth {
+                    // A WRITE wants a buffer for its data (answered EROFS once it has one).
+                    queueCommand(.needGetData, tag: tag, result: 0)
+                    return
+                }
                 guard completion.result == Ublk.resultOK, tag < depth else {
                     // ABORT: the device is stopping, this tag is not fetched again. Anything
                     // else negative is the driver refusing the command: stop serving the tag.
@@ -319,7 +339,8 @@ final class UblkQueue: @unchecked Sendable {
                     return
                 }
                 let request = IODescriptor(array: descriptors!.baseAddress!, tag: tag)
-                queueCommand(commit, tag: tag, result: answer(request, into: buffer(tag)))
+                let (result, address) = answer(request, into: buffer(tag))
+                queueCommand(.commitAndFetchRequest, tag: tag, result: result, address: address)
             }
         }
     }
@@ -340,27 +361,65 @@ final class UblkQueue: @unchecked Sendable {
         return true
     }
 
-    /// The result of one request: bytes read, or a negative errno.
-    func answer(_ request: IODescriptor, into buffer: UnsafeMutableRawPointer) -> Int32 {
+    /// The result of one request (bytes read, or a negative errno), and where a READ's bytes
+    /// are: in `mapping`, else (nil) in `buffer`, which a pread filled.
+    func answer(_ request: IODescriptor, into buffer: UnsafeMutableRawPointer) -> (Int32, UnsafeRawPointer?) {
         switch request.operation {
         case .read?:
             let length = Int(request.sectorCount) * 512
             let (offset, overflow) = request.startSector.multipliedReportingOverflow(by: 512)
-            guard !overflow, length <= bufferBytes, offset <= imageSize, UInt64(length) <= imageSize - offset else {
-                return -EIO
+            guard !overflow, length <= bufferBytes, offset <= image.size, UInt64(length) <= image.size - offset else {
+                return (-EIO, nil)
+            }
+            if let mapping {
+                // Cut short since it was mapped: whole pages past the end fail the driver's
+                // copy (EIO), but the rest of a partial last page would read as zeros.
+                var now = stat()
+                guard fstat(mapping.descriptor, &now) == 0, UInt64(now.st_size) >= offset + UInt64(length) else {
+                    return (-EIO, nil)
+                }
+                return (Int32(length), mapping.base + Int(offset))
             }
             var done = 0
             while done < length {
-                let got = pread(image, buffer + done, length - done, off_t(offset) + off_t(done))
-                if got < 0 && errno == EINTR { continue }
+                let got: Int
+                do {
+                    got = try image.read(
+                        into: UnsafeMutableRawBufferPointer(start: buffer + done, count: length - done),
+                        at: offset + UInt64(done))
+                } catch {
+                    UblkDaemon.printLog("\(image.displayName): read of \(length) bytes at \(offset): \(error)")
+                    return (-EIO, nil)
+                }
                 // Short: the image shrank under us. Errors, never zeros.
-                guard got > 0 else { return -EIO }
+                guard got > 0 else { return (-EIO, nil) }
                 done += got
             }
-            return Int32(length)
-        case .flush?: return 0
-        case .write?, .writeSame?, .writeZeroes?: return -EROFS
-        case .discard?, nil: return -EOPNOTSUPP
+            return (Int32(length), nil)
+        case .flush?: return (0, nil)
+        case .write?, .writeSame?, .writeZeroes?: return (-EROFS, nil)
+        case .discard?, nil: return (-EOPNOTSUPP, nil)
         }
     }
+}
+
+/// A read-only shared mapping of the whole image, unmapped when the last queue lets it go.
+final class ImageMapping: @unchecked Sendable {
+    let base: UnsafeRawPointer
+    let size: Int
+    /// The mapped file's descriptor, borrowed from the image source, which outlives the queues.
+    let descriptor: Int32
+
+    /// nil where the image cannot be mapped (empty, or a file system without mmap): the
+    /// queues then pread into their buffers.
+    init?(_ descriptor: Int32, size: UInt64) {
+        guard size > 0, size <= UInt64(Int.max),
+            let address = mmap(nil, Int(size), PROT_READ, MAP_SHARED, descriptor, 0), address != MAP_FAILED
+        else { return nil }
+        base = UnsafeRawPointer(address)
+        self.size = Int(size)
+        self.descriptor = descriptor
+    }
+
+    deinit { munmap(UnsafeMutableRawPointer(mutating: base), size) }
 }

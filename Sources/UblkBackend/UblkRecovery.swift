@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Backends
+import LocalBackend
 import Logging
 import Supervision
 import SystemCalls
@@ -61,11 +61,15 @@ public struct UblkRecovery: Sendable {
                 "\(state.devicePath) is still served by process \(alive.pid); `mount.erofs --upgrade \(target)` replaces its worker"
             )
         }
-        let image = try ImageIdentity.reopen(state.source, mountedAs: state.image, on: state.devicePath, logger: logger)
-        defer { try? image.close() }
+        // A remote image is opened again by the worker, pinned to the version mounted.
+        let image =
+            state.remote == nil
+            ? try ImageIdentity.reopen(state.source, mountedAs: state.image, on: state.devicePath, logger: logger)
+            : nil
+        defer { try? image?.close() }
         try UblkLauncher(store: store).start(
-            UblkDaemon.Settings(source: state.source, deviceID: id, mode: .reattach(id)), image: image.rawValue,
-            into: &state)
+            UblkDaemon.Settings(source: state.servedSource.argument, deviceID: id, mode: .reattach(id)),
+            image: image?.rawValue ?? -1, into: &state)
         state.recoveries = (state.recoveries ?? 0) + 1
         do { try store.save(state) } catch {
             throw MountFailure("\(state.devicePath) is served again, but its state could not be saved", cause: error)
@@ -82,15 +86,11 @@ public struct UblkRecovery: Sendable {
                 "no supervisor serves \(state.devicePath) (it was killed?): `mount.erofs --reattach \(target)` starts one once its worker is gone"
             )
         }
-        if let upgraded = supervisor.requestUpgrade(
-            from: state, timeout: timeout, stillOurs: { state.isOurs(supervisor) },
-            reload: { try? store.load(device: id) })
-        {
-            return upgraded
-        }
-        throw MountFailure(
-            "\(state.devicePath): the upgrade did not complete within \(Int(timeout)) s (see \(store.logPath(device: id)))"
-        )
+        do {
+            return try supervisor.requestUpgrade(
+                of: state.devicePath, from: state, timeout: timeout, log: store.logPath(device: id),
+                reload: { try? store.load(device: id) })
+        } catch { throw MountFailure(error.description) }
     }
 
     /// `--list` rows in the nbd columns: DEVICE BACKEND METHOD RECOVERY DAEMON WORKER LINK

@@ -6,7 +6,8 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
-import Backends
+import LocalBackend
+import RemoteSources
 import Supervision
 import SystemCalls
 import SystemPackage
@@ -38,8 +39,13 @@ public struct UblkDeviceState: Codable, Sendable, Equatable, SupervisedState {
     public var upgrades: Int?
     public var mountPoint: String?
     public var mountOptions: String?
+    /// A remote image: how every worker opens it (`source` is then its name for messages).
+    /// Never a secret: credentials stay in the file the description names.
+    public var remote: RemoteSourceDescription?
 
     public var devicePath: String { Ublk.blockDevice(deviceID) }
+    /// What the workers serve: the image file, or the remote description.
+    public var servedSource: ServedSource { remote.map { .remote($0) } ?? .local(path: source) }
 
     public var supervisor: DaemonProcess? { daemonPID.map { DaemonProcess(pid: $0, startTime: daemonStartTime ?? 0) } }
     public var worker: DaemonProcess? { servingPID.map { DaemonProcess(pid: $0, startTime: servingStartTime ?? 0) } }
@@ -75,7 +81,7 @@ public struct UblkStateStore: Sendable {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let data: Data
         do { data = try encoder.encode(state) } catch {
-            throw SystemError("encode state", path: path(device: state.deviceID), detail: "\(error)")
+            throw SystemError(.failed, "encode state", path: path(device: state.deviceID), underlying: error)
         }
         try files.write(data, named: "ublk\(state.deviceID).json")
     }
@@ -87,10 +93,11 @@ public struct UblkStateStore: Sendable {
         guard let bytes = try files.readFile(named: "ublk\(id).json") else { return nil }
         let state: UblkDeviceState
         do { state = try JSONDecoder().decode(UblkDeviceState.self, from: Data(bytes)) } catch {
-            throw SystemError("read state", path: file, detail: "not a valid state file (\(error))")
+            throw SystemError(
+                .corrupt, "read state", path: file, detail: "not a valid state file (\(error))", underlying: error)
         }
         guard state.deviceID == id else {
-            throw SystemError("read state", path: file, detail: "it names device \(state.deviceID)")
+            throw SystemError(.corrupt, "read state", path: file, detail: "it names device \(state.deviceID)")
         }
         return state
     }

@@ -1,12 +1,13 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import RemoteSources
 import Supervision
 import SystemCalls
 import UblkKernel
 
 /// The supervisor of one ublk device, run as `mount.erofs --supervise-ublk-device MODE ID
-/// SOURCE` with the image on descriptor 4 and the report pipe on 3: the shared `Supervisor`
+/// SOURCE` with a local image on descriptor 4 and the report pipe on 3: the shared `Supervisor`
 /// with the ublk answers to its questions.
 ///
 /// What differs from nbd: the kernel link is /dev/ublkcN with the io_uring commands of the
@@ -60,7 +61,8 @@ struct UblkSupervisedDevice: SupervisedBackend {
     let settings: UblkDaemon.Settings
     var source: String { settings.source }
     var deviceID: UInt32 { settings.deviceID }
-    /// The image, handed to every worker as its descriptor 5; -1: workers open the path.
+    /// A local image, handed to every worker as its descriptor 5; -1: workers open the source
+    /// (a remote one always).
     let image: Int32
     var store = UblkStateStore()
 
@@ -85,7 +87,7 @@ struct UblkSupervisedDevice: SupervisedBackend {
     /// The device still exists, is not stopped, and its state file is still about our image.
     func linkIsOurs(_ link: UInt32) -> Bool {
         guard let info = try? UblkControl().deviceInfo(link), info.deviceState != .dead else { return false }
-        return (try? store.load(device: link))??.source == source
+        return (try? store.load(device: link))??.servedSource.argument == source
     }
 
     func linkIsDead(_ descriptor: Int32) -> Bool { true }
@@ -104,12 +106,15 @@ struct UblkSupervisedDevice: SupervisedBackend {
         forget(link: link)
     }
 
+    /// The device went away without `-u`: its state and captured credentials go with it.
     func forget(link: UInt32) {
-        if (try? store.load(device: link))??.source == source { try? store.remove(device: link) }
+        guard let state = (try? store.load(device: link)) ?? nil, state.servedSource.argument == source else { return }
+        try? store.remove(device: link)
+        CapturedCredentials.remove(state.servedSource.capturedCredentials)
     }
 
     func record(_ event: SupervisorEvent, link: UInt32, serving: DaemonProcess?) throws(SystemError) {
-        guard var state = try store.load(device: link), state.source == source else { return }
+        guard var state = try store.load(device: link), state.servedSource.argument == source else { return }
         state.apply(event, serving: serving)
         try store.save(state)
     }

@@ -9,7 +9,7 @@ import Testing
 import TestSupport
 
 /// Real nbd devices: these run where the nbd module is loaded and we are root (the test VM:
-/// tests/vm). Elsewhere they are skipped, visibly.
+/// vmtests). Elsewhere they are skipped, visibly.
 @Suite(.requiresRoot, .requires(.kernelModule("nbd")), .serialized)
 struct KernelNBDTests {
     /// 1 MiB whose every 4-byte word holds its own offset: a misplaced block cannot match.

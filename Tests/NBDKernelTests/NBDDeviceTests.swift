@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import KernelAttach
 import NBDKernel
 import SystemCalls
 import SystemPackage
@@ -78,20 +79,36 @@ import Testing
     }
 
     /// The scheduler in use is the bracketed one; setting it writes the name (the kernel then
-    /// shows it in brackets).
+    /// shows it in brackets); turning it off writes nothing where it is off already.
     @Test func schedulerIsReadFromItsBracketsAndSetByName() throws {
         let sysfs = try FakeSysfs()
         sysfs.add(0)
         let device = NBDDevice(index: 0, sysfsBlock: sysfs.root)
-        #expect(device.scheduler == nil)
+        #expect(device.queue.scheduler == nil)
         mkdir("\(device.sysfsPath)/queue", 0o755)
         sysfs.write("\(device.sysfsPath)/queue/scheduler", "none [mq-deadline] \n")
-        #expect(device.scheduler == "mq-deadline")
-        try device.setScheduler("none")
-        let written = try FileDescriptor.open(path: "\(device.sysfsPath)/queue/scheduler", .readOnly)
-        defer { try? written.close() }
-        #expect(try written.read(exactly: 64, at: 0) == Array("none\n".utf8))
-        #expect(throws: SystemError.self) { try NBDDevice(index: 7, sysfsBlock: sysfs.root).setScheduler("none") }
+        #expect(device.queue.scheduler == "mq-deadline")
+        try device.queue.turnOffScheduler()
+        #expect(try readTextFile("\(device.sysfsPath)/queue/scheduler") == "none\n")
+        sysfs.write("\(device.sysfsPath)/queue/scheduler", "[none] mq-deadline\n")
+        try device.queue.turnOffScheduler()
+        #expect(try readTextFile("\(device.sysfsPath)/queue/scheduler") == "[none] mq-deadline\n")
+        #expect(throws: SystemError.self) { try NBDDevice(index: 7, sysfsBlock: sysfs.root).queue.setScheduler("none") }
+    }
+
+    /// 6.1's nbd starts at 128 KiB under a 32 MiB ceiling: raised to loop's 1280. A ceiling
+    /// below that is the limit; a device already there is left alone.
+    @Test(arguments: [("128", "32768", "1280\n"), ("128", "512", "512\n"), ("1280", "32768", "1280")])
+    func maxRequestSizeIsRaisedToLoops(current: String, ceiling: String, after: String) throws {
+        let sysfs = try FakeSysfs()
+        sysfs.add(0)
+        let queue = NBDDevice(index: 0, sysfsBlock: sysfs.root).queue
+        #expect(try queue.raiseMaxRequestKiB() == nil)  // nothing to read: nothing done
+        mkdir("\(queue.devicePath)/queue", 0o755)
+        sysfs.write("\(queue.devicePath)/queue/max_sectors_kb", current)
+        sysfs.write("\(queue.devicePath)/queue/max_hw_sectors_kb", ceiling)
+        try queue.raiseMaxRequestKiB()
+        #expect(try readTextFile("\(queue.devicePath)/queue/max_sectors_kb") == after)
     }
 
     @Test func eachSignOfUseIsRecognised() throws {

@@ -120,7 +120,7 @@ func runOrRecord(_ executable: String, _ arguments: [String]) throws -> ProcessR
         let image = try corpusImagePath()
         let server = try ServeProcess(image: image)
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("tests/nbd/edge_cases.py").path
+            .deletingLastPathComponent().appendingPathComponent("Tests/NBDServerTests/Peers/edge_cases.py").path
         let result = try runProgram("/usr/bin/python3", [script, server.uri, image])
         #expect(result.status == 0, "\(result.standardOutput)\(result.standardError)")
         #expect(result.standardOutput == "ok\n")

@@ -193,11 +193,11 @@ import TestSupport
     }
 
     /// The small soak: idle, half-open and never-reading clients over the cap while nbdinfo and
-    /// nbdcopy are served; SIGTERM ends it within 5 s (tests/nbd/soak.py; the full figures are
+    /// nbdcopy are served; SIGTERM ends it within 5 s (Tests/NBDServerTests/Peers/soak.py; the full figures are
     /// in BENCHMARKS.md).
     @Test func smallSoakServesRealClientsAndStopsInTime() throws {
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("tests/nbd/soak.py").path
+            .deletingLastPathComponent().appendingPathComponent("Tests/NBDServerTests/Peers/soak.py").path
         let result = try runProgram(
             "/usr/bin/python3",
             [

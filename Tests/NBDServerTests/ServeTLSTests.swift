@@ -184,7 +184,7 @@ final class TCPServeProcess {
             image: try corpusImagePath("chunked"),
             arguments: ["--tls-certificate", pki.certificate, "--tls-key", pki.key])
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent("tests/nbd/tls_stalled_reader.py").path
+            .deletingLastPathComponent().appendingPathComponent("Tests/NBDServerTests/Peers/tls_stalled_reader.py").path
         let client = Process()
         client.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
         client.arguments = [script, "\(server.port)", pki.clientDirectory + "/ca-cert.pem"]

@@ -37,6 +37,58 @@ import Testing
         #expect(!daemon.isAlive)
     }
 
+    /// The wait status the supervisor acts on before SIGCHLD: none while the process runs,
+    /// then what waitpid will report (a signal, an exit code), until it is reaped.
+    @Test(arguments: [("sleep 60", SIGKILL), ("exit 3", Int32(3 << 8))])
+    func exitStatusIsReadableBeforeTheReap(script: String, expected: Int32) throws {
+        let child = try DaemonProcess.spawn(
+            executable: "/bin/sh", arguments: ["-c", script], descriptors: [], logFile: nil)
+        if expected == SIGKILL {
+            usleep(50_000)
+            #expect(child.exitStatusWhileExiting == nil, "a running process has no exit status")
+            kill(child.pid, SIGKILL)
+        }
+        var status: Int32?
+        for _ in 0..<500 where status == nil {
+            status = child.exitStatusWhileExiting
+            if status == nil { usleep(10_000) }
+        }
+        #expect(status == expected)
+        var reaped: Int32 = 0
+        #expect(waitpid(child.pid, &reaped, 0) == child.pid)
+        #expect(reaped == expected)
+        #expect(child.exitStatusWhileExiting == nil, "reaped: not this process any more")
+    }
+
+    /// The real wait: a worker's channel that closes wakes the supervisor with `.hangUp`; a
+    /// word on it does not (it is read where it is awaited).
+    @Test func hangUpOfTheWatchedChannelWakesTheSupervisor() throws {
+        let system = ProcessSystem()
+        defer {
+            // ProcessSystem blocks its signals on this thread: let them go again.
+            var set = system.signals
+            pthread_sigmask(SIG_UNBLOCK, &set, nil)
+        }
+        var ends: [Int32] = [-1, -1]
+        #expect(socketpair(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0, &ends) == 0)
+        defer { close(ends[0]) }
+        // Other suites' children end meanwhile: their SIGCHLDs come too, and are skipped.
+        func nextEventButSIGCHLD(timeout: Double) -> SupervisorWakeUp? {
+            let deadline = monotonicSeconds() + timeout
+            while true {
+                let event = system.nextEvent(timeout: max(0, deadline - monotonicSeconds()), hangUpOf: ends[0])
+                if event != .signal(SIGCHLD) || monotonicSeconds() >= deadline { return event }
+            }
+        }
+        #expect(nextEventButSIGCHLD(timeout: 0.05) == nil)
+        try ControlChannel(descriptor: ends[1]).send(.prepared)
+        #expect(nextEventButSIGCHLD(timeout: 0.05) == nil, "a word is no hang-up")
+        close(ends[1])
+        let started = monotonicSeconds()
+        #expect(nextEventButSIGCHLD(timeout: 5) == .hangUp)
+        #expect(monotonicSeconds() - started < 1)
+    }
+
     @Test func pidReuseIsNotMistakenForOurDaemon() {
         let me = DaemonProcess(pid: getpid(), startTime: DaemonProcess.startTime(of: getpid()) ?? 0)
         #expect(me.isAlive)

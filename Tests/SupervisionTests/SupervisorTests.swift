@@ -41,8 +41,13 @@ import Testing
             return words
         }
 
-        /// Dies: its ends close, as a dead process's do.
+        private var gone = false
+
+        /// Dies: its ends close, as a dead process's do (once: a second close could hit a
+        /// descriptor another test running alongside has opened since).
         func vanish() {
+            guard !gone else { return }
+            gone = true
             if status >= 0 { close(status) }
             status = -1
             control.close()
@@ -84,7 +89,10 @@ import Testing
 
         func reapChild() -> (pid: Int32, status: Int32)? { exited.isEmpty ? nil : exited.removeFirst() }
         func waitForChild(_ process: DaemonProcess) -> Int32 { 1 << 8 }
-        func nextSignal(timeout: Double) -> Int32? { nil }
+        func nextEvent(timeout: Double, hangUpOf descriptor: Int32?) -> SupervisorWakeUp? { nil }
+        /// Wait statuses of workers that are exiting but not reaped yet.
+        var exiting: [Int32: Int32] = [:]
+        func exitStatusWhileExiting(_ process: DaemonProcess) -> Int32? { exiting[process.pid] }
         func now() -> Double { clock }
         func send(_ signal: Int32, to process: DaemonProcess) {
             signalled.append((signal, process.pid))
@@ -99,7 +107,9 @@ import Testing
         /// Each exec asked for, with whether its descriptors were inheritable at that moment;
         /// the exec then fails, as one of a missing binary would.
         var replacements: [(executable: String, arguments: [String], inheritable: Bool)] = []
+        var beforeReplace: () -> Void = {}
         func replaceProcess(executable: String, arguments: [String]) -> SystemError {
+            beforeReplace()
             let handover = arguments.last.flatMap(SupervisorHandover.init(argument:))
             let inheritable = handover?.descriptors.allSatisfy { fcntl($0, F_GETFD) & FD_CLOEXEC == 0 } ?? false
             replacements.append((executable, arguments, inheritable))
@@ -113,6 +123,14 @@ import Testing
             guard let pid else { return }
             worker(pid)?.vanish()
             exited.append((pid, signal))
+        }
+
+        /// Worker `pid` is exiting with wait status `status`: its ends are closed, its status is
+        /// readable, and its SIGCHLD has not come yet (`exited` is left alone).
+        func beginExit(_ pid: Int32?, status: Int32) {
+            guard let pid else { return }
+            worker(pid)?.vanish()
+            exiting[pid] = status
         }
 
         func exit(_ pid: Int32?, status: Int32) {
@@ -131,6 +149,8 @@ import Testing
         var events: [SupervisorEvent] = []
         var forgotten: [UInt32] = []
         var released: [UInt32] = []
+        var standbyWithFirstWorker = true
+        var startsFirstStandbyWithFirstWorker: Bool { standbyWithFirstWorker }
 
         func linkName(_ link: UInt32) -> String { "/dev/fake\(link)" }
         func workerArguments(for mode: WorkerMode) -> [String] { ["--worker", mode.argument] }
@@ -266,6 +286,17 @@ import Testing
         #expect(harness.active?.mode == "connect")
     }
 
+    /// FUSE's choice: the mount waits for the first worker alone; the standby starts once the
+    /// report is sent, already told the link.
+    @Test func aLateFirstStandbyStartsAfterTheReport() throws {
+        let harness = Harness()
+        harness.backend.standbyWithFirstWorker = false
+        #expect(try harness.start() == "ready 5 netlink 0")
+        #expect(harness.system.workers.map(\.mode) == ["connect", "standby:5"], "the worker first, then its standby")
+        let standby = try #require(harness.standby)
+        #expect(standby.heard().isEmpty, "it knows the link from its arguments")
+    }
+
     @Test func aFailedFirstWorkerIsReportedAndNothingIsSupervised() throws {
         let harness = Harness()
         harness.firstReport = .failed("cannot open /x")
@@ -343,6 +374,58 @@ import Testing
         #expect(harness.supervisor.standby == nil)
         #expect(harness.system.logs.contains { $0.contains("no standby worker") })
         #expect(harness.backend.events == [.recovered(milliseconds: 0)])
+    }
+
+    /// Killed: its control channel hangs up as it lets its descriptors go, well before its
+    /// SIGCHLD (it must still drop its mappings). The standby resumes at the hang-up; the
+    /// SIGCHLD that follows only reaps.
+    @Test func deathIsRecoveredAtTheHangUpBeforeSIGCHLD() throws {
+        let harness = Harness()
+        _ = try harness.start()
+        let dead = try #require(harness.active)
+        let standby = try #require(harness.standby)
+        #expect(harness.supervisor.watchedControl == harness.supervisor.active?.control.descriptor)
+        harness.system.beginExit(dead.process.pid, status: SIGKILL)
+        #expect(harness.supervisor.activeWorkerHungUp() == nil)
+        #expect(harness.supervisor.active?.process == standby.process, "the standby serves before the SIGCHLD")
+        #expect(harness.backend.events.count == 1)
+        #expect(
+            harness.supervisor.watchedControl == harness.supervisor.active?.control.descriptor,
+            "the new worker is watched")
+
+        harness.system.exited.append((dead.process.pid, SIGKILL))
+        #expect(harness.supervisor.handle(SIGCHLD) == nil)
+        #expect(harness.supervisor.active?.process == standby.process)
+        #expect(harness.backend.events.count == 1, "the late SIGCHLD recovered nothing again")
+    }
+
+    /// A worker that ends because its link ended hangs up too: that is no death to recover
+    /// from, and the SIGCHLD decides, as before. The hang-up is not watched again.
+    @Test func aCleanEndAtTheHangUpWaitsForSIGCHLD() throws {
+        let harness = Harness()
+        _ = try harness.start()
+        let ending = try #require(harness.active)
+        harness.system.beginExit(ending.process.pid, status: 0)
+        #expect(harness.supervisor.activeWorkerHungUp() == nil)
+        #expect(harness.supervisor.active?.process == ending.process)
+        #expect(harness.supervisor.watchedControl == nil, "a hang-up is taken once, not polled in a loop")
+        #expect(harness.backend.events.isEmpty)
+        harness.system.exited.append((ending.process.pid, 0))
+        #expect(harness.supervisor.handle(SIGCHLD) == 0)
+    }
+
+    /// A channel that hangs up while its worker is not exiting (nothing of ours does that)
+    /// changes nothing: the worker serves on, and its death is seen at SIGCHLD.
+    @Test func aHangUpWithoutAnExitRecoversNothing() throws {
+        let harness = Harness()
+        _ = try harness.start()
+        let worker = try #require(harness.active)
+        #expect(harness.supervisor.activeWorkerHungUp() == nil)
+        #expect(harness.supervisor.active?.process == worker.process)
+        #expect(harness.supervisor.watchedControl == nil)
+        harness.system.kill(worker.process.pid)
+        #expect(harness.supervisor.handle(SIGCHLD) == nil)
+        #expect(harness.backend.events.count == 1)
     }
 
     /// Death at the first step, before the report: the mount is told and nothing stays.
@@ -463,7 +546,7 @@ import Testing
             Issue.record("the new worker got no link")
             return
         }
-        #expect(harness.backend.events == [.upgraded])
+        #expect(harness.backend.events == [.upgradeHandedOver, .upgraded])
         #expect(harness.standby?.executable == harness.system.installed)
     }
 
@@ -476,7 +559,14 @@ import Testing
         harness.system.onSignal = { signal, worker in
             if signal == SIGUSR2 { worker.say(.handOff(harness.link.server)) }
         }
+        var countedAtExec: [SupervisorEvent]?
+        harness.system.beforeReplace = { countedAtExec = harness.backend.events }
         #expect(harness.supervisor.handle(SIGUSR1) == nil)
+        #expect(
+            countedAtExec == [.upgradeHandedOver],
+            "the state names the new worker before the exec, and the new binary counts the upgrade")
+        #expect(
+            harness.backend.events == [.upgradeHandedOver, .upgraded], "the exec failed: the old supervisor counts it")
         let fresh = try #require(harness.active)
         let replacement = try #require(harness.system.replacements.first)
         #expect(replacement.executable == harness.system.installed)
@@ -501,7 +591,9 @@ import Testing
             workerExecutable: harness.system.installed)
         #expect(resumed.active?.process == fresh.process && resumed.liveLink?.rawValue == copy.liveLink)
         harness.standbyBehaviour = .resume
-        resumed.replaceStandby()
+        resumed.resumeAfterExec()
+        #expect(harness.backend.events.last == .upgraded, "the resumed supervisor counts its upgrade")
+        #expect(harness.backend.events.count == 3)
         let standby = try #require(harness.system.worker(resumed.standby?.process.pid))
         harness.system.kill(fresh.process.pid)
         #expect(resumed.handle(SIGCHLD) == nil)

@@ -13,6 +13,25 @@ import Testing
         #expect(detailed.description == "walk /x: unknown file type")
     }
 
+    /// A caller tells the kernel's refusals from ours, a broken peer and a corrupt file by the
+    /// kind, not the message; an underlying error is kept and says why when nothing else does.
+    @Test func errorsHaveAKindAndKeepTheirCause() {
+        #expect(SystemError("open", path: "/nope", errno: .noSuchFileOrDirectory).kind == .system)
+        #expect(SystemError.lastErrno("x").kind == .system)
+        #expect(SystemError("walk", detail: "unknown file type").kind == .failed)
+        struct Decoding: Error, CustomStringConvertible { var description: String { "bad byte at 3" } }
+        let corrupt = SystemError(.corrupt, "read state", path: "/run/s.json", underlying: Decoding())
+        #expect(corrupt.kind == .corrupt)
+        #expect(corrupt.underlying is Decoding)
+        #expect(corrupt.description == "read state /run/s.json: bad byte at 3")
+        let detailed = SystemError(.corrupt, "read state", detail: "not a valid state file", underlying: Decoding())
+        #expect(detailed.description == "read state: not a valid state file")
+        // The kind is part of what is equal: a refusal is not a protocol violation.
+        #expect(
+            SystemError(.refused, "standby", detail: "no") != SystemError(.protocolViolation, "standby", detail: "no"))
+        #expect(SystemError(.refused, "standby", detail: "no") == SystemError(.refused, "standby", detail: "no"))
+    }
+
     @Test func statReportsMissingPathsWithErrno() {
         #expect(throws: SystemError("stat", path: "/nonexistent/x", errno: .noSuchFileOrDirectory)) {
             try FileStatus.stat("/nonexistent/x")

@@ -15,6 +15,8 @@ import UblkKernel
         #expect(Ublk.ControlCommand.stopDevice.ioctlEncoded == 0xC020_7507)
         #expect(Ublk.IOCommand.fetchRequest.ioctlEncoded == 0xC010_7520)
         #expect(Ublk.IOCommand.commitAndFetchRequest.ioctlEncoded == 0xC010_7521)
+        // UBLK_U_IO_NEED_GET_DATA: _IOWR('u', 0x22, struct ublksrv_io_cmd).
+        #expect(Ublk.IOCommand.needGetData.ioctlEncoded == 0xC010_7522)
     }
 
     @Test func controlCommandLayout() {

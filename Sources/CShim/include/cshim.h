@@ -10,6 +10,10 @@
 #include <sys/xattr.h>
 #include <linux/loop.h>
 #include <linux/netlink.h>  // struct sockaddr_nl
+#include <sys/signalfd.h>  // the supervisor's signals, polled with its worker's channel
+
+// POLLRDHUP: <poll.h> defines it only under _GNU_SOURCE, which Swift's Glibc module lacks.
+static const short CSHIM_POLLRDHUP = 0x2000;
 
 // ioctl(fd, request, (unsigned long)arg): Glibc's Swift overlay only offers an `int` argument,
 // which truncates NBD_SET_SIZE_BLOCKS and friends.
@@ -85,5 +89,15 @@ int cshim_populate_executable_code_in_background(void);
 // `params` points to a 120-byte struct io_uring_params. Return what the syscalls return.
 int cshim_io_uring_setup(uint32_t entries, void *params);
 int cshim_io_uring_enter(int fd, uint32_t to_submit, uint32_t min_complete, uint32_t flags);
+
+// CRC-32C (Castagnoli) of `length` bytes continuing from `crc`, without pre- or post-inversion
+// (the kernel's crc32c(seed, ...)): the SSE4.2 crc32 instruction where the CPU has it (about 8
+// bytes a cycle; zlib's table-driven crc32 does about 1 GB/s), a table otherwise.
+uint32_t cshim_crc32c(uint32_t crc, const void *data, size_t length);
+// pipe2(ends, O_CLOEXEC), its capacity set to about `size` bytes (F_SETPIPE_SZ; kept as it was
+// when refused); returns the capacity in bytes, or -1 with errno (no pipe then).
+int cshim_splice_pipe(int ends[2], int size);
+// splice(2) (needs _GNU_SOURCE); `offset` NULL for a pipe end.
+ssize_t cshim_splice(int in, int64_t *offset, int out, size_t length);
 
 #endif
