@@ -28,7 +28,6 @@ extension EROFSFilesystem {
             }
         }
         var result: [UInt8] = []
-        result.reserveCapacity(wanted)
         var position = offset
         while result.count < wanted {
             let extent = try withContext(nid: inode.nid) { () throws(EROFSError) -> DataExtent in
@@ -39,15 +38,19 @@ extension EROFSFilesystem {
             }
             let skip = position - extent.logicalStart
             let take = Int(min(extent.length - skip, UInt64(wanted - result.count)))
+            if result.isEmpty && take < wanted { result.reserveCapacity(wanted) }
             switch extent.location {
             case .hole:
                 result.append(contentsOf: repeatElement(0, count: take))
             case .image(let physical, let device):
                 let start = try checkedSum(physical, skip, "data offset")
-                result.append(
-                    contentsOf: try withContext(nid: inode.nid) { () throws(EROFSError) -> [UInt8] in
-                        try dataBytes(at: start, device: device, count: take)
-                    })
+                let bytes = try withContext(nid: inode.nid) { () throws(EROFSError) -> [UInt8] in
+                    try dataBytes(at: start, device: device, count: take)
+                }
+                // One extent holds it all (a flat file's blocks): its bytes are the answer,
+                // not copied again.
+                if result.isEmpty && take == wanted { return bytes }
+                result.append(contentsOf: bytes)
             case .metadata(let physical, let inMetabox):
                 let start = try checkedSum(physical, skip, "inline data offset")
                 result.append(
@@ -58,6 +61,28 @@ extension EROFSFilesystem {
             position += UInt64(take)
         }
         return result
+    }
+
+    /// Where `count` bytes of a flat file's data from `offset` lie in the primary image when
+    /// they are one stretch of it (no hole, no tail in the metadata, no extra device), for a
+    /// reply spliced from the image file; nil otherwise (`read` them). Checked as `read`
+    /// checks them: an extent reaching past the image's end is nil (`read` reports it).
+    public func imageRange(of inode: Inode, at offset: UInt64, count: Int) throws(EROFSError) -> (
+        offset: UInt64, length: Int
+    )? {
+        guard !inode.layout.isCompressed, deviceTable.slots.isEmpty, offset < inode.size, count > 0 else { return nil }
+        let wanted = min(UInt64(count), inode.size - offset)
+        let extent = try withContext(nid: inode.nid) { () throws(EROFSError) -> DataExtent in
+            try mapUncompressed(inode, at: offset)
+        }
+        guard extent.logicalStart <= offset, offset - extent.logicalStart < extent.length,
+            case .image(let physical, let device) = extent.location, device == 0,
+            extent.length - (offset - extent.logicalStart) >= wanted
+        else { return nil }
+        let start = physical.addingReportingOverflow(offset - extent.logicalStart)
+        let end = start.partialValue.addingReportingOverflow(wanted)
+        guard !start.overflow, !end.overflow, end.partialValue <= source.size else { return nil }
+        return (start.partialValue, Int(wanted))
     }
 
     /// The whole data of a (small) inode, for directories, symlinks and metadata files.

@@ -216,6 +216,10 @@ final class BoundedCache<Key: Hashable & Sendable, Value: Sendable>: Sendable {
         state.withLock { $0.values[key] }
     }
 
+    func contains(_ key: Key) -> Bool {
+        state.withLock { $0.values[key] != nil }
+    }
+
     func insert(_ value: Value, for key: Key) {
         state.withLock { state in
             if state.values.updateValue(value, forKey: key) == nil { state.order.append(key) }

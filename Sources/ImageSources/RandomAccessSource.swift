@@ -17,9 +17,32 @@ public protocol RandomAccessSource: Sendable {
     /// The descriptor behind the source when it is a local file, for zero-copy paths
     /// (sendfile/splice); nil for remote sources.
     var localFileDescriptor: FileDescriptor? { get }
+    /// Where the `count` bytes from `offset` lie, as they are, in a file the source holds open,
+    /// for replies spliced from that file's page cache instead of read and copied: the image
+    /// file itself, or a remote source's block cache once those blocks are there and checked.
+    /// nil when they are not all in one such file (then `read` them). The descriptor stays
+    /// owned by the source.
+    func fileRange(at offset: UInt64, count: Int) -> FileRange?
+}
+
+/// A stretch of a source's bytes found in a file: `descriptor` at `offset`.
+public struct FileRange: Sendable, Equatable {
+    public var descriptor: FileDescriptor
+    public var offset: UInt64
+
+    public init(descriptor: FileDescriptor, offset: UInt64) {
+        self.descriptor = descriptor
+        self.offset = offset
+    }
 }
 
 extension RandomAccessSource {
+    /// A local file's bytes are the file's own, at the same offsets.
+    public func fileRange(at offset: UInt64, count: Int) -> FileRange? {
+        guard let descriptor = localFileDescriptor, offset <= size, UInt64(count) <= size - offset else { return nil }
+        return FileRange(descriptor: descriptor, offset: offset)
+    }
+
     /// Reads up to `count` bytes at `offset` into a new array (shorter only at the end).
     public func read(count: Int, at offset: UInt64) throws(SystemError) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)

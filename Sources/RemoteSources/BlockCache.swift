@@ -1,4 +1,4 @@
-import CZlib
+import CShim
 import Crypto
 import Synchronization
 #if canImport(Glibc)
@@ -6,7 +6,8 @@ import Glibc
 #endif
 
 /// Where fetched blocks of one object are kept. Blocks are `blockSize` bytes (the last one
-/// shorter); a store may drop any block at any time except while a `read` copies it.
+/// shorter); a store may drop any block at any time (a reader holding its `BlockBuffer` keeps
+/// the bytes alive).
 protocol BlockStore: Sendable {
     var blockSize: Int { get }
     /// Copies `destination.count` bytes from `offset` inside block `block` and returns true,
@@ -14,19 +15,126 @@ protocol BlockStore: Sendable {
     func read(block: Int, offset: Int, into destination: UnsafeMutableRawBufferPointer) -> Bool
     /// Whether the block is present, without verifying it (a hint for planning fetches).
     func contains(block: Int) -> Bool
-    /// Keeps a whole block.
-    func store(block: Int, bytes: UnsafeRawBufferPointer)
+    /// Keeps a whole block: a memory store keeps `buffer` itself, a disk store writes it.
+    func store(block: Int, buffer: BlockBuffer)
+}
+
+extension BlockStore {
+    /// Keeps a copy of `bytes` as block `block`.
+    func store(block: Int, bytes: UnsafeRawBufferPointer) {
+        let buffer = BlockBuffer(capacity: bytes.count)
+        buffer.fill(from: bytes)
+        store(block: block, buffer: buffer)
+    }
+}
+
+/// One block's bytes in memory, shared without copying by the fetch that filled it, the
+/// memory store, the flight readers wait on and those readers; it goes back to its pool when
+/// the last of them lets go. Written only by its fetch, before it is shared.
+final class BlockBuffer: @unchecked Sendable {
+    let storage: UnsafeMutableRawBufferPointer
+    private(set) var count = 0
+    private let pool: BufferPool?
+
+    var bytes: UnsafeRawBufferPointer { UnsafeRawBufferPointer(rebasing: storage[0..<count]) }
+
+    init(capacity: Int) {
+        storage = .allocate(byteCount: capacity, alignment: 64)
+        pool = nil
+    }
+
+    fileprivate init(storage: UnsafeMutableRawBufferPointer, pool: BufferPool) {
+        self.storage = storage
+        self.pool = pool
+    }
+
+    /// The first `count` bytes of the storage, to be filled (by a fetch) before sharing.
+    func prepare(count: Int) -> UnsafeMutableRawBufferPointer {
+        precondition(count <= storage.count)
+        self.count = count
+        return UnsafeMutableRawBufferPointer(rebasing: storage[0..<count])
+    }
+
+    func fill(from bytes: UnsafeRawBufferPointer) {
+        prepare(count: bytes.count).copyMemory(from: bytes)
+    }
+
+    deinit {
+        if let pool { pool.recycle(storage) } else { storage.deallocate() }
+    }
+}
+
+/// Block-sized allocations kept for reuse: a fresh allocation of a block costs a page fault per
+/// 4 KiB page (and large ones an mmap and munmap) each time; a reused one is already mapped.
+final class BufferPool: Sendable {
+    let size: Int
+    /// How many idle buffers are kept; more are freed.
+    let keep: Int
+    /// Addresses of idle allocations (as integers: pointers are not Sendable).
+    private let idle = Mutex<[UInt]>([])
+
+    init(size: Int, keep: Int) {
+        self.size = size
+        self.keep = keep
+    }
+
+    deinit {
+        for address in idle.withLock({ $0 }) { UnsafeMutableRawPointer(bitPattern: address)!.deallocate() }
+    }
+
+    func take() -> BlockBuffer {
+        let pointer =
+            idle.withLock { $0.popLast() }.flatMap { UnsafeMutableRawPointer(bitPattern: $0) }
+            ?? .allocate(byteCount: size, alignment: 64)
+        return BlockBuffer(storage: UnsafeMutableRawBufferPointer(start: pointer, count: size), pool: self)
+    }
+
+    fileprivate func recycle(_ storage: UnsafeMutableRawBufferPointer) {
+        let kept = idle.withLock { idle -> Bool in
+            guard idle.count < keep else { return false }
+            idle.append(UInt(bitPattern: storage.baseAddress!))
+            return true
+        }
+        if !kept { storage.deallocate() }
+    }
 }
 
 /// Blocks in memory, least recently used dropped past `capacity` bytes: `remote.cache=none`,
-/// and the overflow of a disk cache that is full.
+/// and the overflow of a disk cache that is full. The lock covers the table only: bytes are
+/// copied out of a block's buffer after it is released.
 final class MemoryBlockStore: BlockStore {
     let blockSize: Int
     let capacity: Int
     private struct State {
-        var blocks: [Int: (bytes: [UInt8], used: UInt64)] = [:]
+        var blocks: [Int: (buffer: BlockBuffer, used: UInt64)] = [:]
         var bytes = 0
         var clock: UInt64 = 0
+        /// Uses in order, oldest first from `head`: an entry whose stamp is no longer its
+        /// block's is stale and skipped (an LRU list without per-use unlinking).
+        var uses: [(block: Int, stamp: UInt64)] = []
+        var head = 0
+
+        mutating func touch(_ block: Int) {
+            clock += 1
+            blocks[block]?.used = clock
+            uses.append((block, clock))
+            if uses.count - head > 4 * blocks.count + 64 {
+                uses = uses[head...].filter { blocks[$0.block]?.used == $0.stamp }
+                head = 0
+            }
+        }
+
+        mutating func dropOldest() {
+            while head < uses.count {
+                let (block, stamp) = uses[head]
+                head += 1
+                if let entry = blocks[block], entry.used == stamp {
+                    bytes -= entry.buffer.count
+                    blocks[block] = nil
+                    return
+                }
+            }
+        }
     }
     private let state = Mutex(State())
 
@@ -36,32 +144,30 @@ final class MemoryBlockStore: BlockStore {
     }
 
     func read(block: Int, offset: Int, into destination: UnsafeMutableRawBufferPointer) -> Bool {
-        state.withLock { state in
-            guard var entry = state.blocks[block], offset + destination.count <= entry.bytes.count else { return false }
-            entry.bytes.withUnsafeBytes {
-                destination.copyMemory(
-                    from: UnsafeRawBufferPointer(rebasing: $0[offset..<(offset + destination.count)]))
-            }
-            state.clock += 1
-            entry.used = state.clock
-            state.blocks[block] = entry
-            return true
+        let buffer = state.withLock { state -> BlockBuffer? in
+            guard let entry = state.blocks[block] else { return nil }
+            state.touch(block)
+            return entry.buffer
         }
+        guard let buffer, offset + destination.count <= buffer.count else { return false }
+        destination.copyMemory(
+            from: UnsafeRawBufferPointer(rebasing: buffer.bytes[offset..<(offset + destination.count)]))
+        return true
     }
 
     func contains(block: Int) -> Bool { state.withLock { $0.blocks[block] != nil } }
 
-    func store(block: Int, bytes: UnsafeRawBufferPointer) {
+    func store(block: Int, buffer: BlockBuffer) {
         state.withLock { state in
-            state.clock += 1
-            if let old = state.blocks.updateValue((Array(bytes), state.clock), forKey: block) {
-                state.bytes -= old.bytes.count
+            if let old = state.blocks.updateValue((buffer, 0), forKey: block) {
+                state.bytes -= old.buffer.count
             }
-            state.bytes += bytes.count
-            // A scan per eviction: capacity / blockSize entries at most (1024 by default).
-            while state.bytes > capacity, let victim = state.blocks.min(by: { $0.value.used < $1.value.used }) {
-                state.bytes -= victim.value.bytes.count
-                state.blocks[victim.key] = nil
+            state.bytes += buffer.count
+            state.touch(block)
+            while state.bytes > capacity, !state.blocks.isEmpty {
+                let before = state.blocks.count
+                state.dropOldest()
+                if state.blocks.count == before { break }
             }
         }
     }
@@ -69,7 +175,7 @@ final class MemoryBlockStore: BlockStore {
 
 /// The on-disk block cache of one object version: `DIR/KEY.data`, a sparse file as large as the
 /// object holding the blocks at their offsets, and `DIR/KEY.map`, a header plus one 8-byte entry
-/// per block (CRC-32 of the block, its length; length 0 = absent). KEY hashes the object's
+/// per block (CRC-32C of the block, its length; length 0 = absent). KEY hashes the object's
 /// identity (URL without credentials, ETag or Last-Modified, size).
 ///
 /// - Sharing: every user holds a shared flock on the map; eviction takes it exclusively
@@ -88,12 +194,17 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
     private let budget: CacheBudget
     let key: String
     /// Blocks whose CRC this process has checked (or written): read without a check.
-    private let verified: Mutex<[UInt64]>
+    private let verified: Mutex<BlockSet>
+    /// Whether fetched blocks go to the data file (not to memory: the cache is not full).
+    var storesOnDisk: Bool { !budget.isFull }
+
+    /// Blocks handed to a background check (`claimChecks`).
+    private let claimed: Mutex<BlockSet>
     /// Blocks that could not go to disk because the cache is full.
     private let overflow: MemoryBlockStore
 
     static let headerSize = 64
-    static let magic = Array("EROFSRC1".utf8)
+    static let magic = Array("EROFSRC2".utf8)
 
     /// Opens (creating when needed) the cache of `identity` under `budget.directory`, or
     /// throws `.cache` when the directory or files cannot be used.
@@ -104,7 +215,8 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
         blockCount = Int((objectSize + UInt64(blockSize) - 1) / UInt64(blockSize))
         let digest = Array(SHA256.hash(data: Array(identity.utf8)))
         key = digest.prefix(16).map { String($0, radix: 16).leftPadded(2) }.joined()
-        verified = Mutex([UInt64](repeating: 0, count: (blockCount + 63) / 64))
+        verified = Mutex(BlockSet(count: blockCount))
+        claimed = Mutex(BlockSet(count: blockCount))
         overflow = MemoryBlockStore(blockSize: blockSize, capacity: 64 << 20)
         let directory = budget.directory
         try budget.createDirectory()
@@ -141,7 +253,7 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
             let fresh = got <= 0
             if !fresh && flock(map, LOCK_EX | LOCK_NB) != 0 {
                 close(map)
-                throw RemoteError(.cache, mapPath, "in use by another process with another block size")
+                throw RemoteError(.cache, mapPath, "in use by another process with another block size or cache format")
             }
             if !fresh { ftruncate(map, 0) }
             guard ftruncate(map, mapLength) == 0, pwrite(map, header, header.count, 0) == header.count else {
@@ -183,11 +295,11 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
     }
 
     private func isVerified(_ block: Int) -> Bool {
-        verified.withLock { $0[block / 64] & (1 << UInt64(block % 64)) != 0 }
+        verified.withLock { $0.contains(block) }
     }
 
     private func markVerified(_ block: Int) {
-        verified.withLock { $0[block / 64] |= 1 << UInt64(block % 64) }
+        verified.withLock { _ = $0.insert(block) }
     }
 
     func contains(block: Int) -> Bool {
@@ -195,30 +307,89 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
     }
 
     func read(block: Int, offset: Int, into destination: UnsafeMutableRawBufferPointer) -> Bool {
-        let blockOffset = off_t(block) * off_t(blockSize)
         if isVerified(block) {
-            return preadFully(dataDescriptor, destination, at: blockOffset + off_t(offset))
+            let position = off_t(block) * off_t(blockSize) + off_t(offset)
+            if preadFully(dataDescriptor, destination, at: position) { return true }
+            // Past the end: the file was cut.
+            _ = noticedCut()
+            return false
         }
+        let length = length(of: block)
+        guard entry(block).length == length else {
+            return overflow.read(block: block, offset: offset, into: destination)
+        }
+        // First use in this process: check the whole block against its CRC, read straight into
+        // the destination when it takes the whole block (a failed check leaves it to be
+        // overwritten by the fetch that follows).
+        if offset == 0 && destination.count == length { return check(block, reading: destination) }
+        let whole = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 64)
+        defer { whole.deallocate() }
+        guard check(block, reading: whole) else { return false }
+        destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: whole[offset..<(offset + destination.count)]))
+        return true
+    }
+
+    /// Reads block `block` from the data file into `scratch` (at least its length) and checks
+    /// it against its map entry; marks it checked when it passes.
+    private func check(_ block: Int, reading scratch: UnsafeMutableRawBufferPointer) -> Bool {
         let (crc, stored) = entry(block)
         let length = length(of: block)
-        guard stored == length else { return overflow.read(block: block, offset: offset, into: destination) }
-        // First use in this process: check the whole block against its CRC.
-        var bytes = [UInt8](repeating: 0, count: length)
-        let good = bytes.withUnsafeMutableBytes { buffer in
-            preadFully(dataDescriptor, buffer, at: blockOffset) && crc32(0, buffer.baseAddress, UInt32(length)) == crc
-        }
-        guard good else { return false }
+        let bytes = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<length])
+        guard stored == length, preadFully(dataDescriptor, bytes, at: off_t(block) * off_t(blockSize)),
+            Self.checksum(bytes) == crc
+        else { return false }
         markVerified(block)
-        bytes.withUnsafeBytes {
-            destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[offset..<(offset + destination.count)]))
+        return true
+    }
+
+    /// The data file's descriptor when every block of `blocks` is in it and checked (those not
+    /// checked yet in this process are checked now), for splicing their bytes; nil otherwise.
+    /// A data file shorter than the object was cut behind our back: blocks checked before the
+    /// cut may be holes now, so every check is forgotten (and `read` checks again).
+    func checkedDescriptor(for blocks: ClosedRange<Int>) -> Int32? {
+        guard !noticedCut() else { return nil }
+        return check(blocks: blocks) ? dataDescriptor : nil
+    }
+
+    /// Checks each block of `blocks` not checked yet; false at the first that fails.
+    @discardableResult
+    func check(blocks: some Sequence<Int>) -> Bool {
+        var scratch: UnsafeMutableRawBufferPointer?
+        defer { scratch?.deallocate() }
+        for block in blocks where !isVerified(block) {
+            let buffer = scratch ?? .allocate(byteCount: blockSize, alignment: 64)
+            scratch = buffer
+            guard check(block, reading: buffer) else { return false }
         }
         return true
     }
 
-    func store(block: Int, bytes: UnsafeRawBufferPointer) {
+    /// The blocks of `blocks` on disk but not checked yet and not claimed by an earlier call:
+    /// each is handed to one background check only.
+    func claimChecks(_ blocks: Range<Int>) -> [Int] {
+        let candidates = blocks.filter { !isVerified($0) && entry($0).length == length(of: $0) }
+        return claimed.withLock { claimed in candidates.filter { claimed.insert($0) } }
+    }
+
+    /// Whether the data file is shorter than the object: cut behind our back. Blocks checked
+    /// before the cut may be holes now, or after a write past the cut, zeros: every check is
+    /// forgotten (and made again on the next use) and the file is given its size back.
+    private func noticedCut() -> Bool {
+        var status = stat()
+        guard fstat(dataDescriptor, &status) != 0 || UInt64(status.st_size) < objectSize else { return false }
+        verified.withLock { $0.removeAll() }
+        claimed.withLock { $0.removeAll() }
+        ftruncate(dataDescriptor, off_t(objectSize))
+        return true
+    }
+
+    func store(block: Int, buffer: BlockBuffer) {
+        let bytes = buffer.bytes
         precondition(bytes.count == length(of: block))
+        // Before writing past a cut, which would make the blocks before it read as zeros.
+        _ = noticedCut()
         guard budget.admit(bytes.count, using: key) else {
-            overflow.store(block: block, bytes: bytes)
+            overflow.store(block: block, buffer: buffer)
             return
         }
         var written = 0
@@ -229,15 +400,24 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
             if result < 0 && errno == EINTR { continue }
             guard result > 0 else {
                 // Disk full or failing: keep it in memory, the read still succeeds.
-                overflow.store(block: block, bytes: bytes)
+                overflow.store(block: block, buffer: buffer)
                 return
             }
             written += result
         }
-        let crc = UInt32(crc32(0, bytes.baseAddress, UInt32(bytes.count)))
-        var raw = (crc.littleEndian, UInt32(bytes.count).littleEndian)
+        var raw = (Self.checksum(bytes).littleEndian, UInt32(bytes.count).littleEndian)
         _ = withUnsafeBytes(of: &raw) { pwrite(mapDescriptor, $0.baseAddress, 8, off_t(Self.headerSize + 8 * block)) }
         markVerified(block)
+    }
+
+    /// A block's check value: CRC-32C (hardware on x86-64: a 1 MiB block costs about 0.1 ms,
+    /// zlib's CRC-32 about 1 ms).
+    static func checksum(_ bytes: UnsafeRawBufferPointer) -> UInt32 {
+        ~cshim_crc32c(~0, bytes.baseAddress, bytes.count)
+    }
+
+    static func checksum(_ bytes: UnsafeMutableRawBufferPointer) -> UInt32 {
+        checksum(UnsafeRawBufferPointer(bytes))
     }
 }
 
@@ -266,6 +446,10 @@ final class CacheBudget: Sendable {
             }
         }
     }
+
+    /// Whether the cache was found full (past the limit with only objects in use): blocks
+    /// stay in memory from then on.
+    var isFull: Bool { sinceCheck.withLock { $0.full } }
 
     /// Whether `bytes` more may be written by the object `key`; runs eviction every
     /// `checkInterval` bytes.
@@ -336,4 +520,25 @@ extension String {
     func leftPadded(_ width: Int) -> String {
         count >= width ? self : String(repeating: "0", count: width - count) + self
     }
+}
+
+/// A set of the block numbers 0..<count, one bit each: a cache of a 1 TiB object in 64 KiB
+/// blocks needs 2 MiB for it, where a Set<Int> grows to hundreds of MiB.
+struct BlockSet {
+    private var words: [UInt64]
+
+    init(count: Int) { words = [UInt64](repeating: 0, count: (count + 63) / 64) }
+
+    func contains(_ block: Int) -> Bool { words[block / 64] & Self.bit(block) != 0 }
+
+    /// Adds `block`; whether it was not in the set before.
+    mutating func insert(_ block: Int) -> Bool {
+        let bit = Self.bit(block)
+        defer { words[block / 64] |= bit }
+        return words[block / 64] & bit == 0
+    }
+
+    mutating func removeAll() { words.withUnsafeMutableBufferPointer { $0.update(repeating: 0) } }
+
+    private static func bit(_ block: Int) -> UInt64 { 1 << UInt64(block % 64) }
 }

@@ -1,5 +1,6 @@
 import CCurl
 import Synchronization
+import SystemCalls
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -59,16 +60,12 @@ final class HTTPTransport: Sendable {
     /// time: the mutex guards the list only.
     private let idle = Mutex<[HandleBox]>([])
 
-    /// curl_global_init is not thread-safe: run it once, before any handle exists.
-    private static let globalInit: Void = { _ = curl_global_init(Int(CURL_GLOBAL_DEFAULT)) }()
-
     init(settings: HTTPSettings) {
-        _ = Self.globalInit
         self.settings = settings
     }
 
     deinit {
-        for box in idle.withLock({ $0 }) { curl_easy_cleanup(box.handle) }
+        for box in idle.withLock({ $0 }) { ccurl_easy_cleanup(box.handle) }
     }
 
     /// Sends `request`. `onHead` sees the status and headers before any body byte and
@@ -79,6 +76,7 @@ final class HTTPTransport: Sendable {
         onHead: (HTTPResponseHead) -> Bool,
         onBody: (UnsafeRawBufferPointer) -> Bool
     ) -> Result<HTTPResponseHead, HTTPAttemptError> {
+        if let failure = ccurl_load() { return .failure(.transfer(CURLE_FAILED_INIT, String(cString: failure))) }
         let box = idle.withLock { $0.popLast() } ?? HandleBox(settings: settings)
         defer {
             let kept = idle.withLock { list -> Bool in
@@ -86,7 +84,7 @@ final class HTTPTransport: Sendable {
                 list.append(box)
                 return true
             }
-            if !kept { curl_easy_cleanup(box.handle) }
+            if !kept { ccurl_easy_cleanup(box.handle) }
         }
         return withoutActuallyEscaping(onHead) { onHead in
             withoutActuallyEscaping(onBody) { onBody in
@@ -105,7 +103,7 @@ private final class HandleBox: @unchecked Sendable {
     var errorBuffer = [CChar](repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
 
     init(settings: HTTPSettings) {
-        handle = curl_easy_init()
+        handle = ccurl_easy_init()
         // Threads: never use signals for timeouts (the default uses SIGALRM around DNS).
         ccurl_setopt_long(handle, CURLOPT_NOSIGNAL, 1)
         ccurl_setopt_pointer(handle, CURLOPT_PROTOCOLS_STR, "http,https")
@@ -120,6 +118,9 @@ private final class HandleBox: @unchecked Sendable {
             let transfer = Unmanaged<TransferContext>.fromOpaque(context!).takeUnretainedValue()
             return transfer.stalled() ? 1 : 0
         }
+        // curl's own receive buffer is 16 KiB: a recv(2) and a body callback per 16 KiB. The
+        // curl tool asks for 100 KiB; a range of blocks is larger still.
+        ccurl_setopt_long(handle, CURLOPT_BUFFERSIZE, 256 << 10)
         ccurl_setopt_long(handle, CURLOPT_TCP_KEEPALIVE, 1)
         ccurl_setopt_long(handle, CURLOPT_TCP_NODELAY, 1)
         ccurl_setopt_long(handle, CURLOPT_MAXREDIRS, 5)
@@ -145,10 +146,10 @@ private final class HandleBox: @unchecked Sendable {
 
     func run(_ request: HTTPRequest, _ context: TransferContext) -> Result<HTTPResponseHead, HTTPAttemptError> {
         var list: UnsafeMutablePointer<curl_slist>?
-        for (name, value) in request.headers { list = curl_slist_append(list, "\(name): \(value)") }
+        for (name, value) in request.headers { list = ccurl_slist_append(list, "\(name): \(value)") }
         // curl adds "Accept: */*"; an empty "Expect:" keeps it from waiting for 100-continue.
-        list = curl_slist_append(list, "Expect:")
-        defer { curl_slist_free_all(list) }
+        list = ccurl_slist_append(list, "Expect:")
+        defer { ccurl_slist_free_all(list) }
         ccurl_setopt_pointer(handle, CURLOPT_URL, request.url)
         ccurl_setopt_pointer(handle, CURLOPT_HTTPHEADER, list)
         ccurl_setopt_long(handle, CURLOPT_NOBODY, request.head ? 1 : 0)
@@ -167,7 +168,7 @@ private final class HandleBox: @unchecked Sendable {
         errorBuffer[0] = 0
         let code = errorBuffer.withUnsafeMutableBufferPointer { buffer -> CURLcode in
             ccurl_setopt_pointer(handle, CURLOPT_ERRORBUFFER, buffer.baseAddress)
-            let code = curl_easy_perform(handle)
+            let code = ccurl_easy_perform(handle)
             ccurl_setopt_pointer(handle, CURLOPT_ERRORBUFFER, nil)
             return code
         }
@@ -177,7 +178,7 @@ private final class HandleBox: @unchecked Sendable {
         }
         guard code == CURLE_OK else {
             let detail = errorBuffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-            return .failure(.transfer(code, detail.isEmpty ? String(cString: curl_easy_strerror(code)) : detail))
+            return .failure(.transfer(code, detail.isEmpty ? String(cString: ccurl_easy_strerror(code)) : detail))
         }
         // A response without a body (HEAD, 412, 416 with no content) never reached the body
         // callback: give the head to the caller now.
@@ -257,10 +258,4 @@ extension StringProtocol {
         while let last = slice.last, set.contains(last) { slice.removeLast() }
         return String(slice)
     }
-}
-
-func monotonicSeconds() -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
 }

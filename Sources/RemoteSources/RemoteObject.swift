@@ -74,7 +74,7 @@ final class RemoteObject: Sendable {
         let reading = RangeRead(
             endpoint: endpoint, transport: transport, pin: [], expectedTotal: nil, expectedETag: nil)
         let outcome = try bytes.withUnsafeMutableBytes { buffer in
-            Result { () throws(RemoteError) in try reading.read(into: buffer, at: 0, progress: { _ in }) }
+            Result { () throws(RemoteError) in try reading.read(into: [buffer], at: 0, progress: { _ in }) }
         }.get()
         guard outcome.total > 0 else {
             throw RemoteError(.protocolViolation, endpoint.displayName, "the object is empty")
@@ -87,12 +87,12 @@ final class RemoteObject: Sendable {
         return (object, bytes)
     }
 
-    /// Reads `buffer.count` bytes at `offset` (the range must lie inside the object), calling
-    /// `progress` with the number of bytes filled so far as they arrive.
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, progress: (Int) -> Void)
+    /// Reads the bytes at `offset` into `parts`, one after the other (the range must lie inside
+    /// the object), calling `progress` with the number of bytes filled so far as they arrive.
+    func read(into parts: [UnsafeMutableRawBufferPointer], at offset: UInt64, progress: (Int) -> Void)
         throws(RemoteError)
     {
-        precondition(offset + UInt64(buffer.count) <= size)
+        precondition(offset + UInt64(parts.reduce(0) { $0 + $1.count }) <= size)
         var pin: [(String, String)] = []
         // If-Match needs a strong ETag (RFC 9110 13.1.1); a weak one pins by date instead.
         if let etag, !etag.hasPrefix("W/") {
@@ -102,7 +102,7 @@ final class RemoteObject: Sendable {
         }
         let reading = RangeRead(
             endpoint: endpoint, transport: transport, pin: pin, expectedTotal: size, expectedETag: etag)
-        _ = try reading.read(into: buffer, at: offset, progress: progress)
+        _ = try reading.read(into: parts, at: offset, progress: progress)
     }
 }
 
@@ -123,12 +123,17 @@ struct RangeRead {
         var head: HTTPResponseHead
     }
 
-    func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64, progress: (Int) -> Void)
+    /// Reads into `parts` one after the other; the body goes straight from curl's buffer into
+    /// them. Opening (no expected total) may fill less than asked: `filled` says how much.
+    func read(into parts: [UnsafeMutableRawBufferPointer], at offset: UInt64, progress: (Int) -> Void)
         throws(RemoteError) -> Outcome
     {
         let name = endpoint.displayName
-        var wanted = buffer.count
+        var wanted = parts.reduce(0) { $0 + $1.count }
         var filled = 0
+        // Where the next body byte goes: parts[part], at inPart (advances with `filled`).
+        var part = 0
+        var inPart = 0
         var attempt = 0
         var renewed = false
         var total = expectedTotal
@@ -202,7 +207,18 @@ struct RangeRead {
                             status: 206)
                         return false
                     }
-                    (buffer.baseAddress! + filled).copyMemory(from: bytes.baseAddress!, byteCount: bytes.count)
+                    var taken = 0
+                    while taken < bytes.count {
+                        while inPart == parts[part].count {
+                            part += 1
+                            inPart = 0
+                        }
+                        let length = min(bytes.count - taken, parts[part].count - inPart)
+                        (parts[part].baseAddress! + inPart).copyMemory(
+                            from: bytes.baseAddress! + taken, byteCount: length)
+                        inPart += length
+                        taken += length
+                    }
                     filled += bytes.count
                     progress(filled)
                     return true
@@ -297,7 +313,7 @@ struct RangeRead {
             return RemoteError(.transient, name, "cannot connect: \(message)")
         case CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CACERT_BADFILE, CURLE_SSL_CERTPROBLEM, CURLE_SSL_CONNECT_ERROR:
             return RemoteError(.unreachable, name, "TLS: \(message) (trust a CA with -o http.cafile=PATH)")
-        case CURLE_UNSUPPORTED_PROTOCOL, CURLE_URL_MALFORMAT:
+        case CURLE_UNSUPPORTED_PROTOCOL, CURLE_URL_MALFORMAT, CURLE_FAILED_INIT:
             return RemoteError(.configuration, name, message)
         case CURLE_TOO_MANY_REDIRECTS:
             return RemoteError(.http, name, message)

@@ -43,8 +43,12 @@ public final class RemoteSource: RandomAccessSource {
     let store: any BlockStore
     let blockSize: Int
     let maxReadahead: Int
+    /// Buffers for fetched blocks, reused: about a readahead window's worth stays mapped.
+    private let buffers: BufferPool
     private let flights = Mutex<[Int: Flight]>([:])
     private let streams = Mutex(StreamTracker())
+    /// Fetches that failed in `fileRange`, for the `read` that follows it (once each).
+    private let failedForRead = Mutex<[Int: RemoteError]>([:])
     /// Counters for tests and benchmarks.
     let statistics = Mutex(Statistics())
     /// For a content-addressed object: which blocks have passed through (fetched or read from
@@ -56,6 +60,8 @@ public final class RemoteSource: RandomAccessSource {
         var requests = 0
         var fetchedBytes: UInt64 = 0
         var cacheHits = 0
+        /// Blocks handed out as file ranges of the disk cache (`fileRange`).
+        var splicedBlocks = 0
     }
 
     init(object: RemoteObject, store: any BlockStore, firstBytes: [UInt8], maxReadahead: Int) {
@@ -64,6 +70,8 @@ public final class RemoteSource: RandomAccessSource {
         self.size = object.size
         self.blockSize = store.blockSize
         self.maxReadahead = max(maxReadahead, store.blockSize)
+        buffers = BufferPool(
+            size: store.blockSize, keep: max(4, min(2 * self.maxReadahead, 32 << 20) / store.blockSize))
         let blocks = Int((object.size + UInt64(store.blockSize) - 1) / UInt64(store.blockSize))
         digestCheck = Mutex(object.endpoint.contentDigest.map { DigestCheck(digest: $0, blocks: blocks) })
         // The open's probe read block 0: keep it.
@@ -81,12 +89,7 @@ public final class RemoteSource: RandomAccessSource {
         if let failure = digestCheck.withLock({ $0?.failure }) { throw failure.systemError }
         let wanted = Int(min(UInt64(buffer.count), size - offset))
         let lastBlock = Int((offset + UInt64(wanted) - 1) / UInt64(blockSize))
-        let ahead = streams.withLock {
-            $0.note(offset: offset, count: wanted, blockSize: blockSize, maxWindow: maxReadahead)
-        }
-        if let ahead {
-            readAhead(from: ahead.lowerBound, to: min(ahead.upperBound, (Int(size) + blockSize - 1) / blockSize))
-        }
+        noteRead(at: offset, count: wanted)
         var done = 0
         while done < wanted {
             let position = offset + UInt64(done)
@@ -100,23 +103,74 @@ public final class RemoteSource: RandomAccessSource {
                 done += count
                 continue
             }
-            let bytes: [UInt8]
+            if let failure = failedForRead.withLock({ $0.removeValue(forKey: block) }) { throw failure.systemError }
+            let fetched: BlockBuffer
             do {
-                bytes = try obtain(block: block, through: lastBlock)
+                fetched = try obtain(block: block, through: lastBlock)
             } catch {
                 throw error.systemError
             }
-            bytes.withUnsafeBytes {
-                destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: $0[inBlock..<(inBlock + count)]))
-            }
+            destination.copyMemory(from: UnsafeRawBufferPointer(rebasing: fetched.bytes[inBlock..<(inBlock + count)]))
             done += count
         }
         return wanted
     }
 
+    /// Where the bytes lie in the disk cache's data file (its offsets are the object's), once
+    /// every block they touch is there and has passed its CRC check in this process: blocks
+    /// missing are fetched first (into the data file, as `read` would fetch them) and blocks
+    /// not checked yet are checked now. FUSE splices such replies from the cache file's page
+    /// cache instead of copying the bytes through a buffer of ours. nil without a disk cache
+    /// (or with a full one), and on any failure, which `read` then meets again and reports.
+    ///
+    /// Spliced bytes are not checked again, as the bytes `read` takes from a checked block are
+    /// not: the CRC guards against blocks torn by a crash, not against a writer, who could
+    /// rewrite the CRC with the bytes; the cache's files are the daemon's own, 0600 in a 0700
+    /// directory. A data file cut short behind our back is noticed here (its size is checked
+    /// first, and every block's check is then forgotten), and a cut between that and the
+    /// splice makes the splice fall short, which FUSE answers by `read`.
+    public func fileRange(at offset: UInt64, count: Int) -> FileRange? {
+        guard count > 0, offset < size, UInt64(count) <= size - offset, let disk = store as? DiskBlockStore,
+            digestCheck.withLock({ $0?.failure }) == nil
+        else { return nil }
+        let blocks = Int(offset / UInt64(blockSize))...Int((offset + UInt64(count) - 1) / UInt64(blockSize))
+        let missing = blocks.filter { !disk.contains(block: $0) }
+        guard missing.isEmpty || disk.storesOnDisk else { return nil }
+        // Noted before anything is fetched or checked, so that the readahead (fetches or
+        // checks of the blocks ahead) starts now.
+        noteRead(at: offset, count: count)
+        for block in missing where !disk.contains(block: block) {
+            do {
+                _ = try obtain(block: block, through: blocks.upperBound)
+            } catch {
+                // The caller falls back to `read`, which reports this failure instead of
+                // going through the retries a second time.
+                failedForRead.withLock { failed in
+                    if failed.count >= 64 { failed.removeAll() }
+                    failed[block] = error
+                }
+                return nil
+            }
+        }
+        guard let descriptor = disk.checkedDescriptor(for: blocks) else { return nil }
+        statistics.withLock { $0.splicedBlocks += blocks.count }
+        for block in blocks { passed(block: block) }
+        return FileRange(descriptor: FileDescriptor(rawValue: descriptor), offset: offset)
+    }
+
+    /// Tells the sequential-reader tracker about a read and starts the readahead it asks for.
+    private func noteRead(at offset: UInt64, count: Int) {
+        let ahead = streams.withLock {
+            $0.note(offset: offset, count: count, blockSize: blockSize, maxWindow: maxReadahead)
+        }
+        if let ahead {
+            readAhead(from: ahead.lowerBound, to: min(ahead.upperBound, (Int(size) + blockSize - 1) / blockSize))
+        }
+    }
+
     /// Block `block`'s bytes: waits for its fetch when one is in flight, else fetches it and
     /// the following missing blocks up to `lastBlock` in one request.
-    private func obtain(block: Int, through lastBlock: Int) throws(RemoteError) -> [UInt8] {
+    private func obtain(block: Int, through lastBlock: Int) throws(RemoteError) -> BlockBuffer {
         var run = [block]
         for next in (block + 1)..<(lastBlock + 1) where !store.contains(block: next) {
             guard next == run.last! + 1 else { break }
@@ -143,6 +197,7 @@ public final class RemoteSource: RandomAccessSource {
     private func readAhead(from first: Int, to end: Int) {
         guard first < end else { return }
         let perRequest = max(1, maxReadahead / 4 / blockSize)
+        if let disk = store as? DiskBlockStore { checkAhead(disk, from: first, to: end, perJob: perRequest) }
         var runs: [(Int, [Flight])] = []
         let candidates = (first..<end).filter { !store.contains(block: $0) }
         flights.withLock { table in
@@ -165,23 +220,35 @@ public final class RemoteSource: RandomAccessSource {
         }
     }
 
-    /// Fetches blocks `firstBlock ..< firstBlock + run.count` in one ranged GET, completing
-    /// each block's flight (and storing it) as soon as its last byte arrives.
+    /// Checks, in the background, the blocks of `first..<end` already in the disk cache but not
+    /// checked in this process yet, so that a sequential reader of a filled cache (a new mount
+    /// of a cached object) finds them checked instead of checking each as it comes.
+    private func checkAhead(_ disk: DiskBlockStore, from first: Int, to end: Int, perJob: Int) {
+        let unchecked = disk.claimChecks(first..<end)
+        var start = 0
+        while start < unchecked.count {
+            let job = Array(unchecked[start..<min(unchecked.count, start + perJob)])
+            FetchWorkers.shared.submit { disk.check(blocks: job) }
+            start += perJob
+        }
+    }
+
+    /// Fetches blocks `firstBlock ..< firstBlock + run.count` in one ranged GET straight into
+    /// block buffers, completing each block's flight (and storing it) as soon as its last byte
+    /// arrives. The buffer itself goes to the store and to the flight's readers: no copy.
     private func fetch(firstBlock: Int, _ run: [Flight]) {
         let start = UInt64(firstBlock) * UInt64(blockSize)
         let end = min(size, UInt64(firstBlock + run.count) * UInt64(blockSize))
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(end - start), alignment: 64)
-        defer { buffer.deallocate() }
+        let blocks = run.indices.map { _ in buffers.take() }
+        let parts = blocks.indices.map { blocks[$0].prepare(count: blockLength(firstBlock + $0)) }
         var completed = 0
         let finish = { (upTo: Int) in
             while completed < run.count && upTo >= min(Int(end - start), (completed + 1) * self.blockSize) {
                 let block = firstBlock + completed
-                let range = (completed * self.blockSize)..<min(Int(end - start), (completed + 1) * self.blockSize)
-                let bytes = UnsafeRawBufferPointer(rebasing: buffer[range])
-                self.store.store(block: block, bytes: bytes)
+                self.store.store(block: block, buffer: blocks[completed])
                 self.passed(block: block)
                 self.flights.withLock { $0[block] = nil }
-                run[completed].finish(.success(Array(bytes)))
+                run[completed].finish(.success(blocks[completed]))
                 completed += 1
             }
         }
@@ -190,7 +257,7 @@ public final class RemoteSource: RandomAccessSource {
             $0.fetchedBytes += end - start
         }
         do {
-            try object.read(into: buffer, at: start, progress: finish)
+            try object.read(into: parts, at: start, progress: finish)
         } catch {
             for index in completed..<run.count {
                 flights.withLock { $0[firstBlock + index] = nil }
@@ -304,16 +371,16 @@ final class FetchWorkers: Sendable {
 /// group is left, and read only after waiting on the group.
 private final class Flight: @unchecked Sendable {
     private let group = DispatchGroup()
-    private var result: Result<[UInt8], RemoteError>?
+    private var result: Result<BlockBuffer, RemoteError>?
 
     init() { group.enter() }
 
-    func finish(_ outcome: Result<[UInt8], RemoteError>) {
+    func finish(_ outcome: Result<BlockBuffer, RemoteError>) {
         result = outcome
         group.leave()
     }
 
-    func wait() -> Result<[UInt8], RemoteError> {
+    func wait() -> Result<BlockBuffer, RemoteError> {
         group.wait()
         return result!
     }

@@ -3,8 +3,12 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+#if canImport(Glibc)
+import Glibc
+#endif
 import ImageSources
 import SystemCalls
+import SystemPackage
 
 /// What a mount daemon serves, as it is handed one in its arguments: a local image by path, or
 /// a remote object by its description (which never holds a secret: credentials come from a
@@ -54,6 +58,22 @@ public enum ServedSource: Sendable, Equatable {
             return nil
         }
         return path
+    }
+
+    /// What a daemon serves, from its argument: a local image from `handedDown` when the
+    /// mount handed the descriptor it checked down to it (else the path is opened), a remote
+    /// one opened as `open` does. nbd and ublk workers both start here.
+    public static func openServed(
+        argument: String, handedDown: Int32, warn: (String) -> Void
+    ) throws(SystemError) -> (served: ServedSource, source: any RandomAccessSource) {
+        let served: ServedSource
+        do { served = try ServedSource(argument: argument) } catch {
+            throw SystemError(.failed, "serve", underlying: error)
+        }
+        if case .local(let path) = served, fcntl(handedDown, F_GETFD) >= 0 {
+            return (served, try FileSource(descriptor: FileDescriptor(rawValue: handedDown), path: path))
+        }
+        return (served, try served.open(warn: warn))
     }
 
     /// Opens the bytes. A remote object is opened with no environment (a daemon's has no

@@ -15,10 +15,11 @@ struct OCIMountTests {
     let mounts = RemoteMountTests()
     static let warnings = ["oci.insecure: plain http", "oci.username/oci.password are visible"]
 
-    /// After `-u`: no daemon of ours names the registry (the supervisor and every worker gone).
-    func expectNoDaemon(for registry: TestRegistry, sourceLocation: SourceLocation = #_sourceLocation) {
+    /// After `-u`: no daemon of ours names the registry `host` (the supervisor and every worker
+    /// gone).
+    func expectNoDaemon(for host: String, sourceLocation: SourceLocation = #_sourceLocation) {
         #expect(
-            RemoteMountTests.daemonProcesses(mentioning: registry.host).isEmpty, "a daemon outlived -u",
+            RemoteMountTests.daemonProcesses(mentioning: host).isEmpty, "a daemon outlived -u",
             sourceLocation: sourceLocation)
     }
 
@@ -59,7 +60,7 @@ struct OCIMountTests {
             ) { mountPoint, _ in
                 try expectListed(mountPoint, reference: reference, layer: digest)
             }
-            expectNoDaemon(for: registry)
+            expectNoDaemon(for: registry.host)
         }
         try registry.push([(OCIData.tar, "application/vnd.oci.image.layer.v1.tar")], as: "tree/tar", raw: true)
         try registry.push(
@@ -73,7 +74,7 @@ struct OCIMountTests {
             try mounts.mountWalkUnmount(
                 source: "\(registry.host)/\(repository):v1", options: "oci.insecure,remote.cache=none," + options,
                 name: repository, manifest: manifest, warnings: Self.warnings)
-            expectNoDaemon(for: registry)
+            expectNoDaemon(for: registry.host)
         }
     }
 
@@ -91,7 +92,7 @@ struct OCIMountTests {
             source: source, options: "oci.insecure,remote.cache=none,oci.username=reader,oci.password=\(password)",
             name: image.name, manifest: try image.expectedManifest(), secrets: [password, auth], captured: auth,
             warnings: Self.warnings)
-        expectNoDaemon(for: registry)
+        expectNoDaemon(for: registry.host)
 
         // A wrong password: exit 32, one line naming the registry, nothing mounted, running or
         // captured.
@@ -107,7 +108,7 @@ struct OCIMountTests {
         #expect(!wrong.standardError.contains(password))
         #expect(RemoteMountTests.mount(at: mountPoint) == nil)
         #expect(RemoteMountTests.captured(holding: Data("reader:wrong-\(password)".utf8).base64EncodedString()).isEmpty)
-        expectNoDaemon(for: registry)
+        expectNoDaemon(for: registry.host)
 
         let directory = try scratchDirectory("oci-docker-config")
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -117,7 +118,59 @@ struct OCIMountTests {
             source: source, options: "oci.insecure,remote.cache=none", name: image.name,
             manifest: try image.expectedManifest(), environment: ["DOCKER_CONFIG": directory],
             secrets: [password, auth], captured: auth, warnings: Self.warnings)
-        expectNoDaemon(for: registry)
+        expectNoDaemon(for: registry.host)
+    }
+
+    /// An identity token in config.json (what `docker login` leaves for an OAuth2 registry) is
+    /// a refresh token: each access token comes from a POST grant_type=refresh_token to the
+    /// realm, never from a Basic GET; it reaches the daemons only in the captured file. A
+    /// refused refresh token (400 invalid_grant): exit 32, one line, nothing mounted.
+    @Test func identityTokenIsExchangedAtTheRealmAsARefreshToken() throws {
+        let registry = try TestRegistry()
+        let image = try #require(Corpus.imagesOrEmpty.first { $0.name == "lz4" }, "the corpus is missing")
+        try registry.push([(image.path, OCIData.erofsType)], as: "private/lz4")
+        let refreshToken = "rt-\(UInt64.random(in: 0...UInt64.max))"
+        let front = try TestServer(
+            "/usr/bin/python3",
+            [
+                TestServer.serversDirectory + "/token_registry.py", "--upstream", "\(registry.port)",
+                "--refresh-token", refreshToken, "--lifetime", "2",
+            ])
+        let source = "127.0.0.1:\(front.port)/private/lz4:v1"
+        let directory = try scratchDirectory("oci-identity-token")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        func writeConfig(_ token: String) throws {
+            try #"{"auths": {"127.0.0.1:\#(front.port)": {"identitytoken": "\#(token)"}}}"#.write(
+                toFile: directory + "/config.json", atomically: true, encoding: .utf8)
+        }
+        try writeConfig(refreshToken)
+        let captured = Data(refreshToken.utf8).base64EncodedString()
+        try mounts.mountWalkUnmount(
+            source: source, options: "oci.insecure,remote.cache=none", name: image.name,
+            manifest: try image.expectedManifest(), environment: ["DOCKER_CONFIG": directory],
+            secrets: [refreshToken, captured], captured: captured, warnings: Self.warnings)
+        expectNoDaemon(for: "127.0.0.1:\(front.port)")
+        let stats =
+            try JSONSerialization.jsonObject(with: Data(try front.control("GET", "/__stats").utf8)) as! [String: Int]
+        // Every token issued was a refresh grant (the mount's and each daemon's), none refused.
+        #expect(stats["refresh_grants"]! >= 2 && stats["tokens"] == stats["refresh_grants"], "\(stats)")
+        #expect(stats["refused_grants"] == 0 && stats["leaks"] == 0, "\(stats)")
+
+        let wrongToken = "rt-revoked-\(UInt64.random(in: 0...UInt64.max))"
+        try writeConfig(wrongToken)
+        let mountPoint = try scratchDirectory("oci-identity-wrong")
+        defer { try? FileManager.default.removeItem(atPath: mountPoint) }
+        let wrong = try mounts.mountErofs(
+            ["-t", "erofs.fuse", source, mountPoint, "-o", "oci.insecure"], environment: ["DOCKER_CONFIG": directory])
+        #expect(wrong.status == 32, "\(wrong.standardError)")
+        let errors = wrong.standardError.split(separator: "\n").filter { !$0.contains("warning:") }
+        #expect(errors.count == 1, "\(wrong.standardError)")
+        #expect(errors.first?.contains("refused the identity token") == true, "\(wrong.standardError)")
+        #expect(errors.first?.contains("invalid_grant") == true, "\(wrong.standardError)")
+        #expect(!wrong.standardError.contains(wrongToken))
+        #expect(RemoteMountTests.mount(at: mountPoint) == nil)
+        #expect(RemoteMountTests.captured(holding: Data(wrongToken.utf8).base64EncodedString()).isEmpty)
+        expectNoDaemon(for: "127.0.0.1:\(front.port)")
     }
 
     /// The serving worker SIGKILLed under a verifying reader (cold page cache each round): the
@@ -173,9 +226,11 @@ struct OCIMountTests {
             let walk = try runProgram(RemoteMountTests.erofs, ["walk", mountPoint])
             #expect(walk.status == 0, "\(walk.standardError)")
             #expect(manifestDifference(actual: walk.standardOutput, expected: expected) == nil)
+            // Its own row only: other mounts on the host (other tests, a user's) are not its business.
             let list = try mounts.mountErofs(["--list"]).standardOutput
-            #expect(list.contains(mountPoint) && !list.contains("dead"), "\(list)")
+            let row = list.split(separator: "\n").first { $0.contains(mountPoint) }
+            #expect(row != nil && !row!.contains("dead"), "\(list)")
         }
-        expectNoDaemon(for: registry)
+        expectNoDaemon(for: registry.host)
     }
 }

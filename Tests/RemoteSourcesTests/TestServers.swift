@@ -106,8 +106,36 @@ final class TestServer: @unchecked Sendable {
     }
 
     func rangeRequests() throws -> Int {
-        let stats = try JSONSerialization.jsonObject(with: Data(try control("GET", "/__stats").utf8)) as! [String: Any]
-        return stats["range_requests"] as! Int
+        try stats()["range_requests"] as! Int
+    }
+
+    /// The Range header of each ranged request so far, in arrival order.
+    func rangeLog() throws -> [String] {
+        try stats()["range_log"] as! [String]
+    }
+
+    private func stats() throws -> [String: Any] {
+        try JSONSerialization.jsonObject(with: Data(try control("GET", "/__stats").utf8)) as! [String: Any]
+    }
+
+    /// The range requests once there are at least `atLeast` and none has arrived for `quiet`
+    /// seconds (a daemon's readahead, or a standby opening the object, goes on after the
+    /// command that started it returned), waiting at most `limit` seconds.
+    func rangeRequestsOnceQuiet(atLeast: Int = 0, quiet: Double = 0.5, limit: Double = 30) throws -> Int {
+        let deadline = Date().addingTimeInterval(limit)
+        var count = try rangeRequests()
+        var since = Date()
+        while Date() < deadline {
+            usleep(50_000)
+            let now = try rangeRequests()
+            if now != count {
+                count = now
+                since = Date()
+            } else if count >= atLeast && Date().timeIntervalSince(since) >= quiet {
+                return count
+            }
+        }
+        throw ServerError("range requests: \(count) after \(limit) s, not yet \(atLeast) and quiet")
     }
 }
 

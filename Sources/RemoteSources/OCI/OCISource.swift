@@ -226,6 +226,7 @@ public final class OCILayerSource: RandomAccessSource {
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(SystemError) -> Int {
         try source.read(into: buffer, at: offset)
     }
+    public func fileRange(at offset: UInt64, count: Int) -> FileRange? { source.fileRange(at: offset, count: count) }
 
     /// Counters of the blob's requests (tests, benchmarks).
     public var blobRequests: Int { blob.statistics.withLock { $0.requests } }

@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import SystemCalls
 
 /// A `WWW-Authenticate` challenge: the scheme and its parameters (RFC 9110 11.6.1; values as
 /// tokens or quoted strings with `\` escapes).
@@ -237,6 +238,15 @@ final class RegistryAuthorizer: RequestSigner {
         }
         let (head, body) = try SmallFetch.perform(request, transport: transport, name: realmName, limit: 1 << 20)
         guard head.status == 200 else {
+            // OAuth2 refuses a bad grant with 400 and an `error` code (RFC 6749 5.2):
+            // an expired or revoked refresh token is `invalid_grant`.
+            if case .identityToken = credentials, [400, 401, 403].contains(head.status) {
+                let code = oauthErrorCode(body).map { " \($0)" } ?? ""
+                throw RemoteError(
+                    .denied, realmName,
+                    "the token server refused the identity token (HTTP \(head.status)\(code)): log in again (docker login)",
+                    status: head.status)
+            }
             if head.status == 401 || head.status == 403 {
                 throw RemoteError(
                     .denied, realmName,
@@ -267,6 +277,16 @@ final class RegistryAuthorizer: RequestSigner {
         let lifetime = min(max(reply.expiresIn ?? 60, 0), 86400)
         return (token, lifetime)
     }
+}
+
+/// The `error` code of an OAuth2 error answer, when it is a plain code (letters and `_`, as the
+/// RFC's are): the server's bytes go into our one line only in that shape.
+private func oauthErrorCode(_ body: [UInt8]) -> String? {
+    struct Reply: Decodable { var error: String }
+    guard let code = try? JSONDecoder().decode(Reply.self, from: Data(body)).error, (1...64).contains(code.utf8.count),
+        code.utf8.allSatisfy({ $0 == UInt8(ascii: "_") || (0x61...0x7a).contains($0) })
+    else { return nil }
+    return code
 }
 
 private func basicHeader(_ username: String, _ password: String) -> String {

@@ -5,8 +5,11 @@ proxy in front of another server (moto), with faults injected on request.
   range_server.py --root DIR            serve DIR (GET/HEAD, one range per request, sendfile)
   range_server.py --upstream HOST:PORT  relay every request to HOST:PORT (Host header kept)
   ... --tls CERT KEY                    serve HTTPS with that certificate chain and key
+  ... --bind ADDR                       listen on ADDR (127.0.0.1)
+  ... --delay S                         wait S seconds before answering each data request: a
+                                        link's round trip where tc has no netem (benchmarks)
 
-It binds 127.0.0.1 on a free port and prints the port on its first line of stdout.
+It binds 127.0.0.1 (or ADDR) on a free port and prints the port on its first line of stdout.
 Faults: `POST /__fault?mode=M&count=N[&after=K][&seconds=S]` makes the next N data requests
 (after skipping K) misbehave; `DELETE /__fault` clears them. Modes:
   reset     close the connection without an answer
@@ -18,7 +21,8 @@ Faults: `POST /__fault?mode=M&count=N[&after=K][&seconds=S]` makes the next N da
             document what a client without a digest gets)
   region    (&region=R) answer as S3 does a SigV4 request scoped to another region than R:
             400 AuthorizationHeaderMalformed naming R (moto accepts any region)
-`GET /__stats` returns JSON counters: requests, ranges (bytes asked), faults applied.
+`GET /__stats` returns JSON counters: requests, ranges (bytes asked), faults applied, and
+range_log: the Range header of each ranged request, in arrival order (its last 10,000).
 """
 import argparse
 import http.client
@@ -33,8 +37,9 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 LOCK = threading.Lock()
+DELAY = 0.0
 FAULTS = []  # [{"mode", "count", "after", "seconds"}]
-STATS = {"requests": 0, "faults": 0, "bytes": 0, "range_requests": 0}
+STATS = {"requests": 0, "faults": 0, "bytes": 0, "range_requests": 0, "range_log": []}
 
 
 def take_fault():
@@ -125,9 +130,12 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self, head=False):
         if self.control():
             return
+        if DELAY:
+            time.sleep(DELAY)
         if self.headers.get("Range"):
             with LOCK:
                 STATS["range_requests"] += 1
+                STATS["range_log"] = STATS["range_log"][-9999:] + [self.headers["Range"]]
         fault = take_fault()
         if fault and fault["mode"] == "reset":
             self.close_with_reset()
@@ -245,19 +253,22 @@ def read_span(path, start, length):
 
 
 def main():
-    global ROOT, UPSTREAM, TLS
+    global ROOT, UPSTREAM, TLS, DELAY
     parser = argparse.ArgumentParser()
     parser.add_argument("--root")
     parser.add_argument("--upstream")
     parser.add_argument("--tls", nargs=2)
+    parser.add_argument("--bind", default="127.0.0.1")
+    parser.add_argument("--delay", type=float, default=0.0)
     args = parser.parse_args()
+    DELAY = args.delay
     ROOT = args.root
     TLS = bool(args.tls)
     UPSTREAM = None
     if args.upstream:
         host, _, port = args.upstream.rpartition(":")
         UPSTREAM = (host, int(port))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((args.bind, 0), Handler)
     server.daemon_threads = True
     if args.tls:
         import ssl
