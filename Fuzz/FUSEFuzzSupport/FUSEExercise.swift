@@ -61,8 +61,11 @@ public enum FUSEExercise {
             try checkResponse(operations.respond(to: request), to: request)
             counts.answered += 1
             // What the pushing thread would send after this read (SiblingPrefetch).
-            if let place = operations.prefetchPlace(for: request) {
-                for message in operations.prefetchNotifications(from: place) {
+            for place in [operations.prefetchPlace(for: request), operations.listingPrefetchPlace(for: request)] {
+                guard let place else { continue }
+                var messages: [FUSEResponse] = []
+                operations.prefetchNotifications(from: place) { messages.append($0) }
+                for message in messages {
                     try checkNotifyStore(message)
                     counts.pushed += 1
                 }

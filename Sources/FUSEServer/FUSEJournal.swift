@@ -22,6 +22,9 @@ import SystemCalls
 public final class FUSEJournal: @unchecked Sendable {
     public let descriptor: Int32
     public let channels: Int
+    /// Shared with other processes, so no lock: each channel's thread writes only its own
+    /// slot, the header is written between workers, and every length and count goes through
+    /// CShim's acquire/release loads and stores.
     private let memory: UnsafeMutableRawPointer
 
     /// One request buffer per channel, page-aligned, after the header page.

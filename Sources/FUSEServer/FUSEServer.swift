@@ -93,8 +93,15 @@ public final class FUSEServer: Sendable {
         var pusher: JoinableThread?
         if let pushes {
             pusher = try JoinableThread { [self] in
-                pushes.serve { place in
-                    for message in operations.prefetchNotifications(from: place) { send(message, on: channels[0]) }
+                // `fuse.prefetch_ahead=on` pushes ahead whatever the load: only `auto` backs off.
+                let adaptive = operations.prefetch?.ahead == .auto
+                pushes.serve { place, start in
+                    guard start != .late || !adaptive else { return operations.prefetch?.abandon(place) ?? () }
+                    let begun = monotonicNanoseconds()
+                    operations.prefetchNotifications(from: place) { send($0, on: channels[0]) }
+                    if adaptive && start == .ahead && monotonicNanoseconds() - begun > PushQueue.aheadRunNanoseconds {
+                        operations.prefetch?.spendCredit()
+                    }
                 }
             }
         }
@@ -163,12 +170,14 @@ public final class FUSEServer: Sendable {
             journal?.slot(index)
             ?? UnsafeMutableRawBufferPointer.allocate(byteCount: FUSEServer.bufferSize, alignment: 8)
         defer { if owned { buffer.deallocate() } }
+        // This thread's pipe for spliced replies (nil: none could be made).
+        var pipe = SplicePipe()
         let me = pthread_self()
         running.withLock { $0.append(me) }
         // Out of the list under its lock: `stop()` never signals a thread that has returned.
         defer { running.withLock { $0.removeAll { pthread_equal($0, me) != 0 } } }
         if replaying, let journal, let recorded = journal.recorded(index) {
-            answer(recorded, on: channel, journal: journal)
+            answer(recorded, on: channel, journal: journal, pipe: &pipe)
         }
         while true {
             if stopRequested.load(ordering: .sequentiallyConsistent) {
@@ -192,7 +201,7 @@ public final class FUSEServer: Sendable {
                     return
                 }
             }
-            answer(UnsafeRawBufferPointer(rebasing: buffer[..<count]), on: channel, journal: journal)
+            answer(UnsafeRawBufferPointer(rebasing: buffer[..<count]), on: channel, journal: journal, pipe: &pipe)
             journal?.clear(index)  // answered
         }
     }
@@ -217,7 +226,9 @@ public final class FUSEServer: Sendable {
     }
 
     /// Decodes and answers one request read from `channel`.
-    private func answer(_ bytes: UnsafeRawBufferPointer, on channel: Int32, journal: FUSEJournal?) {
+    private func answer(
+        _ bytes: UnsafeRawBufferPointer, on channel: Int32, journal: FUSEJournal?, pipe: inout SplicePipe?
+    ) {
         if let journal, bytes.count >= FUSEWireSize.inHeader {
             let unique = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
             if journal.mustFail(unique) {
@@ -239,11 +250,29 @@ public final class FUSEServer: Sendable {
         #if DEBUG
         TestFaults.crashIfAsked(request, nodes: operations.nodes)
         #endif
+        // A big read of a flat file: its pages go from the image file to the kernel through
+        // the pipe, not through our memory. Should that fail, the pipe goes and the copy
+        // path below answers.
+        if pipe != nil, let read = operations.splicedRead(request) {
+            switch pipe!.send(
+                header: read.header, from: read.descriptor, at: read.offset, count: read.length, to: channel)
+            {
+            case .sent, .gone:
+                return
+            case .refused:
+                break
+            case .failed:
+                pipe = SplicePipe()  // an empty one
+            }
+        }
         let response = operations.respond(to: request)
         // The files after one read from its start go to the page cache before its answer
         // (SiblingPrefetch, PushQueue).
         if let pushes, let place = operations.prefetchPlace(for: request) { pushes.pushAndWait(place) }
         send(response, on: channel)
+        // A directory listed to its end, in a walk that reads what it lists: its small files go
+        // to the page cache while the reader takes in the listing (SiblingPrefetch).
+        if let pushes, let place = operations.listingPrefetchPlace(for: request) { pushes.push(place) }
         if case .initialize(let offer) = request.operation {
             readiness.withLock {
                 $0.kernelFlags = offer.flags
@@ -274,5 +303,68 @@ public final class FUSEServer: Sendable {
         if result < 0 && errno != ENOENT && errno != ENODEV {
             logger.error("write /dev/fuse: \(String(cString: strerror(errno)))")
         }
+    }
+}
+
+/// One serving thread's pipe for spliced READ replies: the reply header is written into it, the
+/// data spliced in from the image file's page cache, and the whole reply spliced to /dev/fuse
+/// in one call (a FUSE reply is one write). The kernel copies the pages once, into the mount's
+/// page cache; a read answered by copy crosses our memory twice more (pread, writev). Owns
+/// both ends.
+final class SplicePipe {
+    enum Outcome {
+        /// The reply went out.
+        case sent
+        /// The kernel no longer waits for it (interrupted: ENOENT; unmounted: ENODEV). It took
+        /// the reply out of the pipe all the same.
+        case gone
+        /// Too big for the pipe: nothing was done, answer by copy.
+        case refused
+        /// Nothing went out and the pipe may hold a part: drop it, answer by copy.
+        case failed
+    }
+
+    private let readEnd: Int32
+    private let writeEnd: Int32
+    /// Pipe buffers (pages) it holds.
+    private let slots: Int
+
+    /// 1 MiB, pipe-max-size's default, which needs no privilege: the header's page and a
+    /// 512 KiB read's 129 pages at most (a start inside a page) fit (FUSEOperations.maxPages).
+    static let size: Int32 = 1 << 20
+
+    init?() {
+        var ends: [Int32] = [-1, -1]
+        // Refused beyond pipe-max-size without CAP_SYS_RESOURCE: the default then holds
+        // small replies and bigger ones are answered by copy.
+        let capacity = cshim_splice_pipe(&ends, SplicePipe.size)
+        guard capacity > 0 else { return nil }
+        readEnd = ends[0]
+        writeEnd = ends[1]
+        slots = Int(capacity) / 4096
+    }
+
+    deinit {
+        close(readEnd)
+        close(writeEnd)
+    }
+
+    func send(header: [UInt8], from file: Int32, at offset: UInt64, count: Int, to channel: Int32) -> Outcome {
+        guard 1 + (Int(offset % 4096) + count + 4095) / 4096 <= slots else { return .refused }
+        guard header.withUnsafeBytes({ write(writeEnd, $0.baseAddress, $0.count) }) == header.count else {
+            return .failed
+        }
+        var position = Int64(offset)
+        var left = count
+        while left > 0 {
+            let moved = cshim_splice(file, &position, writeEnd, left)
+            if moved < 0 && errno == EINTR { continue }
+            guard moved > 0 else { return .failed }
+            left -= moved
+        }
+        let total = header.count + count
+        let sent = cshim_splice(readEnd, nil, channel, total)
+        if sent == total { return .sent }
+        return sent < 0 && (errno == ENOENT || errno == ENODEV) ? .gone : .failed
     }
 }

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Logging
 import Synchronization
+import SystemCalls
 
 /// Error lines within a budget: at most `burst` per `window` seconds; what goes beyond is
 /// counted and said in one line when the next window opens. A hostile image read in a loop
@@ -22,7 +23,7 @@ public final class RateLimitedLog: Sendable {
 
     public init(
         logger: Logger, burst: Int = 20, window: Double = 10,
-        clock: @escaping @Sendable () -> Double = RateLimitedLog.monotonicSeconds
+        clock: @escaping @Sendable () -> Double = monotonicSeconds
     ) {
         self.logger = logger
         self.burst = burst
@@ -48,11 +49,5 @@ public final class RateLimitedLog: Sendable {
         }
         if suppressedBefore > 0 { logger.error("\(suppressedBefore) more errors were not logged") }
         if allowed { logger.error("\(message())") }
-    }
-
-    public static func monotonicSeconds() -> Double {
-        var now = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &now)
-        return Double(now.tv_sec) + Double(now.tv_nsec) / 1e9
     }
 }

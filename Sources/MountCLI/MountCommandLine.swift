@@ -192,7 +192,10 @@ public struct MountCommandLine: Sendable, Equatable {
         if prefixes.contains("fuse"), backend != .fuse {
             throw UsageError("conflicting options: fuse.* options need -t erofs.fuse")
         }
-        if options.forceLoop && !prefixes.isDisjoint(with: ["nbd", "fuse", "oci", "s3", "http", "remote"]) {
+        if prefixes.contains("ublk"), backend != .ublk {
+            throw UsageError("conflicting options: ublk.* options need -t erofs.ublk")
+        }
+        if options.forceLoop && !prefixes.isDisjoint(with: ["nbd", "fuse", "ublk", "oci", "s3", "http", "remote"]) {
             throw UsageError(
                 "conflicting options: `-o loop` cannot be combined with \(prefixes.sorted().joined(separator: ", ")) options"
             )

@@ -28,7 +28,7 @@ public struct MountOptions: Sendable, Equatable {
         backendOptions.last { $0.name == name }.map { $0.value }
     }
 
-    static let backendPrefixes = ["nbd.", "fuse.", "oci.", "s3.", "http.", "remote."]
+    static let backendPrefixes = ["nbd.", "fuse.", "ublk.", "oci.", "s3.", "http.", "remote."]
 
     /// Options that only mean something to mount(8) or fstab; a helper ignores them.
     static let userspaceOnly: Set<String> = [

@@ -1,7 +1,8 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Backends
+import LocalBackend
+import NBDBackend
 import FUSEBackend
 import CShim
 import KernelAttach
@@ -87,6 +88,7 @@ public enum MountTool {
             let fuse = FUSEBackend(logger: logger)
             let fuseMount = line.namespace == nil ? try? fuse.managedMount(at: line.target!) : nil
             let result = try Unmounter(logger: logger).unmount(line.target!, in: namespace)
+            try NBDTeardown(logger: logger).finishUnmount(result)
             if result.fsType.hasPrefix("fuse.erofs") {
                 let known = fuseMount.flatMap { $0.major == result.major && $0.minor == result.minor ? $0.state : nil }
                 let problems = fuse.finishUnmount(major: result.major, minor: result.minor, state: known)
@@ -209,15 +211,27 @@ public enum MountTool {
                 logger.info("\(source) is a valid EROFS image; not mounted (-f)")
             }
         case .ublk:
-            if let name = line.options.backendOptions.first?.name {
-                throw UsageError("`\(name)` options are not supported with -t erofs.ublk")
-            }
-            let request = UblkBackend.Request(
+            var request = UblkBackend.Request(
                 source: source, mountPoint: target, flags: line.options.flags,
                 data: line.options.kernelDataString, fake: line.fake)
+            request.remote = remote.map { ($0.served, $0.probe.size) }
+            for (name, value) in line.options.backendOptions where !RemoteSourceDescription.owns(name) {
+                switch (name, value) {
+                case ("ublk.queues", let text?) where UInt16(text).map({ (1...64).contains($0) }) == true:
+                    request.queues = UInt16(text)!
+                case ("ublk.depth", let text?) where UInt16(text).map({ (1...1024).contains($0) }) == true:
+                    request.queueDepth = UInt16(text)!
+                case ("ublk.copy", "map"): request.mapImage = true
+                case ("ublk.copy", "pread"): request.mapImage = false
+                default:
+                    throw UsageError(
+                        "unknown or malformed ublk option `\(name)\(value.map { "=" + $0 } ?? "")` (ublk.queues=1-64, ublk.depth=1-1024, ublk.copy=map|pread)"
+                    )
+                }
+            }
             if let state = try UblkBackend(logger: logger).mount(request) {
                 logger.info(
-                    "mounted \(source) on \(target) through \(state.devicePath) (daemon \(state.daemonPID.map(String.init) ?? "?"))"
+                    "mounted \(state.source) on \(target) through \(state.devicePath) (daemon \(state.daemonPID.map(String.init) ?? "?"), \(state.queues) queues of depth \(state.queueDepth))"
                 )
             } else {
                 logger.info("\(source) is a valid EROFS image; not mounted (-f)")
@@ -237,8 +251,6 @@ public enum MountTool {
             throw UsageError(
                 "a remote source is served by a daemon: use -t erofs.nbd, -t erofs.fuse or plain -t erofs, not -t erofs.local"
             )
-        case .ublk?:
-            throw UsageError("-t erofs.ublk serves local images only (yet): use -t erofs.nbd or -t erofs.fuse")
         case let chosen?:
             return chosen
         case nil:
@@ -377,8 +389,8 @@ public enum MountTool {
           -t erofs[.SUBTYPE]   backend: local (kernel mount), nbd, fuse (workers serve
                                the image over /dev/fuse with this project's reader, under
                                a supervisor that replaces a dead one), ublk (the kernel's
-                               ublk driver over io_uring, Linux 6.0+ with ublk_drv loaded;
-                               local images only). Plain -t erofs (or none): a local image
+                               ublk driver over io_uring, Linux 6.0+ with ublk_drv
+                               loaded). Plain -t erofs (or none): a local image
                                is mounted by the kernel, or through FUSE where the kernel
                                refuses it (ENODEV, EPERM, EOPNOTSUPP: no EROFS, not
                                allowed, an algorithm it lacks); a remote source through
@@ -438,6 +450,14 @@ public enum MountTool {
           nbd.poll_us=N        (-t erofs.nbd) how long the daemon polls for the next
                                request before it sleeps, while most requests come that
                                soon (default 1000, 0-10000; 0: never): CPU for latency
+          ublk.queues=N        (-t erofs.ublk) hardware queues, one serving thread each
+                               (default: one per CPU up to 4; 1-64, at most one per CPU)
+          ublk.depth=N         (-t erofs.ublk) requests in flight per queue (default 64;
+                               1-1024)
+          ublk.copy=map|pread  (-t erofs.ublk) how a read's data reaches the kernel: map
+                               (default): the kernel copies it from the daemon's mapping
+                               of the image (one copy, as a loop device makes); pread: the
+                               daemon reads it into a buffer first (two copies)
           fuse.threads=N       (-t erofs.fuse) serving threads, one /dev/fuse channel each
                                (default: one per CPU, up to 8; 1-64)
           fuse.recovery=M      (-t erofs.fuse) how a new worker gets the requests a dead
@@ -449,9 +469,15 @@ public enum MountTool {
                                warning, other kernel options are refused
           fuse.prefetch_kb=N   (-t erofs.fuse) after a file is read from its start, push up
                                to N KiB of the small files (<= 64 KiB) after it in its
-                               directory into the page cache: a walk reading every file
-                               then costs ~1 round trip per directory, not per file
-                               (default 512, 0-16384; 0: off)
+                               directory into the page cache, and then as much of each
+                               next directory listed, before it is read: a walk reading
+                               every file then costs ~1 round trip per directory, not per
+                               file (default 512, 0-16384; 0: off)
+          fuse.prefetch_ahead=auto|on|off  (-t erofs.fuse) push each next directory
+                               listed before it is read: auto (the default) when a CPU
+                               is idle, on always, off only after a read
+          fuse.readahead_kb=N  (-t erofs.fuse) the mount's readahead window, set once the
+                               daemon serves (default 1024, 0-16384; 0: the kernel's 128)
           anything else        passed to the kernel's EROFS (device=, domain_id=, fsid=,
                                dax, user_xattr, acl, cache_strategy=, ...)
 

@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Backends
+import LocalBackend
 import EROFSReader
 import ImageManifest
 import ImageSources

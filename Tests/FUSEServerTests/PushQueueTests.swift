@@ -25,7 +25,7 @@ import Testing
     @Test func everyPushIsMadeInOrder() throws {
         let queue = PushQueue()
         let pushed = Mutex<[UInt64]>([])
-        let pusher = try JoinableThread { queue.serve { place in pushed.withLock { $0.append(place.directory) } } }
+        let pusher = try JoinableThread { queue.serve { place, _ in pushed.withLock { $0.append(place.directory) } } }
         for directory in UInt64(1)...20 {
             queue.pushAndWait(.init(directory: directory, next: 0))
         }
@@ -38,7 +38,7 @@ import Testing
         let queue = PushQueue()
         let release = Mutex(false)
         let pusher = try JoinableThread {
-            queue.serve { _ in
+            queue.serve { _, _ in
                 // A push stuck on a page lock: until the test lets it go.
                 while !release.withLock({ $0 }) { usleep(1000) }
             }
@@ -57,5 +57,34 @@ import Testing
         let after = PushQueueTests.now()
         queue.pushAndWait(.init(directory: 3, next: 0))
         #expect(PushQueueTests.milliseconds(since: after) < 100)
+    }
+
+    /// A push ahead of reads the pushing thread gets to late (busy CPUs, or behind another push)
+    /// is reported late, for SiblingPrefetch to drop; one a worker waits for is not.
+    @Test func aPushAheadTakenLateIsReportedLate() throws {
+        let queue = PushQueue()
+        let seen = Mutex<[(UInt64, Bool)]>([])  // directory, late
+        let busy = Mutex(true)
+        let pusher = try JoinableThread {
+            queue.serve { place, start in
+                seen.withLock { $0.append((place.directory, start == .late)) }
+                // The first push holds the thread past the bound, so the one queued behind it
+                // is taken late.
+                if place.directory == 1 { while busy.withLock({ $0 }) { usleep(1000) } }
+            }
+        }
+        queue.push(.init(directory: 1, next: 0))
+        while seen.withLock({ $0.isEmpty }) { usleep(100) }
+        queue.push(.init(directory: 2, next: 0))
+        queue.push(.init(directory: 3, next: 0))
+        usleep(UInt32(PushQueue.aheadStartNanoseconds / 1000) * 3)
+        busy.withLock { $0 = false }
+        queue.pushAndWait(.init(directory: 4, next: 0))
+        queue.stop()
+        pusher.join()
+        let pushes = seen.withLock { $0 }
+        #expect(pushes.map(\.0) == [1, 2, 3, 4])
+        // The first one's start depends on the scheduler (a thread just made, a loaded machine).
+        #expect(Array(pushes.map(\.1).dropFirst()) == [true, true, false])
     }
 }

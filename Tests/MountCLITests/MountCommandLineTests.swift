@@ -68,6 +68,13 @@ import Testing
     @Test func ublkSubtypeSelectsTheUblkBackend() throws {
         let line = try MountCommandLine.parse(["-t", "erofs.ublk", "img", "dir"])
         #expect(line.backend == .ublk)
+        // ublk.* options go to the backend, not to the kernel's EROFS.
+        let tuned = try MountCommandLine.parse([
+            "-t", "erofs.ublk", "-o", "ublk.queues=1,ublk.depth=32,noatime", "i", "d",
+        ])
+        #expect(tuned.options.backendOption("ublk.queues") == .some("1"))
+        #expect(tuned.options.backendOption("ublk.depth") == .some("32"))
+        #expect(tuned.options.kernelData.isEmpty)
     }
 
     @Test func backendOptionsAreSeparated() throws {
@@ -92,6 +99,8 @@ import Testing
         (["-t", "erofs.fuse", "-o", "nbd.ioctl", "a", "b"], "conflicting options"),
         (["-o", "fuse.threads=2", "a", "b"], "fuse.* options need -t erofs.fuse"),
         (["-t", "erofs.nbd", "-o", "fuse.threads=2", "a", "b"], "fuse.* options need -t erofs.fuse"),
+        (["-o", "ublk.queues=1", "a", "b"], "ublk.* options need -t erofs.ublk"),
+        (["-t", "erofs.nbd", "-o", "ublk.depth=32", "a", "b"], "ublk.* options need -t erofs.ublk"),
         (["-t", "erofs.fuse", "-o", "loop", "a", "b"], "conflicting options"),
         (["-o", "loop,oci.blob=sha256:00", "a", "b"], "conflicting options"),
         (["-o", "oci.blob=x,oci.layer=1", "a", "b"], "oci.blob and oci.layer"),

@@ -24,6 +24,17 @@ import Glibc
         }
     }
 
+    /// The FUSE processes of `image` once there are `count` of them (the first standby starts
+    /// after the mount returns, so it may still be on its way), or what there is after 5 s.
+    static func daemons(serving image: String, awaiting count: Int) -> [Int32] {
+        var found = daemons(serving: image)
+        for _ in 0..<500 where found.count < count {
+            usleep(10_000)
+            found = daemons(serving: image)
+        }
+        return found
+    }
+
     /// The mount's state, as the supervisor keeps it (JSON object).
     static func state(of entry: MountInfoEntry) throws -> [String: Any] {
         let data = try Data(
@@ -77,7 +88,7 @@ import Glibc
         #expect(entry.fsType == "fuse.erofs")
         #expect(entry.source == workspace.image)
         // A supervisor, its worker and a standby.
-        let daemons = FUSEMountTests.daemons(serving: workspace.image)
+        let daemons = FUSEMountTests.daemons(serving: workspace.image, awaiting: 3)
         #expect(daemons.count == 3)
         let worker = try FUSEMountTests.servingWorker(of: entry)
         #expect(daemons.contains(worker))
@@ -227,6 +238,48 @@ import Glibc
         return (vector.filter { $0 & 1 != 0 }.count, pages)
     }
 
+    /// Big reads: the mount's readahead window is raised to 1 MiB once INIT is answered (the
+    /// kernel's 128 KiB otherwise: `fuse.readahead_kb=0` keeps it), and big reads of flat
+    /// files, which go out spliced from the image file, give the file's bytes at any offset,
+    /// also where a read meets the tail packed after the inode (the copy path's part).
+    @Test func bigFlatFilesReadWholeAndAtOffsetsWithTheWindowRaised() throws {
+        let scratch = try ScratchTree("fuse-big-reads")
+        defer { scratch.remove() }
+        var generator = SplitMix64(seed: 1515)
+        var contents: [String: [UInt8]] = [:]
+        for (name, size) in [("even", 4 << 20), ("tail", (3 << 20) + 1717)] {
+            let bytes = (0..<size).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
+            contents[name] = bytes
+            try Data(bytes).write(to: URL(fileURLWithPath: scratch.tree + "/" + name))
+        }
+        let made = try runProgram("/usr/bin/mkfs.erofs", [scratch.image, scratch.tree])  // flat, uncompressed
+        try #require(made.status == 0, "\(made.standardError)")
+
+        for (options, window) in [([String](), "1024"), (["-o", "fuse.readahead_kb=0"], "128")] {
+            let entry = try mount(scratch.image, at: scratch.mountPoint, options: options)
+            let bdi = "/sys/class/bdi/\(entry.major):\(entry.minor)/read_ahead_kb"
+            let readahead = try String(contentsOfFile: bdi, encoding: .utf8)
+            #expect(readahead.trimmingCharacters(in: .whitespacesAndNewlines) == window, "\(options): \(bdi)")
+            for (name, bytes) in contents.sorted(by: { $0.key < $1.key }) {
+                let path = scratch.mountPoint + "/" + name
+                #expect(Array(try Data(contentsOf: URL(fileURLWithPath: path))) == bytes, "\(name) read whole")
+                let fd = open(path, O_RDONLY)
+                try #require(fd >= 0)
+                defer { close(fd) }
+                for (offset, count) in [(0, 1 << 20), (12345, 300_000), (bytes.count - 70_000, 100_000), (4096, 65536)]
+                {
+                    var buffer = [UInt8](repeating: 0, count: count)
+                    let got = buffer.withUnsafeMutableBytes { pread(fd, $0.baseAddress, count, off_t(offset)) }
+                    #expect(got == min(count, bytes.count - offset), "\(name) at \(offset)")
+                    if got > 0 {
+                        #expect(buffer[..<got] == bytes[offset..<(offset + got)], "\(name) at \(offset)")
+                    }
+                }
+            }
+            try unmountAndExpectNothingLeft(scratch.mountPoint, image: scratch.image, entry: entry)
+        }
+    }
+
     /// SiblingPrefetch: reading the first file of a directory through a fresh mount puts the
     /// small files after it in the page cache (NOTIFY_STORE) with the right bytes, before the
     /// reader asks for them; `fuse.prefetch_kb=0` turns it off (nothing resident), and a file
@@ -274,6 +327,81 @@ import Glibc
             }
             try unmountAndExpectNothingLeft(mountPoint, image: image, entry: entry)
         }
+    }
+
+    /// SiblingPrefetch ahead of reads (`fuse.prefetch_ahead=on`; the default pushes ahead only
+    /// when a CPU is idle, which a test cannot count on): once a file of a listed directory has
+    /// been read, the next directories listed to their end get their small files pushed before
+    /// any of them is read (a walk that reads what it lists); a walk that only lists pushes
+    /// nothing, and with `fuse.prefetch_ahead=off` only a read pushes.
+    @Test func aWalkThatReadsGetsItsNextListingsPushedAhead() throws {
+        let scratch = try ScratchTree("fuse-prefetch-walk")
+        defer { scratch.remove() }
+        var generator = SplitMix64(seed: 1516)
+        var contents: [String: [UInt8]] = [:]
+        let directories = (0..<8).map { "d\($0)" }
+        for directory in directories {
+            try FileManager.default.createDirectory(
+                atPath: scratch.tree + "/" + directory, withIntermediateDirectories: true)
+            for index in 0..<10 {
+                let size = 1 + Int(generator.next() % 8000)
+                let bytes = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ index &+ Int(generator.next() % 5)) }
+                let path = "\(directory)/f\(index)"
+                contents[path] = bytes
+                try Data(bytes).write(to: URL(fileURLWithPath: scratch.tree + "/" + path))
+            }
+        }
+        let made = try runProgram("/usr/bin/mkfs.erofs", ["-zlz4hc", scratch.image, scratch.tree])
+        try #require(made.status == 0, "\(made.standardError)")
+        var entry = try mount(scratch.image, at: scratch.mountPoint, options: ["-o", "fuse.prefetch_ahead=on"])
+        let root = scratch.mountPoint
+        func residentFiles(_ directory: String) throws -> Int {
+            try (0..<10).filter { index in
+                let pages = try FUSEMountTests.residentPages("\(root)/\(directory)/f\(index)")
+                return pages.resident == pages.pages
+            }.count
+        }
+        /// Resident files of `directory` once pushes have had `seconds` to land.
+        func residentFiles(_ directory: String, awaiting count: Int, seconds: Int) throws -> Int {
+            var found = try residentFiles(directory)
+            for _ in 0..<(seconds * 100) where found < count {
+                usleep(10_000)
+                found = try residentFiles(directory)
+            }
+            return found
+        }
+
+        // Listing alone (find, ls -R): nothing is pushed.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: root + "/d0").count == 10)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: root + "/d1").count == 10)
+        #expect(try residentFiles("d1", awaiting: 1, seconds: 1) == 0, "a listing no read earned was pushed")
+        // A read from a file's start: its directory's files after it are pushed before its answer...
+        #expect(Array(try Data(contentsOf: URL(fileURLWithPath: root + "/d0/f0"))) == contents["d0/f0"])
+        #expect(try residentFiles("d0", awaiting: 10, seconds: 5) == 10)
+        // ...and the next directory listed to its end is pushed whole, none of it read yet. A push
+        // ahead that its thread starts late (a loaded machine) is dropped and the next listing
+        // waits for a read again: then read one more file and list the next directory.
+        var pushedAhead = false
+        for (read, listed) in zip(directories.dropFirst(), directories.dropFirst(2)) where !pushedAhead {
+            _ = try Data(contentsOf: URL(fileURLWithPath: "\(root)/\(read)/f0"))
+            #expect(try FileManager.default.contentsOfDirectory(atPath: root + "/" + listed).count == 10)
+            pushedAhead = try residentFiles(listed, awaiting: 10, seconds: 2) == 10
+        }
+        #expect(pushedAhead, "no listing was pushed ahead of its reads")
+        // What was pushed is what the files hold.
+        for (path, bytes) in contents {
+            #expect(Array(try Data(contentsOf: URL(fileURLWithPath: root + "/" + path))) == bytes, "\(path)")
+        }
+        try unmountAndExpectNothingLeft(root, image: scratch.image, entry: entry)
+
+        // Off: a read pushes its own directory, never the next listing.
+        entry = try mount(scratch.image, at: root, options: ["-o", "fuse.prefetch_ahead=off"])
+        _ = try FileManager.default.contentsOfDirectory(atPath: root + "/d0")
+        _ = try Data(contentsOf: URL(fileURLWithPath: root + "/d0/f0"))
+        #expect(try residentFiles("d0", awaiting: 10, seconds: 5) == 10)
+        #expect(try FileManager.default.contentsOfDirectory(atPath: root + "/d1").count == 10)
+        #expect(try residentFiles("d1", awaiting: 1, seconds: 1) == 0, "pushed ahead with fuse.prefetch_ahead=off")
+        try unmountAndExpectNothingLeft(root, image: scratch.image, entry: entry)
     }
 
     /// A multi-device image: `-o device=BLOB` reaches the daemon, which reads the chunks there.

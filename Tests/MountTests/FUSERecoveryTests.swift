@@ -296,7 +296,7 @@ import Glibc
         let entry = try #require(try MountHarness.mounts(at: workspace.mountPoint).first)
         let supervisor = try #require(try FUSEMountTests.state(of: entry)["daemonPID"] as? Int).map(Int32.init)!
         let worker = try FUSEMountTests.servingWorker(of: entry)
-        #expect(FUSEMountTests.daemons(serving: workspace.image).count == 3)
+        #expect(FUSEMountTests.daemons(serving: workspace.image, awaiting: 3).count == 3)
 
         #expect(kill(supervisor, SIGKILL) == 0)
         var left = FUSEMountTests.daemons(serving: workspace.image)

@@ -1,0 +1,105 @@
+@testable import FUSEServer
+import Testing
+
+/// SiblingPrefetch's bookkeeping: which reads start a push, which listings are pushed ahead of
+/// their reads, and when that stops (FUSEMountTests shows the pages arriving for real).
+@Suite struct SiblingPrefetchTests {
+    /// Files 1...10 in directory 100, 11...20 in 200, 21...30 in 300, each listed to its end.
+    static func listed() -> SiblingPrefetch {
+        let prefetch = SiblingPrefetch(budget: 512 * 1024)
+        for directory: UInt64 in [100, 200, 300] {
+            let first = directory / 10 - 9
+            for nid in first..<(first + 10) {
+                prefetch.noteListed(nid, in: directory, next: (nid - first + 1) * 12)
+            }
+            prefetch.noteListedToEnd(directory)
+        }
+        return prefetch
+    }
+
+    @Test func listingsArePushedAheadOnlyOnceReadsEarnedIt() {
+        let prefetch = SiblingPrefetchTests.listed()
+        // A walk that only lists: nothing.
+        #expect(!prefetch.hasCredit)
+        #expect(prefetch.claimListing(200) == nil)
+        // A read from the start of a listed file: its directory from the next file on...
+        let place = prefetch.claim(after: 1)
+        #expect(place == SiblingPrefetch.Place(directory: 100, next: 12))
+        // ...not again while that push runs...
+        #expect(prefetch.claim(after: 2) == nil)
+        prefetch.finish(100, through: .max)
+        #expect(prefetch.hasCredit)
+        // ...and the next listings from their first entry, once each.
+        #expect(prefetch.claimListing(200) == SiblingPrefetch.Place(directory: 200, next: 0))
+        #expect(prefetch.claimListing(200) == nil)
+        prefetch.finish(200, through: .max)
+        #expect(prefetch.claimListing(200) == nil)
+        // A directory READDIRPLUS did not list to its end is not pushed ahead.
+        #expect(prefetch.claimListing(400) == nil)
+    }
+
+    @Test func creditRunsOutWithoutFurtherReads() {
+        let prefetch = SiblingPrefetch(budget: 512 * 1024)
+        prefetch.noteListed(1, in: 10, next: 12)
+        prefetch.noteListedToEnd(10)
+        _ = prefetch.claim(after: 1)
+        prefetch.finish(10, through: .max)
+        var pushed = 0
+        for directory in UInt64(1000)..<1100 {
+            prefetch.noteListedToEnd(directory)
+            if prefetch.claimListing(directory) != nil { pushed += 1 }
+            prefetch.finish(directory, through: .max)
+        }
+        #expect(pushed == SiblingPrefetch.walkCredit)
+    }
+
+    @Test func aReaderOvertakingThePushStopsPushingAhead() {
+        let prefetch = SiblingPrefetchTests.listed()
+        _ = prefetch.claim(after: 1)
+        prefetch.finish(100, through: .max)
+        #expect(prefetch.claimListing(200) != nil)
+        // Reads reach directory 200 while it is pushed: each file read is left out of the push.
+        for nid: UInt64 in 11...(11 + UInt64(SiblingPrefetch.overtakesTolerated)) {
+            #expect(prefetch.claim(after: nid) == nil)
+            #expect(prefetch.wasRead(nid))
+        }
+        #expect(!prefetch.wasRead(19))
+        prefetch.finish(200, through: .max)
+        // The pusher was starved: the next listing waits for a read again.
+        #expect(prefetch.claimListing(300) == nil)
+        // That read's push earns the credit back.
+        #expect(prefetch.claim(after: 21) == SiblingPrefetch.Place(directory: 300, next: 12))
+    }
+
+    @Test func aFewOvertakesAreTolerated() {
+        let prefetch = SiblingPrefetchTests.listed()
+        _ = prefetch.claim(after: 1)
+        prefetch.finish(100, through: .max)
+        #expect(prefetch.claimListing(200) != nil)
+        // The first file of a listing is often read before its push reaches it.
+        #expect(prefetch.claim(after: 11) == nil)
+        prefetch.finish(200, through: .max)
+        #expect(prefetch.claimListing(300) != nil)
+    }
+
+    /// A push ahead that started late is dropped: the directory is left to its reads (the first
+    /// starts a push the worker waits for) and the next listing waits for a read again.
+    @Test func aLatePushAheadIsAbandoned() {
+        let prefetch = SiblingPrefetchTests.listed()
+        _ = prefetch.claim(after: 1)
+        prefetch.finish(100, through: .max)
+        let place = prefetch.claimListing(200)
+        #expect(place == SiblingPrefetch.Place(directory: 200, next: 0))
+        prefetch.abandon(place!)
+        #expect(prefetch.claimListing(300) == nil)
+        #expect(prefetch.claim(after: 11) == SiblingPrefetch.Place(directory: 200, next: 12))
+    }
+
+    /// The runnable count IdleCPU reads from /proc/loadavg ("L1 L5 L15 RUNNING/TOTAL LAST").
+    @Test func runnableTasksAreReadFromLoadavg() {
+        #expect(IdleCPU.runnable(in: ArraySlice(Array("0.18 1.14 1.61 2/345 12345\n".utf8))) == 2)
+        #expect(IdleCPU.runnable(in: ArraySlice(Array("6.14 5.86 5.50 14/149 6844\n".utf8))) == 14)
+        #expect(IdleCPU.runnable(in: ArraySlice(Array("0.18 1.14\n".utf8))) == nil)
+        #expect(IdleCPU.runnable(in: ArraySlice(Array("a b c d e".utf8))) == nil)
+    }
+}
