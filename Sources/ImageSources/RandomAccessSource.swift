@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CShim
+import Synchronization
 import SystemCalls
 import SystemPackage
 
@@ -59,6 +60,10 @@ public final class FileSource: RandomAccessSource {
     public let path: String
     public let size: UInt64
     public let descriptor: FileDescriptor
+    private let readahead = ClusteredReadahead()
+    /// Whether reads first ask for what the page cache holds (RWF_NOWAIT), to notice misses;
+    /// off where the file system refuses that.
+    private let probesTheCache = Atomic<Bool>(true)
 
     public var displayName: String { path }
     public var localFileDescriptor: FileDescriptor? { descriptor }
@@ -94,7 +99,10 @@ public final class FileSource: RandomAccessSource {
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(SystemError) -> Int {
         guard offset < size else { return 0 }
         let wanted = Int(min(UInt64(buffer.count), size - offset))
-        var filled = 0
+        var filled = cachedBytes(into: buffer.baseAddress!, count: wanted, at: offset)
+        if filled < wanted {
+            readahead.missed(descriptor: descriptor.rawValue, at: offset + UInt64(filled), size: size)
+        }
         while filled < wanted {
             let got = try retryingOnInterrupt("pread", path: path) {
                 pread(descriptor.rawValue, buffer.baseAddress! + filled, wanted - filled, off_t(offset) + off_t(filled))
@@ -103,5 +111,34 @@ public final class FileSource: RandomAccessSource {
             filled += got
         }
         return filled
+    }
+
+    /// A spliced range is read by the kernel from the page cache: a miss at its start is
+    /// noticed here, before the splice blocks on it.
+    public func fileRange(at offset: UInt64, count: Int) -> FileRange? {
+        guard offset <= size, UInt64(count) <= size - offset else { return nil }
+        var byte: UInt8 = 0
+        if count > 0 && cachedBytes(into: &byte, count: 1, at: offset) == 0 {
+            readahead.missed(descriptor: descriptor.rawValue, at: offset, size: size)
+        }
+        return FileRange(descriptor: descriptor, offset: offset)
+    }
+
+    /// Reads what the page cache already holds of `count` bytes at `offset` (0 when the first
+    /// page is not there, or when the file system cannot say); never waits for the disk.
+    private func cachedBytes(into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) -> Int {
+        guard probesTheCache.load(ordering: .relaxed) else { return 0 }
+        while true {
+            let got = cshim_pread_nowait(descriptor.rawValue, buffer, count, off_t(offset))
+            if got >= 0 { return got }
+            switch errno {
+            case EINTR: continue
+            case EAGAIN: return 0
+            case EOPNOTSUPP:
+                probesTheCache.store(false, ordering: .relaxed)
+                return 0
+            default: return 0  // the blocking read that follows reports it
+            }
+        }
     }
 }

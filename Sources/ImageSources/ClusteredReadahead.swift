@@ -1,0 +1,39 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Synchronization
+
+/// Turns the page-cache misses of reads that stay near each other (a walk through a tree that
+/// mkfs.erofs laid out in one stretch) into a few large disk reads instead of one small read
+/// each. The kernel's readahead grows only for a descriptor read in order; a FUSE daemon's
+/// reads jump between metadata and data and come from several threads, so without this each
+/// miss reaches the disk on its own (BENCHMARKS.md, "Cold walk: clustered readahead").
+///
+/// A miss within `nearness` chunks of one of the last few misses asks the kernel for its chunk
+/// and the next (POSIX_FADV_WILLNEED) before the read blocks. A first miss in a region, or a
+/// random reader's misses spread over a large image, read no more than they ask for.
+final class ClusteredReadahead: Sendable {
+    static let chunkSize: Int64 = 2 << 20
+    static let nearness: Int64 = 2
+    static let remembered = 4
+
+    private let recentMisses = Mutex<[Int64]>([])
+
+    /// Notes a miss at `offset` of `descriptor` (one of `size` bytes) and reads its
+    /// neighbourhood ahead when it is near an earlier one.
+    func missed(descriptor: Int32, at offset: UInt64, size: UInt64) {
+        let chunk = Int64(offset) / Self.chunkSize
+        let isNear = recentMisses.withLock { misses in
+            let isNear = misses.contains { abs($0 - chunk) <= Self.nearness }
+            misses.removeAll { $0 == chunk }
+            misses.append(chunk)
+            if misses.count > Self.remembered { misses.removeFirst() }
+            return isNear
+        }
+        guard isNear else { return }
+        let start = chunk * Self.chunkSize
+        let length = min(2 * Self.chunkSize, Int64(size) - start)
+        guard length > 0 else { return }
+        _ = posix_fadvise(descriptor, off_t(start), off_t(length), POSIX_FADV_WILLNEED)
+    }
+}
