@@ -18,6 +18,16 @@ final class ClusteredReadahead: Sendable {
     static let remembered = 4
 
     private let recentMisses = Mutex<[Int64]>([])
+    /// Asks the kernel to read `length` bytes at `offset` of a descriptor (tests record it).
+    let advise: @Sendable (_ descriptor: Int32, _ offset: Int64, _ length: Int64) -> Void
+
+    init(
+        advise: @escaping @Sendable (Int32, Int64, Int64) -> Void = { descriptor, offset, length in
+            _ = posix_fadvise(descriptor, off_t(offset), off_t(length), POSIX_FADV_WILLNEED)
+        }
+    ) {
+        self.advise = advise
+    }
 
     /// Notes a miss at `offset` of `descriptor` (one of `size` bytes) and reads its
     /// neighbourhood ahead when it is near an earlier one.
@@ -34,6 +44,6 @@ final class ClusteredReadahead: Sendable {
         let start = chunk * Self.chunkSize
         let length = min(2 * Self.chunkSize, Int64(size) - start)
         guard length > 0 else { return }
-        _ = posix_fadvise(descriptor, off_t(start), off_t(length), POSIX_FADV_WILLNEED)
+        advise(descriptor, start, length)
     }
 }

@@ -60,7 +60,7 @@ public final class FileSource: RandomAccessSource {
     public let path: String
     public let size: UInt64
     public let descriptor: FileDescriptor
-    private let readahead = ClusteredReadahead()
+    private let readahead: ClusteredReadahead
     /// Whether reads first ask for what the page cache holds (RWF_NOWAIT), to notice misses;
     /// off where the file system refuses that.
     private let probesTheCache = Atomic<Bool>(true)
@@ -74,8 +74,13 @@ public final class FileSource: RandomAccessSource {
 
     /// An image already open (handed down by the process that opened and checked it, so that
     /// a file renamed over `path` since is not what is read); takes ownership of `fd`.
-    public init(descriptor fd: FileDescriptor, path: String) throws(SystemError) {
+    public convenience init(descriptor fd: FileDescriptor, path: String) throws(SystemError) {
+        try self.init(descriptor: fd, path: path, readahead: ClusteredReadahead())
+    }
+
+    init(descriptor fd: FileDescriptor, path: String, readahead: ClusteredReadahead) throws(SystemError) {
         self.path = path
+        self.readahead = readahead
         do {
             let status = try FileStatus.fstat(fd)
             if status.kind == .block {
