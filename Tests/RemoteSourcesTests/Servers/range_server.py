@@ -25,6 +25,7 @@ Faults: `POST /__fault?mode=M&count=N[&after=K][&seconds=S]` makes the next N da
 range_log: the Range header of each ranged request, in arrival order (its last 10,000).
 """
 import argparse
+import collections
 import http.client
 import json
 import os
@@ -39,7 +40,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 LOCK = threading.Lock()
 DELAY = 0.0
 FAULTS = []  # [{"mode", "count", "after", "seconds"}]
-STATS = {"requests": 0, "faults": 0, "bytes": 0, "range_requests": 0, "range_log": []}
+STATS = {"requests": 0, "faults": 0, "bytes": 0, "range_requests": 0}
+RANGE_LOG = collections.deque(maxlen=10000)
 
 
 def take_fault():
@@ -93,7 +95,7 @@ class Handler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         if url.path == "/__stats":
             with LOCK:
-                body = json.dumps(STATS).encode()
+                body = json.dumps(dict(STATS, range_log=list(RANGE_LOG))).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -135,7 +137,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.headers.get("Range"):
             with LOCK:
                 STATS["range_requests"] += 1
-                STATS["range_log"] = STATS["range_log"][-9999:] + [self.headers["Range"]]
+                RANGE_LOG.append(self.headers["Range"])
         fault = take_fault()
         if fault and fault["mode"] == "reset":
             self.close_with_reset()
