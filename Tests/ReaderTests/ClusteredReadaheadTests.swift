@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import TestSupport
 import Testing
 
 @testable import ImageSources
@@ -52,8 +53,9 @@ import Glibc
     /// FileSource notices misses itself: a read the page cache cannot serve (RWF_NOWAIT says
     /// EAGAIN) is one, a read of cached pages is not.
     @Test func fileSourceReportsItsPageCacheMisses() throws {
-        // On the disk: /tmp here and in CI (a tmpfs file cannot be evicted: the require says so).
-        let path = NSTemporaryDirectory() + "clustered-readahead-\(getpid())"
+        // Beside the build (on the disk that holds the checkout; /tmp may be a tmpfs, whose
+        // pages cannot be evicted: the require below says so).
+        let path = builtProductsDirectory() + "/clustered-readahead-\(getpid())"
         defer { unlink(path) }
         let bytes = [UInt8]((0..<(8 << 20)).lazy.map { UInt8(truncatingIfNeeded: $0 >> 9) })
         try Data(bytes).write(to: URL(fileURLWithPath: path))
