@@ -104,9 +104,12 @@ public final class FileSource: RandomAccessSource {
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(SystemError) -> Int {
         guard offset < size else { return 0 }
         let wanted = Int(min(UInt64(buffer.count), size - offset))
-        var filled = cachedBytes(into: buffer.baseAddress!, count: wanted, at: offset)
-        if filled < wanted {
-            readahead.missed(descriptor: descriptor.rawValue, at: offset + UInt64(filled), size: size)
+        var filled = 0
+        if let cached = cachedBytes(into: buffer.baseAddress!, count: wanted, at: offset) {
+            filled = cached
+            if filled < wanted {
+                readahead.missed(descriptor: descriptor.rawValue, at: offset + UInt64(filled), size: size)
+            }
         }
         while filled < wanted {
             let got = try retryingOnInterrupt("pread", path: path) {
@@ -130,9 +133,10 @@ public final class FileSource: RandomAccessSource {
     }
 
     /// Reads what the page cache already holds of `count` bytes at `offset` (0 when the first
-    /// page is not there, or when the file system cannot say); never waits for the disk.
-    private func cachedBytes(into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) -> Int {
-        guard probesTheCache.load(ordering: .relaxed) else { return 0 }
+    /// page is not there); never waits for the disk. nil when the file system cannot say: no
+    /// miss is known then, and the blocking read does it all.
+    private func cachedBytes(into buffer: UnsafeMutableRawPointer, count: Int, at offset: UInt64) -> Int? {
+        guard probesTheCache.load(ordering: .relaxed) else { return nil }
         while true {
             let got = cshim_pread_nowait(descriptor.rawValue, buffer, count, off_t(offset))
             if got >= 0 { return got }
@@ -141,8 +145,8 @@ public final class FileSource: RandomAccessSource {
             case EAGAIN: return 0
             case EOPNOTSUPP:
                 probesTheCache.store(false, ordering: .relaxed)
-                return 0
-            default: return 0  // the blocking read that follows reports it
+                return nil
+            default: return nil  // the blocking read that follows reports it
             }
         }
     }
