@@ -17,7 +17,7 @@ public struct CacheSettings: Sendable, Codable, Equatable {
     /// Cache block: the unit of presence and of a cold random read (`remote.block_size`).
     public var blockSize = 64 << 10
     /// Largest readahead window a sequential reader grows to (`remote.readahead=BYTES`).
-    public var maxReadahead = 8 << 20
+    public var maxReadahead = 16 << 20
     /// Memory for blocks when there is no disk cache.
     public var memoryLimit = 64 << 20
 
@@ -71,7 +71,7 @@ public final class RemoteSource: RandomAccessSource {
         self.blockSize = store.blockSize
         self.maxReadahead = max(maxReadahead, store.blockSize)
         buffers = BufferPool(
-            size: store.blockSize, keep: max(4, min(2 * self.maxReadahead, 32 << 20) / store.blockSize))
+            size: store.blockSize, keep: max(4, min(self.maxReadahead, 32 << 20) / store.blockSize))
         let blocks = Int((object.size + UInt64(store.blockSize) - 1) / UInt64(store.blockSize))
         digestCheck = Mutex(object.endpoint.contentDigest.map { DigestCheck(digest: $0, blocks: blocks) })
         // The open's probe read block 0: keep it.
@@ -192,11 +192,13 @@ public final class RemoteSource: RandomAccessSource {
         return try claim.mine[0].wait().get()
     }
 
-    /// Starts background fetches of the missing blocks in `first..<end`, in ranges of up to a
-    /// quarter of the largest window so that several are in flight.
+    /// Starts background fetches of the missing blocks in `first..<end`, in ranges of up to half
+    /// the largest window: two in flight, each large. A server's cost per request is not
+    /// small (docker-registry reads 4 MiB ahead for each one), and at 10 Gbit/s 2 MiB takes
+    /// less time on the wire than a request's round trip.
     private func readAhead(from first: Int, to end: Int) {
         guard first < end else { return }
-        let perRequest = max(1, maxReadahead / 4 / blockSize)
+        let perRequest = max(1, maxReadahead / 2 / blockSize)
         if let disk = store as? DiskBlockStore { checkAhead(disk, from: first, to: end, perJob: perRequest) }
         var runs: [(Int, [Flight])] = []
         let candidates = (first..<end).filter { !store.contains(block: $0) }

@@ -113,7 +113,7 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
           remote.cache=DIR|none   block cache (/var/cache/erofs-mount)
           remote.cache_size=N     its limit (4G); unused objects go first
           remote.block_size=N     cache block, the smallest fetch (64K)
-          remote.readahead=N      largest sequential readahead (8M)
+          remote.readahead=N      largest sequential readahead (16M)
           remote.verify=full      (mount.erofs) fetch and decode everything
                                   before the mount completes
         """
