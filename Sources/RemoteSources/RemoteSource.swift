@@ -199,7 +199,10 @@ public final class RemoteSource: RandomAccessSource {
     private func readAhead(from first: Int, to end: Int) {
         guard first < end else { return }
         let perRequest = max(1, maxReadahead / 2 / blockSize)
-        if let disk = store as? DiskBlockStore { checkAhead(disk, from: first, to: end, perJob: perRequest) }
+        // Checks in jobs of 2 MiB: many at once on the fetch threads, each done soon.
+        if let disk = store as? DiskBlockStore {
+            checkAhead(disk, from: first, to: end, perJob: max(1, (2 << 20) / blockSize))
+        }
         var runs: [(Int, [Flight])] = []
         let candidates = (first..<end).filter { !store.contains(block: $0) }
         flights.withLock { table in
