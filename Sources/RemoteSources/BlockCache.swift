@@ -174,16 +174,21 @@ final class MemoryBlockStore: BlockStore {
 }
 
 /// The on-disk block cache of one object version: `DIR/KEY.data`, a sparse file as large as the
-/// object holding the blocks at their offsets, and `DIR/KEY.map`, a header plus one 8-byte entry
-/// per block (CRC-32C of the block, its length; length 0 = absent). KEY hashes the object's
-/// identity (URL without credentials, ETag or Last-Modified, size).
+/// object holding the blocks at their offsets, and `DIR/KEY.map`, a header plus one 16-byte
+/// entry per block (CRC-32C of the block, its length, length 0 = absent; the boot it was written
+/// or last checked in). KEY hashes the object's identity (URL without credentials, ETag or
+/// Last-Modified, size).
 ///
 /// - Sharing: every user holds a shared flock on the map; eviction takes it exclusively
 ///   (non-blocking) before deleting, so a block in use is never removed. Two processes storing
 ///   the same block write the same bytes (the object is pinned by its identity).
-/// - Crashes: a block's bytes are written before its entry, and the entry carries the bytes'
-///   CRC, which each process checks the first time it uses a block; a block torn by a crash or
-///   a power loss fails the check and is fetched again. Nothing is fsynced.
+/// - Crashes: a block's bytes are written before its entry, so within one boot an entry always
+///   describes bytes that are all there: a process killed mid-write leaves no entry, and the
+///   page cache is one for every process. Only a crash of the machine (a power loss) can leave
+///   an entry whose bytes never reached the disk; that is a new boot. So a block whose entry
+///   names this boot is used as it is, and one from another boot is checked against its CRC
+///   first (and its entry then names this boot); a torn block fails the check and is fetched
+///   again. Nothing is fsynced.
 final class DiskBlockStore: BlockStore, @unchecked Sendable {
     let blockSize: Int
     let objectSize: UInt64
@@ -204,11 +209,31 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
     private let overflow: MemoryBlockStore
 
     static let headerSize = 64
-    static let magic = Array("EROFSRC2".utf8)
+    static let entrySize = 16
+    static let magic = Array("EROFSRC3".utf8)
+
+    /// This boot, as map entries name it: the first 64 bits of the kernel's boot id; 0 when it
+    /// cannot be read, which no entry is trusted for.
+    static let currentBoot: UInt64 = {
+        let descriptor = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { return 0 }
+        defer { close(descriptor) }
+        var text = [UInt8](repeating: 0, count: 64)
+        let count = Glibc.read(descriptor, &text, text.count)
+        guard count > 0 else { return 0 }
+        let digits = String(decoding: text[0..<count], as: UTF8.self).filter(\.isHexDigit)
+        return UInt64(digits.prefix(16), radix: 16) ?? 0
+    }()
+    /// The boot this store's entries are written and trusted for (a test names another one to
+    /// play the next boot).
+    let boot: UInt64
 
     /// Opens (creating when needed) the cache of `identity` under `budget.directory`, or
     /// throws `.cache` when the directory or files cannot be used.
-    init(identity: String, objectSize: UInt64, blockSize: Int, budget: CacheBudget) throws(RemoteError) {
+    init(
+        identity: String, objectSize: UInt64, blockSize: Int, budget: CacheBudget, boot: UInt64 = currentBoot
+    ) throws(RemoteError) {
+        self.boot = boot
         self.blockSize = blockSize
         self.objectSize = objectSize
         self.budget = budget
@@ -225,7 +250,7 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
         withUnsafeBytes(of: UInt32(blockSize).littleEndian) { header.replaceSubrange(8..<12, with: $0) }
         withUnsafeBytes(of: objectSize.littleEndian) { header.replaceSubrange(16..<24, with: $0) }
         header.replaceSubrange(32..<64, with: digest)
-        let mapLength = off_t(Self.headerSize + 8 * blockCount)
+        let mapLength = off_t(Self.headerSize + Self.entrySize * blockCount)
         let mapPath = "\(directory)/\(key).map"
         let dataPath = "\(directory)/\(key).data"
         func failure(_ what: String, _ path: String) -> RemoteError {
@@ -267,13 +292,50 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
             close(map)
             throw failure("cannot open the cache data", dataPath)
         }
-        if fstat(data, &status) == 0 && status.st_size != off_t(objectSize) {
+        let dataSize = fstat(data, &status) == 0 ? UInt64(max(0, status.st_size)) : 0
+        mapDescriptor = map
+        dataDescriptor = data
+        if dataSize != objectSize {
+            // New, or cut: blocks past the cut are holes whatever their entries say.
+            forgetBlocks(past: dataSize)
             ftruncate(data, off_t(objectSize))
         }
         // Recently used objects are evicted last.
         futimens(map, nil)
-        mapDescriptor = map
-        dataDescriptor = data
+        markCurrentBlocksVerified()
+    }
+
+    /// Takes every block whose entry names this boot as checked, reading the map in one pass
+    /// (instead of an entry at a time as reads come).
+    private func markCurrentBlocksVerified() {
+        guard boot != 0 else { return }
+        let perChunk = 4096
+        var raw = [UInt8](repeating: 0, count: perChunk * Self.entrySize)
+        var first = 0
+        while first < blockCount {
+            let count = min(perChunk, blockCount - first)
+            let wanted = count * Self.entrySize
+            let got = raw.withUnsafeMutableBytes {
+                preadFully(
+                    mapDescriptor, UnsafeMutableRawBufferPointer(rebasing: $0[0..<wanted]), at: entryOffset(first))
+            }
+            guard got else { return }
+            verified.withLock { verified in
+                raw.withUnsafeBytes { entries in
+                    for index in 0..<count {
+                        let at = index * Self.entrySize
+                        let length = Int(
+                            UInt32(littleEndian: entries.loadUnaligned(fromByteOffset: at + 4, as: UInt32.self)))
+                        let entryBoot = UInt64(
+                            littleEndian: entries.loadUnaligned(fromByteOffset: at + 8, as: UInt64.self))
+                        if entryBoot == boot && length == self.length(of: first + index) {
+                            _ = verified.insert(first + index)
+                        }
+                    }
+                }
+            }
+            first += count
+        }
     }
 
     deinit {
@@ -285,13 +347,27 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
         Int(min(UInt64(blockSize), objectSize - UInt64(block) * UInt64(blockSize)))
     }
 
-    private func entry(_ block: Int) -> (crc: UInt32, length: Int) {
-        var raw: (UInt32, UInt32) = (0, 0)
+    /// Block `block`'s map entry: CRC-32C, length (0: absent), boot.
+    private func entry(_ block: Int) -> (crc: UInt32, length: Int, boot: UInt64) {
+        var raw: (UInt32, UInt32, UInt64) = (0, 0, 0)
         let got = withUnsafeMutableBytes(of: &raw) {
-            pread(mapDescriptor, $0.baseAddress, 8, off_t(Self.headerSize + 8 * block))
+            pread(mapDescriptor, $0.baseAddress, Self.entrySize, entryOffset(block))
         }
-        guard got == 8 else { return (0, 0) }
-        return (UInt32(littleEndian: raw.0), Int(UInt32(littleEndian: raw.1)))
+        guard got == Self.entrySize else { return (0, 0, 0) }
+        return (UInt32(littleEndian: raw.0), Int(UInt32(littleEndian: raw.1)), UInt64(littleEndian: raw.2))
+    }
+
+    private func entryOffset(_ block: Int) -> off_t { off_t(Self.headerSize + Self.entrySize * block) }
+
+    /// Writes block `block`'s entry, naming this boot: its bytes are all in the data file.
+    private func writeEntry(_ block: Int, crc: UInt32) {
+        var raw = (crc.littleEndian, UInt32(length(of: block)).littleEndian, boot.littleEndian)
+        _ = withUnsafeBytes(of: &raw) { pwrite(mapDescriptor, $0.baseAddress, Self.entrySize, entryOffset(block)) }
+    }
+
+    /// Whether an entry says its block is whole and was written or checked in this boot.
+    private func isCurrent(_ entry: (crc: UInt32, length: Int, boot: UInt64), _ block: Int) -> Bool {
+        entry.length == length(of: block) && boot != 0 && entry.boot == boot
     }
 
     private func isVerified(_ block: Int) -> Bool {
@@ -315,12 +391,17 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
             return false
         }
         let length = length(of: block)
-        guard entry(block).length == length else {
+        let found = entry(block)
+        guard found.length == length else {
             return overflow.read(block: block, offset: offset, into: destination)
         }
-        // First use in this process: check the whole block against its CRC, read straight into
-        // the destination when it takes the whole block (a failed check leaves it to be
-        // overwritten by the fetch that follows).
+        if isCurrent(found, block) {
+            markVerified(block)
+            return read(block: block, offset: offset, into: destination)
+        }
+        // First use of a block from another boot: check the whole block against its CRC, read
+        // straight into the destination when it takes the whole block (a failed check leaves
+        // it to be overwritten by the fetch that follows).
         if offset == 0 && destination.count == length { return check(block, reading: destination) }
         let whole = UnsafeMutableRawBufferPointer.allocate(byteCount: length, alignment: 64)
         defer { whole.deallocate() }
@@ -332,12 +413,13 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
     /// Reads block `block` from the data file into `scratch` (at least its length) and checks
     /// it against its map entry; marks it checked when it passes.
     private func check(_ block: Int, reading scratch: UnsafeMutableRawBufferPointer) -> Bool {
-        let (crc, stored) = entry(block)
+        let found = entry(block)
         let length = length(of: block)
         let bytes = UnsafeMutableRawBufferPointer(rebasing: scratch[0..<length])
-        guard stored == length, preadFully(dataDescriptor, bytes, at: off_t(block) * off_t(blockSize)),
-            Self.checksum(bytes) == crc
+        guard found.length == length, preadFully(dataDescriptor, bytes, at: off_t(block) * off_t(blockSize)),
+            Self.checksum(bytes) == found.crc
         else { return false }
+        if found.boot != boot { writeEntry(block, crc: found.crc) }
         markVerified(block)
         return true
     }
@@ -357,6 +439,10 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
         var scratch: UnsafeMutableRawBufferPointer?
         defer { scratch?.deallocate() }
         for block in blocks where !isVerified(block) {
+            if isCurrent(entry(block), block) {
+                markVerified(block)
+                continue
+            }
             let buffer = scratch ?? .allocate(byteCount: blockSize, alignment: 64)
             scratch = buffer
             guard check(block, reading: buffer) else { return false }
@@ -364,10 +450,19 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
         return true
     }
 
-    /// The blocks of `blocks` on disk but not checked yet and not claimed by an earlier call:
-    /// each is handed to one background check only.
+    /// The blocks of `blocks` on disk from another boot, not checked yet and not claimed by an
+    /// earlier call: each is handed to one background check only. Blocks of this boot are
+    /// marked checked on the way.
     func claimChecks(_ blocks: Range<Int>) -> [Int] {
-        let candidates = blocks.filter { !isVerified($0) && entry($0).length == length(of: $0) }
+        let candidates = blocks.filter { block in
+            guard !isVerified(block) else { return false }
+            let found = entry(block)
+            if isCurrent(found, block) {
+                markVerified(block)
+                return false
+            }
+            return found.length == length(of: block)
+        }
         return claimed.withLock { claimed in candidates.filter { claimed.insert($0) } }
     }
 
@@ -379,8 +474,25 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
         guard fstat(dataDescriptor, &status) != 0 || UInt64(status.st_size) < objectSize else { return false }
         verified.withLock { $0.removeAll() }
         claimed.withLock { $0.removeAll() }
+        forgetBlocks(past: UInt64(max(0, status.st_size)))
         ftruncate(dataDescriptor, off_t(objectSize))
         return true
+    }
+
+    /// Clears the entries of the blocks not wholly within the first `size` bytes of the data
+    /// file (a cut took them): their entries, of this boot or not, describe bytes now gone.
+    private func forgetBlocks(past size: UInt64) {
+        let first = Int(size / UInt64(blockSize))
+        guard first < blockCount else { return }
+        let zeros = [UInt8](repeating: 0, count: 4096 * Self.entrySize)
+        var block = first
+        while block < blockCount {
+            let count = min(4096, blockCount - block)
+            _ = zeros.withUnsafeBytes {
+                pwrite(mapDescriptor, $0.baseAddress, count * Self.entrySize, entryOffset(block))
+            }
+            block += count
+        }
     }
 
     func store(block: Int, buffer: BlockBuffer) {
@@ -405,8 +517,7 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
             }
             written += result
         }
-        var raw = (Self.checksum(bytes).littleEndian, UInt32(bytes.count).littleEndian)
-        _ = withUnsafeBytes(of: &raw) { pwrite(mapDescriptor, $0.baseAddress, 8, off_t(Self.headerSize + 8 * block)) }
+        writeEntry(block, crc: Self.checksum(bytes))
         markVerified(block)
     }
 
