@@ -94,19 +94,20 @@ suffix() { [[ $1 == "$BIN/mount.erofs" ]] || echo -baseline; }
 for round in $(seq "$ROUNDS"); do
     for link in $LINKS; do
         t0=$(now); curl -s -o /dev/null "${URL[$link]}/big512.erofs"; t1=$(now); record "curl@$link" "$(seconds "$t0" "$t1")"
-        # A cache directory per link: the cache is keyed by the URL, and the loopback one,
-        # filled here, is what the read from the block cache below reads.
-        # The baseline (if any) first: ours leaves the cache the second read uses.
-        for ((i = ${#builds[@]} - 1; i >= 0; i--)); do
-            rm -rf "$CACHE-$link"
-            timed_read "big-remote-cold$(suffix "${builds[i]}")@$link" "${builds[i]}" \
-                "${URL[$link]}/big512.erofs" -o "remote.cache=$CACHE-$link$EXTRA"
+        # A cache directory per link and build: the cache is keyed by the URL, the loopback
+        # one, filled here, is what the read from the block cache below reads, and another
+        # build may keep its cache in another format.
+        for build in "${builds[@]}"; do
+            rm -rf "$CACHE-$link$(suffix "$build")"
+            timed_read "big-remote-cold$(suffix "$build")@$link" "$build" \
+                "${URL[$link]}/big512.erofs" -o "remote.cache=$CACHE-$link$(suffix "$build")$EXTRA"
         done
     done
     [[ " $LINKS " == *" loopback "* ]] || continue
     base=${URL[loopback]}
     for build in "${builds[@]}"; do
-        timed_read "big-remote-second$(suffix "$build")" "$build" "$base/big512.erofs" -o "remote.cache=$CACHE-loopback$EXTRA"
+        timed_read "big-remote-second$(suffix "$build")" "$build" "$base/big512.erofs" \
+            -o "remote.cache=$CACHE-loopback$(suffix "$build")$EXTRA"
     done
     mount_fuse "$WORK/remote/big512.erofs"
     t0=$(now); cat "$MNT/file.bin" >/dev/null; t1=$(now); record big-local "$(seconds "$t0" "$t1")"
