@@ -31,23 +31,3 @@ public struct JoinableThread: @unchecked Sendable {
 
     public func join() { pthread_join(thread, nil) }
 }
-
-/// A lock whose waiters sleep at once (a plain pthread mutex). `Synchronization.Mutex` spins
-/// before it sleeps, which is right for short sections; a section that holds the lock across
-/// a syscall that copies megabytes would have its waiters burn the CPU the holder needs.
-public final class SleepingLock: @unchecked Sendable {
-    private let mutex = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-
-    public init() { pthread_mutex_init(mutex, nil) }
-
-    deinit {
-        pthread_mutex_destroy(mutex)
-        mutex.deallocate()
-    }
-
-    public func withLock<T, E: Error>(_ body: () throws(E) -> T) throws(E) -> T {
-        pthread_mutex_lock(mutex)
-        defer { pthread_mutex_unlock(mutex) }
-        return try body()
-    }
-}
