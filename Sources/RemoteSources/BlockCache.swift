@@ -198,7 +198,8 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
     private let mapDescriptor: Int32
     private let budget: CacheBudget
     let key: String
-    /// Blocks whose CRC this process has checked (or written): read without a check.
+    /// Blocks whose CRC this process has checked (or written), or whose entry names this boot:
+    /// read without a check.
     private let verified: Mutex<BlockSet>
     /// Whether fetched blocks go to the data file (not to memory: the cache is not full).
     var storesOnDisk: Bool { !budget.isFull }
@@ -322,15 +323,8 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
             guard got else { return }
             verified.withLock { verified in
                 raw.withUnsafeBytes { entries in
-                    for index in 0..<count {
-                        let at = index * Self.entrySize
-                        let length = Int(
-                            UInt32(littleEndian: entries.loadUnaligned(fromByteOffset: at + 4, as: UInt32.self)))
-                        let entryBoot = UInt64(
-                            littleEndian: entries.loadUnaligned(fromByteOffset: at + 8, as: UInt64.self))
-                        if entryBoot == boot && length == self.length(of: first + index) {
-                            _ = verified.insert(first + index)
-                        }
+                    for index in 0..<count where isCurrent(Self.entry(in: entries, at: index), first + index) {
+                        _ = verified.insert(first + index)
                     }
                 }
             }
@@ -347,14 +341,26 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
         Int(min(UInt64(blockSize), objectSize - UInt64(block) * UInt64(blockSize)))
     }
 
+    typealias Entry = (crc: UInt32, length: Int, boot: UInt64)
+
     /// Block `block`'s map entry: CRC-32C, length (0: absent), boot.
-    private func entry(_ block: Int) -> (crc: UInt32, length: Int, boot: UInt64) {
-        var raw: (UInt32, UInt32, UInt64) = (0, 0, 0)
-        let got = withUnsafeMutableBytes(of: &raw) {
-            pread(mapDescriptor, $0.baseAddress, Self.entrySize, entryOffset(block))
+    private func entry(_ block: Int) -> Entry {
+        withUnsafeTemporaryAllocation(byteCount: Self.entrySize, alignment: 8) { raw in
+            guard pread(mapDescriptor, raw.baseAddress, Self.entrySize, entryOffset(block)) == Self.entrySize else {
+                return (0, 0, 0)
+            }
+            return Self.entry(in: UnsafeRawBufferPointer(raw), at: 0)
         }
-        guard got == Self.entrySize else { return (0, 0, 0) }
-        return (UInt32(littleEndian: raw.0), Int(UInt32(littleEndian: raw.1)), UInt64(littleEndian: raw.2))
+    }
+
+    /// Entry `index` of map bytes `entries` (little-endian: CRC u32, length u32, boot u64).
+    private static func entry(in entries: UnsafeRawBufferPointer, at index: Int) -> Entry {
+        let at = index * entrySize
+        return (
+            UInt32(littleEndian: entries.loadUnaligned(fromByteOffset: at, as: UInt32.self)),
+            Int(UInt32(littleEndian: entries.loadUnaligned(fromByteOffset: at + 4, as: UInt32.self))),
+            UInt64(littleEndian: entries.loadUnaligned(fromByteOffset: at + 8, as: UInt64.self))
+        )
     }
 
     private func entryOffset(_ block: Int) -> off_t { off_t(Self.headerSize + Self.entrySize * block) }
@@ -366,7 +372,7 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
     }
 
     /// Whether an entry says its block is whole and was written or checked in this boot.
-    private func isCurrent(_ entry: (crc: UInt32, length: Int, boot: UInt64), _ block: Int) -> Bool {
+    private func isCurrent(_ entry: Entry, _ block: Int) -> Bool {
         entry.length == length(of: block) && boot != 0 && entry.boot == boot
     }
 
