@@ -274,7 +274,9 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
         let got = pread(map, &existing, Self.headerSize, 0)
         var status = stat()
         fstat(map, &status)
-        if got != Self.headerSize || existing != header || status.st_size != mapLength {
+        // A map made now holds no entry: nothing to forget or to take as checked below.
+        let mapIsNew = got != Self.headerSize || existing != header || status.st_size != mapLength
+        if mapIsNew {
             // New, or made with another block size: reset it, but only if no one else uses it.
             let fresh = got <= 0
             if !fresh && flock(map, LOCK_EX | LOCK_NB) != 0 {
@@ -297,13 +299,13 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
         mapDescriptor = map
         dataDescriptor = data
         if dataSize != objectSize {
-            // New, or cut: blocks past the cut are holes whatever their entries say.
-            forgetBlocks(past: dataSize)
+            // Cut: blocks past the cut are holes whatever their entries say.
+            if !mapIsNew && dataSize < objectSize { forgetBlocks(past: dataSize) }
             ftruncate(data, off_t(objectSize))
         }
         // Recently used objects are evicted last.
         futimens(map, nil)
-        markCurrentBlocksVerified()
+        if !mapIsNew { markCurrentBlocksVerified() }
     }
 
     /// Takes every block whose entry names this boot as checked, reading the map in one pass
