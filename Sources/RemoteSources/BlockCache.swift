@@ -378,6 +378,14 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
         entry.length == length(of: block) && boot != 0 && entry.boot == boot
     }
 
+    /// Marks block `block` checked when `entry` names this boot (another process of this boot
+    /// may have written it since this store opened); whether it did.
+    private func trustIfCurrent(_ entry: Entry, _ block: Int) -> Bool {
+        guard isCurrent(entry, block) else { return false }
+        markVerified(block)
+        return true
+    }
+
     private func isVerified(_ block: Int) -> Bool {
         verified.withLock { $0.contains(block) }
     }
@@ -403,10 +411,7 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
         guard found.length == length else {
             return overflow.read(block: block, offset: offset, into: destination)
         }
-        if isCurrent(found, block) {
-            markVerified(block)
-            return read(block: block, offset: offset, into: destination)
-        }
+        if trustIfCurrent(found, block) { return read(block: block, offset: offset, into: destination) }
         // First use of a block from another boot: check the whole block against its CRC, read
         // straight into the destination when it takes the whole block (a failed check leaves
         // it to be overwritten by the fetch that follows).
@@ -447,10 +452,7 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
         var scratch: UnsafeMutableRawBufferPointer?
         defer { scratch?.deallocate() }
         for block in blocks where !isVerified(block) {
-            if isCurrent(entry(block), block) {
-                markVerified(block)
-                continue
-            }
+            if trustIfCurrent(entry(block), block) { continue }
             let buffer = scratch ?? .allocate(byteCount: blockSize, alignment: 64)
             scratch = buffer
             guard check(block, reading: buffer) else { return false }
@@ -465,11 +467,7 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
         let candidates = blocks.filter { block in
             guard !isVerified(block) else { return false }
             let found = entry(block)
-            if isCurrent(found, block) {
-                markVerified(block)
-                return false
-            }
-            return found.length == length(of: block)
+            return !trustIfCurrent(found, block) && found.length == length(of: block)
         }
         return claimed.withLock { claimed in candidates.filter { claimed.insert($0) } }
     }
