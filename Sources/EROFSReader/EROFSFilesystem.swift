@@ -188,6 +188,35 @@ public final class EROFSFilesystem: Sendable {
     }
 }
 
+extension EROFSFilesystem {
+    /// Asks the source to start reading the blocks that hold the inodes of `entries` and that
+    /// are not cached yet, all at once: a listing that reports each entry's attributes
+    /// (READDIRPLUS) then waits for the disk about once, not once per entry. The
+    /// subdirectories of a tree's root lie all over the image: read one by one, cold, they
+    /// cost a walk 60 ms.
+    public func readAheadInodes(of entries: ArraySlice<DirectoryEntry>) {
+        let base = UInt64(superblock.metaBlockAddress) * UInt64(blockSize)
+        let size = UInt64(blockSize)
+        var blocks: [UInt64] = []
+        blocks.reserveCapacity(entries.count)
+        for entry in entries where entry.nid & Inode.metaboxBit == 0 && entry.nid < 1 << 48 {
+            let location = base + entry.nid * UInt64(DiskInode.slotSize)
+            blocks.append(location / size)
+            // An extended inode may end in the next block.
+            let end = (location + UInt64(DiskInode.extendedSize) - 1) / size
+            if end != blocks.last! { blocks.append(end) }
+        }
+        blocks.sort()
+        var last = UInt64.max
+        for block in blocks where block != last {
+            last = block
+            if block * size < source.size && !metadataBlocks.contains(block) {
+                source.readAhead(at: block * size, count: blockSize)
+            }
+        }
+    }
+}
+
 /// Runs `body`, adding the path and nid to an error that does not name them yet.
 public func withContext<T>(
     path: @autoclosure () -> String? = nil, nid: UInt64? = nil, _ body: () throws(EROFSError) -> T

@@ -24,6 +24,10 @@ public protocol RandomAccessSource: Sendable {
     /// nil when they are not all in one such file (then `read` them). The descriptor stays
     /// owned by the source.
     func fileRange(at offset: UInt64, count: Int) -> FileRange?
+    /// Starts bringing in `count` bytes at `offset` that will be read soon, without waiting for
+    /// them (a hint: several of these let the disk fetch scattered bytes in parallel, where
+    /// reading them one by one waits for each in turn).
+    func readAhead(at offset: UInt64, count: Int)
 }
 
 /// A stretch of a source's bytes found in a file: `descriptor` at `offset`.
@@ -43,6 +47,9 @@ extension RandomAccessSource {
         guard let descriptor = localFileDescriptor, offset <= size, UInt64(count) <= size - offset else { return nil }
         return FileRange(descriptor: descriptor, offset: offset)
     }
+
+    /// No hint is taken by default.
+    public func readAhead(at offset: UInt64, count: Int) {}
 
     /// Reads up to `count` bytes at `offset` into a new array (shorter only at the end).
     public func read(count: Int, at offset: UInt64) throws(SystemError) -> [UInt8] {
@@ -119,6 +126,12 @@ public final class FileSource: RandomAccessSource {
             filled += got
         }
         return filled
+    }
+
+    public func readAhead(at offset: UInt64, count: Int) {
+        guard offset < size, count > 0 else { return }
+        _ = posix_fadvise(
+            descriptor.rawValue, off_t(offset), off_t(min(UInt64(count), size - offset)), POSIX_FADV_WILLNEED)
     }
 
     /// A spliced range is read by the kernel from the page cache: a miss at its start is
