@@ -60,15 +60,21 @@ public enum FUSEExercise {
             guard let operations else { continue }
             try checkResponse(operations.respond(to: request), to: request)
             counts.answered += 1
-            // What the pushing thread would send after this read (SiblingPrefetch).
-            for place in [operations.prefetchPlace(for: request), operations.listingPrefetchPlace(for: request)] {
+            // What the pushing thread would send after this request (SiblingPrefetch), and the
+            // listing it would make next.
+            let pastListing = operations.askedPastListing(request).flatMap { operations.claimListingAhead($0) }
+            for (place, wholeListing) in [
+                (operations.prefetchPlace(for: request), false), (operations.listedToEnd(request), true),
+                (pastListing, true),
+            ] {
                 guard let place else { continue }
                 var messages: [FUSEResponse] = []
-                operations.prefetchNotifications(from: place) { messages.append($0) }
+                operations.prefetchNotifications(from: place, wholeListing: wholeListing) { messages.append($0) }
                 for message in messages {
                     try checkNotifyStore(message)
                     counts.pushed += 1
                 }
+                operations.prepareListing(after: place.directory)
             }
         }
         return counts

@@ -190,7 +190,11 @@ public struct FUSEOperations: Sendable {
             let plus = if case .readdirplus = request.operation { true } else { false }
             let directory = try inode(request)
             guard directory.kind == .directory else { throw Failure(ENOTDIR) }
-            let list = try readDirectory(directory, from: read.offset, size: Int(min(read.size, 1 << 20)), plus: plus)
+            let size = Int(min(read.size, 1 << 20))
+            if plus && read.offset == 0, let payload = prefetch?.takePrepared(directory.nid, size: size) {
+                return .message(FUSEReply.success(unique: unique, payload: payload))
+            }
+            let list = try readDirectory(directory, from: read.offset, size: size, plus: plus)
             return .message(FUSEReply.success(unique: unique, payload: list.bytes))
         case .getxattr(let name, let size):
             let attributes = try filesystem.xattrs(try inode(request))
@@ -298,9 +302,19 @@ public struct FUSEOperations: Sendable {
     func readDirectory(_ directory: Inode, from offset: UInt64, size: Int, plus: Bool) throws -> FUSEDirentList {
         var list = FUSEDirentList(capacity: size, plus: plus)
         var cookie = DirectoryCookie(offset: offset, blockSize: blockSize)
+        // The subdirectories listed, in order: where a walk goes next (SiblingPrefetch).
+        var subdirectories: [UInt64] = []
+        defer {
+            if plus, let prefetch {
+                prefetch.noteListedDirectories(subdirectories, size: size, firstListing: offset == 0)
+            }
+        }
         let blocks = try filesystem.directoryBlockCount(directory)
         while cookie.block < blocks {
             let entries = try filesystem.directoryBlock(directory, index: cookie.block)
+            if plus && cookie.entry < entries.count {
+                filesystem.readAheadInodes(of: entries[cookie.entry...])
+            }
             for index in cookie.entry..<max(cookie.entry, entries.count) {
                 let item = entries[index]
                 let next =
@@ -314,6 +328,7 @@ public struct FUSEOperations: Sendable {
                 if let prefetch, let entry, entry.attr.mode & UInt32(S_IFMT) == UInt32(S_IFREG) {
                     prefetch.noteListed(item.nid, in: directory.nid, next: next.offset(blockSize: blockSize))
                 }
+                if plus && !isDot && item.fileType == 2 { subdirectories.append(item.nid) }
                 let appended = list.append(
                     name: item.name, ino: item.nid, type: FUSEOperations.direntType(item.fileType),
                     nextOffset: next.offset(blockSize: blockSize), entry: entry)
@@ -326,6 +341,17 @@ public struct FUSEOperations: Sendable {
         }
         if plus { prefetch?.noteListedToEnd(directory.nid) }
         return list
+    }
+
+    /// Makes the first READDIRPLUS reply of the directory a walk lists after `directory`, so
+    /// that the reader, done with `directory`, finds its next listing made (SiblingPrefetch).
+    /// Run by the pushing thread after a push, while the reader reads the files pushed.
+    public func prepareListing(after directory: UInt64) {
+        guard let prefetch, let (next, size) = prefetch.listingToPrepare(after: directory),
+            let inode = try? filesystem.inode(nid: next), inode.kind == .directory,
+            let list = try? readDirectory(inode, from: 0, size: size, plus: true)
+        else { return }
+        prefetch.storePrepared(.init(directory: next, size: size, payload: list.bytes))
     }
 
     /// EROFS_FT_* to DT_*.

@@ -93,16 +93,7 @@ public final class FUSEServer: Sendable {
         var pusher: JoinableThread?
         if let pushes {
             pusher = try JoinableThread { [self] in
-                // `fuse.prefetch_ahead=on` pushes ahead whatever the load: only `auto` backs off.
-                let adaptive = operations.prefetch?.ahead == .auto
-                pushes.serve { place, start in
-                    guard start != .late || !adaptive else { return operations.prefetch?.abandon(place) ?? () }
-                    let begun = monotonicNanoseconds()
-                    operations.prefetchNotifications(from: place) { send($0, on: channels[0]) }
-                    if adaptive && start == .ahead && monotonicNanoseconds() - begun > PushQueue.aheadRunNanoseconds {
-                        operations.prefetch?.spendCredit()
-                    }
-                }
+                pushes.serve { place, start, gate in push(place, start: start, gate: gate, on: channels[0]) }
             }
         }
         defer {
@@ -114,6 +105,46 @@ public final class FUSEServer: Sendable {
         }?()
         run(channel: channels[0], index: 0, journal: journal, replaying: replaying)
         for thread in threads { thread.join() }
+    }
+
+    /// One push, on the pushing thread. A push queued at a listing (`gate`) holds what it reads
+    /// until the reader has taken in the listing, then sends as it reads.
+    private func push(_ place: SiblingPrefetch.Place, start: PushQueue.Start, gate: PushQueue.Gate?, on channel: Int32)
+    {
+        // `fuse.prefetch_ahead=on` pushes ahead whatever the load: only `auto` backs off.
+        let adaptive = operations.prefetch?.ahead == .auto
+        guard start != .late || !adaptive else { return operations.prefetch?.abandon(place) ?? () }
+        var begun = monotonicNanoseconds()
+        var held: [FUSEResponse] = []
+        var open = gate == nil
+        func sendHeld() {
+            begun = monotonicNanoseconds()
+            for notification in held {
+                send(notification, on: channel)
+                gate?.sent()
+            }
+            held = []
+        }
+        operations.prefetchNotifications(from: place, wholeListing: start != .waitedFor) { notification in
+            if !open {
+                guard gate!.isOpen else { return held.append(notification) }
+                open = true
+                sendHeld()
+            }
+            send(notification, on: channel)
+            gate?.sent()
+        }
+        if !open {
+            // All read before the reader got past the listing: wait for it (its reads of these
+            // files would wait for their own READs), or drop the push if it does not come.
+            guard gate!.waitOpen() else { return }
+            sendHeld()
+        }
+        if adaptive && start == .ahead && monotonicNanoseconds() - begun > PushQueue.aheadRunNanoseconds {
+            operations.prefetch?.spendCredit()
+        }
+        // The reader now reads the files pushed: make the listing it asks for next.
+        operations.prepareListing(after: place.directory)
     }
 
     /// Sets the readiness callback (see `init`): called once INIT is answered (or, in a worker
@@ -265,14 +296,28 @@ public final class FUSEServer: Sendable {
                 pipe = SplicePipe()  // an empty one
             }
         }
+        // A reader asking past a listing has made the inodes of its files: a push read at the
+        // listing goes out now, while this worker answers (SiblingPrefetch).
+        var pastListing: UInt64?
+        if let pushes, let directory = operations.askedPastListing(request), !pushes.inodesMade(directory) {
+            pastListing = directory
+        }
         let response = operations.respond(to: request)
         // The files after one read from its start go to the page cache before its answer
         // (SiblingPrefetch, PushQueue).
         if let pushes, let place = operations.prefetchPlace(for: request) { pushes.pushAndWait(place) }
         send(response, on: channel)
-        // A directory listed to its end, in a walk that reads what it lists: its small files go
-        // to the page cache while the reader takes in the listing (SiblingPrefetch).
-        if let pushes, let place = operations.listingPrefetchPlace(for: request) { pushes.push(place) }
+        if let pushes {
+            // A directory listed to its end, in a walk that reads what it lists: its small files
+            // are read while the reader takes in the listing, and go to the page cache once it
+            // asks past it, while it opens them. A listing past which the reader asked with no
+            // push read at it starts one now.
+            if let place = operations.listedToEnd(request) {
+                pushes.push(place, awaitingInodes: true)
+            } else if let pastListing, let place = operations.claimListingAhead(pastListing) {
+                pushes.push(place)
+            }
+        }
         if case .initialize(let offer) = request.operation {
             readiness.withLock {
                 $0.kernelFlags = offer.flags

@@ -30,6 +30,9 @@ public final class SiblingPrefetch: Sendable {
     /// Files larger than this are left to the kernel's readahead of their own.
     public static let largestFile: UInt64 = 64 * 1024
     static let maximumFiles = 128
+    /// Bytes a push ahead of reads (a whole listing) takes at most: a directory of small files
+    /// often holds more than `budget`, and a reader past a push's end asks for each file.
+    static let listingBudget = 2 << 20
     /// Files whose place is remembered, at most (~40 bytes each).
     static let capacity = 1 << 16
 
@@ -56,6 +59,9 @@ public final class SiblingPrefetch: Sendable {
         /// Directories READDIRPLUS listed to their end (their files have inodes in the kernel
         /// to push to once the reply is read).
         var listed: Set<UInt64> = []
+        /// Directories whose last listing was just answered, for the worker that answered it
+        /// (`takeJustListed`).
+        var justListed: Set<UInt64> = []
         /// Files read from their start by a worker: a push running meanwhile skips them.
         var read: Set<UInt64> = []
         /// Listings that may still be pushed before any of their files is read.
@@ -63,7 +69,23 @@ public final class SiblingPrefetch: Sendable {
         /// Directories pushed ahead of their reads, by how many of their files a worker was
         /// asked for meanwhile.
         var overtakes: [UInt64: Int] = [:]
+        /// Per directory READDIRPLUS showed, the directory after it in the same listing: where a
+        /// walk goes once it is done with it (`listingToPrepare`).
+        var nextDirectory: [UInt64: UInt64] = [:]
+        /// The size of the kernel's first READDIRPLUS of a directory (fixed per connection).
+        var listingSize = 0
+        /// First listings made ahead of their READDIRPLUS (`prepared`), oldest first.
+        var prepared: [PreparedListing] = []
     }
+
+    /// A directory's first READDIRPLUS reply, made before the kernel asked for it.
+    struct PreparedListing {
+        var directory: UInt64
+        var size: Int
+        var payload: [UInt8]
+    }
+    /// Prepared listings kept at most: a walk takes the one it is about to ask for.
+    static let preparedKept = 2
     private let state = Mutex(State())
 
     /// Whether listings are pushed ahead of their reads (`fuse.prefetch_ahead`).
@@ -97,7 +119,58 @@ public final class SiblingPrefetch: Sendable {
         state.withLock { state in
             if state.listed.count >= SiblingPrefetch.capacity { state.forgetPlaces() }
             state.listed.insert(directory)
+            if state.justListed.count >= SiblingPrefetch.capacity { state.justListed = [] }
+            state.justListed.insert(directory)
         }
+    }
+
+    /// READDIRPLUS listed these directories of `parent` in this order (at `offset` 0, asked for
+    /// `size` bytes).
+    func noteListedDirectories(_ directories: [UInt64], size: Int, firstListing: Bool) {
+        guard budget > 0 else { return }
+        state.withLock { state in
+            if firstListing { state.listingSize = size }
+            if state.nextDirectory.count >= SiblingPrefetch.capacity { state.nextDirectory = [:] }
+            for (directory, next) in zip(directories, directories.dropFirst()) { state.nextDirectory[directory] = next }
+        }
+    }
+
+    /// The directory a walk lists after `directory` (the next in their parent's listing), with
+    /// the size of READDIRPLUS to make, if it was not listed or prepared yet; claimed.
+    func listingToPrepare(after directory: UInt64) -> (directory: UInt64, size: Int)? {
+        guard budget > 0 else { return nil }
+        return state.withLock { state in
+            guard state.listingSize > 0, let next = state.nextDirectory.removeValue(forKey: directory),
+                !state.listed.contains(next), !state.prepared.contains(where: { $0.directory == next })
+            else { return nil }
+            return (next, state.listingSize)
+        }
+    }
+
+    func storePrepared(_ listing: PreparedListing) {
+        state.withLock { state in
+            state.prepared.append(listing)
+            if state.prepared.count > SiblingPrefetch.preparedKept { state.prepared.removeFirst() }
+        }
+    }
+
+    /// The reply made ahead for a READDIRPLUS of `directory` at offset 0 asking `size` bytes.
+    func takePrepared(_ directory: UInt64, size: Int) -> [UInt8]? {
+        guard budget > 0 else { return nil }
+        return state.withLock { state in
+            guard let index = state.prepared.firstIndex(where: { $0.directory == directory }) else { return nil }
+            let listing = state.prepared.remove(at: index)
+            return listing.size == size ? listing.payload : nil
+        }
+    }
+
+    /// The directories whose first listing is made, oldest first (tests).
+    var preparedDirectories: [UInt64] { state.withLock { $0.prepared.map(\.directory) } }
+
+    /// Whether the listing just answered for `directory` reached its end (once per listing).
+    func takeJustListed(_ directory: UInt64) -> Bool {
+        guard budget > 0 else { return false }
+        return state.withLock { $0.justListed.remove(directory) != nil }
     }
 
     /// Where to push from after a read from the start of `nid` (its directory and the cookie
@@ -177,133 +250,7 @@ extension SiblingPrefetch.State {
         places = [:]
         pushedThrough = [:]
         listed = []
-    }
-}
-
-/// Hands a push from the worker that answers a read to the one thread that pushes. A worker
-/// never pushes itself: a push (NOTIFY_STORE) waits for the page locks of reads in flight,
-/// which only a worker's answer releases; with every worker pushing, none is left to answer (a
-/// cold walk hung so, both threads in NOTIFY_STORE). The worker does wait, briefly, for the
-/// push before it answers: while the reader waits for that answer it locks no page of the next
-/// files, so the push is not raced by the reads it is meant to spare; past the wait the worker
-/// answers anyway and the push goes on behind it.
-final class PushQueue: @unchecked Sendable {
-    private struct Job {
-        var place: SiblingPrefetch.Place
-        var ticket: UInt64
-        /// When a push ahead of reads was queued (CLOCK_MONOTONIC, ns); nil: a worker waits.
-        var queuedAhead: Int?
-    }
-    // pthread primitives (not Mutex): the worker's wait has a deadline.
-    private let lock = UnsafeMutablePointer<pthread_mutex_t>.allocate(capacity: 1)
-    private let changed = UnsafeMutablePointer<pthread_cond_t>.allocate(capacity: 1)
-    private var jobs: [Job] = []
-    private var issued: UInt64 = 0
-    private var completed: UInt64 = 0
-    private var stopped = false
-    /// Jobs not yet taken, at most: beyond, a push is dropped (the reader is ahead anyway).
-    static let limit = 64
-    /// How long a worker holds its answer for the push: long enough for a directory's small
-    /// files, short enough that a push stuck behind other reads costs little.
-    static let waitNanoseconds = 5_000_000
-    /// A push ahead of reads that the pushing thread starts later than this after it was queued
-    /// is late: the reader is at those files already, on a machine whose CPUs are taken.
-    static let aheadStartNanoseconds = 1_000_000
-    /// A push ahead of reads that takes longer than this (a directory's 512 KiB take ~0.3 ms
-    /// on an idle machine) was preempted: its thread holds page locks the reader then waits for.
-    static let aheadRunNanoseconds = 2_000_000
-
-    /// How a push came to its thread.
-    enum Start {
-        /// A worker waits for it (or waited, up to the bound).
-        case waitedFor
-        /// Ahead of reads, in time.
-        case ahead
-        /// Ahead of reads, taken past `aheadStartNanoseconds`.
-        case late
-    }
-
-    init() {
-        pthread_mutex_init(lock, nil)
-        var attributes = pthread_condattr_t()
-        pthread_condattr_init(&attributes)
-        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
-        pthread_cond_init(changed, &attributes)
-        pthread_condattr_destroy(&attributes)
-    }
-
-    deinit {
-        pthread_cond_destroy(changed)
-        pthread_mutex_destroy(lock)
-        lock.deallocate()
-        changed.deallocate()
-    }
-
-    private func locked<T>(_ body: () -> T) -> T {
-        pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        return body()
-    }
-
-    /// Queues a push and waits (up to `waitNanoseconds`) for it to be done. Never blocks longer.
-    func pushAndWait(_ place: SiblingPrefetch.Place) {
-        var deadline = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &deadline)
-        let nanoseconds = Int(deadline.tv_nsec) + PushQueue.waitNanoseconds
-        deadline.tv_sec += nanoseconds / 1_000_000_000
-        deadline.tv_nsec = nanoseconds % 1_000_000_000
-        pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        guard !stopped, jobs.count < PushQueue.limit else { return }
-        issued += 1
-        let ticket = issued
-        jobs.append(Job(place: place, ticket: ticket))
-        pthread_cond_broadcast(changed)
-        while completed < ticket && !stopped {
-            if pthread_cond_timedwait(changed, lock, &deadline) == ETIMEDOUT { return }
-        }
-    }
-
-    /// Queues a push and returns at once (a push ahead of reads: nobody waits for it).
-    func push(_ place: SiblingPrefetch.Place) {
-        locked {
-            guard !stopped, jobs.count < PushQueue.limit else { return }
-            issued += 1
-            jobs.append(Job(place: place, ticket: issued, queuedAhead: monotonicNanoseconds()))
-            pthread_cond_broadcast(changed)
-        }
-    }
-
-    func stop() {
-        locked {
-            stopped = true
-            pthread_cond_broadcast(changed)
-        }
-    }
-
-    /// The pushing thread: runs `push` for each job until stopped.
-    func serve(_ push: (_ place: SiblingPrefetch.Place, _ start: Start) -> Void) {
-        while true {
-            pthread_mutex_lock(lock)
-            while jobs.isEmpty && !stopped { pthread_cond_wait(changed, lock) }
-            if stopped {
-                pthread_mutex_unlock(lock)
-                return
-            }
-            let job = jobs.removeFirst()
-            pthread_mutex_unlock(lock)
-            let start: Start =
-                switch job.queuedAhead {
-                case nil: .waitedFor
-                case let queued? where monotonicNanoseconds() - queued > PushQueue.aheadStartNanoseconds: .late
-                case _?: .ahead
-                }
-            push(job.place, start)
-            locked {
-                completed = job.ticket
-                pthread_cond_broadcast(changed)
-            }
-        }
+        prepared = []
     }
 }
 
@@ -317,13 +264,10 @@ extension FUSEOperations {
         return prefetch.claim(after: nid)
     }
 
-    /// Where pushing starts once a directory READDIRPLUS listed to its end is asked for the
-    /// entries after its last one (a READDIR or READDIRPLUS past its end: the reader has taken
-    /// in the listing, so the kernel has made the inodes of its files), if reads of listed
-    /// files have earned it (SiblingPrefetch.claimListing). Not on the last listing's reply
-    /// itself: a push sent then reaches the kernel before the reader has made the inodes, and
-    /// is refused (tried: most pushes lost, a READ for each file).
-    public func listingPrefetchPlace(for request: FUSERequest) -> SiblingPrefetch.Place? {
+    /// The directory READDIRPLUS listed to its end whose entries after the last `request`
+    /// asks for (a READDIR or READDIRPLUS past its end): the reader has taken in the listing,
+    /// so the kernel has made the inodes of its files, and a push of them may go out.
+    public func askedPastListing(_ request: FUSERequest) -> UInt64? {
         guard let prefetch else { return nil }
         let offset: UInt64
         switch request.operation {
@@ -335,20 +279,43 @@ extension FUSEOperations {
             let blocks = try? filesystem.directoryBlockCount(directory),
             DirectoryCookie(offset: offset, blockSize: blockSize).block >= blocks
         else { return nil }
+        _ = prefetch.takeJustListed(nid)  // an empty READDIRPLUS past the end notes it too
+        return nid
+    }
+
+    /// Where to push from, ahead of reads, once the READDIRPLUS `request` was answered with
+    /// the end of its directory's listing: its files are read and decoded at once, while the
+    /// reader takes in the listing, and sent once it asks past it (`askedPastListing`; a push
+    /// sent before reaches the kernel before the reader has made the inodes, and is refused:
+    /// tried, most pushes lost, a READ for each file). nil if reads have not earned it.
+    public func listedToEnd(_ request: FUSERequest) -> SiblingPrefetch.Place? {
+        guard let prefetch, case .readdirplus = request.operation, let nid = nodes.nid(of: request.header.nodeID),
+            prefetch.takeJustListed(nid)
+        else { return nil }
+        return claimListingAhead(nid)
+    }
+
+    /// Where to push `directory` from, ahead of reads, if reads have earned it and the mode
+    /// (`fuse.prefetch_ahead`) allows it now.
+    public func claimListingAhead(_ directory: UInt64) -> SiblingPrefetch.Place? {
+        guard let prefetch else { return nil }
         switch prefetch.ahead {
         case .off: return nil
         // Credit first: a walk that only lists never reads /proc/loadavg.
         case .auto: guard prefetch.hasCredit, IdleCPU.isAvailable() else { return nil }
         case .on: break
         }
-        return prefetch.claimListing(nid)
+        return prefetch.claimListing(directory)
     }
 
     /// The FUSE_NOTIFY_STORE messages with the small files of a directory from `place` on,
     /// within the budget, each handed to `body` as soon as it is read (a reader may be right
     /// behind); records how far it got.
-    public func prefetchNotifications(from place: SiblingPrefetch.Place, _ body: (FUSEResponse) -> Void) {
+    public func prefetchNotifications(
+        from place: SiblingPrefetch.Place, wholeListing: Bool = false, _ body: (FUSEResponse) -> Void
+    ) {
         guard let prefetch else { return }
+        let budget = wholeListing ? max(prefetch.budget, SiblingPrefetch.listingBudget) : prefetch.budget
         var cookie = DirectoryCookie(offset: place.next, blockSize: blockSize)
         var blocks: UInt64 = 0
         defer {
@@ -370,7 +337,7 @@ extension FUSEOperations {
                     let file = try? filesystem.inode(nid: entry.nid), file.kind == .file,
                     file.size > 0, file.size <= SiblingPrefetch.largestFile
                 else { continue }
-                guard bytes + Int(file.size) <= prefetch.budget, files < SiblingPrefetch.maximumFiles else {
+                guard bytes + Int(file.size) <= budget, files < SiblingPrefetch.maximumFiles else {
                     cookie.entry = index
                     break scan
                 }
@@ -391,8 +358,9 @@ extension FUSEOperations {
 }
 
 /// Whether a CPU is free for a push ahead of reads: the tasks running or runnable right now
-/// (/proc/loadavg's fourth field, "RUNNING/TOTAL", which counts the worker asking) leave one
-/// of this process's CPUs idle. A push ahead only pays on a CPU nobody else wants: on a busy
+/// (/proc/loadavg's fourth field, "RUNNING/TOTAL") are no more than the CPUs. Two of them are
+/// ours: the worker asking, which is about to wait for the next request, and the reader it
+/// has just answered; with nothing else runnable, the worker's CPU is the pusher's. A push ahead only pays on a CPU nobody else wants: on a busy
 /// machine it takes CPU time from the reader it should run beside (a cold walk+read at load 6
 /// here: 351 ms on main, 515 ms pushing ahead regardless), and the reader is better served by
 /// the push it waits for, which runs while it sleeps.
@@ -407,7 +375,7 @@ enum IdleCPU {
         defer { close(fd) }
         let count = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
         guard count > 0, let running = runnable(in: buffer[..<count]) else { return false }
-        return running < cpus
+        return running <= cpus
     }
 
     /// RUNNING of "L1 L5 L15 RUNNING/TOTAL LAST" (nil if it is not there).

@@ -3,7 +3,7 @@ import Glibc
 #endif
 import EROFSReader
 import FUSEProtocol
-import FUSEServer
+@testable import FUSEServer
 import Logging
 import Synchronization
 import Testing
@@ -22,9 +22,11 @@ import TestSupport
     }
 
     /// Sends one request; returns the reply's error (0 or a negative errno) and payload.
-    func ask(_ opcode: FUSEOpcode, node: UInt64 = 1, body: [UInt8] = []) throws -> (error: Int32, payload: [UInt8]) {
+    func ask(
+        _ opcode: FUSEOpcode, node: UInt64 = 1, body: [UInt8] = [], of operations: FUSEOperations? = nil
+    ) throws -> (error: Int32, payload: [UInt8]) {
         let header = FUSEInHeader(length: UInt32(40 + body.count), opcode: opcode, unique: 5, nodeID: node)
-        let response = operations.respond(to: try FUSERequest(decoding: header.encoded() + body))
+        let response = (operations ?? self.operations).respond(to: try FUSERequest(decoding: header.encoded() + body))
         let bytes: [UInt8]
         switch response {
         case .none: return (1, [])  // no reply at all
@@ -141,6 +143,34 @@ import TestSupport
         #expect(Set(whole.map(\.next)).count == whole.count)  // every cookie distinct
         // A cookie past the end, and one inside a block past its last entry, end the listing.
         #expect(try readdir(wide.nodeID, offset: 1 << 40, size: 4096).isEmpty)
+    }
+
+    /// A listing made ahead of its READDIRPLUS (SiblingPrefetch: the directory after the one a
+    /// walk is done with) is the very reply the directory gives when asked with nothing made.
+    @Test func aListingMadeAheadIsTheReplyMadeOnDemand() throws {
+        let image = try #require(FUSEOperationsTests.plain)
+        let filesystem = try EROFSFilesystem(path: image.path)
+        let walking = FUSEOperations(filesystem: filesystem, logger: Logger(label: "test"), prefetchAhead: .on)
+        let size: UInt32 = 4096
+        func readdirplus(_ node: UInt64, of operations: FUSEOperations) throws -> [UInt8] {
+            let body =
+                le(UInt64(0)) + le(UInt64(0)) + le(size) + le(UInt32(0)) + le(UInt64(0)) + le(UInt32(0)) + le(UInt32(0))
+            let reply = try ask(.readdirplus, node: node, body: body, of: operations)
+            #expect(reply.error == 0)
+            return reply.payload
+        }
+        // The root's listing gives the order of its subdirectories.
+        _ = try readdirplus(1, of: walking)
+        let subdirectories = try filesystem.readDirectory(try filesystem.inode(nid: filesystem.rootNid))
+            .filter { $0.fileType == 2 && $0.name != [0x2e] && $0.name != [0x2e, 0x2e] }.map(\.nid)
+        try #require(subdirectories.count >= 3)
+        for (done, next) in zip(subdirectories, subdirectories.dropFirst()) {
+            walking.prepareListing(after: done)
+            #expect(walking.prefetch?.preparedDirectories == [next])
+            let made = try readdirplus(walking.nodes.nodeID(of: next), of: walking)
+            #expect(walking.prefetch?.preparedDirectories == [], "the listing made ahead was not given")
+            #expect(made == (try readdirplus(operations.nodes.nodeID(of: next), of: operations)))
+        }
     }
 
     @Test func xattrSizeProbeAndRange() throws {

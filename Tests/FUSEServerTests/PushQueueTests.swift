@@ -25,7 +25,9 @@ import Testing
     @Test func everyPushIsMadeInOrder() throws {
         let queue = PushQueue()
         let pushed = Mutex<[UInt64]>([])
-        let pusher = try JoinableThread { queue.serve { place, _ in pushed.withLock { $0.append(place.directory) } } }
+        let pusher = try JoinableThread {
+            queue.serve { place, _, _ in pushed.withLock { $0.append(place.directory) } }
+        }
         for directory in UInt64(1)...20 {
             queue.pushAndWait(.init(directory: directory, next: 0))
         }
@@ -38,7 +40,7 @@ import Testing
         let queue = PushQueue()
         let release = Mutex(false)
         let pusher = try JoinableThread {
-            queue.serve { _, _ in
+            queue.serve { _, _, _ in
                 // A push stuck on a page lock: until the test lets it go.
                 while !release.withLock({ $0 }) { usleep(1000) }
             }
@@ -66,7 +68,7 @@ import Testing
         let seen = Mutex<[(UInt64, Bool)]>([])  // directory, late
         let busy = Mutex(true)
         let pusher = try JoinableThread {
-            queue.serve { place, start in
+            queue.serve { place, start, _ in
                 seen.withLock { $0.append((place.directory, start == .late)) }
                 // The first push holds the thread past the bound, so the one queued behind it
                 // is taken late.
@@ -86,5 +88,47 @@ import Testing
         #expect(pushes.map(\.0) == [1, 2, 3, 4])
         // The first one's start depends on the scheduler (a thread just made, a loaded machine).
         #expect(Array(pushes.map(\.1).dropFirst()) == [true, true, false])
+    }
+
+    /// A push queued at its directory's listing reads at once but sends only once the reader has
+    /// asked past the listing (the kernel has made the inodes); the worker that says so returns
+    /// once the first files are out, or at the bound; a reader that never asks drops the push.
+    @Test func aPushAtAListingSendsOnlyOnceTheReaderIsPastIt() throws {
+        let queue = PushQueue()
+        let seen = Mutex<[String]>([])
+        let pusher = try JoinableThread {
+            queue.serve { place, _, gate in
+                guard let gate else { return seen.withLock { $0.append("ungated \(place.directory)") } }
+                seen.withLock { $0.append("open \(gate.isOpen)") }
+                guard gate.waitOpen() else { return seen.withLock { $0.append("dropped \(place.directory)") } }
+                seen.withLock { $0.append("sending \(place.directory)") }
+                // The first files go out after 0.2 ms; the rest of the push takes 20 ms.
+                usleep(200)
+                for _ in 0..<PushQueue.headStartFiles { gate.sent() }
+                usleep(20_000)
+            }
+        }
+        // No push awaits directory 7: the caller may start one itself.
+        #expect(!queue.inodesMade(7))
+        queue.push(.init(directory: 7, next: 0), awaitingInodes: true)
+        while seen.withLock({ $0.isEmpty }) { usleep(100) }
+        #expect(seen.withLock { $0 } == ["open false"])
+        let start = PushQueueTests.now()
+        #expect(queue.inodesMade(7))
+        let waited = PushQueueTests.milliseconds(since: start)
+        // It waited for the first files, not for the whole push.
+        #expect(waited >= 0.15 && waited < 10, "waited \(waited) ms")
+        #expect(seen.withLock { $0 } == ["open false", "sending 7"])
+        // A listing whose reader never asks past it: the push is dropped at the bound.
+        queue.push(.init(directory: 8, next: 0), awaitingInodes: true)
+        queue.push(.init(directory: 9, next: 0))
+        let bound = PushQueueTests.now()
+        while !seen.withLock({ $0.contains("ungated 9") }) { usleep(100) }
+        #expect(PushQueueTests.milliseconds(since: bound) >= Double(PushQueue.waitNanoseconds) / 1e6 * 0.9)
+        #expect(seen.withLock { $0.suffix(3) } == ["open false", "dropped 8", "ungated 9"])
+        // Once its push ended, a directory awaits nothing.
+        #expect(!queue.inodesMade(8))
+        queue.stop()
+        pusher.join()
     }
 }

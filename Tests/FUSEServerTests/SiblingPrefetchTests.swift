@@ -102,4 +102,44 @@ import Testing
         #expect(IdleCPU.runnable(in: ArraySlice(Array("0.18 1.14\n".utf8))) == nil)
         #expect(IdleCPU.runnable(in: ArraySlice(Array("a b c d e".utf8))) == nil)
     }
+
+    /// The listing a walk asks for next (the directory after the one it is done with, in their
+    /// parent's listing) is made once, at the size the kernel asks for, and given once.
+    @Test func theNextListingIsMadeOnceAndGivenOnce() {
+        let prefetch = SiblingPrefetch(budget: 512 * 1024)
+        #expect(prefetch.listingToPrepare(after: 10) == nil)  // no listing seen yet
+        prefetch.noteListedDirectories([10, 20, 30], size: 4096, firstListing: true)
+        let next = prefetch.listingToPrepare(after: 10)
+        #expect(next?.directory == 20 && next?.size == 4096)
+        #expect(prefetch.listingToPrepare(after: 10) == nil)  // claimed
+        prefetch.storePrepared(.init(directory: 20, size: 4096, payload: [1, 2, 3]))
+        #expect(prefetch.preparedDirectories == [20])
+        #expect(prefetch.takePrepared(20, size: 4096) == [1, 2, 3])
+        #expect(prefetch.takePrepared(20, size: 4096) == nil)
+        // Asked with another size, it is not given (and goes).
+        prefetch.storePrepared(.init(directory: 20, size: 4096, payload: [1]))
+        #expect(prefetch.takePrepared(20, size: 8192) == nil)
+        #expect(prefetch.preparedDirectories.isEmpty)
+        // A directory the kernel listed already is not made again.
+        prefetch.noteListedToEnd(30)
+        #expect(prefetch.listingToPrepare(after: 20) == nil)
+        // Bounded: the oldest go.
+        for directory in UInt64(100)..<110 {
+            prefetch.storePrepared(.init(directory: directory, size: 4096, payload: []))
+        }
+        #expect(prefetch.preparedDirectories == Array(UInt64(110 - SiblingPrefetch.preparedKept)..<110))
+        // Off: nothing is remembered.
+        let off = SiblingPrefetch(budget: 0)
+        off.noteListedDirectories([10, 20], size: 4096, firstListing: true)
+        #expect(off.listingToPrepare(after: 10) == nil)
+    }
+
+    /// A listing's reply reaching its end is noted for the worker that sent it, once.
+    @Test func aListingToItsEndIsTakenOnce() {
+        let prefetch = SiblingPrefetch(budget: 512 * 1024)
+        #expect(!prefetch.takeJustListed(10))
+        prefetch.noteListedToEnd(10)
+        #expect(prefetch.takeJustListed(10))
+        #expect(!prefetch.takeJustListed(10))
+    }
 }
