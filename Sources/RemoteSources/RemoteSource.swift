@@ -158,6 +158,15 @@ public final class RemoteSource: RandomAccessSource {
         return FileRange(descriptor: FileDescriptor(rawValue: descriptor), offset: offset)
     }
 
+    /// Starts fetching the missing blocks of these bytes in the background: a listing's inodes
+    /// (EROFSFilesystem.readAheadInodes) lie in blocks all over the object, fetched then in
+    /// parallel instead of one round trip after another.
+    public func readAhead(at offset: UInt64, count: Int) {
+        guard count > 0, offset < size else { return }
+        let last = (offset + UInt64(min(UInt64(count), size - offset)) - 1) / UInt64(blockSize)
+        readAhead(from: Int(offset / UInt64(blockSize)), to: Int(last) + 1)
+    }
+
     /// Tells the sequential-reader tracker about a read and starts the readahead it asks for.
     private func noteRead(at offset: UInt64, count: Int) {
         let ahead = streams.withLock {

@@ -142,6 +142,29 @@ func readRemote(_ source: RemoteSource, _ offset: UInt64, _ count: Int) throws -
         #expect(sequential.requests - random.requests < 20)
     }
 
+    /// Hinted bytes (a listing's scattered inodes) are fetched in the background, a request per
+    /// missing block, each once: the reads that follow wait for no request of their own.
+    @Test func hintedBlocksAreFetchedAheadOnce() throws {
+        let source = try openRemote(url, [("remote.block_size", "64K")])
+        let offsets = [200_000, 1_100_000, 2_900_000]
+        let before = source.statistics.withLock { $0 }.requests
+        for offset in offsets { source.readAhead(at: UInt64(offset), count: 4096) }
+        source.readAhead(at: UInt64(offsets[0]), count: 4096)  // again: already in flight or there
+        var fetched = 0
+        for _ in 0..<500 {
+            fetched = source.statistics.withLock { $0 }.requests - before
+            if fetched >= offsets.count && offsets.allSatisfy({ source.store.contains(block: $0 / 65536) }) { break }
+            usleep(10_000)
+        }
+        #expect(fetched == offsets.count)
+        for offset in offsets { try expectBytes(source, at: offset, count: 4096) }
+        #expect(source.statistics.withLock { $0 }.requests - before == offsets.count)
+        // Past the end, or nothing: no request.
+        source.readAhead(at: UInt64(object.count), count: 4096)
+        source.readAhead(at: 0, count: 0)
+        #expect(source.statistics.withLock { $0 }.requests - before == offsets.count)
+    }
+
     /// Many threads reading the same cold blocks at once: one fetch per block, right bytes.
     @Test func concurrentReadersOfOneBlockShareItsFetch() throws {
         let source = try openRemote(url, [("remote.block_size", "1M"), ("remote.readahead", "1M")])

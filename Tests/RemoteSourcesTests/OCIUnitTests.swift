@@ -3,6 +3,9 @@ import Manifest
 import ImageSources
 @testable import RemoteSources
 import Testing
+import Synchronization
+import SystemCalls
+import SystemPackage
 
 /// Image references as docker and skopeo normalize them (distribution/reference's
 /// ParseNormalizedNamed and its test table).
@@ -407,5 +410,36 @@ private func sha256Digest(_ bytes: [UInt8]) -> [UInt8] {
         #expect(try DockerConfig.credentials(for: "r.io", environment: ["DOCKER_CONFIG": "/nonexistent"]) == nil)
         #expect(throws: RemoteError.self) { try DockerConfig.runCredentialHelper("no-such-helper-here", "r.io") }
         #expect(throws: RemoteError.self) { try DockerConfig.runCredentialHelper("../x", "r.io") }
+    }
+}
+
+/// A tar index followed by its tar, read as one device: a read-ahead hint reaches each part it
+/// covers, at the part's own offsets.
+@Suite struct ConcatenatedSourceTests {
+    final class Part: RandomAccessSource, @unchecked Sendable {
+        let size: UInt64
+        let hints = Mutex<[Range<UInt64>]>([])
+        init(size: UInt64) { self.size = size }
+        var displayName: String { "part" }
+        var localFileDescriptor: FileDescriptor? { nil }
+        func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(SystemError) -> Int {
+            let count = Int(min(UInt64(buffer.count), size - min(size, offset)))
+            buffer.baseAddress?.initializeMemory(as: UInt8.self, repeating: 0, count: count)
+            return count
+        }
+        func readAhead(at offset: UInt64, count: Int) {
+            hints.withLock { $0.append(offset..<(offset + UInt64(count))) }
+        }
+    }
+
+    @Test func aHintReachesEachPartItCovers() {
+        let index = Part(size: 1000)
+        let tar = Part(size: 5000)
+        let device = ConcatenatedSource([index, tar], displayName: "layer")
+        device.readAhead(at: 900, count: 300)  // across the seam
+        device.readAhead(at: 2000, count: 100_000)  // past the end: cut at it
+        device.readAhead(at: 6000, count: 10)  // beyond: nothing
+        #expect(index.hints.withLock { $0 } == [900..<1000])
+        #expect(tar.hints.withLock { $0 } == [0..<200, 1000..<5000])
     }
 }

@@ -42,4 +42,14 @@ public final class ConcatenatedSource: RandomAccessSource {
         }
         return done
     }
+
+    /// Passes the hint to each part it covers.
+    public func readAhead(at offset: UInt64, count: Int) {
+        guard count > 0, offset < size else { return }
+        let end = offset + min(UInt64(count), size - offset)
+        for (part, start) in zip(parts, starts) where start < end && offset < start + part.size {
+            let from = max(offset, start)
+            part.readAhead(at: from - start, count: Int(min(end, start + part.size) - from))
+        }
+    }
 }

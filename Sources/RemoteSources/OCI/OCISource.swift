@@ -227,6 +227,7 @@ public final class OCILayerSource: RandomAccessSource {
         try source.read(into: buffer, at: offset)
     }
     public func fileRange(at offset: UInt64, count: Int) -> FileRange? { source.fileRange(at: offset, count: count) }
+    public func readAhead(at offset: UInt64, count: Int) { source.readAhead(at: offset, count: count) }
 
     /// Counters of the blob's requests (tests, benchmarks).
     public var blobRequests: Int { blob.statistics.withLock { $0.requests } }
