@@ -360,10 +360,11 @@ extension FUSEOperations {
 /// Whether a CPU is free for a push ahead of reads: the tasks running or runnable right now
 /// (/proc/loadavg's fourth field, "RUNNING/TOTAL") are no more than the CPUs. Two of them are
 /// ours: the worker asking, which is about to wait for the next request, and the reader it
-/// has just answered; with nothing else runnable, the worker's CPU is the pusher's. A push ahead only pays on a CPU nobody else wants: on a busy
-/// machine it takes CPU time from the reader it should run beside (a cold walk+read at load 6
-/// here: 351 ms on main, 515 ms pushing ahead regardless), and the reader is better served by
-/// the push it waits for, which runs while it sleeps.
+/// has just answered; with nothing else runnable, the worker's CPU is the pusher's. A push
+/// ahead only pays on a CPU nobody else wants: on a busy machine it takes CPU time from the
+/// reader it should run beside (a cold walk+read at load 6 here: 351 ms on main, 515 ms pushing
+/// ahead regardless), and the reader is better served by the push it waits for, which runs
+/// while it sleeps.
 enum IdleCPU {
     static let cpus = max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
 
