@@ -329,7 +329,7 @@ import Glibc
         #expect(unmounted.status == 0, "\(unmounted.standardError)")
         try MountHarness.expectNothingLeft(mountPoint: workspace.mountPoint, image: workspace.image)
         #expect(FUSEMountTests.daemons(serving: workspace.image).isEmpty)
-        #expect(!FileManager.default.fileExists(atPath: "/run/erofs-mount/fuse/\(entry.major)-\(entry.minor).json"))
+        #expect(!FUSEMountTests.stateOutlived(entry, image: workspace.image))
     }
 
     /// A request that kills every worker it reaches (a debug build's fault: abort on READ of one
