@@ -303,14 +303,14 @@ public final class FUSEServer: Sendable {
             pastListing = directory
         }
         let response = operations.respond(to: request)
-        // The files after one read from its start go to the page cache before its answer
-        // (SiblingPrefetch, PushQueue).
-        if let pushes, let place = operations.prefetchPlace(for: request) { pushes.pushAndWait(place) }
-        send(response, on: channel)
         if let pushes {
+            // The files after one read from its start go to the page cache before its answer
+            // (SiblingPrefetch, PushQueue).
+            if let place = operations.prefetchPlace(for: request) { pushes.pushAndWait(place) }
             // A directory listed to its end, in a walk that reads what it lists: its small files
             // are read while the reader takes in the listing, and go to the page cache once it
-            // asks past it, while it opens them. A listing past which the reader asked with no
+            // asks past it, while it opens them. Queued before the listing is answered, so that
+            // the reader cannot ask past it first. A listing past which the reader asked with no
             // push read at it starts one now.
             if let place = operations.listedToEnd(request) {
                 pushes.push(place, awaitingInodes: true)
@@ -318,6 +318,7 @@ public final class FUSEServer: Sendable {
                 pushes.push(place)
             }
         }
+        send(response, on: channel)
         if case .initialize(let offer) = request.operation {
             readiness.withLock {
                 $0.kernelFlags = offer.flags
