@@ -18,6 +18,11 @@ final class ClusteredReadahead: Sendable {
     static let remembered = 4
 
     private let recentMisses = Mutex<[Int64]>([])
+    /// Where what was last asked for ends (bytes; 0: nothing asked yet). A read of cached bytes
+    /// in its last chunk asks for the next two: a walk then keeps ahead of the disk instead of
+    /// waiting at the start of every window (the kernel's asynchronous readahead, for readers
+    /// the kernel cannot see as one stream).
+    private let aheadEnd = Atomic<Int64>(0)
     /// Asks the kernel to read `length` bytes at `offset` of a descriptor (tests record it).
     let advise: @Sendable (_ descriptor: Int32, _ offset: Int64, _ length: Int64) -> Void
 
@@ -45,5 +50,18 @@ final class ClusteredReadahead: Sendable {
         let length = min(2 * Self.chunkSize, Int64(size) - start)
         guard length > 0 else { return }
         advise(descriptor, start, length)
+        aheadEnd.store(start + length, ordering: .relaxed)
+    }
+
+    /// Notes a read at `offset` that the page cache served: in the last chunk of what was asked
+    /// for, the next two chunks are asked for (once: threads racing here ask once).
+    func served(descriptor: Int32, at offset: UInt64, size: UInt64) {
+        let end = aheadEnd.load(ordering: .relaxed)
+        guard end > 0, Int64(offset) < end, Int64(offset) >= end - Self.chunkSize, end < Int64(size) else { return }
+        let length = min(2 * Self.chunkSize, Int64(size) - end)
+        guard aheadEnd.compareExchange(expected: end, desired: end + length, ordering: .relaxed).exchanged else {
+            return
+        }
+        advise(descriptor, end, length)
     }
 }

@@ -116,6 +116,8 @@ public final class FileSource: RandomAccessSource {
             filled = cached
             if filled < wanted {
                 readahead.missed(descriptor: descriptor.rawValue, at: offset + UInt64(filled), size: size)
+            } else {
+                readahead.served(descriptor: descriptor.rawValue, at: offset, size: size)
             }
         }
         while filled < wanted {
@@ -139,8 +141,12 @@ public final class FileSource: RandomAccessSource {
     public func fileRange(at offset: UInt64, count: Int) -> FileRange? {
         guard offset <= size, UInt64(count) <= size - offset else { return nil }
         var byte: UInt8 = 0
-        if count > 0 && cachedBytes(into: &byte, count: 1, at: offset) == 0 {
-            readahead.missed(descriptor: descriptor.rawValue, at: offset, size: size)
+        if count > 0 {
+            if cachedBytes(into: &byte, count: 1, at: offset) == 0 {
+                readahead.missed(descriptor: descriptor.rawValue, at: offset, size: size)
+            } else {
+                readahead.served(descriptor: descriptor.rawValue, at: offset, size: size)
+            }
         }
         return FileRange(descriptor: descriptor, offset: offset)
     }

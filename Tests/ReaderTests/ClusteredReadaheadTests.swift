@@ -50,6 +50,34 @@ import Glibc
         #expect(recorder.recorded.count == before)
     }
 
+    /// Once near misses asked for a window, a read the page cache serves in its last chunk asks
+    /// for the next two chunks, once, and so on along the image: a walk stays ahead of the disk.
+    /// Reads elsewhere, or before any window, ask for nothing.
+    @Test func servedReadsInAWindowsLastChunkAskForTheNextAhead() {
+        let recorder = Recorder()
+        let readahead = recorder.readahead
+        let mebibyte: UInt64 = 1 << 20
+        let size = 20 * mebibyte
+        readahead.served(descriptor: 7, at: mebibyte, size: size)
+        #expect(recorder.recorded.isEmpty, "a served read asked ahead with no window")
+        readahead.missed(descriptor: 7, at: 0, size: size)
+        readahead.missed(descriptor: 7, at: mebibyte, size: size)
+        #expect(recorder.recorded == [[7, 0, 4 << 20]])
+        readahead.served(descriptor: 7, at: mebibyte, size: size)  // the window's first chunk
+        #expect(recorder.recorded.count == 1)
+        readahead.served(descriptor: 7, at: 3 * mebibyte, size: size)  // its last chunk
+        readahead.served(descriptor: 7, at: 3 * mebibyte + 5, size: size)  // again: once
+        #expect(recorder.recorded == [[7, 0, 4 << 20], [7, 4 << 20, 4 << 20]])
+        readahead.served(descriptor: 7, at: 7 * mebibyte, size: size)
+        readahead.served(descriptor: 7, at: 15 * mebibyte, size: size)  // beyond the window: nothing
+        #expect(recorder.recorded.last == [7, 8 << 20, 4 << 20] && recorder.recorded.count == 3)
+        // No further than the image.
+        for at in [11, 15, 19] as [UInt64] { readahead.served(descriptor: 7, at: at * mebibyte, size: size) }
+        #expect(recorder.recorded.suffix(2) == [[7, 12 << 20, 4 << 20], [7, 16 << 20, 4 << 20]])
+        readahead.served(descriptor: 7, at: size - 1, size: size)
+        #expect(recorder.recorded.count == 5)
+    }
+
     /// FileSource notices misses itself: a read the page cache cannot serve (RWF_NOWAIT says
     /// EAGAIN) is one, a read of cached pages is not.
     @Test func fileSourceReportsItsPageCacheMisses() throws {
