@@ -469,10 +469,11 @@ public enum MountTool {
                                warning, other kernel options are refused
           fuse.prefetch_kb=N   (-t erofs.fuse) after a file is read from its start, push up
                                to N KiB of the small files (<= 64 KiB) after it in its
-                               directory into the page cache, and then as much of each
-                               next directory listed, before it is read: a walk reading
-                               every file then costs ~1 round trip per directory, not per
-                               file (default 512, 0-16384; 0: off)
+                               directory into the page cache, and then each next
+                               directory listed (up to 2 MiB, or N KiB if more), before
+                               it is read: a walk reading every file then costs ~1 round
+                               trip per directory, not per file (default 512, 0-16384;
+                               0: off)
           fuse.prefetch_ahead=auto|on|off  (-t erofs.fuse) push each next directory
                                listed before it is read: auto (the default) when a CPU
                                is idle, on always, off only after a read
