@@ -75,22 +75,27 @@ final class PushQueue: @unchecked Sendable {
         return body()
     }
 
-    /// Queues a push and waits (up to `waitNanoseconds`) for it to be done. Never blocks longer.
-    func pushAndWait(_ place: SiblingPrefetch.Place) {
+    /// With the lock held: waits until `done()`, the queue stops, or `nanoseconds` pass.
+    private func waitLocked(nanoseconds: Int, until done: () -> Bool) {
         var deadline = timespec()
         clock_gettime(CLOCK_MONOTONIC, &deadline)
-        let nanoseconds = Int(deadline.tv_nsec) + PushQueue.waitNanoseconds
-        deadline.tv_sec += nanoseconds / 1_000_000_000
-        deadline.tv_nsec = nanoseconds % 1_000_000_000
-        pthread_mutex_lock(lock)
-        defer { pthread_mutex_unlock(lock) }
-        guard !stopped, jobs.count < PushQueue.limit else { return }
-        issued += 1
-        let ticket = issued
-        jobs.append(Job(place: place, ticket: ticket))
-        pthread_cond_broadcast(changed)
-        while completed < ticket && !stopped {
+        let total = Int(deadline.tv_nsec) + nanoseconds
+        deadline.tv_sec += total / 1_000_000_000
+        deadline.tv_nsec = total % 1_000_000_000
+        while !done() && !stopped {
             if pthread_cond_timedwait(changed, lock, &deadline) == ETIMEDOUT { return }
+        }
+    }
+
+    /// Queues a push and waits (up to `waitNanoseconds`) for it to be done. Never blocks longer.
+    func pushAndWait(_ place: SiblingPrefetch.Place) {
+        locked {
+            guard !stopped, jobs.count < PushQueue.limit else { return }
+            issued += 1
+            let ticket = issued
+            jobs.append(Job(place: place, ticket: ticket))
+            pthread_cond_broadcast(changed)
+            waitLocked(nanoseconds: PushQueue.waitNanoseconds) { completed >= ticket }
         }
     }
 
@@ -119,19 +124,12 @@ final class PushQueue: @unchecked Sendable {
     /// would otherwise be there before the push and ask for each of them. False if no push is
     /// queued or running (the caller may start one).
     func inodesMade(_ directory: UInt64) -> Bool {
-        var deadline = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &deadline)
-        let nanoseconds = Int(deadline.tv_nsec) + PushQueue.headStartNanoseconds
-        deadline.tv_sec += nanoseconds / 1_000_000_000
-        deadline.tv_nsec = nanoseconds % 1_000_000_000
-        return locked {
+        locked {
             guard awaitingInodes.contains(directory) else { return false }
             if inodesReady[directory] == nil { inodesReady[directory] = 0 }
             pthread_cond_broadcast(changed)
-            while !stopped, awaitingInodes.contains(directory),
-                inodesReady[directory, default: 0] < PushQueue.headStartFiles
-            {
-                if pthread_cond_timedwait(changed, lock, &deadline) == ETIMEDOUT { break }
+            waitLocked(nanoseconds: PushQueue.headStartNanoseconds) {
+                !awaitingInodes.contains(directory) || inodesReady[directory, default: 0] >= PushQueue.headStartFiles
             }
             return true
         }
@@ -156,15 +154,8 @@ final class PushQueue: @unchecked Sendable {
         /// Waits for that, up to `waitNanoseconds`; false if it did not come (a reader that
         /// stopped listing, or a queue stopped).
         func waitOpen() -> Bool {
-            var deadline = timespec()
-            clock_gettime(CLOCK_MONOTONIC, &deadline)
-            let nanoseconds = Int(deadline.tv_nsec) + PushQueue.waitNanoseconds
-            deadline.tv_sec += nanoseconds / 1_000_000_000
-            deadline.tv_nsec = nanoseconds % 1_000_000_000
-            return queue.locked {
-                while queue.inodesReady[directory] == nil && !queue.stopped {
-                    if pthread_cond_timedwait(queue.changed, queue.lock, &deadline) == ETIMEDOUT { break }
-                }
+            queue.locked {
+                queue.waitLocked(nanoseconds: PushQueue.waitNanoseconds) { queue.inodesReady[directory] != nil }
                 return queue.inodesReady[directory] != nil && !queue.stopped
             }
         }

@@ -124,8 +124,8 @@ public final class SiblingPrefetch: Sendable {
         }
     }
 
-    /// READDIRPLUS listed these directories of `parent` in this order (at `offset` 0, asked for
-    /// `size` bytes).
+    /// A READDIRPLUS asking `size` bytes (`firstListing`: at offset 0) listed these
+    /// subdirectories, in this order.
     func noteListedDirectories(_ directories: [UInt64], size: Int, firstListing: Bool) {
         guard budget > 0 else { return }
         state.withLock { state in
