@@ -51,6 +51,12 @@ extension RandomAccessSource {
     /// No hint is taken by default.
     public func readAhead(at offset: UInt64, count: Int) {}
 
+    /// What of `count` bytes at `offset` lies within the source; nil when nothing does.
+    public func span(at offset: UInt64, count: Int) -> Range<UInt64>? {
+        guard count > 0, offset < size else { return nil }
+        return offset..<(offset + min(UInt64(count), size - offset))
+    }
+
     /// Reads up to `count` bytes at `offset` into a new array (shorter only at the end).
     public func read(count: Int, at offset: UInt64) throws(SystemError) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: count)
@@ -131,9 +137,8 @@ public final class FileSource: RandomAccessSource {
     }
 
     public func readAhead(at offset: UInt64, count: Int) {
-        guard offset < size, count > 0 else { return }
-        _ = posix_fadvise(
-            descriptor.rawValue, off_t(offset), off_t(min(UInt64(count), size - offset)), POSIX_FADV_WILLNEED)
+        guard let span = span(at: offset, count: count) else { return }
+        _ = posix_fadvise(descriptor.rawValue, off_t(span.lowerBound), off_t(span.count), POSIX_FADV_WILLNEED)
     }
 
     /// A spliced range is read by the kernel from the page cache: a miss at its start is

@@ -162,9 +162,9 @@ public final class RemoteSource: RandomAccessSource {
     /// (EROFSFilesystem.readAheadInodes) lie in blocks all over the object, fetched then in
     /// parallel instead of one round trip after another.
     public func readAhead(at offset: UInt64, count: Int) {
-        guard count > 0, offset < size else { return }
-        let last = (offset + UInt64(min(UInt64(count), size - offset)) - 1) / UInt64(blockSize)
-        readAhead(from: Int(offset / UInt64(blockSize)), to: Int(last) + 1)
+        guard let span = span(at: offset, count: count) else { return }
+        readAhead(
+            from: Int(span.lowerBound / UInt64(blockSize)), to: Int((span.upperBound - 1) / UInt64(blockSize)) + 1)
     }
 
     /// Tells the sequential-reader tracker about a read and starts the readahead it asks for.

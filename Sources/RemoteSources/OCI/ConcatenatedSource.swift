@@ -45,11 +45,10 @@ public final class ConcatenatedSource: RandomAccessSource {
 
     /// Passes the hint to each part it covers.
     public func readAhead(at offset: UInt64, count: Int) {
-        guard count > 0, offset < size else { return }
-        let end = offset + min(UInt64(count), size - offset)
-        for (part, start) in zip(parts, starts) where start < end && offset < start + part.size {
-            let from = max(offset, start)
-            part.readAhead(at: from - start, count: Int(min(end, start + part.size) - from))
+        guard let span = span(at: offset, count: count) else { return }
+        for (part, start) in zip(parts, starts) where start < span.upperBound && span.lowerBound < start + part.size {
+            let from = max(span.lowerBound, start)
+            part.readAhead(at: from - start, count: Int(min(span.upperBound, start + part.size) - from))
         }
     }
 }
