@@ -17,7 +17,18 @@ kernel_dir() {
 # For the scripts that run inside the VM:
 # The device mounted at $1 (the newest mount there), from /proc/self/mountinfo (or from the
 # mountinfo file $2: another namespace's /proc/PID/mountinfo).
-device_of() { awk -v m="$1" '$5 == m { for (i = 7; $i != "-"; i++); print $(i + 2) }' "${2:-/proc/self/mountinfo}" | tail -n 1; }
+# Pure bash: called hundreds of times a run, and a run once failed on an exec of awk whose
+# lookup over 9p failed (BENCHMARKS.md, "Consecutive full VM runs", run 13).
+device_of() {
+    local line fields i source=
+    while IFS= read -r line; do
+        read -ra fields <<<"$line"
+        [[ ${fields[4]:-} == "$1" ]] || continue
+        for ((i = 6; i < ${#fields[@]}; i++)); do [[ ${fields[i]} == - ]] && break; done
+        source=${fields[i + 2]:-}
+    done <"${2:-/proc/self/mountinfo}"
+    [[ -z $source ]] || echo "$source"
+}
 # Writes queue attributes ATTR=VALUE... of block device $1 (/sys/block/X/queue/ATTR).
 set_queue() {
     local device=${1#/dev/} setting; shift
