@@ -228,9 +228,7 @@ private final class TransferContext {
             headers = [:]
             return
         }
-        guard let colon = line.firstIndex(of: ":") else { return }
-        let name = line[..<colon].lowercased()
-        let value = line[line.index(after: colon)...].trimmingCharacters(in: " \t\r\n")
+        guard let (name, value) = HTTPHeaderField.parse(line) else { return }
         headers[name] = value
     }
 
@@ -248,6 +246,25 @@ private final class TransferContext {
             return false
         }
         return true
+    }
+}
+
+/// One `name: value` header line of a response, as RFC 9110 5.5 allows it: a field whose value
+/// holds a control character (CR, LF or NUL inside the line, or any other but HTAB) is dropped,
+/// as if the server had not sent it, so that nothing a server sends goes on into a request
+/// header (an ETag into If-Match), a state file or a log line with such bytes.
+package enum HTTPHeaderField {
+    /// The lower-cased name and the value without surrounding spaces; nil for a line that is
+    /// not a usable field.
+    package static func parse(_ line: String) -> (name: String, value: String)? {
+        guard let colon = line.firstIndex(of: ":") else { return nil }
+        let name = line[..<colon].lowercased()
+        let value = line[line.index(after: colon)...].trimmingCharacters(in: " \t\r\n")
+        guard !name.isEmpty,
+            name.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7f }),
+            value.unicodeScalars.allSatisfy({ $0 == "\t" || ($0.value >= 0x20 && !(0x7f...0x9f).contains($0.value)) })
+        else { return nil }
+        return (name, value)
     }
 }
 

@@ -33,17 +33,23 @@ public struct RemoteError: Error, CustomStringConvertible, Sendable, Equatable {
 
     public var kind: Kind
     /// The object, without credentials or query signatures.
-    public var displayName: String
-    public var message: String
+    public private(set) var displayName: String
+    public private(set) var message: String
     /// The HTTP status when one was received.
     public var status: Int?
 
+    /// `message` and `displayName` carry servers' bytes (an S3 error's `<Message>`, a media
+    /// type, a digest, a header): they are kept to one printable line of bounded length here,
+    /// so that no server can split a log line or send escape sequences to a terminal.
     public init(_ kind: Kind, _ displayName: String, _ message: String, status: Int? = nil) {
         self.kind = kind
-        self.displayName = displayName
-        self.message = message
+        self.displayName = displayName.printableLine(limit: Self.maximumNameBytes)
+        self.message = message.printableLine(limit: Self.maximumMessageBytes)
         self.status = status
     }
+
+    static let maximumNameBytes = 1024
+    static let maximumMessageBytes = 2048
 
     public var description: String { "\(displayName): \(message)" }
 
@@ -60,5 +66,34 @@ public struct RemoteError: Error, CustomStringConvertible, Sendable, Equatable {
             default: .ioError
             }
         return SystemError("read", path: displayName, errno: code, detail: message)
+    }
+}
+
+extension String {
+    /// One line of printable text: control characters (C0, DEL, C1) as `\n`, `\t`, `\r` or
+    /// `\u{XX}`, and cut to at most `limit` UTF-8 bytes (between two scalars, `...` at the
+    /// end). Text that needs neither is returned as it is.
+    func printableLine(limit: Int) -> String {
+        func isControl(_ scalar: Unicode.Scalar) -> Bool { scalar.value < 0x20 || (0x7f...0x9f).contains(scalar.value) }
+        if utf8.count <= limit && !unicodeScalars.contains(where: isControl) { return self }
+        var out = String.UnicodeScalarView()
+        var bytes = 0
+        for scalar in unicodeScalars {
+            let piece: String
+            switch scalar {
+            case "\n": piece = "\\n"
+            case "\t": piece = "\\t"
+            case "\r": piece = "\\r"
+            case _ where isControl(scalar): piece = "\\u{" + String(scalar.value, radix: 16) + "}"
+            default: piece = String(scalar)
+            }
+            guard bytes + piece.utf8.count <= limit - 3 else {
+                out.append(contentsOf: "...".unicodeScalars)
+                return String(out)
+            }
+            bytes += piece.utf8.count
+            out.append(contentsOf: piece.unicodeScalars)
+        }
+        return String(out)
     }
 }

@@ -109,7 +109,7 @@ final class RemoteObject: Sendable {
 /// One ranged read with the retry policy: resets, short bodies, stalls, 5xx and 429 are retried
 /// with exponential backoff, resuming after the bytes already received (the pin guarantees
 /// they belong to the same version); everything else fails at once with one clear line.
-struct RangeRead {
+package struct RangeRead {
     let endpoint: RemoteEndpoint
     let transport: HTTPTransport
     let pin: [(String, String)]
@@ -261,7 +261,7 @@ struct RangeRead {
 
     /// One line for a status that is not 206: S3's XML `<Code>`/`<Message>` when there is one
     /// (never anything else from the body: it can echo the request).
-    static func statusError(_ status: Int, _ body: [UInt8], _ name: String) -> RemoteError {
+    package static func statusError(_ status: Int, _ body: [UInt8], _ name: String) -> RemoteError {
         let text = String(decoding: body, as: UTF8.self)
         var detail = ""
         if let code = xmlElement("Code", in: text) {
@@ -326,12 +326,12 @@ struct RangeRead {
 
 /// `Content-Range: bytes FIRST-LAST/TOTAL`, parsed strictly (decimal digits only, FIRST <=
 /// LAST < TOTAL).
-struct ContentRange: Equatable {
-    var first: UInt64
-    var last: UInt64
-    var total: UInt64
+package struct ContentRange: Equatable {
+    package var first: UInt64
+    package var last: UInt64
+    package var total: UInt64
 
-    init?(_ header: String?) {
+    package init?(_ header: String?) {
         guard let header, header.hasPrefix("bytes ") else { return nil }
         let rest = header.dropFirst(6)
         guard let dash = rest.firstIndex(of: "-"), let slash = rest.firstIndex(of: "/"), dash < slash,
@@ -345,7 +345,7 @@ struct ContentRange: Equatable {
     }
 
     /// TOTAL of `bytes */TOTAL` (a 416's Content-Range).
-    static func unsatisfiedTotal(_ header: String?) -> UInt64? {
+    package static func unsatisfiedTotal(_ header: String?) -> UInt64? {
         guard let header, header.hasPrefix("bytes */") else { return nil }
         return number(header.dropFirst(8))
     }
@@ -357,7 +357,7 @@ struct ContentRange: Equatable {
 }
 
 /// The text of the first `<name>...</name>` in `xml` (at most 200 characters), if present.
-func xmlElement(_ name: String, in xml: String) -> String? {
+package func xmlElement(_ name: String, in xml: String) -> String? {
     let bytes = Array(xml.utf8)
     guard let start = find(Array("<\(name)>".utf8), in: bytes, from: 0),
         let end = find(Array("</\(name)>".utf8), in: bytes, from: start + name.utf8.count + 2)

@@ -43,7 +43,7 @@ extension RemoteMountTests {
 
         // remove() touches nothing outside its directory.
         let outside = NSTemporaryDirectory() + "captured-\(getpid())"
-        FileManager.default.createFile(atPath: outside, contents: Data())
+        #expect(FileManager.default.createFile(atPath: outside, contents: Data()))
         defer { try? FileManager.default.removeItem(atPath: outside) }
         CapturedCredentials.remove(outside)
         CapturedCredentials.remove(CapturedCredentials.directory + "/../credentials-elsewhere")

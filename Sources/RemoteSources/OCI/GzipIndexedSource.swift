@@ -103,7 +103,7 @@ public final class GzipIndexedSource: RandomAccessSource {
     public var localFileDescriptor: FileDescriptor? { nil }
 
     let compressed: any RandomAccessSource
-    let zinfo: FileSource
+    let zinfo: any RandomAccessSource
     let checkpoints: GzipCheckpoints
     static let chunkSize = 256 << 10
     static let maximumChunks = 64
@@ -118,22 +118,29 @@ public final class GzipIndexedSource: RandomAccessSource {
 
     /// Opens the zinfo at `zinfoPath` for `compressed`; the size of the stream is the gzip
     /// trailer's ISIZE (modulo 2^32) placed at or after the last checkpoint.
-    public init(compressed: any RandomAccessSource, zinfoPath: String) throws(RemoteError) {
-        self.compressed = compressed
+    public convenience init(compressed: any RandomAccessSource, zinfoPath: String) throws(RemoteError) {
+        let zinfo: FileSource
         do { zinfo = try FileSource(path: zinfoPath) } catch {
             throw RemoteError(.configuration, zinfoPath, "cannot open the zinfo: \(error)")
         }
-        let file = zinfo
+        try self.init(compressed: compressed, zinfo: zinfo)
+    }
+
+    /// The same over a zinfo's bytes from any source (`zinfo.displayName` names it in errors).
+    public init(compressed: any RandomAccessSource, zinfo: any RandomAccessSource) throws(RemoteError) {
+        self.compressed = compressed
+        self.zinfo = zinfo
+        let name = zinfo.displayName
         func read(_ count: Int, _ offset: UInt64) throws(RemoteError) -> [UInt8] {
-            do { return try file.read(count: count, at: offset) } catch {
-                throw RemoteError(.configuration, zinfoPath, "cannot read the zinfo: \(error)")
+            do { return try zinfo.read(count: count, at: offset) } catch {
+                throw RemoteError(.configuration, name, "cannot read the zinfo: \(error)")
             }
         }
         checkpoints = try GzipCheckpoints(
             fileSize: zinfo.size, header: try read(GzipCheckpoints.headerSize, 0), compressedSize: compressed.size,
             entry: { index throws(RemoteError) in
                 try read(17, UInt64(GzipCheckpoints.headerSize) + UInt64(index) * UInt64(GzipCheckpoints.entrySize))
-            }, name: zinfoPath)
+            }, name: name)
         guard compressed.size >= 18 else {
             throw RemoteError(.protocolViolation, compressed.displayName, "too short for a gzip stream")
         }

@@ -95,7 +95,7 @@ public struct ImageReference: Sendable, Codable, Equatable, CustomStringConverti
 
     /// `sha256:` + 64 lower-case hex (the only algorithm registries serve in practice; others
     /// are refused rather than left unverified), as distribution's digest grammar for sha256.
-    static func isValidDigest(_ text: String) -> Bool {
+    package static func isValidDigest(_ text: String) -> Bool {
         guard text.hasPrefix("sha256:") else { return false }
         let hex = text.utf8.dropFirst(7)
         return hex.count == 64 && hex.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }

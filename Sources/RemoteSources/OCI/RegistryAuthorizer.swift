@@ -4,12 +4,12 @@ import SystemCalls
 
 /// A `WWW-Authenticate` challenge: the scheme and its parameters (RFC 9110 11.6.1; values as
 /// tokens or quoted strings with `\` escapes).
-struct AuthChallenge: Equatable {
-    var scheme: String
-    var parameters: [String: String]
+package struct AuthChallenge: Equatable {
+    package var scheme: String
+    package var parameters: [String: String]
 
     /// The first challenge of a header value (registries send one).
-    init?(header: String) {
+    package init?(header: String) {
         let bytes = Array(header.utf8.prefix(8192))
         var index = 0
         func skipSpaces() { while index < bytes.count && (bytes[index] == 0x20 || bytes[index] == 0x09) { index += 1 } }
@@ -257,7 +257,22 @@ final class RegistryAuthorizer: RequestSigner {
             }
             throw RangeRead.statusError(head.status, [], realmName)
         }
-        struct Reply: Decodable {
+        guard let reply = TokenReply(body) else {
+            throw RemoteError(.protocolViolation, realmName, "the token server's answer has no usable token")
+        }
+        return (reply.token, reply.lifetime)
+    }
+}
+
+/// A token server's answer: `token` (or OAuth2's `access_token`) and its lifetime.
+package struct TokenReply: Equatable {
+    /// Printable ASCII without spaces: it goes into an Authorization header as it is.
+    package var token: String
+    /// Seconds, 0 to a day; the spec's default 60 when `expires_in` is missing.
+    package var lifetime: Double
+
+    package init?(_ body: [UInt8]) {
+        struct Wire: Decodable {
             var token: String?
             var accessToken: String?
             var expiresIn: Double?
@@ -267,21 +282,19 @@ final class RegistryAuthorizer: RequestSigner {
                 case expiresIn = "expires_in"
             }
         }
-        guard let reply = try? JSONDecoder().decode(Reply.self, from: Data(body)),
-            let token = reply.token ?? reply.accessToken, !token.isEmpty,
+        guard let wire = try? JSONDecoder().decode(Wire.self, from: Data(body)),
+            let token = wire.token ?? wire.accessToken, !token.isEmpty,
             token.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f })
-        else {
-            throw RemoteError(.protocolViolation, realmName, "the token server's answer has no usable token")
-        }
-        // The spec's default lifetime is 60 s when expires_in is missing.
-        let lifetime = min(max(reply.expiresIn ?? 60, 0), 86400)
-        return (token, lifetime)
+        else { return nil }
+        self.token = token
+        let lifetime = wire.expiresIn ?? 60
+        self.lifetime = lifetime.isNaN ? 60 : min(max(lifetime, 0), 86400)
     }
 }
 
 /// The `error` code of an OAuth2 error answer, when it is a plain code (letters and `_`, as the
 /// RFC's are): the server's bytes go into our one line only in that shape.
-private func oauthErrorCode(_ body: [UInt8]) -> String? {
+package func oauthErrorCode(_ body: [UInt8]) -> String? {
     struct Reply: Decodable { var error: String }
     guard let code = try? JSONDecoder().decode(Reply.self, from: Data(body)).error, (1...64).contains(code.utf8.count),
         code.utf8.allSatisfy({ $0 == UInt8(ascii: "_") || (0x61...0x7a).contains($0) })
