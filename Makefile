@@ -10,7 +10,7 @@ SWIFTPM_FLAGS = $(if $(SCRATCH),--scratch-path $(SCRATCH))
 # What the format targets look at: the Swift sources, not generated or fetched code.
 FORMAT_PATHS = Package.swift Sources Tests Fuzz
 FUZZ_SECONDS ?= 30
-FUZZ_TARGETS ?= reader nbd fuse decompress
+FUZZ_TARGETS ?= reader nbd fuse remote decompress
 # `make bench VM_BENCH=1` adds the VM benchmarks (boots Debian kernels; see vmtests/README.md).
 VM_BENCH ?=
 VM_KERNELS ?= 6.1 6.12

@@ -218,11 +218,16 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "KernelAttachTests", dependencies: ["KernelAttach"]),
+        // What the remote fuzzer does with an input; RemoteSourcesTests replays the seeds through it.
+        .target(
+            name: "RemoteFuzzSupport", dependencies: ["RemoteSources", "ImageSources", "ReaderFuzzSupport"],
+            path: "Fuzz/RemoteFuzzSupport"),
         // Real servers started by the tests: a Range server with faults (Servers/), moto's S3.
         .testTarget(
             name: "RemoteSourcesTests",
             dependencies: [
-                "RemoteSources", "ImageSources", "SystemCalls", "TestSupport", "Manifest",
+                "RemoteSources", "ImageSources", "SystemCalls", "TestSupport", "Manifest", "RemoteFuzzSupport",
+                "ReaderFuzzSupport",
                 // Built for the tests, which run `erofs ls` and `mount.erofs` on remote sources.
                 "ErofsTool", "MountErofsTool",
             ], exclude: ["Servers"]),
@@ -297,11 +302,14 @@ if Context.environment["EROFS_FUZZERS"] == "1" {
         .executableTarget(
             name: "ExtractFuzzer", dependencies: ["ExtractFuzzSupport", "ReaderFuzzSupport", "FuzzDriver"],
             path: "Fuzz/ExtractFuzzer"),
+        .executableTarget(
+            name: "RemoteFuzzer", dependencies: ["RemoteFuzzSupport", "FuzzDriver"], path: "Fuzz/RemoteFuzzer"),
     ]
     package.products += [
         .executable(name: "ReaderFuzzer", targets: ["ReaderFuzzer"]),
         .executable(name: "NBDFuzzer", targets: ["NBDFuzzer"]),
         .executable(name: "FUSEFuzzer", targets: ["FUSEFuzzer"]),
         .executable(name: "ExtractFuzzer", targets: ["ExtractFuzzer"]),
+        .executable(name: "RemoteFuzzer", targets: ["RemoteFuzzer"]),
     ]
 }

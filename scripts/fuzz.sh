@@ -1,6 +1,6 @@
 #!/bin/bash
 # Builds one libFuzzer target (release, -sanitize=fuzzer, AddressSanitizer) and runs it.
-#   scripts/fuzz.sh reader|extract|nbd|fuse|decompress [SECONDS] [extra libFuzzer flags...]   (default 60 s)
+#   scripts/fuzz.sh reader|extract|nbd|fuse|remote|decompress [SECONDS] [extra libFuzzer flags...]   (default 60 s)
 # Work dir: .build-fuzz/work/TARGET/ (corpus/ grows across runs, seeds/ is regenerated,
 # crash-*/timeout-*/oom-* land in artifacts/, each run's log in logs/). Replay an artifact:
 #   .build-fuzz/release/ReaderFuzzer .build-fuzz/work/reader/artifacts/crash-...
@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
 
-target=${1:?usage: scripts/fuzz.sh reader|extract|nbd|fuse|decompress [SECONDS] [libFuzzer flags...]}
+target=${1:?usage: scripts/fuzz.sh reader|extract|nbd|fuse|remote|decompress [SECONDS] [libFuzzer flags...]}
 seconds=${2:-60}
 shift $(( $# >= 2 ? 2 : 1 ))
 
@@ -20,9 +20,11 @@ case $target in
     nbd) product=NBDFuzzer; max_len=4096 ;;
     # Requests as read from /dev/fuse, answered on one of the mkfs.erofs seed images below.
     fuse) product=FUSEFuzzer; max_len=8192 ;;
+    # What registries, token servers and S3/HTTP servers send, one parser per input (first byte).
+    remote) product=RemoteFuzzer; max_len=16384 ;;
     # The Compression target has its own script (swiftc over the module's sources).
     decompress) exec Fuzz/run.sh "$seconds" "$@" ;;
-    *) echo "unknown target '$target' (reader, extract, nbd, fuse or decompress)" >&2; exit 2 ;;
+    *) echo "unknown target '$target' (reader, extract, nbd, fuse, remote or decompress)" >&2; exit 2 ;;
 esac
 
 # The fuzzer targets exist only with EROFS_FUZZERS=1 (Package.swift); a separate scratch path
