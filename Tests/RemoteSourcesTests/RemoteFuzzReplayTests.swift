@@ -78,6 +78,22 @@ import Testing
         }
     }
 
+    /// The fuzzer's first finding (Fuzz/findings/remote/empty-content-type): an empty
+    /// Content-Type trapped the manifest decoder; it now declares no type and the shape decides.
+    @Test func anEmptyContentTypeDeclaresNoType() throws {
+        let layer = #"{"digest":"sha256:\#(String(repeating: "ab", count: 32))","size":4096}"#
+        let manifest = Array(#"{"schemaVersion":2,"layers":[\#(layer)]}"#.utf8)
+        for contentType in ["", ";", " ; charset=utf-8"] {
+            guard
+                case .manifest(_, let layers) = try ImageDocument.decode(manifest, contentType: contentType, name: "x")
+            else {
+                Issue.record("not read as a manifest with Content-Type \(contentType.debugDescription)")
+                continue
+            }
+            #expect(layers.count == 1)
+        }
+    }
+
     /// A field with a control character inside is dropped: an ETag with a bare CR never goes on
     /// into If-Match.
     @Test func headerFieldsWithControlCharactersAreDropped() {

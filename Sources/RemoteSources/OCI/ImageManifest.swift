@@ -82,8 +82,11 @@ public enum ImageDocument: Sendable, Equatable {
         if wire.schemaVersion == 1 {
             throw bad("Docker schema 1 manifests are not supported (push the image again with a current client)")
         }
+        // The media type is what comes before any parameter; an empty Content-Type (or one
+        // of parameters only) declares none.
         let declared =
-            wire.mediaType ?? contentType.map { String($0.split(separator: ";")[0]).trimmingCharacters(in: " ") }
+            wire.mediaType
+            ?? contentType.map { $0.prefix { $0 != ";" }.trimmingCharacters(in: " ") }.flatMap { $0.isEmpty ? nil : $0 }
         let isIndex: Bool
         switch declared {
         case MediaType.ociIndex, MediaType.dockerManifestList: isIndex = true
