@@ -26,12 +26,9 @@ nonisolated(unsafe) let operations: FUSEOperations? = {
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuseFuzzerTestOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
-    do {
-        try FUSEExercise.run(UnsafeRawBufferPointer(start: data, count: size), operations: operations)
-    } catch {
-        fatalError("FUSE answer the kernel would refuse: \(error)")
+    checkOneInput(data, size, "FUSE answer the kernel would refuse") { input throws(FUSEExercise.Violation) in
+        _ = try FUSEExercise.run(input, operations: operations)
     }
-    return 0
 }
 
 @_cdecl("FUSEFuzzer_main")

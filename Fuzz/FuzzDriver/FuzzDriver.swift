@@ -18,3 +18,17 @@ public func runLibFuzzer(
     var argv = argv
     return llvmFuzzerRunDriver(&argc, &argv, testOneInput)
 }
+
+/// Runs `check` on one input. A thrown error is a finding (a broken rule of the code under test,
+/// not a refused input): it stops the fuzzer like a crash, with `what` and the error.
+public func checkOneInput<Failure: Error>(
+    _ data: UnsafePointer<UInt8>, _ size: Int, _ what: String,
+    _ check: (UnsafeRawBufferPointer) throws(Failure) -> Void
+) -> CInt {
+    do {
+        try check(UnsafeRawBufferPointer(start: data, count: size))
+    } catch {
+        fatalError("\(what): \(error)")
+    }
+    return 0
+}

@@ -7,12 +7,9 @@ import RemoteFuzzSupport
 
 @_cdecl("LLVMFuzzerTestOneInput")
 public func remoteFuzzerTestOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
-    do {
-        try RemoteExercise.run(UnsafeRawBufferPointer(start: data, count: size))
-    } catch {
-        fatalError("remote parser broke its contract: \(error)")
+    checkOneInput(data, size, "remote parser broke its contract") { input throws(RemoteExercise.Violation) in
+        try RemoteExercise.run(input)
     }
-    return 0
 }
 
 @_cdecl("RemoteFuzzer_main")

@@ -9,14 +9,7 @@ import TestSupport
 /// normal build through the fuzzer's own code: decoded, then answered on the reader's seed
 /// images, every answer checked as the kernel checks it.
 @Suite struct FuzzReplayTests {
-    static let repository = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
-    static func files(in folder: String) -> [URL] {
-        let directory = repository.appendingPathComponent(folder)
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
-        return names.sorted().map { directory.appendingPathComponent($0) }
-    }
+    static func files(in folder: String) -> [URL] { FuzzInputs.files(in: folder) }
 
     static var inputs: [URL] { files(in: "Fuzz/seeds/fuse") + files(in: "Fuzz/findings/fuse") }
     static var images: [URL] { files(in: "Fuzz/seeds/reader").filter { $0.pathExtension == "erofs" } }

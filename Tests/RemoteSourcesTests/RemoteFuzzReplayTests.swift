@@ -1,6 +1,7 @@
 import Foundation
 import ReaderFuzzSupport
 import RemoteFuzzSupport
+import TestSupport
 import Testing
 
 @testable import RemoteSources
@@ -9,14 +10,7 @@ import Testing
 /// the normal build through the fuzzer's own code, and the rule it enforces on every error line:
 /// what a server sends never splits a line or reaches a terminal as control characters.
 @Suite struct RemoteFuzzReplayTests {
-    static let repository = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-
-    static func files(in folder: String) -> [URL] {
-        let directory = repository.appendingPathComponent(folder)
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
-        return names.sorted().map { directory.appendingPathComponent($0) }
-    }
+    static func files(in folder: String) -> [URL] { FuzzInputs.files(in: folder) }
 
     static var inputs: [URL] { files(in: "Fuzz/seeds/remote") + files(in: "Fuzz/findings/remote") }
 
@@ -34,7 +28,9 @@ import Testing
     /// The seeds are valid inputs: each parses, so the fuzzer starts from the accepting paths.
     @Test func seedsAreAccepted() throws {
         func seed(_ name: String) throws -> [UInt8] {
-            Array(try Data(contentsOf: Self.repository.appendingPathComponent("Fuzz/seeds/remote/\(name)")).dropFirst())
+            Array(
+                try Data(contentsOf: FuzzInputs.repository.appendingPathComponent("Fuzz/seeds/remote/\(name)"))
+                    .dropFirst())
         }
         #expect(
             AuthChallenge(header: String(decoding: try seed("challenge-bearer"), as: UTF8.self))?.scheme == "bearer")
