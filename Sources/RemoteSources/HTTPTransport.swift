@@ -262,7 +262,7 @@ package enum HTTPHeaderField {
         let value = line[line.index(after: colon)...].trimmingCharacters(in: " \t\r\n")
         guard !name.isEmpty,
             name.unicodeScalars.allSatisfy({ $0.value > 0x20 && $0.value < 0x7f }),
-            value.unicodeScalars.allSatisfy({ $0 == "\t" || ($0.value >= 0x20 && !(0x7f...0x9f).contains($0.value)) })
+            value.unicodeScalars.allSatisfy({ $0 == "\t" || !$0.isControlCharacter })
         else { return nil }
         return (name, value)
     }

@@ -74,8 +74,7 @@ extension String {
     /// `\u{XX}`, and cut to at most `limit` UTF-8 bytes (between two scalars, `...` at the
     /// end). Text that needs neither is returned as it is.
     func printableLine(limit: Int) -> String {
-        func isControl(_ scalar: Unicode.Scalar) -> Bool { scalar.value < 0x20 || (0x7f...0x9f).contains(scalar.value) }
-        if utf8.count <= limit && !unicodeScalars.contains(where: isControl) { return self }
+        if utf8.count <= limit && !unicodeScalars.contains(where: \.isControlCharacter) { return self }
         var out = String.UnicodeScalarView()
         var bytes = 0
         for scalar in unicodeScalars {
@@ -84,7 +83,7 @@ extension String {
             case "\n": piece = "\\n"
             case "\t": piece = "\\t"
             case "\r": piece = "\\r"
-            case _ where isControl(scalar): piece = "\\u{" + String(scalar.value, radix: 16) + "}"
+            case _ where scalar.isControlCharacter: piece = "\\u{" + String(scalar.value, radix: 16) + "}"
             default: piece = String(scalar)
             }
             guard bytes + piece.utf8.count <= limit - 3 else {
@@ -96,4 +95,9 @@ extension String {
         }
         return String(out)
     }
+}
+
+extension Unicode.Scalar {
+    /// C0, DEL or C1: what must not reach a terminal or a log line from a server.
+    var isControlCharacter: Bool { value < 0x20 || (0x7f...0x9f).contains(value) }
 }
