@@ -252,6 +252,10 @@ import TestSupport
         let lines = result.standardError.split(separator: "\n")
         #expect(lines.count == 1, "\(source): \(result.standardError)", sourceLocation: sourceLocation)
         #expect(
+            !result.standardError.unicodeScalars.contains { $0 != "\n" && ($0.value < 0x20 || $0.value == 0x7f) },
+            "\(source): a control character in \(result.standardError.debugDescription)", sourceLocation: sourceLocation
+        )
+        #expect(
             result.standardError.contains(cause), "\(source): expected \(cause): \(result.standardError)",
             sourceLocation: sourceLocation)
         #expect(elapsed < 20, "\(source): took \(elapsed) s", sourceLocation: sourceLocation)
@@ -287,6 +291,12 @@ import TestSupport
         try http.control("DELETE", "/__fault")
         try http.control("POST", "/__fault?mode=full200&count=10")
         try expectCleanFailure(base + "/image.erofs", options: quick, saying: "does not support Range requests")
+        try http.control("DELETE", "/__fault")
+        // A server's own text is escaped into the one line: no newline, no escape sequence.
+        try http.control("POST", "/__fault?mode=hostile403&count=10")
+        try expectCleanFailure(
+            base + "/image.erofs", options: quick,
+            saying: #"access denied (HTTP 403: AccessDenied\n\u{1b}[2J\u{1b}]0;owned\u{7}"#)
         try http.control("DELETE", "/__fault")
 
         let moto = try MotoFixture(files: [image.path])

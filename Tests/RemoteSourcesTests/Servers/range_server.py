@@ -21,6 +21,8 @@ Faults: `POST /__fault?mode=M&count=N[&after=K][&seconds=S]` makes the next N da
             document what a client without a digest gets)
   region    (&region=R) answer as S3 does a SigV4 request scoped to another region than R:
             400 AuthorizationHeaderMalformed naming R (moto accepts any region)
+  hostile403 answer 403 with an S3 error whose <Code> holds a newline and terminal escape
+            sequences and whose <Message> is 100 KB long (what a hostile server can send)
 `GET /__stats` returns JSON counters: requests, ranges (bytes asked), faults applied, and
 range_log: the Range header of each ranged request, in arrival order (its last 10,000).
 """
@@ -145,6 +147,14 @@ class Handler(BaseHTTPRequestHandler):
         if fault and fault["mode"] == "status503":
             body = b"<Error><Code>SlowDown</Code></Error>"
             self.send_response(503)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        if fault and fault["mode"] == "hostile403":
+            body = (b"<Error><Code>AccessDenied\n\x1b[2J\x1b]0;owned\x07</Code><Message>"
+                    + b"x" * 100_000 + b"</Message></Error>")
+            self.send_response(403)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
