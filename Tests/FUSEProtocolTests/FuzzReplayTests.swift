@@ -9,10 +9,8 @@ import TestSupport
 /// normal build through the fuzzer's own code: decoded, then answered on the reader's seed
 /// images, every answer checked as the kernel checks it.
 @Suite struct FuzzReplayTests {
-    static func files(in folder: String) -> [URL] { FuzzInputs.files(in: folder) }
-
-    static var inputs: [URL] { files(in: "Fuzz/seeds/fuse") + files(in: "Fuzz/findings/fuse") }
-    static var images: [URL] { files(in: "Fuzz/seeds/reader").filter { $0.pathExtension == "erofs" } }
+    static var inputs: [URL] { FuzzInputs.files(in: "Fuzz/seeds/fuse") + FuzzInputs.files(in: "Fuzz/findings/fuse") }
+    static var images: [URL] { FuzzInputs.files(in: "Fuzz/seeds/reader").filter { $0.pathExtension == "erofs" } }
 
     @Test func seedsArePresent() {
         #expect(FuzzReplayTests.inputs.count >= 6)
@@ -69,7 +67,7 @@ import TestSupport
     @Test func mutatedSeedsAreAnsweredWithinTheRules() throws {
         let image = try #require(FuzzReplayTests.images.first { $0.lastPathComponent == "compact.erofs" })
         let operations = FUSEExercise.operations(for: try EROFSFilesystem(path: image.path))
-        let seeds = try FuzzReplayTests.files(in: "Fuzz/seeds/fuse").map { Array(try Data(contentsOf: $0)) }
+        let seeds = try FuzzInputs.files(in: "Fuzz/seeds/fuse").map { Array(try Data(contentsOf: $0)) }
         var generator = SplitMix64(seed: 0xF05E_2)
         var counts = FUSEExercise.Counts()
         for iteration in 0..<3000 {

@@ -10,9 +10,9 @@ import Testing
 /// the normal build through the fuzzer's own code, and the rule it enforces on every error line:
 /// what a server sends never splits a line or reaches a terminal as control characters.
 @Suite struct RemoteFuzzReplayTests {
-    static func files(in folder: String) -> [URL] { FuzzInputs.files(in: folder) }
-
-    static var inputs: [URL] { files(in: "Fuzz/seeds/remote") + files(in: "Fuzz/findings/remote") }
+    static var inputs: [URL] {
+        FuzzInputs.files(in: "Fuzz/seeds/remote") + FuzzInputs.files(in: "Fuzz/findings/remote")
+    }
 
     @Test func seedsCoverEveryParserAndKeepTheRules() throws {
         let inputs = try Self.inputs.map { (name: $0.lastPathComponent, bytes: Array(try Data(contentsOf: $0))) }
