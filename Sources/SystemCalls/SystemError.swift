@@ -70,11 +70,17 @@ public struct SystemError: Error, CustomStringConvertible, Sendable, Equatable {
     public var description: String {
         var text = operation
         if let path { text += " \(path)" }
+        let reason = reason
+        if !reason.isEmpty { text += ": " + reason }
+        return text
+    }
+
+    /// Why it failed, without what was tried on what: the detail and the errno's text.
+    public var reason: String {
         var causes: [String] = []
         if let detail { causes.append(detail) }
         if let errno { causes.append(String(cString: strerror(errno.rawValue))) }
-        if !causes.isEmpty { text += ": " + causes.joined(separator: ": ") }
-        return text
+        return causes.joined(separator: ": ")
     }
 }
 
