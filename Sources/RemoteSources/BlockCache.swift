@@ -1,6 +1,8 @@
 import CShim
 import Crypto
 import Synchronization
+import SystemCalls
+import SystemPackage
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -244,25 +246,33 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
         verified = Mutex(BlockSet(count: blockCount))
         claimed = Mutex(BlockSet(count: blockCount))
         overflow = MemoryBlockStore(blockSize: blockSize, capacity: 64 << 20)
-        let directory = budget.directory
-        try budget.createDirectory()
+        let directory = try budget.openDirectory()
         var header = [UInt8](repeating: 0, count: Self.headerSize)
         header.replaceSubrange(0..<8, with: Self.magic)
         withUnsafeBytes(of: UInt32(blockSize).littleEndian) { header.replaceSubrange(8..<12, with: $0) }
         withUnsafeBytes(of: objectSize.littleEndian) { header.replaceSubrange(16..<24, with: $0) }
         header.replaceSubrange(32..<64, with: digest)
         let mapLength = off_t(Self.headerSize + Self.entrySize * blockCount)
-        let mapPath = "\(directory)/\(key).map"
-        let dataPath = "\(directory)/\(key).data"
+        let mapPath = "\(directory.path)/\(key).map"
         func failure(_ what: String, _ path: String) -> RemoteError {
             RemoteError(.cache, path, "\(what): \(String(cString: strerror(errno)))")
+        }
+        // Opened in the checked directory, never through a symlink: root truncates and
+        // overwrites these files.
+        func openFile(_ name: String) throws(RemoteError) -> Int32 {
+            let opened: FileDescriptor?
+            do { opened = try directory.openFile(name, O_RDWR | O_CREAT) } catch {
+                throw RemoteError(.cache, "\(directory.path)/\(name)", error.reason)
+            }
+            // With O_CREAT a file is made or an error thrown.
+            guard let opened else { throw RemoteError(.cache, "\(directory.path)/\(name)", "cannot create it") }
+            return opened.rawValue
         }
         // Open and lock the map; a map deleted by an evictor between our open and our lock
         // has no links left: open again.
         var map: Int32 = -1
         for _ in 0..<5 {
-            map = open(mapPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-            guard map >= 0 else { throw failure("cannot open the cache map", mapPath) }
+            map = try openFile("\(key).map")
             while flock(map, LOCK_SH) != 0 && errno == EINTR {}
             var status = stat()
             if fstat(map, &status) == 0 && status.st_nlink > 0 { break }
@@ -290,10 +300,10 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
             }
             flock(map, LOCK_SH)
         }
-        let data = open(dataPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard data >= 0 else {
+        let data: Int32
+        do { data = try openFile("\(key).data") } catch {
             close(map)
-            throw failure("cannot open the cache data", dataPath)
+            throw error
         }
         let dataSize = fstat(data, &status) == 0 ? UInt64(max(0, status.st_size)) : 0
         mapDescriptor = map
@@ -553,15 +563,17 @@ final class CacheBudget: Sendable {
         self.limit = limit
     }
 
-    func createDirectory() throws(RemoteError) {
-        var path = ""
-        for component in directory.split(separator: "/") {
-            path += "/" + component
-            if mkdir(path, 0o700) != 0 && errno != EEXIST {
-                throw RemoteError(
-                    .cache, directory, "cannot create the cache directory: \(String(cString: strerror(errno)))")
-            }
+    /// The directory, created when needed and checked (`PrivateDirectory`): a directory
+    /// another user made or can change could hold, in place of our files, symlinks to files
+    /// root would then overwrite.
+    func openDirectory() throws(RemoteError) -> PrivateDirectory {
+        let opened: PrivateDirectory?
+        do { opened = try PrivateDirectory.open(directory, creating: true, purpose: "use cache directory") } catch {
+            throw RemoteError(.cache, error.path ?? directory, "cache directory refused: \(error.reason)")
         }
+        // Created when missing: there is one, or an error was thrown.
+        guard let opened else { throw RemoteError(.cache, directory, "cannot create the cache directory") }
+        return opened
     }
 
     /// Whether the cache was found full (past the limit with only objects in use): blocks
@@ -590,32 +602,23 @@ final class CacheBudget: Sendable {
     /// limit; false when it cannot get there.
     @discardableResult
     func evict(keeping key: String) -> Bool {
-        guard let handle = opendir(directory) else { return true }
-        defer { closedir(handle) }
+        guard let directory = try? openDirectory(), let names = try? directory.names() else { return true }
         var objects: [(key: String, used: Int, bytes: UInt64)] = []
         var total: UInt64 = 0
-        while let entry = readdir(handle) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) {
-                String(decoding: $0.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            guard name.hasSuffix(".map") else { continue }
+        for name in names where name.hasSuffix(".map") {
             let objectKey = String(name.dropLast(4))
-            var map = stat()
-            var data = stat()
-            guard stat("\(directory)/\(name)", &map) == 0 else { continue }
-            let bytes = stat("\(directory)/\(objectKey).data", &data) == 0 ? UInt64(data.st_blocks) * 512 : 0
+            guard let map = directory.status(of: name) else { continue }
+            let bytes = directory.status(of: "\(objectKey).data").map { UInt64($0.st_blocks) * 512 } ?? 0
             total += bytes
             objects.append((objectKey, map.st_mtim.tv_sec, bytes))
         }
         for object in objects.sorted(by: { $0.used < $1.used }) where total > limit && object.key != key {
-            let mapPath = "\(directory)/\(object.key).map"
-            let descriptor = open(mapPath, O_RDWR | O_CLOEXEC)
-            guard descriptor >= 0 else { continue }
-            defer { close(descriptor) }
+            guard let map = try? directory.openFile("\(object.key).map", O_RDWR) else { continue }
+            defer { try? map.close() }
             // In use by some process: skip it.
-            guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else { continue }
-            unlink("\(directory)/\(object.key).data")
-            unlink(mapPath)
+            guard flock(map.rawValue, LOCK_EX | LOCK_NB) == 0 else { continue }
+            try? directory.remove("\(object.key).data")
+            try? directory.remove("\(object.key).map")
             total -= object.bytes
         }
         return total <= limit

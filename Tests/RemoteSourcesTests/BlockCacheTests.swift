@@ -123,6 +123,38 @@ import Testing
         #expect(CacheBudget(directory: directory, limit: 4096).evict(keeping: "none"))
     }
 
+    /// Root writes, truncates and later trusts the cache's files: a symlink planted in place of
+    /// one is not followed, and a directory another user owns is not used at all, so nothing
+    /// outside the cache is written (found by an attack on `remote.cache=/tmp/DIR`, where the
+    /// symlinked map was truncated and overwritten).
+    @Test func plantedSymlinksAndForeignDirectoriesAreRefused() throws {
+        let directory = try scratchDirectory("cache-planted")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let key = try open(directory + "/ours").key
+        let victim = directory + "/victim"
+        try Data("precious".utf8).write(to: URL(fileURLWithPath: victim))
+        for name in ["\(key).map", "\(key).data"] {
+            try FileManager.default.removeItem(atPath: "\(directory)/ours/\(name)")
+            #expect(symlink(victim, "\(directory)/ours/\(name)") == 0)
+            #expect { try open(directory + "/ours") } throws: {
+                ($0 as? RemoteError)?.kind == .cache && "\($0)".contains("a symlink, not a file of ours")
+            }
+            try FileManager.default.removeItem(atPath: "\(directory)/ours/\(name)")
+            _ = try open(directory + "/ours")
+        }
+        #expect(try String(contentsOfFile: victim, encoding: .utf8) == "precious")
+        guard geteuid() == 0 else { return }
+        // Another user's directory, with their symlink where our map would be.
+        let theirs = directory + "/theirs"
+        #expect(mkdir(theirs, 0o755) == 0 && chown(theirs, 65534, 65534) == 0)
+        #expect(symlink(victim, "\(theirs)/\(key).map") == 0)
+        #expect { try open(theirs) } throws: { "\($0)".contains("owned by uid 65534") }
+        #expect(try String(contentsOfFile: victim, encoding: .utf8) == "precious")
+        // Eviction does not reach into it either.
+        #expect(CacheBudget(directory: theirs, limit: 0).evict(keeping: "none"))
+        #expect(FileManager.default.fileExists(atPath: "\(theirs)/\(key).map"))
+    }
+
     /// An old cache (its map says another format: CRC-32 of zlib, not CRC-32C) is reset, not
     /// read with the wrong check.
     @Test func aCacheOfAnotherFormatIsReset() throws {
