@@ -1,4 +1,6 @@
 import Foundation
+import SystemCalls
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
@@ -72,20 +74,17 @@ public enum CapturedCredentials {
         func failure(_ what: String, _ path: String) -> RemoteError {
             RemoteError(.configuration, path, "cannot \(what): \(String(cString: strerror(errno)))")
         }
-        for path in ["/run/erofs-mount", directory] where mkdir(path, 0o700) != 0 && errno != EEXIST {
-            throw failure("create the credentials directory", path)
+        var name = ""
+        for _ in 0..<16 { name += String(UInt8.random(in: 0...255), radix: 16).leftPadded(2) }
+        let path = directory + "/" + name
+        let file: FileDescriptor?
+        do {
+            file = try PrivateDirectory.open(directory, creating: true, purpose: "use credentials directory")?
+                .openFile(name, O_WRONLY | O_CREAT | O_EXCL)
+        } catch {
+            throw RemoteError(.configuration, error.path ?? directory, error.reason)
         }
-        var status = stat()
-        guard lstat(directory, &status) == 0, status.st_mode & S_IFMT == S_IFDIR, status.st_uid == geteuid(),
-            status.st_mode & 0o077 == 0
-        else {
-            throw RemoteError(.configuration, directory, "not a directory of ours, closed to other users")
-        }
-        var bytes: [UInt8] = []
-        for _ in 0..<16 { bytes.append(UInt8.random(in: 0...255)) }
-        let path = directory + "/" + bytes.map { String($0, radix: 16) }.map { $0.count == 1 ? "0" + $0 : $0 }.joined()
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw failure("create the credentials file", path) }
+        guard let fd = file?.rawValue else { throw failure("create the credentials file", path) }
         let written = text.utf8.withContiguousStorageIfAvailable { Glibc.write(fd, $0.baseAddress, $0.count) } ?? -1
         close(fd)
         guard written == text.utf8.count else {
