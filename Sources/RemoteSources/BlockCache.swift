@@ -607,6 +607,10 @@ final class CacheBudget: Sendable {
         var total: UInt64 = 0
         for name in names where name.hasSuffix(".map") {
             let objectKey = String(name.dropLast(4))
+            // Only our own names: the directory may be one the user named, with files of others.
+            guard objectKey.utf8.count == 32, objectKey.utf8.allSatisfy({ isxdigit(Int32($0)) != 0 }) else {
+                continue
+            }
             guard let map = directory.status(of: name) else { continue }
             let bytes = directory.status(of: "\(objectKey).data").map { UInt64($0.st_blocks) * 512 } ?? 0
             total += bytes

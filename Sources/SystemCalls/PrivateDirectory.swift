@@ -8,10 +8,11 @@ import SystemPackage
 ///
 /// It is reached one component at a time from `/` without following a symlink; every component
 /// above it is owned by root or us and writable by nobody else (unless sticky, as /tmp: others
-/// cannot rename what is ours there); the directory itself is ours and is made 0700. So nothing
-/// in it can have been planted, and no name in it can be swapped for a symlink to a file
-/// elsewhere that root would then truncate or overwrite. Files are opened relative to the
-/// descriptor, never by path, with O_NOFOLLOW, and must be regular files of ours.
+/// cannot rename what is ours there); the directory itself is ours and closed to others' writes
+/// (unless sticky), made 0700 when we create it, never chmodded. So no name in it can be
+/// swapped for a symlink or a hard link to a file elsewhere that root would then truncate or
+/// overwrite. Files are opened relative to the descriptor, never by path, with O_NOFOLLOW,
+/// and must be regular files of ours with one link.
 public final class PrivateDirectory: Sendable {
     public let path: String
     /// Owned: closed on deinit.
@@ -81,11 +82,6 @@ public final class PrivateDirectory: Sendable {
                 try? current.close()
                 throw SystemError(.refused, purpose, path: reached, detail: refusal)
             }
-            if isLast && status.st_mode & 0o7777 != 0o700 && fchmod(fd, 0o700) != 0 {
-                let failure = SystemError.lastErrno("chmod", path: reached)
-                try? current.close()
-                throw failure
-            }
         }
         return PrivateDirectory(path: path, descriptor: current, purpose: purpose)
     }
@@ -106,14 +102,20 @@ public final class PrivateDirectory: Sendable {
     /// ours alone (one someone else made may hold files they planted); those above it must be
     /// root's or ours and closed to others, or sticky.
     static func refusal(of status: stat, isLast: Bool, me: uid_t) -> String? {
+        let othersMayWrite = status.st_mode & 0o022 != 0
+        let sticky = status.st_mode & UInt32(S_ISVTX) != 0
         if isLast {
             guard status.st_uid == me else {
                 return "owned by uid \(status.st_uid), not by us (uid \(me)): its files cannot be trusted; remove it"
             }
+            // Never chmodded: it may be a directory the user named (`remote.cache=/srv/x`)
+            // that others rely on. Sticky, others cannot touch our files in it.
+            guard !othersMayWrite || sticky else {
+                return
+                    "mode \(String(status.st_mode & 0o7777, radix: 8)): others could plant files in it (chmod go-w, or remove it)"
+            }
             return nil
         }
-        let othersMayWrite = status.st_mode & 0o022 != 0
-        let sticky = status.st_mode & UInt32(S_ISVTX) != 0
         guard status.st_uid == 0 || status.st_uid == me, !othersMayWrite || sticky else {
             return
                 "owned by uid \(status.st_uid) with mode \(String(status.st_mode & 0o7777, radix: 8)): others could replace what lies under it"
@@ -145,6 +147,9 @@ public final class PrivateDirectory: Sendable {
             refusal = "not a regular file"
         } else if status.st_uid != geteuid() {
             refusal = "owned by uid \(status.st_uid), not by us (uid \(geteuid()))"
+        } else if status.st_nlink > 1 {
+            // A second name elsewhere: a hard link planted to a file of ours outside.
+            refusal = "\(status.st_nlink) links: not a file of ours alone"
         }
         if let refusal {
             try? opened.close()

@@ -113,10 +113,17 @@ import Testing
         for index in 0..<64 { block(UInt8(index)).withUnsafeBytes { kept!.store(block: index, bytes: $0) } }
         let files = try FileManager.default.contentsOfDirectory(atPath: directory)
         #expect(files.filter { $0.hasSuffix(".map") }.count == 2)
+        // A file not named as ours is someone else's, even with our suffix: never deleted.
+        let foreign = [UInt8](repeating: 1, count: 1 << 20)
+        #expect(FileManager.default.createFile(atPath: directory + "/site.map", contents: Data(foreign)))
+        #expect(FileManager.default.createFile(atPath: directory + "/site.data", contents: Data(foreign)))
         let budget = CacheBudget(directory: directory, limit: 300 << 10)
         #expect(budget.evict(keeping: "none"))
         let after = try FileManager.default.contentsOfDirectory(atPath: directory)
-        #expect(after.filter { $0.hasSuffix(".map") } == ["\(kept!.key).map"])
+        #expect(after.filter { $0.hasSuffix(".map") }.sorted() == ["\(kept!.key).map", "site.map"])
+        #expect(after.contains("site.data"))
+        try FileManager.default.removeItem(atPath: directory + "/site.map")
+        try FileManager.default.removeItem(atPath: directory + "/site.data")
         // Over the limit with only objects in use: eviction says so.
         #expect(!CacheBudget(directory: directory, limit: 4096).evict(keeping: "none"))
         kept = nil

@@ -33,10 +33,16 @@ import Testing
         #expect(fstat(directory.descriptor.rawValue, &status) == 0)
         #expect(status.st_mode & 0o7777 == 0o700)
         #expect(try PrivateDirectory.open("\(base)/missing", creating: false, purpose: "use test") == nil)
-        // An existing directory of ours open to others is closed.
-        #expect(mkdir("\(base)/open", 0o755) == 0)
-        _ = try PrivateDirectory.open("\(base)/open", creating: false, purpose: "use test")
-        #expect(stat("\(base)/open", &status) == 0 && status.st_mode & 0o7777 == 0o700)
+        // An existing directory of ours is used as it is when others cannot write in it, or
+        // when it is sticky; never chmodded (it may be one the user named).
+        #expect(mkdir("\(base)/readable", 0o755) == 0 && chmod("\(base)/readable", 0o755) == 0)
+        #expect(refusal("\(base)/readable", creating: false) == nil)
+        #expect(stat("\(base)/readable", &status) == 0 && status.st_mode & 0o7777 == 0o755)
+        #expect(mkdir("\(base)/writable", 0o777) == 0 && chmod("\(base)/writable", 0o777) == 0)
+        #expect(refusal("\(base)/writable")?.contains("mode 777: others could plant files in it") == true)
+        #expect(stat("\(base)/writable", &status) == 0 && status.st_mode & 0o7777 == 0o777)
+        #expect(chmod("\(base)/writable", 0o1777) == 0)
+        #expect(refusal("\(base)/writable") == nil)
     }
 
     @Test func aSymlinkInPlaceOfTheDirectoryIsNotFollowed() throws {
@@ -84,6 +90,11 @@ import Testing
         #expect(symlink(victim, "\(base)/d/planted") == 0)
         #expect(throws: SystemError.self) { try directory.openFile("planted", O_RDWR | O_CREAT | O_TRUNC) }
         #expect(try String(contentsOfFile: victim, encoding: .utf8) == "keep")
+        let linked = try #require(try directory.openFile("linked", O_RDWR | O_CREAT))
+        try linked.close()
+        #expect(link("\(base)/d/linked", "\(base)/second-name") == 0)
+        #expect { try directory.openFile("linked", O_RDWR) } throws: { "\($0)".contains("2 links") }
+        try directory.remove("linked")
         #expect(mkfifo("\(base)/d/fifo", 0o600) == 0)
         #expect { try directory.openFile("fifo", O_RDONLY | O_NONBLOCK) } throws: {
             "\($0)".contains("not a regular file")
