@@ -311,7 +311,10 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
         if dataSize != objectSize {
             // Cut: blocks past the cut are holes whatever their entries say.
             if !mapIsNew && dataSize < objectSize { forgetBlocks(past: dataSize) }
-            ftruncate(data, off_t(objectSize))
+            // A size the filesystem cannot hold (EFBIG) would look cut at every open.
+            guard ftruncate(data, off_t(objectSize)) == 0 else {
+                throw failure("cannot size the cache data", "\(directory.path)/\(key).data")
+            }
         }
         // Recently used objects are evicted last.
         futimens(map, nil)
@@ -500,14 +503,22 @@ final class DiskBlockStore: BlockStore, @unchecked Sendable {
     private func forgetBlocks(past size: UInt64) {
         let first = Int(size / UInt64(blockSize))
         guard first < blockCount else { return }
-        let zeros = [UInt8](repeating: 0, count: 4096 * Self.entrySize)
-        var block = first
-        while block < blockCount {
-            let count = min(4096, blockCount - block)
-            _ = zeros.withUnsafeBytes {
-                pwrite(mapDescriptor, $0.baseAddress, count * Self.entrySize, entryOffset(block))
+        let (start, end) = (entryOffset(first), entryOffset(blockCount))
+        // A hole: the map of a huge object stays sparse, whatever the cut.
+        if cshim_punch_hole(mapDescriptor, Int64(start), Int64(end - start)) == 0 { return }
+        // No hole punching here: clear only the chunks that hold an entry, so that what is
+        // written never exceeds what was there.
+        let chunk = 4096 * Self.entrySize
+        var bytes = [UInt8](repeating: 0, count: chunk)
+        var offset = start
+        while offset < end {
+            let count = Int(min(off_t(chunk), end - offset))
+            let got = bytes.withUnsafeMutableBytes { pread(mapDescriptor, $0.baseAddress, count, offset) }
+            if got > 0 && bytes[..<got].contains(where: { $0 != 0 }) {
+                let zeros = [UInt8](repeating: 0, count: got)
+                _ = zeros.withUnsafeBytes { pwrite(mapDescriptor, $0.baseAddress, got, offset) }
             }
-            block += count
+            offset += off_t(count)
         }
     }
 

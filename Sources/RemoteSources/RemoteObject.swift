@@ -67,6 +67,10 @@ final class RemoteObject: Sendable {
     /// Opens the object with one ranged GET of its first `probe` bytes, which tells the size
     /// (Content-Range), the version (ETag, Last-Modified) and that the server honours Range.
     /// Returns the object and those first bytes.
+    /// The largest object opened: 16 TiB, what an EROFS image of 4 KiB blocks can address
+    /// (32-bit block numbers), and ext4's largest file for the cache.
+    static let maximumSize: UInt64 = 1 << 44
+
     static func open(endpoint: RemoteEndpoint, transport: HTTPTransport, probe: Int) throws(RemoteError) -> (
         RemoteObject, [UInt8]
     ) {
@@ -78,6 +82,13 @@ final class RemoteObject: Sendable {
         }.get()
         guard outcome.total > 0 else {
             throw RemoteError(.protocolViolation, endpoint.displayName, "the object is empty")
+        }
+        // The size sizes the block cache's map and bitmaps: a hostile total must not.
+        guard outcome.total <= maximumSize else {
+            throw RemoteError(
+                .protocolViolation, endpoint.displayName,
+                "the server says the object is \(outcome.total) bytes: more than 16 TiB, the most an image is read from"
+            )
         }
         bytes.removeSubrange(outcome.filled...)
         let etag = endpoint.contentDigest == nil ? outcome.head.headers["etag"] : nil

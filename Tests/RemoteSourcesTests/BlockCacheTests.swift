@@ -162,6 +162,30 @@ import Testing
         #expect(FileManager.default.fileExists(atPath: "\(theirs)/\(key).map"))
     }
 
+    /// A data file cut short clears the entries past the cut with a hole, not with zeros
+    /// written: the map of a big object stays sparse (a 64 GiB object's map is 256 MiB).
+    @Test func aCutOfABigObjectKeepsItsMapSparse() throws {
+        let directory = try scratchDirectory("cache-cut-big")
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let size: UInt64 = 1 << 36
+        let key: String
+        do {
+            let store = try open(directory, size: size)
+            key = store.key
+            for index in [0, 1, 1 << 23] {
+                block(UInt8(index & 0xff)).withUnsafeBytes { store.store(block: index, bytes: $0) }
+            }
+        }
+        #expect(truncate("\(directory)/\(key).data", 4096) == 0)
+        let reopened = try open(directory, size: size)
+        #expect(reopened.contains(block: 0))
+        #expect(!reopened.contains(block: 1) && !reopened.contains(block: 1 << 23))
+        var status = stat()
+        #expect(stat("\(directory)/\(key).map", &status) == 0)
+        #expect(status.st_size > 256 << 20)
+        #expect(status.st_blocks * 512 < 1 << 20, "\(status.st_blocks * 512) bytes allocated")
+    }
+
     /// An old cache (its map says another format: CRC-32 of zlib, not CRC-32C) is reset, not
     /// read with the wrong check.
     @Test func aCacheOfAnotherFormatIsReset() throws {

@@ -293,6 +293,15 @@ import TestSupport
         try expectCleanFailure(base + "/image.erofs", options: quick, saying: "does not support Range requests")
         try http.control("DELETE", "/__fault")
         // A server's own text is escaped into the one line: no newline, no escape sequence.
+        // A size that would have sized the cache's map and bitmaps (2^63 - 1 trapped on an
+        // overflow; 1 PiB wrote a 256 GiB map of zeros).
+        for total in ["9223372036854775807", "1125899906842624"] {
+            try http.control("POST", "/__fault?mode=hugetotal&total=\(total)&count=10")
+            try expectCleanFailure(
+                base + "/image.erofs", options: quick,
+                saying: "the server says the object is \(total) bytes: more than 16 TiB")
+            try http.control("DELETE", "/__fault")
+        }
         try http.control("POST", "/__fault?mode=hostile403&count=10")
         try expectCleanFailure(
             base + "/image.erofs", options: quick,

@@ -21,6 +21,8 @@ Faults: `POST /__fault?mode=M&count=N[&after=K][&seconds=S]` makes the next N da
             document what a client without a digest gets)
   region    (&region=R) answer as S3 does a SigV4 request scoped to another region than R:
             400 AuthorizationHeaderMalformed naming R (moto accepts any region)
+  hugetotal (&total=N) answer the range asked for with a Content-Range that claims the object
+            is N bytes (what a hostile server can say to size our cache)
   hostile403 answer 403 with an S3 error whose <Code> holds a newline and terminal escape
             sequences and whose <Message> is 100 KB long (what a hostile server can send)
 `GET /__stats` returns JSON counters: requests, ranges (bytes asked), faults applied, and
@@ -112,7 +114,7 @@ class Handler(BaseHTTPRequestHandler):
                     FAULTS.append({
                         "mode": query["mode"], "count": int(query.get("count", "1")),
                         "after": int(query.get("after", "0")), "seconds": float(query.get("seconds", "30")),
-                        "region": query.get("region", ""),
+                        "region": query.get("region", ""), "total": int(query.get("total", "0")),
                     })
             self.send_response(204)
             self.send_header("Content-Length", "0")
@@ -239,8 +241,9 @@ class Handler(BaseHTTPRequestHandler):
         if wanted is None:
             return 200, common + [("Content-Length", str(size))], (path, 0, size)
         start, end = wanted
+        claimed = fault["total"] if fault and fault["mode"] == "hugetotal" else size
         return 206, common + [
-            ("Content-Range", "bytes %d-%d/%d" % (start, end, size)), ("Content-Length", str(end - start + 1))
+            ("Content-Range", "bytes %d-%d/%d" % (start, end, claimed)), ("Content-Length", str(end - start + 1))
         ], (path, start, end - start + 1)
 
     def relay(self, fault):
