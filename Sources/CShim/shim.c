@@ -303,3 +303,5 @@ ssize_t cshim_splice(int in, int64_t *offset, int out, size_t length) {
 int cshim_punch_hole(int fd, int64_t offset, int64_t length) {
     return fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
 }
+
+const int cshim_O_PATH = O_PATH;

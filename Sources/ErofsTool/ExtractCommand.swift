@@ -120,8 +120,18 @@ struct ExtractCommand: ParsableCommand {
         }
         let created = destination.withCString { mkdir($0, 0o700) } == 0
         if !created && errno != EEXIST { throw fail("cannot create: \(String(cString: strerror(errno)))") }
-        let descriptor = destination.withCString { open($0, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
-        guard descriptor >= 0 else { throw fail("cannot open: \(String(cString: strerror(errno)))") }
+        // Not through a symlink: one planted in a shared directory (/tmp/out -> an empty
+        // directory of root's) would steer root's writes.
+        let descriptor = destination.withCString { open($0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) }
+        guard descriptor >= 0 else {
+            let cause = errno
+            var status = stat()
+            if destination.withCString({ lstat($0, &status) }) == 0 && status.st_mode & S_IFMT == S_IFLNK {
+                throw fail("a symlink: not followed (name the directory itself)")
+            }
+            errno = cause
+            throw fail("cannot open: \(String(cString: strerror(errno)))")
+        }
         if !created, let entry = firstEntry(ofDirectory: descriptor) {
             let message: String
             switch entry {

@@ -217,23 +217,22 @@ public struct Extractor {
         warnings += try metadata.apply(inode, descriptor: nil, parent: parent, name: name, path: path)
     }
 
-    /// A hard link to the first extracted path of the inode. Paths longer than PATH_MAX are
-    /// resolved one component at a time.
+    /// A hard link to the first extracted path of the inode. That path is resolved one
+    /// component at a time without following a symlink: linkat would follow one in a
+    /// directory component, and whoever can write in DEST could swap a directory for a symlink
+    /// and have root link a file from anywhere on the filesystem into the tree.
     private func link(_ first: ByteString, to name: ByteString, in parent: Int32, path: ByteString) throws {
         var directory = rootDescriptor
         defer { if directory != rootDescriptor { close(directory) } }
-        var from = ByteString(first.bytes.dropFirst())
-        if first.bytes.count >= Int(PATH_MAX) {
-            var components = first.bytes.split(separator: 0x2f).map { ByteString($0) }
-            from = components.removeLast()
-            for component in components {
-                let next = component.withCString {
-                    openat(directory, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-                }
-                guard next >= 0 else { throw Extractor.failure("link (open \(component))", path) }
-                if directory != rootDescriptor { close(directory) }
-                directory = next
+        var components = first.bytes.split(separator: 0x2f).map { ByteString($0) }
+        let from = components.removeLast()
+        for component in components {
+            let next = component.withCString {
+                openat(directory, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
             }
+            guard next >= 0 else { throw Extractor.failure("link (open \(component))", path) }
+            if directory != rootDescriptor { close(directory) }
+            directory = next
         }
         let linked = from.withCString { from in name.withCString { linkat(directory, from, parent, $0, 0) } }
         guard linked == 0 else { throw Extractor.failure("link", path) }

@@ -151,8 +151,7 @@ struct MetadataWriter: Sendable {
             if inode.permissions & 0o6000 & ~permissions != 0 { withheld.setIDMode() }
             let mode = mode_t(permissions)
             let result =
-                descriptor.map { fchmod($0, mode) }
-                ?? name.withCString { fchmodat(parent ?? rootDescriptor, $0, mode, 0) }
+                descriptor.map { fchmod($0, mode) } ?? chmodNode(named: name, in: parent ?? rootDescriptor, mode)
             if result != 0 { warnings.append("chmod \(path): \(String(cString: strerror(errno)))") }
         }
         var times = [timespec](repeating: timespec(), count: 2)
@@ -169,6 +168,24 @@ struct MetadataWriter: Sendable {
         if result != 0 { warnings.append("utimensat \(path): \(String(cString: strerror(errno)))") }
         return warnings
     }
+}
+
+/// chmod of a node without a descriptor of its own (FIFO, socket, device), never through a
+/// symlink: fchmodat cannot refuse one (AT_SYMLINK_NOFOLLOW needs fchmodat2, Linux 6.6), and
+/// whoever can write in the parent could swap the node for a symlink to a file of root's
+/// between its mknod and this chmod. The node is pinned by an O_PATH descriptor taken without
+/// following a symlink, its type checked, and changed through that descriptor.
+func chmodNode(named name: ByteString, in parent: Int32, _ mode: mode_t) -> Int32 {
+    let node = name.withCString { openat(parent, $0, cshim_O_PATH | O_NOFOLLOW | O_CLOEXEC) }
+    guard node >= 0 else { return -1 }
+    defer { close(node) }
+    var status = stat()
+    guard fstat(node, &status) == 0 else { return -1 }
+    guard [S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK].contains(status.st_mode & S_IFMT) else {
+        errno = ELOOP
+        return -1
+    }
+    return chmod("/proc/self/fd/\(node)", mode)
 }
 
 /// Jobs (one regular file each) on the global concurrent queue, at most `inFlight` pending, so

@@ -167,6 +167,67 @@ import Glibc
         #expect(try String(contentsOfFile: destination + "/keep", encoding: .utf8) == "keep\n")
     }
 
+    /// A symlink as DEST (planted in a shared directory, naming an empty directory of root's)
+    /// is not followed.
+    @Test func aSymlinkedDestinationIsNotFollowed() throws {
+        try #require(MkfsImageTests.canMount, "needs root and mkfs.erofs")
+        let made = try Self.makeImage("dest-link")
+        defer { made.remove() }
+        let target = made.scratch + "/roots-empty"
+        try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: false)
+        #expect(symlink(target, made.scratch + "/out") == 0)
+        let result = try runProgram(Self.erofs, ["extract", made.image, made.scratch + "/out"])
+        #expect(result.status == 1)
+        #expect(result.standardError.contains("a symlink: not followed"), "\(result.standardError)")
+        #expect(try FileManager.default.contentsOfDirectory(atPath: target).isEmpty)
+    }
+
+    /// Whoever can write in DEST may swap each node the extraction makes (a FIFO here) for a
+    /// symlink to a file of root's before its chmod. Was: fchmodat followed the symlink and the
+    /// victim, 0600, became 0644 (reproduced with a C loop that won all 3000 swaps). Now the
+    /// chmod goes through a descriptor taken without following, and the swapped names are
+    /// reported, not chmodded. The race is run for real: the assertion is on the victim.
+    @Test func aNodeSwappedForASymlinkIsNotChmodded() throws {
+        try #require(MkfsImageTests.canMount, "needs root and mkfs.erofs")
+        let scratch = try temporaryDirectory("hostile-swap")
+        defer { try? FileManager.default.removeItem(atPath: scratch) }
+        let count = 1500
+        try FileManager.default.createDirectory(atPath: scratch + "/tree", withIntermediateDirectories: false)
+        for index in 0..<count { #expect(mkfifo("\(scratch)/tree/f\(index)", 0o666) == 0) }
+        let image = scratch + "/fifos.erofs"
+        let made = try runProgram(MkfsImageTests.mkfs, ["-T0", image, scratch + "/tree"])
+        try #require(made.status == 0, "mkfs.erofs: \(made.standardError)")
+        let victim = scratch + "/victim"
+        try Data("root's\n".utf8).write(to: URL(fileURLWithPath: victim))
+        #expect(chmod(victim, 0o600) == 0)
+        let destination = scratch + "/out"
+        try FileManager.default.createDirectory(atPath: destination, withIntermediateDirectories: false)
+
+        // The attacker: as each node appears, a symlink to the victim replaces it.
+        let racer = Thread {
+            for index in 0..<count {
+                let node = "\(destination)/f\(index)"
+                let bait = "\(scratch)/bait\(index)"
+                guard symlink(victim, bait) == 0 else { return }
+                let deadline = Date().addingTimeInterval(10)
+                var status = stat()
+                while lstat(node, &status) != 0 && Date() < deadline {}
+                rename(bait, node)
+            }
+        }
+        racer.start()
+        let result = try runProgram(Self.erofs, ["extract", image, destination])
+        while !racer.isFinished { usleep(1000) }
+        let swapped = try FileManager.default.contentsOfDirectory(atPath: destination).filter { name in
+            (try? FileManager.default.destinationOfSymbolicLink(atPath: destination + "/" + name)) == victim
+        }
+        #expect(!swapped.isEmpty, "the race never won a swap: the test showed nothing")
+        #expect(try Self.status(victim).permissions == 0o600, "\(result.standardError)")
+        // A swap that landed before the chmod is reported (exit 2); one after it is not seen.
+        #expect(result.status == 0 || result.status == 2, "\(result.standardError)")
+        if result.status == 2 { #expect(result.standardError.contains("chmod"), "\(result.standardError)") }
+    }
+
     /// DEST keeps its own owner and mode (an existing empty one) or gets what mkdir gives (a
     /// new one); the image root's metadata only with --root-metadata.
     @Test func destinationKeepsItsOwnMetadata() throws {

@@ -97,6 +97,8 @@ uint32_t cshim_crc32c(uint32_t crc, const void *data, size_t length);
 // pipe2(ends, O_CLOEXEC), its capacity set to about `size` bytes (F_SETPIPE_SZ; kept as it was
 // when refused); returns the capacity in bytes, or -1 with errno (no pipe then).
 int cshim_splice_pipe(int ends[2], int size);
+// O_PATH (needs _GNU_SOURCE): a descriptor that pins an inode without opening it for I/O.
+extern const int cshim_O_PATH;
 // fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length): zeros that take
 // no disk (needs _GNU_SOURCE).
 int cshim_punch_hole(int fd, int64_t offset, int64_t length);
