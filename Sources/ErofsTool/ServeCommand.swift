@@ -123,6 +123,7 @@ struct ServeCommand: ParsableCommand {
         let tls =
             effectiveTLSPolicy == .off
             ? nil : try TLSContext(certificateFile: tlsCertificate, keyFile: tlsKey, pskFile: tlsPSK)
+        if tls != nil { for exposed in TLSContext.exposedSecrets([tlsKey, tlsPSK]) { logger.warning("\(exposed)") } }
         let server = try NetworkServer(
             source: source, address: address,
             options: .init(

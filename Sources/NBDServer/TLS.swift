@@ -42,6 +42,17 @@ public final class TLSContext: @unchecked Sendable {
 
     deinit { SSL_CTX_free(context) }
 
+    /// The secret files among `paths` that other users may read or write (the reason each),
+    /// for a warning: a key anyone on the machine can read authenticates anyone.
+    public static func exposedSecrets(_ paths: [String?]) -> [String] {
+        paths.compactMap { path in
+            var status = stat()
+            guard let path, stat(path, &status) == 0, status.st_mode & 0o077 != 0 else { return nil }
+            return
+                "\(path): mode \(String(status.st_mode & 0o777, radix: 8)): other users can read the secret (chmod 600 it)"
+        }
+    }
+
     /// The key of `identity`, if the PSK file has it.
     fileprivate func key(for identity: String) -> [UInt8]? { keys[identity] }
 

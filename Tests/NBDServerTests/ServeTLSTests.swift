@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import NBDProtocol
+import NBDServer
 import Testing
 import TestSupport
 
@@ -157,6 +158,19 @@ final class TCPServeProcess {
             ["--size", "nbds+unix://mallory@/?socket=\(server.socketPath)&tls-psk-file=\(pki.pskFile)"])
         #expect(stranger.status != 0, "an unknown identity was accepted")
         expectCleanShutdown(server)
+    }
+
+    /// A key or PSK file other users can read is named in a warning (openssl's key as it
+    /// writes it is 0600; a copied one often is not).
+    @Test func secretFilesOthersCanReadAreNamed() throws {
+        let pki = try TestPKI()
+        #expect(chmod(pki.key, 0o600) == 0 && chmod(pki.pskFile, 0o644) == 0)
+        let exposed = TLSContext.exposedSecrets([pki.key, pki.pskFile, nil])
+        #expect(exposed == ["\(pki.pskFile): mode 644: other users can read the secret (chmod 600 it)"])
+        #expect(chmod(pki.pskFile, 0o640) == 0)
+        #expect(TLSContext.exposedSecrets([pki.pskFile]).count == 1)
+        #expect(chmod(pki.pskFile, 0o600) == 0)
+        #expect(TLSContext.exposedSecrets([pki.key, pki.pskFile]).isEmpty)
     }
 
     /// `--tls=on`: plain clients and TLS clients are both served.
