@@ -89,10 +89,13 @@ public final class PrivateDirectory: Sendable {
     /// `path` with the symlinks above its last component resolved (a /var that links to
     /// /data/var), when they resolve: what is checked is the directory reached, whatever named
     /// it. The last component itself is never followed.
-    static func canonicalParent(of path: String) -> String {
+    static func canonicalParent(of given: String) -> String {
+        // "/a/link/" names link itself: its trailing slashes must not make it a parent.
+        var path = Substring(given)
+        while path.count > 1 && path.hasSuffix("/") { path = path.dropLast() }
         guard let slash = path.lastIndex(of: "/"), slash != path.startIndex,
             let resolved = realpath(String(path[..<slash]), nil)
-        else { return path }
+        else { return String(path) }
         defer { free(resolved) }
         let parent = String(cString: resolved)
         return (parent == "/" ? "" : parent) + path[slash...]

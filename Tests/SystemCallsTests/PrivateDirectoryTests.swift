@@ -50,6 +50,7 @@ import Testing
         #expect(mkdir("\(base)/real", 0o700) == 0)
         #expect(symlink("\(base)/real", "\(base)/link") == 0)
         #expect(refusal("\(base)/link")?.contains("a symlink is not followed") == true)
+        #expect(refusal("\(base)/link//")?.contains("a symlink is not followed") == true)
         // Above the last component, a symlink is resolved and what it reaches is checked.
         #expect(mkdir("\(base)/real/cache", 0o700) == 0)
         let through = try #require(try PrivateDirectory.open("\(base)/link/cache", creating: false, purpose: "use"))
