@@ -114,9 +114,9 @@ private final class HandleBox: @unchecked Sendable {
         // then silence is caught late; the progress callback (about once a second while idle)
         // measures the time since the last byte instead.
         ccurl_setopt_long(handle, CURLOPT_NOPROGRESS, 0)
-        ccurl_setopt_xferinfo(handle) { context, _, _, _, _ in
+        ccurl_setopt_xferinfo(handle) { context, _, downloaded, _, _ in
             let transfer = Unmanaged<TransferContext>.fromOpaque(context!).takeUnretainedValue()
-            return transfer.stalled() ? 1 : 0
+            return transfer.abandons(downloaded: Int64(downloaded)) ? 1 : 0
         }
         // curl's own receive buffer is 16 KiB: a recv(2) and a body callback per 16 KiB. The
         // curl tool asks for 100 KiB; a range of blocks is larger still.
@@ -173,8 +173,8 @@ private final class HandleBox: @unchecked Sendable {
             return code
         }
         if context.refused { return .failure(.refused) }
-        if code == CURLE_ABORTED_BY_CALLBACK {
-            return .failure(.transfer(CURLE_OPERATION_TIMEDOUT, "no data for \(context.stallTimeout) s"))
+        if code == CURLE_ABORTED_BY_CALLBACK, let abandoned = context.abandoned {
+            return .failure(.transfer(abandoned.code, abandoned.reason))
         }
         guard code == CURLE_OK else {
             let detail = errorBuffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
@@ -202,6 +202,18 @@ private final class TransferContext {
     var refused = false
     /// When the last byte (header or body) arrived, or the transfer started.
     var lastByte = monotonicSeconds()
+    /// Bytes (headers and body) since `windowStart`: a trickle keeps `lastByte` fresh.
+    var windowStart = monotonicSeconds()
+    var windowBytes = 0
+    /// Body bytes handed to `onBody`: what curl downloads beyond them it discards (the body
+    /// of a redirect it follows).
+    var delivered: Int64 = 0
+    /// Why the progress callback stopped the transfer, and the code it is reported with.
+    var abandoned: (code: CURLcode, reason: String)?
+    /// Less than this in a whole `stallTimeout` is a trickle, not a transfer.
+    static let minimumBytesPerWindow = 1024
+    /// A discarded body past this is a server wasting our time.
+    static let discardLimit: Int64 = 1 << 20
 
     init(
         handle: UnsafeMutableRawPointer, stallTimeout: Double, onHead: @escaping (HTTPResponseHead) -> Bool,
@@ -213,7 +225,25 @@ private final class TransferContext {
         self.onBody = onBody
     }
 
-    func stalled() -> Bool { monotonicSeconds() - lastByte > stallTimeout }
+    /// Whether to stop the transfer (and why, in `abandoned`): no byte for `stallTimeout`; less
+    /// than 1 KiB in a whole `stallTimeout` (a server sending a byte a second would otherwise
+    /// hold a read for days); or over 1 MiB of a body curl discards (a redirect's, endless).
+    func abandons(downloaded: Int64) -> Bool {
+        let now = monotonicSeconds()
+        if now - lastByte > stallTimeout {
+            abandoned = (CURLE_OPERATION_TIMEDOUT, "no data for \(stallTimeout) s")
+        } else if now - windowStart >= stallTimeout {
+            if windowBytes < Self.minimumBytesPerWindow {
+                abandoned = (CURLE_OPERATION_TIMEDOUT, "\(windowBytes) bytes in \(stallTimeout) s: too slow to use")
+            }
+            windowStart = now
+            windowBytes = 0
+        }
+        if abandoned == nil && downloaded - delivered > Self.discardLimit {
+            abandoned = (CURLE_TOO_MANY_REDIRECTS, "a redirect's body over \(Self.discardLimit >> 20) MiB")
+        }
+        return abandoned != nil
+    }
 
     func makeHead() -> HTTPResponseHead {
         HTTPResponseHead(status: ccurl_response_code(handle), headers: headers)
@@ -223,6 +253,7 @@ private final class TransferContext {
     /// starts a new response, so only the final response's headers remain.
     func headerLine(_ bytes: UnsafeRawBufferPointer) {
         lastByte = monotonicSeconds()
+        windowBytes += bytes.count
         let line = String(decoding: bytes, as: UTF8.self)
         if line.hasPrefix("HTTP/") {
             headers = [:]
@@ -234,6 +265,8 @@ private final class TransferContext {
 
     func body(_ bytes: UnsafeRawBufferPointer) -> Bool {
         lastByte = monotonicSeconds()
+        windowBytes += bytes.count
+        delivered += Int64(bytes.count)
         if !headSeen {
             headSeen = true
             if !onHead(makeHead()) {

@@ -64,13 +64,16 @@ final class RemoteObject: Sendable {
         self.lastModified = lastModified
     }
 
-    /// Opens the object with one ranged GET of its first `probe` bytes, which tells the size
-    /// (Content-Range), the version (ETag, Last-Modified) and that the server honours Range.
-    /// Returns the object and those first bytes.
     /// The largest object opened: 16 TiB, what an EROFS image of 4 KiB blocks can address
     /// (32-bit block numbers), and ext4's largest file for the cache.
     static let maximumSize: UInt64 = 1 << 44
+    /// The most blocks an object is read in: each block costs bits in memory (the cache's
+    /// checked and claimed sets, the digest's seen set), 8 MiB a set at this bound.
+    static let maximumBlocks: UInt64 = 1 << 26
 
+    /// Opens the object with one ranged GET of its first `probe` bytes (a block), which tells
+    /// the size (Content-Range), the version (ETag, Last-Modified) and that the server honours
+    /// Range. Returns the object and those first bytes.
     static func open(endpoint: RemoteEndpoint, transport: HTTPTransport, probe: Int) throws(RemoteError) -> (
         RemoteObject, [UInt8]
     ) {
@@ -83,11 +86,18 @@ final class RemoteObject: Sendable {
         guard outcome.total > 0 else {
             throw RemoteError(.protocolViolation, endpoint.displayName, "the object is empty")
         }
-        // The size sizes the block cache's map and bitmaps: a hostile total must not.
+        // The size sizes the block cache's map and the bitmaps kept per block: a hostile total
+        // must not.
         guard outcome.total <= maximumSize else {
             throw RemoteError(
                 .protocolViolation, endpoint.displayName,
                 "the server says the object is \(outcome.total) bytes: more than 16 TiB, the most an image is read from"
+            )
+        }
+        guard outcome.total / UInt64(probe) <= maximumBlocks else {
+            throw RemoteError(
+                .configuration, endpoint.displayName,
+                "the object is \(outcome.total) bytes: more than \(maximumBlocks) blocks of remote.block_size=\(probe) (a larger remote.block_size reads it)"
             )
         }
         bytes.removeSubrange(outcome.filled...)
@@ -154,6 +164,9 @@ package struct RangeRead {
                 headers: [("Range", "bytes=\(start)-\(start + UInt64(wanted - filled) - 1)")] + pin)
             var violation: RemoteError?
             var errorBody: [UInt8] = []
+            // An error's body is kept to 64 KiB and the transfer then cut: a server that
+            // never ends one must not hold us.
+            var errorBodyCut = false
             var status = 0
             let result = transport.perform(
                 request,
@@ -210,7 +223,8 @@ package struct RangeRead {
                 onBody: { bytes in
                     guard status == 206 else {
                         errorBody.append(contentsOf: bytes.prefix(max(0, 65536 - errorBody.count)))
-                        return true
+                        errorBodyCut = errorBody.count == 65536
+                        return !errorBodyCut
                     }
                     guard bytes.count <= wanted - filled else {
                         violation = RemoteError(
@@ -256,6 +270,8 @@ package struct RangeRead {
                 } else {
                     failure = Self.statusError(head.status, errorBody, name)
                 }
+            case .failure(.refused) where errorBodyCut:
+                failure = Self.statusError(status, errorBody, name)
             case .failure(.refused):
                 failure = RemoteError(.protocolViolation, name, "transfer aborted")
             case .failure(.transfer(let code, let message)):

@@ -99,8 +99,9 @@ public struct RemoteSourceDescription: Sendable, Codable, Equatable {
     public static let optionsHelp = """
           http.cafile=PATH        trust this CA bundle, not the system store
           http.insecure_tls       skip certificate checks (warned about)
-          http.timeout=S          give up an attempt after S s without a byte
-                                  (30); http.connect_timeout=S (10)
+          http.timeout=S          give up an attempt after S s without a byte,
+                                  or with less than 1 KiB in S s (30);
+                                  http.connect_timeout=S (10)
           http.retries=N          retries on resets, short bodies, 5xx (4)
           s3.endpoint=URL         AWS_ENDPOINT_URL, else AWS for the region
           s3.region=R             AWS_REGION, else us-east-1

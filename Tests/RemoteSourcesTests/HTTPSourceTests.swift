@@ -77,6 +77,37 @@ func readRemote(_ source: RemoteSource, _ offset: UInt64, _ count: Int) throws -
         #expect(Date().timeIntervalSince(start) < 6)
     }
 
+    /// Servers that never finish: an error's endless body, a redirect's endless body, a body
+    /// at a byte every 0.2 s. Each attempt went on as long as the server did (the no-byte
+    /// timeout never fired); now each ends within the timeouts with one clear error.
+    @Test func endlessBodiesAndTricklesEndWithinTheTimeouts() throws {
+        let quick: [(String, String?)] = [("http.timeout", "1"), ("http.retries", "1")]
+        var start = Date()
+        try server.control("POST", "/__fault?mode=endless404&count=10")
+        #expect { _ = try openRemote(url, quick) } throws: { ($0 as? RemoteError)?.kind == .notFound }
+        #expect(Date().timeIntervalSince(start) < 10)
+        try server.control("DELETE", "/__fault")
+
+        start = Date()
+        try server.control("POST", "/__fault?mode=endless302&count=10")
+        var settings = HTTPSettings()
+        (settings.stallTimeout, settings.retries) = (1, 1)
+        #expect {
+            _ = try RemoteObject.open(
+                endpoint: RemoteEndpoint(url: url, displayName: url, followRedirects: true),
+                transport: HTTPTransport(settings: settings), probe: 64 << 10)
+        } throws: { "\($0)".contains("a redirect's body over 1 MiB") }
+        #expect(Date().timeIntervalSince(start) < 10)
+        try server.control("DELETE", "/__fault")
+
+        let source = try openRemote(url, quick)
+        start = Date()
+        try server.control("POST", "/__fault?mode=trickle&count=10")
+        #expect { _ = try readRemote(source, 2 << 20, 100_000) } throws: { "\($0)".contains("too slow to use") }
+        #expect(Date().timeIntervalSince(start) < 8)
+        try server.control("DELETE", "/__fault")
+    }
+
     @Test func aWholeObjectAnswerIsRefusedNotDownloaded() throws {
         let source = try openRemote(url, options)
         try server.control("POST", "/__fault?mode=full200&count=5")

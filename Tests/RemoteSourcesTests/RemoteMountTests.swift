@@ -302,6 +302,14 @@ import TestSupport
                 saying: "the server says the object is \(total) bytes: more than 16 TiB")
             try http.control("DELETE", "/__fault")
         }
+        // Servers that never finish: an error's body, a redirect's body, a body at a byte
+        // every 0.2 s (each attempt used to go on as long as the server did).
+        try http.control("POST", "/__fault?mode=endless404&count=10")
+        try expectCleanFailure(base + "/image.erofs", options: quick, saying: "HTTP 404")
+        try http.control("DELETE", "/__fault")
+        try http.control("POST", "/__fault?mode=trickle&count=10")
+        try expectCleanFailure(base + "/image.erofs", options: quick, saying: "too slow to use")
+        try http.control("DELETE", "/__fault")
         try http.control("POST", "/__fault?mode=hostile403&count=10")
         try expectCleanFailure(
             base + "/image.erofs", options: quick,

@@ -23,6 +23,9 @@ Faults: `POST /__fault?mode=M&count=N[&after=K][&seconds=S]` makes the next N da
             400 AuthorizationHeaderMalformed naming R (moto accepts any region)
   hugetotal (&total=N) answer the range asked for with a Content-Range that claims the object
             is N bytes (what a hostile server can say to size our cache)
+  endless404 answer 404 with a chunked body that never ends (until the client hangs up)
+  endless302 answer 302 to the same URL with a chunked body that never ends
+  trickle   answer 206 rightly, one body byte every 0.2 s
   hostile403 answer 403 with an S3 error whose <Code> holds a newline and terminal escape
             sequences and whose <Message> is 100 KB long (what a hostile server can send)
 `GET /__stats` returns JSON counters: requests, ranges (bytes asked), faults applied, and
@@ -153,6 +156,20 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(body)
             return
+        if fault and fault["mode"] in ("endless404", "endless302"):
+            self.send_response(404 if fault["mode"] == "endless404" else 302)
+            if fault["mode"] == "endless302":
+                self.send_header("Location", self.path)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            chunk = b"%x\r\n%s\r\n" % (65536, b"x" * 65536)
+            try:
+                for _ in range(16384):  # 1 GiB at most
+                    self.wfile.write(chunk)
+            except OSError:
+                pass
+            self.close_connection = True
+            return
         if fault and fault["mode"] == "hostile403":
             body = (b"<Error><Code>AccessDenied\n\x1b[2J\x1b]0;owned\x07</Code><Message>"
                     + b"x" * 100_000 + b"</Message></Error>")
@@ -192,6 +209,17 @@ class Handler(BaseHTTPRequestHandler):
             if fault["mode"] == "stall":
                 time.sleep(fault["seconds"])
             self.close_with_reset()
+            return
+        if fault and fault["mode"] == "trickle":
+            data = body if isinstance(body, bytes) else read_span(*body)
+            try:
+                for index in range(len(data)):
+                    self.wfile.write(data[index:index + 1])
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            except OSError:
+                pass
+            self.close_connection = True
             return
         if fault and fault["mode"] == "corrupt":
             data = body if isinstance(body, bytes) else read_span(*body)
