@@ -303,6 +303,12 @@ import SystemPackage
                 #expect(points.allSatisfy { $0.inBit >> 3 <= 10_703_895 })
             }
         }
+        // A last checkpoint whose output offset leaves no room for the size computed from it
+        // (was: an arithmetic overflow trap when the source was made).
+        var far = real
+        let lastOut = 12 + 12 * GzipCheckpoints.entrySize + 8
+        withUnsafeBytes(of: (UInt64.max - 1).littleEndian) { far.replaceSubrange(lastOut..<(lastOut + 8), with: $0) }
+        #expect { try parse(far) } throws: { "\($0)".contains("past 16 TiB of output") }
         // A header announcing 2^32-1 checkpoints in a 12-byte file.
         #expect(throws: RemoteError.self) { try parse([0xff, 0xff, 0xff, 0xff] + [UInt8](repeating: 0, count: 8)) }
         #expect(throws: RemoteError.self) { try parse([]) }

@@ -61,6 +61,10 @@ public struct GzipCheckpoints: Sendable {
             guard bits <= 7, input <= compressedSize, input < UInt64.max >> 3, !(bits > 0 && input == 0) else {
                 throw bad("checkpoint \(index) is outside the \(compressedSize)-byte blob")
             }
+            // The layer's size is computed from the last one: it must leave room for that.
+            guard out <= RemoteObject.maximumSize else {
+                throw bad("checkpoint \(index) is past 16 TiB of output, the most a layer is read to")
+            }
             let position = UInt64(Self.headerSize) + UInt64(index) * UInt64(Self.entrySize)
             checkpoints.append(Checkpoint(inBit: input << 3 | UInt64(bits), out: out, windowOffset: position + 17))
         }
@@ -200,9 +204,15 @@ public final class GzipIndexedSource: RandomAccessSource {
         } else {
             cursor = try InflateCursor(at: checkpoints.checkpoints[checkpoint], source: self)
         }
+        // Kept for the next read only when this one succeeded: after a failed fetch, inflate
+        // may have produced output that `nextOut` does not count, and the next chunk made from
+        // it would be shifted.
+        var succeeded = false
         defer {
-            state.cursors.append(cursor)
-            if state.cursors.count > Self.maximumCursors { state.cursors.removeFirst() }
+            if succeeded {
+                state.cursors.append(cursor)
+                if state.cursors.count > Self.maximumCursors { state.cursors.removeFirst() }
+            }
         }
         var result: [UInt8] = []
         while true {
@@ -225,6 +235,7 @@ public final class GzipIndexedSource: RandomAccessSource {
                 break
             }
         }
+        succeeded = true
         return result
     }
 
