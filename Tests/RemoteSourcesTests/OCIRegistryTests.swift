@@ -162,6 +162,13 @@ struct OCIRegistryTests {
             #expect(result.status != 0)
             #expect(errorLines(result).count == 1 && result.standardError.contains(message), "\(result.standardError)")
         }
+        // An image without layers (was: "choose one with -o oci.layer=N (0 to -1)").
+        try registry.push([], as: "corpus/empty", raw: true)
+        let empty = try runErofs(["ls", "-o", "oci.insecure", "\(registry.host)/corpus/empty:v1"])
+        #expect(empty.status != 0)
+        #expect(
+            errorLines(empty).count == 1 && empty.standardError.contains("the image has no layers"),
+            "\(empty.standardError)")
         let missing = try runErofs(
             ["ls", "-o", "oci.insecure", "\(registry.host)/corpus/layers@sha256:\(String(repeating: "0", count: 64))"])
         #expect(missing.status != 0 && missing.standardError.contains("404"), "\(missing.standardError)")

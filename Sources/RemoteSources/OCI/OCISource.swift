@@ -308,6 +308,9 @@ struct RegistryClient {
             // Pinned: the config is part of what the digest promises; check it too.
             try verifyConfig(config)
         }
+        guard !layers.isEmpty else {
+            throw RemoteError(.protocolViolation, manifestName, "the image has no layers: nothing to mount")
+        }
         switch choice {
         case .only:
             guard layers.count == 1 else {
