@@ -82,6 +82,8 @@ public struct FUSEOperations: Sendable {
 
     /// The bytes of small files pushed after a read, by default (`fuse.prefetch_kb`).
     public static let defaultPrefetchBudget = 512 * 1024
+    /// The longest symlink target a READLINK reply may carry: the kernel's PAGE_SIZE - 1.
+    static let maximumLinkTarget = 4095
 
     public init(
         filesystem: EROFSFilesystem, logger: Logger, errorLog: RateLimitedLog? = nil,
@@ -173,7 +175,10 @@ public struct FUSEOperations: Sendable {
         case .readlink:
             let link = try inode(request)
             guard link.kind == .symlink else { throw Failure(EINVAL) }
-            return .message(FUSEReply.success(unique: unique, payload: try filesystem.readLink(link)))
+            // The kernel's buffer holds PAGE_SIZE - 1 bytes, and it shows a 4096-byte target
+            // of its own EROFS mount cut there: a longer reply would be refused (EIO).
+            let target = try filesystem.readLink(link)
+            return .message(FUSEReply.success(unique: unique, payload: Array(target.prefix(Self.maximumLinkTarget))))
         case .read(let read):
             let file = try inode(request)
             guard file.kind == .file else { throw Failure(file.kind == .directory ? EISDIR : EINVAL) }

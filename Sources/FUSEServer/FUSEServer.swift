@@ -347,7 +347,10 @@ public final class FUSEServer: Sendable {
         }
         // ENOENT: the request was interrupted and the kernel dropped it; nobody waits.
         if result < 0 && errno != ENOENT && errno != ENODEV {
-            logger.error("write /dev/fuse: \(String(cString: strerror(errno)))")
+            // A reply the kernel refuses may come from what an image holds, asked for by any
+            // user as often as they like: rate-limited, as the operations' own errors are.
+            let cause = String(cString: strerror(errno))
+            operations.errorLog.log("write /dev/fuse: \(cause)")
         }
     }
 }

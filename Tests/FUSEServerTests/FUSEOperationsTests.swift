@@ -5,6 +5,7 @@ import EROFSReader
 import FUSEProtocol
 @testable import FUSEServer
 import Logging
+import ReaderFuzzSupport
 import Synchronization
 import Testing
 import TestSupport
@@ -186,6 +187,25 @@ import TestSupport
         let missing = try ask(
             .getxattr, node: xattrs.nodeID, body: le(UInt32(0)) + le(UInt32(0)) + Array("user.none".utf8) + [0])
         #expect(missing.error == -ENODATA)
+    }
+
+    /// A 4096-byte symlink target goes out cut to 4095 bytes, as the kernel shows it on its own
+    /// EROFS mount: the whole target was refused by the kernel (EIO) and logged at every
+    /// readlink, a log any user could grow. 4095 bytes go out whole.
+    @Test func aLinkTargetIsCutToWhatTheKernelTakes() throws {
+        var image = CraftedImage()
+        let long = (0..<4096).map { UInt8(ascii: "a") &+ UInt8($0 % 26) }
+        image.add(CraftedImage.Node(.symlink(long), permissions: 0o777), named: "long", in: image.root)
+        image.add(
+            CraftedImage.Node(.symlink(Array(long.prefix(4095))), permissions: 0o777), named: "max", in: image.root)
+        let operations = FUSEOperations(
+            filesystem: try EROFSFilesystem(source: InMemorySource(image.bytes())), logger: Logger(label: "test"))
+        for name in ["long", "max"] {
+            let found = try ask(.lookup, node: 1, body: Array(name.utf8) + [0], of: operations)
+            try #require(found.error == 0)
+            let target = try ask(.readlink, node: u64(found.payload, at: 0), of: operations)
+            #expect(target.error == 0 && target.payload == Array(long.prefix(4095)), "\(name)")
+        }
     }
 }
 
