@@ -30,6 +30,9 @@ public final class SiblingPrefetch: Sendable {
     /// Files larger than this are left to the kernel's readahead of their own.
     public static let largestFile: UInt64 = 64 * 1024
     static let maximumFiles = 128
+    /// Directory blocks one push reads at most: a hostile directory of blocks that each cost
+    /// a 12 MiB decompression, and no file in them, held shutdown for as long as its scan.
+    static let maximumBlocksScanned: UInt64 = 16
     /// Bytes a push ahead of reads (a whole listing) takes at most: a directory of small files
     /// often holds more than `budget`, and a reader past a push's end asks for each file.
     static let listingBudget = 2 << 20
@@ -328,7 +331,8 @@ extension FUSEOperations {
         blocks = count
         var bytes = 0
         var files = 0
-        scan: while cookie.block < blocks {
+        let scanEnd = min(blocks, cookie.block + SiblingPrefetch.maximumBlocksScanned)
+        scan: while cookie.block < scanEnd {
             guard let entries = try? filesystem.directoryBlock(directory, index: cookie.block) else { break }
             for index in cookie.entry..<max(cookie.entry, entries.count) {
                 let entry = entries[index]

@@ -1,5 +1,9 @@
+import EROFSReader
 @testable import FUSEServer
+import Logging
+import ReaderFuzzSupport
 import Testing
+import TestSupport
 
 /// SiblingPrefetch's bookkeeping: which reads start a push, which listings are pushed ahead of
 /// their reads, and when that stops (FUSEMountTests shows the pages arriving for real).
@@ -15,6 +19,36 @@ import Testing
             prefetch.noteListedToEnd(directory)
         }
         return prefetch
+    }
+
+    /// A push reads at most `maximumBlocksScanned` directory blocks: a directory of thousands
+    /// of subdirectories and small files only past them is not read to its end by one push
+    /// (each block of a hostile one can cost a 12 MiB decompression, and shutdown waits for
+    /// the push). Files within the bound are pushed.
+    @Test func aPushScansABoundedNumberOfDirectoryBlocks() throws {
+        func pushed(subdirectories: Int) throws -> Int {
+            var image = CraftedImage()
+            for index in 0..<subdirectories {
+                image.add(
+                    CraftedImage.Node(.directory([]), permissions: 0o755), named: "d\(100_000 + index)", in: image.root)
+            }
+            for index in 0..<10 {
+                image.add(
+                    CraftedImage.Node(.file(.blocks([1, 2, 3])), permissions: 0o644), named: "z\(index)", in: image.root
+                )
+            }
+            let filesystem = try EROFSFilesystem(source: InMemorySource(image.bytes()))
+            let blocks = try filesystem.directoryBlockCount(try filesystem.inode(nid: filesystem.rootNid))
+            if subdirectories > 1000 { #expect(blocks > SiblingPrefetch.maximumBlocksScanned) }
+            let operations = FUSEOperations(filesystem: filesystem, logger: Logger(label: "test"), prefetchAhead: .on)
+            var count = 0
+            operations.prefetchNotifications(
+                from: SiblingPrefetch.Place(directory: filesystem.rootNid, next: 0), wholeListing: true
+            ) { _ in count += 1 }
+            return count
+        }
+        #expect(try pushed(subdirectories: 20) == 10)
+        #expect(try pushed(subdirectories: 5000) == 0)
     }
 
     @Test func listingsArePushedAheadOnlyOnceReadsEarnedIt() {
