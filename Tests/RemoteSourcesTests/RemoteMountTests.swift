@@ -286,35 +286,27 @@ import TestSupport
             "http://no-such-host.invalid/image.erofs", options: quick, saying: "cannot resolve the host")
         try expectCleanFailure(base + "/missing.erofs", options: quick, saying: "HTTP 404")
         try expectCleanFailure(base + "/short.erofs", options: quick, saying: "truncated EROFS image")
-        try http.control("POST", "/__fault?mode=stall&count=10&seconds=30")
-        try expectCleanFailure(base + "/image.erofs", options: quick, saying: "timed out")
-        try http.control("DELETE", "/__fault")
-        try http.control("POST", "/__fault?mode=full200&count=10")
-        try expectCleanFailure(base + "/image.erofs", options: quick, saying: "does not support Range requests")
-        try http.control("DELETE", "/__fault")
-        // A server's own text is escaped into the one line: no newline, no escape sequence.
+        func expectFaultFailsCleanly(_ fault: String, saying cause: String) throws {
+            try http.control("POST", "/__fault?mode=\(fault)&count=10")
+            try expectCleanFailure(base + "/image.erofs", options: quick, saying: cause)
+            try http.control("DELETE", "/__fault")
+        }
+        try expectFaultFailsCleanly("stall&seconds=30", saying: "timed out")
+        try expectFaultFailsCleanly("full200", saying: "does not support Range requests")
         // A size that would have sized the cache's map and bitmaps (2^63 - 1 trapped on an
         // overflow; 1 PiB wrote a 256 GiB map of zeros).
         for total in ["9223372036854775807", "1125899906842624"] {
-            try http.control("POST", "/__fault?mode=hugetotal&total=\(total)&count=10")
-            try expectCleanFailure(
-                base + "/image.erofs", options: quick,
+            try expectFaultFailsCleanly(
+                "hugetotal&total=\(total)",
                 saying: "the server says the object is \(total) bytes: more than 16 TiB")
-            try http.control("DELETE", "/__fault")
         }
-        // Servers that never finish: an error's body, a redirect's body, a body at a byte
-        // every 0.2 s (each attempt used to go on as long as the server did).
-        try http.control("POST", "/__fault?mode=endless404&count=10")
-        try expectCleanFailure(base + "/image.erofs", options: quick, saying: "HTTP 404")
-        try http.control("DELETE", "/__fault")
-        try http.control("POST", "/__fault?mode=trickle&count=10")
-        try expectCleanFailure(base + "/image.erofs", options: quick, saying: "too slow to use")
-        try http.control("DELETE", "/__fault")
-        try http.control("POST", "/__fault?mode=hostile403&count=10")
-        try expectCleanFailure(
-            base + "/image.erofs", options: quick,
-            saying: #"access denied (HTTP 403: AccessDenied\n\u{1b}[2J\u{1b}]0;owned\u{7}"#)
-        try http.control("DELETE", "/__fault")
+        // Servers that never finish: an error's body, a body at a byte every 0.2 s (each
+        // attempt used to go on as long as the server did).
+        try expectFaultFailsCleanly("endless404", saying: "HTTP 404")
+        try expectFaultFailsCleanly("trickle", saying: "too slow to use")
+        // A server's own text is escaped into the one line: no newline, no escape sequence.
+        try expectFaultFailsCleanly(
+            "hostile403", saying: #"access denied (HTTP 403: AccessDenied\n\u{1b}[2J\u{1b}]0;owned\u{7}"#)
 
         let moto = try MotoFixture(files: [image.path])
         let object = "\(MotoFixture.bucket)/\(image.name).erofs"
