@@ -9,43 +9,77 @@ extension EROFSFilesystem {
     /// Every extended attribute of the inode (inline and shared), name to value, in disk order.
     /// Names are bytes, like file names: the kernel does not require UTF-8 after the prefix.
     public func xattrs(_ inode: Inode) throws(EROFSError) -> [(name: ByteString, value: [UInt8])] {
-        guard inode.xattrBodySize > 0 else { return [] }
-        return try withContext(nid: inode.nid) { () throws(EROFSError) -> [(name: ByteString, value: [UInt8])] in
+        var result: [(name: ByteString, value: [UInt8])] = []
+        try walkXattrs(inode, valueOf: { _ in true }) { name, value in result.append((name, value ?? [])) }
+        return result
+    }
+
+    /// The names of the inode's extended attributes, in disk order; no value is read (an
+    /// image can make every shared id name one 64 KiB entry).
+    public func xattrNames(_ inode: Inode) throws(EROFSError) -> [ByteString] {
+        var names: [ByteString] = []
+        try walkXattrs(inode, valueOf: { _ in false }) { name, _ in names.append(name) }
+        return names
+    }
+
+    /// The value of the inode's first extended attribute named `name`, or nil; only that value
+    /// is read.
+    public func xattr(_ inode: Inode, named name: [UInt8]) throws(EROFSError) -> [UInt8]? {
+        var found: [UInt8]?
+        try walkXattrs(inode, valueOf: { found == nil && $0.bytes == name }) { _, value in
+            if found == nil, let value { found = value }
+        }
+        return found
+    }
+
+    /// Calls `body` with each extended attribute's full name, and its value when `valueOf(name)`
+    /// says so (nil otherwise: a shared entry's value is then not read).
+    private func walkXattrs(
+        _ inode: Inode, valueOf: (ByteString) -> Bool, _ body: (ByteString, [UInt8]?) -> Void
+    ) throws(EROFSError) {
+        guard inode.xattrBodySize > 0 else { return }
+        try withContext(nid: inode.nid) { () throws(EROFSError) in
             let bodyStart = inode.location + UInt64(inode.inodeSize)
-            let body = try metadataBytes(at: bodyStart, count: inode.xattrBodySize, inMetabox: inode.inMetabox)
-            let header = XattrBodyHeader(decoding: body)
+            let area = try metadataBytes(at: bodyStart, count: inode.xattrBodySize, inMetabox: inode.inMetabox)
+            let header = XattrBodyHeader(decoding: area)
             let sharedCount = Int(header.sharedCount)
             let idSize = XattrBodyHeader.sharedIDSize
             let sharedEnd = XattrBodyHeader.size + idSize * sharedCount
-            guard sharedEnd <= body.count else {
+            guard sharedEnd <= area.count else {
                 throw EROFSError(.corrupt, "\(sharedCount) shared xattrs do not fit the xattr area", offset: bodyStart)
             }
-            var result: [(name: ByteString, value: [UInt8])] = []
             for index in 0..<sharedCount {
                 // Shared xattr ids count 4-byte units of the shared xattr area.
-                let id = UInt64(body.le32(at: XattrBodyHeader.size + idSize * index))
+                let id = UInt64(area.le32(at: XattrBodyHeader.size + idSize * index))
                 let inMetabox = superblock.featureCompat.contains(.sharedXattrsInMetabox)
                 let base = UInt64(superblock.xattrBlockAddress) * UInt64(blockSize)
                 let offset = try checkedSum(base, id * UInt64(idSize), "shared xattr address")
                 let header = try metadataBytes(at: offset, count: XattrEntryHeader.size, inMetabox: inMetabox)
-                let length = try entryHeader(header, at: offset).entrySize
-                let entry = try metadataBytes(at: offset, count: length, inMetabox: inMetabox)
-                result.append(try decodeXattrEntry(entry, at: offset))
+                let entryHeader = try entryHeader(header, at: offset)
+                let nameEnd = XattrEntryHeader.size + Int(entryHeader.nameLength)
+                let named = try metadataBytes(at: offset, count: nameEnd, inMetabox: inMetabox)
+                let name = try xattrName(entryHeader, Array(named[XattrEntryHeader.size...]), at: offset)
+                guard valueOf(name) else {
+                    body(name, nil)
+                    continue
+                }
+                let entry = try metadataBytes(at: offset, count: entryHeader.entrySize, inMetabox: inMetabox)
+                body(name, Array(entry[nameEnd...]))
             }
             var position = sharedEnd
-            while position < body.count {
-                let header = try entryHeader(body[position...], at: bodyStart + UInt64(position))
-                let length = header.entrySize
-                guard length <= body.count - position else {
+            while position < area.count {
+                let offset = bodyStart + UInt64(position)
+                let header = try entryHeader(area[position...], at: offset)
+                guard header.entrySize <= area.count - position else {
                     throw EROFSError(
-                        .corrupt, "xattr entry of \(length) bytes overruns the xattr area",
-                        offset: bodyStart + UInt64(position))
+                        .corrupt, "xattr entry of \(header.entrySize) bytes overruns the xattr area", offset: offset)
                 }
-                result.append(
-                    try decodeXattrEntry(Array(body[position..<(position + length)]), at: bodyStart + UInt64(position)))
+                let nameStart = position + XattrEntryHeader.size
+                let nameEnd = nameStart + Int(header.nameLength)
+                let name = try xattrName(header, Array(area[nameStart..<nameEnd]), at: offset)
+                body(name, valueOf(name) ? Array(area[nameEnd..<(position + header.entrySize)]) : nil)
                 position += header.alignedEntrySize
             }
-            return result
         }
     }
 
@@ -56,13 +90,11 @@ extension EROFSFilesystem {
         }
     }
 
-    /// Decodes one erofs_xattr_entry (header, name, value) into a full name and its value.
-    private func decodeXattrEntry(_ entry: [UInt8], at offset: UInt64) throws(EROFSError) -> (
-        name: ByteString, value: [UInt8]
-    ) {
-        let header = try entryHeader(entry, at: offset)
-        let nameLength = Int(header.nameLength)
-        let index = Int(header.nameIndex)
+    /// The full name of an erofs_xattr_entry: its prefix (short, or from the long prefix
+    /// table) and the rest of the name.
+    private func xattrName(_ header: XattrEntryHeader, _ rest: [UInt8], at offset: UInt64) throws(EROFSError)
+        -> ByteString
+    {
         let prefix: ByteString
         if header.nameIndex & XattrEntryHeader.longPrefix != 0 {
             let table = longXattrPrefixes
@@ -73,14 +105,12 @@ extension EROFSFilesystem {
             }
             prefix = table[tableIndex]
         } else {
-            guard let known = EROFSFilesystem.xattrPrefixes[index] else {
-                throw EROFSError(.corrupt, "unknown xattr name index \(index)", offset: offset)
+            guard let known = EROFSFilesystem.xattrPrefixes[Int(header.nameIndex)] else {
+                throw EROFSError(.corrupt, "unknown xattr name index \(header.nameIndex)", offset: offset)
             }
             prefix = known
         }
-        let nameEnd = XattrEntryHeader.size + nameLength
-        let name = prefix + ByteString(entry[XattrEntryHeader.size..<nameEnd])
-        return (name, Array(entry[nameEnd...]))
+        return prefix + ByteString(rest)
     }
 
     /// The long xattr name prefix table (xattr_prefix_count entries at xattr_prefix_start × 4,

@@ -202,13 +202,13 @@ public struct FUSEOperations: Sendable {
             let list = try readDirectory(directory, from: read.offset, size: size, plus: plus)
             return .message(FUSEReply.success(unique: unique, payload: list.bytes))
         case .getxattr(let name, let size):
-            let attributes = try filesystem.xattrs(try inode(request))
-            guard let value = attributes.first(where: { $0.name.bytes == name })?.value else { throw Failure(ENODATA) }
+            // Only the value asked for is read, and no value for a list: an image can make
+            // every shared id of an inode name one 64 KiB entry.
+            guard let value = try filesystem.xattr(try inode(request), named: name) else { throw Failure(ENODATA) }
             return .message(try sized(value, asked: size, unique: unique))
         case .listxattr(let size):
-            let attributes = try filesystem.xattrs(try inode(request))
             var names: [UInt8] = []
-            for attribute in attributes { names += attribute.name.bytes + [0] }
+            for name in try filesystem.xattrNames(try inode(request)) { names += name.bytes + [0] }
             return .message(try sized(names, asked: size, unique: unique))
         case .lseek(let seek):
             let file = try inode(request)

@@ -34,6 +34,27 @@ import TestSupport
         }
     }
 
+    /// The names alone, and each value alone (what FUSE's LISTXATTR and GETXATTR read), agree
+    /// with the whole list, for every inode of every corpus image with xattrs.
+    @Test func xattrNamesAndSingleValuesAgreeWithTheWholeList() throws {
+        var checked = 0
+        for image in CorpusTests.images {
+            let filesystem = try EROFSFilesystem(path: image.path)
+            try filesystem.walk { _, inode throws(EROFSError) in
+                let all = try filesystem.xattrs(inode)
+                #expect(try filesystem.xattrNames(inode) == all.map(\.name), "\(image.name) nid \(inode.nid)")
+                for (name, value) in all {
+                    let first = all.first { $0.name == name }!.value
+                    #expect(try filesystem.xattr(inode, named: name.bytes) == first)
+                    #expect(first == value || all.filter { $0.name == name }.count > 1)
+                    checked += 1
+                }
+                #expect(try filesystem.xattr(inode, named: Array("user.no-such-name".utf8)) == nil)
+            }
+        }
+        #expect(checked > 100, "the corpus has xattrs to compare")
+    }
+
     /// One filesystem object shared by several threads (as the FUSE backend will): every
     /// thread sees the same tree, with the caches churning underneath.
     @Test func concurrentReadersAgree() throws {
