@@ -10,7 +10,7 @@ extension EROFSFilesystem {
     /// Names are bytes, like file names: the kernel does not require UTF-8 after the prefix.
     public func xattrs(_ inode: Inode) throws(EROFSError) -> [(name: ByteString, value: [UInt8])] {
         var result: [(name: ByteString, value: [UInt8])] = []
-        try walkXattrs(inode, valueOf: { _ in true }) { name, value in result.append((name, value ?? [])) }
+        try walkXattrs(inode, valueOf: { _ in true }, each: { name, value in result.append((name, value ?? [])) })
         return result
     }
 
@@ -18,7 +18,7 @@ extension EROFSFilesystem {
     /// image can make every shared id name one 64 KiB entry).
     public func xattrNames(_ inode: Inode) throws(EROFSError) -> [ByteString] {
         var names: [ByteString] = []
-        try walkXattrs(inode, valueOf: { _ in false }) { name, _ in names.append(name) }
+        try walkXattrs(inode, valueOf: { _ in false }, each: { name, _ in names.append(name) })
         return names
     }
 
@@ -26,16 +26,16 @@ extension EROFSFilesystem {
     /// is read.
     public func xattr(_ inode: Inode, named name: [UInt8]) throws(EROFSError) -> [UInt8]? {
         var found: [UInt8]?
-        try walkXattrs(inode, valueOf: { found == nil && $0.bytes == name }) { _, value in
-            if found == nil, let value { found = value }
-        }
+        try walkXattrs(
+            inode, valueOf: { found == nil && $0.bytes == name },
+            each: { _, value in if found == nil, let value { found = value } })
         return found
     }
 
     /// Calls `body` with each extended attribute's full name, and its value when `valueOf(name)`
     /// says so (nil otherwise: a shared entry's value is then not read).
     private func walkXattrs(
-        _ inode: Inode, valueOf: (ByteString) -> Bool, _ body: (ByteString, [UInt8]?) -> Void
+        _ inode: Inode, valueOf: (ByteString) -> Bool, each body: (ByteString, [UInt8]?) -> Void
     ) throws(EROFSError) {
         guard inode.xattrBodySize > 0 else { return }
         try withContext(nid: inode.nid) { () throws(EROFSError) in
