@@ -6,6 +6,9 @@ extension EROFSFilesystem {
     static let xattrPrefixes: [Int: ByteString] = Dictionary(
         uniqueKeysWithValues: XattrNameIndex.allCases.map { (Int($0.rawValue), ByteString($0.prefix)) })
 
+    /// A shared xattr entry up to this size is read in one piece, value included.
+    static let smallXattrEntry = 512
+
     /// Every extended attribute of the inode (inline and shared), name to value, in disk order.
     /// Names are bytes, like file names: the kernel does not require UTF-8 after the prefix.
     public func xattrs(_ inode: Inode) throws(EROFSError) -> [(name: ByteString, value: [UInt8])] {
@@ -57,13 +60,17 @@ extension EROFSFilesystem {
                 let header = try metadataBytes(at: offset, count: XattrEntryHeader.size, inMetabox: inMetabox)
                 let entryHeader = try entryHeader(header, at: offset)
                 let nameEnd = XattrEntryHeader.size + Int(entryHeader.nameLength)
-                let named = try metadataBytes(at: offset, count: nameEnd, inMetabox: inMetabox)
-                let name = try xattrName(entryHeader, Array(named[XattrEntryHeader.size...]), at: offset)
+                // A small entry is read whole at once; a big value only when it is wanted.
+                let small = entryHeader.entrySize <= Self.smallXattrEntry
+                let named = try metadataBytes(
+                    at: offset, count: small ? entryHeader.entrySize : nameEnd, inMetabox: inMetabox)
+                let name = try xattrName(entryHeader, Array(named[XattrEntryHeader.size..<nameEnd]), at: offset)
                 guard valueOf(name) else {
                     body(name, nil)
                     continue
                 }
-                let entry = try metadataBytes(at: offset, count: entryHeader.entrySize, inMetabox: inMetabox)
+                let entry =
+                    small ? named : try metadataBytes(at: offset, count: entryHeader.entrySize, inMetabox: inMetabox)
                 body(name, Array(entry[nameEnd...]))
             }
             var position = sharedEnd
