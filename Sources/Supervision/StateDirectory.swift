@@ -24,16 +24,14 @@ public struct StateDirectory: Sendable {
     /// Replaces the file `name` with `bytes`, atomically (temporary file, fsync, rename): a
     /// crash leaves the old state or the new, never half of one.
     public func write(_ bytes: some Collection<UInt8>, named name: String) throws(SystemError) {
-        let opened = try openCreating()
-        // The directory stays open until the rename is done.
-        defer { withExtendedLifetime(opened) {} }
-        let directory = opened.descriptor.rawValue
+        let directory = try openCreating()
         let temporary = name + ".tmp.\(getpid())"
         // A leftover of a crashed save with our pid: ours, and replaced.
-        unlinkat(directory, temporary, 0)
-        let fd = try retryingOnInterrupt("create", path: "\(path)/\(temporary)") {
-            openat(directory, temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0o600)
+        try? directory.remove(temporary)
+        guard let file = try directory.openFile(temporary, O_WRONLY | O_CREAT | O_EXCL) else {
+            throw SystemError("create", path: "\(path)/\(temporary)")
         }
+        let fd = file.rawValue
         var failure: SystemError?
         Array(bytes).withUnsafeBytes { raw in
             var written = 0
@@ -46,11 +44,13 @@ public struct StateDirectory: Sendable {
         }
         if failure == nil && fsync(fd) != 0 { failure = .lastErrno("fsync", path: "\(path)/\(temporary)") }
         close(fd)
-        if failure == nil && renameat(directory, temporary, directory, name) != 0 {
+        if failure == nil
+            && renameat(directory.descriptor.rawValue, temporary, directory.descriptor.rawValue, name) != 0
+        {
             failure = .lastErrno("rename", path: "\(path)/\(name)")
         }
         if let failure {
-            unlinkat(directory, temporary, 0)
+            try? directory.remove(temporary)
             throw failure
         }
     }
